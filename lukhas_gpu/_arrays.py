@@ -1,0 +1,92 @@
+"""Validation and conversion of arrays at the public boundary.
+
+Arrays in: ``(n, d)`` float (numpy or torch, CPU or CUDA); a 1-D vector is a batch of one. Arrays
+out follow the input's kind and device (:class:`ArrayKind`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+_FLOAT_NP = (np.float16, np.float32, np.float64)
+_FLOAT_TORCH = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayKind:
+    """What the caller passed: ``numpy`` or ``torch`` (with its device), and whether 1-D."""
+
+    is_torch: bool
+    device: torch.device | None
+    single: bool
+
+    def ids_out(self, ids: np.ndarray | torch.Tensor):
+        return self._out(ids)
+
+    def _out(self, a):
+        if self.is_torch:
+            t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+            t = t.to(self.device)
+        else:
+            t = a.cpu().numpy() if isinstance(a, torch.Tensor) else a
+        return t[0] if self.single else t
+
+    def out(self, a):
+        return self._out(a)
+
+
+def as_batch(x, dim: int | None, name: str = "embeddings") -> tuple[torch.Tensor, ArrayKind]:
+    """Validate ``x`` and return it as a 2-D float torch tensor (on its own device).
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a numpy array / torch tensor / nested list of floats, or has a non-float dtype.
+    ValueError
+        Wrong rank or dimension, an empty batch, NaN or infinity.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.dtype not in _FLOAT_TORCH:
+            raise TypeError(f"{name} must have a floating dtype, got torch {x.dtype}")
+        t, is_torch, device = x.detach(), True, x.device
+    else:
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+        if x.dtype not in _FLOAT_NP:
+            raise TypeError(f"{name} must have a floating dtype (float16/32/64), got {x.dtype}")
+        t, is_torch, device = torch.from_numpy(np.ascontiguousarray(x)), False, None
+    if t.ndim == 1:
+        t, single = t.unsqueeze(0), True
+    elif t.ndim == 2:
+        single = False
+    else:
+        raise ValueError(f"{name} must be 1-D (one vector) or 2-D (n, d), got shape {tuple(t.shape)}")
+    if dim is not None and t.shape[1] != dim:
+        raise ValueError(f"{name} have dimension {t.shape[1]}, expected {dim}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(t.shape)})")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} have dimension 0")
+    finite = torch.isfinite(t).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(torch.nonzero(~finite)[0, 0])
+        raise ValueError(f"{name} contain NaN or infinity (first at row {bad})")
+    return t, ArrayKind(is_torch, device, single)
+
+
+def as_ids(ids, name: str = "ids") -> np.ndarray:
+    """Validate ids: integers, any shape (flattened), returned as int64 numpy."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (int, np.integer)):
+        ids = np.array([ids])
+    a = np.asarray(ids)
+    if a.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False).ravel()

@@ -1,0 +1,173 @@
+"""The FAISS index lifecycle: IVF with 4-bit fast-scan PQ codes, trained once the store is large.
+
+Kept thin on purpose: this module owns the FAISS object (build, train, add, search with an id
+selector, remove, byte accounting, GPU clone when FAISS has GPUs); the exact int8 phase and the
+rerank live in :mod:`lukhas_gpu.exact`, orchestration in :mod:`lukhas_gpu.memory`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from .device import faiss_gpus, faiss_module
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m"]
+
+#: From this many lists up, ``coarse="auto"`` assigns with an HNSW graph over the centroids.
+HNSW_COARSE_FROM = 4096
+#: k-means sample per list, and iterations: enough for stable lists, bounded training time.
+TRAIN_POINTS_PER_LIST = 64
+KMEANS_NITER = 12
+
+
+def auto_nlist(n: int) -> int:
+    """About ``4 * sqrt(n)`` lists, a power of two in [256, 16384]; fewer for tiny sets."""
+    target = 4.0 * math.sqrt(max(n, 1))
+    nlist = 2 ** int(round(math.log2(max(target, 1.0))))
+    nlist = max(256, min(16384, nlist))
+    # k-means wants about 39 points per centroid at least
+    while nlist > 16 and n < 39 * nlist:
+        nlist //= 2
+    return nlist
+
+
+def auto_pq_m(d: int, target: int | None = None) -> int:
+    """Sub-quantizers for dimension ``d``: the largest divisor of ``d`` not above ``target``
+    (default ``d / 4``, i.e. 4 dims each, capped at 128: 64 B codes)."""
+    target = max(1, min(d, target if target else min(128, d // 4)))
+    for m in range(target, 0, -1):
+        if d % m == 0:
+            return m
+    return 1
+
+
+class IVFPQIndex:
+    """An ``IndexIVFPQFastScan`` (inner product, residual 4-bit PQ) plus its coarse quantizer.
+
+    Parameters
+    ----------
+    d : int
+        Dimension of the (projected) vectors.
+    nlist, pq_m : int
+        Lists and sub-quantizers.
+    coarse : {"flat", "hnsw"}
+    seed : int
+    """
+
+    def __init__(self, d: int, *, nlist: int, pq_m: int, coarse: str = "flat", seed: int = 1234):
+        faiss = faiss_module()
+        if d % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the dimension {d}")
+        self.d, self.nlist, self.pq_m, self.coarse, self.seed = d, nlist, pq_m, coarse, seed
+        if coarse == "hnsw":
+            self.quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+            self.quantizer.hnsw.efConstruction = 80
+        else:
+            self.quantizer = faiss.IndexFlatIP(d)
+        self.index = faiss.IndexIVFPQFastScan(self.quantizer, d, nlist, pq_m, 4, faiss.METRIC_INNER_PRODUCT)
+        self.index.cp.niter = KMEANS_NITER
+        self.index.cp.seed = seed
+        self.index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+        if coarse == "hnsw":
+            # k-means assigns with a flat index; the graph is built once over the final centroids
+            self._clustering_index = faiss.IndexFlatIP(d)
+            self.index.clustering_index = self._clustering_index
+        self.gpu_index = None
+        self.train_seconds = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def train(self, x: np.ndarray) -> None:
+        """Train the coarse k-means and the PQ on ``x`` (n, d) float32 (subsampled as needed)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        limit = self.nlist * TRAIN_POINTS_PER_LIST
+        if x.shape[0] > limit:
+            rng = np.random.default_rng(self.seed)
+            x = x[np.sort(rng.choice(x.shape[0], limit, replace=False))]
+        t0 = time.perf_counter()
+        self.index.train(x)
+        self.train_seconds = time.perf_counter() - t0
+        log.info("trained IVF%d,PQ%dx4fs on %d vectors in %.1f s", self.nlist, self.pq_m, x.shape[0], self.train_seconds)
+
+    def add(self, x: np.ndarray, ids: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        if self.gpu_index is not None:
+            self.gpu_index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> int:
+        faiss = faiss_module()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        sel = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
+        removed = int(self.index.remove_ids(sel))
+        if self.gpu_index is not None:  # faiss GPU indexes cannot remove: re-clone
+            self.to_gpu()
+        return removed
+
+    def search(self, q: np.ndarray, k: int, *, nprobe: int, selector=None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-k: ``(scores (nq, k) float32, ids (nq, k) int64, -1 padded)``."""
+        faiss = faiss_module()
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        nprobe = min(nprobe, self.nlist)
+        if self.gpu_index is not None and selector is None:
+            self.gpu_index.nprobe = nprobe
+            return self.gpu_index.search(q, k)
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        if selector is not None:
+            params.sel = selector
+        if self.coarse == "hnsw":
+            params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
+        return self.index.search(q, k, params=params)
+
+    # -- GPU (thin, capability-detected) -------------------------------------------------------
+    def to_gpu(self, device: int = 0) -> bool:
+        """Clone to a FAISS GPU when FAISS has GPUs and supports this index type; else stay on CPU."""
+        if faiss_gpus() == 0:
+            return False
+        faiss = faiss_module()
+        try:  # pragma: no cover - needs faiss-gpu
+            if not hasattr(self, "_gpu_res"):
+                self._gpu_res = faiss.StandardGpuResources()
+            co = faiss.GpuClonerOptions()
+            co.indicesOptions = faiss.INDICES_32_BIT
+            self.gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, device, self.index, co)
+            return True
+        except Exception as e:  # pragma: no cover - needs faiss-gpu
+            log.warning("FAISS GPU clone failed (%s); searching the IVF on the CPU", e)
+            self.gpu_index = None
+            return False
+
+    # -- accounting ----------------------------------------------------------------------------
+    def nbytes(self) -> dict[str, int]:
+        """Bytes by part: list codes (block-padded) and ids, centroids and PQ tables, coarse graph."""
+        faiss = faiss_module()
+        ivf = self.index
+        inv = ivf.invlists
+        bbs = int(ivf.bbs)
+        per_block = bbs * int(ivf.M2) // 2
+        codes = ids = 0
+        for i in range(ivf.nlist):
+            n = inv.list_size(i)
+            codes += -(-n // bbs) * per_block
+            ids += 8 * n
+        centroids = self.nlist * self.d * 4
+        pq = int(ivf.pq.M * ivf.pq.ksub * ivf.pq.dsub * 4)
+        graph = 0
+        if self.coarse == "hnsw":
+            graph = int(faiss.downcast_index(self.quantizer).hnsw.neighbors.size()) * 4
+        return {"codes": codes, "ids": ids, "centroids": centroids + pq, "coarse_graph": graph}
+
+    def list_sizes(self) -> np.ndarray:
+        inv = self.index.invlists
+        return np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)

@@ -1,0 +1,161 @@
+"""Index configuration: one keyword-only dataclass, presets in ``configs/*.toml``.
+
+Every field documents its default and its trade-off. A preset file maps one-to-one onto the
+fields (unknown keys are an error), so ``IndexConfig.preset("production")`` is the same object as
+``IndexConfig(**tomllib.load(open("configs/production.toml")))``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = ["IndexConfig", "preset_names", "PRESET_DIR"]
+
+#: Presets: the repository's ``configs/`` is installed as ``lukhas_gpu/configs`` so that a wheel
+#: finds them; a source checkout reads ``configs/`` directly; ``LUKHAS_GPU_CONFIGS`` points elsewhere.
+_HERE = pathlib.Path(__file__).resolve().parent
+PRESET_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
+
+_METRICS = ("cosine", "ip")
+_BACKENDS = ("auto", "cpu", "cuda")
+_VECTOR_STORAGE = ("memory", "mmap")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    """How a :class:`~lukhas_gpu.MemoryIndex` stores and searches vectors.
+
+    Parameters
+    ----------
+    metric : {"cosine", "ip"}, default "cosine"
+        ``cosine`` L2-normalises every vector before it is stored or searched (scores are cosine
+        similarities); ``ip`` keeps raw inner products (for embeddings whose norm carries meaning).
+    dim_out : int or None, default None
+        Dimension of the projected space the ANN codes live in. ``None`` keeps the input dimension
+        up to 512 and projects larger inputs to 512 (PCA fitted at training time). Smaller is
+        faster and smaller in RAM; recall is restored by the full-dimension int8 rerank. A value
+        above the input dimension means no projection.
+    train_threshold : int, default 32768
+        Below this many stored vectors the index answers by an exact int8 scan, with no training
+        asked of the user; when an ``add`` crosses it the IVF-PQ index is trained on the vectors
+        held. Higher keeps exact answers longer at the cost of scan time per query.
+    nlist : int or None, default None
+        IVF lists. ``None`` chooses by size at training time (about ``4 * sqrt(n)``, a power of two
+        between 256 and 16384). More lists: faster probes, slower training and assignment.
+    nprobe : int, default 96
+        Lists visited per query. The probe count, not the quantizer, bounds recall on real
+        embeddings: raising it buys recall for linear cost in scan time.
+    pq_m : int or None, default None
+        Sub-quantizers of the 4-bit fast-scan PQ (``pq_m / 2`` bytes per vector). ``None`` takes
+        ``dim_out / 4`` capped at 128 (64 B codes); a value that does not divide ``dim_out`` is
+        lowered to the nearest divisor.
+    rerank : int, default 8
+        Candidates fetched from the ANN per result (``k * rerank``) and re-scored with the int8
+        vectors. Higher restores more recall lost to PQ, at the cost of random reads of int8 rows.
+    quantile : float, default 0.9999
+        The per-dimension int8 scale covers this quantile of ``|x|`` in the fitting sample; the
+        rest is clipped. 1.0 never clips but wastes resolution on outliers.
+    coarse : {"auto", "flat", "hnsw"}, default "auto"
+        Coarse quantizer of the IVF. ``hnsw`` assigns in ``O(log nlist)`` (fast ingest at large
+        ``nlist``) at a small recall cost; ``auto`` uses it from 4096 lists up.
+    vector_storage : {"memory", "mmap"}, default "memory"
+        Where the int8 rerank vectors live: anonymous RAM, or a file-backed memory map in
+        ``spill_dir`` (page cache, reclaimable by the OS: the RAM per memory then drops to the ANN
+        codes, at the cost of page faults on a cold rerank).
+    spill_dir : str or None, default None
+        Directory for ``vector_storage="mmap"``; ``None`` uses the system temporary directory.
+    backend : {"auto", "cpu", "cuda"}, default "auto"
+        Where the torch kernels run; ``LUKHAS_GPU_BACKEND`` overrides it. ``auto`` takes CUDA when
+        torch sees a GPU and falls back to CPU with one log line.
+    batch_size : int, default 65536
+        Rows per chunk in encoding and exact scans; bounds the temporary memory of every call.
+    threads : int or None, default None
+        Threads for FAISS and torch on CPU; ``None`` leaves the libraries' defaults.
+    seed : int, default 1234
+        Seed of every sampling and clustering step, so builds are reproducible.
+    """
+
+    metric: str = "cosine"
+    dim_out: int | None = None
+    train_threshold: int = 32768
+    nlist: int | None = None
+    nprobe: int = 96
+    pq_m: int | None = None
+    rerank: int = 8
+    quantile: float = 0.9999
+    coarse: str = "auto"
+    vector_storage: str = "memory"
+    spill_dir: str | None = None
+    backend: str = "auto"
+    batch_size: int = 65536
+    threads: int | None = None
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+        def positive(name: str, value: Any, *, optional: bool = False) -> None:
+            if value is None and optional:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, got {value!r}")
+
+        choice("metric", self.metric, _METRICS)
+        choice("coarse", self.coarse, ("auto", "flat", "hnsw"))
+        choice("vector_storage", self.vector_storage, _VECTOR_STORAGE)
+        choice("backend", self.backend, _BACKENDS)
+        for name in ("train_threshold", "nprobe", "rerank", "batch_size"):
+            positive(name, getattr(self, name))
+        for name in ("dim_out", "nlist", "pq_m", "threads"):
+            positive(name, getattr(self, name), optional=True)
+        if self.train_threshold < 1024:
+            raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), got {self.train_threshold}")
+        if not (0.5 < float(self.quantile) <= 1.0):
+            raise ValueError(f"quantile must be in (0.5, 1], got {self.quantile!r}")
+
+    # -- presets -----------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "IndexConfig":
+        """Load ``configs/<name>.toml``; keyword arguments override its fields."""
+        path = _preset_dir() / f"{name}.toml"
+        if not path.exists():
+            raise ValueError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+        return cls.from_toml(path, **overrides)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **overrides: Any) -> "IndexConfig":
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        return cls.from_dict({**data, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IndexConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "IndexConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _preset_dir() -> pathlib.Path:
+    env = os.environ.get("LUKHAS_GPU_CONFIGS")
+    return pathlib.Path(env) if env else PRESET_DIR
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in _preset_dir().glob("*.toml"))

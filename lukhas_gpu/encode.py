@@ -1,0 +1,205 @@
+"""The encoder: a torch module fitted on a sample, then applied to batches on CPU or CUDA.
+
+Two outputs per vector:
+
+* ``quantize``: the (normalised) vector at full dimension as int8 with per-dimension scales --
+  the rerank / exact-scan representation (``D`` bytes). ``dequantize`` inverts it.
+* ``project``: the vector projected to ``dim_out`` dimensions (uncentred PCA, i.e. the top
+  eigenvectors of the second-moment matrix, which preserves inner products best) and
+  renormalised -- the space the ANN codes live in.
+
+The quantizer is fitted from the first batch the index sees; the projection from the IVF training
+sample. Both are plain buffers, so ``state_dict`` round-trips the encoder.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Encoder", "default_dim_out"]
+
+MAX_DIM_OUT = 512
+
+
+def default_dim_out(dim: int) -> int:
+    return min(dim, MAX_DIM_OUT)
+
+
+class Encoder(torch.nn.Module):
+    """Normalise, project D -> d and quantize to int8, in bounded-memory chunks.
+
+    Parameters
+    ----------
+    dim : int
+        Input dimension D.
+    dim_out : int, optional
+        Projected dimension d (``None``: ``min(D, 512)``). ``d == D`` means no projection.
+    metric : {"cosine", "ip"}
+        ``cosine`` L2-normalises inputs (and the projected vectors).
+    quantile : float
+        Fraction of ``|x_j|`` in the fitting sample that the int8 scale of dimension j covers.
+    batch_size : int
+        Rows per chunk; bounds temporary memory for any input size.
+    """
+
+    def __init__(self, dim: int, *, dim_out: int | None = None, metric: str = "cosine",
+                 quantile: float = 0.9999, batch_size: int = 65536):
+        super().__init__()
+        d = default_dim_out(dim) if dim_out is None else int(dim_out)
+        if not 0 < d <= dim:
+            raise ValueError(f"dim_out must be in [1, {dim}], got {d}")
+        self.dim, self.dim_out, self.metric = int(dim), d, metric
+        self.quantile, self.batch_size = float(quantile), int(batch_size)
+        self.register_buffer("scale", torch.ones(dim, dtype=torch.float32))
+        self.register_buffer("components", torch.eye(d, dim, dtype=torch.float32) if d < dim else torch.empty(0, dim))
+        self.register_buffer("fitted", torch.zeros(2, dtype=torch.bool))  # (quantizer, projection)
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def projects(self) -> bool:
+        return self.dim_out < self.dim
+
+    @property
+    def quantizer_fitted(self) -> bool:
+        return bool(self.fitted[0])
+
+    @property
+    def projection_fitted(self) -> bool:
+        return bool(self.fitted[1]) or not self.projects
+
+    @property
+    def device(self) -> torch.device:
+        return self.scale.device
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    # -- fitting ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit(self, sample, *, projection: bool = True) -> "Encoder":
+        """Fit the int8 scales (and, if ``projection`` and d < D, the PCA) on ``sample`` (n, D)."""
+        self.fit_quantizer(sample)
+        if projection and self.projects:
+            self.fit_projection(sample)
+        return self
+
+    @torch.no_grad()
+    def fit_quantizer(self, sample) -> None:
+        x = self.normalize(sample)
+        a = x.abs()
+        if a.shape[0] > 1 and self.quantile < 1.0:
+            # kthvalue, not quantile(): torch.quantile refuses inputs above 16M elements
+            kth = max(1, min(a.shape[0], int(np.ceil(self.quantile * a.shape[0]))))
+            s = a.kthvalue(kth, dim=0).values
+        else:
+            s = a.max(dim=0).values
+        # a small first batch under-estimates the range: widen it, bounded by the unit norm
+        if a.shape[0] < 1000:
+            s = s * (1.0 + 1.0 / np.sqrt(a.shape[0]))
+            if self.metric == "cosine":
+                s = s.clamp(max=1.0)
+        s = torch.where(s > 0, s, torch.full_like(s, 1e-6))
+        self.scale.copy_((s / 127.0).to(self.scale))
+        self.fitted[0] = True
+
+    @torch.no_grad()
+    def fit_projection(self, sample) -> None:
+        if not self.projects:
+            return
+        x = self.normalize(sample).to(torch.float64)
+        if x.shape[0] < self.dim_out:
+            raise ValueError(f"projection to {self.dim_out} dims needs at least {self.dim_out} sample rows, got {x.shape[0]}")
+        cov = x.T @ x / x.shape[0]  # uncentred: keeps inner products, not distances to the mean
+        evals, evecs = torch.linalg.eigh(cov)
+        top = evecs[:, torch.argsort(evals, descending=True)[: self.dim_out]]
+        self.components.copy_(top.T.to(torch.float32))
+        self.fitted[1] = True
+        kept = float(evals.sort(descending=True).values[: self.dim_out].sum() / evals.sum())
+        log.info("projection %d -> %d keeps %.1f%% of the energy", self.dim, self.dim_out, 100 * kept)
+
+    # -- transforms ---------------------------------------------------------------------------
+    def _chunks(self, x):
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        if t.ndim == 1:
+            t = t.unsqueeze(0)
+        for i in range(0, t.shape[0], self.batch_size):
+            yield t[i: i + self.batch_size].to(self.device, torch.float32, non_blocking=True)
+
+    def _normalize_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.metric == "cosine":
+            x = torch.nn.functional.normalize(x, dim=1)
+        return x
+
+    @torch.no_grad()
+    def normalize(self, x) -> torch.Tensor:
+        """(n, D) -> (n, D) float32 on the encoder's device, unit-norm for ``cosine``."""
+        return torch.cat([self._normalize_chunk(c) for c in self._chunks(x)])
+
+    def _quantize_chunk(self, xn: torch.Tensor) -> torch.Tensor:
+        return torch.round(xn / self.scale).clamp_(-127, 127).to(torch.int8)
+
+    def _project_chunk(self, xn: torch.Tensor) -> torch.Tensor:
+        if not self.projects:
+            return xn
+        y = xn @ self.components.T
+        return torch.nn.functional.normalize(y, dim=1) if self.metric == "cosine" else y
+
+    @torch.no_grad()
+    def quantize(self, x) -> torch.Tensor:
+        """(n, D) float -> (n, D) int8 codes (full dimension), on the encoder's device."""
+        self._need_quantizer()
+        return torch.cat([self._quantize_chunk(self._normalize_chunk(c)) for c in self._chunks(x)])
+
+    @torch.no_grad()
+    def dequantize(self, codes) -> torch.Tensor:
+        """(n, D) int8 -> (n, D) float32: ``codes * scale``."""
+        c = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(codes))
+        return c.to(self.device, torch.float32) * self.scale
+
+    decode = dequantize
+
+    @torch.no_grad()
+    def project(self, x) -> torch.Tensor:
+        """(n, D) float -> (n, d) float32 in the ANN space."""
+        if self.projects and not self.projection_fitted:
+            raise RuntimeError("the projection is not fitted yet (call fit or fit_projection)")
+        return torch.cat([self._project_chunk(self._normalize_chunk(c)) for c in self._chunks(x)])
+
+    @torch.no_grad()
+    def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, D) -> (int8 codes (n, D), projected float32 (n, d)) in one pass over the input."""
+        self._need_quantizer()
+        codes, proj = [], []
+        for c in self._chunks(x):
+            xn = self._normalize_chunk(c)
+            codes.append(self._quantize_chunk(xn))
+            proj.append(self._project_chunk(xn))
+        return torch.cat(codes), torch.cat(proj)
+
+    encode = forward
+
+    def query_weights(self, q: torch.Tensor) -> torch.Tensor:
+        """Queries folded with the scales, so ``q_w @ codes.T == q_n @ dequantize(codes).T``."""
+        return self._normalize_chunk(q.to(self.device, torch.float32)) * self.scale
+
+    def _need_quantizer(self) -> None:
+        if not self.quantizer_fitted:
+            raise RuntimeError("the int8 quantizer is not fitted yet (call fit)")
+
+    # -- persistence (no pickle: plain arrays) ---------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"scale": self.scale.cpu().numpy(), "components": self.components.cpu().numpy(),
+                "fitted": self.fitted.cpu().numpy(),
+                "shape": np.array([self.dim, self.dim_out], dtype=np.int64)}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> "Encoder":
+        shape = tuple(int(v) for v in arrays["shape"])
+        if shape != (self.dim, self.dim_out):
+            raise ValueError(f"encoder arrays are for dims {shape}, this encoder is {(self.dim, self.dim_out)}")
+        for name in ("scale", "components", "fitted"):
+            getattr(self, name).copy_(torch.from_numpy(np.asarray(arrays[name])))
+        return self

@@ -1,0 +1,124 @@
+"""A growable store of fixed-width int8 rows: the rerank / exact-scan vectors.
+
+Rows live in one contiguous numpy array -- anonymous memory, or a file-backed memory map whose
+pages belong to the page cache (reclaimable, not counted as anonymous RAM). Capacity grows
+geometrically; untouched capacity is never resident, so growth costs no RSS beyond the rows
+written.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["VectorStore"]
+
+_GROWTH = 1.5
+_MIN_CAPACITY = 4096
+
+
+class VectorStore:
+    """Append-only ``(n, dim)`` int8 rows addressed by row number.
+
+    Parameters
+    ----------
+    dim : int
+    storage : {"memory", "mmap"}
+    path : str, optional
+        File backing an ``mmap`` store; default a temporary file in ``spill_dir`` (deleted when
+        the store is closed or collected).
+    """
+
+    def __init__(self, dim: int, *, storage: str = "memory", path: str | None = None,
+                 spill_dir: str | None = None, dtype=np.int8):
+        if storage not in ("memory", "mmap"):
+            raise ValueError(f"storage must be 'memory' or 'mmap', got {storage!r}")
+        self.dim, self.storage, self.dtype = int(dim), storage, np.dtype(dtype)
+        self._n = 0
+        self._owns_file = False
+        self._path = path
+        if storage == "mmap" and path is None:
+            fd, self._path = tempfile.mkstemp(prefix="lukhas_vectors_", suffix=".i8", dir=spill_dir)
+            os.close(fd)
+            self._owns_file = True
+        self._data = self._allocate(0)
+
+    # -- allocation ----------------------------------------------------------------------------
+    def _allocate(self, capacity: int) -> np.ndarray:
+        shape = (max(capacity, 1), self.dim)
+        if self.storage == "memory":
+            return np.empty(shape, dtype=self.dtype)
+        nbytes = shape[0] * self.dim * self.dtype.itemsize
+        with open(self._path, "r+b") as f:
+            f.truncate(nbytes)  # sparse: unwritten pages take no disk and no RAM
+        return np.memmap(self._path, dtype=self.dtype, mode="r+", shape=shape)
+
+    def reserve(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        if self.storage == "memory":
+            new = self._allocate(capacity)
+            new[: self._n] = self._data[: self._n]
+            self._data = new
+        else:
+            self._data.flush()
+            del self._data
+            self._data = self._allocate(capacity)
+
+    # -- rows ----------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return int(self._data.shape[0]) if self._n or self._data.shape[0] > 1 else 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._n, self.dim)
+
+    def append(self, rows: np.ndarray) -> tuple[int, int]:
+        """Append ``(m, dim)`` rows; returns the ``[start, stop)`` row range they got."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"rows must have shape (m, {self.dim}), got {rows.shape}")
+        if rows.dtype != self.dtype:
+            raise TypeError(f"rows must be {self.dtype}, got {rows.dtype}")
+        start, stop = self._n, self._n + rows.shape[0]
+        if stop > self.capacity:
+            self.reserve(max(stop, int(self.capacity * _GROWTH), _MIN_CAPACITY))
+        self._data[start:stop] = rows
+        self._n = stop
+        return start, stop
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+    def __setitem__(self, key, value):
+        self.array[key] = value
+
+    @property
+    def array(self) -> np.ndarray:
+        """A view of the rows written (no copy)."""
+        return self._data[: self._n]
+
+    def nbytes(self) -> int:
+        return self._n * self.dim * self.dtype.itemsize
+
+    def flush(self) -> None:
+        if self.storage == "mmap":
+            self._data.flush()
+
+    def close(self) -> None:
+        data, self._data = self._data, None
+        del data
+        if self._owns_file and self._path and os.path.exists(self._path):
+            os.unlink(self._path)
+            self._owns_file = False
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
