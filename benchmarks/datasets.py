@@ -126,3 +126,12 @@ def exact_knn(xb: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
     _, ids = index.search(np.ascontiguousarray(xq, dtype=np.float32), k)
     np.save(path, ids)
     return ids
+
+
+def synthetic_dataset(n: int, nq: int = 2000, *, seed: int = 0) -> Dataset:
+    """``n`` rows of the built-in synthetic model (fitted to MiniLM / WordNet) plus ``nq`` queries."""
+    from lukhas_gpu.synthetic import builtin_model
+
+    model = builtin_model()
+    xb = model.sample(n, seed=seed)
+    return Dataset(f"synthetic-{n}", xb, model.queries(nq, seed=seed))

@@ -75,7 +75,21 @@ def as_batch(x, dim: int | None, name: str = "embeddings") -> tuple[torch.Tensor
     if not bool(finite.all()):
         bad = int(torch.nonzero(~finite)[0, 0])
         raise ValueError(f"{name} contain NaN or infinity (first at row {bad})")
+    if t.dtype == torch.float64:
+        big = (t.abs() > torch.finfo(torch.float32).max).any(dim=1)
+        if bool(big.any()):
+            bad = int(torch.nonzero(big)[0, 0])
+            raise ValueError(f"{name} contain values beyond the float32 range (first at row {bad})")
     return t, ArrayKind(is_torch, device, single)
+
+
+def check_nonzero(t: torch.Tensor, name: str) -> None:
+    """Cosine similarity is undefined for a zero vector: reject it rather than store zeros."""
+    zero = (t == 0).all(dim=1)
+    if bool(zero.any()):
+        bad = int(torch.nonzero(zero)[0, 0])
+        raise ValueError(f"{name} contain an all-zero vector (row {bad}), which has no direction "
+                         "for metric='cosine'")
 
 
 def as_ids(ids, name: str = "ids") -> np.ndarray:

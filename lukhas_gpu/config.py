@@ -48,15 +48,20 @@ class IndexConfig:
         held. Higher keeps exact answers longer at the cost of scan time per query.
     nlist : int or None, default None
         IVF lists. ``None`` chooses by size at training time (about ``4 * sqrt(n)``, a power of two
-        between 256 and 16384). More lists: faster probes, slower training and assignment.
-    nprobe : int, default 96
+        between 256 and 16384) -- by ``capacity`` when it is set. More lists: faster probes,
+        slower training and assignment.
+    capacity : int or None, default None
+        The number of memories the index is expected to hold (a batch job knows it). It sizes
+        ``nlist`` and delays training until the sample that many lists need has arrived, so an index fed in batches is trained as well as one given everything at once.
+        ``None``: size by the count at the time of training.
+    nprobe : int, default 128
         Lists visited per query. The probe count, not the quantizer, bounds recall on real
         embeddings: raising it buys recall for linear cost in scan time.
     pq_m : int or None, default None
         Sub-quantizers of the 4-bit fast-scan PQ (``pq_m / 2`` bytes per vector). ``None`` takes
         ``dim_out / 4`` capped at 128 (64 B codes); a value that does not divide ``dim_out`` is
         lowered to the nearest divisor.
-    rerank : int, default 8
+    rerank : int, default 10
         Candidates fetched from the ANN per result (``k * rerank``) and re-scored with the int8
         vectors. Higher restores more recall lost to PQ, at the cost of random reads of int8 rows.
     quantile : float, default 0.9999
@@ -86,9 +91,10 @@ class IndexConfig:
     dim_out: int | None = None
     train_threshold: int = 32768
     nlist: int | None = None
-    nprobe: int = 96
+    capacity: int | None = None
+    nprobe: int = 128
     pq_m: int | None = None
-    rerank: int = 8
+    rerank: int = 10
     quantile: float = 0.9999
     coarse: str = "auto"
     vector_storage: str = "memory"
@@ -115,7 +121,7 @@ class IndexConfig:
         choice("backend", self.backend, _BACKENDS)
         for name in ("train_threshold", "nprobe", "rerank", "batch_size"):
             positive(name, getattr(self, name))
-        for name in ("dim_out", "nlist", "pq_m", "threads"):
+        for name in ("dim_out", "nlist", "capacity", "pq_m", "threads"):
             positive(name, getattr(self, name), optional=True)
         if self.train_threshold < 1024:
             raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), got {self.train_threshold}")

@@ -131,6 +131,9 @@ class Encoder(torch.nn.Module):
 
     def _normalize_chunk(self, x: torch.Tensor) -> torch.Tensor:
         if self.metric == "cosine":
+            # divide by the largest component first: the norm of finite float32 rows such as
+            # 1e20 would overflow to inf and turn the row into zeros
+            x = x / x.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
             x = torch.nn.functional.normalize(x, dim=1)
         return x
 

@@ -3,8 +3,9 @@
 Lifecycle of the vector path:
 
 1. **Small** (fewer than ``config.train_threshold`` vectors): vectors are stored as int8 rows
-   (per-dimension scales fitted on the first batch) and every search is an exact int8 scan. No
-   training is asked of the user.
+   (per-dimension scales calibrated on the first 1024 rows) and every search is an exact scan
+   of them (int8 x int8 candidates re-scored with the float query). No training is asked of
+   the user.
 2. **Trained**: the ``add`` that crosses the threshold fits the projection and trains an IVF
    index with 4-bit fast-scan PQ codes on the vectors held, then indexes them all. Later vectors
    are searchable as soon as ``add`` returns. A search fetches ``k * rerank`` candidates from the
@@ -23,8 +24,8 @@ import torch
 from pyroaring import BitMap64
 
 from . import exact
-from ._arrays import ArrayKind, as_batch, as_ids
-from .ann import HNSW_COARSE_FROM, IVFPQIndex, auto_nlist, auto_pq_m
+from ._arrays import as_batch, as_ids, check_nonzero
+from .ann import HNSW_COARSE_FROM, IVFPQIndex, auto_nlist, auto_pq_m, train_sample_size
 from .config import IndexConfig
 from .device import capabilities, faiss_module, resolve_backend
 from .encode import Encoder
@@ -36,6 +37,8 @@ __all__ = ["MemoryIndex", "SearchResult"]
 
 #: Rows sampled from the first batch to fit the int8 scales, and from the store to train the IVF.
 FIT_SAMPLE = 100_000
+#: The int8 scales are refitted on every add until this many rows have arrived (see _calibrate).
+CALIBRATION_ROWS = 1024
 TRAIN_SAMPLE = 262_144
 
 
@@ -104,6 +107,7 @@ class MemoryIndex:
                                quantile=config.quantile, batch_size=config.batch_size).to(self.device)
         self._vectors = VectorStore(dim, storage=config.vector_storage, spill_dir=config.spill_dir)
         self._deleted = BitMap64()
+        self._calib: np.ndarray | None = None  # float32 first rows while the scales calibrate
         self._ann: IVFPQIndex | None = None
         self._timings: dict[str, float] = {}
 
@@ -138,8 +142,9 @@ class MemoryIndex:
             Non-float dtype, wrong rank or dimension, empty batch, NaN/inf. Nothing is stored.
         """
         x, _ = as_batch(embeddings, self.dim, "embeddings")
-        if not self.encoder.quantizer_fitted:
-            self.encoder.fit_quantizer(_sample_rows(x, FIT_SAMPLE, self.config.seed))
+        if self.config.metric == "cosine":
+            check_nonzero(x, "embeddings")
+        self._calibrate(x)
         codes, proj = self.encoder(x)
         codes_np = codes.cpu().numpy()
         start = len(self._vectors)
@@ -149,9 +154,47 @@ class MemoryIndex:
             self._ann.add(proj.cpu().numpy(), ids)
             self._timings["ann_add"] = self._timings.get("ann_add", 0.0) + time.perf_counter() - t0
         self._vectors.append(codes_np)
-        if self._ann is None and len(self._vectors) >= self.config.train_threshold:
+        if self._ann is None and len(self._vectors) >= self._train_at():
             self.train()
         return ids
+
+    def _calibrate(self, x: torch.Tensor) -> None:
+        """Fit the int8 scales, refitting them on each add until ``CALIBRATION_ROWS`` arrived.
+
+        Scales fitted once on a tiny first batch clip every later vector wherever that batch
+        happened to be small (recall@10 0.65 after a one-vector first batch, measured). So the
+        first rows are also kept as float32 (at most ``CALIBRATION_ROWS``) until enough have
+        arrived; each add in between refits the scales on them plus the new batch and
+        re-quantizes the stored ones from their floats (no double rounding).
+        """
+        seed = self.config.seed
+        if len(self._vectors) == 0:
+            self.encoder.fit_quantizer(_sample_rows(x, FIT_SAMPLE, seed))
+            if x.shape[0] < CALIBRATION_ROWS:
+                self._calib = x.to("cpu", torch.float32).numpy().copy()
+            return
+        if self._calib is None:
+            return
+        old = self._calib
+        new = x.to("cpu", torch.float32).numpy()
+        sample = new if len(new) <= FIT_SAMPLE else new[_sample_index(len(new), FIT_SAMPLE, seed)]
+        self.encoder.fit_quantizer(np.concatenate([old, sample]))
+        self._vectors[: len(old)] = self.encoder.quantize(old).cpu().numpy()
+        total = len(old) + len(new)
+        self._calib = np.concatenate([old, new]) if total < CALIBRATION_ROWS else None
+
+    def _planned_nlist(self, n: int) -> int:
+        cfg = self.config
+        return cfg.nlist or auto_nlist(max(n, cfg.capacity or 0))
+
+    def _train_at(self) -> int:
+        """Count at which ``add`` trains: the threshold, raised to the sample that the lists
+        planned for ``capacity`` need (never above the capacity itself)."""
+        cfg = self.config
+        if not cfg.capacity:
+            return cfg.train_threshold
+        want = train_sample_size(self._planned_nlist(cfg.capacity))
+        return max(cfg.train_threshold, min(want, cfg.capacity))
 
     def train(self) -> None:
         """Fit the projection and train the IVF-PQ index on the vectors held, then index them.
@@ -169,7 +212,7 @@ class MemoryIndex:
         if self.encoder.projects:
             self.encoder.fit_projection(sample)
         d = self.encoder.dim_out
-        nlist = cfg.nlist or auto_nlist(n)
+        nlist = self._planned_nlist(n)
         coarse = cfg.coarse if cfg.coarse != "auto" else ("hnsw" if nlist >= HNSW_COARSE_FROM else "flat")
         ann = IVFPQIndex(d, nlist=nlist, pq_m=auto_pq_m(d, cfg.pq_m), coarse=coarse, seed=cfg.seed)
         ann.train(self.encoder.project(sample).cpu().numpy())
@@ -207,6 +250,8 @@ class MemoryIndex:
             ``ids`` (nq, k) int64 and ``scores`` (nq, k) float32, in the queries' kind/device.
         """
         q, kind = as_batch(queries, self.dim, "queries")
+        if self.config.metric == "cosine":
+            check_nonzero(q, "queries")
         k = _check_k(k)
         nprobe = self.config.nprobe if nprobe is None else _check_positive("nprobe", nprobe)
         rerank = self.config.rerank if rerank is None else _check_positive("rerank", rerank)
@@ -217,8 +262,12 @@ class MemoryIndex:
         qw = self.encoder.query_weights(q)
         codes = self._vectors.array
         if self._ann is None:
+            # int8 x int8 scan for candidates (2.2x the float GEMM's speed, 50x for single
+            # queries), then the float query re-scores them: exact top-k of the int8 vectors
+            # unless the query's own rounding pushed a true neighbour below rank 2k + 16
             dead = self._deleted_array() if self._deleted else None
-            return exact.scan(qw, codes, k, exclude=dead)
+            _, cand = exact.scan(qw, codes, 2 * k + 16, exclude=dead, kernel=exact.int8_kernel)
+            return exact.rerank(qw, codes, cand.cpu().numpy(), k)
         qp = self.encoder.project(q).cpu().numpy()
         kc = min(max(k * rerank, k), max(len(self), 1))
         _, cand = self._ann.search(qp, kc, nprobe=nprobe)

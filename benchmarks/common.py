@@ -1,0 +1,123 @@
+"""Shared benchmark helpers: memory readings, timing, recall, result files."""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from datetime import date
+
+import numpy as np
+
+OUT_DIR = pathlib.Path(__file__).resolve().parent / "out"
+
+
+def rss_anon() -> int:
+    """Anonymous resident memory of this process, bytes (RssAnon in /proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("RssAnon not found in /proc/self/status")
+
+
+def settle() -> int:
+    """Collect garbage and give freed heap back to the OS, then read RssAnon."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+    return rss_anon()
+
+
+def set_threads(n: int) -> None:
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+
+
+def timed(fn, *, repeat: int = 5, warmup: int = 1) -> tuple[float, object]:
+    """Median wall time of ``fn()`` over ``repeat`` runs after ``warmup`` runs; returns (s, last result)."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), out
+
+
+def latencies(fn, queries: np.ndarray, n: int = 200) -> tuple[float, float]:
+    """p50 / p99 single-query latency in ms over the first ``n`` queries (after one warm-up)."""
+    fn(queries[:1])
+    ts = []
+    for i in range(min(n, len(queries))):
+        t0 = time.perf_counter()
+        fn(queries[i: i + 1])
+        ts.append(time.perf_counter() - t0)
+    a = np.array(ts) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def recall_at(ids: np.ndarray, gt: np.ndarray, k: int) -> float:
+    """Mean |top-k(ids) ∩ top-k(gt)| / k."""
+    ids = np.asarray(ids)[:, :k]
+    gt = np.asarray(gt)[:, :k]
+    hits = sum(len(np.intersect1d(a[a >= 0], b)) for a, b in zip(ids, gt))
+    return hits / (k * len(gt))
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def today() -> str:
+    return date.today().isoformat()
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return ""
+    columns = columns or list(rows[0])
+
+    def fmt(v):
+        if isinstance(v, float):
+            if v != v:
+                return "-"
+            if abs(v) >= 1000:
+                return f"{v:,.0f}"
+            if abs(v) >= 10:
+                return f"{v:.1f}"
+            return f"{v:.3f}"
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, payload: dict, table: str) -> pathlib.Path:
+    OUT_DIR.mkdir(exist_ok=True)
+    path = OUT_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    (OUT_DIR / f"{name}.md").write_text(table + "\n")
+    return path
