@@ -1,0 +1,35 @@
+"""The command line, in-process (``main(argv)``), on small sizes."""
+import json
+
+import pytest
+
+from lukhas_gpu import cli
+
+
+def test_bench_prints_the_table(capsys):
+    assert cli.main(["bench", "--n", "3000", "--nq", "50", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bytes/memory" in out and "recall@10" in out
+    assert "lukhas_gpu (production)" in out and "naive dict store" in out
+    assert "the RAM per memory" in out
+
+
+def test_bench_json(capsys):
+    assert cli.main(["bench", "--n", "40000", "--nq", "40", "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ours, naive = result["rows"]
+    assert result["phase"] == "ivfpq" and result["n"] == 40000
+    assert ours["recall@10"] >= 0.9 and naive["recall@10"] == 1.0
+    assert 0 < ours["bytes/memory"] < naive["bytes/memory"]
+    assert ours["QPS"] > 0 and ours["p99 ms"] >= ours["p50 ms"] > 0
+
+
+def test_bench_unknown_preset_fails_clearly():
+    with pytest.raises(ValueError, match="unknown preset"):
+        cli.main(["bench", "--n", "100", "--preset", "nope", "--no-naive"])
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    assert e.value.code == 2
