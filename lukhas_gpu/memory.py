@@ -106,6 +106,8 @@ class MemoryIndex:
         self.encoder = Encoder(dim, dim_out=dim_out, metric=config.metric,
                                quantile=config.quantile, batch_size=config.batch_size).to(self.device)
         self._vectors = VectorStore(dim, storage=config.vector_storage, spill_dir=config.spill_dir)
+        if config.capacity:
+            self._vectors.reserve(config.capacity)  # untouched capacity is not resident
         self._deleted = BitMap64()
         self._calib: np.ndarray | None = None  # float32 first rows while the scales calibrate
         self._ann: IVFPQIndex | None = None
