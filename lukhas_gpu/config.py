@@ -76,6 +76,21 @@ class IndexConfig:
         codes, at the cost of page faults on a cold rerank).
     spill_dir : str or None, default None
         Directory for ``vector_storage="mmap"``; ``None`` uses the system temporary directory.
+    max_content_bytes : int, default 65536
+        Largest content accepted per memory (encoded bytes); a batch holding a larger one is
+        rejected whole.
+    zstd_level : int, default 3
+        zstd level of the content arena. Higher compresses short texts a little better and
+        ingests slower; each record is compressed on its own with a trained dictionary.
+    filter_exact_max : int, default 16384
+        A filtered search whose filter leaves at most this many memories scans them exactly
+        (every result satisfies the filter, recall is that of the int8 vectors); above it, the
+        IVF searches with an id selector and more probes. Higher: exact answers for wider
+        filters, at the cost of scan time.
+    rank_oversample : int, default 4
+        With a memory-aware :class:`~lukhas_gpu.Rank`, candidates fetched by similarity per
+        result, before the bound on recency and importance adds the memories that could still
+        outrank them.
     backend : {"auto", "cpu", "cuda"}, default "auto"
         Where the torch kernels run; ``LUKHAS_GPU_BACKEND`` overrides it. ``auto`` takes CUDA when
         torch sees a GPU and falls back to CPU with one log line.
@@ -99,6 +114,10 @@ class IndexConfig:
     coarse: str = "auto"
     vector_storage: str = "memory"
     spill_dir: str | None = None
+    max_content_bytes: int = 65536
+    zstd_level: int = 3
+    filter_exact_max: int = 16384
+    rank_oversample: int = 4
     backend: str = "auto"
     batch_size: int = 65536
     threads: int | None = None
@@ -119,12 +138,15 @@ class IndexConfig:
         choice("coarse", self.coarse, ("auto", "flat", "hnsw"))
         choice("vector_storage", self.vector_storage, _VECTOR_STORAGE)
         choice("backend", self.backend, _BACKENDS)
-        for name in ("train_threshold", "nprobe", "rerank", "batch_size"):
+        for name in ("train_threshold", "nprobe", "rerank", "batch_size", "max_content_bytes",
+                     "filter_exact_max", "rank_oversample"):
             positive(name, getattr(self, name))
         for name in ("dim_out", "nlist", "capacity", "pq_m", "threads"):
             positive(name, getattr(self, name), optional=True)
         if self.train_threshold < 1024:
             raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), got {self.train_threshold}")
+        if not isinstance(self.zstd_level, int) or not 1 <= self.zstd_level <= 22:
+            raise ValueError(f"zstd_level must be an int in [1, 22], got {self.zstd_level!r}")
         if not (0.5 < float(self.quantile) <= 1.0):
             raise ValueError(f"quantile must be in (0.5, 1], got {self.quantile!r}")
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
 
 import numpy as np
 import torch
-from pyroaring import BitMap64
+from pyroaring import BitMap
 
 from . import exact
 from ._arrays import as_batch, as_ids, check_nonzero
@@ -29,16 +30,24 @@ from .ann import HNSW_COARSE_FROM, IVFPQIndex, auto_nlist, auto_pq_m, train_samp
 from .config import IndexConfig
 from .device import capabilities, faiss_module, resolve_backend
 from .encode import Encoder
+from .filters import Filter, evaluate, plan
+from .metadata import MetadataColumns
+from .payload import ContentArena
+from .scoring import Rank
+from .tags import TagIndex
 from .vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MemoryIndex", "SearchResult"]
+__all__ = ["MemoryIndex", "SearchResult", "Memory"]
 
 #: Rows sampled from the first batch to fit the int8 scales, and from the store to train the IVF.
 FIT_SAMPLE = 100_000
 #: The int8 scales are refitted on every add until this many rows have arrived (see _calibrate).
 CALIBRATION_ROWS = 1024
+#: Rows a memory-aware search may add to its candidates because recency/importance could lift
+#: them into the top-k (the highest priors first).
+RANK_EXTRA_MAX = 65536
 TRAIN_SAMPLE = 262_144
 
 
@@ -56,6 +65,8 @@ class SearchResult:
 
     ids: np.ndarray | torch.Tensor
     scores: np.ndarray | torch.Tensor
+    # a weak reference: results must not keep an index (and its memory maps) alive
+    _index_ref: "weakref.ref | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __iter__(self):  # allows ``ids, scores = index.search(...)``
         yield self.ids
@@ -63,6 +74,49 @@ class SearchResult:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _rows(self) -> np.ndarray:
+        ids = self.ids.cpu().numpy() if isinstance(self.ids, torch.Tensor) else np.asarray(self.ids)
+        return ids
+
+    @property
+    def _index(self) -> "MemoryIndex":
+        index = self._index_ref() if self._index_ref is not None else None
+        if index is None:
+            raise RuntimeError("the index this SearchResult came from is gone")
+        return index
+
+    def _hydrate(self, fetch):
+        ids = self._rows()
+        flat = ids.reshape(-1)
+        live = flat >= 0
+        got = fetch(flat[live]) if live.any() else []
+        out, it = [], iter(got)
+        for ok in live:
+            out.append(next(it) if ok else None)
+        if ids.ndim == 1:
+            return out
+        k = ids.shape[1]
+        return [out[i * k:(i + 1) * k] for i in range(ids.shape[0])]
+
+    def contents(self) -> list:
+        """Contents of the results, shaped like ``ids`` (lists), ``None`` where padded."""
+        return self._hydrate(lambda ids: self._index._contents_of(ids))
+
+    def memories(self) -> list:
+        """:class:`Memory` records of the results, shaped like ``ids``, ``None`` where padded."""
+        return self._hydrate(lambda ids: self._index.get(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """One memory as returned by :meth:`MemoryIndex.get` (built on demand, never stored)."""
+
+    id: int
+    content: str | bytes | None
+    tags: list[str]
+    timestamp: float
+    importance: float
 
 
 class MemoryIndex:
@@ -108,7 +162,11 @@ class MemoryIndex:
         self._vectors = VectorStore(dim, storage=config.vector_storage, spill_dir=config.spill_dir)
         if config.capacity:
             self._vectors.reserve(config.capacity)  # untouched capacity is not resident
-        self._deleted = BitMap64()
+        self._deleted = BitMap()  # tombstones (row numbers < 2**32)
+        self._contents = ContentArena(level=config.zstd_level, max_content_bytes=config.max_content_bytes)
+        self._tags = TagIndex()
+        self._meta = MetadataColumns()
+        self.last_plan = None  # the filter plan of the last filtered search (for introspection)
         self._calib: np.ndarray | None = None  # float32 first rows while the scales calibrate
         self._ann: IVFPQIndex | None = None
         self._timings: dict[str, float] = {}
@@ -131,31 +189,65 @@ class MemoryIndex:
         return f"MemoryIndex(dim={self.dim}, count={len(self)}, phase={phase}, backend={self.backend!r})"
 
     # -- add -----------------------------------------------------------------------------------
-    def add(self, embeddings) -> np.ndarray:
-        """Add a batch of embeddings; returns their ids, ``(n,)`` int64.
+    def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None) -> np.ndarray:
+        """Add a batch of memories; returns their ids, ``(n,)`` int64.
 
         Parameters
         ----------
         embeddings : (n, dim) or (dim,) float array (numpy or torch, any device)
+        contents : sequence of str / bytes / None, optional
+            The memories' texts (or bytes), compressed losslessly; at most
+            ``config.max_content_bytes`` each.
+        tags : sequence of lists of str, optional
+            Tags per memory.
+        timestamps : sequence of epoch seconds, or datetime64 array, optional
+            Default: now.
+        importance : sequence of floats in [0, 1] (or one float for all), optional
+            Default 0.5.
+
+        With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
+        list of tags, a scalar timestamp and importance.
 
         Raises
         ------
         TypeError, ValueError
-            Non-float dtype, wrong rank or dimension, empty batch, NaN/inf. Nothing is stored.
+            Non-float dtype, wrong rank or dimension, empty batch, NaN/inf, an all-zero vector
+            under cosine, lengths that disagree, importance outside [0, 1], non-UTF-8 text, a
+            content over the size limit, bad tags. Nothing is stored.
         """
-        x, _ = as_batch(embeddings, self.dim, "embeddings")
+        x, kind = as_batch(embeddings, self.dim, "embeddings")
+        n = x.shape[0]
+        if kind.single:
+            contents = [contents] if isinstance(contents, (str, bytes)) else contents
+            tags = [tags] if tags is not None and (len(tags) == 0 or isinstance(next(iter(tags)), str)) else tags
+            timestamps = None if timestamps is None else np.atleast_1d(np.asarray(timestamps))
+            importance = None if importance is None else np.atleast_1d(np.asarray(importance))
         if self.config.metric == "cosine":
             check_nonzero(x, "embeddings")
+        if contents is not None:
+            if isinstance(contents, (str, bytes)) or not hasattr(contents, "__len__"):
+                raise TypeError(f"contents must be a sequence of str/bytes/None, one per memory, got {type(contents).__name__}")
+            if len(contents) != n:
+                raise ValueError(f"contents has {len(contents)} entries, expected {n} (one per memory)")
+            contents = self._contents.validate(contents)
+        self._tags.validate(tags, n)
+        ts, imp = MetadataColumns.validate(n, timestamps, importance)
+        if len(self._vectors) + n >= 2**32:
+            raise ValueError(f"an index holds at most 2**32 - 1 memories; this batch of {n} would exceed it")
+        # -- everything is valid: from here on the batch is stored whole
         self._calibrate(x)
         codes, proj = self.encoder(x)
         codes_np = codes.cpu().numpy()
         start = len(self._vectors)
-        ids = np.arange(start, start + codes_np.shape[0], dtype=np.int64)
+        ids = np.arange(start, start + n, dtype=np.int64)
         if self._ann is not None:
             t0 = time.perf_counter()
             self._ann.add(proj.cpu().numpy(), ids)
             self._timings["ann_add"] = self._timings.get("ann_add", 0.0) + time.perf_counter() - t0
         self._vectors.append(codes_np)
+        self._contents.append(contents if contents is not None else [None] * n)
+        self._tags.append(tags, n)
+        self._meta.append(ts, imp)
         if self._ann is None and len(self._vectors) >= self._train_at():
             self.train()
         return ids
@@ -235,7 +327,8 @@ class MemoryIndex:
                  n, nlist, ann.pq_m, coarse, self._timings["train"])
 
     # -- search --------------------------------------------------------------------------------
-    def search(self, queries, k: int = 10, *, nprobe: int | None = None, rerank: int | None = None) -> SearchResult:
+    def search(self, queries, k: int = 10, *, where: Filter | None = None, rank: Rank | None = None,
+               nprobe: int | None = None, rerank: int | None = None) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -243,13 +336,21 @@ class MemoryIndex:
         queries : (nq, dim) or (dim,) float array (numpy or torch, any device)
         k : int
             Results per query (> 0). Missing results are padded with id -1.
+        where : Filter, optional
+            Only memories that satisfy it are returned. Small subsets are scanned exactly; large
+            ones searched through the IVF with an id selector (see ``config.filter_exact_max``).
+        rank : Rank, optional
+            Memory-aware ranking: weighted similarity + recency decay + importance, applied
+            exactly to an oversampled candidate set plus every memory whose recency and
+            importance could still lift it into the top-k.
         nprobe, rerank : int, optional
             Override ``config.nprobe`` / ``config.rerank`` for this call.
 
         Returns
         -------
         SearchResult
-            ``ids`` (nq, k) int64 and ``scores`` (nq, k) float32, in the queries' kind/device.
+            ``ids`` (nq, k) int64 and ``scores`` (nq, k) float32 (the fused score under a
+            ``rank``), in the queries' kind/device; ``.contents()`` / ``.memories()`` hydrate.
         """
         q, kind = as_batch(queries, self.dim, "queries")
         if self.config.metric == "cosine":
@@ -257,27 +358,185 @@ class MemoryIndex:
         k = _check_k(k)
         nprobe = self.config.nprobe if nprobe is None else _check_positive("nprobe", nprobe)
         rerank = self.config.rerank if rerank is None else _check_positive("rerank", rerank)
-        scores, ids = self._search(q, k, nprobe, rerank)
-        return SearchResult(ids=kind.out(ids), scores=kind.out(scores))
+        if where is not None and not isinstance(where, Filter):
+            raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
+        if rank is not None and not isinstance(rank, Rank):
+            raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
+        allowed = None
+        if where is not None and not where.is_empty():
+            allowed = evaluate(where, tags=self._tags, metadata=self._meta, n_rows=len(self._vectors),
+                               deleted=self._deleted)
+        if rank is None or rank.is_plain:
+            scores, ids = self._similar(q, k, nprobe, rerank, allowed)
+            if rank is not None:
+                scores = scores * rank.similarity
+        else:
+            scores, ids = self._ranked(q, k, nprobe, rerank, allowed, rank)
+        return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
 
-    def _search(self, q: torch.Tensor, k: int, nprobe: int, rerank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _similar(self, q: torch.Tensor, k: int, nprobe: int, rerank: int, allowed: BitMap | None):
+        """Top-k by similarity, optionally restricted to ``allowed`` rows: (scores, ids) tensors."""
         qw = self.encoder.query_weights(q)
         codes = self._vectors.array
-        if self._ann is None:
-            # int8 x int8 scan for candidates (2.2x the float GEMM's speed, 50x for single
-            # queries), then the float query re-scores them: exact top-k of the int8 vectors
-            # unless the query's own rounding pushed a true neighbour below rank 2k + 16
-            dead = self._deleted_array() if self._deleted else None
-            _, cand = exact.scan(qw, codes, 2 * k + 16, exclude=dead, kernel=exact.int8_kernel)
+        if allowed is None:
+            self.last_plan = None
+            if self._ann is None:
+                # int8 x int8 scan for candidates (2.2x the float GEMM's speed, 50x for single
+                # queries), then the float query re-scores them: exact top-k of the int8 vectors
+                # unless the query's own rounding pushed a true neighbour below rank 2k + 16
+                dead = self._deleted_array() if self._deleted else None
+                _, cand = exact.scan(qw, codes, 2 * k + 16, exclude=dead, kernel=exact.int8_kernel)
+                return exact.rerank(qw, codes, cand.cpu().numpy(), k)
+            qp = self.encoder.project(q).cpu().numpy()
+            kc = min(max(k * rerank, k), max(len(self), 1))
+            _, cand = self._ann.search(qp, kc, nprobe=nprobe)
+            return exact.rerank(qw, codes, cand, k)
+        p = plan(allowed, n_live=len(self), trained=self._ann is not None, exact_max=self.config.filter_exact_max,
+                 nprobe=nprobe, nlist=self._ann.nlist if self._ann else 1)
+        self.last_plan = p
+        if p.strategy == "exact":
+            _, cand = exact.scan(qw, codes, 2 * k + 16, rows=p.rows, kernel=exact.int8_kernel)
             return exact.rerank(qw, codes, cand.cpu().numpy(), k)
+        faiss = faiss_module()
+        bits = np.zeros(len(self._vectors), dtype=bool)
+        bits[p.rows] = True
+        packed = np.packbits(bits, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(packed))
         qp = self.encoder.project(q).cpu().numpy()
-        kc = min(max(k * rerank, k), max(len(self), 1))
-        _, cand = self._ann.search(qp, kc, nprobe=nprobe)
+        kc = min(max(k * rerank, k), len(p.rows))
+        _, cand = self._ann.search(qp, kc, nprobe=p.nprobe, selector=selector)
+        del selector, packed
         return exact.rerank(qw, codes, cand, k)
+
+    def _ranked(self, q: torch.Tensor, k: int, nprobe: int, rerank: int, allowed: BitMap | None, rank: Rank):
+        """Exact top-k of the fused score over (approximate) similarity candidates.
+
+        ``fused = a * sim + prior(row)``. Candidates come by similarity (``k * rank_oversample``
+        of them); any row outside them has ``sim <= s_min``, the lowest candidate similarity,
+        so it can only enter the top-k if ``prior(row) > tau_k - a * s_min`` (``tau_k`` the
+        k-th best fused score among the candidates). Those rows are few unless recency and
+        importance dominate; they are scored exactly too (at most ``RANK_EXTRA_MAX``, the
+        highest priors first).
+        """
+        now = rank.reference_time()
+        n_rows = len(self._vectors)
+        prior = rank.prior(self._meta.timestamp.view(), self._meta.importance(), now)
+        kc = k * self.config.rank_oversample
+        sims, cand = self._similar(q, kc, nprobe, rerank, allowed)
+        sims, cand = sims.cpu().numpy(), cand.cpu().numpy()
+        valid = cand >= 0
+        fused = np.where(valid, rank.similarity * sims + prior[np.where(valid, cand, 0)], -np.inf).astype(np.float32)
+        n_allowed = len(allowed) if allowed is not None else len(self)
+        if n_allowed > kc:
+            tau = -np.sort(-fused, axis=1)[:, k - 1]
+            s_min = np.where(valid, sims, np.inf).min(axis=1)
+            need = tau - rank.similarity * s_min
+            bound = float(np.min(need))
+            eligible = prior > bound
+            if self._deleted:
+                eligible[self._deleted_array()] = False
+            if allowed is not None:
+                mask = np.zeros(n_rows, dtype=bool)
+                mask[np.asarray(allowed.to_array(), dtype=np.int64)] = True
+                eligible &= mask
+            extra = np.flatnonzero(eligible)
+            if len(extra) > RANK_EXTRA_MAX:
+                extra = extra[np.argpartition(-prior[extra], RANK_EXTRA_MAX)[:RANK_EXTRA_MAX]]
+            if len(extra):
+                e_s, e_i = self._fused_scan(q, extra, prior, rank, k)
+                fused = np.concatenate([fused, e_s], axis=1)
+                cand = np.concatenate([cand, e_i], axis=1)
+        order = np.argsort(-fused, axis=1, kind="stable")
+        fused = np.take_along_axis(fused, order, 1)
+        cand = np.take_along_axis(cand, order, 1)
+        out_s = np.full((len(cand), k), -np.inf, dtype=np.float32)
+        out_i = np.full((len(cand), k), -1, dtype=np.int64)
+        for r in range(len(cand)):  # drop rows found both ways (same score), keep order
+            ids_r, first = np.unique(cand[r], return_index=True)
+            keep = np.sort(first[ids_r >= 0])[:k]
+            out_s[r, :len(keep)] = fused[r, keep]
+            out_i[r, :len(keep)] = cand[r, keep]
+        out_i[~np.isfinite(out_s)] = -1
+        return torch.from_numpy(out_s), torch.from_numpy(out_i)
+
+    def _fused_scan(self, q: torch.Tensor, rows: np.ndarray, prior: np.ndarray, rank: Rank, k: int):
+        """Exact fused top-k over ``rows``: (scores (nq, k), ids (nq, k)) numpy."""
+        qw = self.encoder.query_weights(q)
+        codes = self._vectors.array
+        pr = torch.from_numpy(prior[rows]).to(qw.device)
+        a = float(rank.similarity)
+        best_s = best_i = None
+        step = max(1024, exact.DEFAULT_BUDGET // max(q.shape[0], 1))
+        for s0 in range(0, len(rows), step):
+            r = rows[s0: s0 + step]
+            block = torch.from_numpy(np.ascontiguousarray(codes[r])).to(qw.device)
+            fused = a * exact.float_kernel(qw, block) + pr[s0: s0 + step]
+            top = torch.topk(fused, min(k, fused.shape[1]), dim=1)
+            ids = torch.from_numpy(r).to(qw.device)[top.indices]
+            best_s, best_i = exact.merge_topk(best_s, best_i, top.values, ids, k)
+        return best_s.cpu().numpy(), best_i.cpu().numpy()
+
+    def _contents_of(self, ids) -> list:
+        return self._contents.get(self._live_rows(ids))
+
+    # -- payload -------------------------------------------------------------------------------
+    def _live_rows(self, ids, name: str = "ids") -> np.ndarray:
+        ids = as_ids(ids, name)
+        bad = ids[(ids < 0) | (ids >= len(self._vectors))]
+        if len(bad):
+            raise ValueError(f"unknown id(s): {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}")
+        if self._deleted:
+            dead = np.isin(ids, self._deleted_array())
+            if dead.any():
+                raise ValueError(f"deleted id(s): {ids[dead][:10].tolist()}")
+        return ids
+
+    def get(self, ids) -> list[Memory]:
+        """The memories with these ids, in the order given.
+
+        Raises
+        ------
+        ValueError
+            An id that was never assigned or has been deleted.
+        """
+        rows = self._live_rows(ids)
+        contents = self._contents.get(rows)
+        tags = self._tags.get(rows)
+        ts = self._meta.timestamp[rows]
+        imp = self._meta.importance(rows)
+        return [Memory(int(r), c, t, float(a), float(b)) for r, c, t, a, b in zip(rows, contents, tags, ts, imp)]
+
+    def update(self, ids, *, contents=None, tags=None, timestamps=None, importance=None) -> None:
+        """Change the content, tags, timestamp or importance of existing memories.
+
+        Each argument, when given, has one entry per id. The whole call is validated first and
+        applied only if everything is valid.
+        """
+        rows = self._live_rows(ids)
+        n = len(rows)
+        if len(np.unique(rows)) != n:
+            raise ValueError("update ids must be unique")
+        if contents is not None:
+            if isinstance(contents, (str, bytes)) or len(contents) != n:
+                raise ValueError(f"contents must have {n} entries, one per id")
+            contents = self._contents.validate(contents)
+        if tags is not None:
+            self._tags.validate(tags, n)
+        ts = imp = None
+        if timestamps is not None or importance is not None:
+            ts, imp = MetadataColumns.validate(n, timestamps, importance)
+        if contents is not None:
+            self._contents.replace(rows, contents)
+        if tags is not None:
+            self._tags.replace(rows, tags)
+        if timestamps is not None:
+            self._meta.timestamp[rows] = ts
+        if importance is not None:
+            self._meta.importance_q[rows] = MetadataColumns.quantize_importance(imp)
 
     # -- delete --------------------------------------------------------------------------------
     def delete(self, ids) -> int:
-        """Delete memories by id; returns how many were deleted.
+        """Delete memories by id (from the index, the tags and the filters); returns the count.
 
         Raises
         ------
@@ -290,14 +549,14 @@ class MemoryIndex:
         bad = ids[(ids < 0) | (ids >= len(self._vectors))]
         if len(bad):
             raise ValueError(f"unknown id(s): {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}")
-        gone = [int(i) for i in ids[:10_000] if int(i) in self._deleted]
-        if self._deleted and len(ids) > 10_000:
-            gone = (self._deleted & BitMap64(ids.tolist())).to_array().tolist()
-        if gone:
-            raise ValueError(f"id(s) already deleted: {gone[:10]}")
+        gone = ids[np.isin(ids, self._deleted_array())] if self._deleted else ids[:0]
+        if len(gone):
+            raise ValueError(f"id(s) already deleted: {gone[:10].tolist()}")
         if self._ann is not None:
             self._ann.remove(ids)
-        self._deleted.update(ids.tolist())
+        self._deleted.update(ids.astype(np.uint32))
+        self._tags.delete(ids)
+        self._meta.mark_deleted(ids)
         return len(ids)
 
     def _deleted_array(self) -> np.ndarray:
@@ -320,8 +579,14 @@ class MemoryIndex:
         """
         n = len(self)
         vec_bytes = self._vectors.nbytes()
+        content = self._contents.nbytes()
+        tag_bytes = self._tags.nbytes()
         components = {"vectors_int8": vec_bytes, "encoder": self.encoder.nbytes(),
-                      "tombstones": len(self._deleted.serialize()) if self._deleted else 0}
+                      "tombstones": len(self._deleted.serialize()) if self._deleted else 0,
+                      "content_records": content["records"], "content_offsets": content["starts"],
+                      "content_dictionaries": content["dictionaries"], "content_samples": content["samples"],
+                      "metadata": self._meta.nbytes(),
+                      **{f"tags_{k}": int(v) for k, v in tag_bytes.items() if k != "garbage"}}
         if self._ann is not None:
             components.update({f"ann_{k}": v for k, v in self._ann.nbytes().items()})
         mapped = vec_bytes if self._vectors.storage == "mmap" else 0
@@ -343,6 +608,9 @@ class MemoryIndex:
             "mapped_bytes": mapped,
             "bytes_per_memory": (anon + mapped) / n if n else 0.0,
             "anon_bytes_per_memory": anon / n if n else 0.0,
+            "content_raw_bytes": self._contents.raw_bytes,
+            "content_stored_bytes": self._contents.stored_bytes,
+            "tag_vocabulary": self._tags.vocab_size,
             "train_seconds": self._timings.get("train"),
             "capabilities": capabilities(),
             "config": self.config.to_dict(),

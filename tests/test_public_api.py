@@ -5,7 +5,7 @@ import importlib.metadata
 
 import lukhas_gpu
 
-PUBLIC = ["MemoryIndex", "IndexConfig", "SearchResult", "Encoder", "__version__"]
+PUBLIC = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Encoder", "__version__"]
 
 
 def test_all_is_pinned():

@@ -1,0 +1,62 @@
+"""Growable 1-D numpy columns: the per-memory state of the payload lives in these.
+
+Capacity doubles (each element is copied once on average); capacity never written is never
+resident, so the slack costs no RAM. ``view()`` returns the filled part without copying.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["GrowableArray"]
+
+_MIN_CAPACITY = 1024
+
+
+class GrowableArray:
+    """An append-only 1-D array of a fixed dtype, with in-place writes to existing rows."""
+
+    def __init__(self, dtype, capacity: int = 0):
+        self.dtype = np.dtype(dtype)
+        self._n = 0
+        self._data = np.empty(max(capacity, 0), dtype=self.dtype)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def capacity(self) -> int:
+        return int(self._data.shape[0])
+
+    def reserve(self, capacity: int) -> None:
+        if capacity > self.capacity:
+            new = np.empty(capacity, dtype=self.dtype)
+            new[: self._n] = self._data[: self._n]
+            self._data = new
+
+    def append(self, values) -> tuple[int, int]:
+        """Append values (cast to the column's dtype); returns the ``[start, stop)`` range."""
+        values = np.asarray(values, dtype=self.dtype).ravel()
+        start, stop = self._n, self._n + len(values)
+        if stop > self.capacity:
+            self.reserve(max(stop, 2 * self.capacity, _MIN_CAPACITY))
+        self._data[start:stop] = values
+        self._n = stop
+        return start, stop
+
+    def view(self) -> np.ndarray:
+        return self._data[: self._n]
+
+    def __getitem__(self, key):
+        return self.view()[key]
+
+    def __setitem__(self, key, value):
+        self.view()[key] = value
+
+    def truncate(self, n: int) -> None:
+        """Forget rows from ``n`` on (used to undo a partially applied batch)."""
+        if not 0 <= n <= self._n:
+            raise ValueError(f"cannot truncate a column of {self._n} rows to {n}")
+        self._n = n
+
+    def nbytes(self) -> int:
+        return self._n * self.dtype.itemsize

@@ -1,0 +1,154 @@
+"""Filters: a :class:`Filter` becomes a roaring bitmap of allowed rows, then a search plan.
+
+Tag constraints are roaring operations on the per-tag bitmaps; time and importance constraints are
+vectorised scans of the metadata columns (only over the rows the tags left, when they left few).
+The planner picks, by the number of allowed rows, between an exact int8 scan of that subset and
+the IVF search restricted by an id selector, with the probe count raised as the filter narrows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from pyroaring import BitMap
+
+from .metadata import to_epoch_seconds
+
+__all__ = ["Filter", "Plan", "evaluate", "plan"]
+
+
+def _tag_tuple(name: str, value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"Filter.{name} must be a str or a list of str, got {type(value).__name__}") from None
+    for t in items:
+        if not isinstance(t, str):
+            raise TypeError(f"Filter.{name} must hold str tags, got {type(t).__name__}")
+    return items
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Filter:
+    """Which memories a search may return. All given constraints must hold (AND).
+
+    Parameters
+    ----------
+    tags_all : str or list of str
+        The memory carries every one of these tags.
+    tags_any : str or list of str
+        ... at least one of these.
+    tags_none : str or list of str
+        ... none of these.
+    since, until : epoch seconds, datetime or numpy.datetime64, optional
+        ``since <= timestamp <= until`` (both inclusive).
+    min_importance : float in [0, 1], optional
+        ``importance >= min_importance``.
+    """
+
+    tags_all: tuple[str, ...]
+    tags_any: tuple[str, ...]
+    tags_none: tuple[str, ...]
+    since: float | None
+    until: float | None
+    min_importance: float | None
+
+    def __init__(self, *, tags_all=None, tags_any=None, tags_none=None, since=None, until=None,
+                 min_importance=None):
+        set_ = object.__setattr__
+        set_(self, "tags_all", _tag_tuple("tags_all", tags_all))
+        set_(self, "tags_any", _tag_tuple("tags_any", tags_any))
+        set_(self, "tags_none", _tag_tuple("tags_none", tags_none))
+        set_(self, "since", None if since is None else to_epoch_seconds(since, "Filter.since"))
+        set_(self, "until", None if until is None else to_epoch_seconds(until, "Filter.until"))
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError(f"Filter.since ({self.since}) is after Filter.until ({self.until})")
+        if min_importance is not None:
+            if isinstance(min_importance, bool) or not isinstance(min_importance, (int, float, np.integer, np.floating)):
+                raise TypeError(f"Filter.min_importance must be a float, got {type(min_importance).__name__}")
+            if not 0.0 <= float(min_importance) <= 1.0:
+                raise ValueError(f"Filter.min_importance must be in [0, 1], got {min_importance!r}")
+            min_importance = float(min_importance)
+        set_(self, "min_importance", min_importance)
+
+    def is_empty(self) -> bool:
+        return not (self.tags_all or self.tags_any or self.tags_none or self.since is not None
+                    or self.until is not None or self.min_importance is not None)
+
+    def matches(self, tags: list[str], timestamp: float, importance: float) -> bool:
+        """The predicate for one memory, in plain Python (the reference the tests check against)."""
+        s = set(tags)
+        return (all(t in s for t in self.tags_all)
+                and (not self.tags_any or any(t in s for t in self.tags_any))
+                and not any(t in s for t in self.tags_none)
+                and (self.since is None or timestamp >= self.since)
+                and (self.until is None or timestamp <= self.until)
+                and (self.min_importance is None or importance >= self.min_importance - 1e-12))
+
+
+def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap) -> BitMap:
+    """The rows ``flt`` allows, live rows only, as a roaring bitmap."""
+    allowed: BitMap | None = None
+    if flt.tags_all:
+        allowed = tags.all_of(list(flt.tags_all))
+    if flt.tags_any:
+        any_ = tags.any_of(list(flt.tags_any))
+        allowed = any_ if allowed is None else allowed & any_
+    if flt.since is not None or flt.until is not None or flt.min_importance is not None:
+        if allowed is not None and len(allowed) * 8 < n_rows:
+            rows = np.asarray(allowed.to_array(), dtype=np.int64)
+            keep = _column_mask(flt, metadata, rows)
+            allowed = BitMap(rows[keep].astype(np.uint32))
+        else:
+            mask = _column_mask(flt, metadata, slice(0, n_rows))
+            cols = BitMap(np.flatnonzero(mask).astype(np.uint32))
+            allowed = cols if allowed is None else allowed & cols
+    if allowed is None:
+        allowed = BitMap(range(n_rows))
+    if flt.tags_none:
+        allowed = allowed - tags.any_of(list(flt.tags_none))
+    if deleted:
+        allowed = allowed - deleted
+    return allowed
+
+
+def _column_mask(flt: Filter, metadata, rows) -> np.ndarray:
+    ts = metadata.timestamp[rows]
+    mask = np.ones(len(ts), dtype=bool)
+    if flt.since is not None:
+        mask &= ts >= flt.since
+    if flt.until is not None:
+        mask &= ts <= flt.until
+    if flt.min_importance is not None:
+        mask &= metadata.importance_q[rows] >= metadata.min_importance_q(flt.min_importance)
+    return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a filtered search runs: ``exact`` scan of ``rows`` or ``ann`` with a selector."""
+
+    strategy: str
+    rows: np.ndarray  # sorted int64 row numbers allowed
+    selectivity: float
+    nprobe: int
+
+
+def plan(allowed: BitMap, *, n_live: int, trained: bool, exact_max: int, nprobe: int, nlist: int) -> Plan:
+    """Exact scan when the subset is small (or the index untrained), else IVF with a selector.
+
+    A selective filter leaves fewer qualifying codes per probed list, so the probe count grows as
+    ``nprobe / sqrt(selectivity)`` (capped at ``nlist``): the same number of lists would return
+    too few qualifying candidates.
+    """
+    rows = np.asarray(allowed.to_array(), dtype=np.int64)
+    sel = len(rows) / max(n_live, 1)
+    if not trained or len(rows) <= exact_max:
+        return Plan("exact", rows, sel, 0)
+    probes = min(nlist, int(math.ceil(nprobe / math.sqrt(max(sel, 1e-9)))))
+    return Plan("ann", rows, sel, probes)
