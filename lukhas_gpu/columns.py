@@ -2,14 +2,33 @@
 
 Capacity doubles (each element is copied once on average); capacity never written is never
 resident, so the slack costs no RAM. ``view()`` returns the filled part without copying.
+
+Large buffers are private anonymous memory maps rather than ``np.empty``: numpy advises huge
+pages for arrays of 4 MiB and more, and with transparent huge pages a column's untouched slack
+then becomes resident 2 MiB at a time (measured: the content arena of 117k memories held 94 B
+per memory for 52 B of records and offsets). A private map keeps 4 KiB granularity and is still
+counted as anonymous memory.
 """
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
-__all__ = ["GrowableArray"]
+__all__ = ["GrowableArray", "allocate"]
 
 _MIN_CAPACITY = 1024
+_MAP_FROM = 1 << 16  # bytes; smaller buffers come from the ordinary allocator
+
+
+def allocate(n: int, dtype) -> np.ndarray:
+    """An uninitialised 1-D array of ``n`` elements whose untouched pages stay non-resident."""
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if nbytes < _MAP_FROM:
+        return np.empty(n, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype=dtype, count=n)
 
 
 class GrowableArray:
@@ -18,7 +37,7 @@ class GrowableArray:
     def __init__(self, dtype, capacity: int = 0):
         self.dtype = np.dtype(dtype)
         self._n = 0
-        self._data = np.empty(max(capacity, 0), dtype=self.dtype)
+        self._data = allocate(max(capacity, 0), self.dtype)
 
     def __len__(self) -> int:
         return self._n
@@ -29,7 +48,7 @@ class GrowableArray:
 
     def reserve(self, capacity: int) -> None:
         if capacity > self.capacity:
-            new = np.empty(capacity, dtype=self.dtype)
+            new = allocate(capacity, self.dtype)
             new[: self._n] = self._data[: self._n]
             self._data = new
 
