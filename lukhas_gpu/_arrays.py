@@ -22,9 +22,6 @@ class ArrayKind:
     device: torch.device | None
     single: bool
 
-    def ids_out(self, ids: np.ndarray | torch.Tensor):
-        return self._out(ids)
-
     def _out(self, a):
         if self.is_torch:
             t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))

@@ -562,6 +562,21 @@ class MemoryIndex:
     def _deleted_array(self) -> np.ndarray:
         return np.asarray(self._deleted.to_array(), dtype=np.int64)
 
+    def compact(self) -> int:
+        """Drop the bytes of deleted memories and of replaced contents and tag lists.
+
+        Deleted memories keep their (int8) row, since ids are row numbers; their content,
+        tags and ANN entry are gone. Returns the bytes reclaimed.
+        """
+        before = sum(self._contents.nbytes()[k] for k in ("records",)) + self._tags.nbytes()["flat"] + 4 * self._tags.garbage
+        live = np.ones(len(self._vectors), dtype=bool)
+        if self._deleted:
+            live[self._deleted_array()] = False
+        self._contents.compact(np.flatnonzero(live))
+        self._tags.compact()
+        after = self._contents.nbytes()["records"] + self._tags.nbytes()["flat"] + 4 * self._tags.garbage
+        return int(before - after)
+
     def contains(self, ids) -> np.ndarray:
         """Boolean mask: which ids are live memories."""
         ids = as_ids(ids)

@@ -245,3 +245,19 @@ def test_update_rejects_bad_input_and_changes_nothing(data):
     with pytest.raises(ValueError):
         index.update([1, 2], tags=[["ok"], [""]])
     assert index.get([1, 2]) == before
+
+
+def test_compact_reclaims_deleted_and_replaced_payload(data):
+    xb, xq, contents, tags, *_ = data
+    index = _index(data, trained=False)
+    index.update([1, 2], contents=["short", "also short"], tags=[["x"], ["y"]])
+    index.delete(np.arange(100, 1100))
+    before = index.stats()["bytes"]["content_records"]
+    reclaimed = index.compact()
+    assert reclaimed > 0 and index.stats()["bytes"]["content_records"] < before
+    assert index._tags.garbage == 0
+    m = index.get([0, 1, 2, 5000])
+    assert [x.content for x in m] == [contents[0], "short", "also short", contents[5000]]
+    assert [x.tags for x in m[1:3]] == [["x"], ["y"]]
+    ids = index.search(xq, 10, where=Filter(tags_any=VOCAB + ["x", "y"])).ids
+    assert not np.isin(ids, np.arange(100, 1100)).any()
