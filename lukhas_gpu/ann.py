@@ -78,12 +78,26 @@ class IVFPQIndex:
         self.index.cp.niter = KMEANS_NITER
         self.index.cp.seed = seed
         self.index.cp.max_points_per_centroid = -(-train_sample_size(nlist) // nlist)
+        self._clustering_index = None
         if coarse == "hnsw":
             # k-means assigns with a flat index; the graph is built once over the final centroids
             self._clustering_index = faiss.IndexFlatIP(d)
             self.index.clustering_index = self._clustering_index
         self.gpu_index = None
         self.train_seconds = 0.0
+
+    @classmethod
+    def from_faiss(cls, index, *, nlist: int, pq_m: int, coarse: str, seed: int = 1234) -> "IVFPQIndex":
+        """Wrap an ``IndexIVFPQFastScan`` read back from disk."""
+        faiss = faiss_module()
+        self = cls.__new__(cls)
+        self.d, self.nlist, self.pq_m, self.coarse, self.seed = int(index.d), nlist, pq_m, coarse, seed
+        self.index = index
+        self.quantizer = faiss.downcast_index(index.quantizer)
+        self._clustering_index = None
+        self.gpu_index = None
+        self.train_seconds = 0.0
+        return self
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property

@@ -39,6 +39,18 @@ class GrowableArray:
         self._n = 0
         self._data = allocate(max(capacity, 0), self.dtype)
 
+    @classmethod
+    def wrap(cls, array: np.ndarray) -> "GrowableArray":
+        """A column whose rows are ``array`` itself (no copy; e.g. a read-only memory map).
+
+        The first append that outgrows it copies the rows into a growable buffer of its own.
+        """
+        a = np.asarray(array).ravel() if not isinstance(array, np.memmap) else array
+        col = cls(a.dtype)
+        col._data = a
+        col._n = len(a)
+        return col
+
     def __len__(self) -> int:
         return self._n
 

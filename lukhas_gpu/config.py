@@ -91,6 +91,11 @@ class IndexConfig:
         With a memory-aware :class:`~lukhas_gpu.Rank`, candidates fetched by similarity per
         result, before the bound on recency and importance adds the memories that could still
         outrank them.
+    wal_sync : {"always", "group", "none"}, default "always"
+        For a store open for writing: ``always`` fsyncs the write-ahead log before every
+        ``add``/``update``/``delete`` returns (an acknowledged memory survives a power cut);
+        ``group`` fsyncs at most every 50 ms (a process crash loses nothing, a power cut up to
+        50 ms of writes) for much higher small-batch write rates; ``none`` leaves it to the OS.
     backend : {"auto", "cpu", "cuda"}, default "auto"
         Where the torch kernels run; ``LUKHAS_GPU_BACKEND`` overrides it. ``auto`` takes CUDA when
         torch sees a GPU and falls back to CPU with one log line.
@@ -118,6 +123,7 @@ class IndexConfig:
     zstd_level: int = 3
     filter_exact_max: int = 16384
     rank_oversample: int = 4
+    wal_sync: str = "always"
     backend: str = "auto"
     batch_size: int = 65536
     threads: int | None = None
@@ -138,6 +144,7 @@ class IndexConfig:
         choice("coarse", self.coarse, ("auto", "flat", "hnsw"))
         choice("vector_storage", self.vector_storage, _VECTOR_STORAGE)
         choice("backend", self.backend, _BACKENDS)
+        choice("wal_sync", self.wal_sync, ("always", "group", "none"))
         for name in ("train_threshold", "nprobe", "rerank", "batch_size", "max_content_bytes",
                      "filter_exact_max", "rank_oversample"):
             positive(name, getattr(self, name))

@@ -19,6 +19,7 @@ The driver streams the rows in chunks and keeps a running top-k, so memory stays
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -84,8 +85,18 @@ def merge_topk(best_s: torch.Tensor | None, best_i: torch.Tensor | None, s: torc
     return top.values, torch.gather(i, 1, top.indices)
 
 
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` that also takes read-only arrays (a store opened read-only maps its
+    vectors read-only); the tensors made here are only ever read."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 def _as_tensor(a, device) -> torch.Tensor:
-    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    t = a if isinstance(a, torch.Tensor) else _from_numpy(np.ascontiguousarray(a))
     return t.to(device, non_blocking=True)
 
 
@@ -173,7 +184,7 @@ def rerank(qw: torch.Tensor, codes, candidates: np.ndarray, k: int) -> tuple[tor
     if kc == 0 or nq == 0 or codes.shape[0] == 0:
         return out_s, out_i
     # rows are gathered where they live (host numpy / memory map, or a device tensor), then moved
-    table = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(codes)
+    table = codes if isinstance(codes, torch.Tensor) else _from_numpy(codes)
     cand_host = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.int64))
     cand = cand_host.to(device)
     kk = min(k, kc)

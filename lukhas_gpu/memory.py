@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 import time
 import weakref
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from pyroaring import BitMap
 
-from . import exact
+from . import exact, persist, storage
 from ._arrays import as_batch, as_ids, check_nonzero
 from .ann import HNSW_COARSE_FROM, IVFPQIndex, auto_nlist, auto_pq_m, train_sample_size
 from .config import IndexConfig
@@ -48,6 +49,8 @@ CALIBRATION_ROWS = 1024
 #: Rows a memory-aware search may add to its candidates because recency/importance could lift
 #: them into the top-k (the highest priors first).
 RANK_EXTRA_MAX = 65536
+#: Write-ahead log operations.
+OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
 TRAIN_SAMPLE = 262_144
 
 
@@ -167,9 +170,210 @@ class MemoryIndex:
         self._tags = TagIndex()
         self._meta = MetadataColumns()
         self.last_plan = None  # the filter plan of the last filtered search (for introspection)
+        self._wal = None  # the write-ahead log of a store open for writing
         self._calib: np.ndarray | None = None  # float32 first rows while the scales calibrate
         self._ann: IVFPQIndex | None = None
         self._timings: dict[str, float] = {}
+
+    # -- durable store ---------------------------------------------------------------------------
+    path: pathlib.Path | None = None
+    mode: str | None = None
+
+    @classmethod
+    def create(cls, path, dim: int, config: IndexConfig | str | None = None) -> "MemoryIndex":
+        """Create a store at ``path`` (a new or empty directory) and return it open for writing.
+
+        Raises
+        ------
+        StoreError
+            ``path`` already holds a store (open it instead).
+        """
+        path = pathlib.Path(path)
+        if (path / storage.CURRENT).exists():
+            raise storage.StoreError(f"{path} already holds a store; use MemoryIndex.open({str(path)!r}, mode='w')")
+        path.mkdir(parents=True, exist_ok=True)
+        storage.acquire_lock(path)
+        try:
+            index = cls(dim, config)
+            index._bind(path, "w")
+            index.checkpoint()
+        except BaseException:
+            storage.release_lock(path)
+            raise
+        return index
+
+    @classmethod
+    def open(cls, path, mode: str = "r", *, verify: bool = False) -> "MemoryIndex":
+        """Open the store at ``path``: ``mode="r"`` (read the last checkpoint; many readers may
+        run beside the writer) or ``"w"`` (the one writer: takes the lock and replays the
+        write-ahead log on top of the last checkpoint).
+
+        The int8 vectors and the content records are memory-mapped, so opening reads little and
+        the anonymous RAM per memory is the ANN codes plus the packed metadata. ``verify=True``
+        also checks the CRC-32 of the memory-mapped files (see :meth:`verify`).
+
+        Raises
+        ------
+        StoreError, CorruptStoreError, StoreLockedError
+            No store there, a format this version cannot read (the message says how to upgrade),
+            a truncated or altered file (named), or another writer holding the lock.
+        """
+        if mode not in ("r", "w"):
+            raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+        path = pathlib.Path(path)
+        gen_dir = storage.current_generation(path)
+        if mode == "w":
+            storage.acquire_lock(path)
+        try:
+            index, _ = persist.load_generation(cls, path, gen_dir, writable=mode == "w",
+                                               checksums=True if verify else "small")
+            index._bind(path, mode)
+            if mode == "w":
+                index._replay_wal()
+        except BaseException:
+            if mode == "w":
+                storage.release_lock(path)
+            raise
+        return index
+
+    def _bind(self, path: pathlib.Path, mode: str) -> None:
+        self.path, self.mode = path, mode
+
+    def _reset_wal(self, base: int) -> None:
+        """Start an empty log that follows generation ``base`` (after a checkpoint)."""
+        from .wal import WriteAheadLog
+
+        if self._wal is None:
+            wal_path = self.path / storage.WAL
+            wal_path.unlink(missing_ok=True)  # only at create: nothing to keep
+            self._wal = WriteAheadLog(wal_path, base=base, sync=self.config.wal_sync)
+        else:
+            self._wal.reset(base)
+
+    def _replay_wal(self) -> None:
+        """Apply the operations logged since the published generation, then keep logging.
+
+        A torn tail (a crash mid-append: that call never returned) is cut, never replayed. A log
+        that follows another generation (a crash between publishing a checkpoint and restarting
+        the log: its records are in the checkpoint) is dropped.
+        """
+        from .wal import WalReader, WriteAheadLog
+
+        wal_path = self.path / storage.WAL
+        base = int(storage.current_generation(self.path).name[4:])
+        applied = 0
+        if wal_path.exists():
+            with WalReader(wal_path) as reader:
+                stale = reader.base != base
+                if not stale:
+                    for rec in reader:
+                        self._apply(rec.op, rec.fields)
+                        applied += 1
+            if stale:
+                log.warning("%s follows generation %s, the store is at %s: its records are in the checkpoint; "
+                            "dropped", wal_path, reader.base, base)
+                wal_path.unlink()
+        self._wal = WriteAheadLog(wal_path, base=base, sync=self.config.wal_sync)
+        if applied:
+            log.info("replayed %d logged operations from %s", applied, wal_path)
+
+    def _apply(self, op: int, f: dict) -> None:
+        wal, self._wal = self._wal, None  # replayed operations are not logged again
+        try:
+            if op == OP_ADD:
+                self.add(f["x"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
+            elif op == OP_UPDATE:
+                self.update(f["ids"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
+            elif op == OP_DELETE:
+                self.delete(f["ids"])
+            else:
+                raise storage.CorruptStoreError(self.path / storage.WAL, f"unknown operation {op}")
+        finally:
+            self._wal = wal
+
+    def _close_wal(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+
+    def _require_writable(self) -> None:
+        if self.mode == "r":
+            raise storage.StoreError(f"{self.path} is open read-only (mode='r'); open it with mode='w' to change it")
+
+    def checkpoint(self) -> pathlib.Path:
+        """Write a new generation of the store and publish it atomically; the previous one is
+        kept for :meth:`rollback`, older ones removed, and the write-ahead log restarted."""
+        self._require_writable()
+        if self.path is None:
+            raise storage.StoreError("this index has no store; use save(path) or MemoryIndex.create(path, ...)")
+        gen = persist.write_generation(self, self.path)
+        self._reset_wal(int(gen.name[4:]))
+        return gen
+
+    def save(self, path) -> pathlib.Path:
+        """Write this index as a new store at ``path`` (which must not hold one yet)."""
+        path = pathlib.Path(path)
+        if (path / storage.CURRENT).exists():
+            raise storage.StoreError(f"{path} already holds a store")
+        return persist.write_generation(self, path)
+
+    @classmethod
+    def rollback(cls, path) -> pathlib.Path:
+        """Publish the previous generation of the closed store at ``path`` again (and drop the
+        write-ahead log, which belongs to the newer one). Returns the generation now current."""
+        path = pathlib.Path(path)
+        storage.acquire_lock(path)
+        try:
+            prev = storage.previous_generation(path)
+            if prev is None:
+                raise storage.StoreError(f"{path} has no previous generation to roll back to")
+            storage.read_manifest(prev)
+            storage.publish(path, prev.name)
+            (path / storage.WAL).unlink(missing_ok=True)
+            return prev
+        finally:
+            storage.release_lock(path)
+
+    def verify(self) -> dict:
+        """Check the store's published generation (every file's size and CRC-32) and this index's
+        internal consistency (every live id has its vector, content, metadata and tags).
+
+        Returns a report dict; raises :class:`CorruptStoreError` naming the first bad file.
+        """
+        report = {"rows": len(self._vectors), "count": len(self)}
+        if self.path is not None:
+            gen_dir = storage.current_generation(self.path)
+            manifest = storage.read_manifest(gen_dir)
+            storage.check_files(gen_dir, manifest, checksums=True)
+            report.update(generation=manifest["generation"], files=len(manifest["files"]))
+        n = len(self._vectors)
+        for part, m in (("metadata", len(self._meta)), ("content", len(self._contents)), ("tags", len(self._tags))):
+            if m != n:
+                raise storage.CorruptStoreError(self.path or "<memory>", f"{part} holds {m} rows, the vectors {n}")
+        if self._ann is not None and self._ann.ntotal != len(self):
+            raise storage.CorruptStoreError(self.path or "<memory>",
+                                            f"the ANN holds {self._ann.ntotal} vectors, the index {len(self)} live memories")
+        try:  # every record decodes
+            for start in range(0, n, 65536):
+                self._contents.get(np.arange(start, min(n, start + 65536)))
+        except Exception as e:
+            raise storage.CorruptStoreError((self.path or "<memory>") and f"{self.path}/content.bin",
+                                            f"a content record does not decode ({type(e).__name__}: {e})") from None
+        report["ok"] = True
+        return report
+
+    def close(self) -> None:
+        """Release the writer's lock and the write-ahead log (nothing is checkpointed)."""
+        if self.mode == "w" and self.path is not None:
+            self._close_wal()
+            storage.release_lock(self.path)
+        self.mode = None
+
+    def __enter__(self) -> "MemoryIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- size ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -215,6 +419,7 @@ class MemoryIndex:
             under cosine, lengths that disagree, importance outside [0, 1], non-UTF-8 text, a
             content over the size limit, bad tags. Nothing is stored.
         """
+        self._require_writable()
         x, kind = as_batch(embeddings, self.dim, "embeddings")
         n = x.shape[0]
         if kind.single:
@@ -224,14 +429,19 @@ class MemoryIndex:
             importance = None if importance is None else np.atleast_1d(np.asarray(importance))
         if self.config.metric == "cosine":
             check_nonzero(x, "embeddings")
+        raw_contents = contents
         if contents is not None:
             if isinstance(contents, (str, bytes)) or not hasattr(contents, "__len__"):
                 raise TypeError(f"contents must be a sequence of str/bytes/None, one per memory, got {type(contents).__name__}")
             if len(contents) != n:
                 raise ValueError(f"contents has {len(contents)} entries, expected {n} (one per memory)")
             contents = self._contents.validate(contents)
-        self._tags.validate(tags, n)
+        norm_tags = self._tags.validate(tags, n) if tags is not None else None
         ts, imp = MetadataColumns.validate(n, timestamps, importance)
+        if self._wal is not None:  # write-ahead: logged (and synced) before anything changes
+            self._wal.append(OP_ADD, {"x": x.to("cpu", torch.float32).numpy(), "ts": ts, "imp": imp,
+                                      "contents": list(raw_contents) if raw_contents is not None else None,
+                                      "tags": [list(t) for t in norm_tags] if norm_tags is not None else None})
         if len(self._vectors) + n >= 2**32:
             raise ValueError(f"an index holds at most 2**32 - 1 memories; this batch of {n} would exceed it")
         # -- everything is valid: from here on the batch is stored whole
@@ -512,19 +722,25 @@ class MemoryIndex:
         Each argument, when given, has one entry per id. The whole call is validated first and
         applied only if everything is valid.
         """
+        self._require_writable()
         rows = self._live_rows(ids)
         n = len(rows)
         if len(np.unique(rows)) != n:
             raise ValueError("update ids must be unique")
+        raw_contents = contents
         if contents is not None:
             if isinstance(contents, (str, bytes)) or len(contents) != n:
                 raise ValueError(f"contents must have {n} entries, one per id")
             contents = self._contents.validate(contents)
-        if tags is not None:
-            self._tags.validate(tags, n)
+        norm_tags = self._tags.validate(tags, n) if tags is not None else None
         ts = imp = None
         if timestamps is not None or importance is not None:
             ts, imp = MetadataColumns.validate(n, timestamps, importance)
+        if self._wal is not None:
+            self._wal.append(OP_UPDATE, {
+                "ids": rows, "contents": list(raw_contents) if raw_contents is not None else None,
+                "tags": [list(t) for t in norm_tags] if norm_tags is not None else None,
+                "ts": ts if timestamps is not None else None, "imp": imp if importance is not None else None})
         if contents is not None:
             self._contents.replace(rows, contents)
         if tags is not None:
@@ -543,6 +759,7 @@ class MemoryIndex:
         ValueError
             An id that was never assigned or is already deleted; nothing is deleted then.
         """
+        self._require_writable()
         ids = np.unique(as_ids(ids))
         if len(ids) == 0:
             return 0
@@ -552,6 +769,8 @@ class MemoryIndex:
         gone = ids[np.isin(ids, self._deleted_array())] if self._deleted else ids[:0]
         if len(gone):
             raise ValueError(f"id(s) already deleted: {gone[:10].tolist()}")
+        if self._wal is not None:
+            self._wal.append(OP_DELETE, {"ids": ids})
         if self._ann is not None:
             self._ann.remove(ids)
         self._deleted.update(ids.astype(np.uint32))

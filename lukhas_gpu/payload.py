@@ -742,8 +742,8 @@ class ContentArena:
         for s in _split(arrays["samples"], arrays["samples_offsets"], "samples"):
             self._recent.append(s)
             self._recent_bytes += len(s)
-        self._buf = GrowableArray(np.uint8, capacity=len(buffer))
-        self._buf.append(buffer)
+        # wrapped, not copied: a memory-mapped buffer stays mapped until the next append
+        self._buf = GrowableArray.wrap(arrays["buffer"] if isinstance(arrays["buffer"], np.memmap) else buffer)
         self._starts = GrowableArray(np.uint64, capacity=len(starts))
         self._starts.append(starts)
         for name in _SCALARS[4:]:

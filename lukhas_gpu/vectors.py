@@ -45,6 +45,29 @@ class VectorStore:
             os.close(fd)
             self._owns_file = True
         self._data = self._allocate(0)
+        self.readonly = False
+
+    @classmethod
+    def attach(cls, path, dim: int, n: int, *, writable: bool, in_memory: bool = False) -> "VectorStore":
+        """A store over an existing raw file of ``n`` rows: memory-mapped (read-only unless
+        ``writable``, appends then grow that file), or read into anonymous memory."""
+        self = cls.__new__(cls)
+        self.dim, self.dtype = int(dim), np.dtype(np.int8)
+        self._n = int(n)
+        self._owns_file = False
+        self._path = str(path)
+        if in_memory:
+            self.storage = "memory"
+            self._data = self._allocate(max(n, 1))
+            self._data[:n] = np.fromfile(path, dtype=self.dtype, count=n * dim).reshape(n, dim)
+        else:
+            self.storage = "mmap"
+            if n == 0:
+                self._data = self._allocate(0) if writable else np.empty((1, dim), dtype=self.dtype)
+            else:
+                self._data = np.memmap(path, dtype=self.dtype, mode="r+" if writable else "r", shape=(n, dim))
+        self.readonly = not writable
+        return self
 
     # -- allocation ----------------------------------------------------------------------------
     def _allocate(self, capacity: int) -> np.ndarray:
@@ -87,6 +110,8 @@ class VectorStore:
             raise ValueError(f"rows must have shape (m, {self.dim}), got {rows.shape}")
         if rows.dtype != self.dtype:
             raise TypeError(f"rows must be {self.dtype}, got {rows.dtype}")
+        if self.readonly:
+            raise RuntimeError("this vector store is read-only (the index was opened with mode='r')")
         start, stop = self._n, self._n + rows.shape[0]
         if stop > self.capacity:
             self.reserve(max(stop, int(self.capacity * _GROWTH), _MIN_CAPACITY))

@@ -1,0 +1,297 @@
+"""On-disk layout of a store: generations, manifest, checksums, atomic publication, lock.
+
+A store is a directory::
+
+    store/
+      CURRENT              name of the published generation ("gen-000007"), replaced atomically
+      gen-000006/          the previous generation, kept for rollback()
+      gen-000007/
+        manifest.json      format version, config, counts, size and CRC-32 of every file
+        vectors.i8         int8 rerank vectors, raw (rows x dim): memory-mapped on open
+        content.bin        the content arena's records, raw: memory-mapped on open
+        content.npz        the arena's offsets, dictionaries and counters
+        metadata.npz       timestamp, importance, flags columns
+        tags.npz           tag vocabulary and per-memory tag lists (bitmaps rebuilt on load)
+        deleted.roaring    tombstones (roaring bitmap, portable serialisation)
+        encoder.npz        the encoder's scales and projection
+        ann.faiss          the IVF-PQ index (FAISS's own writer), when trained
+      wal.log              operations since the published generation (see wal.py)
+      LOCK                 pid of the one writer
+
+A checkpoint writes ``gen-N.tmp/``, fsyncs every file and the directory, renames it to
+``gen-N``, then replaces ``CURRENT`` (write, fsync, rename, fsync the store directory): a crash
+at any point leaves either the old or the new generation published, never a mix. No pickle
+anywhere: ``np.load(..., allow_pickle=False)``, FAISS's writer, raw binary and JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import zlib
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedError", "Generation",
+           "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
+           "acquire_lock", "release_lock", "fsync_dir", "crc32_file"]
+
+FORMAT = "lukhas_gpu-store"
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+LOCK = "LOCK"
+WAL = "wal.log"
+MANIFEST = "manifest.json"
+#: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().
+MAPPED = ("vectors.i8", "content.bin")
+_CHUNK = 1 << 22
+
+
+class StoreError(RuntimeError):
+    """A store cannot be used as asked (missing, wrong version, wrong mode)."""
+
+
+class CorruptStoreError(StoreError):
+    """A file of a store does not match its manifest (truncated, altered, missing)."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {problem}")
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store open for writing."""
+
+
+def fsync_dir(path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def crc32_file(path, limit: int | None = None) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _gen_name(n: int) -> str:
+    return f"gen-{n:06d}"
+
+
+class Generation:
+    """A generation directory being written: files are added, then :meth:`publish` makes it live."""
+
+    def __init__(self, root, number: int):
+        self.root = pathlib.Path(root)
+        self.number = number
+        self.final = self.root / _gen_name(number)
+        self.tmp = self.root / (_gen_name(number) + ".tmp")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self.files: dict[str, dict] = {}
+
+    def path(self, name: str) -> pathlib.Path:
+        return self.tmp / name
+
+    def added(self, name: str) -> None:
+        """Record a file written into the generation (size and CRC-32), after fsyncing it."""
+        p = self.tmp / name
+        with open(p, "rb+") as f:
+            os.fsync(f.fileno())
+        self.files[name] = {"bytes": p.stat().st_size, "crc32": crc32_file(p)}
+
+    def save_npz(self, name: str, arrays: dict) -> None:
+        with open(self.tmp / name, "wb") as f:
+            np.savez(f, **arrays)
+        self.added(name)
+
+    def save_raw(self, name: str, array: np.ndarray) -> None:
+        with open(self.tmp / name, "wb") as f:
+            a = np.ascontiguousarray(array)
+            step = max(1, _CHUNK // max(a.itemsize * (a.shape[1] if a.ndim > 1 else 1), 1))
+            for i in range(0, len(a), step):
+                f.write(a[i: i + step].tobytes())
+        self.added(name)
+
+    def save_bytes(self, name: str, data: bytes) -> None:
+        with open(self.tmp / name, "wb") as f:
+            f.write(data)
+        self.added(name)
+
+    def publish(self, manifest: dict) -> pathlib.Path:
+        manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
+                    "generation": self.number, "files": self.files}
+        with open(self.tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.tmp)
+        if self.final.exists():  # a leftover of a crashed publish that never became CURRENT
+            shutil.rmtree(self.final)
+        os.rename(self.tmp, self.final)
+        fsync_dir(self.root)
+        publish(self.root, self.final.name)
+        return self.final
+
+
+def publish(root, gen_name: str) -> None:
+    """Make ``gen_name`` the published generation (atomic replace of CURRENT)."""
+    root = pathlib.Path(root)
+    tmp = root / (CURRENT + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(gen_name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / CURRENT)
+    fsync_dir(root)
+
+
+def _generations(root: pathlib.Path) -> list[int]:
+    out = []
+    for p in root.glob("gen-*"):
+        if p.is_dir() and not p.name.endswith(".tmp"):
+            try:
+                out.append(int(p.name[4:]))
+            except ValueError:
+                pass
+    return sorted(out)
+
+
+def current_generation(root) -> pathlib.Path:
+    root = pathlib.Path(root)
+    cur = root / CURRENT
+    if not cur.exists():
+        raise StoreError(f"{root} is not a lukhas_gpu store (no {CURRENT} file); create one with MemoryIndex.create")
+    name = cur.read_text().strip()
+    path = root / name
+    if not path.is_dir():
+        raise CorruptStoreError(cur, f"names generation {name!r}, which does not exist")
+    return path
+
+
+def previous_generation(root) -> pathlib.Path | None:
+    root = pathlib.Path(root)
+    cur = int(current_generation(root).name[4:])
+    older = [g for g in _generations(root) if g < cur]
+    return root / _gen_name(older[-1]) if older else None
+
+
+def next_generation_number(root) -> int:
+    gens = _generations(pathlib.Path(root))
+    return (gens[-1] + 1) if gens else 1
+
+
+def prune(root, keep: int = 2) -> None:
+    """Remove all but the newest ``keep`` generations (and stale ``.tmp`` directories)."""
+    root = pathlib.Path(root)
+    cur = current_generation(root)
+    gens = _generations(root)
+    keep_set = {cur.name} | {_gen_name(g) for g in gens[-keep:]}
+    for g in gens:
+        if _gen_name(g) not in keep_set:
+            shutil.rmtree(root / _gen_name(g), ignore_errors=True)
+    for p in root.glob("gen-*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def read_manifest(gen_dir) -> dict:
+    path = pathlib.Path(gen_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptStoreError(path, "missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptStoreError(path, f"not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise CorruptStoreError(path, f"not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        hint = ("upgrade it with lukhas_gpu.migrate" if isinstance(version, int) and version < FORMAT_VERSION
+                else "it was written by a newer lukhas_gpu; upgrade the package")
+        raise StoreError(f"{path}: store format version {version}, this lukhas_gpu reads {FORMAT_VERSION}: {hint}")
+    return manifest
+
+
+def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> None:
+    """Check every file of the manifest: present, of its size, and (``checksums``) its CRC-32.
+
+    ``checksums="small"`` checks the CRC of every file except the memory-mapped bulk files
+    (``MAPPED``), whose sizes are still checked: fast enough for ``open``; ``True`` checks all
+    (``verify``). FAISS is never handed a file whose CRC has not been checked.
+    """
+    gen_dir = pathlib.Path(gen_dir)
+    for name, meta in manifest["files"].items():
+        p = gen_dir / name
+        if not p.exists():
+            raise CorruptStoreError(p, "missing")
+        size = p.stat().st_size
+        if size != meta["bytes"]:
+            raise CorruptStoreError(p, f"{size} bytes, the manifest says {meta['bytes']} (truncated or altered)")
+        if checksums is True or (checksums == "small" and name not in MAPPED):
+            crc = crc32_file(p)
+            if crc != meta["crc32"]:
+                raise CorruptStoreError(p, f"CRC-32 {crc:08x}, the manifest says {meta['crc32']:08x} (corrupted)")
+
+
+def load_npz(gen_dir, name: str) -> dict:
+    p = pathlib.Path(gen_dir) / name
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile / format errors: name the file
+        raise CorruptStoreError(p, f"unreadable ({type(e).__name__}: {e})") from None
+
+
+# -- the writer's lock ---------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(root) -> pathlib.Path:
+    """Take the store's writer lock (a file holding our pid); a dead owner's lock is taken over."""
+    path = pathlib.Path(root) / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _pid_alive(owner):
+                raise StoreLockedError(f"{root} is open for writing by process {owner} "
+                                       f"(lock file {path}); open it with mode='r' to read beside it") from None
+            log.warning("taking over the lock of %s from process %s, which is gone", root, owner or "?")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+    raise StoreLockedError(f"could not take the lock {path}")
+
+
+def release_lock(root) -> None:
+    path = pathlib.Path(root) / LOCK
+    try:
+        if int(path.read_text().strip() or 0) == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass

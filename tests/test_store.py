@@ -1,0 +1,209 @@
+"""The durable store: checkpoint/open round trips, lazy loading, corruption, lock, rollback."""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from lukhas_gpu import Filter, IndexConfig, MemoryIndex
+from lukhas_gpu.storage import CorruptStoreError, StoreError, StoreLockedError
+
+NOW = 1_750_000_000.0
+
+
+def _fill(index, xb, start=0, batch=1000):
+    n = len(xb)
+    rng = np.random.default_rng(start)
+    for s in range(0, n, batch):
+        sl = slice(s, min(n, s + batch))
+        m = sl.stop - sl.start
+        index.add(xb[sl], contents=[f"memory {start + i}" for i in range(sl.start, sl.stop)],
+                  tags=[["even"] if (start + i) % 2 == 0 else ["odd"] for i in range(sl.start, sl.stop)],
+                  timestamps=NOW - rng.random(m) * 1e6, importance=rng.random(m))
+
+
+@pytest.fixture(scope="module")
+def data():
+    from conftest import make_clustered
+
+    return make_clustered(5000, 32, n_queries=30, seed=11)
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_checkpoint_open_round_trip(tmp_path, data, trained):
+    xb, xq = data
+    cfg = IndexConfig(train_threshold=2048 if trained else 100_000, nlist=32, nprobe=32)
+    index = MemoryIndex.create(tmp_path / "s", 32, cfg)
+    _fill(index, xb)
+    index.delete([3, 4, 5])
+    index.update([7], contents=["changed"], tags=[["new"]])
+    index.checkpoint()
+    before = index.search(xq, 10, where=Filter(tags_any=["odd", "new"]))
+    index.close()
+    for mode in ("r", "w"):
+        back = MemoryIndex.open(tmp_path / "s", mode=mode)
+        assert len(back) == len(index) and back.is_trained == trained
+        after = back.search(xq, 10, where=Filter(tags_any=["odd", "new"]))
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
+        assert back.get([7])[0].content == "changed" and back.get([7])[0].tags == ["new"]
+        with pytest.raises(ValueError, match="deleted"):
+            back.get([4])
+        assert back.verify()["ok"]
+        back.close()
+
+
+def test_read_only_is_lazy_and_refuses_writes(tmp_path, data):
+    xb, xq = data
+    index = MemoryIndex.create(tmp_path / "s", 32, IndexConfig(train_threshold=2048, nlist=32))
+    _fill(index, xb)
+    index.checkpoint()
+    index.close()
+    ro = MemoryIndex.open(tmp_path / "s")
+    assert isinstance(ro._vectors.array, np.memmap)
+    assert isinstance(ro._contents._buf._data, np.memmap)
+    with pytest.raises(StoreError, match="read-only"):
+        ro.add(xb[:2])
+    with pytest.raises(StoreError, match="read-only"):
+        ro.delete([1])
+
+
+def test_writer_appends_after_open_and_checkpoint_keeps_both(tmp_path, data):
+    xb, xq = data
+    index = MemoryIndex.create(tmp_path / "s", 32, IndexConfig(train_threshold=2048, nlist=32))
+    _fill(index, xb[:3000])
+    index.checkpoint()
+    index.close()
+    w = MemoryIndex.open(tmp_path / "s", mode="w")
+    _fill(w, xb[3000:], start=3000)
+    w.checkpoint()
+    w.close()
+    r = MemoryIndex.open(tmp_path / "s")
+    assert len(r) == 5000
+    assert r.get([4999])[0].content == "memory 4999"
+    assert r.search(xb[4500], 1).ids[0] == 4500
+
+
+def test_second_writer_is_refused_readers_are_not(tmp_path, data):
+    import subprocess
+    import sys
+
+    xb, _ = data
+    index = MemoryIndex.create(tmp_path / "s", 32)
+    _fill(index, xb[:100])
+    index.checkpoint()
+    index.close()
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, lukhas_gpu; ix = lukhas_gpu.MemoryIndex.open(sys.argv[1], mode='w'); "
+        "print('ready', flush=True); time.sleep(60)"), str(tmp_path / "s")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError, match=str(child.pid)):
+            MemoryIndex.open(tmp_path / "s", mode="w")
+        assert len(MemoryIndex.open(tmp_path / "s")) == 100  # readers run beside the writer
+    finally:
+        child.kill()
+        child.wait()
+    # the owner is gone: its lock is taken over
+    MemoryIndex.open(tmp_path / "s", mode="w").close()
+
+
+def test_rollback_returns_to_previous_generation(tmp_path, data):
+    xb, _ = data
+    index = MemoryIndex.create(tmp_path / "s", 32)
+    _fill(index, xb[:100])
+    index.checkpoint()
+    _fill(index, xb[100:200], start=100)
+    index.checkpoint()
+    index.close()
+    assert len(MemoryIndex.open(tmp_path / "s")) == 200
+    MemoryIndex.rollback(tmp_path / "s")
+    assert len(MemoryIndex.open(tmp_path / "s")) == 100
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "vectors.i8", "content.bin", "content.npz", "metadata.npz",
+                                  "tags.npz", "deleted.roaring", "encoder.npz", "ann.faiss"])
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corruption_names_the_file(tmp_path, data, name, damage):
+    xb, _ = data
+    index = MemoryIndex.create(tmp_path / "s", 32, IndexConfig(train_threshold=2048, nlist=32))
+    _fill(index, xb)
+    gen = index.checkpoint()
+    index.close()
+    p = gen / name
+    raw = bytearray(p.read_bytes())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raw = raw[: len(raw) // 2]
+    p.write_bytes(bytes(raw))
+    with pytest.raises((CorruptStoreError, StoreError)) as e:
+        ix = MemoryIndex.open(tmp_path / "s")
+        ix.verify()
+    assert name in str(e.value)
+
+
+def test_open_missing_and_create_existing(tmp_path):
+    with pytest.raises(StoreError, match="not a lukhas_gpu store"):
+        MemoryIndex.open(tmp_path)
+    MemoryIndex.create(tmp_path / "s", 8).close()
+    with pytest.raises(StoreError, match="already holds a store"):
+        MemoryIndex.create(tmp_path / "s", 8)
+
+
+def test_newer_format_version_says_how(tmp_path):
+    import json
+
+    ix = MemoryIndex.create(tmp_path / "s", 8)
+    gen = ix.checkpoint()
+    ix.close()
+    m = json.loads((gen / "manifest.json").read_text())
+    m["format_version"] = 99
+    (gen / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="newer lukhas_gpu"):
+        MemoryIndex.open(tmp_path / "s")
+
+
+def test_save_in_memory_index(tmp_path, data):
+    xb, xq = data
+    index = MemoryIndex(32)
+    _fill(index, xb[:500])
+    index.save(tmp_path / "s")
+    back = MemoryIndex.open(tmp_path / "s")
+    np.testing.assert_array_equal(back.search(xq, 5).ids, index.search(xq, 5).ids)
+
+
+def test_wal_replays_unCheckpointed_writes(tmp_path, data):
+    xb, xq = data
+    index = MemoryIndex.create(tmp_path / "s", 32, IndexConfig(train_threshold=2048, nlist=32))
+    _fill(index, xb[:3000])
+    index.checkpoint()
+    _fill(index, xb[3000:], start=3000)           # logged, not checkpointed
+    index.delete([10, 3500])
+    index.update([11], contents=["after"], importance=[0.25])
+    expect = index.search(xq, 10)
+    index.close()
+    assert len(MemoryIndex.open(tmp_path / "s")) == 3000   # readers see the last checkpoint
+    back = MemoryIndex.open(tmp_path / "s", mode="w")      # the writer replays the log
+    assert len(back) == 4998 and back.get([11])[0].content == "after"
+    assert back.get([11])[0].importance == 0.25
+    np.testing.assert_array_equal(back.search(xq, 10).ids, expect.ids)
+    back.checkpoint()
+    back.close()
+    assert len(MemoryIndex.open(tmp_path / "s")) == 4998
+
+
+def test_torn_wal_tail_is_cut_not_replayed(tmp_path, data):
+    xb, _ = data
+    index = MemoryIndex.create(tmp_path / "s", 32)
+    _fill(index, xb[:300], batch=100)
+    index.close()
+    wal = tmp_path / "s" / "wal.log"
+    size = wal.stat().st_size
+    with open(wal, "r+b") as f:  # a crash in the middle of the last append
+        f.truncate(size - 100)
+    back = MemoryIndex.open(tmp_path / "s", mode="w")
+    assert len(back) == 200 and back.get([199])[0].content == "memory 199"
+    back.add(xb[300:301])
+    back.close()
+    assert len(MemoryIndex.open(tmp_path / "s", mode="w")) == 201
