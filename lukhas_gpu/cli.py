@@ -28,7 +28,63 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("verify", help="check a store's files (sizes, CRC-32) and its internal consistency")
+    v.add_argument("path", help="store directory")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser("rollback", help="publish the previous generation of a (closed) store again")
+    r.add_argument("path", help="store directory")
+    r.set_defaults(func=cmd_rollback)
+
+    st = sub.add_parser("stats", help="count, bytes per memory per component, backend, config of a store")
+    st.add_argument("path", help="store directory")
+    st.add_argument("--json", action="store_true", help="print the stats as JSON")
+    st.set_defaults(func=cmd_stats)
     return p
+
+
+def cmd_verify(args) -> int:
+    from lukhas_gpu import MemoryIndex
+    from lukhas_gpu.storage import StoreError
+
+    try:
+        index = MemoryIndex.open(args.path, mode="r", verify=True)
+        report = index.verify()
+    except StoreError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e)}))
+        else:
+            print(f"lukhas-gpu verify: FAILED: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else
+          f"{args.path}: ok (generation {report['generation']}, {report['count']:,} memories, {report['files']} files checked)")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from lukhas_gpu import MemoryIndex
+
+    gen = MemoryIndex.rollback(args.path)
+    print(f"{args.path}: now at {gen.name}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from lukhas_gpu import MemoryIndex
+
+    st = MemoryIndex.open(args.path, mode="r").stats()
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    print(f"{args.path}: {st['count']:,} memories ({st['rows']:,} rows, {st['deleted']:,} deleted), "
+          f"dim {st['dim']} -> {st['dim_out']}, phase {st['phase']}, backend {st['backend']}")
+    print(f"  {st['bytes_per_memory']:.1f} B per memory: {st['anon_bytes_per_memory']:.1f} B anonymous RAM, "
+          f"the rest memory-mapped")
+    for name, nbytes in sorted(st["bytes"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<22} {nbytes / max(st['count'], 1):10.1f} B/memory")
+    return 0
 
 
 def main(argv=None) -> int:

@@ -216,7 +216,8 @@ def read_manifest(gen_dir) -> dict:
         raise CorruptStoreError(path, f"not a {FORMAT} manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        hint = ("upgrade it with lukhas_gpu.migrate" if isinstance(version, int) and version < FORMAT_VERSION
+        hint = ("no upgrade path from it exists: re-import the source data with lukhas_gpu.migrate"
+                if isinstance(version, int) and version < FORMAT_VERSION
                 else "it was written by a newer lukhas_gpu; upgrade the package")
         raise StoreError(f"{path}: store format version {version}, this lukhas_gpu reads {FORMAT_VERSION}: {hint}")
     return manifest

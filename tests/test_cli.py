@@ -33,3 +33,39 @@ def test_no_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([])
     assert e.value.code == 2
+
+
+def _store(tmp_path):
+    import numpy as np
+
+    from lukhas_gpu import MemoryIndex
+
+    ix = MemoryIndex.create(tmp_path / "s", 8)
+    ix.add(np.random.default_rng(0).standard_normal((50, 8)).astype("float32"), contents=[f"m{i}" for i in range(50)])
+    ix.checkpoint()
+    ix.add(np.random.default_rng(1).standard_normal((5, 8)).astype("float32"))
+    ix.checkpoint()
+    ix.close()
+    return tmp_path / "s"
+
+
+def test_verify_stats_rollback(tmp_path, capsys):
+    path = _store(tmp_path)
+    assert cli.main(["verify", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["count"] == 55
+    assert cli.main(["stats", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 55
+    assert cli.main(["rollback", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["stats", str(path)]) == 0
+    assert "50 memories" in capsys.readouterr().out
+
+
+def test_verify_reports_a_corrupted_file(tmp_path, capsys):
+    path = _store(tmp_path)
+    gen = sorted(p for p in path.iterdir() if p.name.startswith("gen-"))[-1]
+    (gen / "content.bin").write_bytes(b"garbage")
+    assert cli.main(["verify", str(path), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["ok"] and "content.bin" in out["error"]
