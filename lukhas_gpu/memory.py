@@ -221,10 +221,11 @@ class MemoryIndex:
         if mode not in ("r", "w"):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
         path = pathlib.Path(path)
-        gen_dir = storage.current_generation(path)
+        storage.current_generation(path)  # a clear error before taking any lock
         if mode == "w":
             storage.acquire_lock(path)
         try:
+            gen_dir = storage.current_generation(path)  # read under the lock: no checkpoint races it
             index, _ = persist.load_generation(cls, path, gen_dir, writable=mode == "w",
                                                checksums=True if verify else "small")
             index._bind(path, mode)
