@@ -109,6 +109,67 @@ def bench_usearch(ds: Dataset, gt: np.ndarray, args, dtype: str, efs) -> list[di
     return rows
 
 
+def bench_hnswlib(ds: Dataset, gt: np.ndarray, args, efs) -> list[dict]:
+    import hnswlib
+
+    before = common.settle()
+    t0 = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=ds.d)
+    index.init_index(max_elements=len(ds.xb), M=16, ef_construction=128, random_seed=0)
+    index.set_num_threads(args.threads)
+    index.add_items(ds.xb, np.arange(len(ds.xb)))
+    build = time.perf_counter() - t0
+    grow = common.settle() - before
+    rows = []
+    for ef in efs:
+        index.set_ef(ef)
+        sec, (ids, _) = common.timed(lambda: index.knn_query(ds.xq, k=10), repeat=args.repeat)
+        rows.append({"system": "hnswlib HNSW float32", "params": f"M=16 ef={ef}",
+                     "recall@10": common.recall_at(ids, gt, 10), "QPS": len(ds.xq) / sec,
+                     "anon B/vector": grow / len(ds.xb), "build s": build})
+        log.info("%s", rows[-1])
+    return rows
+
+
+def bench_naive(ds: Dataset, gt: np.ndarray, args) -> list[dict]:
+    from lukhas_gpu.baseline import NaiveMemoryStore
+
+    before = common.settle()
+    t0 = time.perf_counter()
+    store = NaiveMemoryStore(ds.d)
+    store.add(ds.xb)
+    build = time.perf_counter() - t0
+    grow = common.settle() - before
+    sec, (_, ids) = common.timed(lambda: store.search(ds.xq, 10), repeat=1)
+    return [{"system": "naive dict store (old design)", "params": "exact float32", "recall@10": common.recall_at(ids, gt, 10),
+             "QPS": len(ds.xq) / sec, "anon B/vector": grow / len(ds.xb), "build s": build,
+             "ingest/s": len(ds.xb) / build}]
+
+
+def plot(rows: list[dict], path) -> None:
+    """Recall@10 vs QPS per system (a curve where a system has several settings)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    systems: dict[str, list] = {}
+    for r in rows:
+        systems.setdefault(r["system"], []).append((r["recall@10"], r["QPS"]))
+    for name, pts in systems.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("queries per second (batch, 2 threads)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     import lukhas_gpu
 
@@ -124,7 +185,9 @@ def main(argv=None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field of the preset (repeatable), e.g. --set pq_m=64")
     p.add_argument("--ingest", type=int, default=100_000, help="vectors re-added to time ingest after training (0: skip)")
-    p.add_argument("--peers", default="flat,usearch", help="comma list of: flat, usearch, usearch-f32, exact")
+    p.add_argument("--peers", default="flat,usearch",
+                   help="comma list of: flat, usearch, usearch-f32, hnswlib, naive, exact, mmap")
+    p.add_argument("--plot", default=None, help="write a recall-vs-QPS PNG here")
     p.add_argument("--tag", default=None, help="name of the output files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -161,6 +224,10 @@ def main(argv=None) -> dict:
         rows += bench_usearch(ds, gt, args, "i8", (64, 128, 256, 512))
     if "usearch-f32" in peers:
         rows += bench_usearch(ds, gt, args, "f32", (64, 128, 256))
+    if "hnswlib" in peers:
+        rows += bench_hnswlib(ds, gt, args, (32, 64, 128, 256))
+    if "naive" in peers:
+        rows += bench_naive(ds, gt, args)
     cols = ["system", "params", "recall@10", "QPS", "p50 ms", "p99 ms", "ingest/s", "build s", "train s",
             "bytes/vector", "anon B/vector"]
     table = common.markdown_table(rows, cols)
@@ -168,6 +235,8 @@ def main(argv=None) -> dict:
     payload = {"dataset": ds.name, "n": len(ds.xb), "nq": len(ds.xq), "d": ds.d, "threads": args.threads,
                "machine": common.machine(), "date": common.today(), "rows": rows}
     common.write_results(args.tag or f"core_{args.data}", payload, table)
+    if args.plot:
+        plot([r for r in rows if "QPS" in r], args.plot)
     return payload
 
 

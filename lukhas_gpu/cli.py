@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
 import logging
+import math
+import os
+import pathlib
 import sys
 import time
 
@@ -36,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rollback", help="publish the previous generation of a (closed) store again")
     r.add_argument("path", help="store directory")
-    r.set_defaults(func=cmd_rollback)
+    r.set_defaults(func=cmd_rollback, catch_errors=True)
 
     st = sub.add_parser("stats", help="count, bytes per memory per component, backend, config of a store")
     st.add_argument("path", help="store directory")
     st.add_argument("--json", action="store_true", help="print the stats as JSON")
-    st.set_defaults(func=cmd_stats)
+    st.set_defaults(func=cmd_stats, catch_errors=True)
+
+    _add_store_commands(sub)
     return p
 
 
@@ -92,7 +99,565 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    return int(args.func(args) or 0)
+    if not getattr(args, "catch_errors", False):
+        return int(args.func(args) or 0)
+    from lukhas_gpu.storage import StoreError
+
+    try:
+        return int(args.func(args) or 0)
+    except (StoreError, ValueError, TypeError, OSError) as e:
+        # the library's messages name the file, line or id; a traceback would add nothing
+        msg = " ".join(str(e).split("\n"))
+        print(f"lukhas-gpu {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+# -- store commands: ingest, search, get, delete ----------------------------------------------------
+#: The ingest's resume record, inside the store directory.
+PROGRESS_FILE = "ingest-progress.json"
+#: Seconds between two plain (non-TTY) progress lines of ``ingest``.
+PROGRESS_INTERVAL = 5.0
+#: Queries searched per batch when they come from a file.
+QUERY_BATCH = 1024
+
+
+def _add_store_commands(sub) -> None:
+    from lukhas_gpu.migrate import DEFAULT_BATCH_SIZE
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    i = sub.add_parser(
+        "ingest", help="stream memories from JSONL (or .npy/.npz + payload JSONL) into a store, resumably",
+        formatter_class=fmt,
+        description="Adds the memories of INPUT to the store STORE (created when it does not exist yet).\n\n"
+                    "INPUT is either\n"
+                    "  * a JSON Lines file with embedded vectors, one memory a line (the old naive format):\n"
+                    '      {"id": ..., "content": "...", "embedding": [...], "tags": [...],\n'
+                    '       "metadata": {"timestamp": <epoch s or ISO-8601>, "importance": <0..1>}}\n'
+                    "  * a .npy / .npz of embeddings (n, dim) together with --payloads, a JSONL of the same\n"
+                    "    fields without \"embedding\" (row i goes with record line i).\n"
+                    "Parquet input is not supported: convert it to one of the above.\n\n"
+                    "Records are validated and added batch by batch (bounded memory); a bad record (invalid\n"
+                    "or truncated JSON, wrong dimension, NaN) stops the ingest with exit code 1 and its file\n"
+                    "and line on stderr; nothing of its batch is stored, earlier batches stay.\n"
+                    f"Progress is recorded in STORE/{PROGRESS_FILE} after every batch: running the same\n"
+                    "command again after an interruption or an error skips the records already ingested.")
+    i.add_argument("store", help="store directory (created if it holds no store)")
+    i.add_argument("input", help="JSONL with embeddings, or .npy/.npz of embeddings (with --payloads)")
+    i.add_argument("--payloads", metavar="JSONL", help="payload records for a .npy/.npz INPUT (row i <-> line i)")
+    i.add_argument("--npz-key", metavar="KEY", default="embeddings",
+                   help="array name inside a .npz (default: embeddings)")
+    i.add_argument("--dim", type=int, help="dimension of a new store (default: the input's first embedding's)")
+    i.add_argument("--preset", default="production", help="config preset of a new store (default: production)")
+    i.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"records validated and added per batch (default: {DEFAULT_BATCH_SIZE})")
+    i.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
+                   help="checkpoint the store every N batches, and at the end (default: 10)")
+    i.add_argument("--restart", action="store_true",
+                   help="ignore the recorded progress and ingest INPUT from its first record (records already "
+                        "in the store stay there)")
+    i.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    i.set_defaults(func=cmd_ingest, catch_errors=True)
+
+    s = sub.add_parser(
+        "search", help="top-k memories for query vectors (from a file or stdin), with filters and ranking",
+        formatter_class=fmt,
+        description="Opens STORE read-only (it sees the last checkpoint) and searches each query.\n\n"
+                    "Queries: --query-file F, a .npy (dim,) or (n, dim) array or a JSONL of\n"
+                    '{"embedding": [...]} (or bare [...]) lines; without it, the same JSON lines from stdin,\n'
+                    "each answered as it arrives.")
+    s.add_argument("store", help="store directory")
+    s.add_argument("--query-file", metavar="F", help=".npy or JSONL of query vectors (default: JSON lines on stdin)")
+    s.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    s.add_argument("--tags-all", nargs="+", metavar="T", help="memories carrying every one of these tags")
+    s.add_argument("--tags-any", nargs="+", metavar="T", help="... at least one of these tags")
+    s.add_argument("--tags-none", nargs="+", metavar="T", help="... none of these tags")
+    s.add_argument("--since", type=_time_arg, metavar="S", help="timestamp >= S (epoch seconds or ISO-8601; UTC "
+                                                                "when no offset)")
+    s.add_argument("--until", type=_time_arg, metavar="S", help="timestamp <= S (epoch seconds or ISO-8601)")
+    s.add_argument("--min-importance", type=float, metavar="X", help="importance >= X (in [0, 1])")
+    s.add_argument("--similarity", type=float, default=1.0, metavar="W",
+                   help="weight of cosine similarity in the ranked score (default: 1)")
+    s.add_argument("--recency", type=float, default=0.0, metavar="W",
+                   help="weight of recency decay 0.5**(age/half-life) (default: 0, off)")
+    s.add_argument("--importance", type=float, default=0.0, metavar="W", help="weight of importance (default: 0)")
+    s.add_argument("--half-life", type=float, default=None, metavar="SECONDS",
+                   help="age at which recency halves (default: one day)")
+    s.add_argument("--contents", action="store_true", help="print the memories' contents too")
+    s.add_argument("--json", action="store_true",
+                   help='print one JSON object per query: {"query", "ids", "scores"[, "contents"]}')
+    s.set_defaults(func=cmd_search, catch_errors=True)
+
+    g = sub.add_parser("get", help="print memories by id (content, tags, timestamp, importance)")
+    g.add_argument("store", help="store directory")
+    g.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
+    g.add_argument("--json", action="store_true",
+                   help='print one JSON object per id: {"id", "content", "tags", "timestamp", "importance"}')
+    g.set_defaults(func=cmd_get, catch_errors=True)
+
+    d = sub.add_parser("delete", help="delete memories by id (then checkpoint)",
+                       description="Opens STORE for writing, deletes the ids (all or none: an unknown or already "
+                                   "deleted id fails the command and deletes nothing), checkpoints and closes.")
+    d.add_argument("store", help="store directory")
+    d.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
+    d.add_argument("--json", action="store_true", help='print {"deleted": n, "count": ...} as JSON')
+    d.set_defaults(func=cmd_delete, catch_errors=True)
+
+
+def _time_arg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        from lukhas_gpu import migrate
+
+        try:
+            return migrate._iso_seconds(text)
+        except migrate._Invalid:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither epoch seconds nor an ISO-8601 date-time") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not finite")
+    return v
+
+
+# -- ingest ------------------------------------------------------------------------------------------
+def _identity(path: str) -> dict:
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_progress(store: pathlib.Path) -> dict | None:
+    try:
+        with open(store / PROGRESS_FILE, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{store / PROGRESS_FILE} is not valid JSON ({e}); remove it or pass --restart") from None
+
+
+def _write_progress(store: pathlib.Path, state: dict) -> None:
+    """Atomically replace the progress file: a crash leaves the old or the new one, never half."""
+    from lukhas_gpu.storage import fsync_dir
+
+    tmp = store / (PROGRESS_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, store / PROGRESS_FILE)
+    fsync_dir(store)
+
+
+def _ingest_batches(path: str, index, batch_size: int, skip: int, rows=None, npz_path: str | None = None):
+    """Validated batches of ``path`` from record ``skip`` on (embeddings from the lines, or from
+    ``rows``, row i <-> record i): :func:`lukhas_gpu.migrate._read_batches` plus a start record,
+    built from the same parsing and validation functions, so errors carry the same file and line.
+    Skipped records are neither parsed nor validated."""
+    from lukhas_gpu import migrate
+
+    dim = index.dim
+    cosine = index.config.metric == "cosine"
+    max_content = index.config.max_content_bytes
+    it = migrate._records(path)
+    collections.deque(itertools.islice(it, skip), maxlen=0)
+    if rows is not None:
+        done = 0
+        while done < skip:  # a compressed member is a stream: read past the skipped rows
+            step = min(65536, skip - done)
+            rows.read(step)
+            done += step
+    record = skip
+    while True:
+        m = batch_size if rows is None else min(batch_size, rows.n - record)
+        if m <= 0:
+            return
+        x = np.empty((m, dim), dtype=np.float32)
+        bad_row, row_msg = m, ""
+        if rows is not None:
+            x[:] = rows.read(m)
+            bad_row, row_msg = migrate._first_bad_row(x, cosine)
+        lines, old_ids, contents, tags, ts, imp = [], [], [], [], [], []
+        for j, (lineno, raw) in zip(range(m), it):
+            try:
+                if j == bad_row:
+                    raise migrate._Invalid(f"row {record + j} of {npz_path}: {row_msg}")
+                rec = migrate._parse(migrate._loads(raw), dim=dim if rows is None else None, cosine=cosine,
+                                     max_content=max_content)
+            except migrate._Invalid as e:
+                raise migrate.MigrationError(f"{path}, line {lineno}: {e}", path=path, line=lineno) from None
+            old, content, emb, tg, t, im = rec
+            if rows is None:
+                x[j] = emb
+            lines.append(lineno)
+            old_ids.append(old)
+            contents.append(content)
+            tags.append(tg)
+            ts.append(t)
+            imp.append(im)
+        if len(lines) < m and rows is not None:
+            raise migrate.MigrationError(f"{path} ended after {record + len(lines)} records, {npz_path} holds "
+                                         f"{rows.n} rows", path=path)
+        if lines:
+            yield migrate._Batch(lines, old_ids, x[: len(lines)], contents, tags,
+                                 np.asarray(ts, dtype=np.float64), np.asarray(imp, dtype=np.float64))
+            record += len(lines)
+        if len(lines) < m:
+            return
+
+
+def _first_dim(path: str) -> int:
+    """The embedding length of the first record of a JSONL (for a new store's dimension)."""
+    from lukhas_gpu import migrate
+
+    for lineno, raw in migrate._records(path):
+        try:
+            obj = migrate._loads(raw)
+        except migrate._Invalid as e:
+            raise migrate.MigrationError(f"{path}, line {lineno}: {e}", path=path, line=lineno) from None
+        emb = obj.get("embedding") if isinstance(obj, dict) else None
+        if not isinstance(emb, list) or not emb:
+            raise migrate.MigrationError(f"{path}, line {lineno}: no \"embedding\" list to take the store's "
+                                         f"dimension from (pass --dim)", path=path, line=lineno)
+        return len(emb)
+    raise ValueError(f"{path} holds no records: nothing to create a store from (pass --dim)")
+
+
+class _Progress:
+    """Progress of an ingest: a live bar on a terminal (tqdm when installed, else a ``\\r`` line),
+    plain lines at most every :data:`PROGRESS_INTERVAL` seconds otherwise."""
+
+    def __init__(self, total: int, initial: int, stream):
+        self.total, self.done, self.stream = total, initial, stream
+        self.initial = initial
+        self.t0 = self.last = time.perf_counter()
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.bar = None
+        if self.tty:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=total, initial=initial, unit="rec", unit_scale=True, file=stream,
+                                desc="ingest", dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if not self.tty and now - self.last < PROGRESS_INTERVAL and self.done < self.total:
+            return
+        self.last = now
+        rate = (self.done - self.initial) / max(now - self.t0, 1e-9)
+        line = f"ingested {self.done:,}/{self.total:,} records, {rate:,.0f} rec/s"
+        if self.tty:
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta_s = f"{eta:,.0f} s" if math.isfinite(eta) else "?"
+            self.stream.write(f"\r{line}, ETA {eta_s}   ")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cmd_ingest(args) -> int:
+    from lukhas_gpu import IndexConfig, MemoryIndex, migrate, storage
+
+    for name in ("batch_size", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.dim is not None and args.dim < 1:
+        raise ValueError(f"--dim must be >= 1, got {args.dim}")
+    src = args.input
+    suffix = pathlib.Path(src).suffix.lower()
+    if suffix == ".parquet":
+        raise ValueError(f"{src}: Parquet input is not supported; convert it to JSONL, or to .npy/.npz embeddings "
+                         "plus a payload JSONL (--payloads)")
+    is_array = suffix in (".npy", ".npz")
+    if is_array and not args.payloads:
+        raise ValueError(f"{src} is an array of embeddings: pass its records with --payloads JSONL (row i <-> line i)")
+    if not is_array and args.payloads:
+        raise ValueError(f"--payloads goes with a .npy/.npz INPUT; {src} is read as JSONL with embedded vectors")
+    identity = {"input": _identity(src), "payloads": _identity(args.payloads) if args.payloads else None,
+                "npz_key": args.npz_key if suffix == ".npz" else None}
+
+    rows = None
+    if is_array:
+        rows = migrate._ArrayReader(src, args.npz_key)
+    index = None
+    try:
+        # -- how many records, and the store they go to
+        if rows is not None:
+            total = rows.n
+            n_payload = migrate._count_records(args.payloads)
+            if n_payload != total:
+                raise migrate.MigrationError(f"count mismatch: {src} holds {total} embeddings, {args.payloads} holds "
+                                             f"{n_payload} payload records (row i must go with record line i)",
+                                             path=args.payloads)
+        else:
+            total = migrate._count_records(src)
+        store = pathlib.Path(args.store)
+        if (store / storage.CURRENT).exists():
+            index = MemoryIndex.open(store, mode="w")
+            if args.dim is not None and args.dim != index.dim:
+                raise ValueError(f"--dim {args.dim} differs from the store's dimension {index.dim}")
+        else:
+            dim = args.dim or (rows.dim if rows is not None else _first_dim(src))
+            config = IndexConfig.preset(args.preset, **({"capacity": total} if total else {}))
+            index = MemoryIndex.create(store, dim, config)
+        if rows is not None and rows.dim != index.dim:
+            raise migrate.MigrationError(f"{src}: embeddings have dimension {rows.dim}, the store expects "
+                                         f"{index.dim}", path=src)
+        skip, first_row = _resume_point(store, index, identity, restart=args.restart)
+        state = {"version": 1, **identity, "records": total, "first_row": first_row, "ingested": skip,
+                 "pending": 0, "done": False}
+        if skip > total:
+            raise ValueError(f"{store / PROGRESS_FILE} records {skip} ingested records, {src} holds only {total}; "
+                             "pass --restart to ingest it from its first record")
+        _write_progress(store, state)
+        return _ingest_loop(args, index, store, state, rows, total, skip)
+    finally:
+        if rows is not None:
+            rows.close()
+        if index is not None:
+            index.close()
+
+
+def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) -> tuple[int, int]:
+    """(records of the input to skip, the store's row count when this ingest began).
+
+    Ids are dense row numbers that are never reused, so the rows this ingest added are exactly
+    ``first_row .. first_row + ingested - 1``. ``pending`` is the batch being added when the
+    progress was last written: if the store holds it (a stop between the write-ahead log taking it
+    and the progress file recording it), it counts as ingested.
+    """
+    rows_now = index.stats()["rows"]
+    prev = None if restart else _read_progress(store)
+    if prev is None:
+        return 0, rows_now
+    same = all(prev.get(k) == identity[k] for k in identity)
+    if not same:
+        if prev.get("done") and prev.get("input", {}).get("path") != identity["input"]["path"]:
+            return 0, rows_now  # another input, after a finished ingest: a new ingest
+        was = prev.get("input", {})
+        raise ValueError(f"{store / PROGRESS_FILE} records {'an unfinished' if not prev.get('done') else 'a finished'} "
+                         f"ingest of {was.get('path')} (size {was.get('size')}), and the input differs "
+                         f"(now {identity['input']['path']}, size {identity['input']['size']}, or another mtime, "
+                         "--payloads or --npz-key); pass --restart to ingest it from its first record")
+    first, ingested, pending = int(prev["first_row"]), int(prev["ingested"]), int(prev.get("pending", 0))
+    expected = first + ingested
+    if rows_now < expected:
+        raise ValueError(f"{store / PROGRESS_FILE} records {ingested} ingested records (rows {first}..{expected - 1}), "
+                         f"the store holds only {rows_now} rows (rolled back?); pass --restart to ingest from the "
+                         "first record")
+    if False:
+        log_ = logging.getLogger("lukhas_gpu.cli")
+        log_.info("the batch of %d records being added when the last ingest stopped is in the store", pending)
+        ingested += pending
+    elif rows_now > expected:
+        logging.getLogger("lukhas_gpu.cli").warning(
+            "the store holds %d rows beyond those this ingest recorded (another writer?); resuming after record %d",
+            rows_now - expected, ingested)
+    return ingested, first
+
+
+def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int, skip: int) -> int:
+    from lukhas_gpu import migrate
+
+    out = sys.stderr if args.json else sys.stdout
+    path = args.payloads if rows is not None else args.input
+    t0 = time.perf_counter()
+    ingested = batches = 0
+    progress = _Progress(total, skip, out)
+    try:
+        try:
+            for b in _ingest_batches(path, index, args.batch_size, skip, rows=rows, npz_path=args.input):
+                n = len(b.lines)
+                ts = b.timestamps
+                missing = np.isnan(ts)
+                if missing.any():
+                    ts = np.where(missing, time.time(), ts)
+                _write_progress(store, {**state, "pending": n})
+                try:
+                    ids = index.add(b.x, contents=b.contents, tags=b.tags, timestamps=ts, importance=b.importance)
+                except (TypeError, ValueError) as e:  # add() stores nothing of a batch it rejects
+                    _write_progress(store, {**state, "pending": 0})
+                    raise migrate.MigrationError(f"{path}, lines {b.lines[0]}-{b.lines[-1]}: the store rejected "
+                                                 f"this batch: {e}", path=path, line=b.lines[0]) from e
+                state["ingested"] += n
+                _write_progress(store, {**state, "pending": 0})
+                ingested += n
+                batches += 1
+                progress.update(n)
+                if batches % args.checkpoint_every == 0:
+                    index.checkpoint()
+        except (migrate.MigrationError, ValueError, TypeError):
+            # the batches before the bad one are valid: publish them for readers too
+            index.checkpoint()
+            raise
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"lukhas-gpu ingest: interrupted after {state['ingested']:,} of {total:,} records (they are in the "
+              f"store's write-ahead log); run the same command again to resume", file=sys.stderr)
+        return 130
+    progress.close()
+    index.checkpoint()
+    state["done"] = True
+    _write_progress(store, state)
+    seconds = time.perf_counter() - t0
+    rate = ingested / seconds if seconds > 0 else 0.0
+    count = len(index)
+    if args.json:
+        print(json.dumps({"store": str(store), "input": args.input, "records": total, "ingested": ingested,
+                          "skipped_resumed": skip, "seconds": seconds, "rate": rate, "count": count}))
+    else:
+        resumed = f", {skip:,} skipped (ingested before)" if skip else ""
+        print(f"{args.store}: ingested {ingested:,} of {total:,} records from {args.input} in {seconds:.1f} s "
+              f"({rate:,.0f} rec/s){resumed}; the store holds {count:,} memories")
+    return 0
+
+
+# -- search / get / delete -----------------------------------------------------------------------
+def _query_vector(obj, dim: int, where: str) -> np.ndarray:
+    emb = obj.get("embedding") if isinstance(obj, dict) else obj
+    if not isinstance(emb, list) or not emb:
+        raise ValueError(f'{where}: expected {{"embedding": [...]}} or a list of numbers')
+    if len(emb) != dim:
+        raise ValueError(f"{where}: query has dimension {len(emb)}, the store expects {dim}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in emb):
+        raise ValueError(f"{where}: the embedding must hold numbers only")
+    q = np.asarray(emb, dtype=np.float32)
+    if not np.isfinite(q).all():
+        raise ValueError(f"{where}: the embedding contains NaN or infinity")
+    return q
+
+
+def _jsonl_queries(lines, name: str, dim: int, batch: int):
+    """Batches of (first query number, (b, dim) float32) from (lineno, raw bytes) pairs."""
+    from lukhas_gpu import migrate
+
+    buf, first, n = [], 0, 0
+    for lineno, raw in lines:
+        try:
+            obj = migrate._loads(raw)
+        except migrate._Invalid as e:
+            raise ValueError(f"{name}, line {lineno}: {e}") from None
+        buf.append(_query_vector(obj, dim, f"{name}, line {lineno}"))
+        n += 1
+        if len(buf) == batch:
+            yield first, np.stack(buf)
+            buf, first = [], n
+    if buf:
+        yield first, np.stack(buf)
+
+
+def _stdin_lines():
+    for lineno, line in enumerate(sys.stdin, 1):
+        raw = line.encode("utf-8") if isinstance(line, str) else line
+        if raw.strip():
+            yield lineno, raw
+
+
+def _queries(args, dim: int):
+    from lukhas_gpu import migrate
+
+    f = args.query_file
+    if f is None:
+        yield from _jsonl_queries(_stdin_lines(), "<stdin>", dim, 1)  # each answered as it arrives
+        return
+    if f.lower().endswith(".npy"):
+        q = np.load(f, mmap_mode="r", allow_pickle=False)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != dim:
+            raise ValueError(f"{f}: queries have shape {q.shape}, the store expects (n, {dim})")
+        if q.dtype.kind != "f":
+            raise ValueError(f"{f}: queries must be a float array, got dtype {q.dtype}")
+        for s in range(0, len(q), QUERY_BATCH):
+            yield s, np.array(q[s: s + QUERY_BATCH], dtype=np.float32)  # a writable copy
+        return
+    yield from _jsonl_queries(migrate._records(f), f, dim, QUERY_BATCH)
+
+
+def _text(c):
+    return c.decode("utf-8", "backslashreplace") if isinstance(c, bytes) else c
+
+
+def cmd_search(args) -> int:
+    from lukhas_gpu import Filter, MemoryIndex, Rank
+
+    where = Filter(tags_all=args.tags_all, tags_any=args.tags_any, tags_none=args.tags_none, since=args.since,
+                   until=args.until, min_importance=args.min_importance)
+    rank = None
+    if args.recency or args.importance or args.similarity != 1.0 or args.half_life is not None:
+        extra = {} if args.half_life is None else {"half_life": args.half_life}
+        rank = Rank(args.similarity, args.recency, args.importance, **extra)
+    index = MemoryIndex.open(args.store, mode="r")
+    try:
+        for first, q in _queries(args, index.dim):
+            res = index.search(q, args.k, where=None if where.is_empty() else where, rank=rank)
+            ids, scores = np.asarray(res.ids), np.asarray(res.scores)
+            contents = res.contents() if args.contents else None
+            for r in range(len(ids)):
+                live = ids[r] >= 0
+                row_ids, row_scores = ids[r][live].tolist(), scores[r][live].tolist()
+                row_contents = [_text(c) for c, ok in zip(contents[r], live) if ok] if contents else None
+                if args.json:
+                    obj = {"query": first + r, "ids": row_ids, "scores": row_scores}
+                    if row_contents is not None:
+                        obj["contents"] = row_contents
+                    print(json.dumps(obj))
+                else:
+                    print(f"query {first + r}: {len(row_ids)} results")
+                    for j, (i, s) in enumerate(zip(row_ids, row_scores)):
+                        tail = f"  {row_contents[j]!r}" if row_contents is not None else ""
+                        print(f"  {i:>10}  {s: .4f}{tail}")
+            sys.stdout.flush()
+    finally:
+        index.close()
+    return 0
+
+
+def cmd_get(args) -> int:
+    from lukhas_gpu import MemoryIndex
+
+    index = MemoryIndex.open(args.store, mode="r")
+    try:
+        memories = index.get(np.asarray(args.ids, dtype=np.int64))
+    finally:
+        index.close()
+    for m in memories:
+        if args.json:
+            print(json.dumps({"id": m.id, "content": _text(m.content), "tags": m.tags, "timestamp": m.timestamp,
+                              "importance": m.importance}))
+        else:
+            import datetime as _dt
+
+            when = _dt.datetime.fromtimestamp(m.timestamp, _dt.timezone.utc).isoformat(timespec="seconds")
+            print(f"{m.id}: {_text(m.content)!r} tags={m.tags} time={when} importance={m.importance:.3f}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from lukhas_gpu import MemoryIndex
+
+    index = MemoryIndex.open(args.store, mode="w")
+    try:
+        n = index.delete(np.asarray(args.ids, dtype=np.int64))
+        index.checkpoint()
+        count = len(index)
+    finally:
+        index.close()
+    print(json.dumps({"deleted": n, "count": count}) if args.json else
+          f"{args.store}: deleted {n} memories; {count:,} remain")
+    return 0
 
 
 # -- bench ---------------------------------------------------------------------------------------
