@@ -457,7 +457,7 @@ def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) 
         raise ValueError(f"{store / PROGRESS_FILE} records {ingested} ingested records (rows {first}..{expected - 1}), "
                          f"the store holds only {rows_now} rows (rolled back?); pass --restart to ingest from the "
                          "first record")
-    if False:
+    if pending and rows_now == expected + pending:
         log_ = logging.getLogger("lukhas_gpu.cli")
         log_.info("the batch of %d records being added when the last ingest stopped is in the store", pending)
         ingested += pending
@@ -465,7 +465,7 @@ def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) 
         logging.getLogger("lukhas_gpu.cli").warning(
             "the store holds %d rows beyond those this ingest recorded (another writer?); resuming after record %d",
             rows_now - expected, ingested)
-    return ingested, first
+    return 0, first
 
 
 def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int, skip: int) -> int:
