@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import random
 import signal
@@ -19,7 +18,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 DIM = 32
 BATCH = 200

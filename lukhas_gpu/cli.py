@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
-import itertools
 import json
 import logging
 import math
@@ -248,60 +246,11 @@ def _write_progress(store: pathlib.Path, state: dict) -> None:
 
 
 def _ingest_batches(path: str, index, batch_size: int, skip: int, rows=None, npz_path: str | None = None):
-    """Validated batches of ``path`` from record ``skip`` on (embeddings from the lines, or from
-    ``rows``, row i <-> record i): :func:`lukhas_gpu.migrate._read_batches` plus a start record,
-    built from the same parsing and validation functions, so errors carry the same file and line.
-    Skipped records are neither parsed nor validated."""
+    """Validated batches of ``path`` from record ``skip`` on: the migration reader, so errors carry
+    the same file and line; skipped records are neither parsed nor validated."""
     from lukhas_gpu import migrate
 
-    dim = index.dim
-    cosine = index.config.metric == "cosine"
-    max_content = index.config.max_content_bytes
-    it = migrate._records(path)
-    collections.deque(itertools.islice(it, skip), maxlen=0)
-    if rows is not None:
-        done = 0
-        while done < skip:  # a compressed member is a stream: read past the skipped rows
-            step = min(65536, skip - done)
-            rows.read(step)
-            done += step
-    record = skip
-    while True:
-        m = batch_size if rows is None else min(batch_size, rows.n - record)
-        if m <= 0:
-            return
-        x = np.empty((m, dim), dtype=np.float32)
-        bad_row, row_msg = m, ""
-        if rows is not None:
-            x[:] = rows.read(m)
-            bad_row, row_msg = migrate._first_bad_row(x, cosine)
-        lines, old_ids, contents, tags, ts, imp = [], [], [], [], [], []
-        for j, (lineno, raw) in zip(range(m), it):
-            try:
-                if j == bad_row:
-                    raise migrate._Invalid(f"row {record + j} of {npz_path}: {row_msg}")
-                rec = migrate._parse(migrate._loads(raw), dim=dim if rows is None else None, cosine=cosine,
-                                     max_content=max_content)
-            except migrate._Invalid as e:
-                raise migrate.MigrationError(f"{path}, line {lineno}: {e}", path=path, line=lineno) from None
-            old, content, emb, tg, t, im = rec
-            if rows is None:
-                x[j] = emb
-            lines.append(lineno)
-            old_ids.append(old)
-            contents.append(content)
-            tags.append(tg)
-            ts.append(t)
-            imp.append(im)
-        if len(lines) < m and rows is not None:
-            raise migrate.MigrationError(f"{path} ended after {record + len(lines)} records, {npz_path} holds "
-                                         f"{rows.n} rows", path=path)
-        if lines:
-            yield migrate._Batch(lines, old_ids, x[: len(lines)], contents, tags,
-                                 np.asarray(ts, dtype=np.float64), np.asarray(imp, dtype=np.float64))
-            record += len(lines)
-        if len(lines) < m:
-            return
+    return migrate._read_batches(path, index, batch_size, rows=rows, npz_path=npz_path, start=skip)
 
 
 def _first_dim(path: str) -> int:
@@ -415,14 +364,14 @@ def cmd_ingest(args) -> int:
         if rows is not None and rows.dim != index.dim:
             raise migrate.MigrationError(f"{src}: embeddings have dimension {rows.dim}, the store expects "
                                          f"{index.dim}", path=src)
-        skip, first_row = _resume_point(store, index, identity, restart=args.restart)
+        skip, first_row, finished = _resume_point(store, index, identity, restart=args.restart)
         state = {"version": 1, **identity, "records": total, "first_row": first_row, "ingested": skip,
                  "pending": 0, "done": False}
         if skip > total:
             raise ValueError(f"{store / PROGRESS_FILE} records {skip} ingested records, {src} holds only {total}; "
                              "pass --restart to ingest it from its first record")
         _write_progress(store, state)
-        return _ingest_loop(args, index, store, state, rows, total, skip)
+        return _ingest_loop(args, index, store, state, rows, total, skip, finished)
     finally:
         if rows is not None:
             rows.close()
@@ -430,8 +379,9 @@ def cmd_ingest(args) -> int:
             index.close()
 
 
-def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) -> tuple[int, int]:
-    """(records of the input to skip, the store's row count when this ingest began).
+def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) -> tuple[int, int, bool]:
+    """(records of the input to skip, the store's row count when this ingest began, whether this
+    very ingest already finished).
 
     Ids are dense row numbers that are never reused, so the rows this ingest added are exactly
     ``first_row .. first_row + ingested - 1``. ``pending`` is the batch being added when the
@@ -441,11 +391,11 @@ def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) 
     rows_now = index.stats()["rows"]
     prev = None if restart else _read_progress(store)
     if prev is None:
-        return 0, rows_now
+        return 0, rows_now, False
     same = all(prev.get(k) == identity[k] for k in identity)
     if not same:
         if prev.get("done") and prev.get("input", {}).get("path") != identity["input"]["path"]:
-            return 0, rows_now  # another input, after a finished ingest: a new ingest
+            return 0, rows_now, False  # another input, after a finished ingest: a new ingest
         was = prev.get("input", {})
         raise ValueError(f"{store / PROGRESS_FILE} records {'an unfinished' if not prev.get('done') else 'a finished'} "
                          f"ingest of {was.get('path')} (size {was.get('size')}), and the input differs "
@@ -458,17 +408,17 @@ def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) 
                          f"the store holds only {rows_now} rows (rolled back?); pass --restart to ingest from the "
                          "first record")
     if pending and rows_now == expected + pending:
-        log_ = logging.getLogger("lukhas_gpu.cli")
-        log_.info("the batch of %d records being added when the last ingest stopped is in the store", pending)
+        logging.getLogger("lukhas_gpu.cli").info("the batch of %d records being added when the last ingest stopped is in the store", pending)
         ingested += pending
     elif rows_now > expected:
         logging.getLogger("lukhas_gpu.cli").warning(
             "the store holds %d rows beyond those this ingest recorded (another writer?); resuming after record %d",
             rows_now - expected, ingested)
-    return 0, first
+    return ingested, first, bool(prev.get("done")) and rows_now == first + ingested
 
 
-def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int, skip: int) -> int:
+def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int, skip: int,
+                 finished: bool) -> int:
     from lukhas_gpu import migrate
 
     out = sys.stderr if args.json else sys.stdout
@@ -486,7 +436,7 @@ def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int
                     ts = np.where(missing, time.time(), ts)
                 _write_progress(store, {**state, "pending": n})
                 try:
-                    ids = index.add(b.x, contents=b.contents, tags=b.tags, timestamps=ts, importance=b.importance)
+                    index.add(b.x, contents=b.contents, tags=b.tags, timestamps=ts, importance=b.importance)
                 except (TypeError, ValueError) as e:  # add() stores nothing of a batch it rejects
                     _write_progress(store, {**state, "pending": 0})
                     raise migrate.MigrationError(f"{path}, lines {b.lines[0]}-{b.lines[-1]}: the store rejected "
@@ -508,7 +458,8 @@ def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int
               f"store's write-ahead log); run the same command again to resume", file=sys.stderr)
         return 130
     progress.close()
-    index.checkpoint()
+    if not (finished and batches == 0):  # a re-run of a finished ingest publishes no new generation
+        index.checkpoint()
     state["done"] = True
     _write_progress(store, state)
     seconds = time.perf_counter() - t0

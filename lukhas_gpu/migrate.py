@@ -29,8 +29,10 @@ scanned batch by batch as they are imported.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
+import itertools
 import json
 import logging
 import math
@@ -476,17 +478,29 @@ def _loads(raw: bytes):
 
 
 def _read_batches(path: str, index: MemoryIndex, batch_size: int, *, rows: "_ArrayReader | None",
-                  npz_path: str | None = None) -> Iterator[_Batch]:
-    """Validated batches of ``path``; embeddings from the lines, or from ``rows`` (row i, line i)."""
+                  npz_path: str | None = None, start: int = 0) -> Iterator[_Batch]:
+    """Validated batches of ``path``; embeddings from the lines, or from ``rows`` (row i, line i).
+
+    ``start`` records (and rows) are skipped first, neither parsed nor validated (a resumed
+    ingest)."""
     dim = index.dim
     cosine = index.config.metric == "cosine"
     max_content = index.config.max_content_bytes
     with_embedding = rows is None
     it = _records(path)
-    record = 0  # records before the current batch
+    collections.deque(itertools.islice(it, start), maxlen=0)
+    if rows is not None:
+        done = 0
+        while done < start:  # a compressed member is a stream: read past the skipped rows
+            step = min(65536, start - done)
+            rows.read(step)
+            done += step
+    record = start  # records before the current batch
     warned_embedding = False
     while True:
         m = batch_size if rows is None else min(batch_size, rows.n - record)
+        if m <= 0:
+            return
         x = np.empty((m, dim), dtype=np.float32)
         bad_row = m
         if rows is not None and m:

@@ -348,3 +348,45 @@ def test_every_subcommand_has_help(capsys, command):
     assert out.startswith(f"usage: lukhas-gpu {command}")
     if command == "ingest":
         assert "Parquet" in out and "--checkpoint-every" in out and "--restart" in out
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_resume_of_an_array_ingest_keeps_rows_with_their_payloads(tmp_path, capsys, monkeypatch, compressed):
+    x, contents, tags, ts, imp = _data()
+    payloads = tmp_path / "payloads.jsonl"
+    write_naive_jsonl(payloads, None, contents=contents, tags=tags)
+    arr = tmp_path / "emb.npz"
+    (np.savez_compressed if compressed else np.savez)(arr, embeddings=x)
+    store = tmp_path / "store"
+    argv = ["ingest", str(store), str(arr), "--payloads", str(payloads), "--batch-size", "40", "--json"]
+    real_add = MemoryIndex.add
+    calls = []
+
+    def flaky_add(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_add(self, *a, **kw)
+
+    monkeypatch.setattr(MemoryIndex, "add", flaky_add)
+    assert cli.main(argv) == 130
+    monkeypatch.setattr(MemoryIndex, "add", real_add)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped_resumed"] == 120 and summary["count"] == N
+    assert _all_contents(store) == contents
+    ix = MemoryIndex.open(store, mode="r")
+    try:  # row i of the array is still the vector of memory i (the skipped rows were read past)
+        assert np.asarray(ix.search(x, 1).ids)[:, 0].tolist() == list(range(N))
+    finally:
+        ix.close()
+
+
+def test_rerunning_a_finished_ingest_changes_nothing(data, capsys):
+    assert _ingest(data) == 0
+    current = (data["store"] / "CURRENT").read_text()
+    assert _ingest(data, "--json") == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["ingested"] == 0 and summary["skipped_resumed"] == N and summary["count"] == N
+    assert (data["store"] / "CURRENT").read_text() == current  # no new generation

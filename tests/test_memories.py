@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import lukhas_gpu
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank
 from lukhas_gpu.metadata import IMPORTANCE_SCALE
 

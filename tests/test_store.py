@@ -1,6 +1,4 @@
 """The durable store: checkpoint/open round trips, lazy loading, corruption, lock, rollback."""
-import os
-import pathlib
 
 import numpy as np
 import pytest
