@@ -245,14 +245,6 @@ def _write_progress(store: pathlib.Path, state: dict) -> None:
     fsync_dir(store)
 
 
-def _ingest_batches(path: str, index, batch_size: int, skip: int, rows=None, npz_path: str | None = None):
-    """Validated batches of ``path`` from record ``skip`` on: the migration reader, so errors carry
-    the same file and line; skipped records are neither parsed nor validated."""
-    from lukhas_gpu import migrate
-
-    return migrate._read_batches(path, index, batch_size, rows=rows, npz_path=npz_path, start=skip)
-
-
 def _first_dim(path: str) -> int:
     """The embedding length of the first record of a JSONL (for a new store's dimension)."""
     from lukhas_gpu import migrate
@@ -428,7 +420,7 @@ def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int
     progress = _Progress(total, skip, out)
     try:
         try:
-            for b in _ingest_batches(path, index, args.batch_size, skip, rows=rows, npz_path=args.input):
+            for b in migrate._read_batches(path, index, args.batch_size, rows=rows, npz_path=args.input, start=skip):
                 n = len(b.lines)
                 ts = b.timestamps
                 missing = np.isnan(ts)

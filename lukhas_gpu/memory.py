@@ -452,9 +452,7 @@ class MemoryIndex:
         start = len(self._vectors)
         ids = np.arange(start, start + n, dtype=np.int64)
         if self._ann is not None:
-            t0 = time.perf_counter()
             self._ann.add(proj.cpu().numpy(), ids)
-            self._timings["ann_add"] = self._timings.get("ann_add", 0.0) + time.perf_counter() - t0
         self._vectors.append(codes_np)
         self._contents.append(contents if contents is not None else [None] * n)
         self._tags.append(tags, n)
@@ -788,14 +786,16 @@ class MemoryIndex:
         Deleted memories keep their (int8) row, since ids are row numbers; their content,
         tags and ANN entry are gone. Returns the bytes reclaimed.
         """
-        before = sum(self._contents.nbytes()[k] for k in ("records",)) + self._tags.nbytes()["flat"] + 4 * self._tags.garbage
+        def held() -> int:  # content records plus tag-list entries, live and garbage
+            return self._contents.nbytes()["records"] + self._tags.nbytes()["flat"] + 4 * self._tags.garbage
+
+        before = held()
         live = np.ones(len(self._vectors), dtype=bool)
         if self._deleted:
             live[self._deleted_array()] = False
         self._contents.compact(np.flatnonzero(live))
         self._tags.compact()
-        after = self._contents.nbytes()["records"] + self._tags.nbytes()["flat"] + 4 * self._tags.garbage
-        return int(before - after)
+        return int(before - held())
 
     def contains(self, ids) -> np.ndarray:
         """Boolean mask: which ids are live memories."""

@@ -75,7 +75,7 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def crc32_file(path, limit: int | None = None) -> int:
+def crc32_file(path) -> int:
     crc = 0
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
