@@ -8,6 +8,7 @@ import os
 import pathlib
 import platform
 import statistics
+import tempfile
 import time
 from datetime import date
 
@@ -121,3 +122,20 @@ def write_results(name: str, payload: dict, table: str) -> pathlib.Path:
     path.write_text(json.dumps(payload, indent=2, default=float))
     (OUT_DIR / f"{name}.md").write_text(table + "\n")
     return path
+
+
+def dir_bytes(path) -> int:
+    """Apparent size of every regular file under ``path``, bytes."""
+    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
+
+
+def saved_bytes(save) -> tuple[int, float]:
+    """Call ``save(directory)`` on a new temporary directory; return (bytes written there, seconds).
+
+    The directory is removed afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench_save_") as d:
+        t0 = time.perf_counter()
+        save(pathlib.Path(d))
+        sec = time.perf_counter() - t0
+        return dir_bytes(d), sec

@@ -2,14 +2,16 @@
 
 Public API (see ``README.md``): :class:`MemoryIndex`, :class:`IndexConfig`,
 :class:`SearchResult`, :class:`Memory`, :class:`Filter`,
-:class:`Rank`, :class:`Encoder`.
+:class:`Rank`, :class:`Encoder`; capacity planning: :func:`plan`, :func:`max_count`, :class:`Plan`.
 """
 from .config import IndexConfig
 from .encode import Encoder
 from .filters import Filter
 from .memory import Memory, MemoryIndex, SearchResult
 from .scoring import Rank
+from .plan import Plan, max_count, plan  # noqa: E402  (the function shadows its module's name)
 
 __version__ = "0.1.0"
 
-__all__ = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Encoder", "__version__"]
+__all__ = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Encoder", "plan",
+           "max_count", "Plan", "__version__"]

@@ -198,6 +198,21 @@ class IVFPQIndex:
             params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
         return self.index.search(q, k, params=params)
 
+    def residuals(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For rows ``x`` (n, d): their list (n,), their residual to its centroid (n, d) and the
+        PQ reconstruction of that residual (n, d) -- what an ``add`` would store, for measuring."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.coarse == "hnsw":
+            faiss = faiss_module()
+            params = faiss.SearchParametersHNSW(efSearch=64)
+            _, assign = self.quantizer.search(x, 1, params=params)
+        else:
+            _, assign = self.quantizer.search(x, 1)
+        assign = assign.ravel()
+        resid = x - self.quantizer.reconstruct_batch(assign)
+        pq = self.index.pq
+        return assign, resid, pq.decode(pq.compute_codes(resid))
+
     # -- GPU (thin, capability-detected) -------------------------------------------------------
     def to_gpu(self, device: int = 0) -> bool:
         """Clone to a FAISS GPU when FAISS has GPUs and supports this index type; else stay on CPU."""

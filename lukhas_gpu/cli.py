@@ -46,8 +46,62 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the stats as JSON")
     st.set_defaults(func=cmd_stats, catch_errors=True)
 
+    pl = sub.add_parser(
+        "plan", help="capacity: the RAM, mapped, disk and GPU bytes of N memories, or how many fit in a budget",
+        description="Predicts, before anything is built, what a store of COUNT memories takes under a config "
+                    "(per component, in anonymous RAM, memory-mapped files, disk and GPU memory); with --ram or "
+                    "--gpu, how many memories fit in that budget instead.")
+    pl.add_argument("count", nargs="?", type=int, help="memories to plan for (omit with --ram/--gpu)")
+    pl.add_argument("--dim", type=int, required=True, help="embedding dimension")
+    pl.add_argument("--preset", default="production", help="config preset (default: production)")
+    pl.add_argument("--content-bytes", type=float, default=0.0, metavar="B", help="mean content bytes per memory")
+    pl.add_argument("--tags", type=float, default=0.0, metavar="T", help="mean tags per memory")
+    pl.add_argument("--tag-vocabulary", type=int, default=1000, metavar="V", help="distinct tags (default 1000)")
+    pl.add_argument("--content-ratio", type=float, default=0.72, metavar="R",
+                    help="stored / raw content bytes (default 0.72, measured on short English texts)")
+    pl.add_argument("--state", choices=("built", "opened"), default="built",
+                    help="an index built in the process, or a store opened from disk (default: built)")
+    pl.add_argument("--ram", metavar="SIZE", help="anonymous RAM budget, e.g. 16G: print how many memories fit")
+    pl.add_argument("--gpu", metavar="SIZE", help="GPU memory budget, e.g. 40G: print how many memories fit")
+    pl.add_argument("--include-mapped", action="store_true", help="count memory-mapped bytes against --ram too")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan, catch_errors=True)
+
     _add_store_commands(sub)
+    _add_migrate_command(sub)
     return p
+
+
+def cmd_plan(args) -> int:
+    from lukhas_gpu.plan import max_count, parse_size, plan
+
+    kw = dict(avg_content_bytes=args.content_bytes, tags_per_memory=args.tags, config=args.preset,
+              content_ratio=args.content_ratio, tag_vocabulary=args.tag_vocabulary, state=args.state)
+    count, fits = args.count, None
+    if args.ram or args.gpu:
+        ram = parse_size(args.ram, "--ram") if args.ram else None
+        gpu = parse_size(args.gpu, "--gpu") if args.gpu else None
+        fits = max_count(ram, gpu, include_mapped=args.include_mapped, dim=args.dim, **kw)
+        count = fits if count is None else count
+    if count is None:
+        raise ValueError("give COUNT, or a budget with --ram / --gpu")
+    p = plan(count, args.dim, **kw)
+    if args.json:
+        print(json.dumps({**p.to_dict(), "max_count": fits}, default=float))
+        return 0
+    gib = 1 << 30
+    if fits is not None:
+        budget = " and ".join(f"{v} {name}" for v, name in ((args.ram, "RAM"), (args.gpu, "GPU")) if v)
+        print(f"{fits:,} memories fit in {budget} ({args.preset}, {args.dim} dims)")
+    print(f"plan for {p.count:,} memories, {args.dim} dims, preset {args.preset} ({p.state}, {p.backend}): "
+          f"IVF{p.nlist or '-'}, PQ{p.pq_m or '-'}, dim_out {p.dim_out}")
+    for place in ("anon", "mapped", "disk", "gpu"):
+        print(f"  {place:6s} {getattr(p, place + '_bytes') / gib:10.3f} GiB  "
+              f"{p.per_memory.get(place, 0.0):9.1f} B/memory")
+        for name, b in sorted(p.memory[place].items(), key=lambda kv: -kv[1]):
+            if b:
+                print(f"         {name:28s} {b / gib:10.3f} GiB")
+    return 0
 
 
 def cmd_verify(args) -> int:
@@ -103,7 +157,7 @@ def main(argv=None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (StoreError, ValueError, TypeError, OSError) as e:
+    except (StoreError, ValueError, TypeError, OSError, _MissingExtra) as e:
         # the library's messages name the file, line or id; a traceback would add nothing
         msg = " ".join(str(e).split("\n"))
         print(f"lukhas-gpu {args.command}: error: {msg}", file=sys.stderr)
@@ -120,34 +174,38 @@ QUERY_BATCH = 1024
 
 
 def _add_store_commands(sub) -> None:
-    from lukhas_gpu.migrate import DEFAULT_BATCH_SIZE
-
     fmt = argparse.RawDescriptionHelpFormatter
     i = sub.add_parser(
-        "ingest", help="stream memories from JSONL (or .npy/.npz + payload JSONL) into a store, resumably",
+        "ingest", help="stream memories from JSONL, Parquet or .npy/.npz + payload JSONL into a store, resumably",
         formatter_class=fmt,
         description="Adds the memories of INPUT to the store STORE (created when it does not exist yet).\n\n"
-                    "INPUT is either\n"
+                    "INPUT is one of\n"
                     "  * a JSON Lines file with embedded vectors, one memory a line (the old naive format):\n"
                     '      {"id": ..., "content": "...", "embedding": [...], "tags": [...],\n'
                     '       "metadata": {"timestamp": <epoch s or ISO-8601>, "importance": <0..1>}}\n'
                     "  * a .npy / .npz of embeddings (n, dim) together with --payloads, a JSONL of the same\n"
                     "    fields without \"embedding\" (row i goes with record line i).\n"
-                    "Parquet input is not supported: convert it to one of the above.\n\n"
+                    "  * a Parquet file (.parquet), one memory a row; it needs pyarrow:\n"
+                    "    pip install \"lukhas-gpu[parquet]\". Its columns:\n"
+                    "      embedding   list<float> or fixed_size_list<float> (another column: --embedding-column)\n"
+                    "      content     string or binary (optional; null: no content)\n"
+                    "      tags        list<string> (optional)\n"
+                    "      timestamp   epoch seconds (number) or a timestamp/date type; no time zone means UTC\n"
+                    "                  (optional; null: the time of the ingest)\n"
+                    "      importance  float in [0, 1] (optional; null: 0.5)\n"
+                    "    Other columns are not read. Rows are numbered from 0 in messages.\n\n"
                     "Records are validated and added batch by batch (bounded memory); a bad record (invalid\n"
-                    "or truncated JSON, wrong dimension, NaN) stops the ingest with exit code 1 and its file\n"
-                    "and line on stderr; nothing of its batch is stored, earlier batches stay.\n"
+                    "or truncated JSON, wrong dimension, NaN, a null embedding) stops the ingest with exit\n"
+                    "code 1 and its file and line (or row) on stderr; nothing of its batch is stored, earlier\n"
+                    "batches stay.\n"
                     f"Progress is recorded in STORE/{PROGRESS_FILE} after every batch: running the same\n"
                     "command again after an interruption or an error skips the records already ingested.")
     i.add_argument("store", help="store directory (created if it holds no store)")
-    i.add_argument("input", help="JSONL with embeddings, or .npy/.npz of embeddings (with --payloads)")
+    i.add_argument("input", help="JSONL with embeddings, .parquet, or .npy/.npz of embeddings (with --payloads)")
     i.add_argument("--payloads", metavar="JSONL", help="payload records for a .npy/.npz INPUT (row i <-> line i)")
-    i.add_argument("--npz-key", metavar="KEY", default="embeddings",
-                   help="array name inside a .npz (default: embeddings)")
-    i.add_argument("--dim", type=int, help="dimension of a new store (default: the input's first embedding's)")
-    i.add_argument("--preset", default="production", help="config preset of a new store (default: production)")
-    i.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                   help=f"records validated and added per batch (default: {DEFAULT_BATCH_SIZE})")
+    _add_source_options(i)
+    i.add_argument("--embedding-column", metavar="NAME", default="embedding",
+                   help="the embeddings' column of a .parquet INPUT (default: embedding)")
     i.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                    help="checkpoint the store every N batches, and at the end (default: 10)")
     i.add_argument("--restart", action="store_true",
@@ -199,6 +257,55 @@ def _add_store_commands(sub) -> None:
     d.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
     d.add_argument("--json", action="store_true", help='print {"deleted": n, "count": ...} as JSON')
     d.set_defaults(func=cmd_delete, catch_errors=True)
+
+
+def _add_source_options(p) -> None:
+    """The options ``ingest`` and ``migrate`` share: the array in a .npz, a new store's shape, the batch."""
+    from lukhas_gpu.migrate import DEFAULT_BATCH_SIZE
+
+    p.add_argument("--npz-key", metavar="KEY", default="embeddings",
+                   help="array name inside a .npz (default: embeddings)")
+    p.add_argument("--dim", type=int, help="dimension of a new store (default: the input's first embedding's)")
+    p.add_argument("--preset", default="production", help="config preset of a new store (default: production)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"records validated and added per batch (default: {DEFAULT_BATCH_SIZE})")
+
+
+def _add_migrate_command(sub) -> None:
+    m = sub.add_parser(
+        "migrate", help="import the old naive store's JSONL (or .npy/.npz + payload JSONL), with a parity check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Imports the memories of SOURCE into STORE (created when it holds no store yet) and reports\n"
+                    "the records, the rate, a parity check and the counts.\n\n"
+                    "SOURCE is the old naive store's JSON Lines, one memory a line with its embedding:\n"
+                    '    {"id": ..., "content": "...", "embedding": [...], "tags": [...],\n'
+                    '     "metadata": {"timestamp": <epoch s or ISO-8601>, "importance": <0..1>}}\n'
+                    "With --vectors, the embeddings come from a .npy/.npz (n, dim) instead, and SOURCE holds\n"
+                    "the same fields without \"embedding\" (row i goes with record line i).\n\n"
+                    "Every record is validated; a bad one stops the migration with exit code 1 and its file\n"
+                    "and line on stderr: nothing of its batch is stored, the batches before it are.\n"
+                    "--dry-run validates everything and stores nothing (a new store is not even created).\n\n"
+                    "Parity: perturbed copies of sampled source embeddings are searched in the store, and\n"
+                    "their top-10 compared with the exact cosine top-10 over the source's float embeddings\n"
+                    "(the overlap, 1.0 at best); and the store must have grown by the records imported.\n\n"
+                    "Undo: a migration that stored anything (also one stopped by a bad record) publishes\n"
+                    "exactly one new generation of STORE, so `lukhas-gpu rollback STORE` right after it\n"
+                    "restores the store as it was before; the summary (or the error) says so.\n"
+                    "A migration does not resume: running it again adds the records again (`ingest` resumes).")
+    m.add_argument("source", metavar="SOURCE",
+                   help="the old store's JSONL with embeddings (with --vectors: its payload JSONL)")
+    m.add_argument("store", metavar="STORE", help="store directory (created if it holds no store)")
+    m.add_argument("--vectors", metavar="NPZ", help=".npy/.npz of the embeddings (n, dim); row i goes with line i "
+                                                    "of SOURCE")
+    _add_source_options(m)
+    m.add_argument("--dry-run", action="store_true", help="validate every record, store nothing")
+    m.add_argument("--parity-queries", type=int, default=200, metavar="N",
+                   help="sampled embeddings searched for the parity check; 0 skips the overlap (default: 200)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the parity sampling (default: 0)")
+    m.add_argument("--id-map", metavar="JSONL",
+                   help='write {"old": <source id>, "new": <store id>} per imported record to this file')
+    m.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    m.set_defaults(func=cmd_migrate, catch_errors=True)
 
 
 def _time_arg(text: str) -> float:
@@ -262,6 +369,24 @@ def _first_dim(path: str) -> int:
     raise ValueError(f"{path} holds no records: nothing to create a store from (pass --dim)")
 
 
+def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: int, input_dim,
+                 dry_run: bool = False):
+    """The store at ``store`` open for writing (read-only for a dry run), or where it holds none a
+    new one of dimension ``dim`` (default: ``input_dim()``) and config ``preset`` sized for
+    ``records``: created on disk, or only in memory for a dry run (which leaves no trace)."""
+    from lukhas_gpu import IndexConfig, MemoryIndex, storage
+
+    if (store / storage.CURRENT).exists():
+        index = MemoryIndex.open(store, mode="r" if dry_run else "w")
+        if dim is not None and dim != index.dim:
+            index.close()
+            raise ValueError(f"--dim {dim} differs from the store's dimension {index.dim}")
+        return index
+    dim = dim or input_dim()
+    config = IndexConfig.preset(preset, **({"capacity": records} if records else {}))
+    return MemoryIndex(dim, config) if dry_run else MemoryIndex.create(store, dim, config)
+
+
 class _Progress:
     """Progress of an ingest: a live bar on a terminal (tqdm when installed, else a ``\\r`` line),
     plain lines at most every :data:`PROGRESS_INTERVAL` seconds otherwise."""
@@ -309,7 +434,7 @@ class _Progress:
 
 
 def cmd_ingest(args) -> int:
-    from lukhas_gpu import IndexConfig, MemoryIndex, migrate, storage
+    from lukhas_gpu import migrate
 
     for name in ("batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
@@ -318,42 +443,40 @@ def cmd_ingest(args) -> int:
         raise ValueError(f"--dim must be >= 1, got {args.dim}")
     src = args.input
     suffix = pathlib.Path(src).suffix.lower()
-    if suffix == ".parquet":
-        raise ValueError(f"{src}: Parquet input is not supported; convert it to JSONL, or to .npy/.npz embeddings "
-                         "plus a payload JSONL (--payloads)")
-    is_array = suffix in (".npy", ".npz")
+    is_array, is_parquet = suffix in (".npy", ".npz"), suffix == ".parquet"
     if is_array and not args.payloads:
         raise ValueError(f"{src} is an array of embeddings: pass its records with --payloads JSONL (row i <-> line i)")
     if not is_array and args.payloads:
-        raise ValueError(f"--payloads goes with a .npy/.npz INPUT; {src} is read as JSONL with embedded vectors")
+        raise ValueError(f"--payloads goes with a .npy/.npz INPUT; {src} is read as "
+                         f"{'Parquet' if is_parquet else 'JSONL with embedded vectors'}")
     identity = {"input": _identity(src), "payloads": _identity(args.payloads) if args.payloads else None,
-                "npz_key": args.npz_key if suffix == ".npz" else None}
+                "npz_key": args.npz_key if suffix == ".npz" else None,
+                "embedding_column": args.embedding_column if is_parquet else None}
 
-    rows = None
+    rows = None  # the embeddings of an array or Parquet INPUT, read batch by batch
     if is_array:
         rows = migrate._ArrayReader(src, args.npz_key)
+    elif is_parquet:
+        rows = _ParquetReader(src, args.embedding_column)
     index = None
     try:
         # -- how many records, and the store they go to
-        if rows is not None:
-            total = rows.n
+        total = rows.n if rows is not None else migrate._count_records(src)
+        if is_array:
             n_payload = migrate._count_records(args.payloads)
             if n_payload != total:
                 raise migrate.MigrationError(f"count mismatch: {src} holds {total} embeddings, {args.payloads} holds "
                                              f"{n_payload} payload records (row i must go with record line i)",
                                              path=args.payloads)
-        else:
-            total = migrate._count_records(src)
         store = pathlib.Path(args.store)
-        if (store / storage.CURRENT).exists():
-            index = MemoryIndex.open(store, mode="w")
-            if args.dim is not None and args.dim != index.dim:
-                raise ValueError(f"--dim {args.dim} differs from the store's dimension {index.dim}")
-        else:
-            dim = args.dim or (rows.dim if rows is not None else _first_dim(src))
-            config = IndexConfig.preset(args.preset, **({"capacity": total} if total else {}))
-            index = MemoryIndex.create(store, dim, config)
-        if rows is not None and rows.dim != index.dim:
+
+        def input_dim() -> int:  # a new store's: the input's first embedding's
+            if is_parquet:
+                return rows.first_dim()
+            return rows.dim if rows is not None else _first_dim(src)
+
+        index = _store_index(store, dim=args.dim, preset=args.preset, records=total, input_dim=input_dim)
+        if rows is not None and rows.dim is not None and rows.dim != index.dim:
             raise migrate.MigrationError(f"{src}: embeddings have dimension {rows.dim}, the store expects "
                                          f"{index.dim}", path=src)
         skip, first_row, finished = _resume_point(store, index, identity, restart=args.restart)
@@ -363,7 +486,13 @@ def cmd_ingest(args) -> int:
             raise ValueError(f"{store / PROGRESS_FILE} records {skip} ingested records, {src} holds only {total}; "
                              "pass --restart to ingest it from its first record")
         _write_progress(store, state)
-        return _ingest_loop(args, index, store, state, rows, total, skip, finished)
+        if is_parquet:
+            path, reader = src, rows.batches(index, args.batch_size, start=skip)
+        else:
+            path = args.payloads if rows is not None else src
+            reader = migrate._read_batches(path, index, args.batch_size, rows=rows, npz_path=src, start=skip)
+        return _ingest_loop(args, index, store, state, reader, path, total, skip, finished,
+                            unit="rows" if is_parquet else "lines")
     finally:
         if rows is not None:
             rows.close()
@@ -392,7 +521,8 @@ def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) 
         raise ValueError(f"{store / PROGRESS_FILE} records {'an unfinished' if not prev.get('done') else 'a finished'} "
                          f"ingest of {was.get('path')} (size {was.get('size')}), and the input differs "
                          f"(now {identity['input']['path']}, size {identity['input']['size']}, or another mtime, "
-                         "--payloads or --npz-key); pass --restart to ingest it from its first record")
+                         "--payloads, --npz-key or --embedding-column); pass --restart to ingest it from its first "
+                         "record")
     first, ingested, pending = int(prev["first_row"]), int(prev["ingested"]), int(prev.get("pending", 0))
     expected = first + ingested
     if rows_now < expected:
@@ -409,18 +539,19 @@ def _resume_point(store: pathlib.Path, index, identity: dict, *, restart: bool) 
     return ingested, first, bool(prev.get("done")) and rows_now == first + ingested
 
 
-def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int, skip: int,
-                 finished: bool) -> int:
+def _ingest_loop(args, index, store: pathlib.Path, state: dict, reader, path: str, total: int, skip: int,
+                 finished: bool, *, unit: str = "lines") -> int:
+    """Add the validated batches that ``reader`` yields from ``path``, recording the progress
+    around every add; ``unit`` names what the batches' ``lines`` count (lines or rows)."""
     from lukhas_gpu import migrate
 
     out = sys.stderr if args.json else sys.stdout
-    path = args.payloads if rows is not None else args.input
     t0 = time.perf_counter()
     ingested = batches = 0
     progress = _Progress(total, skip, out)
     try:
         try:
-            for b in migrate._read_batches(path, index, args.batch_size, rows=rows, npz_path=args.input, start=skip):
+            for b in reader:
                 n = len(b.lines)
                 ts = b.timestamps
                 missing = np.isnan(ts)
@@ -431,7 +562,7 @@ def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int
                     index.add(b.x, contents=b.contents, tags=b.tags, timestamps=ts, importance=b.importance)
                 except (TypeError, ValueError) as e:  # add() stores nothing of a batch it rejects
                     _write_progress(store, {**state, "pending": 0})
-                    raise migrate.MigrationError(f"{path}, lines {b.lines[0]}-{b.lines[-1]}: the store rejected "
+                    raise migrate.MigrationError(f"{path}, {unit} {b.lines[0]}-{b.lines[-1]}: the store rejected "
                                                  f"this batch: {e}", path=path, line=b.lines[0]) from e
                 state["ingested"] += n
                 _write_progress(store, {**state, "pending": 0})
@@ -465,6 +596,319 @@ def _ingest_loop(args, index, store: pathlib.Path, state: dict, rows, total: int
         print(f"{args.store}: ingested {ingested:,} of {total:,} records from {args.input} in {seconds:.1f} s "
               f"({rate:,.0f} rec/s){resumed}; the store holds {count:,} memories")
     return 0
+
+
+# -- Parquet input ----------------------------------------------------------------------------------
+class _MissingExtra(ImportError):
+    """An optional dependency is missing; the message gives the ``pip install`` that adds it."""
+
+
+def _pyarrow(path: str):
+    """``(pyarrow, pyarrow.parquet, pyarrow.compute)``, imported on first use."""
+    try:
+        import pyarrow
+        import pyarrow.compute
+        import pyarrow.parquet
+    except ImportError as e:
+        raise _MissingExtra(f"{path}: reading Parquet needs pyarrow, which is not installed ({e}); "
+                            'pip install "lukhas-gpu[parquet]"') from None
+    return pyarrow, pyarrow.parquet, pyarrow.compute
+
+
+_STRINGS = ("string", "large_string")
+_NUMBERS = ("integer", "floating")
+_LISTS = ("list", "large_list", "fixed_size_list")
+#: The Parquet columns read besides the embeddings: the Arrow types each may have (by the names of
+#: ``pyarrow.types.is_*``), those of a list's values, and the same in words. An all-null column
+#: (Arrow type ``null``) is read as a missing one.
+PARQUET_COLUMNS = {
+    "content": (_STRINGS + ("binary", "large_binary"), None, "string or binary"),
+    "tags": (_LISTS, _STRINGS, "list<string>"),
+    "timestamp": (_NUMBERS + ("timestamp", "date"), None, "epoch seconds (a number), a timestamp or a date"),
+    "importance": (_NUMBERS, None, "a number in [0, 1]"),
+}
+
+
+def _arrow_is(t, kinds, values=None) -> bool:
+    """Whether the Arrow type ``t`` is one of ``kinds`` (and, for a list, its values one of ``values``)."""
+    import pyarrow.types as pat
+
+    return any(getattr(pat, "is_" + k)(t) for k in kinds) and (values is None or _arrow_is(t.value_type, values))
+
+
+#: Seconds per unit of an Arrow timestamp.
+_UNIT_SECONDS = {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+class _ParquetReader:
+    """The memories of a Parquet file, validated batch by batch (one column at a time).
+
+    The vectors never become a Python object per row: each batch's embedding column is
+    flattened into one float32 buffer and reshaped to ``(n, dim)``. Errors name the file and the
+    0-based row. ``n`` is the row count (from the footer), ``dim`` the list size of a
+    ``fixed_size_list`` column (None for variable lists: every row's length is checked instead).
+    """
+
+    def __init__(self, path: str, column: str):
+        from lukhas_gpu.migrate import MigrationError
+
+        self._pa, pq, self._pc = _pyarrow(path)
+        self.path, self.column = path, column
+        try:
+            self._file = pq.ParquetFile(path)
+        except (self._pa.ArrowException, OSError) as e:
+            raise MigrationError(f"{path}: not a readable Parquet file: {e}", path=path) from None
+        schema = self._file.schema_arrow
+        self.n = self._file.metadata.num_rows
+        if column not in schema.names:
+            raise MigrationError(f"{path} has no column {column!r} (it holds {schema.names}); name the "
+                                 "embeddings' column with --embedding-column", path=path)
+        t = schema.field(column).type
+        if not _arrow_is(t, _LISTS, _NUMBERS):
+            raise MigrationError(f"{path}: column {column!r} has type {t}, expected list<float> or "
+                                 "fixed_size_list<float>", path=path)
+        self.dim = t.list_size if self._pa.types.is_fixed_size_list(t) else None
+        self.columns = [column]
+        for name, (kinds, values, expected) in PARQUET_COLUMNS.items():
+            if name == column or name not in schema.names:
+                continue
+            t = schema.field(name).type
+            if not (_arrow_is(t, kinds, values) or self._pa.types.is_null(t)):
+                raise MigrationError(f"{path}: column {name!r} has type {t}, expected {expected}", path=path)
+            self.columns.append(name)
+
+    def first_dim(self) -> int:
+        """The length of the first non-null embedding (for a new store's dimension)."""
+        if self.dim is not None:
+            return self.dim
+        for rb in self._file.iter_batches(batch_size=1024, columns=[self.column]):
+            lengths = self._pc.list_value_length(rb.column(0)).drop_null()
+            if len(lengths):
+                return lengths[0].as_py()
+        raise ValueError(f"{self.path} holds no row with an embedding in column {self.column!r}: nothing to create a "
+                         "store from (pass --dim)")
+
+    def batches(self, index, batch_size: int, *, start: int = 0):
+        """Validated batches (``migrate._Batch``, ``lines`` holding row numbers) of ``batch_size``
+        rows, the last one shorter, from row ``start`` on; whole row groups before it are not read."""
+        pa, meta = self._pa, self._file.metadata
+        group, first = 0, 0
+        while group < meta.num_row_groups and first + meta.row_group(group).num_rows <= start:
+            first += meta.row_group(group).num_rows
+            group += 1
+        if group == meta.num_row_groups:
+            return
+        drop, row = start - first, start  # rows of the first group read to skip; the next batch's first row
+        pending, have = [], 0  # record batches as read (their sizes vary): re-cut to batch_size rows
+        for rb in self._file.iter_batches(batch_size=batch_size, row_groups=list(range(group, meta.num_row_groups)),
+                                          columns=self.columns):
+            if drop:
+                k = min(drop, rb.num_rows)
+                rb, drop = rb.slice(k), drop - k
+            if rb.num_rows:
+                pending.append(rb)
+                have += rb.num_rows
+            while have >= batch_size:
+                table = pa.Table.from_batches(pending)
+                yield self._batch(table.slice(0, batch_size), row, index)
+                row += batch_size
+                rest = table.slice(batch_size)
+                pending, have = rest.to_batches(), rest.num_rows
+        if have:
+            yield self._batch(pa.Table.from_batches(pending), row, index)
+
+    def _batch(self, table, first: int, index):
+        from lukhas_gpu.metadata import DEFAULT_IMPORTANCE
+        from lukhas_gpu.migrate import MigrationError, _Batch
+
+        n = table.num_rows
+        problems: list[tuple[int, str]] = []  # (row in the batch, why): the first row's is reported
+        cols = {name: table.column(name).combine_chunks() for name in self.columns}
+        x = self._vectors(cols.pop(self.column), index.dim, index.config.metric == "cosine", problems)
+        cols = {name: c for name, c in cols.items() if not self._pa.types.is_null(c.type)}
+        contents = tags = None
+        if "content" in cols:
+            contents = self._contents(cols["content"], index.config.max_content_bytes, problems)
+        if "tags" in cols:
+            tags = self._tags(cols["tags"], problems)
+        ts, ts_ok = self._numbers(cols.get("timestamp"), n, np.nan)
+        bad = np.flatnonzero(ts_ok & ~np.isfinite(ts))
+        if bad.size:
+            problems.append((int(bad[0]), f'"timestamp" must be finite, got {float(ts[bad[0]])!r}'))
+        imp, imp_ok = self._numbers(cols.get("importance"), n, DEFAULT_IMPORTANCE)
+        bad = np.flatnonzero(imp_ok & ~((imp >= 0.0) & (imp <= 1.0)))  # NaN fails too
+        if bad.size:
+            problems.append((int(bad[0]), f'"importance" must be in [0, 1], got {float(imp[bad[0]])!r}'))
+        if problems:
+            i, why = min(problems)
+            raise MigrationError(f"{self.path}, row {first + i}: {why}", path=self.path, line=first + i)
+        return _Batch(range(first, first + n), [None] * n, x, contents, tags, ts, imp)
+
+    def _vectors(self, col, dim: int, cosine: bool, problems: list):
+        """``(n, dim)`` float32 from a list column, or None after adding its first bad row to ``problems``."""
+        from lukhas_gpu.migrate import _first_bad_row, _to_f32
+
+        n = len(col)
+        null = col.is_null().to_numpy(zero_copy_only=False)
+        if self._pa.types.is_fixed_size_list(col.type):
+            lengths = np.full(n, col.type.list_size, dtype=np.int64)
+        else:
+            lengths = self._pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+        # the non-null rows' values, end to end; a null inside a list reads as NaN
+        values = _to_f32(col.flatten().to_numpy(zero_copy_only=False))
+        wrong = null | (lengths != dim)
+        if not wrong.any():
+            x = values.reshape(n, dim)
+            i, why = _first_bad_row(x, cosine)
+            if i < n:
+                problems.append((i, why))
+            return x
+        i = int(np.flatnonzero(wrong)[0])
+        problems.append((i, "embedding is null" if null[i] else
+                         f"embedding has dimension {int(lengths[i])}, the store expects {dim}"))
+        bad = np.flatnonzero(~np.isfinite(values))  # an earlier row may hold a NaN
+        if bad.size:
+            owner = np.repeat(np.arange(n), np.where(null, 0, lengths))
+            problems.append((int(owner[bad[0]]), "embedding contains NaN or infinity (or a value beyond the "
+                                                 "float32 range)"))
+        return None
+
+    def _contents(self, col, max_bytes: int, problems: list) -> list:
+        size = self._pc.binary_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+        over = np.flatnonzero(size > max_bytes)
+        if over.size:
+            problems.append((int(over[0]), f'"content" is {int(size[over[0]])} bytes, over the store\'s '
+                                           f"max_content_bytes ({max_bytes})"))
+        return col.to_pylist()
+
+    def _tags(self, col, problems: list) -> list:
+        from lukhas_gpu.tags import MAX_TAG_BYTES, MAX_TAGS_PER_MEMORY
+
+        pc = self._pc
+        counts = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+        owner = np.repeat(np.arange(len(col)), counts)  # the row of each tag
+        flat = col.flatten()
+        null = flat.is_null().to_numpy(zero_copy_only=False)
+        size = pc.binary_length(flat).fill_null(0).to_numpy(zero_copy_only=False)
+        nul = pc.match_substring(flat, "\x00").fill_null(False).to_numpy(zero_copy_only=False)
+        for mask, why in ((null, "a tag is null"), (~null & ((size == 0) | nul), "a tag is empty or contains NUL"),
+                          (size > MAX_TAG_BYTES, f"a tag is over the limit of {MAX_TAG_BYTES} UTF-8 bytes")):
+            bad = np.flatnonzero(mask)
+            if bad.size:
+                problems.append((int(owner[bad[0]]), why))
+        tags = col.to_pylist()
+        for i in np.flatnonzero(counts > MAX_TAGS_PER_MEMORY):  # duplicates count once
+            if len(set(tags[i])) > MAX_TAGS_PER_MEMORY:
+                problems.append((int(i), f"{len(set(tags[i]))} distinct tags, at most {MAX_TAGS_PER_MEMORY} per "
+                                         "memory"))
+                break
+        return tags
+
+    def _numbers(self, col, n: int, default: float) -> tuple[np.ndarray, np.ndarray]:
+        """A number (or timestamp, date) column as float64 (epoch seconds for times), ``default``
+        where null or missing, and the mask of the rows that hold a value."""
+        pa = self._pa
+        if col is None:
+            return np.full(n, default, dtype=np.float64), np.zeros(n, dtype=bool)
+        t = col.type
+        ok = ~col.is_null().to_numpy(zero_copy_only=False)
+        if pa.types.is_timestamp(t):  # stored as UTC ticks, also when the type names a zone
+            v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False) * _UNIT_SECONDS[t.unit]
+        elif pa.types.is_date32(t):
+            v = col.cast(pa.int32()).fill_null(0).to_numpy(zero_copy_only=False) * 86400.0
+        elif pa.types.is_date64(t):
+            v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False) * 1e-3
+        else:
+            v = col.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False)
+        return np.where(ok, np.asarray(v, dtype=np.float64), default), ok
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# -- migrate -----------------------------------------------------------------------------------------
+def cmd_migrate(args) -> int:
+    from lukhas_gpu import migrate, storage
+
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--parity-queries", args.parity_queries, 0),
+                             ("--dim", args.dim, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    src, vectors, store = args.source, args.vectors, pathlib.Path(args.store)
+    if vectors is None and pathlib.Path(src).suffix.lower() in (".npy", ".npz"):
+        raise ValueError(f"{src} is an array of embeddings: pass it with --vectors, and as SOURCE the JSONL of its "
+                         "records (row i <-> line i)")
+    new = not (store / storage.CURRENT).exists()
+
+    def input_dim() -> int:  # a new store's: the source's first embedding's
+        if vectors is None:
+            return _first_dim(src)
+        rows = migrate._ArrayReader(vectors, args.npz_key)
+        rows.close()
+        return rows.dim
+
+    index = _store_index(store, dim=args.dim, preset=args.preset, records=migrate._count_records(src) if new else 0,
+                         input_dim=input_dim, dry_run=args.dry_run)
+    try:
+        before = None if args.dry_run else storage.current_generation(store).name
+        count_before = len(index)
+        options = {"batch_size": args.batch_size, "dry_run": args.dry_run, "parity_queries": args.parity_queries,
+                   "seed": args.seed, "id_map_path": args.id_map}
+        try:
+            if vectors is None:
+                report = migrate.migrate_jsonl(src, index, **options)
+            else:
+                report = migrate.migrate_npz(vectors, src, index, key=args.npz_key, **options)
+        except (migrate.MigrationError, KeyboardInterrupt) as e:
+            stored = len(index) - count_before
+            if stored:  # published as one generation, which a rollback takes back whole
+                index.checkpoint()
+            if isinstance(e, KeyboardInterrupt):
+                print(f"lukhas-gpu migrate: interrupted after storing {stored:,} records"
+                      + (f"; {_undo(store, before)}" if stored else ""), file=sys.stderr)
+                return 130
+            if not stored:
+                raise
+            raise migrate.MigrationError(f"{e}; the {stored:,} records before its batch are stored: "
+                                         f"{_undo(store, before)}", path=e.path, line=e.line, report=e.report) from e
+        generation = None if args.dry_run else index.checkpoint().name
+        count = len(index)
+    finally:
+        index.close()
+    rate, parity = report.records_per_second, report.parity
+    if args.json:
+        print(json.dumps({"source": src, "vectors": vectors, "store": str(store), "dry_run": report.dry_run,
+                          "records": report.records, "imported": report.imported, "skipped": report.skipped,
+                          "seconds": report.seconds, "rate": rate, "parity": parity, "count": count,
+                          "generation": generation, "rollback_to": None if args.dry_run else before,
+                          "id_map": report.id_map_path}))
+        return 0
+    what = src if vectors is None else f"{vectors} + {src}"
+    if report.dry_run:
+        print(f"{what}: {report.records:,} records valid ({report.seconds:.1f} s, {rate:,.0f} rec/s); dry run: "
+              "nothing stored")
+        return 0
+    print(f"{args.store}: migrated {report.imported:,} of {report.records:,} records from {what} in "
+          f"{report.seconds:.1f} s ({rate:,.0f} rec/s); the store holds {count:,} memories ({generation})")
+    overlap = parity["top10_overlap"]
+    measured = ("not measured (--parity-queries 0)" if overlap is None else
+                f"{overlap:.3f} over {parity['queries']} queries, against exact cosine on the source's embeddings")
+    print(f"  parity: top-{parity['k']} overlap {measured}; the store grew by "
+          f"{'exactly' if parity['count_match'] else 'NOT'} {report.imported:,}")
+    if report.id_map_path:
+        print(f"  id map: {report.id_map_path}")
+    print(f"  undo: {_undo(store, before)}")
+    return 0
+
+
+def _undo(store: pathlib.Path, before: str) -> str:
+    """How to take a migration back: rolling back publishes the generation before its one checkpoint."""
+    from lukhas_gpu import storage
+
+    prev = storage.previous_generation(store)
+    if prev is not None and prev.name == before:
+        return f"lukhas-gpu rollback {store} restores the store as it was before ({before})"
+    return f"the generation before it ({before}) is no longer kept, so rollback cannot take it back"
 
 
 # -- search / get / delete -----------------------------------------------------------------------

@@ -105,6 +105,20 @@ class IndexConfig:
         Threads for FAISS and torch on CPU; ``None`` leaves the libraries' defaults.
     seed : int, default 1234
         Seed of every sampling and clustering step, so builds are reproducible.
+    probe_size : int, default 2048
+        Original vectors (float16) kept as a uniform reservoir sample of everything added: the
+        ground truth of :meth:`~lukhas_gpu.MemoryIndex.quality` and the sample a
+        :meth:`~lukhas_gpu.MemoryIndex.retrain` refits the projection on. ``2 * dim + 8`` bytes
+        each (1.5 MB at 384 dims); 0 turns the probe off.
+    probe_queries : int, default 1024
+        Recent search queries (float16) kept as a reservoir sample: the queries
+        :meth:`~lukhas_gpu.MemoryIndex.quality` replays, so its estimate follows the real query
+        distribution. ``2 * dim`` bytes each; 0 keeps none (the probe then queries with the
+        stored sample itself).
+    drift_threshold : float, default 1.5
+        :meth:`~lukhas_gpu.MemoryIndex.drift` recommends a retrain (and logs a warning) when the
+        recent batches' quantization error or list imbalance exceeds this multiple of its value
+        at training time.
     """
 
     metric: str = "cosine"
@@ -128,6 +142,9 @@ class IndexConfig:
     batch_size: int = 65536
     threads: int | None = None
     seed: int = 1234
+    probe_size: int = 2048
+    probe_queries: int = 1024
+    drift_threshold: float = 1.5
 
     def __post_init__(self) -> None:
         def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -150,6 +167,13 @@ class IndexConfig:
             positive(name, getattr(self, name))
         for name in ("dim_out", "nlist", "capacity", "pq_m", "threads"):
             positive(name, getattr(self, name), optional=True)
+        for name in ("probe_size", "probe_queries"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if not isinstance(self.drift_threshold, (int, float)) or isinstance(self.drift_threshold, bool) \
+                or not self.drift_threshold > 1.0:
+            raise ValueError(f"drift_threshold must be a number > 1, got {self.drift_threshold!r}")
         if self.train_threshold < 1024:
             raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), got {self.train_threshold}")
         if not isinstance(self.zstd_level, int) or not 1 <= self.zstd_level <= 22:

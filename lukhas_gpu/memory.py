@@ -16,8 +16,12 @@ Ids are int64 assigned by the index (dense row numbers, never reused after a del
 from __future__ import annotations
 
 import dataclasses
+import concurrent.futures
+import copy
+import functools
 import logging
 import pathlib
+import threading
 import time
 import weakref
 
@@ -33,6 +37,7 @@ from .device import capabilities, faiss_module, resolve_backend
 from .encode import Encoder
 from .filters import Filter, evaluate, plan
 from .metadata import MetadataColumns
+from .monitor import DRIFT_WINDOW, DriftMonitor, Probe, recall_estimate
 from .payload import ContentArena
 from .scoring import Rank
 from .tags import TagIndex
@@ -52,6 +57,17 @@ RANK_EXTRA_MAX = 65536
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
 TRAIN_SAMPLE = 262_144
+#: Queries per chunk of the recall probe (bounds its temporary score matrices).
+PROBE_CHUNK = 256
+
+
+def _locked(method):
+    """Run ``method`` holding the index's lock (see ``MemoryIndex._lock``)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @dataclasses.dataclass
@@ -174,6 +190,12 @@ class MemoryIndex:
         self._calib: np.ndarray | None = None  # float32 first rows while the scales calibrate
         self._ann: IVFPQIndex | None = None
         self._timings: dict[str, float] = {}
+        # the recall probe's samples and the drift measures (see monitor.py)
+        self._probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
+        self._drift = DriftMonitor(config.drift_threshold, seed=config.seed)
+        # held by every call that reads or changes the index, so a background retrain can swap
+        # its result in between two calls
+        self._lock = threading.RLock()
 
     # -- durable store ---------------------------------------------------------------------------
     path: pathlib.Path | None = None
@@ -301,6 +323,7 @@ class MemoryIndex:
         if self.mode == "r":
             raise storage.StoreError(f"{self.path} is open read-only (mode='r'); open it with mode='w' to change it")
 
+    @_locked
     def checkpoint(self) -> pathlib.Path:
         """Write a new generation of the store and publish it atomically; the previous one is
         kept for :meth:`rollback`, older ones removed, and the write-ahead log restarted."""
@@ -311,6 +334,7 @@ class MemoryIndex:
         self._reset_wal(int(gen.name[4:]))
         return gen
 
+    @_locked
     def save(self, path) -> pathlib.Path:
         """Write this index as a new store at ``path`` (which must not hold one yet)."""
         path = pathlib.Path(path)
@@ -335,6 +359,7 @@ class MemoryIndex:
         finally:
             storage.release_lock(path)
 
+    @_locked
     def verify(self) -> dict:
         """Check the store's published generation (every file's size and CRC-32) and this index's
         internal consistency (every live id has its vector, content, metadata and tags).
@@ -394,6 +419,7 @@ class MemoryIndex:
         return f"MemoryIndex(dim={self.dim}, count={len(self)}, phase={phase}, backend={self.backend!r})"
 
     # -- add -----------------------------------------------------------------------------------
+    @_locked
     def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None) -> np.ndarray:
         """Add a batch of memories; returns their ids, ``(n,)`` int64.
 
@@ -457,9 +483,23 @@ class MemoryIndex:
         self._contents.append(contents if contents is not None else [None] * n)
         self._tags.append(tags, n)
         self._meta.append(ts, imp)
+        self._observe(x, codes, proj, ids)
         if self._ann is None and len(self._vectors) >= self._train_at():
             self.train()
         return ids
+
+    def _observe(self, x: torch.Tensor, codes: torch.Tensor, proj: torch.Tensor, ids: np.ndarray) -> None:
+        """Feed an added batch to the probe's sample of originals and to the drift monitor."""
+        enc = self.encoder
+        self._probe.memories.offer(x, ids, transform=lambda r: enc.normalize(r).cpu().numpy())
+        rows = self._drift.sample_rows(len(ids), int(ids[0]))
+        if len(rows) == 0:
+            return
+        xs = x[torch.from_numpy(rows).to(x.device)]
+        m = DriftMonitor.measure(enc.normalize(xs).cpu().numpy(),
+                                 enc.dequantize(codes[torch.from_numpy(rows).to(codes.device)]).cpu().numpy(),
+                                 proj[torch.from_numpy(rows).to(proj.device)].cpu().numpy(), self._ann)
+        self._drift.record(m)
 
     def _calibrate(self, x: torch.Tensor) -> None:
         """Fit the int8 scales, refitting them on each add until ``CALIBRATION_ROWS`` arrived.
@@ -499,6 +539,7 @@ class MemoryIndex:
         want = train_sample_size(self._planned_nlist(cfg.capacity))
         return max(cfg.train_threshold, min(want, cfg.capacity))
 
+    @_locked
     def train(self) -> None:
         """Fit the projection and train the IVF-PQ index on the vectors held, then index them.
 
@@ -518,7 +559,9 @@ class MemoryIndex:
         nlist = self._planned_nlist(n)
         coarse = cfg.coarse if cfg.coarse != "auto" else ("hnsw" if nlist >= HNSW_COARSE_FROM else "flat")
         ann = IVFPQIndex(d, nlist=nlist, pq_m=auto_pq_m(d, cfg.pq_m), coarse=coarse, seed=cfg.seed)
-        ann.train(self.encoder.project(sample).cpu().numpy())
+        proj = self.encoder.project(sample).cpu().numpy()
+        self._drift.set_baseline(_train_ann(ann, sample, proj, cfg.seed), nlist=ann.nlist)
+        del proj
         dead = self._deleted_array()
         for start in range(0, n, cfg.batch_size):
             stop = min(n, start + cfg.batch_size)
@@ -536,6 +579,7 @@ class MemoryIndex:
                  n, nlist, ann.pq_m, coarse, self._timings["train"])
 
     # -- search --------------------------------------------------------------------------------
+    @_locked
     def search(self, queries, k: int = 10, *, where: Filter | None = None, rank: Rank | None = None,
                nprobe: int | None = None, rerank: int | None = None) -> SearchResult:
         """Top-k memories for each query.
@@ -571,6 +615,8 @@ class MemoryIndex:
             raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
         if rank is not None and not isinstance(rank, Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
+        enc = self.encoder
+        self._probe.queries.offer(q, transform=lambda r: enc.normalize(r).cpu().numpy())
         allowed = None
         if where is not None and not where.is_empty():
             allowed = evaluate(where, tags=self._tags, metadata=self._meta, n_rows=len(self._vectors),
@@ -700,6 +746,7 @@ class MemoryIndex:
                 raise ValueError(f"deleted id(s): {ids[dead][:10].tolist()}")
         return ids
 
+    @_locked
     def get(self, ids) -> list[Memory]:
         """The memories with these ids, in the order given.
 
@@ -715,6 +762,7 @@ class MemoryIndex:
         imp = self._meta.importance(rows)
         return [Memory(int(r), c, t, float(a), float(b)) for r, c, t, a, b in zip(rows, contents, tags, ts, imp)]
 
+    @_locked
     def update(self, ids, *, contents=None, tags=None, timestamps=None, importance=None) -> None:
         """Change the content, tags, timestamp or importance of existing memories.
 
@@ -750,6 +798,7 @@ class MemoryIndex:
             self._meta.importance_q[rows] = MetadataColumns.quantize_importance(imp)
 
     # -- delete --------------------------------------------------------------------------------
+    @_locked
     def delete(self, ids) -> int:
         """Delete memories by id (from the index, the tags and the filters); returns the count.
 
@@ -780,6 +829,7 @@ class MemoryIndex:
     def _deleted_array(self) -> np.ndarray:
         return np.asarray(self._deleted.to_array(), dtype=np.int64)
 
+    @_locked
     def compact(self) -> int:
         """Drop the bytes of deleted memories and of replaced contents and tag lists.
 
@@ -805,26 +855,334 @@ class MemoryIndex:
             live &= ~np.isin(ids, self._deleted_array())
         return live
 
+    # -- monitoring ----------------------------------------------------------------------------
+    @_locked
+    def quality(self, queries=None, k: int = 10, *, nprobe: int | None = None, rerank: int | None = None,
+                max_queries: int = 20000, confidence: float = 0.95) -> dict:
+        """Estimate the live index's recall@k against exact float search, with a confidence interval.
+
+        The index keeps a uniform sample of the originals it was given (``config.probe_size``
+        rows, float16) and of the queries it was asked (``config.probe_queries``). Recall is the
+        product of what the two stages keep:
+
+        * ``ann_recall``: the share of the exact int8 top-k (an exact scan of the whole store per
+          probe query) that the live index returns -- what the IVF probes, the PQ codes and the
+          rerank depth lose. ``k`` neighbours per query: a tight estimate.
+        * ``int8_recall``: the share of the true float top-k neighbours that the int8 vectors
+          still rank in the top-k -- what quantization loses. Estimated on the sampled
+          originals: a sampled memory whose original scores at least the k-th exact score is a
+          true neighbour; it is kept when its int8 row scores that too.
+
+        The interval is the delta-method normal interval of that product of ratio estimators,
+        linearised per query (hits that cluster in a few queries widen it).
+
+        Parameters
+        ----------
+        queries : (nq, dim) float array, optional
+            Probe queries. Default: the sampled queries of past searches (when 64 or more have
+            been seen), else the sampled memories themselves, each excluding itself.
+        k : int
+        nprobe, rerank : int, optional
+            The search parameters to evaluate (default: the config's).
+        max_queries : int
+            At most this many probe queries are used.
+        confidence : float
+            Level of the interval.
+
+        Returns
+        -------
+        dict
+            ``recall``, ``ci`` (low, high), ``confidence``, ``ann_recall``, ``int8_recall``,
+            ``hits`` (sampled true neighbours behind ``int8_recall``), ``queries``, ``source``
+            ("given", "queries" or "memories"), ``sample`` (live sampled memories), ``k``,
+            ``nprobe``, ``rerank``, ``seconds``.
+
+        Cost: one exact int8 scan of the store per probe query (about a second per 1,000
+        queries per 100k memories on 2 cores).
+        """
+        t0 = time.perf_counter()
+        k = _check_k(k)
+        nprobe = self.config.nprobe if nprobe is None else _check_positive("nprobe", nprobe)
+        rerank = self.config.rerank if rerank is None else _check_positive("rerank", rerank)
+        if not 0.0 < float(confidence) < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+        probe = self._probe_setup(queries, k, _check_positive("max_queries", max_queries))
+        found = self._probe_eval(probe, k, nprobe, rerank)
+        est = recall_estimate(found, probe["exact_n"], probe["kept"], probe["true"], confidence)
+        return {**est, "confidence": confidence, "queries": len(probe["q"]), "source": probe["source"],
+                "sample": probe["sample"], "k": k, "nprobe": nprobe, "rerank": rerank,
+                "seconds": time.perf_counter() - t0}
+
+    def _probe_setup(self, queries, k: int, max_queries: int) -> dict:
+        """What the recall probe needs that does not depend on the ANN: the queries, their exact
+        int8 top-k, and per query the sampled true neighbours and how many int8 keeps."""
+        if self.config.probe_size == 0:
+            raise ValueError("the recall probe is off (config.probe_size=0)")
+        mem = self._probe.memories
+        live = self.contains(mem.ids) if len(mem) else np.zeros(0, dtype=bool)
+        if not live.any():
+            raise ValueError("the recall probe has no sampled memories yet (add memories first)")
+        s_ids = mem.ids[live]
+        s_vec = mem.vectors[live].astype(np.float32)
+        self_ids = None
+        if queries is not None:
+            q, _ = as_batch(queries, self.dim, "queries")
+            if self.config.metric == "cosine":
+                check_nonzero(q, "queries")
+            q = self.encoder.normalize(q).cpu().numpy()
+            source = "given"
+        elif len(self._probe.queries) >= 64:
+            q, source = self._probe.queries.vectors.astype(np.float32), "queries"
+        else:
+            q, self_ids, source = s_vec, s_ids, "memories"
+        q = q[:max_queries]
+        if self_ids is not None:
+            self_ids = self_ids[:max_queries]
+        kk = k + 1 if self_ids is not None else k
+        codes = self._vectors.array
+        s_codes = torch.from_numpy(np.array(codes[s_ids]))
+        dead = self._deleted_array() if self._deleted else None
+        exact_ids = np.full((len(q), k), -1, dtype=np.int64)
+        true = np.zeros(len(q), dtype=np.int64)
+        kept = np.zeros(len(q), dtype=np.int64)
+        for c0 in range(0, len(q), PROBE_CHUNK):
+            qc = torch.from_numpy(np.ascontiguousarray(q[c0: c0 + PROBE_CHUNK]))
+            qw = self.encoder.query_weights(qc)
+            _, cand = exact.scan(qw, codes, 2 * kk + 16, exclude=dead, kernel=exact.int8_kernel)
+            sc, ids = exact.rerank(qw, codes, cand.cpu().numpy(), kk)
+            sc, ids = sc.cpu().numpy(), ids.cpu().numpy()
+            if self_ids is not None:  # the query's own row is not its neighbour
+                own = ids == self_ids[c0: c0 + PROBE_CHUNK, None]
+                order = np.argsort(own, axis=1, kind="stable")
+                sc = np.take_along_axis(np.where(own, -np.inf, sc), order, 1)
+                ids = np.take_along_axis(np.where(own, -1, ids), order, 1)
+            sc, ids = sc[:, :k], ids[:, :k]
+            exact_ids[c0: c0 + len(ids)] = np.where(np.isfinite(sc), ids, -1)
+            tau = sc[:, k - 1]
+            t = qc.numpy() @ s_vec.T >= tau[:, None]  # true neighbours among the sampled originals
+            # the k-th row itself, when sampled, scores tau up to float rounding (another
+            # summation order): a relative tolerance keeps it
+            eps = 1e-5 * np.maximum(1.0, np.abs(tau))[:, None]
+            s8 = exact.float_kernel(qw, s_codes.to(qw.device)).cpu().numpy() >= tau[:, None] - eps
+            if self_ids is not None:
+                t &= s_ids[None, :] != self_ids[c0: c0 + PROBE_CHUNK, None]
+            true[c0: c0 + len(t)] = t.sum(1)
+            kept[c0: c0 + len(t)] = (t & s8).sum(1)
+        return {"q": q, "self_ids": self_ids, "exact_ids": exact_ids, "exact_n": (exact_ids >= 0).sum(1),
+                "true": true, "kept": kept, "source": source, "sample": len(s_ids)}
+
+    def _probe_eval(self, probe: dict, k: int, nprobe: int, rerank: int) -> np.ndarray:
+        """Per probe query: how many of its exact int8 top-k the live index returns."""
+        q, self_ids, exact_ids = probe["q"], probe["self_ids"], probe["exact_ids"]
+        kk = k + 1 if self_ids is not None else k
+        found = np.zeros(len(q), dtype=np.int64)
+        for c0 in range(0, len(q), PROBE_CHUNK):
+            qc = torch.from_numpy(np.ascontiguousarray(q[c0: c0 + PROBE_CHUNK]))
+            _, ids = self._similar(qc, kk, nprobe, rerank, None)
+            ids = ids.cpu().numpy()
+            if self_ids is not None:  # drop the query's own row, keep k others
+                own = ids == self_ids[c0: c0 + PROBE_CHUNK, None]
+                order = np.argsort(own, axis=1, kind="stable")
+                ids = np.take_along_axis(np.where(own, -1, ids), order, 1)[:, :k]
+            e = exact_ids[c0: c0 + len(ids)]
+            found[c0: c0 + len(ids)] = ((e[:, :, None] == ids[:, None, :]) & (e[:, :, None] >= 0)).any(2).sum(1)
+        return found
+
+    def _requantize(self, old_scale: torch.Tensor) -> None:
+        """Re-express every stored int8 row at the encoder's (wider) scales."""
+        ratio = (old_scale / self.encoder.scale).to(torch.float32)
+        n, step = len(self._vectors), self.config.batch_size
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            block = torch.from_numpy(np.array(self._vectors[a:b])).to(ratio.device, torch.float32)
+            self._vectors[a:b] = torch.round(block * ratio).clamp_(-127, 127).to(torch.int8).cpu().numpy()
+        log.info("int8 scales widened on %d dimensions; %d rows requantized",
+                 int((ratio < 1).sum()), n)
+
+    @_locked
+    def drift(self) -> dict:
+        """How far recent batches have drifted from the data the index was trained on.
+
+        Returns
+        -------
+        dict
+            ``baseline`` and ``recent`` values of each measure (int8 ``quant`` error, IVF
+            ``coarse`` residual energy, ``pq`` reconstruction error -- each relative to the
+            squared norm -- and list ``imbalance``), their ``ratios``, the ``score`` (the largest
+            ratio) and the measure it comes from (``worst``), ``threshold``
+            (``config.drift_threshold``), ``retrain_recommended``, ``batches``,
+            ``rows_measured`` and the per-batch ``history`` (numpy arrays).
+
+        A warning is logged when an ``add`` takes the score past the threshold.
+        """
+        rep = self._drift.report()
+        rep["trained"] = self._ann is not None
+        rep["history"] = self._drift.history()
+        return rep
+
+    def retrain(self, *, background: bool = False, queries=None, tolerance: float = 0.0):
+        """Rebuild the projection and the IVF-PQ index on a fresh sample of the store, and keep
+        the new ones only if the recall probe says they are not worse.
+
+        The build runs without holding the index (searches and writes go on; rows added
+        meanwhile are caught up at the end). Then, on the same probe queries and ground truth,
+        the old and the new index are compared; the new one is swapped in if its probe recall
+        is at least the old one's minus ``tolerance``. A store open for writing is then
+        checkpointed: the previous generation stays on disk for :meth:`rollback`. The int8
+        scales are kept (the originals they would need are not stored); ``drift()`` reports
+        the int8 error separately.
+
+        Parameters
+        ----------
+        background : bool
+            Return at once a ``concurrent.futures.Future`` of the report.
+        queries : (nq, dim) float array, optional
+            Probe queries (see :meth:`quality`).
+        tolerance : float
+            Recall the new index may lose on the probe and still be kept (default 0).
+
+        Returns
+        -------
+        dict (or a Future of it)
+            ``accepted``, ``old`` and ``new`` probe recall with intervals, ``hits``, ``nlist``,
+            ``seconds``, ``generation`` (the checkpoint written, if any).
+        """
+        self._require_writable()
+        if self._ann is None:
+            raise ValueError("the index is not trained yet: there is nothing to retrain (train() trains it)")
+        if not 0.0 <= float(tolerance) < 1.0:
+            raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
+        if queries is not None:
+            as_batch(queries, self.dim, "queries")  # fail now, not in the background
+        if not background:
+            return self._retrain(queries, float(tolerance))
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run():
+            try:
+                fut.set_result(self._retrain(queries, float(tolerance)))
+            except BaseException as e:  # surfaced by fut.result()
+                fut.set_exception(e)
+
+        threading.Thread(target=run, name="lukhas-gpu-retrain", daemon=True).start()
+        return fut
+
+    def _retrain(self, queries, tolerance: float) -> dict:
+        t0 = time.perf_counter()
+        cfg = self.config
+        with self._lock:  # a fresh sample of the live rows, copied out
+            n0 = len(self._vectors)
+            dead0 = BitMap(self._deleted)
+            live = np.ones(n0, dtype=bool)
+            if self._deleted:
+                live[self._deleted_array()] = False
+            live_rows = np.flatnonzero(live)
+            if len(live_rows) < 1024:
+                raise ValueError(f"retraining needs at least 1024 live memories, the index holds {len(live_rows)}")
+            pick = _sample_index(len(live_rows), TRAIN_SAMPLE, cfg.seed + 1 + self._drift.batches)
+            sample_codes = np.array(self._vectors[live_rows[pick]])
+            encoder = copy.deepcopy(self.encoder)
+            quant_base = self._drift.baseline.get("quant")
+            mem = self._probe.memories
+            originals = mem.vectors[self.contains(mem.ids)].astype(np.float32) if len(mem) else None
+        old_scale = encoder.scale.clone()
+        sample = encoder.dequantize(sample_codes)
+        del sample_codes
+        # int8 scales: refitted on the sampled originals when they clip twice as often as the
+        # scales' quantile allows, and only ever widened (the stored rows are requantized from
+        # their codes, never clipped more)
+        clipped = 0.0
+        if originals is not None and len(originals) >= 256:
+            clipped = float((np.abs(originals) > 127.5 * old_scale.cpu().numpy()).mean())
+        rescale = clipped > max(2 * (1.0 - cfg.quantile), 1e-5)
+        if rescale:
+            encoder.fit_quantizer(originals)
+            encoder.scale.copy_(torch.maximum(encoder.scale, old_scale))
+            codes_o = encoder.quantize(originals)
+            quant_base = float((((originals - encoder.dequantize(codes_o).cpu().numpy()) ** 2).sum(1)
+                                / np.maximum((originals ** 2).sum(1), 1e-30)).mean())
+        if encoder.projects:
+            encoder.fit_projection(sample)
+        d = encoder.dim_out
+        nlist = self._planned_nlist(len(live_rows))
+        coarse = cfg.coarse if cfg.coarse != "auto" else ("hnsw" if nlist >= HNSW_COARSE_FROM else "flat")
+        ann = IVFPQIndex(d, nlist=nlist, pq_m=auto_pq_m(d, cfg.pq_m), coarse=coarse, seed=cfg.seed)
+        proj = encoder.project(sample).cpu().numpy()
+        baseline = _train_ann(ann, sample, proj, cfg.seed)
+        del proj, sample
+
+        def index_rows(start: int, stop: int) -> None:  # called holding the lock for the copy only
+            with self._lock:
+                ids = np.arange(start, stop, dtype=np.int64)
+                if self._deleted:
+                    ids = ids[~np.isin(ids, self._deleted_array())]
+                block = np.array(self._vectors[ids]) if len(ids) else None
+            if block is not None:  # stored codes are at the old scales until the swap
+                x = torch.from_numpy(block).to(encoder.device, torch.float32) * old_scale
+                ann.add(encoder.project(x).cpu().numpy(), ids)
+
+        for start in range(0, n0, cfg.batch_size):
+            index_rows(start, min(n0, start + cfg.batch_size))
+        with self._lock:  # catch up, compare on the probe, swap or discard
+            n1 = len(self._vectors)
+            for start in range(n0, n1, cfg.batch_size):
+                index_rows(start, min(n1, start + cfg.batch_size))
+            gone = np.asarray((self._deleted - dead0).to_array(), dtype=np.int64)
+            if len(gone):
+                ann.remove(gone)
+            probe = self._probe_setup(queries, 10, 20000)
+            old_found = self._probe_eval(probe, 10, cfg.nprobe, cfg.rerank)
+            old_encoder, old_ann = self.encoder, self._ann
+            new_scale = encoder.scale.clone()
+            encoder.scale.copy_(old_scale)  # the stored codes are still at the old scales
+            self.encoder, self._ann = encoder, ann
+            try:
+                new_found = self._probe_eval(probe, 10, cfg.nprobe, cfg.rerank)
+                encoder.scale.copy_(new_scale)
+            except BaseException:
+                self.encoder, self._ann = old_encoder, old_ann
+                raise
+            hits = int(probe["exact_n"].sum())
+            # paired: the same queries and exact neighbours; the int8 stage is the same for both
+            accepted = new_found.sum() >= old_found.sum() - tolerance * hits
+            generation = None
+            if accepted:
+                if rescale:
+                    self._requantize(old_scale)
+                self._drift.set_baseline(baseline, nlist=ann.nlist, quant=quant_base)
+                if self.backend == "cuda":
+                    ann.to_gpu()
+                self._timings["train"] = time.perf_counter() - t0
+                if self.path is not None and self.mode == "w":
+                    generation = self.checkpoint().name
+            else:
+                self.encoder, self._ann = old_encoder, old_ann
+                rescale = False
+            old, new = (recall_estimate(f, probe["exact_n"], probe["kept"], probe["true"])
+                        for f in (old_found, new_found))
+            log.log(logging.INFO if accepted else logging.WARNING,
+                    "retrain: probe recall %.3f -> %.3f on %d sampled neighbours: %s", old["recall"] or 0.0,
+                    new["recall"] or 0.0, hits, "new index kept" if accepted else "new index discarded")
+        return {"accepted": bool(accepted), "old": old, "new": new, "hits": hits, "source": probe["source"],
+                "rescaled": bool(rescale), "clipped": clipped,
+                "nlist": nlist, "rows": n1, "seconds": time.perf_counter() - t0, "generation": generation}
+
     # -- introspection -------------------------------------------------------------------------
     def stats(self) -> dict:
         """Counts and bytes per component.
 
-        ``anon_bytes`` counts what lives in anonymous RAM (the number that bounds how many
-        memories fit on a node); ``mapped_bytes`` what lives in file-backed pages.
+        ``bytes``, ``anon_bytes`` and ``mapped_bytes`` are the logical sizes of the data
+        structures, as they always were. ``memory`` is where the bytes really are (see
+        :mod:`lukhas_gpu.accounting`): ``memory[place]`` for each place -- ``"anon"`` (anonymous
+        RAM, the number that bounds how many memories fit on a node), ``"mapped"`` (file-backed
+        pages), ``"disk"`` (the store's files), ``"gpu"`` -- maps components to bytes, with the
+        totals ``memory["anon_bytes"]``, ``["mapped_bytes"]``, ``["disk_bytes"]``,
+        ``["gpu_bytes"]`` and ``memory["per_memory"]``; ``plan()`` predicts the same fields.
         """
+        from .accounting import breakdown, logical_bytes
+
         n = len(self)
-        vec_bytes = self._vectors.nbytes()
-        content = self._contents.nbytes()
-        tag_bytes = self._tags.nbytes()
-        components = {"vectors_int8": vec_bytes, "encoder": self.encoder.nbytes(),
-                      "tombstones": len(self._deleted.serialize()) if self._deleted else 0,
-                      "content_records": content["records"], "content_offsets": content["starts"],
-                      "content_dictionaries": content["dictionaries"], "content_samples": content["samples"],
-                      "metadata": self._meta.nbytes(),
-                      **{f"tags_{k}": int(v) for k, v in tag_bytes.items() if k != "garbage"}}
-        if self._ann is not None:
-            components.update({f"ann_{k}": v for k, v in self._ann.nbytes().items()})
-        mapped = vec_bytes if self._vectors.storage == "mmap" else 0
+        components, mapped = logical_bytes(self)
         anon = sum(components.values()) - mapped
         return {
             "count": n,
@@ -841,6 +1199,7 @@ class MemoryIndex:
             "bytes": components,
             "anon_bytes": anon,
             "mapped_bytes": mapped,
+            "memory": breakdown(self),
             "bytes_per_memory": (anon + mapped) / n if n else 0.0,
             "anon_bytes_per_memory": anon / n if n else 0.0,
             "content_raw_bytes": self._contents.raw_bytes,
@@ -864,6 +1223,22 @@ def _check_positive(name: str, v) -> int:
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
     return int(v)
+
+
+def _train_ann(ann: IVFPQIndex, sample: torch.Tensor, proj: np.ndarray, seed: int) -> dict:
+    """Train ``ann`` on (part of) a sample and return the drift measures that become its baseline.
+
+    k-means fits its own training rows better than new ones (by 10-20% in residual energy at
+    ~64 rows per list, measured), so the baseline is taken on rows of the sample that the
+    training did not see whenever the sample has 1,024 of them to spare.
+    """
+    limit = train_sample_size(ann.nlist)
+    order = np.random.default_rng(seed).permutation(len(proj))
+    fit, held = order[:limit], order[limit:][:DRIFT_WINDOW]
+    ann.train(proj[np.sort(fit)])
+    rows = np.sort(held) if len(held) >= 1024 else np.sort(fit[:DRIFT_WINDOW])
+    deq = sample[torch.from_numpy(rows).to(sample.device)].cpu().numpy()
+    return DriftMonitor.measure(deq, deq, proj[rows], ann)
 
 
 def _sample_index(n: int, limit: int, seed: int) -> np.ndarray:

@@ -33,6 +33,8 @@ def write_generation(index, root) -> pathlib.Path:
     gen.save_npz("encoder.npz", index.encoder.to_arrays())
     if index._calib is not None:
         gen.save_npz("calibration.npz", {"rows": index._calib})
+    gen.save_npz("probe.npz", index._probe.to_arrays())
+    gen.save_npz("drift.npz", index._drift.to_arrays())
     ann = None
     if index._ann is not None:
         faiss_module().write_index(index._ann.index, str(gen.path("ann.faiss")))
@@ -94,6 +96,13 @@ def load_generation(index_cls, root, gen_dir, *, writable: bool, checksums="smal
     index.encoder.load_arrays(storage.load_npz(gen_dir, "encoder.npz"))
     if (gen_dir / "calibration.npz").exists():
         index._calib = storage.load_npz(gen_dir, "calibration.npz")["rows"]
+    try:  # stores written before the probe existed have neither file: they start empty
+        if (gen_dir / "probe.npz").exists():
+            index._probe.load_arrays(storage.load_npz(gen_dir, "probe.npz"))
+        if (gen_dir / "drift.npz").exists():
+            index._drift.load_arrays(storage.load_npz(gen_dir, "drift.npz"))
+    except (KeyError, ValueError) as e:
+        raise storage.CorruptStoreError(gen_dir, f"inconsistent probe or drift files ({e})") from None
     if manifest.get("ann"):
         faiss_index = faiss_module().read_index(str(gen_dir / "ann.faiss"))
         a = manifest["ann"]

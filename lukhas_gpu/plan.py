@@ -1,0 +1,497 @@
+"""Capacity planning: the bytes an index will hold, per component and place, before it is built.
+
+:func:`plan` predicts what :meth:`MemoryIndex.stats` will report (anonymous RAM, memory-mapped,
+disk and GPU bytes) for ``count`` memories under a config, with the size formulas of
+:mod:`lukhas_gpu.accounting`; :func:`max_count` inverts it ("how many memories fit in 16 GB").
+
+What it has to assume, and says so in its arguments:
+
+* the IVF lists' sizes, which set the fast-scan block padding and FAISS's power-of-two list
+  capacities: a gamma distribution with the given ``list_imbalance`` (FAISS's imbalance factor,
+  ``1 + CV**2``; 1.2-1.4 on sentence embeddings), drawn once with a fixed seed;
+* how well contents compress (``content_ratio``, stored / raw bytes, records included: 0.72 on
+  real short texts; :func:`measure_content_ratio` measures it on a sample of yours);
+* how tags spread: ``tags_per_memory`` uses over a ``tag_vocabulary``, popularity Zipf-distributed
+  with exponent ``tag_skew``.
+
+Examples
+--------
+>>> import lukhas_gpu
+>>> cfg = lukhas_gpu.IndexConfig.preset("advanced", capacity=1_000_000)
+>>> p = lukhas_gpu.plan(1_000_000, 384, avg_content_bytes=100, tags_per_memory=2, config=cfg, backend="cpu")
+>>> (p.nlist, p.pq_m, p.dim_out)
+(4096, 96, 384)
+>>> p.per_memory["anon"] < p.per_memory["mapped"]  # "advanced" memory-maps the int8 vectors
+True
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from numbers import Real
+
+import numpy as np
+
+from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, TAG_OBJECT_BYTES,
+                         fastscan_list_bytes, fastscan_resident, hnsw_graph_bytes, huge_page_slack,
+                         summarize)
+from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
+from .config import IndexConfig
+
+__all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size"]
+
+STATES = ("built", "opened")
+#: Rows the int8 scales calibrate on (kept as float32 until then; see MemoryIndex._calibrate).
+CALIBRATION_ROWS = 1024
+#: The vector store's first capacity (rows); it doubles from there.
+VECTOR_MIN_ROWS = 4096
+#: The content arena's retraining sample: at most this many recent contents (bytes objects).
+CONTENT_SAMPLES = 2000
+CONTENT_SAMPLE_BYTES = 4 << 20
+#: zstd contexts of the content arena (``memory_size()`` at level 3 with 16 KiB dictionaries):
+#: after ingestion, the compressor with its digested dictionary and the decompressors used; in a
+#: store just opened, only the objects (contexts are allocated on first use).
+ZSTD_CONTEXT_BYTES = {"built": 534_000, "opened": 5_000}
+#: CPython small-object pools kept by the vocabulary's objects (see accounting.python_pools):
+#: per distinct tag when the names come from the caller's batches (measured with batches of
+#: 50,000 memories and 1000 tags), and in all for a store just opened.
+PINNED_POOL_BYTES_PER_TAG = 4_900
+PINNED_POOL_BYTES_OPENED = 330_000
+#: ... but no more than the pools one batch's temporaries span (a guess: ~16 MiB for 50,000
+#: memories with a text and a tag list each); past it, names share their pools.
+PINNED_POOL_BYTES_MAX = 16 << 20
+#: A content of ``None`` is stored as two bytes (length 0, header 0).
+NONE_RECORD_BYTES = 2
+#: Average UTF-8 bytes of a tag name (only the vocabulary's size depends on it).
+TAG_NAME_BYTES = 12
+#: Rows per roaring container.
+ROARING_CHUNK = 65536
+#: Drift monitor: per-batch history rows kept (six float64 each), two list histograms (int64).
+DRIFT_HISTORY_BYTES = 256 * 6 * 8
+#: Bytes of an ``np.savez`` member besides its data (zip headers and the .npy header).
+NPZ_MEMBER_BYTES = 250
+MANIFEST_BYTES = 3000
+#: Roaring container values: 2 B each in an array container, 8 KiB for a bitset (> 4096 values).
+ARRAY_CONTAINER_MAX = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Predicted bytes of an index, per component and place (see :func:`plan`).
+
+    Attributes
+    ----------
+    count, dim : int
+        Memories and input dimension planned for.
+    dim_out, nlist, pq_m, coarse :
+        The projected dimension, IVF lists, PQ sub-quantizers and coarse quantizer the index
+        would choose (``nlist``, ``pq_m`` and ``coarse`` are None while it would still be in its
+        exact phase, below the training count).
+    state : {"built", "opened"}
+    backend : {"cpu", "cuda"}
+    memory : dict
+        ``{"anon": {...}, "mapped": {...}, "disk": {...}, "gpu": {...}}``: component -> bytes,
+        named as in ``MemoryIndex.stats()["memory"]``.
+    anon_bytes, mapped_bytes, disk_bytes, gpu_bytes : int
+        Totals per place.
+    per_memory : dict
+        Each total over ``count``.
+    """
+
+    count: int
+    dim: int
+    dim_out: int
+    nlist: int | None
+    pq_m: int | None
+    coarse: str | None
+    state: str
+    backend: str
+    memory: dict
+    anon_bytes: int
+    mapped_bytes: int
+    disk_bytes: int
+    gpu_bytes: int
+    per_memory: dict
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-ready copy (nested dicts copied)."""
+        out = dataclasses.asdict(self)
+        out["memory"] = {k: dict(v) for k, v in self.memory.items()}
+        out["per_memory"] = dict(self.per_memory)
+        return out
+
+
+# -- inputs --------------------------------------------------------------------------------------
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value, name: str = "size") -> int:
+    """Bytes from an int or a string such as ``"16G"``, ``"512 MiB"``, ``"1.5T"`` (binary units).
+
+    >>> parse_size("16G"), parse_size("512 MiB"), parse_size(4096), parse_size("1.5k")
+    (17179869184, 536870912, 4096, 1536)
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a string like '16G', got bool")
+    if isinstance(value, (int, np.integer)):
+        v = int(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", value)
+        if not m:
+            raise ValueError(f"{name} must look like '16G', '512MiB' or '4096', got {value!r}")
+        v = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    else:
+        raise TypeError(f"{name} must be an int or a string like '16G', got {type(value).__name__}")
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def _config(config) -> IndexConfig:
+    if config is None:
+        return IndexConfig()
+    if isinstance(config, str):
+        return IndexConfig.preset(config)
+    if not isinstance(config, IndexConfig):
+        raise TypeError(f"config must be an IndexConfig, a preset name or None, got {type(config).__name__}")
+    return config
+
+
+def _int(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return int(value)
+
+
+def _real(name: str, value, lo: float, hi: float = math.inf, *, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi:
+        bound = f"{'(' if lo_open else '['}{lo}, {hi}]" if math.isfinite(hi) else f"{'>' if lo_open else '>='} {lo}"
+        raise ValueError(f"{name} must be {'in ' if math.isfinite(hi) else ''}{bound}, got {value!r}")
+    return v
+
+
+def _backend(backend, config: IndexConfig) -> str:
+    if backend is None:
+        from .device import resolve_backend
+
+        return resolve_backend(config.backend)
+    if backend not in ("cpu", "cuda"):
+        raise ValueError(f"backend must be 'cpu', 'cuda' or None (as this process would choose), got {backend!r}")
+    return backend
+
+
+# -- the model -----------------------------------------------------------------------------------
+def list_sizes(count: int, nlist: int, imbalance: float, seed: int = 0) -> np.ndarray:
+    """``nlist`` list sizes summing to ``count``, gamma-distributed with imbalance factor
+    ``imbalance`` (``nlist * sum(s**2) / count**2`` in expectation). Deterministic."""
+    if count == 0:
+        return np.zeros(nlist, dtype=np.int64)
+    cv2 = max(imbalance - 1.0, 1e-6)
+    w = np.random.default_rng(seed).gamma(1.0 / cv2, cv2, size=nlist)
+    raw = w / w.sum() * count
+    sizes = np.floor(raw).astype(np.int64)
+    short = count - int(sizes.sum())
+    if short:  # largest remainders get the rest
+        sizes[np.argsort(raw - sizes)[::-1][:short]] += 1
+    return sizes
+
+
+def _tag_counts(uses: float, vocabulary: int, skew: float) -> np.ndarray:
+    """Expected rows per tag (Zipf popularity), for the tags that occur at all."""
+    if uses <= 0:
+        return np.zeros(0)
+    ranks = np.arange(1, vocabulary + 1, dtype=np.float64)
+    p = ranks ** -skew
+    c = uses * p / p.sum()
+    return c
+
+
+def _roaring_bytes(counts: np.ndarray, rows: int) -> float:
+    """Expected in-memory bytes of roaring bitmaps holding ``counts`` rows each, spread uniformly
+    over ``rows``: containers (one per 65,536 rows touched) with 2 B per value, or 8 KiB bitsets
+    past 4096 values, plus a fixed cost per container."""
+    if len(counts) == 0 or rows == 0:
+        return 0.0
+    chunks = max(1, -(-rows // ROARING_CHUNK))
+    containers = chunks * -np.expm1(-counts / chunks)  # expected chunks with at least one row
+    per = counts / np.maximum(containers, 1e-12)
+    values = np.where(per > ARRAY_CONTAINER_MAX, 8192.0, 2.0 * per) * containers
+    return float((values + ROARING_CONTAINER_BYTES * containers).sum())
+
+
+def _train_count(cfg: IndexConfig) -> int:
+    """The count at which ``add`` trains the IVF (``MemoryIndex._train_at``)."""
+    if not cfg.capacity:
+        return cfg.train_threshold
+    want = train_sample_size(cfg.nlist or auto_nlist(cfg.capacity))
+    return max(cfg.train_threshold, min(want, cfg.capacity))
+
+
+def _vector_capacity(count: int, cfg: IndexConfig) -> int:
+    """Rows the vector store reserves for ``count`` rows: the configured capacity, or doubling
+    from 4096."""
+    cap = cfg.capacity or 0
+    if count <= cap:
+        return cap
+    rows = max(VECTOR_MIN_ROWS, cap)
+    while rows < count:
+        rows *= 2
+    return rows
+
+
+def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: float = 0.0,
+         config: IndexConfig | str | None = None, *, content_ratio: float = 0.72, tag_vocabulary: int = 1000,
+         state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35,
+         backend: str | None = None, faiss_gpu: bool | None = None) -> Plan:
+    """Predict the bytes ``count`` memories take under ``config``, per component and place.
+
+    Parameters
+    ----------
+    count : int
+        Memories (>= 0).
+    dim : int
+        Input embedding dimension.
+    avg_content_bytes : float, default 0
+        Mean UTF-8 bytes of a memory's content (0: no contents; each memory still has a 2-byte
+        empty record).
+    tags_per_memory : float, default 0
+        Mean tags per memory.
+    config : IndexConfig or str, optional
+        A config or a preset name (``"production"``, ``"advanced"``, ``"ultra"``); default
+        ``IndexConfig()``. Its ``capacity`` sizes the IVF as ``MemoryIndex.train`` would.
+    content_ratio : float, default 0.72
+        Stored / raw content bytes, records' headers included (0.72 measured on real short
+        texts; see :func:`measure_content_ratio` to measure yours).
+    tag_vocabulary : int, default 1000
+        Distinct tags.
+    state : {"built", "opened"}, default "built"
+        ``"built"``: an index built by ``add`` in this process (IVF lists grown to power-of-two
+        capacities, vectors where ``config.vector_storage`` puts them). ``"opened"``: a store
+        opened read-only (lists read at their sizes; int8 vectors and content records
+        memory-mapped).
+    tag_skew : float, default 1.0
+        Zipf exponent of tag popularity (0: all tags equally common).
+    list_imbalance : float, default 1.35
+        Imbalance factor of the IVF lists (>= 1).
+    backend : {"cpu", "cuda"}, optional
+        Default: what this process would choose for ``config.backend``.
+    faiss_gpu : bool, optional
+        Whether FAISS clones the IVF to the GPU (cuda backend only); default: detected.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    TypeError, ValueError
+        A count, dimension or ratio of the wrong type or out of range, an unknown preset,
+        state or backend.
+    """
+    count = _int("count", count, 0)
+    dim = _int("dim", dim, 1)
+    avg = _real("avg_content_bytes", avg_content_bytes, 0.0)
+    tpm = _real("tags_per_memory", tags_per_memory, 0.0, 255.0)
+    ratio = _real("content_ratio", content_ratio, 0.0, 2.0, lo_open=True)
+    vocab = _int("tag_vocabulary", tag_vocabulary, 1)
+    skew = _real("tag_skew", tag_skew, 0.0)
+    imbalance = _real("list_imbalance", list_imbalance, 1.0)
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, got {state!r}")
+    cfg = _config(config)
+    be = _backend(backend, cfg)
+
+    dim_out = min(cfg.dim_out, dim) if cfg.dim_out else min(dim, 512)
+    anon: dict[str, float] = {}
+    mapped: dict[str, float] = {}
+    disk: dict[str, float] = {}
+    gpu: dict[str, float] = {}
+
+    # int8 vectors
+    vec = count * dim
+    if state == "opened" or cfg.vector_storage == "mmap":
+        mapped["vectors_int8"] = vec
+    else:
+        anon["vectors_int8"] = vec
+        slack = huge_page_slack(vec, _vector_capacity(count, cfg) * dim)
+        if slack:
+            anon["vectors_slack"] = slack
+    disk["vectors_int8"] = vec
+
+    # encoder, calibration rows, probe, tombstones
+    enc = 4 * dim + (4 * dim_out * dim if dim_out < dim else 0) + 2
+    (gpu if be == "cuda" else anon)["encoder"] = enc
+    disk["encoder"] = enc + 4 * NPZ_MEMBER_BYTES
+    if 0 < count < CALIBRATION_ROWS:
+        anon["calibration"] = 4 * count * dim
+        disk["calibration"] = 4 * count * dim + NPZ_MEMBER_BYTES
+    probe = min(count, cfg.probe_size) * (2 * dim + 8) + cfg.probe_queries * 2 * dim
+    anon["probe"] = probe
+    disk["probe"] = probe + 5 * NPZ_MEMBER_BYTES
+    anon["tombstones"] = 0
+    disk["tombstones"] = 8
+
+    # contents
+    records = count * (avg * ratio if avg > 0 else NONE_RECORD_BYTES)
+    (mapped if state == "opened" else anon)["content_records"] = records
+    disk["content_records"] = records
+    anon["content_offsets"] = 8 * count
+    dictionaries = samples = kept = 0.0
+    if avg > 0 and count:
+        first = min(count, max(64, min(2048, math.ceil(65536 / avg))))  # contents at the first training
+        dictionaries = max(1024.0, min(16384.0, first * avg / 4)) if count >= 64 else 0.0
+        kept = min(count, CONTENT_SAMPLES, max(1, int(CONTENT_SAMPLE_BYTES // avg)))
+        samples = kept * avg
+        anon["content_zstd_contexts"] = ZSTD_CONTEXT_BYTES[state]
+    anon["content_dictionaries"] = dictionaries
+    anon["content_samples"] = samples + 33 * kept  # bytes objects: 33 B of header each
+    disk["content_index"] = 8 * count + dictionaries + samples + 17 * NPZ_MEMBER_BYTES
+
+    # metadata and tags
+    anon["metadata"] = 11 * count
+    disk["metadata"] = 11 * count + 3 * NPZ_MEMBER_BYTES
+    uses = tpm * count
+    counts = _tag_counts(uses, vocab, skew)
+    distinct = float(-np.expm1(-counts).sum()) if len(counts) else 0.0  # tags seen at least once
+    anon["tags_flat"] = 4 * uses
+    anon["tags_start"] = 4 * count
+    anon["tags_count"] = count
+    anon["tags_bitmaps"] = _roaring_bytes(counts, count)
+    anon["tags_vocab"] = distinct * (TAG_NAME_BYTES + TAG_OBJECT_BYTES)
+    if state == "built" and distinct:
+        anon["python_pools"] = min(PINNED_POOL_BYTES_PER_TAG * distinct, PINNED_POOL_BYTES_MAX)
+    elif state == "opened" and (distinct or avg > 0):
+        anon["python_pools"] = PINNED_POOL_BYTES_OPENED
+    disk["tags"] = 4 * uses + 5 * count + distinct * (TAG_NAME_BYTES + 8) + 5 * NPZ_MEMBER_BYTES
+
+    # the IVF-PQ index, once trained
+    nlist = pq_m = coarse = None
+    if count >= _train_count(cfg) and count >= 1024:
+        nlist = cfg.nlist or auto_nlist(max(_train_count(cfg), cfg.capacity or 0))
+        pq_m = auto_pq_m(dim_out, cfg.pq_m)
+        coarse = cfg.coarse if cfg.coarse != "auto" else ("hnsw" if nlist >= HNSW_COARSE_FROM else "flat")
+        sizes = list_sizes(count, nlist, imbalance)
+        codes = fastscan_list_bytes(sizes, pq_m)
+        centroids = 4 * nlist * dim_out + 4 * 16 * dim_out
+        graph = hnsw_graph_bytes(nlist) if coarse == "hnsw" else 0
+        anon["ann_codes"] = int(codes.sum())
+        anon["ann_codes_slack"] = int(fastscan_resident(codes, state).sum() - codes.sum())
+        anon["ann_ids"] = 8 * count
+        anon["ann_centroids"] = centroids
+        if graph:
+            anon["ann_coarse_graph"] = graph - nlist * 12 - 8  # neighbour slots only, as stats
+        anon["ann_overhead"] = LIST_OVERHEAD * nlist + (nlist * 12 + 8 if graph else 0)
+        if state == "built" and coarse == "hnsw" and nlist < TWO_LEVEL_FROM:
+            anon["ann_clustering_index"] = 4 * nlist * dim_out
+        anon["drift_monitor"] = 2 * 8 * nlist + DRIFT_HISTORY_BYTES
+        disk["ann"] = int(codes.sum()) + 8 * count + centroids + graph + 16 * nlist + 1024
+        disk["drift_monitor"] = 3 * 8 * nlist + DRIFT_HISTORY_BYTES + 6 * NPZ_MEMBER_BYTES
+        if be == "cuda" and (faiss_gpu if faiss_gpu is not None else _faiss_gpus() > 0):
+            gpu["ann"] = int(codes.sum()) + 4 * count + centroids
+    disk["manifest"] = MANIFEST_BYTES
+    disk = {k: _blocks(v) for k, v in disk.items()}
+
+    s = summarize({"anon": anon, "mapped": mapped, "disk": disk, "gpu": gpu}, count)
+    return Plan(count=count, dim=dim, dim_out=dim_out, nlist=nlist, pq_m=pq_m, coarse=coarse, state=state,
+                backend=be, memory={place: s[place] for place in PLACES}, anon_bytes=s["anon_bytes"],
+                mapped_bytes=s["mapped_bytes"], disk_bytes=s["disk_bytes"], gpu_bytes=s["gpu_bytes"],
+                per_memory=s["per_memory"])
+
+
+def _blocks(nbytes: float) -> int:
+    """A file's allocated bytes: whole 4 KiB blocks."""
+    return -(-int(math.ceil(nbytes)) // PAGE) * PAGE
+
+
+def _faiss_gpus() -> int:
+    from .device import faiss_gpus
+
+    return faiss_gpus()
+
+
+# -- inverse --------------------------------------------------------------------------------------
+#: The most memories an index holds (row numbers are 32-bit in the tag bitmaps and tombstones).
+MAX_COUNT = 2**32 - 1
+
+
+def max_count(ram_bytes=None, gpu_bytes=None, *, include_mapped: bool = False, **kwargs) -> int:
+    """The most memories whose :func:`plan` fits the given budget.
+
+    Parameters
+    ----------
+    ram_bytes : int or str, optional
+        Anonymous RAM budget, e.g. ``16 * 2**30`` or ``"16G"``.
+    gpu_bytes : int or str, optional
+        GPU memory budget.
+    include_mapped : bool, default False
+        Count memory-mapped bytes against ``ram_bytes`` too (for a node that must keep the
+        vectors and contents in its page cache rather than page them in from disk).
+    **kwargs
+        The other arguments of :func:`plan` (``dim`` is required).
+
+    Returns
+    -------
+    int
+        ``c`` such that ``plan(c)`` fits and ``plan(c + 1)`` does not (0 if not even an empty
+        index fits; ``2**32 - 1`` if everything does).
+
+    Examples
+    --------
+    >>> from lukhas_gpu import max_count, plan
+    >>> c = max_count("1G", dim=384, config="advanced")
+    >>> plan(c, 384, config="advanced").anon_bytes <= 2**30 < plan(c + 1, 384, config="advanced").anon_bytes
+    True
+    """
+    if ram_bytes is None and gpu_bytes is None:
+        raise ValueError("give ram_bytes, gpu_bytes or both")
+    if "count" in kwargs:
+        raise TypeError("max_count() finds the count; do not pass one")
+    if "dim" not in kwargs:
+        raise TypeError("max_count() needs dim=")
+    ram = parse_size(ram_bytes, "ram_bytes") if ram_bytes is not None else None
+    gpu = parse_size(gpu_bytes, "gpu_bytes") if gpu_bytes is not None else None
+    kwargs["config"] = _config(kwargs.get("config"))  # load a preset once
+
+    def fits(c: int) -> bool:
+        p = plan(c, **kwargs)
+        used = p.anon_bytes + (p.mapped_bytes if include_mapped else 0)
+        return (ram is None or used <= ram) and (gpu is None or p.gpu_bytes <= gpu)
+
+    if not fits(0):
+        return 0
+    lo, hi = 0, 1024
+    while fits(hi):  # invariant: fits(lo), not fits(hi)
+        lo = hi
+        if hi == MAX_COUNT:
+            return MAX_COUNT
+        hi = min(2 * hi, MAX_COUNT)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+# -- measuring the inputs --------------------------------------------------------------------------
+def measure_content_ratio(samples, *, level: int = 3) -> float:
+    """Stored / raw bytes of ``samples`` (str or bytes) in a content arena: the ``content_ratio``
+    to plan with. A few thousand contents like yours are enough (a dictionary is trained on them
+    as the index would)."""
+    from .payload import ContentArena
+
+    if isinstance(samples, (str, bytes)):
+        raise TypeError("samples must be a sequence of str/bytes, got a single one; wrap it in a list")
+    arena = ContentArena(level=level)
+    arena.append(list(samples))
+    if not arena.raw_bytes:
+        raise ValueError("samples hold no content bytes")
+    return arena.stored_bytes / arena.raw_bytes
+

@@ -1,0 +1,276 @@
+"""Memory accounting (``stats()["memory"]``) and the capacity planner (``plan``, ``max_count``)."""
+from __future__ import annotations
+
+import doctest
+import json
+import os
+
+import numpy as np
+import pytest
+
+import lukhas_gpu
+from lukhas_gpu import IndexConfig, MemoryIndex, Plan, max_count, plan
+from lukhas_gpu.accounting import PLACES, aligned_capacity, fastscan_list_bytes, fastscan_resident
+from lukhas_gpu.plan import list_sizes, measure_content_ratio, parse_size
+
+DIM, N = 32, 4000
+# capacity sizes the IVF as plan() does: auto_nlist(4000) lists, trained once all 4000 arrived
+CFG = IndexConfig(train_threshold=2048, capacity=N, nprobe=16)
+
+
+def _fill(index, xb, start=0):
+    rng = np.random.default_rng(start)
+    for s in range(0, len(xb), 1000):
+        m = min(1000, len(xb) - s)
+        index.add(xb[s: s + m], contents=[f"memory number {start + s + i} about things" for i in range(m)],
+                  tags=[[f"t{(start + s + i) % 7}", "all"] for i in range(m)],
+                  timestamps=1.7e9 + rng.random(m), importance=rng.random(m))
+
+
+@pytest.fixture(scope="module")
+def xb():
+    from conftest import make_clustered
+
+    return make_clustered(N, DIM, seed=3)[0]
+
+
+@pytest.fixture(scope="module")
+def built(xb):
+    index = MemoryIndex(DIM, CFG)
+    _fill(index, xb)
+    assert index.is_trained
+    index.search(xb[:1100], 5)  # fills the probe's query sample, which plan() assumes full
+    return index
+
+
+@pytest.fixture(scope="module")
+def store(xb, tmp_path_factory):
+    root = tmp_path_factory.mktemp("acct") / "store"
+    index = MemoryIndex.create(root, DIM, CFG)
+    _fill(index, xb)
+    index.checkpoint()
+    index.close()
+    return root
+
+
+def _check_totals(st):
+    mem = st["memory"]
+    for place in PLACES:
+        assert mem[f"{place}_bytes"] == sum(mem[place].values())
+        assert mem["per_memory"][place] == pytest.approx(mem[f"{place}_bytes"] / st["count"])
+        assert all(isinstance(v, int) and v >= 0 for v in mem[place].values())
+    # the logical sizes are still there, as they were
+    assert st["anon_bytes"] + st["mapped_bytes"] == sum(st["bytes"].values())
+    for name in ("vectors_int8", "metadata", "content_offsets", "tags_start", "ann_codes", "ann_ids"):
+        if name in st["bytes"]:
+            where = mem["anon"] if name in mem["anon"] else mem["mapped"]
+            assert where[name] == st["bytes"][name], name
+    return mem
+
+
+def _du(root) -> int:
+    total = 0
+    for d, _, files in os.walk(root):
+        total += sum(os.stat(os.path.join(d, f)).st_blocks * 512 for f in files)
+    return total
+
+
+# -- accounting ----------------------------------------------------------------------------------
+def test_components_sum_to_totals(built):
+    st = built.stats()
+    mem = _check_totals(st)
+    anon = mem["anon"]
+    assert anon["vectors_int8"] == N * DIM and anon["metadata"] == 11 * N
+    assert anon["content_offsets"] == 8 * N and anon["tags_start"] == 4 * N and anon["tags_count"] == N
+    assert anon["tags_flat"] == 4 * 2 * N and anon["ann_ids"] == 8 * N
+    assert anon["probe"] == built._probe.nbytes()
+    assert mem["mapped_bytes"] == 0 and mem["disk_bytes"] == 0 and mem["gpu_bytes"] == 0  # no store, CPU
+    assert mem["ann_state"] == "built"
+    assert mem["anon_bytes"] > st["anon_bytes"]  # capacities, probe, pools: more than the logical sizes
+
+
+def test_fast_scan_lists_counted_at_their_capacity(built):
+    st = built.stats()
+    anon, ann = st["memory"]["anon"], built._ann
+    codes = fastscan_list_bytes(ann.list_sizes(), ann.pq_m)
+    assert anon["ann_codes"] == codes.sum()
+    assert anon["ann_codes"] + anon["ann_codes_slack"] == aligned_capacity(codes).sum()
+
+
+def test_aligned_capacity_and_residency():
+    assert aligned_capacity(0) == 0 and aligned_capacity(1) == 256 and aligned_capacity(256) == 256
+    assert aligned_capacity(257) == 512 and aligned_capacity(4096) == 4096 and aligned_capacity(4097) == 8192
+    np.testing.assert_array_equal(aligned_capacity(np.array([0, 3000, 2**20 + 1])), [0, 4096, 2**21])
+    codes = fastscan_list_bytes(np.array([0, 1, 32, 33, 1000]), 96)  # 1536 B per block of 32
+    np.testing.assert_array_equal(codes, [0, 1536, 1536, 3072, 32 * 1536])
+    np.testing.assert_array_equal(fastscan_resident(codes, "built"), [0, 2048, 2048, 4096, 65536])
+    np.testing.assert_array_equal(fastscan_resident(codes, "opened"), [0, 2048, 2048, 4096, 49152 + 4096])
+    with pytest.raises(ValueError, match="state"):
+        fastscan_resident(codes, "closed")
+
+
+def test_mmap_vectors_are_mapped_and_spilled(xb, tmp_path):
+    index = MemoryIndex(DIM, CFG.replace(vector_storage="mmap", spill_dir=str(tmp_path)))
+    _fill(index, xb[:1500])
+    mem = _check_totals(index.stats())
+    assert mem["mapped"] == {"vectors_int8": 1500 * DIM}
+    assert "vectors_int8" not in mem["anon"]
+    assert 0 < mem["disk"]["vectors_spill"] <= 4096 * DIM  # sparse: rows written only
+
+
+def test_opened_store_maps_vectors_and_content(store):
+    ro = MemoryIndex.open(store, mode="r")
+    mem = _check_totals(ro.stats())
+    mapped, disk = mem["mapped"], mem["disk"]
+    assert mapped["vectors_int8"] == N * DIM
+    assert mapped["content_records"] == ro._contents.nbytes()["records"] > 0
+    assert "vectors_int8" not in mem["anon"] and "content_records" not in mem["anon"]
+    assert mem["ann_state"] == "opened"
+    for part in ("vectors_int8", "ann", "content_records", "metadata", "tags", "manifest", "previous_generation"):
+        assert disk[part] > 0, part
+    assert mem["disk_bytes"] == _du(store)
+    ro.close()
+
+
+def test_writer_counts_its_working_copy_and_wal(store, xb):
+    w = MemoryIndex.open(store, mode="w")
+    mem0 = w.stats()["memory"]
+    assert mem0["disk"]["vectors_work"] == os.stat(store / "vectors.work").st_blocks * 512
+    assert mem0["anon"]["vectors_int8"] == N * DIM  # read back into RAM: vector_storage="memory"
+    w.add(xb[:300], contents=["x" * 2000] * 300)
+    mem1 = w.stats()["memory"]
+    assert mem1["disk"]["wal"] >= mem0["disk"]["wal"] + 300 * (DIM * 4 + 2000)
+    assert mem1["ann_state"] == "built"  # its lists grew after the read
+    w.checkpoint()
+    assert w.stats()["memory"]["disk"]["wal"] < mem0["disk"]["wal"] + 4096  # restarted
+    w.close()
+
+
+# -- plan ----------------------------------------------------------------------------------------
+def test_plan_agrees_with_stats_on_exact_components(built):
+    st = built.stats()
+    p = plan(N, DIM, avg_content_bytes=30, tags_per_memory=2, config=CFG, backend="cpu")
+    assert (p.nlist, p.pq_m, p.dim_out, p.coarse) == (st["nlist"], st["pq_m"], st["dim_out"], st["coarse"])
+    a, b = p.memory["anon"], st["memory"]["anon"]
+    for name in ("vectors_int8", "metadata", "content_offsets", "tags_flat", "tags_start", "tags_count",
+                 "ann_ids", "ann_centroids", "encoder", "probe"):
+        assert a[name] == b[name], name
+    # the ANN codes are exact given the list sizes; plan draws the sizes, so they agree loosely
+    assert a["ann_codes"] == pytest.approx(b["ann_codes"], rel=0.1)
+    assert list_sizes(N, p.nlist, 1.3).sum() == N
+
+
+def test_plan_opened_state_and_presets():
+    prod = plan(1_000_000, 384, avg_content_bytes=100, tags_per_memory=1, config="production", backend="cpu")
+    opened = plan(1_000_000, 384, avg_content_bytes=100, tags_per_memory=1, config="production",
+                  state="opened", backend="cpu")
+    adv = plan(1_000_000, 384, config="advanced", backend="cpu")
+    ultra = plan(1_000_000, 384, config="ultra", backend="cpu")
+    assert prod.memory["anon"]["vectors_int8"] == 384_000_000 and "vectors_int8" not in prod.memory["mapped"]
+    assert opened.memory["mapped"]["vectors_int8"] == 384_000_000
+    assert opened.memory["mapped"]["content_records"] == pytest.approx(1_000_000 * 100 * 0.72)
+    assert opened.memory["anon"]["ann_codes_slack"] < prod.memory["anon"]["ann_codes_slack"]
+    assert opened.disk_bytes == prod.disk_bytes
+    assert adv.memory["mapped"]["vectors_int8"] == 384_000_000
+    assert (ultra.dim_out, ultra.pq_m) == (256, 32) and ultra.anon_bytes < adv.anon_bytes < prod.anon_bytes
+    assert prod.gpu_bytes == 0
+    cuda = plan(1_000_000, 384, config="production", backend="cuda", faiss_gpu=True)
+    assert cuda.memory["gpu"]["encoder"] > 0 and cuda.memory["gpu"]["ann"] > 0 and "encoder" not in cuda.memory["anon"]
+    small = plan(1000, 384, config="production", backend="cpu")
+    assert small.nlist is None and not any(k.startswith("ann_") for k in small.memory["anon"])  # exact phase
+
+
+def test_plan_is_frozen_and_serialises():
+    p = plan(50_000, 64, avg_content_bytes=80, tags_per_memory=3, backend="cpu")
+    assert isinstance(p, Plan)
+    with pytest.raises(AttributeError):
+        p.count = 3
+    d = json.loads(json.dumps(p.to_dict()))
+    assert d["anon_bytes"] == p.anon_bytes and d["memory"]["disk"] == p.memory["disk"]
+    assert p.per_memory["anon"] == pytest.approx(p.anon_bytes / 50_000)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"count": -1}, ValueError, "count"),
+    ({"count": 1.5}, TypeError, "count"),
+    ({"count": True}, TypeError, "count"),
+    ({"dim": 0}, ValueError, "dim"),
+    ({"avg_content_bytes": -3}, ValueError, "avg_content_bytes"),
+    ({"avg_content_bytes": float("nan")}, ValueError, "avg_content_bytes"),
+    ({"tags_per_memory": 300}, ValueError, "tags_per_memory"),
+    ({"content_ratio": 0}, ValueError, "content_ratio"),
+    ({"tag_vocabulary": 0}, ValueError, "tag_vocabulary"),
+    ({"list_imbalance": 0.5}, ValueError, "list_imbalance"),
+    ({"state": "closed"}, ValueError, "state"),
+    ({"config": 3}, TypeError, "config"),
+    ({"config": "nonexistent"}, ValueError, "unknown preset"),
+    ({"backend": "tpu"}, ValueError, "backend"),
+])
+def test_plan_validates_inputs(kwargs, error, match):
+    args = {"count": 1000, "dim": 64, **kwargs}
+    with pytest.raises(error, match=match):
+        plan(args.pop("count"), args.pop("dim"), **args)
+
+
+@pytest.mark.parametrize("budget, kwargs", [
+    (2**30, {"config": "production"}),
+    ("4G", {"config": "advanced", "avg_content_bytes": 120, "tags_per_memory": 2}),
+    (300 << 20, {"config": "ultra", "state": "opened"}),
+])
+def test_max_count_inverts_plan(budget, kwargs):
+    kwargs = {"dim": 384, "backend": "cpu", **kwargs}
+    c = max_count(budget, **kwargs)
+    b = parse_size(budget)
+    dim = kwargs.pop("dim")
+    assert 0 < c < 2**32 - 1
+    assert plan(c, dim, **kwargs).anon_bytes <= b < plan(c + 1, dim, **kwargs).anon_bytes
+
+
+def test_max_count_edges_and_errors():
+    assert max_count(10, dim=384, backend="cpu") == 0  # not even an empty index fits
+    assert max_count(2**62, dim=8, backend="cpu") == 2**32 - 1
+    gpu = max_count(gpu_bytes="1G", dim=384, backend="cuda", faiss_gpu=True)
+    assert plan(gpu, 384, backend="cuda", faiss_gpu=True).gpu_bytes <= 2**30
+    with pytest.raises(ValueError, match="ram_bytes, gpu_bytes"):
+        max_count(dim=384)
+    with pytest.raises(TypeError, match="dim"):
+        max_count("1G")
+    with pytest.raises(TypeError, match="count"):
+        max_count("1G", dim=384, count=5)
+    with pytest.raises(ValueError, match="16G"):
+        max_count("lots", dim=384)
+
+
+def test_parse_size_and_doctests():
+    assert parse_size("2 GiB") == 2 << 30 and parse_size("0") == 0
+    with pytest.raises(TypeError):
+        parse_size(True)
+    with pytest.raises(ValueError):
+        parse_size(-1)
+    import importlib
+
+    result = doctest.testmod(importlib.import_module("lukhas_gpu.plan"))
+    assert result.failed == 0 and result.attempted >= 4
+
+
+def test_content_ratio_of_a_sample():
+    texts = [f"note {i}: the meeting about the project moved to thursday" for i in range(3000)]
+    r = measure_content_ratio(texts)
+    assert 0 < r < 0.7  # repetitive texts compress well once a dictionary is trained
+    with pytest.raises(TypeError):
+        measure_content_ratio("one string")
+
+
+def test_public_names():
+    from lukhas_gpu.plan import Plan as P, max_count as m, plan as p
+
+    assert (lukhas_gpu.plan, lukhas_gpu.Plan, lukhas_gpu.max_count) == (p, P, m)
+
+
+@pytest.mark.cuda
+def test_cuda_encoder_counts_as_gpu(xb):
+    index = MemoryIndex(DIM, CFG.replace(backend="cuda"))
+    index.add(xb[:1500])
+    mem = index.stats()["memory"]
+    assert mem["gpu"]["encoder"] == index.encoder.nbytes() and "encoder" not in mem["anon"]
+    assert mem["gpu_bytes"] >= index.encoder.nbytes()
