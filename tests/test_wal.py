@@ -629,7 +629,8 @@ def test_sigkill_loses_no_acknowledged_record(tmp_path):
         try:
             ready = proc.stdout.readline()
             assert ready.startswith(b"ready"), proc.stderr.read().decode()
-            assert int(ready.split()[1]) >= len(acked_all)  # reopened the previous trial's log
+            before = int(ready.split()[1])
+            assert before >= len(acked_all)  # reopened the previous trial's log
             time.sleep(float(rng.uniform(0.002, 0.04)))
         finally:
             os.kill(proc.pid, signal.SIGKILL)
@@ -641,8 +642,9 @@ def test_sigkill_loses_no_acknowledged_record(tmp_path):
         got = [r.fields["i"] for r in scan.records]
         assert got == list(range(len(got)))  # records are in order, each the one expected
         assert acked_all <= set(got), f"trial {trial}: lost {sorted(acked_all - set(got))[:5]}"
-        # at most the one record whose append completed but was not yet reported
-        assert len(got) - (max(acked_all) + 1 if acked_all else 0) in (0, 1)
+        # this child added at most the one record whose append completed but was not yet reported
+        # (under load a child may be killed before acknowledging anything: count from its start)
+        assert len(got) - (max(acked) + 1 if acked else before) in (0, 1)
         for r in scan.records[-3:]:
             np.testing.assert_array_equal(r.fields["v"], np.full(64, r.fields["i"], np.float32))
     assert len(acked_all) > 5  # the children really got to append
