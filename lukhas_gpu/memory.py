@@ -495,10 +495,13 @@ class MemoryIndex:
         rows = self._drift.sample_rows(len(ids), int(ids[0]))
         if len(rows) == 0:
             return
-        xs = x[torch.from_numpy(rows).to(x.device)]
-        m = DriftMonitor.measure(enc.normalize(xs).cpu().numpy(),
-                                 enc.dequantize(codes[torch.from_numpy(rows).to(codes.device)]).cpu().numpy(),
-                                 proj[torch.from_numpy(rows).to(proj.device)].cpu().numpy(), self._ann)
+        r = torch.from_numpy(rows)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[r.to(t.device)]
+
+        m = DriftMonitor.measure(enc.normalize(pick(x)).cpu().numpy(), enc.dequantize(pick(codes)).cpu().numpy(),
+                                 pick(proj).cpu().numpy(), self._ann)
         self._drift.record(m)
 
     def _calibrate(self, x: torch.Tensor) -> None:
@@ -952,10 +955,7 @@ class MemoryIndex:
             sc, ids = exact.rerank(qw, codes, cand.cpu().numpy(), kk)
             sc, ids = sc.cpu().numpy(), ids.cpu().numpy()
             if self_ids is not None:  # the query's own row is not its neighbour
-                own = ids == self_ids[c0: c0 + PROBE_CHUNK, None]
-                order = np.argsort(own, axis=1, kind="stable")
-                sc = np.take_along_axis(np.where(own, -np.inf, sc), order, 1)
-                ids = np.take_along_axis(np.where(own, -1, ids), order, 1)
+                ids, sc = _drop_own(ids, self_ids[c0: c0 + PROBE_CHUNK], sc)
             sc, ids = sc[:, :k], ids[:, :k]
             exact_ids[c0: c0 + len(ids)] = np.where(np.isfinite(sc), ids, -1)
             tau = sc[:, k - 1]
@@ -981,9 +981,7 @@ class MemoryIndex:
             _, ids = self._similar(qc, kk, nprobe, rerank, None)
             ids = ids.cpu().numpy()
             if self_ids is not None:  # drop the query's own row, keep k others
-                own = ids == self_ids[c0: c0 + PROBE_CHUNK, None]
-                order = np.argsort(own, axis=1, kind="stable")
-                ids = np.take_along_axis(np.where(own, -1, ids), order, 1)[:, :k]
+                ids = _drop_own(ids, self_ids[c0: c0 + PROBE_CHUNK])[0][:, :k]
             e = exact_ids[c0: c0 + len(ids)]
             found[c0: c0 + len(ids)] = ((e[:, :, None] == ids[:, None, :]) & (e[:, :, None] >= 0)).any(2).sum(1)
         return found
@@ -1223,6 +1221,17 @@ def _check_positive(name: str, v) -> int:
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
     return int(v)
+
+
+def _drop_own(ids: np.ndarray, own_ids: np.ndarray, scores: np.ndarray | None = None):
+    """Move each row's own id (a probe query that is a stored memory) to the end of its results,
+    as id -1 and score -inf, keeping the order of the others: ``(ids, scores)``."""
+    own = ids == own_ids[:, None]
+    order = np.argsort(own, axis=1, kind="stable")
+    ids = np.take_along_axis(np.where(own, -1, ids), order, 1)
+    if scores is not None:
+        scores = np.take_along_axis(np.where(own, -np.inf, scores), order, 1)
+    return ids, scores
 
 
 def _train_ann(ann: IVFPQIndex, sample: torch.Tensor, proj: np.ndarray, seed: int) -> dict:
