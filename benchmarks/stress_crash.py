@@ -96,8 +96,10 @@ def main(argv=None) -> dict:
             time.sleep(rnd.uniform(0.05, args.max_wait))
             proc.send_signal(signal.SIGKILL)
             out, err = proc.communicate()
-            for line in out.splitlines():
+            for line in out.splitlines(keepends=True):
                 parts = line.split()
+                if not line.endswith("\n") or len(parts) != {"add": 3, "del": 2}.get(parts[0] if parts else "", 0):
+                    continue  # a line the kill cut short acknowledges nothing
                 if parts[:1] == ["add"]:
                     acked.update(range(int(parts[1]), int(parts[2]) + 1))
                 elif parts[:1] == ["del"]:

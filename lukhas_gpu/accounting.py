@@ -230,6 +230,9 @@ def breakdown(index) -> dict:
     drift = getattr(index, "_drift", None)
     if drift is not None:
         anon["drift_monitor"] = _array_bytes(drift)
+    res = getattr(index, "_resident", None)
+    if res is not None:  # the whole allocation: CUDA memory is held whether written or not
+        (gpu if res.device.type == "cuda" else anon)["resident_vectors"] = res.nbytes()
     _cuda_tensors(index, gpu)
     _disk(index, places["disk"])
 

@@ -16,7 +16,23 @@ from .device import faiss_gpus, faiss_module
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "train_sample_size", "two_level_kmeans"]
+__all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans"]
+
+#: What faiss's GPU IVF-PQ accepts: bytes per code (8-bit sub-quantizers) and dimensions per
+#: sub-quantizer (GpuIndexIVFPQ's documented limits). It has no 4-bit fast-scan layout, no HNSW
+#: coarse quantizer, no id selectors and no removal.
+GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
+GPU_PQ_DSUB = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
+#: Removed ids the GPU copy filters from its results before it is dropped (its lists still hold
+#: them, and each one costs an over-fetched candidate per query).
+GPU_MAX_REMOVED_FRACTION = 0.1
+
+
+def gpu_pq_m(d: int, code_bytes: int) -> int | None:
+    """8-bit sub-quantizers for faiss's GPU IVF-PQ in ``d`` dims, at most ``code_bytes`` per
+    vector (the CPU index's fast-scan code size): the most that faiss's GPU accepts, or None."""
+    ok = [m for m in GPU_PQ_M if m <= code_bytes and d % m == 0 and d // m in GPU_PQ_DSUB]
+    return max(ok) if ok else None
 
 #: From this many lists up, ``coarse="auto"`` assigns with an HNSW graph over the centroids.
 HNSW_COARSE_FROM = 4096
@@ -130,6 +146,7 @@ class IVFPQIndex:
             self._clustering_index = faiss.IndexFlatIP(d)
             self.index.clustering_index = self._clustering_index
         self.gpu_index = None
+        self._gpu_removed = np.empty(0, dtype=np.int64)
         self.train_seconds = 0.0
 
     @classmethod
@@ -142,6 +159,7 @@ class IVFPQIndex:
         self.quantizer = faiss.downcast_index(index.quantizer)
         self._clustering_index = None
         self.gpu_index = None
+        self._gpu_removed = np.empty(0, dtype=np.int64)
         self.train_seconds = 0.0
         return self
 
@@ -179,8 +197,12 @@ class IVFPQIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         sel = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
         removed = int(self.index.remove_ids(sel))
-        if self.gpu_index is not None:  # faiss GPU indexes cannot remove: re-clone
-            self.to_gpu()
+        if self.gpu_index is not None:  # faiss GPU indexes cannot remove: filter the results
+            self._gpu_removed = np.union1d(self._gpu_removed, ids)
+            if len(self._gpu_removed) > GPU_MAX_REMOVED_FRACTION * max(self.gpu_index.ntotal, 1):
+                log.info("%d of %d ids removed since the GPU copy was made: searching the IVF on "
+                         "the CPU from now on", len(self._gpu_removed), self.gpu_index.ntotal)
+                self.gpu_index = None
         return removed
 
     def search(self, q: np.ndarray, k: int, *, nprobe: int, selector=None) -> tuple[np.ndarray, np.ndarray]:
@@ -189,8 +211,7 @@ class IVFPQIndex:
         q = np.ascontiguousarray(q, dtype=np.float32)
         nprobe = min(nprobe, self.nlist)
         if self.gpu_index is not None and selector is None:
-            self.gpu_index.nprobe = nprobe
-            return self.gpu_index.search(q, k)
+            return self._gpu_search(q, k, nprobe)
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         if selector is not None:
             params.sel = selector
@@ -213,23 +234,73 @@ class IVFPQIndex:
         pq = self.index.pq
         return assign, resid, pq.decode(pq.compute_codes(resid))
 
-    # -- GPU (thin, capability-detected) -------------------------------------------------------
-    def to_gpu(self, device: int = 0) -> bool:
-        """Clone to a FAISS GPU when FAISS has GPUs and supports this index type; else stay on CPU."""
+    # -- GPU (faiss-gpu, capability-detected) ---------------------------------------------------
+    def gpu_twin(self, train_x: np.ndarray):
+        """A CPU ``IndexIVFPQ`` that faiss can clone to a GPU, equivalent to this index: the
+        same coarse centroids (a flat quantizer: the GPU has no HNSW one), 8-bit PQ codes of at
+        most the fast-scan code size (64 B at 512 dims: ``PQ64x8`` where the CPU has
+        ``PQ128x4fs``), trained on ``train_x`` (n, d). Empty; ``None`` if no code size fits."""
+        faiss = faiss_module()
+        m = gpu_pq_m(self.d, self.pq_m // 2)
+        if m is None:
+            return None
+        quantizer = faiss.IndexFlatIP(self.d)
+        quantizer.add(self.quantizer.reconstruct_n(0, self.nlist))
+        twin = faiss.IndexIVFPQ(quantizer, self.d, self.nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        twin.train(np.ascontiguousarray(train_x, dtype=np.float32))  # the PQ only: 'quantizer' is full
+        return twin
+
+    def to_gpu(self, train_x: np.ndarray, device: int = 0, *, cpu_ids: bool = False) -> bool:
+        """Put a GPU copy of the (still empty) index on faiss's GPU ``device``; later ``add``
+        calls fill both, searches without a selector go to the GPU.
+
+        The copy is :meth:`gpu_twin` cloned with options that save GPU memory: ids as 32-bit
+        (row numbers < 2**31) or kept on the CPU (``cpu_ids``), float16 lookup tables. The CPU
+        index stays the one that is saved, filtered with id selectors and removed from; ids
+        removed later are filtered out of the GPU's results (over-fetched), and past
+        ``GPU_MAX_REMOVED_FRACTION`` of them the GPU copy is dropped. False (CPU only) when
+        faiss has no GPUs or the clone fails.
+        """
         if faiss_gpus() == 0:
             return False
+        if self.ntotal:
+            raise RuntimeError("to_gpu() must run before vectors are added (the GPU copy is filled by add)")
         faiss = faiss_module()
-        try:  # pragma: no cover - needs faiss-gpu
+        try:
+            twin = self.gpu_twin(train_x)
+            if twin is None:
+                log.warning("no faiss GPU IVF-PQ code size fits %d dims; searching the IVF on the CPU", self.d)
+                return False
             if not hasattr(self, "_gpu_res"):
                 self._gpu_res = faiss.StandardGpuResources()
             co = faiss.GpuClonerOptions()
-            co.indicesOptions = faiss.INDICES_32_BIT
-            self.gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, device, self.index, co)
+            co.indicesOptions = faiss.INDICES_CPU if cpu_ids else faiss.INDICES_32_BIT
+            co.useFloat16 = True  # float16 lookup tables: what lets 8-bit PQ fit in shared memory
+            self.gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, device, twin, co)
+            self._gpu_removed = np.empty(0, dtype=np.int64)
             return True
         except Exception as e:  # pragma: no cover - needs faiss-gpu
             log.warning("FAISS GPU clone failed (%s); searching the IVF on the CPU", e)
             self.gpu_index = None
             return False
+
+    def _gpu_search(self, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search the GPU copy, dropping ids removed since it was made (over-fetched to k)."""
+        gi = self.gpu_index
+        gi.nprobe = nprobe
+        removed = self._gpu_removed
+        extra = min(len(removed), 4 * k) if len(removed) else 0
+        kk = k + extra
+        s, i = gi.search(q, kk)
+        if not extra:
+            return s, i
+        gone = np.isin(i, removed) | (i < 0)
+        order = np.argsort(gone, axis=1, kind="stable")[:, :k]  # live first, in score order
+        s = np.take_along_axis(s, order, 1)
+        i = np.take_along_axis(i, order, 1)
+        dead = np.take_along_axis(gone, order, 1)
+        s[dead], i[dead] = -np.inf, -1
+        return s, i
 
     # -- accounting ----------------------------------------------------------------------------
     def nbytes(self) -> dict[str, int]:

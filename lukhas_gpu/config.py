@@ -99,6 +99,14 @@ class IndexConfig:
     backend : {"auto", "cpu", "cuda"}, default "auto"
         Where the torch kernels run; ``LUKHAS_GPU_BACKEND`` overrides it. ``auto`` takes CUDA when
         torch sees a GPU and falls back to CPU with one log line.
+    gpu_resident : {"auto", "on", "off"}, default "auto"
+        Keep the projected int8 codes of every memory on the torch device (``dim_out`` bytes plus
+        a 1-byte tombstone each, reported under ``stats()["memory"]["gpu"]``) and answer searches
+        by an exact scan there: no IVF approximation, filters of any width scanned exactly, no
+        copy of vectors per query. ``auto``: on with the CUDA backend; if the device runs out of
+        memory the mirror is dropped with a warning and searches go back to the IVF candidates,
+        reranked on the device. ``on`` with the CPU backend keeps a second copy in RAM (it exists
+        to test the path without a GPU).
     batch_size : int, default 65536
         Rows per chunk in encoding and exact scans; bounds the temporary memory of every call.
     threads : int or None, default None
@@ -139,6 +147,7 @@ class IndexConfig:
     rank_oversample: int = 4
     wal_sync: str = "always"
     backend: str = "auto"
+    gpu_resident: str = "auto"
     batch_size: int = 65536
     threads: int | None = None
     seed: int = 1234
@@ -161,6 +170,7 @@ class IndexConfig:
         choice("coarse", self.coarse, ("auto", "flat", "hnsw"))
         choice("vector_storage", self.vector_storage, _VECTOR_STORAGE)
         choice("backend", self.backend, _BACKENDS)
+        choice("gpu_resident", self.gpu_resident, ("auto", "on", "off"))
         choice("wal_sync", self.wal_sync, ("always", "group", "none"))
         for name in ("train_threshold", "nprobe", "rerank", "batch_size", "max_content_bytes",
                      "filter_exact_max", "rank_oversample"):

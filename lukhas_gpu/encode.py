@@ -7,6 +7,9 @@ Two outputs per vector:
 * ``project``: the vector projected to ``dim_out`` dimensions (uncentred PCA, i.e. the top
   eigenvectors of the second-moment matrix, which preserves inner products best) and
   renormalised -- the space the ANN codes live in.
+* ``encode_resident``: the projected vector as int8 (``dim_out`` bytes) with per-dimension scales
+  of its own -- what a GPU-resident store scans exactly (see :mod:`lukhas_gpu.resident`). Without
+  a projection (``dim_out == D``) it is ``quantize`` itself.
 
 The quantizer is fitted from the first batch the index sees; the projection from the IVF training
 sample. Both are plain buffers, so ``state_dict`` round-trips the encoder.
@@ -57,6 +60,8 @@ class Encoder(torch.nn.Module):
         self.register_buffer("scale", torch.ones(dim, dtype=torch.float32))
         self.register_buffer("components", torch.eye(d, dim, dtype=torch.float32) if d < dim else torch.empty(0, dim))
         self.register_buffer("fitted", torch.zeros(2, dtype=torch.bool))  # (quantizer, projection)
+        # int8 scales of the projected space (zeros until fitted; unused without a projection)
+        self.register_buffer("proj_scale", torch.zeros(d if d < dim else 0, dtype=torch.float32))
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -70,6 +75,17 @@ class Encoder(torch.nn.Module):
     @property
     def projection_fitted(self) -> bool:
         return bool(self.fitted[1]) or not self.projects
+
+    @property
+    def resident_fitted(self) -> bool:
+        """Whether :meth:`encode_resident` can run (the projected space's int8 scales exist)."""
+        if not self.projects:
+            return self.quantizer_fitted
+        return self.projection_fitted and bool((self.proj_scale > 0).all())
+
+    @property
+    def resident_scale(self) -> torch.Tensor:
+        return self.proj_scale if self.projects else self.scale
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +105,11 @@ class Encoder(torch.nn.Module):
 
     @torch.no_grad()
     def fit_quantizer(self, sample) -> None:
-        x = self.normalize(sample)
+        self.scale.copy_(self._int8_scale(self.normalize(sample)).to(self.scale))
+        self.fitted[0] = True
+
+    def _int8_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-dimension int8 step covering ``quantile`` of ``|x|`` (widened for tiny samples)."""
         a = x.abs()
         if a.shape[0] > 1 and self.quantile < 1.0:
             # kthvalue, not quantile(): torch.quantile refuses inputs above 16M elements
@@ -103,8 +123,7 @@ class Encoder(torch.nn.Module):
             if self.metric == "cosine":
                 s = s.clamp(max=1.0)
         s = torch.where(s > 0, s, torch.full_like(s, 1e-6))
-        self.scale.copy_((s / 127.0).to(self.scale))
-        self.fitted[0] = True
+        return s / 127.0
 
     @torch.no_grad()
     def fit_projection(self, sample) -> None:
@@ -118,8 +137,16 @@ class Encoder(torch.nn.Module):
         top = evecs[:, torch.argsort(evals, descending=True)[: self.dim_out]]
         self.components.copy_(top.T.to(torch.float32))
         self.fitted[1] = True
+        self.fit_resident(sample)
         kept = float(evals.sort(descending=True).values[: self.dim_out].sum() / evals.sum())
         log.info("projection %d -> %d keeps %.1f%% of the energy", self.dim, self.dim_out, 100 * kept)
+
+    @torch.no_grad()
+    def fit_resident(self, sample) -> None:
+        """Fit the projected space's int8 scales on ``sample`` (n, D) (a no-op without a projection)."""
+        if self.projects and self.projection_fitted:
+            y = torch.cat([self._project_chunk(self._normalize_chunk(c)) for c in self._chunks(sample)])
+            self.proj_scale.copy_(self._int8_scale(y).to(self.proj_scale))
 
     # -- transforms ---------------------------------------------------------------------------
     def _chunks(self, x):
@@ -142,8 +169,8 @@ class Encoder(torch.nn.Module):
         """(n, D) -> (n, D) float32 on the encoder's device, unit-norm for ``cosine``."""
         return torch.cat([self._normalize_chunk(c) for c in self._chunks(x)])
 
-    def _quantize_chunk(self, xn: torch.Tensor) -> torch.Tensor:
-        return torch.round(xn / self.scale).clamp_(-127, 127).to(torch.int8)
+    def _quantize_chunk(self, xn: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.round(xn / (self.scale if scale is None else scale)).clamp_(-127, 127).to(torch.int8)
 
     def _project_chunk(self, xn: torch.Tensor) -> torch.Tensor:
         if not self.projects:
@@ -185,6 +212,35 @@ class Encoder(torch.nn.Module):
 
     encode = forward
 
+    @torch.no_grad()
+    def encode_resident(self, x) -> torch.Tensor:
+        """(n, D) float -> (n, dim_out) int8: projected, then quantized with the projected scales.
+
+        The GPU-resident representation (``quantize`` itself when there is no projection). One
+        pass per chunk: normalise, one GEMM, round; inputs already on the device stay there.
+        """
+        self._need_resident()
+        out = []
+        for c in self._chunks(x):
+            xn = self._normalize_chunk(c)
+            out.append(self._quantize_chunk(self._project_chunk(xn), self.resident_scale))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def resident_from(self, codes: torch.Tensor, proj: torch.Tensor | None = None) -> torch.Tensor:
+        """Resident codes of rows already encoded: ``codes`` (n, D) int8 as stored, or their
+        projection ``proj`` (n, dim_out) float when it is at hand (as in ``add``)."""
+        self._need_resident()
+        if not self.projects:
+            return codes.to(self.device)
+        y = proj.to(self.device) if proj is not None else self.project(self.dequantize(codes))
+        return self._quantize_chunk(y, self.proj_scale)
+
+    def resident_query_weights(self, q: torch.Tensor) -> torch.Tensor:
+        """Queries in the resident space folded with its scales: ``qr @ resident.T`` ~ ``q . x``."""
+        qn = self._normalize_chunk(q.to(self.device, torch.float32))
+        return self._project_chunk(qn) * self.resident_scale
+
     def query_weights(self, q: torch.Tensor) -> torch.Tensor:
         """Queries folded with the scales, so ``q_w @ codes.T == q_n @ dequantize(codes).T``."""
         return self._normalize_chunk(q.to(self.device, torch.float32)) * self.scale
@@ -193,10 +249,15 @@ class Encoder(torch.nn.Module):
         if not self.quantizer_fitted:
             raise RuntimeError("the int8 quantizer is not fitted yet (call fit)")
 
+    def _need_resident(self) -> None:
+        self._need_quantizer()
+        if not self.resident_fitted:
+            raise RuntimeError("the projection or its int8 scales are not fitted yet (call fit)")
+
     # -- persistence (no pickle: plain arrays) ---------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"scale": self.scale.cpu().numpy(), "components": self.components.cpu().numpy(),
-                "fitted": self.fitted.cpu().numpy(),
+                "fitted": self.fitted.cpu().numpy(), "proj_scale": self.proj_scale.cpu().numpy(),
                 "shape": np.array([self.dim, self.dim_out], dtype=np.int64)}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> "Encoder":
@@ -205,4 +266,9 @@ class Encoder(torch.nn.Module):
             raise ValueError(f"encoder arrays are for dims {shape}, this encoder is {(self.dim, self.dim_out)}")
         for name in ("scale", "components", "fitted"):
             getattr(self, name).copy_(torch.from_numpy(np.asarray(arrays[name])))
+        # stores written before the resident mode have no projected scales: refitted when needed
+        if "proj_scale" in arrays and np.asarray(arrays["proj_scale"]).shape == tuple(self.proj_scale.shape):
+            self.proj_scale.copy_(torch.from_numpy(np.asarray(arrays["proj_scale"])))
+        else:
+            self.proj_scale.zero_()
         return self

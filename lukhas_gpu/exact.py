@@ -25,12 +25,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["scan", "rerank", "float_kernel", "int8_kernel", "merge_topk", "DEFAULT_BUDGET"]
+__all__ = ["scan", "rerank", "float_kernel", "int8_kernel", "merge_topk", "DEFAULT_BUDGET", "CUDA_BUDGET"]
 
 #: Score elements (queries x rows) materialised at once by a scan: 4M floats, 16 MiB. Measured
 #: on MiniLM/WordNet (2 cores): 1.7x the batch QPS of a 64 MiB budget (the chunk's scores and
 #: top-k stay in cache), and a bounded footprint whatever the store size.
 DEFAULT_BUDGET = 1 << 22
+#: The same on CUDA: 64M int32 accumulators (256 MiB), e.g. 1,024 queries x 65,536 rows per tile.
+#: A GPU needs large tiles to amortise the launches of a GEMM and a top-k per tile; not yet
+#: tuned on a GPU (benchmarks/bench_gpu.py measures it).
+CUDA_BUDGET = 1 << 26
 #: Elements of the float block a rerank widens at once (4 MiB): keeps the gather in cache.
 RERANK_BLOCK = 1 << 20
 
@@ -61,17 +65,22 @@ class _Int8Queries:
             q8 = torch.nn.functional.pad(q8, (0, self.pad_d, 0, m - self.nq))
         self.q8 = q8
 
+    def raw(self, codes: torch.Tensor) -> torch.Tensor:
+        """(c, D) int8 -> (nq, c) int32 accumulators; ``raw * scale`` is the score. Their order
+        per query is the scores' order (the scale is positive), so a top-k can run on them."""
+        c = codes
+        n = c.shape[0]
+        pad_n = (-n) % 8 if self.cuda else 0
+        if self.pad_d or pad_n:
+            c = torch.nn.functional.pad(c, (0, self.pad_d, 0, pad_n))
+        acc = torch._int_mm(self.q8, c.T)
+        return acc[: self.nq, :n]
+
 
 def int8_kernel(qw, codes: torch.Tensor) -> torch.Tensor:
     """(nq, D) queries (float, or pre-quantized by :func:`scan`) x (c, D) int8 -> (nq, c) float32."""
     q = qw if isinstance(qw, _Int8Queries) else _Int8Queries(qw)
-    c = codes
-    n = c.shape[0]
-    pad_n = (-n) % 8 if q.cuda else 0
-    if q.pad_d or pad_n:
-        c = torch.nn.functional.pad(c, (0, q.pad_d, 0, pad_n))
-    acc = torch._int_mm(q.q8, c.T)
-    return acc[: q.nq, :n].to(torch.float32) * q.scale
+    return q.raw(codes).to(torch.float32) * q.scale
 
 
 def merge_topk(best_s: torch.Tensor | None, best_i: torch.Tensor | None, s: torch.Tensor,
@@ -100,9 +109,9 @@ def _as_tensor(a, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
-def scan(qw: torch.Tensor, codes, k: int, *, rows: np.ndarray | None = None,
-         exclude: np.ndarray | None = None, kernel: Kernel = int8_kernel,
-         budget: int = DEFAULT_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | None = None,
+         dead: torch.Tensor | None = None, kernel: Kernel = int8_kernel,
+         budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of ``qw @ codes[rows].T``.
 
     Parameters
@@ -110,14 +119,22 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows: np.ndarray | None = None,
     qw : torch.Tensor, (nq, D) float32
         Queries folded with the int8 scales, on the device the scan runs on.
     codes : array-like (n, D) int8
-        numpy array, memory map or torch tensor; read in chunks.
+        numpy array, memory map or torch tensor (on the scan's device: nothing is copied); read
+        in chunks.
     k : int
-    rows : ndarray of int64, optional
-        Scan only these rows (a filtered subset); default all rows.
+    rows : ndarray or torch.Tensor of int64, optional
+        Scan only these rows (a filtered subset); default all rows. A tensor on the scan's
+        device keeps the whole scan there.
     exclude : ndarray of int64, optional
-        Sorted row numbers to skip (tombstones).
+        Sorted row numbers to skip (tombstones), for host tables.
+    dead : torch.Tensor of bool (n,), optional
+        Tombstones as a mask indexed by row number, on the scan's device.
     kernel : callable
         ``(qw, codes_chunk) -> scores``; :func:`int8_kernel` (default) or :func:`float_kernel`.
+        With the int8 kernel each chunk's top-k runs on the int32 accumulators, and only the
+        k kept per chunk are scaled to float.
+    budget : int, optional
+        Score elements per chunk; default :data:`DEFAULT_BUDGET` (CPU) or :data:`CUDA_BUDGET`.
 
     Returns
     -------
@@ -131,7 +148,12 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows: np.ndarray | None = None,
     out_i = torch.full((nq, k), -1, dtype=torch.int64, device=device)
     if total == 0:
         return out_s, out_i
-    q = _Int8Queries(qw) if kernel is int8_kernel else qw
+    if budget is None:
+        budget = CUDA_BUDGET if device.type == "cuda" else DEFAULT_BUDGET
+    q = _Int8Queries(qw) if kernel is int8_kernel else None
+    on_device = isinstance(codes, torch.Tensor) and codes.device == device
+    if rows is not None and isinstance(rows, torch.Tensor):
+        rows = rows.to(device) if on_device else rows.cpu().numpy()
     chunk = int(max(1024, min(total, budget // max(nq, 1))))
     best_s = best_i = None
     for start in range(0, total, chunk):
@@ -139,18 +161,29 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows: np.ndarray | None = None,
         if rows is None:
             block = _as_tensor(codes[start:stop], device)
             ids = torch.arange(start, stop, device=device)
+        elif on_device:
+            ids = rows[start:stop]
+            block = codes.index_select(0, ids)
         else:
             r = rows[start:stop]
             block = _as_tensor(codes[r], device)
             ids = torch.from_numpy(np.ascontiguousarray(r, dtype=np.int64)).to(device)
-        s = kernel(q, block)
-        if exclude is not None and len(exclude):
-            dead = _excluded(ids, exclude, rows is None, start, stop)
-            if dead is not None:
-                s[:, dead] = -float("inf")
+        if q is not None:
+            s, fill = q.raw(block), torch.iinfo(torch.int32).min
+        else:
+            s, fill = kernel(qw, block), -float("inf")
+        if dead is not None:
+            s.masked_fill_((dead[start:stop] if rows is None else dead[ids]).unsqueeze(0), fill)
+        elif exclude is not None and len(exclude):
+            gone = _excluded(ids, exclude, rows is None, start, stop)
+            if gone is not None:
+                s[:, gone] = fill
         kk = min(k, s.shape[1])
         top = torch.topk(s, kk, dim=1)
-        best_s, best_i = merge_topk(best_s, best_i, top.values, ids[top.indices], k)
+        vals = top.values
+        if q is not None:
+            vals = torch.where(vals == fill, -float("inf"), vals.to(torch.float32) * q.scale)
+        best_s, best_i = merge_topk(best_s, best_i, vals, ids[top.indices], k)
     kk = best_s.shape[1]
     order = torch.argsort(best_s, dim=1, descending=True)
     out_s[:, :kk] = torch.gather(best_s, 1, order)
@@ -169,13 +202,14 @@ def _excluded(ids: torch.Tensor, exclude: np.ndarray, contiguous: bool, start: i
     return torch.from_numpy(np.flatnonzero(mask)).to(ids.device) if mask.any() else None
 
 
-def rerank(qw: torch.Tensor, codes, candidates: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rerank(qw: torch.Tensor, codes, candidates, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-score ANN candidates exactly with the int8 vectors and keep the top-k.
 
-    ``candidates`` is (nq, kc) int64 row numbers, -1 for missing. Returns (scores, ids) as in
-    :func:`scan`. Queries go in small groups so that each group's gathered rows, widened to
-    float, stay in cache (2.6x faster than one gather for 2,000 x 80 candidates); a memory map
-    pages the rows in on demand.
+    ``candidates`` is (nq, kc) int64 row numbers, -1 for missing: numpy, or a torch tensor (one
+    on the table's device is used in place, so a device-resident table and device candidates
+    never touch the host). Returns (scores, ids) as in :func:`scan`. Queries go in small groups
+    so that each group's gathered rows, widened to float, stay in cache (2.6x faster than one
+    gather for 2,000 x 80 candidates); a memory map pages the rows in on demand.
     """
     device = qw.device
     nq, kc = candidates.shape
@@ -185,13 +219,17 @@ def rerank(qw: torch.Tensor, codes, candidates: np.ndarray, k: int) -> tuple[tor
         return out_s, out_i
     # rows are gathered where they live (host numpy / memory map, or a device tensor), then moved
     table = codes if isinstance(codes, torch.Tensor) else _from_numpy(codes)
-    cand_host = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.int64))
-    cand = cand_host.to(device)
+    if isinstance(candidates, torch.Tensor):
+        src = candidates.to(table.device, torch.int64)
+        cand = src if table.device == device else candidates.to(device, torch.int64)
+    else:
+        src = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.int64)).to(table.device)
+        cand = src if table.device == device else src.to(device)
     kk = min(k, kc)
-    group = max(1, RERANK_BLOCK // (kc * qw.shape[1]))
+    group = max(1, RERANK_BLOCK // (kc * qw.shape[1])) if device.type == "cpu" else nq
     for a in range(0, nq, group):
         c = cand[a: a + group]
-        rows = (c if table.device == device else cand_host[a: a + group].to(table.device)).clamp_min(0).reshape(-1)
+        rows = src[a: a + group].clamp_min(0).reshape(-1)
         block = table.index_select(0, rows).to(device, non_blocking=True).view(c.shape[0], kc, -1).to(qw.dtype)
         s = torch.bmm(block, qw[a: a + group].unsqueeze(2)).squeeze(2)
         s.masked_fill_(c < 0, -float("inf"))

@@ -131,7 +131,8 @@ def _column_mask(flt: Filter, metadata, rows) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """How a filtered search runs: ``exact`` scan of ``rows`` or ``ann`` with a selector."""
+    """How a filtered search runs: ``exact`` scan of ``rows`` or ``ann`` with a selector
+    (``resident``: an exact scan of those rows of the device-resident codes)."""
 
     strategy: str
     rows: np.ndarray  # sorted int64 row numbers allowed

@@ -39,6 +39,7 @@ from .filters import Filter, evaluate, plan
 from .metadata import MetadataColumns
 from .monitor import DRIFT_WINDOW, DriftMonitor, Probe, recall_estimate
 from .payload import ContentArena
+from .resident import ResidentVectors
 from .scoring import Rank
 from .tags import TagIndex
 from .vectors import VectorStore
@@ -189,6 +190,9 @@ class MemoryIndex:
         self._wal = None  # the write-ahead log of a store open for writing
         self._calib: np.ndarray | None = None  # float32 first rows while the scales calibrate
         self._ann: IVFPQIndex | None = None
+        # the device mirror of the search codes (see resident.py), built on first use
+        self._resident: ResidentVectors | None = None
+        self._resident_wanted = config.gpu_resident == "on" or (config.gpu_resident == "auto" and self.backend == "cuda")
         self._timings: dict[str, float] = {}
         # the recall probe's samples and the drift measures (see monitor.py)
         self._probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
@@ -483,6 +487,8 @@ class MemoryIndex:
         self._contents.append(contents if contents is not None else [None] * n)
         self._tags.append(tags, n)
         self._meta.append(ts, imp)
+        if self._resident is not None:
+            self._grow_resident(lambda: self.encoder.resident_from(codes, proj))
         self._observe(x, codes, proj, ids)
         if self._ann is None and len(self._vectors) >= self._train_at():
             self.train()
@@ -526,6 +532,7 @@ class MemoryIndex:
         sample = new if len(new) <= FIT_SAMPLE else new[_sample_index(len(new), FIT_SAMPLE, seed)]
         self.encoder.fit_quantizer(np.concatenate([old, sample]))
         self._vectors[: len(old)] = self.encoder.quantize(old).cpu().numpy()
+        self._resident = None  # its codes were at the old scales: rebuilt on the next search
         total = len(old) + len(new)
         self._calib = np.concatenate([old, new]) if total < CALIBRATION_ROWS else None
 
@@ -558,12 +565,13 @@ class MemoryIndex:
         sample = self.encoder.dequantize(self._vectors[rows])
         if self.encoder.projects:
             self.encoder.fit_projection(sample)
+            self._resident = None  # a new projected space
         d = self.encoder.dim_out
         nlist = self._planned_nlist(n)
         coarse = cfg.coarse if cfg.coarse != "auto" else ("hnsw" if nlist >= HNSW_COARSE_FROM else "flat")
         ann = IVFPQIndex(d, nlist=nlist, pq_m=auto_pq_m(d, cfg.pq_m), coarse=coarse, seed=cfg.seed)
         proj = self.encoder.project(sample).cpu().numpy()
-        self._drift.set_baseline(_train_ann(ann, sample, proj, cfg.seed), nlist=ann.nlist)
+        self._drift.set_baseline(_train_ann(ann, sample, proj, cfg.seed, self._faiss_gpu_wanted), nlist=ann.nlist)
         del proj
         dead = self._deleted_array()
         for start in range(0, n, cfg.batch_size):
@@ -574,12 +582,66 @@ class MemoryIndex:
             if len(ids):
                 proj = self.encoder.project(self.encoder.dequantize(self._vectors[ids]))
                 ann.add(proj.cpu().numpy(), ids)
-        if self.backend == "cuda":
-            ann.to_gpu()
         self._ann = ann
         self._timings["train"] = time.perf_counter() - t0
         log.info("index trained: %d vectors, IVF%d,PQ%dx4fs (%s coarse) in %.1f s",
                  n, nlist, ann.pq_m, coarse, self._timings["train"])
+
+    @property
+    def _faiss_gpu_wanted(self) -> bool:
+        """A faiss-gpu copy of the IVF helps only where the resident scan does not serve."""
+        return self.backend == "cuda" and not self._resident_wanted
+
+    # -- the device-resident codes ---------------------------------------------------------------
+    def _resident_ready(self) -> ResidentVectors | None:
+        """The resident mirror, built from the host rows on first use; ``None`` when the mode is
+        off, nothing is stored, the projection is not fitted yet (the exact host scan serves
+        those small stores), or the device had no room for it."""
+        if self._resident is not None or not self._resident_wanted:
+            return self._resident
+        enc = self.encoder
+        n = len(self._vectors)
+        if n == 0 or not enc.quantizer_fitted or not enc.projection_fitted:
+            return None
+        if not enc.resident_fitted:  # a store written before the resident mode existed
+            enc.fit_resident(enc.dequantize(self._vectors[_sample_index(n, FIT_SAMPLE, self.config.seed)]))
+        self._resident = ResidentVectors(enc.dim_out, self.device, capacity=max(n, self.config.capacity or 0))
+        step = self.config.batch_size
+        for a in range(0, n, step):
+            rows = exact._from_numpy(np.ascontiguousarray(self._vectors[a: min(n, a + step)]))
+            if not self._grow_resident(lambda: enc.resident_from(rows)):
+                return None
+        if self._deleted:
+            self._resident.delete(self._deleted_array())
+        return self._resident
+
+    def _grow_resident(self, codes) -> bool:
+        """Append ``codes()`` to the mirror; out of device memory, drop the mirror for good."""
+        try:
+            self._resident.append(codes())
+            return True
+        except torch.cuda.OutOfMemoryError:
+            log.warning("gpu_resident: the %s device has no room for %d more rows of %d B; searches "
+                        "go back to the IVF candidates", self.device, len(self._vectors), self.encoder.dim_out)
+            self._resident, self._resident_wanted = None, False
+            return False
+
+    def _resident_search(self, q: torch.Tensor, k: int, rerank: int, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact int8 scan of the resident codes (or of ``rows`` of them), then the exact rerank.
+
+        Without a projection the resident codes are the stored rows: the int8 x int8 scan takes
+        ``2k + 16`` candidates and the float query re-scores them on the device, the CPU exact
+        path's result. With one, the scan in the projected space takes ``k * rerank`` and the
+        full-dimension int8 rows (on the host) re-score them.
+        """
+        enc, res = self.encoder, self._resident
+        qr = enc.resident_query_weights(q)
+        if rows is not None:
+            rows = torch.from_numpy(rows).to(res.device)
+        kc = 2 * k + 16 if not enc.projects else max(k * rerank, 2 * k + 16)
+        _, cand = exact.scan(qr, res.rows, kc, rows=rows, dead=res.dead, kernel=exact.int8_kernel)
+        table = res.rows if not enc.projects else self._vectors.array
+        return exact.rerank(enc.query_weights(q), table, cand, k)
 
     # -- search --------------------------------------------------------------------------------
     @_locked
@@ -632,8 +694,21 @@ class MemoryIndex:
             scores, ids = self._ranked(q, k, nprobe, rerank, allowed, rank)
         return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
 
-    def _similar(self, q: torch.Tensor, k: int, nprobe: int, rerank: int, allowed: BitMap | None):
-        """Top-k by similarity, optionally restricted to ``allowed`` rows: (scores, ids) tensors."""
+    def _similar(self, q: torch.Tensor, k: int, nprobe: int, rerank: int, allowed: BitMap | None,
+                 resident: bool = True):
+        """Top-k by similarity, optionally restricted to ``allowed`` rows: (scores, ids) tensors.
+
+        ``resident=False`` searches as if the mode were off (a retrain compares IVF indexes)."""
+        res = self._resident_ready() if resident else None
+        if res is not None:
+            rows = None
+            if allowed is not None:  # any width: the device scans the subset exactly
+                p = plan(allowed, n_live=len(self), trained=False, exact_max=0, nprobe=nprobe, nlist=1)
+                self.last_plan = dataclasses.replace(p, strategy="resident")
+                rows = p.rows
+            else:
+                self.last_plan = None
+            return self._resident_search(q, k, rerank, rows)
         qw = self.encoder.query_weights(q)
         codes = self._vectors.array
         if allowed is None:
@@ -674,23 +749,24 @@ class MemoryIndex:
         so it can only enter the top-k if ``prior(row) > tau_k - a * s_min`` (``tau_k`` the
         k-th best fused score among the candidates). Those rows are few unless recency and
         importance dominate; they are scored exactly too (at most ``RANK_EXTRA_MAX``, the
-        highest priors first).
+        highest priors first). Torch throughout, on the device the candidates come from; the
+        prior is computed on the host (it reads the metadata columns) and moved once.
         """
         now = rank.reference_time()
         n_rows = len(self._vectors)
-        prior = rank.prior(self._meta.timestamp.view(), self._meta.importance(), now)
+        prior_np = rank.prior(self._meta.timestamp.view(), self._meta.importance(), now)
         kc = k * self.config.rank_oversample
         sims, cand = self._similar(q, kc, nprobe, rerank, allowed)
-        sims, cand = sims.cpu().numpy(), cand.cpu().numpy()
+        prior = torch.from_numpy(prior_np).to(sims.device)
+        a = float(rank.similarity)
         valid = cand >= 0
-        fused = np.where(valid, rank.similarity * sims + prior[np.where(valid, cand, 0)], -np.inf).astype(np.float32)
+        fused = torch.where(valid, a * sims + prior[cand.clamp_min(0)], -float("inf"))
         n_allowed = len(allowed) if allowed is not None else len(self)
         if n_allowed > kc:
-            tau = -np.sort(-fused, axis=1)[:, k - 1]
-            s_min = np.where(valid, sims, np.inf).min(axis=1)
-            need = tau - rank.similarity * s_min
-            bound = float(np.min(need))
-            eligible = prior > bound
+            tau = torch.topk(fused, k, dim=1).values[:, -1]
+            s_min = torch.where(valid, sims, float("inf")).amin(dim=1)
+            bound = float((tau - a * s_min).min())
+            eligible = prior_np > bound
             if self._deleted:
                 eligible[self._deleted_array()] = False
             if allowed is not None:
@@ -699,40 +775,33 @@ class MemoryIndex:
                 eligible &= mask
             extra = np.flatnonzero(eligible)
             if len(extra) > RANK_EXTRA_MAX:
-                extra = extra[np.argpartition(-prior[extra], RANK_EXTRA_MAX)[:RANK_EXTRA_MAX]]
+                extra = extra[np.argpartition(-prior_np[extra], RANK_EXTRA_MAX)[:RANK_EXTRA_MAX]]
             if len(extra):
-                e_s, e_i = self._fused_scan(q, extra, prior, rank, k)
-                fused = np.concatenate([fused, e_s], axis=1)
-                cand = np.concatenate([cand, e_i], axis=1)
-        order = np.argsort(-fused, axis=1, kind="stable")
-        fused = np.take_along_axis(fused, order, 1)
-        cand = np.take_along_axis(cand, order, 1)
-        out_s = np.full((len(cand), k), -np.inf, dtype=np.float32)
-        out_i = np.full((len(cand), k), -1, dtype=np.int64)
-        for r in range(len(cand)):  # drop rows found both ways (same score), keep order
-            ids_r, first = np.unique(cand[r], return_index=True)
-            keep = np.sort(first[ids_r >= 0])[:k]
-            out_s[r, :len(keep)] = fused[r, keep]
-            out_i[r, :len(keep)] = cand[r, keep]
-        out_i[~np.isfinite(out_s)] = -1
-        return torch.from_numpy(out_s), torch.from_numpy(out_i)
+                e_s, e_i = self._fused_scan(q, extra, prior, a, k)
+                fused = torch.cat([fused, e_s.to(fused.device)], dim=1)
+                cand = torch.cat([cand, e_i.to(cand.device)], dim=1)
+        return _topk_unique(fused, cand, k)
 
-    def _fused_scan(self, q: torch.Tensor, rows: np.ndarray, prior: np.ndarray, rank: Rank, k: int):
-        """Exact fused top-k over ``rows``: (scores (nq, k), ids (nq, k)) numpy."""
+    def _fused_scan(self, q: torch.Tensor, rows: np.ndarray, prior: torch.Tensor, a: float, k: int):
+        """Exact fused top-k over ``rows``: (scores (nq, k), ids (nq, k)) tensors. Reads the
+        resident codes when they are the stored rows (no projection), else the host rows."""
+        res = self._resident if self._resident is not None and not self.encoder.projects else None
         qw = self.encoder.query_weights(q)
-        codes = self._vectors.array
-        pr = torch.from_numpy(prior[rows]).to(qw.device)
-        a = float(rank.similarity)
+        table = res.rows if res is not None else self._vectors.array
+        rows_t = torch.from_numpy(rows).to(qw.device)
+        pr = prior.to(qw.device)[rows_t]
         best_s = best_i = None
         step = max(1024, exact.DEFAULT_BUDGET // max(q.shape[0], 1))
         for s0 in range(0, len(rows), step):
-            r = rows[s0: s0 + step]
-            block = torch.from_numpy(np.ascontiguousarray(codes[r])).to(qw.device)
+            ids = rows_t[s0: s0 + step]
+            if res is not None:
+                block = table.index_select(0, ids)
+            else:
+                block = torch.from_numpy(np.ascontiguousarray(table[rows[s0: s0 + step]])).to(qw.device)
             fused = a * exact.float_kernel(qw, block) + pr[s0: s0 + step]
             top = torch.topk(fused, min(k, fused.shape[1]), dim=1)
-            ids = torch.from_numpy(r).to(qw.device)[top.indices]
-            best_s, best_i = exact.merge_topk(best_s, best_i, top.values, ids, k)
-        return best_s.cpu().numpy(), best_i.cpu().numpy()
+            best_s, best_i = exact.merge_topk(best_s, best_i, top.values, ids[top.indices], k)
+        return best_s, best_i
 
     def _contents_of(self, ids) -> list:
         return self._contents.get(self._live_rows(ids))
@@ -824,6 +893,8 @@ class MemoryIndex:
             self._wal.append(OP_DELETE, {"ids": ids})
         if self._ann is not None:
             self._ann.remove(ids)
+        if self._resident is not None:
+            self._resident.delete(ids)
         self._deleted.update(ids.astype(np.uint32))
         self._tags.delete(ids)
         self._meta.mark_deleted(ids)
@@ -971,14 +1042,14 @@ class MemoryIndex:
         return {"q": q, "self_ids": self_ids, "exact_ids": exact_ids, "exact_n": (exact_ids >= 0).sum(1),
                 "true": true, "kept": kept, "source": source, "sample": len(s_ids)}
 
-    def _probe_eval(self, probe: dict, k: int, nprobe: int, rerank: int) -> np.ndarray:
+    def _probe_eval(self, probe: dict, k: int, nprobe: int, rerank: int, resident: bool = True) -> np.ndarray:
         """Per probe query: how many of its exact int8 top-k the live index returns."""
         q, self_ids, exact_ids = probe["q"], probe["self_ids"], probe["exact_ids"]
         kk = k + 1 if self_ids is not None else k
         found = np.zeros(len(q), dtype=np.int64)
         for c0 in range(0, len(q), PROBE_CHUNK):
             qc = torch.from_numpy(np.ascontiguousarray(q[c0: c0 + PROBE_CHUNK]))
-            _, ids = self._similar(qc, kk, nprobe, rerank, None)
+            _, ids = self._similar(qc, kk, nprobe, rerank, None, resident=resident)
             ids = ids.cpu().numpy()
             if self_ids is not None:  # drop the query's own row, keep k others
                 ids = _drop_own(ids, self_ids[c0: c0 + PROBE_CHUNK])[0][:, :k]
@@ -994,6 +1065,7 @@ class MemoryIndex:
             b = min(n, a + step)
             block = torch.from_numpy(np.array(self._vectors[a:b])).to(ratio.device, torch.float32)
             self._vectors[a:b] = torch.round(block * ratio).clamp_(-127, 127).to(torch.int8).cpu().numpy()
+        self._resident = None  # rebuilt from the requantized rows on the next search
         log.info("int8 scales widened on %d dimensions; %d rows requantized",
                  int((ratio < 1).sum()), n)
 
@@ -1106,7 +1178,7 @@ class MemoryIndex:
         coarse = cfg.coarse if cfg.coarse != "auto" else ("hnsw" if nlist >= HNSW_COARSE_FROM else "flat")
         ann = IVFPQIndex(d, nlist=nlist, pq_m=auto_pq_m(d, cfg.pq_m), coarse=coarse, seed=cfg.seed)
         proj = encoder.project(sample).cpu().numpy()
-        baseline = _train_ann(ann, sample, proj, cfg.seed)
+        baseline = _train_ann(ann, sample, proj, cfg.seed, self._faiss_gpu_wanted)
         del proj, sample
 
         def index_rows(start: int, stop: int) -> None:  # called holding the lock for the copy only
@@ -1129,13 +1201,13 @@ class MemoryIndex:
             if len(gone):
                 ann.remove(gone)
             probe = self._probe_setup(queries, 10, 20000)
-            old_found = self._probe_eval(probe, 10, cfg.nprobe, cfg.rerank)
+            old_found = self._probe_eval(probe, 10, cfg.nprobe, cfg.rerank, resident=False)
             old_encoder, old_ann = self.encoder, self._ann
             new_scale = encoder.scale.clone()
             encoder.scale.copy_(old_scale)  # the stored codes are still at the old scales
             self.encoder, self._ann = encoder, ann
             try:
-                new_found = self._probe_eval(probe, 10, cfg.nprobe, cfg.rerank)
+                new_found = self._probe_eval(probe, 10, cfg.nprobe, cfg.rerank, resident=False)
                 encoder.scale.copy_(new_scale)
             except BaseException:
                 self.encoder, self._ann = old_encoder, old_ann
@@ -1145,11 +1217,10 @@ class MemoryIndex:
             accepted = new_found.sum() >= old_found.sum() - tolerance * hits
             generation = None
             if accepted:
+                self._resident = None  # new projection or scales: rebuilt on the next search
                 if rescale:
                     self._requantize(old_scale)
                 self._drift.set_baseline(baseline, nlist=ann.nlist, quant=quant_base)
-                if self.backend == "cuda":
-                    ann.to_gpu()
                 self._timings["train"] = time.perf_counter() - t0
                 if self.path is not None and self.mode == "w":
                     generation = self.checkpoint().name
@@ -1194,6 +1265,7 @@ class MemoryIndex:
             "coarse": self._ann.coarse if self._ann else None,
             "backend": self.backend,
             "vector_storage": self._vectors.storage,
+            "gpu_resident": self._resident is not None,
             "bytes": components,
             "anon_bytes": anon,
             "mapped_bytes": mapped,
@@ -1234,8 +1306,27 @@ def _drop_own(ids: np.ndarray, own_ids: np.ndarray, scores: np.ndarray | None = 
     return ids, scores
 
 
-def _train_ann(ann: IVFPQIndex, sample: torch.Tensor, proj: np.ndarray, seed: int) -> dict:
-    """Train ``ann`` on (part of) a sample and return the drift measures that become its baseline.
+def _topk_unique(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k per row of candidates that may repeat an id (found both by similarity and by the
+    prior bound): one entry per id, ``-1`` / ``-inf`` padding."""
+    by_id, perm = torch.sort(ids, dim=1)
+    s = torch.gather(scores, 1, perm)
+    repeat = torch.zeros_like(by_id, dtype=torch.bool)
+    repeat[:, 1:] = by_id[:, 1:] == by_id[:, :-1]
+    s = s.masked_fill(repeat | (by_id < 0), -float("inf"))
+    kk = min(k, s.shape[1])
+    top = torch.topk(s, kk, dim=1)
+    out_s = torch.full((ids.shape[0], k), -float("inf"), device=scores.device)
+    out_i = torch.full((ids.shape[0], k), -1, dtype=torch.int64, device=scores.device)
+    out_s[:, :kk] = top.values
+    out_i[:, :kk] = torch.gather(by_id, 1, top.indices)
+    out_i[torch.isinf(out_s)] = -1
+    return out_s, out_i
+
+
+def _train_ann(ann: IVFPQIndex, sample: torch.Tensor, proj: np.ndarray, seed: int, gpu: bool = False) -> dict:
+    """Train ``ann`` on (part of) a sample and return the drift measures that become its baseline;
+    with ``gpu``, also give it its faiss-gpu copy (if faiss has GPUs) before anything is added.
 
     k-means fits its own training rows better than new ones (by 10-20% in residual energy at
     ~64 rows per list, measured), so the baseline is taken on rows of the sample that the
@@ -1245,6 +1336,8 @@ def _train_ann(ann: IVFPQIndex, sample: torch.Tensor, proj: np.ndarray, seed: in
     order = np.random.default_rng(seed).permutation(len(proj))
     fit, held = order[:limit], order[limit:][:DRIFT_WINDOW]
     ann.train(proj[np.sort(fit)])
+    if gpu:
+        ann.to_gpu(proj[np.sort(fit)])
     rows = np.sort(held) if len(held) >= 1024 else np.sort(fit[:DRIFT_WINDOW])
     deq = sample[torch.from_numpy(rows).to(sample.device)].cpu().numpy()
     return DriftMonitor.measure(deq, deq, proj[rows], ann)

@@ -58,3 +58,96 @@ def test_two_level_training_path_matches_one_level(clustered, exact_topk, monkey
         recalls[two_level] = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, gt)])
     assert recalls[True] > 0.5
     assert recalls[True] >= recalls[False] - 0.05
+
+
+# -- the faiss-gpu copy: built and exercised on the CPU with a stand-in for faiss's GPU clone ---
+def test_gpu_pq_m_fits_faiss_gpu_limits():
+    from lukhas_gpu.ann import gpu_pq_m
+
+    assert gpu_pq_m(512, 64) == 64 and gpu_pq_m(384, 48) == 48 and gpu_pq_m(48, 6) == 4
+    assert gpu_pq_m(7, 1) is None and gpu_pq_m(1024, 64) == 64  # 1024 / 64 = 16 dims each
+
+
+def test_gpu_twin_matches_the_fast_scan_index(clustered, exact_topk, recall_at_k):
+    xb, xq = clustered(6000, 64, n_queries=100, seed=8)
+    ann = IVFPQIndex(64, nlist=32, pq_m=16, coarse="hnsw", seed=0)
+    ann.train(xb)
+    ann.add(xb, np.arange(len(xb)))
+    twin = ann.gpu_twin(xb)
+    assert twin.pq.M == 8 and twin.pq.nbits == 8 and twin.nlist == 32 and twin.ntotal == 0
+    # the same coarse centroids, in a flat quantizer
+    np.testing.assert_allclose(twin.quantizer.reconstruct_n(0, 32), ann.quantizer.reconstruct_n(0, 32))
+    twin.add_with_ids(xb, np.arange(len(xb), dtype=np.int64))
+    twin.nprobe = 8
+    truth, _ = exact_topk(xq, xb, 10)
+    r_twin = recall_at_k(twin.search(xq, 10)[1], truth)
+    r_fs = recall_at_k(ann.search(xq, 10, nprobe=8)[1], truth)
+    assert r_twin >= r_fs - 0.05 and r_twin > 0.5
+
+
+@pytest.fixture
+def fake_faiss_gpu(monkeypatch):
+    """faiss-cpu with a 'GPU' whose clone is the CPU twin itself; records the cloner options."""
+    import faiss
+
+    import lukhas_gpu.ann as ann_mod
+
+    seen = {}
+
+    class Options:
+        indicesOptions = None
+        useFloat16 = False
+
+    def clone(res, device, index, co):
+        seen.update(device=device, indices=co.indicesOptions, float16=co.useFloat16, type=type(index).__name__)
+        return index
+
+    monkeypatch.setattr(ann_mod, "faiss_gpus", lambda: 1)
+    for name, value in (("StandardGpuResources", object), ("GpuClonerOptions", Options),
+                        ("index_cpu_to_gpu", clone), ("INDICES_32_BIT", 32), ("INDICES_CPU", 0)):
+        monkeypatch.setattr(faiss, name, value, raising=False)
+    return seen
+
+
+def test_to_gpu_searches_the_copy_and_filters_removed_ids(clustered, fake_faiss_gpu):
+    import faiss
+
+    xb, xq = clustered(4000, 32, n_queries=30, seed=6)
+    ann = IVFPQIndex(32, nlist=16, pq_m=8, seed=0)
+    ann.train(xb)
+    assert ann.to_gpu(xb)
+    assert fake_faiss_gpu == {"device": 0, "indices": 32, "float16": True, "type": "IndexIVFPQ"}
+    ann.add(xb, np.arange(len(xb)))
+    assert ann.gpu_index.ntotal == ann.ntotal == len(xb)
+    with pytest.raises(RuntimeError, match="before vectors are added"):
+        ann.to_gpu(xb)
+    _, before = ann.search(xq, 10, nprobe=16)
+    _, direct = ann.gpu_index.search(xq, 10)
+    np.testing.assert_array_equal(before, direct)  # no selector: the GPU copy answers
+    gone = np.unique(before[:, :3])  # remove some of every query's best
+    ann.remove(gone)
+    assert ann.gpu_index is not None  # 3% of the rows: still filtered on the 'GPU'
+    _, after = ann.search(xq, 10, nprobe=16)
+    assert not np.isin(after, gone).any() and (after >= 0).all()  # over-fetched back to k
+    # a selector needs the CPU index
+    keep = np.arange(0, len(xb), 2, dtype=np.int64)
+    sel = faiss.IDSelectorBatch(len(keep), faiss.swig_ptr(keep))
+    _, sub = ann.search(xq, 10, nprobe=16, selector=sel)
+    assert (sub[sub >= 0] % 2 == 0).all()
+    ann.remove(np.setdiff1d(np.arange(0, 1000), gone))  # past 10%: the copy is dropped
+    assert ann.gpu_index is None
+    _, ids = ann.search(xq, 10, nprobe=16)
+    assert not np.isin(ids, np.arange(1000)).any()
+
+
+def test_memory_index_trains_a_gpu_copy_when_the_resident_scan_is_off(clustered, fake_faiss_gpu, monkeypatch):
+    from lukhas_gpu import IndexConfig, MemoryIndex
+
+    monkeypatch.setattr(MemoryIndex, "_faiss_gpu_wanted", property(lambda self: True))
+    xb, xq = clustered(5000, 32, n_queries=20, seed=9)
+    index = MemoryIndex(32, IndexConfig(backend="cpu", gpu_resident="off", train_threshold=2048, nlist=16))
+    index.add(xb)
+    assert index._ann.gpu_index is not None and index._ann.gpu_index.ntotal == len(xb)
+    index.delete(np.arange(10))
+    ids = index.search(xq, 10).ids
+    assert not np.isin(ids, np.arange(10)).any()

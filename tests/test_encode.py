@@ -216,13 +216,19 @@ def test_to_arrays_load_arrays_round_trip(clustered):
     x, xq = clustered(1500, 48, n_queries=50, seed=10)
     enc = Encoder(48, dim_out=12).fit(x)
     arrays = enc.to_arrays()
-    assert set(arrays) == {"scale", "components", "fitted", "shape"}
+    assert set(arrays) == {"scale", "components", "fitted", "proj_scale", "shape"}
     assert all(isinstance(a, np.ndarray) for a in arrays.values())
     np.testing.assert_array_equal(arrays["shape"], [48, 12])
     clone = Encoder(48, dim_out=12).load_arrays(arrays)
     assert clone.quantizer_fitted and clone.projection_fitted
     assert torch.equal(clone.quantize(xq), enc.quantize(xq))
     assert torch.equal(clone.project(xq), enc.project(xq))
+    assert torch.equal(clone.encode_resident(xq), enc.encode_resident(xq))
+    # arrays from before the resident codes (no proj_scale) load, unfitted for them
+    old = Encoder(48, dim_out=12).load_arrays({k: v for k, v in arrays.items() if k != "proj_scale"})
+    assert old.projection_fitted and not old.resident_fitted
+    with pytest.raises(RuntimeError, match="int8 scales are not fitted"):
+        old.encode_resident(xq)
     # the torch state dict round-trips too
     other = Encoder(48, dim_out=12)
     other.load_state_dict(enc.state_dict())

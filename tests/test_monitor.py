@@ -236,8 +236,8 @@ def test_retrain_discards_a_worse_index(monkeypatch):
     old_ann, calls = index._ann, []
     real = MemoryIndex._probe_eval
 
-    def worse_second(self, probe, k, nprobe, rerank):  # the new index finds one neighbour less
-        found = real(self, probe, k, nprobe, rerank)
+    def worse_second(self, probe, k, nprobe, rerank, **kw):  # the new index finds one neighbour less
+        found = real(self, probe, k, nprobe, rerank, **kw)
         calls.append(1)
         return found - (len(calls) == 2) * (found > 0)
 
