@@ -151,3 +151,25 @@ def test_memory_index_trains_a_gpu_copy_when_the_resident_scan_is_off(clustered,
     index.delete(np.arange(10))
     ids = index.search(xq, 10).ids
     assert not np.isin(ids, np.arange(10)).any()
+
+
+def _faiss_has_gpus() -> bool:
+    from lukhas_gpu.device import faiss_gpus
+
+    return faiss_gpus() > 0
+
+
+@pytest.mark.skipif(not _faiss_has_gpus(), reason="needs faiss-gpu and a GPU (faiss.get_num_gpus() == 0)")
+def test_real_faiss_gpu_copy_agrees_with_its_cpu_twin(clustered):
+    xb, xq = clustered(6000, 64, n_queries=50, seed=12)
+    ann = IVFPQIndex(64, nlist=32, pq_m=16, seed=0)
+    ann.train(xb)
+    twin = ann.gpu_twin(xb)
+    assert ann.to_gpu(xb)
+    ann.add(xb, np.arange(len(xb)))
+    twin.add_with_ids(xb, np.arange(len(xb), dtype=np.int64))
+    twin.nprobe = 8
+    _, gpu_ids = ann.search(xq, 10, nprobe=8)
+    _, cpu_ids = twin.search(xq, 10)
+    same = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(gpu_ids, cpu_ids)])
+    assert same >= 0.95  # float16 lookup tables on the GPU may swap near-ties
