@@ -214,6 +214,10 @@ class IndexConfig:
             raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
         return cls(**data)
 
+    def resident_on(self, backend: str) -> bool:
+        """Whether ``gpu_resident`` keeps the codes on the device for this (resolved) backend."""
+        return self.gpu_resident == "on" or (self.gpu_resident == "auto" and backend == "cuda")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

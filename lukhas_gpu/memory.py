@@ -192,7 +192,7 @@ class MemoryIndex:
         self._ann: IVFPQIndex | None = None
         # the device mirror of the search codes (see resident.py), built on first use
         self._resident: ResidentVectors | None = None
-        self._resident_wanted = config.gpu_resident == "on" or (config.gpu_resident == "auto" and self.backend == "cuda")
+        self._resident_wanted = config.resident_on(self.backend)
         self._timings: dict[str, float] = {}
         # the recall probe's samples and the drift measures (see monitor.py)
         self._probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
@@ -635,13 +635,14 @@ class MemoryIndex:
         full-dimension int8 rows (on the host) re-score them.
         """
         enc, res = self.encoder, self._resident
-        qr = enc.resident_query_weights(q)
+        qw = enc.query_weights(q)
+        qr = enc.resident_query_weights(q) if enc.projects else qw  # the same without a projection
         if rows is not None:
             rows = torch.from_numpy(rows).to(res.device)
         kc = 2 * k + 16 if not enc.projects else max(k * rerank, 2 * k + 16)
         _, cand = exact.scan(qr, res.rows, kc, rows=rows, dead=res.dead, kernel=exact.int8_kernel)
         table = res.rows if not enc.projects else self._vectors.array
-        return exact.rerank(enc.query_weights(q), table, cand, k)
+        return exact.rerank(qw, table, cand, k)
 
     # -- search --------------------------------------------------------------------------------
     @_locked
@@ -1335,9 +1336,11 @@ def _train_ann(ann: IVFPQIndex, sample: torch.Tensor, proj: np.ndarray, seed: in
     limit = train_sample_size(ann.nlist)
     order = np.random.default_rng(seed).permutation(len(proj))
     fit, held = order[:limit], order[limit:][:DRIFT_WINDOW]
-    ann.train(proj[np.sort(fit)])
+    train_x = proj[np.sort(fit)]
+    ann.train(train_x)
     if gpu:
-        ann.to_gpu(proj[np.sort(fit)])
+        ann.to_gpu(train_x)
+    del train_x
     rows = np.sort(held) if len(held) >= 1024 else np.sort(fit[:DRIFT_WINDOW])
     deq = sample[torch.from_numpy(rows).to(sample.device)].cpu().numpy()
     return DriftMonitor.measure(deq, deq, proj[rows], ann)

@@ -328,8 +328,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     enc = 4 * dim + (4 * dim_out * dim + 4 * dim_out if dim_out < dim else 0) + 2
     (gpu if be == "cuda" else anon)["encoder"] = enc
     disk["encoder"] = enc + 5 * NPZ_MEMBER_BYTES
-    resident = cfg.gpu_resident == "on" or (cfg.gpu_resident == "auto" and be == "cuda")
-    if resident and count and (dim_out == dim or count >= _train_count(cfg)):
+    if cfg.resident_on(be) and count and (dim_out == dim or count >= _train_count(cfg)):
         # built at the first search once the projection exists, sized to the count (or the
         # capacity if larger); later adds double it
         (gpu if be == "cuda" else anon)["resident_vectors"] = max(count, cfg.capacity or 0) * (dim_out + 1)

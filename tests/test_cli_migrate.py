@@ -8,7 +8,8 @@ import pytest
 from lukhas_gpu import MemoryIndex, cli
 from lukhas_gpu.migrate import write_naive_jsonl
 # the data and helpers of the store commands' tests (N memories of DIM, added BATCH at a time)
-from test_cli_store import BATCH, DIM, N, _all_contents, _data, _json_lines
+from test_cli_store import (BATCH, DIM, N, _all_contents, _data, _interrupt_then_resume,
+                            _interrupting_add, _json_lines)
 
 
 def _count(store, capsys):
@@ -222,10 +223,6 @@ def pdata(tmp_path):
             "x": x, "contents": contents, "tags": tags, "ts": ts, "imp": imp}
 
 
-def _ingest(d, *extra):
-    return cli.main(["ingest", str(d["store"]), str(d["src"]), "--batch-size", str(BATCH), *extra])
-
-
 @pytest.mark.parametrize("layout", ["list-float64", "fixed-timestamp-binary", "named-column"])
 def test_ingest_parquet_end_to_end(tmp_path, capsys, layout):
     x, contents, tags, ts, imp = _data()
@@ -267,39 +264,11 @@ def test_ingest_parquet_without_optional_columns(tmp_path, capsys):
         ix.close()
 
 
-def _interrupting_add(after: int):
-    """A ``MemoryIndex.add`` that adds ``after`` batches, then raises KeyboardInterrupt (Ctrl-C mid-ingest)."""
-    real, left = MemoryIndex.add, [after]
-
-    def add(self, *args, **kwargs):
-        if not left[0]:
-            raise KeyboardInterrupt
-        left[0] -= 1
-        return real(self, *args, **kwargs)
-
-    return add
-
-
 def test_ingest_parquet_resumes_after_an_interrupt(pdata, capsys, monkeypatch):
-    real_add = MemoryIndex.add
-    monkeypatch.setattr(MemoryIndex, "add", _interrupting_add(2))
-    assert _ingest(pdata) == 130
-    assert "run the same command again to resume" in capsys.readouterr().err
-    progress = json.loads((pdata["store"] / cli.PROGRESS_FILE).read_text())
-    assert progress["ingested"] == 2 * BATCH and not progress["done"]
-
-    # rows 0..99 are skipped: row group 0 (rows 0..69) is not read, 30 rows of group 1 are read past
-    monkeypatch.setattr(MemoryIndex, "add", real_add)
-    assert _ingest(pdata, "--json") == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["skipped_resumed"] == 2 * BATCH and summary["ingested"] == N - 2 * BATCH
-    assert summary["count"] == N
-    assert _all_contents(pdata["store"]) == pdata["contents"]
-    _check_memories(pdata["store"], pdata["x"], pdata["contents"], pdata["tags"], pdata["ts"], pdata["imp"], capsys)
-
-    assert _ingest(pdata, "--json") == 0  # finished: a third run adds nothing
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["ingested"] == 0 and summary["count"] == N
+    # on resume rows 0..99 are skipped: row group 0 (rows 0..69) is not read, 30 rows of group 1
+    # are read past
+    _interrupt_then_resume(pdata, capsys, monkeypatch, after_resume=lambda: _check_memories(
+        pdata["store"], pdata["x"], pdata["contents"], pdata["tags"], pdata["ts"], pdata["imp"], capsys))
 
 
 @pytest.mark.parametrize("how,message", [("dimension", "embedding has dimension 15, the store expects 16"),

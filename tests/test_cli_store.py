@@ -229,33 +229,45 @@ def test_get_and_delete_end_to_end(data, capsys):
     assert 3 not in _json_lines(capsys.readouterr().out)[0]["ids"]
 
 
-def test_resume_after_an_interrupt_ingests_every_record_once(data, capsys, monkeypatch):
-    real_add = MemoryIndex.add
-    calls = []
+def _interrupting_add(after: int):
+    """A ``MemoryIndex.add`` that adds ``after`` batches, then raises KeyboardInterrupt (Ctrl-C mid-ingest)."""
+    real, left = MemoryIndex.add, [after]
 
-    def flaky_add(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
+    def add(self, *args, **kwargs):
+        if not left[0]:
             raise KeyboardInterrupt
-        return real_add(self, *a, **kw)
+        left[0] -= 1
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(MemoryIndex, "add", flaky_add)
-    assert _ingest(data) == 130
+    return add
+
+
+def _interrupt_then_resume(d, capsys, monkeypatch, after_resume=None):
+    """Ctrl-C after two batches, resume (every record once), then a third run that adds nothing."""
+    real_add = MemoryIndex.add
+    monkeypatch.setattr(MemoryIndex, "add", _interrupting_add(2))
+    assert _ingest(d) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
-    progress = json.loads((data["store"] / cli.PROGRESS_FILE).read_text())
+    progress = json.loads((d["store"] / cli.PROGRESS_FILE).read_text())
     assert progress["ingested"] == 2 * BATCH and not progress["done"]
 
     monkeypatch.setattr(MemoryIndex, "add", real_add)
-    assert _ingest(data, "--json") == 0
+    assert _ingest(d, "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["skipped_resumed"] == 2 * BATCH and summary["ingested"] == N - 2 * BATCH
     assert summary["count"] == N
-    assert _all_contents(data["store"]) == data["contents"]
+    assert _all_contents(d["store"]) == d["contents"]
+    if after_resume is not None:
+        after_resume()
 
     # a third run of the finished ingest adds nothing
-    assert _ingest(data, "--json") == 0
+    assert _ingest(d, "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ingested"] == 0 and summary["count"] == N
+
+
+def test_resume_after_an_interrupt_ingests_every_record_once(data, capsys, monkeypatch):
+    _interrupt_then_resume(data, capsys, monkeypatch)
 
 
 def test_resume_counts_a_batch_the_store_took_before_the_progress_file_did(data, capsys, monkeypatch):
