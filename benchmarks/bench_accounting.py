@@ -149,8 +149,8 @@ def _slim(st: dict) -> dict:
 
 def run(n: int, threads: int, workdir) -> tuple[list[dict], dict]:
     import lukhas_gpu
-    from lukhas_gpu.plan import measure_content_ratio
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.capacity.planner import measure_content_ratio
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     model = builtin_model()
     warm_up(model, threads)

@@ -206,7 +206,7 @@ def bench_hnswlib(ds: Dataset, gt: np.ndarray, args, efs) -> list[dict]:
 
 def save_naive(store, directory) -> None:
     """The old design's persistence: its JSON Lines, one memory a line with its float embedding."""
-    from lukhas_gpu.migrate import write_naive_jsonl
+    from lukhas_gpu.ingest.migrate import write_naive_jsonl
 
     records = list(store.memories.values())
     meta = [json.loads(m["metadata"]) for m in records]
@@ -217,7 +217,7 @@ def save_naive(store, directory) -> None:
 
 
 def bench_naive(ds: Dataset, gt: np.ndarray, args) -> list[dict]:
-    from lukhas_gpu.baseline import NaiveMemoryStore
+    from lukhas_gpu.tools.baseline import NaiveMemoryStore
 
     def build(x):
         store = NaiveMemoryStore(ds.d)

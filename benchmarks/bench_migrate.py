@@ -3,7 +3,7 @@
 A naive JSONL export (the old store's format: float embeddings as JSON lists, one memory a line)
 is generated from the built-in synthetic model (MiniLM/WordNet fit, 384-d) with ~100-byte texts
 from a seeded word list, Zipf-ish tags, timestamps (a fifth as ISO-8601 strings) and importance,
-then imported with :func:`lukhas_gpu.migrate.migrate_jsonl` into
+then imported with :func:`lukhas_gpu.ingest.migrate.migrate_jsonl` into
 ``MemoryIndex(384, IndexConfig.preset("production", capacity=n))``.
 
 Rows, each measured in its own process (so that ``ru_maxrss`` is that phase's peak), after a
@@ -86,8 +86,8 @@ def make_payload(n: int, seed: int = 0, vocab: int = 1000):
 
 
 def generate(d: pathlib.Path, n: int, seed: int) -> dict:
-    from lukhas_gpu.migrate import write_naive_jsonl
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.ingest.migrate import write_naive_jsonl
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     t0 = time.perf_counter()
     x = builtin_model().sample(n, seed=seed)
@@ -109,7 +109,7 @@ def generate(d: pathlib.Path, n: int, seed: int) -> dict:
 # -- one phase, in its own process -------------------------------------------------------------
 def run_phase(phase: str, d: pathlib.Path, n: int, args) -> dict:
     import lukhas_gpu
-    from lukhas_gpu.migrate import migrate_jsonl, migrate_npz
+    from lukhas_gpu.ingest.migrate import migrate_jsonl, migrate_npz
 
     common.set_threads(args.threads)
     warm = lukhas_gpu.MemoryIndex(384, lukhas_gpu.IndexConfig(train_threshold=100_000, threads=args.threads))

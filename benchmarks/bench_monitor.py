@@ -93,7 +93,7 @@ def _scenario(name: str, x_train, x_same, x_shift, q_shift, cfg) -> dict:
 
 def drift_part() -> list[dict]:
     import lukhas_gpu
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     cfg = lukhas_gpu.IndexConfig.preset("production")
     out = []

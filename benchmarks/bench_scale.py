@@ -33,7 +33,7 @@ def exact_streaming(model, n: int, xq: np.ndarray, k: int = 10) -> np.ndarray:
 
 def run(n: int, nq: int, threads: int, preset: str) -> dict:
     import lukhas_gpu
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     model = builtin_model()
     xq = model.queries(nq)

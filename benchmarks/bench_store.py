@@ -64,7 +64,7 @@ def texts(n: int, seed: int = 0) -> list[str]:
 
 def main(argv=None) -> dict:
     import lukhas_gpu
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)

@@ -130,7 +130,7 @@ def exact_knn(xb: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
 
 def synthetic_dataset(n: int, nq: int = 2000, *, seed: int = 0) -> Dataset:
     """``n`` rows of the built-in synthetic model (fitted to MiniLM / WordNet) plus ``nq`` queries."""
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     model = builtin_model()
     xb = model.sample(n, seed=seed)

@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.datasets import exact_knn, wordnet_minilm
-from lukhas_gpu.synthetic import SyntheticModel
+from lukhas_gpu.tools.synthetic import SyntheticModel
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "lukhas_gpu" / "data" / "minilm_wordnet.npz"
 

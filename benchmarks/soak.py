@@ -407,7 +407,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     common.set_threads(args.threads)
     import lukhas_gpu
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     sources = source_digest(lukhas_gpu)  # read now: a shared tree may change during the run
     log.info("lukhas_gpu sources %s", sources)

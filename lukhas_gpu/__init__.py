@@ -5,11 +5,11 @@ Public API (see ``README.md``): :class:`MemoryIndex`, :class:`IndexConfig`,
 :class:`Rank`, :class:`Encoder`; capacity planning: :func:`plan`, :func:`max_count`, :class:`Plan`.
 """
 from .config import IndexConfig
-from .encode import Encoder
-from .filters import Filter
-from .memory import Memory, MemoryIndex, SearchResult
-from .scoring import Rank
-from .plan import Plan, max_count, plan  # noqa: E402  (the function shadows its module's name)
+from .vectors.encoder import Encoder
+from .query.filters import Filter
+from .index.facade import Memory, MemoryIndex, SearchResult
+from .query.ranking import Rank
+from .capacity.planner import Plan, max_count, plan  # noqa: E402  (the function shadows its module's name)
 
 __version__ = "0.1.0"
 

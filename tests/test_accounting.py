@@ -10,8 +10,8 @@ import pytest
 
 import lukhas_gpu
 from lukhas_gpu import IndexConfig, MemoryIndex, Plan, max_count, plan
-from lukhas_gpu.accounting import PLACES, aligned_capacity, fastscan_list_bytes, fastscan_resident
-from lukhas_gpu.plan import list_sizes, measure_content_ratio, parse_size
+from lukhas_gpu.capacity.accounting import PLACES, aligned_capacity, fastscan_list_bytes, fastscan_resident
+from lukhas_gpu.capacity.planner import list_sizes, measure_content_ratio, parse_size
 
 DIM, N = 32, 4000
 # capacity sizes the IVF as plan() does: auto_nlist(4000) lists, trained once all 4000 arrived
@@ -249,7 +249,7 @@ def test_parse_size_and_doctests():
         parse_size(-1)
     import importlib
 
-    result = doctest.testmod(importlib.import_module("lukhas_gpu.plan"))
+    result = doctest.testmod(importlib.import_module("lukhas_gpu.capacity.planner"))
     assert result.failed == 0 and result.attempted >= 4
 
 
@@ -262,7 +262,7 @@ def test_content_ratio_of_a_sample():
 
 
 def test_public_names():
-    from lukhas_gpu.plan import Plan as P, max_count as m, plan as p
+    from lukhas_gpu.capacity.planner import Plan as P, max_count as m, plan as p
 
     assert (lukhas_gpu.plan, lukhas_gpu.Plan, lukhas_gpu.max_count) == (p, P, m)
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lukhas_gpu.ann import IVFPQIndex, auto_nlist, auto_pq_m, train_sample_size
+from lukhas_gpu.vectors.ann import IVFPQIndex, auto_nlist, auto_pq_m, train_sample_size
 
 
 def test_removed_ids_never_return(clustered):
@@ -29,7 +29,7 @@ def test_auto_pq_m_divides():
 
 
 def test_two_level_kmeans_gives_k_good_centroids(clustered):
-    from lukhas_gpu.ann import two_level_kmeans
+    from lukhas_gpu.vectors.ann import two_level_kmeans
 
     xb, _ = clustered(4000, 16, seed=5)
     c = two_level_kmeans(xb, 100, seed=0, niter=5)
@@ -43,7 +43,7 @@ def test_two_level_kmeans_gives_k_good_centroids(clustered):
 
 
 def test_two_level_training_path_matches_one_level(clustered, exact_topk, monkeypatch):
-    import lukhas_gpu.ann as ann_mod
+    import lukhas_gpu.vectors.ann as ann_mod
 
     xb, xq = clustered(6000, 32, n_queries=100, seed=6)
     gt, _ = exact_topk(xq, xb, 10)
@@ -62,7 +62,7 @@ def test_two_level_training_path_matches_one_level(clustered, exact_topk, monkey
 
 # -- the faiss-gpu copy: built and exercised on the CPU with a stand-in for faiss's GPU clone ---
 def test_gpu_pq_m_fits_faiss_gpu_limits():
-    from lukhas_gpu.ann import gpu_pq_m
+    from lukhas_gpu.vectors.ann import gpu_pq_m
 
     assert gpu_pq_m(512, 64) == 64 and gpu_pq_m(384, 48) == 48 and gpu_pq_m(48, 6) == 4
     assert gpu_pq_m(7, 1) is None and gpu_pq_m(1024, 64) == 64  # 1024 / 64 = 16 dims each
@@ -90,7 +90,7 @@ def fake_faiss_gpu(monkeypatch):
     """faiss-cpu with a 'GPU' whose clone is the CPU twin itself; records the cloner options."""
     import faiss
 
-    import lukhas_gpu.ann as ann_mod
+    import lukhas_gpu.vectors.ann as ann_mod
 
     seen = {}
 
@@ -154,7 +154,7 @@ def test_memory_index_trains_a_gpu_copy_when_the_resident_scan_is_off(clustered,
 
 
 def _faiss_has_gpus() -> bool:
-    from lukhas_gpu.device import faiss_gpus
+    from lukhas_gpu.util.device import faiss_gpus
 
     return faiss_gpus() > 0
 

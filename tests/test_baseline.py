@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from lukhas_gpu.baseline import NaiveMemoryStore
+from lukhas_gpu.tools.baseline import NaiveMemoryStore
 
 
 def test_naive_search_is_exact_cosine():

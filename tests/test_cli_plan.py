@@ -6,6 +6,7 @@ import json
 import pytest
 
 from lukhas_gpu import max_count, plan
+
 from lukhas_gpu.cli import main
 
 

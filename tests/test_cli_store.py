@@ -7,8 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from lukhas_gpu import MemoryIndex, cli
-from lukhas_gpu.migrate import write_naive_jsonl
+from lukhas_gpu import MemoryIndex
+
+from lukhas_gpu.cli import app as cli
+from lukhas_gpu.ingest.migrate import write_naive_jsonl
 
 N, DIM, BATCH = 300, 16, 50
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lukhas_gpu import Encoder
-from lukhas_gpu import exact
+from lukhas_gpu.vectors import exact
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank
-from lukhas_gpu.metadata import IMPORTANCE_SCALE
+from lukhas_gpu.records.metadata import IMPORTANCE_SCALE
 
 VOCAB = ["red", "green", "blue", "cyan", "magenta", "rare"]
 NOW = 1_750_000_000.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import IndexConfig, MemoryIndex
-from lukhas_gpu.migrate import (MigrationError, MigrationReport, _ArrayReader, migrate_jsonl, migrate_npz,
+from lukhas_gpu.ingest.migrate import (MigrationError, MigrationReport, _ArrayReader, migrate_jsonl, migrate_npz,
                                 write_naive_jsonl)
 
 DIM = 16

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import IndexConfig, MemoryIndex
-from lukhas_gpu.monitor import DriftMonitor, Reservoir, imbalance_factor, recall_estimate
+from lukhas_gpu.monitor.probe import DriftMonitor, Reservoir, imbalance_factor, recall_estimate
 
 DIM = 48
 
@@ -278,7 +278,7 @@ def test_retrain_checkpoints_and_keeps_the_old_generation(tmp_path):
         report = index.retrain(queries=qa, tolerance=0.5)
         assert report["accepted"] and report["generation"]
         gen = report["generation"]
-    from lukhas_gpu import storage
+    from lukhas_gpu.store import layout as storage
 
     assert storage.current_generation(tmp_path / "s").name == gen
     assert storage.previous_generation(tmp_path / "s") is not None

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lukhas_gpu import payload
-from lukhas_gpu.payload import ContentArena, ValidatedContents
+from lukhas_gpu.records import contents as payload
+from lukhas_gpu.records.contents import ContentArena, ValidatedContents
 
 WORDS = ("the a memory user said about project meeting tomorrow coffee likes prefers remembers "
          "deadline python code review friday morning team dinner travel book music garden weather "

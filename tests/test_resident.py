@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank, plan
-from lukhas_gpu.encode import Encoder
-from lukhas_gpu.resident import ResidentVectors
+
+from lukhas_gpu.vectors.encoder import Encoder
+from lukhas_gpu.vectors.mirror import ResidentVectors
 
 DIM = 48
 ON = IndexConfig(backend="cpu", gpu_resident="on", train_threshold=2048, nlist=32, nprobe=2, seed=5)
@@ -184,7 +185,7 @@ def test_out_of_device_memory_falls_back(data, monkeypatch, caplog, exact_topk, 
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(ResidentVectors, "append", full)
-    with caplog.at_level(logging.WARNING, logger="lukhas_gpu.memory"):
+    with caplog.at_level(logging.WARNING, logger="lukhas_gpu.index"):
         res = index.search(xq, 10)
     assert "no room" in caplog.text and index._resident is None and not index._resident_wanted
     # the IVF answers: approximate, but each score is the row's int8 score

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
-from lukhas_gpu.storage import CorruptStoreError, StoreError, StoreLockedError
+from lukhas_gpu.store.layout import CorruptStoreError, StoreError, StoreLockedError
 
 NOW = 1_750_000_000.0
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lukhas_gpu.synthetic import BLOCK, SyntheticModel, builtin_model
+from lukhas_gpu.tools.synthetic import BLOCK, SyntheticModel, builtin_model
 
 
 @pytest.fixture(scope="module")

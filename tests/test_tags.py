@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from pyroaring import BitMap
 
-from lukhas_gpu import tags as tags_mod
-from lukhas_gpu.tags import TagIndex
+from lukhas_gpu.records import tags as tags_mod
+from lukhas_gpu.records.tags import TagIndex
 
 TAG_TEXT = st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s)
 TAG_LISTS = st.lists(st.lists(TAG_TEXT, max_size=5), max_size=30)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from lukhas_gpu.vectors import VectorStore
+from lukhas_gpu.vectors.store import VectorStore
 
 STORAGES = ["memory", "mmap"]
 

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lukhas_gpu import wal
-from lukhas_gpu.wal import (HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, WalReader, WriteAheadLog,
+from lukhas_gpu.store import wal
+from lukhas_gpu.store.wal import (HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, WalReader, WriteAheadLog,
                             decode_fields, encode_fields)
 
 
@@ -325,7 +325,7 @@ def test_torn_tail_at_every_byte_of_the_last_record(tmp_path, caplog):
         assert (scan.valid_end, scan.file_size, scan.torn) == (good_end, cut, cut > good_end), cut
         assert scan.torn_bytes == cut - good_end
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="lukhas_gpu.wal"), \
+        with caplog.at_level(logging.WARNING, logger="lukhas_gpu.store"), \
                 WriteAheadLog(path, sync="none") as w:
             assert (len(w), w.nbytes, w.base) == (2, good_end, 9)
             assert os.path.getsize(path) == good_end  # the tail is cut on open, before any append
@@ -374,7 +374,7 @@ def test_flipped_byte_in_a_middle_record_stops_replay_there(tmp_path, caplog):
         reasons.add(scan.reason.split(" (")[0].split(" exceeds")[0])
     assert "CRC mismatch" in reasons and len(reasons) >= 2  # length-field flips stop differently
     # the writer cuts everything from the bad record on: later records are unreachable anyway
-    with caplog.at_level(logging.WARNING, logger="lukhas_gpu.wal"):
+    with caplog.at_level(logging.WARNING, logger="lukhas_gpu.store"):
         with WriteAheadLog(path, sync="none") as w:
             assert (len(w), w.nbytes) == (2, start)
             w.append(0, {"i": 99})

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 from pyroaring import BitMap
 
-from . import storage
-from .device import faiss_module
+from . import layout as storage
+from ..util.device import faiss_module
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ def load_generation(index_cls, root, gen_dir, *, writable: bool, checksums="smal
     A writable index works on a copy of the vectors file (``root/vectors.work``), so appends
     never touch a published generation.
     """
-    from .ann import IVFPQIndex
-    from .config import IndexConfig
-    from .metadata import MetadataColumns
-    from .payload import ContentArena
-    from .tags import TagIndex
-    from .vectors import VectorStore
+    from ..vectors.ann import IVFPQIndex
+    from ..config import IndexConfig
+    from ..records.metadata import MetadataColumns
+    from ..records.contents import ContentArena
+    from ..records.tags import TagIndex
+    from ..vectors.store import VectorStore
 
     gen_dir = pathlib.Path(gen_dir)
     manifest = storage.read_manifest(gen_dir)

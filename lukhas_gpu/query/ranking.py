@@ -53,7 +53,7 @@ class Rank:
 
     def __init__(self, similarity: float = 1.0, recency: float = 0.0, importance: float = 0.0, *,
                  half_life=DEFAULT_HALF_LIFE, now=None):
-        from .metadata import to_epoch_seconds
+        from ..records.metadata import to_epoch_seconds
 
         for name, v in (("similarity", similarity), ("recency", recency), ("importance", importance)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):

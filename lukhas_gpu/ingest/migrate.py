@@ -45,9 +45,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .memory import MemoryIndex
-from .metadata import DEFAULT_IMPORTANCE
-from .tags import MAX_TAG_BYTES, MAX_TAGS_PER_MEMORY
+from ..index.facade import MemoryIndex
+from ..records.metadata import DEFAULT_IMPORTANCE
+from ..records.tags import MAX_TAG_BYTES, MAX_TAGS_PER_MEMORY
 
 log = logging.getLogger(__name__)
 

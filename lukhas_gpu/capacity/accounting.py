@@ -326,7 +326,7 @@ def _ann_state(index) -> str:
         return "built"  # constructed in this process (FAISS read_index owns its quantizer)
     if index.path is None:
         return "opened"
-    from . import storage
+    from ..store import layout as storage
 
     try:
         manifest = storage.read_manifest(storage.current_generation(index.path))
@@ -417,7 +417,7 @@ def _disk(index, disk: dict) -> None:
         disk["vectors_spill"] = _disk_usage(vec._path)  # sparse: only the rows written
     if index.path is None:
         return
-    from . import storage
+    from ..store import layout as storage
 
     root = pathlib.Path(index.path)
     try:

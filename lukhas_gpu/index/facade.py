@@ -29,20 +29,22 @@ import numpy as np
 import torch
 from pyroaring import BitMap
 
-from . import exact, persist, storage
-from ._arrays import as_batch, as_ids, check_nonzero
-from .ann import HNSW_COARSE_FROM, IVFPQIndex, auto_nlist, auto_pq_m, train_sample_size
-from .config import IndexConfig
-from .device import capabilities, faiss_module, resolve_backend
-from .encode import Encoder
-from .filters import Filter, evaluate, plan
-from .metadata import MetadataColumns
-from .monitor import DRIFT_WINDOW, DriftMonitor, Probe, recall_estimate
-from .payload import ContentArena
-from .resident import ResidentVectors
-from .scoring import Rank
-from .tags import TagIndex
-from .vectors import VectorStore
+from ..store import layout as storage
+from ..store import persist
+from ..vectors import exact
+from ..util.arrays import as_batch, as_ids, check_nonzero
+from ..vectors.ann import HNSW_COARSE_FROM, IVFPQIndex, auto_nlist, auto_pq_m, train_sample_size
+from ..config import IndexConfig
+from ..util.device import capabilities, faiss_module, resolve_backend
+from ..vectors.encoder import Encoder
+from ..query.filters import Filter, evaluate, plan
+from ..records.metadata import MetadataColumns
+from ..monitor.probe import DRIFT_WINDOW, DriftMonitor, Probe, recall_estimate
+from ..records.contents import ContentArena
+from ..vectors.mirror import ResidentVectors
+from ..query.ranking import Rank
+from ..records.tags import TagIndex
+from ..vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +270,7 @@ class MemoryIndex:
 
     def _reset_wal(self, base: int) -> None:
         """Start an empty log that follows generation ``base`` (after a checkpoint)."""
-        from .wal import WriteAheadLog
+        from ..store.wal import WriteAheadLog
 
         if self._wal is None:
             wal_path = self.path / storage.WAL
@@ -284,7 +286,7 @@ class MemoryIndex:
         that follows another generation (a crash between publishing a checkpoint and restarting
         the log: its records are in the checkpoint) is dropped.
         """
-        from .wal import WalReader, WriteAheadLog
+        from ..store.wal import WalReader, WriteAheadLog
 
         wal_path = self.path / storage.WAL
         base = int(storage.current_generation(self.path).name[4:])
@@ -1249,7 +1251,7 @@ class MemoryIndex:
         totals ``memory["anon_bytes"]``, ``["mapped_bytes"]``, ``["disk_bytes"]``,
         ``["gpu_bytes"]`` and ``memory["per_memory"]``; ``plan()`` predicts the same fields.
         """
-        from .accounting import breakdown, logical_bytes
+        from ..capacity.accounting import breakdown, logical_bytes
 
         n = len(self)
         components, mapped = logical_bytes(self)

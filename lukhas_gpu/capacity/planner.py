@@ -36,8 +36,8 @@ import numpy as np
 from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, TAG_OBJECT_BYTES,
                          fastscan_list_bytes, fastscan_resident, hnsw_graph_bytes, huge_page_slack,
                          summarize)
-from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
-from .config import IndexConfig
+from ..vectors.ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
+from ..config import IndexConfig
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size"]
 
@@ -178,7 +178,7 @@ def _real(name: str, value, lo: float, hi: float = math.inf, *, lo_open: bool = 
 
 def _backend(backend, config: IndexConfig) -> str:
     if backend is None:
-        from .device import resolve_backend
+        from ..util.device import resolve_backend
 
         return resolve_backend(config.backend)
     if backend not in ("cpu", "cuda"):
@@ -414,7 +414,7 @@ def _blocks(nbytes: float) -> int:
 
 
 def _faiss_gpus() -> int:
-    from .device import faiss_gpus
+    from ..util.device import faiss_gpus
 
     return faiss_gpus()
 
@@ -489,7 +489,7 @@ def measure_content_ratio(samples, *, level: int = 3) -> float:
     """Stored / raw bytes of ``samples`` (str or bytes) in a content arena: the ``content_ratio``
     to plan with. A few thousand contents like yours are enough (a dictionary is trained on them
     as the index would)."""
-    from .payload import ContentArena
+    from ..records.contents import ContentArena
 
     if isinstance(samples, (str, bytes)):
         raise TypeError("samples must be a sequence of str/bytes, got a single one; wrap it in a list")

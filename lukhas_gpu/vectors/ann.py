@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .device import faiss_gpus, faiss_module
+from ..util.device import faiss_gpus, faiss_module
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plan(args) -> int:
-    from lukhas_gpu.plan import max_count, parse_size, plan
+    from lukhas_gpu.capacity.planner import max_count, parse_size, plan
 
     kw = dict(avg_content_bytes=args.content_bytes, tags_per_memory=args.tags, config=args.preset,
               content_ratio=args.content_ratio, tag_vocabulary=args.tag_vocabulary, state=args.state)
@@ -106,7 +106,7 @@ def cmd_plan(args) -> int:
 
 def cmd_verify(args) -> int:
     from lukhas_gpu import MemoryIndex
-    from lukhas_gpu.storage import StoreError
+    from lukhas_gpu.store.layout import StoreError
 
     try:
         index = MemoryIndex.open(args.path, mode="r", verify=True)
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if not getattr(args, "catch_errors", False):
         return int(args.func(args) or 0)
-    from lukhas_gpu.storage import StoreError
+    from lukhas_gpu.store.layout import StoreError
 
     try:
         return int(args.func(args) or 0)
@@ -261,7 +261,7 @@ def _add_store_commands(sub) -> None:
 
 def _add_source_options(p) -> None:
     """The options ``ingest`` and ``migrate`` share: the array in a .npz, a new store's shape, the batch."""
-    from lukhas_gpu.migrate import DEFAULT_BATCH_SIZE
+    from lukhas_gpu.ingest.migrate import DEFAULT_BATCH_SIZE
 
     p.add_argument("--npz-key", metavar="KEY", default="embeddings",
                    help="array name inside a .npz (default: embeddings)")
@@ -312,7 +312,7 @@ def _time_arg(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        from lukhas_gpu import migrate
+        from lukhas_gpu.ingest import migrate
 
         try:
             return migrate._iso_seconds(text)
@@ -341,7 +341,7 @@ def _read_progress(store: pathlib.Path) -> dict | None:
 
 def _write_progress(store: pathlib.Path, state: dict) -> None:
     """Atomically replace the progress file: a crash leaves the old or the new one, never half."""
-    from lukhas_gpu.storage import fsync_dir
+    from lukhas_gpu.store.layout import fsync_dir
 
     tmp = store / (PROGRESS_FILE + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -354,7 +354,7 @@ def _write_progress(store: pathlib.Path, state: dict) -> None:
 
 def _first_dim(path: str) -> int:
     """The embedding length of the first record of a JSONL (for a new store's dimension)."""
-    from lukhas_gpu import migrate
+    from lukhas_gpu.ingest import migrate
 
     for lineno, raw in migrate._records(path):
         try:
@@ -374,7 +374,8 @@ def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: 
     """The store at ``store`` open for writing (read-only for a dry run), or where it holds none a
     new one of dimension ``dim`` (default: ``input_dim()``) and config ``preset`` sized for
     ``records``: created on disk, or only in memory for a dry run (which leaves no trace)."""
-    from lukhas_gpu import IndexConfig, MemoryIndex, storage
+    from lukhas_gpu import IndexConfig, MemoryIndex
+    from lukhas_gpu.store import layout as storage
 
     if (store / storage.CURRENT).exists():
         index = MemoryIndex.open(store, mode="r" if dry_run else "w")
@@ -434,7 +435,7 @@ class _Progress:
 
 
 def cmd_ingest(args) -> int:
-    from lukhas_gpu import migrate
+    from lukhas_gpu.ingest import migrate
 
     for name in ("batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
@@ -543,7 +544,7 @@ def _ingest_loop(args, index, store: pathlib.Path, state: dict, reader, path: st
                  finished: bool, *, unit: str = "lines") -> int:
     """Add the validated batches that ``reader`` yields from ``path``, recording the progress
     around every add; ``unit`` names what the batches' ``lines`` count (lines or rows)."""
-    from lukhas_gpu import migrate
+    from lukhas_gpu.ingest import migrate
 
     out = sys.stderr if args.json else sys.stdout
     t0 = time.perf_counter()
@@ -650,7 +651,7 @@ class _ParquetReader:
     """
 
     def __init__(self, path: str, column: str):
-        from lukhas_gpu.migrate import MigrationError
+        from lukhas_gpu.ingest.migrate import MigrationError
 
         self._pa, pq, self._pc = _pyarrow(path)
         self.path, self.column = path, column
@@ -718,8 +719,8 @@ class _ParquetReader:
             yield self._batch(pa.Table.from_batches(pending), row, index)
 
     def _batch(self, table, first: int, index):
-        from lukhas_gpu.metadata import DEFAULT_IMPORTANCE
-        from lukhas_gpu.migrate import MigrationError, _Batch
+        from lukhas_gpu.records.metadata import DEFAULT_IMPORTANCE
+        from lukhas_gpu.ingest.migrate import MigrationError, _Batch
 
         n = table.num_rows
         problems: list[tuple[int, str]] = []  # (row in the batch, why): the first row's is reported
@@ -746,7 +747,7 @@ class _ParquetReader:
 
     def _vectors(self, col, dim: int, cosine: bool, problems: list):
         """``(n, dim)`` float32 from a list column, or None after adding its first bad row to ``problems``."""
-        from lukhas_gpu.migrate import _first_bad_row, _to_f32
+        from lukhas_gpu.ingest.migrate import _first_bad_row, _to_f32
 
         n = len(col)
         null = col.is_null().to_numpy(zero_copy_only=False)
@@ -782,7 +783,7 @@ class _ParquetReader:
         return col.to_pylist()
 
     def _tags(self, col, problems: list) -> list:
-        from lukhas_gpu.tags import MAX_TAG_BYTES, MAX_TAGS_PER_MEMORY
+        from lukhas_gpu.records.tags import MAX_TAG_BYTES, MAX_TAGS_PER_MEMORY
 
         pc = self._pc
         counts = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
@@ -828,7 +829,8 @@ class _ParquetReader:
 
 # -- migrate -----------------------------------------------------------------------------------------
 def cmd_migrate(args) -> int:
-    from lukhas_gpu import migrate, storage
+    from lukhas_gpu.ingest import migrate
+    from lukhas_gpu.store import layout as storage
 
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--parity-queries", args.parity_queries, 0),
                              ("--dim", args.dim, 1)):
@@ -903,7 +905,7 @@ def cmd_migrate(args) -> int:
 
 def _undo(store: pathlib.Path, before: str) -> str:
     """How to take a migration back: rolling back publishes the generation before its one checkpoint."""
-    from lukhas_gpu import storage
+    from lukhas_gpu.store import layout as storage
 
     prev = storage.previous_generation(store)
     if prev is not None and prev.name == before:
@@ -928,7 +930,7 @@ def _query_vector(obj, dim: int, where: str) -> np.ndarray:
 
 def _jsonl_queries(lines, name: str, dim: int, batch: int):
     """Batches of (first query number, (b, dim) float32) from (lineno, raw bytes) pairs."""
-    from lukhas_gpu import migrate
+    from lukhas_gpu.ingest import migrate
 
     buf, first, n = [], 0, 0
     for lineno, raw in lines:
@@ -953,7 +955,7 @@ def _stdin_lines():
 
 
 def _queries(args, dim: int):
-    from lukhas_gpu import migrate
+    from lukhas_gpu.ingest import migrate
 
     f = args.query_file
     if f is None:
@@ -1096,8 +1098,8 @@ def cmd_bench(args) -> int:
     import torch
 
     import lukhas_gpu
-    from lukhas_gpu.baseline import NaiveMemoryStore
-    from lukhas_gpu.synthetic import builtin_model
+    from lukhas_gpu.tools.baseline import NaiveMemoryStore
+    from lukhas_gpu.tools.synthetic import builtin_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

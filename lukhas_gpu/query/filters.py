@@ -13,7 +13,7 @@ import math
 import numpy as np
 from pyroaring import BitMap
 
-from .metadata import to_epoch_seconds
+from ..records.metadata import to_epoch_seconds
 
 __all__ = ["Filter", "Plan", "evaluate", "plan"]
 
