@@ -3,15 +3,37 @@
 Public API (see ``README.md``): :class:`MemoryIndex`, :class:`IndexConfig`,
 :class:`SearchResult`, :class:`Memory`, :class:`Filter`,
 :class:`Rank`, :class:`Encoder`; capacity planning: :func:`plan`, :func:`max_count`, :class:`Plan`.
+
+The names are resolved on first use (PEP 562), so that ``import lukhas_gpu`` -- and a command
+such as ``lukhas-gpu get`` -- does not pay for torch and FAISS until something needs them.
 """
-from .config import IndexConfig
-from .vectors.encoder import Encoder
-from .query.filters import Filter
-from .index.facade import Memory, MemoryIndex, SearchResult
-from .query.ranking import Rank
-from .capacity.planner import Plan, max_count, plan  # noqa: E402  (the function shadows its module's name)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
 __all__ = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Encoder", "plan",
            "max_count", "Plan", "__version__"]
+
+#: Where each public name lives (its one owner).
+_OWNERS = {
+    "MemoryIndex": ".index", "SearchResult": ".index", "Memory": ".index",
+    "IndexConfig": ".config",
+    "Filter": ".query.filters", "Rank": ".query.ranking",
+    "Encoder": ".vectors.encoder",
+    "plan": ".capacity.planner", "max_count": ".capacity.planner", "Plan": ".capacity.planner",
+}
+
+
+def __getattr__(name: str):
+    owner = _OWNERS.get(name)
+    if owner is None:
+        raise AttributeError(f"module 'lukhas_gpu' has no attribute {name!r}")
+    value = getattr(importlib.import_module(owner, __name__), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

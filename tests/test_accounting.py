@@ -83,7 +83,7 @@ def test_components_sum_to_totals(built):
     assert anon["vectors_int8"] == N * DIM and anon["metadata"] == 11 * N
     assert anon["content_offsets"] == 8 * N and anon["tags_start"] == 4 * N and anon["tags_count"] == N
     assert anon["tags_flat"] == 4 * 2 * N and anon["ann_ids"] == 8 * N
-    assert anon["probe"] == built._probe.nbytes()
+    assert anon["probe"] == built.parts.probe.nbytes()
     assert mem["mapped_bytes"] == 0 and mem["disk_bytes"] == 0 and mem["gpu_bytes"] == 0  # no store, CPU
     assert mem["ann_state"] == "built"
     assert mem["anon_bytes"] > st["anon_bytes"]  # capacities, probe, pools: more than the logical sizes
@@ -91,7 +91,7 @@ def test_components_sum_to_totals(built):
 
 def test_fast_scan_lists_counted_at_their_capacity(built):
     st = built.stats()
-    anon, ann = st["memory"]["anon"], built._ann
+    anon, ann = st["memory"]["anon"], built.parts.ann
     codes = fastscan_list_bytes(ann.list_sizes(), ann.pq_m)
     assert anon["ann_codes"] == codes.sum()
     assert anon["ann_codes"] + anon["ann_codes_slack"] == aligned_capacity(codes).sum()
@@ -123,7 +123,7 @@ def test_opened_store_maps_vectors_and_content(store):
     mem = _check_totals(ro.stats())
     mapped, disk = mem["mapped"], mem["disk"]
     assert mapped["vectors_int8"] == N * DIM
-    assert mapped["content_records"] == ro._contents.nbytes()["records"] > 0
+    assert mapped["content_records"] == ro.parts.contents.nbytes()["records"] > 0
     assert "vectors_int8" not in mem["anon"] and "content_records" not in mem["anon"]
     assert mem["ann_state"] == "opened"
     for part in ("vectors_int8", "ann", "content_records", "metadata", "tags", "manifest", "previous_generation"):

@@ -143,11 +143,11 @@ def test_to_gpu_searches_the_copy_and_filters_removed_ids(clustered, fake_faiss_
 def test_memory_index_trains_a_gpu_copy_when_the_resident_scan_is_off(clustered, fake_faiss_gpu, monkeypatch):
     from lukhas_gpu import IndexConfig, MemoryIndex
 
-    monkeypatch.setattr(MemoryIndex, "_faiss_gpu_wanted", property(lambda self: True))
+    monkeypatch.setattr(MemoryIndex, "faiss_gpu_wanted", property(lambda self: True))
     xb, xq = clustered(5000, 32, n_queries=20, seed=9)
     index = MemoryIndex(32, IndexConfig(backend="cpu", gpu_resident="off", train_threshold=2048, nlist=16))
     index.add(xb)
-    assert index._ann.gpu_index is not None and index._ann.gpu_index.ntotal == len(xb)
+    assert index.parts.ann.gpu_index is not None and index.parts.ann.gpu_index.ntotal == len(xb)
     index.delete(np.arange(10))
     ids = index.search(xq, 10).ids
     assert not np.isin(ids, np.arange(10)).any()

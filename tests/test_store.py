@@ -58,8 +58,8 @@ def test_read_only_is_lazy_and_refuses_writes(tmp_path, data):
     index.checkpoint()
     index.close()
     ro = MemoryIndex.open(tmp_path / "s")
-    assert isinstance(ro._vectors.array, np.memmap)
-    assert isinstance(ro._contents._buf._data, np.memmap)
+    assert isinstance(ro.parts.vectors.array, np.memmap)
+    assert isinstance(ro.parts.contents._buf._data, np.memmap)
     with pytest.raises(StoreError, match="read-only"):
         ro.add(xb[:2])
     with pytest.raises(StoreError, match="read-only"):

@@ -162,18 +162,18 @@ def summarize(components: dict, count: int) -> dict:
 def logical_bytes(index) -> tuple[dict, int]:
     """The logical sizes of the index's data structures (``stats()["bytes"]``) and how many of
     them are memory-mapped (the int8 vectors under ``vector_storage="mmap"``)."""
-    vec_bytes = index._vectors.nbytes()
-    content = index._contents.nbytes()
-    tag_bytes = index._tags.nbytes()
-    components = {"vectors_int8": vec_bytes, "encoder": index.encoder.nbytes(),
-                  "tombstones": len(index._deleted.serialize()) if index._deleted else 0,
+    vec_bytes = index.parts.vectors.nbytes()
+    content = index.parts.contents.nbytes()
+    tag_bytes = index.parts.tags.nbytes()
+    components = {"vectors_int8": vec_bytes, "encoder": index.parts.encoder_nbytes(),
+                  "tombstones": index.parts.tombstones.nbytes(),
                   "content_records": content["records"], "content_offsets": content["starts"],
                   "content_dictionaries": content["dictionaries"], "content_samples": content["samples"],
-                  "metadata": index._meta.nbytes(),
+                  "metadata": index.parts.meta.nbytes(),
                   **{f"tags_{k}": int(v) for k, v in tag_bytes.items() if k != "garbage"}}
-    if index._ann is not None:
-        components.update({f"ann_{k}": v for k, v in index._ann.nbytes().items()})
-    return components, vec_bytes if index._vectors.storage == "mmap" else 0
+    if index.parts.ann is not None:
+        components.update({f"ann_{k}": v for k, v in index.parts.ann.nbytes().items()})
+    return components, vec_bytes if index.parts.vectors.storage == "mmap" else 0
 
 
 def breakdown(index) -> dict:
@@ -193,7 +193,7 @@ def breakdown(index) -> dict:
     reserved: dict[str, int] = {}
     anon, mapped, gpu = places["anon"], places["mapped"], places["gpu"]
 
-    vec = index._vectors
+    vec = index.parts.vectors
     vec_bytes = vec.nbytes()
     if vec.storage == "mmap":
         mapped["vectors_int8"] = vec_bytes
@@ -205,32 +205,32 @@ def breakdown(index) -> dict:
             anon["vectors_slack"] = slack
         reserved["vectors_int8"] = cap - vec_bytes
 
-    enc = index.encoder.nbytes()
-    (gpu if index.encoder.device.type == "cuda" else anon)["encoder"] = enc
-    if index._calib is not None:
-        anon["calibration"] = int(index._calib.nbytes)
-    anon["tombstones"] = len(index._deleted.serialize()) if index._deleted else 0
+    enc = index.parts.encoder_nbytes()
+    (gpu if index.backend == "cuda" and index.parts.encoder_built else anon)["encoder"] = enc
+    if index.parts.calib is not None:
+        anon["calibration"] = int(index.parts.calib.nbytes)
+    anon["tombstones"] = index.parts.tombstones.nbytes()
 
-    _content(index._contents, anon, mapped, reserved)
-    meta = index._meta
+    _content(index.parts.contents, anon, mapped, reserved)
+    meta = index.parts.meta
     anon["metadata"] = meta.nbytes()
     reserved["metadata"] = sum(_slack(c) for c in (meta.timestamp, meta.importance_q, meta.flags))
-    _tags(index._tags, anon, reserved)
+    _tags(index.parts.tags, anon, reserved)
 
     ann_state = None
-    if index._ann is not None:
+    if index.parts.ann is not None:
         ann_state = _ann_state(index)
-        _ann(index._ann, ann_state, anon, gpu)
+        _ann(index.parts.ann, ann_state, anon, gpu)
     pools = python_pools(_small_objects(index))
     if pools:
         anon["python_pools"] = pools
-    probe = getattr(index, "_probe", None)
+    probe = index.parts.probe
     if probe is not None:
         anon["probe"] = int(probe.nbytes())
-    drift = getattr(index, "_drift", None)
+    drift = index.parts.drift
     if drift is not None:
         anon["drift_monitor"] = _array_bytes(drift)
-    res = getattr(index, "_resident", None)
+    res = index.parts.mirror
     if res is not None:  # the whole allocation: CUDA memory is held whether written or not
         (gpu if res.device.type == "cuda" else anon)["resident_vectors"] = res.nbytes()
     _cuda_tensors(index, gpu)
@@ -245,9 +245,9 @@ def breakdown(index) -> dict:
 def _small_objects(index) -> list:
     """The small Python objects the index keeps, one per tag or retraining sample: tag names and
     ids, bitmap objects, the recent contents kept for retraining."""
-    tags = index._tags
+    tags = index.parts.tags
     ids = [v for v in tags._ids.values() if v > 256]  # smaller ints are the interpreter's own
-    return [*tags._names, *ids, *tags._bitmaps, *index._contents._recent]
+    return [*tags._names, *ids, *tags._bitmaps, *index.parts.contents._recent]
 
 
 def python_pools(objects) -> int:
@@ -321,7 +321,7 @@ def bitmap_bytes(bm) -> int:
 
 def _ann_state(index) -> str:
     """``"opened"`` when the IVF was read from the store and has not grown since, else ``"built"``."""
-    ann = index._ann
+    ann = index.parts.ann
     if not bool(getattr(ann.index, "own_fields", False)):
         return "built"  # constructed in this process (FAISS read_index owns its quantizer)
     if index.path is None:
@@ -373,12 +373,13 @@ def _array_bytes(obj, depth: int = 3) -> int:
 
 
 def _cuda_tensors(index, gpu: dict) -> None:
-    """CUDA tensors the index or its vector store hold besides the encoder's buffers."""
-    import torch
-
-    seen = {id(b) for b in index.encoder.buffers()}
+    """CUDA tensors the index or its parts hold besides the encoder's buffers (none without torch)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    seen = {id(b) for b in index.parts.encoder.buffers()} if index.parts.encoder_built else set()
     total = 0
-    for obj in (index, index._vectors):
+    for obj in (index, index.parts, index.parts.vectors):
         for v in vars(obj).values():
             if isinstance(v, torch.Tensor) and v.is_cuda and id(v) not in seen:
                 seen.add(id(v))
@@ -412,7 +413,7 @@ GENERATION_FILES = {"vectors.i8": "vectors_int8", "ann.faiss": "ann", "content.b
 
 
 def _disk(index, disk: dict) -> None:
-    vec = index._vectors
+    vec = index.parts.vectors
     if getattr(vec, "_owns_file", False) and vec._path:
         disk["vectors_spill"] = _disk_usage(vec._path)  # sparse: only the rows written
     if index.path is None:

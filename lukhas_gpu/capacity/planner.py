@@ -36,16 +36,14 @@ import numpy as np
 from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, TAG_OBJECT_BYTES,
                          fastscan_list_bytes, fastscan_resident, hnsw_graph_bytes, huge_page_slack,
                          summarize)
-from ..vectors.ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
+from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, auto_pq_m, coarse_for, dim_out_for,
+                              planned_nlist,
+                              train_at, vector_capacity)
 from ..config import IndexConfig
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size"]
 
 STATES = ("built", "opened")
-#: Rows the int8 scales calibrate on (kept as float32 until then; see MemoryIndex._calibrate).
-CALIBRATION_ROWS = 1024
-#: The vector store's first capacity (rows); it doubles from there.
-VECTOR_MIN_ROWS = 4096
 #: The content arena's retraining sample: at most this many recent contents (bytes objects).
 CONTENT_SAMPLES = 2000
 CONTENT_SAMPLE_BYTES = 4 << 20
@@ -225,26 +223,6 @@ def _roaring_bytes(counts: np.ndarray, rows: int) -> float:
     return float((values + ROARING_CONTAINER_BYTES * containers).sum())
 
 
-def _train_count(cfg: IndexConfig) -> int:
-    """The count at which ``add`` trains the IVF (``MemoryIndex._train_at``)."""
-    if not cfg.capacity:
-        return cfg.train_threshold
-    want = train_sample_size(cfg.nlist or auto_nlist(cfg.capacity))
-    return max(cfg.train_threshold, min(want, cfg.capacity))
-
-
-def _vector_capacity(count: int, cfg: IndexConfig) -> int:
-    """Rows the vector store reserves for ``count`` rows: the configured capacity, or doubling
-    from 4096."""
-    cap = cfg.capacity or 0
-    if count <= cap:
-        return cap
-    rows = max(VECTOR_MIN_ROWS, cap)
-    while rows < count:
-        rows *= 2
-    return rows
-
-
 def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: float = 0.0,
          config: IndexConfig | str | None = None, *, content_ratio: float = 0.72, tag_vocabulary: int = 1000,
          state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35,
@@ -307,7 +285,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     cfg = _config(config)
     be = _backend(backend, cfg)
 
-    dim_out = min(cfg.dim_out, dim) if cfg.dim_out else min(dim, 512)
+    dim_out = dim_out_for(dim, cfg)
     anon: dict[str, float] = {}
     mapped: dict[str, float] = {}
     disk: dict[str, float] = {}
@@ -319,7 +297,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         mapped["vectors_int8"] = vec
     else:
         anon["vectors_int8"] = vec
-        slack = huge_page_slack(vec, _vector_capacity(count, cfg) * dim)
+        slack = huge_page_slack(vec, vector_capacity(count, cfg) * dim)
         if slack:
             anon["vectors_slack"] = slack
     disk["vectors_int8"] = vec
@@ -328,7 +306,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     enc = 4 * dim + (4 * dim_out * dim + 4 * dim_out if dim_out < dim else 0) + 2
     (gpu if be == "cuda" else anon)["encoder"] = enc
     disk["encoder"] = enc + 5 * NPZ_MEMBER_BYTES
-    if cfg.resident_on(be) and count and (dim_out == dim or count >= _train_count(cfg)):
+    if cfg.resident_on(be) and count and (dim_out == dim or count >= train_at(cfg)):
         # built at the first search once the projection exists, sized to the count (or the
         # capacity if larger); later adds double it
         (gpu if be == "cuda" else anon)["resident_vectors"] = max(count, cfg.capacity or 0) * (dim_out + 1)
@@ -376,10 +354,10 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
 
     # the IVF-PQ index, once trained
     nlist = pq_m = coarse = None
-    if count >= _train_count(cfg) and count >= 1024:
-        nlist = cfg.nlist or auto_nlist(max(_train_count(cfg), cfg.capacity or 0))
+    if count >= train_at(cfg) and count >= MIN_TRAIN_ROWS:
+        nlist = planned_nlist(train_at(cfg), cfg)  # the index trains once, at train_at rows
         pq_m = auto_pq_m(dim_out, cfg.pq_m)
-        coarse = cfg.coarse if cfg.coarse != "auto" else ("hnsw" if nlist >= HNSW_COARSE_FROM else "flat")
+        coarse = coarse_for(nlist, cfg)
         sizes = list_sizes(count, nlist, imbalance)
         codes = fastscan_list_bytes(sizes, pq_m)
         centroids = 4 * nlist * dim_out + 4 * 16 * dim_out

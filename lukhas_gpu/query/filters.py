@@ -1,21 +1,19 @@
-"""Filters: a :class:`Filter` becomes a roaring bitmap of allowed rows, then a search plan.
+"""Filters: a :class:`Filter` becomes a roaring bitmap of allowed rows (the planner, in
+:mod:`.planner`, then chooses how to search them).
 
 Tag constraints are roaring operations on the per-tag bitmaps; time and importance constraints are
 vectorised scans of the metadata columns (only over the rows the tags left, when they left few).
-The planner picks, by the number of allowed rows, between an exact int8 scan of that subset and
-the IVF search restricted by an id selector, with the probe count raised as the filter narrows.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 from pyroaring import BitMap
 
 from ..records.metadata import to_epoch_seconds
 
-__all__ = ["Filter", "Plan", "evaluate", "plan"]
+__all__ = ["Filter", "evaluate"]
 
 
 def _tag_tuple(name: str, value) -> tuple[str, ...]:
@@ -91,7 +89,7 @@ class Filter:
                 and (self.min_importance is None or importance >= self.min_importance - 1e-12))
 
 
-def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap) -> BitMap:
+def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None) -> BitMap:
     """The rows ``flt`` allows, live rows only, as a roaring bitmap."""
     allowed: BitMap | None = None
     if flt.tags_all:
@@ -127,29 +125,3 @@ def _column_mask(flt: Filter, metadata, rows) -> np.ndarray:
     if flt.min_importance is not None:
         mask &= metadata.importance_q[rows] >= metadata.min_importance_q(flt.min_importance)
     return mask
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """How a filtered search runs: ``exact`` scan of ``rows`` or ``ann`` with a selector
-    (``resident``: an exact scan of those rows of the device-resident codes)."""
-
-    strategy: str
-    rows: np.ndarray  # sorted int64 row numbers allowed
-    selectivity: float
-    nprobe: int
-
-
-def plan(allowed: BitMap, *, n_live: int, trained: bool, exact_max: int, nprobe: int, nlist: int) -> Plan:
-    """Exact scan when the subset is small (or the index untrained), else IVF with a selector.
-
-    A selective filter leaves fewer qualifying codes per probed list, so the probe count grows as
-    ``nprobe / sqrt(selectivity)`` (capped at ``nlist``): the same number of lists would return
-    too few qualifying candidates.
-    """
-    rows = np.asarray(allowed.to_array(), dtype=np.int64)
-    sel = len(rows) / max(n_live, 1)
-    if not trained or len(rows) <= exact_max:
-        return Plan("exact", rows, sel, 0)
-    probes = min(nlist, int(math.ceil(nprobe / math.sqrt(max(sel, 1e-9)))))
-    return Plan("ann", rows, sel, probes)

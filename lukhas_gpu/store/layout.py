@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import zlib
 
@@ -38,16 +39,41 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedError", "Generation",
            "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
-           "acquire_lock", "release_lock", "fsync_dir", "crc32_file"]
+           "acquire_lock", "release_lock", "fsync_dir", "crc32_file", "generation_number", "load_npz",
+           "GENERATION_FILES", "REQUIRED", "MAPPED", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST"]
 
 FORMAT = "lukhas_gpu-store"
 FORMAT_VERSION = 1
+# -- the store directory's files (this module is the one place that names them) ------------------
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 WAL = "wal.log"
+#: The writer's working copy of the vectors (appends never touch a published generation).
+VECTORS_WORK = "vectors.work"
+#: The CLI's resumable-ingest state.
+PROGRESS = "ingest-progress.json"
+# -- a generation's files ------------------------------------------------------------------------
 MANIFEST = "manifest.json"
+VECTORS = "vectors.i8"
+CONTENT = "content.bin"
+CONTENT_INDEX = "content.npz"
+METADATA = "metadata.npz"
+TAGS = "tags.npz"
+TOMBSTONES = "deleted.roaring"
+ENCODER = "encoder.npz"
+CALIBRATION = "calibration.npz"
+PROBE = "probe.npz"
+DRIFT = "drift.npz"
+ANN = "ann.faiss"
+#: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
+GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
+                    CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
+                    TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
+                    PROBE: "probe", DRIFT: "drift_monitor", MANIFEST: "manifest"}
+#: Files every generation has (the others depend on the index's phase).
+REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().
-MAPPED = ("vectors.i8", "content.bin")
+MAPPED = (VECTORS, CONTENT)
 _CHUNK = 1 << 22
 
 
@@ -172,7 +198,12 @@ def current_generation(root) -> pathlib.Path:
     cur = root / CURRENT
     if not cur.exists():
         raise StoreError(f"{root} is not a lukhas_gpu store (no {CURRENT} file); create one with MemoryIndex.create")
-    name = cur.read_text().strip()
+    try:
+        name = cur.read_text(encoding="ascii").strip()
+    except (UnicodeDecodeError, OSError) as e:
+        raise CorruptStoreError(cur, f"unreadable ({type(e).__name__}); the generations are gen-* beside it") from None
+    if not re.fullmatch(r"gen-\d{6,}", name):
+        raise CorruptStoreError(cur, f"does not name a generation (holds {name[:40]!r})")
     path = root / name
     if not path.is_dir():
         raise CorruptStoreError(cur, f"names generation {name!r}, which does not exist")
@@ -204,6 +235,11 @@ def prune(root, keep: int = 2) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def generation_number(gen_dir) -> int:
+    """The number of a generation directory (``gen-000007`` -> 7)."""
+    return int(pathlib.Path(gen_dir).name[4:])
+
+
 def read_manifest(gen_dir) -> dict:
     path = pathlib.Path(gen_dir) / MANIFEST
     try:
@@ -231,7 +267,18 @@ def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> 
     (``verify``). FAISS is never handed a file whose CRC has not been checked.
     """
     gen_dir = pathlib.Path(gen_dir)
-    for name, meta in manifest["files"].items():
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise CorruptStoreError(gen_dir / MANIFEST, "has no file table")
+    for name in REQUIRED:
+        if name not in files:
+            raise CorruptStoreError(gen_dir / MANIFEST, f"does not list {name}, which every generation has")
+    for name, meta in files.items():
+        if name not in GENERATION_FILES or name == MANIFEST:  # plain names of the format, never a path
+            raise CorruptStoreError(gen_dir / MANIFEST, f"lists {name!r}, which is not a file of this format")
+        if not (isinstance(meta, dict) and isinstance(meta.get("bytes"), int) and isinstance(meta.get("crc32"), int)
+                and meta["bytes"] >= 0):
+            raise CorruptStoreError(gen_dir / MANIFEST, f"has a malformed entry for {name}")
         p = gen_dir / name
         if not p.exists():
             raise CorruptStoreError(p, "missing")

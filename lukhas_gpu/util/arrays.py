@@ -6,6 +6,7 @@ out follow the input's kind and device (:class:`ArrayKind`).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import torch
@@ -22,16 +23,15 @@ class ArrayKind:
     device: torch.device | None
     single: bool
 
-    def _out(self, a):
+    def out(self, a):
+        """``a`` (a numpy array or torch tensor) in the caller's kind and device, unwrapped for a
+        1-D input."""
         if self.is_torch:
             t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
             t = t.to(self.device)
         else:
             t = a.cpu().numpy() if isinstance(a, torch.Tensor) else a
         return t[0] if self.single else t
-
-    def out(self, a):
-        return self._out(a)
 
 
 def as_batch(x, dim: int | None, name: str = "embeddings") -> tuple[torch.Tensor, ArrayKind]:
@@ -89,15 +89,12 @@ def check_nonzero(t: torch.Tensor, name: str) -> None:
                          "for metric='cosine'")
 
 
-def as_ids(ids, name: str = "ids") -> np.ndarray:
-    """Validate ids: integers, any shape (flattened), returned as int64 numpy."""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.detach().cpu().numpy()
-    if isinstance(ids, (int, np.integer)):
-        ids = np.array([ids])
-    a = np.asarray(ids)
-    if a.size == 0:
-        return np.empty(0, dtype=np.int64)
-    if not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
-    return a.astype(np.int64, copy=False).ravel()
+def tensor_view(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` of a contiguous copy-free view that also takes read-only arrays (a
+    store opened read-only maps its rows read-only); the tensors made here are only ever read."""
+    a = np.ascontiguousarray(a)
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)

@@ -1,0 +1,71 @@
+"""``MemoryIndex.stats()``: one documented schema.
+
+=====================  ===========================================================================
+key                    value
+=====================  ===========================================================================
+``count``              live memories
+``rows``               rows ever added (ids are row numbers; deleted rows keep theirs)
+``deleted``            tombstoned rows
+``dim``, ``dim_out``   input and projected dimensions
+``phase``              ``"exact"`` (int8 scans, before training) or ``"ivfpq"``
+``nlist``, ``pq_m``,   the IVF's lists, PQ sub-quantizers and coarse quantizer (None before
+``coarse``             training); ``nprobe``/``rerank`` are in ``config``
+``backend``            ``"cpu"`` or ``"cuda"``
+``vector_storage``     ``"memory"`` or ``"mmap"`` (the int8 rows)
+``gpu_resident``       whether the device mirror is built
+``memory``             where the bytes are (:func:`.accounting.breakdown`): ``anon``, ``mapped``,
+                       ``disk``, ``gpu`` -- each ``{component: bytes}`` -- their totals
+                       ``anon_bytes`` ... ``gpu_bytes``, ``per_memory`` (each total per live
+                       memory), ``reserved`` (capacity allocated, never written, not resident),
+                       ``ann_state``, and ``logical`` (each data structure's own size, whatever
+                       its place: what ``compact()`` and the soak tests follow)
+``bytes_per_memory``   ``(anon_bytes + mapped_bytes) / count``: RAM per memory, page cache included
+``process``            the process as the kernel sees it: ``rss_anon`` (``RssAnon``, bytes; None
+                       off Linux). The index's own ``anon_bytes`` is what it holds; the rest of
+                       ``rss_anon`` is the interpreter, libraries, and whatever else the process
+                       keeps.
+``content``            ``raw_bytes`` and ``stored_bytes`` of the contents (compression)
+``tag_vocabulary``     distinct tags
+``train_seconds``      the last training's wall time (None before training)
+``capabilities``       torch / FAISS versions, CUDA device, FAISS GPUs, threads
+``config``             the :class:`~lukhas_gpu.IndexConfig` as a dict
+=====================  ===========================================================================
+"""
+from __future__ import annotations
+
+from ..util.device import capabilities
+from ..util.memtrim import rss_anon
+from .accounting import breakdown, logical_bytes
+
+__all__ = ["index_stats"]
+
+
+def index_stats(index) -> dict:
+    """The stats of a :class:`~lukhas_gpu.MemoryIndex` (the schema is this module's docstring)."""
+    parts = index.parts
+    n = parts.live
+    ann = parts.ann
+    memory = breakdown(index)
+    memory["logical"] = logical_bytes(index)[0]
+    return {
+        "count": n,
+        "rows": parts.rows,
+        "deleted": len(parts.tombstones),
+        "dim": index.dim,
+        "dim_out": parts.dim_out,
+        "phase": "ivfpq" if ann is not None else "exact",
+        "nlist": ann.nlist if ann is not None else None,
+        "pq_m": ann.pq_m if ann is not None else None,
+        "coarse": ann.coarse if ann is not None else None,
+        "backend": index.backend,
+        "vector_storage": parts.vectors.storage,
+        "gpu_resident": parts.mirror is not None,
+        "memory": memory,
+        "bytes_per_memory": (memory["anon_bytes"] + memory["mapped_bytes"]) / n if n else 0.0,
+        "process": {"rss_anon": rss_anon()},
+        "content": {"raw_bytes": parts.contents.raw_bytes, "stored_bytes": parts.contents.stored_bytes},
+        "tag_vocabulary": parts.tags.vocab_size,
+        "train_seconds": index.timings.get("train"),
+        "capabilities": capabilities(),
+        "config": index.config.to_dict(),
+    }

@@ -1,0 +1,130 @@
+"""The components one index is made of, held in one place with public names.
+
+:class:`IndexParts` is what the facade wires and what the query executor, the recall probe,
+persistence and accounting are handed: each component owns its state and exposes its own
+``to_arrays()``/``from_arrays()`` (or bytes) and ``memory_usage()``; nobody reaches into another's
+privates. One id per memory: the row number, shared by every component.
+
+The encoder (a torch module) is built on first use from the arrays it was saved with, so that
+opening a store to read contents, tags or statistics never imports torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import IndexConfig
+from ..monitor.probe import DriftMonitor, Probe
+from ..records.contents import ContentArena
+from ..records.metadata import MetadataColumns
+from ..records.tags import TagIndex
+from ..records.tombstones import Tombstones
+from ..vectors.policy import dim_out_for
+from ..vectors.store import VectorStore
+
+__all__ = ["IndexParts"]
+
+
+class IndexParts:
+    """The components of one index.
+
+    Attributes
+    ----------
+    vectors : VectorStore
+        ``(rows, dim)`` int8 rows (rerank and exact scans).
+    tombstones : Tombstones
+        Deleted rows.
+    contents : ContentArena
+    tags : TagIndex
+    meta : MetadataColumns
+        Timestamps and importance.
+    ann : IVFPQIndex or None
+        The IVF-PQ index once trained.
+    mirror : ResidentVectors or None
+        The device mirror of the search codes (``gpu_resident``), built on first use.
+    probe : Probe
+        Sampled originals and queries of the recall probe.
+    drift : DriftMonitor
+    calib : (m, dim) float32 or None
+        The first rows, kept while the int8 scales calibrate.
+    encoder : Encoder
+        Built on first access (imports torch) from ``encoder_arrays`` when a store was opened.
+    """
+
+    def __init__(self, dim: int, config: IndexConfig, *, vectors: VectorStore | None = None):
+        self.dim, self.config = int(dim), config
+        self.dim_out = dim_out_for(self.dim, config)
+        self.vectors = vectors if vectors is not None else VectorStore(
+            dim, storage=config.vector_storage, spill_dir=config.spill_dir)
+        if vectors is None and config.capacity:
+            self.vectors.reserve(config.capacity)  # untouched capacity is not resident
+        self.tombstones = Tombstones()
+        self.contents = ContentArena(level=config.zstd_level, max_content_bytes=config.max_content_bytes)
+        self.tags = TagIndex()
+        self.meta = MetadataColumns()
+        self.ann = None
+        self.mirror = None
+        self.mirror_wanted = False  # set by the facade once the backend is known
+        self.probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
+        self.drift = DriftMonitor(config.drift_threshold, seed=config.seed)
+        self.calib: np.ndarray | None = None
+        self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
+        self._encoder = None
+        self._device = None
+
+    # -- the encoder, built lazily ----------------------------------------------------------------
+    def bind_device(self, device) -> None:
+        """The torch device (or its name) the encoder and the mirror live on."""
+        self._device = device
+
+    @property
+    def encoder_built(self) -> bool:
+        return self._encoder is not None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from ..vectors.encoder import Encoder
+
+            cfg = self.config
+            enc = Encoder(self.dim, dim_out=self.dim_out, metric=cfg.metric, quantile=cfg.quantile,
+                          batch_size=cfg.batch_size)
+            if self.encoder_arrays is not None:
+                enc.load_arrays(self.encoder_arrays)
+            self._encoder = enc.to(self._device or "cpu")
+            self.encoder_arrays = None
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, enc) -> None:
+        self._encoder, self.encoder_arrays = enc, None
+
+    def encoder_to_arrays(self) -> dict:
+        if self._encoder is None and self.encoder_arrays is not None:
+            return dict(self.encoder_arrays)  # a store opened and not searched: saved as it was read
+        return self.encoder.to_arrays()
+
+    def encoder_nbytes(self) -> int:
+        if self._encoder is not None:
+            return int(self._encoder.nbytes())
+        return int(sum(a.nbytes for a in (self.encoder_arrays or {}).values()))
+
+    # -- counts ---------------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def live(self) -> int:
+        return len(self.vectors) - len(self.tombstones)
+
+    def components(self) -> dict:
+        """``{name: component}`` of the built components (for accounting and checks)."""
+        out = {"vectors": self.vectors, "tombstones": self.tombstones, "contents": self.contents,
+               "tags": self.tags, "meta": self.meta, "probe": self.probe, "drift": self.drift}
+        if self._encoder is not None:
+            out["encoder"] = self._encoder
+        if self.ann is not None:
+            out["ann"] = self.ann
+        if self.mirror is not None:
+            out["mirror"] = self.mirror
+        return out

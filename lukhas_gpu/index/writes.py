@@ -1,0 +1,135 @@
+"""The write paths in two steps: *prepare* validates a whole call (nothing changes, nothing is
+logged if anything is wrong), *apply* changes every component. The facade logs the prepared
+call to the write-ahead log in between, so a rejected call leaves the log and the index exactly
+as they were, and a replayed record applies exactly what was acknowledged.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..records.metadata import MetadataColumns
+from . import lifecycle, mirror
+
+__all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "prepare_update", "apply_update", "MAX_ROWS"]
+
+#: Row numbers are uint32 in the tombstones and the tag bitmaps.
+MAX_ROWS = 2**32 - 1
+
+
+@dataclasses.dataclass
+class AddBatch:
+    """A validated ``add``: the float batch (torch, on its own device) and its payload."""
+
+    x: object
+    raw_contents: list | None
+    contents: object  # ValidatedContents or None
+    tags: list | None  # as given (the tag index interns them)
+    norm_tags: list | None
+    ts: np.ndarray
+    imp: np.ndarray
+
+    def log_fields(self) -> dict:
+        import torch
+
+        return {"x": self.x.to("cpu", torch.float32).numpy(), "ts": self.ts, "imp": self.imp,
+                "contents": list(self.raw_contents) if self.raw_contents is not None else None,
+                "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None}
+
+
+def prepare_add(index, embeddings, contents, tags, timestamps, importance) -> AddBatch:
+    """Validate an ``add`` completely (see ``MemoryIndex.add`` for the rules)."""
+    from ..util.arrays import as_batch, check_nonzero
+
+    parts = index.parts
+    x, kind = as_batch(embeddings, index.dim, "embeddings")
+    n = x.shape[0]
+    if kind.single:
+        contents = [contents] if isinstance(contents, (str, bytes)) else contents
+        tags = [tags] if tags is not None and (len(tags) == 0 or isinstance(next(iter(tags)), str)) else tags
+        timestamps = None if timestamps is None else np.atleast_1d(np.asarray(timestamps))
+        importance = None if importance is None else np.atleast_1d(np.asarray(importance))
+    if index.config.metric == "cosine":
+        check_nonzero(x, "embeddings")
+    raw_contents = contents
+    if contents is not None:
+        if isinstance(contents, (str, bytes)) or not hasattr(contents, "__len__"):
+            raise TypeError(f"contents must be a sequence of str/bytes/None, one per memory, got {type(contents).__name__}")
+        if len(contents) != n:
+            raise ValueError(f"contents has {len(contents)} entries, expected {n} (one per memory)")
+        contents = parts.contents.validate(contents)
+    norm_tags = parts.tags.validate(tags, n) if tags is not None else None
+    ts, imp = MetadataColumns.validate(n, timestamps, importance)
+    if parts.rows + n > MAX_ROWS - 1:
+        raise ValueError(f"an index holds at most 2**32 - 1 memories; this batch of {n} would exceed it")
+    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp)
+
+
+def apply_add(index, b: AddBatch) -> np.ndarray:
+    """Store a prepared batch in every component; returns its ids."""
+    parts = index.parts
+    lifecycle.calibrate(index, b.x)
+    codes, proj = index.encoder(b.x)
+    n = b.x.shape[0]
+    start = parts.rows
+    ids = np.arange(start, start + n, dtype=np.int64)
+    if parts.ann is not None:
+        parts.ann.add(proj.cpu().numpy(), ids)
+    parts.vectors.append(codes.cpu().numpy())
+    parts.contents.append(b.contents if b.contents is not None else [None] * n)
+    parts.tags.append(b.tags, n)
+    parts.meta.append(b.ts, b.imp)
+    if parts.mirror is not None:
+        mirror.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
+    lifecycle.observe(parts, b.x, codes, proj, ids)
+    return ids
+
+
+@dataclasses.dataclass
+class Update:
+    """A validated ``update`` of live, unique ``rows``; None where a field is not changed."""
+
+    rows: np.ndarray
+    raw_contents: list | None
+    contents: object
+    tags: list | None
+    norm_tags: list | None
+    ts: np.ndarray | None
+    imp: np.ndarray | None
+
+    def log_fields(self) -> dict:
+        return {"ids": self.rows, "contents": list(self.raw_contents) if self.raw_contents is not None else None,
+                "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None,
+                "ts": self.ts, "imp": self.imp}
+
+
+def prepare_update(index, rows: np.ndarray, contents, tags, timestamps, importance) -> Update:
+    """Validate an ``update`` of ``rows`` (already checked to be live ids)."""
+    parts = index.parts
+    n = len(rows)
+    if len(np.unique(rows)) != n:
+        raise ValueError("update ids must be unique")
+    raw_contents = contents
+    if contents is not None:
+        if isinstance(contents, (str, bytes)) or len(contents) != n:
+            raise ValueError(f"contents must have {n} entries, one per id")
+        contents = parts.contents.validate(contents)
+    norm_tags = parts.tags.validate(tags, n) if tags is not None else None
+    ts = imp = None
+    if timestamps is not None or importance is not None:
+        ts, imp = MetadataColumns.validate(n, timestamps, importance)
+    return Update(rows, raw_contents, contents, tags, norm_tags, ts if timestamps is not None else None,
+                  imp if importance is not None else None)
+
+
+def apply_update(index, u: Update) -> None:
+    parts = index.parts
+    if u.contents is not None:
+        parts.contents.replace(u.rows, u.contents)
+    if u.tags is not None:
+        parts.tags.replace(u.rows, u.tags)
+    if u.ts is not None:
+        parts.meta.timestamp[u.rows] = u.ts
+    if u.imp is not None:
+        parts.meta.importance_q[u.rows] = MetadataColumns.quantize_importance(u.imp)

@@ -1,0 +1,111 @@
+"""The recall probe's measurements: the exact references and what the live index finds of them.
+
+:func:`setup` prepares what does not depend on the ANN (the probe queries, their exact int8
+top-k over the whole store, and per query the sampled true neighbours and how many the int8 rows
+keep); :func:`evaluate` counts, per query, how many of the exact top-k a search function returns.
+``MemoryIndex.quality()`` combines both with :func:`~.probe.recall_estimate`; ``retrain()``
+compares two indexes on one setup. The search function is passed in (``search(q, k) -> ids``),
+so this module reads only the parts it is given.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..util.arrays import as_batch, check_nonzero, tensor_view
+from ..vectors import exact
+
+__all__ = ["setup", "evaluate", "drop_own", "PROBE_CHUNK"]
+
+#: Queries per chunk of the recall probe (bounds its temporary score matrices).
+PROBE_CHUNK = 256
+
+
+def drop_own(ids: np.ndarray, own_ids: np.ndarray, scores: np.ndarray | None = None):
+    """Move each row's own id (a probe query that is a stored memory) to the end of its results,
+    as id -1 and score -inf, keeping the order of the others: ``(ids, scores)``."""
+    own = ids == own_ids[:, None]
+    order = np.argsort(own, axis=1, kind="stable")
+    ids = np.take_along_axis(np.where(own, -1, ids), order, 1)
+    if scores is not None:
+        scores = np.take_along_axis(np.where(own, -np.inf, scores), order, 1)
+    return ids, scores
+
+
+def setup(parts, probe, queries, k: int, max_queries: int, *, dim: int, cosine: bool) -> dict:
+    """What the recall probe needs that does not depend on the ANN.
+
+    ``parts`` gives ``vectors``, ``tombstones`` and ``encoder``; ``probe`` is the index's
+    :class:`~.probe.Probe`. Queries: the given ones, else the sampled queries of past searches
+    (64 or more), else the sampled memories themselves (each excluding itself).
+    """
+    mem = probe.memories
+    if len(mem):
+        live = (mem.ids >= 0) & (mem.ids < len(parts.vectors)) & ~parts.tombstones.contains(mem.ids)
+    else:
+        live = np.zeros(0, dtype=bool)
+    if not live.any():
+        raise ValueError("the recall probe has no sampled memories yet (add memories first)")
+    enc = parts.encoder
+    s_ids = mem.ids[live]
+    s_vec = mem.vectors[live].astype(np.float32)
+    self_ids = None
+    if queries is not None:
+        q, _ = as_batch(queries, dim, "queries")
+        if cosine:
+            check_nonzero(q, "queries")
+        q = enc.normalize(q).cpu().numpy()
+        source = "given"
+    elif len(probe.queries) >= 64:
+        q, source = probe.queries.vectors.astype(np.float32), "queries"
+    else:
+        q, self_ids, source = s_vec, s_ids, "memories"
+    q = q[:max_queries]
+    if self_ids is not None:
+        self_ids = self_ids[:max_queries]
+    kk = k + 1 if self_ids is not None else k
+    codes = parts.vectors.array
+    s_codes = tensor_view(codes[s_ids])
+    dead = parts.tombstones.array() if parts.tombstones else None
+    exact_ids = np.full((len(q), k), -1, dtype=np.int64)
+    true = np.zeros(len(q), dtype=np.int64)
+    kept = np.zeros(len(q), dtype=np.int64)
+    for c0 in range(0, len(q), PROBE_CHUNK):
+        qc = torch.from_numpy(np.ascontiguousarray(q[c0: c0 + PROBE_CHUNK]))
+        qw = enc.query_weights(qc)
+        _, cand = exact.scan(qw, codes, 2 * kk + 16, exclude=dead, kernel=exact.int8_kernel)
+        sc, ids = exact.rerank(qw, codes, cand.cpu().numpy(), kk)
+        sc, ids = sc.cpu().numpy(), ids.cpu().numpy()
+        if self_ids is not None:  # the query's own row is not its neighbour
+            ids, sc = drop_own(ids, self_ids[c0: c0 + PROBE_CHUNK], sc)
+        sc, ids = sc[:, :k], ids[:, :k]
+        exact_ids[c0: c0 + len(ids)] = np.where(np.isfinite(sc), ids, -1)
+        tau = sc[:, k - 1]
+        t = qc.numpy() @ s_vec.T >= tau[:, None]  # true neighbours among the sampled originals
+        # the k-th row itself, when sampled, scores tau up to float rounding (another
+        # summation order): a relative tolerance keeps it
+        eps = 1e-5 * np.maximum(1.0, np.abs(tau))[:, None]
+        s8 = exact.float_kernel(qw, s_codes.to(qw.device)).cpu().numpy() >= tau[:, None] - eps
+        if self_ids is not None:
+            t &= s_ids[None, :] != self_ids[c0: c0 + PROBE_CHUNK, None]
+        true[c0: c0 + len(t)] = t.sum(1)
+        kept[c0: c0 + len(t)] = (t & s8).sum(1)
+    return {"q": q, "self_ids": self_ids, "exact_ids": exact_ids, "exact_n": (exact_ids >= 0).sum(1),
+            "true": true, "kept": kept, "source": source, "sample": len(s_ids)}
+
+
+def evaluate(probe: dict, k: int, search) -> np.ndarray:
+    """Per probe query: how many of its exact int8 top-k ``search(q, kk) -> ids`` returns
+    (``q`` a float32 torch batch, ``ids`` an ``(nq, kk)`` tensor or array)."""
+    q, self_ids, exact_ids = probe["q"], probe["self_ids"], probe["exact_ids"]
+    kk = k + 1 if self_ids is not None else k
+    found = np.zeros(len(q), dtype=np.int64)
+    for c0 in range(0, len(q), PROBE_CHUNK):
+        qc = torch.from_numpy(np.ascontiguousarray(q[c0: c0 + PROBE_CHUNK]))
+        ids = search(qc, kk)
+        ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        if self_ids is not None:  # drop the query's own row, keep k others
+            ids = drop_own(ids, self_ids[c0: c0 + PROBE_CHUNK])[0][:, :k]
+        e = exact_ids[c0: c0 + len(ids)]
+        found[c0: c0 + len(ids)] = ((e[:, :, None] == ids[:, None, :]) & (e[:, :, None] >= 0)).any(2).sum(1)
+    return found

@@ -1,0 +1,87 @@
+"""Tombstones: the one record of which rows are deleted.
+
+Ids are row numbers and never reused, so a deleted row keeps its place in every column; the
+tombstones say it is gone. Every path reads them from here: the exact scans (``exclude``), the
+filters (``allowed - deleted``), ``get``/``contains``, the device mirror's mask and the ANN
+(rows are removed from FAISS when they are tombstoned). A roaring bitmap: a few bytes per deleted
+row, nothing per live one.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pyroaring import BitMap
+
+__all__ = ["Tombstones"]
+
+
+class Tombstones:
+    """The set of deleted rows (row numbers < 2**32)."""
+
+    __slots__ = ("_bits", "_array")
+
+    def __init__(self, bits: BitMap | None = None):
+        self._bits = BitMap() if bits is None else bits
+        self._array: np.ndarray | None = None  # sorted int64 copy, rebuilt after a change
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def __bool__(self) -> bool:
+        return bool(self._bits)
+
+    def __repr__(self) -> str:
+        return f"Tombstones({len(self)} deleted)"
+
+    @property
+    def bitmap(self) -> BitMap:
+        """The rows as a roaring bitmap (for set algebra with filters; do not modify)."""
+        return self._bits
+
+    def add(self, rows: np.ndarray) -> None:
+        """Mark ``rows`` (int64, validated by the caller) deleted."""
+        self._bits.update(np.asarray(rows, dtype=np.uint32))
+        self._array = None
+
+    def array(self) -> np.ndarray:
+        """The deleted rows, sorted ``(m,)`` int64."""
+        if self._array is None:
+            self._array = np.asarray(self._bits.to_array(), dtype=np.int64)
+        return self._array
+
+    def contains(self, rows: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``rows`` are deleted."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self._bits:
+            return np.zeros(rows.shape, dtype=bool)
+        return np.isin(rows, self.array())
+
+    def live_mask(self, n_rows: int) -> np.ndarray:
+        """``(n_rows,)`` bool: True where the row is live."""
+        live = np.ones(n_rows, dtype=bool)
+        if self._bits:
+            dead = self.array()
+            live[dead[dead < n_rows]] = False
+        return live
+
+    def copy(self) -> "Tombstones":
+        return Tombstones(BitMap(self._bits))
+
+    def since(self, earlier: "Tombstones") -> np.ndarray:
+        """Rows deleted here but not in ``earlier``, sorted int64."""
+        return np.asarray((self._bits - earlier._bits).to_array(), dtype=np.int64)
+
+    # -- persistence and accounting -------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Roaring's portable serialisation (what ``deleted.roaring`` holds)."""
+        return self._bits.serialize()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Tombstones":
+        return cls(BitMap.deserialize(data))
+
+    def nbytes(self) -> int:
+        return len(self._bits.serialize()) if self._bits else 0
+
+    def memory_usage(self) -> dict:
+        """``{"anon": {"tombstones": bytes}}`` (the serialised size: roaring's containers)."""
+        return {"anon": {"tombstones": self.nbytes()}}

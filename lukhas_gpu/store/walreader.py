@@ -1,0 +1,218 @@
+"""Reading the write-ahead log: a streaming :class:`WalReader` that stops at the first torn or
+corrupted record, and :class:`WalScan`, the summary of a whole pass (see :mod:`.wal` for the
+format and the durability rules)."""
+from __future__ import annotations
+
+import dataclasses
+import operator
+import os
+import zlib
+from typing import Iterator, NamedTuple
+
+from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, MAX_LENGTH_FIELD, OP, RECORD,
+                       RECORD_HEADER_SIZE, decode_fields)
+
+__all__ = ["WalReader", "WalRecord", "WalScan", "check_max_record_bytes"]
+
+class WalRecord(NamedTuple):
+    """One replayed record: its 0-based ``seq`` in the log, the caller's ``op`` code, its fields."""
+
+    seq: int
+    op: int
+    fields: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class WalScan:
+    """Everything :meth:`WriteAheadLog.read` found in a log.
+
+    Attributes
+    ----------
+    path : str
+    base : int
+        The sequence number written in the header when the log was started.
+    records : list of WalRecord
+        The valid prefix, in order; ``records[i].seq == i``.
+    valid_end : int
+        Byte offset where the valid prefix ends (``HEADER_SIZE`` for an empty log).
+    file_size : int
+        Size of the file when it was read.
+    torn : bool
+        True when bytes after ``valid_end`` were ignored: an incomplete record, a CRC mismatch
+        or an implausible length -- a torn tail, or corruption, after which nothing is replayed.
+    reason : str or None
+        What stopped the replay, when ``torn``.
+    """
+
+    path: str
+    base: int
+    records: list
+    valid_end: int
+    file_size: int
+    torn: bool
+    reason: str | None
+
+    @property
+    def n_records(self) -> int:
+        return len(self.records)
+
+    @property
+    def torn_bytes(self) -> int:
+        return self.file_size - self.valid_end
+
+
+class WalReader:
+    """Stream the records of a log, one at a time, stopping at the first bad one.
+
+    The header is checked on construction. Iterating yields :class:`WalRecord` s until the end of
+    the valid prefix; after that, :attr:`valid_end`, :attr:`torn` and :attr:`reason` say where it
+    ended and why. Use it (rather than :meth:`WriteAheadLog.read`) to replay a large log without
+    holding every record at once::
+
+        with WalReader(path) as r:
+            for seq, op, fields in r:
+                apply(op, fields)
+            if r.torn:
+                ...
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_record_bytes : int
+        A record whose length field exceeds this is treated as corruption (replay stops there);
+        it is never allocated. A length running past the end of the file is treated the same way.
+    decode : bool
+        If False, ``fields`` of each record is the raw payload (``bytes``) -- CRC-checked but not
+        decoded; for validating a log cheaply.
+
+    Raises
+    ------
+    ValueError
+        The file does not start with a complete lukhas_gpu WAL header; the message names the file.
+
+    Notes
+    -----
+    Only the bytes present when the reader was opened are read. A log being appended to at the
+    same time may therefore end in what looks like a torn tail (the record in flight); reading a
+    live log is safe, but only the writer may cut a tail.
+    """
+
+    def __init__(self, path, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, decode: bool = True):
+        self.path = os.fspath(path)
+        self.max_record_bytes = check_max_record_bytes(max_record_bytes)
+        self._decode = bool(decode)
+        self._f = open(self.path, "rb")
+        try:
+            self.file_size = os.fstat(self._f.fileno()).st_size
+            self.base = _parse_header(self.path, self._f.read(HEADER_SIZE))
+        except BaseException:
+            self._f.close()
+            raise
+        self._pos = HEADER_SIZE
+        self._n = 0
+        self._done = False
+        self._torn = False
+        self._reason: str | None = None
+
+    def __iter__(self) -> Iterator[WalRecord]:
+        return self
+
+    def __next__(self) -> WalRecord:
+        if self._done:
+            raise StopIteration
+        pos, left = self._pos, self.file_size - self._pos
+        if left == 0:
+            self._finish(None)
+        if left < RECORD_HEADER_SIZE:
+            self._finish(f"incomplete record header ({left} of {RECORD_HEADER_SIZE} bytes)")
+        length, crc, op = RECORD.unpack(self._read(RECORD_HEADER_SIZE))
+        if length > self.max_record_bytes:
+            self._finish(f"record length {length} exceeds max_record_bytes={self.max_record_bytes}")
+        if length > left - RECORD_HEADER_SIZE:
+            self._finish(f"incomplete record ({left - RECORD_HEADER_SIZE} of {length} payload bytes)")
+        payload = self._read(length)
+        if zlib.crc32(payload, zlib.crc32(OP.pack(op))) != crc:
+            self._finish("CRC mismatch")
+        seq = self._n
+        if self._decode:
+            try:
+                fields = decode_fields(payload)
+            except ValueError as e:
+                # The CRC matched, so these are the bytes the writer wrote: a codec bug or a
+                # format mismatch, not a torn write. Cutting it silently would hide the bug.
+                raise ValueError(f"{self.path}: record {seq} at byte {pos} passed its CRC but "
+                                 f"cannot be decoded: {e}") from None
+        else:
+            fields = payload
+        self._n += 1
+        self._pos = pos + RECORD_HEADER_SIZE + length
+        return WalRecord(seq, op, fields)
+
+    def _read(self, n: int) -> bytes:
+        data = self._f.read(n)
+        if len(data) != n:  # the file shrank under us: what is missing is missing
+            self._finish(f"file ended early (read {len(data)} of {n} bytes)")
+        return data
+
+    def _finish(self, reason: str | None):
+        self._done, self._torn, self._reason = True, reason is not None, reason
+        self.close()
+        raise StopIteration
+
+    def _require_done(self, what: str):
+        if not self._done:
+            raise RuntimeError(f"WalReader.{what} is known only once the records have been read to "
+                               f"the end (iterate the reader first)")
+
+    @property
+    def n_records(self) -> int:
+        """Records yielded so far (all of the valid prefix once iteration has finished)."""
+        return self._n
+
+    @property
+    def valid_end(self) -> int:
+        """Byte offset where the valid prefix ends."""
+        self._require_done("valid_end")
+        return self._pos
+
+    @property
+    def torn(self) -> bool:
+        """Whether bytes after :attr:`valid_end` were ignored (torn tail or corruption)."""
+        self._require_done("torn")
+        return self._torn
+
+    @property
+    def reason(self) -> str | None:
+        self._require_done("reason")
+        return self._reason
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "WalReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _parse_header(path: str, header: bytes) -> int:
+    if header[:len(MAGIC)] != MAGIC[:len(header)]:
+        raise ValueError(f"{path} is not a lukhas_gpu WAL: it starts with {header[:len(MAGIC)]!r}, "
+                         f"expected {MAGIC!r}")
+    if len(header) < HEADER_SIZE:
+        raise ValueError(f"{path}: truncated header ({len(header)} of {HEADER_SIZE} bytes); "
+                         f"not a complete lukhas_gpu WAL")
+    return HEADER.unpack(header)[1]
+
+
+def check_max_record_bytes(n) -> int:
+    n = operator.index(n)
+    if not 0 < n <= MAX_LENGTH_FIELD:
+        raise ValueError(f"max_record_bytes must be in 1..{MAX_LENGTH_FIELD} (uint32 length field), got {n}")
+    return n
+
+
+# =============================================================================================
+# writing
+# =============================================================================================
