@@ -12,6 +12,7 @@ import lukhas_gpu
 from lukhas_gpu import IndexConfig, MemoryIndex, Plan, max_count, plan
 from lukhas_gpu.capacity.accounting import PLACES, aligned_capacity, fastscan_list_bytes, fastscan_resident
 from lukhas_gpu.capacity.planner import list_sizes, measure_content_ratio, parse_size
+from lukhas_gpu.records.tags import TAG_OBJECT_BYTES
 
 DIM, N = 32, 4000
 # capacity sizes the IVF as plan() does: auto_nlist(4000) lists, trained once all 4000 arrived
@@ -83,7 +84,7 @@ def test_components_sum_to_totals(built):
     assert anon["vectors_int8"] == N * DIM and anon["metadata"] == 11 * N
     assert anon["content_offsets"] == 8 * N and anon["tags_start"] == 4 * N and anon["tags_count"] == N
     assert anon["tags_flat"] == 4 * 2 * N and anon["ann_ids"] == 8 * N
-    assert anon["probe"] == built._probe.nbytes()
+    assert anon["probe"] == built.parts.probe.nbytes()
     assert mem["mapped_bytes"] == 0 and mem["disk_bytes"] == 0 and mem["gpu_bytes"] == 0  # no store, CPU
     assert mem["ann_state"] == "built"
     assert mem["anon_bytes"] > st["anon_bytes"]  # capacities, probe, pools: more than the logical sizes
@@ -91,10 +92,64 @@ def test_components_sum_to_totals(built):
 
 def test_fast_scan_lists_counted_at_their_capacity(built):
     st = built.stats()
-    anon, ann = st["memory"]["anon"], built._ann
+    anon, ann = st["memory"]["anon"], built.parts.ann
     codes = fastscan_list_bytes(ann.list_sizes(), ann.pq_m)
     assert anon["ann_codes"] == codes.sum()
     assert anon["ann_codes"] + anon["ann_codes_slack"] == aligned_capacity(codes).sum()
+
+
+def _component_usages(index, state):
+    p = index.parts
+    out = [p.vectors.memory_usage(), p.encoder.memory_usage(), p.contents.memory_usage(), p.meta.memory_usage(),
+           p.tags.memory_usage(), p.probe.memory_usage(), p.drift.memory_usage()]
+    if p.ann is not None:
+        out.append(p.ann.memory_usage(state))
+    if p.mirror is not None:
+        out.append(p.mirror.memory_usage())
+    return out
+
+
+def _agrees_with_components(index):
+    """Every component's ``memory_usage()`` is what ``breakdown()`` reports for it, name by name."""
+    mem = index.stats()["memory"]
+    seen = set()
+    for usage in _component_usages(index, mem["ann_state"]):
+        assert set(usage) <= {"anon", "mapped", "gpu", "reserved"}
+        for place, parts in usage.items():
+            for name, v in parts.items():
+                assert isinstance(v, int) and v >= 0, (place, name, v)
+                if place == "reserved":
+                    assert mem["reserved"].get(name, 0) == v, name
+                else:
+                    assert mem[place][name] == v, (place, name)
+                    seen.add(name)
+    # all that the components do not report: what no single one holds
+    rest = {name for place in ("anon", "mapped", "gpu") for name in mem[place]} - seen
+    assert rest <= {"tombstones", "calibration", "python_pools", "tensors"}, rest
+    return mem
+
+
+def test_component_memory_usage_agrees_with_breakdown(built, store):
+    mem = _agrees_with_components(built)
+    assert mem["ann_state"] == "built" and "content_zstd_contexts" in mem["anon"]
+    ro = MemoryIndex.open(store, mode="r")
+    mem = _agrees_with_components(ro)
+    assert mem["ann_state"] == "opened" and ro.parts.ann.memory_usage() == ro.parts.ann.memory_usage("opened")
+    assert mem["mapped"]["content_records"] == ro.parts.contents.memory_usage()["mapped"]["content_records"]
+    ro.close()
+
+
+def test_component_memory_usage_names_are_breakdowns(xb):
+    """The contract's shape on a fresh index and one in the exact phase (no IVF yet)."""
+    index = MemoryIndex(DIM, CFG)
+    _agrees_with_components(index)
+    index.add(xb[:100], contents=["a few words"] * 100, tags=[["t"]] * 100)
+    mem = _agrees_with_components(index)
+    assert mem["ann_state"] is None and not any(k.startswith("ann_") for k in mem["anon"])
+    p = index.parts
+    assert p.tags.memory_usage()["anon"]["tags_vocab"] == 1 + TAG_OBJECT_BYTES
+    assert p.meta.memory_usage() == {"anon": {"metadata": 1100}, "reserved": {"metadata": 1024 * 11 - 1100}}
+    assert p.tags.small_objects()[0] == "t" and p.contents.small_objects() == [b"a few words"] * 100
 
 
 def test_aligned_capacity_and_residency():
@@ -123,7 +178,7 @@ def test_opened_store_maps_vectors_and_content(store):
     mem = _check_totals(ro.stats())
     mapped, disk = mem["mapped"], mem["disk"]
     assert mapped["vectors_int8"] == N * DIM
-    assert mapped["content_records"] == ro._contents.nbytes()["records"] > 0
+    assert mapped["content_records"] == ro.parts.contents.nbytes()["records"] > 0
     assert "vectors_int8" not in mem["anon"] and "content_records" not in mem["anon"]
     assert mem["ann_state"] == "opened"
     for part in ("vectors_int8", "ann", "content_records", "metadata", "tags", "manifest", "previous_generation"):

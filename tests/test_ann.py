@@ -147,7 +147,7 @@ def test_memory_index_trains_a_gpu_copy_when_the_resident_scan_is_off(clustered,
     xb, xq = clustered(5000, 32, n_queries=20, seed=9)
     index = MemoryIndex(32, IndexConfig(backend="cpu", gpu_resident="off", train_threshold=2048, nlist=16))
     index.add(xb)
-    assert index._ann.gpu_index is not None and index._ann.gpu_index.ntotal == len(xb)
+    assert index.parts.ann.gpu_index is not None and index.parts.ann.gpu_index.ntotal == len(xb)
     index.delete(np.arange(10))
     ids = index.search(xq, 10).ids
     assert not np.isin(ids, np.arange(10)).any()

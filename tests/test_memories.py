@@ -124,7 +124,7 @@ def test_deleted_never_come_back(data, trained):
     assert not np.isin(ids, gone).any()
     with pytest.raises(ValueError, match="deleted"):
         index.get([3])
-    assert index._tags.cardinality("red") == len(set(np.flatnonzero([("red" in t) for t in data[3]])) - set(gone))
+    assert index.parts.tags.cardinality("red") == len(set(np.flatnonzero([("red" in t) for t in data[3]])) - set(gone))
 
 
 @pytest.mark.parametrize("trained", [False, True])
@@ -207,10 +207,10 @@ BAD_ADDS = [
 def test_bad_payload_rejected_whole(kwargs, exc, match):
     index = MemoryIndex(4)
     index.add(np.eye(4, dtype=np.float32)[:2], contents=["x", "y"], tags=[["t"], []])
-    before = (len(index), index.get([0, 1]), index._tags.cardinality("t"), len(index._contents))
+    before = (len(index), index.get([0, 1]), index.parts.tags.cardinality("t"), len(index.parts.contents))
     with pytest.raises(exc, match=match):
         index.add(np.eye(4, dtype=np.float32)[2:], **kwargs)
-    assert (len(index), index.get([0, 1]), index._tags.cardinality("t"), len(index._contents)) == before
+    assert (len(index), index.get([0, 1]), index.parts.tags.cardinality("t"), len(index.parts.contents)) == before
 
 
 def test_bad_filter_and_rank_arguments():
@@ -254,7 +254,7 @@ def test_compact_reclaims_deleted_and_replaced_payload(data):
     before = index.stats()["bytes"]["content_records"]
     reclaimed = index.compact()
     assert reclaimed > 0 and index.stats()["bytes"]["content_records"] < before
-    assert index._tags.garbage == 0
+    assert index.parts.tags.garbage == 0
     m = index.get([0, 1, 2, 5000])
     assert [x.content for x in m] == [contents[0], "short", "also short", contents[5000]]
     assert [x.tags for x in m[1:3]] == [["x"], ["y"]]

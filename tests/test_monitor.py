@@ -133,7 +133,7 @@ def test_quality_sources(trained):
     assert q["source"] == "memories" and q["recall"] > 0.5  # leave-one-out on the sample
     fresh.search(xq[:100], 5)
     assert fresh.quality()["source"] == "queries"
-    assert len(fresh._probe.queries) == 100
+    assert len(fresh.parts.probe.queries) == 100
 
 
 def test_quality_exact_phase_is_int8_exact():
@@ -169,7 +169,7 @@ def test_probe_skips_deleted_memories(trained):
     xb2, _ = make_clustered(6000, DIM, seed=11)
     idx = MemoryIndex(DIM, index.config.replace(train_threshold=100_000))
     idx.add(xb2)
-    sampled = idx._probe.memories.ids.copy()
+    sampled = idx.parts.probe.memories.ids.copy()
     idx.delete(sampled[:1000])
     q = idx.quality(xq[:100])
     assert q["sample"] == len(sampled) - 1000
@@ -177,7 +177,7 @@ def test_probe_skips_deleted_memories(trained):
 
 def test_probe_counted_in_stats(trained):
     index, _, _ = trained
-    assert index._probe.nbytes() == 3000 * (2 * DIM + 8) + 400 * 2 * DIM or index._probe.nbytes() > 3000 * 2 * DIM
+    assert index.parts.probe.nbytes() == 3000 * (2 * DIM + 8) + 400 * 2 * DIM or index.parts.probe.nbytes() > 3000 * 2 * DIM
 
 
 # -- drift --------------------------------------------------------------------------------------
@@ -211,9 +211,9 @@ def test_drift_flags_a_shift_and_retrain_recovers(caplog):
     before = index.quality(qb)
     gt_all = np.concatenate([xa, xb])
     true_before = _true_recall(index, gt_all, qb)
-    old_ann = index._ann
+    old_ann = index.parts.ann
     report = index.retrain(queries=qb)
-    assert report["accepted"] and index._ann is not old_ann
+    assert report["accepted"] and index.parts.ann is not old_ann
     assert report["new"]["recall"] >= report["old"]["recall"]
     after = index.quality(qb)
     true_after = _true_recall(index, gt_all, qb)
@@ -226,14 +226,14 @@ def test_drift_flags_a_shift_and_retrain_recovers(caplog):
     index.add(xb[:10_000])  # the new distribution is now the trained one
     d = index.drift()
     assert d["score"] < cfg.drift_threshold, (report, d["ratios"])
-    assert len(index) == 46_000 and index._ann.ntotal == 46_000
+    assert len(index) == 46_000 and index.parts.ann.ntotal == 46_000
 
 
 def test_retrain_discards_a_worse_index(monkeypatch):
     xa, qa = _shifted(10_000, 5)
     index = MemoryIndex(DIM, IndexConfig(train_threshold=8192, nlist=64, nprobe=4, seed=3))
     index.add(xa)
-    old_ann, calls = index._ann, []
+    old_ann, calls = index.parts.ann, []
     real = MemoryIndex._probe_eval
 
     def worse_second(self, probe, k, nprobe, rerank, **kw):  # the new index finds one neighbour less
@@ -243,7 +243,7 @@ def test_retrain_discards_a_worse_index(monkeypatch):
 
     monkeypatch.setattr(MemoryIndex, "_probe_eval", worse_second)
     report = index.retrain(queries=qa)
-    assert not report["accepted"] and index._ann is old_ann
+    assert not report["accepted"] and index.parts.ann is old_ann
     assert report["new"]["recall"] < report["old"]["recall"]
 
 
@@ -256,7 +256,7 @@ def test_retrain_in_background_catches_up_writes():
     index.delete(np.arange(0, 500))
     report = fut.result(timeout=120)
     assert report["accepted"], report
-    assert index._ann.ntotal == len(index) == 11_500
+    assert index.parts.ann.ntotal == len(index) == 11_500
     hits = index.search(xa[10_000:], 10).ids[:, 0]
     assert np.mean(hits == new_ids) > 0.99
     assert not np.isin(index.search(qa, 10).ids, np.arange(500)).any()
@@ -294,12 +294,12 @@ def test_probe_and_drift_survive_save_and_wal_replay(tmp_path):
     index.search(qa[:80], 3)
     index.checkpoint()
     index.add(xa[8500:])  # in the log only
-    want_ids = index._probe.memories.ids.copy()
+    want_ids = index.parts.probe.memories.ids.copy()
     want_drift = index.drift()
     index.close()
     again = MemoryIndex.open(tmp_path / "s", mode="w")
-    np.testing.assert_array_equal(again._probe.memories.ids, want_ids)
-    assert len(again._probe.queries) == 80
+    np.testing.assert_array_equal(again.parts.probe.memories.ids, want_ids)
+    assert len(again.parts.probe.queries) == 80
     got = again.drift()
     assert got["baseline"] == pytest.approx(want_drift["baseline"])
     assert got["batches"] == want_drift["batches"]
@@ -318,3 +318,29 @@ def test_drift_monitor_measures_against_baseline():
     mon.record(DriftMonitor.measure(x, x + 0.05, x, None))  # 25x the error
     rep = mon.report()
     assert rep["worst"] == "quant" and rep["retrain_recommended"]
+
+
+def test_probe_and_drift_round_trip_and_memory_usage():
+    from lukhas_gpu.monitor.probe import Probe
+
+    rng = np.random.default_rng(4)
+    p = Probe(8, size=50, queries=20, seed=3)
+    p.memories.offer(rng.standard_normal((120, 8)), np.arange(120))
+    p.queries.offer(rng.standard_normal((30, 8)))
+    q = Probe(8, size=50, queries=20, seed=3)
+    q.load_arrays(p.to_arrays())
+    for k, v in p.to_arrays().items():
+        np.testing.assert_array_equal(q.to_arrays()[k], v)
+    assert q.memory_usage() == p.memory_usage() == {"anon": {"probe": 50 * (2 * 8 + 8) + 20 * 2 * 8}}
+
+    d = DriftMonitor(1.5, seed=2)
+    d.set_baseline({"coarse": np.full(64, 0.2), "pq": np.full(64, 0.1), "assign": np.arange(64) % 4}, nlist=4,
+                   quant=0.01)
+    d.record({"quant": np.full(10, 0.02), "coarse": np.full(10, 0.3), "pq": np.full(10, 0.1),
+              "assign": np.arange(10) % 4})
+    e = DriftMonitor(1.5, seed=2)
+    e.load_arrays(d.to_arrays())
+    assert e.report() == d.report()
+    for k, v in d.to_arrays().items():
+        np.testing.assert_array_equal(e.to_arrays()[k], v)
+    assert e.memory_usage() == d.memory_usage() == {"anon": {"drift_monitor": 2 * 4 * 8 + 1 * 6 * 8}}

@@ -32,7 +32,7 @@ def _int8_reference(index: MemoryIndex, xq: np.ndarray) -> np.ndarray:
     """Scores of every query against every stored row as the int8 vectors hold them."""
     enc = index.encoder
     qn = enc.normalize(xq).cpu().numpy()
-    return qn @ enc.dequantize(index._vectors.array).cpu().numpy().T
+    return qn @ enc.dequantize(index.parts.vectors.array).cpu().numpy().T
 
 
 def test_resident_vectors_grow_and_delete():
@@ -74,7 +74,7 @@ def test_trained_store_is_searched_exactly(data, assert_exact_topk, exact_topk, 
     r_on, r_off = recall_at_k(res.ids, truth), recall_at_k(off.search(xq, 10).ids, truth)
     assert r_on >= 0.97 and r_on > r_off  # the int8 top-k; nprobe 2 of 32 lists misses some
     mem = on.stats()["memory"]
-    assert mem["anon"]["resident_vectors"] == on._resident.capacity * (DIM + 1)
+    assert mem["anon"]["resident_vectors"] == on.parts.mirror.capacity * (DIM + 1)
 
 
 def test_deletes_and_filters(data, assert_exact_topk):
@@ -113,7 +113,7 @@ def test_rank_fusion_matches_the_host_path(data, assert_valid_topk):
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
     # against the fused score of every row (importance as stored: 8-bit)
-    prior = rank.prior(ts, on._meta.importance(), 1.7e9)
+    prior = rank.prior(ts, on.parts.meta.importance(), 1.7e9)
     full = _int8_reference(on, xq) + prior[None, :]
     assert_valid_topk(a.ids, a.scores, full, 10, rtol=1e-4, atol=1e-4)
 
@@ -124,22 +124,22 @@ def test_projection_scans_projected_codes_and_reranks_full_rows(data, exact_topk
     index = MemoryIndex(DIM, cfg)
     index.add(xb[:1000])
     assert index.search(xq[:2], 3).ids.shape == (2, 3)
-    assert index._resident is None  # no projection before training: the host scan serves
+    assert index.parts.mirror is None  # no projection before training: the host scan serves
     index.add(xb[1000:])
     res = index.search(xq, 10)
-    assert index._resident is not None and index._resident.rows.shape == (len(xb), 24)
+    assert index.parts.mirror is not None and index.parts.mirror.rows.shape == (len(xb), 24)
     # the resident rows are what encode_resident gives for the originals (up to the int8
     # rounding of the stored rows they were rebuilt from)
     direct = index.encoder.encode_resident(xb[:500]).to(torch.int32)
-    assert (direct - index._resident.rows[:500].to(torch.int32)).abs().max() <= 2
+    assert (direct - index.parts.mirror.rows[:500].to(torch.int32)).abs().max() <= 2
     # scores are the full-dimension int8 scores; recall against float32 stays high
     assert_valid_topk(res.ids, res.scores, _int8_reference(index, xq), 10, rtol=1e-4, atol=1e-4)
     truth, _ = exact_topk(xq, xb, 10)
     assert recall_at_k(res.ids, truth) >= 0.95
     # rows added after the mirror exists take the same codes as a rebuild gives them
     more = index.add(xq[:20] + 0.01)
-    rebuilt = index.encoder.resident_from(torch.from_numpy(index._vectors.array[more]))
-    assert (rebuilt.to(torch.int32) - index._resident.rows[more].to(torch.int32)).abs().max() <= 1
+    rebuilt = index.encoder.resident_from(torch.from_numpy(index.parts.vectors.array[more]))
+    assert (rebuilt.to(torch.int32) - index.parts.mirror.rows[more].to(torch.int32)).abs().max() <= 1
 
 
 def test_calibration_and_retrain_rebuild_the_mirror(data, assert_exact_topk):
@@ -147,9 +147,9 @@ def test_calibration_and_retrain_rebuild_the_mirror(data, assert_exact_topk):
     index = MemoryIndex(DIM, ON)
     index.add(xb[:10])  # the scales refit on each add until 1024 rows arrived
     index.search(xq[:1], 3)
-    assert index._resident is not None
+    assert index.parts.mirror is not None
     index.add(xb[10:600])
-    assert index._resident is None  # the stored rows were requantized
+    assert index.parts.mirror is None  # the stored rows were requantized
     res = index.search(xq, 5)
     assert_exact_topk(res.ids, res.scores, _int8_reference(index, xq), 5)
     index.add(xb[600:])
@@ -157,7 +157,7 @@ def test_calibration_and_retrain_rebuild_the_mirror(data, assert_exact_topk):
     report = index.retrain()
     res = index.search(xq, 10)
     assert_exact_topk(res.ids, res.scores, _int8_reference(index, xq), 10)
-    assert report["accepted"] in (True, False) and index._resident is not None
+    assert report["accepted"] in (True, False) and index.parts.mirror is not None
 
 
 def test_reopened_store_builds_the_mirror(tmp_path, data, assert_exact_topk):
@@ -167,7 +167,7 @@ def test_reopened_store_builds_the_mirror(tmp_path, data, assert_exact_topk):
         index.delete([5, 6])
         index.checkpoint()
     index = MemoryIndex.open(tmp_path / "s")
-    assert index._resident is None
+    assert index.parts.mirror is None
     res = index.search(xq, 10)
     assert index.stats()["gpu_resident"]
     live = np.ones(len(xb), dtype=bool)
@@ -187,7 +187,7 @@ def test_out_of_device_memory_falls_back(data, monkeypatch, caplog, exact_topk, 
     monkeypatch.setattr(ResidentVectors, "append", full)
     with caplog.at_level(logging.WARNING, logger="lukhas_gpu.index"):
         res = index.search(xq, 10)
-    assert "no room" in caplog.text and index._resident is None and not index._resident_wanted
+    assert "no room" in caplog.text and index.parts.mirror is None and not index._resident_wanted
     # the IVF answers: approximate, but each score is the row's int8 score
     full = _int8_reference(index, xq)
     np.testing.assert_allclose(res.scores, np.take_along_axis(full, res.ids, 1), rtol=1e-5, atol=1e-5)
@@ -250,7 +250,7 @@ def test_cuda_queries_stay_on_the_device(data):
     index.add(torch.from_numpy(xb).cuda())
     assert index.stats()["gpu_resident"] is False  # built at the first search
     res = index.search(torch.from_numpy(xq).cuda(), 10)
-    assert res.ids.is_cuda and res.scores.is_cuda and index._resident.rows.is_cuda
+    assert res.ids.is_cuda and res.scores.is_cuda and index.parts.mirror.rows.is_cuda
     res_np = index.search(xq, 10)
     assert isinstance(res_np.ids, np.ndarray)
     np.testing.assert_array_equal(res.ids.cpu().numpy(), res_np.ids)

@@ -1283,6 +1283,12 @@ class MemoryIndex:
             "config": self.config.to_dict(),
         }
 
+    # TEMPORARY (records branch): the lead's facade provides ``parts``; dropped at merge.
+    parts = property(lambda self: __import__("types").SimpleNamespace(
+        vectors=self._vectors, tombstones=self._deleted, contents=self._contents, tags=self._tags, meta=self._meta,
+        encoder=self.encoder, ann=self._ann, mirror=self._resident, probe=self._probe, drift=self._drift,
+        calib=self._calib))
+
 
 def _check_k(k) -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
