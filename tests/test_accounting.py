@@ -12,6 +12,7 @@ import lukhas_gpu
 from lukhas_gpu import IndexConfig, MemoryIndex, Plan, max_count, plan
 from lukhas_gpu.capacity.accounting import PLACES, aligned_capacity, fastscan_list_bytes, fastscan_resident
 from lukhas_gpu.capacity.planner import list_sizes, measure_content_ratio, parse_size
+from lukhas_gpu.records.tags import TAG_OBJECT_BYTES
 
 DIM, N = 32, 4000
 # capacity sizes the IVF as plan() does: auto_nlist(4000) lists, trained once all 4000 arrived
@@ -59,12 +60,12 @@ def _check_totals(st):
         assert mem[f"{place}_bytes"] == sum(mem[place].values())
         assert mem["per_memory"][place] == pytest.approx(mem[f"{place}_bytes"] / st["count"])
         assert all(isinstance(v, int) and v >= 0 for v in mem[place].values())
-    # the logical sizes are still there, as they were
-    assert st["anon_bytes"] + st["mapped_bytes"] == sum(st["bytes"].values())
+    # the logical sizes are there too, and agree where the place holds exactly the structure
+    logical = mem["logical"]
     for name in ("vectors_int8", "metadata", "content_offsets", "tags_start", "ann_codes", "ann_ids"):
-        if name in st["bytes"]:
+        if name in logical:
             where = mem["anon"] if name in mem["anon"] else mem["mapped"]
-            assert where[name] == st["bytes"][name], name
+            assert where[name] == logical[name], name
     return mem
 
 
@@ -86,7 +87,7 @@ def test_components_sum_to_totals(built):
     assert anon["probe"] == built.parts.probe.nbytes()
     assert mem["mapped_bytes"] == 0 and mem["disk_bytes"] == 0 and mem["gpu_bytes"] == 0  # no store, CPU
     assert mem["ann_state"] == "built"
-    assert mem["anon_bytes"] > st["anon_bytes"]  # capacities, probe, pools: more than the logical sizes
+    assert mem["anon_bytes"] > sum(mem["logical"].values())  # capacities, probe, pools: more than the logical sizes
 
 
 def test_fast_scan_lists_counted_at_their_capacity(built):
@@ -95,6 +96,60 @@ def test_fast_scan_lists_counted_at_their_capacity(built):
     codes = fastscan_list_bytes(ann.list_sizes(), ann.pq_m)
     assert anon["ann_codes"] == codes.sum()
     assert anon["ann_codes"] + anon["ann_codes_slack"] == aligned_capacity(codes).sum()
+
+
+def _component_usages(index, state):
+    p = index.parts
+    out = [p.vectors.memory_usage(), p.encoder.memory_usage(), p.contents.memory_usage(), p.meta.memory_usage(),
+           p.tags.memory_usage(), p.probe.memory_usage(), p.drift.memory_usage()]
+    if p.ann is not None:
+        out.append(p.ann.memory_usage(state))
+    if p.mirror is not None:
+        out.append(p.mirror.memory_usage())
+    return out
+
+
+def _agrees_with_components(index):
+    """Every component's ``memory_usage()`` is what ``breakdown()`` reports for it, name by name."""
+    mem = index.stats()["memory"]
+    seen = set()
+    for usage in _component_usages(index, mem["ann_state"]):
+        assert set(usage) <= {"anon", "mapped", "gpu", "reserved"}
+        for place, parts in usage.items():
+            for name, v in parts.items():
+                assert isinstance(v, int) and v >= 0, (place, name, v)
+                if place == "reserved":
+                    assert mem["reserved"].get(name, 0) == v, name
+                else:
+                    assert mem[place][name] == v, (place, name)
+                    seen.add(name)
+    # all that the components do not report: what no single one holds
+    rest = {name for place in ("anon", "mapped", "gpu") for name in mem[place]} - seen
+    assert rest <= {"tombstones", "calibration", "python_pools", "tensors"}, rest
+    return mem
+
+
+def test_component_memory_usage_agrees_with_breakdown(built, store):
+    mem = _agrees_with_components(built)
+    assert mem["ann_state"] == "built" and "content_zstd_contexts" in mem["anon"]
+    ro = MemoryIndex.open(store, mode="r")
+    mem = _agrees_with_components(ro)
+    assert mem["ann_state"] == "opened" and ro.parts.ann.memory_usage() == ro.parts.ann.memory_usage("opened")
+    assert mem["mapped"]["content_records"] == ro.parts.contents.memory_usage()["mapped"]["content_records"]
+    ro.close()
+
+
+def test_component_memory_usage_names_are_breakdowns(xb):
+    """The contract's shape on a fresh index and one in the exact phase (no IVF yet)."""
+    index = MemoryIndex(DIM, CFG)
+    _agrees_with_components(index)
+    index.add(xb[:100], contents=["a few words"] * 100, tags=[["t"]] * 100)
+    mem = _agrees_with_components(index)
+    assert mem["ann_state"] is None and not any(k.startswith("ann_") for k in mem["anon"])
+    p = index.parts
+    assert p.tags.memory_usage()["anon"]["tags_vocab"] == 1 + TAG_OBJECT_BYTES
+    assert p.meta.memory_usage() == {"anon": {"metadata": 1100}, "reserved": {"metadata": 1024 * 11 - 1100}}
+    assert p.tags.small_objects()[0] == "t" and p.contents.small_objects() == [b"a few words"] * 100
 
 
 def test_aligned_capacity_and_residency():

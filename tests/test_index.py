@@ -205,7 +205,7 @@ def test_delete_in_trained_phase(trained_index, data6k, exact_topk, recall_at_k)
     # a deleted vector searched for itself is not found
     assert not np.isin(trained_index.search(x[victims], 10, nprobe=NLIST).ids, victims).any()
     st = trained_index.stats()
-    assert st["count"] == 6000 - len(victims) and st["bytes"]["ann_ids"] == 8 * st["count"]
+    assert st["count"] == 6000 - len(victims) and st["memory"]["logical"]["ann_ids"] == 8 * st["count"]
 
 
 def test_delete_before_training_stays_deleted_after(data6k):
@@ -220,7 +220,7 @@ def test_delete_before_training_stays_deleted_after(data6k):
     assert not np.isin(found, victims).any()
     st = index.stats()
     assert (st["count"], st["rows"], st["deleted"]) == (5700, 6000, 300)
-    assert st["bytes"]["ann_ids"] == 8 * 5700
+    assert st["memory"]["logical"]["ann_ids"] == 8 * 5700
 
 
 @pytest.mark.parametrize("phase", ["exact", "trained"])
@@ -341,16 +341,17 @@ def test_k_larger_than_count_trained(data6k):
 
 # -- stats --------------------------------------------------------------------------------------
 def _check_stats_consistent(index, st):
-    b = st["bytes"]
+    b = st["memory"]["logical"]
     assert st["count"] == len(index) == st["rows"] - st["deleted"]
     assert st["dim"] == DIM and st["dim_out"] == index.dim_out
     assert b["vectors_int8"] == st["rows"] * DIM
     comp = index.encoder.components
     assert b["encoder"] == DIM * 4 + comp.numel() * 4 + 2  # scales, projection, fitted flags
     assert (b["tombstones"] > 0) == (st["deleted"] > 0)
-    assert st["anon_bytes"] + st["mapped_bytes"] == sum(b.values())
-    assert st["bytes_per_memory"] == pytest.approx(sum(b.values()) / st["count"])
-    assert st["anon_bytes_per_memory"] == pytest.approx(st["anon_bytes"] / st["count"])
+    mem = st["memory"]
+    assert st["bytes_per_memory"] == pytest.approx((mem["anon_bytes"] + mem["mapped_bytes"]) / st["count"])
+    assert mem["per_memory"]["anon"] == pytest.approx(mem["anon_bytes"] / st["count"])
+    assert isinstance(st["process"]["rss_anon"], int) and st["process"]["rss_anon"] > mem["anon_bytes"]
 
 
 def test_stats_exact_phase(exact_index):
@@ -358,8 +359,8 @@ def test_stats_exact_phase(exact_index):
     st = exact_index.stats()
     assert st["phase"] == "exact" and st["nlist"] is None
     assert (st["count"], st["rows"], st["deleted"]) == (2997, 3000, 3)
-    assert not any(k.startswith("ann_") for k in st["bytes"])
-    assert st["vector_storage"] == "memory" and st["mapped_bytes"] == 0
+    assert not any(k.startswith("ann_") for k in st["memory"]["logical"])
+    assert st["vector_storage"] == "memory" and st["memory"]["mapped_bytes"] == 0
     _check_stats_consistent(exact_index, st)
 
 
@@ -368,13 +369,13 @@ def test_stats_trained_phase(trained_index):
     st = trained_index.stats()
     assert st["phase"] == "ivfpq" and st["nlist"] == NLIST and st["count"] == 5900
     _check_stats_consistent(trained_index, st)
-    b, m, d = st["bytes"], st["pq_m"], st["dim_out"]
+    b, m, d = st["memory"]["logical"], st["pq_m"], st["dim_out"]
     assert b["ann_ids"] == 8 * 5900
     # 4-bit codes: pq_m / 2 bytes per memory, lists padded to blocks of 32
     assert 5900 * m // 2 <= b["ann_codes"] <= (5900 + NLIST * 32) * m // 2
     assert b["ann_centroids"] == NLIST * d * 4 + 16 * d * 4  # IVF centroids + 16-entry PQ codebooks
     # int8 row + code + id + small overheads + the empty payload (24 B metadata, 2 B None record)
-    assert st["bytes_per_memory"] < DIM + m / 2 + 8 + 20 + 26
+    assert sum(b.values()) / st["count"] < DIM + m / 2 + 8 + 20 + 26
 
 
 # -- presets and storage ------------------------------------------------------------------------
@@ -398,7 +399,7 @@ def test_presets_load_and_build_working_indexes(name, storage, tmp_path, cluster
         assert index.dim_out == min(cfg.dim_out, 320)
     st = index.stats()
     assert st["vector_storage"] == storage
-    assert st["mapped_bytes"] == (st["bytes"]["vectors_int8"] if storage == "mmap" else 0)
+    assert st["memory"]["mapped"].get("vectors_int8", 0) == (st["memory"]["logical"]["vectors_int8"] if storage == "mmap" else 0)
     assert len(list(tmp_path.iterdir())) == (1 if storage == "mmap" else 0)
     truth, _ = exact_topk(xq, x, 10)
     assert recall_at_k(index.search(xq, 10, nprobe=NLIST).ids, truth) >= 0.9

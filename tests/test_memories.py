@@ -251,9 +251,9 @@ def test_compact_reclaims_deleted_and_replaced_payload(data):
     index = _index(data, trained=False)
     index.update([1, 2], contents=["short", "also short"], tags=[["x"], ["y"]])
     index.delete(np.arange(100, 1100))
-    before = index.stats()["bytes"]["content_records"]
+    before = index.stats()["memory"]["logical"]["content_records"]
     reclaimed = index.compact()
-    assert reclaimed > 0 and index.stats()["bytes"]["content_records"] < before
+    assert reclaimed > 0 and index.stats()["memory"]["logical"]["content_records"] < before
     assert index.parts.tags.garbage == 0
     m = index.get([0, 1, 2, 5000])
     assert [x.content for x in m] == [contents[0], "short", "also short", contents[5000]]

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lukhas_gpu.records import codec
 from lukhas_gpu.records import contents as payload
 from lukhas_gpu.records.contents import ContentArena, ValidatedContents
 
@@ -196,20 +197,20 @@ def test_retraining_after_distribution_shift_keeps_old_records_readable():
 def test_retrain_schedule_doubles_and_respects_gain(monkeypatch):
     texts = sentences(1100, seed=9)
     # Always adopt: one new generation per doubling of the content count (64, 128, 256, 512, 1024).
-    monkeypatch.setattr(payload, "_RETRAIN_GAIN", -1.0)
+    monkeypatch.setattr(codec, "_RETRAIN_GAIN", -1.0)
     arena = ContentArena(train_after=64)
     for i in range(0, 1024, 100):
         arena.append(texts[i:min(i + 100, 1024)])
     assert arena.generation == 5
     assert same(arena.get(np.arange(1024)), texts[:1024])
     # Never adopt: the first dictionary stays.
-    monkeypatch.setattr(payload, "_RETRAIN_GAIN", 1.0)
+    monkeypatch.setattr(codec, "_RETRAIN_GAIN", 1.0)
     arena = ContentArena(train_after=64)
     arena.append(texts)
     assert arena.generation == 1
     # Attempts stop after the limit.
-    monkeypatch.setattr(payload, "_RETRAIN_GAIN", -1.0)
-    monkeypatch.setattr(payload, "_RETRAIN_UNTIL", 256)
+    monkeypatch.setattr(codec, "_RETRAIN_GAIN", -1.0)
+    monkeypatch.setattr(codec, "_RETRAIN_UNTIL", 256)
     arena = ContentArena(train_after=64)
     arena.append(texts)
     assert arena.generation == 3  # 64, 128, 256
@@ -284,7 +285,7 @@ def test_compact_reclaims_garbage_and_keeps_contents():
 
 # -- persistence ---------------------------------------------------------------------------------
 def test_to_from_arrays_round_trip_is_exact(monkeypatch):
-    monkeypatch.setattr(payload, "_RETRAIN_GAIN", -1.0)  # make sure several generations exist
+    monkeypatch.setattr(codec, "_RETRAIN_GAIN", -1.0)  # make sure several generations exist
     items = sentences(300, seed=12) + [None, "", b"", "🧠"]
     arena = ContentArena(train_after=64, level=5)
     arena.append(items)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from pyroaring import BitMap
 
-from lukhas_gpu.records import tags as tags_mod
+from lukhas_gpu.records import taglists
 from lukhas_gpu.records.tags import TagIndex
 
 TAG_TEXT = st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s)
@@ -47,13 +47,13 @@ def assert_matches(ti: TagIndex, model: list[list[str]], extra_tags=()) -> None:
     live = sum(len(lst) for lst in model)
     nb = ti.nbytes()
     assert nb["flat"] == 4 * live
-    assert len(ti._flat) == live + ti.garbage == live + nb["garbage"]  # garbage is exact
+    assert ti.entries == live + ti.garbage == live + nb["garbage"]  # garbage is exact
 
 
 def snapshot(ti: TagIndex):
     """Everything a rejected call must leave alone (raw flat length included)."""
     names = vocab(ti)
-    return (len(ti), ti.vocab_size, ti.garbage, len(ti._flat), ti.nbytes(),
+    return (len(ti), ti.vocab_size, ti.garbage, ti.entries, ti.nbytes(),
             {k: (v.dtype.str, v.tolist()) for k, v in ti.to_arrays().items()},
             ti.get(np.arange(len(ti))), {t: list(ti.bitmap(t)) for t in names})
 
@@ -400,10 +400,10 @@ def test_compact_keeps_contents_and_drops_garbage():
     assert ti.garbage > 0
     ti.compact()
     live = sum(map(len, model))
-    assert ti.garbage == 0 and ti.nbytes()["garbage"] == 0 and len(ti._flat) == live
+    assert ti.garbage == 0 and ti.nbytes()["garbage"] == 0 and ti.entries == live
     # Canonical layout: rows laid out back to back in row order.
     counts = np.array([len(lst) for lst in model])
-    np.testing.assert_array_equal(ti._start.view(), np.cumsum(counts) - counts)
+    np.testing.assert_array_equal(ti.csr()["start"], np.cumsum(counts) - counts)
     assert_matches(ti, model, extra_tags=["g", "nope"])
     after = ti.to_arrays()
     assert all(np.array_equal(arrays_before[k], after[k]) for k in after)
@@ -417,11 +417,11 @@ def test_compact_keeps_contents_and_drops_garbage():
 def test_flat_offset_limit_compacts_then_refuses(monkeypatch):
     ti, model = small_index()  # 5 live entries
     ti.replace([0], [["c"]])  # flat holds 6: 4 live + 2 garbage
-    assert (len(ti._flat), ti.garbage) == (6, 2)
-    monkeypatch.setattr(tags_mod, "_MAX_FLAT_ENTRIES", 7)
+    assert (ti.entries, ti.garbage) == (6, 2)
+    monkeypatch.setattr(taglists, "_MAX_FLAT_ENTRIES", 7)
     ti.replace([2], [["a", "b"]])  # 6 + 2 > 7: compacts to 4 live first, then appends 2
     model[0], model[2] = ["c"], ["a", "b"]
-    assert (len(ti._flat), ti.garbage) == (6, 2)
+    assert (ti.entries, ti.garbage) == (6, 2)
     assert_matches(ti, model)
     before = snapshot(ti)
     with pytest.raises(OverflowError, match="uint32"):
@@ -434,7 +434,7 @@ def test_flat_offset_limit_compacts_then_refuses(monkeypatch):
 
 def test_row_limit(monkeypatch):
     ti, model = small_index()
-    monkeypatch.setattr(tags_mod, "MAX_ROWS", 6)
+    monkeypatch.setattr(taglists, "MAX_ROWS", 6)
     ti.append(None, 2)
     with pytest.raises(OverflowError, match="6-row limit"):
         ti.append([["new"]], 1)
@@ -457,7 +457,12 @@ def test_nbytes_parts():
     big = TagIndex()
     big.append([["all"] if r % 2 else ["odd", "all"] for r in range(150_000)], 150_000)
     loose = big.nbytes()["bitmaps"]
-    assert loose == sum(len(bm.serialize()) for bm in big._bitmaps) > 40_000
+    # the same lists built directly on the storage half: its bitmaps, not copies (a copy is tighter)
+    lists = taglists.TagLists()
+    lists.add_tags(2)  # "odd" is id 0, "all" id 1
+    counts = np.where(np.arange(150_000) % 2, 1, 2).astype(np.uint8)
+    lists.append(counts, np.concatenate([[0, 1] if r % 2 == 0 else [1] for r in range(150_000)]).astype(np.uint32))
+    assert loose == lists.nbytes()["bitmaps"] == sum(len(lists.bitmap(t).serialize()) for t in range(2)) > 40_000
     reloaded = TagIndex.from_arrays(big.to_arrays()).nbytes()["bitmaps"]  # optimised on load
     big.compact()
     tight = big.nbytes()["bitmaps"]

@@ -134,3 +134,19 @@ def test_mmap_temp_file_removed_when_store_is_collected(tmp_path):
     del store
     gc.collect()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_vector_store_memory_usage_and_spill_path(tmp_path):
+    from lukhas_gpu.vectors.store import VectorStore
+
+    mem = VectorStore(16)
+    mem.append(np.ones((10, 16), dtype=np.int8))
+    assert mem.spill_path is None
+    assert mem.memory_usage() == {"anon": {"vectors_int8": 160}, "reserved": {"vectors_int8": (4096 - 10) * 16}}
+    mm = VectorStore(16, storage="mmap", spill_dir=str(tmp_path))
+    mm.append(np.ones((10, 16), dtype=np.int8))
+    assert mm.memory_usage() == {"mapped": {"vectors_int8": 160}}
+    path = mm.spill_path
+    assert path is not None and path.startswith(str(tmp_path))
+    mm.close()
+    assert mm.spill_path is None and not os.path.exists(path)

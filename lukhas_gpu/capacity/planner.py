@@ -37,6 +37,7 @@ from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, T
                          fastscan_list_bytes, fastscan_resident, hnsw_graph_bytes, huge_page_slack,
                          summarize)
 from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, auto_pq_m, coarse_for, dim_out_for,
+                              encoder_bytes,
                               planned_nlist,
                               train_at, vector_capacity)
 from ..config import IndexConfig
@@ -303,7 +304,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     disk["vectors_int8"] = vec
 
     # encoder, calibration rows, probe, tombstones
-    enc = 4 * dim + (4 * dim_out * dim + 4 * dim_out if dim_out < dim else 0) + 2
+    enc = encoder_bytes(dim, dim_out)
     (gpu if be == "cuda" else anon)["encoder"] = enc
     disk["encoder"] = enc + 5 * NPZ_MEMBER_BYTES
     if cfg.resident_on(be) and count and (dim_out == dim or count >= train_at(cfg)):

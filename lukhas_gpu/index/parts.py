@@ -18,7 +18,7 @@ from ..records.contents import ContentArena
 from ..records.metadata import MetadataColumns
 from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
-from ..vectors.policy import dim_out_for
+from ..vectors.policy import dim_out_for, encoder_bytes
 from ..vectors.store import VectorStore
 
 __all__ = ["IndexParts"]
@@ -106,7 +106,7 @@ class IndexParts:
     def encoder_nbytes(self) -> int:
         if self._encoder is not None:
             return int(self._encoder.nbytes())
-        return int(sum(a.nbytes for a in (self.encoder_arrays or {}).values()))
+        return encoder_bytes(self.dim, self.dim_out)  # what building it will take
 
     # -- counts ---------------------------------------------------------------------------------
     @property

@@ -130,6 +130,10 @@ class Probe:
     def nbytes(self) -> int:
         return self.memories.nbytes() + self.queries.nbytes()
 
+    def memory_usage(self) -> dict:
+        """``probe``: both reservoirs, in ``anon``."""
+        return {"anon": {"probe": int(self.nbytes())}}
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {**self.memories.to_arrays("memories"), **self.queries.to_arrays("queries")}
 
@@ -358,6 +362,11 @@ class DriftMonitor:
         h = self._history
         return {"rows": h[:, 0].astype(np.int64), "quant": h[:, 1], "coarse": h[:, 2], "pq": h[:, 3],
                 "imbalance": h[:, 4], "score": h[:, 5]}
+
+    # -- accounting --------------------------------------------------------------------------------
+    def memory_usage(self) -> dict:
+        """``drift_monitor``: the two windows' list histograms and the per-batch history, in ``anon``."""
+        return {"anon": {"drift_monitor": int(self._cur.hist.nbytes + self._last.hist.nbytes + self._history.nbytes)}}
 
     # -- persistence -------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:

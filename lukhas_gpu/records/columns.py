@@ -83,11 +83,15 @@ class GrowableArray:
     def __setitem__(self, key, value):
         self.view()[key] = value
 
-    def truncate(self, n: int) -> None:
-        """Forget rows from ``n`` on (used to undo a partially applied batch)."""
-        if not 0 <= n <= self._n:
-            raise ValueError(f"cannot truncate a column of {self._n} rows to {n}")
-        self._n = n
-
     def nbytes(self) -> int:
+        """Bytes of the rows written."""
         return self._n * self.dtype.itemsize
+
+    def slack_bytes(self) -> int:
+        """Bytes of capacity allocated but not written (not resident: see the module docstring)."""
+        return (self.capacity - self._n) * self.dtype.itemsize
+
+    @property
+    def is_mapped(self) -> bool:
+        """Whether the rows are a file's memory map (:meth:`wrap` of an ``np.memmap``)."""
+        return isinstance(self._data, np.memmap)

@@ -3,92 +3,40 @@
 A row is one memory; rows are dense integers ``0..n-1`` appended in order. Nothing here holds a
 Python object per row: each row's tags live in CSR-like columns (a flat ``uint32`` array of tag
 ids plus a per-row ``start`` offset and ``count``), and each tag's rows live in a
-:class:`pyroaring.BitMap`. Python objects exist per distinct *tag* only (its name, its dict
-entry, its bitmap).
+:class:`pyroaring.BitMap` -- both in :class:`~lukhas_gpu.records.taglists.TagLists`. Python
+objects exist per distinct *tag* only (its name, its dict entry, its bitmap).
 
-Limits, all from the 32-bit storage:
-
-* at most ``2**32`` rows (roaring bitmaps hold 32-bit row numbers);
-* at most 255 distinct tags per memory (``count`` is ``uint8``);
-* each tag non-empty, at most 256 UTF-8 bytes, without NUL (tags are compared byte for byte;
-  no Unicode normalisation is applied, so ``"é"`` composed and decomposed are different tags);
-* at most ``2**32 - 1`` entries in the flat array, garbage included (``start`` is ``uint32``);
-  when an update would cross it the index compacts itself first.
+This module owns the vocabulary (interning names to ids) and the public boundary; the tag rules
+and limits are :mod:`lukhas_gpu.records.validate`'s (:data:`MAX_TAG_BYTES`,
+:data:`MAX_TAGS_PER_MEMORY`), the storage limits :mod:`lukhas_gpu.records.taglists`' (at most
+``2**32`` rows, ``2**32 - 1`` flat entries garbage included; when an update would cross the
+latter the index compacts itself first).
 
 Updates append: a replaced row's new list goes to the end of the flat array and its old entries
 become garbage until :meth:`TagIndex.compact`. Not thread-safe: callers serialise writes.
 """
 from __future__ import annotations
 
-import array
-import operator
-import reprlib
 from collections.abc import Mapping
 
 import numpy as np
 from pyroaring import BitMap
 
-from .columns import GrowableArray
+from .taglists import MAX_ROWS, TagLists
+from .validate import (MAX_TAG_BYTES, MAX_TAGS_PER_MEMORY, check_tag, check_tag_batch, check_tag_container,
+                       check_tag_count, check_tag_item, short_repr)
 
-__all__ = ["TagIndex", "MAX_TAG_BYTES", "MAX_TAGS_PER_MEMORY", "MAX_ROWS"]
+__all__ = ["TagIndex", "MAX_TAG_BYTES", "MAX_TAGS_PER_MEMORY", "MAX_ROWS", "TAG_OBJECT_BYTES"]
 
-MAX_TAG_BYTES = 256
-MAX_TAGS_PER_MEMORY = 255
-MAX_ROWS = 2**32
-# Read at call time (not bound as defaults) so tests can lower them to exercise the limits.
-_MAX_FLAT_ENTRIES = 2**32 - 1
-
-# pyroaring copies an ``array.array`` of C unsigned ints straight into the bitmap; a numpy array
-# goes through its generic iterator, measured ~10x slower (45 ms vs 5 ms per million rows).
-_U32_CODE = next((c for c in "IL" if array.array(c).itemsize == 4), None)
+#: Per tag in the vocabulary: its name (a ``str``), the dict entry and list slot that intern it,
+#: its ``BitMap`` object and the roaring bitmap struct behind it (measured on CPython 3.11).
+TAG_OBJECT_BYTES = 260
+#: Ints up to this are the interpreter's cached singletons, not objects the index keeps.
+_SMALL_INT_MAX = 256
 
 _ARRAY_KEYS = ("names_utf8", "names_offsets", "flat", "start", "count")
 _ARRAY_DTYPES = {"names_utf8": np.uint8, "names_offsets": np.int64, "flat": np.uint32,
                  "start": np.uint32, "count": np.uint8}
-
-_short = reprlib.Repr()
-_short.maxstring = 60
-_short.maxother = 60
-
-
-def _u32(values: np.ndarray):
-    """``values`` as something :meth:`BitMap.update` ingests fast (an ``array.array`` of uint32)."""
-    values = np.ascontiguousarray(values, dtype=np.uint32)
-    if _U32_CODE is None:  # exotic platform: correct, just slower
-        return values
-    out = array.array(_U32_CODE)
-    out.frombytes(values.view(np.uint8))  # frombytes wants a byte buffer, not uint32
-    return out
-
-
-def _check_tag(where: str, tag: str) -> None:
-    """Raise ``ValueError`` unless ``tag`` (a ``str``) is a storable tag."""
-    if not tag:
-        raise ValueError(f"{where} contains an empty tag; tags must be non-empty strings")
-    if "\x00" in tag:
-        raise ValueError(f"{where} tag {_short.repr(tag)} contains a NUL character")
-    try:
-        nbytes = len(tag.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{where} tag {_short.repr(tag)} is not encodable as UTF-8 "
-                         f"({exc.reason} at character {exc.start})") from None
-    if nbytes > MAX_TAG_BYTES:
-        raise ValueError(f"{where} tag {_short.repr(tag)} is {nbytes} UTF-8 bytes; "
-                         f"the limit is {MAX_TAG_BYTES}")
-
-
-def _group_by_tag(ids: np.ndarray, rows: np.ndarray):
-    """Yield ``(tag_id, rows_of_that_tag)`` for parallel entry arrays, rows kept in input order."""
-    if len(ids) == 0:
-        return
-    # Stable, so rows that arrive ascending (appends) stay ascending per tag: roaring's bulk
-    # insert is fastest on sorted input.
-    order = np.argsort(ids, kind="stable")
-    sids, srows = ids[order], rows[order]
-    cuts = np.flatnonzero(sids[1:] != sids[:-1]) + 1
-    bounds = [0, *cuts.tolist(), len(sids)]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        yield int(sids[lo]), srows[lo:hi]
 
 
 class TagIndex:
@@ -113,15 +61,11 @@ class TagIndex:
     def __init__(self):
         self._ids: dict[str, int] = {}
         self._names: list[str] = []
-        self._bitmaps: list[BitMap] = []
-        self._flat = GrowableArray(np.uint32)
-        self._start = GrowableArray(np.uint32)
-        self._count = GrowableArray(np.uint8)
-        self._garbage = 0  # flat entries no live row points at any more
+        self._lists = TagLists()
 
     # -- size ------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._count)
+        return len(self._lists)
 
     @property
     def vocab_size(self) -> int:
@@ -131,11 +75,22 @@ class TagIndex:
     @property
     def garbage(self) -> int:
         """Flat-array entries left behind by :meth:`replace` / :meth:`delete` (reclaimed by :meth:`compact`)."""
-        return self._garbage
+        return self._lists.garbage
+
+    @property
+    def entries(self) -> int:
+        """Entries in the flat array of tag ids, live and garbage (``nbytes()["flat"] // 4`` are live)."""
+        return self._lists.entries
+
+    def csr(self) -> dict[str, np.ndarray]:
+        """Read-only views of the raw CSR columns as they are now (garbage included): ``flat``
+        (uint32 tag ids), ``start`` (uint32) and ``count`` (uint8) per row. :meth:`to_arrays`
+        gives the canonical form."""
+        return self._lists.csr()
 
     def __repr__(self) -> str:
         return (f"TagIndex(rows={len(self)}, vocab_size={self.vocab_size}, "
-                f"entries={len(self._flat) - self._garbage}, garbage={self._garbage})")
+                f"entries={self.entries - self.garbage}, garbage={self.garbage})")
 
     # -- validation --------------------------------------------------------------------------
     def validate(self, tags, n: int) -> list[tuple[str, ...]]:
@@ -179,19 +134,9 @@ class TagIndex:
         :meth:`_commit_names` makes real. Keeping the vocabulary untouched until the whole batch
         passes is what makes a rejected batch leave no trace.
         """
-        n = self._check_n(n)
+        n = check_tag_batch(tags, n)
         if tags is None:
             return np.zeros(n, dtype=np.uint8), np.empty(0, dtype=np.uint32), []
-        if isinstance(tags, (str, bytes, bytearray)):
-            raise TypeError(f"tags must be None or a sequence of {n} tag lists (one per memory), "
-                            f"got a bare {type(tags).__name__} {_short.repr(tags)}")
-        try:
-            m = len(tags)
-        except TypeError:
-            raise TypeError(f"tags must be None or a sequence of {n} tag lists (one per memory), "
-                            f"got {type(tags).__name__}") from None
-        if m != n:
-            raise ValueError(f"tags has {m} entries but the batch has n={n} memories")
 
         def where(i):
             return f"tags[{i}]" if rows is None else f"tags[{i}] (row {int(rows[i])})"
@@ -210,7 +155,7 @@ class TagIndex:
             if mem is None:
                 continue
             if type(mem) is not list and type(mem) is not tuple:
-                self._check_container(where(i), mem)
+                check_tag_container(where(i), mem)
             # Fast path: every tag already interned (the common case with a settled vocabulary).
             # A vocabulary hit proves the tag valid; anything else takes the checking path.
             try:
@@ -224,33 +169,10 @@ class TagIndex:
             if k > 1 and len(set(tids)) != k:
                 tids = list(dict.fromkeys(tids))
                 k = len(tids)
-            if k > MAX_TAGS_PER_MEMORY:
-                raise ValueError(f"{where(i)} has {k} distinct tags; the limit is "
-                                 f"{MAX_TAGS_PER_MEMORY} per memory")
+            check_tag_count(where(i), k)
             counts[i] = k
             flat.extend(tids)
         return (np.array(counts, dtype=np.uint8), np.array(flat, dtype=np.uint32), list(new))
-
-    @staticmethod
-    def _check_n(n) -> int:
-        try:
-            n = operator.index(n)
-        except TypeError:
-            raise TypeError(f"n must be an integer, got {type(n).__name__}") from None
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        return n
-
-    @staticmethod
-    def _check_container(where: str, mem) -> None:
-        if isinstance(mem, (list, tuple)):
-            return
-        if isinstance(mem, str):
-            raise TypeError(f"{where} is a bare str {_short.repr(mem)}; a memory's tags must be a "
-                            f"list or tuple of str (a bare str would be split into one tag per "
-                            f"character): write [{_short.repr(mem)}]")
-        raise TypeError(f"{where} must be a list or tuple of str, or None; "
-                        f"got {type(mem).__name__}")
 
     def _slow_ids(self, where: str, mem, new: dict, base: int, learn: dict | None) -> list[int]:
         """Per-tag checks for a memory with a non-str item or a tag not yet interned.
@@ -261,15 +183,13 @@ class TagIndex:
         ids_get = self._ids.get
         out = []
         for j, tag in enumerate(mem):
-            if not isinstance(tag, str):
-                raise TypeError(f"{where} item {j} must be str, got {type(tag).__name__} "
-                                f"{_short.repr(tag)}")
+            check_tag_item(where, j, tag)
             tid = ids_get(tag)
             if tid is None:
                 tag = str.__str__(tag)  # a plain str, not a caller's str subclass
                 tid = new.get(tag)
                 if tid is None:
-                    _check_tag(where, tag)
+                    check_tag(where, tag)
                     tid = new[tag] = base + len(new)
                     if learn is not None:
                         learn[tag] = tid
@@ -277,10 +197,13 @@ class TagIndex:
         return out
 
     def _commit_names(self, new_names: list[str]) -> None:
-        for name in new_names:
+        self._intern(new_names)
+        self._lists.add_tags(len(new_names))
+
+    def _intern(self, names: list[str]) -> None:
+        for name in names:
             self._ids[name] = len(self._names)
             self._names.append(name)
-            self._bitmaps.append(BitMap())
 
     def _check_rows(self, rows, *, unique: str | None = None) -> np.ndarray:
         """``rows`` as a 1-D int64 array of existing rows; ``unique`` names the caller that needs them distinct."""
@@ -333,19 +256,9 @@ class TagIndex:
             The index would pass ``2**32`` rows (the bitmaps' 32-bit row numbers).
         """
         counts, ids, new_names = self._prepare(tags, n)
-        start = len(self)
-        stop = start + len(counts)
-        if stop > MAX_ROWS:
-            raise OverflowError(f"appending {len(counts)} rows to {start} would pass the "
-                                f"{MAX_ROWS}-row limit of 32-bit roaring bitmaps")
-        self._make_room(len(ids))
+        self._lists.make_room(len(ids), rows=len(counts))
         self._commit_names(new_names)
-        offsets = self._offsets_after(counts, len(self._flat))
-        self._flat.append(ids)
-        self._start.append(offsets)
-        self._count.append(counts)
-        self._add(ids, np.repeat(np.arange(start, stop, dtype=np.uint32), counts))
-        return start, stop
+        return self._lists.append(counts, ids)
 
     def replace(self, rows, tags) -> None:
         """Give existing rows new tag lists.
@@ -366,15 +279,9 @@ class TagIndex:
         """
         rows = self._check_rows(rows, unique="replace")
         counts, ids, new_names = self._prepare(tags, len(rows), rows=rows)
-        self._make_room(len(ids))  # may compact, which moves the rows' entries: gather after
-        old_ids, old_rows = self._gather(rows)
-        self._remove(old_ids, old_rows)
+        self._lists.make_room(len(ids))  # may compact: nothing is gathered before it
         self._commit_names(new_names)
-        self._start[rows] = self._offsets_after(counts, len(self._flat))
-        self._count[rows] = counts
-        self._flat.append(ids)
-        self._garbage += len(old_ids)
-        self._add(ids, np.repeat(rows.astype(np.uint32), counts))
+        self._lists.replace(rows, counts, ids)
 
     def delete(self, rows) -> None:
         """Empty the tag lists of ``rows`` (the rows stay; their old entries become garbage).
@@ -389,11 +296,7 @@ class TagIndex:
         IndexError
             A row does not exist.
         """
-        rows = np.unique(self._check_rows(rows))
-        old_ids, old_rows = self._gather(rows)
-        self._remove(old_ids, old_rows)
-        self._count[rows] = 0
-        self._garbage += len(old_ids)
+        self._lists.delete(np.unique(self._check_rows(rows)))
 
     def compact(self) -> None:
         """Drop all garbage and shrink the bitmaps.
@@ -402,58 +305,7 @@ class TagIndex:
         run-optimised (runs of consecutive rows, such as a tag given to a whole imported batch,
         become run containers) and trimmed to size. Contents are unchanged.
         """
-        # Bulk updates leave dense tags as bitset containers; optimising on every append would
-        # rescan each touched bitmap (O(its size) per call), so it happens here and on load.
-        self._optimize_bitmaps()
-        counts = self._count.view()
-        offsets = self._offsets_after(counts, 0)
-        if self._garbage == 0 and np.array_equal(self._start.view(), offsets):
-            return  # flat already canonical (e.g. only appends so far)
-        live, _ = self._gather(np.arange(len(self), dtype=np.int64))
-        flat = GrowableArray(np.uint32)
-        flat.append(live)
-        self._flat = flat
-        self._start[:] = offsets
-        self._garbage = 0
-
-    def _optimize_bitmaps(self) -> None:
-        for bm in self._bitmaps:
-            bm.run_optimize()
-            bm.shrink_to_fit()
-
-    def _make_room(self, extra: int) -> None:
-        if len(self._flat) + extra <= _MAX_FLAT_ENTRIES:
-            return
-        if self._garbage:
-            self.compact()
-        if len(self._flat) + extra > _MAX_FLAT_ENTRIES:
-            raise OverflowError(f"{len(self._flat)} tag entries plus {extra} new ones would pass "
-                                f"the {_MAX_FLAT_ENTRIES}-entry limit of the uint32 row offsets")
-
-    @staticmethod
-    def _offsets_after(counts: np.ndarray, base: int) -> np.ndarray:
-        """uint32 start offsets for rows with ``counts`` entries laid out from ``base``."""
-        ends = np.cumsum(counts, dtype=np.int64)
-        return (base + ends - counts).astype(np.uint32)
-
-    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The tag ids of ``rows`` (int64, valid) in row order, and the row of each id."""
-        counts = self._count.view()[rows].astype(np.int64)
-        total = int(counts.sum())
-        if total == 0:
-            return np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.int64)
-        starts = self._start.view()[rows].astype(np.int64)
-        ends = np.cumsum(counts)
-        pos = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - counts), counts)
-        return self._flat.view()[pos], np.repeat(rows, counts)
-
-    def _add(self, ids: np.ndarray, rows: np.ndarray) -> None:
-        for tid, r in _group_by_tag(ids, rows):
-            self._bitmaps[tid].update(_u32(r))
-
-    def _remove(self, ids: np.ndarray, rows: np.ndarray) -> None:
-        for tid, r in _group_by_tag(ids, rows):
-            self._bitmaps[tid].difference_update(BitMap(_u32(r)))
+        self._lists.compact()
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, rows) -> list[list[str]]:
@@ -475,24 +327,24 @@ class TagIndex:
             padding elsewhere in the package, never "the last row").
         """
         rows = self._check_rows(rows)
-        ids, _ = self._gather(rows)
+        ids, _ = self._lists.gather(rows)
         names = self._names
         flat = [names[t] for t in ids.tolist()]
         out, pos = [], 0
-        for k in self._count.view()[rows].tolist():
+        for k in self._lists.counts()[rows].tolist():
             out.append(flat[pos:pos + k])
             pos += k
         return out
 
     def _tag_id(self, tag) -> int | None:
         if not isinstance(tag, str):
-            raise TypeError(f"a tag must be a str, got {type(tag).__name__} {_short.repr(tag)}")
+            raise TypeError(f"a tag must be a str, got {type(tag).__name__} {short_repr(tag)}")
         return self._ids.get(tag)
 
     def _query_ids(self, tags) -> list[int | None]:
         if isinstance(tags, str):
             raise TypeError(f"tags must be a list or tuple of str, got a bare str "
-                            f"{_short.repr(tags)}: write [{_short.repr(tags)}]")
+                            f"{short_repr(tags)}: write [{short_repr(tags)}]")
         return [self._tag_id(t) for t in tags]
 
     def bitmap(self, tag: str) -> BitMap:
@@ -501,12 +353,12 @@ class TagIndex:
         An unknown tag gives an empty bitmap (a filter on it matches nothing), not an error.
         """
         tid = self._tag_id(tag)
-        return BitMap() if tid is None else self._bitmaps[tid].copy()
+        return BitMap() if tid is None else self._lists.bitmap(tid).copy()
 
     def cardinality(self, tag: str) -> int:
         """Number of rows carrying ``tag`` (0 for an unknown tag)."""
         tid = self._tag_id(tag)
-        return 0 if tid is None else len(self._bitmaps[tid])
+        return 0 if tid is None else len(self._lists.bitmap(tid))
 
     def all_of(self, tags) -> BitMap | None:
         """Rows carrying every one of ``tags``.
@@ -528,7 +380,7 @@ class TagIndex:
         if None in ids:
             return BitMap()
         # Smallest first: every later intersection is bounded by the running result.
-        bms = sorted((self._bitmaps[t] for t in set(ids)), key=len)
+        bms = sorted((self._lists.bitmap(t) for t in set(ids)), key=len)
         out = bms[0].copy()
         for bm in bms[1:]:
             if not out:
@@ -549,7 +401,7 @@ class TagIndex:
             A new bitmap; empty for an empty ``tags`` (the union of no sets) or when no tag is
             known. Unknown tags contribute nothing.
         """
-        bms = [self._bitmaps[t] for t in set(self._query_ids(tags)) if t is not None]
+        bms = [self._lists.bitmap(t) for t in set(self._query_ids(tags)) if t is not None]
         if not bms:
             return BitMap()
         if len(bms) == 1:
@@ -568,17 +420,29 @@ class TagIndex:
             of the tag names; ``garbage``: number of dead flat entries (an entry count, not
             bytes; they occupy ``4 * garbage`` bytes until :meth:`compact`).
         """
-        n = len(self)
-        return {
-            "flat": 4 * (len(self._flat) - self._garbage),
-            "start": 4 * n,
-            "count": n,
-            # pyroaring's __sizeof__ is roaring_bitmap_portable_size_in_bytes: O(containers),
-            # no serialisation (tests pin it to len(serialize())).
-            "bitmaps": sum(bm.__sizeof__() for bm in self._bitmaps),
-            "vocab": sum(len(name.encode("utf-8")) for name in self._names),
-            "garbage": self._garbage,
-        }
+        return {**self._lists.nbytes(), "vocab": self._vocab_bytes(), "garbage": self.garbage}
+
+    def _vocab_bytes(self) -> int:
+        return sum(len(name.encode("utf-8")) for name in self._names)
+
+    def memory_usage(self) -> dict:
+        """Where the index's bytes live (see :mod:`lukhas_gpu.util.memory` for the contract).
+
+        ``anon``: ``tags_flat`` (live and garbage entries), ``tags_start``, ``tags_count``,
+        ``tags_bitmaps`` (in-memory roaring size, containers included) and ``tags_vocab`` (the
+        names' UTF-8 bytes plus :data:`TAG_OBJECT_BYTES` per tag); ``reserved["tags"]``: the
+        columns' unwritten capacity.
+        """
+        out = self._lists.memory_usage()
+        out["anon"]["tags_vocab"] = self._vocab_bytes() + TAG_OBJECT_BYTES * self.vocab_size
+        return out
+
+    def small_objects(self) -> list:
+        """The small Python objects kept per tag: its name, its id (past the interpreter's cached
+        small ints) and its bitmap object. For the CPython pool estimate of
+        :func:`lukhas_gpu.capacity.accounting.python_pools`."""
+        ids = [v for v in self._ids.values() if v > _SMALL_INT_MAX]
+        return [*self._names, *ids, *self._lists.small_objects()]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Everything as plain numpy arrays (no pickle), in canonical compacted form.
@@ -599,14 +463,10 @@ class TagIndex:
         encoded = [name.encode("utf-8") for name in self._names]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
-        counts = self._count.view().copy()
-        live, _ = self._gather(np.arange(len(self), dtype=np.int64))
         return {
             "names_utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(),
             "names_offsets": offsets,
-            "flat": np.array(live, dtype=np.uint32),
-            "start": self._offsets_after(counts, 0),
-            "count": counts,
+            **self._lists.to_arrays(),
         }
 
     @classmethod
@@ -646,31 +506,12 @@ class TagIndex:
                 name = raw[lo:hi].decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"tag name {i} is not valid UTF-8: {exc}") from None
-            _check_tag(f"tag name {i}", name)
+            check_tag(f"tag name {i}", name)
             names.append(name)
         if len(set(names)) != len(names):
             raise ValueError("tag names repeat; each tag must appear once in names_utf8")
-        flat, start, count = a["flat"], a["start"], a["count"]
-        if len(start) != len(count):
-            raise ValueError(f"start has {len(start)} rows but count has {len(count)}")
-        if len(count) > MAX_ROWS:
-            raise ValueError(f"{len(count)} rows pass the {MAX_ROWS}-row limit")
-        if len(start) and int((start.astype(np.int64) + count).max()) > len(flat):
-            raise ValueError(f"a row's range start + count passes the end of flat "
-                             f"({len(flat)} entries)")
-
+        lists = TagLists.from_arrays(a["flat"], a["start"], a["count"], len(names))
         index = cls()
-        index._commit_names(names)
-        index._flat.append(flat)
-        index._start.append(start)
-        index._count.append(count)
-        live, rows = index._gather(np.arange(len(count), dtype=np.int64))
-        if len(live) and int(live.max()) >= len(names):
-            raise ValueError(f"flat holds tag id {int(live.max())} but there are only "
-                             f"{len(names)} tag names")
-        index._add(live, rows)
-        if sum(len(bm) for bm in index._bitmaps) != len(live):
-            raise ValueError("a row lists the same tag id more than once")
-        index._garbage = max(0, len(flat) - len(live))
-        index._optimize_bitmaps()
+        index._lists = lists  # with a bitmap per name already
+        index._intern(names)
         return index

@@ -13,10 +13,13 @@ import time
 import numpy as np
 
 from ..util.device import faiss_gpus, faiss_module
+from ..util.memory import PAGE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans"]
+__all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans",
+           "aligned_capacity", "fastscan_list_bytes", "fastscan_resident", "hnsw_graph_bytes",
+           "FASTSCAN_BBS", "LIST_OVERHEAD", "HNSW_M", "LIST_STATES"]
 
 #: What faiss's GPU IVF-PQ accepts: bytes per code (8-bit sub-quantizers) and dimensions per
 #: sub-quantizer (GpuIndexIVFPQ's documented limits). It has no 4-bit fast-scan layout, no HNSW
@@ -113,6 +116,67 @@ def auto_pq_m(d: int, target: int | None = None) -> int:
     return 1
 
 
+# -- memory layout of FAISS's structures (shared with lukhas_gpu.capacity's predictions) ---------
+#: Vectors per block of a fast-scan inverted list (FAISS's ``bbs``).
+FASTSCAN_BBS = 32
+#: Per inverted list: a ``std::vector`` of ids and an ``AlignedTable`` of codes (24 B each) and
+#: the allocator's header of each of their buffers (16 B each).
+LIST_OVERHEAD = 24 + 24 + 16 + 16
+#: Neighbours per node on the base level of FAISS's ``IndexHNSWFlat`` is ``2 * M``.
+HNSW_M = 32
+#: How the inverted lists were allocated: grown by ``add`` in this process, or read from disk.
+LIST_STATES = ("built", "opened")
+
+
+def aligned_capacity(nbytes):
+    """FAISS ``AlignedTable::round_capacity``: 0, or the smallest power of two >= max(n, 256).
+
+    Works elementwise on an int array (returns int64).
+    """
+    n = np.asarray(nbytes, dtype=np.int64)
+    cap = np.where(n > 0, 256, 0).astype(np.int64)
+    big = n > 256
+    if big.any():
+        cap[big] = np.left_shift(1, np.ceil(np.log2(n[big].astype(np.float64))).astype(np.int64))
+        cap[big] = np.where(cap[big] < n[big], 2 * cap[big], cap[big])  # float rounding guard
+    return cap if cap.ndim else int(cap)
+
+
+def fastscan_list_bytes(sizes, pq_m: int, bbs: int = FASTSCAN_BBS):
+    """Code bytes of fast-scan lists holding ``sizes`` vectors: whole blocks of ``bbs`` vectors,
+    ``bbs * M2 / 2`` bytes each (``M2`` is ``pq_m`` rounded up to even)."""
+    m2 = pq_m + (pq_m & 1)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return -(-sizes // bbs) * (bbs * m2 // 2)
+
+
+def fastscan_resident(code_bytes, state: str):
+    """Resident bytes of fast-scan list buffers holding ``code_bytes`` each.
+
+    Each inverted list keeps its codes in an ``AlignedTable`` whose capacity is rounded up to a
+    power of two of at least 256 bytes (:func:`aligned_capacity`). A list grown by ``add``
+    reallocates at each power of two and the freed buffers are reused by its neighbours in the
+    heap, so its whole capacity ends up resident (``state="built"``). A list read back by
+    ``read_index`` is allocated once at that capacity but only its codes are written: the
+    untouched tail stays non-resident except for the page it shares with the next allocation
+    (``"opened"``: ``min(capacity, codes + 4096)`` on average over the chunk's alignment).
+    """
+    cap = aligned_capacity(code_bytes)
+    if state == "built":
+        return cap
+    if state == "opened":
+        return np.minimum(cap, np.asarray(code_bytes, dtype=np.int64) + PAGE)
+    raise ValueError(f"state must be 'built' or 'opened', got {state!r}")
+
+
+def hnsw_graph_bytes(n_nodes: int, m: int = HNSW_M) -> int:
+    """Expected bytes of an HNSW graph over ``n_nodes``: neighbour slots (int32; ``2m`` on the base
+    level, ``m`` per upper level, a node reaching level ``l`` with probability ``m**-l``), the
+    level of each node (int32) and its offset into the slots (int64)."""
+    slots = 2 * m + m / (m - 1)
+    return int(round(n_nodes * (4 * slots + 4 + 8) + 8))
+
+
 class IVFPQIndex:
     """An ``IndexIVFPQFastScan`` (inner product, residual 4-bit PQ) plus its coarse quantizer.
 
@@ -164,6 +228,12 @@ class IVFPQIndex:
         return self
 
     # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def opened(self) -> bool:
+        """Whether the FAISS index was read from disk (``read_index`` makes it own its
+        quantizer; one constructed here does not)."""
+        return bool(getattr(self.index, "own_fields", False))
+
     @property
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
@@ -321,6 +391,45 @@ class IVFPQIndex:
         if self.coarse == "hnsw":
             graph = int(faiss.downcast_index(self.quantizer).hnsw.neighbors.size()) * 4
         return {"codes": codes, "ids": ids, "centroids": centroids + pq, "coarse_graph": graph}
+
+    def memory_usage(self, state: str | None = None) -> dict:
+        """Where the index's bytes live (see :mod:`lukhas_gpu.util.memory` for the contract).
+
+        Parameters
+        ----------
+        state : {"built", "opened"}, optional
+            How the inverted lists were allocated (:func:`fastscan_resident`); default
+            ``"opened"`` when the index was read from disk (:attr:`opened`), else ``"built"``.
+            A caller that knows the lists grew since they were read passes ``"built"``.
+
+        Returns
+        -------
+        dict
+            ``anon``: ``ann_codes`` (block-padded codes), ``ann_codes_slack`` (the lists'
+            resident capacity beyond them), ``ann_ids``, ``ann_centroids`` (and PQ tables),
+            ``ann_overhead`` (per-list structures, HNSW levels and offsets), ``ann_coarse_graph``
+            (HNSW coarse quantizer only) and ``ann_clustering_index`` (the flat index k-means
+            assigned with, while it holds the centroids); ``gpu``: ``ann``, a faiss GPU copy.
+        """
+        if state is None:
+            state = "opened" if self.opened else "built"
+        nb = self.nbytes()
+        codes = fastscan_list_bytes(self.list_sizes(), self.pq_m, int(self.index.bbs))
+        anon = {"ann_codes": nb["codes"],
+                "ann_codes_slack": int(fastscan_resident(codes, state).sum()) - nb["codes"],
+                "ann_ids": nb["ids"], "ann_centroids": nb["centroids"]}
+        overhead = LIST_OVERHEAD * self.nlist
+        if self.coarse == "hnsw":
+            anon["ann_coarse_graph"] = nb["coarse_graph"]
+            overhead += 12 * self.nlist + 8  # levels (int32) and offsets (int64) per node
+        anon["ann_overhead"] = overhead
+        clus = self._clustering_index
+        if clus is not None and clus.ntotal:  # the flat index k-means assigned with keeps the centroids
+            anon["ann_clustering_index"] = int(clus.ntotal) * int(clus.d) * 4
+        out = {"anon": anon}
+        if self.gpu_index is not None:  # pragma: no cover - needs faiss-gpu
+            out["gpu"] = {"ann": nb["codes"] + nb["ids"] // 2 + nb["centroids"]}  # 32-bit ids on the GPU
+        return out
 
     def list_sizes(self) -> np.ndarray:
         inv = self.index.invlists

@@ -94,6 +94,10 @@ class Encoder(torch.nn.Module):
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
+    def memory_usage(self) -> dict:
+        """``encoder`` (its buffers) on the GPU when the encoder is on CUDA, else in ``anon``."""
+        return {"gpu" if self.device.type == "cuda" else "anon": {"encoder": self.nbytes()}}
+
     # -- fitting ------------------------------------------------------------------------------
     @torch.no_grad()
     def fit(self, sample, *, projection: bool = True) -> "Encoder":
@@ -190,8 +194,6 @@ class Encoder(torch.nn.Module):
         c = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(codes))
         return c.to(self.device, torch.float32) * self.scale
 
-    decode = dequantize
-
     @torch.no_grad()
     def project(self, x) -> torch.Tensor:
         """(n, D) float -> (n, d) float32 in the ANN space."""
@@ -209,8 +211,6 @@ class Encoder(torch.nn.Module):
             codes.append(self._quantize_chunk(xn))
             proj.append(self._project_chunk(xn))
         return torch.cat(codes), torch.cat(proj)
-
-    encode = forward
 
     @torch.no_grad()
     def encode_resident(self, x) -> torch.Tensor:

@@ -82,3 +82,8 @@ class ResidentVectors:
         """Bytes allocated on the device (capacity, not only the rows written: a CUDA allocation
         is resident whether written or not)."""
         return self.capacity * (self.dim + 1)
+
+    def memory_usage(self) -> dict:
+        """``resident_vectors``: the whole allocation (device memory is held whether written or
+        not), under ``gpu`` on CUDA, else ``anon``."""
+        return {"gpu" if self.device.type == "cuda" else "anon": {"resident_vectors": self.nbytes()}}

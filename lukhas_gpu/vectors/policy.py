@@ -13,7 +13,7 @@ import numpy as np
 
 from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
 
-__all__ = ["MAX_DIM_OUT", "dim_out_for", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS",
+__all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS",
            "HNSW_COARSE_FROM", "TWO_LEVEL_FROM", "auto_nlist", "auto_pq_m", "train_sample_size",
            "planned_nlist", "train_at", "coarse_for", "vector_capacity", "sample_index"]
 
@@ -39,6 +39,13 @@ def dim_out_for(dim: int, cfg) -> int:
     if cfg.dim_out:
         return min(int(cfg.dim_out), dim)
     return min(dim, MAX_DIM_OUT)
+
+
+def encoder_bytes(dim: int, dim_out: int) -> int:
+    """Bytes of the encoder's buffers: int8 scales (float32 per input dim), then with a
+    projection its components and the projected space's scales, and two "fitted" flags."""
+    proj = 4 * dim_out * dim + 4 * dim_out if dim_out < dim else 0
+    return 4 * dim + proj + 2
 
 
 def planned_nlist(n: int, cfg) -> int:

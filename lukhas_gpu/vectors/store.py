@@ -12,6 +12,8 @@ import tempfile
 
 import numpy as np
 
+from ..util.memory import huge_page_slack
+
 __all__ = ["VectorStore"]
 
 #: Doubling: each row is copied once on average as the store grows (1.5 copied it twice and cost
@@ -132,6 +134,29 @@ class VectorStore:
 
     def nbytes(self) -> int:
         return self._n * self.dim * self.dtype.itemsize
+
+    @property
+    def spill_path(self) -> str | None:
+        """The temporary file backing an ``mmap`` store that made its own (deleted on
+        :meth:`close`); ``None`` for a store over a given or attached file, or in memory."""
+        return self._path if self._owns_file and self._path else None
+
+    def memory_usage(self) -> dict:
+        """Where the rows live (see :mod:`lukhas_gpu.util.memory` for the contract).
+
+        ``vectors_int8``: the rows written, ``mapped`` for a memory-mapped store, else ``anon``
+        with the unwritten capacity ``reserved``; numpy advises huge pages for large buffers, so
+        half a huge page of that capacity is resident on average (``vectors_slack``).
+        """
+        used = self.nbytes()
+        if self.storage == "mmap":
+            return {"mapped": {"vectors_int8": used}}
+        cap = self.capacity * self.dim * self.dtype.itemsize
+        anon = {"vectors_int8": used}
+        slack = huge_page_slack(used, cap)
+        if slack:
+            anon["vectors_slack"] = slack
+        return {"anon": anon, "reserved": {"vectors_int8": cap - used}}
 
     def flush(self) -> None:
         if self.storage == "mmap":

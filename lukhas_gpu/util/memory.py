@@ -1,0 +1,72 @@
+"""How much memory the building blocks really hold: numpy buffers, roaring bitmaps, zstd contexts.
+
+Facts about allocators and libraries that several components need for their ``memory_usage()``
+(and :mod:`lukhas_gpu.capacity` for its predictions), owned here so that each is stated once.
+
+``memory_usage()`` contract (every component of the index has one)::
+
+    {"anon": {name: bytes}, "mapped": {name: bytes}, "gpu": {name: bytes}, "reserved": {name: bytes}}
+
+``anon`` is anonymous resident RAM, ``mapped`` file-backed pages (page cache, reclaimable),
+``gpu`` device memory, ``reserved`` capacity allocated but never written (not resident, not in
+any total). Places with nothing may be omitted.
+"""
+from __future__ import annotations
+
+import pathlib
+
+__all__ = ["PAGE", "HUGE_PAGE", "HUGE_FROM", "ROARING_CONTAINER_BYTES", "huge_page_slack",
+           "bitmap_bytes", "zstd_context_bytes"]
+
+PAGE = 4096
+#: A transparent huge page (numpy advises them for arrays of ``HUGE_FROM`` bytes and more).
+HUGE_PAGE = 2 << 20
+HUGE_FROM = 4 << 20
+#: Per roaring container, beyond its values: its slot in the bitmap (key, type, pointer), the
+#: container struct and the allocator headers of both buffers.
+ROARING_CONTAINER_BYTES = 11 + 16 + 32
+
+
+def huge_page_slack(used: int, reserved: int) -> int:
+    """Untouched capacity after ``used`` bytes of a numpy buffer of ``reserved`` bytes that huge
+    pages make resident (half a huge page on average, never more than the slack)."""
+    if used <= 0 or reserved < HUGE_FROM or not _numpy_huge_pages():
+        return 0
+    return int(min(max(reserved - used, 0), HUGE_PAGE // 2))
+
+
+def _numpy_huge_pages() -> bool:
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    try:
+        advised = bool(multiarray._get_madvise_hugepage())
+    except AttributeError:
+        return False
+    return advised and _thp_mode() in ("always", "madvise")
+
+
+def _thp_mode() -> str:
+    try:
+        text = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "never"
+    start, stop = text.find("["), text.find("]")
+    return text[start + 1: stop] if 0 <= start < stop else "never"
+
+
+def bitmap_bytes(bm) -> int:
+    """In-memory bytes of a roaring bitmap: its containers' values plus a fixed cost each."""
+    st = bm.get_statistics()
+    values = st["n_bytes_array_containers"] + st["n_bytes_run_containers"] + st["n_bytes_bitset_containers"]
+    return int(values + ROARING_CONTAINER_BYTES * st["n_containers"])
+
+
+def zstd_context_bytes(obj) -> int:
+    """``memory_size()`` of a zstd compressor or decompressor (0 for ``None`` or a context not
+    created yet)."""
+    try:
+        return int(obj.memory_size()) if obj is not None else 0
+    except Exception:  # a context not created yet
+        return 0
