@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lukhas_gpu.cli import app as cli
+from lukhas_gpu import cli
 
 
 def test_bench_prints_the_table(capsys):

@@ -9,7 +9,9 @@ import pytest
 
 from lukhas_gpu import MemoryIndex
 
-from lukhas_gpu.cli import app as cli
+from lukhas_gpu import cli
+from lukhas_gpu.cli import progress as cli_progress
+from lukhas_gpu.ingest import resume
 from lukhas_gpu.ingest.migrate import write_naive_jsonl
 
 N, DIM, BATCH = 300, 16, 50
@@ -84,7 +86,7 @@ def test_ingest_jsonl_then_stats_get_and_search_match_the_input(data, capsys):
 
 
 def test_ingest_text_output_and_plain_progress_lines(data, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(cli_progress, "PROGRESS_INTERVAL", 0.0)
     assert _ingest(data) == 0
     out = capsys.readouterr().out
     assert "ingested 50/300 records" in out and "ingested 300/300 records" in out and "rec/s" in out
@@ -250,7 +252,7 @@ def _interrupt_then_resume(d, capsys, monkeypatch, after_resume=None):
     monkeypatch.setattr(MemoryIndex, "add", _interrupting_add(2))
     assert _ingest(d) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
-    progress = json.loads((d["store"] / cli.PROGRESS_FILE).read_text())
+    progress = resume.progress_of(d["store"], d["src"])
     assert progress["ingested"] == 2 * BATCH and not progress["done"]
 
     monkeypatch.setattr(MemoryIndex, "add", real_add)
@@ -273,19 +275,20 @@ def test_resume_after_an_interrupt_ingests_every_record_once(data, capsys, monke
 
 
 def test_resume_counts_a_batch_the_store_took_before_the_progress_file_did(data, capsys, monkeypatch):
-    real_write = cli._write_progress
+    real_write = resume.write_progress
 
     def crash_after_third_add(store, state):
-        if state["ingested"] == 3 * BATCH and state["pending"] == 0:
+        (entry,) = state["inputs"].values()
+        if entry["ingested"] == 3 * BATCH and entry["pending"] == 0:
             raise KeyboardInterrupt  # the batch is in the write-ahead log, not yet in the progress file
         real_write(store, state)
 
-    monkeypatch.setattr(cli, "_write_progress", crash_after_third_add)
+    monkeypatch.setattr(resume, "write_progress", crash_after_third_add)
     assert _ingest(data) == 130
-    progress = json.loads((data["store"] / cli.PROGRESS_FILE).read_text())
+    progress = resume.progress_of(data["store"], data["src"])
     assert progress["ingested"] == 2 * BATCH and progress["pending"] == BATCH
 
-    monkeypatch.setattr(cli, "_write_progress", real_write)
+    monkeypatch.setattr(resume, "write_progress", real_write)
     capsys.readouterr()
     assert _ingest(data, "--json") == 0
     summary = json.loads(capsys.readouterr().out)
@@ -330,7 +333,7 @@ def test_bad_input_exits_1_naming_the_line_and_keeps_only_earlier_batches(data, 
     assert "in.jsonl, line 175" in captured.err and message in captured.err
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1
     assert _all_contents(data["store"]) == data["contents"][:3 * BATCH]
-    progress = json.loads((data["store"] / cli.PROGRESS_FILE).read_text())
+    progress = resume.progress_of(data["store"], data["src"])
     assert progress["ingested"] == 3 * BATCH and not progress["done"]
     assert cli.main(["stats", str(data["store"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 3 * BATCH
