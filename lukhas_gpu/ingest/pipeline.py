@@ -14,12 +14,14 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Callable, Iterable
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .errors import MigrationError
-from .sources import Batch
+
+if TYPE_CHECKING:  # numpy and the readers load with the first batch: the parser reads DEFAULT_BATCH_SIZE
+    import numpy as np
+
+    from .sources import Batch
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class Pipeline:
     """
 
     def __init__(self, index, *, dry_run: bool = False, checkpoint_every: int | None = None, resume=None,
-                 on_batch: Callable[[Batch, np.ndarray], None] | None = None,
+                 on_batch: "Callable[[Batch, np.ndarray], None] | None" = None,
                  on_progress: Callable[[Progress], None] | None = None, total: int | None = None, initial: int = 0,
                  source: str = "<input>", unit: str = "lines"):
         if checkpoint_every is not None and checkpoint_every < 1:
@@ -113,7 +115,7 @@ class Pipeline:
         self.records = self.imported = self.batches = 0
         self.seconds = 0.0
 
-    def run(self, batches: Iterable[Batch]) -> "Pipeline":
+    def run(self, batches: "Iterable[Batch]") -> "Pipeline":
         """Add every batch; returns self. Raises what the reader raises (a bad record:
         :class:`MigrationError`), a :class:`MigrationError` for a rejected batch, and lets a
         ``KeyboardInterrupt`` through (the batches added so far are in the index's log)."""
@@ -142,7 +144,9 @@ class Pipeline:
         self.seconds = time.perf_counter() - t0
         return self
 
-    def _add(self, b: Batch) -> None:
+    def _add(self, b: "Batch") -> None:
+        import numpy as np
+
         n = len(b)
         ids = np.empty(0, dtype=np.int64)
         if not self.dry_run:
