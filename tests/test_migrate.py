@@ -413,3 +413,16 @@ def test_arguments_are_checked(tmp_path):
         migrate_jsonl(src, _index(), batch_size=0)
     with pytest.raises(ValueError, match="parity_queries"):
         migrate_jsonl(src, _index(), parity_queries=-1)
+
+
+def test_public_names_of_the_ingest_package():
+    import lukhas_gpu.ingest as ingest
+    from lukhas_gpu.ingest import migrate
+
+    for name in ("migrate_jsonl", "migrate_npz", "write_naive_jsonl", "MigrationError", "MigrationReport"):
+        assert getattr(ingest, name) is getattr(migrate, name)
+    for name in ingest.__all__:
+        assert getattr(ingest, name) is not None
+    assert ingest.PROGRESS_FILE == "ingest-progress.json" and ingest.DEFAULT_BATCH_SIZE == 10_000
+    with pytest.raises(AttributeError):
+        ingest.no_such_name

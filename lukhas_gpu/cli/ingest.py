@@ -43,8 +43,10 @@ def add_ingest_parser(sub) -> None:
                     "or truncated JSON, wrong dimension, NaN, a null embedding) stops the ingest with exit\n"
                     "code 1 and its file and line (or row) on stderr; nothing of its batch is stored, earlier\n"
                     "batches stay.\n"
-                    f"Progress is recorded in STORE/{PROGRESS_FILE} after every batch: running the same\n"
-                    "command again after an interruption or an error skips the records already ingested.")
+                    f"Progress is recorded in STORE/{PROGRESS_FILE} after every batch, per input file:\n"
+                    "running the same command again after an interruption or an error skips the records\n"
+                    "already ingested, and other inputs can be ingested in between. An input that changed\n"
+                    "since (size, mtime) is refused until --restart.")
     i.add_argument("store", help="store directory (created if it holds no store)")
     i.add_argument("input", help="JSONL with embeddings, .parquet, or .npy/.npz of embeddings (with --payloads)")
     i.add_argument("--payloads", metavar="JSONL", help="payload records for a .npy/.npz INPUT (row i <-> line i)")
@@ -54,7 +56,7 @@ def add_ingest_parser(sub) -> None:
     i.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                    help="checkpoint the store every N batches, and at the end (default: 10)")
     i.add_argument("--restart", action="store_true",
-                   help="ignore the recorded progress and ingest INPUT from its first record (records already "
+                   help="ignore INPUT's recorded progress and ingest it from its first record (records already "
                         "in the store stay there)")
     i.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     i.set_defaults(func=cmd_ingest, catch_errors=True)
