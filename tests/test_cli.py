@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lukhas_gpu.cli import app as cli
+from lukhas_gpu import cli
 
 
 def test_bench_prints_the_table(capsys):
@@ -69,3 +69,69 @@ def test_verify_reports_a_corrupted_file(tmp_path, capsys):
     assert cli.main(["verify", str(path), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert not out["ok"] and "content.bin" in out["error"]
+
+
+# -- start-up: nothing heavy before a command needs it -----------------------------------------------
+# Loads lukhas_gpu's subpackages without running lukhas_gpu/__init__.py (which the top-level facade
+# owns), so that what is measured is the command line's own imports.
+_BARE_PACKAGE = """
+import importlib.util, sys, types
+spec = importlib.util.find_spec("lukhas_gpu")
+pkg = types.ModuleType("lukhas_gpu")
+pkg.__path__ = list(spec.submodule_search_locations)
+sys.modules["lukhas_gpu"] = pkg
+"""
+_HEAVY = ("torch", "faiss", "lukhas_gpu.index", "lukhas_gpu.index.facade")
+
+
+def _heavy_imports(code: str, *, bare: bool) -> list:
+    """The heavy modules in sys.modules after running ``code`` in a fresh interpreter."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import lukhas_gpu
+
+    root = str(pathlib.Path(lukhas_gpu.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    script = (_BARE_PACKAGE if bare else "") + code + f"\nimport sys\nprint([m for m in {_HEAVY!r} if m in sys.modules])\n"
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+_HELP = """
+from lukhas_gpu.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+"""
+_PLAN = 'from lukhas_gpu.cli import main\nmain(["plan", "1000000", "--dim", "384"])'
+
+
+def test_the_command_line_imports_nothing_heavy_at_start_up():
+    code = ("import lukhas_gpu.cli\n"
+            "from lukhas_gpu.cli import bench, ingest, main, plan, progress, search, store\n"
+            "from lukhas_gpu.cli.main import build_parser\n"
+            "for command in ('bench', 'ingest', 'migrate', 'plan', 'search', 'get', 'delete', 'verify', 'stats',"
+            " 'rollback'):\n"
+            "    try:\n"
+            "        build_parser().parse_args([command, '--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n")
+    assert _heavy_imports(code + _HELP, bare=True) == []
+    # plan imports what the planner imports, nothing more
+    assert _heavy_imports(_PLAN, bare=True) == _heavy_imports("import lukhas_gpu.capacity.planner", bare=True)
+
+
+@pytest.mark.parametrize("code, alone", [(_HELP, "import lukhas_gpu"),
+                                         (_PLAN, "import lukhas_gpu; import lukhas_gpu.capacity.planner")],
+                         ids=["help", "plan"])
+def test_help_and_plan_do_not_import_torch(code, alone):
+    """``lukhas-gpu --help`` and ``lukhas-gpu plan`` load no torch (nor faiss, nor the index)."""
+    if "torch" in _heavy_imports(alone, bare=False):
+        pytest.xfail(f"`{alone}` imports torch by itself, before the command line runs (the top-level "
+                     "facade / the planner's vectors.ann -> util.device chain, owned elsewhere)")
+    assert _heavy_imports(code, bare=False) == []

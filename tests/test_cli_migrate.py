@@ -7,8 +7,9 @@ import pytest
 
 from lukhas_gpu import MemoryIndex
 
-from lukhas_gpu.cli import app as cli
+from lukhas_gpu import cli
 from lukhas_gpu.ingest.migrate import write_naive_jsonl
+from lukhas_gpu.ingest.resume import progress_of
 # the data and helpers of the store commands' tests (N memories of DIM, added BATCH at a time)
 from test_cli_store import (BATCH, DIM, N, _all_contents, _data, _interrupt_then_resume,
                             _interrupting_add, _json_lines)
@@ -294,7 +295,7 @@ def test_ingest_parquet_bad_row_names_it_and_keeps_only_earlier_batches(tmp_path
     assert "bad.parquet, row 174" in captured.err and message in captured.err
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1
     assert _all_contents(store) == contents[:3 * BATCH]  # nothing of rows 150..199
-    progress = json.loads((store / cli.PROGRESS_FILE).read_text())
+    progress = progress_of(store, src)
     assert progress["ingested"] == 3 * BATCH and not progress["done"]
 
 

@@ -1,6 +1,7 @@
 """The store subcommands of the command line (ingest, search, get, delete), in-process, small data."""
 import datetime
 import io
+import os
 import json
 import sys
 
@@ -9,7 +10,9 @@ import pytest
 
 from lukhas_gpu import MemoryIndex
 
-from lukhas_gpu.cli import app as cli
+from lukhas_gpu import cli
+from lukhas_gpu.cli import progress as cli_progress
+from lukhas_gpu.ingest import resume
 from lukhas_gpu.ingest.migrate import write_naive_jsonl
 
 N, DIM, BATCH = 300, 16, 50
@@ -84,7 +87,7 @@ def test_ingest_jsonl_then_stats_get_and_search_match_the_input(data, capsys):
 
 
 def test_ingest_text_output_and_plain_progress_lines(data, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(cli_progress, "PROGRESS_INTERVAL", 0.0)
     assert _ingest(data) == 0
     out = capsys.readouterr().out
     assert "ingested 50/300 records" in out and "ingested 300/300 records" in out and "rec/s" in out
@@ -250,7 +253,7 @@ def _interrupt_then_resume(d, capsys, monkeypatch, after_resume=None):
     monkeypatch.setattr(MemoryIndex, "add", _interrupting_add(2))
     assert _ingest(d) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
-    progress = json.loads((d["store"] / cli.PROGRESS_FILE).read_text())
+    progress = resume.progress_of(d["store"], d["src"])
     assert progress["ingested"] == 2 * BATCH and not progress["done"]
 
     monkeypatch.setattr(MemoryIndex, "add", real_add)
@@ -273,19 +276,20 @@ def test_resume_after_an_interrupt_ingests_every_record_once(data, capsys, monke
 
 
 def test_resume_counts_a_batch_the_store_took_before_the_progress_file_did(data, capsys, monkeypatch):
-    real_write = cli._write_progress
+    real_write = resume.write_progress
 
     def crash_after_third_add(store, state):
-        if state["ingested"] == 3 * BATCH and state["pending"] == 0:
+        (entry,) = state["inputs"].values()
+        if entry["ingested"] == 3 * BATCH and entry["pending"] == 0:
             raise KeyboardInterrupt  # the batch is in the write-ahead log, not yet in the progress file
         real_write(store, state)
 
-    monkeypatch.setattr(cli, "_write_progress", crash_after_third_add)
+    monkeypatch.setattr(resume, "write_progress", crash_after_third_add)
     assert _ingest(data) == 130
-    progress = json.loads((data["store"] / cli.PROGRESS_FILE).read_text())
+    progress = resume.progress_of(data["store"], data["src"])
     assert progress["ingested"] == 2 * BATCH and progress["pending"] == BATCH
 
-    monkeypatch.setattr(cli, "_write_progress", real_write)
+    monkeypatch.setattr(resume, "write_progress", real_write)
     capsys.readouterr()
     assert _ingest(data, "--json") == 0
     summary = json.loads(capsys.readouterr().out)
@@ -330,7 +334,7 @@ def test_bad_input_exits_1_naming_the_line_and_keeps_only_earlier_batches(data, 
     assert "in.jsonl, line 175" in captured.err and message in captured.err
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1
     assert _all_contents(data["store"]) == data["contents"][:3 * BATCH]
-    progress = json.loads((data["store"] / cli.PROGRESS_FILE).read_text())
+    progress = resume.progress_of(data["store"], data["src"])
     assert progress["ingested"] == 3 * BATCH and not progress["done"]
     assert cli.main(["stats", str(data["store"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 3 * BATCH
@@ -404,3 +408,112 @@ def test_rerunning_a_finished_ingest_changes_nothing(data, capsys):
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["ingested"] == 0 and summary["skipped_resumed"] == N and summary["count"] == N
     assert (data["store"] / "CURRENT").read_text() == current  # no new generation
+
+
+# -- resume state per input file -------------------------------------------------------------------
+def _other_input(d, tmp_path, n=120):
+    x2, *_ = _data(n=n, seed=1)
+    other = {**d, "src": tmp_path / "other.jsonl", "contents": [f"other {i}" for i in range(n)]}
+    write_naive_jsonl(other["src"], x2, contents=other["contents"])
+    return other
+
+
+def test_a_failed_ingest_of_one_input_does_not_block_another(data, capsys, tmp_path):
+    lines = data["src"].read_text().splitlines(keepends=True)
+    lines[174] = _corrupt(lines[174], "nan")  # line 175, in the 4th batch
+    data["src"].write_text("".join(lines))
+    assert _ingest(data) == 1
+    capsys.readouterr()
+
+    other = _other_input(data, tmp_path)  # another input: ingested although the first is unfinished
+    assert _ingest(other, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped_resumed"] == 0 and summary["ingested"] == 120 and summary["count"] == 3 * BATCH + 120
+
+    # the first input again: it resumes after its stored records and stops at the same record
+    assert _ingest(data) == 1
+    assert "in.jsonl, line 175" in capsys.readouterr().err
+    assert _all_contents(data["store"]) == data["contents"][:3 * BATCH] + other["contents"]
+    first, second = resume.progress_of(data["store"], data["src"]), resume.progress_of(data["store"], other["src"])
+    assert (first["ingested"], first["done"]) == (3 * BATCH, False)
+    assert (second["ingested"], second["done"]) == (120, True)
+    assert (data["store"] / resume.PROGRESS_FILE).exists()
+
+
+def test_each_input_resumes_where_it_stopped(data, capsys, monkeypatch, tmp_path):
+    # the first input stops with a batch in the store that its progress does not record yet
+    real_write = resume.write_progress
+    key = resume.input_key({"input": {"path": os.path.abspath(data["src"])}})
+
+    def crash_after_third_add(store, state):
+        entry = state["inputs"][key]
+        if entry["ingested"] == 3 * BATCH and entry["pending"] == 0:
+            raise KeyboardInterrupt
+        real_write(store, state)
+
+    monkeypatch.setattr(resume, "write_progress", crash_after_third_add)
+    assert _ingest(data) == 130
+    monkeypatch.setattr(resume, "write_progress", real_write)
+    capsys.readouterr()
+
+    other = _other_input(data, tmp_path)  # settles the first input's pending batch, then adds its own
+    assert _ingest(other, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["ingested"] == 120
+
+    assert _ingest(data, "--json") == 0  # the first input resumes after its 3 stored batches
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped_resumed"] == 3 * BATCH and summary["ingested"] == N - 3 * BATCH
+    assert summary["count"] == N + 120
+    assert _all_contents(data["store"]) == data["contents"][:3 * BATCH] + other["contents"] + data["contents"][3 * BATCH:]
+    assert _ingest(other, "--json") == 0 and json.loads(capsys.readouterr().out)["ingested"] == 0
+
+
+def test_a_version_1_progress_file_is_read_as_its_inputs_entry(data, capsys):
+    assert _ingest(data) == 0
+    capsys.readouterr()
+    entry = resume.progress_of(data["store"], data["src"])
+    v1 = {"version": 1, **{k: entry[k] for k in ("input", "payloads", "npz_key", "embedding_column", "records")},
+          "first_row": 0, "ingested": entry["ingested"], "pending": 0, "done": True}
+    (data["store"] / resume.PROGRESS_FILE).write_text(json.dumps(v1))
+    assert _ingest(data, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ingested"] == 0 and summary["skipped_resumed"] == N and summary["count"] == N
+
+
+# -- broken pipe -----------------------------------------------------------------------------------
+class _ClosedPipe(io.StringIO):
+    def write(self, s):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_search_into_a_closed_pipe_stops_quietly(data, capsys, monkeypatch):
+    from lukhas_gpu.cli.main import EXIT_BROKEN_PIPE
+
+    assert _ingest(data) == 0
+    q = data["src"].parent / "q.npy"
+    np.save(q, data["x"][:20])
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli.main(["search", str(data["store"]), "--query-file", str(q), "--json"]) == EXIT_BROKEN_PIPE
+    assert capsys.readouterr().err == ""
+
+
+def test_search_piped_into_head_ends_quietly(data, capsys):
+    """``lukhas-gpu search ... | head -1``: the reader goes away; no "Broken pipe" error, status 141."""
+    import pathlib
+    import subprocess
+
+    import lukhas_gpu
+
+    assert _ingest(data) == 0
+    q = data["src"].parent / "q.npy"
+    np.save(q, np.repeat(data["x"], 4, axis=0))  # far more output than a pipe buffers
+    root = str(pathlib.Path(lukhas_gpu.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "lukhas_gpu.cli", "search", str(data["store"]), "--query-file",
+                             str(q), "-k", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.readline().startswith(b"query 0:")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert b"Broken pipe" not in err and b"Traceback" not in err

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import IndexConfig, MemoryIndex
-from lukhas_gpu.ingest.migrate import (MigrationError, MigrationReport, _ArrayReader, migrate_jsonl, migrate_npz,
-                                write_naive_jsonl)
+from lukhas_gpu.ingest.arrays import ArrayReader
+from lukhas_gpu.ingest.migrate import MigrationError, MigrationReport, migrate_jsonl, migrate_npz, write_naive_jsonl
 
 DIM = 16
 EXACT = IndexConfig(train_threshold=100_000)  # stays in the exact phase: parity is the int8 scan's
@@ -148,7 +148,7 @@ def test_npz_path_equals_jsonl_path(tmp_path, layout, access):
     else:
         arr = tmp_path / "emb.npz"
         getattr(np, layout)(arr, other=np.zeros(3), vectors=xb)
-    reader = _ArrayReader(str(arr), "vectors")
+    reader = ArrayReader(str(arr), "vectors")
     assert reader.access == access and (reader.n, reader.dim) == xb.shape
     np.testing.assert_array_equal(reader.read(500), xb)  # read lazily, all the same
     reader.close()
@@ -413,3 +413,16 @@ def test_arguments_are_checked(tmp_path):
         migrate_jsonl(src, _index(), batch_size=0)
     with pytest.raises(ValueError, match="parity_queries"):
         migrate_jsonl(src, _index(), parity_queries=-1)
+
+
+def test_public_names_of_the_ingest_package():
+    import lukhas_gpu.ingest as ingest
+    from lukhas_gpu.ingest import migrate
+
+    for name in ("migrate_jsonl", "migrate_npz", "write_naive_jsonl", "MigrationError", "MigrationReport"):
+        assert getattr(ingest, name) is getattr(migrate, name)
+    for name in ingest.__all__:
+        assert getattr(ingest, name) is not None
+    assert ingest.PROGRESS_FILE == "ingest-progress.json" and ingest.DEFAULT_BATCH_SIZE == 10_000
+    with pytest.raises(AttributeError):
+        ingest.no_such_name

@@ -1,0 +1,149 @@
+"""``lukhas-gpu bench``: ingest + retrieval on a built-in synthetic set, against the naive store."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+__all__ = ["add_parsers", "cmd_bench"]
+
+
+def add_parsers(sub) -> None:
+    b = sub.add_parser("bench", help="ingest + retrieval benchmark on a built-in synthetic dataset, against the naive store",
+                       description="Runs a synthetic set (fitted to MiniLM embeddings of WordNet) through ingest and "
+                                   "search with a preset and the naive store of the old design; prints bytes per "
+                                   "memory, recall@10, ingest rate, QPS and latency.")
+    b.add_argument("--n", type=int, default=100_000, help="memories (default 100000)")
+    b.add_argument("--nq", type=int, default=1000, help="queries (default 1000)")
+    b.add_argument("--preset", default="production", help="config preset (default production)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    b.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    b.set_defaults(func=cmd_bench)
+
+
+def _rss_anon() -> int:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _recall(ids, gt, k: int = 10) -> float:
+    import numpy as np
+
+    return float(np.mean([len(np.intersect1d(a[:k], b[:k])) for a, b in zip(ids, gt)]) / k)
+
+
+def _measure(name: str, build, search, xq, gt, n: int) -> dict:
+    import numpy as np
+
+    before = _rss_anon()
+    t0 = time.perf_counter()
+    obj = build()
+    ingest = time.perf_counter() - t0
+    grow = max(_rss_anon() - before, 0)
+    search(obj, xq[:8])
+    t0 = time.perf_counter()
+    ids = search(obj, xq)
+    batch = time.perf_counter() - t0
+    lat = []
+    for i in range(min(200, len(xq))):
+        t1 = time.perf_counter()
+        search(obj, xq[i: i + 1])
+        lat.append(time.perf_counter() - t1)
+    lat_ms = np.array(lat) * 1e3
+    return {"system": name, "bytes/memory": grow / n, "memories/GB": 1e9 * n / grow if grow else float("inf"),
+            "recall@10": _recall(np.asarray(ids), gt), "ingest/s": n / ingest, "QPS": len(xq) / batch,
+            "p50 ms": float(np.percentile(lat_ms, 50)), "p99 ms": float(np.percentile(lat_ms, 99)), "_obj": obj}
+
+
+def cmd_bench(args) -> int:
+    import numpy as np
+    import torch
+
+    from lukhas_gpu import IndexConfig, MemoryIndex
+    from lukhas_gpu.tools.baseline import NaiveMemoryStore
+    from lukhas_gpu.tools.synthetic import builtin_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = builtin_model()
+    t0 = time.perf_counter()
+    xb = model.sample(args.n)
+    xq = model.queries(args.nq)
+    gt = np.argsort(-(xq @ xb.T), axis=1)[:, :10] if args.n * args.nq <= 5e8 else None
+    if gt is None:
+        import faiss
+
+        flat = faiss.IndexFlatIP(xb.shape[1])
+        flat.add(xb)
+        gt = flat.search(xq, 10)[1]
+    log = logging.getLogger("lukhas_gpu.bench")
+    log.info("dataset: %d x %d synthetic (%.1f s)", *xb.shape, time.perf_counter() - t0)
+    # a batch job knows its size: the capacity hint sizes the IVF for all of it
+    config = IndexConfig.preset(args.preset, capacity=args.n,
+                                           **({"threads": args.threads} if args.threads else {}))
+
+    def build_lukhas():
+        index = MemoryIndex(xb.shape[1], config)
+        for s in range(0, len(xb), 50_000):
+            index.add(xb[s: s + 50_000])
+        return index
+
+    # warm-up: thread pools and allocator arenas are paid once per process, not per memory
+    warm = MemoryIndex(xb.shape[1], config.replace(capacity=None, train_threshold=2048, nlist=16))
+    warm.add(xb[:4096])
+    warm.search(xq[:8], 10)
+    del warm
+    rows = [_measure(f"lukhas_gpu ({args.preset})", build_lukhas, lambda ix, q: ix.search(q, 10).ids, xq, gt, args.n)]
+    index = rows[0].pop("_obj")
+    st = index.stats()
+    if not args.no_naive:
+        def build_naive():
+            store = NaiveMemoryStore(xb.shape[1])
+            store.add(xb)
+            return store
+
+        naive = _measure("naive dict store", build_naive, lambda s, q: s.search(q, 10)[1], xq, gt, args.n)
+        naive.pop("_obj")
+        rows.append(naive)
+        for key in ("bytes/memory",):
+            rows[0][f"naive/{key.split('/')[0]}"] = naive[key] / max(rows[0][key], 1e-9)
+    result = {"n": args.n, "nq": args.nq, "dim": int(xb.shape[1]), "preset": args.preset,
+              "backend": index.backend, "phase": st["phase"], "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+        return 0
+    print(f"lukhas-gpu bench: {args.n:,} synthetic memories x {xb.shape[1]} dims, {args.nq:,} queries, "
+          f"preset {args.preset!r}, backend {index.backend}, index {st['phase']}"
+          + (f" (IVF{st['nlist']}, PQ{st['pq_m']}x4fs)" if st["nlist"] else ""))
+    print("bytes/memory: anonymous RAM growth per memory; ingest/s includes training; QPS: one batch of all "
+          "queries; p50/p99: single queries; recall@10 against exact float32")
+    cols = ["system", "bytes/memory", "memories/GB", "recall@10", "ingest/s", "QPS", "p50 ms", "p99 ms"]
+    widths = [max(len(c), 12) for c in cols]
+    widths[0] = 24
+    print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths))))
+    for r in rows:
+        cells = []
+        for i, (c, w) in enumerate(zip(cols, widths)):
+            v = r[c]
+            s = v if isinstance(v, str) else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}")
+            cells.append(s.ljust(w) if i == 0 else s.rjust(w))
+        print("  ".join(cells))
+    if "naive/bytes" in rows[0]:
+        print(f"naive store / lukhas_gpu: {rows[0]['naive/bytes']:.1f}x the RAM per memory "
+              f"(vectors only: contents and tags come with the memory payload)")
+    return 0

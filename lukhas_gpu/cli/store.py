@@ -1,0 +1,141 @@
+"""The store commands: ``verify``, ``rollback``, ``stats``, ``get``, ``delete``."""
+from __future__ import annotations
+
+import json
+import sys
+
+__all__ = ["add_parsers", "cmd_verify", "cmd_rollback", "cmd_stats", "cmd_get", "cmd_delete", "text"]
+
+
+def add_parsers(sub, *names: str) -> None:
+    """Add the subcommands ``names`` (default: all), in that order."""
+    for name in names or _PARSERS:
+        _PARSERS[name](sub)
+
+
+def _verify(sub) -> None:
+    v = sub.add_parser("verify", help="check a store's files (sizes, CRC-32) and its internal consistency")
+    v.add_argument("path", help="store directory")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=cmd_verify)
+
+
+def _rollback(sub) -> None:
+    r = sub.add_parser("rollback", help="publish the previous generation of a (closed) store again")
+    r.add_argument("path", help="store directory")
+    r.set_defaults(func=cmd_rollback, catch_errors=True)
+
+
+def _stats(sub) -> None:
+    st = sub.add_parser("stats", help="count, bytes per memory per component, backend, config of a store")
+    st.add_argument("path", help="store directory")
+    st.add_argument("--json", action="store_true", help="print the stats as JSON")
+    st.set_defaults(func=cmd_stats, catch_errors=True)
+
+
+def _get(sub) -> None:
+    g = sub.add_parser("get", help="print memories by id (content, tags, timestamp, importance)")
+    g.add_argument("store", help="store directory")
+    g.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
+    g.add_argument("--json", action="store_true",
+                   help='print one JSON object per id: {"id", "content", "tags", "timestamp", "importance"}')
+    g.set_defaults(func=cmd_get, catch_errors=True)
+
+
+def _delete(sub) -> None:
+    d = sub.add_parser("delete", help="delete memories by id (then checkpoint)",
+                       description="Opens STORE for writing, deletes the ids (all or none: an unknown or already "
+                                   "deleted id fails the command and deletes nothing), checkpoints and closes.")
+    d.add_argument("store", help="store directory")
+    d.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
+    d.add_argument("--json", action="store_true", help='print {"deleted": n, "count": ...} as JSON')
+    d.set_defaults(func=cmd_delete, catch_errors=True)
+
+
+_PARSERS = {"verify": _verify, "rollback": _rollback, "stats": _stats, "get": _get, "delete": _delete}
+
+
+def text(c):
+    """A memory's content for printing: bytes decoded (undecodable bytes escaped)."""
+    return c.decode("utf-8", "backslashreplace") if isinstance(c, bytes) else c
+
+
+def cmd_verify(args) -> int:
+    from lukhas_gpu import MemoryIndex
+    from lukhas_gpu.store.layout import StoreError
+
+    try:
+        index = MemoryIndex.open(args.path, mode="r", verify=True)
+        report = index.verify()
+    except StoreError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e)}))
+        else:
+            print(f"lukhas-gpu verify: FAILED: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report) if args.json else
+          f"{args.path}: ok (generation {report['generation']}, {report['count']:,} memories, {report['files']} files checked)")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from lukhas_gpu import MemoryIndex
+
+    gen = MemoryIndex.rollback(args.path)
+    print(f"{args.path}: now at {gen.name}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from lukhas_gpu import MemoryIndex
+
+    st = MemoryIndex.open(args.path, mode="r").stats()
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    print(f"{args.path}: {st['count']:,} memories ({st['rows']:,} rows, {st['deleted']:,} deleted), "
+          f"dim {st['dim']} -> {st['dim_out']}, phase {st['phase']}, backend {st['backend']}")
+    print(f"  {st['bytes_per_memory']:.1f} B per memory: {st['anon_bytes_per_memory']:.1f} B anonymous RAM, "
+          f"the rest memory-mapped")
+    for name, nbytes in sorted(st["bytes"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<22} {nbytes / max(st['count'], 1):10.1f} B/memory")
+    return 0
+
+
+def cmd_get(args) -> int:
+    import numpy as np
+
+    from lukhas_gpu import MemoryIndex
+
+    index = MemoryIndex.open(args.store, mode="r")
+    try:
+        memories = index.get(np.asarray(args.ids, dtype=np.int64))
+    finally:
+        index.close()
+    for m in memories:
+        if args.json:
+            print(json.dumps({"id": m.id, "content": text(m.content), "tags": m.tags, "timestamp": m.timestamp,
+                              "importance": m.importance}))
+        else:
+            import datetime as _dt
+
+            when = _dt.datetime.fromtimestamp(m.timestamp, _dt.timezone.utc).isoformat(timespec="seconds")
+            print(f"{m.id}: {text(m.content)!r} tags={m.tags} time={when} importance={m.importance:.3f}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    import numpy as np
+
+    from lukhas_gpu import MemoryIndex
+
+    index = MemoryIndex.open(args.store, mode="w")
+    try:
+        n = index.delete(np.asarray(args.ids, dtype=np.int64))
+        index.checkpoint()
+        count = len(index)
+    finally:
+        index.close()
+    print(json.dumps({"deleted": n, "count": count}) if args.json else
+          f"{args.store}: deleted {n} memories; {count:,} remain")
+    return 0
