@@ -95,10 +95,13 @@ def cmd_stats(args) -> int:
         return 0
     print(f"{args.path}: {st['count']:,} memories ({st['rows']:,} rows, {st['deleted']:,} deleted), "
           f"dim {st['dim']} -> {st['dim_out']}, phase {st['phase']}, backend {st['backend']}")
-    print(f"  {st['bytes_per_memory']:.1f} B per memory: {st['anon_bytes_per_memory']:.1f} B anonymous RAM, "
-          f"the rest memory-mapped")
-    for name, nbytes in sorted(st["bytes"].items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<22} {nbytes / max(st['count'], 1):10.1f} B/memory")
+    mem, n = st["memory"], max(st["count"], 1)
+    print(f"  {st['bytes_per_memory']:.1f} B per memory in RAM: {mem['per_memory']['anon']:.1f} B anonymous, "
+          f"{mem['per_memory']['mapped']:.1f} B memory-mapped (page cache); {mem['per_memory']['disk']:.1f} B on disk")
+    for place in ("anon", "mapped", "gpu", "disk"):
+        for name, nbytes in sorted(mem[place].items(), key=lambda kv: -kv[1]):
+            if nbytes:
+                print(f"  {place:<6} {name:<24} {nbytes / n:10.1f} B/memory")
     return 0
 
 

@@ -21,12 +21,14 @@ import logging
 import os
 import pathlib
 
+from ..store import layout
+
 log = logging.getLogger(__name__)
 
 __all__ = ["PROGRESS_FILE", "Resume", "read_progress", "write_progress", "progress_of", "input_key"]
 
 #: The ingest's resume record, inside the store directory.
-PROGRESS_FILE = "ingest-progress.json"
+PROGRESS_FILE = layout.PROGRESS  # the store layout names every file
 _VERSION = 2
 
 
