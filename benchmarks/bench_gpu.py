@@ -167,7 +167,7 @@ def bench_search(device: torch.device, xb: torch.Tensor, xq: torch.Tensor, truth
     rows.append({**base, "what": f"search, batch {batch}", "qps": batch / t_search,
                  "recall": recall(res.ids, truth[:batch]), "ingest_per_s": ingest})
     # the bare kernel: the scan of the resident codes for 2k + 16 candidates, no rerank
-    res_v = index._resident
+    res_v = index.parts.mirror
     qr = index.encoder.resident_query_weights(q)
     t_scan, _ = median_time(lambda: exact.scan(qr, res_v.rows, 2 * k + 16, kernel=exact.int8_kernel), device, repeat)
     tops = 2 * batch * n * dim / t_scan / 1e12

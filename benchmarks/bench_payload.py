@@ -83,15 +83,15 @@ def main(argv=None) -> dict:
     # dictionaries, allocator slack), so it is an upper bound on what each memory adds
     payload_ram = (grow_all - grow_vec) / n
     budget = 24 + 0.75 * raw / n + 8 * tag_uses / n
-    logical = sum(v for k, v in st["bytes"].items() if k.startswith(("content", "metadata", "tags"))) / n
+    logical = sum(v for k, v in st["memory"]["logical"].items() if k.startswith(("content", "metadata", "tags"))) / n
     out = {"n": n, "raw content B/memory": raw / n, "tag uses/memory": tag_uses / n,
-           "content stored/raw": st["content_stored_bytes"] / st["content_raw_bytes"],
+           "content stored/raw": st["content"]["stored_bytes"] / st["content"]["raw_bytes"],
            "payload logical B/memory": logical,
            "payload RssAnon B/memory": payload_ram,
            "payload budget B/memory": budget,
-           "ingest/s (with payload)": n / build_s, "bytes": st["bytes"]}
+           "ingest/s (with payload)": n / build_s, "bytes": st["memory"]["logical"]}
     # lossless
-    got = index._contents.get(np.arange(n))
+    got = index.parts.contents.get(np.arange(n))
     out["lossless"] = bool(got == list(texts))
     rng = np.random.default_rng(1)
     times = []

@@ -71,7 +71,7 @@ def run(n: int, nq: int, threads: int, preset: str) -> dict:
     row = {"n": n, "nlist": st["nlist"], "coarse": st["coarse"], "train s": st["train_seconds"],
            "trained at": trained_at, "build s (ex. generation)": build_s, "ingest/s overall": n / build_s,
            "ingest/s after training": post[0] / post[1] if post[1] else float("nan"),
-           "RssAnon B/memory": grow / n, "logical B/memory": st["bytes_per_memory"],
+           "RssAnon B/memory": grow / n, "logical B/memory": sum(st["memory"]["logical"].values()) / n,
            "recall@10": common.recall_at(res.ids, gt, 10), "QPS": nq / sec, "p50 ms": p50, "p99 ms": p99}
     log.info("%s", row)
     return row

@@ -18,7 +18,7 @@ The index is grown to ``--size`` synthetic memories (384-d vectors from the buil
   ``--checkpoint-every`` seconds.
 
 Every ``--interval`` seconds it samples RssAnon and RssFile, the C heap in use and free (glibc's
-``mallinfo2``), the live count, the rows, ``stats()["anon_bytes"]`` and the operations done so
+``mallinfo2``), the live count, the rows, ``stats()["memory"]["anon_bytes"]`` and the operations done so
 far. The verdict rests on the least-squares slope of RssAnon over the soak phase (the first
 ``--warmup`` fraction skipped), in MB/h (1 MB = 10**6 B) and in bytes per operation (an
 operation: one query, or one memory added, updated or deleted).
@@ -26,14 +26,14 @@ operation: one query, or one memory added, updated or deleted).
 Ids are row numbers and never reused: a delete keeps the memory's int8 row and metadata row, so
 under ``churn`` the rows grow by the adds while the live count stays flat. The expected growth is
 then what the index accounts per row (vector row, metadata, content offset, tag start/count,
-tag bitmaps, tombstones and ANN entries, summed from ``stats()["bytes"]``, plus the two-byte
+tag bitmaps, tombstones and ANN entries, summed from ``stats()["memory"]["logical"]``, plus the two-byte
 empty content record a deleted memory leaves after ``compact()``); a leak shows as the excess of
 the RssAnon slope over that expectation. Verdict: flat when ``|slope|`` (steady) or ``|excess|``
 (churn) is below ``--threshold`` percent of the mean RssAnon per hour (default 1%/h: growing
 by the whole footprint would take over four days of continuous load). A rise of RssAnon that is
 all free heap (memory malloc keeps for reuse after a large temporary, which ``malloc_trim``
 returns) is reported as allocator retention, not as a leak: the verdict then also looks at
-RssAnon less the free heap. A rise that ``stats()["anon_bytes"]`` follows is reported as
+RssAnon less the free heap. A rise that ``stats()["memory"]["anon_bytes"]`` follows is reported as
 accounted growth, with the components that grew; only what neither explains reads as a leak.
 One step in a short run dominates a least-squares slope; the largest step between two samples
 is reported beside the rise.
@@ -64,7 +64,7 @@ log = logging.getLogger("soak")
 PLOT_DIR = pathlib.Path(__file__).resolve().parent / "plots"
 MB = 1e6
 DIM = 384
-#: Components of ``stats()["bytes"]`` that grow with the rows (or the deletes) and not with the
+#: Components of ``stats()["memory"]["logical"]`` that grow with the rows (or the deletes) and not with the
 #: live contents: what ``churn`` is expected to add as its rows grow. The tag bitmaps are among
 #: them because the live rows spread over a widening id range, so each tag's roaring bitmap
 #: keeps gaining containers while the live count stays flat.
@@ -163,18 +163,18 @@ class Soak:
         anon, file_ = rss()
         used, free = heap()
         st = self.index.stats()
-        b = st["bytes"]
+        b = st["memory"]["logical"]
         ops = self.ops
         self.samples.append({
             "t": t, "phase": self.phase, "rss_anon": anon, "rss_file": file_, "heap_used": used,
             "heap_free": free, "rss_anon_less_free_heap": anon - max(free, 0), "count": st["count"],
-            "rows": st["rows"], "anon_bytes": st["anon_bytes"],
+            "rows": st["rows"], "anon_bytes": st["memory"]["anon_bytes"],
             "row_linked_bytes": int(sum(b.get(k, 0) for k in ROW_LINKED)) + DEAD_RECORD_BYTES * st["deleted"],
             "bytes": {k: int(v) for k, v in b.items()},
             "ops": ops["queries"] + ops["updated"] + ops["deleted"] + ops["added"], **ops})
         log.info("%s t=%.0f s RssAnon %.1f MB RssFile %.1f MB free heap %.1f MB live %d rows %d anon_bytes %.1f MB "
                  "ops %d", self.phase, t, anon / MB, file_ / MB, free / MB, st["count"], st["rows"],
-                 st["anon_bytes"] / MB, self.samples[-1]["ops"])
+                 st["memory"]["anon_bytes"] / MB, self.samples[-1]["ops"])
 
     # -- payloads ------------------------------------------------------------------------------
     def payload(self, n: int):

@@ -26,17 +26,18 @@ WRITER = r"""
 import sys, numpy as np, lukhas_gpu
 path, seed = sys.argv[1], int(sys.argv[2])
 ix = lukhas_gpu.MemoryIndex.open(path, mode="w")
+ix.encoder  # the vector path (torch) loads on first use: load it before the clock starts
 print("ready", flush=True)
 rng = np.random.default_rng(seed)
 step = 0
 while True:
-    start = len(ix._vectors)
+    start = len(ix.parts.vectors)
     x = rng.standard_normal((%(batch)d, %(dim)d)).astype("float32")
     ids = ix.add(x, contents=[f"m{start + i}" for i in range(%(batch)d)], tags=[[f"t{(start + i) %% 7}"] for i in range(%(batch)d)])
     print("add", int(ids[0]), int(ids[-1]), flush=True)
     step += 1
     if step %% 3 == 0:
-        live = np.setdiff1d(np.arange(len(ix._vectors)), ix._deleted_array())
+        live = np.setdiff1d(np.arange(len(ix.parts.vectors)), ix.parts.tombstones.array())
         victim = int(rng.choice(live))
         ix.delete([victim])
         print("del", victim, flush=True)
@@ -52,9 +53,9 @@ def check(path: pathlib.Path, acked: set, deleted: set, in_flight: tuple | None)
     ix = lukhas_gpu.MemoryIndex.open(path, mode="w")
     try:
         ix.verify()
-        rows = len(ix._vectors)
+        rows = len(ix.parts.vectors)
         lost = [i for i in acked if i >= rows]
-        store_deleted = set(ix._deleted_array().tolist())
+        store_deleted = set(ix.parts.tombstones.array().tolist())
         # a delete in flight when the writer died may have landed (logged, not acknowledged)
         in_flight_deletes = store_deleted - deleted
         deleted |= in_flight_deletes
@@ -89,7 +90,7 @@ def main(argv=None) -> dict:
         for trial in range(args.trials):
             proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(args.seed * 1000 + trial)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            first = proc.stdout.readline()  # torch and faiss take seconds to import: kill after open
+            first = proc.stdout.readline()  # torch takes seconds to import: kill once it is loaded
             if first.strip() != "ready":
                 proc.kill()
                 raise RuntimeError(f"writer failed to start: {first!r} {proc.communicate()[1][-2000:]}")
