@@ -15,7 +15,7 @@ import torch
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank, plan
 
 from lukhas_gpu.vectors.encoder import Encoder
-from lukhas_gpu.vectors.mirror import ResidentVectors
+from lukhas_gpu.vectors.mirror import DeviceMirror
 
 DIM = 48
 ON = IndexConfig(backend="cpu", gpu_resident="on", train_threshold=2048, nlist=32, nprobe=2, seed=5)
@@ -36,7 +36,7 @@ def _int8_reference(index: MemoryIndex, xq: np.ndarray) -> np.ndarray:
 
 
 def test_resident_vectors_grow_and_delete():
-    r = ResidentVectors(8, "cpu")
+    r = DeviceMirror(8, "cpu")
     a = torch.arange(-40, 40, dtype=torch.int8).reshape(10, 8)
     r.append(a)
     r.append(a[:3])
@@ -184,7 +184,7 @@ def test_out_of_device_memory_falls_back(data, monkeypatch, caplog, exact_topk, 
     def full(self, codes):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(ResidentVectors, "append", full)
+    monkeypatch.setattr(DeviceMirror, "append", full)
     with caplog.at_level(logging.WARNING, logger="lukhas_gpu.index"):
         res = index.search(xq, 10)
     assert "no room" in caplog.text and index.parts.mirror is None and not index.parts.mirror_wanted

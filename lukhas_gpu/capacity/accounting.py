@@ -82,6 +82,15 @@ def summarize(components: dict, count: int) -> dict:
     return out
 
 
+#: Working memory the libraries keep after their first use in a process -- BLAS and OpenMP
+#: buffers of torch's GEMMs (the exact phase) and of FAISS's k-means and searches (training):
+#: RssAnon growth of a cold process minus what a warmed-up process grows for the same index,
+#: measured 6-8 MB in the exact phase and 8-19 MB once trained (2 threads, glibc; the spread is
+#: the allocator's arenas, which differ run to run). Paid once per process: counted by the first
+#: index that uses the vector path (``IndexParts.runtime_owner``), and by ``plan()``.
+RUNTIME_BYTES = {"exact": 7 << 20, "trained": 12 << 20}
+
+
 # -- the breakdown of a live index ---------------------------------------------------------------
 def logical_bytes(index) -> tuple[dict, int]:
     """The logical sizes of the index's data structures (``stats()["memory"]["logical"]``) and how many of
@@ -150,6 +159,8 @@ def breakdown(index) -> dict:
     if parts.ann is not None:
         ann_state = _ann_state(parts.ann, index.path)
         add(parts.ann.memory_usage(ann_state))
+    if parts.runtime_owner:
+        anon["runtime"] = RUNTIME_BYTES["trained" if parts.ann is not None else "exact"]
     pools = python_pools(_small_objects(index))
     if pools:
         anon["python_pools"] = pools

@@ -33,7 +33,7 @@ from numbers import Real
 
 import numpy as np
 
-from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, TAG_OBJECT_BYTES,
+from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, RUNTIME_BYTES, TAG_OBJECT_BYTES,
                          fastscan_list_bytes, fastscan_resident, hnsw_graph_bytes, huge_page_slack,
                          summarize)
 from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, auto_pq_m, coarse_for, dim_out_for,
@@ -226,7 +226,7 @@ def _roaring_bytes(counts: np.ndarray, rows: int) -> float:
 
 def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: float = 0.0,
          config: IndexConfig | str | None = None, *, content_ratio: float = 0.72, tag_vocabulary: int = 1000,
-         state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35,
+         state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35, runtime: bool = True,
          backend: str | None = None, faiss_gpu: bool | None = None) -> Plan:
     """Predict the bytes ``count`` memories take under ``config``, per component and place.
 
@@ -262,6 +262,10 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         Default: what this process would choose for ``config.backend``.
     faiss_gpu : bool, optional
         Whether FAISS clones the IVF to the GPU (cuda backend only); default: detected.
+    runtime : bool, default True
+        Count the libraries' first-use working memory (``RUNTIME_BYTES``, once per process; the
+        ``runtime`` line of ``stats()`` of the process's first index): False for an index built
+        in a process that has already used the vector path.
 
     Returns
     -------
@@ -352,6 +356,8 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     elif state == "opened" and (distinct or avg > 0):
         anon["python_pools"] = PINNED_POOL_BYTES_OPENED
     disk["tags"] = 4 * uses + 5 * count + distinct * (TAG_NAME_BYTES + 8) + 5 * NPZ_MEMBER_BYTES
+    if runtime and count and state == "built":  # an opened store pays it at its first search
+        anon["runtime"] = RUNTIME_BYTES["trained" if count >= train_at(cfg) and count >= MIN_TRAIN_ROWS else "exact"]
 
     # the IVF-PQ index, once trained
     nlist = pq_m = coarse = None

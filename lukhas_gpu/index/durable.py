@@ -25,13 +25,51 @@ from ..vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "write", "load", "replay_wal", "reset_wal", "rollback",
-           "verify"]
+__all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "write", "load", "replay_wal", "reset_wal",
+           "rollback", "verify"]
 
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
 #: Content records decoded at once by verify().
 VERIFY_CHUNK = 65536
+
+
+def create(index_cls, path, dim: int, config):
+    """``MemoryIndex.create``: a new store at ``path``, open for writing (lock held)."""
+    path = pathlib.Path(path)
+    if (path / layout.CURRENT).exists():
+        raise layout.StoreError(f"{path} already holds a store; use MemoryIndex.open({str(path)!r}, mode='w')")
+    path.mkdir(parents=True, exist_ok=True)
+    layout.acquire_lock(path)
+    try:
+        index = index_cls(dim, config)
+        index.path, index.mode = path, "w"
+        index.checkpoint()
+    except BaseException:
+        layout.release_lock(path)
+        raise
+    return index
+
+
+def open_store(index_cls, path, mode: str, *, verify: bool):
+    """``MemoryIndex.open``: the published generation (plus, for the writer, the log replayed)."""
+    if mode not in ("r", "w"):
+        raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+    path = pathlib.Path(path)
+    layout.current_generation(path)  # a clear error before taking any lock
+    if mode == "w":
+        layout.acquire_lock(path)
+    try:
+        gen_dir = layout.current_generation(path)  # read under the lock: no checkpoint races it
+        index, _ = load(index_cls, path, gen_dir, writable=mode == "w", checksums=True if verify else "small")
+        index.path, index.mode = path, mode
+        if mode == "w":
+            replay_wal(index)
+    except BaseException:
+        if mode == "w":
+            layout.release_lock(path)
+        raise
+    return index
 
 
 def write(index, root) -> pathlib.Path:

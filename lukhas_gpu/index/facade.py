@@ -27,7 +27,7 @@ from ..store import layout
 from ..util.checks import check_k, check_positive
 from ..util.device import resolve_backend
 from ..util.ids import as_ids
-from ..util.memtrim import trim
+from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from . import durable
 from .parts import IndexParts
 from .results import Memory, SearchResult
@@ -99,19 +99,12 @@ class MemoryIndex:
     # -- the torch side, on first use ------------------------------------------------------------
     @property
     def encoder(self):
-        """The :class:`~lukhas_gpu.Encoder` (built on first use; imports torch)."""
-        enc = self.parts.encoder
-        if self.config.threads:
-            import torch
-
-            if torch.get_num_threads() != self.config.threads:
-                torch.set_num_threads(self.config.threads)
-        return enc
+        """The :class:`~lukhas_gpu.Encoder` (built on first use: imports torch, sets its threads)."""
+        return self.parts.encoder
 
     @property
     def device(self):
         import torch
-
         return torch.device(self.backend)
 
     @property
@@ -129,19 +122,7 @@ class MemoryIndex:
         StoreError
             ``path`` already holds a store (open it instead).
         """
-        path = pathlib.Path(path)
-        if (path / layout.CURRENT).exists():
-            raise layout.StoreError(f"{path} already holds a store; use MemoryIndex.open({str(path)!r}, mode='w')")
-        path.mkdir(parents=True, exist_ok=True)
-        layout.acquire_lock(path)
-        try:
-            index = cls(dim, config)
-            index.path, index.mode = path, "w"
-            index.checkpoint()
-        except BaseException:
-            layout.release_lock(path)
-            raise
-        return index
+        return durable.create(cls, path, dim, config)
 
     @classmethod
     def open(cls, path, mode: str = "r", *, verify: bool = False) -> "MemoryIndex":
@@ -159,24 +140,7 @@ class MemoryIndex:
             No store there, a format this version cannot read (the message says how to upgrade),
             a truncated or altered file (named), or another writer holding the lock.
         """
-        if mode not in ("r", "w"):
-            raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
-        path = pathlib.Path(path)
-        layout.current_generation(path)  # a clear error before taking any lock
-        if mode == "w":
-            layout.acquire_lock(path)
-        try:
-            gen_dir = layout.current_generation(path)  # read under the lock: no checkpoint races it
-            index, _ = durable.load(cls, path, gen_dir, writable=mode == "w",
-                                    checksums=True if verify else "small")
-            index.path, index.mode = path, mode
-            if mode == "w":
-                durable.replay_wal(index)
-        except BaseException:
-            if mode == "w":
-                layout.release_lock(path)
-            raise
-        return index
+        return durable.open_store(cls, path, mode, verify=verify)
 
     def _require_writable(self) -> None:
         if self.mode == "r":
@@ -229,7 +193,7 @@ class MemoryIndex:
     def __enter__(self) -> "MemoryIndex":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # closes, never checkpoints
         self.close()
 
     # -- size ----------------------------------------------------------------------------------
@@ -286,6 +250,8 @@ class MemoryIndex:
         ids = writes.apply_add(self, batch)
         if self.parts.ann is None and self.parts.rows >= self._train_at():
             self.train()
+        big = batch.x.numel() * 4 >= TRIM_BATCH_BYTES
+        maybe_trim(every=0.0 if big else 1.0)  # the batch's temporaries go back to the OS
         return ids
 
     def _train_at(self) -> int:
@@ -362,18 +328,12 @@ class MemoryIndex:
         else:
             scores, ids, self.last_plan = executor.ranked(parts, q, s, allowed, rank, mirror=mirror,
                                                           oversample=cfg.rank_oversample)
+        maybe_trim(every=1.0)
         return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
 
     # -- records -------------------------------------------------------------------------------
-    def _check_ids(self, ids, name: str = "ids", *, live: bool = True) -> np.ndarray:
-        ids = as_ids(ids, name)
-        bad = ids[(ids < 0) | (ids >= self.parts.rows)]
-        if len(bad):
-            raise ValueError(f"unknown id(s): {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}")
-        dead = self.parts.tombstones.contains(ids)
-        if live and dead.any():
-            raise ValueError(f"deleted id(s): {ids[dead][:10].tolist()}")
-        return ids
+    def _check_ids(self, ids) -> np.ndarray:
+        return self.parts.tombstones.check(as_ids(ids), self.parts.rows)
 
     @_locked
     def get(self, ids) -> list[Memory]:
@@ -426,16 +386,10 @@ class MemoryIndex:
             An id that was never assigned or is already deleted; nothing is deleted then.
         """
         self._require_writable()
-        ids = np.unique(as_ids(ids))
+        p = self.parts
+        ids = p.tombstones.check(np.unique(as_ids(ids)), p.rows, deleted="id(s) already deleted")
         if len(ids) == 0:
             return 0
-        bad = ids[(ids < 0) | (ids >= self.parts.rows)]
-        if len(bad):
-            raise ValueError(f"unknown id(s): {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}")
-        p = self.parts
-        gone = p.tombstones.contains(ids)
-        if gone.any():
-            raise ValueError(f"id(s) already deleted: {ids[gone][:10].tolist()}")
         if self._wal is not None:
             self._wal.append(durable.OP_DELETE, {"ids": ids})
         p.tombstones.add(ids)  # the record every path reads; below, the copies that serve searches
@@ -494,10 +448,10 @@ class MemoryIndex:
             ``hits``, ``queries``, ``source`` ("given", "queries" or "memories"), ``sample``,
             ``k``, ``nprobe``, ``rerank``, ``seconds``.
 
-        Cost: one exact int8 scan of the store per probe query (about a second per 1,000
-        queries per 100k memories on 2 cores).
+        Cost: one exact int8 scan of the store per probe query (~1 s per 1,000 queries per 100k).
         """
         from . import quality
+
         return quality.estimate(self, queries, k, nprobe=nprobe, rerank=rerank, max_queries=max_queries,
                                 confidence=confidence)
 
@@ -505,14 +459,10 @@ class MemoryIndex:
     def drift(self) -> dict:
         """How far recent batches have drifted from the data the index was trained on.
 
-        Returns
-        -------
-        dict
-            ``baseline`` and ``recent`` values of each measure (int8 ``quant`` error, IVF
-            ``coarse`` residual energy, ``pq`` reconstruction error -- each relative to the
-            squared norm -- and list ``imbalance``), their ``ratios``, the ``score`` (the largest
-            ratio) and the measure it comes from (``worst``), ``threshold``, ``retrain_recommended``,
-            ``batches``, ``rows_measured``, ``trained`` and the per-batch ``history``.
+        Returns ``baseline`` and ``recent`` values of each measure (int8 ``quant`` error, IVF
+        ``coarse`` residual, ``pq`` error, list ``imbalance``), their ``ratios``, ``score``,
+        ``worst``, ``threshold``, ``retrain_recommended``, ``batches``, ``rows_measured``,
+        ``trained`` and the per-batch ``history`` (see :class:`~lukhas_gpu.monitor.probe.DriftMonitor`).
         """
         rep = self.parts.drift.report()
         rep["trained"] = self.parts.ann is not None

@@ -25,11 +25,11 @@ def mirror_ready(index):
     n = parts.rows
     if n == 0 or not enc.quantizer_fitted or not enc.projection_fitted:
         return None
-    from ..vectors.mirror import ResidentVectors
+    from ..vectors.mirror import DeviceMirror
 
     if not enc.resident_fitted:  # a store written before the resident mode existed
         enc.fit_resident(enc.dequantize(parts.vectors[sample_index(n, FIT_SAMPLE, index.config.seed)]))
-    parts.mirror = ResidentVectors(enc.dim_out, index.device, capacity=max(n, index.config.capacity or 0))
+    parts.mirror = DeviceMirror(enc.dim_out, index.device, capacity=max(n, index.config.capacity or 0))
     step = index.config.batch_size
     for a in range(0, n, step):
         rows = tensor_view(parts.vectors[a: min(n, a + step)])

@@ -23,6 +23,9 @@ from ..vectors.store import VectorStore
 
 __all__ = ["IndexParts"]
 
+#: Whether an index of this process has used the vector path (see ``runtime_owner``).
+_runtime_paid = False
+
 
 class IndexParts:
     """The components of one index.
@@ -39,7 +42,7 @@ class IndexParts:
         Timestamps and importance.
     ann : IVFPQIndex or None
         The IVF-PQ index once trained.
-    mirror : ResidentVectors or None
+    mirror : DeviceMirror or None
         The device mirror of the search codes (``gpu_resident``), built on first use.
     probe : Probe
         Sampled originals and queries of the recall probe.
@@ -70,6 +73,9 @@ class IndexParts:
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
         self._device = None
+        #: The first index of the process to use the vector path is charged the libraries'
+        #: first-use memory (``stats()["memory"]["anon"]["runtime"]``); later ones are not.
+        self.runtime_owner = False
 
     # -- the encoder, built lazily ----------------------------------------------------------------
     def bind_device(self, device) -> None:
@@ -90,8 +96,15 @@ class IndexParts:
                           batch_size=cfg.batch_size)
             if self.encoder_arrays is not None:
                 enc.load_arrays(self.encoder_arrays)
+            if cfg.threads:
+                import torch
+
+                torch.set_num_threads(cfg.threads)
             self._encoder = enc.to(self._device or "cpu")
             self.encoder_arrays = None
+            global _runtime_paid
+            if not _runtime_paid:
+                _runtime_paid = self.runtime_owner = True
         return self._encoder
 
     @encoder.setter

@@ -63,6 +63,17 @@ class Tombstones:
             live[dead[dead < n_rows]] = False
         return live
 
+    def check(self, ids: np.ndarray, n_rows: int, *, deleted: str = "deleted id(s)") -> np.ndarray:
+        """``ids`` (int64, from ``as_ids``) if every one is an assigned, live row; else a
+        ``ValueError`` naming the first ten unknown ids, or the deleted ones (``deleted`` says how)."""
+        bad = ids[(ids < 0) | (ids >= n_rows)]
+        if len(bad):
+            raise ValueError(f"unknown id(s): {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}")
+        dead = self.contains(ids)
+        if dead.any():
+            raise ValueError(f"{deleted}: {ids[dead][:10].tolist()}")
+        return ids
+
     def copy(self) -> "Tombstones":
         return Tombstones(BitMap(self._bits))
 

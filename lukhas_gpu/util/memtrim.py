@@ -13,10 +13,24 @@ import ctypes.util
 import functools
 import logging
 import sys
+import time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["trim", "rss_anon"]
+__all__ = ["trim", "maybe_trim", "free_heap", "rss_anon", "TRIM_FREE_BYTES", "TRIM_BATCH_BYTES"]
+
+_last_check = 0.0
+#: An ``add`` of at least this many input bytes checks the heap every time (smaller ones at most
+#: once a second).
+TRIM_BATCH_BYTES = 4 << 20
+#: Free heap bytes past which an ``add`` or a search gives them back (see :func:`maybe_trim`).
+TRIM_FREE_BYTES = 32 << 20
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,6 +44,47 @@ def _malloc_trim():
         return None
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return fn
+
+
+@functools.lru_cache(maxsize=1)
+def _mallinfo2():
+    if _malloc_trim() is None:
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [], _Mallinfo2
+    return fn
+
+
+def free_heap() -> int | None:
+    """Bytes free inside malloc's arenas (glibc's ``mallinfo2().fordblks``), None elsewhere."""
+    fn = _mallinfo2()
+    return int(fn().fordblks) if fn is not None else None
+
+
+def maybe_trim(min_free: int = TRIM_FREE_BYTES, *, every: float = 0.0) -> bool:
+    """:func:`trim` when at least ``min_free`` bytes sit free in the heap (checked at most once
+    every ``every`` seconds).
+
+    Called at the end of every large ``add`` and, at most once a second, of other adds and of
+    searches: a batch's temporaries (and the caller's, freed before) are given back, so the
+    process's RssAnon follows what the index holds instead of its high-water mark. Pages a trim
+    released still count as free for malloc, so a large heap is trimmed again each time (a
+    no-op costing ~1 ms per 100 MB when nothing came back). The check costs ~0.1 ms; a trim
+    ~30 ms per 400 MB returned (measured, 2 cores).
+    """
+    global _last_check
+    if every:
+        now = time.monotonic()
+        if now - _last_check < every:
+            return False
+        _last_check = now
+    free = free_heap()
+    if free is None or free < min_free:
+        return False
+    return trim()
 
 
 def trim() -> bool:

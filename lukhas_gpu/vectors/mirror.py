@@ -3,7 +3,7 @@
 A GPU inference server that keeps a store of a few million memories can hold all of its
 projected int8 codes on the GPU (512 B per memory at ``dim_out = 512``: 1M memories take 0.5 GB)
 and answer every query by an exact int8 scan there, with no IVF approximation and no copy of the
-vectors per query. :class:`ResidentVectors` is that mirror: an ``(capacity, dim_out)`` int8 tensor
+vectors per query. :class:`DeviceMirror` is that mirror: an ``(capacity, dim_out)`` int8 tensor
 on the device, grown geometrically like :class:`~lukhas_gpu.vectors.store.VectorStore`, plus a boolean
 tombstone per row, so deletes never touch the host. The host store stays the source of truth
 (durable, memory-mapped, what checkpoints write); the mirror is rebuilt from it whenever the codes
@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ResidentVectors"]
+__all__ = ["DeviceMirror"]
 
 _GROWTH = 2.0
 _MIN_CAPACITY = 4096
 
 
-class ResidentVectors:
+class DeviceMirror:
     """Append-only ``(n, dim)`` int8 rows and their tombstones on one torch device."""
 
     def __init__(self, dim: int, device: torch.device | str, capacity: int = 0):

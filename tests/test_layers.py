@@ -1,0 +1,109 @@
+"""The house's rules, checked on the source: imports flow one way, no cycles, modules stay small.
+
+Layers, lowest first (a module may import its own subpackage and any lower layer, never a
+higher one nor a sibling of its own layer):
+
+    util, config  <-  vectors, records, store, tools  <-  query, monitor, capacity  <-  index
+                  <-  ingest  <-  cli
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+import lukhas_gpu
+
+ROOT = pathlib.Path(lukhas_gpu.__file__).parent
+LAYERS = {"util": 0, "config": 0, "vectors": 1, "records": 1, "store": 1, "tools": 1,
+          "query": 2, "monitor": 2, "capacity": 2, "index": 3, "ingest": 4, "cli": 5}
+MAX_LINES, FACADE_MAX_LINES = 600, 500
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(("lukhas_gpu",) + (parts[:-1] if parts[-1] == "__init__" else parts))
+        out[name] = p
+    return out
+
+
+def _imports(name: str, path: pathlib.Path, *, top_level_only: bool) -> set[str]:
+    """The lukhas_gpu modules ``name`` imports (``from . import x`` resolved to modules)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("lukhas_gpu")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith("lukhas_gpu"):
+                continue
+            found.add(mod)
+            for a in node.names:  # `from .pkg import module`
+                found.add(f"{mod}.{a.name}")
+    return found
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+MODULES = _modules()
+
+
+def test_at_least_six_rooms():
+    rooms = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert len(rooms & set(LAYERS)) >= 6, rooms
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_flow_downward(name):
+    room = _room(name)
+    if room is None or room not in LAYERS:  # the package's own __init__ (public names, lazily)
+        return
+    for target in _imports(name, MODULES[name], top_level_only=False):
+        other = _room(target)
+        if other is None or other == room or other not in LAYERS:
+            continue
+        assert LAYERS[other] < LAYERS[room], f"{name} imports {target}: {other} is not below {room}"
+
+
+def test_no_import_cycles_at_module_level():
+    known = set(MODULES)
+    graph = {name: {t for t in _imports(name, p, top_level_only=True) if t in known and t != name}
+             for name, p in MODULES.items()}
+    # a package's __init__ re-exporting a submodule is not a cycle with that submodule
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modules_stay_small(name):
+    lines = len(MODULES[name].read_text().splitlines())
+    limit = FACADE_MAX_LINES if name == "lukhas_gpu.index.facade" else MAX_LINES
+    assert lines <= limit, f"{name} has {lines} lines (at most {limit})"
