@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lukhas_gpu import max_count, plan
+from lukhas_gpu import IndexConfig, max_count, plan
 
 from lukhas_gpu.cli import main
 
@@ -22,9 +22,24 @@ def test_plan_prints_every_place(capsys):
 def test_plan_json_matches_the_library(capsys):
     assert main(["plan", "250000", "--dim", "384", "--preset", "advanced", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    want = plan(250_000, 384, config="advanced")
+    # sized as `lukhas-gpu ingest` sizes a store: told how many memories are coming
+    want = plan(250_000, 384, config=IndexConfig.preset("advanced", capacity=250_000))
     assert got["anon_bytes"] == want.anon_bytes and got["disk_bytes"] == want.disk_bytes
     assert got["max_count"] is None
+    assert main(["plan", "250000", "--dim", "384", "--preset", "advanced", "--json", "--no-capacity"]) == 0
+    grown = json.loads(capsys.readouterr().out)
+    assert grown["anon_bytes"] == plan(250_000, 384, config="advanced").anon_bytes
+
+
+def test_plan_sizes_the_ivf_as_the_index_does(capsys):
+    """The planner and the index share one sizing policy: 10M memories told their size get the
+    IVF the index builds for them, not the one trained at the threshold."""
+    from lukhas_gpu.vectors.policy import planned_nlist, train_at
+
+    assert main(["plan", "10000000", "--dim", "384", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    cfg = IndexConfig.preset("production", capacity=10_000_000)
+    assert got["nlist"] == planned_nlist(train_at(cfg), cfg) == 16384
 
 
 def test_plan_budget_answers_how_many_fit(capsys):

@@ -41,13 +41,11 @@ from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, 
                               planned_nlist,
                               train_at, vector_capacity)
 from ..config import IndexConfig
+from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size"]
 
 STATES = ("built", "opened")
-#: The content arena's retraining sample: at most this many recent contents (bytes objects).
-CONTENT_SAMPLES = 2000
-CONTENT_SAMPLE_BYTES = 4 << 20
 #: zstd contexts of the content arena (``memory_size()`` at level 3 with 16 KiB dictionaries):
 #: after ingestion, the compressor with its digested dictionary and the decompressors used; in a
 #: store just opened, only the objects (contexts are allocated on first use).
@@ -60,8 +58,6 @@ PINNED_POOL_BYTES_OPENED = 330_000
 #: ... but no more than the pools one batch's temporaries span (a guess: ~16 MiB for 50,000
 #: memories with a text and a tag list each); past it, names share their pools.
 PINNED_POOL_BYTES_MAX = 16 << 20
-#: A content of ``None`` is stored as two bytes (length 0, header 0).
-NONE_RECORD_BYTES = 2
 #: Average UTF-8 bytes of a tag name (only the vocabulary's size depends on it).
 TAG_NAME_BYTES = 12
 #: Rows per roaring container.
@@ -325,7 +321,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     disk["tombstones"] = 8
 
     # contents
-    records = count * (avg * ratio if avg > 0 else NONE_RECORD_BYTES)
+    records = count * (avg * ratio if avg > 0 else len(NONE_RECORD))
     (mapped if state == "opened" else anon)["content_records"] = records
     disk["content_records"] = records
     anon["content_offsets"] = 8 * count
@@ -333,7 +329,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     if avg > 0 and count:
         first = min(count, max(64, min(2048, math.ceil(65536 / avg))))  # contents at the first training
         dictionaries = max(1024.0, min(16384.0, first * avg / 4)) if count >= 64 else 0.0
-        kept = min(count, CONTENT_SAMPLES, max(1, int(CONTENT_SAMPLE_BYTES // avg)))
+        kept = min(count, RECENT_ITEMS, max(1, int(RECENT_BYTES // avg)))
         samples = kept * avg
         anon["content_zstd_contexts"] = ZSTD_CONTEXT_BYTES[state]
     anon["content_dictionaries"] = dictionaries

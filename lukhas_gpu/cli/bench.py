@@ -23,22 +23,14 @@ def add_parsers(sub) -> None:
 
 
 def _rss_anon() -> int:
-    import ctypes
+    """RssAnon after a collection and a trim: the bench measures what an index holds."""
     import gc
 
+    from lukhas_gpu.util.memtrim import rss_anon, trim
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    trim()
+    return rss_anon() or 0
 
 
 def _recall(ids, gt, k: int = 10) -> float:

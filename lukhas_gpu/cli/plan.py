@@ -25,6 +25,10 @@ def add_parsers(sub) -> None:
     pl.add_argument("--ram", metavar="SIZE", help="anonymous RAM budget, e.g. 16G: print how many memories fit")
     pl.add_argument("--gpu", metavar="SIZE", help="GPU memory budget, e.g. 40G: print how many memories fit")
     pl.add_argument("--include-mapped", action="store_true", help="count memory-mapped bytes against --ram too")
+    pl.add_argument("--no-capacity", action="store_true",
+                    help="plan an index grown without a size hint (trained once at the preset's train_threshold) "
+                         "instead of one told its size, as `lukhas-gpu ingest` tells it (the default; a --ram/--gpu "
+                         "budget is always answered without the hint)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan, catch_errors=True)
 
@@ -42,6 +46,11 @@ def cmd_plan(args) -> int:
         count = fits if count is None else count
     if count is None:
         raise ValueError("give COUNT, or a budget with --ram / --gpu")
+    if not args.no_capacity and fits is None and count and count > 0:
+        from lukhas_gpu.config import IndexConfig
+
+        cfg = IndexConfig.preset(args.preset)
+        kw["config"] = cfg if cfg.capacity else cfg.replace(capacity=count)  # the IVF sized for all of it
     p = plan(count, args.dim, **kw)
     if args.json:
         print(json.dumps({**p.to_dict(), "max_count": fits}, default=float))

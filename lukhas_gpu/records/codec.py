@@ -72,8 +72,8 @@ _RETRAIN_GAIN = 0.03
 _HOLDOUT_EVERY = 5
 #: The recent contents kept for (re)training: bounded in count and in bytes, whatever is stored.
 #: ~2000 samples of ~70 B is ~100x a 1-2 KiB dictionary and enough for a 16 KiB one.
-_RECENT_ITEMS = 2000
-_RECENT_BYTES = 4 << 20
+RECENT_ITEMS = 2000
+RECENT_BYTES = 4 << 20
 #: Dictionary ids are fixed (zstd would pick random ones) so that training is reproducible; below
 #: 32768 is reserved by the zstd format.
 _DICT_ID_BASE = 32768
@@ -271,10 +271,10 @@ class ContentCodec:
         self.n_nonempty += len(nonempty)
         self.nonempty_bytes += sum(map(len, nonempty))
         recent = self.samples
-        for p in nonempty[-_RECENT_ITEMS:]:
+        for p in nonempty[-RECENT_ITEMS:]:
             recent.append(p)
             self.samples_bytes += len(p)
-            while len(recent) > _RECENT_ITEMS or (self.samples_bytes > _RECENT_BYTES and len(recent) > 1):
+            while len(recent) > RECENT_ITEMS or (self.samples_bytes > RECENT_BYTES and len(recent) > 1):
                 self.samples_bytes -= len(recent.popleft())
 
     def add_sample(self, sample: bytes) -> None:

@@ -187,26 +187,8 @@ class ContentArena:
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self, items) -> ValidatedContents:
-        """Check a batch of contents without storing anything.
-
-        Parameters
-        ----------
-        items : sequence of str, bytes or None
-            A :class:`ValidatedContents` is returned as is.
-
-        Returns
-        -------
-        ValidatedContents
-            ``payloads`` (bytes or None per item) and ``kinds`` (uint8 per item).
-
-        Raises
-        ------
-        TypeError
-            ``items`` is a single str / bytes, or an item is not str, bytes or None.
-        ValueError
-            A str that cannot be encoded as UTF-8 (a lone surrogate), or a content larger than
-            ``max_content_bytes`` once encoded. The message names the item's index.
-        """
+        """Check a batch of contents without storing anything, against this arena's
+        ``max_content_bytes`` (see :func:`lukhas_gpu.records.validate.validate_contents`)."""
         return validate_contents(items, self.max_content_bytes)
 
     def _check_rows(self, rows, name: str = "rows") -> np.ndarray:

@@ -94,29 +94,8 @@ class TagIndex:
 
     # -- validation --------------------------------------------------------------------------
     def validate(self, tags, n: int) -> list[tuple[str, ...]]:
-        """Check a batch of tag lists without changing anything.
-
-        Parameters
-        ----------
-        tags : None or sequence of (list or tuple of str, or None), length ``n``
-            One entry per memory. ``None`` (for the batch or for one memory) means no tags.
-        n : int
-            Number of memories in the batch.
-
-        Returns
-        -------
-        list of tuple of str, length ``n``
-            Each memory's tags as plain ``str``, duplicates dropped (first occurrence kept).
-
-        Raises
-        ------
-        TypeError
-            ``tags`` is not a sequence; a memory's entry is not a list/tuple/None (a bare
-            ``str`` included: it would be read one character per tag); a tag is not a ``str``.
-        ValueError
-            ``len(tags) != n``; a tag is empty, longer than 256 UTF-8 bytes, contains NUL or
-            is not encodable as UTF-8; a memory has more than 255 distinct tags.
-        """
+        """Check a batch of tag lists without changing anything (the rules, return value and
+        errors: :func:`lukhas_gpu.records.validate.validate_tags`)."""
         counts, ids, new_names = self._prepare(tags, n)
         names = self._names + new_names
         flat = [names[t] for t in ids.tolist()]
