@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from lukhas_gpu.store import wal
+from lukhas_gpu.store.layout import CorruptStoreError
 from lukhas_gpu.store.wal import (HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, WalReader, WriteAheadLog,
                             decode_fields, encode_fields)
 
@@ -72,7 +73,8 @@ def _record_offsets(path) -> list[int]:
 # -- public surface -----------------------------------------------------------------------------
 def test_public_names():
     assert set(wal.__all__) == {
-        "WriteAheadLog", "WalReader", "WalRecord", "WalScan", "encode_fields", "decode_fields",
+        "WriteAheadLog", "WalReader", "WalRecord", "WalScan", "WalDamage", "encode_fields", "decode_fields",
+        "find_record", "scan_damage", "check_torn_tail", "move_aside",
         "MAGIC", "HEADER_SIZE", "RECORD_HEADER_SIZE", "SYNC_MODES",
         "DEFAULT_GROUP_INTERVAL", "DEFAULT_MAX_RECORD_BYTES"}
     for name in wal.__all__:
@@ -372,13 +374,22 @@ def test_flipped_byte_in_a_middle_record_stops_replay_there(tmp_path, caplog):
         assert [r.fields["i"] for r in scan.records] == [0, 1], pos
         assert (scan.valid_end, scan.torn) == (start, True), pos
         reasons.add(scan.reason.split(" (")[0].split(" exceeds")[0])
+        # valid records follow the bad one: corruption, not a torn tail -- the writer refuses,
+        # naming the offset and the sequence number, and cuts nothing
+        with pytest.raises(CorruptStoreError, match=rf"2 at bytes {start}\.\.{stop} .*2 valid records follow"):
+            WriteAheadLog(path, sync="none")
+        assert path.read_bytes() == bytes(data)
+        with WalReader(path, resync=True) as r:  # salvage reads past it
+            assert [rec.fields["i"] for rec in r] == [0, 1, 3, 4], pos
+        assert [(d.offset, d.end, d.seq) for d in r.damage] == [(start, stop, 2)]
     assert "CRC mismatch" in reasons and len(reasons) >= 2  # length-field flips stop differently
-    # the writer cuts everything from the bad record on: later records are unreachable anyway
+    # with nothing valid after it, the same bad record is a torn tail: cut, with a warning
+    path.write_bytes(bytes(data[:stop]))
     with caplog.at_level(logging.WARNING, logger="lukhas_gpu.store"):
         with WriteAheadLog(path, sync="none") as w:
             assert (len(w), w.nbytes) == (2, start)
             w.append(0, {"i": 99})
-    assert f"torn tail of {len(clean) - start} bytes" in caplog.text
+    assert f"torn tail of {stop - start} bytes" in caplog.text
     assert [r.fields["i"] for r in WriteAheadLog.read(path).records] == [0, 1, 99]
 
 

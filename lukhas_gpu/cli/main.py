@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
     bench.add_parsers(sub)
-    store.add_parsers(sub, "verify", "rollback", "stats")
+    store.add_parsers(sub, "verify", "rollback", "recover", "stats")
     plan.add_parsers(sub)
     ingest.add_ingest_parser(sub)
     search.add_parsers(sub)

@@ -1,10 +1,10 @@
-"""The store commands: ``verify``, ``rollback``, ``stats``, ``get``, ``delete``."""
+"""The store commands: ``verify``, ``rollback``, ``recover``, ``stats``, ``get``, ``delete``."""
 from __future__ import annotations
 
 import json
 import sys
 
-__all__ = ["add_parsers", "cmd_verify", "cmd_rollback", "cmd_stats", "cmd_get", "cmd_delete", "text"]
+__all__ = ["add_parsers", "cmd_verify", "cmd_rollback", "cmd_recover", "cmd_stats", "cmd_get", "cmd_delete", "text"]
 
 
 def add_parsers(sub, *names: str) -> None:
@@ -17,13 +17,27 @@ def _verify(sub) -> None:
     v = sub.add_parser("verify", help="check a store's files (sizes, CRC-32) and its internal consistency")
     v.add_argument("path", help="store directory")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--salvage", action="store_true",
+                   help="if the write-ahead log is damaged in the middle, keep every valid record, move the log "
+                        "aside (never deleted), checkpoint, and report exactly which ids were lost")
     v.set_defaults(func=cmd_verify)
 
 
 def _rollback(sub) -> None:
-    r = sub.add_parser("rollback", help="publish the previous generation of a (closed) store again")
+    r = sub.add_parser("rollback", help="publish the previous generation of a (closed) store again, once verified")
     r.add_argument("path", help="store directory")
+    r.add_argument("--discard-log", action="store_true",
+                   help="drop the acknowledged records of the write-ahead log (moved aside, not deleted); without "
+                        "it, rollback refuses while the log holds any")
     r.set_defaults(func=cmd_rollback, catch_errors=True)
+
+
+def _recover(sub) -> None:
+    r = sub.add_parser("recover", help="publish the newest generation that verifies completely (after a damaged "
+                                       "CURRENT or generation)")
+    r.add_argument("path", help="store directory")
+    r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.set_defaults(func=cmd_recover, catch_errors=True)
 
 
 def _stats(sub) -> None:
@@ -52,7 +66,7 @@ def _delete(sub) -> None:
     d.set_defaults(func=cmd_delete, catch_errors=True)
 
 
-_PARSERS = {"verify": _verify, "rollback": _rollback, "stats": _stats, "get": _get, "delete": _delete}
+_PARSERS = {"verify": _verify, "rollback": _rollback, "recover": _recover, "stats": _stats, "get": _get, "delete": _delete}
 
 
 def text(c):
@@ -65,8 +79,25 @@ def cmd_verify(args) -> int:
     from lukhas_gpu.store.layout import StoreError
 
     try:
-        index = MemoryIndex.open(args.path, mode="r", verify=True)
-        report = index.verify()
+        if args.salvage:
+            index = MemoryIndex.open(args.path, mode="w", verify=True, salvage=True)
+            try:
+                report = index.verify()
+                salvage = getattr(index, "salvage_report", None)
+            finally:
+                index.close()
+            if salvage is not None:
+                report["salvage"] = salvage
+                if not args.json:
+                    print(f"{args.path}: salvaged the write-ahead log: kept {salvage['kept']} records; damaged: "
+                          f"{'; '.join(salvage['damaged'])}; lost ids: "
+                          f"{', '.join(f'{a}..{b}' for a, b in salvage['lost_ids']) or 'none known'}"
+                          f"{'; skipped: ' + '; '.join(salvage['lost_records']) if salvage['lost_records'] else ''}; "
+                          f"the damaged log is at {salvage['moved_to']}; published {salvage['generation']}",
+                          file=sys.stderr)
+        else:
+            index = MemoryIndex.open(args.path, mode="r", verify=True)
+            report = index.verify()
     except StoreError as e:
         if args.json:
             print(json.dumps({"ok": False, "error": str(e)}))
@@ -81,8 +112,26 @@ def cmd_verify(args) -> int:
 def cmd_rollback(args) -> int:
     from lukhas_gpu import MemoryIndex
 
-    gen = MemoryIndex.rollback(args.path)
+    gen = MemoryIndex.rollback(args.path, discard_log=args.discard_log)
     print(f"{args.path}: now at {gen.name}")
+    return 0
+
+
+def cmd_recover(args) -> int:
+    from lukhas_gpu.index import durable
+
+    report = durable.recover(args.path)
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    what = (f"now at {report['generation']} (was {report['was'] or 'an unreadable CURRENT'})" if report["changed"]
+            else f"{report['generation']} verifies; nothing to do")
+    print(f"{args.path}: {what}")
+    for why in report["skipped"]:
+        print(f"  skipped: {why}")
+    if report["log"]:
+        print(f"  the write-ahead log follows a newer generation: {report['log']['records']} records "
+              f"({report['log']['memories']} memories) not applied, kept at {report['log']['moved_to']}")
     return 0
 
 

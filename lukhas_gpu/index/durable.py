@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import shutil
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from ..vectors.store import VectorStore
 log = logging.getLogger(__name__)
 
 __all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "write", "load", "replay_wal", "reset_wal",
-           "rollback", "verify"]
+           "rollback", "recover", "salvage_wal", "log_summary", "verify"]
 
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
@@ -40,34 +39,44 @@ def create(index_cls, path, dim: int, config):
     if (path / layout.CURRENT).exists():
         raise layout.StoreError(f"{path} already holds a store; use MemoryIndex.open({str(path)!r}, mode='w')")
     path.mkdir(parents=True, exist_ok=True)
-    layout.acquire_lock(path)
+    lock = layout.acquire_lock(path)
     try:
         index = index_cls(dim, config)
-        index.path, index.mode = path, "w"
+        index.path, index.mode, index._store_lock = path, "w", lock
         index.checkpoint()
     except BaseException:
-        layout.release_lock(path)
+        lock.release()
         raise
     return index
 
 
-def open_store(index_cls, path, mode: str, *, verify: bool):
-    """``MemoryIndex.open``: the published generation (plus, for the writer, the log replayed)."""
+def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = False, recover: bool = False):
+    """``MemoryIndex.open``: the published generation (plus, for the writer, the log replayed).
+
+    ``recover`` (writer only): if ``CURRENT`` or its generation is damaged, publish the newest
+    generation that verifies completely first (see :func:`recover`). ``salvage`` (writer only):
+    a log corrupted in the middle is salvaged (see :func:`salvage_wal`) instead of refused.
+    """
     if mode not in ("r", "w"):
         raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+    if (salvage or recover) and mode != "w":
+        raise ValueError("salvage=True and recover=True repair the store: they need mode='w'")
     path = pathlib.Path(path)
-    layout.current_generation(path)  # a clear error before taking any lock
-    if mode == "w":
-        layout.acquire_lock(path)
+    if not recover:
+        layout.current_generation(path)  # a clear error before taking any lock
+    lock = layout.acquire_lock(path) if mode == "w" else None
     try:
+        if recover:
+            _recover_locked(path, only_if_needed=True)
         gen_dir = layout.current_generation(path)  # read under the lock: no checkpoint races it
         index, _ = load(index_cls, path, gen_dir, writable=mode == "w", checksums=True if verify else "small")
         index.path, index.mode = path, mode
         if mode == "w":
-            replay_wal(index)
+            index._store_lock = lock
+            replay_wal(index, salvage=salvage)
     except BaseException:
-        if mode == "w":
-            layout.release_lock(path)
+        if lock is not None:
+            lock.release()
         raise
     return index
 
@@ -100,16 +109,25 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small"):
     A writable index works on a copy of the vectors file (``root/vectors.work``), so appends
     never touch a published generation.
     """
-    gen = GenerationReader(gen_dir, checksums=checksums)
+    gen = GenerationReader(gen_dir, checksums=checksums)  # the manifest's bounds checked before any use
     manifest = gen.manifest
-    config = IndexConfig.from_dict(manifest["config"])
+    try:
+        config = IndexConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise layout.CorruptStoreError(gen.path / layout.MANIFEST, f"has an invalid config ({e})") from None
     dim, rows = int(manifest["dim"]), int(manifest["rows"])
     vec_file = gen.file(layout.VECTORS)
     if vec_file.stat().st_size != rows * dim:
         raise layout.CorruptStoreError(vec_file, f"holds {vec_file.stat().st_size} bytes, expected {rows} x {dim}")
     if writable:
+        # What a writer carries into its next checkpoint is verified first, so a checkpoint never
+        # launders damaged bytes into a generation with fresh CRCs: the vectors while they are
+        # copied (the copy is needed anyway), the content records here.
+        if checksums is not True:
+            layout.verify_crc(gen.file(layout.CONTENT), layout.crc32_file(gen.file(layout.CONTENT)),
+                              gen.files[layout.CONTENT]["crc32"])
         work = pathlib.Path(root) / layout.VECTORS_WORK
-        shutil.copyfile(vec_file, work)
+        layout.copy_verified(vec_file, work, gen.files[layout.VECTORS]["crc32"])
         vectors = VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
     else:
         vectors = VectorStore.attach(vec_file, dim, rows, writable=False)
@@ -158,19 +176,21 @@ def reset_wal(index, base: int) -> None:
     if index._wal is None:
         wal_path = index.path / layout.WAL
         wal_path.unlink(missing_ok=True)  # only at create: nothing to keep
-        index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync)
+        index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
     else:
         index._wal.reset(base)
 
 
-def replay_wal(index) -> None:
+def replay_wal(index, *, salvage: bool = False) -> None:
     """Apply the operations logged since the published generation, then keep logging.
 
-    A torn tail (a crash mid-append: that call never returned) is cut, never replayed. A log
-    that follows another generation (a crash between publishing a checkpoint and restarting
-    the log: its records are in the checkpoint) is dropped.
+    A torn tail (a crash mid-append: that call never returned; nothing valid after it) is cut,
+    never replayed. A bad record *followed by valid ones* is corruption: CorruptStoreError naming
+    the log, the offset and the sequence numbers, nothing changed -- unless ``salvage``
+    (:func:`salvage_wal`). A log that follows an older generation (a crash between publishing a
+    checkpoint and restarting the log: its records are in the checkpoint) is dropped.
     """
-    from ..store.wal import WalReader, WriteAheadLog
+    from ..store.wal import WalReader, WriteAheadLog, check_torn_tail
 
     wal_path = index.path / layout.WAL
     base = layout.generation_number(layout.current_generation(index.path))
@@ -183,18 +203,101 @@ def replay_wal(index) -> None:
                     _apply(index, rec.op, rec.fields)
                     applied += 1
         if stale:
-            log.warning("%s follows generation %s, the store is at %s: its records are in the checkpoint; "
-                        "dropped", wal_path, reader.base, base)
-            wal_path.unlink()
-    index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync)
+            _drop_stale_log(wal_path, reader.base, base)
+        elif reader.torn:
+            try:
+                check_torn_tail(wal_path, reader.valid_end, reader.file_size)
+            except layout.CorruptStoreError as e:
+                if not salvage:
+                    raise
+                salvage_wal(index, applied, e.damage)
+                return
+    index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
     if applied:
         log.info("replayed %d logged operations from %s", applied, wal_path)
+
+
+def _drop_stale_log(wal_path: pathlib.Path, wal_base: int, base: int) -> None:
+    from ..store.wal import move_aside, scan_damage
+
+    if wal_base > base:  # records acknowledged after a generation that is not published
+        raise layout.CorruptStoreError(wal_path, f"follows generation {wal_base}, newer than the published {base}: "
+                                                 "its records are in no published generation. Nothing was changed; "
+                                                 "open with recover=True (lukhas-gpu recover) to decide")
+    if scan_damage(wal_path)[1]:  # e.g. a salvage that crashed after its checkpoint: keep the evidence
+        log.warning("%s follows generation %s (in the checkpoint) and is damaged: moved aside to %s",
+                    wal_path, wal_base, move_aside(wal_path))
+        return
+    log.warning("%s follows generation %s, the store is at %s: its records are in the checkpoint; "
+                "dropped", wal_path, wal_base, base)
+    wal_path.unlink()
+
+
+def salvage_wal(index, applied: int, damage) -> dict:
+    """Keep every valid record of a log corrupted in the middle, and say exactly what was lost.
+
+    The ``applied`` records before the first damage are already in ``index``. The valid records
+    after each damaged place are replayed; every add record carries its first id, so a lost add
+    shows as a gap, which is filled with deleted placeholder rows (ids are row numbers: later
+    records keep their ids). Then a checkpoint publishes the result, the damaged log is moved
+    aside (``wal.log.damaged-<time>``, never deleted) and a new log starts. Returns (and sets as
+    ``index.salvage_report``) ``{"log", "moved_to", "kept", "damaged", "lost_ids", "lost_records",
+    "generation"}``; ``lost_ids`` are ``[first, last]`` ranges of ids that were acknowledged and
+    are gone.
+    """
+    from ..store.wal import WalReader, WriteAheadLog, decode_fields, move_aside
+
+    wal_path = index.path / layout.WAL
+    lost_ids, lost_records, kept = [], [], applied
+    with WalReader(wal_path, decode=False, resync=True) as reader:
+        for rec in reader:
+            if rec.seq < applied:
+                continue
+            fields = decode_fields(rec.fields)
+            try:
+                if rec.op == OP_ADD and "start" in fields:
+                    gap = int(fields["start"]) - index.parts.rows
+                    if gap < 0:
+                        raise ValueError(f"it starts at id {fields['start']}, below the {index.parts.rows} rows")
+                    if gap:
+                        lost_ids.append([index.parts.rows, index.parts.rows + gap - 1])
+                        _placeholders(index, gap)
+                _apply(index, rec.op, fields)
+                kept += 1
+            except (ValueError, KeyError) as e:  # e.g. an update of an id whose add was lost
+                lost_records.append(f"record {rec.seq} (op {rec.op}): {e}")
+    damaged = [d.describe() for d in reader.damage]
+    gen = write(index, index.path)  # everything kept, published before the log is touched
+    moved = move_aside(wal_path)
+    number = layout.generation_number(gen)
+    index._wal = WriteAheadLog(wal_path, base=number, sync=index.config.wal_sync, lock=False)
+    report = {"log": str(wal_path), "moved_to": moved, "kept": kept, "damaged": damaged, "lost_ids": lost_ids,
+              "lost_records": lost_records, "generation": gen.name}
+    if not lost_ids:
+        report["note"] = ("no add record after the damage: the damaged records' ids (if they were adds) are "
+                          f"from {index.parts.rows} on and are not in the store")
+    index.salvage_report = report
+    log.warning("salvaged %s: kept %d records, damaged %s, lost ids %s, skipped %s; the damaged log is at %s; "
+                "published %s", wal_path, kept, damaged, lost_ids, lost_records, moved, gen.name)
+    return report
+
+
+def _placeholders(index, n: int) -> None:
+    """``n`` deleted rows standing in for memories whose add record was lost (ids stay rows)."""
+    x = np.zeros((n, index.dim), np.float32)
+    x[:, 0] = 1.0
+    start = index.parts.rows
+    _apply(index, OP_ADD, {"x": x, "contents": None, "tags": None, "ts": None, "imp": None})
+    _apply(index, OP_DELETE, {"ids": np.arange(start, start + n, dtype=np.int64)})
 
 
 def _apply(index, op: int, f: dict) -> None:
     wal, index._wal = index._wal, None  # replayed operations are not logged again
     try:
         if op == OP_ADD:
+            if "start" in f and int(f["start"]) != index.parts.rows:
+                raise layout.CorruptStoreError(index.path / layout.WAL, f"an add record starts at id {f['start']}, "
+                                                                        f"but {index.parts.rows} rows precede it")
             index.add(f["x"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
         elif op == OP_UPDATE:
             index.update(f["ids"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
@@ -206,21 +309,137 @@ def _apply(index, op: int, f: dict) -> None:
         index._wal = wal
 
 
-def rollback(path) -> pathlib.Path:
-    """Publish the previous generation of the closed store at ``path`` again (and drop the
-    write-ahead log, which belongs to the newer one)."""
+def log_summary(wal_path) -> dict:
+    """What a log holds: ``{"base", "records", "memories" (added), "updates", "deletes"}``
+    (valid records, across any damage)."""
+    from ..store.wal import WalReader
+
+    out = {"records": 0, "memories": 0, "updates": 0, "deletes": 0}
+    with WalReader(wal_path, resync=True) as reader:
+        out["base"] = reader.base
+        for rec in reader:
+            out["records"] += 1
+            if rec.op == OP_ADD:
+                out["memories"] += len(np.atleast_2d(rec.fields["x"]))
+            elif rec.op == OP_UPDATE:
+                out["updates"] += 1
+            elif rec.op == OP_DELETE:
+                out["deletes"] += 1
+    return out
+
+
+def rollback(path, *, discard_log: bool = False) -> pathlib.Path:
+    """Publish the previous generation of the closed store at ``path`` again.
+
+    The target is verified first (every file's size and CRC-32): a damaged one is refused with
+    CorruptStoreError naming the file, ``CURRENT`` unchanged. Acknowledged records in the log
+    (which follow the current generation, not the target) make it refuse too, saying how many,
+    unless ``discard_log``: the log is then moved aside (``wal.log.discarded-<time>``), never
+    deleted.
+    """
+    from ..store.wal import move_aside
+
     path = pathlib.Path(path)
-    layout.acquire_lock(path)
+    lock = layout.acquire_lock(path)
     try:
+        cur = layout.current_generation(path)
         prev = layout.previous_generation(path)
         if prev is None:
             raise layout.StoreError(f"{path} has no previous generation to roll back to")
-        layout.read_manifest(prev)
+        layout.check_files(prev, layout.read_manifest(prev), checksums=True)
+        wal_path = path / layout.WAL
+        if wal_path.exists():
+            summary = log_summary(wal_path)
+            if summary["base"] == layout.generation_number(cur) and summary["records"]:
+                if not discard_log:
+                    raise layout.StoreError(
+                        f"{wal_path} holds {summary['records']} acknowledged records ({summary['memories']} memories "
+                        f"added, {summary['updates']} updates, {summary['deletes']} deletes) logged after {cur.name}; "
+                        f"rolling back to {prev.name} would drop them. Open and checkpoint the store to keep them, "
+                        "or pass discard_log=True (lukhas-gpu rollback --discard-log): the log is then moved aside")
+                log.warning("rollback of %s: %d acknowledged records (%d memories) dropped; the log is kept at %s",
+                            path, summary["records"], summary["memories"], move_aside(wal_path, "discarded"))
+            else:  # empty, or older than the current generation (its records are in it)
+                wal_path.unlink()
         layout.publish(path, prev.name)
-        (path / layout.WAL).unlink(missing_ok=True)
         return prev
     finally:
-        layout.release_lock(path)
+        lock.release()
+
+
+def recover(path) -> dict:
+    """Publish the newest generation of the closed store at ``path`` that verifies completely
+    (every file's size and CRC-32), whatever ``CURRENT`` holds; see :func:`_recover_locked`."""
+    path = pathlib.Path(path)
+    lock = layout.acquire_lock(path)
+    try:
+        return _recover_locked(path, only_if_needed=False)
+    finally:
+        lock.release()
+
+
+def _recover_locked(path: pathlib.Path, *, only_if_needed: bool) -> dict:
+    """Returns ``{"generation", "was", "changed", "skipped": [why each newer one was], "log"}``.
+
+    A log that follows a newer, damaged generation cannot be replayed on an older one: it is
+    moved aside (``wal.log.unapplied-<time>``) and counted in ``"log"``.
+    """
+    from ..store.wal import move_aside
+
+    try:
+        was = layout.current_generation(path)
+    except layout.CorruptStoreError as e:
+        was, why = None, str(e)
+    else:
+        why = None
+    if only_if_needed and was is not None:
+        try:
+            layout.check_files(was, layout.read_manifest(was), checksums=True)
+            return {"generation": was.name, "was": was.name, "changed": False, "skipped": [], "log": None}
+        except layout.StoreError as e:
+            why = str(e)
+    skipped, chosen = [], None
+    for number in reversed(layout.generations(path)):
+        gen_dir = path / f"gen-{number:06d}"
+        try:
+            layout.check_files(gen_dir, layout.read_manifest(gen_dir), checksums=True)
+        except layout.StoreError as e:
+            skipped.append(str(e))
+            continue
+        chosen = gen_dir
+        break
+    if chosen is None:
+        raise layout.CorruptStoreError(path, f"no generation verifies ({'; '.join(skipped) or 'there is none'})")
+    report = {"generation": chosen.name, "was": was.name if was is not None else None, "changed": chosen != was,
+              "skipped": skipped, "log": None, "problem": why}
+    wal_path = path / layout.WAL
+    if wal_path.exists():
+        summary = log_summary(wal_path)
+        if summary["base"] > layout.generation_number(chosen) and summary["records"]:
+            summary["moved_to"] = move_aside(wal_path, "unapplied")
+            report["log"] = summary
+    if chosen != was:
+        layout.publish(path, chosen.name)
+    log.warning("recovered %s: %s published (was %s; %s)%s", path, chosen.name,
+                report["was"] or "unreadable", why, f"; log moved aside: {report['log']}" if report["log"] else "")
+    return report
+
+
+def _verify_log(wal_path: pathlib.Path) -> int:
+    """The log's valid records; CorruptStoreError if it is damaged anywhere but a torn tail (a
+    writer's record in flight looks like one)."""
+    from ..store.wal import check_torn_tail, WalReader
+
+    if not wal_path.exists():
+        return 0
+    try:
+        with WalReader(wal_path, decode=False) as reader:
+            n = sum(1 for _ in reader)
+    except ValueError as e:  # not a log at all: bad header
+        raise layout.CorruptStoreError(wal_path, str(e)) from None
+    if reader.torn:
+        check_torn_tail(wal_path, reader.valid_end, reader.file_size)
+    return n
 
 
 def verify(index) -> dict:
@@ -232,6 +451,7 @@ def verify(index) -> dict:
     if index.path is not None:
         gen = GenerationReader(layout.current_generation(index.path), checksums=True)
         report.update(generation=gen.manifest["generation"], files=len(gen.files))
+        report["wal_records"] = _verify_log(index.path / layout.WAL)
     n = parts.rows
     for part, m in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags))):
         if m != n:

@@ -125,22 +125,21 @@ class MemoryIndex:
         return durable.create(cls, path, dim, config)
 
     @classmethod
-    def open(cls, path, mode: str = "r", *, verify: bool = False) -> "MemoryIndex":
+    def open(cls, path, mode: str = "r", *, verify: bool = False, salvage: bool = False,
+             recover: bool = False) -> "MemoryIndex":
         """Open the store at ``path``: ``mode="r"`` (read the last checkpoint; many readers may
-        run beside the writer) or ``"w"`` (the one writer: takes the lock and replays the
-        write-ahead log on top of the last checkpoint).
+        run beside the writer) or ``"w"`` (the one writer: takes the lock, verifies what it will
+        carry forward and replays the write-ahead log on top of the last checkpoint).
 
-        The int8 vectors and the content records are memory-mapped, so opening reads little and
-        the anonymous RAM per memory is the ANN codes plus the packed metadata. ``verify=True``
-        also checks the CRC-32 of the memory-mapped files (see :meth:`verify`).
+        Bulk files are memory-mapped; ``verify=True`` checks their CRC-32 too. Writers only:
+        ``salvage=True`` keeps every valid record of a log damaged in the middle, moves it aside
+        and reports the lost ids (``salvage_report``); ``recover=True`` first publishes the newest
+        generation that verifies if ``CURRENT`` or its generation is damaged.
 
-        Raises
-        ------
-        StoreError, CorruptStoreError, StoreLockedError
-            No store there, a format this version cannot read (the message says how to upgrade),
-            a truncated or altered file (named), or another writer holding the lock.
+        Raises StoreError, CorruptStoreError or StoreLockedError: no store there, a newer format,
+        a truncated or altered file (named), a damaged log (offset, sequence numbers), a writer.
         """
-        return durable.open_store(cls, path, mode, verify=verify)
+        return durable.open_store(cls, path, mode, verify=verify, salvage=salvage, recover=recover)
 
     def _require_writable(self) -> None:
         if self.mode == "r":
@@ -167,10 +166,10 @@ class MemoryIndex:
         return durable.write(self, path)
 
     @classmethod
-    def rollback(cls, path) -> pathlib.Path:
-        """Publish the previous generation of the closed store at ``path`` again (and drop the
-        write-ahead log, which belongs to the newer one). Returns the generation now current."""
-        return durable.rollback(path)
+    def rollback(cls, path, *, discard_log: bool = False) -> pathlib.Path:
+        """Publish the previous generation of the closed store at ``path`` again, once verified;
+        refuses while the log holds acknowledged records unless ``discard_log`` (it is moved aside)."""
+        return durable.rollback(path, discard_log=discard_log)
 
     @_locked
     def verify(self) -> dict:

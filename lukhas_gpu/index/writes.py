@@ -29,11 +29,12 @@ class AddBatch:
     norm_tags: list | None
     ts: np.ndarray
     imp: np.ndarray
+    start: int = 0  # the first id: logged, so a replay (or a salvage) can check where it lands
 
     def log_fields(self) -> dict:
         import torch
 
-        return {"x": self.x.to("cpu", torch.float32).numpy(), "ts": self.ts, "imp": self.imp,
+        return {"x": self.x.to("cpu", torch.float32).numpy(), "ts": self.ts, "imp": self.imp, "start": self.start,
                 "contents": list(self.raw_contents) if self.raw_contents is not None else None,
                 "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None}
 
@@ -63,7 +64,7 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance) -> Ad
     ts, imp = MetadataColumns.validate(n, timestamps, importance)
     if parts.rows + n > MAX_ROWS - 1:
         raise ValueError(f"an index holds at most 2**32 - 1 memories; this batch of {n} would exceed it")
-    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp)
+    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows))
 
 
 def apply_add(index, b: AddBatch) -> np.ndarray:

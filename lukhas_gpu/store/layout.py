@@ -16,7 +16,7 @@ A store is a directory::
         encoder.npz        the encoder's scales and projection
         ann.faiss          the IVF-PQ index (FAISS's own writer), when trained
       wal.log              operations since the published generation (see wal.py)
-      LOCK                 pid of the one writer
+      LOCK                 the one writer's flock (the file holds its pid, for messages)
 
 A checkpoint writes ``gen-N.tmp/``, fsyncs every file and the directory, renames it to
 ``gen-N``, then replaces ``CURRENT`` (write, fsync, rename, fsync the store directory): a crash
@@ -31,6 +31,7 @@ import os
 import pathlib
 import re
 import shutil
+import stat
 import zlib
 
 import numpy as np
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedError", "Generation",
            "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
-           "acquire_lock", "release_lock", "fsync_dir", "crc32_file", "generation_number", "load_npz",
+           "acquire_lock", "release_lock", "StoreLock", "lock_holder", "check_manifest",
+           "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
            "GENERATION_FILES", "REQUIRED", "MAPPED", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST"]
 
 FORMAT = "lukhas_gpu-store"
@@ -75,6 +77,10 @@ REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().
 MAPPED = (VECTORS, CONTENT)
 _CHUNK = 1 << 22
+#: Bounds a manifest is held to before anything is allocated from it.
+MAX_DIM = 65536
+MAX_ROWS = 2**32 - 1
+MAX_FILE_BYTES = 1 << 48
 
 
 class StoreError(RuntimeError):
@@ -129,35 +135,50 @@ class Generation:
     def path(self, name: str) -> pathlib.Path:
         return self.tmp / name
 
-    def added(self, name: str) -> None:
-        """Record a file written into the generation (size and CRC-32), after fsyncing it."""
+    def added(self, name: str, crc: int | None = None) -> None:
+        """Record a file written into the generation (size and CRC-32), after fsyncing it.
+
+        With ``crc`` (computed from the bytes in memory as they were written) the file is read
+        back and must match: a generation never lists bytes that differ from what was meant.
+        """
         p = self.tmp / name
-        with open(p, "rb+") as f:
-            os.fsync(f.fileno())
-        self.files[name] = {"bytes": p.stat().st_size, "crc32": crc32_file(p)}
+        with _naming(p):
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+            on_disk = crc32_file(p)
+        if crc is not None:
+            verify_crc(p, on_disk, crc)
+        self.files[name] = {"bytes": p.stat().st_size, "crc32": on_disk}
 
     def save_npz(self, name: str, arrays: dict) -> None:
-        with open(self.tmp / name, "wb") as f:
+        with _naming(self.tmp / name), open(self.tmp / name, "wb") as f:
             np.savez(f, **arrays)
         self.added(name)
 
     def save_raw(self, name: str, array: np.ndarray) -> None:
-        with open(self.tmp / name, "wb") as f:
+        crc = 0
+        with _naming(self.tmp / name), open(self.tmp / name, "wb") as f:
             a = np.ascontiguousarray(array)
             step = max(1, _CHUNK // max(a.itemsize * (a.shape[1] if a.ndim > 1 else 1), 1))
             for i in range(0, len(a), step):
-                f.write(a[i: i + step].tobytes())
-        self.added(name)
+                chunk = a[i: i + step].tobytes()
+                crc = zlib.crc32(chunk, crc)
+                f.write(chunk)
+        self.added(name, crc)
 
     def save_bytes(self, name: str, data: bytes) -> None:
-        with open(self.tmp / name, "wb") as f:
+        with _naming(self.tmp / name), open(self.tmp / name, "wb") as f:
             f.write(data)
-        self.added(name)
+        self.added(name, zlib.crc32(data))
+
+    def discard(self) -> None:
+        """Remove the unpublished directory (after a failed write: frees its space)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def publish(self, manifest: dict) -> pathlib.Path:
         manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
                     "generation": self.number, "files": self.files}
-        with open(self.tmp / MANIFEST, "w") as f:
+        with _naming(self.tmp / MANIFEST), open(self.tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
@@ -170,16 +191,36 @@ class Generation:
         return self.final
 
 
+class _naming:
+    """Re-raise an OSError (ENOSPC, EIO...) or a zip writer's error with the file's name in it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, f"{e.strerror or e} (writing {self.path})", self.path) from e
+        return False
+
+
 def publish(root, gen_name: str) -> None:
     """Make ``gen_name`` the published generation (atomic replace of CURRENT)."""
     root = pathlib.Path(root)
     tmp = root / (CURRENT + ".tmp")
-    with open(tmp, "w") as f:
+    with _naming(tmp), open(tmp, "w") as f:
         f.write(gen_name + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / CURRENT)
     fsync_dir(root)
+
+
+def generations(root) -> list[int]:
+    """The numbers of the store's complete generation directories, oldest first."""
+    return _generations(pathlib.Path(root))
 
 
 def _generations(root: pathlib.Path) -> list[int]:
@@ -256,7 +297,36 @@ def read_manifest(gen_dir) -> dict:
                 if isinstance(version, int) and version < FORMAT_VERSION
                 else "it was written by a newer lukhas_gpu; upgrade the package")
         raise StoreError(f"{path}: store format version {version}, this lukhas_gpu reads {FORMAT_VERSION}: {hint}")
+    check_manifest(path, manifest)
     return manifest
+
+
+def check_manifest(path, manifest: dict) -> None:
+    """The manifest's numbers within the format's bounds, before anything is sized from them:
+    ``dim`` in 1..MAX_DIM, ``rows`` in 0..MAX_ROWS, ``count`` in 0..rows, the vectors file of
+    exactly ``rows * dim`` bytes, every file size in 0..MAX_FILE_BYTES."""
+    def bounded(key, lo, hi):
+        v = manifest.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            raise CorruptStoreError(path, f"{key} = {v!r} is outside the format's bounds {lo}..{hi}")
+        return v
+
+    dim = bounded("dim", 1, MAX_DIM)
+    rows = bounded("rows", 0, MAX_ROWS)
+    bounded("count", 0, rows)
+    if not isinstance(manifest.get("config"), dict):
+        raise CorruptStoreError(path, "has no config table")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise CorruptStoreError(path, "has no file table")
+    for name, meta in files.items():
+        if not (isinstance(meta, dict) and all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool)
+                                               for k in ("bytes", "crc32"))
+                and 0 <= meta["bytes"] <= MAX_FILE_BYTES and 0 <= meta["crc32"] < 1 << 32):
+            raise CorruptStoreError(path, f"has a malformed or out-of-bounds entry for {str(name)[:60]!r}")
+    vec = files.get(VECTORS)
+    if isinstance(vec, dict) and vec["bytes"] != rows * dim:
+        raise CorruptStoreError(path, f"lists {VECTORS} of {vec['bytes']} bytes, but rows x dim = {rows} x {dim}")
 
 
 def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> None:
@@ -273,6 +343,8 @@ def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> 
     for name in REQUIRED:
         if name not in files:
             raise CorruptStoreError(gen_dir / MANIFEST, f"does not list {name}, which every generation has")
+    if gen_dir.is_symlink():
+        raise CorruptStoreError(gen_dir, "is a link; a generation is a directory inside the store")
     for name, meta in files.items():
         if name not in GENERATION_FILES or name == MANIFEST:  # plain names of the format, never a path
             raise CorruptStoreError(gen_dir / MANIFEST, f"lists {name!r}, which is not a file of this format")
@@ -280,15 +352,41 @@ def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> 
                 and meta["bytes"] >= 0):
             raise CorruptStoreError(gen_dir / MANIFEST, f"has a malformed entry for {name}")
         p = gen_dir / name
-        if not p.exists():
-            raise CorruptStoreError(p, "missing")
-        size = p.stat().st_size
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            raise CorruptStoreError(p, "missing") from None
+        if not stat.S_ISREG(st.st_mode):  # a link could point outside the store
+            raise CorruptStoreError(p, "is not a regular file (a link or a directory); refused")
+        size = st.st_size
         if size != meta["bytes"]:
             raise CorruptStoreError(p, f"{size} bytes, the manifest says {meta['bytes']} (truncated or altered)")
         if checksums is True or (checksums == "small" and name not in MAPPED):
-            crc = crc32_file(p)
-            if crc != meta["crc32"]:
-                raise CorruptStoreError(p, f"CRC-32 {crc:08x}, the manifest says {meta['crc32']:08x} (corrupted)")
+            verify_crc(p, crc32_file(p), meta["crc32"])
+
+
+def verify_crc(path, crc: int, expected: int) -> None:
+    if crc != expected:
+        raise CorruptStoreError(path, f"CRC-32 {crc:08x}, the manifest says {expected:08x} (corrupted)")
+
+
+def copy_verified(src, dst, expected_crc: int) -> None:
+    """Copy ``src`` to ``dst``, computing the CRC-32 of the bytes as they are copied; raises
+    :class:`CorruptStoreError` naming ``src`` (and removes ``dst``) if it is not ``expected_crc``,
+    so a damaged file is never carried forward. Errors writing ``dst`` name it."""
+    crc = 0
+    try:
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            while chunk := fi.read(_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+                try:
+                    fo.write(chunk)
+                except OSError as e:
+                    raise OSError(e.errno, f"{e.strerror} (writing {dst}, a copy of {src})", str(dst)) from e
+        verify_crc(src, crc, expected_crc)
+    except BaseException:
+        pathlib.Path(dst).unlink(missing_ok=True)
+        raise
 
 
 def load_npz(gen_dir, name: str) -> dict:
@@ -301,45 +399,100 @@ def load_npz(gen_dir, name: str) -> dict:
 
 
 # -- the writer's lock ---------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class StoreLock:
+    """The writer's lock on a store: an exclusive ``fcntl.flock`` on its ``LOCK`` file, the one
+    source of truth. The kernel drops it when the descriptor is closed -- by :meth:`release`, by
+    the garbage collector, or by the process dying -- so a dead writer's lock is simply free and
+    there is no pid-liveness race. The pid written into the file only names the holder in the
+    message a second writer gets."""
 
+    def __init__(self, root, fd: int):
+        self.root, self.fd = pathlib.Path(root), fd
 
-def acquire_lock(root) -> pathlib.Path:
-    """Take the store's writer lock (a file holding our pid); a dead owner's lock is taken over."""
-    path = pathlib.Path(root) / LOCK
-    for _ in range(2):
+    @property
+    def held(self) -> bool:
+        return self.fd >= 0
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            key = _lock_key(self.root)
+            if _held.get(key) is not None and _held[key]() in (self, None):
+                del _held[key]
+            os.close(fd)  # releases the flock
+
+    def __del__(self):  # an index dropped without close(): its lock goes with it
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _pid_alive(owner):
-                raise StoreLockedError(f"{root} is open for writing by process {owner} "
-                                       f"(lock file {path}); open it with mode='r' to read beside it") from None
-            log.warning("taking over the lock of %s from process %s, which is gone", root, owner or "?")
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-            f.flush()
-            os.fsync(f.fileno())
-        return path
-    raise StoreLockedError(f"could not take the lock {path}")
+            self.release()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+_held: dict = {}  # lock key -> weak reference to the StoreLock this process holds
+
+
+def _lock_key(root) -> str:
+    return os.path.realpath(root)
+
+
+def _holds(key: str) -> bool:
+    ref = _held.get(key)
+    return ref is not None and ref() is not None and ref().held
+
+
+def lock_holder(root) -> int | None:
+    """The pid written in the store's LOCK file (the holder, if the lock is held), or None."""
+    try:
+        return int((pathlib.Path(root) / LOCK).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def acquire_lock(root) -> StoreLock:
+    """Take the store's writer lock (``flock`` on ``LOCK``; see :class:`StoreLock`).
+
+    Raises
+    ------
+    StoreLockedError
+        Another process (or another open index of this one) holds it; the message names the pid.
+    """
+    import fcntl
+    import weakref
+
+    root = pathlib.Path(root)
+    path = root / LOCK
+    key = _lock_key(root)
+    if _holds(key):
+        import gc
+
+        gc.collect()  # an index dropped without close() still holds it until collected
+    if _holds(key):
+        raise StoreLockedError(f"{root} is already open for writing in this process (pid {os.getpid()}); "
+                               f"close() that index first, or open with mode='r' to read beside it")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = lock_holder(root)
+            raise StoreLockedError(f"{root} is open for writing by process {owner or '?'} (lock file {path}); "
+                                   "open it with mode='r' to read beside it") from None
+        previous = os.pread(fd, 32, 0).strip()
+        if previous and previous != str(os.getpid()).encode():
+            log.info("took the lock of %s, last held by process %s (gone)", root, previous.decode(errors="replace"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    lock = StoreLock(root, fd)
+    _held[key] = weakref.ref(lock)
+    return lock
 
 
 def release_lock(root) -> None:
-    path = pathlib.Path(root) / LOCK
-    try:
-        if int(path.read_text().strip() or 0) == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass
+    """Release this process's writer lock on ``root`` (nothing if it holds none)."""
+    ref = _held.pop(_lock_key(root), None)
+    lock = ref() if ref is not None else None
+    if lock is not None:
+        lock.release()

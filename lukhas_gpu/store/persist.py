@@ -43,19 +43,40 @@ def write_generation(root, *, raw: dict, npz: dict, blobs: dict, writers: dict, 
     for name in [*raw, *npz, *blobs, *writers]:
         if name not in layout.GENERATION_FILES:
             raise ValueError(f"{name!r} is not a file of the store format")
-    for name, a in raw.items():
-        gen.save_raw(name, a)
-    for name, arrays in npz.items():
-        gen.save_npz(name, arrays)
-    for name, data in blobs.items():
-        gen.save_bytes(name, data)
-    for name, write in writers.items():
-        write(str(gen.path(name)))
-        gen.added(name)
-    manifest = {**manifest, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    path = gen.publish(manifest)
+    try:
+        _check_space(root, raw, blobs)
+        for name, a in raw.items():
+            gen.save_raw(name, a)
+        for name, arrays in npz.items():
+            gen.save_npz(name, arrays)
+        for name, data in blobs.items():
+            gen.save_bytes(name, data)
+        for name, write in writers.items():
+            try:
+                write(str(gen.path(name)))
+            except RuntimeError as e:  # FAISS reports a failed write (ENOSPC) as a RuntimeError
+                raise OSError(f"could not write {gen.path(name)}: {e}") from e
+            gen.added(name)
+        manifest = {**manifest, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        path = gen.publish(manifest)
+    except BaseException:
+        # Nothing was published (CURRENT still names the last good generation): free the space.
+        gen.discard()  # the unpublished .tmp directory only
+        raise
+    # Only now, with the new generation published (every file read back against the CRC of the
+    # bytes meant), may older ones go; the previous one stays for rollback.
     layout.prune(root, keep=keep)
     return path
+
+
+def _check_space(root: pathlib.Path, raw: dict, blobs: dict) -> None:
+    """Say up front when the bulk of a generation (its raw arrays and blobs) cannot fit."""
+    import shutil
+
+    need = sum(int(np.asarray(a).nbytes) for a in raw.values()) + sum(len(b) for b in blobs.values())
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise OSError(28, f"a checkpoint of {root} needs at least {need:,} bytes, {free:,} are free", str(root))
 
 
 class GenerationReader:

@@ -14,10 +14,14 @@ On-disk format (all integers little-endian)::
 Records are written with one ``os.write`` each, on a descriptor opened ``O_APPEND``. A crash in
 the middle of a write leaves a *torn tail*: a record that is incomplete, or complete in length
 but not in content (a file extended with zeros, say). Readers stop at the first record that is
-incomplete, fails its CRC, or claims more than ``max_record_bytes``, and never look past it -- a
-bad record in the middle is treated exactly like a torn tail, because skipping it would replay
-later mutations without an earlier one. Opening a log for writing cuts such a tail off (with a
-warning) before appending, so a new record is never written after garbage.
+incomplete, fails its CRC, or claims more than ``max_record_bytes``, and never replay past it,
+because that would apply later mutations without an earlier one. Whether it is a torn tail is
+decided by a resynchronisation scan (:func:`~.walreader.find_record`): if a valid record follows
+the bad one, the log is corrupted in the middle -- acknowledged records lie beyond the damage --
+and opening it for writing raises :class:`~.layout.CorruptStoreError` (the offset and sequence
+numbers named) and changes nothing; salvage is the caller's explicit choice
+(``WalReader(resync=True)``). Only a true torn tail, with nothing valid after it, is cut off (with
+a warning) before appending, so a new record is never written after garbage.
 
 Durability (``sync``):
 
@@ -54,7 +58,8 @@ import zlib
 
 from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, OP, RECORD, RECORD_HEADER_SIZE,
                        decode_fields, encode_fields, encode_parts)
-from .walreader import WalReader, WalRecord, WalScan, check_max_record_bytes
+from .layout import CorruptStoreError
+from .walreader import WalDamage, WalReader, WalRecord, WalScan, check_max_record_bytes, find_record, scan_damage
 
 try:  # POSIX only; elsewhere the single-writer rule is the caller's to keep
     import fcntl
@@ -62,7 +67,8 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None
 
 __all__ = [
-    "WriteAheadLog", "WalReader", "WalRecord", "WalScan", "encode_fields", "decode_fields",
+    "WriteAheadLog", "WalReader", "WalRecord", "WalScan", "WalDamage", "encode_fields", "decode_fields",
+    "find_record", "scan_damage", "check_torn_tail", "move_aside",
     "MAGIC", "HEADER_SIZE", "RECORD_HEADER_SIZE", "SYNC_MODES",
     "DEFAULT_GROUP_INTERVAL", "DEFAULT_MAX_RECORD_BYTES",
 ]
@@ -103,6 +109,9 @@ class WriteAheadLog:
     max_record_bytes : int
         The largest payload this log writes or reads (default 1 GiB; at most 4 GiB - 1). Larger
         appends raise ValueError; on reading, a larger length field is corruption.
+    lock : bool
+        Take the log's own ``flock`` (default). A store passes False: its ``LOCK`` file is the
+        one source of truth for who writes (see :class:`~.layout.StoreLock`).
 
     Raises
     ------
@@ -120,7 +129,7 @@ class WriteAheadLog:
 
     def __init__(self, path, *, base: int | None = None, sync: str = "always",
                  group_interval: float = DEFAULT_GROUP_INTERVAL,
-                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, lock: bool = True):
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(map(repr, SYNC_MODES))}; got {sync!r}")
         group_interval = float(group_interval)
@@ -128,6 +137,7 @@ class WriteAheadLog:
             raise ValueError(f"group_interval must be > 0 seconds, got {group_interval}")
         self.path = os.path.abspath(os.fspath(path))
         self.sync_mode = sync
+        self._flock = bool(lock)
         self.group_interval = group_interval
         self.max_record_bytes = check_max_record_bytes(max_record_bytes)
         self._lock = threading.Lock()       # appends: the write, the counters, the fd swap
@@ -180,7 +190,8 @@ class WriteAheadLog:
                     return fd, True
                 continue  # someone else created it first: open theirs
             try:
-                _lock_fd(fd, self.path)
+                if self._flock:
+                    _lock_fd(fd, self.path)
                 # A reset() elsewhere may have replaced the file between our open and our lock;
                 # the lock is then on a dead inode. Retry on the file now at ``path``.
                 if _same_file(fd, self.path):
@@ -200,7 +211,8 @@ class WriteAheadLog:
         d = os.path.dirname(self.path)
         tmp, fd = _create_tmp(self.path)
         try:
-            _lock_fd(fd, tmp)  # locked before it is visible, so nobody can grab it in between
+            if self._flock:
+                _lock_fd(fd, tmp)  # locked before it is visible, so nobody can grab it in between
             _write_all(fd, HEADER.pack(MAGIC, base))
             os.fsync(fd)
             if exclusive:
@@ -232,6 +244,7 @@ class WriteAheadLog:
                              f"(reset() it, or open it without base=)")
         self.base, self._n, self._size = reader.base, reader.n_records, reader.valid_end
         if reader.torn:
+            check_torn_tail(self.path, reader.valid_end, reader.file_size, max_record_bytes=self.max_record_bytes)
             os.ftruncate(fd, reader.valid_end)
             os.fsync(fd)
             log.warning("%s: cut a torn tail of %d bytes (%s) at byte %d; kept %d records (%d bytes)",
@@ -302,8 +315,10 @@ class WriteAheadLog:
             self._check_usable()
             try:
                 _write_all(self._fd, record)
-            except BaseException:
+            except BaseException as e:
                 self._roll_back()
+                if isinstance(e, OSError) and e.filename is None:  # ENOSPC, EIO: name the file
+                    raise OSError(e.errno, f"{e.strerror} (appending to {self.path})", self.path) from e
                 raise
             seq = self._n
             self._n += 1
@@ -345,7 +360,7 @@ class WriteAheadLog:
                 # After a failed flush the kernel may have dropped the dirty pages (Linux marks
                 # them clean): retrying could report success for data that is gone.
                 self._failed = e
-                raise
+                raise OSError(e.errno, f"{e.strerror} (flushing {self.path})", self.path) from e
             self._synced = max(self._synced, target)
             self._last_sync = time.monotonic()
 
@@ -449,6 +464,37 @@ class WriteAheadLog:
             records = list(r)
         return WalScan(path=r.path, base=r.base, records=records, valid_end=r.valid_end,
                        file_size=r.file_size, torn=r.torn, reason=r.reason)
+
+
+def check_torn_tail(path, valid_end: int, file_size: int, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    """Raise :class:`CorruptStoreError` unless the bytes after ``valid_end`` are a torn tail:
+    nothing valid after the bad record. The message names the file, the byte offset, the
+    sequence numbers affected and how many valid records follow; ``e.damage`` lists them."""
+    if find_record(path, valid_end + 1, file_size, max_record_bytes=max_record_bytes) is None:
+        return
+    n, damage, torn = scan_damage(path, max_record_bytes=max_record_bytes)
+    first = damage[0]
+    after = n - first.seq
+    err = CorruptStoreError(path, f"corrupted in the middle, not a torn tail: {first.describe()}, and {after} valid "
+                                  f"records follow it (sequence numbers {first.seq} on are affected"
+                                  f"{f'; {len(damage)} damaged places in all' if len(damage) > 1 else ''}). "
+                                  f"Nothing was cut or replayed. To keep every valid record and move this log "
+                                  f"aside, open with salvage=True (lukhas-gpu verify --salvage STORE)")
+    err.damage, err.offset, err.seq = damage, first.offset, first.seq
+    raise err
+
+
+def move_aside(path, tag: str = "damaged") -> str:
+    """Rename ``path`` to ``path.<tag>-<UTC timestamp>`` (never deleted) and flush the
+    directory; returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = f"{os.fspath(path)}.{tag}-{stamp}"
+    k = 1
+    while os.path.exists(dest):
+        dest, k = f"{os.fspath(path)}.{tag}-{stamp}-{k}", k + 1
+    os.rename(path, dest)
+    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    return dest
 
 
 def _group_flush_loop(ref, wake: threading.Event, stop: threading.Event, interval: float) -> None:

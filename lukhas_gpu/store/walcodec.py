@@ -13,7 +13,8 @@ import struct
 import numpy as np
 
 __all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "RECORD", "OP", "HEADER_SIZE",
-           "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD"]
+           "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD", "RESYNC_LOOKAHEAD",
+           "record_candidates"]
 
 # -- framing: the file header and each record's header ------------------------------------------
 MAGIC = b"LKGWAL01"
@@ -277,3 +278,42 @@ def _decode_contents(name: str, body: memoryview) -> list:
     return out
 
 
+
+
+# -- resynchronisation: where might a record start? ---------------------------------------------
+#: Bytes after a record's start that :func:`record_candidates` looks at (header, field count and
+#: the first field's name length, name, kind and body length).
+RESYNC_LOOKAHEAD = RECORD.size + 4 + 1 + 255 + 1 + 8
+
+
+def record_candidates(buf: np.ndarray, n: int, room: np.ndarray, max_record_bytes: int) -> np.ndarray:
+    """Positions ``0 <= p < n`` of ``buf`` (uint8, at least ``n + RESYNC_LOOKAHEAD`` long, zero
+    padded past the file's end) where a record could start: a length that fits in ``room[p]``
+    bytes and ``max_record_bytes``, and a payload that begins like :func:`encode_fields` output
+    (a field count the length can hold; a first field with a known kind and a body that fits).
+
+    Cheap and vectorised: only the candidates' CRC-32 is then computed, so finding the next
+    valid record after a damaged one costs about one pass over the bytes, not one CRC per byte.
+    """
+    u8 = buf.astype(np.uint32, copy=False) if buf.dtype != np.uint32 else buf
+
+    def u32(k, idx=None):
+        i = np.arange(n) if idx is None else idx
+        return u8[i + k] | (u8[i + k + 1] << 8) | (u8[i + k + 2] << 16) | (u8[i + k + 3] << 24)
+
+    length = u32(0).astype(np.int64)
+    ok = (length >= 4) & (length <= min(max_record_bytes, MAX_LENGTH_FIELD)) & (length <= room[:n] - RECORD.size)
+    idx = np.flatnonzero(ok)
+    if not len(idx):
+        return idx
+    length = length[idx]
+    count = u32(RECORD.size, idx).astype(np.int64)
+    empty = (count == 0) & (length == 4)
+    fields = (count >= 1) & (count * 10 <= length - 4)
+    name_len = u8[idx + RECORD.size + 4].astype(np.int64)
+    kind = u8[idx + RECORD.size + 5 + name_len]
+    body_at = idx + RECORD.size + 6 + name_len
+    body_lo = u32(0, body_at).astype(np.int64)
+    body_hi = u32(4, body_at).astype(np.int64)
+    fields &= (kind >= _KIND_ARRAY) & (kind <= _KIND_JSON) & (body_hi == 0) & (14 + name_len + body_lo <= length)
+    return idx[empty | fields]

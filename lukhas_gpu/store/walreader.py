@@ -9,10 +9,15 @@ import os
 import zlib
 from typing import Iterator, NamedTuple
 
-from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, MAX_LENGTH_FIELD, OP, RECORD,
-                       RECORD_HEADER_SIZE, decode_fields)
+import numpy as np
 
-__all__ = ["WalReader", "WalRecord", "WalScan", "check_max_record_bytes"]
+from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, MAX_LENGTH_FIELD, OP, RECORD,
+                       RECORD_HEADER_SIZE, RESYNC_LOOKAHEAD, decode_fields, record_candidates)
+
+__all__ = ["WalReader", "WalRecord", "WalScan", "WalDamage", "check_max_record_bytes", "find_record", "scan_damage"]
+
+#: Bytes examined at once when looking for the next valid record after a damaged one.
+_SCAN_CHUNK = 1 << 20
 
 class WalRecord(NamedTuple):
     """One replayed record: its 0-based ``seq`` in the log, the caller's ``op`` code, its fields."""
@@ -61,6 +66,36 @@ class WalScan:
         return self.file_size - self.valid_end
 
 
+@dataclasses.dataclass(frozen=True)
+class WalDamage:
+    """Damaged bytes of a log with valid records after them (corruption, not a torn tail).
+
+    Attributes
+    ----------
+    offset : int
+        Where the first damaged record starts (the end of the valid records before it).
+    end : int
+        Where the next valid record starts.
+    seq : int
+        Sequence number of the first damaged record (the valid records before it, counted).
+    reason : str
+        What is wrong with the record at ``offset``.
+    records : int or None
+        Records lost in ``offset..end``: 1 when the damaged record's length field still spans
+        exactly that range; None when it cannot be known (its length field is damaged).
+    """
+
+    offset: int
+    end: int
+    seq: int
+    reason: str
+    records: int | None
+
+    def describe(self) -> str:
+        what = (f"record {self.seq}" if self.records == 1 else f"the records from sequence number {self.seq}")
+        return f"{what} at bytes {self.offset}..{self.end} ({self.reason})"
+
+
 class WalReader:
     """Stream the records of a log, one at a time, stopping at the first bad one.
 
@@ -84,6 +119,11 @@ class WalReader:
     decode : bool
         If False, ``fields`` of each record is the raw payload (``bytes``) -- CRC-checked but not
         decoded; for validating a log cheaply.
+    resync : bool
+        If True, a bad record followed by valid ones does not end the iteration: the reader
+        skips to the next valid record (see :func:`find_record`), records a :class:`WalDamage`
+        in :attr:`damage` and goes on (salvage). Only a bad record with nothing valid after it
+        -- a torn tail -- ends it. Sequence numbers keep counting the valid records.
 
     Raises
     ------
@@ -97,8 +137,11 @@ class WalReader:
     live log is safe, but only the writer may cut a tail.
     """
 
-    def __init__(self, path, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, decode: bool = True):
+    def __init__(self, path, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, decode: bool = True,
+                 resync: bool = False):
         self.path = os.fspath(path)
+        self._resync = bool(resync)
+        self.damage: list[WalDamage] = []
         self.max_record_bytes = check_max_record_bytes(max_record_bytes)
         self._decode = bool(decode)
         self._f = open(self.path, "rb")
@@ -118,21 +161,29 @@ class WalReader:
         return self
 
     def __next__(self) -> WalRecord:
-        if self._done:
-            raise StopIteration
+        while True:
+            if self._done:
+                raise StopIteration
+            rec = self._next_record()
+            if isinstance(rec, WalRecord):
+                return rec
+            self._damaged(*rec)
+
+    def _next_record(self):
+        """The next record, or ``(reason, length)`` for a bad one (``reason`` None: the end)."""
         pos, left = self._pos, self.file_size - self._pos
         if left == 0:
             self._finish(None)
         if left < RECORD_HEADER_SIZE:
-            self._finish(f"incomplete record header ({left} of {RECORD_HEADER_SIZE} bytes)")
+            return f"incomplete record header ({left} of {RECORD_HEADER_SIZE} bytes)", None
         length, crc, op = RECORD.unpack(self._read(RECORD_HEADER_SIZE))
         if length > self.max_record_bytes:
-            self._finish(f"record length {length} exceeds max_record_bytes={self.max_record_bytes}")
+            return f"record length {length} exceeds max_record_bytes={self.max_record_bytes}", None
         if length > left - RECORD_HEADER_SIZE:
-            self._finish(f"incomplete record ({left - RECORD_HEADER_SIZE} of {length} payload bytes)")
+            return f"incomplete record ({left - RECORD_HEADER_SIZE} of {length} payload bytes)", None
         payload = self._read(length)
         if zlib.crc32(payload, zlib.crc32(OP.pack(op))) != crc:
-            self._finish("CRC mismatch")
+            return "CRC mismatch", length
         seq = self._n
         if self._decode:
             try:
@@ -147,6 +198,18 @@ class WalReader:
         self._n += 1
         self._pos = pos + RECORD_HEADER_SIZE + length
         return WalRecord(seq, op, fields)
+
+    def _damaged(self, reason: str, length: int | None) -> None:
+        """A bad record at ``self._pos``: the end (torn tail, or no resync), or skip past it."""
+        if not self._resync:
+            self._finish(reason)
+        nxt = find_record(self.path, self._pos + 1, self.file_size, max_record_bytes=self.max_record_bytes)
+        if nxt is None:
+            self._finish(reason)
+        one = length is not None and self._pos + RECORD_HEADER_SIZE + length == nxt
+        self.damage.append(WalDamage(self._pos, nxt, self._n, reason, 1 if one else None))
+        self._pos = nxt
+        self._f.seek(nxt)
 
     def _read(self, n: int) -> bytes:
         data = self._f.read(n)
@@ -216,3 +279,51 @@ def check_max_record_bytes(n) -> int:
 # =============================================================================================
 # writing
 # =============================================================================================
+
+
+def find_record(path, start: int, end: int, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> int | None:
+    """The offset of the first complete, CRC-valid record that starts in ``start..end`` of the
+    log at ``path`` (and ends by ``end``), or None: the resynchronisation scan that tells a torn
+    tail (nothing valid after the bad record) from corruption in the middle of a log.
+
+    Positions are first filtered on the record framing and the payload's layout
+    (:func:`~.walcodec.record_candidates`, vectorised); only candidates get a CRC-32, read in
+    chunks (a damaged length field is never allocated).
+    """
+    with open(path, "rb") as f:
+        pos = start
+        while pos < end:
+            n = min(_SCAN_CHUNK, end - pos)
+            f.seek(pos)
+            raw = f.read(n + RESYNC_LOOKAHEAD)
+            buf = np.zeros(n + RESYNC_LOOKAHEAD, np.uint8)
+            buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+            room = end - pos - np.arange(n, dtype=np.int64)
+            for c in record_candidates(buf, n, room, max_record_bytes):
+                if _crc_ok(f, pos + int(c)):
+                    return pos + int(c)
+            pos += n
+    return None
+
+
+def _crc_ok(f, at: int) -> bool:
+    f.seek(at)
+    length, crc, op = RECORD.unpack(f.read(RECORD_HEADER_SIZE))
+    got = zlib.crc32(OP.pack(op))
+    while length > 0:
+        chunk = f.read(min(length, _SCAN_CHUNK))
+        if not chunk:
+            return False
+        got = zlib.crc32(chunk, got)
+        length -= len(chunk)
+    return got == crc
+
+
+def scan_damage(path, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+    """Read a whole log past any damage: ``(valid records, [WalDamage], torn tail reason or None)``.
+
+    The file is not modified; records are CRC-checked, not decoded.
+    """
+    with WalReader(path, max_record_bytes=max_record_bytes, decode=False, resync=True) as r:
+        n = sum(1 for _ in r)
+    return n, list(r.damage), r.reason
