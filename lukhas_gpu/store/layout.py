@@ -283,6 +283,8 @@ def generation_number(gen_dir) -> int:
 
 def read_manifest(gen_dir) -> dict:
     path = pathlib.Path(gen_dir) / MANIFEST
+    if path.is_symlink() or pathlib.Path(gen_dir).is_symlink():  # never read outside the store
+        raise CorruptStoreError(path, "is a link; a generation's files are plain files inside the store")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:

@@ -1,0 +1,291 @@
+"""Store integrity (issue 13, part A): mid-log corruption vs a torn tail and salvage, verified
+rollback that never drops the log silently, writers that never carry damaged bytes forward,
+recovery from a damaged CURRENT, manifests held to the format's bounds, rejected adds that leave
+the log byte-identical."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from lukhas_gpu import MemoryIndex, cli
+from lukhas_gpu.store import layout
+from lukhas_gpu.store.layout import CorruptStoreError, StoreError
+from lukhas_gpu.store.wal import HEADER_SIZE, RECORD_HEADER_SIZE, WalReader
+
+DIM = 16
+BASE_ROWS = 200  # checkpointed (gen 3; gen 2 holds the first 100)
+LOGGED = 200  # acknowledged single adds in wal.log, ids 200..399
+
+
+def _vec(i: int) -> np.ndarray:
+    return np.random.default_rng(i).standard_normal(DIM).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("integrity") / "s"
+    ix = MemoryIndex.create(path, DIM)
+    for lo in (0, 100):
+        ix.add(np.stack([_vec(i) for i in range(lo, lo + 100)]), contents=[f"m{i}" for i in range(lo, lo + 100)])
+        ix.checkpoint()
+    for i in range(BASE_ROWS, BASE_ROWS + LOGGED):
+        ix.add(_vec(i), contents=f"m{i}")
+    ix.close()
+    return path
+
+
+@pytest.fixture
+def store(template, tmp_path):
+    return pathlib_copy(template, tmp_path / "s")
+
+
+def pathlib_copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _offsets(path) -> list[int]:
+    data = path.read_bytes()
+    offs, pos = [], HEADER_SIZE
+    while pos < len(data):
+        offs.append(pos)
+        pos += RECORD_HEADER_SIZE + struct.unpack_from("<I", data, pos)[0]
+    return offs + [pos]
+
+
+def _flip(path, pos: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[pos] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def _gen(path, which: str = "current"):
+    return layout.current_generation(path) if which == "current" else layout.previous_generation(path)
+
+
+# -- 1. mid-log corruption is not a torn tail ----------------------------------------------------
+def test_a_flipped_byte_mid_log_is_refused_then_salvaged_with_the_lost_ids(store, capsys):
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    assert len(offs) - 1 == LOGGED
+    k = next(i for i in range(LOGGED) if offs[i + 1] > wal.stat().st_size // 2)  # the record in the middle
+    damaged = _flip(wal, (offs[k] + offs[k + 1]) // 2)
+    with pytest.raises(CorruptStoreError) as e:
+        MemoryIndex.open(store, mode="w")
+    msg = str(e.value)
+    assert layout.WAL in msg and f"record {k} at bytes {offs[k]}..{offs[k + 1]}" in msg
+    assert f"{LOGGED - k - 1} valid records follow" in msg and "salvage=True" in msg
+    assert (e.value.offset, e.value.seq) == (offs[k], k)
+    assert wal.read_bytes() == damaged  # nothing cut
+    with pytest.raises(CorruptStoreError, match=layout.WAL):  # verify sees it too, without a writer
+        MemoryIndex.open(store).verify()
+    ix = MemoryIndex.open(store, mode="w", salvage=True)
+    rep = ix.salvage_report
+    lost = BASE_ROWS + k
+    assert rep["lost_ids"] == [[lost, lost]] and rep["kept"] == LOGGED - 1 and rep["lost_records"] == []
+    assert len(ix) == BASE_ROWS + LOGGED - 1
+    assert ix.get([lost - 1, lost + 1, BASE_ROWS + LOGGED - 1])[2].content == f"m{BASE_ROWS + LOGGED - 1}"
+    assert ix.get([lost + 1])[0].content == f"m{lost + 1}"  # later ids kept their numbers
+    with pytest.raises(ValueError):
+        ix.get([lost])
+    ix.add(_vec(999), contents="after")
+    ix.close()
+    aside = list(store.glob("wal.log.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # moved aside, never deleted
+    back = MemoryIndex.open(store, mode="w")
+    assert len(back) == BASE_ROWS + LOGGED and back.verify()["ok"]
+    back.close()
+
+
+def test_verify_salvage_on_the_command_line(store, capsys):
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    _flip(wal, offs[50] + 2)  # the length field: the damaged record's extent is unknown
+    assert cli.main(["verify", str(store)]) == 1
+    assert layout.WAL in capsys.readouterr().err
+    assert cli.main(["verify", "--salvage", "--json", str(store)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["salvage"]["lost_ids"] == [[BASE_ROWS + 50, BASE_ROWS + 50]]
+    assert out["count"] == BASE_ROWS + LOGGED - 1
+    assert cli.main(["verify", str(store)]) == 0
+
+
+def test_a_torn_tail_is_still_cut(store):
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    with open(wal, "r+b") as f:
+        f.truncate(offs[-2] + 5)  # the last append, half written
+    ix = MemoryIndex.open(store, mode="w")
+    assert len(ix) == BASE_ROWS + LOGGED - 1
+    ix.close()
+
+
+# -- 2. and 3. rollback: verified target, the log never dropped silently ---------------------------
+@pytest.mark.parametrize("name", sorted(set(layout.GENERATION_FILES) - {layout.ANN}))
+def test_rollback_onto_a_damaged_generation_is_refused(store, name):
+    shutil.move(store / layout.WAL, store / "keep")  # no log in the way
+    prev = _gen(store, "previous")
+    _flip(prev / name, (prev / name).stat().st_size // 2)
+    current = (store / layout.CURRENT).read_bytes()
+    with pytest.raises(CorruptStoreError, match=name):
+        MemoryIndex.rollback(store)
+    assert (store / layout.CURRENT).read_bytes() == current
+
+
+def test_rollback_refuses_to_drop_acknowledged_records_unless_told(store, capsys):
+    current = (store / layout.CURRENT).read_bytes()
+    with pytest.raises(StoreError, match=f"{LOGGED} acknowledged records \\({LOGGED} memories added"):
+        MemoryIndex.rollback(store)
+    assert cli.main(["rollback", str(store)]) == 1
+    assert f"{LOGGED} memories added" in capsys.readouterr().err
+    assert (store / layout.CURRENT).read_bytes() == current and (store / layout.WAL).exists()
+    assert cli.main(["rollback", "--discard-log", str(store)]) == 0
+    assert "gen-000002" in capsys.readouterr().out
+    assert len(list(store.glob("wal.log.discarded-*"))) == 1  # kept aside
+    ix = MemoryIndex.open(store, mode="w")
+    assert len(ix) == 100
+    ix.close()
+
+
+# -- 4. a writer never carries damaged bytes forward ---------------------------------------------
+@pytest.mark.parametrize("name", [layout.VECTORS, layout.CONTENT])
+def test_a_writer_refuses_damaged_bulk_files_and_nothing_is_published(store, name, capsys):
+    gen = _gen(store)
+    _flip(gen / name, (gen / name).stat().st_size // 3)
+    before = sorted(p.name for p in store.iterdir())
+    with pytest.raises(CorruptStoreError, match=name):
+        MemoryIndex.open(store, mode="w")
+    assert sorted(p.name for p in store.iterdir()) == before  # no new generation, no vectors.work
+    assert cli.main(["verify", str(store)]) == 1
+    assert name in capsys.readouterr().err
+    # the previous generation is intact: recovery goes back to it (the log follows the damaged one)
+    ix = MemoryIndex.open(store, mode="w", recover=True)
+    assert len(ix) == 100 and ix.verify()["ok"]
+    ix.close()
+    assert len(list(store.glob("wal.log.unapplied-*"))) == 1
+
+
+def test_checkpoint_reads_back_what_it_wrote(store, monkeypatch):
+    """A generation never lists bytes that differ from what was meant (a write gone wrong)."""
+    ix = MemoryIndex.open(store, mode="w")
+    real = layout.crc32_file
+    monkeypatch.setattr(layout, "crc32_file", lambda p: real(p) ^ (1 if p.name == layout.VECTORS else 0))
+    with pytest.raises(CorruptStoreError, match=layout.VECTORS):
+        ix.checkpoint()
+    monkeypatch.undo()
+    assert not list(store.glob("gen-*.tmp"))
+    ix.close()
+    back = MemoryIndex.open(store, mode="w")
+    assert len(back) == BASE_ROWS + LOGGED
+    back.close()
+
+
+# -- 5. a damaged CURRENT --------------------------------------------------------------------------
+def test_a_damaged_current_is_recovered(store, capsys):
+    (store / layout.CURRENT).write_bytes(b"\xffen-000003\n")
+    for call in (lambda: MemoryIndex.open(store), lambda: MemoryIndex.rollback(store)):
+        with pytest.raises(CorruptStoreError, match=layout.CURRENT):
+            call()
+    assert cli.main(["recover", str(store)]) == 0
+    assert "now at gen-000003" in capsys.readouterr().out
+    ix = MemoryIndex.open(store, mode="w")
+    assert len(ix) == BASE_ROWS + LOGGED  # the log follows gen 3: replayed
+    ix.close()
+
+
+def test_open_with_recover_skips_a_damaged_newest_generation(store):
+    (store / layout.CURRENT).write_text("gen-000009\n")  # names a missing generation
+    with pytest.raises(CorruptStoreError, match="does not exist"):
+        MemoryIndex.open(store, mode="w")
+    _flip(store / "gen-000003" / layout.METADATA, 40)
+    ix = MemoryIndex.open(store, mode="w", recover=True)
+    assert len(ix) == 100 and (store / layout.CURRENT).read_text().strip() == "gen-000002"
+    ix.close()
+
+
+# -- 6. manifests are held to the format -----------------------------------------------------------
+def _edit_manifest(path, **change):
+    gen = _gen(path)
+    m = json.loads((gen / layout.MANIFEST).read_text())
+    for k, v in change.items():
+        if k == "files":
+            v(m["files"])
+        else:
+            m[k] = v
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dim": 10**9}, "dim = 1000000000 is outside"),
+    ({"dim": 0}, "dim = 0 is outside"),
+    ({"rows": -1}, "rows = -1 is outside"),
+    ({"rows": 2**40}, "rows = 1099511627776 is outside"),
+    ({"count": 10**6}, "count = 1000000 is outside"),
+    ({"dim": 8}, "rows x dim"),
+    ({"files": lambda f: f[layout.TAGS].update(bytes=-5)}, "out-of-bounds entry for 'tags.npz'"),
+    ({"files": lambda f: f[layout.TAGS].update(bytes=2**60)}, "out-of-bounds entry for 'tags.npz'"),
+    ({"files": lambda f: f[layout.TAGS].update(crc32="x")}, "malformed"),
+    ({"files": lambda f: f.update({"../../etc/passwd": {"bytes": 1, "crc32": 1}})}, "not a file of this format"),
+])
+def test_crafted_manifests_are_refused_before_any_allocation(store, monkeypatch, change, message):
+    from lukhas_gpu.vectors.store import VectorStore
+
+    def never(*a, **k):
+        raise AssertionError("allocated from a manifest that was not checked")
+
+    monkeypatch.setattr(VectorStore, "attach", never)
+    _edit_manifest(store, **change)
+    for mode in ("r", "w"):
+        with pytest.raises(CorruptStoreError, match=message):
+            MemoryIndex.open(store, mode=mode)
+
+
+@pytest.mark.parametrize("name", sorted(set(layout.GENERATION_FILES) - {layout.ANN}))
+@pytest.mark.parametrize("damage", ["truncate", "missing", "link"])
+def test_damaged_generation_files_are_named(store, tmp_path, name, damage):
+    p = _gen(store) / name
+    if damage == "truncate":
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    elif damage == "missing":
+        p.unlink()
+    else:  # a link to a file outside the store, of the right size: never read
+        outside = tmp_path / "outside"
+        outside.write_bytes(p.read_bytes())
+        p.unlink()
+        p.symlink_to(outside)
+    with pytest.raises(CorruptStoreError, match=name):
+        MemoryIndex.open(store, mode="w")
+
+
+# -- 9. a rejected add leaves the log byte-identical ----------------------------------------------
+def test_rejected_adds_leave_the_log_byte_identical(store, monkeypatch):
+    from lukhas_gpu.index import writes
+
+    ix = MemoryIndex.open(store, mode="w")
+    wal = store / layout.WAL
+    before = wal.read_bytes()
+    nan = _vec(1).copy()
+    nan[3] = np.nan
+    big = "x" * (ix.config.max_content_bytes + 1)
+    for bad in (lambda: ix.add(nan), lambda: ix.add(_vec(2), contents=big),
+                lambda: ix.add(np.zeros((1, DIM + 1), np.float32)), lambda: ix.add(_vec(3), importance=2.0),
+                lambda: ix.add(np.stack([_vec(4), _vec(5)]), contents=["only one"])):
+        with pytest.raises((ValueError, TypeError)):
+            bad()
+    monkeypatch.setattr(writes, "MAX_ROWS", len(ix) + 2)
+    with pytest.raises(ValueError, match="2\\*\\*32 - 1"):
+        ix.add(np.stack([_vec(6), _vec(7)]))
+    assert wal.read_bytes() == before and len(ix) == BASE_ROWS + LOGGED
+    ix.close()
+    assert wal.read_bytes() == before
+
+
+def test_add_records_carry_their_first_id(store):
+    with WalReader(store / layout.WAL) as r:
+        starts = [int(rec.fields["start"]) for rec in r]
+    assert starts == list(range(BASE_ROWS, BASE_ROWS + LOGGED))
