@@ -117,7 +117,7 @@ def test_the_command_line_imports_nothing_heavy_at_start_up():
             "from lukhas_gpu.cli import bench, ingest, main, plan, progress, search, store\n"
             "from lukhas_gpu.cli.main import build_parser\n"
             "for command in ('bench', 'ingest', 'migrate', 'plan', 'search', 'get', 'delete', 'verify', 'stats',"
-            " 'rollback'):\n"
+            " 'rollback', 'recover'):\n"
             "    try:\n"
             "        build_parser().parse_args([command, '--help'])\n"
             "    except SystemExit:\n"
@@ -145,6 +145,6 @@ def test_reading_commands_do_not_import_torch(tmp_path):
     index.add(np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32), contents=["x"] * 50)
     index.checkpoint()
     index.close()
-    for argv in (["get", str(store), "3"], ["stats", str(store)], ["verify", str(store)]):
+    for argv in (["get", str(store), "3"], ["stats", str(store)], ["verify", str(store)], ["recover", str(store)]):
         code = f"from lukhas_gpu.cli import main\nmain({argv!r})"
         assert "torch" not in _heavy_imports(code, bare=False), argv

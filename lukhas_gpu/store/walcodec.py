@@ -286,34 +286,37 @@ def _decode_contents(name: str, body: memoryview) -> list:
 RESYNC_LOOKAHEAD = RECORD.size + 4 + 1 + 255 + 1 + 8
 
 
-def record_candidates(buf: np.ndarray, n: int, room: np.ndarray, max_record_bytes: int) -> np.ndarray:
+def record_candidates(buf: np.ndarray, n: int, room: int, max_record_bytes: int) -> np.ndarray:
     """Positions ``0 <= p < n`` of ``buf`` (uint8, at least ``n + RESYNC_LOOKAHEAD`` long, zero
-    padded past the file's end) where a record could start: a length that fits in ``room[p]``
-    bytes and ``max_record_bytes``, and a payload that begins like :func:`encode_fields` output
+    padded past the file's end) where a record could start: a length that fits before the file
+    ends (``room`` bytes after position 0) and within ``max_record_bytes``, and a payload that begins like :func:`encode_fields` output
     (a field count the length can hold; a first field with a known kind and a body that fits).
 
     Cheap and vectorised: only the candidates' CRC-32 is then computed, so finding the next
     valid record after a damaged one costs about one pass over the bytes, not one CRC per byte.
     """
-    u8 = buf.astype(np.uint32, copy=False) if buf.dtype != np.uint32 else buf
+    def u32(k, idx):  # little-endian uint32 at idx + k, gathered
+        b = [buf[idx + k + j].astype(np.int64) for j in range(4)]
+        return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
 
-    def u32(k, idx=None):
-        i = np.arange(n) if idx is None else idx
-        return u8[i + k] | (u8[i + k + 1] << 8) | (u8[i + k + 2] << 16) | (u8[i + k + 3] << 24)
-
-    length = u32(0).astype(np.int64)
-    ok = (length >= 4) & (length <= min(max_record_bytes, MAX_LENGTH_FIELD)) & (length <= room[:n] - RECORD.size)
+    length = np.empty(n, np.int64)
+    for r in range(4):  # every position's length field: four aligned views, not a gather
+        m = len(range(r, n, 4))
+        length[r::4] = buf[r: r + 4 * m].view("<u4")
+    ok = (length >= 4) & (length <= min(max_record_bytes, MAX_LENGTH_FIELD, room - RECORD.size))
     idx = np.flatnonzero(ok)
+    length = length[idx]
+    fits = idx + RECORD.size + length <= room
+    idx, length = idx[fits], length[fits]
     if not len(idx):
         return idx
-    length = length[idx]
-    count = u32(RECORD.size, idx).astype(np.int64)
+    count = u32(RECORD.size, idx)
     empty = (count == 0) & (length == 4)
     fields = (count >= 1) & (count * 10 <= length - 4)
-    name_len = u8[idx + RECORD.size + 4].astype(np.int64)
-    kind = u8[idx + RECORD.size + 5 + name_len]
+    name_len = buf[idx + RECORD.size + 4].astype(np.int64)
+    kind = buf[idx + RECORD.size + 5 + name_len]
     body_at = idx + RECORD.size + 6 + name_len
-    body_lo = u32(0, body_at).astype(np.int64)
-    body_hi = u32(4, body_at).astype(np.int64)
+    body_lo = u32(0, body_at)
+    body_hi = u32(4, body_at)
     fields &= (kind >= _KIND_ARRAY) & (kind <= _KIND_JSON) & (body_hi == 0) & (14 + name_len + body_lo <= length)
     return idx[empty | fields]

@@ -298,8 +298,7 @@ def find_record(path, start: int, end: int, *, max_record_bytes: int = DEFAULT_M
             raw = f.read(n + RESYNC_LOOKAHEAD)
             buf = np.zeros(n + RESYNC_LOOKAHEAD, np.uint8)
             buf[:len(raw)] = np.frombuffer(raw, np.uint8)
-            room = end - pos - np.arange(n, dtype=np.int64)
-            for c in record_candidates(buf, n, room, max_record_bytes):
+            for c in record_candidates(buf, n, end - pos, max_record_bytes):
                 if _crc_ok(f, pos + int(c)):
                     return pos + int(c)
             pos += n
