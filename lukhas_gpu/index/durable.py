@@ -21,12 +21,13 @@ from ..records.tombstones import Tombstones
 from ..store import layout
 from ..store.persist import GenerationReader, write_generation
 from ..util.device import faiss_module
+from ..util.ids import as_ids
 from ..vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "write", "load", "replay_wal", "reset_wal",
-           "rollback", "verify"]
+           "apply_record", "rollback", "verify"]
 
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
@@ -57,6 +58,9 @@ def open_store(index_cls, path, mode: str, *, verify: bool):
         raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
     path = pathlib.Path(path)
     layout.current_generation(path)  # a clear error before taking any lock
+    if mode == "r":  # the generation plus the log, changing no file (see reader.py)
+        from . import reader
+        return reader.open_reader(index_cls, path, verify=verify)
     if mode == "w":
         layout.acquire_lock(path)
     try:
@@ -94,11 +98,12 @@ def write(index, root) -> pathlib.Path:
                             writers=writers, manifest=manifest)
 
 
-def load(index_cls, root, gen_dir, *, writable: bool, checksums="small"):
+def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private: bool = False):
     """Rebuild an index from ``gen_dir``: ``(index, manifest)``. Bulk arrays are memory-mapped.
 
     A writable index works on a copy of the vectors file (``root/vectors.work``), so appends
-    never touch a published generation.
+    never touch a published generation; a ``private`` one (a reader replaying the log) maps it
+    copy-on-write and keeps its appends in its own memory.
     """
     gen = GenerationReader(gen_dir, checksums=checksums)
     manifest = gen.manifest
@@ -112,7 +117,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small"):
         shutil.copyfile(vec_file, work)
         vectors = VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
     else:
-        vectors = VectorStore.attach(vec_file, dim, rows, writable=False)
+        vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
     try:
@@ -192,18 +197,23 @@ def replay_wal(index) -> None:
 
 
 def _apply(index, op: int, f: dict) -> None:
-    wal, index._wal = index._wal, None  # replayed operations are not logged again
-    try:
-        if op == OP_ADD:
-            index.add(f["x"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
-        elif op == OP_UPDATE:
-            index.update(f["ids"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
-        elif op == OP_DELETE:
-            index.delete(f["ids"])
-        else:
-            raise layout.CorruptStoreError(index.path / layout.WAL, f"unknown operation {op}")
-    finally:
-        index._wal = wal
+    apply_record(index, op, f)
+
+
+def apply_record(index, op: int, f: dict) -> None:
+    """Apply one logged operation through the write paths of :mod:`.writes` (validated again,
+    never logged again): the writer's replay and a reader's (:mod:`.reader`) end in one state."""
+    from . import writes
+
+    if op == OP_ADD:
+        writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"]))
+    elif op == OP_UPDATE:
+        rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
+        writes.apply_update(index, writes.prepare_update(index, rows, f["contents"], f["tags"], f["ts"], f["imp"]))
+    elif op == OP_DELETE:
+        writes.apply_delete(index, writes.prepare_delete(index, f["ids"]))
+    else:
+        raise layout.CorruptStoreError(index.path / layout.WAL, f"unknown operation {op}")
 
 
 def rollback(path) -> pathlib.Path:
