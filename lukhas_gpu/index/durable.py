@@ -26,8 +26,8 @@ from ..vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "write", "load", "replay_wal", "reset_wal",
-           "apply_record", "rollback", "verify"]
+__all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "close", "write", "load", "replay_wal",
+           "reset_wal", "apply_record", "rollback", "verify"]
 
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
@@ -74,6 +74,21 @@ def open_store(index_cls, path, mode: str, *, verify: bool):
             layout.release_lock(path)
         raise
     return index
+
+
+def close(index, *, checkpoint: bool) -> None:
+    """``MemoryIndex.close``: a writer checkpoints what its log holds (``checkpoint``), then
+    releases the log and the lock whatever happened; a reader just stops."""
+    if index.mode == "w" and index.path is not None:
+        try:
+            if checkpoint and index._wal is not None and len(index._wal):
+                index.checkpoint()
+        finally:
+            if index._wal is not None:
+                index._wal.close()
+                index._wal = None
+            layout.release_lock(index.path)
+    index.mode = None
 
 
 def write(index, root) -> pathlib.Path:

@@ -201,16 +201,7 @@ class MemoryIndex:
         """Close the store; a writer first checkpoints if its log holds records (unless
         ``checkpoint=False``: they stay in the log, replayed by the next open), then releases
         the log and the lock (also when the checkpoint fails)."""
-        if self.mode == "w" and self.path is not None:
-            try:
-                if checkpoint and self._wal is not None and len(self._wal):
-                    self.checkpoint()
-            finally:
-                if self._wal is not None:
-                    self._wal.close()
-                    self._wal = None
-                layout.release_lock(self.path)
-        self.mode = None
+        durable.close(self, checkpoint=checkpoint)
 
     def __enter__(self) -> "MemoryIndex":
         return self
