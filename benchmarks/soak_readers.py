@@ -221,6 +221,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--store", default=None, help="store directory (default: a temporary one)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/out/soak_readers.{json,md}")
     ap.add_argument("--role", choices=["parent", "writer", "reader"], default="parent", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
@@ -305,6 +306,17 @@ def _parent(args, run: pathlib.Path) -> dict:
         "examples": [v for r in results for v in r["violations"] + r["errors"]][:10],
     }
     say(json.dumps(summary, indent=1))
+    if not args.no_save:
+        from benchmarks import common
+
+        row = {"minutes": round(summary["seconds"] / 60, 1), "kills": kills, "readers": args.readers,
+               "acknowledged": summary["acknowledged"], "deletes": summary["acknowledged_deletes"],
+               "lost": summary["lost"], "reader violations": summary["reader_violations"],
+               "reader errors": summary["reader_errors"], "lag p50 ms": summary["lag_ms"]["p50"],
+               "lag p99 ms": summary["lag_ms"]["p99"], "lag max ms": summary["lag_ms"]["max"],
+               "refreshes": summary["refreshes"], "reloads": summary["reloads"]}
+        common.write_results("soak_readers", {**summary, "machine": common.machine(), "date": common.today()},
+                             common.markdown_table([row]))
     return summary
 
 

@@ -141,6 +141,21 @@ def test_refresh_follows_the_log_and_new_generations(tmp_path, data):
         MemoryIndex.open(path, mode="w").refresh()
 
 
+def test_refresh_follows_a_rollback(tmp_path, data):
+    xb, _ = data
+    path = tmp_path / "s"
+    w = MemoryIndex.create(path, DIM, CFG)
+    _add(w, xb, 0, 100)
+    w.checkpoint()
+    _add(w, xb, 100, 200)
+    w.close()  # checkpoints
+    r = MemoryIndex.open(path)
+    assert len(r) == 200
+    MemoryIndex.rollback(path)
+    ch = r.refresh()
+    assert ch["reloaded"] and ch["count"] == 100 and len(r) == 100
+
+
 def test_refresh_cost_is_proportional_to_what_is_new(tmp_path, data):
     xb, _ = data
     path = tmp_path / "s"
@@ -283,7 +298,7 @@ def test_soak_readers_short(tmp_path):
     from benchmarks import soak_readers
 
     res = soak_readers.main(["--seconds", "15", "--kills", "3", "--readers", "4", "--seed", "1",
-                             "--store", str(tmp_path / "s"), "--quiet"])
+                             "--store", str(tmp_path / "s"), "--quiet", "--no-save"])
     assert res["kills"] >= 2 and res["acknowledged"] > 0
     assert res["lost"] == 0 and res["reader_violations"] == 0 and res["reader_errors"] == 0, res
     assert res["unseen_at_end"] == 0

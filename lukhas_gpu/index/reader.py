@@ -140,8 +140,10 @@ def _follow(index, ch: _Changes) -> bool:
             base, file_id, size = head.base, head.file_id, head.file_size
     except FileNotFoundError:
         return _published(index.path) == cur.generation
-    if base != cur.generation:  # older: its records are in the checkpoint; newer: reload
-        return base < cur.generation and _published(index.path) == cur.generation
+    if base != cur.generation:
+        # a log of another generation: the writer drops it as stale (a crash between publishing
+        # a checkpoint and restarting the log; a rollback), unless CURRENT moved meanwhile
+        return _published(index.path) == cur.generation
     start = None
     if file_id == cur.wal_id and size >= cur.offset:
         start = (cur.offset, cur.seq)
