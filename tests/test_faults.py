@@ -32,7 +32,7 @@ def template(tmp_path_factory):
     ix.add(np.stack([_vec(i) for i in range(60)]), contents=[f"m{i}" for i in range(60)])
     ix.checkpoint()
     ix.add(np.stack([_vec(i) for i in range(60, 80)]), contents=[f"m{i}" for i in range(60, 80)])  # logged
-    ix.close()
+    ix.close(checkpoint=False)
     return path
 
 
@@ -50,7 +50,7 @@ def _all_there(path, n: int) -> None:
         assert got[:80] == [f"m{i}" for i in range(80)]
         assert ix.verify()["ok"]
     finally:
-        ix.close()
+        ix.close(checkpoint=False)
 
 
 # -- disk full and I/O errors ------------------------------------------------------------------
@@ -71,7 +71,7 @@ def test_enospc_during_a_wal_append_names_the_log_and_loses_nothing(store, monke
     assert len(ix) == 80
     monkeypatch.undo()
     ix.add(_vec(81), contents="m80")  # the partial record was cut: appends go on
-    ix.close()
+    ix.close(checkpoint=False)
     _all_there(store, 81)
 
 
@@ -85,10 +85,10 @@ def test_eio_on_the_wal_flush_names_the_log(store, monkeypatch):
     with pytest.raises(OSError, match=f"Input/output error.*{layout.WAL}"):
         ix.add(_vec(100), contents="unknown")
     monkeypatch.undo()
-    ix.close()
+    ix.close(checkpoint=False)
     ix = MemoryIndex.open(store, mode="w")  # the acknowledged 80 are there (the unflushed one may be)
     assert [m.content for m in ix.get(np.arange(80))] == [f"m{i}" for i in range(80)]
-    ix.close()
+    ix.close(checkpoint=False)
 
 
 def _enospc_in_npz(monkeypatch):
@@ -158,7 +158,7 @@ def test_a_failed_checkpoint_keeps_every_acknowledged_memory(store, monkeypatch,
         assert str(store) in str(e.value) and e.value.errno in (errno.ENOSPC, errno.EIO)
         assert (store / layout.CURRENT).read_text() == published  # the previous generation stays
         assert not list(store.glob("gen-*.tmp"))  # and the partial one is gone
-    ix.close()  # the "process" ends
+    ix.close(checkpoint=False)  # the "process" ends
     _all_there(store, 81)
 
 
@@ -166,7 +166,7 @@ def test_a_failed_checkpoint_keeps_every_acknowledged_memory(store, monkeypatch,
 def test_a_crash_during_rollback_leaves_a_store_that_opens(store, monkeypatch, step):
     ix = MemoryIndex.open(store, mode="w")
     ix.checkpoint()  # 80 in gen 3, an empty log
-    ix.close()
+    ix.close(checkpoint=False)
     if step == "move-log":
         real_unlink = type(store).unlink
 
@@ -230,7 +230,7 @@ def test_two_writers_racing_for_a_stale_lock_never_both_hold_it(tmp_path):
 
 
 def test_a_second_writer_is_told_the_holder_and_a_dead_holder_frees_it(tmp_path):
-    MemoryIndex.create(tmp_path / "s", DIM).close()
+    MemoryIndex.create(tmp_path / "s", DIM).close(checkpoint=False)
     code = ("import sys, time; from lukhas_gpu.store import layout; l = layout.acquire_lock(sys.argv[1]); "
             "print('held', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True)
@@ -246,11 +246,11 @@ def test_a_second_writer_is_told_the_holder_and_a_dead_holder_frees_it(tmp_path)
     ix = MemoryIndex.open(tmp_path / "s", mode="w")  # the kernel dropped the dead holder's lock
     with pytest.raises(StoreLockedError, match="already open for writing in this process"):
         MemoryIndex.open(tmp_path / "s", mode="w")
-    ix.close()
-    MemoryIndex.open(tmp_path / "s", mode="w").close()
+    ix.close(checkpoint=False)
+    MemoryIndex.open(tmp_path / "s", mode="w").close(checkpoint=False)
 
 
 def test_a_writer_dropped_without_close_releases_its_lock(tmp_path):
     MemoryIndex.create(tmp_path / "s", DIM)  # never closed, no reference kept
-    MemoryIndex.open(tmp_path / "s", mode="w").close()
+    MemoryIndex.open(tmp_path / "s", mode="w").close(checkpoint=False)
 

@@ -34,7 +34,7 @@ def template(tmp_path_factory):
         ix.checkpoint()
     for i in range(BASE_ROWS, BASE_ROWS + LOGGED):
         ix.add(_vec(i), contents=f"m{i}")
-    ix.close()
+    ix.close(checkpoint=False)
     return path
 
 
@@ -94,12 +94,12 @@ def test_a_flipped_byte_mid_log_is_refused_then_salvaged_with_the_lost_ids(store
     with pytest.raises(ValueError):
         ix.get([lost])
     ix.add(_vec(999), contents="after")
-    ix.close()
+    ix.close(checkpoint=False)
     aside = list(store.glob("wal.log.damaged-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == damaged  # moved aside, never deleted
     back = MemoryIndex.open(store, mode="w")
     assert len(back) == BASE_ROWS + LOGGED and back.verify()["ok"]
-    back.close()
+    back.close(checkpoint=False)
 
 
 def test_verify_salvage_on_the_command_line(store, capsys):
@@ -122,7 +122,7 @@ def test_a_torn_tail_is_still_cut(store):
         f.truncate(offs[-2] + 5)  # the last append, half written
     ix = MemoryIndex.open(store, mode="w")
     assert len(ix) == BASE_ROWS + LOGGED - 1
-    ix.close()
+    ix.close(checkpoint=False)
 
 
 # -- 2. and 3. rollback: verified target, the log never dropped silently ---------------------------
@@ -149,7 +149,7 @@ def test_rollback_refuses_to_drop_acknowledged_records_unless_told(store, capsys
     assert len(list(store.glob("wal.log.discarded-*"))) == 1  # kept aside
     ix = MemoryIndex.open(store, mode="w")
     assert len(ix) == 100
-    ix.close()
+    ix.close(checkpoint=False)
 
 
 # -- 4. a writer never carries damaged bytes forward ---------------------------------------------
@@ -166,7 +166,7 @@ def test_a_writer_refuses_damaged_bulk_files_and_nothing_is_published(store, nam
     # the previous generation is intact: recovery goes back to it (the log follows the damaged one)
     ix = MemoryIndex.open(store, mode="w", recover=True)
     assert len(ix) == 100 and ix.verify()["ok"]
-    ix.close()
+    ix.close(checkpoint=False)
     assert len(list(store.glob("wal.log.unapplied-*"))) == 1
 
 
@@ -179,10 +179,10 @@ def test_checkpoint_reads_back_what_it_wrote(store, monkeypatch):
         ix.checkpoint()
     monkeypatch.undo()
     assert not list(store.glob("gen-*.tmp"))
-    ix.close()
+    ix.close(checkpoint=False)
     back = MemoryIndex.open(store, mode="w")
     assert len(back) == BASE_ROWS + LOGGED
-    back.close()
+    back.close(checkpoint=False)
 
 
 # -- 5. a damaged CURRENT --------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_a_damaged_current_is_recovered(store, capsys):
     assert "now at gen-000003" in capsys.readouterr().out
     ix = MemoryIndex.open(store, mode="w")
     assert len(ix) == BASE_ROWS + LOGGED  # the log follows gen 3: replayed
-    ix.close()
+    ix.close(checkpoint=False)
 
 
 def test_open_with_recover_skips_a_damaged_newest_generation(store):
@@ -205,7 +205,7 @@ def test_open_with_recover_skips_a_damaged_newest_generation(store):
     _flip(store / "gen-000003" / layout.METADATA, 40)
     ix = MemoryIndex.open(store, mode="w", recover=True)
     assert len(ix) == 100 and (store / layout.CURRENT).read_text().strip() == "gen-000002"
-    ix.close()
+    ix.close(checkpoint=False)
 
 
 # -- 6. manifests are held to the format -----------------------------------------------------------
@@ -281,7 +281,7 @@ def test_rejected_adds_leave_the_log_byte_identical(store, monkeypatch):
     with pytest.raises(ValueError, match="2\\*\\*32 - 1"):
         ix.add(np.stack([_vec(6), _vec(7)]))
     assert wal.read_bytes() == before and len(ix) == BASE_ROWS + LOGGED
-    ix.close()
+    ix.close(checkpoint=False)
     assert wal.read_bytes() == before
 
 

@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser(
         "search", help="top-k memories for query vectors (from a file or stdin), with filters and ranking",
         formatter_class=fmt,
-        description="Opens STORE read-only (it sees the last checkpoint) and searches each query.\n\n"
+        description="Opens STORE read-only (it sees the last checkpoint and every write acknowledged in the\n"
+                    "log, changing no file) and searches each query.\n\n"
                     "Queries: --query-file F, a .npy (dim,) or (n, dim) array or a JSONL of\n"
                     '{"embedding": [...]} (or bare [...]) lines; without it, the same JSON lines from stdin,\n'
                     "each answered as it arrives.")

@@ -20,12 +20,13 @@ from ..records.tombstones import Tombstones
 from ..store import layout
 from ..store.persist import GenerationReader, write_generation
 from ..util.device import faiss_module
+from ..util.ids import as_ids
 from ..vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "write", "load", "replay_wal", "reset_wal",
-           "rollback", "recover", "salvage_wal", "log_summary", "verify"]
+__all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "close", "write", "load", "replay_wal",
+           "reset_wal", "apply_record", "rollback", "recover", "salvage_wal", "log_summary", "verify"]
 
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
@@ -62,9 +63,14 @@ def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = Fals
     if (salvage or recover) and mode != "w":
         raise ValueError("salvage=True and recover=True repair the store: they need mode='w'")
     path = pathlib.Path(path)
+    if mode == "r":  # the generation plus the log, changing no file (see reader.py)
+        from . import reader
+
+        layout.current_generation(path)  # a clear error first
+        return reader.open_reader(index_cls, path, verify=verify)
     if not recover:
         layout.current_generation(path)  # a clear error before taking any lock
-    lock = layout.acquire_lock(path) if mode == "w" else None
+    lock = layout.acquire_lock(path)
     try:
         if recover:
             _recover_locked(path, only_if_needed=True)
@@ -79,6 +85,32 @@ def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = Fals
             lock.release()
         raise
     return index
+
+
+def close(index, *, checkpoint: bool) -> None:
+    """``MemoryIndex.close``: a writer checkpoints what its log holds (``checkpoint``), then
+    releases the log and the lock whatever happened; a reader just stops."""
+    if index.mode == "w" and index.path is not None:
+        try:
+            if checkpoint and index._wal is not None and _log_holds_records(index):
+                index.checkpoint()
+        finally:
+            if index._wal is not None:
+                index._wal.close()
+                index._wal = None
+            layout.release_lock(index.path)
+    index.mode = None
+
+
+def _log_holds_records(index) -> bool:
+    """Whether a writer's log holds records to checkpoint at close; a log left unusable by an I/O
+    error is not checkpointed over (its records are replayed by the next writer's open)."""
+    try:
+        return len(index._wal) > 0
+    except RuntimeError as e:
+        log.warning("close(): no checkpoint, the write-ahead log is unusable (%s); reopen the store to "
+                    "replay it", e)
+        return False
 
 
 def write(index, root) -> pathlib.Path:
@@ -103,11 +135,12 @@ def write(index, root) -> pathlib.Path:
                             writers=writers, manifest=manifest)
 
 
-def load(index_cls, root, gen_dir, *, writable: bool, checksums="small"):
+def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private: bool = False):
     """Rebuild an index from ``gen_dir``: ``(index, manifest)``. Bulk arrays are memory-mapped.
 
     A writable index works on a copy of the vectors file (``root/vectors.work``), so appends
-    never touch a published generation.
+    never touch a published generation; a ``private`` one (a reader replaying the log) maps it
+    copy-on-write and keeps its appends in its own memory.
     """
     gen = GenerationReader(gen_dir, checksums=checksums)  # the manifest's bounds checked before any use
     manifest = gen.manifest
@@ -130,7 +163,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small"):
         layout.copy_verified(vec_file, work, gen.files[layout.VECTORS]["crc32"])
         vectors = VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
     else:
-        vectors = VectorStore.attach(vec_file, dim, rows, writable=False)
+        vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
     try:
@@ -292,21 +325,26 @@ def _placeholders(index, n: int) -> None:
 
 
 def _apply(index, op: int, f: dict) -> None:
-    wal, index._wal = index._wal, None  # replayed operations are not logged again
-    try:
-        if op == OP_ADD:
-            if "start" in f and int(f["start"]) != index.parts.rows:
-                raise layout.CorruptStoreError(index.path / layout.WAL, f"an add record starts at id {f['start']}, "
-                                                                        f"but {index.parts.rows} rows precede it")
-            index.add(f["x"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
-        elif op == OP_UPDATE:
-            index.update(f["ids"], contents=f["contents"], tags=f["tags"], timestamps=f["ts"], importance=f["imp"])
-        elif op == OP_DELETE:
-            index.delete(f["ids"])
-        else:
-            raise layout.CorruptStoreError(index.path / layout.WAL, f"unknown operation {op}")
-    finally:
-        index._wal = wal
+    apply_record(index, op, f)
+
+
+def apply_record(index, op: int, f: dict) -> None:
+    """Apply one logged operation through the write paths of :mod:`.writes` (validated again,
+    never logged again): the writer's replay and a reader's (:mod:`.reader`) end in one state."""
+    from . import writes
+
+    if op == OP_ADD:
+        if "start" in f and int(f["start"]) != index.parts.rows:
+            raise layout.CorruptStoreError(index.path / layout.WAL, f"an add record starts at id {f['start']}, "
+                                                                    f"but {index.parts.rows} rows precede it")
+        writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"]))
+    elif op == OP_UPDATE:
+        rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
+        writes.apply_update(index, writes.prepare_update(index, rows, f["contents"], f["tags"], f["ts"], f["imp"]))
+    elif op == OP_DELETE:
+        writes.apply_delete(index, writes.prepare_delete(index, f["ids"]))
+    else:
+        raise layout.CorruptStoreError(index.path / layout.WAL, f"unknown operation {op}")
 
 
 def log_summary(wal_path) -> dict:

@@ -24,10 +24,10 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..store import layout
-from ..util.checks import check_k, check_positive
+from ..util.checks import check_positive, check_queries
 from ..util.device import resolve_backend
 from ..util.ids import as_ids
-from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
+from ..util.memtrim import maybe_trim, trim
 from . import durable
 from .parts import IndexParts
 from .results import Memory, SearchResult
@@ -44,8 +44,6 @@ def _locked(method):
         with self.lock:
             return method(self, *args, **kwargs)
     return wrapper
-
-
 
 
 class MemoryIndex:
@@ -92,6 +90,7 @@ class MemoryIndex:
         self.last_plan = None  # the plan of the last filtered search (for introspection)
         self.timings: dict[str, float] = {}
         self._wal = None  # the write-ahead log of a store open for writing
+        self._reader = None  # a reader's cursor in the store (see reader.py)
         # held by every call that reads or changes the index, so a background retrain can swap
         # its result in between two calls
         self.lock = threading.RLock()
@@ -127,9 +126,10 @@ class MemoryIndex:
     @classmethod
     def open(cls, path, mode: str = "r", *, verify: bool = False, salvage: bool = False,
              recover: bool = False) -> "MemoryIndex":
-        """Open the store at ``path``: ``mode="r"`` (read the last checkpoint; many readers may
-        run beside the writer) or ``"w"`` (the one writer: takes the lock, verifies what it will
-        carry forward and replays the write-ahead log on top of the last checkpoint).
+        """Open the store at ``path``: ``mode="r"`` (a reader: the last checkpoint plus every
+        complete record of the write-ahead log, changing no file and taking no lock; many may
+        run beside the writer, see :meth:`refresh`) or ``"w"`` (the one writer: takes the lock,
+        verifies what it will carry forward and replays the log on top of the last checkpoint).
 
         Bulk files are memory-mapped; ``verify=True`` checks their CRC-32 too. Writers only:
         ``salvage=True`` keeps every valid record of a log damaged in the middle, moves it aside
@@ -140,6 +140,19 @@ class MemoryIndex:
         a truncated or altered file (named), a damaged log (offset, sequence numbers), a writer.
         """
         return durable.open_store(cls, path, mode, verify=verify, salvage=salvage, recover=recover)
+
+    @_locked
+    def refresh(self) -> dict:
+        """Catch up with the writer (a reader only): load a generation published since, then
+        apply the log's new records; costs what is new, never blocks the writer.
+
+        Returns ``generation``, ``records`` applied, ``added``, ``updated``, ``deleted``
+        (memories), ``reloaded`` (a new generation was loaded), ``count`` (live), ``seconds``.
+        """
+        if self.mode != "r" or self._reader is None:
+            raise layout.StoreError("refresh() follows a store opened with mode='r'")
+        from . import reader
+        return reader.refresh(self)
 
     def _require_writable(self) -> None:
         if self.mode == "r":
@@ -180,20 +193,17 @@ class MemoryIndex:
         """
         return durable.verify(self)
 
-    def close(self) -> None:
-        """Release the writer's lock and the write-ahead log (nothing is checkpointed)."""
-        if self.mode == "w" and self.path is not None:
-            if self._wal is not None:
-                self._wal.close()
-                self._wal = None
-            layout.release_lock(self.path)
-        self.mode = None
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Close the store; a writer first checkpoints if its log holds records (unless
+        ``checkpoint=False``: they stay in the log, replayed by the next open), then releases
+        the log and the lock (also when the checkpoint fails)."""
+        durable.close(self, checkpoint=checkpoint)
 
     def __enter__(self) -> "MemoryIndex":
         return self
 
-    def __exit__(self, *exc) -> None:  # closes, never checkpoints
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:  # checkpoints unless an exception is on its way
+        self.close(checkpoint=exc_type is None)
 
     # -- size ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -246,17 +256,7 @@ class MemoryIndex:
         batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance)
         if self._wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self._wal.append(durable.OP_ADD, batch.log_fields())
-        ids = writes.apply_add(self, batch)
-        if self.parts.ann is None and self.parts.rows >= self._train_at():
-            self.train()
-        big = batch.x.numel() * 4 >= TRIM_BATCH_BYTES
-        maybe_trim(every=0.0 if big else 1.0)  # the batch's temporaries go back to the OS
-        return ids
-
-    def _train_at(self) -> int:
-        from ..vectors.policy import train_at
-
-        return train_at(self.config)
+        return writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
 
     @_locked
     def train(self) -> None:
@@ -278,7 +278,8 @@ class MemoryIndex:
         ----------
         queries : (nq, dim) or (dim,) float array (numpy or torch, any device)
         k : int
-            Results per query (> 0). Missing results are padded with id -1.
+            Results per query, 1..100,000 (``util.checks.MAX_K``; at most 10**8 results per call).
+            Missing results are padded with id -1.
         where : Filter, optional
             Only memories that satisfy it are returned. Small subsets are scanned exactly; large
             ones searched through the IVF with an id selector (see ``config.filter_exact_max``).
@@ -296,28 +297,26 @@ class MemoryIndex:
             ``rank``; cosine similarities clipped at 1), in the queries' kind/device;
             ``.contents()`` / ``.memories()`` hydrate.
         """
-        from ..query import executor
-        from ..query.filters import Filter, evaluate
-        from . import mirror as device_mirror
-        from ..query.ranking import Rank
+        from ..query import executor, filters, ranking
         from ..util.arrays import as_batch, check_nonzero
+        from . import mirror as device_mirror
 
         q, kind = as_batch(queries, self.dim, "queries")
         cfg, parts = self.config, self.parts
         if cfg.metric == "cosine":
             check_nonzero(q, "queries")
-        s = executor.Search(k=check_k(k), exact_max=cfg.filter_exact_max, cosine=cfg.metric == "cosine",
+        s = executor.Search(k=check_queries(q.shape[0], k), exact_max=cfg.filter_exact_max, cosine=cfg.metric == "cosine",
                             nprobe=cfg.nprobe if nprobe is None else check_positive("nprobe", nprobe),
                             rerank=cfg.rerank if rerank is None else check_positive("rerank", rerank))
-        if where is not None and not isinstance(where, Filter):
+        if where is not None and not isinstance(where, filters.Filter):
             raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
-        if rank is not None and not isinstance(rank, Rank):
+        if rank is not None and not isinstance(rank, ranking.Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
         enc = self.encoder
         parts.probe.queries.offer(q, transform=lambda r: enc.normalize(r).cpu().numpy())
         allowed = None
         if where is not None and not where.is_empty():
-            allowed = evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
+            allowed = filters.evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
                                deleted=parts.tombstones.bitmap)
         mirror = device_mirror.mirror_ready(self)
         if rank is None or rank.is_plain:
@@ -384,20 +383,15 @@ class MemoryIndex:
         ValueError
             An id that was never assigned or is already deleted; nothing is deleted then.
         """
+        from . import writes
         self._require_writable()
-        p = self.parts
-        ids = p.tombstones.check(np.unique(as_ids(ids)), p.rows, deleted="id(s) already deleted")
-        if len(ids) == 0:
+        rows = writes.prepare_delete(self, ids)
+        if len(rows) == 0:
             return 0
         if self._wal is not None:
-            self._wal.append(durable.OP_DELETE, {"ids": ids})
-        p.tombstones.add(ids)  # the record every path reads; below, the copies that serve searches
-        if p.ann is not None:
-            p.ann.remove(ids)
-        if p.mirror is not None:
-            p.mirror.delete(ids)
-        p.tags.delete(ids)  # frees the rows' tag lists and bitmap bits
-        return len(ids)
+            self._wal.append(durable.OP_DELETE, {"ids": rows})
+        writes.apply_delete(self, rows)
+        return len(rows)
 
     @_locked
     def compact(self) -> int:
@@ -406,16 +400,8 @@ class MemoryIndex:
         Deleted memories keep their (int8) row, since ids are row numbers; their content,
         tags and ANN entry are gone. Returns the bytes reclaimed.
         """
-        p = self.parts
-
-        def held() -> int:  # content records plus tag-list entries, live and garbage
-            return p.contents.nbytes()["records"] + p.tags.nbytes()["flat"] + 4 * p.tags.garbage
-
-        before = held()
-        p.contents.compact(np.flatnonzero(p.tombstones.live_mask(p.rows)))
-        p.tags.compact()
-        trim()
-        return int(before - held())
+        from . import writes
+        return writes.compact(self)
 
     # -- monitoring ----------------------------------------------------------------------------
     @_locked

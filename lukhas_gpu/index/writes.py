@@ -10,9 +10,13 @@ import dataclasses
 import numpy as np
 
 from ..records.metadata import MetadataColumns
+from ..util.ids import as_ids
+from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
+from ..vectors.policy import train_at
 from . import lifecycle, mirror
 
-__all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "prepare_update", "apply_update", "MAX_ROWS"]
+__all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
+           "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
 
 #: Row numbers are uint32 in the tombstones and the tag bitmaps.
 MAX_ROWS = 2**32 - 1
@@ -87,6 +91,33 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     return ids
 
 
+def commit_add(index, b: AddBatch) -> np.ndarray:
+    """:func:`apply_add`, then what an add brings: training when it crosses the threshold and
+    the batch's temporaries back to the OS. The path of the writer's ``add`` and of every
+    replayed record (writer or reader), so both end in the same state."""
+    ids = apply_add(index, b)
+    if index.parts.ann is None and index.parts.rows >= train_at(index.config):
+        lifecycle.train(index)
+    maybe_trim(every=0.0 if b.x.numel() * 4 >= TRIM_BATCH_BYTES else 1.0)
+    return ids
+
+
+def prepare_delete(index, ids) -> np.ndarray:
+    """The unique rows to delete; ValueError for an id never assigned or already deleted."""
+    p = index.parts
+    return p.tombstones.check(np.unique(as_ids(ids)), p.rows, deleted="id(s) already deleted")
+
+
+def apply_delete(index, rows: np.ndarray) -> None:
+    p = index.parts
+    p.tombstones.add(rows)  # the record every path reads; below, the copies that serve searches
+    if p.ann is not None:
+        p.ann.remove(rows)
+    if p.mirror is not None:
+        p.mirror.delete(rows)
+    p.tags.delete(rows)  # frees the rows' tag lists and bitmap bits
+
+
 @dataclasses.dataclass
 class Update:
     """A validated ``update`` of live, unique ``rows``; None where a field is not changed."""
@@ -134,3 +165,18 @@ def apply_update(index, u: Update) -> None:
         parts.meta.timestamp[u.rows] = u.ts
     if u.imp is not None:
         parts.meta.importance_q[u.rows] = MetadataColumns.quantize_importance(u.imp)
+
+
+def compact(index) -> int:
+    """``MemoryIndex.compact``: drop deleted memories' and replaced payloads' bytes; returns
+    the bytes reclaimed."""
+    p = index.parts
+
+    def held() -> int:  # content records plus tag-list entries, live and garbage
+        return p.contents.nbytes()["records"] + p.tags.nbytes()["flat"] + 4 * p.tags.garbage
+
+    before = held()
+    p.contents.compact(np.flatnonzero(p.tombstones.live_mask(p.rows)))
+    p.tags.compact()
+    trim()
+    return int(before - held())

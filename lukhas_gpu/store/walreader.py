@@ -124,6 +124,10 @@ class WalReader:
         skips to the next valid record (see :func:`find_record`), records a :class:`WalDamage`
         in :attr:`damage` and goes on (salvage). Only a bad record with nothing valid after it
         -- a torn tail -- ends it. Sequence numbers keep counting the valid records.
+    start : (int, int), optional
+        ``(byte offset, sequence number)`` of a record boundary reached by an earlier pass (its
+        ``valid_end`` and ``n_records``): reading resumes there, so following a growing log costs
+        only what is new. Sequence numbers and :attr:`n_records` stay counted from the log's start.
 
     Raises
     ------
@@ -138,7 +142,7 @@ class WalReader:
     """
 
     def __init__(self, path, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, decode: bool = True,
-                 resync: bool = False):
+                 resync: bool = False, start: tuple[int, int] | None = None):
         self.path = os.fspath(path)
         self._resync = bool(resync)
         self.damage: list[WalDamage] = []
@@ -146,13 +150,20 @@ class WalReader:
         self._decode = bool(decode)
         self._f = open(self.path, "rb")
         try:
-            self.file_size = os.fstat(self._f.fileno()).st_size
+            st = os.fstat(self._f.fileno())
+            #: ``(st_dev, st_ino)`` of the file read: a log replaced by a reset is another file
+            self.file_id = (st.st_dev, st.st_ino)
+            self.file_size = st.st_size
             self.base = _parse_header(self.path, self._f.read(HEADER_SIZE))
+            offset, first = start if start is not None else (HEADER_SIZE, 0)
+            if not (HEADER_SIZE <= offset <= self.file_size and first >= 0):
+                raise ValueError(f"{self.path}: cannot resume at byte {offset} (the file has {self.file_size})")
+            self._f.seek(offset)
         except BaseException:
             self._f.close()
             raise
-        self._pos = HEADER_SIZE
-        self._n = 0
+        self._pos = offset
+        self._n = first
         self._done = False
         self._torn = False
         self._reason: str | None = None

@@ -4,10 +4,20 @@ Rows live in one contiguous numpy array -- anonymous memory, or a file-backed me
 pages belong to the page cache (reclaimable, not counted as anonymous RAM). Capacity grows
 geometrically; untouched capacity is never resident, so growth costs no RSS beyond the rows
 written.
+
+A *private* store (:meth:`VectorStore.attach` with ``private=True``: a reader replaying the
+write-ahead log) maps a published file copy-on-write (``MAP_PRIVATE``) at the start of an
+anonymous region: its rows stay page cache shared with every other reader, appended rows (and
+any row changed, e.g. by a re-calibration) are anonymous memory of this process, and the file
+is never written. Measured on 200,000 x 384 rows: attaching costs no copy and no anonymous RAM,
+where reading the file into memory costs its whole size per reader.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -20,6 +30,10 @@ __all__ = ["VectorStore"]
 #: 10% of an ingest). Capacity never written is never resident, so the slack costs no RAM.
 _GROWTH = 2.0
 _MIN_CAPACITY = 4096
+#: ``MAP_FIXED`` / ``MAP_NORESERVE`` where the private overlay is implemented (Linux, macOS);
+#: elsewhere a private store reads its file into anonymous memory instead.
+_MAP_FIXED = 0x10 if sys.platform.startswith(("linux", "darwin")) else None
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
 class VectorStore:
@@ -48,16 +62,30 @@ class VectorStore:
             self._owns_file = True
         self._data = self._allocate(0)
         self.readonly = False
+        self._private_rows = None
 
     @classmethod
-    def attach(cls, path, dim: int, n: int, *, writable: bool, in_memory: bool = False) -> "VectorStore":
+    def attach(cls, path, dim: int, n: int, *, writable: bool, in_memory: bool = False,
+               private: bool = False) -> "VectorStore":
         """A store over an existing raw file of ``n`` rows: memory-mapped (read-only unless
-        ``writable``, appends then grow that file), or read into anonymous memory."""
+        ``writable``, appends then grow that file), or read into anonymous memory.
+
+        ``private=True`` (with ``writable=False``): mapped copy-on-write, so rows can be appended
+        and changed in this process's memory while the file is never written (see the module
+        docstring)."""
         self = cls.__new__(cls)
         self.dim, self.dtype = int(dim), np.dtype(np.int8)
         self._n = int(n)
         self._owns_file = False
         self._path = str(path)
+        self._private_rows = None
+        if private:
+            if writable:
+                raise ValueError("a private store is never writable to its file: pass writable=False")
+            self.storage, self.readonly = "mmap", False
+            self._private_rows = self._n
+            self._data = self._private_map(max(self._n, _MIN_CAPACITY))
+            return self
         if in_memory:
             self.storage = "memory"
             self._data = self._allocate(max(n, 1))
@@ -81,8 +109,41 @@ class VectorStore:
             f.truncate(nbytes)  # sparse: unwritten pages take no disk and no RAM
         return np.memmap(self._path, dtype=self.dtype, mode="r+", shape=shape)
 
+    def _private_map(self, capacity: int) -> np.ndarray:
+        """``capacity`` rows of anonymous memory whose first ``_private_rows`` rows are the file,
+        mapped copy-on-write over them (``MAP_PRIVATE | MAP_FIXED``)."""
+        nfile = self._private_rows * self.dim
+        region = mmap.mmap(-1, max(capacity, 1) * self.dim,
+                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+        data = np.frombuffer(region, dtype=self.dtype).reshape(-1, self.dim)  # keeps the region alive
+        if not nfile:
+            return data
+        if _MAP_FIXED is None:  # no overlay here: a private copy
+            data[: self._private_rows] = np.fromfile(self._path, dtype=self.dtype, count=nfile).reshape(-1, self.dim)
+            return data
+        anchor = ctypes.c_char.from_buffer(region)
+        addr = ctypes.addressof(anchor)
+        del anchor  # the region must not stay exported (it could then never be unmapped)
+        length = -(-nfile // mmap.PAGESIZE) * mmap.PAGESIZE  # the file's last page, zero-filled past its end
+        fd = os.open(self._path, os.O_RDONLY)
+        try:
+            got = _libc_mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
+        finally:
+            os.close(fd)
+        if got != addr:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mapping {self._path} copy-on-write failed: {os.strerror(err)}", self._path)
+        return data  # unmapping the region (when it is collected) unmaps the file's part too
+
     def reserve(self, capacity: int) -> None:
         if capacity <= self.capacity:
+            return
+        if self._private_rows is not None:
+            # the file's rows come mapped again; the rows of this process (appended, or changed
+            # since the file was mapped: ``_private_rows`` drops to 0 then) are copied
+            new = self._private_map(capacity)
+            new[self._private_rows: self._n] = self._data[self._private_rows: self._n]
+            self._data = new
             return
         if self.storage == "memory":
             new = self._allocate(capacity)
@@ -126,6 +187,8 @@ class VectorStore:
 
     def __setitem__(self, key, value):
         self.array[key] = value
+        if self._private_rows:  # a mapped row now differs from the file: copied on the next growth
+            self._private_rows = 0
 
     @property
     def array(self) -> np.ndarray:
@@ -149,6 +212,10 @@ class VectorStore:
         half a huge page of that capacity is resident on average (``vectors_slack``).
         """
         used = self.nbytes()
+        if self._private_rows is not None:
+            mapped = min(self._private_rows, self._n) * self.dim * self.dtype.itemsize
+            own = {"vectors_int8": used - mapped} if used > mapped else {}
+            return {"mapped": {"vectors_int8": mapped}, "anon": own} if mapped else {"anon": own}
         if self.storage == "mmap":
             return {"mapped": {"vectors_int8": used}}
         cap = self.capacity * self.dim * self.dtype.itemsize
@@ -159,7 +226,7 @@ class VectorStore:
         return {"anon": anon, "reserved": {"vectors_int8": cap - used}}
 
     def flush(self) -> None:
-        if self.storage == "mmap":
+        if self.storage == "mmap" and self._private_rows is None:
             self._data.flush()
 
     def close(self) -> None:
@@ -174,3 +241,11 @@ class VectorStore:
             self.close()
         except Exception:
             pass
+
+
+def _libc_mmap(addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.mmap
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    return fn(addr, length, prot, flags, fd, offset)
