@@ -289,3 +289,22 @@ def test_add_records_carry_their_first_id(store):
     with WalReader(store / layout.WAL) as r:
         starts = [int(rec.fields["start"]) for rec in r]
     assert starts == list(range(BASE_ROWS, BASE_ROWS + LOGGED))
+
+
+def test_a_reader_refuses_a_log_corrupted_in_the_middle(store):
+    """A reader treats damage like the writer does: a record in flight at the end is not read
+    yet; a bad record with valid ones after it raises, at open and at refresh."""
+    reader = MemoryIndex.open(store)
+    assert len(reader) == BASE_ROWS + LOGGED
+    w = MemoryIndex.open(store, mode="w")
+    for i in range(5):
+        w.add(_vec(1000 + i), contents=f"new{i}")
+    w.close(checkpoint=False)
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    k = LOGGED + 1  # the second of the new records, with three valid ones after it
+    _flip(wal, (offs[k] + offs[k + 1]) // 2)
+    with pytest.raises(CorruptStoreError, match=layout.WAL):
+        reader.refresh()
+    with pytest.raises(CorruptStoreError, match="valid records follow"):
+        MemoryIndex.open(store)

@@ -107,7 +107,8 @@ def logical_bytes(index) -> tuple[dict, int]:
                   **{f"tags_{k}": int(v) for k, v in tag_bytes.items() if k != "garbage"}}
     if parts.ann is not None:
         components.update({f"ann_{k}": v for k, v in parts.ann.nbytes().items()})
-    return components, vec_bytes if parts.vectors.storage == "mmap" else 0
+    # the rows mapped from a file (all of an mmap store; a reader's published rows, not its replayed tail)
+    return components, int(parts.vectors.memory_usage().get("mapped", {}).get("vectors_int8", 0))
 
 
 def _merge(usage: dict, places: dict, reserved: dict) -> None:
