@@ -1,7 +1,6 @@
 """Shared benchmark helpers: memory readings, timing, recall, result files."""
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -19,20 +18,20 @@ OUT_DIR = pathlib.Path(__file__).resolve().parent / "out"
 
 def rss_anon() -> int:
     """Anonymous resident memory of this process, bytes (RssAnon in /proc/self/status)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("RssAnon not found in /proc/self/status")
+    from lukhas_gpu.util.memtrim import rss_anon as read
+
+    value = read()
+    if value is None:
+        raise RuntimeError("RssAnon not found in /proc/self/status")
+    return value
 
 
 def settle() -> int:
     """Collect garbage and give freed heap back to the OS, then read RssAnon."""
+    from lukhas_gpu.util.memtrim import trim
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
+    trim()
     return rss_anon()
 
 

@@ -184,10 +184,9 @@ def cmd_delete(args) -> int:
     index = MemoryIndex.open(args.store, mode="w")
     try:
         n = index.delete(np.asarray(args.ids, dtype=np.int64))
-        index.checkpoint()
         count = len(index)
     finally:
-        index.close()
+        index.close()  # checkpoints the delete
     print(json.dumps({"deleted": n, "count": count}) if args.json else
           f"{args.store}: deleted {n} memories; {count:,} remain")
     return 0
