@@ -14,7 +14,6 @@ imported on first use of the vectors, so opening a store to read contents never 
 """
 from __future__ import annotations
 
-import functools
 import logging
 import pathlib
 import threading
@@ -29,21 +28,13 @@ from ..util.device import resolve_backend
 from ..util.ids import as_ids
 from ..util.memtrim import maybe_trim, trim
 from . import durable
+from .locking import locked as _locked
 from .parts import IndexParts
 from .results import Memory, SearchResult
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MemoryIndex"]
-
-
-def _locked(method):
-    """Run ``method`` holding the index's lock (see ``MemoryIndex.lock``)."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self.lock:
-            return method(self, *args, **kwargs)
-    return wrapper
 
 
 class MemoryIndex:
