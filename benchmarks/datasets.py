@@ -110,6 +110,80 @@ def wordnet_minilm(n_queries: int = 2000, *, seed: int = 0) -> Dataset:
     return Dataset("wordnet-minilm", xb, xq, meta["glosses"], meta["queries"][:n_queries])
 
 
+#: Debian's package index (its ``Description:`` lines are the held-out set's documents): where apt
+#: keeps it, or ``$DEBIAN_PACKAGES`` (plain or lz4-compressed).
+DEBIAN_PACKAGES = os.environ.get("DEBIAN_PACKAGES", "/var/lib/apt/lists")
+
+
+def _debian_synopses(root: str = DEBIAN_PACKAGES) -> list[str]:
+    """The distinct one-line package descriptions of Debian's package index, sorted."""
+    import subprocess
+
+    path = pathlib.Path(root)
+    files = sorted(path.glob("*_Packages*")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no Debian package index under {root} (run apt-get update or set DEBIAN_PACKAGES)")
+    out: set[str] = set()
+    for f in files:
+        if f.suffix == ".lz4":
+            text = subprocess.run(["lz4cat", str(f)], check=True, capture_output=True).stdout.decode("utf-8", "replace")
+        else:
+            text = f.read_text(encoding="utf-8", errors="replace")
+        out.update(line[len("Description: "):].strip() for line in text.splitlines() if line.startswith("Description: "))
+    return sorted(t for t in out if len(t) >= 12)
+
+
+def _docstring_lines(limit: int = 20_000) -> list[str]:
+    """First lines of the docstrings of the Python standard library's functions and classes
+    (parsed, not imported), distinct, sorted: short descriptions of software from another source."""
+    import ast
+    import sysconfig
+
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    out: set[str] = set()
+    for f in sorted(stdlib.rglob("*.py")):
+        if any(p in ("test", "tests", "idlelib", "site-packages", "lib2to3") for p in f.parts):
+            continue
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    line = doc.strip().splitlines()[0].strip()
+                    if 20 <= len(line) <= 200 and " " in line:
+                        out.add(line)
+    return sorted(out)[:limit]
+
+
+def debian_minilm(n: int = 50_000, n_queries: int = 2000, *, seed: int = 0) -> Dataset:
+    """A held-out real set, used only for checking (never to choose a default): MiniLM embeddings
+    of ``n`` Debian package descriptions (one line each), queried with first lines of Python
+    standard-library docstrings (another source). Built once (a few minutes) and cached."""
+    out = cache_dir() / "debian_minilm"
+    out.mkdir(exist_ok=True)
+    fb, fq, ft = out / "synopses.npy", out / "docstrings.npy", out / "texts.json"
+    if not (fb.exists() and fq.exists() and ft.exists()):
+        rng = np.random.default_rng(seed)
+        docs = _debian_synopses()
+        docs = [docs[i] for i in sorted(rng.choice(len(docs), size=min(len(docs), 60_000), replace=False))]
+        lines = _docstring_lines()
+        queries = [lines[i] for i in sorted(rng.choice(len(lines), size=min(len(lines), 10_000), replace=False))]
+        log.info("embedding %d queries and %d documents (cached in %s)", len(queries), len(docs), out)
+        np.save(fq, _embed(queries))
+        np.save(fb, _embed(docs))
+        ft.write_text(json.dumps({"documents": docs, "queries": queries}))
+    meta = json.loads(ft.read_text())
+    xb = np.load(fb)[:n]
+    xq = np.load(fq)
+    # the queries' order is sorted text: shuffle once (seeded) so any prefix is a fair sample
+    order = np.random.default_rng(seed + 1).permutation(len(xq))[:n_queries]
+    return Dataset(f"debian-minilm-{len(xb)}", xb, xq[order], meta["documents"][:n],
+                   [meta["queries"][i] for i in order])
+
+
 def exact_knn(xb: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
     """Exact float32 inner-product top-k, cached on disk by content hash."""
     h = hashlib.sha1()

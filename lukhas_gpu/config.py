@@ -127,6 +127,14 @@ class IndexConfig:
         :meth:`~lukhas_gpu.MemoryIndex.drift` recommends a retrain (and logs a warning) when the
         recent batches' quantization error or list imbalance exceeds this multiple of its value
         at training time.
+    target_recall : float or None, default None (0.95 in ``production``, 0.98 in ``advanced``)
+        The recall@10 the index holds by itself: searches that pass neither ``nprobe`` nor
+        ``rerank`` use the cheapest parameters the tuner measured to reach it
+        (:meth:`~lukhas_gpu.MemoryIndex.tune`); None searches with ``nprobe`` and ``rerank``.
+    auto_tune : bool, default True
+        With a ``target_recall``, retune in a background thread after training, when the index
+        has doubled, after a retrain and when twice as many queries have been seen; and retrain
+        with more lists when the index has outgrown its own (see :mod:`lukhas_gpu.index.tuning`).
     """
 
     metric: str = "cosine"
@@ -154,6 +162,8 @@ class IndexConfig:
     probe_size: int = 2048
     probe_queries: int = 1024
     drift_threshold: float = 1.5
+    target_recall: float | None = None
+    auto_tune: bool = True
 
     def __post_init__(self) -> None:
         def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -184,6 +194,12 @@ class IndexConfig:
         if not isinstance(self.drift_threshold, (int, float)) or isinstance(self.drift_threshold, bool) \
                 or not self.drift_threshold > 1.0:
             raise ValueError(f"drift_threshold must be a number > 1, got {self.drift_threshold!r}")
+        if self.target_recall is not None and (isinstance(self.target_recall, bool)
+                                               or not isinstance(self.target_recall, (int, float))
+                                               or not 0.0 < float(self.target_recall) < 1.0):
+            raise ValueError(f"target_recall must be None or a number in (0, 1), got {self.target_recall!r}")
+        if not isinstance(self.auto_tune, bool):
+            raise ValueError(f"auto_tune must be a bool, got {self.auto_tune!r}")
         if self.train_threshold < 1024:
             raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), got {self.train_threshold}")
         if not isinstance(self.zstd_level, int) or not 1 <= self.zstd_level <= 22:

@@ -25,7 +25,9 @@ def test_auto_pq_m_divides():
     assert auto_pq_m(384) == 96 and auto_pq_m(1024) == 128 and auto_pq_m(256, 32) == 32
     for d in (7, 100, 130, 384, 768):
         assert d % auto_pq_m(d) == 0
-    assert train_sample_size(1024) == 65536 and train_sample_size(4096) == 131072
+    assert train_sample_size(1024) == 65536 and train_sample_size(4096) == 163840
+    for nlist in (256, 1024, 4096, 16384):  # k-means gets at least 40 rows per list
+        assert train_sample_size(nlist) >= 40 * nlist
 
 
 def test_two_level_kmeans_gives_k_good_centroids(clustered):

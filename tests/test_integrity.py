@@ -31,6 +31,7 @@ def template(tmp_path_factory):
     ix = MemoryIndex.create(path, DIM)
     for lo in (0, 100):
         ix.add(np.stack([_vec(i) for i in range(lo, lo + 100)]), contents=[f"m{i}" for i in range(lo, lo + 100)])
+        ix.tune(0.9)  # every generation holds a tuning.npz
         ix.checkpoint()
     for i in range(BASE_ROWS, BASE_ROWS + LOGGED):
         ix.add(_vec(i), contents=f"m{i}")

@@ -27,6 +27,10 @@ key                    value
 ``content``            ``raw_bytes`` and ``stored_bytes`` of the contents (compression)
 ``tag_vocabulary``     distinct tags
 ``train_seconds``      the last training's wall time (None before training)
+``tuning``             ``target_recall`` (the config's), and the tuner's choice (None before a
+                       run): ``kind``, ``nprobe``, ``rerank``, ``probing``, the estimated
+                       ``recall`` with its ``ci``, ``met``, ``source``, ``expected_qps``,
+                       ``count`` and ``nlist`` at the run
 ``capabilities``       torch / FAISS versions, CUDA device, FAISS GPUs, threads
 ``config``             the :class:`~lukhas_gpu.IndexConfig` as a dict
 =====================  ===========================================================================
@@ -66,6 +70,8 @@ def index_stats(index) -> dict:
         "content": {"raw_bytes": parts.contents.raw_bytes, "stored_bytes": parts.contents.stored_bytes},
         "tag_vocabulary": parts.tags.vocab_size,
         "train_seconds": index.timings.get("train"),
+        "tuning": {"target_recall": index.config.target_recall,
+                   "chosen": parts.tuned.report() if parts.tuned is not None else None},
         "capabilities": capabilities(),
         "config": index.config.to_dict(),
     }

@@ -124,6 +124,8 @@ def write(index, root) -> pathlib.Path:
            layout.DRIFT: parts.drift.to_arrays()}
     if parts.calib is not None:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
+    if parts.tuned is not None:
+        npz[layout.TUNING] = parts.tuned.to_arrays()
     writers, ann = {}, None
     if parts.ann is not None:
         a = parts.ann
@@ -186,8 +188,12 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
             parts.probe.load_arrays(gen.npz(layout.PROBE))
         if gen.has(layout.DRIFT):
             parts.drift.load_arrays(gen.npz(layout.DRIFT))
+        if gen.has(layout.TUNING):
+            from .tuning import Tuned
+
+            parts.tuned = Tuned.from_arrays(gen.npz(layout.TUNING))
     except (KeyError, ValueError) as e:
-        raise layout.CorruptStoreError(gen.path, f"inconsistent probe or drift files ({e})") from None
+        raise layout.CorruptStoreError(gen.path, f"inconsistent probe, drift or tuning files ({e})") from None
     if manifest.get("ann"):
         from ..vectors.ann import IVFPQIndex
 

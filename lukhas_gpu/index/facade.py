@@ -31,13 +31,14 @@ from . import durable
 from .locking import locked as _locked
 from .parts import IndexParts
 from .results import Memory, SearchResult
+from .tuning import TuningMixin
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex:
+class MemoryIndex(TuningMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -187,7 +188,10 @@ class MemoryIndex:
     def close(self, *, checkpoint: bool = True) -> None:
         """Close the store; a writer first checkpoints if its log holds records (unless
         ``checkpoint=False``: they stay in the log, replayed by the next open), then releases
-        the log and the lock (also when the checkpoint fails)."""
+        the log and the lock (also when the checkpoint fails). A background tuning run is
+        stopped first."""
+        from . import tuning
+        tuning.wait(self, cancel=True)
         durable.close(self, checkpoint=checkpoint)
 
     def __enter__(self) -> "MemoryIndex":
@@ -247,7 +251,11 @@ class MemoryIndex:
         batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance)
         if self._wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self._wal.append(durable.OP_ADD, batch.log_fields())
-        return writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
+        ids = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
+        if self.config.target_recall is not None:
+            from . import tuning
+            tuning.maybe_retune(self)
+        return ids
 
     @_locked
     def train(self) -> None:
@@ -262,7 +270,7 @@ class MemoryIndex:
     # -- search --------------------------------------------------------------------------------
     @_locked
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
-               rerank: int | None = None) -> SearchResult:
+               rerank: int | None = None, target_recall: float | None = None) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -279,7 +287,11 @@ class MemoryIndex:
             exactly to an oversampled candidate set plus every memory whose recency and
             importance could still lift it into the top-k.
         nprobe, rerank : int, optional
-            Override ``config.nprobe`` / ``config.rerank`` for this call.
+            Fixed parameters for this call (overriding the tuned choice and the config's).
+        target_recall : float, optional
+            The recall to hold for this call: the cheapest setting the last :meth:`tune` measured
+            to reach it (a lookup). Default ``config.target_recall``; without one, or before the
+            index is tuned, ``config.nprobe`` and ``config.rerank``.
 
         Returns
         -------
@@ -290,15 +302,16 @@ class MemoryIndex:
         """
         from ..query import executor, filters, ranking
         from ..util.arrays import as_batch, check_nonzero
-        from . import mirror as device_mirror
+        from . import mirror as device_mirror, tuning
 
         q, kind = as_batch(queries, self.dim, "queries")
         cfg, parts = self.config, self.parts
         if cfg.metric == "cosine":
             check_nonzero(q, "queries")
-        s = executor.Search(k=check_queries(q.shape[0], k), exact_max=cfg.filter_exact_max, cosine=cfg.metric == "cosine",
-                            nprobe=cfg.nprobe if nprobe is None else check_positive("nprobe", nprobe),
-                            rerank=cfg.rerank if rerank is None else check_positive("rerank", rerank))
+        chosen = tuning.search_params(self, None if nprobe is None else check_positive("nprobe", nprobe),
+                                      None if rerank is None else check_positive("rerank", rerank), target_recall)
+        s = executor.Search(k=check_queries(q.shape[0], k), exact_max=cfg.filter_exact_max,
+                            cosine=cfg.metric == "cosine", **chosen)
         if where is not None and not isinstance(where, filters.Filter):
             raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
         if rank is not None and not isinstance(rank, ranking.Rank):
@@ -318,6 +331,8 @@ class MemoryIndex:
             scores, ids, self.last_plan = executor.ranked(parts, q, s, allowed, rank, mirror=mirror,
                                                           oversample=cfg.rank_oversample)
         maybe_trim(every=1.0)
+        if cfg.target_recall is not None:
+            tuning.maybe_retune(self)
         return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
 
     # -- records -------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from . import quality
 from ..monitor.probe import DRIFT_WINDOW, DriftMonitor, recall_estimate
 from ..util.memtrim import trim
 from ..vectors.ann import IVFPQIndex
-from ..vectors.policy import (CALIBRATION_ROWS, FIT_SAMPLE, MIN_TRAIN_ROWS, TRAIN_SAMPLE, auto_pq_m, coarse_for,
-                              planned_nlist, sample_index, train_sample_size)
+from ..vectors.policy import (CALIBRATION_ROWS, FIT_SAMPLE, MIN_TRAIN_ROWS, auto_pq_m, coarse_for, planned_nlist,
+                              sample_index, train_rows, train_sample_size)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def train(index) -> None:
         raise ValueError(f"training needs at least {MIN_TRAIN_ROWS} vectors, the index holds {n}")
     t0 = time.perf_counter()
     enc = parts.encoder
-    sample = enc.dequantize(parts.vectors[sample_index(n, TRAIN_SAMPLE, cfg.seed)])
+    sample = enc.dequantize(parts.vectors[sample_index(n, train_rows(planned_nlist(n, cfg)), cfg.seed)])
     if enc.projects:
         enc.fit_projection(sample)
         parts.mirror = None  # a new projected space
@@ -197,7 +197,8 @@ def retrain(index, queries, tolerance: float) -> dict:
         if len(live_rows) < MIN_TRAIN_ROWS:
             raise ValueError(f"retraining needs at least {MIN_TRAIN_ROWS} live memories, the index holds "
                              f"{len(live_rows)}")
-        pick = sample_index(len(live_rows), TRAIN_SAMPLE, cfg.seed + 1 + parts.drift.batches)
+        pick = sample_index(len(live_rows), train_rows(planned_nlist(len(live_rows), cfg)),
+                            cfg.seed + 1 + parts.drift.batches)
         sample_codes = np.array(parts.vectors[live_rows[pick]])
         encoder = copy.deepcopy(parts.encoder)
         quant_base = parts.drift.baseline.get("quant")
@@ -248,13 +249,19 @@ def retrain(index, queries, tolerance: float) -> dict:
         if len(gone):
             ann.remove(gone)
         probe = quality.setup(index, queries, 10, 20000)
-        old_found = quality.found(index, probe, 10, cfg.nprobe, cfg.rerank, resident=False)
+        # compared at the same share of the store scanned: a restructure to more lists probes
+        # proportionally more of them
+        tuned = parts.tuned
+        np_old = tuned.probing.nprobe if tuned is not None and tuned.probing is not None else cfg.nprobe
+        rr = tuned.rerank if tuned is not None and tuned.probing is not None else cfg.rerank
+        np_new = max(1, round(np_old * ann.nlist / parts.ann.nlist))
+        old_found = quality.found(index, probe, 10, np_old, rr, resident=False)
         old_encoder, old_ann = parts.encoder, parts.ann
         new_scale = encoder.scale.clone()
         encoder.scale.copy_(old_scale)  # the stored codes are still at the old scales
         parts.encoder, parts.ann = encoder, ann
         try:
-            new_found = quality.found(index, probe, 10, cfg.nprobe, cfg.rerank, resident=False)
+            new_found = quality.found(index, probe, 10, np_new, rr, resident=False)
             encoder.scale.copy_(new_scale)
         except BaseException:
             parts.encoder, parts.ann = old_encoder, old_ann

@@ -49,6 +49,9 @@ class IndexParts:
     drift : DriftMonitor
     calib : (m, dim) float32 or None
         The first rows, kept while the int8 scales calibrate.
+    tuned : Tuned or None
+        The search parameters the tuner chose for ``config.target_recall`` and the table it
+        measured (:mod:`lukhas_gpu.index.tuning`).
     encoder : Encoder
         Built on first access (imports torch) from ``encoder_arrays`` when a store was opened.
     """
@@ -70,6 +73,7 @@ class IndexParts:
         self.probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
         self.drift = DriftMonitor(config.drift_threshold, seed=config.seed)
         self.calib: np.ndarray | None = None
+        self.tuned = None  # the tuner's choice (index.tuning.Tuned), once it has run
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
         self._device = None

@@ -15,7 +15,7 @@ import torch
 from ..util.arrays import as_batch, check_nonzero, tensor_view
 from ..vectors import exact
 
-__all__ = ["setup", "evaluate", "drop_own", "PROBE_CHUNK"]
+__all__ = ["setup", "choose_queries", "references", "concat", "found_in", "evaluate", "drop_own", "PROBE_CHUNK"]
 
 #: Queries per chunk of the recall probe (bounds its temporary score matrices).
 PROBE_CHUNK = 256
@@ -39,6 +39,13 @@ def setup(parts, probe, queries, k: int, max_queries: int, *, dim: int, cosine: 
     :class:`~.probe.Probe`. Queries: the given ones, else the sampled queries of past searches
     (64 or more), else the sampled memories themselves (each excluding itself).
     """
+    chosen = choose_queries(parts, probe, queries, max_queries, dim=dim, cosine=cosine)
+    return references(parts, chosen, k, 0, len(chosen["q"]))
+
+
+def choose_queries(parts, probe, queries, max_queries: int, *, dim: int, cosine: bool) -> dict:
+    """The probe's queries and its sample of originals (see :func:`setup`), copied:
+    ``q``, ``self_ids``, ``source``, ``s_ids``, ``s_vec``."""
     mem = probe.memories
     if len(mem):
         live = (mem.ids >= 0) & (mem.ids < len(parts.vectors)) & ~parts.tombstones.contains(mem.ids)
@@ -63,6 +70,17 @@ def setup(parts, probe, queries, k: int, max_queries: int, *, dim: int, cosine: 
     q = q[:max_queries]
     if self_ids is not None:
         self_ids = self_ids[:max_queries]
+    return {"q": q, "self_ids": self_ids, "source": source, "s_ids": s_ids, "s_vec": s_vec}
+
+
+def references(parts, chosen: dict, k: int, start: int, stop: int) -> dict:
+    """The exact references of queries ``start:stop`` of ``chosen`` (from :func:`choose_queries`):
+    their exact int8 top-k over the whole store, and per query the sampled true neighbours and
+    how many the int8 rows keep. Callers may run it in slices and :func:`concat` them."""
+    enc = parts.encoder
+    q = chosen["q"][start:stop]
+    self_ids = chosen["self_ids"][start:stop] if chosen["self_ids"] is not None else None
+    s_ids, s_vec = chosen["s_ids"], chosen["s_vec"]
     kk = k + 1 if self_ids is not None else k
     codes = parts.vectors.array
     s_codes = tensor_view(codes[s_ids])
@@ -91,7 +109,26 @@ def setup(parts, probe, queries, k: int, max_queries: int, *, dim: int, cosine: 
         true[c0: c0 + len(t)] = t.sum(1)
         kept[c0: c0 + len(t)] = (t & s8).sum(1)
     return {"q": q, "self_ids": self_ids, "exact_ids": exact_ids, "exact_n": (exact_ids >= 0).sum(1),
-            "true": true, "kept": kept, "source": source, "sample": len(s_ids)}
+            "true": true, "kept": kept, "source": chosen["source"], "sample": len(s_ids)}
+
+
+def concat(pieces: list[dict]) -> dict:
+    """One setup from the slices :func:`references` gave, in order."""
+    out = dict(pieces[0])
+    for key in ("q", "exact_ids", "exact_n", "true", "kept"):
+        out[key] = np.concatenate([p[key] for p in pieces])
+    if out["self_ids"] is not None:
+        out["self_ids"] = np.concatenate([p["self_ids"] for p in pieces])
+    return out
+
+
+def found_in(probe: dict, ids: np.ndarray, k: int) -> np.ndarray:
+    """Per probe query, how many of its exact top-k are among ``ids`` ((nq, kk) numpy, the
+    results of a search for ``k + 1`` when the queries are stored memories)."""
+    if probe["self_ids"] is not None:  # drop the query's own row, keep k others
+        ids = drop_own(ids, probe["self_ids"])[0][:, :k]
+    e = probe["exact_ids"]
+    return ((e[:, :, None] == ids[:, None, :]) & (e[:, :, None] >= 0)).any(2).sum(1)
 
 
 def evaluate(probe: dict, k: int, search) -> np.ndarray:

@@ -16,10 +16,11 @@ from pyroaring import BitMap
 from ..util.arrays import tensor_view
 from ..util.device import faiss_module
 from ..vectors import exact
+from . import probing as probing_
 from .planner import plan_filtered
 from .ranking import Rank
 
-__all__ = ["Search", "similar", "ranked", "resident_search", "topk_unique", "RANK_EXTRA_MAX"]
+__all__ = ["Search", "similar", "ann_candidates", "ranked", "resident_search", "topk_unique", "RANK_EXTRA_MAX"]
 
 #: Rows a memory-aware search may add to its candidates because recency/importance could lift
 #: them into the top-k (the highest priors first).
@@ -30,13 +31,17 @@ RANK_EXTRA_MAX = 65536
 class Search:
     """One search's parameters: ``k``, ``nprobe``, ``rerank`` (candidates per result from the
     IVF), ``exact_max`` (``config.filter_exact_max``), ``cosine`` (clip similarities at 1: int8
-    rounding can give 1.0009 for a stored vector queried with itself)."""
+    rounding can give 1.0009 for a stored vector queried with itself), ``probing`` (adaptive
+    probing of unfiltered IVF searches, see :mod:`.probing`; None: ``nprobe`` lists each),
+    ``exact`` (an exact int8 scan even when trained: what the tuner picks when it is cheapest)."""
 
     k: int
     nprobe: int
     rerank: int
     exact_max: int
     cosine: bool = True
+    probing: probing_.Probing | None = None
+    exact: bool = False
 
     def with_k(self, k: int) -> "Search":
         return dataclasses.replace(self, k=k)
@@ -68,7 +73,7 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
     qw = enc.query_weights(q)
     k = s.k
     if allowed is None:
-        if ann is None:
+        if ann is None or s.exact:
             # int8 x int8 scan for candidates (2.2x the float GEMM's speed, 50x for single
             # queries), then the float query re-scores them: exact top-k of the int8 vectors
             # unless the query's own rounding pushed a true neighbour below rank 2k + 16
@@ -78,7 +83,7 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
             return _clip(sc, s), ids, None
         qp = enc.project(q).cpu().numpy()
         kc = min(max(k * s.rerank, k), max(_n_live(parts), 1))
-        _, cand = ann.search(qp, kc, nprobe=s.nprobe)
+        cand = ann_candidates(ann, qp, kc, s)
         sc, ids = exact.rerank(qw, codes, cand, k)
         return _clip(sc, s), ids, None
     plan = plan_filtered(allowed, n_live=_n_live(parts), trained=ann is not None, exact_max=s.exact_max,
@@ -98,6 +103,18 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
     del selector, packed
     sc, ids = exact.rerank(qw, codes, cand, k)
     return _clip(sc, s), ids, plan
+
+
+def ann_candidates(ann, qp: np.ndarray, kc: int, s: Search) -> np.ndarray:
+    """``kc`` IVF candidates per projected query (int64 (nq, kc), -1 padded): ``s.nprobe`` lists
+    each, or per query under adaptive ``s.probing``."""
+    p = s.probing
+    if p is None or not p.adaptive:
+        return ann.search(qp, kc, nprobe=s.nprobe if p is None else p.nprobe)[1]
+    scores, lists = ann.coarse_search(qp, max(p.nprobe, probing_.COARSE_MIN))
+    counts = probing_.probe_counts(scores, p)
+    masked = probing_.mask_lists(lists, counts)
+    return ann.search_lists(qp, kc, masked, scores[:, :masked.shape[1]])[1]
 
 
 def resident_search(parts, mirror, q: torch.Tensor, s: Search, rows: np.ndarray | None):
@@ -178,7 +195,7 @@ def _fused_scan(parts, q: torch.Tensor, rows: np.ndarray, prior: torch.Tensor, a
     for s0 in range(0, len(rows), step):
         ids = rows_t[s0: s0 + step]
         if res is not None:
-            block = table.index_select(0, ids)
+            block = exact.gather_rows(table, ids)
         else:
             block = tensor_view(table[rows[s0: s0 + step]]).to(qw.device)
         sim = exact.float_kernel(qw, block)

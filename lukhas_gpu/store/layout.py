@@ -67,11 +67,12 @@ CALIBRATION = "calibration.npz"
 PROBE = "probe.npz"
 DRIFT = "drift.npz"
 ANN = "ann.faiss"
+TUNING = "tuning.npz"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
-                    PROBE: "probe", DRIFT: "drift_monitor", MANIFEST: "manifest"}
+                    PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest"}
 #: Files every generation has (the others depend on the index's phase).
 REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().

@@ -15,7 +15,7 @@ from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_
 
 __all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS",
            "HNSW_COARSE_FROM", "TWO_LEVEL_FROM", "auto_nlist", "auto_pq_m", "train_sample_size",
-           "planned_nlist", "train_at", "coarse_for", "vector_capacity", "sample_index"]
+           "planned_nlist", "train_rows", "train_at", "coarse_for", "vector_capacity", "sample_index"]
 
 #: Projected dimension at most (the ANN codes and the device mirror live in this space).
 MAX_DIM_OUT = 512
@@ -25,7 +25,7 @@ FIT_SAMPLE = 100_000
 #: are kept as float32 until then; see ``index.training.calibrate``).
 CALIBRATION_ROWS = 1024
 #: Rows sampled from the store to fit the projection and train the IVF (k-means takes
-#: ``train_sample_size(nlist)`` of them).
+#: ``train_sample_size(nlist)`` of them); more when the lists need more (:func:`train_rows`).
 TRAIN_SAMPLE = 262_144
 #: The vector store's first capacity (rows); it doubles from there.
 VECTOR_MIN_ROWS = 4096
@@ -52,6 +52,12 @@ def planned_nlist(n: int, cfg) -> int:
     """Lists of an IVF trained when the store holds ``n`` rows: ``cfg.nlist``, else sized for
     ``max(n, cfg.capacity)`` (a batch job that passes its size gets the IVF of the whole set)."""
     return cfg.nlist or auto_nlist(max(n, cfg.capacity or 0))
+
+
+def train_rows(nlist: int) -> int:
+    """Rows sampled from the store to train an IVF of ``nlist`` lists: ``TRAIN_SAMPLE``, or what
+    k-means needs (``train_sample_size``) when that is more."""
+    return max(TRAIN_SAMPLE, train_sample_size(nlist))
 
 
 def train_at(cfg) -> int:

@@ -1,0 +1,552 @@
+"""Recall you can trust: the index chooses its own search parameters to hold a recall target.
+
+:func:`tune` measures, on the recall probe's queries (the queries the index was asked, else its
+sampled memories, or queries the caller gives), the estimated recall@k (the probe's estimator:
+IVF recall of the exact int8 top-k times the int8 stage's recall of the float top-k, with its
+interval) of every search it could run:
+
+* fixed probing, ``nprobe`` in :data:`NPROBES` (up to the list count), ascending, stopping once
+  the smallest rerank depth already meets the target (a larger ``nprobe`` only costs more);
+* adaptive probing (:mod:`lukhas_gpu.query.probing`), its predictor fitted on the same queries'
+  exact neighbours, at each scale of :data:`SCALES`;
+* each with every rerank depth of :data:`RERANKS` (one IVF search per probing at the deepest
+  rerank; shallower ones are prefixes of its candidate list, which the IVF returns in score order);
+* the exact int8 scan (what small stores should do).
+
+A cost model ``a * codes scanned + b * candidates + c`` (seconds per query, fitted on timed runs
+of the same queries) ranks them; the cheapest whose interval's low end meets the target (raised
+by :data:`MEMORY_MARGIN` when only memories stand in for queries: memories as queries
+overestimate recall) is timed against the cheapest of the other kind, and the faster kept. The
+whole table is kept, so ``search(..., target_recall=x)`` is a lookup.
+
+Runs hold the index's lock one step at a time (a slice of the exact references, one probing's
+searches, one timing), so searches go on between them. :func:`maybe_retune` starts a background
+run when the target is set and the index has grown by :data:`GROWTH`, was retrained, or has seen
+twice as many queries as at the last run; when the index outgrows its lists (the planned list
+count doubled) it first retrains with the lists its size calls for.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from ..monitor.probe import recall_estimate
+from ..query import probing
+from ..util.checks import check_k
+from ..vectors.policy import MIN_TRAIN_ROWS, planned_nlist
+from .locking import locked
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Tuned", "TuningMixin", "tune", "search_params", "maybe_retune", "NPROBES", "RERANKS", "SCALES",
+           "MEMORY_MARGIN", "GROWTH", "TUNE_QUERIES"]
+
+NPROBES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+RERANKS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+SCALES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+#: Added to the target when the probe's queries are the sampled memories (each excluding itself):
+#: on MiniLM/WordNet, memories as queries read 0.05 above real queries at the same parameters.
+MEMORY_MARGIN = 0.03
+#: Retune once the live count has grown by this factor since the last run.
+GROWTH = 2.0
+#: Queries a run measures at most (the cost of a run is one exact scan of the store per query).
+TUNE_QUERIES = 2000
+#: After a failed background run, the next one waits this long.
+RETRY_SECONDS = 300
+#: Queries a timing run searches (one batch, as a batched caller would).
+TIME_QUERIES = 512
+#: Queries per locked step of the exact references.
+STEP_QUERIES = 256
+_KINDS = ("fixed", "adaptive", "exact")
+_COLUMNS = ("kind", "param", "rerank", "recall", "ci_low", "ci_high", "codes", "kc", "probes", "cap", "nmin")
+
+
+@dataclasses.dataclass
+class Tuned:
+    """A tuning run's choice and the table it chose from (persisted with the store)."""
+
+    target: float
+    k: int
+    kind: str  # "fixed", "adaptive" or "exact"
+    probing: probing.Probing | None
+    rerank: int
+    recall: float
+    ci: tuple
+    met: bool
+    source: str
+    queries: int
+    qps: float
+    count: int
+    nlist: int
+    queries_seen: int
+    table: dict  # columns: kind (index into _KINDS), param, rerank, recall, ci_low, cost, probes
+    weights: tuple | None = None
+    seconds: float = 0.0
+
+    def lookup(self, target: float) -> tuple[str, probing.Probing | None, int]:
+        """The cheapest row of the table whose interval's low end meets ``target`` (else the
+        row of the best recall): ``(kind, probing, rerank)``."""
+        t = self.table
+        ok = t["ci_low"] >= target
+        if ok.any():
+            i = int(np.flatnonzero(ok)[np.argmin(t["cost"][ok])])
+        else:
+            i = int(np.argmax(t["recall"]))
+        return self._row(i)
+
+    def _row(self, i: int) -> tuple[str, probing.Probing | None, int]:
+        t = self.table
+        kind = _KINDS[int(t["kind"][i])]
+        if kind == "fixed":
+            p = probing.Probing(int(t["param"][i]))
+        elif kind == "adaptive":
+            p = probing.Probing(int(t["cap"][i]), self.weights, float(t["param"][i]), int(t["nmin"][i]))
+        else:
+            p = None
+        return kind, p, int(t["rerank"][i])
+
+    def report(self) -> dict:
+        out = {"target": self.target, "k": self.k, "kind": self.kind, "rerank": self.rerank,
+               "probing": self.probing.to_dict() if self.probing is not None else None,
+               "recall": self.recall, "ci": list(self.ci), "met": self.met, "source": self.source,
+               "queries": self.queries, "expected_qps": self.qps, "count": self.count, "nlist": self.nlist,
+               "seconds": self.seconds}
+        if self.probing is not None:
+            out["nprobe"] = self.probing.nprobe
+        return out
+
+    def tried(self) -> list[dict]:
+        t = self.table
+        return [{"kind": _KINDS[int(t["kind"][i])], "param": float(t["param"][i]), "rerank": int(t["rerank"][i]),
+                 "recall": float(t["recall"][i]), "ci_low": float(t["ci_low"][i]),
+                 "qps": 1.0 / float(t["cost"][i]) if t["cost"][i] > 0 else None,
+                 "probes": float(t["probes"][i])} for i in range(len(t["kind"]))]
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        head = {"target": self.target, "k": self.k, "kind": _KINDS.index(self.kind), "rerank": self.rerank,
+                "recall": self.recall, "ci_lo": self.ci[0], "ci_hi": self.ci[1], "met": int(self.met),
+                "queries": self.queries, "qps": self.qps, "count": self.count, "nlist": self.nlist,
+                "queries_seen": self.queries_seen, "seconds": self.seconds}
+        out = {"head_" + k: np.array([v], dtype=np.float64) for k, v in head.items()}
+        out["source"] = np.frombuffer(self.source.encode(), dtype=np.uint8)
+        out["weights"] = np.asarray(self.weights if self.weights is not None else [], dtype=np.float64)
+        p = self.probing.to_dict() if self.probing is not None else {"nprobe": 0, "adaptive": False}
+        out["probing"] = np.array([p["nprobe"], p.get("scale", 1.0), p.get("nprobe_min", 1),
+                                   float(p["adaptive"])], dtype=np.float64)
+        for k, v in self.table.items():
+            out["table_" + k] = np.asarray(v, dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict) -> "Tuned":
+        h = {k[5:]: float(np.asarray(v).ravel()[0]) for k, v in a.items() if k.startswith("head_")}
+        kind = _KINDS[int(h["kind"])]
+        w = tuple(float(x) for x in np.asarray(a["weights"]).ravel()) or None
+        pr = np.asarray(a["probing"], dtype=np.float64).ravel()
+        if kind == "exact":
+            p = None
+        elif pr[3]:
+            p = probing.Probing.from_dict({"nprobe": pr[0], "adaptive": True, "weights": w, "scale": pr[1],
+                                           "nprobe_min": pr[2]})
+        else:
+            p = probing.Probing(int(pr[0]))
+        table = {k[6:]: np.asarray(v, dtype=np.float64) for k, v in a.items() if k.startswith("table_")}
+        if len({len(v) for v in table.values()}) > 1 or set(table) != {*_COLUMNS, "cost"}:
+            raise ValueError("the tuning table's columns disagree")
+        return cls(target=h["target"], k=int(h["k"]), kind=kind, probing=p, rerank=int(h["rerank"]),
+                   recall=h["recall"], ci=(h["ci_lo"], h["ci_hi"]), met=bool(h["met"]),
+                   source=bytes(np.asarray(a["source"], dtype=np.uint8)).decode(), queries=int(h["queries"]),
+                   qps=h["qps"], count=int(h["count"]), nlist=int(h["nlist"]), queries_seen=int(h["queries_seen"]),
+                   table=table, weights=w, seconds=h["seconds"])
+
+
+def check_target(target) -> float:
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
+        raise ValueError(f"target_recall must be a number in (0, 1), got {target!r}")
+    return float(target)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0.95,
+         max_queries: int = TUNE_QUERIES, cancellable: bool = False) -> Tuned:
+    """Measure, choose, store the choice in ``index.parts.tuned`` and return it (see the module)."""
+    from ..monitor import recall  # torch, on first use
+    t0 = time.perf_counter()
+    cfg, lock = index.config, index.lock
+    target = check_target(target if target is not None else (cfg.target_recall or 0.95))
+    k = check_k(k)
+    with lock:
+        if cfg.probe_size == 0:
+            raise ValueError("tuning needs the recall probe (config.probe_size > 0)")
+        parts = index.parts
+        chosen = recall.choose_queries(parts, parts.probe, queries, max_queries, dim=index.dim,
+                                       cosine=cfg.metric == "cosine")
+        count, seen, ann = parts.live, parts.probe.queries.seen, parts.ann
+    nq = len(chosen["q"])
+    pieces = []
+    for a in range(0, nq, STEP_QUERIES):  # the exact references, one locked slice at a time
+        _checkpoint_cancel(index, cancellable)
+        with lock:
+            pieces.append(recall.references(index.parts, chosen, k, a, min(nq, a + STEP_QUERIES)))
+    ref = recall.concat(pieces)
+    eff = min(target + (MEMORY_MARGIN if ref["source"] == "memories" else 0.0), 0.9999)
+    kk = k + 1 if ref["self_ids"] is not None else k
+
+    def estimate(found):
+        return recall_estimate(found, ref["exact_n"], ref["kept"], ref["true"], confidence)
+
+    rows: list[tuple] = []  # kind, param, rerank, recall, ci_low, ci_high, codes, kc, probes, cap, nmin
+    e = estimate(ref["exact_n"])
+    rows.append((2, 0.0, 0, e["recall"] or 0.0, e["ci"][0] or 0.0, e["ci"][1] or 0.0, -1.0, 0, 0.0, 0, 0))
+    weights = None
+    if ann is not None and ann is index.parts.ann:
+        weights = _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable)
+    table = {name: np.array([r[i] for r in rows], dtype=np.float64) for i, name in
+             enumerate(_COLUMNS)}
+    table["cost"] = _costs(index, ann, ref, table, k, weights)
+    tuned = Tuned(target=target, k=k, kind="exact", probing=None, rerank=0, recall=0.0, ci=(0.0, 0.0), met=False,
+                  source=ref["source"], queries=nq, qps=0.0, count=count, nlist=ann.nlist if ann is not None else 0,
+                  queries_seen=seen, table=table, weights=weights)
+    kind, p, rr = tuned.lookup(eff)
+    i = _row_of(table, kind, p, rr)
+    tuned.kind, tuned.probing, tuned.rerank = kind, p, rr
+    tuned.recall, tuned.ci = float(table["recall"][i]), (float(table["ci_low"][i]), float(table["ci_high"][i]))
+    tuned.met = bool(table["ci_low"][i] >= eff)
+    tuned.qps = 1.0 / float(table["cost"][i]) if table["cost"][i] > 0 else 0.0
+    tuned.seconds = time.perf_counter() - t0
+    with lock:
+        index.parts.tuned = tuned
+    (log.info if tuned.met else log.warning)(
+        "tuned for recall@%d >= %.3f (%s queries): %s, rerank %d: estimated %.3f [%.3f, %.3f], ~%.0f QPS%s",
+        k, target, ref["source"], _describe(kind, p), rr, tuned.recall, tuned.ci[0], tuned.ci[1], tuned.qps,
+        "" if tuned.met else " -- the target is NOT met by any setting tried")
+    return tuned
+
+
+def _describe(kind, p) -> str:
+    if kind == "exact":
+        return "exact int8 scan"
+    if kind == "fixed":
+        return f"nprobe {p.nprobe}"
+    return f"adaptive probing (scale {p.scale:g}, {p.nprobe_min}..{p.nprobe} lists)"
+
+
+def _row_of(table, kind, p, rr) -> int:
+    kinds = table["kind"].astype(int)
+    if kind == "exact":
+        return int(np.flatnonzero(kinds == 2)[0])
+    param = p.nprobe if kind == "fixed" else p.scale
+    hit = (kinds == _KINDS.index(kind)) & (table["param"] == param) & (table["rerank"] == rr)
+    return int(np.flatnonzero(hit)[0])
+
+
+def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tuple | None:
+    """Fill ``rows`` with every fixed and adaptive probing x rerank depth; returns the adaptive
+    predictor's weights (None if it could not be fitted)."""
+    import torch
+
+    from ..monitor import recall
+    from ..query import executor
+    lock = index.lock
+    n_live = max(index.parts.live, 1)
+    r_max = max(r for r in RERANKS if k * r <= max(n_live, k)) if n_live > k else 1
+    reranks = [r for r in RERANKS if r <= r_max]
+    kc_max = k * r_max if n_live > k else kk
+    q = np.ascontiguousarray(ref["q"], dtype=np.float32)
+    with lock:
+        enc = index.parts.encoder
+        qt = torch.from_numpy(q)
+        qp = enc.project(qt).cpu().numpy()
+        qw = enc.query_weights(qt)
+        sizes = ann.list_sizes()
+    cap = min(ann.nlist, NPROBES[-1])
+    with lock:
+        c_scores, c_lists = ann.coarse_search(qp, max(cap, probing.COARSE_MIN))
+    cum = np.concatenate([np.zeros((len(q), 1)), np.cumsum(sizes[np.maximum(c_lists, 0)], axis=1)], axis=1)
+
+    qw_np = qw.cpu().numpy()
+
+    def add_rows(kind, param, cand, counts, pcap=0, nmin=0):
+        codes = float(cum[np.arange(len(q)), np.minimum(counts, cum.shape[1] - 1)].mean())
+        with lock:  # exact scores of every candidate once; each rerank depth is a prefix
+            scores = _candidate_scores(qw_np, index.parts.vectors.array, cand)
+        for r in reranks:
+            kc = max(kk, min(k * r, cand.shape[1]))
+            e = estimate(recall.found_in(ref, _top(scores[:, :kc], cand[:, :kc], kk), k))
+            rows.append((kind, float(param), r, e["recall"] or 0.0, e["ci"][0] or 0.0, e["ci"][1] or 0.0, codes,
+                         kc, float(counts.mean()), pcap, nmin))
+            if r == reranks[0] and (e["ci"][0] or 0.0) >= eff:
+                return True  # deeper reranks only cost more
+        return False
+
+    s_base = executor.Search(k=kc_max, nprobe=1, rerank=1, exact_max=0)
+    for nprobe in [n for n in NPROBES if n < ann.nlist] + ([ann.nlist] if ann.nlist <= cap else []):
+        _checkpoint_cancel(index, cancellable)
+        with lock:
+            cand = executor.ann_candidates(ann, qp, kc_max, dataclasses.replace(s_base, nprobe=nprobe))
+        if add_rows(0, nprobe, cand, np.full(len(q), nprobe)):
+            break
+    weights = None
+    if ann.nlist >= 2 * probing.COARSE_MIN:  # adaptive probing needs lists to choose from
+        with lock:
+            nb = ref["exact_ids"]
+            rows_nb = np.maximum(nb, 0).ravel()
+            xn = enc.project(enc.dequantize(index.parts.vectors[rows_nb])).cpu().numpy()
+            nb_lists = np.where(nb >= 0, ann.assign(xn).reshape(nb.shape), -1)
+        ranks = probing.needed_ranks(c_lists, nb_lists)
+        try:
+            weights = probing.fit(c_scores, ranks)
+        except ValueError as e:
+            log.info("adaptive probing not fitted: %s", e)
+        if weights is not None:
+            nmin = 4
+            for scale in SCALES:
+                _checkpoint_cancel(index, cancellable)
+                p = probing.Probing(cap, weights, scale, nmin)
+                counts = probing.probe_counts(c_scores, p)
+                masked = probing.mask_lists(c_lists, counts)
+                with lock:
+                    cand = ann.search_lists(qp, kc_max, masked, c_scores[:, :masked.shape[1]])[1]
+                if add_rows(1, scale, cand, counts, cap, nmin):
+                    break
+    return weights
+
+
+def _candidate_scores(qw: np.ndarray, codes, cand: np.ndarray) -> np.ndarray:
+    """Exact scores of the int8 rows of ``cand`` (nq, kc) for queries ``qw`` (nq, dim): float32,
+    -inf where a candidate is missing (-1)."""
+    out = np.empty(cand.shape, dtype=np.float32)
+    for a in range(0, len(cand), 128):
+        c = cand[a: a + 128]
+        rows = np.take(codes, np.maximum(c, 0).ravel(), axis=0).reshape(c.shape[0], c.shape[1], -1)
+        s = np.matmul(rows.astype(np.float32), qw[a: a + 128, :, None])[:, :, 0]
+        s[c < 0] = -np.inf
+        out[a: a + 128] = s
+    return out
+
+
+def _top(scores: np.ndarray, cand: np.ndarray, kk: int) -> np.ndarray:
+    """The ``kk`` best candidates of each row, best first (what the exact rerank returns)."""
+    kk = min(kk, scores.shape[1])
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    pick = np.take_along_axis(part, order, 1)
+    ids = np.take_along_axis(cand, pick, 1)
+    return np.where(np.isfinite(np.take_along_axis(scores, pick, 1)), ids, -1)
+
+
+def _timed(fn, repeat: int = 5) -> float:
+    """The fastest of ``repeat`` runs: what the work costs, with other processes' interference
+    (which only ever adds time) left out as far as possible."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _costs(index, ann, ref, table, k, weights) -> np.ndarray:
+    """Seconds per query of every row: the exact scan timed; the IVF rows from a model
+    ``a * codes + b * candidates + c`` fitted on timed runs (plus the adaptive coarse overhead)."""
+    import torch
+
+    from ..query import executor
+    lock = index.lock
+    q = torch.from_numpy(np.ascontiguousarray(ref["q"][:TIME_QUERIES], dtype=np.float32))
+    nq = q.shape[0]
+    cost = np.zeros(len(table["kind"]))
+    kinds = table["kind"].astype(int)
+
+    def run(kind, nprobe=1, kc=k, p=None):
+        s = executor.Search(k=k, nprobe=nprobe, rerank=max(1, kc // k), exact_max=0,
+                            probing=p, exact=kind == 2)
+        with lock:
+            executor.similar(index.parts, q, s, None)
+
+    cost[kinds == 2] = _timed(lambda: run(2)) / nq
+    if ann is None or not (kinds < 2).any():
+        return cost
+    fixed = kinds == 0
+    grid = sorted({int(v) for v in table["param"][fixed]})
+    n_lo, n_hi = grid[0], grid[-1]
+    r_lo, r_hi = 1, int(table["rerank"].max())
+    pts = [(n_lo, r_lo), (n_hi, r_lo), (n_lo, r_hi), (n_hi, r_hi)]
+    x, y = [], []
+    for n, r in pts:
+        row = np.flatnonzero(fixed & (table["param"] == n))
+        if not len(row):
+            continue
+        codes = table["codes"][row[0]]
+        x.append([codes, k * r, 1.0])
+        y.append(_timed(lambda: run(0, n, k * r)) / nq)
+    coef, *_ = np.linalg.lstsq(np.array(x), np.array(y), rcond=None)
+    coef = np.maximum(coef, 0.0)
+    ivf = kinds < 2
+    cost[ivf] = table["codes"][ivf] * coef[0] + table["kc"][ivf] * coef[1] + coef[2]
+    ad = kinds == 1
+    if ad.any() and weights is not None:  # the wider coarse search and the predictor, measured once
+        i = int(np.flatnonzero(ad)[len(np.flatnonzero(ad)) // 2])
+        p = probing.Probing(int(table["cap"][i]), weights, float(table["param"][i]), int(table["nmin"][i]))
+        t = _timed(lambda: run(1, kc=int(table["kc"][i]), p=p)) / nq
+        cost[ad] += max(0.0, t - cost[i])
+    return np.maximum(cost, 1e-9)
+
+
+# -- choosing a search's parameters -----------------------------------------------------------------
+def search_params(index, nprobe, rerank, target_recall) -> dict:
+    """``nprobe``/``rerank``/``probing``/``exact`` of one search: explicit arguments win; else the
+    tuned choice for ``target_recall`` (per call) or ``config.target_recall``; else the config's."""
+    cfg = index.config
+    tuned = index.parts.tuned
+    target = check_target(target_recall) if target_recall is not None else cfg.target_recall
+    if nprobe is not None or rerank is not None or target is None or tuned is None \
+            or index.parts.ann is None or tuned.nlist != index.parts.ann.nlist:
+        if target_recall is not None and (tuned is None or index.parts.ann is None):
+            log.debug("target_recall=%s: the index is not tuned yet; searching with the config's parameters",
+                      target_recall)
+        return {"nprobe": cfg.nprobe if nprobe is None else nprobe, "rerank": cfg.rerank if rerank is None else rerank,
+                "probing": None, "exact": False}
+    if target == tuned.target:
+        kind, p, rr = tuned.kind, tuned.probing, tuned.rerank
+    else:
+        kind, p, rr = tuned.lookup(target)
+    if kind == "exact":
+        return {"nprobe": cfg.nprobe, "rerank": cfg.rerank, "probing": None, "exact": True}
+    return {"nprobe": p.nprobe, "rerank": rr, "probing": p if p.adaptive else None, "exact": False}
+
+
+# -- automatic runs ---------------------------------------------------------------------------------
+def _due(index) -> str | None:
+    parts, cfg = index.parts, index.config
+    ann, tuned = parts.ann, parts.tuned
+    if ann is None or cfg.target_recall is None or not cfg.auto_tune or cfg.probe_size == 0:
+        return None
+    live = parts.live
+    if index.mode != "r" and planned_nlist(live, cfg) >= 2 * ann.nlist and live >= MIN_TRAIN_ROWS:
+        return "restructure"
+    if tuned is None:
+        return "first"
+    if tuned.nlist != ann.nlist:
+        return "retrained"
+    if live >= GROWTH * max(tuned.count, 1):
+        return "grown"
+    seen = parts.probe.queries.seen
+    if tuned.source == "memories" and len(parts.probe.queries) >= 64 \
+            or seen >= 2 * max(tuned.queries_seen, 512):
+        return "queries"
+    return None
+
+
+_RUNNING: "weakref.WeakSet" = weakref.WeakSet()
+
+
+class Cancelled(Exception):
+    """A background run was asked to stop (the process is exiting or the index closing)."""
+
+
+def _checkpoint_cancel(index, cancellable: bool) -> None:
+    if cancellable and getattr(index, "_tuning_cancel", False):
+        raise Cancelled()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, stop background runs at their next step and wait for them (FAISS threads still
+    running while the interpreter tears down abort the process)."""
+    for index in list(_RUNNING):
+        index._tuning_cancel = True
+    for index in list(_RUNNING):
+        wait(index, timeout=60)
+
+
+def maybe_retune(index) -> None:
+    """Start a background run when one is due (called after adds and searches; cheap when not)."""
+    job = getattr(index, "_tuning_job", None)
+    if job is not None and job.is_alive() or time.monotonic() < getattr(index, "_tuning_retry_at", 0.0):
+        return
+    why = _due(index)
+    if why is None:
+        return
+
+    def run():
+        try:
+            if why == "restructure":
+                from . import lifecycle
+                rep = lifecycle.retrain(index, None, 0.0)
+                log.info("restructured for %d memories: IVF%d (%s)", rep["rows"], rep["nlist"],
+                         "kept" if rep["accepted"] else "discarded")
+            tune(index, cancellable=True)
+        except Cancelled:
+            log.info("background tuning (%s) stopped", why)
+        except Exception:  # a background run must not take the process down
+            index._tuning_retry_at = time.monotonic() + RETRY_SECONDS
+            log.exception("background tuning (%s) failed; not retried for %d s", why, RETRY_SECONDS)
+
+        finally:
+            _RUNNING.discard(index)
+
+    log.info("background tuning started (%s)", why)
+    index._tuning_cancel = False
+    index._tuning_job = threading.Thread(target=run, name="lukhas-gpu-tune", daemon=True)
+    _RUNNING.add(index)
+    index._tuning_job.start()
+
+
+def wait(index, timeout: float | None = None, *, cancel: bool = False) -> None:
+    """Wait for a background run (``close()`` does, asking it to stop at its next step)."""
+    if cancel:
+        index._tuning_cancel = True
+    job = getattr(index, "_tuning_job", None)
+    if job is not None and job.is_alive() and job is not threading.current_thread():
+        job.join(timeout)
+
+
+class TuningMixin:
+    """``MemoryIndex.tune()`` and friends (see :mod:`lukhas_gpu.index.tuning`)."""
+
+    def tune(self, target_recall: float | None = None, queries=None, *, k: int = 10,
+             max_queries: int = TUNE_QUERIES) -> dict:
+        """Choose the search parameters that hold ``target_recall`` at the least cost, now.
+
+        Parameters
+        ----------
+        target_recall : float, optional
+            Default ``config.target_recall`` (0.95 if unset).
+        queries : (nq, dim) float array, optional
+            Queries like the ones the index will serve. Default: the sampled queries of past
+            searches (64 or more), else the sampled memories themselves (then the target is
+            raised by ``MEMORY_MARGIN``: memories as queries overestimate recall).
+        k : int
+            Results per query the target applies to.
+        max_queries : int
+
+        Returns
+        -------
+        dict
+            ``target``, ``kind`` ("fixed", "adaptive" or "exact"), ``nprobe``, ``rerank``,
+            ``probing``, ``recall`` (estimated) and ``ci``, ``met``, ``source``, ``queries``,
+            ``expected_qps`` (one batch of 512 queries on this machine), ``seconds`` and ``tried``
+            (every setting measured: kind, param, rerank, recall, ci_low, qps, probes).
+
+        Later searches without ``nprobe``/``rerank`` use the choice when ``config.target_recall``
+        is set; ``search(..., target_recall=x)`` looks ``x`` up in the table measured here.
+        """
+        if queries is not None:
+            from ..util.arrays import as_batch
+            as_batch(queries, self.dim, "queries")
+        tuned = tune(self, target_recall, queries, k=k, max_queries=max_queries)
+        return {**tuned.report(), "tried": tuned.tried()}
+
+    @locked
+    def tuning(self) -> dict | None:
+        """The current choice (``tune()``'s report without the table), or None before any run."""
+        t = self.parts.tuned
+        return t.report() if t is not None else None
