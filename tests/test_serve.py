@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import pathlib
 import shutil
 import signal
 import socket
@@ -25,7 +24,6 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
-import lukhas_gpu  # noqa: E402
 from lukhas_gpu import Filter, MemoryIndex, Rank  # noqa: E402
 from lukhas_gpu.client import BadRequest, Client, Overloaded, Unauthorized  # noqa: E402
 from serve_helpers import env, server  # noqa: E402

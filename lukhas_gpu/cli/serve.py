@@ -48,7 +48,7 @@ def cmd_serve(args) -> int:
     from lukhas_gpu.ingest.errors import MissingExtra
 
     try:
-        import fastapi  # noqa: F401
+        import fastapi  # noqa: F401  (the extra is there)
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:

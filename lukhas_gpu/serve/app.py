@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import logging
-import math
 import time
 
 import numpy as np
@@ -24,31 +22,24 @@ from pydantic import ValidationError
 
 from ..index import MemoryIndex
 from ..store.layout import StoreError
-from . import wire
+from . import errors, wire
+from . import search as search_mod
+from .search import SUPPORTS_TARGET_RECALL
 from .batcher import Batcher, QueueFull
 from .limits import BodyTooLarge, Guard, error_body, read_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .models import (MAX_REQUEST_IDS, MAX_REQUEST_RESULTS, MAX_REQUEST_VECTORS, AddRequest, AddResponse,
-                     DeleteResponse, ErrorResponse, IdsRequest, MemoriesResponse, MemoryOut, SearchParams,
-                     SearchRequest, SearchResponse)
+from .models import (MAX_REQUEST_VECTORS, AddRequest, AddResponse, DeleteResponse, ErrorResponse, IdsRequest,
+                     MemoriesResponse, MemoryOut, SearchRequest, SearchResponse)
 from .options import ServeOptions
 
 log = logging.getLogger(__name__)
 
 __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
-#: Whether this library's ``MemoryIndex.search`` takes ``target_recall``.
-SUPPORTS_TARGET_RECALL = "target_recall" in inspect.signature(MemoryIndex.search).parameters
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
                         "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
                         "/docs"})
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
 
 
 def _json(obj, status: int = 200, headers=None) -> Response:
@@ -193,10 +184,13 @@ def create_app(options: ServeOptions) -> FastAPI:
     app.state.lukhas = st
     _install_errors(app, st)
     _routes(app, st)
-    app.add_middleware(_Timing, metrics=st.metrics)
-    # outermost: refusals from the headers alone (the FastAPI app is the guard's ``.app``)
-    return Guard(app, api_key=options.api_key, max_body=options.max_body_bytes,
-                 reject=lambda reason: st.metrics.rejected.labels(reason).inc())
+    # outermost: refusals from the headers alone; then timing; then searches, which skip FastAPI's
+    # routing and dependency machinery (half of a single-query request's CPU, measured)
+    inner = _Timing(search_mod.SearchPath(app, st), st.metrics)
+    guard = Guard(inner, api_key=options.api_key, max_body=options.max_body_bytes,
+                  reject=lambda reason: st.metrics.rejected.labels(reason).inc())
+    guard.fastapi = app
+    return guard
 
 
 def create_app_from_env():
@@ -232,82 +226,14 @@ class _Timing:
             self.metrics.duration.labels(m, path).observe(time.perf_counter() - t0)
 
 
-def _validation_message(e: ValidationError | RequestValidationError) -> str:
-    parts = []
-    for err in e.errors()[:3]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return "; ".join(parts)
-
-
 def _install_errors(app: FastAPI, st: _State) -> None:
-    @app.exception_handler(ApiError)
-    async def _api(request, e: ApiError):
-        return _error(e.status, str(e), e.headers)
+    async def handler(request, e):
+        status, message, headers = errors.describe(e, st.metrics, st.options)
+        return _error(status, message, headers)
 
-    @app.exception_handler(QueueFull)
-    async def _full(request, e: QueueFull):
-        st.metrics.rejected.labels("queue_full").inc()
-        return _error(429, str(e), {"Retry-After": str(e.retry_after)})
-
-    @app.exception_handler(BodyTooLarge)
-    async def _large(request, e: BodyTooLarge):
-        st.metrics.rejected.labels("too_large").inc()
-        return _error(413, str(e), {"Connection": "close"})
-
-    @app.exception_handler(asyncio.TimeoutError)
-    async def _timeout(request, e):
-        st.metrics.rejected.labels("timeout").inc()
-        return _error(503, f"the search was not answered within {st.options.timeout_s} s (--timeout-s)",
-                      {"Retry-After": "1"})
-
-    @app.exception_handler(ValidationError)
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e):
-        return _error(422, _validation_message(e))
-
-    @app.exception_handler(ValueError)
-    @app.exception_handler(TypeError)
-    async def _value(request, e):
-        return _error(422, str(e))
-
-    @app.exception_handler(StoreError)
-    async def _store(request, e):
-        return _error(409, str(e))
-
-
-def _loads(body: bytes):
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise ApiError(400, f"invalid JSON: {e}") from None
-
-
-def _params(obj) -> SearchParams:
-    if not isinstance(obj, dict):
-        raise ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
-    return SearchParams.model_validate(obj)
-
-
-def _check_search(p: SearchParams, nq: int) -> tuple:
-    if nq * p.k > MAX_REQUEST_RESULTS:
-        raise ApiError(422, f"{nq} vectors x k={p.k} = {nq * p.k:,} results exceed the limit of "
-                            f"{MAX_REQUEST_RESULTS:,} per request; split the vectors")
-    if p.target_recall is not None and not SUPPORTS_TARGET_RECALL:
-        raise ApiError(422, "target_recall is not supported by this server's lukhas_gpu "
-                            "(MemoryIndex.search has no target_recall parameter)")
-    return (p.k, wire.parse_where(p.where), wire.parse_rank(p.rank), p.nprobe, p.rerank, p.target_recall)
-
-
-def _hydrate(index: MemoryIndex, ids: np.ndarray) -> list:
-    flat = ids.reshape(-1)
-    live = np.zeros(len(flat), dtype=bool)
-    ok = flat >= 0
-    live[ok] = index.contains(flat[ok])
-    got = iter(index.contents(flat[live])) if live.any() else iter(())
-    out = [wire.content_to_json(next(got)) if alive else None for alive in live]
-    k = ids.shape[1]
-    return [out[i * k:(i + 1) * k] for i in range(ids.shape[0])]
+    for cls in (errors.ApiError, QueueFull, BodyTooLarge, asyncio.TimeoutError, ValidationError,
+                RequestValidationError, ValueError, TypeError, StoreError):
+        app.add_exception_handler(cls, handler)
 
 
 def _memory(m) -> dict:
@@ -347,43 +273,10 @@ def _routes(app: FastAPI, st: _State) -> None:
               responses={200: {"model": SearchResponse, "description": "JSON, or with Accept: application/"
                                "octet-stream ids (int64) then scores (float32), shape in X-Shape"}, **_ERRORS})
     async def search(request: Request):
-        t0 = time.perf_counter()
+        # served by search.SearchPath before routing; this route documents it (and serves it too)
         body = await read_body(request, o.max_body_bytes)
-        dim = st.index.dim
-        if request.headers.get("content-type", "").split(";")[0].strip() == wire.BINARY:
-            qs = dict(request.query_params)
-            for name in ("where", "rank"):
-                if name in qs:
-                    qs[name] = _loads(qs[name].encode())
-            p = _params(qs)
-            q = wire.vectors_from_bytes(body, request.headers.get(wire.SHAPE_HEADER),
-                                        request.headers.get(wire.DTYPE_HEADER), dim, max_rows=MAX_REQUEST_VECTORS)
-        else:
-            obj = _loads(body)
-            p = _params({key: v for key, v in obj.items() if key != "vectors"} if isinstance(obj, dict) else obj)
-            if "vectors" not in obj:
-                raise ApiError(422, "vectors: required (a list of query vectors)")
-            q = wire.vectors_from_json(obj["vectors"], dim, max_rows=MAX_REQUEST_VECTORS)
-        if st.index.config.metric == "cosine":
-            zero = ~q.any(axis=1)
-            if zero.any():
-                raise ApiError(422, f"vectors[{int(np.flatnonzero(zero)[0])}] is all zeros (no direction under cosine)")
-        key = _check_search(p, len(q))
-        binary_out = wire.BINARY in request.headers.get("accept", "")
-        if binary_out and p.with_content:
-            raise ApiError(422, "with_content needs a JSON answer (drop Accept: application/octet-stream)")
-        if p.target_recall is not None:
-            st.metrics.recall_target.set(p.target_recall)
-        ids, scores = await st.batcher.search(key, q, o.timeout_s)
-        if binary_out:
-            data, shape = wire.results_to_bytes(ids, scores)
-            return Response(data, media_type=wire.BINARY,
-                            headers={"X-Shape": shape, "X-Time": f"{time.perf_counter() - t0:.6f}"})
-        out = {"ids": ids, "scores": scores}
-        if p.with_content:
-            out["contents"] = await st.run(_hydrate, st.index, ids)
-        out["time"] = time.perf_counter() - t0
-        return _json(out)
+        status, media, data, headers = await search_mod.run_search(st, request.headers, request.url.query, body)
+        return Response(data, status_code=status, media_type=media, headers=headers)
 
     @app.post("/v1/memories", summary="add memories (answered once the write-ahead log holds them)",
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -404,7 +297,7 @@ def _routes(app: FastAPI, st: _State) -> None:
 
     def _writable():
         if o.mode != "w":
-            raise ApiError(409, f"this server reads {o.store} (--mode r); writes go to its writer")
+            raise errors.ApiError(409, f"this server reads {o.store} (--mode r); writes go to its writer")
 
     async def _ids_body(request) -> np.ndarray:
         req = IdsRequest.model_validate_json(await read_body(request, o.max_body_bytes))
@@ -413,7 +306,7 @@ def _routes(app: FastAPI, st: _State) -> None:
     async def _known(ids: np.ndarray) -> None:
         live = await st.run(st.index.contains, ids)
         if not live.all():
-            raise ApiError(404, f"no memory with id {int(ids[~live][0])} (never assigned, or deleted)")
+            raise errors.ApiError(404, f"no memory with id {int(ids[~live][0])} (never assigned, or deleted)")
 
     @app.get("/v1/memories/{memory_id}", summary="one memory", responses={200: {"model": MemoryOut}, **_ERRORS})
     async def get_one(memory_id: int):
@@ -451,7 +344,7 @@ def _routes(app: FastAPI, st: _State) -> None:
         _writable()
         ids = await _ids_body(request)
         if len(np.unique(ids)) != len(ids):
-            raise ApiError(422, "ids: an id appears twice")
+            raise errors.ApiError(422, "ids: an id appears twice")
         await _known(ids)
         n = await st.run(st.index.delete, ids)
         return _json({"deleted": n, "time": time.perf_counter() - t0})
@@ -466,7 +359,7 @@ def _routes(app: FastAPI, st: _State) -> None:
     @app.post("/v1/refresh", summary="a reader catches up with the store's writer now", responses=_ERRORS)
     async def refresh():
         if o.mode != "r":
-            raise ApiError(409, "refresh follows a store read with --mode r; this server is its writer")
+            raise errors.ApiError(409, "refresh follows a store read with --mode r; this server is its writer")
         return _json(await st.run(st.refresh))
 
     @app.get("/v1/stats", summary="MemoryIndex.stats(): counts, phase, bytes by place and component",
