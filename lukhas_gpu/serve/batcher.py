@@ -94,11 +94,12 @@ class Batcher:
         self._pending.append(item)
         self.depth += n
         self._wake.set()
+        # a timer rather than wait_for + shield: no task per request (measurable at 1,000 requests/s)
+        timer = loop.call_later(timeout, _expire, item.future)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):  # timed out, or the client left
-            item.future.cancel()  # dropped from the queue if still there; never settled
-            raise
+            return await item.future  # cancelled with its request (the client left): dropped if still queued
+        finally:
+            timer.cancel()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -130,7 +131,7 @@ class Batcher:
         n, key = 0, None
         while self._pending:
             item = self._pending.popleft()
-            if item.future.done():  # timed out
+            if item.future.done():  # timed out or cancelled: dropped
                 self.depth -= len(item.queries)
                 continue
             if key is None:
@@ -174,6 +175,11 @@ class Batcher:
         self._rate = rate if self._rate == 0 else 0.9 * self._rate + 0.1 * rate
         if self._observe is not None:
             self._observe(len(queries), len(batch), seconds)
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():  # dropped from the queue if still there
+        future.set_exception(asyncio.TimeoutError())
 
 
 def _settle(future: asyncio.Future, result=None, *, exc: BaseException | None = None) -> None:

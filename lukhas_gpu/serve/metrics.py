@@ -7,7 +7,6 @@ the connection).
 from __future__ import annotations
 
 import math
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -52,7 +51,16 @@ class Metrics:
         self.refreshes = Counter("reader_refreshes", "refreshes by outcome", ["outcome"], registry=r)
         self.recall.set(math.nan)
         self.recall_target.set(math.nan)
-        self.last_refresh = time.monotonic()
+        self._children: dict[tuple, tuple] = {}
+
+    def observe_response(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        key = (method, endpoint, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost more than the update: once per label set
+            children = self._children[key] = (self.responses.labels(method, endpoint, str(status)),
+                                               self.duration.labels(method, endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, n_queries: int, n_requests: int, seconds: float) -> None:
         self.batch_queries.observe(n_queries)
