@@ -84,7 +84,7 @@ def run_load(url: str, clients: int, seconds: float, qfile: str, procs: int, war
                             repr(start - warmup), repr(start), repr(stop), qfile, str(i * 997)],
                            stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
           for i, c in enumerate(shares)]
-    before = _batch_counters(url, wait_until=start)
+    before = _batch_counters(url, wait_until=start - 0.5)  # during the warm-up, not in the window
     lat, errors = [], {}
     for p in ps:
         out, _ = p.communicate(timeout=seconds + warmup + 120)

@@ -35,6 +35,9 @@ from .options import ServeOptions
 
 log = logging.getLogger(__name__)
 
+#: /metrics reads ``stats()`` (bytes by place, RssAnon) at most this often; counts and lag every time.
+STATS_EVERY_S = 5.0
+
 __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
@@ -74,6 +77,7 @@ class _State:
         self.refresh_error: str | None = None
         self.generation: int | None = None  # the generation a reader shows (from its refreshes)
         self.tasks: list[asyncio.Task] = []
+        self.stats_at: float | None = None  # when /metrics last read stats()
 
     # -- blocking calls (worker threads) -------------------------------------------------------
     def _search(self, key: tuple, queries: np.ndarray):
@@ -261,8 +265,12 @@ def _routes(app: FastAPI, st: _State) -> None:
     @app.get("/metrics", summary="Prometheus text format")
     async def metrics():
         if st.index is not None:
-            stats = await st.run(st.index.stats)
-            st.metrics.update_from_stats(stats, lag=st.lag(), generation=st.generation)
+            now = time.monotonic()
+            if st.stats_at is None or now - st.stats_at > STATS_EVERY_S:  # stats() holds the index ~10 ms
+                st.metrics.update_from_stats(await st.run(st.index.stats), generation=st.generation)
+                st.stats_at = now
+            st.metrics.memories.set(len(st.index))
+            st.metrics.reader_lag.set(st.lag())
         st.metrics.queue_depth.set(st.batcher.depth)
         return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -67,9 +67,8 @@ class Metrics:
         self.batch_requests.observe(n_requests)
         self.batch_seconds.observe(seconds)
 
-    def update_from_stats(self, stats: dict, *, lag: float, generation: int | None) -> None:
+    def update_from_stats(self, stats: dict, *, generation: int | None) -> None:
         """Gauges read from ``MemoryIndex.stats()`` at scrape time."""
-        self.memories.set(stats.get("count", 0))
         memory = stats.get("memory") or {}
         for place in ("anon", "mapped", "gpu", "disk"):
             if f"{place}_bytes" in memory:
@@ -77,7 +76,6 @@ class Metrics:
         rss = (stats.get("process") or {}).get("rss_anon")
         if rss is not None:
             self.rss_anon.set(rss)
-        self.reader_lag.set(lag)
         if generation is not None:
             self.reader_generation.set(generation)
 
