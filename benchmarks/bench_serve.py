@@ -78,7 +78,7 @@ def run_load(url: str, clients: int, seconds: float, qfile: str, procs: int, war
     host, port = url.removeprefix("http://").split(":")
     n_procs = min(clients, procs)
     shares = [clients // n_procs + (1 if i < clients % n_procs else 0) for i in range(n_procs)]
-    start = time.time() + 2.0 + warmup  # processes start, connect and warm up, then all measure together
+    start = time.time() + 3.0 + warmup  # processes start, connect and warm up, then all measure together
     stop = start + seconds
     ps = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_serve", "--client", host, port, str(c),
                             repr(start - warmup), repr(start), repr(stop), qfile, str(i * 997)],
@@ -216,7 +216,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--store", help="store directory (built there if absent; default: a temporary one)")
     ap.add_argument("--clients", default="1,16,64,256")
-    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point")
+    ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (ratios are medians of paired rounds)")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--procs", type=int, default=4, help="client processes at most")
     ap.add_argument("--reps", type=int, default=20, help="requests per body form")
@@ -237,38 +238,71 @@ def main(argv=None) -> dict:
     np.save(qfile, xq[:4096])
     clients = [int(c) for c in args.clients.split(",")]
 
-    lib = in_process(str(store), xq, args.seconds)
-    print(f"in-process: batched {lib['batched']:,.0f} QPS, single {lib['single']:,.0f} QPS", file=sys.stderr)
-    rows, forms = [], {}
-    for label, flags in (("batched (--max-batch 256)", ["--max-batch", "256"]),
-                         ("unbatched (--max-batch 1)", ["--max-batch", "1"])):
-        p, url = start_server(str(store), *flags, threads=args.threads)
-        try:
-            for c in clients:
-                r = run_load(url, c, args.seconds, qfile, args.procs, args.warmup)
-                r["server"] = label
-                rows.append(r)
-                print(json.dumps(r), file=sys.stderr)
-            if label.startswith("batched"):
-                forms = body_forms(url, xq, args.reps)
-        finally:
+    # both servers up for the whole run, loaded in turn point by point (the order alternating),
+    # the library measured at the start of every round: on a shared machine the figures compared
+    # are measured seconds apart, and each ratio is a median over rounds of paired measurements
+    servers = {}
+    runs, forms, libs = [], {}, []
+    try:
+        for label, flags in (("batched (--max-batch 256)", ["--max-batch", "256"]),
+                             ("unbatched (--max-batch 1)", ["--max-batch", "1"])):
+            servers[label] = start_server(str(store), *flags, threads=args.threads)
+        labels = list(servers)
+        for rep in range(args.repeat):
+            libs.append(in_process(str(store), xq, args.seconds))
+            print(f"round {rep}: in-process batched {libs[-1]['batched']:,.0f} QPS, single "
+                  f"{libs[-1]['single']:,.0f} QPS", file=sys.stderr)
+            for i, c in enumerate(clients):
+                for label in (labels if (i + rep) % 2 == 0 else labels[::-1]):
+                    r = run_load(servers[label][1], c, args.seconds, qfile, args.procs, args.warmup)
+                    r.update(server=label, round=rep)
+                    runs.append(r)
+                    print(json.dumps(r), file=sys.stderr)
+        forms = body_forms(servers[labels[0]][1], xq, args.reps)
+    finally:
+        for p, _ in servers.values():
             stop_server(p)
-    by = {(r["server"][:7], r["clients"]): r for r in rows}
+    lib = {key: float(np.median([x[key] for x in libs])) for key in libs[0]}
+    forms["inprocess_256_ms"] = lib["per_256_ms"]
+    rows = []
+    for label in labels:
+        for c in clients:
+            rs = [r for r in runs if r["server"] == label and r["clients"] == c]
+            row = {"server": label, "clients": c}
+            for key in ("qps", "p50_ms", "p99_ms", "p999_ms", "mean_batch"):
+                row[key] = float(np.median([r[key] for r in rs]))
+            row["qps_range"] = f"{min(r['qps'] for r in rs):,.0f}-{max(r['qps'] for r in rs):,.0f}"
+            rows.append(row)
+
+    def paired(c, fn):
+        return [fn(next(r for r in runs if r["round"] == rep and r["clients"] == c and r["server"] == labels[0]),
+                   next(r for r in runs if r["round"] == rep and r["clients"] == c and r["server"] == labels[1]),
+                   libs[rep]) for rep in range(args.repeat)]
+
+    ratios = []
+    for c in clients:
+        bu = paired(c, lambda b, u, lb: b["qps"] / u["qps"])
+        bl = paired(c, lambda b, u, lb: b["qps"] / lb["batched"])
+        ratios.append({"clients": c, "batched/unbatched QPS": float(np.median(bu)),
+                       "range b/u": f"{min(bu):.2f}-{max(bu):.2f}",
+                       "batched server / in-process batched": float(np.median(bl)),
+                       "range s/l": f"{min(bl):.2f}-{max(bl):.2f}",
+                       "unbatched server / in-process 1 per call": float(np.median(
+                           paired(c, lambda b, u, lb: u["qps"] / lb["single"])))})
     summary = {}
     if 64 in clients:
-        b, u = by[("batched", 64)], by[("unbatch", 64)]
-        summary = {"batched_vs_unbatched_qps_64": b["qps"] / u["qps"],
-                   "server_vs_inprocess_batched_64": b["qps"] / lib["batched"],
-                   "p99_ms_64": b["p99_ms"]}
-    forms["inprocess_256_ms"] = lib["per_256_ms"]
+        r64 = next(r for r in ratios if r["clients"] == 64)
+        summary = {"batched_vs_unbatched_qps_64": r64["batched/unbatched QPS"],
+                   "server_vs_inprocess_batched_64": r64["batched server / in-process batched"],
+                   "p99_ms_64": next(r["p99_ms"] for r in rows if r["clients"] == 64 and r["server"] == labels[0])}
     payload = {"date": today(), "machine": machine(), "rows": args.rows, "seconds": args.seconds,
-               "threads": args.threads,
-               "in_process": lib, "load": rows, "summary": summary, "bodies_256": forms,
+               "repeat": args.repeat, "threads": args.threads, "in_process": lib, "in_process_runs": libs,
+               "load": rows, "ratios": ratios, "runs": runs, "summary": summary, "bodies_256": forms,
                "load_average": os.getloadavg()}
-    cols = ["server", "clients", "qps", "p50_ms", "p99_ms", "p999_ms", "mean_batch", "requests"]
-    table = markdown_table(rows, cols)
-    table += (f"\n\nin-process library, same store, same run: batched (256/call) {lib['batched']:,.0f} QPS, "
-              f"one query per call {lib['single']:,.0f} QPS\n\n")
+    cols = ["server", "clients", "qps", "qps_range", "p50_ms", "p99_ms", "p999_ms", "mean_batch"]
+    table = markdown_table(rows, cols) + "\n\n" + markdown_table(ratios)
+    table += (f"\n\nin-process library, same store, same run (median of {args.repeat} rounds): batched (256/call) "
+              f"{lib['batched']:,.0f} QPS, one query per call {lib['single']:,.0f} QPS\n\n")
     table += markdown_table([forms], list(forms)) + "\n\n" + json.dumps(summary)
     write_results("serve", payload, table)
     print(table)

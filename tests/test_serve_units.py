@@ -203,3 +203,45 @@ def test_options_are_bounded(tmp_path):
     o = ServeOptions("s", api_key_file=str(tmp_path / "key"))
     assert o.api_key == "0123456789abcdefXYZ" and "XYZ" not in o.to_json() and "XYZ" not in repr(o)
     assert ServeOptions.from_json(o.to_json()).api_key == o.api_key
+
+
+def test_the_guard_bounds_the_bodies_being_received_together():
+    pytest.importorskip("orjson")
+    from lukhas_gpu.serve.limits import Guard
+
+    release = None
+
+    async def app(scope, receive, send):  # holds each request until released
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def request(n: int):
+        return {"type": "http", "path": "/v1/search", "method": "POST",
+                "headers": [(b"content-length", str(n).encode())]}
+
+    async def call(guard, scope):
+        sent = []
+
+        async def send(m):
+            sent.append(m)
+
+        await guard(scope, None, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        guard = Guard(app, api_key=None, max_body=100, max_inflight=250)
+        held = [asyncio.ensure_future(call(guard, request(100))) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert guard.inflight == 200
+        status, headers = await call(guard, request(100))  # 300 > 250: refused from the headers
+        assert status == 503 and headers[b"retry-after"] == b"1"
+        assert (await call(guard, request(101)))[0] == 413
+        release.set()
+        assert [(await h)[0] for h in held] == [200, 200]
+        assert guard.inflight == 0
+        assert (await call(guard, request(100)))[0] == 200
+
+    _run(main())

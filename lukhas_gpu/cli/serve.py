@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-batch", type=int, default=256, metavar="N", help="queries merged into one search "
                                                                          "(default 256; 1: no batching)")
     s.add_argument("--max-wait-ms", type=float, default=1.0, metavar="MS",
-                   help="longest wait of a queued search for others (default 1)")
+                   help="under concurrency, longest wait of a queued search for others (default 1)")
     s.add_argument("--max-queue", type=int, default=None, metavar="N",
                    help="queries waiting beyond which requests get 429 (default max(64 x max-batch, 1024))")
     s.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",

@@ -2,10 +2,11 @@
 
 Requests wait in one bounded queue (counted in queries). One task takes the oldest request
 and every queued request with the same parameters (``k``, filter, ranking, ...) up to
-``max_batch`` queries, waiting at most ``max_wait_s`` after the oldest request arrived for more to
-come; stacks their queries; runs the search in a worker thread (never on the event loop); and
-splits the answer back. While a batch runs, new requests queue, so under load batches fill
-without waiting and at low load a lone request waits at most ``max_wait_s``.
+``max_batch`` queries; stacks their queries; runs the search in a worker thread (never on the
+event loop); and splits the answer back. While a batch runs, new requests queue, so under load
+batches fill without waiting. When the last batch merged several requests (concurrent clients),
+the oldest request also waits up to ``max_wait_s`` after its arrival for more to come; a lone
+client (batches of one request) is never delayed.
 
 A full queue raises :class:`QueueFull` (the server answers 429 with ``Retry-After``): memory
 stays bounded under a flood. A request not answered within its timeout raises
@@ -65,6 +66,7 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._rate = 0.0  # queries per second of recent batches, for Retry-After
+        self._last_requests = 2  # requests merged into the last batch (start as if under load)
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -108,7 +110,9 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             first = self._pending[0]
-            if self.max_batch > 1 and self.max_wait_s > 0:
+            # wait for company only under concurrency (the last batch merged requests): a lone
+            # client is never delayed, a busy server fills its batches
+            if self.max_batch > 1 and self.max_wait_s > 0 and self._last_requests > 1:
                 deadline = first.t0 + self.max_wait_s
                 while self.depth < self.max_batch:
                     remaining = deadline - loop.time()
@@ -166,6 +170,7 @@ class Batcher:
                         _settle(item.future, exc=e1)
             return
         seconds = time.perf_counter() - t0
+        self._last_requests = len(batch)
         at = 0
         for item in batch:
             m = len(item.queries)

@@ -27,24 +27,31 @@ class BodyTooLarge(Exception):
 
 class Guard:
     """ASGI middleware: 401 without the right bearer token, 413 for a declared body over the
-    limit, 400 for a malformed ``Content-Length``. The key is compared in constant time
-    (:func:`hmac.compare_digest`). ``reject(reason)`` is called for every refusal (metrics)."""
+    limit, 400 for a malformed ``Content-Length``, 503 (``Retry-After``) when the bodies being
+    received would pass ``max_inflight`` bytes together (a body without a length counts as
+    ``max_body``). The key is compared in constant time (:func:`hmac.compare_digest`).
+    ``reject(reason)`` is called for every refusal (metrics)."""
 
-    def __init__(self, app, *, api_key: str | None, max_body: int, reject=None):
+    def __init__(self, app, *, api_key: str | None, max_body: int, max_inflight: int | None = None, reject=None):
         self.app = app
         self._expected = None if api_key is None else b"Bearer " + api_key.encode("utf-8")
         self.max_body = max_body
+        self.max_inflight = max(4 * max_body, 256 << 20) if max_inflight is None else max_inflight
+        self.inflight = 0  # bytes of the bodies of requests being served
         self._reject = reject
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         auth = length = None
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value
             elif name == b"content-length":
                 length = value
+            elif name == b"transfer-encoding":
+                chunked = True
         if self._expected is not None and scope["path"] not in PUBLIC_PATHS:
             if auth is None or not hmac.compare_digest(auth, self._expected):
                 why = "missing" if auth is None else "wrong"
@@ -61,7 +68,17 @@ class Guard:
             if n > self.max_body:
                 return await self._refuse(send, 413, "too_large", str(BodyTooLarge(self.max_body))
                                           + f": Content-Length is {n:,}")
-        return await self.app(scope, receive, send)
+        else:
+            n = self.max_body if chunked else 0
+        if n and self.inflight + n > self.max_inflight:
+            return await self._refuse(send, 503, "inflight_bytes",
+                                      f"the server is receiving {self.inflight:,} bytes of bodies already "
+                                      f"(at most {self.max_inflight:,}); retry", [(b"retry-after", b"1")])
+        self.inflight += n
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.inflight -= n
 
     async def _refuse(self, send, status: int, reason: str, message: str, headers=()):
         if self._reject is not None:

@@ -40,7 +40,8 @@ class ServeOptions:
     max_batch : int
         Most queries merged into one search (1: batching off).
     max_wait_ms : float
-        How long the first queued request waits for others before its batch runs. While a
+        Under concurrency (the last batch merged several requests), how long the oldest queued
+        request waits for others before its batch runs; a lone client never waits. While a
         batch runs, requests queue anyway, so under load batches fill without waiting.
     max_queue : int
         Most queries waiting; beyond it requests get 429 with ``Retry-After`` (default
