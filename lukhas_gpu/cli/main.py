@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import bench, ingest, plan, search, store
+from . import bench, ingest, plan, search, serve, store
 
 __all__ = ["main", "build_parser", "EXIT_BROKEN_PIPE"]
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_parsers(sub)
     store.add_parsers(sub, "get", "delete")
     ingest.add_migrate_parser(sub)
+    serve.add_parsers(sub)
     return p
 
 

@@ -1,0 +1,382 @@
+"""The FastAPI application of ``lukhas-gpu serve``: routes, the store's life, errors.
+
+Every blocking library call (search, add, get, refresh, stats, ...) runs in a worker thread,
+never on the event loop: searches in one thread fed by the :class:`~.batcher.Batcher` (the
+index holds one lock anyway, and a batched search uses the cores through FAISS and torch), the
+rest in a small pool of their own so a checkpoint never queues behind searches' Python code.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import logging
+import time
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from ..index import MemoryIndex
+from ..store.layout import StoreError
+from . import errors, wire
+from . import search as search_mod
+from .search import SUPPORTS_TARGET_RECALL
+from .batcher import Batcher, QueueFull
+from .limits import BodyTooLarge, Guard, error_body, read_body
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .models import (MAX_REQUEST_VECTORS, AddRequest, AddResponse, DeleteResponse, ErrorResponse, IdsRequest,
+                     MemoriesResponse, MemoryOut, SearchRequest, SearchResponse)
+from .options import ServeOptions
+
+log = logging.getLogger(__name__)
+
+#: /metrics reads ``stats()`` (bytes by place, RssAnon) at most this often; counts and lag every time.
+STATS_EVERY_S = 5.0
+
+__all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
+
+_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
+                        "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
+                        "/docs"})
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
+
+
+def _json(obj, status: int = 200, headers=None) -> Response:
+    body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def _error(status: int, message: str, headers=None) -> Response:
+    return Response(error_body(message), status_code=status, media_type="application/json", headers=headers)
+
+
+class _State:
+    """What one application holds: the options, the index, the pools, the batcher, the metrics."""
+
+    def __init__(self, options: ServeOptions):
+        self.options = options
+        self.metrics = Metrics()
+        self.index: MemoryIndex | None = None
+        self.search_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lukhas-search")
+        self.other_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lukhas-io")
+        self.batcher = Batcher(self._search, self.search_pool, max_batch=options.max_batch,
+                               max_wait_s=options.max_wait_ms / 1e3, max_queue=options.max_queue,
+                               observe=self.metrics.observe_batch)
+        self.last_refresh: float | None = None  # monotonic time of the last successful refresh
+        self.refresh_error: str | None = None
+        self.generation: int | None = None  # the generation a reader shows (from its refreshes)
+        self.tasks: list[asyncio.Task] = []
+        self.stats_at: float | None = None  # when /metrics last read stats()
+
+    # -- blocking calls (worker threads) -------------------------------------------------------
+    def _search(self, key: tuple, queries: np.ndarray):
+        k, where, rank, nprobe, rerank, target = key
+        kw = {"where": where, "rank": rank, "nprobe": nprobe, "rerank": rerank}
+        if target is not None:
+            kw["target_recall"] = target
+        index = self.index
+        if index.backend == "cuda":  # the batch goes to the device once; the kernels stay there
+            import torch
+            queries = torch.from_numpy(np.ascontiguousarray(queries)).to(index.device, non_blocking=True)
+        res = index.search(queries, k, **kw)
+        ids, scores = res.ids, res.scores
+        if not isinstance(ids, np.ndarray):
+            ids, scores = ids.cpu().numpy(), scores.cpu().numpy()
+        return ids, scores
+
+    def open(self) -> None:
+        o = self.options
+        self.index = MemoryIndex.open(o.store, mode=o.mode)
+        if len(self.index):  # the first search loads torch and FAISS: before readiness, not in a request
+            self._search((1, None, None, None, None, None), np.ones((1, self.index.dim), dtype=np.float32))
+        self.last_refresh = time.monotonic()
+        # what is loaded now (torch, FAISS, the app) lives as long as the server: keep it out of the
+        # collector's full passes, which otherwise pause every request for tens of milliseconds
+        gc.collect()
+        gc.freeze()
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.close()  # a writer checkpoints what its log holds
+
+    def refresh(self) -> dict:
+        try:
+            out = self.index.refresh()
+        except Exception as e:
+            self.refresh_error = f"{type(e).__name__}: {e}"
+            self.metrics.refreshes.labels("error").inc()
+            raise
+        self.refresh_error = None
+        self.generation = out.get("generation")
+        self.last_refresh = time.monotonic()
+        self.metrics.refreshes.labels("ok").inc()
+        return out
+
+    def lag(self) -> float:
+        if self.options.mode == "w" or self.last_refresh is None:
+            return 0.0
+        return time.monotonic() - self.last_refresh
+
+    def ready(self) -> tuple[bool, str]:
+        if self.index is None:
+            return False, "the store is not open yet"
+        if self.options.mode == "r":
+            if self.refresh_error is not None:
+                return False, f"the last refresh failed: {self.refresh_error}"
+            limit = 2 * self.options.refresh_s + 1.0
+            if self.options.refresh_s and self.lag() > limit:
+                return False, f"the last refresh was {self.lag():.1f} s ago (more than {limit:.1f} s)"
+        return True, "ok"
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.other_pool, fn, *args)
+
+    # -- background loops ----------------------------------------------------------------------
+    async def refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.refresh_s)
+            try:
+                await self.run(self.refresh)
+            except Exception:
+                log.exception("refresh of %s failed", self.options.store)
+
+    async def quality_loop(self) -> None:
+        delay = min(self.options.quality_s, 30.0)
+        while True:
+            await asyncio.sleep(delay)
+            delay = self.options.quality_s
+            try:
+                if len(self.index) >= 64:
+                    q = await self.run(lambda: self.index.quality(max_queries=256))
+                    self.metrics.recall.set(q["recall"])
+            except Exception:
+                log.exception("recall estimate failed")
+
+
+def create_app(options: ServeOptions) -> FastAPI:
+    """The application serving ``options.store`` (opened when the server starts)."""
+    st = _State(options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await st.run(st.open)
+        st.batcher.start()
+        if options.mode == "r" and options.refresh_s:
+            st.tasks.append(asyncio.create_task(st.refresh_loop()))
+        if options.quality_s:
+            st.tasks.append(asyncio.create_task(st.quality_loop()))
+        log.info("serving %s (mode %s, %d memories)", options.store, options.mode, len(st.index))
+        try:
+            yield
+        finally:
+            for t in st.tasks:
+                t.cancel()
+            await st.batcher.stop()
+            await st.run(st.close)
+            st.search_pool.shutdown(wait=True)
+            st.other_pool.shutdown(wait=True)
+
+    app = FastAPI(title="lukhas-gpu", version="1", lifespan=lifespan,
+                  description="Vector memory retrieval over one lukhas_gpu store. Errors: "
+                              '{"status": {"error": "..."}, "time": 0}.')
+    app.state.lukhas = st
+    _install_errors(app, st)
+    _routes(app, st)
+    # outermost: refusals from the headers alone; then timing; then searches, which skip FastAPI's
+    # routing and dependency machinery (half of a single-query request's CPU, measured)
+    inner = _Timing(search_mod.SearchPath(app, st), st.metrics)
+    guard = Guard(inner, api_key=options.api_key, max_body=options.max_body_bytes,
+                  reject=lambda reason: st.metrics.rejected.labels(reason).inc())
+    guard.fastapi = app
+    return guard
+
+
+def create_app_from_env():
+    """The uvicorn factory of each worker process (``--workers``): options from the environment."""
+    return create_app(ServeOptions.from_env())
+
+
+class _Timing:
+    """Counts and times each response by endpoint (path templates only: bounded labels)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_)
+        finally:
+            path = scope["path"]
+            if path not in _ENDPOINTS:
+                path = "/v1/memories/{id}" if path.startswith("/v1/memories/") else "other"
+            self.metrics.observe_response(scope["method"], path, status[0], time.perf_counter() - t0)
+
+
+def _install_errors(app: FastAPI, st: _State) -> None:
+    async def handler(request, e):
+        status, message, headers = errors.describe(e, st.metrics, st.options)
+        return _error(status, message, headers)
+
+    for cls in (errors.ApiError, QueueFull, BodyTooLarge, asyncio.TimeoutError, ValidationError,
+                RequestValidationError, ValueError, TypeError, StoreError):
+        app.add_exception_handler(cls, handler)
+
+
+def _memory(m) -> dict:
+    return {"id": m.id, "content": wire.content_to_json(m.content), "tags": m.tags, "timestamp": m.timestamp,
+            "importance": m.importance}
+
+
+def _routes(app: FastAPI, st: _State) -> None:
+    o = st.options
+
+    @app.get("/healthz", summary="alive (no API key needed)")
+    async def healthz():
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", summary="store open and caught up (503 otherwise)", responses=_ERRORS)
+    async def readyz():
+        ok, why = st.ready()
+        if not ok:
+            return _error(503, why)
+        return _json({"status": "ok", "mode": o.mode, "count": len(st.index), "lag_s": round(st.lag(), 3)})
+
+    @app.get("/metrics", summary="Prometheus text format")
+    async def metrics():
+        if st.index is not None:
+            now = time.monotonic()
+            if st.stats_at is None or now - st.stats_at > STATS_EVERY_S:  # stats() holds the index ~10 ms
+                st.metrics.update_from_stats(await st.run(st.index.stats), generation=st.generation)
+                st.stats_at = now
+            st.metrics.memories.set(len(st.index))
+            st.metrics.reader_lag.set(st.lag())
+        st.metrics.queue_depth.set(st.batcher.depth)
+        return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    search_doc = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": SearchRequest.model_json_schema()},
+        wire.BINARY: {"schema": {"type": "string", "format": "binary",
+                                 "description": "little-endian float32 (nq, dim), shape in X-Shape: 'nq,dim'; "
+                                                "the other parameters in the query string (where, rank as JSON)"}}}}}
+
+    @app.post("/v1/search", summary="top-k memories of each query vector", openapi_extra=search_doc,
+              responses={200: {"model": SearchResponse, "description": "JSON, or with Accept: application/"
+                               "octet-stream ids (int64) then scores (float32), shape in X-Shape"}, **_ERRORS})
+    async def search(request: Request):
+        # served by search.SearchPath before routing; this route documents it (and serves it too)
+        body = await read_body(request, o.max_body_bytes)
+        status, media, data, headers = await search_mod.run_search(st, request.headers, request.url.query, body)
+        return Response(data, status_code=status, media_type=media, headers=headers)
+
+    @app.post("/v1/memories", summary="add memories (answered once the write-ahead log holds them)",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": AddRequest.model_json_schema()}}}},
+              responses={200: {"model": AddResponse}, **_ERRORS})
+    async def add(request: Request):
+        t0 = time.perf_counter()
+        _writable()
+        req = AddRequest.model_validate_json(await read_body(request, o.max_body_bytes))
+        x = wire.vectors_from_json(req.vectors, st.index.dim, max_rows=MAX_REQUEST_VECTORS)
+        contents = None if req.contents is None else [wire.content_from_json(c, f"contents[{i}]")
+                                                      for i, c in enumerate(req.contents)]
+        stamps = None if req.timestamps is None else [wire.parse_time(t, f"timestamps[{i}]")
+                                                      for i, t in enumerate(req.timestamps)]
+        ids = await st.run(lambda: st.index.add(x, contents=contents, tags=req.tags, timestamps=stamps,
+                                                importance=req.importance))
+        return _json({"ids": ids, "time": time.perf_counter() - t0})
+
+    def _writable():
+        if o.mode != "w":
+            raise errors.ApiError(409, f"this server reads {o.store} (--mode r); writes go to its writer")
+
+    async def _ids_body(request) -> np.ndarray:
+        req = IdsRequest.model_validate_json(await read_body(request, o.max_body_bytes))
+        return np.asarray(req.ids, dtype=np.int64)
+
+    async def _known(ids: np.ndarray) -> None:
+        live = await st.run(st.index.contains, ids)
+        if not live.all():
+            raise errors.ApiError(404, f"no memory with id {int(ids[~live][0])} (never assigned, or deleted)")
+
+    @app.get("/v1/memories/{memory_id}", summary="one memory", responses={200: {"model": MemoryOut}, **_ERRORS})
+    async def get_one(memory_id: int):
+        ids = np.asarray([memory_id], dtype=np.int64)
+        await _known(ids)
+        return _json(_memory((await st.run(st.index.get, ids))[0]))
+
+    @app.post("/v1/memories/lookup", summary="memories by id, in the order given",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": IdsRequest.model_json_schema()}}}},
+              responses={200: {"model": MemoriesResponse}, **_ERRORS})
+    async def lookup(request: Request):
+        t0 = time.perf_counter()
+        ids = await _ids_body(request)
+        await _known(ids)
+        got = await st.run(st.index.get, ids)
+        return _json({"memories": [_memory(m) for m in got], "time": time.perf_counter() - t0})
+
+    @app.delete("/v1/memories/{memory_id}", summary="delete one memory",
+                responses={200: {"model": DeleteResponse}, **_ERRORS})
+    async def delete_one(memory_id: int):
+        t0 = time.perf_counter()
+        _writable()
+        ids = np.asarray([memory_id], dtype=np.int64)
+        await _known(ids)
+        n = await st.run(st.index.delete, ids)
+        return _json({"deleted": n, "time": time.perf_counter() - t0})
+
+    @app.post("/v1/memories/delete", summary="delete memories by id (all or none)",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": IdsRequest.model_json_schema()}}}},
+              responses={200: {"model": DeleteResponse}, **_ERRORS})
+    async def delete_many(request: Request):
+        t0 = time.perf_counter()
+        _writable()
+        ids = await _ids_body(request)
+        if len(np.unique(ids)) != len(ids):
+            raise errors.ApiError(422, "ids: an id appears twice")
+        await _known(ids)
+        n = await st.run(st.index.delete, ids)
+        return _json({"deleted": n, "time": time.perf_counter() - t0})
+
+    @app.post("/v1/checkpoint", summary="write and publish a new generation of the store", responses=_ERRORS)
+    async def checkpoint():
+        t0 = time.perf_counter()
+        _writable()
+        gen = await st.run(st.index.checkpoint)
+        return _json({"generation": gen.name, "time": time.perf_counter() - t0})
+
+    @app.post("/v1/refresh", summary="a reader catches up with the store's writer now", responses=_ERRORS)
+    async def refresh():
+        if o.mode != "r":
+            raise errors.ApiError(409, "refresh follows a store read with --mode r; this server is its writer")
+        return _json(await st.run(st.refresh))
+
+    @app.get("/v1/stats", summary="MemoryIndex.stats(): counts, phase, bytes by place and component",
+             responses=_ERRORS)
+    async def stats():
+        out = await st.run(st.index.stats)
+        out["server"] = {"mode": o.mode, "max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms,
+                         "queue_depth": st.batcher.depth, "lag_s": st.lag(), "target_recall": SUPPORTS_TARGET_RECALL}
+        return _json(out)

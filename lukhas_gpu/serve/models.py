@@ -1,0 +1,99 @@
+"""The JSON schemas of the API (pydantic), served as OpenAPI at ``/openapi.json`` and ``/docs``.
+
+Flat models (filters and rankings are JSON objects checked by :mod:`.wire`), so each schema is
+self-contained. Bounds here are the server's: a request is refused before anything is allocated
+for it.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..util.checks import MAX_K
+
+__all__ = ["SearchParams", "SearchRequest", "SearchResponse", "AddRequest", "AddResponse", "IdsRequest",
+           "MemoryOut", "MemoriesResponse", "DeleteResponse", "ErrorResponse", "MAX_REQUEST_VECTORS",
+           "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS"]
+
+#: Most vectors in one search or add request.
+MAX_REQUEST_VECTORS = 65_536
+#: Most results (vectors x k) in one search answer.
+MAX_REQUEST_RESULTS = 1_000_000
+#: Most ids in one lookup or delete request.
+MAX_REQUEST_IDS = 100_000
+
+_WHERE = ("A filter: any of tags_all, tags_any, tags_none (a tag or a list of tags), since, until (epoch "
+          "seconds or ISO-8601, inclusive), min_importance (0..1); all must hold.")
+_RANK = ("A memory-aware ranking: similarity, recency, importance (weights >= 0), half_life (seconds), now "
+         "(epoch seconds or ISO-8601); score = similarity*cos + recency*0.5**(age/half_life) + importance*imp.")
+
+
+class SearchParams(BaseModel):
+    """Everything of a search but its vectors (also the query string of a binary search)."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(10, ge=1, le=MAX_K, description="results per query")
+    where: Optional[dict[str, Any]] = Field(None, description=_WHERE)
+    rank: Optional[dict[str, Any]] = Field(None, description=_RANK)
+    nprobe: Optional[int] = Field(None, ge=1, le=1 << 20, description="IVF lists visited (default: the store's)")
+    rerank: Optional[int] = Field(None, ge=1, le=1 << 20, description="candidates re-scored per result")
+    target_recall: Optional[float] = Field(None, gt=0.0, le=1.0,
+                                           description="tune the search to this recall@k (where the library "
+                                                       "supports it; 422 otherwise)")
+    with_content: bool = Field(False, description="return the memories' contents too")
+
+
+class SearchRequest(SearchParams):
+    vectors: list[list[float]] = Field(..., description="(nq, dim) query vectors; a flat list is one query",
+                                       max_length=MAX_REQUEST_VECTORS)
+
+
+class SearchResponse(BaseModel):
+    ids: list[list[int]] = Field(..., description="(nq, k) ids, -1 where fewer than k memories match")
+    scores: list[list[Optional[float]]] = Field(..., description="(nq, k) scores, descending; null where padded")
+    contents: Optional[list[list[Any]]] = Field(None, description="with_content: str, {\"base64\": ...} or null")
+    time: float = Field(..., description="seconds spent in the server")
+
+
+class AddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vectors: list[list[float]] = Field(..., max_length=MAX_REQUEST_VECTORS, description="(n, dim) embeddings")
+    contents: Optional[list[Union[str, dict[str, str], None]]] = Field(
+        None, description="one per vector: text, {\"base64\": ...} for bytes, or null")
+    tags: Optional[list[list[str]]] = Field(None, description="one list of tags per vector")
+    timestamps: Optional[list[Union[float, str]]] = Field(None, description="epoch seconds or ISO-8601 (default now)")
+    importance: Optional[Union[list[float], float]] = Field(None, description="in [0, 1] (default 0.5)")
+
+
+class AddResponse(BaseModel):
+    ids: list[int] = Field(..., description="the new memories' ids, returned once the write-ahead log holds them")
+    time: float
+
+
+class IdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(..., min_length=1, max_length=MAX_REQUEST_IDS)
+
+
+class MemoryOut(BaseModel):
+    id: int
+    content: Union[str, dict[str, str], None]
+    tags: list[str]
+    timestamp: float
+    importance: float
+
+
+class MemoriesResponse(BaseModel):
+    memories: list[MemoryOut]
+    time: float
+
+
+class DeleteResponse(BaseModel):
+    deleted: int
+    time: float
+
+
+class ErrorResponse(BaseModel):
+    status: dict[str, str] = Field(..., description='{"error": "what is wrong"}')
+    time: float

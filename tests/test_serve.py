@@ -1,0 +1,328 @@
+"""``lukhas-gpu serve``: a real server in a subprocess on loopback, spoken to over real HTTP.
+
+Search equals the library (merged batches included), auth, 413 from the headers alone, 429
+under a flood, bad input, a reader that sees a batch job's writes, a writer whose acknowledged
+adds survive a kill, /metrics as Prometheus text, the client.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+httpx = pytest.importorskip("httpx")
+
+from lukhas_gpu import Filter, MemoryIndex, Rank  # noqa: E402
+from lukhas_gpu.client import BadRequest, Client, Overloaded, Unauthorized  # noqa: E402
+from serve_helpers import env, server  # noqa: E402
+
+DIM, N = 32, 3000
+KEY = "k3y-0123456789abcdef-serve"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def data(clustered):
+    xb, xq = clustered(N, DIM, n_queries=64, seed=5)
+    return xb, xq
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, data):
+    """A trained store (IVF-PQ path) with contents, tags, timestamps and importance."""
+    xb, _ = data
+    path = tmp_path_factory.mktemp("serve") / "store"
+    s = MemoryIndex.create(path, DIM)
+    s.add(xb, contents=[f"memory {i}" for i in range(N)], tags=[["even"] if i % 2 == 0 else ["odd"] for i in range(N)],
+          timestamps=1.7e9 + np.arange(N, dtype=np.float64), importance=(np.arange(N) % 10) / 10)
+    s.train()
+    s.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def reader_url(store):
+    with server(store, "--max-batch", "64", "--max-wait-ms", "50", "--refresh-s", "0") as url:
+        yield url
+
+
+@pytest.fixture()
+def writable(store, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(store, path)
+    return path
+
+
+def _post(url, path, obj, **kw):
+    return httpx.post(url + path, content=json.dumps(obj), headers={"Content-Type": "application/json",
+                                                                     **kw.pop("headers", {})}, timeout=60, **kw)
+
+
+def _error(r) -> str:
+    return r.json()["status"]["error"]
+
+
+def test_concurrent_searches_are_merged_and_equal_the_library(reader_url, store, data):
+    _, xq = data
+    lib = MemoryIndex.open(store)
+    want = lib.search(xq, k=10)
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        got = list(pool.map(lambda q: _post(reader_url, "/v1/search", {"vectors": [q.tolist()], "k": 10}), xq))
+    assert all(r.status_code == 200 for r in got), [r.text for r in got if r.status_code != 200][:2]
+    ids = np.array([r.json()["ids"][0] for r in got])
+    scores = np.array([r.json()["scores"][0] for r in got], dtype=np.float32)
+    np.testing.assert_array_equal(ids, want.ids)
+    np.testing.assert_allclose(scores, want.scores, rtol=1e-6, atol=1e-6)
+    # the batcher did merge: some search call served more than one request
+    text = httpx.get(reader_url + "/metrics").text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fam = {f.name: f for f in text_string_to_metric_families(text)}["search_batch_requests"]
+    samples = {s.name: s.value for s in fam.samples}
+    assert samples["search_batch_requests_sum"] > samples["search_batch_requests_count"]
+    # filtered, ranked, with contents, binary in and out: the library's answers too
+    flt, rank = Filter(tags_all="even", since=1.7e9 + 100), Rank(similarity=1.0, importance=0.5, recency=0.2,
+                                                                  half_life=500, now=1.7e9 + N)
+    c = Client(reader_url)
+    want = lib.search(xq[:5], k=7, where=flt, rank=rank)
+    res = c.search(xq[:5], k=7, where=flt, rank=rank, with_content=True)
+    np.testing.assert_array_equal(res.ids, want.ids)
+    np.testing.assert_allclose(res.scores, want.scores, rtol=1e-6, atol=1e-6)
+    assert res.contents == want.contents()
+    res = c.search(xq[:5], k=7, where={"tags_all": "even", "since": "2023-11-14T22:15:00Z"}, rank=rank)
+    want = lib.search(xq[:5], k=7, where=Filter(tags_all="even", since=1700000100), rank=rank)
+    np.testing.assert_array_equal(res.ids, want.ids)
+    one = c.search(xq[0], k=3)  # a 1-D query is a batch of one, unwrapped
+    assert one.ids.shape == (3,) and one.scores.dtype == np.float32
+    # fewer matches than k: padded with -1 / -inf (null in JSON)
+    pad = c.search(xq[:2], k=5, where={"tags_all": "even", "since": 1.7e9 + N - 3})
+    assert (pad.ids[:, 1:] == -1).all() and np.isneginf(pad.scores[:, 1:]).all()
+    lib.close()
+
+
+def test_bad_input_is_refused_with_a_message_naming_it(reader_url):
+    ok = [0.1] * DIM
+    cases = [
+        ({"vectors": [[0.1] * (DIM - 1)], "k": 3}, 422, "31 dimensions"),
+        ({"vectors": [ok, ok[:5]]}, 422, "vectors[1] has 5 dimensions"),
+        ({"vectors": [ok], "k": 0}, 422, "k"),
+        ({"vectors": [ok], "k": 10**6}, 422, "k"),
+        ({"vectors": [[0.0] * DIM]}, 422, "all zeros"),
+        ({"vectors": [ok], "where": {"tag": "x"}}, 422, "unknown keys ['tag']"),
+        ({"vectors": [ok], "where": {"min_importance": 3}}, 422, "min_importance"),
+        ({"vectors": [ok], "rank": {"similarity": -1}}, 422, "Rank.similarity"),
+        ({"vectors": [ok], "bogus": 1}, 422, "bogus"),
+        ({"k": 3}, 422, "vectors"),
+        ({"vectors": [["a"] * DIM]}, 422, "numbers"),
+        ({"vectors": [ok] * 2000, "k": 1000}, 422, "results exceed"),
+    ]
+    for body, status, words in cases:
+        r = _post(reader_url, "/v1/search", body)
+        assert r.status_code == status and words in _error(r), (body if len(str(body)) < 200 else words, r.text)
+    r = httpx.post(reader_url + "/v1/search", content=b'{"vectors": [[1, 2', timeout=10)
+    assert r.status_code == 400 and "invalid JSON" in _error(r)
+    r = httpx.post(reader_url + "/v1/search", content=b'{"vectors": [[NaN]]}', timeout=10)
+    assert r.status_code == 400
+    nan = np.full((2, DIM), 0.5, dtype=np.float32)
+    nan[1, 3] = np.nan
+    r = httpx.post(reader_url + "/v1/search?k=3", content=nan.tobytes(), timeout=10,
+                   headers={"Content-Type": "application/octet-stream", "X-Shape": f"2,{DIM}"})
+    assert r.status_code == 422 and "vectors[1] contains NaN" in _error(r)
+    r = httpx.post(reader_url + "/v1/search", content=nan.tobytes()[:-4], timeout=10,
+                   headers={"Content-Type": "application/octet-stream", "X-Shape": f"2,{DIM}"})
+    assert r.status_code == 422 and "bytes" in _error(r)
+    r = httpx.get(reader_url + "/v1/memories/99999", timeout=10)
+    assert r.status_code == 404 and "99999" in _error(r)
+    r = httpx.get(reader_url + "/v1/memories/abc", timeout=10)
+    assert r.status_code == 422
+    r = httpx.delete(reader_url + "/v1/memories/1", timeout=10)
+    assert r.status_code == 409 and "--mode r" in _error(r)
+    r = _post(reader_url, "/v1/search", {"vectors": [ok], "target_recall": 0.9})
+    from lukhas_gpu.serve.app import SUPPORTS_TARGET_RECALL
+
+    if SUPPORTS_TARGET_RECALL:
+        assert r.status_code == 200
+    else:
+        assert r.status_code == 422 and "target_recall is not supported" in _error(r)
+    with pytest.raises(BadRequest, match="31 dimensions"):
+        Client(reader_url).search(np.ones((1, DIM - 1), dtype=np.float32))
+
+
+def test_api_key_and_413_from_the_headers_alone(store, tmp_path):
+    keyfile = tmp_path / "key"
+    keyfile.write_text(KEY + "\n")
+    with server(store, "--api-key-file", str(keyfile), "--max-body-mb", "1", "--refresh-s", "0") as url:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert httpx.get(url + "/healthz").status_code == 200  # liveness needs no key
+        for path in ("/readyz", "/metrics", "/v1/stats", "/openapi.json", "/v1/memories/1"):
+            assert httpx.get(url + path).status_code == 401, path
+            assert httpx.get(url + path, headers={"Authorization": f"Bearer {KEY}x"}).status_code == 401, path
+            assert httpx.get(url + path, headers=auth).status_code == 200, path
+        r = _post(url, "/v1/search", {"vectors": [[0.1] * DIM]})
+        assert r.status_code == 401 and "API key" in _error(r) and r.headers["www-authenticate"] == "Bearer"
+        with pytest.raises(Unauthorized):
+            Client(url, api_key="wrong-key-0123456789").search(np.ones(DIM, dtype=np.float32))
+        assert Client(url, api_key=KEY).search(np.ones(DIM, dtype=np.float32), k=2).ids.shape == (2,)
+
+        # 70 MB declared, nothing sent: the answer comes from the headers alone
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 73400320\r\n\r\n")
+            got = b""
+            while chunk := s.recv(4096):  # the server answers and closes; the body was never sent
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 413"), got
+        assert b"Content-Length is 73,400,320" in got
+        # a chunked body (no length declared) is cut off as it streams past the limit
+        def chunks():
+            for _ in range(40):
+                yield b"[" * 65536
+        r = httpx.post(url + "/v1/search", content=chunks(), headers=auth, timeout=30)
+        assert r.status_code == 413 and "exceeds the limit" in _error(r)
+        # the server is fine afterwards
+        assert httpx.get(url + "/readyz", headers=auth).status_code == 200
+
+
+def test_a_flood_gets_429_with_retry_after_and_metrics_parse(store, data):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, xq = data
+    big = np.repeat(xq, 8, axis=0)[:256]  # 256 queries x k=200 per request: each search takes a while
+    with server(store, "--max-batch", "1", "--max-queue", "256", "--refresh-s", "0") as url:
+        c = Client(url)
+
+        def one(_):
+            try:
+                c.search(big, k=200)
+                return 200, None
+            except Overloaded as e:
+                return e.status, e.retry_after
+
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            got = list(pool.map(one, range(48)))
+        codes = [g[0] for g in got]
+        assert codes.count(429) > 0 and codes.count(200) > 0, codes
+        assert set(codes) <= {200, 429}
+        assert all(ra is not None and ra >= 1 for code, ra in got if code == 429)
+        fams = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
+        for name in ("rest_responses", "rest_responses_duration_seconds", "rest_rejected_requests",
+                     "search_batch_queries", "search_batch_requests", "search_queue_depth", "collection_memories",
+                     "collection_memory_bytes", "collection_recall_estimate", "collection_recall_target",
+                     "reader_lag_seconds", "process_rss_anon_bytes"):
+            assert name in fams, name
+        rejected = {s.labels.get("reason"): s.value for s in fams["rest_rejected_requests"].samples
+                    if s.name.endswith("_total")}
+        assert rejected.get("queue_full") == codes.count(429)
+        assert [s.value for s in fams["collection_memories"].samples] == [N]
+        places = {s.labels["place"] for s in fams["collection_memory_bytes"].samples}
+        assert {"anon", "mapped"} <= places
+
+
+WRITER = """
+import sys, numpy as np
+from lukhas_gpu import MemoryIndex
+store, seed, checkpoint = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+w = MemoryIndex.open(store, mode="w")
+x = np.random.default_rng(seed).standard_normal((1, %d)).astype("float32")
+ids = w.add(x, contents=["batch job %%d" %% seed])
+print(int(ids[0]), flush=True)
+w.close(checkpoint=checkpoint)
+""" % DIM
+
+
+def _batch_job(store, seed: int, checkpoint: bool) -> tuple[int, np.ndarray]:
+    out = subprocess.run([sys.executable, "-c", WRITER, str(store), str(seed), "1" if checkpoint else "0"],
+                         capture_output=True, text=True, env=env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1]), np.random.default_rng(seed).standard_normal((1, DIM)).astype("float32")
+
+
+def test_a_reader_sees_a_batch_jobs_writes_after_refresh(writable):
+    with server(writable, "--refresh-s", "0") as url:  # refreshed on request only
+        c = Client(url)
+        # acknowledged in the log (no checkpoint): invisible until POST /v1/refresh, then searchable
+        new_id, x = _batch_job(writable, 11, checkpoint=False)
+        assert c.search(x, k=1).ids[0, 0] != new_id
+        assert c.refresh()["added"] == 1
+        assert c.search(x, k=1).ids[0, 0] == new_id
+        assert c.get([new_id])[0].content == "batch job 11"
+    with server(writable, "--refresh-s", "0.5") as url:
+        c = Client(url)
+        assert c.search(x, k=1).ids[0, 0] == new_id
+        # a checkpoint publishes a new generation: the interval picks it up, no restart
+        new_id2, x2 = _batch_job(writable, 12, checkpoint=True)
+        t0 = time.monotonic()
+        while c.search(x2, k=1).ids[0, 0] != new_id2:
+            assert time.monotonic() - t0 < 10, "the reader never caught up"
+            time.sleep(0.1)
+        assert time.monotonic() - t0 < 3.0  # within the interval (0.5 s) plus a loaded machine's slack
+        lag = [line for line in httpx.get(url + "/metrics").text.splitlines() if line.startswith("reader_lag_seconds")]
+        assert float(lag[0].split()[1]) < 5
+
+
+def test_a_writer_server_acknowledges_adds_that_survive_a_kill(writable, data):
+    _, xq = data
+    with server(writable, "--mode", "w") as url:
+        c = Client(url)
+        ids = c.add(xq[:3], contents=["a", b"\x00bytes", None], tags=[["t1"], ["t2"], []],
+                    timestamps=[1.8e9, 1.8e9 + 1, 1.8e9 + 2], importance=[0.1, 0.2, 0.3])
+        np.testing.assert_array_equal(ids, [N, N + 1, N + 2])
+        got = c.get(ids)
+        assert [m.content for m in got] == ["a", b"\x00bytes", None] and got[1].tags == ["t2"]
+        assert got[2].timestamp == 1.8e9 + 2 and abs(got[0].importance - 0.1) < 0.01
+        assert c.search(xq[0], k=1).ids[0] == N
+        assert c.delete(ids[2:]) == 1
+        with pytest.raises(BadRequest, match="no memory with id"):
+            c.get(ids[2:])
+        with pytest.raises(BadRequest, match="no memory with id"):
+            c.delete(ids[2:])
+        r = httpx.delete(url + f"/v1/memories/{int(ids[1])}")
+        assert r.status_code == 200 and r.json()["deleted"] == 1
+        r = _post(url, "/v1/memories", {"vectors": [[0.1] * DIM], "importance": [2.0]})
+        assert r.status_code == 422 and "importance" in _error(r)
+        assert httpx.post(url + "/v1/refresh").status_code == 409
+        assert c.checkpoint().startswith("gen-")
+        last = c.add(xq[5], contents="after the checkpoint")
+        # kill -9: what was acknowledged is in the log
+        pid = int(subprocess.run(["pgrep", "-f", f"serve {writable} "], capture_output=True, text=True).stdout.split()[0])
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    back = MemoryIndex.open(writable)
+    assert back.contains([N, N + 1, N + 2, int(last[0])]).tolist() == [True, False, False, True]
+    assert back.get(last)[0].content == "after the checkpoint"
+    back.close()
+
+
+def test_two_workers_share_a_store(store, data):
+    _, xq = data
+    with server(store, "--workers", "2", "--refresh-s", "0") as url:
+        lib = MemoryIndex.open(store)
+        c = Client(url)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: c.search(xq[i:i + 1], k=5).ids, range(16)))
+        np.testing.assert_array_equal(np.concatenate(got), lib.search(xq[:16], k=5).ids)
+        spec = httpx.get(url + "/openapi.json").json()
+        assert {"/v1/search", "/v1/memories", "/v1/memories/{memory_id}", "/v1/stats"} <= set(spec["paths"])
+        assert "application/octet-stream" in spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
+        lib.close()
+
+
+def test_importing_the_client_and_the_cli_loads_no_server_stack():
+    code = ("import sys, lukhas_gpu.client; from lukhas_gpu.cli import build_parser; build_parser(); "
+            "bad = [m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette', 'torch') if m in sys.modules]; "
+            "print(bad); sys.exit(bool(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,247 @@
+"""The server's parts without a server: the batcher (merging, keys, bounds, timeouts, a bad
+request among good ones), the wire forms (filters, rankings, binary bodies) and the options."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lukhas_gpu import Filter, Rank
+from lukhas_gpu.serve import wire
+from lukhas_gpu.serve.batcher import Batcher, QueueFull
+from lukhas_gpu.serve.options import ServeOptions, read_api_key
+
+
+class _Recorder:
+    """A real blocking search stand-in: id = the query's first value, score = its second;
+    negative first values are bad input. Records every call's size."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls: list[tuple[tuple, int]] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, key, q):
+        with self.lock:
+            self.calls.append((key, len(q)))
+        time.sleep(self.delay)
+        if (q[:, 0] < 0).any():
+            raise ValueError("a negative query")
+        k = key[0]
+        return np.repeat(q[:, :1].astype(np.int64), k, axis=1), np.repeat(q[:, 1:2], k, axis=1)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def _batcher(rec, **kw):
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    opts = {"max_batch": 64, "max_wait_s": 0.05, "max_queue": 10_000, **kw}
+    return Batcher(rec, pool, **opts), pool
+
+
+def _q(i: float, n: int = 1) -> np.ndarray:
+    return np.array([[i + j, (i + j) / 10] for j in range(n)], dtype=np.float32)
+
+
+def test_concurrent_requests_are_merged_and_split_back_in_order():
+    rec = _Recorder()
+    seen = []
+
+    async def main():
+        b, pool = _batcher(rec, observe=lambda nq, nr, s: seen.append((nq, nr)))
+        b.start()
+        got = await asyncio.gather(*(b.search((3,), _q(10 * i, n=1 + i % 3), 5) for i in range(30)))
+        await b.stop()
+        pool.shutdown()
+        return got
+
+    got = _run(main())
+    for i, (ids, scores) in enumerate(got):
+        n = 1 + i % 3
+        assert ids.shape == (n, 3) and ids[:, 0].tolist() == [10 * i + j for j in range(n)]
+        np.testing.assert_allclose(scores[:, 0], (10 * i + np.arange(n)) / 10, rtol=1e-6)
+    assert len(rec.calls) < 30 and sum(n for _, n in rec.calls) == sum(1 + i % 3 for i in range(30))
+    assert all(n <= 64 for _, n in rec.calls)
+    assert sum(r for _, r in seen) == 30 and max(r for _, r in seen) > 1
+
+
+def test_max_batch_bounds_a_call_and_keys_are_never_mixed():
+    rec = _Recorder()
+
+    async def main():
+        b, pool = _batcher(rec, max_batch=4)
+        b.start()
+        reqs = [b.search((2 if i % 2 else 3,), _q(i), 5) for i in range(20)]
+        reqs.append(b.search((2,), _q(100, n=9), 5))  # larger than a batch: runs alone
+        got = await asyncio.gather(*reqs)
+        await b.stop()
+        pool.shutdown()
+        return got
+
+    got = _run(main())
+    assert [g[0].shape[1] for g in got[:20]] == [2 if i % 2 else 3 for i in range(20)]
+    assert got[20][0][:, 0].tolist() == list(range(100, 109))
+    assert sorted(n for _, n in rec.calls if n > 4) == [9]
+    assert all(n <= 4 for _, n in rec.calls if n != 9)
+
+
+def test_a_full_queue_refuses_with_a_retry_hint():
+    rec = _Recorder(delay=0.2)
+
+    async def main():
+        b, pool = _batcher(rec, max_batch=1, max_wait_s=0, max_queue=3)
+        b.start()
+        first = asyncio.ensure_future(b.search((1,), _q(0), 5))
+        await asyncio.sleep(0.05)  # running: the queue is empty again
+        queued = [asyncio.ensure_future(b.search((1,), _q(i), 5)) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as e:
+            await b.search((1,), _q(9), 5)
+        assert e.value.retry_after >= 1 and "3 queries waiting" in str(e.value)
+        got = await asyncio.gather(first, *queued)
+        await b.stop()
+        pool.shutdown()
+        return got
+
+    assert [int(g[0][0, 0]) for g in _run(main())] == [0, 1, 2, 3]
+
+
+def test_a_timed_out_request_is_dropped_and_the_others_go_on():
+    rec = _Recorder(delay=0.3)
+
+    async def main():
+        b, pool = _batcher(rec, max_batch=1, max_wait_s=0)
+        b.start()
+        slow = asyncio.ensure_future(b.search((1,), _q(0), 5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await b.search((1,), _q(1), 0.05)  # queued behind the slow one, then gives up
+        assert b.depth in (0, 1)
+        ok = await b.search((1,), _q(2), 5)
+        await slow
+        await b.stop()
+        pool.shutdown()
+        return ok
+
+    assert int(_run(main())[0][0, 0]) == 2
+    assert [n for _, n in rec.calls] == [1, 1]  # the dropped query never ran
+
+
+def test_a_bad_request_fails_alone_in_a_merged_batch():
+    rec = _Recorder()
+
+    async def main():
+        b, pool = _batcher(rec)
+        b.start()
+        got = await asyncio.gather(*(b.search((1,), _q(-5 if i == 3 else i), 5) for i in range(8)),
+                                   return_exceptions=True)
+        await b.stop()
+        pool.shutdown()
+        return got
+
+    got = _run(main())
+    assert isinstance(got[3], ValueError)
+    assert [int(g[0][0, 0]) for i, g in enumerate(got) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_filters_and_rankings_round_trip_through_json():
+    flt = Filter(tags_all=["a", "b"], tags_none="x", since=10.0, until=20.5, min_importance=0.25)
+    assert wire.parse_where(wire.where_to_json(flt)) == flt
+    assert wire.parse_where({"since": "1970-01-01T00:00:10Z", "until": "1970-01-01T00:00:20.5"}) == \
+        Filter(since=10.0, until=20.5)
+    assert wire.parse_where({}) is None and wire.parse_where(None) is None
+    rank = Rank(similarity=0.5, recency=1.0, importance=0.2, half_life=60, now=100.0)
+    assert wire.parse_rank(wire.rank_to_json(rank)) == rank
+    with pytest.raises(ValueError, match=r"unknown keys \['tagz'\]"):
+        wire.parse_where({"tagz": "a"})
+    with pytest.raises(ValueError, match="ISO-8601"):
+        wire.parse_where({"since": "yesterday"})
+    with pytest.raises(TypeError, match="where.tags_any"):
+        wire.parse_where({"tags_any": 3})
+
+
+def test_binary_bodies_round_trip_and_are_checked():
+    x = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+    body, shape = wire.vectors_to_bytes(x)
+    np.testing.assert_array_equal(wire.vectors_from_bytes(body, shape, None, 7, max_rows=10), x)
+    with pytest.raises(ValueError, match="7 dimensions, the store's are 8"):
+        wire.vectors_from_bytes(body, shape, None, 8, max_rows=10)
+    with pytest.raises(ValueError, match="at most 4"):
+        wire.vectors_from_bytes(body, shape, None, 7, max_rows=4)
+    with pytest.raises(ValueError, match="float32"):
+        wire.vectors_from_bytes(body, shape, "float64", 7, max_rows=10)
+    with pytest.raises(ValueError, match="X-Shape"):
+        wire.vectors_from_bytes(body, "5;7", None, 7, max_rows=10)
+    ids = np.arange(6, dtype=np.int64).reshape(2, 3)
+    scores = np.array([[0.9, 0.5, -np.inf], [0.3, 0.2, 0.1]], dtype=np.float32)
+    got_ids, got_scores = wire.results_from_bytes(*wire.results_to_bytes(ids, scores))
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got_scores, scores)
+    assert wire.content_from_json(wire.content_to_json(b"\x00\xff")) == b"\x00\xff"
+    with pytest.raises(ValueError, match="vectors\\[1\\] contains NaN"):
+        wire.vectors_from_json([[1.0, 2.0], [float("nan"), 1.0]], 2, max_rows=5)
+
+
+def test_options_are_bounded(tmp_path):
+    assert ServeOptions("s").host == "127.0.0.1"
+    assert ServeOptions("s", max_batch=8).max_queue == 1024
+    for bad in ({"max_batch": 0}, {"port": 70000}, {"mode": "rw"}, {"max_body_mb": float("nan")},
+                {"mode": "w", "workers": 2}, {"max_wait_ms": -1}):
+        with pytest.raises(ValueError):
+            ServeOptions("s", **bad)
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(ValueError, match="at least 16"):
+        read_api_key(tmp_path / "short")
+    (tmp_path / "key").write_text("  0123456789abcdefXYZ \nignored\n")
+    assert read_api_key(tmp_path / "key") == "0123456789abcdefXYZ"
+    o = ServeOptions("s", api_key_file=str(tmp_path / "key"))
+    assert o.api_key == "0123456789abcdefXYZ" and "XYZ" not in o.to_json() and "XYZ" not in repr(o)
+    assert ServeOptions.from_json(o.to_json()).api_key == o.api_key
+
+
+def test_the_guard_bounds_the_bodies_being_received_together():
+    pytest.importorskip("orjson")
+    from lukhas_gpu.serve.limits import Guard
+
+    release = None
+
+    async def app(scope, receive, send):  # holds each request until released
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def request(n: int):
+        return {"type": "http", "path": "/v1/search", "method": "POST",
+                "headers": [(b"content-length", str(n).encode())]}
+
+    async def call(guard, scope):
+        sent = []
+
+        async def send(m):
+            sent.append(m)
+
+        await guard(scope, None, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        guard = Guard(app, api_key=None, max_body=100, max_inflight=250)
+        held = [asyncio.ensure_future(call(guard, request(100))) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert guard.inflight == 200
+        status, headers = await call(guard, request(100))  # 300 > 250: refused from the headers
+        assert status == 503 and headers[b"retry-after"] == b"1"
+        assert (await call(guard, request(101)))[0] == 413
+        release.set()
+        assert [(await h)[0] for h in held] == [200, 200]
+        assert guard.inflight == 0
+        assert (await call(guard, request(100)))[0] == 200
+
+    _run(main())
