@@ -251,3 +251,10 @@ def test_sigkill_keeps_every_acknowledged_upsert(tmp_path):
         assert g.metadata["turn"] >= acked[j] and g.content == f"v{g.metadata['turn']}"
         assert g.metadata["free"] == [g.metadata["turn"], str(g.metadata["turn"])]
     ix.close()
+
+
+def test_importing_the_package_loads_no_adapter_framework():
+    code = ("import sys, lukhas_gpu, lukhas_gpu.integrations; lukhas_gpu.MemoryIndex; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('langchain_core', 'llama_index', 'mem0')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
