@@ -35,6 +35,7 @@ class ExtAdd:
     keys: tuple | None
     raw_ids: object
     meta: list | None
+    dicts: list | None = None  # the validated dicts themselves (the writer's; a replay has the texts)
 
     def log_fields(self) -> dict:
         out = {}
@@ -81,15 +82,17 @@ def prepare_add(index, n: int, ids, metadata) -> ExtAdd | None:
             raise ValueError("ids repeat within the batch; each id may appear once per add")
     elif kind is not None and required:
         raise ValueError(f"ids= is required: this index names its memories (IndexConfig.external_ids={kind!r})")
+    dicts = None
     if isinstance(metadata, Logged):
         meta = list(metadata)
         if len(meta) != n:
             raise ValueError(f"a logged add holds {len(meta)} metadata entries for {n} memories")
     else:
         meta = validate_metadata(metadata, n, index.parts.docmeta.fields) if metadata is not None else None
+        dicts = list(metadata) if metadata is not None else None
     if keys is None and meta is None:
         return None
-    return ExtAdd(keys, raw, meta)
+    return ExtAdd(keys, raw, meta, dicts)
 
 
 def upserted_rows(index, ext: ExtAdd | None) -> np.ndarray:
@@ -108,7 +111,7 @@ def append(index, ext: ExtAdd | None, n: int) -> None:
             parts.idmap.append(ext.keys)
         else:
             parts.idmap.append_none(n)
-    parts.docmeta.append(ext.meta if ext is not None else None, n)
+    parts.docmeta.append((ext.dicts if ext.dicts is not None else ext.meta) if ext is not None else None, n)
 
 
 def prepare_update_fields(index, n: int, embeddings, metadata):

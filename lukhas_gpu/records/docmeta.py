@@ -372,7 +372,7 @@ class DocMetadata:
     # -- rows ---------------------------------------------------------------------------------
     def _records(self, texts: list):
         """Free parts (declared typed values moved out) of validated JSON texts, encoded."""
-        dicts = [None if t is None else json.loads(t) for t in texts]
+        dicts = [json.loads(t) if isinstance(t, str) else t for t in texts]  # the writer passes its dicts
         free = [None if d is None else {k: v for k, v in d.items()
                                         if not (k in self.fields and v is not None)} for d in dicts]
         code = self._key_codes([d for d in free if d])
