@@ -16,6 +16,7 @@ import pytest
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
 from lukhas_gpu.query import metafilter
+from lukhas_gpu.store.layout import CorruptStoreError
 from lukhas_gpu.records.docmeta import DocMetadata, validate_metadata
 from lukhas_gpu.records.keytable import KeyTable, encode_keys
 
@@ -161,6 +162,8 @@ def test_ids_upsert_update_delete_and_filtered_search(tmp_path):
     assert ix.search(-x[0], k=1).external_ids == [ids[0]]
     ix.update([ids[10]], embeddings=x[20:21], metadata=[{"turn": 5}], contents=["moved"])
     assert set(ix.search(x[20], k=2).external_ids) == {ids[10], ids[20]}
+    sample = ix.parts.probe.memories  # the recall probe's originals follow the new vector
+    assert np.allclose(sample.vectors[sample.ids == 10], x[20] / np.linalg.norm(x[20]), atol=1e-3)
     assert ix.metadata([ids[10]]) == [{"turn": 5}]
     assert ix.delete([ids[4], ids[5]]) == 2
     assert ix.contains([ids[4], ids[6], "nope"]).tolist() == [False, True, False]
@@ -196,10 +199,24 @@ def test_int_ids_and_plain_indexes(tmp_path):
     ix = _index(tmp_path, kind="int")
     x = np.random.default_rng(3).standard_normal((20, 16)).astype(np.float32)
     ix.add(x, ids=np.arange(1000, 1020) * -3)
+    ix.add(x[:1], ids=[2**63 - 1], metadata=[{"turn": -1}])
     assert ix.get([-3000])[0].id == 0 and ix.search(x[5], k=1).external_ids == [-3015]
     with pytest.raises(TypeError):
         ix.add(x[:1], ids=["a"])
+    reader = MemoryIndex.open(tmp_path / "s", "r")
+    ix.add(-x[:1], ids=[-3000])  # an upsert the reader follows
+    assert reader.refresh()["added"] == 1 and reader.search(-x[0], k=1).external_ids == [-3000]
+    ix.close(checkpoint=False)
+    ix = MemoryIndex.open(tmp_path / "s", "w")  # int ids replayed from the log
+    assert ix.get([2**63 - 1])[0].metadata == {"turn": -1} and len(ix) == 21
     ix.close()
+    gen = next(p for p in (tmp_path / "s").iterdir() if p.name.startswith("gen-") and (p / "idmap.npz").exists()
+               and p.name == (tmp_path / "s" / "CURRENT").read_text().strip())
+    data = bytearray((gen / "idmap.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (gen / "idmap.npz").write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="idmap.npz"):
+        MemoryIndex.open(tmp_path / "s", "r")
     plain = MemoryIndex(16)
     with pytest.raises(ValueError, match="assigns its own ids"):
         plain.add(x[:1], ids=["a"])

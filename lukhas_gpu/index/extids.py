@@ -134,11 +134,19 @@ def prepare_update_fields(index, n: int, embeddings, metadata):
 
 def replace_vectors(index, rows: np.ndarray, x) -> None:
     """New vectors for live ``rows``, in place: the int8 rows, the IVF entries (removed and added
-    again under the same ids), the calibration floats; the device mirror is rebuilt on use."""
+    again under the same ids), the calibration floats, the recall probe's sampled originals; the
+    device mirror is rebuilt on use."""
     import torch
 
     parts = index.parts
     codes, proj = index.encoder(x)
+    sample = parts.probe.memories
+    if len(sample) and sample.with_ids:
+        hit = np.flatnonzero(np.isin(sample.ids, rows))
+        if len(hit):
+            where = {int(r): i for i, r in enumerate(rows.tolist())}
+            idx = torch.tensor([where[int(r)] for r in sample.ids[hit]])
+            sample.vectors[hit] = index.encoder.normalize(x[idx]).cpu().numpy().astype(np.float16)
     parts.vectors[rows] = codes.cpu().numpy()
     if parts.ann is not None:
         parts.ann.remove(rows)
