@@ -180,6 +180,8 @@ def test_ids_upsert_update_delete_and_filtered_search(tmp_path):
         with pytest.raises(err):
             call()
     assert len(ix._wal) == wal and len(ix) == 298
+    kept = ix.get(ids[6:40])
+    assert ix.compact() > 0 and ix.get(ids[6:40]) == kept  # old dicts of upserts and deletes dropped
     state = (ix.get(ids[:12][6:]), ix.search(x[:4], k=5).external_ids)
     ix.close(checkpoint=False)  # replay the log
     ix = MemoryIndex.open(tmp_path / "s", "w")
@@ -275,3 +277,25 @@ def test_importing_the_package_loads_no_adapter_framework():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('langchain_core', 'llama_index', 'mem0')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_plan_predicts_the_bytes_stats_counts():
+    import lukhas_gpu
+
+    n = 20000
+    rng = np.random.default_rng(5)
+    ids = [str(uuid.UUID(int=int(rng.integers(2**62)) << 64 | i, version=4)) for i in range(n)]
+    metas = [{"source": ("chat", "email", "doc")[i % 3], "turn": int(rng.integers(100))} for i in range(n)]
+    for fields, meta_bytes in ((None, 11), ({"source": "str", "turn": "int"}, 0)):
+        cfg = IndexConfig(external_ids="str", metadata_fields=fields)
+        ix = MemoryIndex(8, cfg)
+        x = rng.standard_normal((5000, 8)).astype(np.float32)
+        for i in range(0, n, 5000):
+            ix.add(x, ids=ids[i:i + 5000], metadata=metas[i:i + 5000])
+        got = ix.stats()["memory"]["anon"]
+        want = lukhas_gpu.plan(n, 8, config=cfg, avg_metadata_bytes=meta_bytes, backend="cpu").to_dict()["memory"]["anon"]
+        assert 17 * n <= got["external_ids"] <= want["external_ids"] == 21 * n
+        stored = got["metadata_records"] + got.get("metadata_fields", 0)
+        predicted = want.get("metadata_records", 0) + want.get("metadata_fields", 0)
+        assert abs(stored - predicted) <= 0.15 * predicted, (fields, stored, predicted)
+        assert (stored + got["external_ids"]) / n <= 40  # the budget: a UUID and a small dict

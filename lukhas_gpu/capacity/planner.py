@@ -265,7 +265,8 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     avg_metadata_bytes : float, default 0
         Mean bytes of a memory's free metadata record (:mod:`lukhas_gpu.records.docmeta`'s
         encoding, declared fields excluded: ``{"source": "email", "turn": 17}`` is 11 B); each
-        memory then also has a 4-byte offset. Declared fields cost their columns.
+        memory then also has a 4-byte offset. Declared fields cost their columns (and the
+        offset and a 1-byte record of the free part, which may be empty).
     runtime : bool, default True
         Count the libraries' first-use working memory (``RUNTIME_BYTES``, once per process; the
         ``runtime`` line of ``stats()`` of the process's first index): False for an index built
@@ -353,7 +354,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     field_bytes = {"str": 4, "int": 8.125, "float": 8.125, "bool": 1}
     fields = count * sum(field_bytes[t] for t in cfg.fields.values())
     if meta_avg > 0 or fields:
-        anon["metadata_records"] = count * (4 + meta_avg) if meta_avg > 0 else 0
+        anon["metadata_records"] = count * (4 + max(meta_avg, 1))  # an offset; an empty free part is 1 B
         if fields:
             anon["metadata_fields"] = fields
         disk["doc_metadata"] = anon["metadata_records"] + fields + 8 * NPZ_MEMBER_BYTES

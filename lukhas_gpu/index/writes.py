@@ -200,7 +200,9 @@ def compact(index) -> int:
         return p.contents.nbytes()["records"] + p.tags.nbytes()["flat"] + 4 * p.tags.garbage
 
     before = held()
-    p.contents.compact(np.flatnonzero(p.tombstones.live_mask(p.rows)))
+    live = np.flatnonzero(p.tombstones.live_mask(p.rows))
+    p.contents.compact(live)
     p.tags.compact()
+    freed = p.docmeta.compact(live)  # free metadata records of deleted memories and replaced dicts
     trim()
-    return int(before - held())
+    return int(before - held() + freed)

@@ -435,6 +435,32 @@ class DocMetadata:
         self._decode_dict(r)
         return r.pos - start
 
+    def compact(self, live_rows: np.ndarray) -> int:
+        """Keep only the records of ``live_rows`` (deleted rows' and replaced dicts' bytes go; a
+        deleted row's offset becomes "none"); returns the bytes reclaimed."""
+        if self.starts is None:
+            return 0
+        starts = self.starts.view()
+        keep = np.zeros(self.rows, bool)
+        keep[np.asarray(live_rows, np.int64)] = True
+        keep &= starts != self.none
+        mv = memoryview(self.buf.view())
+        new_starts = np.full(self.rows, self.none, starts.dtype)
+        chunks, pos = [], 0
+        for r in np.flatnonzero(keep).tolist():
+            s = int(starts[r])
+            n = self._size(s)
+            chunks.append(mv[s:s + n])
+            new_starts[r] = pos
+            pos += n
+        before = len(self.buf)
+        buf = GrowableArray(np.uint8)
+        buf.append(np.frombuffer(b"".join(chunks), np.uint8))
+        self.buf, self.garbage = buf, 0
+        self.starts = GrowableArray(starts.dtype)
+        self.starts.append(new_starts)
+        return before - len(self.buf)
+
     def get(self, rows) -> list:
         """The dicts of ``rows`` (None for a memory added without metadata)."""
         rows = np.asarray(rows, np.int64)
