@@ -91,9 +91,11 @@ class IndexHolder:
 
     def search(self, vectors, k: int, where=None) -> list[list[tuple]]:
         """Per query, ``(memory, cosine)`` pairs, best first, padding dropped."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
         if self.index is None or len(self.index) == 0:
             return [[] for _ in range(len(vectors))]
-        res = self.index.search(as_matrix(vectors, "query"), k=max(1, min(int(k), len(self.index))), where=where)
+        res = self.index.search(as_matrix(vectors, "query"), k=min(int(k), len(self.index)), where=where)
         mems = res.memories()
         return [[(m, float(s)) for m, s in zip(row, srow) if m is not None] for row, srow in zip(mems, res.scores)]
 
