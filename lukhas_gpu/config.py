@@ -26,6 +26,8 @@ PRESET_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent
 _METRICS = ("cosine", "ip")
 _BACKENDS = ("auto", "cpu", "cuda")
 _VECTOR_STORAGE = ("memory", "mmap")
+#: Types a declared metadata field may have (``metadata_fields``).
+METADATA_FIELD_TYPES = ("str", "int", "float", "bool")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,6 +98,15 @@ class IndexConfig:
         ``add``/``update``/``delete`` returns (an acknowledged memory survives a power cut);
         ``group`` fsyncs at most every 50 ms (a process crash loses nothing, a power cut up to
         50 ms of writes) for much higher small-batch write rates; ``none`` leaves it to the OS.
+    external_ids : {None, "str", "int"}, default None
+        ``None``: ids are the row numbers the index assigns. ``"str"`` / ``"int"``: every ``add``
+        names its memories (``ids=``, str of at most 1024 UTF-8 bytes or int64) and ``get``,
+        ``delete``, ``update``, ``contains`` take those ids; adding an id that exists replaces
+        that memory (upsert). A canonical 36-char UUID costs 21 B per memory.
+    metadata_fields : dict of name -> {"str", "int", "float", "bool"}, optional
+        Fields of the free metadata dicts kept in packed columns that ``Filter(meta=...)`` can
+        test (equality, ``$in``, ranges, ``$exists``); a value of a declared field must have its
+        type. Stored as ``((name, type), ...)``; :attr:`fields` gives the dict.
     backend : {"auto", "cpu", "cuda"}, default "auto"
         Where the torch kernels run; ``LUKHAS_GPU_BACKEND`` overrides it. ``auto`` takes CUDA when
         torch sees a GPU and falls back to CPU with one log line.
@@ -164,6 +175,8 @@ class IndexConfig:
     drift_threshold: float = 1.5
     target_recall: float | None = None
     auto_tune: bool = True
+    external_ids: str | None = None
+    metadata_fields: Any = None
 
     def __post_init__(self) -> None:
         def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -182,6 +195,9 @@ class IndexConfig:
         choice("backend", self.backend, _BACKENDS)
         choice("gpu_resident", self.gpu_resident, ("auto", "on", "off"))
         choice("wal_sync", self.wal_sync, ("always", "group", "none"))
+        if self.external_ids is not None:
+            choice("external_ids", self.external_ids, ("str", "int"))
+        object.__setattr__(self, "metadata_fields", _fields(self.metadata_fields))
         for name in ("train_threshold", "nprobe", "rerank", "batch_size", "max_content_bytes",
                      "filter_exact_max", "rank_oversample"):
             positive(name, getattr(self, name))
@@ -230,6 +246,11 @@ class IndexConfig:
             raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
         return cls(**data)
 
+    @property
+    def fields(self) -> dict[str, str]:
+        """The declared metadata fields, ``{name: type}``."""
+        return dict(self.metadata_fields or ())
+
     def resident_on(self, backend: str) -> bool:
         """Whether ``gpu_resident`` keeps the codes on the device for this (resolved) backend."""
         return self.gpu_resident == "on" or (self.gpu_resident == "auto" and backend == "cuda")
@@ -239,6 +260,24 @@ class IndexConfig:
 
     def replace(self, **changes: Any) -> "IndexConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _fields(fields) -> tuple | None:
+    """``metadata_fields`` (a dict, or pairs as a manifest stores them) as ``((name, type), ...)``."""
+    if fields is None:
+        return None
+    try:
+        pairs = list(fields.items()) if isinstance(fields, dict) else [tuple(p) for p in fields]
+    except TypeError:
+        raise ValueError(f"metadata_fields must be a dict of name -> type, got {fields!r}") from None
+    if len(pairs) > 256 or len({p[0] for p in pairs if p}) != len(pairs):
+        raise ValueError(f"metadata_fields: at most 256 fields, each named once, got {len(pairs)}")
+    for p in pairs:
+        if len(p) != 2 or not isinstance(p[0], str) or not p[0] or len(p[0]) > 256:
+            raise ValueError(f"metadata_fields: field names must be non-empty str (<= 256 chars), got {p!r}")
+        if p[1] not in METADATA_FIELD_TYPES:
+            raise ValueError(f"metadata_fields[{p[0]!r}] must be one of {METADATA_FIELD_TYPES}, got {p[1]!r}")
+    return tuple((str(a), str(b)) for a, b in pairs)
 
 
 def _preset_dir() -> pathlib.Path:

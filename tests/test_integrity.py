@@ -30,8 +30,9 @@ def template(tmp_path_factory):
     path = tmp_path_factory.mktemp("integrity") / "s"
     ix = MemoryIndex.create(path, DIM)
     for lo in (0, 100):
-        ix.add(np.stack([_vec(i) for i in range(lo, lo + 100)]), contents=[f"m{i}" for i in range(lo, lo + 100)])
-        ix.tune(0.9)  # every generation holds a tuning.npz
+        ix.add(np.stack([_vec(i) for i in range(lo, lo + 100)]), contents=[f"m{i}" for i in range(lo, lo + 100)],
+               metadata=[{"i": i} for i in range(lo, lo + 100)])  # so the generations hold docmeta.npz
+        ix.tune(0.9)  # and a tuning.npz
         ix.checkpoint()
     for i in range(BASE_ROWS, BASE_ROWS + LOGGED):
         ix.add(_vec(i), contents=f"m{i}")
@@ -127,7 +128,8 @@ def test_a_torn_tail_is_still_cut(store):
 
 
 # -- 2. and 3. rollback: verified target, the log never dropped silently ---------------------------
-@pytest.mark.parametrize("name", sorted(set(layout.GENERATION_FILES) - {layout.ANN}))
+# (the id map is a file only of stores with external ids: test_extids covers it)
+@pytest.mark.parametrize("name", sorted(set(layout.GENERATION_FILES) - {layout.ANN, layout.IDMAP}))
 def test_rollback_onto_a_damaged_generation_is_refused(store, name):
     shutil.move(store / layout.WAL, store / "keep")  # no log in the way
     prev = _gen(store, "previous")
@@ -246,7 +248,8 @@ def test_crafted_manifests_are_refused_before_any_allocation(store, monkeypatch,
             MemoryIndex.open(store, mode=mode)
 
 
-@pytest.mark.parametrize("name", sorted(set(layout.GENERATION_FILES) - {layout.ANN}))
+# (the id map is a file only of stores with external ids: test_extids covers it)
+@pytest.mark.parametrize("name", sorted(set(layout.GENERATION_FILES) - {layout.ANN, layout.IDMAP}))
 @pytest.mark.parametrize("damage", ["truncate", "missing", "link"])
 def test_damaged_generation_files_are_named(store, tmp_path, name, damage):
     p = _gen(store) / name

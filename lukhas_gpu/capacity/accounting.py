@@ -105,6 +105,9 @@ def logical_bytes(index) -> tuple[dict, int]:
                   "content_dictionaries": content["dictionaries"], "content_samples": content["samples"],
                   "metadata": parts.meta.nbytes(),
                   **{f"tags_{k}": int(v) for k, v in tag_bytes.items() if k != "garbage"}}
+    components.update(parts.docmeta.nbytes())
+    if parts.idmap is not None:
+        components["external_ids"] = parts.idmap.nbytes()
     if parts.ann is not None:
         components.update({f"ann_{k}": v for k, v in parts.ann.nbytes().items()})
     # the rows mapped from a file (all of an mmap store; a reader's published rows, not its replayed tail)
@@ -155,6 +158,9 @@ def breakdown(index) -> dict:
     add(parts.contents.memory_usage())
     add(parts.meta.memory_usage())
     add(parts.tags.memory_usage())
+    add(parts.docmeta.memory_usage())
+    if parts.idmap is not None:
+        add(parts.idmap.memory_usage())
 
     ann_state = None
     if parts.ann is not None:

@@ -223,7 +223,8 @@ def _roaring_bytes(counts: np.ndarray, rows: int) -> float:
 def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: float = 0.0,
          config: IndexConfig | str | None = None, *, content_ratio: float = 0.72, tag_vocabulary: int = 1000,
          state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35, runtime: bool = True,
-         backend: str | None = None, faiss_gpu: bool | None = None) -> Plan:
+         backend: str | None = None, faiss_gpu: bool | None = None, avg_id_bytes: float = 36,
+         avg_metadata_bytes: float = 0) -> Plan:
     """Predict the bytes ``count`` memories take under ``config``, per component and place.
 
     Parameters
@@ -258,6 +259,14 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         Default: what this process would choose for ``config.backend``.
     faiss_gpu : bool, optional
         Whether FAISS clones the IVF to the GPU (cuda backend only); default: detected.
+    avg_id_bytes : float, default 36
+        Mean UTF-8 bytes of an external id (``config.external_ids="str"``; a canonical UUID or a
+        str of at most 16 bytes costs 21 B, a longer one 21 B plus its bytes).
+    avg_metadata_bytes : float, default 0
+        Mean bytes of a memory's free metadata record (:mod:`lukhas_gpu.records.docmeta`'s
+        encoding, declared fields excluded: ``{"source": "email", "turn": 17}`` is 11 B); each
+        memory then also has a 4-byte offset. Declared fields cost their columns (and the
+        offset and a 1-byte record of the free part, which may be empty).
     runtime : bool, default True
         Count the libraries' first-use working memory (``RUNTIME_BYTES``, once per process; the
         ``runtime`` line of ``stats()`` of the process's first index): False for an index built
@@ -335,6 +344,20 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     anon["content_dictionaries"] = dictionaries
     anon["content_samples"] = samples + 33 * kept  # bytes objects: 33 B of header each
     disk["content_index"] = 8 * count + dictionaries + samples + 17 * NPZ_MEMBER_BYTES
+
+    # external ids, free metadata, declared fields (records.keytable / docmeta)
+    id_avg = _real("avg_id_bytes", avg_id_bytes, 0.0)
+    meta_avg = _real("avg_metadata_bytes", avg_metadata_bytes, 0.0)
+    if cfg.external_ids:
+        ids = count * (21 + (id_avg if cfg.external_ids == "str" and 16 < id_avg != 36 else 0))
+        anon["external_ids"] = disk["external_ids"] = ids
+    field_bytes = {"str": 4, "int": 8.125, "float": 8.125, "bool": 1}
+    fields = count * sum(field_bytes[t] for t in cfg.fields.values())
+    if meta_avg > 0 or fields:
+        anon["metadata_records"] = count * (4 + max(meta_avg, 1))  # an offset; an empty free part is 1 B
+        if fields:
+            anon["metadata_fields"] = fields
+        disk["doc_metadata"] = anon["metadata_records"] + fields + 8 * NPZ_MEMBER_BYTES
 
     # metadata and tags
     anon["metadata"] = 11 * count

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..records.contents import ContentArena
+from ..records.docmeta import DocMetadata
+from ..records.idmap import IdMap
 from ..records.metadata import MetadataColumns
 from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
@@ -126,6 +128,10 @@ def write(index, root) -> pathlib.Path:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
     if parts.tuned is not None:
         npz[layout.TUNING] = parts.tuned.to_arrays()
+    if parts.idmap is not None:
+        npz[layout.IDMAP] = parts.idmap.to_arrays()
+    if parts.docmeta.starts is not None or parts.docmeta.fields:  # optional: only once used
+        npz[layout.DOCMETA] = parts.docmeta.to_arrays()
     writers, ann = {}, None
     if parts.ann is not None:
         a = parts.ann
@@ -174,7 +180,15 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         parts.contents = ContentArena.from_arrays(arena, max_content_bytes=config.max_content_bytes)
         parts.meta = MetadataColumns.from_arrays(gen.npz(layout.METADATA))
         parts.tags = TagIndex.from_arrays(gen.npz(layout.TAGS))
-    except ValueError as e:  # arrays that do not fit together: name the generation
+        if gen.has(layout.DOCMETA):
+            parts.docmeta = DocMetadata.from_arrays(gen.npz(layout.DOCMETA), config.fields)
+        else:  # a store without metadata yet (or older than it): rows without any
+            parts.docmeta.append(None, rows)
+        if config.external_ids:
+            parts.idmap = IdMap.from_arrays(gen.npz(layout.IDMAP))
+            if parts.idmap.kind != config.external_ids:
+                raise ValueError(f"the id map holds {parts.idmap.kind} ids, the config says {config.external_ids}")
+    except (ValueError, KeyError) as e:  # arrays that do not fit together: name the generation
         raise layout.CorruptStoreError(gen.path, f"inconsistent payload files ({e})") from None
     try:
         parts.tombstones = Tombstones.from_bytes(gen.bytes(layout.TOMBSTONES))
@@ -201,7 +215,9 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         faiss_index = faiss_module().read_index(str(gen.file(layout.ANN)))
         parts.ann = IVFPQIndex.from_faiss(faiss_index, nlist=a["nlist"], pq_m=a["pq_m"], coarse=a["coarse"],
                                           seed=config.seed)
-    for part, n in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags))):
+    for part, n in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
+                    ("free metadata", len(parts.docmeta)),
+                    ("id map", len(parts.idmap) if parts.idmap is not None else rows)):
         if n != rows:
             raise layout.CorruptStoreError(gen.path, f"{part} holds {n} rows, the vectors {rows}")
     return index, manifest
@@ -337,16 +353,20 @@ def _apply(index, op: int, f: dict) -> None:
 def apply_record(index, op: int, f: dict) -> None:
     """Apply one logged operation through the write paths of :mod:`.writes` (validated again,
     never logged again): the writer's replay and a reader's (:mod:`.reader`) end in one state."""
-    from . import writes
+    from . import extids, writes
 
     if op == OP_ADD:
         if "start" in f and int(f["start"]) != index.parts.rows:
             raise layout.CorruptStoreError(index.path / layout.WAL, f"an add record starts at id {f['start']}, "
                                                                     f"but {index.parts.rows} rows precede it")
-        writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"]))
+        meta = extids.Logged(f["meta"]) if f.get("meta") is not None else None  # optional fields
+        writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"],
+                                                    ids=f.get("ext", extids.NO_IDS), metadata=meta))
     elif op == OP_UPDATE:
         rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
-        writes.apply_update(index, writes.prepare_update(index, rows, f["contents"], f["tags"], f["ts"], f["imp"]))
+        meta = extids.Logged(f["meta"]) if f.get("meta") is not None else None
+        writes.apply_update(index, writes.prepare_update(index, rows, f["contents"], f["tags"], f["ts"], f["imp"],
+                                                         embeddings=f.get("x"), metadata=meta))
     elif op == OP_DELETE:
         writes.apply_delete(index, writes.prepare_delete(index, f["ids"]))
     else:
@@ -497,7 +517,8 @@ def verify(index) -> dict:
         report.update(generation=gen.manifest["generation"], files=len(gen.files))
         report["wal_records"] = _verify_log(index.path / layout.WAL)
     n = parts.rows
-    for part, m in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags))):
+    for part, m in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
+                    ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n)):
         if m != n:
             raise layout.CorruptStoreError(where, f"{part} holds {m} rows, the vectors {n}")
     if parts.ann is not None and parts.ann.ntotal != parts.live:

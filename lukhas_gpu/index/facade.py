@@ -25,9 +25,9 @@ from ..config import IndexConfig
 from ..store import layout
 from ..util.checks import check_positive, check_queries
 from ..util.device import resolve_backend
-from ..util.ids import as_ids
 from ..util.memtrim import maybe_trim, trim
 from . import durable
+from .documents import DocumentsMixin
 from .locking import locked as _locked
 from .parts import IndexParts
 from .results import Memory, SearchResult
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex(TuningMixin):
+class MemoryIndex(DocumentsMixin, TuningMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -220,8 +220,9 @@ class MemoryIndex(TuningMixin):
 
     # -- add -----------------------------------------------------------------------------------
     @_locked
-    def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None) -> np.ndarray:
-        """Add a batch of memories; returns their ids, ``(n,)`` int64.
+    def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None, *, ids=None,
+            metadata=None) -> np.ndarray:
+        """Add a batch of memories; returns their row ids, ``(n,)`` int64.
 
         Parameters
         ----------
@@ -234,6 +235,10 @@ class MemoryIndex(TuningMixin):
             Default: now.
         importance : sequence of floats in [0, 1] (or one float for all), optional
             Default 0.5.
+        ids : sequence of str (or int), required with ``config.external_ids``
+            The memories' own ids; an id already live is replaced (upsert, in one log record).
+        metadata : sequence of dict / None, optional
+            Free JSON-like dicts, round-tripped exactly (``config.metadata_fields`` are columns).
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.
@@ -248,14 +253,15 @@ class MemoryIndex(TuningMixin):
         """
         from . import writes  # torch and the vector path load on first use
         self._require_writable()
-        batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance)
+        batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, ids=ids,
+                                   metadata=metadata)
         if self._wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self._wal.append(durable.OP_ADD, batch.log_fields())
-        ids = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
+        rows = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
         if self.config.target_recall is not None:
             from . import tuning
             tuning.maybe_retune(self)
-        return ids
+        return rows
 
     @_locked
     def train(self) -> None:
@@ -321,7 +327,7 @@ class MemoryIndex(TuningMixin):
         allowed = None
         if where is not None and not where.is_empty():
             allowed = filters.evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
-                               deleted=parts.tombstones.bitmap)
+                               deleted=parts.tombstones.bitmap, fields=parts.docmeta)
         mirror = device_mirror.mirror_ready(self)
         if rank is None or rank.is_plain:
             scores, ids, self.last_plan = executor.similar(parts, q, s, allowed, mirror)
@@ -336,8 +342,8 @@ class MemoryIndex(TuningMixin):
         return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
 
     # -- records -------------------------------------------------------------------------------
-    def _check_ids(self, ids) -> np.ndarray:
-        return self.parts.tombstones.check(as_ids(ids), self.parts.rows)
+    def _check_ids(self, ids) -> np.ndarray:  # external ids resolved (documents.py)
+        return self.parts.tombstones.check(self._rows_for(ids), self.parts.rows)
 
     @_locked
     def get(self, ids) -> list[Memory]:
@@ -348,11 +354,7 @@ class MemoryIndex(TuningMixin):
         ValueError
             An id that was never assigned or has been deleted.
         """
-        rows = self._check_ids(ids)
-        p = self.parts
-        contents, tags = p.contents.get(rows), p.tags.get(rows)
-        ts, imp = p.meta.timestamp[rows], p.meta.importance(rows)
-        return [Memory(int(r), c, t, float(a), float(b)) for r, c, t, a, b in zip(rows, contents, tags, ts, imp)]
+        return self._memories_at(self._check_ids(ids))
 
     @_locked
     def contents(self, ids) -> list:
@@ -362,20 +364,20 @@ class MemoryIndex(TuningMixin):
     @_locked
     def contains(self, ids) -> np.ndarray:
         """Boolean mask: which ids are live memories."""
-        ids = as_ids(ids)
-        live = (ids >= 0) & (ids < self.parts.rows)
-        return live & ~self.parts.tombstones.contains(ids)
+        return self._contains_ids(ids)
 
     @_locked
-    def update(self, ids, *, contents=None, tags=None, timestamps=None, importance=None) -> None:
-        """Change the content, tags, timestamp or importance of existing memories.
+    def update(self, ids, *, contents=None, tags=None, timestamps=None, importance=None, embeddings=None,
+               metadata=None) -> None:
+        """Change the content, tags, timestamp, importance, metadata dict or vector of existing memories.
 
         Each argument, when given, has one entry per id. The whole call is validated first and
         applied only if everything is valid.
         """
         from . import writes
         self._require_writable()
-        change = writes.prepare_update(self, self._check_ids(ids), contents, tags, timestamps, importance)
+        change = writes.prepare_update(self, self._check_ids(ids), contents, tags, timestamps, importance,
+                                       embeddings, metadata)
         if self._wal is not None:
             self._wal.append(durable.OP_UPDATE, change.log_fields())
         writes.apply_update(self, change)
@@ -391,7 +393,7 @@ class MemoryIndex(TuningMixin):
         """
         from . import writes
         self._require_writable()
-        rows = writes.prepare_delete(self, ids)
+        rows = writes.prepare_delete(self, self._rows_for(ids))
         if len(rows) == 0:
             return 0
         if self._wal is not None:

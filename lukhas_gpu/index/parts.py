@@ -15,6 +15,8 @@ import numpy as np
 from ..config import IndexConfig
 from ..monitor.probe import DriftMonitor, Probe
 from ..records.contents import ContentArena
+from ..records.docmeta import DocMetadata
+from ..records.idmap import IdMap
 from ..records.metadata import MetadataColumns
 from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
@@ -40,6 +42,10 @@ class IndexParts:
     tags : TagIndex
     meta : MetadataColumns
         Timestamps and importance.
+    idmap : IdMap or None
+        The external id of every row (``config.external_ids``), else None.
+    docmeta : DocMetadata
+        Free metadata dicts and the declared fields' columns.
     ann : IVFPQIndex or None
         The IVF-PQ index once trained.
     mirror : DeviceMirror or None
@@ -67,6 +73,8 @@ class IndexParts:
         self.contents = ContentArena(level=config.zstd_level, max_content_bytes=config.max_content_bytes)
         self.tags = TagIndex()
         self.meta = MetadataColumns()
+        self.idmap = IdMap(config.external_ids) if config.external_ids else None
+        self.docmeta = DocMetadata(config.fields)
         self.ann = None
         self.mirror = None
         self.mirror_wanted = False  # set by the facade once the backend is known
@@ -137,7 +145,10 @@ class IndexParts:
     def components(self) -> dict:
         """``{name: component}`` of the built components (for accounting and checks)."""
         out = {"vectors": self.vectors, "tombstones": self.tombstones, "contents": self.contents,
-               "tags": self.tags, "meta": self.meta, "probe": self.probe, "drift": self.drift}
+               "tags": self.tags, "meta": self.meta, "docmeta": self.docmeta, "probe": self.probe,
+               "drift": self.drift}
+        if self.idmap is not None:
+            out["idmap"] = self.idmap
         if self._encoder is not None:
             out["encoder"] = self._encoder
         if self.ann is not None:

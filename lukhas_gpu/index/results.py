@@ -59,11 +59,22 @@ class SearchResult:
 
     def contents(self) -> list:
         """Contents of the results, shaped like ``ids`` (lists), ``None`` where padded."""
-        return self._hydrate(lambda ids: self._index().contents(ids))
+        return self._hydrate(lambda ids: self._index()._contents_at(ids))
 
     def memories(self) -> list:
         """:class:`Memory` records of the results, shaped like ``ids``, ``None`` where padded."""
-        return self._hydrate(lambda ids: self._index().get(ids))
+        return self._hydrate(lambda ids: self._index()._get_at(ids))
+
+    @property
+    def external_ids(self) -> list:
+        """The user's ids of the results (``IndexConfig.external_ids``), shaped like ``ids``
+        (lists), ``None`` where padded; the row ids when the index assigns its own."""
+        ids = _to_numpy(self.ids)
+        flat = self._index().external_ids_of(ids.reshape(-1))
+        if ids.ndim == 1:
+            return flat
+        k = ids.shape[1]
+        return [flat[i * k:(i + 1) * k] for i in range(ids.shape[0])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,3 +86,7 @@ class Memory:
     tags: list[str]
     timestamp: float
     importance: float
+    #: The user's id (``IndexConfig.external_ids``), else the row id.
+    external_id: Any = None
+    #: The free metadata dict (None if the memory was added without one).
+    metadata: dict | None = None

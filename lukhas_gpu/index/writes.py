@@ -13,7 +13,7 @@ from ..records.metadata import MetadataColumns
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import lifecycle, mirror
+from . import extids, lifecycle, mirror
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -34,16 +34,20 @@ class AddBatch:
     ts: np.ndarray
     imp: np.ndarray
     start: int = 0  # the first id: logged, so a replay (or a salvage) can check where it lands
+    ext: object = None  # extids.ExtAdd: external ids and metadata (optional fields of the record)
 
     def log_fields(self) -> dict:
         import torch
 
-        return {"x": self.x.to("cpu", torch.float32).numpy(), "ts": self.ts, "imp": self.imp, "start": self.start,
-                "contents": list(self.raw_contents) if self.raw_contents is not None else None,
-                "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None}
+        out = {"x": self.x.to("cpu", torch.float32).numpy(), "ts": self.ts, "imp": self.imp, "start": self.start,
+               "contents": list(self.raw_contents) if self.raw_contents is not None else None,
+               "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None}
+        if self.ext is not None:
+            out.update(self.ext.log_fields())
+        return out
 
 
-def prepare_add(index, embeddings, contents, tags, timestamps, importance) -> AddBatch:
+def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=None, metadata=None) -> AddBatch:
     """Validate an ``add`` completely (see ``MemoryIndex.add`` for the rules)."""
     from ..util.arrays import as_batch, check_nonzero
 
@@ -68,12 +72,16 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance) -> Ad
     ts, imp = MetadataColumns.validate(n, timestamps, importance)
     if parts.rows + n > MAX_ROWS - 1:
         raise ValueError(f"an index holds at most 2**32 - 1 memories; this batch of {n} would exceed it")
-    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows))
+    ext = extids.prepare_add(index, n, ids, metadata)
+    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext)
 
 
 def apply_add(index, b: AddBatch) -> np.ndarray:
     """Store a prepared batch in every component; returns its ids."""
     parts = index.parts
+    replaced = extids.upserted_rows(index, b.ext)
+    if len(replaced):  # an upsert: the old rows go, in the same logged operation
+        apply_delete(index, replaced)
     lifecycle.calibrate(index, b.x)
     codes, proj = index.encoder(b.x)
     n = b.x.shape[0]
@@ -85,6 +93,7 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     parts.contents.append(b.contents if b.contents is not None else [None] * n)
     parts.tags.append(b.tags, n)
     parts.meta.append(b.ts, b.imp)
+    extids.append(index, b.ext, n)
     if parts.mirror is not None:
         mirror.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
     lifecycle.observe(parts, b.x, codes, proj, ids)
@@ -129,14 +138,24 @@ class Update:
     norm_tags: list | None
     ts: np.ndarray | None
     imp: np.ndarray | None
+    x: object = None  # new embeddings (torch) or None
+    meta: list | None = None  # new metadata (compact JSON texts) or None
 
     def log_fields(self) -> dict:
-        return {"ids": self.rows, "contents": list(self.raw_contents) if self.raw_contents is not None else None,
-                "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None,
-                "ts": self.ts, "imp": self.imp}
+        out = {"ids": self.rows, "contents": list(self.raw_contents) if self.raw_contents is not None else None,
+               "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None,
+               "ts": self.ts, "imp": self.imp}
+        if self.x is not None:  # optional fields: records without them replay as before
+            import torch
+
+            out["x"] = self.x.to("cpu", torch.float32).numpy()
+        if self.meta is not None:
+            out["meta"] = list(self.meta)
+        return out
 
 
-def prepare_update(index, rows: np.ndarray, contents, tags, timestamps, importance) -> Update:
+def prepare_update(index, rows: np.ndarray, contents, tags, timestamps, importance, embeddings=None,
+                   metadata=None) -> Update:
     """Validate an ``update`` of ``rows`` (already checked to be live ids)."""
     parts = index.parts
     n = len(rows)
@@ -151,8 +170,9 @@ def prepare_update(index, rows: np.ndarray, contents, tags, timestamps, importan
     ts = imp = None
     if timestamps is not None or importance is not None:
         ts, imp = MetadataColumns.validate(n, timestamps, importance)
+    x, meta = extids.prepare_update_fields(index, n, embeddings, metadata)
     return Update(rows, raw_contents, contents, tags, norm_tags, ts if timestamps is not None else None,
-                  imp if importance is not None else None)
+                  imp if importance is not None else None, x, meta)
 
 
 def apply_update(index, u: Update) -> None:
@@ -165,6 +185,10 @@ def apply_update(index, u: Update) -> None:
         parts.meta.timestamp[u.rows] = u.ts
     if u.imp is not None:
         parts.meta.importance_q[u.rows] = MetadataColumns.quantize_importance(u.imp)
+    if u.meta is not None:
+        parts.docmeta.replace(u.rows, u.meta)
+    if u.x is not None:
+        extids.replace_vectors(index, u.rows, u.x)
 
 
 def compact(index) -> int:
@@ -176,7 +200,9 @@ def compact(index) -> int:
         return p.contents.nbytes()["records"] + p.tags.nbytes()["flat"] + 4 * p.tags.garbage
 
     before = held()
-    p.contents.compact(np.flatnonzero(p.tombstones.live_mask(p.rows)))
+    live = np.flatnonzero(p.tombstones.live_mask(p.rows))
+    p.contents.compact(live)
     p.tags.compact()
+    freed = p.docmeta.compact(live)  # free metadata records of deleted memories and replaced dicts
     trim()
-    return int(before - held())
+    return int(before - held() + freed)

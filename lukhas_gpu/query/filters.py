@@ -12,6 +12,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..records.metadata import to_epoch_seconds
+from . import metafilter
 
 __all__ = ["Filter", "evaluate"]
 
@@ -47,6 +48,10 @@ class Filter:
         ``since <= timestamp <= until`` (both inclusive).
     min_importance : float in [0, 1], optional
         ``importance >= min_importance``.
+    meta : dict, optional
+        Conditions on declared metadata fields (``IndexConfig.metadata_fields``), in the dict
+        form of :mod:`lukhas_gpu.query.metafilter`: ``{"user_id": "alice", "turn": {"$gte": 3},
+        "$or": [...]}``.
     """
 
     tags_all: tuple[str, ...]
@@ -55,9 +60,10 @@ class Filter:
     since: float | None
     until: float | None
     min_importance: float | None
+    meta: tuple | None
 
     def __init__(self, *, tags_all=None, tags_any=None, tags_none=None, since=None, until=None,
-                 min_importance=None):
+                 min_importance=None, meta=None):
         set_ = object.__setattr__
         set_(self, "tags_all", _tag_tuple("tags_all", tags_all))
         set_(self, "tags_any", _tag_tuple("tags_any", tags_any))
@@ -73,10 +79,11 @@ class Filter:
                 raise ValueError(f"Filter.min_importance must be in [0, 1], got {min_importance!r}")
             min_importance = float(min_importance)
         set_(self, "min_importance", min_importance)
+        set_(self, "meta", metafilter.parse(meta) if meta is not None else None)
 
     def is_empty(self) -> bool:
         return not (self.tags_all or self.tags_any or self.tags_none or self.since is not None
-                    or self.until is not None or self.min_importance is not None)
+                    or self.until is not None or self.min_importance is not None or self.meta is not None)
 
     def matches(self, tags: list[str], timestamp: float, importance: float) -> bool:
         """The predicate for one memory, in plain Python (the reference the tests check against)."""
@@ -89,11 +96,17 @@ class Filter:
                 and (self.min_importance is None or importance >= self.min_importance - 1e-12))
 
 
-def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None) -> BitMap:
-    """The rows ``flt`` allows, live rows only, as a roaring bitmap."""
+def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None, fields=None) -> BitMap:
+    """The rows ``flt`` allows, live rows only, as a roaring bitmap (``fields``: the declared
+    metadata columns, ``DocMetadata``, needed by ``flt.meta``)."""
     allowed: BitMap | None = None
+    if flt.meta is not None:
+        if fields is None:
+            raise ValueError("Filter.meta needs the index's metadata fields")
+        allowed = BitMap(np.flatnonzero(metafilter.evaluate(flt.meta, fields, n_rows)).astype(np.uint32))
     if flt.tags_all:
-        allowed = tags.all_of(list(flt.tags_all))
+        all_ = tags.all_of(list(flt.tags_all))
+        allowed = all_ if allowed is None else allowed & all_
     if flt.tags_any:
         any_ = tags.any_of(list(flt.tags_any))
         allowed = any_ if allowed is None else allowed & any_

@@ -15,6 +15,8 @@ A store is a directory::
         deleted.roaring    tombstones (roaring bitmap, portable serialisation)
         encoder.npz        the encoder's scales and projection
         ann.faiss          the IVF-PQ index (FAISS's own writer), when trained
+        idmap.npz          external ids (optional: IndexConfig.external_ids)
+        docmeta.npz        free metadata and declared fields (optional: written once used)
       wal.log              operations since the published generation (see wal.py)
       LOCK                 the one writer's flock (the file holds its pid, for messages)
 
@@ -68,11 +70,14 @@ PROBE = "probe.npz"
 DRIFT = "drift.npz"
 ANN = "ann.faiss"
 TUNING = "tuning.npz"
+IDMAP = "idmap.npz"
+DOCMETA = "docmeta.npz"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
-                    PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest"}
+                    PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest",
+                    IDMAP: "external_ids", DOCMETA: "doc_metadata"}
 #: Files every generation has (the others depend on the index's phase).
 REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().

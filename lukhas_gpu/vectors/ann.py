@@ -110,8 +110,10 @@ def auto_nlist(n: int) -> int:
 
 def auto_pq_m(d: int, target: int | None = None) -> int:
     """Sub-quantizers for dimension ``d``: the largest divisor of ``d`` not above ``target``
-    (default ``d / 4``, i.e. 4 dims each, capped at 128: 64 B codes)."""
-    target = max(1, min(d, target if target else min(128, d // 4)))
+    (default ``d / 4``, i.e. 4 dims each, capped at 128: 64 B codes; one per dimension below 16
+    dims, where 4 dims in 16 centroids rank too coarsely: self-recall@1 0.10 at 6 dims, 0.93
+    with one sub-quantizer per dimension)."""
+    target = max(1, min(d, target if target else (d if d < 16 else min(128, d // 4))))
     for m in range(target, 0, -1):
         if d % m == 0:
             return m

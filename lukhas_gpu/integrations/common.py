@@ -1,0 +1,104 @@
+"""What the adapters share: one store (in memory or durable at ``path``) named by str ids and
+created on the first add, when the embeddings' dimension is known."""
+from __future__ import annotations
+
+import pathlib
+import uuid
+
+import numpy as np
+
+from ..config import IndexConfig
+from ..index.facade import MemoryIndex
+from ..store import layout
+
+__all__ = ["IndexHolder", "new_ids", "as_matrix"]
+
+
+def new_ids(ids, n: int) -> list[str]:
+    """``ids`` with every missing one replaced by a new UUID4 (str)."""
+    if ids is None:
+        return [str(uuid.uuid4()) for _ in range(n)]
+    ids = list(ids)
+    if len(ids) != n:
+        raise ValueError(f"ids has {len(ids)} entries, expected {n} (one per text)")
+    return [str(uuid.uuid4()) if i is None or i == "" else str(i) for i in ids]
+
+
+def as_matrix(vectors, what: str = "embeddings") -> np.ndarray:
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a list of vectors, got shape {x.shape}")
+    return x
+
+
+class IndexHolder:
+    """A :class:`MemoryIndex` with ``external_ids="str"``, opened from ``path`` if a store is
+    there, else created on first use with the dimension then known.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A durable store (opened for writing: this process is its one writer). None: in memory.
+    dim : int, optional
+        Create the index at once (else at the first add).
+    **config
+        ``IndexConfig`` fields (``external_ids`` is always ``"str"``).
+    """
+
+    def __init__(self, path=None, dim: int | None = None, **config):
+        config = dict(config)
+        if config.pop("external_ids", "str") != "str":
+            raise ValueError("the adapters name memories by str ids: external_ids must be 'str'")
+        self.config = IndexConfig(external_ids="str", **config)
+        self.path = pathlib.Path(path) if path is not None else None
+        self.index: MemoryIndex | None = None
+        if self.path is not None and (self.path / layout.CURRENT).exists():
+            self.index = MemoryIndex.open(self.path, "w")
+            if self.index.config.external_ids != "str":
+                raise ValueError(f"{self.path} holds a store without str ids (external_ids="
+                                 f"{self.index.config.external_ids!r})")
+        elif dim is not None:
+            self.ensure(int(dim))
+
+    def ensure(self, dim: int) -> MemoryIndex:
+        if self.index is None:
+            if self.path is not None:
+                self.index = MemoryIndex.create(self.path, dim, self.config)
+            else:
+                self.index = MemoryIndex(dim, self.config)
+        elif self.index.dim != dim:
+            raise ValueError(f"embeddings of dimension {dim}; this store holds dimension {self.index.dim}")
+        return self.index
+
+    def __len__(self) -> int:
+        return 0 if self.index is None else len(self.index)
+
+    def live(self, ids) -> list[str]:
+        """The ids (str) that name live memories, once each, in the order given."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        if self.index is None or not ids:
+            return []
+        mask = self.index.contains(ids)
+        return [i for i, ok in zip(ids, mask.tolist()) if ok]
+
+    def all_ids(self) -> list[str]:
+        """Every live id (for ``delete all`` / listings): rows not deleted."""
+        if self.index is None or len(self.index) == 0:
+            return []
+        return [k for k in self.index.external_ids_of(self.index.select()) if k is not None]
+
+    def search(self, vectors, k: int, where=None) -> list[list[tuple]]:
+        """Per query, ``(memory, cosine)`` pairs, best first, padding dropped."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if self.index is None or len(self.index) == 0:
+            return [[] for _ in range(len(vectors))]
+        res = self.index.search(as_matrix(vectors, "query"), k=min(int(k), len(self.index)), where=where)
+        mems = res.memories()
+        return [[(m, float(s)) for m, s in zip(row, srow) if m is not None] for row, srow in zip(mems, res.scores)]
+
+    def close(self) -> None:
+        if self.index is not None and self.index.path is not None and self.index.mode == "w":
+            self.index.close()

@@ -1,0 +1,175 @@
+"""LangChain: :class:`LukhasVectorStore`, a ``langchain_core.vectorstores.VectorStore`` on a
+:class:`~lukhas_gpu.MemoryIndex` (extra ``[langchain]``).
+
+Documents keep their ``id`` (a UUID4 is made for those without one; adding an id again replaces
+that document: an upsert), their ``page_content`` (the memory's content) and their ``metadata``
+(round-tripped exactly). ``filter`` takes the dict form of :mod:`lukhas_gpu.query.metafilter`
+(``{"source": "news", "year": {"$gte": 2020}}``) on the fields declared with
+``metadata_fields={"source": "str", "year": "int"}``. Scores of ``similarity_search_with_score``
+are cosine similarities in [-1, 1]; relevance scores map them to [0, 1] (``(s + 1) / 2``).
+
+Examples
+--------
+>>> from langchain_core.embeddings import DeterministicFakeEmbedding
+>>> store = LukhasVectorStore(DeterministicFakeEmbedding(size=32), metadata_fields={"source": "str"})
+>>> ids = store.add_texts(["hello", "world"], metadatas=[{"source": "a"}, {"source": "b"}])
+>>> [d.page_content for d in store.similarity_search("hello", k=1, filter={"source": "a"})]
+['hello']
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Iterable, Sequence
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+
+from ..query.filters import Filter
+from .common import IndexHolder, as_matrix, new_ids
+
+__all__ = ["LukhasVectorStore"]
+
+
+class LukhasVectorStore(VectorStore):
+    """A LangChain vector store on a lukhas_gpu index.
+
+    Parameters
+    ----------
+    embedding : Embeddings
+        The model that embeds texts and queries.
+    path : str or Path, optional
+        A durable store directory (opened if it holds one, else created at the first add);
+        None keeps the index in memory.
+    **config
+        ``IndexConfig`` fields, e.g. ``metadata_fields={"source": "str"}`` to filter on
+        ``source``, ``metric``, ``wal_sync``.
+    """
+
+    def __init__(self, embedding: Embeddings, path=None, **config: Any):
+        self._embedding = embedding
+        self._holder = IndexHolder(path, **config)
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self._embedding
+
+    @property
+    def index(self):
+        """The :class:`~lukhas_gpu.MemoryIndex` (None until the first add of a new store)."""
+        return self._holder.index
+
+    def close(self) -> None:
+        """Checkpoint and release a durable store."""
+        self._holder.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+    def _add(self, texts: list[str], vectors, metadatas, ids) -> list[str]:
+        n = len(texts)
+        if metadatas is not None and len(metadatas) != n:
+            raise ValueError(f"metadatas has {len(metadatas)} entries for {n} texts")
+        ids = new_ids(ids, n)
+        if n == 0:
+            return []
+        metas = [dict(m) if m is not None else {} for m in metadatas] if metadatas is not None else [{}] * n
+        keep = list({i: j for j, i in enumerate(ids)}.values())  # a repeated id: its last document wins
+        x = as_matrix(vectors)
+        if len(keep) < n:
+            x, texts, metas = x[keep], [texts[j] for j in keep], [metas[j] for j in keep]
+        index = self._holder.ensure(x.shape[1])
+        index.add(x, contents=list(texts), ids=[ids[j] for j in keep], metadata=metas)
+        return ids
+
+    def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
+                  **kwargs: Any) -> list[str]:
+        """Embed and store ``texts``; an id already stored is replaced. Returns the ids."""
+        texts = list(texts)
+        vectors = self._embedding.embed_documents(texts) if texts else []
+        return self._add(texts, vectors, metadatas, ids)
+
+    async def aadd_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,
+                         ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+        texts = list(texts)
+        vectors = await self._embedding.aembed_documents(texts) if texts else []
+        return await asyncio.to_thread(self._add, texts, vectors, metadatas, ids)
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        """Delete these ids (unknown ones are ignored); every document when ``ids`` is None."""
+        live = self._holder.all_ids() if ids is None else self._holder.live(ids)
+        if live:
+            self._holder.index.delete(live)
+        return True
+
+    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        return await asyncio.to_thread(self.delete, ids, **kwargs)
+
+    # -- reads ----------------------------------------------------------------------------------
+    @staticmethod
+    def _doc(m) -> Document:
+        return Document(id=m.external_id, page_content=m.content if m.content is not None else "",
+                        metadata=m.metadata if m.metadata is not None else {})
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The stored documents among ``ids`` (unknown ones are skipped), in the order given."""
+        live = self._holder.live(ids)
+        return [self._doc(m) for m in self._holder.index.get(live)] if live else []
+
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        return await asyncio.to_thread(self.get_by_ids, ids)
+
+    def _where(self, filter) -> Filter | None:
+        if filter is None or isinstance(filter, Filter):
+            return filter
+        if not isinstance(filter, dict):
+            raise TypeError(f"filter must be a dict (or a lukhas_gpu.Filter), got {type(filter).__name__}")
+        return Filter(meta=filter) if filter else None
+
+    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
+                                               **kwargs: Any) -> list[tuple[Document, float]]:
+        """``(document, cosine similarity)`` pairs, best first."""
+        hits = self._holder.search([embedding], k, self._where(filter))[0]
+        return [(self._doc(m), s) for m, s in hits]
+
+    def similarity_search_with_score(self, query: str, k: int = 4, filter: dict | None = None,
+                                     **kwargs: Any) -> list[tuple[Document, float]]:
+        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter)
+
+    def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
+                                    **kwargs: Any) -> list[Document]:
+        return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
+
+    def similarity_search(self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any) -> list[Document]:
+        return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
+
+    async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: dict | None = None,
+                                            **kwargs: Any) -> list[tuple[Document, float]]:
+        vector = await self._embedding.aembed_query(query)
+        return await asyncio.to_thread(self.similarity_search_with_score_by_vector, vector, k, filter)
+
+    async def asimilarity_search(self, query: str, k: int = 4, filter: dict | None = None,
+                                 **kwargs: Any) -> list[Document]:
+        return [d for d, _ in await self.asimilarity_search_with_score(query, k, filter)]
+
+    async def asimilarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
+                                           **kwargs: Any) -> list[Document]:
+        pairs = await asyncio.to_thread(self.similarity_search_with_score_by_vector, embedding, k, filter)
+        return [d for d, _ in pairs]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        """Cosine similarity in [-1, 1] to a relevance in [0, 1]."""
+        return lambda s: min(1.0, max(0.0, (s + 1.0) / 2.0))
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
+                   ids: list[str] | None = None, path=None, **config: Any) -> "LukhasVectorStore":
+        store = cls(embedding, path=path, **config)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+    @classmethod
+    async def afrom_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
+                          ids: list[str] | None = None, path=None, **config: Any) -> "LukhasVectorStore":
+        store = await asyncio.to_thread(cls, embedding, path, **config)
+        await store.aadd_texts(texts, metadatas, ids=ids)
+        return store

@@ -1,0 +1,55 @@
+"""LangChain's own standard suite, unmodified, against the real index (in memory and durable),
+plus filters, relevance scores and reopening a durable store."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("langchain_core")
+langchain_tests = pytest.importorskip("langchain_tests.integration_tests")
+
+from langchain_core.documents import Document  # noqa: E402
+from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
+
+from lukhas_gpu.integrations.langchain import LukhasVectorStore  # noqa: E402
+
+
+class TestLukhasStandard(langchain_tests.VectorStoreIntegrationTests):
+    @pytest.fixture()
+    def vectorstore(self, tmp_path):
+        store = LukhasVectorStore(self.get_embeddings(), path=tmp_path / "lc")
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+class TestLukhasStandardInMemory(langchain_tests.VectorStoreIntegrationTests):
+    @pytest.fixture()
+    def vectorstore(self):
+        yield LukhasVectorStore(self.get_embeddings())
+
+
+def test_filters_scores_and_reopen(tmp_path):
+    emb = DeterministicFakeEmbedding(size=16)
+    texts = [f"text {i}" for i in range(40)]
+    metas = [{"source": "news" if i % 2 else "blog", "year": 2000 + i, "tags": [i, str(i)], "nested": {"a": i / 2}}
+             for i in range(40)]
+    store = LukhasVectorStore.from_texts(texts, emb, metas, ids=[f"d{i}" for i in range(40)], path=tmp_path / "s",
+                                         metadata_fields={"source": "str", "year": "int"})
+    hits = store.similarity_search_with_relevance_scores("text 3", k=40, filter={"source": "news", "year": {"$lt": 2020}})
+    assert sorted(d.id for d, _ in hits) == sorted(f"d{i}" for i in range(1, 20, 2))
+    assert hits[0][0].id == "d3" and hits[0][1] == pytest.approx(1.0, abs=1e-3)
+    assert all(0.0 <= s <= 1.0 for _, s in hits) and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    raw = store.similarity_search_with_score("text 3", k=3)
+    assert raw[0][1] == pytest.approx(1.0, abs=1e-3) and all(-1.0 <= s <= 1.0 for _, s in raw)
+    with pytest.raises(ValueError, match="not declared"):
+        store.similarity_search("x", filter={"tags": 1})
+    store.add_documents([Document(page_content="replaced", metadata={"source": "blog", "year": 1}, id="d5")])
+    store.close()
+    again = LukhasVectorStore(emb, path=tmp_path / "s")
+    docs = again.get_by_ids(["d5", "d7", "zzz"])
+    assert [d.page_content for d in docs] == ["replaced", "text 7"] and docs[1].metadata == metas[7]
+    assert again.similarity_search("text 9", k=1, filter={"year": {"$in": [2009, 1]}})[0].id == "d9"
+    again.delete(None)
+    assert again.similarity_search("text 9", k=1) == []
+    again.close()
