@@ -22,6 +22,7 @@ from ..store.persist import GenerationReader, write_generation
 from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.store import VectorStore
+from . import sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ def write(index, root) -> pathlib.Path:
            layout.DRIFT: parts.drift.to_arrays()}
     if parts.calib is not None:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
+    sp_raw, sp_npz = sparse_parts.persist(parts)
+    raw.update(sp_raw)
+    npz.update(sp_npz)
     writers, ann = {}, None
     if parts.ann is not None:
         a = parts.ann
@@ -172,6 +176,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         parts.contents = ContentArena.from_arrays(arena, max_content_bytes=config.max_content_bytes)
         parts.meta = MetadataColumns.from_arrays(gen.npz(layout.METADATA))
         parts.tags = TagIndex.from_arrays(gen.npz(layout.TAGS))
+        sparse_parts.load(parts, gen)
     except ValueError as e:  # arrays that do not fit together: name the generation
         raise layout.CorruptStoreError(gen.path, f"inconsistent payload files ({e})") from None
     try:
@@ -337,7 +342,9 @@ def apply_record(index, op: int, f: dict) -> None:
         if "start" in f and int(f["start"]) != index.parts.rows:
             raise layout.CorruptStoreError(index.path / layout.WAL, f"an add record starts at id {f['start']}, "
                                                                     f"but {index.parts.rows} rows precede it")
-        writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"]))
+        n = len(np.atleast_2d(f["x"]))
+        writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"],
+                                                    sparse=sparse_parts.from_fields(f, n)))
     elif op == OP_UPDATE:
         rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
         writes.apply_update(index, writes.prepare_update(index, rows, f["contents"], f["tags"], f["ts"], f["imp"]))
@@ -497,6 +504,10 @@ def verify(index) -> dict:
     if parts.ann is not None and parts.ann.ntotal != parts.live:
         raise layout.CorruptStoreError(where, f"the ANN holds {parts.ann.ntotal} vectors, the index {parts.live} "
                                               "live memories")
+    try:
+        sparse_parts.verify(parts, n, parts.tombstones.array() if parts.tombstones else np.zeros(0, np.int64))
+    except ValueError as e:
+        raise layout.CorruptStoreError(where, str(e)) from None
     try:  # every record decodes
         for start in range(0, n, VERIFY_CHUNK):
             parts.contents.get(np.arange(start, min(n, start + VERIFY_CHUNK)))

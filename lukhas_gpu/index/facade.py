@@ -31,13 +31,14 @@ from . import durable
 from .locking import locked as _locked
 from .parts import IndexParts
 from .results import Memory, SearchResult
+from .sparse_search import SparseSearchMixin
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex:
+class MemoryIndex(SparseSearchMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -216,7 +217,7 @@ class MemoryIndex:
 
     # -- add -----------------------------------------------------------------------------------
     @_locked
-    def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None) -> np.ndarray:
+    def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None, *, sparse=None) -> np.ndarray:
         """Add a batch of memories; returns their ids, ``(n,)`` int64.
 
         Parameters
@@ -230,6 +231,9 @@ class MemoryIndex:
             Default: now.
         importance : sequence of floats in [0, 1] (or one float for all), optional
             Default 0.5.
+        sparse : scipy.sparse matrix (n rows) or list of (indices, values), optional
+            Sparse vectors (e.g. SPLADE), searched by ``search(..., sparse=)``; see
+            :mod:`lukhas_gpu.sparse.validate` for the rules.
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.
@@ -244,7 +248,7 @@ class MemoryIndex:
         """
         from . import writes  # torch and the vector path load on first use
         self._require_writable()
-        batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance)
+        batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, sparse=sparse)
         if self._wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self._wal.append(durable.OP_ADD, batch.log_fields())
         return writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
@@ -262,7 +266,7 @@ class MemoryIndex:
     # -- search --------------------------------------------------------------------------------
     @_locked
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
-               rerank: int | None = None) -> SearchResult:
+               rerank: int | None = None, text=None, sparse=None, fusion=None) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -280,6 +284,10 @@ class MemoryIndex:
             importance could still lift it into the top-k.
         nprobe, rerank : int, optional
             Override ``config.nprobe`` / ``config.rerank`` for this call.
+        text, sparse, fusion : optional
+            Hybrid search (see :mod:`lukhas_gpu.index.sparse_search`): BM25 query texts and/or
+            sparse query vectors, fused with the dense results (``queries``, or None for sparse
+            alone) by ``fusion`` ("rrf", the default, "weighted" or a ``Fusion``).
 
         Returns
         -------
@@ -292,6 +300,9 @@ class MemoryIndex:
         from ..util.arrays import as_batch, check_nonzero
         from . import mirror as device_mirror
 
+        if text is not None or sparse is not None:
+            return self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank, text=text,
+                                       sparse=sparse, fusion=fusion)
         q, kind = as_batch(queries, self.dim, "queries")
         cfg, parts = self.config, self.parts
         if cfg.metric == "cosine":

@@ -15,6 +15,8 @@ A store is a directory::
         deleted.roaring    tombstones (roaring bitmap, portable serialisation)
         encoder.npz        the encoder's scales and projection
         ann.faiss          the IVF-PQ index (FAISS's own writer), when trained
+        sparse.indices/.values, sparse.npz   sparse vectors (CSR arena), when any was added
+        text.indices/.values, text.npz       the BM25 term counts and vocabulary (text_index)
       wal.log              operations since the published generation (see wal.py)
       LOCK                 the one writer's flock (the file holds its pid, for messages)
 
@@ -67,11 +69,20 @@ CALIBRATION = "calibration.npz"
 PROBE = "probe.npz"
 DRIFT = "drift.npz"
 ANN = "ann.faiss"
+#: Sparse vectors and the BM25 text index (optional: stores without them still open).
+SPARSE = "sparse.npz"
+SPARSE_INDICES = "sparse.indices"
+SPARSE_VALUES = "sparse.values"
+TEXT = "text.npz"
+TEXT_INDICES = "text.indices"
+TEXT_VALUES = "text.values"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
-                    PROBE: "probe", DRIFT: "drift_monitor", MANIFEST: "manifest"}
+                    PROBE: "probe", DRIFT: "drift_monitor", MANIFEST: "manifest",
+                    SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
+                    TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values"}
 #: Files every generation has (the others depend on the index's phase).
 REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().
