@@ -125,6 +125,9 @@ class InvertedIndex:
 
     def __init__(self):
         self.segments: list[Segment] = []
+        #: Postings of the last ``topk`` call: of the queries' terms (``total``), and accumulated
+        #: in full (``scanned``; the rest were skipped or only looked up for candidates).
+        self.last_postings = {"total": 0, "scanned": 0}
 
     @property
     def indexed(self) -> int:
@@ -184,6 +187,7 @@ class InvertedIndex:
             excl |= exclude[:n]
         seen = excl.copy()
         acc = np.zeros(n, np.float64)
+        self.last_postings = {"total": 0, "scanned": 0}
         for qi, q in enumerate(queries):
             sc, slots = self._one(q, k, seen, excl, acc, scorer)
             _emit(out_s, out_i, qi, sc, slots, slot_doc, k)
@@ -207,6 +211,7 @@ class InvertedIndex:
         order = [t for t in np.argsort(-u, kind="stable").tolist() if lists[t] and u[t] > 0]
         if not order:
             return np.zeros(0), np.zeros(0, np.int64)
+        self.last_postings["total"] += sum(len(ids) for t in order for ids, _ in lists[t])
         us = u[order]
         rest = np.concatenate([np.cumsum(us[::-1])[::-1][1:], [0.0]])  # bound of the terms after each
         chunks: list[np.ndarray] = []
@@ -222,6 +227,7 @@ class InvertedIndex:
                         chunks.append(new)
                         ncand += len(new)
                     acc[ids] += scorer.contrib(qw, w, ids)
+                    self.last_postings["scanned"] += len(ids)
                     a = acc[ids][~excl[ids]]  # the best partial score so far (excluded slots hold junk)
                     if len(a):
                         best = max(best, float(a.max()))
