@@ -328,3 +328,44 @@ def test_sigkill_keeps_every_acknowledged_sparse_and_text_memory(tmp_path):
         assert idx.search_text(f"token{i}", 1).ids[0] == i
     assert idx.verify()["ok"]
     idx.close()
+
+
+# -- the CLI: Parquet ingest of a sparse column, search --text ------------------------------------
+def test_cli_ingests_sparse_parquet_and_searches_text(tmp_path, capsys):
+    import json
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from lukhas_gpu import cli
+
+    rng = np.random.default_rng(4)
+    n = 300
+    x = vectors(rng, n)
+    texts = corpus(rng, n)
+    texts[17] = "a unique zebra here"
+    ind = [np.unique(rng.integers(0, 1000, 8)).tolist() for _ in range(n)]
+    val = [rng.random(len(i)).astype(np.float32).tolist() for i in ind]
+    table = pa.table({"embedding": pa.array(x.tolist(), pa.list_(pa.float32())), "content": texts,
+                      "sparse_indices": pa.array(ind, pa.list_(pa.int64())),
+                      "sparse_values": pa.array(val, pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "in.parquet")
+    store = tmp_path / "s"
+    assert cli.main(["ingest", str(store), str(tmp_path / "in.parquet"), "--preset", "production", "--text-index",
+                     "--json"]) == 0
+    capsys.readouterr()
+    assert cli.main(["search", str(store), "--text", "zebra", "--text", "w1", "-k", "3", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["ids"][0] == 17 and len(lines) == 2
+    np.save(tmp_path / "q.npy", x[:2])
+    assert cli.main(["search", str(store), "--query-file", str(tmp_path / "q.npy"), "--text", "zebra", "--text", "w2",
+                     "--fusion", "weighted", "-k", "3", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert 17 in lines[0]["ids"] and 0 in lines[0]["ids"]
+    idx = MemoryIndex.open(store, "r")
+    got = idx.sparse_vectors([5])[0]
+    assert got[0].tolist() == ind[5] and np.allclose(got[1], val[5])
+    bad = table.set_column(3, "sparse_values", pa.array([[-1.0] * len(i) if j == 9 else v for j, (i, v) in
+                                                          enumerate(zip(ind, val))], pa.list_(pa.float32())))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    assert cli.main(["ingest", str(tmp_path / "s2"), str(tmp_path / "bad.parquet"), "--preset", "production"]) != 0
+    assert "row 9" in capsys.readouterr().err

@@ -14,13 +14,21 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["PackedSparse", "pack_sparse", "MAX_ROW_NNZ", "MAX_TERM"]
+__all__ = ["PackedSparse", "pack_sparse", "SparseInputError", "MAX_ROW_NNZ", "MAX_TERM"]
 
 #: Non-zeros one sparse vector may hold (a SPLADE document has ~100-300; a long text's term counts
 #: a few thousand).
 MAX_ROW_NNZ = 1 << 16
 #: Indices are uint32; the largest value is reserved.
 MAX_TERM = (1 << 32) - 2
+
+
+class SparseInputError(ValueError):
+    """A sparse vector breaks a rule; ``row`` is its row in the batch (None if not one row's)."""
+
+    def __init__(self, message: str, row: int | None = None):
+        super().__init__(message)
+        self.row = row
 
 
 @dataclasses.dataclass
@@ -112,15 +120,20 @@ def _checked(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n: int
     lens = np.diff(indptr)
     if n and lens.max(initial=0) > MAX_ROW_NNZ:
         i = int(np.argmax(lens))
-        raise ValueError(f"{name}[{i}] has {int(lens[i]):,} non-zeros; at most {MAX_ROW_NNZ:,} per vector")
+        raise SparseInputError(f"{name}[{i}] has {int(lens[i]):,} non-zeros; at most {MAX_ROW_NNZ:,} per vector")
     if nnz and indices.dtype.kind not in "iu":
         raise TypeError(f"{name}: indices must be integers, got {indices.dtype}")
     if nnz and values.dtype.kind != "f":
         raise TypeError(f"{name}: values must be float16/32/64, got {values.dtype}")
     idx = indices.astype(np.int64, copy=False)
+
+    def row_of(bad: np.ndarray) -> int:
+        return int(np.searchsorted(indptr, np.flatnonzero(bad)[0], side="right") - 1)
+
     if nnz and (idx.min() < 0 or idx.max() > MAX_TERM):
-        bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
-        raise ValueError(f"{name}: index {bad} is outside [0, {MAX_TERM}] (uint32)")
+        out = (idx < 0) | (idx > MAX_TERM)
+        r = row_of(out)
+        raise SparseInputError(f"{name}[{r}]: index {int(idx[out][0])} is outside [0, {MAX_TERM}] (uint32)", r)
     if nnz:
         row_start = np.zeros(nnz, bool)
         row_start[indptr[:-1][lens > 0]] = True
@@ -128,14 +141,19 @@ def _checked(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n: int
         bad = (step <= 0) & ~row_start[1:]
         if bad.any():
             row = int(np.searchsorted(indptr, np.flatnonzero(bad)[0] + 1, side="right") - 1)
-            raise ValueError(f"{name}[{row}]: indices must be unique within a vector (and sorted for CSR input)")
+            raise SparseInputError(f"{name}[{row}]: indices must be unique within a vector (and sorted for CSR "
+                                   "input)", row)
     dtype = np.float16 if values.dtype == np.float16 else np.float32
     with np.errstate(over="ignore", invalid="ignore"):
         vals = values.astype(dtype, copy=False)
     if nnz and not np.isfinite(vals).all():
-        raise ValueError(f"{name}: values must be finite (NaN, inf, or too large for {np.dtype(dtype).name})")
+        r = row_of(~np.isfinite(vals))
+        raise SparseInputError(f"{name}[{r}]: values must be finite (NaN, inf, or too large for "
+                               f"{np.dtype(dtype).name})", r)
     if nnz and (vals < 0).any():
-        raise ValueError(f"{name}: values must be >= 0 (non-negative weights, as SPLADE's and term frequencies)")
+        r = row_of(vals < 0)
+        raise SparseInputError(f"{name}[{r}]: values must be >= 0 (non-negative weights, as SPLADE's and term "
+                               "frequencies)", r)
     keep = vals != 0
     if not keep.all():  # explicit zeros dropped
         rows = np.repeat(np.arange(n), lens)
