@@ -182,18 +182,20 @@ class InvertedIndex:
             return out_s, out_i
         self.sync(arena)
         n = arena.slots
+        # the accumulator: -inf for slots that may not be returned (they stay -inf whatever is
+        # added), 0 for the others; contributions are > 0, so 0 means "not a candidate yet"
+        acc = np.zeros(n, np.float64)
         excl = arena.dead.view() != 0
         if exclude is not None:
-            excl |= exclude[:n]
-        seen = excl.copy()
-        acc = np.zeros(n, np.float64)
+            excl = excl | exclude[:n]
+        acc[excl] = -np.inf
         self.last_postings = {"total": 0, "scanned": 0}
         for qi, q in enumerate(queries):
-            sc, slots = self._one(q, k, seen, excl, acc, scorer)
+            sc, slots = self._one(q, k, acc, scorer)
             _emit(out_s, out_i, qi, sc, slots, slot_doc, k)
         return out_s, out_i
 
-    def _one(self, q: SparseQuery, k: int, seen: np.ndarray, excl: np.ndarray, acc: np.ndarray, scorer):
+    def _one(self, q: SparseQuery, k: int, acc: np.ndarray, scorer):
         # each query term: its posting slices (one per segment holding it) and its bound
         lists: list[list] = [[] for _ in range(len(q.terms))]
         u = np.zeros(len(q.terms))
@@ -221,22 +223,24 @@ class InvertedIndex:
                 t = order[j]
                 qw = float(q.weights[t])
                 for ids, w in lists[t]:
-                    new = ids[~seen[ids]]
+                    g = acc[ids]
+                    new = ids[g == 0]
                     if len(new):
-                        seen[new] = True
                         chunks.append(new)
                         ncand += len(new)
-                    acc[ids] += scorer.contrib(qw, w, ids)
+                    g += scorer.contrib(qw, w, ids)
+                    acc[ids] = g
+                    best = max(best, float(g.max()))  # excluded slots are -inf
+                    if len(g) >= k:  # the k-th best of one list's memories is a lower bound already
+                        theta = max(theta, _kth(g, k))
                     self.last_postings["scanned"] += len(ids)
-                    a = acc[ids][~excl[ids]]  # the best partial score so far (excluded slots hold junk)
-                    if len(a):
-                        best = max(best, float(a.max()))
                 j += 1
-                if ncand >= k and rest[j - 1] * (1 + _EPS) < best:
+                bound = rest[j - 1] * (1 + _EPS)
+                if ncand >= k and theta <= bound < best:  # worth the k-th best of all candidates?
                     cand = np.concatenate(chunks)
-                    theta = _kth(acc[cand], k)
-                    if rest[j - 1] * (1 + _EPS) < theta:
-                        break
+                    theta = max(theta, _kth(acc[cand], k))
+                if bound < theta:
+                    break
             cand = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
             if j < len(order) and len(cand):
                 remaining = rest[j - 1]
@@ -258,7 +262,6 @@ class InvertedIndex:
         finally:
             for c in chunks:  # back to zero for the next query
                 acc[c] = 0.0
-                seen[c] = False
 
 
 def _kth(scores: np.ndarray, k: int) -> float:
