@@ -369,3 +369,19 @@ def test_cli_ingests_sparse_parquet_and_searches_text(tmp_path, capsys):
     pq.write_table(bad, tmp_path / "bad.parquet")
     assert cli.main(["ingest", str(tmp_path / "s2"), str(tmp_path / "bad.parquet"), "--preset", "production"]) != 0
     assert "row 9" in capsys.readouterr().err
+
+
+def test_plan_predicts_the_sparse_bytes_of_stats():
+    import lukhas_gpu
+
+    rng = np.random.default_rng(8)
+    n = 4000
+    docs = splade(rng, n, 50)
+    idx = MemoryIndex(D)
+    idx.add(vectors(rng, n), sparse=docs)
+    idx.search(None, 5, sparse=docs[:2])  # builds the posting lists
+    got = idx.stats()["memory"]["anon"]
+    vocab = len(np.unique(docs.indices))
+    want = lukhas_gpu.plan(n, D, sparse_nnz=docs.nnz / n, sparse_vocabulary=vocab).memory["anon"]
+    for name in ("sparse_indices", "sparse_values", "sparse_postings", "sparse_indptr", "sparse_doc_slot"):
+        assert abs(got[name] - want[name]) <= 0.05 * want[name] + 16 * 1024, (name, got[name], want[name])

@@ -42,6 +42,7 @@ from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, 
                               train_at, vector_capacity)
 from ..config import IndexConfig
 from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
+from ..sparse.store import planned_bytes as sparse_bytes
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size"]
 
@@ -223,7 +224,8 @@ def _roaring_bytes(counts: np.ndarray, rows: int) -> float:
 def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: float = 0.0,
          config: IndexConfig | str | None = None, *, content_ratio: float = 0.72, tag_vocabulary: int = 1000,
          state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35, runtime: bool = True,
-         backend: str | None = None, faiss_gpu: bool | None = None) -> Plan:
+         backend: str | None = None, faiss_gpu: bool | None = None, sparse_nnz: float = 0.0,
+         sparse_value_bytes: int = 4, sparse_vocabulary: int = 30522) -> Plan:
     """Predict the bytes ``count`` memories take under ``config``, per component and place.
 
     Parameters
@@ -258,6 +260,12 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         Default: what this process would choose for ``config.backend``.
     faiss_gpu : bool, optional
         Whether FAISS clones the IVF to the GPU (cuda backend only); default: detected.
+    sparse_nnz : float, default 0
+        Mean non-zeros of each memory's sparse vector (``add(..., sparse=)``; 0: none).
+    sparse_value_bytes : {4, 2}, default 4
+        float32 or float16 sparse values.
+    sparse_vocabulary : int, default 30522
+        Distinct terms of the sparse vectors (30,522: BERT's vocabulary, SPLADE's).
     runtime : bool, default True
         Count the libraries' first-use working memory (``RUNTIME_BYTES``, once per process; the
         ``runtime`` line of ``stats()`` of the process's first index): False for an index built
@@ -379,6 +387,15 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         disk["drift_monitor"] = 3 * 8 * nlist + DRIFT_HISTORY_BYTES + 6 * NPZ_MEMBER_BYTES
         if be == "cuda" and (faiss_gpu if faiss_gpu is not None else _faiss_gpus() > 0):
             gpu["ann"] = int(codes.sum()) + 4 * count + centroids
+    nnz = _real("sparse_nnz", sparse_nnz, 0.0, 65536.0)
+    if nnz and count:
+        if sparse_value_bytes not in (2, 4):
+            raise ValueError(f"sparse_value_bytes must be 4 (float32) or 2 (float16), got {sparse_value_bytes!r}")
+        sb = sparse_bytes(count, nnz, sparse_value_bytes, vocabulary=_int("sparse_vocabulary", sparse_vocabulary, 1),
+                          opened=state == "opened")
+        anon.update(sb["anon"])
+        mapped.update(sb["mapped"])
+        disk.update(sb["disk"])
     disk["manifest"] = MANIFEST_BYTES
     disk = {k: _blocks(v) for k, v in disk.items()}
 

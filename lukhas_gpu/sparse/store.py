@@ -65,3 +65,22 @@ def as_queries(s, name: str = "sparse") -> list[SparseQuery]:
         raise ValueError(f"{name} holds no query")
     p = pack_sparse(s, n, name)
     return [SparseQuery(p.row(i)[0], p.row(i)[1].astype(np.float64)) for i in range(n)]
+
+
+def planned_bytes(count: int, nnz: float, value_bytes: int = 4, *, vocabulary: int = 30522,
+                  opened: bool = False) -> dict:
+    """The bytes of :class:`SparseVectors` holding ``count`` vectors of ``nnz`` non-zeros each
+    (``value_bytes`` 4 for float32, 2 for float16), as its ``memory_usage()`` names them, plus
+    ``disk``: ``{"anon": {...}, "mapped": {...}, "disk": {...}}`` (for ``lukhas_gpu.plan``).
+
+    The posting lists' per-term arrays (16 B per term) are counted once (one segment: the lists
+    of a store just opened); a growing index holds a few segments, each with its own."""
+    total = count * nnz
+    bulk = {"sparse_indices": 4 * total, "sparse_values": value_bytes * total}
+    small = {"sparse_indptr": 8 * (count + 1), "sparse_slot_doc": 4 * count, "sparse_doc_slot": 4 * count,
+             "sparse_dead": count}
+    anon = {**small, "sparse_postings": (4 + value_bytes) * total + 16 * min(vocabulary, total)}
+    mapped = {}
+    (mapped if opened else anon).update(bulk)
+    disk = {**bulk, "sparse_index": sum(small.values())}
+    return {"anon": anon, "mapped": mapped, "disk": disk}
