@@ -285,16 +285,24 @@ def test_store_checkpoint_wal_replay_reader_and_verify(tmp_path):
     np.testing.assert_array_equal(final.search(None, 10, sparse=q).ids, reader.search(None, 10, sparse=q).ids)
 
 
-def test_corrupted_sparse_file_is_named(tmp_path):
-    idx = MemoryIndex.create(tmp_path / "s", D)
-    idx.add(vectors(np.random.default_rng(0), 10), sparse=splade(np.random.default_rng(0), 10, 5))
-    gen = idx.checkpoint()
-    idx.close()
-    with open(gen / "sparse.values", "r+b") as f:
-        f.write(b"\xff\xff\xff\xff")
+@pytest.mark.parametrize("name", ["sparse.values", "sparse.indices", "sparse.npz", "text.indices", "text.values",
+                                  "text.npz", "manifest.json"])
+def test_a_damaged_sparse_or_text_file_is_named_by_open_and_rollback(tmp_path, name):
     from lukhas_gpu.store.layout import CorruptStoreError
 
-    with pytest.raises(CorruptStoreError, match="sparse.values"):
+    idx = MemoryIndex.create(tmp_path / "s", D, IndexConfig(text_index=True))
+    idx.add(vectors(np.random.default_rng(0), 10), contents=corpus(np.random.default_rng(0), 10),
+            sparse=splade(np.random.default_rng(0), 10, 5))
+    gen = idx.checkpoint()
+    idx.add(vectors(np.random.default_rng(1), 1), contents=["x"])
+    idx.close()  # a newer generation: gen is the previous one
+    data = bytearray((gen / name).read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    (gen / name).write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match=name.replace(".", "[.]")):
+        MemoryIndex.rollback(tmp_path / "s")
+    (tmp_path / "s" / "CURRENT").write_text(gen.name)  # published: open refuses it too
+    with pytest.raises(CorruptStoreError, match=name.replace(".", "[.]")):
         MemoryIndex.open(tmp_path / "s", "r")
 
 
