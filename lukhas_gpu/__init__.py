@@ -2,7 +2,7 @@
 
 Public API (see ``README.md``): :class:`MemoryIndex`, :class:`IndexConfig`,
 :class:`SearchResult`, :class:`Memory`, :class:`Filter`,
-:class:`Rank`, :class:`Encoder`; capacity planning: :func:`plan`, :func:`max_count`, :class:`Plan`.
+:class:`Rank`, :class:`Fusion` (hybrid search), :class:`Encoder`; capacity planning: :func:`plan`, :func:`max_count`, :class:`Plan`.
 
 The names are resolved on first use (PEP 562), so that ``import lukhas_gpu`` -- and a command
 such as ``lukhas-gpu get`` -- does not pay for torch and FAISS until something needs them.
@@ -13,14 +13,14 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Encoder", "plan",
+__all__ = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Fusion", "Encoder", "plan",
            "max_count", "Plan", "__version__"]
 
 #: Where each public name lives (its one owner).
 _OWNERS = {
     "MemoryIndex": ".index", "SearchResult": ".index", "Memory": ".index",
     "IndexConfig": ".config",
-    "Filter": ".query.filters", "Rank": ".query.ranking",
+    "Filter": ".query.filters", "Rank": ".query.ranking", "Fusion": ".query.hybrid",
     "Encoder": ".vectors.encoder",
     "plan": ".capacity.planner", "max_count": ".capacity.planner", "Plan": ".capacity.planner",
 }

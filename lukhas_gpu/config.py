@@ -146,6 +146,20 @@ class IndexConfig:
         With a ``target_recall``, retune in a background thread after training, when the index
         has doubled, after a retrain and when twice as many queries have been seen; and retrain
         with more lists when the index has outgrown its own (see :mod:`lukhas_gpu.index.tuning`).
+    text_index : bool, default False
+        Tokenize every memory's content (``str``) on add and keep its term frequencies, so that
+        :meth:`~lukhas_gpu.MemoryIndex.search_text` ranks by BM25 and ``search(..., text=...)``
+        fuses it with the dense similarity. Costs the term counts (~8 B per distinct term of a
+        memory, twice: the arena and the posting lists) and tokenizing on add.
+    bm25_k1, bm25_b : float, default 1.5, 0.75
+        BM25's term-frequency saturation and length normalisation (applied at query time, from
+        the live statistics).
+    bm25_variant : {"lucene", "robertson", "atire"}, default "lucene"
+        The IDF / term-frequency definitions (see :mod:`lukhas_gpu.sparse.text`).
+    text_stopwords : {"en", None}, default None
+        Drop English stopwords when tokenizing (contents and queries).
+    text_stemmer : str or None, default None
+        Stem terms with this Snowball language (``"english"``; needs PyStemmer).
     """
 
     metric: str = "cosine"
@@ -177,6 +191,12 @@ class IndexConfig:
     auto_tune: bool = True
     external_ids: str | None = None
     metadata_fields: Any = None
+    text_index: bool = False
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    bm25_variant: str = "lucene"
+    text_stopwords: str | None = None
+    text_stemmer: str | None = None
 
     def __post_init__(self) -> None:
         def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -220,6 +240,16 @@ class IndexConfig:
             raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), got {self.train_threshold}")
         if not isinstance(self.zstd_level, int) or not 1 <= self.zstd_level <= 22:
             raise ValueError(f"zstd_level must be an int in [1, 22], got {self.zstd_level!r}")
+        if not isinstance(self.text_index, bool):
+            raise ValueError(f"text_index must be a bool, got {self.text_index!r}")
+        choice("bm25_variant", self.bm25_variant, ("lucene", "robertson", "atire"))
+        choice("text_stopwords", self.text_stopwords, (None, "en"))
+        for name, hi in (("bm25_k1", float("inf")), ("bm25_b", 1.0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= hi or v != v:
+                raise ValueError(f"{name} must be a number in [0, {hi}], got {v!r}")
+        if self.text_stemmer is not None and not isinstance(self.text_stemmer, str):
+            raise ValueError(f"text_stemmer must be a Snowball language name or None, got {self.text_stemmer!r}")
         if not (0.5 < float(self.quantile) <= 1.0):
             raise ValueError(f"quantile must be in (0.5, 1], got {self.quantile!r}")
 

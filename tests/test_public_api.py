@@ -5,7 +5,7 @@ import importlib.metadata
 
 import lukhas_gpu
 
-PUBLIC = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Encoder", "plan", "max_count",
+PUBLIC = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Fusion", "Encoder", "plan", "max_count",
           "Plan", "__version__"]
 
 

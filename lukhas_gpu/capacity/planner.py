@@ -42,6 +42,7 @@ from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, 
                               train_at, vector_capacity)
 from ..config import IndexConfig
 from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
+from ..sparse.store import planned_bytes as sparse_bytes
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size"]
 
@@ -224,7 +225,8 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
          config: IndexConfig | str | None = None, *, content_ratio: float = 0.72, tag_vocabulary: int = 1000,
          state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35, runtime: bool = True,
          backend: str | None = None, faiss_gpu: bool | None = None, avg_id_bytes: float = 36,
-         avg_metadata_bytes: float = 0) -> Plan:
+         avg_metadata_bytes: float = 0, sparse_nnz: float = 0.0, sparse_value_bytes: int = 4,
+         sparse_vocabulary: int = 30522) -> Plan:
     """Predict the bytes ``count`` memories take under ``config``, per component and place.
 
     Parameters
@@ -267,6 +269,12 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         encoding, declared fields excluded: ``{"source": "email", "turn": 17}`` is 11 B); each
         memory then also has a 4-byte offset. Declared fields cost their columns (and the
         offset and a 1-byte record of the free part, which may be empty).
+    sparse_nnz : float, default 0
+        Mean non-zeros of each memory's sparse vector (``add(..., sparse=)``; 0: none).
+    sparse_value_bytes : {4, 2}, default 4
+        float32 or float16 sparse values.
+    sparse_vocabulary : int, default 30522
+        Distinct terms of the sparse vectors (30,522: BERT's vocabulary, SPLADE's).
     runtime : bool, default True
         Count the libraries' first-use working memory (``RUNTIME_BYTES``, once per process; the
         ``runtime`` line of ``stats()`` of the process's first index): False for an index built
@@ -402,6 +410,15 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         disk["drift_monitor"] = 3 * 8 * nlist + DRIFT_HISTORY_BYTES + 6 * NPZ_MEMBER_BYTES
         if be == "cuda" and (faiss_gpu if faiss_gpu is not None else _faiss_gpus() > 0):
             gpu["ann"] = int(codes.sum()) + 4 * count + centroids
+    nnz = _real("sparse_nnz", sparse_nnz, 0.0, 65536.0)
+    if nnz and count:
+        if sparse_value_bytes not in (2, 4):
+            raise ValueError(f"sparse_value_bytes must be 4 (float32) or 2 (float16), got {sparse_value_bytes!r}")
+        sb = sparse_bytes(count, nnz, sparse_value_bytes, vocabulary=_int("sparse_vocabulary", sparse_vocabulary, 1),
+                          opened=state == "opened")
+        anon.update(sb["anon"])
+        mapped.update(sb["mapped"])
+        disk.update(sb["disk"])
     disk["manifest"] = MANIFEST_BYTES
     disk = {k: _blocks(v) for k, v in disk.items()}
 

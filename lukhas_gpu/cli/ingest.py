@@ -70,6 +70,8 @@ def _add_source_options(p) -> None:
                    help="array name inside a .npz (default: embeddings)")
     p.add_argument("--dim", type=int, help="dimension of a new store (default: the input's first embedding's)")
     p.add_argument("--preset", default="production", help="config preset of a new store (default: production)")
+    p.add_argument("--text-index", action="store_true",
+                   help="a new store indexes its contents for BM25 (search --text); see IndexConfig.text_index")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"records validated and added per batch (default: {DEFAULT_BATCH_SIZE})")
 
@@ -112,7 +114,7 @@ def add_migrate_parser(sub) -> None:
 
 
 def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: int, input_dim,
-                 dry_run: bool = False):
+                 dry_run: bool = False, text_index: bool = False):
     """The store at ``store`` open for writing (read-only for a dry run), or where it holds none a
     new one of dimension ``dim`` (default: ``input_dim()``) and config ``preset`` sized for
     ``records``: created on disk, or only in memory for a dry run (which leaves no trace)."""
@@ -126,7 +128,8 @@ def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: 
             raise ValueError(f"--dim {dim} differs from the store's dimension {index.dim}")
         return index
     dim = dim or input_dim()
-    config = IndexConfig.preset(preset, **({"capacity": records} if records else {}))
+    config = IndexConfig.preset(preset, **({"capacity": records} if records else {}),
+                                **({"text_index": True} if text_index else {}))
     return MemoryIndex(dim, config) if dry_run else MemoryIndex.create(store, dim, config)
 
 
@@ -156,7 +159,8 @@ def cmd_ingest(args) -> int:
         if is_array:
             source.check_counts()
         store = pathlib.Path(args.store)
-        index = _store_index(store, dim=args.dim, preset=args.preset, records=total, input_dim=source.first_dim)
+        index = _store_index(store, dim=args.dim, preset=args.preset, records=total, input_dim=source.first_dim,
+                             text_index=args.text_index)
         if source.dim is not None and source.dim != index.dim:
             raise MigrationError(f"{src}: embeddings have dimension {source.dim}, the store expects {index.dim}",
                                  path=src)
@@ -214,7 +218,7 @@ def cmd_migrate(args) -> int:
         return rows.dim
 
     index = _store_index(store, dim=args.dim, preset=args.preset, records=count_records(src) if new else 0,
-                         input_dim=input_dim, dry_run=args.dry_run)
+                         input_dim=input_dim, dry_run=args.dry_run, text_index=getattr(args, "text_index", False))
     try:
         before = None if args.dry_run else storage.current_generation(store).name
         count_before = len(index)

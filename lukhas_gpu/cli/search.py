@@ -23,10 +23,15 @@ def add_parsers(sub) -> None:
                     "log, changing no file) and searches each query.\n\n"
                     "Queries: --query-file F, a .npy (dim,) or (n, dim) array or a JSONL of\n"
                     '{"embedding": [...]} (or bare [...]) lines; without it, the same JSON lines from stdin,\n'
-                    "each answered as it arrives.")
+                    "each answered as it arrives.\n\n"
+                    "--text Q (repeatable) searches the contents by BM25 (a store created with text_index);\n"
+                    "with --query-file too, each query vector is fused with its --text (in order) by --fusion.")
     s.add_argument("store", help="store directory")
     s.add_argument("--query-file", metavar="F", help=".npy or JSONL of query vectors (default: JSON lines on stdin)")
     s.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    s.add_argument("--text", action="append", metavar="Q", help="a BM25 query text (repeatable: one query each)")
+    s.add_argument("--fusion", choices=("rrf", "weighted"), default="rrf",
+                   help="how --text and the query vectors are fused (default: rrf)")
     s.add_argument("--tags-all", nargs="+", metavar="T", help="memories carrying every one of these tags")
     s.add_argument("--tags-any", nargs="+", metavar="T", help="... at least one of these tags")
     s.add_argument("--tags-none", nargs="+", metavar="T", help="... none of these tags")
@@ -130,6 +135,24 @@ def _queries(args, dim: int):
     yield from _jsonl_queries(records(f), f, dim, QUERY_BATCH)
 
 
+def _results(index, args, where, rank):
+    """``(first query number, SearchResult)`` per batch: vectors, BM25 texts, or both fused."""
+    texts = args.text
+    if texts and args.query_file is None:
+        if rank is not None:
+            raise ValueError("--similarity/--recency/--importance rank query vectors: give --query-file too")
+        yield 0, index.search_text(texts, args.k, where=where)
+        return
+    for first, q in _queries(args, index.dim):
+        if texts:
+            if first + len(q) > len(texts):
+                raise ValueError(f"{first + len(q)} query vectors but {len(texts)} --text: one text per vector")
+            yield first, index.search(q, args.k, where=where, rank=rank, text=texts[first: first + len(q)],
+                                      fusion=args.fusion)
+        else:
+            yield first, index.search(q, args.k, where=where, rank=rank)
+
+
 def cmd_search(args) -> int:
     import numpy as np
 
@@ -142,9 +165,9 @@ def cmd_search(args) -> int:
         extra = {} if args.half_life is None else {"half_life": args.half_life}
         rank = Rank(args.similarity, args.recency, args.importance, **extra)
     index = MemoryIndex.open(args.store, mode="r")
+    flt = None if where.is_empty() else where
     try:
-        for first, q in _queries(args, index.dim):
-            res = index.search(q, args.k, where=None if where.is_empty() else where, rank=rank)
+        for first, res in _results(index, args, flt, rank):
             ids, scores = np.asarray(res.ids), np.asarray(res.scores)
             contents = res.contents() if args.contents else None
             for r in range(len(ids)):

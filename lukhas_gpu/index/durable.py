@@ -24,6 +24,7 @@ from ..store.persist import GenerationReader, write_generation
 from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.store import VectorStore
+from . import sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ def write(index, root) -> pathlib.Path:
         npz[layout.IDMAP] = parts.idmap.to_arrays()
     if parts.docmeta.starts is not None or parts.docmeta.fields:  # optional: only once used
         npz[layout.DOCMETA] = parts.docmeta.to_arrays()
+    sp_raw, sp_npz = sparse_parts.persist(parts)
+    raw.update(sp_raw)
+    npz.update(sp_npz)
     writers, ann = {}, None
     if parts.ann is not None:
         a = parts.ann
@@ -188,6 +192,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
             parts.idmap = IdMap.from_arrays(gen.npz(layout.IDMAP))
             if parts.idmap.kind != config.external_ids:
                 raise ValueError(f"the id map holds {parts.idmap.kind} ids, the config says {config.external_ids}")
+        sparse_parts.load(parts, gen)
     except (ValueError, KeyError) as e:  # arrays that do not fit together: name the generation
         raise layout.CorruptStoreError(gen.path, f"inconsistent payload files ({e})") from None
     try:
@@ -360,8 +365,10 @@ def apply_record(index, op: int, f: dict) -> None:
             raise layout.CorruptStoreError(index.path / layout.WAL, f"an add record starts at id {f['start']}, "
                                                                     f"but {index.parts.rows} rows precede it")
         meta = extids.Logged(f["meta"]) if f.get("meta") is not None else None  # optional fields
+        n = len(np.atleast_2d(f["x"]))
         writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"],
-                                                    ids=f.get("ext", extids.NO_IDS), metadata=meta))
+                                                    ids=f.get("ext", extids.NO_IDS), metadata=meta,
+                                                    sparse=sparse_parts.from_fields(f, n)))
     elif op == OP_UPDATE:
         rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
         meta = extids.Logged(f["meta"]) if f.get("meta") is not None else None
@@ -524,6 +531,10 @@ def verify(index) -> dict:
     if parts.ann is not None and parts.ann.ntotal != parts.live:
         raise layout.CorruptStoreError(where, f"the ANN holds {parts.ann.ntotal} vectors, the index {parts.live} "
                                               "live memories")
+    try:
+        sparse_parts.verify(parts, n, parts.tombstones.array() if parts.tombstones else np.zeros(0, np.int64))
+    except ValueError as e:
+        raise layout.CorruptStoreError(where, str(e)) from None
     try:  # every record decodes
         for start in range(0, n, VERIFY_CHUNK):
             parts.contents.get(np.arange(start, min(n, start + VERIFY_CHUNK)))

@@ -1,13 +1,10 @@
 """``MemoryIndex``: the facade users hold. It validates, locks and routes each call to the part
 that owns it (see ``ARCHITECTURE.md``):
 
-* components (``self.parts``, :class:`~.parts.IndexParts`): int8 vectors, tombstones, contents,
-  tags, metadata, the IVF-PQ index, the device mirror, the probe and drift samples;
-* :mod:`.writes` (validate, then apply), :mod:`.lifecycle` (calibration, training, retraining),
-  :mod:`.mirror` (the device mirror's upkeep), :mod:`.quality` (the recall probe);
-* :mod:`lukhas_gpu.query.executor`: how a search runs; :mod:`lukhas_gpu.monitor.recall`: the probe;
-* :mod:`.durable`: the store on disk (generations, write-ahead log, rollback, verify);
-* :mod:`lukhas_gpu.capacity.accounting`: where the bytes are (``stats()``).
+* components (``self.parts``, :class:`~.parts.IndexParts`); :mod:`.writes` (validate, then
+  apply), :mod:`.lifecycle` (training), :mod:`.mirror`, :mod:`.quality` (the recall probe);
+* :mod:`lukhas_gpu.query.executor` (how a search runs), :mod:`.durable` (the store on disk),
+  :mod:`lukhas_gpu.capacity.accounting` (``stats()``); mixins add documents, sparse and tuning.
 
 Ids are int64 assigned by the index (dense row numbers, never reused after a delete). torch is
 imported on first use of the vectors, so opening a store to read contents never loads it.
@@ -32,13 +29,14 @@ from .locking import locked as _locked
 from .parts import IndexParts
 from .results import Memory, SearchResult
 from .tuning import TuningMixin
+from .sparse_search import SparseSearchMixin
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex(DocumentsMixin, TuningMixin):
+class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -221,7 +219,7 @@ class MemoryIndex(DocumentsMixin, TuningMixin):
     # -- add -----------------------------------------------------------------------------------
     @_locked
     def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None, *, ids=None,
-            metadata=None) -> np.ndarray:
+            metadata=None, sparse=None) -> np.ndarray:
         """Add a batch of memories; returns their row ids, ``(n,)`` int64.
 
         Parameters
@@ -239,6 +237,9 @@ class MemoryIndex(DocumentsMixin, TuningMixin):
             The memories' own ids; an id already live is replaced (upsert, in one log record).
         metadata : sequence of dict / None, optional
             Free JSON-like dicts, round-tripped exactly (``config.metadata_fields`` are columns).
+        sparse : scipy.sparse matrix (n rows) or list of (indices, values), optional
+            Sparse vectors (e.g. SPLADE), searched by ``search(..., sparse=)``; see
+            :mod:`lukhas_gpu.sparse.validate` for the rules.
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.
@@ -254,7 +255,7 @@ class MemoryIndex(DocumentsMixin, TuningMixin):
         from . import writes  # torch and the vector path load on first use
         self._require_writable()
         batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, ids=ids,
-                                   metadata=metadata)
+                                   metadata=metadata, sparse=sparse)
         if self._wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self._wal.append(durable.OP_ADD, batch.log_fields())
         rows = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
@@ -276,7 +277,8 @@ class MemoryIndex(DocumentsMixin, TuningMixin):
     # -- search --------------------------------------------------------------------------------
     @_locked
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
-               rerank: int | None = None, target_recall: float | None = None) -> SearchResult:
+               rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
+               fusion=None) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -293,11 +295,13 @@ class MemoryIndex(DocumentsMixin, TuningMixin):
             exactly to an oversampled candidate set plus every memory whose recency and
             importance could still lift it into the top-k.
         nprobe, rerank : int, optional
-            Fixed parameters for this call (overriding the tuned choice and the config's).
+            Fixed parameters for this call (over the tuned choice and the config's).
         target_recall : float, optional
-            The recall to hold for this call: the cheapest setting the last :meth:`tune` measured
-            to reach it (a lookup). Default ``config.target_recall``; without one, or before the
-            index is tuned, ``config.nprobe`` and ``config.rerank``.
+            The recall to hold (default ``config.target_recall``): a lookup in :meth:`tune`'s table.
+        text, sparse, fusion : optional
+            Hybrid search (see :mod:`lukhas_gpu.index.sparse_search`): BM25 query texts and/or
+            sparse query vectors, fused with the dense results (``queries``, or None for sparse
+            alone) by ``fusion`` ("rrf", the default, "weighted" or a ``Fusion``).
 
         Returns
         -------
@@ -310,6 +314,9 @@ class MemoryIndex(DocumentsMixin, TuningMixin):
         from ..util.arrays import as_batch, check_nonzero
         from . import mirror as device_mirror, tuning
 
+        if text is not None or sparse is not None:
+            return self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank, text=text,
+                                       sparse=sparse, fusion=fusion, target_recall=target_recall)
         q, kind = as_batch(queries, self.dim, "queries")
         cfg, parts = self.config, self.parts
         if cfg.metric == "cosine":

@@ -22,6 +22,7 @@ from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
 from ..vectors.policy import dim_out_for, encoder_bytes
 from ..vectors.store import VectorStore
+from .sparse_parts import make_text
 
 __all__ = ["IndexParts"]
 
@@ -53,6 +54,10 @@ class IndexParts:
     probe : Probe
         Sampled originals and queries of the recall probe.
     drift : DriftMonitor
+    sparse : SparseVectors or None
+        The memories' sparse vectors (once any was added).
+    text : TextIndex or None
+        BM25 term counts and statistics (``config.text_index``).
     calib : (m, dim) float32 or None
         The first rows, kept while the int8 scales calibrate.
     tuned : Tuned or None
@@ -80,6 +85,8 @@ class IndexParts:
         self.mirror_wanted = False  # set by the facade once the backend is known
         self.probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
         self.drift = DriftMonitor(config.drift_threshold, seed=config.seed)
+        self.sparse = None  # SparseVectors, from the first add with sparse vectors
+        self.text = make_text(config)  # TextIndex with config.text_index
         self.calib: np.ndarray | None = None
         self.tuned = None  # the tuner's choice (index.tuning.Tuned), once it has run
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
@@ -155,4 +162,8 @@ class IndexParts:
             out["ann"] = self.ann
         if self.mirror is not None:
             out["mirror"] = self.mirror
+        if self.sparse is not None:
+            out["sparse"] = self.sparse
+        if self.text is not None:
+            out["text"] = self.text
         return out

@@ -13,7 +13,7 @@ from ..records.metadata import MetadataColumns
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import extids, lifecycle, mirror
+from . import extids, lifecycle, mirror, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -35,6 +35,7 @@ class AddBatch:
     imp: np.ndarray
     start: int = 0  # the first id: logged, so a replay (or a salvage) can check where it lands
     ext: object = None  # extids.ExtAdd: external ids and metadata (optional fields of the record)
+    sparse: object = None  # PackedSparse or None
 
     def log_fields(self) -> dict:
         import torch
@@ -44,10 +45,13 @@ class AddBatch:
                "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None}
         if self.ext is not None:
             out.update(self.ext.log_fields())
+        if self.sparse is not None:
+            out.update(self.sparse.log_fields(sparse_parts.LOG_PREFIX))
         return out
 
 
-def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=None, metadata=None) -> AddBatch:
+def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=None, metadata=None,
+                sparse=None) -> AddBatch:
     """Validate an ``add`` completely (see ``MemoryIndex.add`` for the rules)."""
     from ..util.arrays import as_batch, check_nonzero
 
@@ -73,7 +77,8 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=N
     if parts.rows + n > MAX_ROWS - 1:
         raise ValueError(f"an index holds at most 2**32 - 1 memories; this batch of {n} would exceed it")
     ext = extids.prepare_add(index, n, ids, metadata)
-    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext)
+    packed = sparse_parts.prepare(sparse, n)
+    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext, packed)
 
 
 def apply_add(index, b: AddBatch) -> np.ndarray:
@@ -94,6 +99,7 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     parts.tags.append(b.tags, n)
     parts.meta.append(b.ts, b.imp)
     extids.append(index, b.ext, n)
+    sparse_parts.apply_add(parts, ids, b.sparse, b.raw_contents)
     if parts.mirror is not None:
         mirror.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
     lifecycle.observe(parts, b.x, codes, proj, ids)
@@ -125,6 +131,7 @@ def apply_delete(index, rows: np.ndarray) -> None:
     if p.mirror is not None:
         p.mirror.delete(rows)
     p.tags.delete(rows)  # frees the rows' tag lists and bitmap bits
+    sparse_parts.apply_delete(p, rows)
 
 
 @dataclasses.dataclass
@@ -179,6 +186,7 @@ def apply_update(index, u: Update) -> None:
     parts = index.parts
     if u.contents is not None:
         parts.contents.replace(u.rows, u.contents)
+        sparse_parts.apply_update(parts, u.rows, u.raw_contents)
     if u.tags is not None:
         parts.tags.replace(u.rows, u.tags)
     if u.ts is not None:

@@ -3,7 +3,9 @@
 Columns: ``embedding`` (``list<float>`` or ``fixed_size_list<float>``; another name with
 ``embedding_column``), and optionally ``content`` (string or binary), ``tags`` (``list<string>``),
 ``timestamp`` (epoch seconds, or a timestamp/date type; no time zone means UTC) and
-``importance`` (a number in [0, 1]); a null is a missing value. Other columns are not read.
+``importance`` (a number in [0, 1]) and a sparse vector as two list columns of one length per
+row, ``sparse_indices`` (``list<int>``) and ``sparse_values`` (``list<float>``); a null is a
+missing value. Other columns are not read.
 Rows are numbered from 0 in messages.
 """
 from __future__ import annotations
@@ -45,6 +47,8 @@ PARQUET_COLUMNS = {
     "tags": (_LISTS, _STRINGS, "list<string>"),
     "timestamp": (_NUMBERS + ("timestamp", "date"), None, "epoch seconds (a number), a timestamp or a date"),
     "importance": (_NUMBERS, None, "a number in [0, 1]"),
+    "sparse_indices": (_LISTS, ("integer",), "list<int>"),
+    "sparse_values": (_LISTS, ("floating",), "list<float>"),
 }
 #: Seconds per unit of an Arrow timestamp.
 _UNIT_SECONDS = {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -151,6 +155,7 @@ class ParquetSource:
             tags = self._tags(cols["tags"], problems)
         ts, ts_given = self._numbers(cols.get("timestamp"), n, np.nan)
         imp, _ = self._numbers(cols.get("importance"), n, DEFAULT_IMPORTANCE)
+        sparse = self._sparse(cols.get("sparse_indices"), cols.get("sparse_values"), n, problems)
         i, _, why = rules.first_problem(n, contents=contents, max_content=index.config.max_content_bytes, tags=tags,
                                         timestamps=ts, ts_given=ts_given, importance=imp)
         if i < n:
@@ -158,7 +163,34 @@ class ParquetSource:
         if problems:
             i, _, why = min(problems)
             raise MigrationError(f"{self.path}, row {first + i}: {why}", path=self.path, line=first + i, in_batch=i)
-        return Batch(range(first, first + n), [None] * n, x, contents, tags, ts, imp)
+        return Batch(range(first, first + n), [None] * n, x, contents, tags, ts, imp, sparse)
+
+    def _sparse(self, ind, val, n: int, problems: list):
+        """``(indices, values)`` pairs from the two list columns (a null list: no vector), checked
+        by the sparse rules; None without the columns."""
+        if ind is None and val is None:
+            return None
+        if ind is None or val is None:
+            problems.append((0, 2, "sparse_indices and sparse_values come together (one column is missing)"))
+            return None
+        from ..sparse.validate import SparseInputError, pack_sparse
+
+        li = self._pc.list_value_length(ind).fill_null(0).to_numpy(zero_copy_only=False)
+        lv = self._pc.list_value_length(val).fill_null(0).to_numpy(zero_copy_only=False)
+        if (li != lv).any():
+            problems.append((int(np.flatnonzero(li != lv)[0]), 2, "sparse_indices and sparse_values differ in length"))
+            return None
+        flat_i = ind.flatten().to_numpy(zero_copy_only=False)
+        flat_v = val.flatten().to_numpy(zero_copy_only=False)
+        cut = np.cumsum(li)[:-1]
+        pairs = list(zip(np.split(flat_i, cut), np.split(flat_v, cut)))
+        try:
+            pack_sparse(pairs, n)
+        except SparseInputError as e:
+            problems.append((e.row or 0, 2, str(e)))
+        except (TypeError, ValueError) as e:
+            problems.append((0, 2, str(e)))
+        return pairs
 
     def _vectors(self, col, dim: int, cosine: bool, problems: list):
         """``(n, dim)`` float32 from a list column, or None after adding its first bad row to ``problems``."""

@@ -67,6 +67,8 @@ class Batch:
     timestamps : (b,) float64 ndarray
         Epoch seconds, NaN where the record has none (the time of the add is used).
     importance : (b,) float64 ndarray
+    sparse : list of (indices, values) pairs, or None
+        Sparse vectors (Parquet's ``sparse_indices`` / ``sparse_values`` columns).
     """
 
     lines: list
@@ -76,6 +78,7 @@ class Batch:
     tags: list | None
     timestamps: np.ndarray
     importance: np.ndarray
+    sparse: list | None = None
 
     def __len__(self) -> int:
         return len(self.lines)

@@ -17,6 +17,8 @@ A store is a directory::
         ann.faiss          the IVF-PQ index (FAISS's own writer), when trained
         idmap.npz          external ids (optional: IndexConfig.external_ids)
         docmeta.npz        free metadata and declared fields (optional: written once used)
+        sparse.indices/.values, sparse.npz   sparse vectors (CSR arena), when any was added
+        text.indices/.values, text.npz       the BM25 term counts and vocabulary (text_index)
       wal.log              operations since the published generation (see wal.py)
       LOCK                 the one writer's flock (the file holds its pid, for messages)
 
@@ -44,7 +46,7 @@ __all__ = ["FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedErro
            "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
            "acquire_lock", "release_lock", "StoreLock", "lock_holder", "check_manifest",
            "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
-           "GENERATION_FILES", "REQUIRED", "MAPPED", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST"]
+           "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC", "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST"]
 
 FORMAT = "lukhas_gpu-store"
 FORMAT_VERSION = 1
@@ -58,6 +60,8 @@ VECTORS_WORK = "vectors.work"
 PROGRESS = "ingest-progress.json"
 # -- a generation's files ------------------------------------------------------------------------
 MANIFEST = "manifest.json"
+#: The manifest's field holding the CRC-32 of its other fields.
+MANIFEST_CRC = "manifest_crc32"
 VECTORS = "vectors.i8"
 CONTENT = "content.bin"
 CONTENT_INDEX = "content.npz"
@@ -72,12 +76,21 @@ ANN = "ann.faiss"
 TUNING = "tuning.npz"
 IDMAP = "idmap.npz"
 DOCMETA = "docmeta.npz"
+#: Sparse vectors and the BM25 text index (optional: stores without them still open).
+SPARSE = "sparse.npz"
+SPARSE_INDICES = "sparse.indices"
+SPARSE_VALUES = "sparse.values"
+TEXT = "text.npz"
+TEXT_INDICES = "text.indices"
+TEXT_VALUES = "text.values"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
                     PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest",
-                    IDMAP: "external_ids", DOCMETA: "doc_metadata"}
+                    IDMAP: "external_ids", DOCMETA: "doc_metadata",
+                    SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
+                    TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values"}
 #: Files every generation has (the others depend on the index's phase).
 REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().
@@ -184,6 +197,7 @@ class Generation:
     def publish(self, manifest: dict) -> pathlib.Path:
         manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
                     "generation": self.number, "files": self.files}
+        manifest[MANIFEST_CRC] = manifest_crc(manifest)
         with _naming(self.tmp / MANIFEST), open(self.tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
             f.flush()
@@ -297,8 +311,9 @@ def read_manifest(gen_dir) -> dict:
         raise CorruptStoreError(path, "missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptStoreError(path, f"not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptStoreError(path, f"not a {FORMAT} manifest")
+
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         hint = ("no upgrade path from it exists: re-import the source data with lukhas_gpu.migrate"
@@ -307,6 +322,12 @@ def read_manifest(gen_dir) -> dict:
         raise StoreError(f"{path}: store format version {version}, this lukhas_gpu reads {FORMAT_VERSION}: {hint}")
     check_manifest(path, manifest)
     return manifest
+
+
+def manifest_crc(manifest: dict) -> int:
+    """CRC-32 of a manifest's content (canonical JSON, its own CRC field left out): a damaged
+    manifest is caught wherever the damage is, a value (a size, a date) as much as the syntax."""
+    return zlib.crc32(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8"))
 
 
 def check_manifest(path, manifest: dict) -> None:
@@ -371,6 +392,11 @@ def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> 
             raise CorruptStoreError(p, f"{size} bytes, the manifest says {meta['bytes']} (truncated or altered)")
         if checksums is True or (checksums == "small" and name not in MAPPED):
             verify_crc(p, crc32_file(p), meta["crc32"])
+    if MANIFEST_CRC in manifest:  # last: the checks above name a malformed entry; older manifests have none
+        body = {k: v for k, v in manifest.items() if k != MANIFEST_CRC}
+        if manifest[MANIFEST_CRC] != manifest_crc(body):
+            raise CorruptStoreError(gen_dir / MANIFEST, f"CRC-32 {manifest_crc(body):08x} of its content, it says "
+                                                        f"{manifest[MANIFEST_CRC]!r} (corrupted)")
 
 
 def verify_crc(path, crc: int, expected: int) -> None:
