@@ -238,3 +238,14 @@ def test_background_run_after_training_and_close_stops_it(data, caplog):
     assert time.perf_counter() - t0 < 60
     job = getattr(index, "_tuning_job", None)
     assert job is None or not job.is_alive()
+
+
+def test_cli_stats_shows_the_target_and_the_choice(tmp_path, tuned, capsys):
+    from lukhas_gpu import cli
+
+    index, report = tuned
+    path = tmp_path / "store"
+    index.save(path)
+    assert cli.main(["stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "recall target 0.9; tuned for 0.9" in out and f"rerank {report['rerank']}" in out

@@ -37,9 +37,7 @@ from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, R
                          fastscan_list_bytes, fastscan_resident, hnsw_graph_bytes, huge_page_slack,
                          summarize)
 from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, auto_pq_m, coarse_for, dim_out_for,
-                              encoder_bytes,
-                              planned_nlist,
-                              train_at, vector_capacity)
+                              encoder_bytes, nlist_at, train_at, vector_capacity)
 from ..config import IndexConfig
 from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
 from ..sparse.store import planned_bytes as sparse_bytes
@@ -389,7 +387,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     # the IVF-PQ index, once trained
     nlist = pq_m = coarse = None
     if count >= train_at(cfg) and count >= MIN_TRAIN_ROWS:
-        nlist = planned_nlist(train_at(cfg), cfg)  # the index trains once, at train_at rows
+        nlist = nlist_at(count, cfg)  # trained at train_at rows, restructured as it grows (auto_tune)
         pq_m = auto_pq_m(dim_out, cfg.pq_m)
         coarse = coarse_for(nlist, cfg)
         sizes = list_sizes(count, nlist, imbalance)

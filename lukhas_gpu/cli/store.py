@@ -151,7 +151,21 @@ def cmd_stats(args) -> int:
         for name, nbytes in sorted(mem[place].items(), key=lambda kv: -kv[1]):
             if nbytes:
                 print(f"  {place:<6} {name:<24} {nbytes / n:10.1f} B/memory")
+    print("  " + _tuning_line(st["tuning"]))
     return 0
+
+
+def _tuning_line(t: dict) -> str:
+    """One line on the recall target and what the tuner chose for it."""
+    target, c = t["target_recall"], t["chosen"]
+    head = f"recall target {target}" if target is not None else "no recall target (config nprobe/rerank)"
+    if c is None:
+        return head + ("; not tuned yet" if target is not None else "")
+    how = ("exact int8 scan" if c["kind"] == "exact" else
+           f"{c['kind']} probing, nprobe {c['nprobe']}, rerank {c['rerank']}")
+    flag = "" if c["met"] else " -- BELOW TARGET"
+    return (f"{head}; tuned for {c['target']}: {how}; estimated recall@{c['k']} {c['recall']:.3f} "
+            f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] from {c['queries']} {c['source']}{flag}")
 
 
 def cmd_get(args) -> int:

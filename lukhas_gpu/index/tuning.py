@@ -14,7 +14,8 @@ interval) of every search it could run:
 * the exact int8 scan (what small stores should do).
 
 A cost model ``a * codes scanned + b * candidates + c`` (seconds per query, fitted on timed runs
-of the same queries) ranks them; the cheapest whose interval's low end meets the target (raised
+of the same queries) ranks them; the cheapest whose one-sided lower confidence bound (95%: the low
+end of the two-sided 90% interval, which ``ci`` reports) meets the target (raised
 by :data:`MEMORY_MARGIN` when only memories stand in for queries: memories as queries
 overestimate recall) is timed against the cheapest of the other kind, and the faster kept. The
 whole table is kept, so ``search(..., target_recall=x)`` is a lookup.
@@ -200,7 +201,9 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     kk = k + 1 if ref["self_ids"] is not None else k
 
     def estimate(found):
-        return recall_estimate(found, ref["exact_n"], ref["kept"], ref["true"], confidence)
+        # a two-sided interval at 2c - 1 has a one-sided lower bound at c: "meets the target"
+        # is a one-sided question
+        return recall_estimate(found, ref["exact_n"], ref["kept"], ref["true"], 2 * confidence - 1)
 
     rows: list[tuple] = []  # kind, param, rerank, recall, ci_low, ci_high, codes, kc, probes, cap, nmin
     e = estimate(ref["exact_n"])
@@ -224,8 +227,9 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     with lock:
         index.parts.tuned = tuned
     (log.info if tuned.met else log.warning)(
-        "tuned for recall@%d >= %.3f (%s queries): %s, rerank %d: estimated %.3f [%.3f, %.3f], ~%.0f QPS%s",
-        k, target, ref["source"], _describe(kind, p), rr, tuned.recall, tuned.ci[0], tuned.ci[1], tuned.qps,
+        "tuned for recall@%d >= %.3f on %d %s: %s, rerank %d: estimated %.3f [%.3f, %.3f], ~%.0f QPS%s",
+        k, target, nq, "sampled memories" if ref["source"] == "memories" else f"{ref['source']} queries",
+        _describe(kind, p), rr, tuned.recall, tuned.ci[0], tuned.ci[1], tuned.qps,
         "" if tuned.met else " -- the target is NOT met by any setting tried")
     return tuned
 
@@ -532,7 +536,8 @@ class TuningMixin:
         -------
         dict
             ``target``, ``kind`` ("fixed", "adaptive" or "exact"), ``nprobe``, ``rerank``,
-            ``probing``, ``recall`` (estimated) and ``ci``, ``met``, ``source``, ``queries``,
+            ``probing``, ``recall`` (estimated) and ``ci`` (two-sided 90%: its low end is the
+            one-sided 95% bound the choice is held to), ``met``, ``source``, ``queries``,
             ``expected_qps`` (one batch of 512 queries on this machine), ``seconds`` and ``tried``
             (every setting measured: kind, param, rerank, recall, ci_low, qps, probes).
 

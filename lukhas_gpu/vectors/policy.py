@@ -15,7 +15,7 @@ from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_
 
 __all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS",
            "HNSW_COARSE_FROM", "TWO_LEVEL_FROM", "auto_nlist", "auto_pq_m", "train_sample_size",
-           "planned_nlist", "train_rows", "train_at", "coarse_for", "vector_capacity", "sample_index"]
+           "planned_nlist", "nlist_at", "train_rows", "train_at", "coarse_for", "vector_capacity", "sample_index"]
 
 #: Projected dimension at most (the ANN codes and the device mirror live in this space).
 MAX_DIM_OUT = 512
@@ -67,6 +67,24 @@ def train_at(cfg) -> int:
         return cfg.train_threshold
     want = train_sample_size(planned_nlist(cfg.capacity, cfg))
     return max(cfg.train_threshold, min(want, cfg.capacity))
+
+
+def nlist_at(count: int, cfg) -> int:
+    """Lists of an index grown to ``count`` rows: trained at ``train_at(cfg)`` with
+    ``planned_nlist`` of that; then, with a ``target_recall`` and ``auto_tune`` (and no fixed
+    ``nlist``), retrained with ``planned_nlist(n)`` each time that reaches twice its lists (the
+    restructure of :mod:`lukhas_gpu.index.tuning`, taken at the first such ``n``)."""
+    n0 = train_at(cfg)
+    nl = planned_nlist(n0, cfg)
+    if cfg.nlist or getattr(cfg, "target_recall", None) is None or not getattr(cfg, "auto_tune", False):
+        return nl
+    while planned_nlist(max(count, n0), cfg) >= 2 * nl:
+        lo, hi = n0, max(count, n0)  # the first n whose planned lists reach 2 * nl
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if planned_nlist(mid, cfg) >= 2 * nl else (mid, hi)
+        n0, nl = hi, planned_nlist(hi, cfg)
+    return nl
 
 
 def coarse_for(nlist: int, cfg) -> str:
