@@ -249,3 +249,20 @@ def test_cli_stats_shows_the_target_and_the_choice(tmp_path, tuned, capsys):
     assert cli.main(["stats", str(path)]) == 0
     out = capsys.readouterr().out
     assert "recall target 0.9; tuned for 0.9" in out and f"rerank {report['rerank']}" in out
+
+
+def test_an_index_that_outgrows_its_lists_restructures_in_the_background(caplog, clustered):
+    x, _ = clustered(20_480, 32, n_clusters=64, seed=9)
+    index = lukhas_gpu.MemoryIndex(32, _config(nlist=None, auto_tune=True, train_threshold=4096, probe_queries=0))
+    index.add(x[:4096])  # trains with the lists 4,096 rows call for
+    tuning.wait(index, timeout=120)
+    first = index.parts.ann.nlist
+    with caplog.at_level(logging.INFO, logger="lukhas_gpu.index.tuning"):
+        index.add(x[4096:])  # 5x the rows: the planned list count doubled
+        tuning.wait(index, timeout=300)
+    assert "background tuning started (restructure)" in caplog.text
+    assert index.parts.ann.nlist >= 2 * first
+    assert index.parts.tuned.nlist == index.parts.ann.nlist  # tuned for the new lists
+    assert index._restructure_tried_at >= 20_000
+    from lukhas_gpu.capacity.planner import plan
+    assert plan(len(index), dim=32, config=index.config).nlist == index.parts.ann.nlist
