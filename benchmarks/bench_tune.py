@@ -120,7 +120,7 @@ def bench_lukhas(index, rep, build_s, b, gt_b, args) -> tuple[list[dict], list[d
         fixed_rq = None
         for kind_id, label in ((0, "fixed"), (1, "adaptive")):
             tab = tuned.table
-            ok = (tab["kind"] == kind_id) & (tab["ci_low"] >= t)
+            ok = (tab["kind"] == kind_id) & (tab["bound"] >= t)
             if not ok.any():
                 continue
             j = int(np.flatnonzero(ok)[np.argmin(tab["cost"][ok])])
