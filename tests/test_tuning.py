@@ -219,7 +219,7 @@ def test_background_run_after_training_and_close_stops_it(data, caplog):
     index = lukhas_gpu.MemoryIndex(D, _config(auto_tune=True, train_threshold=4096))
     with caplog.at_level(logging.INFO, logger="lukhas_gpu.index.tuning"):
         index.add(xb[:6000])  # crosses the threshold: trains, then a first run from memories
-        tuning.wait(index, timeout=120)
+        tuning.wait(index, timeout=900)
     assert index.parts.tuned is not None and index.parts.tuned.source == "memories"
     assert "background tuning started (first)" in caplog.text
     # memories overstate recall: the first run aims MEMORY_MARGIN higher
@@ -229,7 +229,7 @@ def test_background_run_after_training_and_close_stops_it(data, caplog):
     # real traffic makes the next run use queries
     for i in range(0, 200, 50):
         index.search(xq[i: i + 50], 10)
-    tuning.wait(index, timeout=120)
+    tuning.wait(index, timeout=900)
     assert index.parts.tuned.source == "queries"
     # growth by 2x starts another; close() stops it at its next step without hanging
     index.add(xb[6000:12_000])
@@ -255,11 +255,11 @@ def test_an_index_that_outgrows_its_lists_restructures_in_the_background(caplog,
     x, _ = clustered(20_480, 32, n_clusters=64, seed=9)
     index = lukhas_gpu.MemoryIndex(32, _config(nlist=None, auto_tune=True, train_threshold=4096, probe_queries=0))
     index.add(x[:4096])  # trains with the lists 4,096 rows call for
-    tuning.wait(index, timeout=120)
+    tuning.wait(index, timeout=900)
     first = index.parts.ann.nlist
     with caplog.at_level(logging.INFO, logger="lukhas_gpu.index.tuning"):
         index.add(x[4096:])  # 5x the rows: the planned list count doubled
-        tuning.wait(index, timeout=300)
+        tuning.wait(index, timeout=900)
     assert "background tuning started (restructure)" in caplog.text
     assert index.parts.ann.nlist >= 2 * first
     assert index.parts.tuned.nlist == index.parts.ann.nlist  # tuned for the new lists
