@@ -62,6 +62,9 @@ MEMORY_MARGIN = 0.03
 GROWTH = 2.0
 #: Queries a run measures at most (the cost of a run is one exact scan of the store per query).
 TUNE_QUERIES = 2000
+#: Lists adaptive probing may reach per query: its coarse search scores ``max(cap, 128)``
+#: centroids per query (at 4,096 through the HNSW coarse quantizer it ran at 228 QPS at 1M).
+ADAPTIVE_CAP = 1024
 #: Sampled true neighbours the int8 stage's estimate needs before the bound budgets for it (at 1M
 #: rows 1,024 queries find ~20 among 2,048 sampled originals: an estimate of 0.952 [0.79, 0.99]
 #: that would have sent every search to the exact scan, measured).
@@ -339,15 +342,15 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tu
         except ValueError as e:
             log.info("adaptive probing not fitted: %s", e)
         if weights is not None:
-            nmin = 4
+            nmin, acap = 4, min(cap, ADAPTIVE_CAP)
             for scale in SCALES:
                 _checkpoint_cancel(index, cancellable)
-                p = probing.Probing(cap, weights, scale, nmin)
+                p = probing.Probing(acap, weights, scale, nmin)
                 counts = probing.probe_counts(c_scores, p)
                 masked = probing.mask_lists(c_lists, counts)
                 with lock:
                     cand = ann.search_lists(qp, kc_max, masked, c_scores[:, :masked.shape[1]])[1]
-                if add_rows(1, scale, cand, counts, cap, nmin):
+                if add_rows(1, scale, cand, counts, acap, nmin):
                     break
     return weights
 
