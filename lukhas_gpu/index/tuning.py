@@ -290,6 +290,7 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tu
 
     from ..monitor import recall
     from ..query import executor
+    from ..vectors import exact
     lock = index.lock
     n_live = max(index.parts.live, 1)
     r_max = max(r for r in RERANKS if k * r <= max(n_live, k)) if n_live > k else 1
@@ -312,10 +313,10 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tu
     def add_rows(kind, param, cand, counts, pcap=0, nmin=0):
         codes = float(cum[np.arange(len(q)), np.minimum(counts, cum.shape[1] - 1)].mean())
         with lock:  # exact scores of every candidate once; each rerank depth is a prefix
-            scores = _candidate_scores(qw_np, index.parts.vectors.array, cand)
+            scores = exact.candidate_scores(qw_np, index.parts.vectors.array, cand)
         for r in reranks:
             kc = max(kk, min(k * r, cand.shape[1]))
-            e = estimate(recall.found_in(ref, _top(scores[:, :kc], cand[:, :kc], kk), k))
+            e = estimate(recall.found_in(ref, exact.top_candidates(scores[:, :kc], cand[:, :kc], kk)[1], k))
             rows.append((kind, float(param), r, e["recall"] or 0.0, e["ci"][0] or 0.0, e["ci"][1] or 0.0, e["bound"], codes,
                          kc, float(counts.mean()), pcap, nmin))
             if r == reranks[0] and e["bound"] >= eff:
@@ -353,29 +354,6 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tu
                 if add_rows(1, scale, cand, counts, acap, nmin):
                     break
     return weights
-
-
-def _candidate_scores(qw: np.ndarray, codes, cand: np.ndarray) -> np.ndarray:
-    """Exact scores of the int8 rows of ``cand`` (nq, kc) for queries ``qw`` (nq, dim): float32,
-    -inf where a candidate is missing (-1)."""
-    out = np.empty(cand.shape, dtype=np.float32)
-    for a in range(0, len(cand), 128):
-        c = cand[a: a + 128]
-        rows = np.take(codes, np.maximum(c, 0).ravel(), axis=0).reshape(c.shape[0], c.shape[1], -1)
-        s = np.matmul(rows.astype(np.float32), qw[a: a + 128, :, None])[:, :, 0]
-        s[c < 0] = -np.inf
-        out[a: a + 128] = s
-    return out
-
-
-def _top(scores: np.ndarray, cand: np.ndarray, kk: int) -> np.ndarray:
-    """The ``kk`` best candidates of each row, best first (what the exact rerank returns)."""
-    kk = min(kk, scores.shape[1])
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-    pick = np.take_along_axis(part, order, 1)
-    ids = np.take_along_axis(cand, pick, 1)
-    return np.where(np.isfinite(np.take_along_axis(scores, pick, 1)), ids, -1)
 
 
 def _timed(fn, repeat: int = 5) -> float:

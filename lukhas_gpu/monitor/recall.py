@@ -125,9 +125,13 @@ def concat(pieces: list[dict]) -> dict:
 def found_in(probe: dict, ids: np.ndarray, k: int) -> np.ndarray:
     """Per probe query, how many of its exact top-k are among ``ids`` ((nq, kk) numpy, the
     results of a search for ``k + 1`` when the queries are stored memories)."""
-    if probe["self_ids"] is not None:  # drop the query's own row, keep k others
-        ids = drop_own(ids, probe["self_ids"])[0][:, :k]
-    e = probe["exact_ids"]
+    return _overlap(probe["exact_ids"], probe["self_ids"], ids, k)
+
+
+def _overlap(exact_ids: np.ndarray, self_ids, ids: np.ndarray, k: int) -> np.ndarray:
+    if self_ids is not None:  # drop the query's own row, keep k others
+        ids = drop_own(ids, self_ids)[0][:, :k]
+    e = exact_ids
     return ((e[:, :, None] == ids[:, None, :]) & (e[:, :, None] >= 0)).any(2).sum(1)
 
 
@@ -141,8 +145,6 @@ def evaluate(probe: dict, k: int, search) -> np.ndarray:
         qc = torch.from_numpy(np.ascontiguousarray(q[c0: c0 + PROBE_CHUNK]))
         ids = search(qc, kk)
         ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        if self_ids is not None:  # drop the query's own row, keep k others
-            ids = drop_own(ids, self_ids[c0: c0 + PROBE_CHUNK])[0][:, :k]
-        e = exact_ids[c0: c0 + len(ids)]
-        found[c0: c0 + len(ids)] = ((e[:, :, None] == ids[:, None, :]) & (e[:, :, None] >= 0)).any(2).sum(1)
+        own = self_ids[c0: c0 + PROBE_CHUNK] if self_ids is not None else None
+        found[c0: c0 + len(ids)] = _overlap(exact_ids[c0: c0 + len(ids)], own, ids, k)
     return found
