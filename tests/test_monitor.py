@@ -126,6 +126,33 @@ def test_quality_estimates_true_recall(trained, nprobe):
     assert 0 < q["ann_recall"] <= 1 and 0.9 < q["int8_recall"] <= 1
 
 
+def test_int8_model_matches_the_measured_int8_stage(trained):
+    """The int8 stage's modelled recall vs what the exact int8 scan keeps of the float top-10,
+    on data where the sampled originals hold few true neighbours per query."""
+    index, xb, xq = trained
+    gt = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+    ids = index.search(xq, 10, nprobe=index.parts.ann.nlist, rerank=64).ids  # every list: exact int8
+    measured = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, gt)])
+    q = index.quality(xq, nprobe=index.parts.ann.nlist, rerank=64)
+    assert q["ann_recall"] > 0.999
+    assert abs(q["int8_recall"] - measured) < 0.01, (q["int8_recall"], measured)
+    assert q["hits"] >= 0 and (q["int8_sampled"] is None or 0 <= q["int8_sampled"] <= 1)
+
+
+def test_int8_model_edge_cases():
+    from lukhas_gpu.monitor.recall import int8_model
+
+    s = np.sort(np.random.default_rng(0).random((5, 40)).astype(np.float32), axis=1)[:, ::-1]
+    assert np.array_equal(int8_model(s, np.zeros(5), 10), np.full(5, 10.0))  # no error: all kept
+    noisy = int8_model(s, np.full(5, 0.5), 10)  # error far above the gaps: about k*k/depth kept
+    assert (noisy < 6).all() and (noisy > 0).all()
+    padded = s.copy()
+    padded[:, 7:] = -np.inf  # fewer rows than k: the 7 there are kept
+    assert np.array_equal(int8_model(padded, np.full(5, 1e-3), 10), np.full(5, 7.0))
+    a, b = int8_model(s, np.full(5, 0.01), 10, seed=3), int8_model(s, np.full(5, 0.01), 10, seed=3)
+    assert np.array_equal(a, b)  # seeded
+
+
 def test_quality_sources(trained):
     index, xb, xq = trained
     fresh = MemoryIndex(DIM, index.config)

@@ -426,9 +426,9 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
 
         Recall is the product of what the two stages keep: ``ann_recall``, the share of the exact
         int8 top-k (an exact scan of the whole store per probe query) that the live index
-        returns; and ``int8_recall``, the share of the true float top-k among the sampled
-        originals (``config.probe_size`` rows, float16) that the int8 rows still rank in the
-        top-k. The interval is the delta-method interval of that product, linearised per query.
+        returns; and ``int8_recall``, the expected share of the true float top-k that the int8
+        rows keep (``monitor.recall.int8_model``: the int8 score error measured on the sampled
+        originals). The interval is the delta-method interval of that product, per query.
 
         Parameters
         ----------
@@ -445,7 +445,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         -------
         dict
             ``recall``, ``ci`` (low, high), ``confidence``, ``ann_recall``, ``int8_recall``,
-            ``hits``, ``queries``, ``source`` ("given", "queries" or "memories"), ``sample``,
+            ``int8_sampled`` (counted on the originals' ``hits``), ``queries``, ``source`` ("given", "queries" or "memories"), ``sample``,
             ``k``, ``nprobe``, ``rerank``, ``seconds``.
 
         Cost: one exact int8 scan of the store per probe query (~1 s per 1,000 queries per 100k).

@@ -61,6 +61,9 @@ def estimate(index, queries, k, *, nprobe, rerank, max_queries, confidence) -> d
     out = {**est, "confidence": confidence, "queries": len(probe["q"]), "source": probe["source"],
            "sample": probe["sample"], "k": k, "nprobe": chosen["nprobe"], "rerank": chosen["rerank"],
            "adaptive": chosen["probing"] is not None, "exact": chosen["exact"], "warning": None,
+           "hits": int(probe["sampled_true"].sum()),
+           "int8_sampled": (float(probe["sampled_kept"].sum() / probe["sampled_true"].sum())
+                            if probe["sampled_true"].sum() else None),
            "seconds": time.perf_counter() - t0}
     if probe["source"] == "memories":
         out["warning"] = ("estimated with stored memories as queries (no searches seen yet): memories "

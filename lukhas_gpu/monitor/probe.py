@@ -8,9 +8,10 @@
 * :func:`recall_estimate` -- the estimator behind ``MemoryIndex.quality()``: recall@k against
   exact float search as the product of the ANN stage's recall of the exact int8 top-k (every
   row's int8 vector is held, so that one is measured on k neighbours per query) and the int8
-  stage's recall of the float top-k, measured on the sampled originals (a uniform sample, so
-  its share of true neighbours is unbiased). The interval linearises the product of the two
-  ratios per query (delta method), so hits clustered in a few queries widen it honestly.
+  stage's recall of the float top-k (modelled per query from its int8 top scores and its int8
+  score error, measured on the sampled originals: :func:`lukhas_gpu.monitor.recall.int8_model`).
+  The interval linearises the product of the two ratios per query (delta method), so misses
+  clustered in a few queries widen it honestly.
 * :class:`DriftMonitor` -- per added batch, on a bounded sample of its rows: the int8
   quantization error, the coarse (IVF) residual energy, the PQ reconstruction error and the
   distribution of the rows over the IVF lists; recent values are compared with their values at
@@ -149,20 +150,20 @@ def recall_estimate(ann_found, ann_total, int8_kept, int8_true, confidence: floa
     ----------
     ann_found, ann_total : (nq,) int
         Per probe query: exact int8 top-k neighbours the index returned / their number.
-    int8_kept, int8_true : (nq,) int
-        Per probe query: sampled true (float) neighbours that int8 also ranks in the top-k /
-        sampled true neighbours.
+    int8_kept, int8_true : (nq,) int or float
+        Per probe query: true (float) neighbours that int8 also ranks in the top-k (an expected
+        count from the int8 error model, or a count among sampled originals) / their number.
 
     Returns
     -------
     dict
         ``recall`` (``ann_recall * int8_recall``), ``ci`` (low, high), ``ann_recall``,
-        ``int8_recall`` (1.0 when no sampled true neighbour was seen), ``hits``.
+        ``int8_recall`` (1.0 when no true neighbour was counted), ``hits`` (``int8_true``'s sum).
     """
     a, b, c, d = (np.asarray(v, dtype=np.float64) for v in (ann_found, ann_total, int8_kept, int8_true))
     n = len(a)
     if n == 0 or b.sum() == 0:
-        return {"recall": None, "ci": (None, None), "ann_recall": None, "int8_recall": None, "hits": int(d.sum())}
+        return {"recall": None, "ci": (None, None), "ann_recall": None, "int8_recall": None, "hits": int(round(d.sum()))}
     r1 = a.sum() / b.sum()
     r2 = c.sum() / d.sum() if d.sum() else 1.0
     r = r1 * r2
@@ -178,7 +179,7 @@ def recall_estimate(ann_found, ann_total, int8_kept, int8_true, confidence: floa
     else:
         lo = hi = r
     return {"recall": float(r), "ci": (float(lo), float(hi)),
-            "ann_recall": float(r1), "int8_recall": float(r2), "hits": int(d.sum())}
+            "ann_recall": float(r1), "int8_recall": float(r2), "hits": int(round(d.sum()))}
 
 
 def _normal_quantile(p: float) -> float:
