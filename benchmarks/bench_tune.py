@@ -22,6 +22,11 @@ Usage::
     python -m benchmarks.bench_tune --data real            # MiniLM / WordNet 117k
     python -m benchmarks.bench_tune --data debian          # held-out real set (never tuned on)
     python -m benchmarks.bench_tune --data synthetic --n 1000000 --peers usearch-f32
+    python -m benchmarks.bench_tune --data synthetic --n 10000000 --stream --peers ""
+
+``--stream`` (synthetic only) generates the rows batch by batch from the model's seeded stream and
+computes the ground truth by a streamed exact scan, so 10M rows never sit in RAM as float32
+(15 GB); the peers need the whole matrix and are skipped.
 """
 from __future__ import annotations
 
@@ -34,6 +39,37 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.datasets import Dataset, debian_minilm, exact_knn, synthetic_dataset, wordnet_minilm
+
+STREAM_BATCH = 100_000
+
+
+class Streamed:
+    """A synthetic set too large to hold: its rows come from the model's seeded stream."""
+
+    def __init__(self, n: int, nq: int, seed: int = 0):
+        from lukhas_gpu.tools.synthetic import builtin_model
+
+        self.model, self.n, self.seed = builtin_model(), n, seed
+        self.name, self.xb = f"synthetic-{n}", None
+        self.xq = self.model.queries(nq, seed=seed)
+        self.d = self.xq.shape[1]
+
+    def batches(self, size: int = STREAM_BATCH):
+        for start in range(0, self.n, size):
+            yield self.model.sample(min(size, self.n - start), seed=self.seed, start=start)
+
+    def ground_truth(self, k: int) -> np.ndarray:
+        from benchmarks.bench_scale import exact_streaming
+
+        return exact_streaming(self.model, self.n, self.xq, k)
+
+
+def batches(ds, size: int = 65536):
+    if isinstance(ds, Streamed):
+        yield from ds.batches()
+    else:
+        for s in range(0, len(ds.xb), size):
+            yield ds.xb[s: s + size]
 
 log = logging.getLogger("bench_tune")
 K = 10
@@ -68,11 +104,12 @@ def build_lukhas(ds: Dataset, a: np.ndarray, args):
     import lukhas_gpu
     from lukhas_gpu.index import tuning
 
-    cfg = lukhas_gpu.IndexConfig.preset("production", **({"capacity": len(ds.xb)} if args.capacity else {}))
+    n = ds.n if isinstance(ds, Streamed) else len(ds.xb)
+    cfg = lukhas_gpu.IndexConfig.preset("production", **({"capacity": n} if args.capacity else {}))
     t0 = time.perf_counter()
     index = lukhas_gpu.MemoryIndex(ds.d, cfg)
-    for s in range(0, len(ds.xb), 65536):
-        index.add(ds.xb[s: s + 65536])
+    for x in batches(ds):
+        index.add(x)
     build_s = time.perf_counter() - t0
     tuning.wait(index)  # the background runs that training and growth started
     for s in range(0, len(a), 256):  # traffic: the first half of the queries
@@ -281,6 +318,7 @@ def main(argv=None) -> dict:
     p.add_argument("--efs", default="16,24,32,48,64,96,128,192,256,384,512")
     p.add_argument("--plot", default=None)
     p.add_argument("--tag", default=None)
+    p.add_argument("--stream", action="store_true", help="synthetic rows generated batch by batch (no peers)")
     args = p.parse_args(argv)
     args.efs = [int(e) for e in args.efs.split(",")]
     common.set_threads(args.threads)
@@ -288,13 +326,17 @@ def main(argv=None) -> dict:
         ds = wordnet_minilm(args.nq)
     elif args.data == "debian":
         ds = debian_minilm(50_000, args.nq)
+    elif args.stream:
+        ds = Streamed(args.n, args.nq)
+        args.peers = ""
     else:
         ds = synthetic_dataset(args.n, args.nq)
     half = len(ds.xq) // 2
     a, b = np.ascontiguousarray(ds.xq[:half]), np.ascontiguousarray(ds.xq[half:])
-    gt = exact_knn(ds.xb, ds.xq, K)
+    gt = ds.ground_truth(K) if args.stream else exact_knn(ds.xb, ds.xq, K)
     gt_a, gt_b = gt[:half], gt[half:]
-    log.info("%s: %d x %d, %d tuning queries, %d held out", ds.name, len(ds.xb), ds.d, len(a), len(b))
+    n = ds.n if args.stream else len(ds.xb)
+    log.info("%s: %d x %d, %d tuning queries, %d held out", ds.name, n, ds.d, len(a), len(b))
     index, rep, build_s = build_lukhas(ds, a, args)
     rows, deciles = bench_lukhas(index, rep, build_s, b, gt_b, args)
     nlist = index.parts.ann.nlist if index.parts.ann is not None else 1024
@@ -315,7 +357,7 @@ def main(argv=None) -> dict:
             best = max(ok, key=lambda r: r["QPS"])
             ratios[name] = {"setting": best["setting"], "recall@10": best["recall@10"], "QPS": best["QPS"],
                             "ratio": ours["QPS"] / best["QPS"]}
-    payload = {"data": ds.name, "n": len(ds.xb), "machine": common.machine(), "date": common.today(),
+    payload = {"data": ds.name, "n": n, "machine": common.machine(), "date": common.today(),
                "tuning": {k: v for k, v in rep.items() if k != "tried"}, "tune_seconds": tune_seconds,
                "rows": rows, "deciles": deciles, "equal_recall_ratios": ratios}
     cols = ["system", "target", "setting", "recall@10", "estimate", "QPS", "p50 ms", "p99 ms", "probes/query", "build s"]
