@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from decimal import Decimal, InvalidOperation
 from numbers import Real
 
 import numpy as np
@@ -42,7 +43,7 @@ from ..config import IndexConfig
 from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
 from ..sparse.store import planned_bytes as sparse_bytes
 
-__all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size"]
+__all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size", "parse_count"]
 
 STATES = ("built", "opened")
 #: zstd contexts of the content arena (``memory_size()`` at level 3 with 16 KiB dictionaries):
@@ -139,6 +140,35 @@ def parse_size(value, name: str = "size") -> int:
         raise TypeError(f"{name} must be an int or a string like '16G', got {type(value).__name__}")
     if v < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def parse_count(value, name: str = "count", lo: int = 0, hi: int | None = None) -> int:
+    """A whole number from an int or a string such as ``"1000000"``, ``"1_000_000"``,
+    ``"1,000,000"`` or ``"1e9"``, checked against ``lo`` and ``hi``.
+
+    >>> parse_count("1e9"), parse_count("2.5e6"), parse_count("1_000")
+    (1000000000, 2500000, 1000)
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a string like '1e9', got bool")
+    if isinstance(value, (int, np.integer)):
+        v = int(value)
+    elif isinstance(value, str) and len(value) <= 64:
+        text = value.strip().replace("_", "").replace(",", "")
+        try:
+            d = Decimal(text) if re.fullmatch(r"[+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]{1,2})?", text) else None
+        except InvalidOperation:
+            d = None
+        if d is None or d != d.to_integral_value():
+            raise ValueError(f"{name} must be a whole number like 1000000, 1_000_000 or 1e9, got {value!r}")
+        v = int(d)
+    else:
+        raise TypeError(f"{name} must be an int or a string like '1e9', got {type(value).__name__}")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value!r}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi:,}, got {value!r}")
     return v
 
 
