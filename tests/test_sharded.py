@@ -308,12 +308,14 @@ def test_a_subset_of_shards_and_the_closed_index(built, data):
         ShardedIndex.open(root, shards=[0, 0])
 
 
-def test_refresh_sees_a_writers_new_rows(tmp_path):
+def test_refresh_sees_a_writers_new_rows(tmp_path, caplog):
     d = make_data(400, nq=4, seed=3)
     root = tmp_path / "root"
     build_root(root, d, 2, config())
+    layout.write_root(root, shards=2, dim=d.x.shape[1], state="ingesting")  # a writer is still at work
     extra = make_data(30, nq=1, seed=4)
     with ShardedIndex.open(root) as sh:
+        assert "an ingest has not finished" in caplog.text and sh.state == "ingesting"
         assert len(sh) == 400
         with MemoryIndex.open(layout.shard_dir(root, 1), mode="w") as writer:
             rows = writer.add(**extra.rows(0, 30))  # logged, not checkpointed

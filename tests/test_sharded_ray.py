@@ -88,8 +88,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url, body: dict):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+KEY = "k" * 24
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def _post(url, body: dict, headers=AUTH):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -97,14 +101,16 @@ def _post(url, body: dict):
         return e.code, json.loads(e.read())
 
 
-def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, local, data):
+def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, local, data, tmp_path):
     from ray import serve
 
     from lukhas_gpu.distributed import serve_deployment
     from lukhas_gpu.distributed.serve import run
 
     port = _free_port()
-    app = serve_deployment(root, shards_per_replica=1, max_batch=16, max_wait_ms=2.0, refresh_s=0.5)
+    (tmp_path / "key").write_text(KEY)
+    app = serve_deployment(root, shards_per_replica=1, max_batch=16, max_wait_ms=2.0, refresh_s=0.5,
+                           api_key_file=str(tmp_path / "key"))
     run(app, port=port)
     url = f"http://127.0.0.1:{port}/v1/search"
     try:
@@ -124,7 +130,7 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
         assert [a[1]["ids"][0] for a in answers] == want.ids.tolist()
         body, shape = wire.vectors_to_bytes(data.q)  # the binary form, parameters in the query string
         req = urllib.request.Request(f"{url}?k={K}&nprobe=4", body, {"Content-Type": wire.BINARY, "X-Shape": shape,
-                                                                   "Accept": wire.BINARY})
+                                                                   "Accept": wire.BINARY, **AUTH})
         with urllib.request.urlopen(req, timeout=60) as r:
             ids, scores = wire.results_from_bytes(r.read(), r.headers["X-Shape"])
         _same(type("R", (), {"ids": ids, "scores": scores}), local.search(data.q, K, nprobe=4))
@@ -134,6 +140,8 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
         assert status == 422
         status, _ = _post(f"http://127.0.0.1:{port}/v1/other", {})
         assert status == 404
+        status, out = _post(url, {"vectors": data.q[:1].tolist()}, headers={})
+        assert status == 401 and "API key" in out["status"]["error"]
         extra = make_data(5, nq=1, seed=13)  # the groups follow the writers (refresh_s)
         with MemoryIndex.open(layout.shard_dir(root, 1), mode="w") as writer:
             rows = writer.add(**extra.rows(0, 5))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import logging
 import threading
 
@@ -135,7 +136,8 @@ class Ingress:
         from ..serve.metrics import Metrics
         from ..serve.options import ServeOptions
 
-        self.options = ServeOptions.from_json(options_json)
+        self.options = ServeOptions.from_json(options_json)  # reads the API key file, if any
+        self._key = None if self.options.api_key is None else b"Bearer " + self.options.api_key.encode("utf-8")
         self.metrics = Metrics()
         self.index = _Front(dim, metric, list(groups), per_group, n_shards)
         self.batcher = self  # run_search queues in ``st.batcher.search``: here, the fan-out
@@ -160,18 +162,23 @@ class Ingress:
         from starlette.responses import Response
 
         from ..serve import errors
-        from ..serve.limits import error_body
+        from ..serve.limits import error_body, read_body
         from ..serve.search import run_search
 
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if self._key is not None and not hmac.compare_digest(headers.get("authorization", "").encode(), self._key):
+            return Response(error_body("missing or wrong API key: send the header 'Authorization: Bearer <key>'"),
+                            status_code=401, media_type="application/json", headers={"WWW-Authenticate": "Bearer"})
         if request.url.path.rstrip("/") != "/v1/search" or request.method != "POST":
             return Response(error_body(f"no route {request.method} {request.url.path}: this deployment serves "
                                        "POST /v1/search"), status_code=404, media_type="application/json")
-        headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            size = int(headers.get("content-length", "0") or 0)
-            if size > self.options.max_body_bytes:
-                raise errors.ApiError(413, f"the body holds {size:,} bytes, at most {self.options.max_body_bytes:,}")
-            status, media, body, extra = await run_search(self, headers, request.url.query, await request.body())
+            size = headers.get("content-length")
+            if size is not None and (not size.isdigit() or int(size) > self.options.max_body_bytes):
+                raise errors.ApiError(413 if size.isdigit() else 400, f"Content-Length {size[:40]!r}: at most "
+                                                                      f"{self.options.max_body_bytes:,} bytes")
+            body = await read_body(request, self.options.max_body_bytes)
+            status, media, body, extra = await run_search(self, headers, request.url.query, body)
         except Exception as e:
             status, message, extra = errors.describe(_cause(e), self.metrics, self.options)
             media, body = "application/json", error_body(message)
@@ -205,7 +212,8 @@ def serve_deployment(root, *, shards_per_replica: int = 1, max_batch: int = 256,
         Shards per group replica (each opens its shards; one replica per group).
     max_batch, max_wait_ms, max_queue, timeout_s, max_body_mb, refresh_s, api_key_file
         As :class:`~lukhas_gpu.serve.options.ServeOptions` (each group's batcher and refreshes;
-        the ingress's body limit, timeout and API key).
+        the ingress's body limit, timeout and API key: with ``api_key_file``, every request needs
+        ``Authorization: Bearer <key>``; the ingress reads the file where it runs).
     num_cpus, num_gpus : float, optional
         Each replica's resources; default an equal share of the cluster's (``ray.init`` first
         if Ray is not initialised), a GPU share for each group where the cluster has GPUs.
@@ -231,21 +239,17 @@ def serve_deployment(root, *, shards_per_replica: int = 1, max_batch: int = 256,
     options = ServeOptions(store=str(root), max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                            timeout_s=timeout_s, max_body_mb=max_body_mb, refresh_s=refresh_s,
                            api_key_file=api_key_file)
-    if options.api_key is not None:
-        raise ValueError("api_key_file: this recipe serves without keys (put the Ray Serve proxy behind your gateway)")
     if not ray.is_initialized():
         ray.init()
-    shares = actor_options(len(groups) + 1)
-    gpus = actor_options(len(groups)).get("num_gpus")
-    group_opts = {"num_cpus": shares["num_cpus"] if num_cpus is None else num_cpus}
-    if (gpus if num_gpus is None else num_gpus):
-        group_opts["num_gpus"] = gpus if num_gpus is None else num_gpus
+    cpu = actor_options(len(groups) + 1)["num_cpus"] if num_cpus is None else num_cpus  # groups + the ingress
+    gpu = actor_options(len(groups)).get("num_gpus", 0.0) if num_gpus is None else num_gpus
+    group_opts = {"num_cpus": cpu, **({"num_gpus": gpu} if gpu else {})}
     metric = _metric(root)
     group_dep = serve.deployment(ShardGroup, num_replicas=1, ray_actor_options=group_opts)
     handles = [group_dep.options(name=f"{name}-group-{i}").bind(str(root), g, options.to_json())
                for i, g in enumerate(groups)]
     ingress = serve.deployment(Ingress, name=f"{name}-ingress", num_replicas=1,
-                               ray_actor_options={"num_cpus": group_opts["num_cpus"]})
+                               ray_actor_options={"num_cpus": cpu})
     return ingress.bind(options.to_json(), doc["dim"], metric, shards_per_replica, doc["shards"], *handles)
 
 
