@@ -293,6 +293,18 @@ def test_a_missing_extra_or_damaged_shard_is_named(built, tmp_path):
         ShardedIndex.open(root, verify=True)
 
 
+def test_errors_cross_process_boundaries_whole():
+    import pickle
+
+    from lukhas_gpu.serve.batcher import QueueFull
+
+    e = pickle.loads(pickle.dumps(CorruptStoreError("root/shard-00001/x", "damaged")))
+    assert (type(e), e.path, e.problem, str(e)) == (CorruptStoreError, "root/shard-00001/x", "damaged",
+                                                    "root/shard-00001/x: damaged")
+    q = pickle.loads(pickle.dumps(QueueFull(12, 3)))
+    assert (q.depth, q.retry_after) == (12, 3)
+
+
 def test_a_subset_of_shards_and_the_closed_index(built, data):
     root, _ = built
     with ShardedIndex.open(root, shards=[2]) as part:

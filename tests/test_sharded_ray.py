@@ -15,6 +15,7 @@ import pytest
 from lukhas_gpu import Filter, MemoryIndex, Rank
 from lukhas_gpu.distributed import ShardedIndex, layout
 from lukhas_gpu.serve import wire
+from lukhas_gpu.store.layout import CorruptStoreError
 from sharded_helpers import DAY, build_root, config, make_data
 
 ray = pytest.importorskip("ray")
@@ -80,6 +81,18 @@ def test_actors_answer_like_the_local_mode(cluster, root, local, data):
             assert [r["added"] for r in sh.refresh()] == [7, 0] and len(sh) == N + 7
             local.refresh()
         _same(sh.search(extra.x, 1), local.search(extra.x, 1))
+
+
+def test_an_actor_that_cannot_open_its_shard_names_it(cluster, root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    gen = sorted((copy / "shard-00001").glob("gen-*"))[-1]
+    (gen / "manifest.json").write_text("{")
+    with pytest.raises(CorruptStoreError, match="shard-00001/gen-.*manifest.json: not valid JSON"):
+        ShardedIndex.open(copy, actors=True)
+    assert ray.is_initialized()  # the module's cluster: not ours to end
 
 
 def _free_port() -> int:

@@ -78,10 +78,10 @@ class ActorFan:
             started = True
         remote = ray.remote(ShardHost).options(**actor_options(len(shards)))
         root = str(root)
-        actors = [remote.remote(root, s, mode, verify) for s in shards]
+        actors = [remote.remote(root, s, mode, verify, True) for s in shards]
         fan = cls(actors, shards, started)
         try:
-            fan.run([(i, "count", ()) for i in range(len(shards))])  # every actor opened its shard
+            fan.run([(i, "opened", ()) for i in range(len(shards))])  # every actor opened its shard
         except BaseException:
             fan._kill()
             raise

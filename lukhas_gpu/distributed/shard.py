@@ -20,11 +20,27 @@ __all__ = ["ShardHost"]
 
 
 class ShardHost:
-    """Shard ``shard`` of the root at ``root``, opened with ``MemoryIndex.open(mode, verify)``."""
+    """Shard ``shard`` of the root at ``root``, opened with ``MemoryIndex.open(mode, verify)``.
 
-    def __init__(self, root, shard: int, mode: str = "r", verify: bool = False):
-        self.shard = int(shard)
-        self.index = MemoryIndex.open(layout.shard_dir(root, shard), mode=mode, verify=verify)
+    ``defer_errors`` (actors): an error opening the store is kept and raised by :meth:`opened`
+    rather than by the constructor, since Ray reports a failed actor constructor as a dead actor
+    with the message only; a method's exception reaches the driver whole.
+    """
+
+    def __init__(self, root, shard: int, mode: str = "r", verify: bool = False, defer_errors: bool = False):
+        self.shard, self._error = int(shard), None
+        try:
+            self.index = MemoryIndex.open(layout.shard_dir(root, shard), mode=mode, verify=verify)
+        except Exception as e:
+            if not defer_errors:
+                raise
+            self._error = e
+
+    def opened(self) -> int:
+        """The live count, once the store opened (else the error that stopped it)."""
+        if self._error is not None:
+            raise self._error
+        return len(self.index)
 
     def describe(self) -> dict:
         """What the driver checks across shards: ``shard``, ``dim``, ``metric``, ``count``,
