@@ -399,3 +399,18 @@ def test_the_room_and_the_sharded_index_import_no_ray():
     code = ("import sys, lukhas_gpu.distributed as d; d.ShardedIndex; d.serve_deployment; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_external_ids_stay_the_shards_keys(tmp_path):
+    d = make_data(200, nq=3, seed=5)
+    root = tmp_path / "root"
+    layout.write_root(root, shards=2, dim=d.x.shape[1], state="complete")
+    for s, (a, b) in enumerate([(0, 120), (120, 200)]):
+        with MemoryIndex.create(layout.shard_dir(root, s), d.x.shape[1], config(external_ids="str")) as ix:
+            ix.add(d.x[a:b], contents=d.contents[a:b], ids=[f"doc-{i}" for i in range(a, b)])
+    with ShardedIndex.open(root) as sh:
+        res = sh.search(d.x[[3, 150]], 2)
+        assert [r[0] for r in res.external_ids] == ["doc-3", "doc-150"]
+        assert res.ids[1, 0] == (1 << 32) | 30
+        m = sh.get([res.ids[1, 0]])[0]
+        assert (m.id, m.external_id, m.content) == ((1 << 32) | 30, "doc-150", d.contents[150])
