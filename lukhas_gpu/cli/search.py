@@ -8,7 +8,7 @@ import sys
 
 from .store import text
 
-__all__ = ["add_parsers", "cmd_search", "QUERY_BATCH"]
+__all__ = ["add_parsers", "cmd_search", "open_for_search", "QUERY_BATCH"]
 
 #: Queries searched per batch when they come from a file.
 QUERY_BATCH = 1024
@@ -20,13 +20,15 @@ def add_parsers(sub) -> None:
         "search", help="top-k memories for query vectors (from a file or stdin), with filters and ranking",
         formatter_class=fmt,
         description="Opens STORE read-only (it sees the last checkpoint and every write acknowledged in the\n"
-                    "log, changing no file) and searches each query.\n\n"
+                    "log, changing no file) and searches each query. A sharded root (a directory with\n"
+                    "shards.json, written by `lukhas-gpu ingest --ray`) is searched over every shard, with\n"
+                    "global ids (shard << 32 | row).\n\n"
                     "Queries: --query-file F, a .npy (dim,) or (n, dim) array or a JSONL of\n"
                     '{"embedding": [...]} (or bare [...]) lines; without it, the same JSON lines from stdin,\n'
                     "each answered as it arrives.\n\n"
                     "--text Q (repeatable) searches the contents by BM25 (a store created with text_index);\n"
                     "with --query-file too, each query vector is fused with its --text (in order) by --fusion.")
-    s.add_argument("store", help="store directory")
+    s.add_argument("store", help="store directory, or a sharded root")
     s.add_argument("--query-file", metavar="F", help=".npy or JSONL of query vectors (default: JSON lines on stdin)")
     s.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
     s.add_argument("--text", action="append", metavar="Q", help="a BM25 query text (repeatable: one query each)")
@@ -153,10 +155,24 @@ def _results(index, args, where, rank):
             yield first, index.search(q, args.k, where=where, rank=rank)
 
 
+def open_for_search(path):
+    """A reader of the store at ``path``, or a :class:`~lukhas_gpu.distributed.ShardedIndex`
+    over every shard when ``path`` is a sharded root."""
+    from lukhas_gpu.distributed.layout import is_sharded_root
+
+    if is_sharded_root(path):
+        from lukhas_gpu.distributed import ShardedIndex
+
+        return ShardedIndex.open(path)
+    from lukhas_gpu import MemoryIndex
+
+    return MemoryIndex.open(path, mode="r")
+
+
 def cmd_search(args) -> int:
     import numpy as np
 
-    from lukhas_gpu import Filter, MemoryIndex, Rank
+    from lukhas_gpu import Filter, Rank
 
     where = Filter(tags_all=args.tags_all, tags_any=args.tags_any, tags_none=args.tags_none, since=args.since,
                    until=args.until, min_importance=args.min_importance)
@@ -164,7 +180,7 @@ def cmd_search(args) -> int:
     if args.recency or args.importance or args.similarity != 1.0 or args.half_life is not None:
         extra = {} if args.half_life is None else {"half_life": args.half_life}
         rank = Rank(args.similarity, args.recency, args.importance, **extra)
-    index = MemoryIndex.open(args.store, mode="r")
+    index = open_for_search(args.store)
     flt = None if where.is_empty() else where
     try:
         for first, res in _results(index, args, flt, rank):

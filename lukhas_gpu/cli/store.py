@@ -15,7 +15,7 @@ def add_parsers(sub, *names: str) -> None:
 
 def _verify(sub) -> None:
     v = sub.add_parser("verify", help="check a store's files (sizes, CRC-32) and its internal consistency")
-    v.add_argument("path", help="store directory")
+    v.add_argument("path", help="store directory, or a sharded root (every shard is verified)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--salvage", action="store_true",
                    help="if the write-ahead log is damaged in the middle, keep every valid record, move the log "
@@ -42,7 +42,7 @@ def _recover(sub) -> None:
 
 def _stats(sub) -> None:
     st = sub.add_parser("stats", help="count, bytes per memory per component, backend, config of a store")
-    st.add_argument("path", help="store directory")
+    st.add_argument("path", help="store directory, or a sharded root (totals and one line per shard)")
     st.add_argument("--json", action="store_true", help="print the stats as JSON")
     st.set_defaults(func=cmd_stats, catch_errors=True)
 
@@ -74,11 +74,19 @@ def text(c):
     return c.decode("utf-8", "backslashreplace") if isinstance(c, bytes) else c
 
 
+def _sharded(path) -> bool:
+    from lukhas_gpu.distributed.layout import is_sharded_root
+
+    return is_sharded_root(path)
+
+
 def cmd_verify(args) -> int:
     from lukhas_gpu import MemoryIndex
     from lukhas_gpu.store.layout import StoreError
 
     try:
+        if _sharded(args.path):
+            return _verify_sharded(args)
         if args.salvage:
             index = MemoryIndex.open(args.path, mode="w", verify=True, salvage=True)
             try:
@@ -106,6 +114,20 @@ def cmd_verify(args) -> int:
         return 1
     print(json.dumps(report) if args.json else
           f"{args.path}: ok (generation {report['generation']}, {report['count']:,} memories, {report['files']} files checked)")
+    return 0
+
+
+def _verify_sharded(args) -> int:
+    from lukhas_gpu.distributed import ShardedIndex
+    from lukhas_gpu.store.layout import StoreError
+
+    if args.salvage:
+        raise StoreError(f"{args.path} is a sharded root: salvage each shard-NNNNN store on its own")
+    with ShardedIndex.open(args.path, verify=True) as index:
+        report = index.verify()
+    files = sum(r["files"] for r in report["shards"])
+    print(json.dumps(report) if args.json else
+          f"{args.path}: ok ({len(report['shards'])} shards, {report['count']:,} memories, {files} files checked)")
     return 0
 
 
@@ -138,10 +160,18 @@ def cmd_recover(args) -> int:
 def cmd_stats(args) -> int:
     from lukhas_gpu import MemoryIndex
 
-    st = MemoryIndex.open(args.path, mode="r").stats()
+    if _sharded(args.path):
+        from lukhas_gpu.distributed import ShardedIndex
+
+        with ShardedIndex.open(args.path) as index:
+            st = index.stats()
+    else:
+        st = MemoryIndex.open(args.path, mode="r").stats()
     if args.json:
         print(json.dumps(st, indent=2, default=str))
         return 0
+    if "per_shard" in st:
+        return _print_sharded_stats(args.path, st)
     print(f"{args.path}: {st['count']:,} memories ({st['rows']:,} rows, {st['deleted']:,} deleted), "
           f"dim {st['dim']} -> {st['dim_out']}, phase {st['phase']}, backend {st['backend']}")
     mem, n = st["memory"], max(st["count"], 1)
@@ -152,6 +182,18 @@ def cmd_stats(args) -> int:
             if nbytes:
                 print(f"  {place:<6} {name:<24} {nbytes / n:10.1f} B/memory")
     print("  " + _tuning_line(st["tuning"]))
+    return 0
+
+
+def _print_sharded_stats(path, st: dict) -> int:
+    mem = st["memory"]
+    print(f"{path}: {st['count']:,} memories over {st['shards']['root']} shards ({st['rows']:,} rows, "
+          f"{st['deleted']:,} deleted), dim {st['dim']}, phase {st['phase']}")
+    print(f"  {st['bytes_per_memory']:.1f} B per memory in RAM: {mem['per_memory']['anon']:.1f} B anonymous, "
+          f"{mem['per_memory']['mapped']:.1f} B memory-mapped; {mem['per_memory']['disk']:.1f} B on disk")
+    for s in st["per_shard"]:
+        print(f"  shard {s['shard']:>5}: {s['count']:>12,} memories, phase {s['phase']}, "
+              f"{s['bytes_per_memory']:.1f} B/memory; {_tuning_line(s['tuning'])}")
     return 0
 
 

@@ -3,6 +3,35 @@ over them.
 
 * :mod:`.layout` -- a sharded root on disk (``shards.json`` + ``shard-NNNNN/`` stores) and the
   global ids (shard number in the bits above the 32-bit row id); imports no Ray.
+* :mod:`.sharded` -- :class:`ShardedIndex`: every shard searched (threads, or one Ray actor per
+  shard: :mod:`.fanout`, :mod:`.shard`), top-k merged exactly (:mod:`.merge`), hybrid lists
+  merged then fused (:mod:`.hybrid`), stats and recall aggregated (:mod:`.aggregate`).
+* :mod:`.serve` -- :func:`serve_deployment`: a Ray Serve application, one replica per shard group
+  (each with the server's batcher) behind an ingress that merges.
 
-Importing this package imports no Ray.
+Importing this package imports no Ray; the names below are resolved on first use (PEP 562).
 """
+from __future__ import annotations
+
+import importlib
+
+#: Where each public name lives (its one owner).
+_EXPORTS = {
+    "ShardedIndex": ".sharded",
+    "serve_deployment": ".serve",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    owner = _EXPORTS.get(name)
+    if owner is None:
+        raise AttributeError(f"module 'lukhas_gpu.distributed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(owner, __name__), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -33,6 +33,9 @@ class QueueFull(Exception):
         super().__init__(f"the search queue is full ({depth} queries waiting); retry after {retry_after} s")
         self.depth, self.retry_after = depth, retry_after
 
+    def __reduce__(self):  # pickled whole (a shard group's refusal crosses to the Ray Serve ingress)
+        return type(self), (self.depth, self.retry_after)
+
 
 @dataclasses.dataclass(eq=False)
 class _Item:

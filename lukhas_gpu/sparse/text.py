@@ -22,6 +22,11 @@ atire       ln(N / df)                                k1 + 1
 =========== ========================================= =========
 
 (the definitions of Kamphuis et al., ECIR 2020, which bm25s implements).
+
+``N``, ``df`` and the average length are the collection's. A collection split over several
+indexes (the shards of ``lukhas_gpu.distributed``) scores each shard with the statistics of the
+whole (:class:`BM25Stats`, summed over the shards), so that scores from different shards are
+those one index over all the memories gives, and can be merged.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from .inverted import InvertedIndex, SparseQuery
 from .tokenize import Tokenizer
 from .validate import PackedSparse
 
-__all__ = ["TextIndex", "BM25Params", "BM25Scorer", "VARIANTS", "MAX_QUERY_CHARS"]
+__all__ = ["TextIndex", "BM25Params", "BM25Scorer", "BM25Stats", "VARIANTS", "MAX_QUERY_CHARS"]
 
 VARIANTS = ("lucene", "robertson", "atire")
 #: Characters of one query text.
@@ -67,6 +72,26 @@ class BM25Params:
     @property
     def c(self) -> float:
         return self.k1 + 1.0 if self.variant == "atire" else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BM25Stats:
+    """The collection statistics a BM25 score depends on, for the terms of some query texts:
+    live documents ``n``, their ``total_len`` and each term's document frequency ``df``
+    (``{term: count}``; terms no document holds are left out)."""
+
+    n: int
+    total_len: float
+    df: dict
+
+    @classmethod
+    def combine(cls, parts) -> "BM25Stats":
+        """The statistics of the union of disjoint collections (the shards of one root)."""
+        df: dict = {}
+        for p in parts:
+            for t, c in p.df.items():
+                df[t] = df.get(t, 0) + int(c)
+        return cls(sum(int(p.n) for p in parts), float(sum(p.total_len for p in parts)), df)
 
 
 class BM25Scorer:
@@ -152,14 +177,24 @@ class TextIndex:
     def n_docs(self) -> int:
         return self.arena.live_slots
 
-    def queries(self, texts) -> list[SparseQuery]:
-        """Each text's terms known to the index, weighted by ``idf * occurrences``."""
+    def stats(self, texts) -> BM25Stats:
+        """This index's :class:`BM25Stats` for the terms of ``texts``."""
+        ids = sorted({self.vocab[t] for text in texts for t in self.tokenizer(text) if t in self.vocab})
+        return BM25Stats(self.n_docs, self.total_len,
+                         {self.terms[i]: int(self.df[i]) for i in ids if self.df[i] > 0})
+
+    def queries(self, texts, stats: BM25Stats | None = None) -> list[SparseQuery]:
+        """Each text's terms known to the index, weighted by ``idf * occurrences`` (the IDF from
+        ``stats`` when given: a shard of a larger collection)."""
         out = []
-        n = self.n_docs
+        n = self.n_docs if stats is None else stats.n
         for text in texts:
             ids = [self.vocab[t] for t in self.tokenizer(text) if t in self.vocab]
             u, c = np.unique(np.asarray(ids, np.int64), return_counts=True)
-            df = self.df[u] if len(u) else np.zeros(0, np.int64)
+            if stats is None:
+                df = self.df[u] if len(u) else np.zeros(0, np.int64)
+            else:
+                df = np.array([stats.df.get(self.terms[i], 0) for i in u.tolist()], np.int64)
             live = df > 0
             u, c, df = u[live], c[live], df[live]
             w = self.params.idf(df, n) * c if len(u) else np.zeros(0)
@@ -167,9 +202,9 @@ class TextIndex:
             out.append(SparseQuery(u[pos].astype(np.uint32), w[pos].astype(np.float64)))
         return out
 
-    def scorer(self) -> BM25Scorer:
-        n = self.n_docs
-        return BM25Scorer(self.params, self.arena.slot_lengths(), self.total_len / n if n else 1.0)
+    def scorer(self, stats: BM25Stats | None = None) -> BM25Scorer:
+        n, total = (self.n_docs, self.total_len) if stats is None else (stats.n, stats.total_len)
+        return BM25Scorer(self.params, self.arena.slot_lengths(), total / n if n else 1.0)
 
     # -- persistence and accounting ---------------------------------------------------------------
     def to_arrays(self) -> dict:

@@ -110,8 +110,11 @@ class CorruptStoreError(StoreError):
     """A file of a store does not match its manifest (truncated, altered, missing)."""
 
     def __init__(self, path, problem: str):
-        self.path = str(path)
+        self.path, self.problem = str(path), problem
         super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):  # pickled whole (it crosses process boundaries: Ray actors)
+        return type(self), (self.path, self.problem)
 
 
 class StoreLockedError(StoreError):
