@@ -105,7 +105,10 @@ def build_lukhas(ds: Dataset, a: np.ndarray, args):
     from lukhas_gpu.index import tuning
 
     n = ds.n if isinstance(ds, Streamed) else len(ds.xb)
-    cfg = lukhas_gpu.IndexConfig.preset("production", **({"capacity": n} if args.capacity else {}))
+    over = {"capacity": n} if args.capacity else {}
+    if args.quiet_build:  # a batch job: no background tuning while it ingests, one tune() at the end
+        over["auto_tune"] = False
+    cfg = lukhas_gpu.IndexConfig.preset("production", **over)
     t0 = time.perf_counter()
     index = lukhas_gpu.MemoryIndex(ds.d, cfg)
     for x in batches(ds):
@@ -319,6 +322,8 @@ def main(argv=None) -> dict:
     p.add_argument("--plot", default=None)
     p.add_argument("--tag", default=None)
     p.add_argument("--stream", action="store_true", help="synthetic rows generated batch by batch (no peers)")
+    p.add_argument("--quiet-build", action="store_true",
+                   help="auto_tune off while building (no background tuning runs during the ingest)")
     args = p.parse_args(argv)
     args.efs = [int(e) for e in args.efs.split(",")]
     common.set_threads(args.threads)
