@@ -8,6 +8,9 @@ over them.
   merged then fused (:mod:`.hybrid`), stats and recall aggregated (:mod:`.aggregate`).
 * :mod:`.serve` -- :func:`serve_deployment`: a Ray Serve application, one replica per shard group
   (each with the server's batcher) behind an ingress that merges.
+* :func:`ingest` (:mod:`.ingestion`, with :mod:`.stages`, :mod:`.writers`, :mod:`.resume` and
+  :mod:`.report`) -- an input (a ``ray.data.Dataset``, Parquet or JSONL) into a sharded root, one
+  writer actor per shard, resumable; returns an :class:`IngestReport`.
 
 Importing this package imports no Ray; the names below are resolved on first use (PEP 562).
 """
@@ -20,6 +23,9 @@ _EXPORTS = {
     "ShardedIndex": ".sharded",
     "serve_deployment": ".serve",
 }
+# -- distributed ingest (ingestion.py, report.py) ---------------------------------------------------
+_EXPORTS.update({"ingest": ".ingestion", "IngestReport": ".report"})
+# ---------------------------------------------------------------------------------------------------
 
 __all__ = sorted(_EXPORTS)
 

@@ -21,7 +21,7 @@ from .arrays import to_f32
 from .errors import MigrationError, MissingExtra
 from .sources import Batch, identity
 
-__all__ = ["ParquetSource", "PARQUET_COLUMNS"]
+__all__ = ["ParquetSource", "PARQUET_COLUMNS", "arrow_batch", "type_problem"]
 
 
 def _pyarrow(path: str):
@@ -61,6 +61,19 @@ def _arrow_is(t, kinds, values=None) -> bool:
     return any(getattr(pat, "is_" + k)(t) for k in kinds) and (values is None or _arrow_is(t.value_type, values))
 
 
+def type_problem(role: str, t) -> str | None:
+    """Why the Arrow type ``t`` cannot hold the column ``role`` (``"embedding"`` or a key of
+    :data:`PARQUET_COLUMNS`), in words; None when it can."""
+    import pyarrow as pa
+
+    if role == "embedding":
+        ok, expected = _arrow_is(t, _LISTS, _NUMBERS), "list<float> or fixed_size_list<float>"
+    else:
+        kinds, values, expected = PARQUET_COLUMNS[role]
+        ok = _arrow_is(t, kinds, values) or pa.types.is_null(t)
+    return None if ok else f"has type {t}, expected {expected}"
+
+
 class ParquetSource:
     """The memories of a Parquet file, validated batch by batch.
 
@@ -86,18 +99,12 @@ class ParquetSource:
             raise MigrationError(f"{path} has no column {column!r} (it holds {schema.names}); name the "
                                  "embeddings' column with --embedding-column", path=path)
         t = schema.field(column).type
-        if not _arrow_is(t, _LISTS, _NUMBERS):
-            raise MigrationError(f"{path}: column {column!r} has type {t}, expected list<float> or "
-                                 "fixed_size_list<float>", path=path)
         self.dim = t.list_size if self._pa.types.is_fixed_size_list(t) else None
-        self.columns = [column]
-        for name, (kinds, values, expected) in PARQUET_COLUMNS.items():
-            if name == column or name not in schema.names:
-                continue
-            t = schema.field(name).type
-            if not (_arrow_is(t, kinds, values) or self._pa.types.is_null(t)):
-                raise MigrationError(f"{path}: column {name!r} has type {t}, expected {expected}", path=path)
-            self.columns.append(name)
+        self.columns = [column] + [name for name in PARQUET_COLUMNS if name != column and name in schema.names]
+        for name in self.columns:
+            why = type_problem("embedding" if name == column else name, schema.field(name).type)
+            if why:
+                raise MigrationError(f"{path}: column {name!r} {why}", path=path)
 
     def identity(self) -> dict:
         return {"input": identity(self.path), "payloads": None, "npz_key": None, "embedding_column": self.column}
@@ -143,108 +150,142 @@ class ParquetSource:
             yield self._batch(pa.Table.from_batches(pending), row, index)
 
     def _batch(self, table, first: int, index) -> Batch:
-        n = table.num_rows
-        problems: list[tuple[int, int, str]] = []  # (row in the batch, order, why): the first row's is reported
-        cols = {name: table.column(name).combine_chunks() for name in self.columns}
-        x = self._vectors(cols.pop(self.column), index.dim, index.config.metric == "cosine", problems)
-        cols = {name: c for name, c in cols.items() if not self._pa.types.is_null(c.type)}
-        contents = tags = None
-        if "content" in cols:
-            contents = cols["content"].to_pylist()
-        if "tags" in cols:
-            tags = self._tags(cols["tags"], problems)
-        ts, ts_given = self._numbers(cols.get("timestamp"), n, np.nan)
-        imp, _ = self._numbers(cols.get("importance"), n, DEFAULT_IMPORTANCE)
-        sparse = self._sparse(cols.get("sparse_indices"), cols.get("sparse_values"), n, problems)
-        i, _, why = rules.first_problem(n, contents=contents, max_content=index.config.max_content_bytes, tags=tags,
-                                        timestamps=ts, ts_given=ts_given, importance=imp)
-        if i < n:
-            problems.append((i, 1, why))
-        if problems:
-            i, _, why = min(problems)
+        batch, problem = arrow_batch(table, first, dim=index.dim, cosine=index.config.metric == "cosine",
+                                     max_content=index.config.max_content_bytes, column=self.column)
+        if problem is not None:
+            i, why = problem
             raise MigrationError(f"{self.path}, row {first + i}: {why}", path=self.path, line=first + i, in_batch=i)
-        return Batch(range(first, first + n), [None] * n, x, contents, tags, ts, imp, sparse)
-
-    def _sparse(self, ind, val, n: int, problems: list):
-        """``(indices, values)`` pairs from the two list columns (a null list: no vector), checked
-        by the sparse rules; None without the columns."""
-        if ind is None and val is None:
-            return None
-        if ind is None or val is None:
-            problems.append((0, 2, "sparse_indices and sparse_values come together (one column is missing)"))
-            return None
-        from ..sparse.validate import SparseInputError, pack_sparse
-
-        li = self._pc.list_value_length(ind).fill_null(0).to_numpy(zero_copy_only=False)
-        lv = self._pc.list_value_length(val).fill_null(0).to_numpy(zero_copy_only=False)
-        if (li != lv).any():
-            problems.append((int(np.flatnonzero(li != lv)[0]), 2, "sparse_indices and sparse_values differ in length"))
-            return None
-        flat_i = ind.flatten().to_numpy(zero_copy_only=False)
-        flat_v = val.flatten().to_numpy(zero_copy_only=False)
-        cut = np.cumsum(li)[:-1]
-        pairs = list(zip(np.split(flat_i, cut), np.split(flat_v, cut)))
-        try:
-            pack_sparse(pairs, n)
-        except SparseInputError as e:
-            problems.append((e.row or 0, 2, str(e)))
-        except (TypeError, ValueError) as e:
-            problems.append((0, 2, str(e)))
-        return pairs
-
-    def _vectors(self, col, dim: int, cosine: bool, problems: list):
-        """``(n, dim)`` float32 from a list column, or None after adding its first bad row to ``problems``."""
-        n = len(col)
-        null = col.is_null().to_numpy(zero_copy_only=False)
-        if self._pa.types.is_fixed_size_list(col.type):
-            lengths = np.full(n, col.type.list_size, dtype=np.int64)
-        else:
-            lengths = self._pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
-        # the non-null rows' values, end to end; a null inside a list reads as NaN
-        values = to_f32(col.flatten().to_numpy(zero_copy_only=False))
-        wrong = null | (lengths != dim)
-        if not wrong.any():
-            x = values.reshape(n, dim)
-            i, why = rules.bad_embedding(x, cosine=cosine)
-            if i < n:
-                problems.append((i, 0, why))
-            return x
-        i = int(np.flatnonzero(wrong)[0])
-        problems.append((i, 0, "embedding is null" if null[i] else
-                         f"embedding has dimension {int(lengths[i])}, the store expects {dim}"))
-        bad = np.flatnonzero(~np.isfinite(values))  # an earlier row may hold a NaN
-        if bad.size:
-            owner = np.repeat(np.arange(n), np.where(null, 0, lengths))
-            problems.append((int(owner[bad[0]]), 0, rules.EMBEDDING_NOT_FINITE))
-        return None
-
-    def _tags(self, col, problems: list) -> list:
-        """The tag lists; a null tag inside a list is the file's problem (the index's rules are
-        checked by :mod:`.rules`), a null list is no tags."""
-        counts = self._pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
-        null = col.flatten().is_null().to_numpy(zero_copy_only=False)
-        if null.any():
-            owner = np.repeat(np.arange(len(col)), counts)  # the row of each tag
-            problems.append((int(owner[np.flatnonzero(null)[0]]), 0, "a tag is null"))
-        return [t if t is not None else [] for t in col.to_pylist()]
-
-    def _numbers(self, col, n: int, default: float) -> tuple[np.ndarray, np.ndarray]:
-        """A number (or timestamp, date) column as float64 (epoch seconds for times), ``default``
-        where null or missing, and the mask of the rows that hold a value."""
-        pa = self._pa
-        if col is None:
-            return np.full(n, default, dtype=np.float64), np.zeros(n, dtype=bool)
-        t = col.type
-        ok = ~col.is_null().to_numpy(zero_copy_only=False)
-        if pa.types.is_timestamp(t):  # stored as UTC ticks, also when the type names a zone
-            v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False) * _UNIT_SECONDS[t.unit]
-        elif pa.types.is_date32(t):
-            v = col.cast(pa.int32()).fill_null(0).to_numpy(zero_copy_only=False) * 86400.0
-        elif pa.types.is_date64(t):
-            v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False) * 1e-3
-        else:
-            v = col.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False)
-        return np.where(ok, np.asarray(v, dtype=np.float64), default), ok
+        return batch
 
     def close(self) -> None:
         self._file.close()
+
+
+def arrow_batch(table, first: int, *, dim: int, cosine: bool, max_content: int,
+                column: str = "embedding") -> tuple[Batch, tuple[int, str] | None]:
+    """One Arrow table of memories -> its :class:`Batch` (``lines``: rows ``first...``) and the
+    first problem, ``(row of the table, why)``, or None when every row is storable.
+
+    The columns are named as in a Parquet input (:data:`PARQUET_COLUMNS`; the embeddings in
+    ``column``), their types already checked; the rules are those of an index of dimension
+    ``dim`` (``cosine``: its metric, ``max_content``: its ``max_content_bytes``). After a problem
+    the batch's ``x`` may be None (its rows are not storable as a whole). The one conversion of
+    both the Parquet reader and the Ray ingest (:mod:`lukhas_gpu.distributed`).
+    """
+    import pyarrow as pa
+
+    n = table.num_rows
+    problems: list[tuple[int, int, str]] = []  # (row in the batch, order, why): the first row's is reported
+    cols = {name: table.column(name).combine_chunks() for name in table.column_names}
+    x = _vectors(cols.pop(column), dim, cosine, problems)
+    cols = {name: c for name, c in cols.items() if not pa.types.is_null(c.type)}
+    contents = tags = None
+    if "content" in cols:
+        contents = cols["content"].to_pylist()
+    if "tags" in cols:
+        tags = _tags(cols["tags"], problems)
+    ts, ts_given = _numbers(cols.get("timestamp"), n, np.nan)
+    imp, _ = _numbers(cols.get("importance"), n, DEFAULT_IMPORTANCE)
+    sparse = _sparse(cols.get("sparse_indices"), cols.get("sparse_values"), n, problems)
+    i, _, why = rules.first_problem(n, contents=contents, max_content=max_content, tags=tags,
+                                    timestamps=ts, ts_given=ts_given, importance=imp)
+    if i < n:
+        problems.append((i, 1, why))
+    problem = None
+    if problems:
+        i, _, why = min(problems)
+        problem = (i, why)
+    return Batch(range(first, first + n), [None] * n, x, contents, tags, ts, imp, sparse), problem
+
+
+def _sparse(ind, val, n: int, problems: list):
+    """``(indices, values)`` pairs from the two list columns (a null list: no vector), checked
+    by the sparse rules; None without the columns."""
+    import pyarrow.compute as pc
+
+    if ind is None and val is None:
+        return None
+    if ind is None or val is None:
+        problems.append((0, 2, "sparse_indices and sparse_values come together (one column is missing)"))
+        return None
+    from ..sparse.validate import SparseInputError, pack_sparse
+
+    li = pc.list_value_length(ind).fill_null(0).to_numpy(zero_copy_only=False)
+    lv = pc.list_value_length(val).fill_null(0).to_numpy(zero_copy_only=False)
+    if (li != lv).any():
+        problems.append((int(np.flatnonzero(li != lv)[0]), 2, "sparse_indices and sparse_values differ in length"))
+        return None
+    flat_i = ind.flatten().to_numpy(zero_copy_only=False)
+    flat_v = val.flatten().to_numpy(zero_copy_only=False)
+    cut = np.cumsum(li)[:-1]
+    pairs = list(zip(np.split(flat_i, cut), np.split(flat_v, cut)))
+    try:
+        pack_sparse(pairs, n)
+    except SparseInputError as e:
+        problems.append((e.row or 0, 2, str(e)))
+    except (TypeError, ValueError) as e:
+        problems.append((0, 2, str(e)))
+    return pairs
+
+
+def _vectors(col, dim: int, cosine: bool, problems: list):
+    """``(n, dim)`` float32 from a list column, or None after adding its first bad row to ``problems``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(col)
+    null = col.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_fixed_size_list(col.type):
+        lengths = np.full(n, col.type.list_size, dtype=np.int64)
+    else:
+        lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    # the non-null rows' values, end to end; a null inside a list reads as NaN
+    values = to_f32(col.flatten().to_numpy(zero_copy_only=False))
+    wrong = null | (lengths != dim)
+    if not wrong.any():
+        x = values.reshape(n, dim)
+        i, why = rules.bad_embedding(x, cosine=cosine)
+        if i < n:
+            problems.append((i, 0, why))
+        return x
+    i = int(np.flatnonzero(wrong)[0])
+    problems.append((i, 0, "embedding is null" if null[i] else
+                     f"embedding has dimension {int(lengths[i])}, the store expects {dim}"))
+    bad = np.flatnonzero(~np.isfinite(values))  # an earlier row may hold a NaN
+    if bad.size:
+        owner = np.repeat(np.arange(n), np.where(null, 0, lengths))
+        problems.append((int(owner[bad[0]]), 0, rules.EMBEDDING_NOT_FINITE))
+    return None
+
+
+def _tags(col, problems: list) -> list:
+    """The tag lists; a null tag inside a list is the file's problem (the index's rules are
+    checked by :mod:`.rules`), a null list is no tags."""
+    import pyarrow.compute as pc
+
+    counts = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    null = col.flatten().is_null().to_numpy(zero_copy_only=False)
+    if null.any():
+        owner = np.repeat(np.arange(len(col)), counts)  # the row of each tag
+        problems.append((int(owner[np.flatnonzero(null)[0]]), 0, "a tag is null"))
+    return [t if t is not None else [] for t in col.to_pylist()]
+
+
+def _numbers(col, n: int, default: float) -> tuple[np.ndarray, np.ndarray]:
+    """A number (or timestamp, date) column as float64 (epoch seconds for times), ``default``
+    where null or missing, and the mask of the rows that hold a value."""
+    import pyarrow as pa
+
+    if col is None:
+        return np.full(n, default, dtype=np.float64), np.zeros(n, dtype=bool)
+    t = col.type
+    ok = ~col.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_timestamp(t):  # stored as UTC ticks, also when the type names a zone
+        v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False) * _UNIT_SECONDS[t.unit]
+    elif pa.types.is_date32(t):
+        v = col.cast(pa.int32()).fill_null(0).to_numpy(zero_copy_only=False) * 86400.0
+    elif pa.types.is_date64(t):
+        v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False) * 1e-3
+    else:
+        v = col.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False)
+    return np.where(ok, np.asarray(v, dtype=np.float64), default), ok
