@@ -250,3 +250,25 @@ def test_encode_turns_texts_into_vectors_on_an_actor_pool(cluster, tmp_path):
             res = ix.search(np.stack([TextHashEncoder.vector(texts[r]) for r in own]), 1)
             assert np.asarray(res.ids)[:, 0].tolist() == [r // 3 for r in own]
             assert np.asarray(res.scores)[:, 0] == pytest.approx(1.0, abs=0.02)
+
+
+def test_cli_ingests_jsonl_with_ray_and_prints_the_report(cluster, tmp_path, capsys):
+    from lukhas_gpu import cli
+
+    rows = make_rows(1200, seed=4)
+    path = tmp_path / "memories.jsonl"
+    with open(path, "w") as f:
+        for i in range(1200):
+            f.write(json.dumps({"embedding": rows["x"][i].tolist(), "content": rows["content"][i],
+                                "tags": rows["tags"][i], "importance": rows["importance"][i],
+                                "timestamp": rows["timestamp"][i]}) + "\n")
+    root = tmp_path / "root"
+    assert cli.main(["ingest", "--ray", "--shards", "3", "--preset", "production", "--batch-size", "300",
+                     str(root), str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["rows"], rep["written"], rep["shards"], rep["shard_rows"]) == (1200, 1200, 3, [400, 400, 400])
+    assert rep["shard_nlist"] == [None] * 3  # production trains from 32,768 rows: these stay exact
+    assert_exactly_once(root, rows, 3, 1200)
+    # the single-store ingest's options that make no sense here are refused, Ray or not
+    assert cli.main(["ingest", "--ray", "--restart", str(root), str(path)]) == 1
+    assert "--restart does not go with --ray" in capsys.readouterr().err

@@ -46,7 +46,11 @@ def add_ingest_parser(sub) -> None:
                     f"Progress is recorded in STORE/{PROGRESS_FILE} after every batch, per input file:\n"
                     "running the same command again after an interruption or an error skips the records\n"
                     "already ingested, and other inputs can be ingested in between. An input that changed\n"
-                    "since (size, mtime) is refused until --restart.")
+                    "since (size, mtime) is refused until --restart.\n\n"
+                    "With --ray, STORE is a sharded root of --shards stores filled on a Ray cluster (the `ray`\n"
+                    "extra: pip install \"lukhas-gpu[ray]\"); INPUT is a Parquet file or directory, or JSON Lines\n"
+                    "with the columns above at the top level of each line. Running the same command again\n"
+                    "resumes an interrupted ingest; see lukhas_gpu.distributed.ingest.")
     i.add_argument("store", help="store directory (created if it holds no store)")
     i.add_argument("input", help="JSONL with embeddings, .parquet, or .npy/.npz of embeddings (with --payloads)")
     i.add_argument("--payloads", metavar="JSONL", help="payload records for a .npy/.npz INPUT (row i <-> line i)")
@@ -59,6 +63,9 @@ def add_ingest_parser(sub) -> None:
                    help="ignore INPUT's recorded progress and ingest it from its first record (records already "
                         "in the store stay there)")
     i.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    from .ray_ingest import add_ray_options
+
+    add_ray_options(i)
     i.set_defaults(func=cmd_ingest, catch_errors=True)
 
 
@@ -139,6 +146,10 @@ def cmd_ingest(args) -> int:
     from lukhas_gpu.ingest.resume import Resume
     from lukhas_gpu.ingest.sources import ARRAY_SUFFIXES, PARQUET_SUFFIXES, open_source
 
+    if args.ray:
+        from .ray_ingest import cmd_ingest_ray
+
+        return cmd_ingest_ray(args)
     for name in ("batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

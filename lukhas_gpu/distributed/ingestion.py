@@ -14,10 +14,10 @@
 
 **Why the driver sequences the batches.** Resuming needs stable row numbers, and only the
 ordered stream gives them: a Ray Data write task sees a block, not its offset in the input. The
-prepared batches pass through the driver (zero-copy on its node, the network from others); the
-work -- reading, encoding, checking, adding, training -- runs in tasks and actors. At very
-many shards on many nodes the driver's bandwidth is the limit (about a GB/s: ~700k rows/s of
-384-d float32), far above what the shards' adds take on one node.
+prepared batches pass through the driver (zero-copy on its node, the network from others), which
+only numbers them, takes each shard's rows and queues them; the work -- reading, encoding,
+checking, adding, training -- runs in tasks and actors. Each row crosses the driver's link once,
+so with very many shards on many nodes that link bounds the total rate.
 
 **Training.** Each shard's config gets ``capacity`` = its row count (known from
 ``ds.count()`` before the first row), so the index sizes ``nlist`` for its final size and

@@ -135,8 +135,9 @@ def _kind(path: pathlib.Path) -> str:
 
 
 def read_input(path, num_cpus: float = 1.0, *, progress: bool = True):
-    """A Parquet file or directory (``ray.data.read_parquet``) or JSON Lines (``read_json``,
-    one memory a line, the columns at the top level) as a ``ray.data.Dataset``; each read task
+    """A Parquet file or directory (``ray.data.read_parquet``) or JSON Lines (``read_json``:
+    Arrow's reader, one memory a line, the columns at the top level) as a ``ray.data.Dataset``;
+    each read task
     reserves ``num_cpus``; ``progress`` False silences the read's own bars (file sampling)."""
     import ray.data
 
@@ -152,7 +153,7 @@ def read_input(path, num_cpus: float = 1.0, *, progress: bool = True):
         ctx.enable_progress_bars = saved["enable_progress_bars"] and progress
         if _kind(files[0]) == "parquet":
             return ray.data.read_parquet(os.fspath(path), num_cpus=num_cpus)
-        return ray.data.read_json(os.fspath(path), lines=True, num_cpus=num_cpus)
+        return ray.data.read_json(os.fspath(path), num_cpus=num_cpus)  # Arrow's reader: typed lists, no pandas
     finally:
         for k, v in saved.items():
             setattr(ctx, k, v)
@@ -245,8 +246,7 @@ class PrepareStage:
             cols[role] = col.storage if isinstance(col.type, pa.ExtensionType) else col
             bad = type_problem(role, cols[role].type)
             why = why or (f"column {name!r} ({role}) {bad}" if bad else "")
-        t = cols["embedding"].type
-        dim = self.dim or (t.list_size if pa.types.is_fixed_size_list(t) else 1)
+        dim = self.dim or _width(cols["embedding"])
         x, ts, imp = None, np.full(n, np.nan), np.full(n, DEFAULT_IMPORTANCE)
         problem = np.full(n, "", dtype=object)
         if why:
@@ -270,6 +270,20 @@ class PrepareStage:
         seconds[:1] = time.perf_counter() - t0
         fields[TIMES[1]] = pa.array(seconds)
         return pa.table(fields)
+
+
+def _width(col) -> int:
+    """The embeddings' dimension a batch implies when none is known yet: a fixed-size list's, else
+    its first non-null row's (the rows that differ are then reported against it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_fixed_size_list(col.type):
+        return col.type.list_size
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        return 1  # a mistyped column: reported by its type
+    lengths = pc.list_value_length(col).drop_null()
+    return max(1, lengths[0].as_py()) if len(lengths) else 1
 
 
 # -- identity -----------------------------------------------------------------------------------
