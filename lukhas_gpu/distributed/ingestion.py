@@ -44,7 +44,7 @@ from . import layout
 from .report import IngestReport
 from .resume import PARTITION, check_same, files_identity, identity, shard_rows
 from .stages import (HEAD_ROWS, PROBLEM, TIMES, EncodeStage, PrepareStage, arrow_type, content_digest, head_digest,
-                     input_files, plan_resources, read_input)
+                     input_files, jsonl_rows, plan_resources, read_input)
 from .writers import NAMESPACE, ShardWriter, actor_name
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class _Run:
         self.batch_size, self.progress, self.names = int(batch_size), progress, names
         self.dataset = dataset
         self.actors: list = []
+        self.held = None  # rows each shard holds, once opened
         self.pending = [collections.deque() for _ in range(self.shards)]
         self.acked = 0
         self.times = {"read": 0.0, "encode": 0.0, "prepare": 0.0}
@@ -249,8 +250,8 @@ class _Run:
         check_same(self.root, doc["ingest"], {k: v for k, v in self.ident.items() if k != "head"})
 
     def _spawn(self, res) -> None:
-        """One writer actor per shard (their processes start while the input's first batch is
-        on its way); named, so a second ingest into this root on this cluster cannot start."""
+        """One writer actor per shard, named, so a second ingest into this root on this cluster
+        cannot start."""
         import ray
 
         if self.actors:
@@ -298,7 +299,8 @@ class _Run:
         if schema is None:
             raise MigrationError(f"{self.source} holds no rows", path=self.source)
         columns = self._columns(schema)
-        total = ds.count()
+        total = jsonl_rows(self.dataset) if files is not None else None  # a JSON parse less
+        total = ds.count() if total is None else total
         if total == 0:
             raise MigrationError(f"{self.source} holds no rows", path=self.source)
         if total > self.shards * MAX_ROWS:
@@ -322,8 +324,8 @@ class _Run:
         batches = None
         try:
             if self.dim is not None:
-                self._spawn(res)
-            if doc is not None:
+                self._spawn(res)  # the writers' processes start while the first batch is on its way
+            if finished_files:
                 self._open()
             if not (finished_files and self.held == self.counts):
                 batches = pipe.iter_batches(batch_size=self.batch_size, batch_format="pyarrow", prefetch_batches=1)
@@ -406,13 +408,14 @@ class _Run:
                                  f"{'root holds' if doc else 'ingest was asked for'} {self.dim}", path=self.source, line=0)
         digest = head_digest(head)
         if doc is not None:
-            check_same(self.root, doc["ingest"], {"head": digest})
-            return
-        self.ident["head"] = digest
-        layout.write_root(self.root, shards=self.shards, dim=self.dim, state="ingesting", partition=PARTITION,
-                          ingest=self.ident)
+            check_same(self.root, doc["ingest"], {"head": digest})  # before any shard is opened
+        else:
+            self.ident["head"] = digest
+            layout.write_root(self.root, shards=self.shards, dim=self.dim, state="ingesting", partition=PARTITION,
+                              ingest=self.ident)
         self._spawn(res)
-        self._open()
+        if self.held is None:
+            self._open()
 
     def _check_order(self, table, r0: int) -> None:
         """Each shard's last held row must hold the content of the input row of its number."""

@@ -40,8 +40,9 @@ class IngestReport:
     shard_stats : list of dict
         Each shard's own figures (``rows``, ``written``, ``nlist``, ``bytes_per_memory``,
         ``disk_bytes``, the writer's ``rss_anon``, its ``seconds`` per stage).
-    complete : bool
-        Every row is in its shard and ``shards.json`` says ``"complete"``.
+
+    A report is returned only when every row is in its shard and ``shards.json`` says
+    ``"complete"``; an ingest that stops raises instead.
     """
 
     root: str
@@ -58,7 +59,6 @@ class IngestReport:
     ram_bytes: int
     disk_bytes: int
     shard_stats: list = dataclasses.field(default_factory=list)
-    complete: bool = True
 
     @property
     def rows_per_second(self) -> float:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 __all__ = ["ROLES", "PROBLEM", "TIMES", "HEAD_ROWS", "Resources", "plan_resources", "read_input", "input_files",
-           "input_columns", "EncodeStage", "PrepareStage", "head_digest", "content_digest", "arrow_type"]
+           "input_columns", "jsonl_rows", "EncodeStage", "PrepareStage", "head_digest", "content_digest", "arrow_type"]
 
 #: The columns an ingest reads, by role (the prepared table's names).
 ROLES = ("embedding", "content", "tags", "timestamp", "importance")
@@ -157,6 +157,15 @@ def read_input(path, num_cpus: float = 1.0, *, progress: bool = True):
     finally:
         for k, v in saved.items():
             setattr(ctx, k, v)
+
+
+def jsonl_rows(path) -> int | None:
+    """The rows of a JSON Lines input (its non-blank lines, as Arrow's reader counts them),
+    counted without parsing; None for Parquet (whose footers ``ds.count()`` reads)."""
+    from ..ingest.sources import count_records
+
+    files = input_files(path)
+    return None if _kind(files[0]) == "parquet" else sum(count_records(f) for f in files)
 
 
 def input_columns(path) -> list[str]:
