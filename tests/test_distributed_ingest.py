@@ -23,7 +23,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from lukhas_gpu import IndexConfig, MemoryIndex  # noqa: E402
-from lukhas_gpu.distributed import IngestReport, ingest, layout  # noqa: E402
+from lukhas_gpu.distributed import IngestReport, ShardedIndex, ingest, layout  # noqa: E402
 from lukhas_gpu.distributed.ingestion import expected_nlist  # noqa: E402
 from lukhas_gpu.distributed.resume import shard_rows  # noqa: E402
 from lukhas_gpu.distributed.stages import PROBLEM, PrepareStage, plan_resources  # noqa: E402
@@ -165,6 +165,14 @@ def test_parquet_into_shards_every_row_once_with_its_payloads(cluster, data, tmp
             hits = np.asarray(ix.search(rows["x"][own], 1).ids)[:, 0]
             assert (hits == own // 2).mean() >= 0.95
     assert_exactly_once(tmp_path / "root", rows, 2, N)
+    # the root searched as one index: a stored vector finds itself under its global id
+    with ShardedIndex.open(tmp_path / "root") as sx:
+        r = np.arange(0, N, 97)
+        hits = np.asarray(sx.search(rows["x"][r], 1).ids)[:, 0]
+        assert (hits == (r % 2 << layout.SHARD_SHIFT) | r // 2).mean() >= 0.95
+    for s in range(2):  # the shards keep the config they were given (auto_tune is only held off while writing)
+        with MemoryIndex.open(layout.shard_dir(tmp_path / "root", s)) as ix:
+            assert ix.config == CFG.replace(capacity=shard_rows(N, 2)[s])
     # the same input again: nothing to add, nothing published
     again = ingest(path, tmp_path / "root", shards=2, config=CFG, batch_size=BATCH, progress=False, **COLUMNS)
     assert (again.written, again.resumed, again.shard_rows) == (0, N, rep.shard_rows)

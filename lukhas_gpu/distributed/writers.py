@@ -10,6 +10,10 @@ memory is meant for; the store's row count (every acknowledged add is in its wri
 replayed on open) says which of them it already holds, and those are dropped, never added twice.
 A batch that would leave a gap is refused. A killed writer loses at most the add it was in (a
 torn log tail is cut on the next open), which the next ingest sends again.
+
+While it writes, the store's background tuning is held off (``auto_tune``: a batch job's build);
+its own config is restored before every checkpoint, so the shard tunes itself on its first
+searches.
 """
 from __future__ import annotations
 
@@ -107,6 +111,11 @@ class ShardWriter:
                     time.sleep(0.2)
         if self.index.dim != self.dim:
             raise ValueError(f"{self.path} holds a store of dimension {self.index.dim}, the ingest writes {self.dim}")
+        # a batch job: no background tuning between the adds (it would compete with them and be
+        # cancelled at the end); the store's own config is back before anything is checkpointed,
+        # and the first searches tune the shard
+        self.own = self.index.config
+        self.index.config = self.own.replace(auto_tune=False)
         st = self.index.stats()
         self.rows = self.found = int(st["rows"])
         self.seconds["open"] = time.perf_counter() - t0
@@ -148,6 +157,7 @@ class ShardWriter:
         """Checkpoint (unless told the store is published already) and close the store; returns
         the shard's figures."""
         t0 = time.perf_counter()
+        self.index.config = self.own
         if checkpoint:
             self.index.checkpoint()
         self.seconds["checkpoint"] = time.perf_counter() - t0
@@ -167,6 +177,7 @@ class ShardWriter:
         left in the log; never raises."""
         if self.index is None:
             return
+        self.index.config = self.own
         try:
             self.index.close(checkpoint=checkpoint)
         except Exception as e:  # the log keeps every acknowledged add: the next open replays it
