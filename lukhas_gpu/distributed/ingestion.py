@@ -404,8 +404,9 @@ class _Run:
             self.dim = width
             _check_args(self.shards, self.dim, self.batch_size, self.encode)
         elif width != self.dim:
-            raise MigrationError(f"{self.source}, row 0: embedding has dimension {width}, the "
-                                 f"{'root holds' if doc else 'ingest was asked for'} {self.dim}", path=self.source, line=0)
+            expects = "root holds" if doc else "ingest was asked for"
+            raise MigrationError(f"{self.source}, row 0: embedding has dimension {width}, the {expects} {self.dim}",
+                                 path=self.source, line=0)
         digest = head_digest(head)
         if doc is not None:
             check_same(self.root, doc["ingest"], {"head": digest})  # before any shard is opened

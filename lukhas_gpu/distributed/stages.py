@@ -22,16 +22,14 @@ import time
 
 import numpy as np
 
-__all__ = ["ROLES", "PROBLEM", "TIMES", "HEAD_ROWS", "Resources", "plan_resources", "read_input", "input_files",
+__all__ = ["PROBLEM", "TIMES", "HEAD_ROWS", "Resources", "plan_resources", "read_input", "input_files",
            "input_columns", "jsonl_rows", "EncodeStage", "PrepareStage", "head_digest", "content_digest", "arrow_type"]
 
-#: The columns an ingest reads, by role (the prepared table's names).
-ROLES = ("embedding", "content", "tags", "timestamp", "importance")
 PROBLEM = "_problem"
 TIMES = ("_encode_s", "_prepare_s")
 PARQUET_SUFFIXES = (".parquet",)
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-#: Rows of the first batch whose digest identifies the input on resume.
+#: The input's first rows, whose digest identifies it on resume.
 HEAD_ROWS = 256
 #: Files listed at most for an input directory's identity.
 MAX_FILES = 1_000_000
@@ -233,7 +231,8 @@ class PrepareStage:
     columns : dict
         Role -> the input's column name, for the roles read (``embedding`` always).
     dim : int or None
-        The shards' dimension; None: the batch's own (a fixed-size column, e.g. the encoder's).
+        The shards' dimension; None: the batch's own (a fixed-size column's, e.g. the encoder's,
+        else its first row's).
     cosine : bool
     max_content : int
     """
