@@ -21,8 +21,12 @@ shard ``s`` is input row ``s + j * shards``).
     python -m benchmarks.bench_ray                       # 1M rows (the lead's run)
     python -m benchmarks.bench_ray --n 20000             # smoke run
 
+* ``search`` (after both): the single store and the sharded root, each tuned on one half of the
+  queries, searched with the other half: recall@10 and QPS of one index, of the shards in this
+  process, and of one Ray actor per shard.
+
 Each part is a function (``PARTS``) taking the data directory and the options and returning a
-row of the table; a part added later (sharded search QPS vs one index) goes there too.
+row of the table.
 """
 from __future__ import annotations
 
@@ -160,14 +164,72 @@ def _check(args, stores: list, shards: int) -> None:
             raise SystemExit(f"row {r}: stored content {got!r}, generated {c!r}")
 
 
-PARTS = {"cli": part_cli, "ray": part_ray}
+def part_search(d: pathlib.Path, args) -> dict:
+    """Sharded search vs one index over the same rows (the stores the two ingest parts built).
+
+    Held-out protocol (as ``bench_tune``): ``--queries`` model queries split in halves; each
+    store (the single one, and every shard) is tuned on the first half for the preset's target,
+    every figure is measured on the second half against a streamed exact float32 ground truth.
+    Rows: the single index; the sharded root searched in this process (one thread per shard);
+    the same root with one Ray actor per shard (a local cluster of this machine's CPUs).
+    """
+    import ray
+
+    from benchmarks.bench_scale import exact_streaming
+    from benchmarks.bench_tune import per_query_recall, qps
+    from lukhas_gpu import MemoryIndex
+    from lukhas_gpu.distributed import ShardedIndex, layout
+    from lukhas_gpu.tools.synthetic import builtin_model
+
+    model = builtin_model()
+    xq = model.queries(args.queries, seed=args.seed)
+    half = len(xq) // 2
+    a, b = np.ascontiguousarray(xq[:half]), np.ascontiguousarray(xq[half:])
+    gt = exact_streaming(model, args.n, b, 10)  # input row numbers (seed 0 stream = the Parquet rows)
+    root = d / "ray-root"
+    tuned = {}
+    for name, path in [("single", d / "cli-store")] + [
+            (f"shard {s}", layout.shard_dir(root, s)) for s in range(args.shards)]:
+        with MemoryIndex.open(path, "w") as ix:
+            rep = ix.tune(queries=a)
+            tuned[name] = {k: rep[k] for k in ("nprobe", "rerank", "recall", "bound", "nlist") if k in rep}
+
+    def to_rows(ids):  # global id (shard << 32 | row) -> input row (row * shards + shard)
+        ids = np.asarray(ids)
+        return np.where(ids >= 0, (ids & layout.ROW_MASK) * args.shards + (ids >> layout.SHARD_SHIFT), -1)
+
+    out = []
+    with MemoryIndex.open(d / "cli-store") as one:
+        r = per_query_recall(one.search(b, 10).ids, gt)
+        out.append({"search": "one index", "recall@10": float(r.mean()),
+                    "QPS": qps(lambda q: one.search(q, 10), b, args.repeat)})
+    with ShardedIndex.open(root) as sh:
+        r = per_query_recall(to_rows(sh.search(b, 10).ids), gt)
+        out.append({"search": f"{args.shards} shards, threads", "recall@10": float(r.mean()),
+                    "QPS": qps(lambda q: sh.search(q, 10), b, args.repeat)})
+    ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, logging_level="warning",
+             log_to_driver=False)
+    try:
+        with ShardedIndex.open(root, actors=True) as sh:
+            r = per_query_recall(to_rows(sh.search(b, 10).ids), gt)
+            out.append({"search": f"{args.shards} shards, Ray actors", "recall@10": float(r.mean()),
+                        "QPS": qps(lambda q: sh.search(q, 10), b, args.repeat)})
+    finally:
+        ray.shutdown()
+    for row in out:
+        row["vs one index"] = row["QPS"] / out[0]["QPS"]
+    return {"part": "search", "rows": args.n, "queries": len(b), "tuned": tuned, "search": out}
+
+
+PARTS = {"cli": part_cli, "ray": part_ray, "search": part_search}
 
 
 # -- driver ---------------------------------------------------------------------------------------
 def _child(part: str, d: pathlib.Path, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_ray", "--part", part, "--dir", str(d), "--n", str(args.n),
            "--shards", str(args.shards), "--batch-size", str(args.batch_size), "--preset", args.preset,
-           "--checkpoint-every", str(args.checkpoint_every), "--seed", str(args.seed)]
+           "--checkpoint-every", str(args.checkpoint_every), "--seed", str(args.seed),
+           "--queries", str(args.queries), "--repeat", str(args.repeat)]
     if args.cpus:
         cmd += ["--cpus", str(args.cpus)]
     t0 = time.perf_counter()
@@ -178,6 +240,8 @@ def _child(part: str, d: pathlib.Path, args) -> dict:
 
 def table(results: list[dict]) -> str:
     rows = []
+    searches = [r for r in results if r["part"] == "search"]
+    results = [r for r in results if r["part"] != "search"]
     for r in results:
         st, n = r["stages"], r["rows"]
         row = {"ingest": r["part"], "rows": n, "seconds": r["seconds"], "rows/s": n / r["seconds"]}
@@ -192,7 +256,11 @@ def table(results: list[dict]) -> str:
                                        ", ".join(f"{v / 2**20:.0f}" for v in r["workers_rss"] if v)),
                     "Ray start s": r.get("ray_start_s")})
         rows.append(row)
-    return common.markdown_table(rows)
+    text = common.markdown_table(rows)
+    for r in searches:
+        text += (f"\n\nSearch, {r['queries']:,} held-out queries, k = 10, each store tuned on the other half "
+                 f"(target 0.95): {json.dumps(r['tuned'])}\n\n" + common.markdown_table(r["search"]))
+    return text
 
 
 def main(argv=None) -> dict:
@@ -204,6 +272,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--checkpoint-every", type=int, default=10, help="the CLI's (its default: 10 batches)")
     ap.add_argument("--cpus", type=int, default=None, help="the Ray cluster's CPUs (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--queries", type=int, default=2000, help="search part: queries, split in halves")
+    ap.add_argument("--repeat", type=int, default=3, help="search part: timed runs (best kept)")
     ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=list(PARTS))
     ap.add_argument("--keep", default=None, help="generate into this directory and keep it")
     ap.add_argument("--tag", default="ray")
