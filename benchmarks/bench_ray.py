@@ -53,7 +53,23 @@ INPUT = "memories.parquet"
 
 
 # -- data -----------------------------------------------------------------------------------------
-def generate(d: pathlib.Path, n: int, seed: int) -> dict:
+class _Real:
+    """A cached real set (``benchmarks.datasets``) read like the synthetic model: rows by position."""
+
+    def __init__(self, name: str):
+        from benchmarks import datasets
+
+        self.ds = datasets.wordnet_minilm() if name == "wordnet" else datasets.debian_minilm()
+        self.dim, self.texts = self.ds.d, self.ds.texts
+
+    def sample(self, n: int, seed: int = 0, start: int = 0) -> np.ndarray:
+        return np.ascontiguousarray(self.ds.xb[start: start + n], dtype=np.float32)
+
+    def queries(self, nq: int, seed: int = 0) -> np.ndarray:
+        return np.ascontiguousarray(self.ds.xq[:nq], dtype=np.float32)
+
+
+def generate(d: pathlib.Path, n: int, seed: int, data: str = "synthetic") -> dict:
     """Write ``d/memories.parquet`` (row groups of ``CHUNK``) and ``d/truth.json`` (sampled rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -62,8 +78,10 @@ def generate(d: pathlib.Path, n: int, seed: int) -> dict:
     from lukhas_gpu.tools.synthetic import builtin_model
 
     t0 = time.perf_counter()
-    model = builtin_model()
+    model = builtin_model() if data == "synthetic" else _Real(data)
     texts, tags, _, ts, imp = make_payload(n, seed)
+    if data != "synthetic":
+        texts = model.texts[:n]
     schema = pa.schema([("embedding", pa.list_(pa.float32(), model.dim)), ("content", pa.string()),
                         ("tags", pa.list_(pa.string())), ("timestamp", pa.float64()), ("importance", pa.float64())])
     with pq.ParquetWriter(d / INPUT, schema) as w:
@@ -181,11 +199,16 @@ def part_search(d: pathlib.Path, args) -> dict:
     from lukhas_gpu.distributed import ShardedIndex, layout
     from lukhas_gpu.tools.synthetic import builtin_model
 
-    model = builtin_model()
+    model = builtin_model() if args.data == "synthetic" else _Real(args.data)
     xq = model.queries(args.queries, seed=args.seed)
     half = len(xq) // 2
     a, b = np.ascontiguousarray(xq[:half]), np.ascontiguousarray(xq[half:])
-    gt = exact_streaming(model, args.n, b, 10)  # input row numbers (seed 0 stream = the Parquet rows)
+    if args.data == "synthetic":  # input row numbers (the seeded stream = the Parquet rows)
+        gt = exact_streaming(model, args.n, b, 10)
+    else:
+        from benchmarks.datasets import exact_knn
+
+        gt = exact_knn(model.sample(args.n), b, 10)
     root = d / "ray-root"
     tuned = {}
     for name, path in [("single", d / "cli-store")] + [
@@ -229,7 +252,7 @@ def _child(part: str, d: pathlib.Path, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_ray", "--part", part, "--dir", str(d), "--n", str(args.n),
            "--shards", str(args.shards), "--batch-size", str(args.batch_size), "--preset", args.preset,
            "--checkpoint-every", str(args.checkpoint_every), "--seed", str(args.seed),
-           "--queries", str(args.queries), "--repeat", str(args.repeat)]
+           "--queries", str(args.queries), "--repeat", str(args.repeat), "--data", args.data]
     if args.cpus:
         cmd += ["--cpus", str(args.cpus)]
     t0 = time.perf_counter()
@@ -273,6 +296,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--cpus", type=int, default=None, help="the Ray cluster's CPUs (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--queries", type=int, default=2000, help="search part: queries, split in halves")
+    ap.add_argument("--data", choices=["synthetic", "wordnet", "debian"], default="synthetic",
+                    help="the rows: the built-in model, or a cached real set (MiniLM embeddings, --n at most its size)")
     ap.add_argument("--repeat", type=int, default=3, help="search part: timed runs (best kept)")
     ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=list(PARTS))
     ap.add_argument("--keep", default=None, help="generate into this directory and keep it")
@@ -285,7 +310,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.part:  # child process: one part, its result as JSON next to the data
         d = pathlib.Path(args.dir)
-        res = generate(d, args.n, args.seed) if args.part == "generate" else PARTS[args.part](d, args)
+        res = generate(d, args.n, args.seed, args.data) if args.part == "generate" else PARTS[args.part](d, args)
         (d / f"{args.part}.result.json").write_text(json.dumps(res, default=float))
         return res
 
@@ -304,7 +329,7 @@ def main(argv=None) -> dict:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    header = (f"n = {args.n:,}, 384-d, preset {args.preset}, batch {args.batch_size:,}, {args.shards} shards, "
+    header = (f"{args.data}, n = {args.n:,}, 384-d, preset {args.preset}, batch {args.batch_size:,}, {args.shards} shards, "
               f"{common.machine()}; Parquet {gen['parquet_bytes'] / 2**20:.0f} MB, {gen['mean_text_bytes']:.0f} B "
               f"texts; load average {os.getloadavg()[0]:.2f} at the end")
     text = header + "\n\n" + table(results)
