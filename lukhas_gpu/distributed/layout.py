@@ -8,11 +8,12 @@ A sharded root is a directory of ordinary stores::
       shard-00000/     an ordinary lukhas_gpu store (MemoryIndex.create / open)
       shard-00001/
       ...
-      ingest/          the distributed ingest's resume state (``distributed.ingest``)
 
 Every shard is opened, verified, checkpointed and rolled back like any store; nothing in a shard
 knows it is one. The root file is written once by the ingest that creates the root (state
-``"ingesting"``) and replaced atomically when the ingest ends (``"complete"``).
+``"ingesting"``, with the identity of its input under ``"ingest"``, which a resumed run must
+match) and replaced atomically when the ingest ends (``"complete"``). The ingest sends input row
+``r`` to shard ``r % shards`` as its row ``r // shards`` (``distributed.resume``).
 
 **Global ids.** A memory's id in a sharded root is ``(shard << SHARD_SHIFT) | row``: a store's
 row ids are below ``2**32`` (``store.layout.MAX_ROWS``), so the low 32 bits are the row in its
@@ -34,10 +35,9 @@ from ..store.layout import CorruptStoreError, fsync_dir
 
 __all__ = ["ROOT_FILE", "FORMAT", "FORMAT_VERSION", "SHARD_SHIFT", "MAX_SHARDS", "ROW_MASK",
            "shard_dir", "shard_name", "global_ids", "split_ids", "write_root", "read_root",
-           "is_sharded_root", "shard_dirs", "INGEST_DIR"]
+           "is_sharded_root", "shard_dirs"]
 
 ROOT_FILE = "shards.json"
-INGEST_DIR = "ingest"
 FORMAT = "lukhas_gpu-sharded"
 FORMAT_VERSION = 1
 SHARD_SHIFT = 32
