@@ -36,7 +36,6 @@ import pathlib
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -200,21 +199,11 @@ def main(argv=None) -> dict:
         (d / f"{args.phase}.result.json").write_text(json.dumps(res, default=float))
         return res
 
-    tmp = None
-    if args.keep:
-        d = pathlib.Path(args.keep)
-        d.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_migrate_")
-        d = pathlib.Path(tmp.name)
-    try:
+    with common.work_dir(args.keep, "bench_migrate_") as d:
         gen = _child("generate", d, args)
         log.info("generated %d records, %.0f MB of JSONL, in %.1f s", args.n, gen["jsonl_bytes"] / 2**20,
                  gen["generate_s"])
         phases = {p: _child(p, d, args) for p in ("dry", "jsonl", "npz") if p not in args.skip}
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     for p, r in phases.items():
         if not r["get_matches"]:
             raise SystemExit(f"{p}: the imported memories differ from the generated ones")

@@ -38,7 +38,6 @@ import pathlib
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -314,21 +313,11 @@ def main(argv=None) -> dict:
         (d / f"{args.part}.result.json").write_text(json.dumps(res, default=float))
         return res
 
-    tmp = None
-    if args.keep:
-        d = pathlib.Path(args.keep)
-        d.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_ray_")
-        d = pathlib.Path(tmp.name)
-    try:
+    with common.work_dir(args.keep, "bench_ray_") as d:
         gen = _child("generate", d, args)
         log.info("generated %d rows, %.0f MB of Parquet, in %.1f s", args.n, gen["parquet_bytes"] / 2**20,
                  gen["generate_s"])
         results = [_child(p, d, args) for p in args.parts]
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     header = (f"{args.data}, n = {args.n:,}, 384-d, preset {args.preset}, batch {args.batch_size:,}, {args.shards} shards, "
               f"{common.machine()}; Parquet {gen['parquet_bytes'] / 2**20:.0f} MB, {gen['mean_text_bytes']:.0f} B "
               f"texts; load average {os.getloadavg()[0]:.2f} at the end")

@@ -1,6 +1,7 @@
 """Shared benchmark helpers: memory readings, timing, recall, result files."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -138,3 +139,15 @@ def saved_bytes(save) -> tuple[int, float]:
         save(pathlib.Path(d))
         sec = time.perf_counter() - t0
         return dir_bytes(d), sec
+
+
+@contextlib.contextmanager
+def work_dir(keep: str | None, prefix: str):
+    """The directory a benchmark's parts share: ``keep`` (created, kept), else a temporary one."""
+    if keep:
+        d = pathlib.Path(keep)
+        d.mkdir(parents=True, exist_ok=True)
+        yield d
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as t:
+            yield pathlib.Path(t)
