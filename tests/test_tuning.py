@@ -266,3 +266,15 @@ def test_an_index_that_outgrows_its_lists_restructures_in_the_background(caplog,
     assert index._restructure_tried_at >= 20_000
     from lukhas_gpu.capacity.planner import plan
     assert plan(len(index), dim=32, config=index.config).nlist == index.parts.ann.nlist
+
+
+def test_deep_reranks_only_when_no_shallow_setting_meets_the_target(tuned, data):
+    """Rerank depths above SHALLOW are measured only when nothing up to it reaches the target."""
+    index, report = tuned
+    assert report["met"] and index.parts.tuned.table["rerank"].max() <= tuning.SHALLOW
+    _, xq, _ = data
+    hard = index.tune(0.9999, queries=xq[: NQ // 2])  # the int8 rows alone cannot reach it
+    table = index.parts.tuned.table
+    assert table["rerank"].max() > tuning.SHALLOW  # the deep pass ran and added its rows
+    assert not hard["met"]
+    index.tune(queries=xq[: NQ // 2])  # back to the fixture's target for the other tests

@@ -53,10 +53,12 @@ __all__ = ["Tuned", "TuningMixin", "tune", "search_params", "maybe_retune", "NPR
            "MEMORY_MARGIN", "GROWTH", "TUNE_QUERIES"]
 
 NPROBES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-#: Rerank depths (candidates = k x depth). The deep ones are for large stores, where the 4-bit PQ
-#: order of a list's rows is coarse: at 10M synthetic rows no setting up to 32 reached 0.95 and the
-#: tuner fell back to the exact scan (21 QPS, measured).
+#: Rerank depths (candidates = k x depth). Those above :data:`SHALLOW` are tried only when no
+#: shallower setting meets the target: large stores, where the 4-bit PQ order of a list's rows is
+#: coarse (at 10M synthetic rows nothing up to 32 reached 0.95 and the tuner fell back to the exact
+#: scan at 21 QPS; 96 reached it, measured).
 RERANKS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+SHALLOW = 32
 SCALES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 #: Added to the target when the probe's queries are the sampled memories (each excluding itself):
 #: on MiniLM/WordNet, memories as queries read 0.05 above real queries at the same parameters.
@@ -237,6 +239,9 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     weights = None
     if ann is not None and ann is index.parts.ann:
         weights = _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable)
+        if not any(r[0] != 2 and r[6] >= eff for r in rows):  # none met it: the deep reranks too
+            deep = _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep=True)
+            weights = weights if weights is not None else deep
     table = {name: np.array([r[i] for r in rows], dtype=np.float64) for i, name in
              enumerate(_COLUMNS)}
     table["cost"] = _costs(index, ann, ref, table, k, weights)
@@ -277,9 +282,10 @@ def _row_of(table, kind, p, rr) -> int:
     return int(np.flatnonzero(hit)[0])
 
 
-def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tuple | None:
-    """Fill ``rows`` with every fixed and adaptive probing x rerank depth; returns the adaptive
-    predictor's weights (None if it could not be fitted)."""
+def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep: bool = False) -> tuple | None:
+    """Fill ``rows`` with every fixed and adaptive probing x rerank depth up to :data:`SHALLOW`
+    (``deep``: the depths above it, on deeper candidate lists); returns the adaptive predictor's
+    weights (None if it could not be fitted)."""
     import torch
 
     from ..monitor import recall
@@ -287,7 +293,7 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tu
     from ..vectors import exact
     lock = index.lock
     n_live = max(index.parts.live, 1)
-    r_max = max(r for r in RERANKS if k * r <= max(n_live, k)) if n_live > k else 1
+    r_max = max(r for r in RERANKS if k * r <= max(n_live, k) and (deep or r <= SHALLOW)) if n_live > k else 1
     reranks = [r for r in RERANKS if r <= r_max]
     kc_max = k * r_max if n_live > k else kk
     q = np.ascontiguousarray(ref["q"], dtype=np.float32)
@@ -311,8 +317,9 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable) -> tu
         for r in reranks:
             kc = max(kk, min(k * r, cand.shape[1]))
             e = estimate(recall.found_in(ref, exact.top_candidates(scores[:, :kc], cand[:, :kc], kk)[1], k))
-            rows.append((kind, float(param), r, e["recall"] or 0.0, e["ci"][0] or 0.0, e["ci"][1] or 0.0, e["bound"], codes,
-                         kc, float(counts.mean()), pcap, nmin))
+            if not deep or r > SHALLOW:  # the shallow depths are in the table already
+                rows.append((kind, float(param), r, e["recall"] or 0.0, e["ci"][0] or 0.0, e["ci"][1] or 0.0,
+                             e["bound"], codes, kc, float(counts.mean()), pcap, nmin))
             if r == reranks[0] and e["bound"] >= eff:
                 return True  # deeper reranks only cost more
         return False
