@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 
 from . import layout
 from .shard import ShardHost
+from .stages import ray_fraction
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,7 @@ def actor_options(n_actors: int) -> dict:
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
-    out = {"num_cpus": _share(cpus, n_actors + 1)}
+    out = {"num_cpus": ray_fraction(min(1.0, cpus / (n_actors + 1)))}
     if gpus > 0:
-        out["num_gpus"] = _share(gpus, n_actors)
+        out["num_gpus"] = ray_fraction(min(1.0, gpus / max(n_actors, 1)))
     return out
-
-
-def _share(total: float, n: int) -> float:
-    # Ray accepts fractions of a resource in steps of 1e-4
-    return max(1e-4, min(1.0, math.floor(total / max(n, 1) * 1e4) / 1e4))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pathlib
 import time
@@ -92,14 +93,15 @@ def plan_resources(cluster: dict, shards: int, *, encode: bool) -> Resources:
         writers_budget = budget - enc_cpus * actors
     else:
         actors, enc_cpus, writers_budget = 0, 0.0, budget
-    return Resources(writer_cpus=_fraction(min(1.0, writers_budget / shards)), encode_actors=actors,
-                     encode_cpus=_fraction(enc_cpus), encode_gpus=1.0 if encode and gpus else 0.0,
-                     task_cpus=_fraction(min(1.0, spare)))
+    return Resources(writer_cpus=ray_fraction(min(1.0, writers_budget / shards)), encode_actors=actors,
+                     encode_cpus=ray_fraction(enc_cpus), encode_gpus=1.0 if encode and gpus else 0.0,
+                     task_cpus=ray_fraction(min(1.0, spare)))
 
 
-def _fraction(v: float) -> float:
-    """A reservation Ray accepts (four decimals, above zero)."""
-    return max(0.0001, round(v, 4))
+def ray_fraction(v: float) -> float:
+    """A reservation Ray accepts (steps of 1e-4, above zero), rounded down so that n shares of
+    ``total / n`` never ask for more than ``total``."""
+    return max(1e-4, math.floor(v * 1e4 + 1e-9) / 1e4)
 
 
 # -- the input ----------------------------------------------------------------------------------
