@@ -275,3 +275,28 @@ def test_int8_kernel_dimension_one():
     for _ in range(5):  # the wrong values vary from call to call
         s = exact.int8_kernel(qw, torch.from_numpy(codes)).numpy()
         np.testing.assert_allclose(s, full, rtol=0.01, atol=0.01)
+
+
+@pytest.mark.parametrize("cuda_shapes", [True, False])
+@pytest.mark.parametrize("nq", [1, 5, 16, 17, 33])
+@pytest.mark.parametrize("d", [1, 3, 8, 13, 384])
+@pytest.mark.parametrize("n", [1, 7, 9, 100])
+def test_int8_queries_padding_any_device_rule(cuda_shapes, nq, d, n):
+    """The CUDA branch of the int8 query path (queries padded to more than 16 rows, the inner
+    dimension and the row count to multiples of 8, then sliced back) runs on the CPU here: its
+    padding and slicing do not depend on the device. The accumulators equal an exact int64
+    product of the same quantized queries, shaped (nq, n)."""
+    rng = np.random.default_rng(nq * 1000 + d * 10 + n)
+    qw = torch.from_numpy(rng.standard_normal((nq, d)).astype(np.float32))
+    codes = rng.integers(-127, 128, size=(n, d), dtype=np.int8)
+    q = exact._Int8Queries(qw, cuda_shapes=cuda_shapes)
+    assert q.cuda is cuda_shapes
+    if cuda_shapes:
+        assert q.q8.shape[0] >= 17 and q.q8.shape[1] % 8 == 0
+    acc = q.raw(torch.from_numpy(codes))
+    assert acc.dtype == torch.int32 and tuple(acc.shape) == (nq, n)
+    q8 = q.q8[:nq, :d].numpy().astype(np.int64)
+    np.testing.assert_array_equal(acc.numpy(), q8 @ codes.astype(np.int64).T)
+    assert not q.q8[nq:].any() and not q.q8[:, d:].any()  # the padding is zeros
+    s = exact.int8_kernel(q, torch.from_numpy(codes)).numpy()
+    np.testing.assert_allclose(s, (q8 @ codes.astype(np.int64).T) * q.scale.numpy(), rtol=1e-6)

@@ -49,12 +49,14 @@ def float_kernel(qw: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 class _Int8Queries:
     """Queries pre-quantized once per scan (symmetric, one scale per query row)."""
 
-    def __init__(self, qw: torch.Tensor):
+    def __init__(self, qw: torch.Tensor, *, cuda_shapes: bool | None = None):
+        """``cuda_shapes`` (default: the queries' device) picks the padding rule; forcing it on
+        the CPU runs the CUDA branch's padding and slicing, which no CPU path takes otherwise."""
         amax = qw.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
         self.scale = (amax / 127.0).to(torch.float32)
         q8 = torch.round(qw / self.scale).clamp_(-127, 127).to(torch.int8)
         self.nq = q8.shape[0]
-        self.cuda = q8.is_cuda
+        self.cuda = q8.is_cuda if cuda_shapes is None else bool(cuda_shapes)
         d = q8.shape[1]
         # torch._int_mm on CUDA wants m > 16 and k, n multiples of 8; on CPU (oneDNN) fewer than
         # 8 rows fall to a slow path (8 ms instead of 0.4 ms for 1 query x 20k rows, measured)
