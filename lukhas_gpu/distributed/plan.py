@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 
 from ..capacity.planner import TAG_NAME_BYTES, _config, _int, _real, parse_count, parse_size, plan
-from ..store.layout import MAX_DIM, MAX_ROWS
+from ..util.bounds import MAX_DIM, MAX_ROWS
 from ..util.memory import PAGE
 from ..vectors.policy import dim_out_for, planned_nlist, train_at, train_rows
 from .layout import MAX_SHARDS, SHARD_SHIFT

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..store import layout
+from ..util.bounds import check_dim
 from ..util.checks import check_positive, check_queries
 from ..util.device import resolve_backend
 from ..util.memtrim import maybe_trim, trim
@@ -60,8 +61,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     mode: str | None = None
 
     def __init__(self, dim: int, config: IndexConfig | str | None = None, *, _vectors=None):
-        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        dim = check_dim(dim)  # before anything is allocated (dim=2**40 asked for 1 TiB)
         if isinstance(config, str):
             config = IndexConfig.preset(config)
         elif config is None:
@@ -249,7 +249,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         TypeError, ValueError
             Non-float dtype, wrong rank or dimension, empty batch, NaN/inf, an all-zero vector
             under cosine, lengths that disagree, importance outside [0, 1], non-UTF-8 text, a
-            content over the size limit, bad tags, or more than 2**32 - 1 memories. Nothing is
+            content over the size limit, bad tags, or more than util.bounds.MAX_ROWS memories. Nothing is
             stored and nothing is logged.
         """
         from . import writes  # torch and the vector path load on first use

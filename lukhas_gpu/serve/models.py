@@ -10,18 +10,13 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..util.checks import MAX_K
+from ..util.bounds import (MAX_K, MAX_NPROBE, MAX_RERANK, MAX_REQUEST_IDS, MAX_REQUEST_RESULTS,
+                           MAX_REQUEST_VECTORS)
 
 __all__ = ["SearchParams", "SearchRequest", "SearchResponse", "AddRequest", "AddResponse", "IdsRequest",
            "MemoryOut", "MemoriesResponse", "DeleteResponse", "ErrorResponse", "MAX_REQUEST_VECTORS",
            "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS"]
 
-#: Most vectors in one search or add request.
-MAX_REQUEST_VECTORS = 65_536
-#: Most results (vectors x k) in one search answer.
-MAX_REQUEST_RESULTS = 1_000_000
-#: Most ids in one lookup or delete request.
-MAX_REQUEST_IDS = 100_000
 
 _WHERE = ("A filter: any of tags_all, tags_any, tags_none (a tag or a list of tags), since, until (epoch "
           "seconds or ISO-8601, inclusive), min_importance (0..1); all must hold.")
@@ -36,8 +31,8 @@ class SearchParams(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K, description="results per query")
     where: Optional[dict[str, Any]] = Field(None, description=_WHERE)
     rank: Optional[dict[str, Any]] = Field(None, description=_RANK)
-    nprobe: Optional[int] = Field(None, ge=1, le=1 << 20, description="IVF lists visited (default: the store's)")
-    rerank: Optional[int] = Field(None, ge=1, le=1 << 20, description="candidates re-scored per result")
+    nprobe: Optional[int] = Field(None, ge=1, le=MAX_NPROBE, description="IVF lists visited (default: the store's)")
+    rerank: Optional[int] = Field(None, ge=1, le=MAX_RERANK, description="candidates re-scored per result")
     target_recall: Optional[float] = Field(None, gt=0.0, le=1.0,
                                            description="tune the search to this recall@k (where the library "
                                                        "supports it; 422 otherwise)")

@@ -7,14 +7,13 @@ import math
 import os
 import pathlib
 
+from ..util.bounds import MAX_BODY_MB, MAX_SERVE_BATCH as MAX_BATCH
+
 __all__ = ["ServeOptions", "read_api_key", "ENV_OPTIONS", "MAX_BATCH", "MAX_BODY_MB"]
 
 #: The environment variable that carries the options to uvicorn's worker processes (``--workers``).
 ENV_OPTIONS = "LUKHAS_GPU_SERVE_OPTIONS"
-#: Upper bound of ``--max-batch`` (queries merged into one search).
-MAX_BATCH = 65_536
-#: Upper bound of ``--max-body-mb``.
-MAX_BODY_MB = 4096
+#: ``MAX_BATCH`` (``--max-batch``) and ``MAX_BODY_MB`` (``--max-body-mb``) are ``util.bounds``'.
 
 
 @dataclasses.dataclass
