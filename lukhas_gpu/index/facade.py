@@ -325,16 +325,11 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
                                       None if rerank is None else check_positive("rerank", rerank), target_recall)
         s = executor.Search(k=check_queries(q.shape[0], k), exact_max=cfg.filter_exact_max,
                             cosine=cfg.metric == "cosine", **chosen)
-        if where is not None and not isinstance(where, filters.Filter):
-            raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
+        allowed = filters.allowed_rows(parts, where)  # the one filter rule of every route
         if rank is not None and not isinstance(rank, ranking.Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
         enc = self.encoder
         parts.probe.queries.offer(q, transform=lambda r: enc.normalize(r).cpu().numpy())
-        allowed = None
-        if where is not None and not where.is_empty():
-            allowed = filters.evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
-                               deleted=parts.tombstones.bitmap, fields=parts.docmeta)
         mirror = device_mirror.mirror_ready(self)
         if rank is None or rank.is_plain:
             scores, ids, self.last_plan = executor.similar(parts, q, s, allowed, mirror)
