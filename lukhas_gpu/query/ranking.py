@@ -62,7 +62,7 @@ class Rank:
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
                 raise TypeError(f"Rank.{name} must be a finite number, got {v!r}")
             if not 0 <= v <= MAX_RANK_WEIGHT:
-                raise ValueError(f"Rank.{name} must be in [0, {MAX_RANK_WEIGHT:g}] (lukhas_gpu.util.bounds."
+                raise ValueError(f"Rank.{name} must be >= 0 and <= {MAX_RANK_WEIGHT:g} (lukhas_gpu.util.bounds."
                                  f"MAX_RANK_WEIGHT; scale the weights down, only their ratios order), got {v}")
         if similarity == recency == importance == 0:
             raise ValueError("Rank needs at least one positive weight")
