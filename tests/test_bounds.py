@@ -91,6 +91,19 @@ def test_cli_ingest_of_a_too_wide_jsonl_writes_nothing(tmp_path, capsys):
     assert "70000" in capsys.readouterr().err and not store.exists()
 
 
+@pytest.mark.parametrize("flags, match", [(["--dim", "70000"], r"--dim must be a positive int, at most 65,536"),
+                                          (["--batch-size", str(2**40)], r"--batch-size must be <= 262,144")])
+def test_cli_ingest_flags_are_bounded(tmp_path, capsys, flags, match):
+    import re
+
+    from lukhas_gpu.cli.main import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"embedding": [0.5] * 4}) + "\n")
+    assert main(["ingest", str(tmp_path / "store"), str(src), *flags]) == 1
+    assert re.search(match, capsys.readouterr().err) and not (tmp_path / "store").exists()
+
+
 def test_ray_ingest_checks_dim_before_starting():
     from lukhas_gpu.distributed.ingestion import ingest
 
