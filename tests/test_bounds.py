@@ -38,6 +38,17 @@ def test_every_copy_of_a_bound_is_the_owners():
     assert policy.dim_out_for(4096) == bounds.MAX_DIM_OUT and policy.dim_out_for(64) == 64
 
 
+def test_a_filters_tag_lists_are_bounded():
+    from lukhas_gpu import Filter
+    from lukhas_gpu.serve import wire
+
+    Filter(tags_any=["t"] * bounds.MAX_FILTER_TAGS)
+    with pytest.raises(ValueError, match="Filter.tags_any holds 4,097 tags, at most 4,096"):
+        Filter(tags_any=["t"] * (bounds.MAX_FILTER_TAGS + 1))
+    with pytest.raises(ValueError, match="where.tags_none holds 4097 tags, at most 4096"):
+        wire.parse_where({"tags_none": ["t"] * (bounds.MAX_FILTER_TAGS + 1)})
+
+
 def test_copied_facts_have_one_owner():
     from lukhas_gpu import config
     from lukhas_gpu.capacity import accounting, planner

@@ -15,6 +15,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..records.metadata import to_epoch_seconds
+from ..util.bounds import MAX_FILTER_TAGS
 from . import metafilter
 
 __all__ = ["Filter", "evaluate", "check_where", "allowed_rows"]
@@ -29,6 +30,9 @@ def _tag_tuple(name: str, value) -> tuple[str, ...]:
         items = tuple(value)
     except TypeError:
         raise TypeError(f"Filter.{name} must be a str or a list of str, got {type(value).__name__}") from None
+    if len(items) > MAX_FILTER_TAGS:
+        raise ValueError(f"Filter.{name} holds {len(items):,} tags, at most {MAX_FILTER_TAGS:,} "
+                         "(lukhas_gpu.util.bounds.MAX_FILTER_TAGS)")
     for t in items:
         if not isinstance(t, str):
             raise TypeError(f"Filter.{name} must hold str tags, got {type(t).__name__}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 __all__ = ["MAX_ROWS", "MAX_DIM", "MAX_DIM_OUT", "MAX_K", "MAX_QUERIES", "MAX_RESULTS", "MAX_NPROBE",
            "MAX_RERANK", "MAX_INGEST_BATCH", "MAX_JSON_DEPTH", "MAX_SERVE_BATCH", "MAX_BODY_MB",
            "MAX_REQUEST_VECTORS", "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS", "MIN_ID", "MAX_ID",
-           "MAX_RANK_WEIGHT", "check_dim", "is_int"]
+           "MAX_RANK_WEIGHT", "MAX_FILTER_TAGS", "check_dim", "is_int"]
 
 # -- the store format ------------------------------------------------------------------------------
 #: Most rows of one store (row numbers ``0 .. MAX_ROWS - 1`` are ``uint32``; ``2**32 - 1`` is "none").
@@ -48,6 +48,8 @@ MAX_RESULTS = 100_000_000
 #: Most IVF lists visited / candidates re-scored per result in one search.
 MAX_NPROBE = 1 << 20
 MAX_RERANK = 1 << 20
+#: Most tags in one of a ``Filter``'s tag lists (``tags_all``, ``tags_any``, ``tags_none``).
+MAX_FILTER_TAGS = 4096
 #: Largest weight of a ``Rank`` term: scores stay finite in float32 (3.4e38) with room to add.
 MAX_RANK_WEIGHT = 1e6
 
