@@ -167,6 +167,15 @@ def test_a_deeply_nested_jsonl_line_is_named(tmp_path, capsys):
     assert "line 2" in err and "nested" in err and "Traceback" not in err
 
 
+def test_library_ids_beyond_int64_are_named(text_index):
+    for call in (text_index.get, text_index.contains, text_index.delete):
+        with pytest.raises(ValueError, match=f"ids: {2**70} is outside int64"):
+            call([1, 2**70])
+        with pytest.raises(ValueError, match=f"ids: {2**63} is outside int64"):
+            call(np.array([2**63], np.uint64))  # would wrap to a negative id
+    assert len(text_index) == 20
+
+
 def test_the_wire_refuses_bools_and_ids_beyond_int64():
     pytest.importorskip("pydantic")
     from pydantic import ValidationError
