@@ -1,6 +1,6 @@
-"""One filter rule for every route: the same ``Filter`` through dense (exact scan and IVF), sparse,
-BM25 text, hybrid, ``select`` and a sharded root gives the rows a plain-Python evaluation of the
-filter allows (tags any/all/none, time range, importance, declared metadata fields), deleted rows
+"""One filter rule for every route: the same ``Filter`` through dense (exact scan and IVF, plain and
+ranked), sparse, BM25 text, hybrid, ``select`` and a sharded root gives the rows a plain-Python
+evaluation of the filter allows (tags any/all/none, time range, importance, declared metadata fields), deleted rows
 excluded. Every row scores on every route (a shared term, a shared sparse dimension) and ``k`` is
 the store's size, so each route's answer *is* its allowed set."""
 from __future__ import annotations
@@ -8,13 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lukhas_gpu import Filter, IndexConfig, MemoryIndex
+from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank
 from lukhas_gpu.distributed import ShardedIndex, layout
 from lukhas_gpu.query import metafilter
 
 N, DIM, NLIST, T0 = 1200, 32, 8, 1_700_000_000
 DELETED = np.arange(5, N, 37)
 FIELDS = {"user": "str", "turn": "int"}
+RANK = Rank(1.0, 0.5, 0.5, half_life=300, now=T0 + 1000)
 SPARSE_Q = (np.array([0], np.int64), np.array([1.0], np.float32))
 
 
@@ -93,6 +94,7 @@ def test_every_route_allows_the_reference_rows(index, f):
     q = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
     routes = {
         "dense": index.search(q, N, where=f, nprobe=NLIST, rerank=N).ids,
+        "dense_ranked": index.search(q, N, where=f, nprobe=NLIST, rerank=N, rank=RANK).ids,
         "sparse": index.search(None, N, where=f, sparse=SPARSE_Q).ids,
         "text": index.search_text("common", N, where=f).ids,
         "hybrid": index.search(q, N, where=f, text="common", nprobe=NLIST, rerank=N).ids,
@@ -115,6 +117,8 @@ def test_a_sharded_root_allows_the_reference_rows(sharded, f):
         return set((cut[gids >> layout.SHARD_SHIFT] + (gids & layout.ROW_MASK)).tolist())
 
     assert single(sh.search(q, N, where=f).ids) == want
+    assert single(sh.search(q, N, where=f, rank=RANK).ids) == want
     assert single(sh.search_text("common", N, where=f).ids) == want
     assert single(sh.search(None, N, where=f, sparse=SPARSE_Q).ids) == want
     assert single(sh.search(q, N, where=f, text="common").ids) == want
+    assert single(sh.search(None, N, where=f, text="common", sparse=SPARSE_Q).ids) == want

@@ -16,7 +16,7 @@ match) and replaced atomically when the ingest ends (``"complete"``). The ingest
 ``r`` to shard ``r % shards`` as its row ``r // shards`` (``distributed.resume``).
 
 **Global ids.** A memory's id in a sharded root is ``(shard << SHARD_SHIFT) | row``: a store's
-row ids are below ``2**32`` (``store.layout.MAX_ROWS``), so the low 32 bits are the row in its
+row ids are below ``2**32`` (``util.bounds.MAX_ROWS``), so the low 32 bits are the row in its
 shard and the bits above are the shard number (at most ``MAX_SHARDS``). Ids are stable: a row
 never moves within its shard (compaction keeps row ids), and a root never changes its shard
 count. ``-1`` (padding in a :class:`SearchResult`) stays ``-1``.

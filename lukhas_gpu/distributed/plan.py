@@ -5,7 +5,7 @@
 size, and the search figures measured in ``benchmarks/RESULTS.md`` (:data:`MEASURED`, the one
 table of them, each row naming its section and date).
 
-**Rows per shard.** A shard is an ordinary store (at most ``store.layout.MAX_ROWS`` rows; a root
+**Rows per shard.** A shard is an ordinary store (at most ``util.bounds.MAX_ROWS`` rows; a root
 holds at most ``layout.MAX_SHARDS`` shards). Its size is the largest size at which a measured run
 reached the recall floor (``min_recall``, default the preset's ``target_recall``) and of which one
 shard fits a node; then ``shards = ceil(count / size)`` equal shards. Not larger: above the largest
