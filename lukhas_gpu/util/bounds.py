@@ -19,6 +19,7 @@ Ingest
       JSON record.
 Server
     * :data:`MAX_SERVE_BATCH` (``--max-batch``), :data:`MAX_BODY_MB` (``--max-body-mb``),
+      :data:`MAX_WORKERS`, :data:`MAX_CONNECTIONS`, :data:`MAX_QUEUE`,
       :data:`MAX_REQUEST_VECTORS`, :data:`MAX_REQUEST_RESULTS`, :data:`MAX_REQUEST_IDS`.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 __all__ = ["MAX_ROWS", "MAX_DIM", "MAX_DIM_OUT", "MAX_K", "MAX_QUERIES", "MAX_RESULTS", "MAX_NPROBE",
            "MAX_RERANK", "MAX_INGEST_BATCH", "MAX_JSON_DEPTH", "MAX_SERVE_BATCH", "MAX_BODY_MB",
            "MAX_REQUEST_VECTORS", "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS", "MIN_ID", "MAX_ID",
-           "MAX_RANK_WEIGHT", "MAX_FILTER_TAGS", "check_dim", "is_int"]
+           "MAX_RANK_WEIGHT", "MAX_FILTER_TAGS", "MAX_WORKERS", "MAX_CONNECTIONS", "MAX_QUEUE", "check_dim", "is_int"]
 
 # -- the store format ------------------------------------------------------------------------------
 #: Most rows of one store (row numbers ``0 .. MAX_ROWS - 1`` are ``uint32``; ``2**32 - 1`` is "none").
@@ -64,6 +65,10 @@ MAX_JSON_DEPTH = 64
 MAX_SERVE_BATCH = 65_536
 #: Upper bound of ``--max-body-mb``.
 MAX_BODY_MB = 4096
+#: Upper bounds of ``--workers``, ``--max-connections`` and ``--max-queue`` (queries waiting).
+MAX_WORKERS = 256
+MAX_CONNECTIONS = 1 << 20
+MAX_QUEUE = 1 << 24
 #: Most vectors in one search or add request.
 MAX_REQUEST_VECTORS = 65_536
 #: Most results (vectors x k) in one search answer.
