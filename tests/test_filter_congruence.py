@@ -25,10 +25,10 @@ def _data():
     meta = [None if i % 11 == 0 else {"user": f"u{i % 4}", **({"turn": int(i % 6)} if i % 7 else {})}
             for i in range(N)]
     sparse = [(np.array([0, 1 + i % 50], np.int64), np.array([0.5 + (i % 3), 1.0], np.float32)) for i in range(N)]
-    return dict(embeddings=rng.standard_normal((N, DIM)).astype(np.float32),
-                contents=[f"common word{i % 7}" for i in range(N)], tags=tags,
-                timestamps=(T0 + rng.integers(0, 1000, N)).astype(np.float64),
-                importance=rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], N), metadata=meta, sparse=sparse)
+    return {"embeddings": rng.standard_normal((N, DIM)).astype(np.float32),
+            "contents": [f"common word{i % 7}" for i in range(N)], "tags": tags,
+            "timestamps": (T0 + rng.integers(0, 1000, N)).astype(np.float64),
+            "importance": rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], N), "metadata": meta, "sparse": sparse}
 
 
 DATA = _data()

@@ -18,7 +18,7 @@ from ..records.metadata import to_epoch_seconds
 from ..util.bounds import MAX_FILTER_TAGS
 from . import metafilter
 
-__all__ = ["Filter", "evaluate", "check_where", "allowed_rows"]
+__all__ = ["Filter", "allowed_rows", "check_where", "evaluate"]
 
 
 def _tag_tuple(name: str, value) -> tuple[str, ...]:
@@ -103,7 +103,7 @@ class Filter:
                 and (self.min_importance is None or importance >= self.min_importance - 1e-12))
 
 
-def check_where(where) -> "Filter | None":
+def check_where(where) -> Filter | None:
     """``where`` checked: a :class:`Filter`, or None; an empty filter is None (no filter)."""
     if where is not None and not isinstance(where, Filter):
         raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")

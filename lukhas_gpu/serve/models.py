@@ -10,8 +10,16 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..util.bounds import (MAX_ID, MAX_K, MAX_NPROBE, MAX_RERANK, MAX_REQUEST_IDS, MAX_REQUEST_RESULTS,
-                           MAX_REQUEST_VECTORS, MIN_ID)
+from ..util.bounds import (
+    MAX_ID,
+    MAX_K,
+    MAX_NPROBE,
+    MAX_REQUEST_IDS,
+    MAX_REQUEST_RESULTS,
+    MAX_REQUEST_VECTORS,
+    MAX_RERANK,
+    MIN_ID,
+)
 
 __all__ = ["SearchParams", "SearchRequest", "SearchResponse", "AddRequest", "AddResponse", "IdsRequest",
            "MemoryOut", "MemoriesResponse", "DeleteResponse", "ErrorResponse", "MAX_REQUEST_VECTORS",
@@ -20,7 +28,7 @@ __all__ = ["SearchParams", "SearchRequest", "SearchResponse", "AddRequest", "Add
 
 def _not_bool(v):
     if isinstance(v, bool):  # JSON true is not the int 1 (pydantic's lax mode would take it)
-        raise ValueError(f"expected an integer, got the boolean {str(v).lower()}")
+        raise ValueError(f"expected an integer, got the boolean {str(v).lower()}")  # noqa: TRY004 -- pydantic reports ValueError
     return v
 
 

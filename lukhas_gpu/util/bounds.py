@@ -24,10 +24,32 @@ Server
 """
 from __future__ import annotations
 
-__all__ = ["MAX_ROWS", "MAX_DIM", "MAX_DIM_OUT", "MAX_K", "MAX_QUERIES", "MAX_RESULTS", "MAX_NPROBE",
-           "MAX_RERANK", "MAX_INGEST_BATCH", "MAX_JSON_DEPTH", "MAX_SERVE_BATCH", "MAX_BODY_MB",
-           "MAX_REQUEST_VECTORS", "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS", "MIN_ID", "MAX_ID",
-           "MAX_RANK_WEIGHT", "MAX_FILTER_TAGS", "MAX_WORKERS", "MAX_CONNECTIONS", "MAX_QUEUE", "check_dim", "is_int"]
+__all__ = [
+    "MAX_BODY_MB",
+    "MAX_CONNECTIONS",
+    "MAX_DIM",
+    "MAX_DIM_OUT",
+    "MAX_FILTER_TAGS",
+    "MAX_ID",
+    "MAX_INGEST_BATCH",
+    "MAX_JSON_DEPTH",
+    "MAX_K",
+    "MAX_NPROBE",
+    "MAX_QUERIES",
+    "MAX_QUEUE",
+    "MAX_RANK_WEIGHT",
+    "MAX_REQUEST_IDS",
+    "MAX_REQUEST_RESULTS",
+    "MAX_REQUEST_VECTORS",
+    "MAX_RERANK",
+    "MAX_RESULTS",
+    "MAX_ROWS",
+    "MAX_SERVE_BATCH",
+    "MAX_WORKERS",
+    "MIN_ID",
+    "check_dim",
+    "is_int",
+]
 
 # -- the store format ------------------------------------------------------------------------------
 #: Most rows of one store (row numbers ``0 .. MAX_ROWS - 1`` are ``uint32``; ``2**32 - 1`` is "none").
