@@ -11,6 +11,8 @@ import os
 import pathlib
 from typing import Any
 
+from .util.device import BACKENDS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -24,7 +26,6 @@ _HERE = pathlib.Path(__file__).resolve().parent
 PRESET_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
 
 _METRICS = ("cosine", "ip")
-_BACKENDS = ("auto", "cpu", "cuda")
 _VECTOR_STORAGE = ("memory", "mmap")
 #: Types a declared metadata field may have (``metadata_fields``).
 METADATA_FIELD_TYPES = ("str", "int", "float", "bool")
@@ -212,7 +213,7 @@ class IndexConfig:
         choice("metric", self.metric, _METRICS)
         choice("coarse", self.coarse, ("auto", "flat", "hnsw"))
         choice("vector_storage", self.vector_storage, _VECTOR_STORAGE)
-        choice("backend", self.backend, _BACKENDS)
+        choice("backend", self.backend, BACKENDS)
         choice("gpu_resident", self.gpu_resident, ("auto", "on", "off"))
         choice("wal_sync", self.wal_sync, ("always", "group", "none"))
         if self.external_ids is not None:

@@ -286,8 +286,8 @@ def test_rejected_adds_leave_the_log_byte_identical(store, monkeypatch):
                 lambda: ix.add(np.stack([_vec(4), _vec(5)]), contents=["only one"])):
         with pytest.raises((ValueError, TypeError)):
             bad()
-    monkeypatch.setattr(writes, "MAX_ROWS", len(ix) + 2)
-    with pytest.raises(ValueError, match="2\\*\\*32 - 1"):
+    monkeypatch.setattr(writes, "MAX_ROWS", len(ix) + 1)
+    with pytest.raises(ValueError, match="at most .* memories"):
         ix.add(np.stack([_vec(6), _vec(7)]))
     assert wal.read_bytes() == before and len(ix) == BASE_ROWS + LOGGED
     ix.close(checkpoint=False)

@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import its own subpackage and any lower layer, never a
 higher one nor a sibling of its own layer):
 
-    util, config  <-  vectors, records, store, tools, sparse  <-  query, monitor, capacity  <-  index
+    util  <-  config  <-  vectors, records, store, tools, sparse  <-  query, monitor, capacity  <-  index
                   <-  ingest, integrations  <-  serve  <-  distributed  <-  cli
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import lukhas_gpu
 
 ROOT = pathlib.Path(lukhas_gpu.__file__).parent
-LAYERS = {"util": 0, "config": 0, "vectors": 1, "records": 1, "store": 1, "tools": 1, "sparse": 1,
+LAYERS = {"util": 0, "config": 0.5, "vectors": 1, "records": 1, "store": 1, "tools": 1, "sparse": 1,
           "query": 2, "monitor": 2, "capacity": 2, "index": 3, "ingest": 4, "integrations": 4,
           "serve": 5, "distributed": 6, "cli": 7}
 MAX_LINES, FACADE_MAX_LINES = 600, 500

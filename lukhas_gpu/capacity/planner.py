@@ -42,6 +42,8 @@ from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, 
 from ..config import IndexConfig
 from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
 from ..sparse.store import planned_bytes as sparse_bytes
+from ..util.bounds import MAX_ROWS
+from ..util.memory import DRIFT_HISTORY_BYTES
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size", "parse_count"]
 
@@ -62,8 +64,6 @@ PINNED_POOL_BYTES_MAX = 16 << 20
 TAG_NAME_BYTES = 12
 #: Rows per roaring container.
 ROARING_CHUNK = 65536
-#: Drift monitor: per-batch history rows kept (six float64 each), two list histograms (int64).
-DRIFT_HISTORY_BYTES = 256 * 6 * 8
 #: Bytes of an ``np.savez`` member besides its data (zip headers and the .npy header).
 NPZ_MEMBER_BYTES = 250
 MANIFEST_BYTES = 3000
@@ -469,8 +469,8 @@ def _faiss_gpus() -> int:
 
 
 # -- inverse --------------------------------------------------------------------------------------
-#: The most memories an index holds (row numbers are 32-bit in the tag bitmaps and tombstones).
-MAX_COUNT = 2**32 - 1
+#: The most memories an index holds (``util.bounds.MAX_ROWS``).
+MAX_COUNT = MAX_ROWS
 
 
 def max_count(ram_bytes=None, gpu_bytes=None, *, include_mapped: bool = False, **kwargs) -> int:
@@ -492,7 +492,7 @@ def max_count(ram_bytes=None, gpu_bytes=None, *, include_mapped: bool = False, *
     -------
     int
         ``c`` such that ``plan(c)`` fits and ``plan(c + 1)`` does not (0 if not even an empty
-        index fits; ``2**32 - 1`` if everything does).
+        index fits; ``MAX_COUNT`` if everything does).
 
     Examples
     --------

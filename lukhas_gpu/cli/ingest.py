@@ -150,11 +150,15 @@ def cmd_ingest(args) -> int:
         from .ray_ingest import cmd_ingest_ray
 
         return cmd_ingest_ray(args)
+    from lukhas_gpu.util.bounds import MAX_INGEST_BATCH, check_dim
+
     for name in ("batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.dim is not None and args.dim < 1:
-        raise ValueError(f"--dim must be >= 1, got {args.dim}")
+    if args.batch_size > MAX_INGEST_BATCH:
+        raise ValueError(f"--batch-size must be <= {MAX_INGEST_BATCH:,} (util.bounds.MAX_INGEST_BATCH), got {args.batch_size:,}")
+    if args.dim is not None:
+        check_dim(args.dim, "--dim")
     src = args.input
     suffix = pathlib.Path(src).suffix.lower()
     is_array, is_parquet = suffix in ARRAY_SUFFIXES, suffix in PARQUET_SUFFIXES
@@ -210,11 +214,16 @@ def cmd_migrate(args) -> int:
     from lukhas_gpu.ingest.arrays import ArrayReader
     from lukhas_gpu.ingest.sources import count_records, first_dim
     from lukhas_gpu.store import layout as storage
+    from lukhas_gpu.util.bounds import MAX_INGEST_BATCH, check_dim
 
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--parity-queries", args.parity_queries, 0),
                              ("--dim", args.dim, 1)):
         if value is not None and value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.batch_size > MAX_INGEST_BATCH:
+        raise ValueError(f"--batch-size must be <= {MAX_INGEST_BATCH:,} (util.bounds.MAX_INGEST_BATCH), got {args.batch_size:,}")
+    if args.dim is not None:
+        check_dim(args.dim, "--dim")
     src, vectors, store = args.source, args.vectors, pathlib.Path(args.store)
     if vectors is None and pathlib.Path(src).suffix.lower() in (".npy", ".npz"):
         raise ValueError(f"{src} is an array of embeddings: pass it with --vectors, and as SOURCE the JSONL of its "

@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 import statistics
 
+from ..capacity.accounting import PLACES as _PLACES
+
 __all__ = ["stats", "quality"]
 
 _SUMMED = ("count", "rows", "deleted")
-_PLACES = ("anon", "mapped", "disk", "gpu")
 
 
 def stats(per_shard: list[dict], n_shards: int) -> dict:

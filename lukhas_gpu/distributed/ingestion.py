@@ -39,7 +39,7 @@ import numpy as np
 
 from ..ingest.errors import MigrationError
 from ..ingest.pipeline import DEFAULT_BATCH_SIZE, Progress
-from ..store.layout import MAX_DIM, MAX_ROWS
+from ..util.bounds import MAX_DIM, MAX_INGEST_BATCH, MAX_ROWS
 from . import layout
 from .report import IngestReport
 from .resume import PARTITION, check_same, files_identity, identity, shard_rows
@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ingest", "MAX_BATCH", "IN_FLIGHT"]
 
-#: Rows per prepared batch at most (``batch_size``).
-MAX_BATCH = 1 << 18
+#: Rows per prepared batch at most (``batch_size``; ``util.bounds``).
+MAX_BATCH = MAX_INGEST_BATCH
 #: Bytes of float32 vectors per prepared batch at most (``batch_size * dim * 4``).
 MAX_BATCH_BYTES = 1 << 30
 #: Batches queued per shard writer beyond the one it is adding.
@@ -218,7 +218,8 @@ class _Run:
         if self.dim is None and "embedding" in cols:
             t = arrow_type(types[cols["embedding"]])
             if isinstance(t, pa.DataType) and pa.types.is_fixed_size_list(t):
-                self.dim = t.list_size
+                self.dim = t.list_size  # bounded before a shard is created (util.bounds.MAX_DIM)
+                _check_args(self.shards, self.dim, self.batch_size, self.encode)
         return cols
 
     def _pipeline(self, ds, columns: dict, res):

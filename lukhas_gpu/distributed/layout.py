@@ -16,7 +16,7 @@ match) and replaced atomically when the ingest ends (``"complete"``). The ingest
 ``r`` to shard ``r % shards`` as its row ``r // shards`` (``distributed.resume``).
 
 **Global ids.** A memory's id in a sharded root is ``(shard << SHARD_SHIFT) | row``: a store's
-row ids are below ``2**32`` (``store.layout.MAX_ROWS``), so the low 32 bits are the row in its
+row ids are below ``2**32`` (``util.bounds.MAX_ROWS``), so the low 32 bits are the row in its
 shard and the bits above are the shard number (at most ``MAX_SHARDS``). Ids are stable: a row
 never moves within its shard (compaction keeps row ids), and a root never changes its shard
 count. ``-1`` (padding in a :class:`SearchResult`) stays ``-1``.
@@ -33,13 +33,13 @@ import numpy as np
 
 from ..store.layout import CorruptStoreError, fsync_dir
 
-__all__ = ["ROOT_FILE", "FORMAT", "FORMAT_VERSION", "SHARD_SHIFT", "MAX_SHARDS", "ROW_MASK",
+__all__ = ["ROOT_FILE", "ROOT_FORMAT", "ROOT_FORMAT_VERSION", "SHARD_SHIFT", "MAX_SHARDS", "ROW_MASK",
            "shard_dir", "shard_name", "global_ids", "split_ids", "write_root", "read_root",
            "is_sharded_root", "shard_dirs"]
 
 ROOT_FILE = "shards.json"
-FORMAT = "lukhas_gpu-sharded"
-FORMAT_VERSION = 1
+ROOT_FORMAT = "lukhas_gpu-sharded"
+ROOT_FORMAT_VERSION = 1
 SHARD_SHIFT = 32
 ROW_MASK = (1 << SHARD_SHIFT) - 1
 #: A root holds at most this many shards (ids stay below 2**47: exact in float64 and JSON).
@@ -96,7 +96,7 @@ def write_root(root, *, shards: int, dim: int, state: str = "ingesting", **extra
         raise ValueError(f"state must be one of {_STATES}, got {state!r}")
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "shards": shards, "dim": dim,
+    doc = {"format": ROOT_FORMAT, "version": ROOT_FORMAT_VERSION, "shards": shards, "dim": dim,
            "shard_shift": SHARD_SHIFT, "state": state, **extra}
     doc[_CRC] = _content_crc(doc)
     data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
@@ -132,9 +132,9 @@ def read_root(root) -> dict:
         raise CorruptStoreError(path, "not a JSON object")
     if doc.get(_CRC) != _content_crc(doc):
         raise CorruptStoreError(path, "its content does not match its CRC-32 (damaged)")
-    if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
+    if doc.get("format") != ROOT_FORMAT or doc.get("version") != ROOT_FORMAT_VERSION:
         raise CorruptStoreError(path, f"format {doc.get('format')!r} version {doc.get('version')!r}, "
-                                      f"expected {FORMAT!r} {FORMAT_VERSION}")
+                                      f"expected {ROOT_FORMAT!r} {ROOT_FORMAT_VERSION}")
     for key, hi in (("shards", MAX_SHARDS), ("dim", 1 << 16)):
         v = doc.get(key)
         if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= hi):

@@ -5,7 +5,7 @@
 size, and the search figures measured in ``benchmarks/RESULTS.md`` (:data:`MEASURED`, the one
 table of them, each row naming its section and date).
 
-**Rows per shard.** A shard is an ordinary store (at most ``store.layout.MAX_ROWS`` rows; a root
+**Rows per shard.** A shard is an ordinary store (at most ``util.bounds.MAX_ROWS`` rows; a root
 holds at most ``layout.MAX_SHARDS`` shards). Its size is the largest size at which a measured run
 reached the recall floor (``min_recall``, default the preset's ``target_recall``) and of which one
 shard fits a node; then ``shards = ceil(count / size)`` equal shards. Not larger: above the largest
@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 
 from ..capacity.planner import TAG_NAME_BYTES, _config, _int, _real, parse_count, parse_size, plan
-from ..store.layout import MAX_DIM, MAX_ROWS
+from ..util.bounds import MAX_DIM, MAX_ROWS
 from ..util.memory import PAGE
 from ..vectors.policy import dim_out_for, planned_nlist, train_at, train_rows
 from .layout import MAX_SHARDS, SHARD_SHIFT

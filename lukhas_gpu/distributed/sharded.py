@@ -291,10 +291,9 @@ def _check_shards(root, doc: dict, infos: list[dict]) -> None:
 
 
 def _check_where(where):
-    from ..query.filters import Filter
-    if where is not None and not isinstance(where, Filter):
-        raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
-    return None if where is None or where.is_empty() else where
+    from ..query.filters import check_where
+
+    return check_where(where)
 
 
 def _check_rank(rank):

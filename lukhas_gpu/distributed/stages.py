@@ -23,12 +23,13 @@ import time
 
 import numpy as np
 
+from ..ingest.sources import PARQUET_SUFFIXES
+
 __all__ = ["PROBLEM", "TIMES", "HEAD_ROWS", "Resources", "plan_resources", "read_input", "input_files",
            "input_columns", "jsonl_rows", "EncodeStage", "PrepareStage", "head_digest", "content_digest", "arrow_type"]
 
 PROBLEM = "_problem"
 TIMES = ("_encode_s", "_prepare_s")
-PARQUET_SUFFIXES = (".parquet",)
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 #: The input's first rows, whose digest identifies it on resume.
 HEAD_ROWS = 256

@@ -80,14 +80,11 @@ class DocumentsMixin:
         from ..query import filters
 
         p = self.parts
-        if where is not None and not isinstance(where, filters.Filter):
-            raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
+        allowed = filters.allowed_rows(p, where)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        if where is None or where.is_empty():
+        if allowed is None:
             rows = np.flatnonzero(p.tombstones.live_mask(p.rows))
         else:
-            allowed = filters.evaluate(where, tags=p.tags, metadata=p.meta, n_rows=p.rows,
-                                       deleted=p.tombstones.bitmap, fields=p.docmeta)
             rows = np.asarray(allowed.to_array(), np.int64)
         return rows[:limit].astype(np.int64) if limit is not None else rows.astype(np.int64)

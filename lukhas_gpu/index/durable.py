@@ -21,6 +21,7 @@ from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
 from ..store import layout
 from ..store.persist import GenerationReader, write_generation
+from ..util.bounds import check_dim
 from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.store import VectorStore
@@ -40,6 +41,7 @@ VERIFY_CHUNK = 65536
 def create(index_cls, path, dim: int, config):
     """``MemoryIndex.create``: a new store at ``path``, open for writing (lock held)."""
     path = pathlib.Path(path)
+    check_dim(dim)  # before the first byte is written: a store no open would accept is never made
     if (path / layout.CURRENT).exists():
         raise layout.StoreError(f"{path} already holds a store; use MemoryIndex.open({str(path)!r}, mode='w')")
     path.mkdir(parents=True, exist_ok=True)

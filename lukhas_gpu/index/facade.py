@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..store import layout
+from ..util.bounds import check_dim
 from ..util.checks import check_positive, check_queries
 from ..util.device import resolve_backend
 from ..util.memtrim import maybe_trim, trim
@@ -60,8 +61,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     mode: str | None = None
 
     def __init__(self, dim: int, config: IndexConfig | str | None = None, *, _vectors=None):
-        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        dim = check_dim(dim)  # before anything is allocated (dim=2**40 asked for 1 TiB)
         if isinstance(config, str):
             config = IndexConfig.preset(config)
         elif config is None:
@@ -249,7 +249,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         TypeError, ValueError
             Non-float dtype, wrong rank or dimension, empty batch, NaN/inf, an all-zero vector
             under cosine, lengths that disagree, importance outside [0, 1], non-UTF-8 text, a
-            content over the size limit, bad tags, or more than 2**32 - 1 memories. Nothing is
+            content over the size limit, bad tags, or more than util.bounds.MAX_ROWS memories. Nothing is
             stored and nothing is logged.
         """
         from . import writes  # torch and the vector path load on first use
@@ -325,16 +325,11 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
                                       None if rerank is None else check_positive("rerank", rerank), target_recall)
         s = executor.Search(k=check_queries(q.shape[0], k), exact_max=cfg.filter_exact_max,
                             cosine=cfg.metric == "cosine", **chosen)
-        if where is not None and not isinstance(where, filters.Filter):
-            raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
+        allowed = filters.allowed_rows(parts, where)  # the one filter rule of every route
         if rank is not None and not isinstance(rank, ranking.Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
         enc = self.encoder
         parts.probe.queries.offer(q, transform=lambda r: enc.normalize(r).cpu().numpy())
-        allowed = None
-        if where is not None and not where.is_empty():
-            allowed = filters.evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
-                               deleted=parts.tombstones.bitmap, fields=parts.docmeta)
         mirror = device_mirror.mirror_ready(self)
         if rank is None or rank.is_plain:
             scores, ids, self.last_plan = executor.similar(parts, q, s, allowed, mirror)

@@ -105,17 +105,9 @@ class SparseSearchMixin:
     def _result(self, ids, scores, single) -> SearchResult:
         return as_result(self, ids, scores, single)
 
-    def _allowed(self, where):
-        if where is None or where.is_empty():
-            return None
-        if not isinstance(where, filters.Filter):
-            raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
-        p = self.parts
-        return filters.evaluate(where, tags=p.tags, metadata=p.meta, n_rows=p.rows, deleted=p.tombstones.bitmap)
-
     def _masks(self, arena, where):
         """``(exclude, allowed_slots)`` for a filter: a slot mask, or (narrow filters) the slots."""
-        allowed = self._allowed(where)
+        allowed = filters.allowed_rows(self.parts, where)
         if allowed is None:
             return {}
         rows = np.asarray(allowed.to_array(), dtype=np.int64)

@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 
 from ..records.metadata import MetadataColumns
+from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
@@ -17,10 +18,6 @@ from . import extids, lifecycle, mirror, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
-
-#: Row numbers are uint32 in the tombstones and the tag bitmaps.
-MAX_ROWS = 2**32 - 1
-
 
 @dataclasses.dataclass
 class AddBatch:
@@ -74,8 +71,9 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=N
         contents = parts.contents.validate(contents)
     norm_tags = parts.tags.validate(tags, n) if tags is not None else None
     ts, imp = MetadataColumns.validate(n, timestamps, importance)
-    if parts.rows + n > MAX_ROWS - 1:
-        raise ValueError(f"an index holds at most 2**32 - 1 memories; this batch of {n} would exceed it")
+    if parts.rows + n > MAX_ROWS:
+        raise ValueError(f"an index holds at most {MAX_ROWS:,} memories (rows, deleted ones included; "
+                         f"util.bounds.MAX_ROWS); this batch of {n:,} on {parts.rows:,} rows would exceed it")
     ext = extids.prepare_add(index, n, ids, metadata)
     packed = sparse_parts.prepare(sparse, n)
     return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext, packed)

@@ -32,11 +32,13 @@ import json
 import logging
 import os
 import pathlib
+import re
 from typing import Iterator
 
 import numpy as np
 
 from ..records.metadata import DEFAULT_IMPORTANCE
+from ..util.bounds import MAX_JSON_DEPTH
 from . import rules
 from .arrays import ArrayReader
 from .errors import InvalidRecord, MigrationError
@@ -106,10 +108,32 @@ def count_records(path) -> int:
     return sum(1 for _ in records(path))
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def check_depth(raw) -> None:
+    """Refuse JSON nested deeper than ``util.bounds.MAX_JSON_DEPTH`` before it is parsed (the
+    parser would end in a ``RecursionError``); cheap for ordinary records (a byte count)."""
+    raw = raw.encode() if isinstance(raw, str) else bytes(raw)
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    opens = np.frombuffer(b"".join(_BRACKETS.findall(_STRING.sub(b"", raw))), dtype=np.uint8)
+    step = np.where((opens == ord("[")) | (opens == ord("{")), 1, -1)
+    depth = int(np.cumsum(step).max()) if len(step) else 0
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidRecord(f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH} "
+                            "(lukhas_gpu.util.bounds.MAX_JSON_DEPTH)")
+
+
 def loads(raw: bytes):
-    """One JSON line -> its value; :class:`InvalidRecord` says why it is not JSON."""
+    """One JSON line -> its value; :class:`InvalidRecord` says why it is not JSON (or nested
+    deeper than ``MAX_JSON_DEPTH``)."""
+    check_depth(raw)
     try:
         return json.loads(raw)
+    except RecursionError:  # pragma: no cover - check_depth refuses these first
+        raise InvalidRecord("JSON nested too deep to parse") from None
     except json.JSONDecodeError as e:
         tail = "" if raw.rstrip().endswith(b"}") else " (the line ends mid-record: truncated?)"
         raise InvalidRecord(f"invalid JSON: {e.msg} at column {e.colno}{tail}") from None
@@ -186,8 +210,11 @@ def parse_record(obj, *, dim: int | None):
     meta = obj.get("metadata")
     if isinstance(meta, str):  # the old store kept metadata as a JSON-encoded string
         try:
+            check_depth(meta)
             meta = json.loads(meta)
-        except ValueError:
+        except InvalidRecord:
+            raise
+        except (ValueError, RecursionError):
             raise InvalidRecord('"metadata" is a string but not a JSON object') from None
     if meta is None:
         meta = {}

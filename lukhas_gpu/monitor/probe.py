@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from ..util.memory import DRIFT_HISTORY, DRIFT_HISTORY_COLUMNS
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Reservoir", "Probe", "DriftMonitor", "recall_estimate", "imbalance_factor"]
@@ -40,8 +42,6 @@ DRIFT_WINDOW = 16384
 #: Measured rows the recent window needs before it is compared with the baseline (a mean of
 #: fewer rows of these heavy-tailed errors moves by 10-20% by chance).
 DRIFT_MIN_ROWS = 512
-#: Per-batch history kept for ``drift()["history"]``.
-DRIFT_HISTORY = 256
 
 
 class Reservoir:
@@ -256,7 +256,7 @@ class DriftMonitor:
         self.batches = 0
         self._cur = _Window(0)
         self._last = _Window(0)
-        self._history = np.zeros((0, 6), dtype=np.float64)  # rows, quant, coarse, pq, imbalance, score
+        self._history = np.zeros((0, DRIFT_HISTORY_COLUMNS), dtype=np.float64)  # rows, quant, coarse, pq, imbalance, score
         self._alerted = False
 
     # -- measuring -------------------------------------------------------------------------------
@@ -394,4 +394,4 @@ class DriftMonitor:
                 w.hist = h.copy()
             windows.append(w)
         self._cur, self._last = windows
-        self._history = np.asarray(a["history"], dtype=np.float64).reshape(-1, 6)
+        self._history = np.asarray(a["history"], dtype=np.float64).reshape(-1, DRIFT_HISTORY_COLUMNS)

@@ -1,6 +1,9 @@
 """Filters: a :class:`Filter` becomes a roaring bitmap of allowed rows (the planner, in
 :mod:`.planner`, then chooses how to search them).
 
+:func:`allowed_rows` is the one rule every route applies (dense, exact, sparse, BM25, hybrid,
+``select``, and each shard of a sharded search): the rows the filter allows, minus tombstones.
+
 Tag constraints are roaring operations on the per-tag bitmaps; time and importance constraints are
 vectorised scans of the metadata columns (only over the rows the tags left, when they left few).
 """
@@ -12,9 +15,10 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..records.metadata import to_epoch_seconds
+from ..util.bounds import MAX_FILTER_TAGS
 from . import metafilter
 
-__all__ = ["Filter", "evaluate"]
+__all__ = ["Filter", "allowed_rows", "check_where", "evaluate"]
 
 
 def _tag_tuple(name: str, value) -> tuple[str, ...]:
@@ -26,6 +30,9 @@ def _tag_tuple(name: str, value) -> tuple[str, ...]:
         items = tuple(value)
     except TypeError:
         raise TypeError(f"Filter.{name} must be a str or a list of str, got {type(value).__name__}") from None
+    if len(items) > MAX_FILTER_TAGS:
+        raise ValueError(f"Filter.{name} holds {len(items):,} tags, at most {MAX_FILTER_TAGS:,} "
+                         "(lukhas_gpu.util.bounds.MAX_FILTER_TAGS)")
     for t in items:
         if not isinstance(t, str):
             raise TypeError(f"Filter.{name} must hold str tags, got {type(t).__name__}")
@@ -94,6 +101,24 @@ class Filter:
                 and (self.since is None or timestamp >= self.since)
                 and (self.until is None or timestamp <= self.until)
                 and (self.min_importance is None or importance >= self.min_importance - 1e-12))
+
+
+def check_where(where) -> Filter | None:
+    """``where`` checked: a :class:`Filter`, or None; an empty filter is None (no filter)."""
+    if where is not None and not isinstance(where, Filter):
+        raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
+    return None if where is None or where.is_empty() else where
+
+
+def allowed_rows(parts, where) -> BitMap | None:
+    """The live rows of an index (``IndexParts``: its tags, metadata columns, declared metadata
+    fields and tombstones) that ``where`` allows, as a roaring bitmap; None for no filter (every
+    live row). The one function every search route and ``select`` turn a filter into rows with."""
+    where = check_where(where)
+    if where is None:
+        return None
+    return evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
+                    deleted=parts.tombstones.bitmap, fields=parts.docmeta)
 
 
 def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None, fields=None) -> BitMap:

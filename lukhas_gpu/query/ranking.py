@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from ..util.bounds import MAX_RANK_WEIGHT
+
 __all__ = ["Rank", "DEFAULT_HALF_LIFE"]
 
 #: One day, in seconds.
@@ -37,8 +39,9 @@ class Rank:
 
     Parameters
     ----------
-    similarity, recency, importance : float >= 0
-        Weights of cosine similarity, exponential recency decay and stored importance.
+    similarity, recency, importance : float in [0, MAX_RANK_WEIGHT]
+        Weights of cosine similarity, exponential recency decay and stored importance (at most
+        ``util.bounds.MAX_RANK_WEIGHT``, so float32 scores stay finite: only their ratios order).
     half_life : seconds or timedelta, default one day
         Age at which the recency term halves.
     now : epoch seconds, datetime or datetime64, optional
@@ -58,8 +61,9 @@ class Rank:
         for name, v in (("similarity", similarity), ("recency", recency), ("importance", importance)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
                 raise TypeError(f"Rank.{name} must be a finite number, got {v!r}")
-            if v < 0:
-                raise ValueError(f"Rank.{name} must be >= 0, got {v}")
+            if not 0 <= v <= MAX_RANK_WEIGHT:
+                raise ValueError(f"Rank.{name} must be >= 0 and <= {MAX_RANK_WEIGHT:g} (lukhas_gpu.util.bounds."
+                                 f"MAX_RANK_WEIGHT; scale the weights down, only their ratios order), got {v}")
         if similarity == recency == importance == 0:
             raise ValueError("Rank needs at least one positive weight")
         hl = _seconds(half_life, "half_life")

@@ -31,7 +31,7 @@ DEFAULT_LEVEL = 3
 DEFAULT_DICT_SIZE = 16384
 DEFAULT_TRAIN_AFTER = 2048
 
-_FORMAT_VERSION = 1
+_CONTENTS_FORMAT_VERSION = 1
 _SETTINGS = ("level", "max_content_bytes", "dict_size", "train_after")
 _SCALARS = _SETTINGS + ("raw_bytes", "stored_bytes", "garbage_bytes", "n_nonempty", "nonempty_bytes",
                         "last_train_at")
@@ -421,7 +421,7 @@ class ContentArena:
         codec = self._codec
         dicts, dict_offsets = _concat([d.as_bytes() for d in codec.dictionaries[1:]])
         samples, sample_offsets = _concat(list(codec.samples))
-        out = {"format_version": np.array(_FORMAT_VERSION, dtype=np.int64), "buffer": buffer,
+        out = {"format_version": np.array(_CONTENTS_FORMAT_VERSION, dtype=np.int64), "buffer": buffer,
                "starts": self._starts.view().copy(), "dictionaries": dicts,
                "dictionary_offsets": dict_offsets, "samples": samples, "samples_offsets": sample_offsets}
         for name in _SCALARS:
@@ -450,9 +450,9 @@ class ContentArena:
         if missing:
             raise ValueError(f"content arena arrays lack {missing}")
         version = int(arrays["format_version"])
-        if version != _FORMAT_VERSION:
+        if version != _CONTENTS_FORMAT_VERSION:
             raise ValueError(f"content arena format_version {version} is not supported "
-                             f"(this code reads {_FORMAT_VERSION})")
+                             f"(this code reads {_CONTENTS_FORMAT_VERSION})")
         settings = {k: int(arrays[k]) for k in _SETTINGS}
         settings.update(kwargs)
         self = cls(**settings)

@@ -26,6 +26,7 @@ import hashlib
 
 import numpy as np
 
+from ..util.bounds import MAX_ID, MIN_ID
 from .columns import GrowableArray
 
 __all__ = ["KeyTable", "encode_keys", "MAX_KEY_BYTES", "KIND_NONE", "KIND_INT", "KIND_LONG"]
@@ -112,7 +113,7 @@ def encode_keys(keys, what: str = "ids", *, kind: str | None = None):
                 a[i] = np.frombuffer(hashlib.blake2b(raw, digest_size=8).digest(), dtype="<u8")[0]
                 longs[i] = raw
         elif isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and kind != "str":
-            if not -2**63 <= int(k) < 2**63:
+            if not MIN_ID <= int(k) <= MAX_ID:
                 raise ValueError(f"{what}[{i}] = {int(k)} is outside int64")
             kinds[i], a[i] = KIND_INT, np.uint64(int(k) & 0xFFFFFFFFFFFFFFFF)
         else:

@@ -19,13 +19,14 @@ import array
 import numpy as np
 from pyroaring import BitMap
 
+from ..util.bounds import MAX_ROWS
 from ..util.memory import bitmap_bytes
 from .columns import GrowableArray
 
 __all__ = ["TagLists", "MAX_ROWS"]
 
-# Read at call time (not bound as defaults) so tests can lower them to exercise the limits.
-MAX_ROWS = 2**32
+# Read at call time (not bound as defaults) so tests can lower them to exercise the limits
+# (``MAX_ROWS`` is the store's, from ``util.bounds``).
 _MAX_FLAT_ENTRIES = 2**32 - 1
 
 # pyroaring copies an ``array.array`` of C unsigned ints straight into the bitmap; a numpy array

@@ -9,7 +9,7 @@ objects exist per distinct *tag* only (its name, its dict entry, its bitmap).
 This module owns the vocabulary (interning names to ids) and the public boundary; the tag rules
 and limits are :mod:`lukhas_gpu.records.validate`'s (:data:`MAX_TAG_BYTES`,
 :data:`MAX_TAGS_PER_MEMORY`), the storage limits :mod:`lukhas_gpu.records.taglists`' (at most
-``2**32`` rows, ``2**32 - 1`` flat entries garbage included; when an update would cross the
+``util.bounds.MAX_ROWS`` rows, ``2**32 - 1`` flat entries garbage included; when an update would cross the
 latter the index compacts itself first).
 
 Updates append: a replaced row's new list goes to the end of the flat array and its old entries
@@ -232,7 +232,7 @@ class TagIndex:
         TypeError, ValueError
             As :meth:`validate`.
         OverflowError
-            The index would pass ``2**32`` rows (the bitmaps' 32-bit row numbers).
+            The index would pass ``MAX_ROWS`` rows (the bitmaps' 32-bit row numbers).
         """
         counts, ids, new_names = self._prepare(tags, n)
         self._lists.make_room(len(ids), rows=len(counts))

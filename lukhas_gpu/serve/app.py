@@ -13,16 +13,18 @@ import contextlib
 import gc
 import logging
 import time
+from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from ..index import MemoryIndex
 from ..store.layout import StoreError
+from ..util.bounds import MAX_ID, MIN_ID
 from . import errors, wire
 from . import search as search_mod
 from .search import SUPPORTS_TARGET_RECALL
@@ -43,6 +45,8 @@ __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
                         "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
                         "/docs"})
+#: A memory id in a path: an int64 (a larger one is a 422 naming it, never a 500 from numpy).
+_PathId = Annotated[int, Path(ge=MIN_ID, le=MAX_ID, description="the memory's id (int64)")]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
 
 
@@ -320,7 +324,7 @@ def _routes(app: FastAPI, st: _State) -> None:
             raise errors.ApiError(404, f"no memory with id {int(ids[~live][0])} (never assigned, or deleted)")
 
     @app.get("/v1/memories/{memory_id}", summary="one memory", responses={200: {"model": MemoryOut}, **_ERRORS})
-    async def get_one(memory_id: int):
+    async def get_one(memory_id: _PathId):
         ids = np.asarray([memory_id], dtype=np.int64)
         await _known(ids)
         return _json(_memory((await st.run(st.index.get, ids))[0]))
@@ -338,7 +342,7 @@ def _routes(app: FastAPI, st: _State) -> None:
 
     @app.delete("/v1/memories/{memory_id}", summary="delete one memory",
                 responses={200: {"model": DeleteResponse}, **_ERRORS})
-    async def delete_one(memory_id: int):
+    async def delete_one(memory_id: _PathId):
         t0 = time.perf_counter()
         _writable()
         ids = np.asarray([memory_id], dtype=np.int64)

@@ -25,7 +25,9 @@ def _validation_message(e) -> str:
     parts = []
     for err in e.errors()[:3]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        got = err.get("input")
+        got = f" (got {got!r:.80})" if isinstance(got, (int, float, str, bool)) and "input" in err else ""
+        parts.append(f"{loc}: {err.get('msg')}{got}" if loc else f"{err.get('msg')}{got}")
     return "; ".join(parts)
 
 

@@ -6,22 +6,37 @@ for it.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..util.checks import MAX_K
+from ..util.bounds import (
+    MAX_ID,
+    MAX_K,
+    MAX_NPROBE,
+    MAX_REQUEST_IDS,
+    MAX_REQUEST_RESULTS,
+    MAX_REQUEST_VECTORS,
+    MAX_RERANK,
+    MIN_ID,
+)
 
 __all__ = ["SearchParams", "SearchRequest", "SearchResponse", "AddRequest", "AddResponse", "IdsRequest",
            "MemoryOut", "MemoriesResponse", "DeleteResponse", "ErrorResponse", "MAX_REQUEST_VECTORS",
-           "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS"]
+           "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS", "WireInt", "WireId"]
 
-#: Most vectors in one search or add request.
-MAX_REQUEST_VECTORS = 65_536
-#: Most results (vectors x k) in one search answer.
-MAX_REQUEST_RESULTS = 1_000_000
-#: Most ids in one lookup or delete request.
-MAX_REQUEST_IDS = 100_000
+
+def _not_bool(v):
+    if isinstance(v, bool):  # JSON true is not the int 1 (pydantic's lax mode would take it)
+        raise ValueError(f"expected an integer, got the boolean {str(v).lower()}")  # noqa: TRY004 -- pydantic reports ValueError
+    return v
+
+
+#: An int on the wire: a JSON integer (or its decimal string in a query), never a boolean.
+WireInt = Annotated[int, BeforeValidator(_not_bool)]
+#: A memory id on the wire: an int64.
+WireId = Annotated[int, BeforeValidator(_not_bool), Field(ge=MIN_ID, le=MAX_ID)]
+
 
 _WHERE = ("A filter: any of tags_all, tags_any, tags_none (a tag or a list of tags), since, until (epoch "
           "seconds or ISO-8601, inclusive), min_importance (0..1); all must hold.")
@@ -33,11 +48,11 @@ class SearchParams(BaseModel):
     """Everything of a search but its vectors (also the query string of a binary search)."""
 
     model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, ge=1, le=MAX_K, description="results per query")
+    k: WireInt = Field(10, ge=1, le=MAX_K, description="results per query")
     where: Optional[dict[str, Any]] = Field(None, description=_WHERE)
     rank: Optional[dict[str, Any]] = Field(None, description=_RANK)
-    nprobe: Optional[int] = Field(None, ge=1, le=1 << 20, description="IVF lists visited (default: the store's)")
-    rerank: Optional[int] = Field(None, ge=1, le=1 << 20, description="candidates re-scored per result")
+    nprobe: Optional[WireInt] = Field(None, ge=1, le=MAX_NPROBE, description="IVF lists visited (default: the store's)")
+    rerank: Optional[WireInt] = Field(None, ge=1, le=MAX_RERANK, description="candidates re-scored per result")
     target_recall: Optional[float] = Field(None, gt=0.0, le=1.0,
                                            description="tune the search to this recall@k (where the library "
                                                        "supports it; 422 otherwise)")
@@ -73,7 +88,7 @@ class AddResponse(BaseModel):
 
 class IdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[int] = Field(..., min_length=1, max_length=MAX_REQUEST_IDS)
+    ids: list[WireId] = Field(..., min_length=1, max_length=MAX_REQUEST_IDS)
 
 
 class MemoryOut(BaseModel):

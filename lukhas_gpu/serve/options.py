@@ -7,14 +7,14 @@ import math
 import os
 import pathlib
 
+from ..util.bounds import MAX_BODY_MB, MAX_CONNECTIONS, MAX_QUEUE, MAX_WORKERS
+from ..util.bounds import MAX_SERVE_BATCH as MAX_BATCH
+
 __all__ = ["ServeOptions", "read_api_key", "ENV_OPTIONS", "MAX_BATCH", "MAX_BODY_MB"]
 
 #: The environment variable that carries the options to uvicorn's worker processes (``--workers``).
 ENV_OPTIONS = "LUKHAS_GPU_SERVE_OPTIONS"
-#: Upper bound of ``--max-batch`` (queries merged into one search).
-MAX_BATCH = 65_536
-#: Upper bound of ``--max-body-mb``.
-MAX_BODY_MB = 4096
+#: ``MAX_BATCH`` (``--max-batch``) and ``MAX_BODY_MB`` (``--max-body-mb``) are ``util.bounds``'.
 
 
 @dataclasses.dataclass
@@ -83,11 +83,11 @@ class ServeOptions:
             raise ValueError(f"mode must be 'r' (a reader) or 'w' (the writer), got {self.mode!r}")
         _int_in("port", self.port, 0, 65535)
         _int_in("max_batch", self.max_batch, 1, MAX_BATCH)
-        _int_in("workers", self.workers, 1, 256)
-        _int_in("max_connections", self.max_connections, 1, 1 << 20)
+        _int_in("workers", self.workers, 1, MAX_WORKERS)
+        _int_in("max_connections", self.max_connections, 1, MAX_CONNECTIONS)
         if self.max_queue is None:
             self.max_queue = max(64 * self.max_batch, 1024)
-        _int_in("max_queue", self.max_queue, 1, 1 << 24)
+        _int_in("max_queue", self.max_queue, 1, MAX_QUEUE)
         _float_in("max_wait_ms", self.max_wait_ms, 0.0, 10_000.0)
         _float_in("max_body_mb", self.max_body_mb, 1e-3, MAX_BODY_MB)
         _float_in("timeout_s", self.timeout_s, 1e-3, 86_400.0)

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from ..util.bounds import MAX_FILTER_TAGS
+
 __all__ = ["SHAPE_HEADER", "DTYPE_HEADER", "BINARY", "FILTER_KEYS", "RANK_KEYS", "parse_where", "parse_rank",
            "where_to_json", "rank_to_json", "vectors_from_json", "vectors_from_bytes", "vectors_to_bytes",
            "results_to_bytes", "results_from_bytes", "parse_shape", "parse_time", "content_to_json", "content_from_json"]
@@ -70,8 +72,8 @@ def parse_where(obj):
         v = kw.get(key)
         if v is not None and not isinstance(v, (str, list)):
             raise TypeError(f"where.{key} must be a tag or a list of tags, got {type(v).__name__}")
-        if isinstance(v, list) and len(v) > 4096:
-            raise ValueError(f"where.{key} holds {len(v)} tags, at most 4096")
+        if isinstance(v, list) and len(v) > MAX_FILTER_TAGS:
+            raise ValueError(f"where.{key} holds {len(v)} tags, at most {MAX_FILTER_TAGS}")
     flt = Filter(**kw)
     return None if flt.is_empty() else flt
 

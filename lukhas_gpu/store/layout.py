@@ -40,15 +40,17 @@ import zlib
 
 import numpy as np
 
+from ..util.bounds import MAX_DIM, MAX_ROWS
+
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedError", "Generation",
+__all__ = ["STORE_FORMAT", "FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedError", "Generation",
            "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
            "acquire_lock", "release_lock", "StoreLock", "lock_holder", "check_manifest",
            "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
            "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC", "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST"]
 
-FORMAT = "lukhas_gpu-store"
+STORE_FORMAT = "lukhas_gpu-store"
 FORMAT_VERSION = 1
 # -- the store directory's files (this module is the one place that names them) ------------------
 CURRENT = "CURRENT"
@@ -96,9 +98,8 @@ REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().
 MAPPED = (VECTORS, CONTENT)
 _CHUNK = 1 << 22
-#: Bounds a manifest is held to before anything is allocated from it.
-MAX_DIM = 65536
-MAX_ROWS = 2**32 - 1
+#: Bounds a manifest is held to before anything is allocated from it (``MAX_DIM`` and ``MAX_ROWS``
+#: are the caller's bounds too, owned by ``util.bounds``).
 MAX_FILE_BYTES = 1 << 48
 
 
@@ -121,10 +122,20 @@ class StoreLockedError(StoreError):
     """Another process holds the store open for writing."""
 
 
-def fsync_dir(path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
+def fsync_dir(path, *, quiet: bool = False) -> None:
+    """Flush a directory entry change (create / rename). ``quiet``: a no-op where directories
+    cannot be opened or fsynced (the log's choice; a generation's publish wants the error)."""
+    try:
+        fd = os.open(str(path) or ".", os.O_RDONLY)
+    except OSError:
+        if quiet:  # pragma: no cover - e.g. Windows
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError:
+        if not quiet:  # pragma: no cover - some filesystems refuse fsync on directories
+            raise
     finally:
         os.close(fd)
 
@@ -198,7 +209,7 @@ class Generation:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def publish(self, manifest: dict) -> pathlib.Path:
-        manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
+        manifest = {**manifest, "format": STORE_FORMAT, "format_version": FORMAT_VERSION,
                     "generation": self.number, "files": self.files}
         manifest[MANIFEST_CRC] = manifest_crc(manifest)
         with _naming(self.tmp / MANIFEST), open(self.tmp / MANIFEST, "w") as f:
@@ -314,8 +325,8 @@ def read_manifest(gen_dir) -> dict:
         raise CorruptStoreError(path, "missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptStoreError(path, f"not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptStoreError(path, f"not a {FORMAT} manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise CorruptStoreError(path, f"not a {STORE_FORMAT} manifest")
 
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:

@@ -58,7 +58,7 @@ import zlib
 
 from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, OP, RECORD, RECORD_HEADER_SIZE,
                        decode_fields, encode_fields, encode_parts)
-from .layout import CorruptStoreError
+from .layout import CorruptStoreError, fsync_dir
 from .walreader import WalDamage, WalReader, WalRecord, WalScan, check_max_record_bytes, find_record, scan_damage
 
 try:  # POSIX only; elsewhere the single-writer rule is the caller's to keep
@@ -231,7 +231,7 @@ class WriteAheadLog:
             _unlink_quietly(tmp)
             raise
         _unlink_quietly(tmp)
-        _fsync_dir(d)
+        fsync_dir(d, quiet=True)
         return fd
 
     def _adopt_existing(self, fd: int, base) -> None:
@@ -493,7 +493,7 @@ def move_aside(path, tag: str = "damaged") -> str:
     while os.path.exists(dest):
         dest, k = f"{os.fspath(path)}.{tag}-{stamp}-{k}", k + 1
     os.rename(path, dest)
-    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    fsync_dir(os.path.dirname(os.path.abspath(dest)), quiet=True)
     return dest
 
 
@@ -571,18 +571,6 @@ def _same_file(fd: int, path: str) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
-def _fsync_dir(d: str) -> None:
-    """Flush a directory entry change (create / rename); a no-op where directories cannot be opened."""
-    try:
-        dfd = os.open(d or ".", os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(dfd)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import pathlib
 
 __all__ = ["PAGE", "HUGE_PAGE", "HUGE_FROM", "ROARING_CONTAINER_BYTES", "huge_page_slack",
-           "bitmap_bytes", "zstd_context_bytes"]
+           "bitmap_bytes", "zstd_context_bytes", "DRIFT_HISTORY", "DRIFT_HISTORY_COLUMNS",
+           "DRIFT_HISTORY_BYTES"]
 
 PAGE = 4096
 #: A transparent huge page (numpy advises them for arrays of ``HUGE_FROM`` bytes and more).
@@ -25,6 +26,11 @@ HUGE_FROM = 4 << 20
 #: Per roaring container, beyond its values: its slot in the bitmap (key, type, pointer), the
 #: container struct and the allocator headers of both buffers.
 ROARING_CONTAINER_BYTES = 11 + 16 + 32
+#: The drift monitor's per-batch history (``drift()["history"]``): rows kept, float64 columns
+#: (rows, quant, coarse, pq, imbalance, score), bytes at most (the planner's estimate).
+DRIFT_HISTORY = 256
+DRIFT_HISTORY_COLUMNS = 6
+DRIFT_HISTORY_BYTES = DRIFT_HISTORY * DRIFT_HISTORY_COLUMNS * 8
 
 
 def huge_page_slack(used: int, reserved: int) -> int:

@@ -21,15 +21,11 @@ import logging
 import numpy as np
 import torch
 
+from .policy import dim_out_for
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Encoder", "default_dim_out"]
-
-MAX_DIM_OUT = 512
-
-
-def default_dim_out(dim: int) -> int:
-    return min(dim, MAX_DIM_OUT)
+__all__ = ["Encoder"]
 
 
 class Encoder(torch.nn.Module):
@@ -40,7 +36,7 @@ class Encoder(torch.nn.Module):
     dim : int
         Input dimension D.
     dim_out : int, optional
-        Projected dimension d (``None``: ``min(D, 512)``). ``d == D`` means no projection.
+        Projected dimension d (``None``: ``policy.dim_out_for(D)``, at most ``util.bounds.MAX_DIM_OUT``). ``d == D`` means no projection.
     metric : {"cosine", "ip"}
         ``cosine`` L2-normalises inputs (and the projected vectors).
     quantile : float
@@ -52,7 +48,7 @@ class Encoder(torch.nn.Module):
     def __init__(self, dim: int, *, dim_out: int | None = None, metric: str = "cosine",
                  quantile: float = 0.9999, batch_size: int = 65536):
         super().__init__()
-        d = default_dim_out(dim) if dim_out is None else int(dim_out)
+        d = dim_out_for(dim) if dim_out is None else int(dim_out)
         if not 0 < d <= dim:
             raise ValueError(f"dim_out must be in [1, {dim}], got {d}")
         self.dim, self.dim_out, self.metric = int(dim), d, metric

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..util.bounds import MAX_DIM_OUT
 from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
 
 __all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS",
            "HNSW_COARSE_FROM", "TWO_LEVEL_FROM", "auto_nlist", "auto_pq_m", "train_sample_size",
            "planned_nlist", "nlist_at", "train_rows", "train_at", "coarse_for", "vector_capacity", "sample_index"]
 
-#: Projected dimension at most (the ANN codes and the device mirror live in this space).
-MAX_DIM_OUT = 512
 #: Rows sampled from the first batch to fit the int8 scales.
 FIT_SAMPLE = 100_000
 #: The int8 scales are refitted on every add until this many rows have arrived (the first rows
@@ -33,10 +32,10 @@ VECTOR_MIN_ROWS = 4096
 MIN_TRAIN_ROWS = 1024
 
 
-def dim_out_for(dim: int, cfg) -> int:
+def dim_out_for(dim: int, cfg=None) -> int:
     """The projected dimension of an index of ``dim``: ``cfg.dim_out`` (a preset's value above
-    ``dim`` means no projection), else ``min(dim, MAX_DIM_OUT)``."""
-    if cfg.dim_out:
+    ``dim`` means no projection), else ``min(dim, MAX_DIM_OUT)`` (``util.bounds``)."""
+    if cfg is not None and cfg.dim_out:
         return min(int(cfg.dim_out), dim)
     return min(dim, MAX_DIM_OUT)
 

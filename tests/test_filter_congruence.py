@@ -1,0 +1,124 @@
+"""One filter rule for every route: the same ``Filter`` through dense (exact scan and IVF, plain and
+ranked), sparse, BM25 text, hybrid, ``select`` and a sharded root gives the rows a plain-Python
+evaluation of the filter allows (tags any/all/none, time range, importance, declared metadata fields), deleted rows
+excluded. Every row scores on every route (a shared term, a shared sparse dimension) and ``k`` is
+the store's size, so each route's answer *is* its allowed set."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank
+from lukhas_gpu.distributed import ShardedIndex, layout
+from lukhas_gpu.query import metafilter
+
+N, DIM, NLIST, T0 = 1200, 32, 8, 1_700_000_000
+DELETED = np.arange(5, N, 37)
+FIELDS = {"user": "str", "turn": "int"}
+RANK = Rank(1.0, 0.5, 0.5, half_life=300, now=T0 + 1000)
+SPARSE_Q = (np.array([0], np.int64), np.array([1.0], np.float32))
+
+
+def _data():
+    rng = np.random.default_rng(7)
+    tags = [[t for t, on in (("a", i % 2), ("b", i % 3 == 0), ("c", i % 5 == 0)) if on] for i in range(N)]
+    meta = [None if i % 11 == 0 else {"user": f"u{i % 4}", **({"turn": int(i % 6)} if i % 7 else {})}
+            for i in range(N)]
+    sparse = [(np.array([0, 1 + i % 50], np.int64), np.array([0.5 + (i % 3), 1.0], np.float32)) for i in range(N)]
+    return {"embeddings": rng.standard_normal((N, DIM)).astype(np.float32),
+            "contents": [f"common word{i % 7}" for i in range(N)], "tags": tags,
+            "timestamps": (T0 + rng.integers(0, 1000, N)).astype(np.float64),
+            "importance": rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], N), "metadata": meta, "sparse": sparse}
+
+
+DATA = _data()
+FILTERS = [
+    Filter(tags_any=["a", "c"]),
+    Filter(tags_all=["a", "c"]),
+    Filter(tags_none="b"),
+    Filter(since=T0 + 200, until=T0 + 600),
+    Filter(min_importance=0.5),
+    Filter(meta={"user": "u1"}),
+    Filter(tags_any="a", meta={"turn": {"$gte": 3}}),
+    Filter(min_importance=0.25, meta={"$or": [{"user": "u0"}, {"turn": {"$lt": 2}}]}),
+    Filter(meta={"turn": {"$ne": 2}}),
+    Filter(meta={"turn": {"$exists": False}}),
+    Filter(tags_all="c", tags_none="b", since=T0 + 100, meta={"user": {"$in": ["u2", "u3"]}}),
+    Filter(meta={"user": "nobody"}),
+]
+
+
+def reference(f: Filter) -> set:
+    d, gone = DATA, set(DELETED.tolist())
+    return {i for i in range(N) if i not in gone
+            and f.matches(d["tags"][i], d["timestamps"][i], d["importance"][i])
+            and (f.meta is None or metafilter.matches(f.meta, d["metadata"][i]))}
+
+
+def _config(trained: bool) -> IndexConfig:
+    return IndexConfig(metric="ip", text_index=True, metadata_fields=FIELDS, auto_tune=False, nlist=NLIST,
+                       train_threshold=1024 if trained else 1 << 30, filter_exact_max=1)
+
+
+def _found(ids) -> set:
+    ids = np.asarray(ids).ravel()
+    return set(ids[ids >= 0].tolist())
+
+
+@pytest.fixture(scope="module", params=["exact", "ivf"])
+def index(request):
+    ix = MemoryIndex(DIM, _config(request.param == "ivf"))
+    ix.add(**DATA)
+    ix.delete(DELETED)
+    assert ix.is_trained == (request.param == "ivf")
+    return ix
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("congruence") / "root"
+    cut = [0, 500, N]
+    layout.write_root(root, shards=2, dim=DIM, state="complete")
+    for s in range(2):
+        with MemoryIndex.create(layout.shard_dir(root, s), DIM, _config(False)) as ix:
+            ix.add(**{k: v[cut[s]:cut[s + 1]] for k, v in DATA.items()})
+            gone = DELETED[(DELETED >= cut[s]) & (DELETED < cut[s + 1])] - cut[s]
+            ix.delete(gone)
+    with ShardedIndex.open(root) as sh:
+        yield sh, np.asarray(cut, np.int64)
+
+
+@pytest.mark.parametrize("f", FILTERS, ids=range(len(FILTERS)))
+def test_every_route_allows_the_reference_rows(index, f):
+    want = reference(f)
+    q = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
+    routes = {
+        "dense": index.search(q, N, where=f, nprobe=NLIST, rerank=N).ids,
+        "dense_ranked": index.search(q, N, where=f, nprobe=NLIST, rerank=N, rank=RANK).ids,
+        "sparse": index.search(None, N, where=f, sparse=SPARSE_Q).ids,
+        "text": index.search_text("common", N, where=f).ids,
+        "hybrid": index.search(q, N, where=f, text="common", nprobe=NLIST, rerank=N).ids,
+        "hybrid_sparse_text": index.search(None, N, where=f, text="common", sparse=SPARSE_Q).ids,
+        "select": index.select(f),
+    }
+    for route, ids in routes.items():
+        assert _found(ids) == want, route
+
+
+@pytest.mark.parametrize("f", FILTERS, ids=range(len(FILTERS)))
+def test_a_sharded_root_allows_the_reference_rows(sharded, f):
+    sh, cut = sharded
+    want = reference(f)
+    q = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
+
+    def single(gids):
+        gids = np.asarray(gids, np.int64).ravel()
+        gids = gids[gids >= 0]
+        return set((cut[gids >> layout.SHARD_SHIFT] + (gids & layout.ROW_MASK)).tolist())
+
+    assert single(sh.search(q, N, where=f).ids) == want
+    assert single(sh.search(q, N, where=f, rank=RANK).ids) == want
+    assert single(sh.search_text("common", N, where=f).ids) == want
+    assert single(sh.search(None, N, where=f, sparse=SPARSE_Q).ids) == want
+    assert single(sh.search(q, N, where=f, text="common").ids) == want
+    assert single(sh.search(None, N, where=f, text="common", sparse=SPARSE_Q).ids) == want
