@@ -19,7 +19,7 @@ from ..records.metadata import DEFAULT_IMPORTANCE
 from . import rules
 from .arrays import to_f32
 from .errors import MigrationError, MissingExtra
-from .sources import Batch, identity
+from .batch import Batch, identity
 
 __all__ = ["ParquetSource", "PARQUET_COLUMNS", "arrow_batch", "type_problem"]
 
