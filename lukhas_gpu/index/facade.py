@@ -58,6 +58,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
 
     path: pathlib.Path | None = None
     mode: str | None = None
+    salvage_report: dict | None = None  # what open(salvage=True) kept and lost (durable.salvage_wal)
 
     def __init__(self, dim: int, config: IndexConfig | str | None = None, *, _vectors=None):
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
