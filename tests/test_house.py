@@ -174,11 +174,13 @@ def test_nothing_adds_attributes_to_the_facade():
                     continue
                 if _is_facade(t.value) and t.attr not in declared:
                     bad.append(f"{path.name}:{t.lineno} sets index.{t.attr}")
-                if isinstance(t.value, ast.Attribute) and t.value.attr == "state" and _is_facade(t.value.value, FACADE_NAMES + ("self",)) \
-                        and t.attr not in fields:
+                on_state = isinstance(t.value, ast.Attribute) and t.value.attr == "state" \
+                    and _is_facade(t.value.value, FACADE_NAMES + ("self",))
+                if on_state and t.attr not in fields:
                     bad.append(f"{path.name}:{t.lineno} sets state.{t.attr}, not a field of IndexState")
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "getattr") \
-                    and len(node.args) >= 2 and _is_facade(node.args[0]) and isinstance(node.args[1], ast.Constant) \
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("setattr", "getattr") and len(node.args) >= 2 \
+                    and _is_facade(node.args[0]) and isinstance(node.args[1], ast.Constant) \
                     and node.args[1].value not in declared:
                 bad.append(f"{path.name}:{node.lineno} {node.func.id}(index, {node.args[1].value!r})")
         if path.resolve() not in facade_files:
