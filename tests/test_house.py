@@ -244,3 +244,18 @@ def test_test_modules_skip_extras_through_the_one_helper():
     direct = sorted(p.name for p in tests.glob("test_*.py") for node in ast.walk(ast.parse(p.read_text()))
                     if isinstance(node, ast.Attribute) and node.attr == "importorskip")
     assert direct == [], f"use conftest.optional_import, not pytest.importorskip: {direct}"
+
+
+def test_the_batch_accessors_take_rows_and_refuse_deleted_ones():
+    index = MemoryIndex(DIM, IndexConfig(external_ids="str"))
+    x = np.random.default_rng(3).standard_normal((6, DIM)).astype(np.float32)
+    index.add(x, contents=[f"c{i}" for i in range(6)], ids=[f"u{i}" for i in range(6)])
+    res = index.search(x[:2], 3)
+    assert index.contents_at([4, 1]) == ["c4", "c1"] == index.contents(["u4", "u1"])
+    assert [m.external_id for m in index.memories_at([2])] == ["u2"]
+    assert res.contents()[0][0] == "c0" and res.memories()[1][0].id == 1
+    index.delete(["u4"])
+    with pytest.raises(ValueError):
+        index.contents_at([4])
+    with pytest.raises(ValueError):
+        index.memories_at([4])
