@@ -18,7 +18,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["IndexConfig", "preset_names", "PRESET_DIR"]
+__all__ = ["IndexConfig", "as_config", "preset_names", "PRESET_DIR"]
 
 #: Presets: the repository's ``configs/`` is installed as ``lukhas_gpu/configs`` so that a wheel
 #: finds them; a source checkout reads ``configs/`` directly; ``LUKHAS_GPU_CONFIGS`` points elsewhere.
@@ -314,6 +314,18 @@ def _fields(fields) -> tuple | None:
 def _preset_dir() -> pathlib.Path:
     env = os.environ.get("LUKHAS_GPU_CONFIGS")
     return pathlib.Path(env) if env else PRESET_DIR
+
+
+def as_config(config) -> IndexConfig:
+    """``config`` as an :class:`IndexConfig`: itself, the preset it names, or the defaults for None
+    (the facade's and the planners' one rule)."""
+    if config is None:
+        return IndexConfig()
+    if isinstance(config, str):
+        return IndexConfig.preset(config)
+    if not isinstance(config, IndexConfig):
+        raise TypeError(f"config must be an IndexConfig or a preset name, got {type(config).__name__}")
+    return config
 
 
 def preset_names() -> list[str]:

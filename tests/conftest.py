@@ -5,6 +5,9 @@ Helpers are exposed as fixtures that return plain functions (``clustered``, ``ex
 """
 from __future__ import annotations
 
+import importlib
+import os
+
 import faiss
 import numpy as np
 import pytest
@@ -23,6 +26,26 @@ torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)
 
 CUDA_AVAILABLE = torch.cuda.is_available()
+
+#: Values of the ``CI`` environment variable that make a missing optional dependency an error.
+CI_VALUES = ("1", "true", "yes")
+
+
+def optional_import(name: str):
+    """``pytest.importorskip(name)`` for the suite's optional dependencies (the extras), except
+    where ``CI`` is true: there every extra is installed, so a missing one FAILS the tests that
+    need it (at collection, for a module-level import) instead of skipping them silently.
+
+    Test modules import it (``from conftest import optional_import``), at module level or in a test.
+    """
+    if os.environ.get("CI", "").strip().lower() not in CI_VALUES:
+        return pytest.importorskip(name)
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        pytest.fail(f"CI: optional dependency {name!r} is missing ({e}); CI installs every extra "
+                    f"(pip install -e '.[cpu,dev]')", pytrace=False)
+
 
 def pytest_collection_modifyitems(config, items):
     if CUDA_AVAILABLE:

@@ -11,6 +11,8 @@ import pytest
 from lukhas_gpu import IndexConfig, MemoryIndex, Rank
 from lukhas_gpu.util import bounds
 
+from conftest import optional_import
+
 DIM = 16
 
 
@@ -178,7 +180,7 @@ def test_library_ids_beyond_int64_are_named(text_index):
 
 
 def test_the_wire_refuses_bools_and_ids_beyond_int64():
-    pytest.importorskip("pydantic")
+    optional_import("pydantic")
     from pydantic import ValidationError
 
     from lukhas_gpu.serve.errors import _validation_message
@@ -196,8 +198,8 @@ def test_the_wire_refuses_bools_and_ids_beyond_int64():
 
 
 def test_the_server_answers_4xx_naming_an_id_beyond_int64(tmp_path):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
+    optional_import("fastapi")
+    optional_import("httpx")
     from fastapi.testclient import TestClient
 
     from lukhas_gpu.serve.app import create_app

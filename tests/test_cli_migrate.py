@@ -5,6 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import optional_import
+
 from lukhas_gpu import MemoryIndex
 
 from lukhas_gpu import cli
@@ -195,8 +197,8 @@ def test_migrate_help(capsys):
 def _parquet(path, x, contents=None, tags=None, ts=None, imp=None, *, fixed=False, column="embedding",
              timestamp_type=False, binary=False, row_group_size=70, embeddings=None):
     """A Parquet file of the memories; ``embeddings`` (a list of lists / None) overrides ``x``."""
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = optional_import("pyarrow")
+    pq = optional_import("pyarrow.parquet")
     if embeddings is not None:
         emb = pa.array(embeddings, type=pa.list_(pa.float32()))
     elif fixed:
@@ -312,8 +314,8 @@ def test_ingest_parquet_reports_the_first_bad_row_of_a_batch(tmp_path, capsys):
 @pytest.mark.parametrize("what,message", [("column", "has no column 'embedding'"),
                                           ("type", "column 'tags' has type list<")])
 def test_ingest_parquet_bad_schema(tmp_path, capsys, what, message):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = optional_import("pyarrow")
+    pq = optional_import("pyarrow.parquet")
     emb = pa.array([[0.5] * 4, [0.25] * 4], type=pa.list_(pa.float32()))
     cols = {"vectors": emb} if what == "column" else {"embedding": emb, "tags": pa.array([[1], [2]])}
     pq.write_table(pa.table(cols), tmp_path / "x.parquet")

@@ -18,9 +18,11 @@ import zlib
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray")
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+from conftest import optional_import
+
+ray = optional_import("ray")
+pa = optional_import("pyarrow")
+pq = optional_import("pyarrow.parquet")
 
 from lukhas_gpu import IndexConfig, MemoryIndex  # noqa: E402
 from lukhas_gpu.distributed import IngestReport, ShardedIndex, ingest, layout  # noqa: E402

@@ -155,9 +155,9 @@ def test_ids_upsert_update_delete_and_filtered_search(tmp_path):
         assert sorted(i for i in row if i is not None) == sorted(ids[i] for i in want)
     assert res.external_ids[0][0] == ids[0] if 0 in want else True
     # upsert: same id, new vector / content / metadata; the count stays
-    wal = len(ix._wal)
+    wal = len(ix.state.wal)
     ix.add(-x[:3], contents=["n0", "n1", "n2"], ids=ids[:3], metadata=[{"v": 2}, None, {"user": "new"}])
-    assert len(ix) == 300 and len(ix._wal) == wal + 1  # one record
+    assert len(ix) == 300 and len(ix.state.wal) == wal + 1  # one record
     assert [m.content for m in ix.get(ids[:3])] == ["n0", "n1", "n2"]
     assert ix.search(-x[0], k=1).external_ids == [ids[0]]
     ix.update([ids[10]], embeddings=x[20:21], metadata=[{"turn": 5}], contents=["moved"])
@@ -168,7 +168,7 @@ def test_ids_upsert_update_delete_and_filtered_search(tmp_path):
     assert ix.delete([ids[4], ids[5]]) == 2
     assert ix.contains([ids[4], ids[6], "nope"]).tolist() == [False, True, False]
     # unknown ids raise, bad calls change nothing and log nothing
-    wal = len(ix._wal)
+    wal = len(ix.state.wal)
     for call, err in ((lambda: ix.get(["nope"]), ValueError), (lambda: ix.delete([ids[4]]), ValueError),
                       (lambda: ix.update(["nope"], contents=["x"]), ValueError),
                       (lambda: ix.add(x[:2], ids=["a", "a"]), ValueError),
@@ -179,7 +179,7 @@ def test_ids_upsert_update_delete_and_filtered_search(tmp_path):
                       (lambda: ix.search(x[0], where=Filter(meta={"free1": 1})), ValueError)):
         with pytest.raises(err):
             call()
-    assert len(ix._wal) == wal and len(ix) == 298
+    assert len(ix.state.wal) == wal and len(ix) == 298
     kept = ix.get(ids[6:40])
     assert ix.compact() > 0 and ix.get(ids[6:40]) == kept  # old dicts of upserts and deletes dropped
     state = (ix.get(ids[:12][6:]), ix.search(x[:4], k=5).external_ids)

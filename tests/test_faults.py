@@ -59,7 +59,7 @@ def test_enospc_during_a_wal_append_names_the_log_and_loses_nothing(store, monke
     real = os.write
 
     def full(fd, data):
-        if fd == ix._wal._fd:
+        if fd == ix.state.wal._fd:
             real(fd, bytes(data)[:7])  # a partial record reaches the file
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("langchain_core")
-langchain_tests = pytest.importorskip("langchain_tests.integration_tests")
+from conftest import optional_import
+
+optional_import("langchain_core")
+langchain_tests = optional_import("langchain_tests.integration_tests")
 
 from langchain_core.documents import Document  # noqa: E402
 from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402

@@ -7,7 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_index.core")
+from conftest import optional_import
+
+optional_import("llama_index.core")
 
 from llama_index.core import Document, StorageContext, VectorStoreIndex  # noqa: E402
 from llama_index.core.embeddings import BaseEmbedding  # noqa: E402

@@ -10,9 +10,11 @@ import tempfile
 import numpy as np
 import pytest
 
+from conftest import optional_import
+
 os.environ.setdefault("MEM0_TELEMETRY", "False")  # before mem0 is imported: no telemetry traffic
 os.environ.setdefault("MEM0_DIR", tempfile.mkdtemp(prefix="mem0-"))  # nothing written to the home directory
-pytest.importorskip("mem0")
+optional_import("mem0")
 
 from lukhas_gpu.integrations.mem0 import LukhasMem0Store, register_mem0  # noqa: E402
 

@@ -19,10 +19,12 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
-httpx = pytest.importorskip("httpx")
+from conftest import optional_import
+
+optional_import("fastapi")
+optional_import("uvicorn")
+optional_import("prometheus_client")
+httpx = optional_import("httpx")
 
 from lukhas_gpu import Filter, MemoryIndex, Rank  # noqa: E402
 from lukhas_gpu.client import BadRequest, Client, Overloaded, Unauthorized  # noqa: E402

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import optional_import
+
 from lukhas_gpu import Filter, Rank
 from lukhas_gpu.serve import wire
 from lukhas_gpu.serve.batcher import Batcher, QueueFull
@@ -206,7 +208,7 @@ def test_options_are_bounded(tmp_path):
 
 
 def test_the_guard_bounds_the_bodies_being_received_together():
-    pytest.importorskip("orjson")
+    optional_import("orjson")
     from lukhas_gpu.serve.limits import Guard
 
     release = None

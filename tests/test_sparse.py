@@ -12,11 +12,13 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import optional_import
+
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
 from lukhas_gpu.query.hybrid import Fusion, fuse
 from lukhas_gpu.sparse import InvertedIndex, SparseArena, SparseQuery, pack_sparse
 
-sp = pytest.importorskip("scipy.sparse")
+sp = optional_import("scipy.sparse")
 
 V = 30_000
 D = 16
@@ -151,7 +153,7 @@ def corpus(rng, n):
 
 
 def bm25s_ref(texts, queries, k, method="lucene"):
-    bm25s = pytest.importorskip("bm25s")
+    bm25s = optional_import("bm25s")
     from lukhas_gpu.sparse import Tokenizer
 
     tok = Tokenizer()
@@ -342,8 +344,8 @@ def test_sigkill_keeps_every_acknowledged_sparse_and_text_memory(tmp_path):
 def test_cli_ingests_sparse_parquet_and_searches_text(tmp_path, capsys):
     import json
 
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = optional_import("pyarrow")
+    pq = optional_import("pyarrow.parquet")
     from lukhas_gpu import cli
 
     rng = np.random.default_rng(4)

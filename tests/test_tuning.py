@@ -236,7 +236,7 @@ def test_background_run_after_training_and_close_stops_it(data, caplog):
     t0 = time.perf_counter()
     index.close()
     assert time.perf_counter() - t0 < 60
-    job = getattr(index, "_tuning_job", None)
+    job = index.state.tuning_job
     assert job is None or not job.is_alive()
 
 
@@ -263,7 +263,7 @@ def test_an_index_that_outgrows_its_lists_restructures_in_the_background(caplog,
     assert "background tuning started (restructure)" in caplog.text
     assert index.parts.ann.nlist >= 2 * first
     assert index.parts.tuned.nlist == index.parts.ann.nlist  # tuned for the new lists
-    assert index._restructure_tried_at >= 20_000
+    assert index.state.restructure_tried_at >= 20_000
     from lukhas_gpu.capacity.planner import plan
     assert plan(len(index), dim=32, config=index.config).nlist == index.parts.ann.nlist
 

@@ -30,28 +30,45 @@ import dataclasses
 import math
 import re
 from decimal import Decimal, InvalidOperation
-from numbers import Real
 
 import numpy as np
 
-from .accounting import (LIST_OVERHEAD, PAGE, PLACES, ROARING_CONTAINER_BYTES, RUNTIME_BYTES, TAG_OBJECT_BYTES,
-                         fastscan_list_bytes, fastscan_resident, hnsw_graph_bytes, huge_page_slack,
-                         summarize)
-from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, auto_pq_m, coarse_for, dim_out_for,
-                              encoder_bytes, nlist_at, train_at, vector_capacity)
-from ..config import IndexConfig
-from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
+from ..config import IndexConfig, as_config
+from ..records.contents import planned_bytes as content_bytes
+from ..records.metadata import planned_bytes as metadata_bytes
 from ..sparse.store import planned_bytes as sparse_bytes
 from ..util.bounds import MAX_ROWS
-from ..util.memory import DRIFT_HISTORY_BYTES
+from ..util.checks import check_int, check_real
+from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES
+from ..vectors.policy import (
+    CALIBRATION_ROWS,
+    MIN_TRAIN_ROWS,
+    TWO_LEVEL_FROM,
+    auto_pq_m,
+    coarse_for,
+    dim_out_for,
+    encoder_bytes,
+    nlist_at,
+    train_at,
+    vector_capacity,
+)
+from ..vectors.store import planned_bytes as vector_bytes
+from .accounting import (
+    LIST_OVERHEAD,
+    PAGE,
+    PLACES,
+    ROARING_CONTAINER_BYTES,
+    RUNTIME_BYTES,
+    TAG_OBJECT_BYTES,
+    fastscan_list_bytes,
+    fastscan_resident,
+    hnsw_graph_bytes,
+    summarize,
+)
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size", "parse_count"]
 
 STATES = ("built", "opened")
-#: zstd contexts of the content arena (``memory_size()`` at level 3 with 16 KiB dictionaries):
-#: after ingestion, the compressor with its digested dictionary and the decompressors used; in a
-#: store just opened, only the objects (contexts are allocated on first use).
-ZSTD_CONTEXT_BYTES = {"built": 534_000, "opened": 5_000}
 #: CPython small-object pools kept by the vocabulary's objects (see accounting.python_pools):
 #: per distinct tag when the names come from the caller's batches (measured with batches of
 #: 50,000 memories and 1000 tags), and in all for a store just opened.
@@ -64,8 +81,6 @@ PINNED_POOL_BYTES_MAX = 16 << 20
 TAG_NAME_BYTES = 12
 #: Rows per roaring container.
 ROARING_CHUNK = 65536
-#: Bytes of an ``np.savez`` member besides its data (zip headers and the .npy header).
-NPZ_MEMBER_BYTES = 250
 MANIFEST_BYTES = 3000
 #: Roaring container values: 2 B each in an array container, 8 KiB for a bitset (> 4096 values).
 ARRAY_CONTAINER_MAX = 4096
@@ -169,34 +184,6 @@ def parse_count(value, name: str = "count", lo: int = 0, hi: int | None = None) 
         raise ValueError(f"{name} must be >= {lo}, got {value!r}")
     if hi is not None and v > hi:
         raise ValueError(f"{name} must be <= {hi:,}, got {value!r}")
-    return v
-
-
-def _config(config) -> IndexConfig:
-    if config is None:
-        return IndexConfig()
-    if isinstance(config, str):
-        return IndexConfig.preset(config)
-    if not isinstance(config, IndexConfig):
-        raise TypeError(f"config must be an IndexConfig, a preset name or None, got {type(config).__name__}")
-    return config
-
-
-def _int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    return int(value)
-
-
-def _real(name: str, value, lo: float, hi: float = math.inf, *, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi:
-        bound = f"{'(' if lo_open else '['}{lo}, {hi}]" if math.isfinite(hi) else f"{'>' if lo_open else '>='} {lo}"
-        raise ValueError(f"{name} must be {'in ' if math.isfinite(hi) else ''}{bound}, got {value!r}")
     return v
 
 
@@ -318,37 +305,69 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         A count, dimension or ratio of the wrong type or out of range, an unknown preset,
         state or backend.
     """
-    count = _int("count", count, 0)
-    dim = _int("dim", dim, 1)
-    avg = _real("avg_content_bytes", avg_content_bytes, 0.0)
-    tpm = _real("tags_per_memory", tags_per_memory, 0.0, 255.0)
-    ratio = _real("content_ratio", content_ratio, 0.0, 2.0, lo_open=True)
-    vocab = _int("tag_vocabulary", tag_vocabulary, 1)
-    skew = _real("tag_skew", tag_skew, 0.0)
-    imbalance = _real("list_imbalance", list_imbalance, 1.0)
+    count = check_int("count", count, 0)
+    dim = check_int("dim", dim, 1)
+    avg = check_real("avg_content_bytes", avg_content_bytes, 0.0)
+    tpm = check_real("tags_per_memory", tags_per_memory, 0.0, 255.0)
+    ratio = check_real("content_ratio", content_ratio, 0.0, 2.0, lo_open=True)
+    vocab = check_int("tag_vocabulary", tag_vocabulary, 1)
+    skew = check_real("tag_skew", tag_skew, 0.0)
+    imbalance = check_real("list_imbalance", list_imbalance, 1.0)
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
-    cfg = _config(config)
+    cfg = as_config(config)
     be = _backend(backend, cfg)
-
     dim_out = dim_out_for(dim, cfg)
-    anon: dict[str, float] = {}
-    mapped: dict[str, float] = {}
-    disk: dict[str, float] = {}
-    gpu: dict[str, float] = {}
+    opened = state == "opened"
+    id_avg = check_real("avg_id_bytes", avg_id_bytes, 0.0)
+    meta_avg = check_real("avg_metadata_bytes", avg_metadata_bytes, 0.0)
+    nnz = check_real("sparse_nnz", sparse_nnz, 0.0, 65536.0)
 
-    # int8 vectors
-    vec = count * dim
-    if state == "opened" or cfg.vector_storage == "mmap":
-        mapped["vectors_int8"] = vec
-    else:
-        anon["vectors_int8"] = vec
-        slack = huge_page_slack(vec, vector_capacity(count, cfg) * dim)
-        if slack:
-            anon["vectors_slack"] = slack
-    disk["vectors_int8"] = vec
+    # each component's bytes, in the order stats() lists them; the sum is the plan
+    total: dict[str, dict] = {"anon": {}, "mapped": {}, "disk": {}, "gpu": {}}
+    _add(total, vector_bytes(count, dim, capacity_rows=vector_capacity(count, cfg),
+                             mapped=opened or cfg.vector_storage == "mmap"))
+    _add(total, _encoder_and_probe_bytes(count, dim, dim_out, cfg, be))
+    _add(total, content_bytes(count, avg, ratio, opened=opened))
+    _add(total, _document_bytes(count, cfg, id_avg, meta_avg))
+    _add(total, metadata_bytes(count))
+    _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0))
+    if runtime and count and state == "built":  # an opened store pays it at its first search
+        total["anon"]["runtime"] = RUNTIME_BYTES["trained" if _trained(count, cfg) else "exact"]
+    nlist = pq_m = coarse = None
+    if _trained(count, cfg):
+        ann, nlist, pq_m, coarse = _ann_bytes(count, dim_out, cfg, imbalance, state, be, faiss_gpu)
+        _add(total, ann)
+    if nnz and count:
+        if sparse_value_bytes not in (2, 4):
+            raise ValueError(f"sparse_value_bytes must be 4 (float32) or 2 (float16), got {sparse_value_bytes!r}")
+        _add(total, sparse_bytes(count, nnz, sparse_value_bytes, opened=opened,
+                                 vocabulary=check_int("sparse_vocabulary", sparse_vocabulary, 1)))
+    total["disk"]["manifest"] = MANIFEST_BYTES
+    total["disk"] = {k: _blocks(v) for k, v in total["disk"].items()}
 
-    # encoder, calibration rows, probe, tombstones
+    s = summarize(total, count)
+    return Plan(count=count, dim=dim, dim_out=dim_out, nlist=nlist, pq_m=pq_m, coarse=coarse, state=state,
+                backend=be, memory={place: s[place] for place in PLACES}, anon_bytes=s["anon_bytes"],
+                mapped_bytes=s["mapped_bytes"], disk_bytes=s["disk_bytes"], gpu_bytes=s["gpu_bytes"],
+                per_memory=s["per_memory"])
+
+
+def _add(total: dict, part: dict) -> None:
+    """A component's ``{place: {name: bytes}}`` into the plan's."""
+    for place, items in part.items():
+        total[place].update(items)
+
+
+def _trained(count: int, cfg: IndexConfig) -> bool:
+    return count >= train_at(cfg) and count >= MIN_TRAIN_ROWS
+
+
+def _encoder_and_probe_bytes(count: int, dim: int, dim_out: int, cfg: IndexConfig, be: str) -> dict:
+    """The encoder, the device mirror, the calibration rows, the recall probe and the tombstones."""
+    anon: dict = {}
+    gpu: dict = {}
+    disk: dict = {}
     enc = encoder_bytes(dim, dim_out)
     (gpu if be == "cuda" else anon)["encoder"] = enc
     disk["encoder"] = enc + 5 * NPZ_MEMBER_BYTES
@@ -364,26 +383,13 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     disk["probe"] = probe + 5 * NPZ_MEMBER_BYTES
     anon["tombstones"] = 0
     disk["tombstones"] = 8
+    return {"anon": anon, "gpu": gpu, "disk": disk}
 
-    # contents
-    records = count * (avg * ratio if avg > 0 else len(NONE_RECORD))
-    (mapped if state == "opened" else anon)["content_records"] = records
-    disk["content_records"] = records
-    anon["content_offsets"] = 8 * count
-    dictionaries = samples = kept = 0.0
-    if avg > 0 and count:
-        first = min(count, max(64, min(2048, math.ceil(65536 / avg))))  # contents at the first training
-        dictionaries = max(1024.0, min(16384.0, first * avg / 4)) if count >= 64 else 0.0
-        kept = min(count, RECENT_ITEMS, max(1, int(RECENT_BYTES // avg)))
-        samples = kept * avg
-        anon["content_zstd_contexts"] = ZSTD_CONTEXT_BYTES[state]
-    anon["content_dictionaries"] = dictionaries
-    anon["content_samples"] = samples + 33 * kept  # bytes objects: 33 B of header each
-    disk["content_index"] = 8 * count + dictionaries + samples + 17 * NPZ_MEMBER_BYTES
 
-    # external ids, free metadata, declared fields (records.keytable / docmeta)
-    id_avg = _real("avg_id_bytes", avg_id_bytes, 0.0)
-    meta_avg = _real("avg_metadata_bytes", avg_metadata_bytes, 0.0)
+def _document_bytes(count: int, cfg: IndexConfig, id_avg: float, meta_avg: float) -> dict:
+    """External ids, free metadata and declared fields (``records.keytable`` / ``docmeta``)."""
+    anon: dict = {}
+    disk: dict = {}
     if cfg.external_ids:
         ids = count * (21 + (id_avg if cfg.external_ids == "str" and 16 < id_avg != 36 else 0))
         anon["external_ids"] = disk["external_ids"] = ids
@@ -394,67 +400,47 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         if fields:
             anon["metadata_fields"] = fields
         disk["doc_metadata"] = anon["metadata_records"] + fields + 8 * NPZ_MEMBER_BYTES
+    return {"anon": anon, "disk": disk}
 
-    # metadata and tags
-    anon["metadata"] = 11 * count
-    disk["metadata"] = 11 * count + 3 * NPZ_MEMBER_BYTES
+
+def _tag_bytes(count: int, tpm: float, vocab: int, skew: float, state: str, *, has_contents: bool) -> dict:
+    """The tag lists, bitmaps and vocabulary, and the Python pools their names pin."""
     uses = tpm * count
     counts = _tag_counts(uses, vocab, skew)
     distinct = float(-np.expm1(-counts).sum()) if len(counts) else 0.0  # tags seen at least once
-    anon["tags_flat"] = 4 * uses
-    anon["tags_start"] = 4 * count
-    anon["tags_count"] = count
-    anon["tags_bitmaps"] = _roaring_bytes(counts, count)
-    anon["tags_vocab"] = distinct * (TAG_NAME_BYTES + TAG_OBJECT_BYTES)
+    anon = {"tags_flat": 4 * uses, "tags_start": 4 * count, "tags_count": count,
+            "tags_bitmaps": _roaring_bytes(counts, count), "tags_vocab": distinct * (TAG_NAME_BYTES + TAG_OBJECT_BYTES)}
     if state == "built" and distinct:
         anon["python_pools"] = min(PINNED_POOL_BYTES_PER_TAG * distinct, PINNED_POOL_BYTES_MAX)
-    elif state == "opened" and (distinct or avg > 0):
+    elif state == "opened" and (distinct or has_contents):
         anon["python_pools"] = PINNED_POOL_BYTES_OPENED
-    disk["tags"] = 4 * uses + 5 * count + distinct * (TAG_NAME_BYTES + 8) + 5 * NPZ_MEMBER_BYTES
-    if runtime and count and state == "built":  # an opened store pays it at its first search
-        anon["runtime"] = RUNTIME_BYTES["trained" if count >= train_at(cfg) and count >= MIN_TRAIN_ROWS else "exact"]
+    disk = {"tags": 4 * uses + 5 * count + distinct * (TAG_NAME_BYTES + 8) + 5 * NPZ_MEMBER_BYTES}
+    return {"anon": anon, "disk": disk}
 
-    # the IVF-PQ index, once trained
-    nlist = pq_m = coarse = None
-    if count >= train_at(cfg) and count >= MIN_TRAIN_ROWS:
-        nlist = nlist_at(count, cfg)  # trained at train_at rows, restructured as it grows (auto_tune)
-        pq_m = auto_pq_m(dim_out, cfg.pq_m)
-        coarse = coarse_for(nlist, cfg)
-        sizes = list_sizes(count, nlist, imbalance)
-        codes = fastscan_list_bytes(sizes, pq_m)
-        centroids = 4 * nlist * dim_out + 4 * 16 * dim_out
-        graph = hnsw_graph_bytes(nlist) if coarse == "hnsw" else 0
-        anon["ann_codes"] = int(codes.sum())
-        anon["ann_codes_slack"] = int(fastscan_resident(codes, state).sum() - codes.sum())
-        anon["ann_ids"] = 8 * count
-        anon["ann_centroids"] = centroids
-        if graph:
-            anon["ann_coarse_graph"] = graph - nlist * 12 - 8  # neighbour slots only, as stats
-        anon["ann_overhead"] = LIST_OVERHEAD * nlist + (nlist * 12 + 8 if graph else 0)
-        if state == "built" and coarse == "hnsw" and nlist < TWO_LEVEL_FROM:
-            anon["ann_clustering_index"] = 4 * nlist * dim_out
-        anon["drift_monitor"] = 2 * 8 * nlist + DRIFT_HISTORY_BYTES
-        disk["ann"] = int(codes.sum()) + 8 * count + centroids + graph + 16 * nlist + 1024
-        disk["drift_monitor"] = 3 * 8 * nlist + DRIFT_HISTORY_BYTES + 6 * NPZ_MEMBER_BYTES
-        if be == "cuda" and (faiss_gpu if faiss_gpu is not None else _faiss_gpus() > 0):
-            gpu["ann"] = int(codes.sum()) + 4 * count + centroids
-    nnz = _real("sparse_nnz", sparse_nnz, 0.0, 65536.0)
-    if nnz and count:
-        if sparse_value_bytes not in (2, 4):
-            raise ValueError(f"sparse_value_bytes must be 4 (float32) or 2 (float16), got {sparse_value_bytes!r}")
-        sb = sparse_bytes(count, nnz, sparse_value_bytes, vocabulary=_int("sparse_vocabulary", sparse_vocabulary, 1),
-                          opened=state == "opened")
-        anon.update(sb["anon"])
-        mapped.update(sb["mapped"])
-        disk.update(sb["disk"])
-    disk["manifest"] = MANIFEST_BYTES
-    disk = {k: _blocks(v) for k, v in disk.items()}
 
-    s = summarize({"anon": anon, "mapped": mapped, "disk": disk, "gpu": gpu}, count)
-    return Plan(count=count, dim=dim, dim_out=dim_out, nlist=nlist, pq_m=pq_m, coarse=coarse, state=state,
-                backend=be, memory={place: s[place] for place in PLACES}, anon_bytes=s["anon_bytes"],
-                mapped_bytes=s["mapped_bytes"], disk_bytes=s["disk_bytes"], gpu_bytes=s["gpu_bytes"],
-                per_memory=s["per_memory"])
+def _ann_bytes(count: int, dim_out: int, cfg: IndexConfig, imbalance: float, state: str, be: str,
+               faiss_gpu: bool | None) -> tuple[dict, int, int, str]:
+    """The IVF-PQ index and the drift monitor once trained: ``(bytes, nlist, pq_m, coarse)``."""
+    nlist = nlist_at(count, cfg)  # trained at train_at rows, restructured as it grows (auto_tune)
+    pq_m = auto_pq_m(dim_out, cfg.pq_m)
+    coarse = coarse_for(nlist, cfg)
+    codes = fastscan_list_bytes(list_sizes(count, nlist, imbalance), pq_m)
+    centroids = 4 * nlist * dim_out + 4 * 16 * dim_out
+    graph = hnsw_graph_bytes(nlist) if coarse == "hnsw" else 0
+    anon = {"ann_codes": int(codes.sum()), "ann_codes_slack": int(fastscan_resident(codes, state).sum() - codes.sum()),
+            "ann_ids": 8 * count, "ann_centroids": centroids}
+    if graph:
+        anon["ann_coarse_graph"] = graph - nlist * 12 - 8  # neighbour slots only, as stats
+    anon["ann_overhead"] = LIST_OVERHEAD * nlist + (nlist * 12 + 8 if graph else 0)
+    if state == "built" and coarse == "hnsw" and nlist < TWO_LEVEL_FROM:
+        anon["ann_clustering_index"] = 4 * nlist * dim_out
+    anon["drift_monitor"] = 2 * 8 * nlist + DRIFT_HISTORY_BYTES
+    disk = {"ann": int(codes.sum()) + 8 * count + centroids + graph + 16 * nlist + 1024,
+            "drift_monitor": 3 * 8 * nlist + DRIFT_HISTORY_BYTES + 6 * NPZ_MEMBER_BYTES}
+    gpu = {}
+    if be == "cuda" and (faiss_gpu if faiss_gpu is not None else _faiss_gpus() > 0):
+        gpu["ann"] = int(codes.sum()) + 4 * count + centroids
+    return {"anon": anon, "disk": disk, "gpu": gpu}, nlist, pq_m, coarse
 
 
 def _blocks(nbytes: float) -> int:
@@ -509,7 +495,7 @@ def max_count(ram_bytes=None, gpu_bytes=None, *, include_mapped: bool = False, *
         raise TypeError("max_count() needs dim=")
     ram = parse_size(ram_bytes, "ram_bytes") if ram_bytes is not None else None
     gpu = parse_size(gpu_bytes, "gpu_bytes") if gpu_bytes is not None else None
-    kwargs["config"] = _config(kwargs.get("config"))  # load a preset once
+    kwargs["config"] = as_config(kwargs.get("config"))  # load a preset once
 
     def fits(c: int) -> bool:
         p = plan(c, **kwargs)

@@ -127,9 +127,16 @@ def cmd_bench(args) -> int:
               "backend": index.backend, "phase": st["phase"], "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2, default=float))
-        return 0
-    print(f"lukhas-gpu bench: {args.n:,} synthetic memories x {xb.shape[1]} dims, {args.nq:,} queries, "
-          f"preset {args.preset!r}, backend {index.backend}, index {st['phase']}"
+    else:
+        _print_table(args, result, st)
+    return 0
+
+
+def _print_table(args, result: dict, st: dict) -> None:
+    """``lukhas-gpu bench``'s table (without ``--json``)."""
+    rows = result["rows"]
+    print(f"lukhas-gpu bench: {args.n:,} synthetic memories x {result['dim']} dims, {args.nq:,} queries, "
+          f"preset {args.preset!r}, backend {result['backend']}, index {st['phase']}"
           + (f" (IVF{st['nlist']}, PQ{st['pq_m']}x4fs)" if st["nlist"] else ""))
     print("bytes/memory: anonymous RAM growth per memory; ingest/s includes training; tune s: the first "
           "tuning run for the preset's target_recall (after ingest); QPS: one batch of all queries; p50/p99: "
@@ -148,4 +155,4 @@ def cmd_bench(args) -> int:
     if "naive/bytes" in rows[0]:
         print(f"naive store / lukhas_gpu: {rows[0]['naive/bytes']:.1f}x the RAM per memory "
               f"(vectors only: contents and tags come with the memory payload)")
-    return 0
+

@@ -91,7 +91,7 @@ def cmd_verify(args) -> int:
             index = MemoryIndex.open(args.path, mode="w", verify=True, salvage=True)
             try:
                 report = index.verify()
-                salvage = getattr(index, "salvage_report", None)
+                salvage = index.salvage_report
             finally:
                 index.close()
             if salvage is not None:

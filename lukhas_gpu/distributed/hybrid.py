@@ -20,15 +20,15 @@ from ..index.results import SearchResult
 from ..index.sparse_search import as_result, check_texts, hybrid
 from ..sparse.text import BM25Stats
 from ..util.checks import check_queries
-from .merge import merge_topk
+from .merge import check_where, merge_topk
 
 __all__ = ["hybrid_search", "text_search", "text_topk"]
 
 
 def text_topk(sh, texts: list, k: int, where) -> tuple[np.ndarray, np.ndarray]:
     """The global BM25 top-k of ``texts``: ``(ids, scores)`` (nq, k) numpy."""
-    stats = BM25Stats.combine(sh._all("text_stats", texts))
-    return merge_topk(sh._all("text_topk", texts, k, where, stats), k)
+    stats = BM25Stats.combine(sh.run_all("text_stats", texts))
+    return merge_topk(sh.run_all("text_topk", texts, k, where, stats), k)
 
 
 def text_search(sh, texts, k: int, *, where) -> SearchResult:
@@ -48,16 +48,14 @@ def hybrid_search(sh, queries, k, *, where, rank, nprobe, rerank, target_recall,
                   fusion) -> SearchResult:
     """``ShardedIndex.search(..., text=, sparse=)``: ``MemoryIndex.search``'s hybrid route
     (:func:`lukhas_gpu.index.sparse_search.hybrid`), each list merged over the shards."""
-    from .sharded import _check_where
-
-    where = _check_where(where)
+    where = check_where(where)
 
     def dense(kc):
         return sh.search(queries, kc, where=where, rank=rank, nprobe=nprobe, rerank=rerank,
                          target_recall=target_recall)
 
     def sparse_topk(sq, kc):
-        return merge_topk(sh._all("sparse_topk", _pairs(sq), kc, where), kc)
+        return merge_topk(sh.run_all("sparse_topk", _pairs(sq), kc, where), kc)
 
     return hybrid(sh, queries, k, rank=rank, text=text, sparse=sparse, fusion=fusion, dense=dense,
                   sparse_topk=sparse_topk, text_topk=lambda texts, kc: text_topk(sh, texts, kc, where))

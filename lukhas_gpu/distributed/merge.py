@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-__all__ = ["merge_topk", "fixed_rank"]
+__all__ = ["merge_topk", "fixed_rank", "check_where", "check_rank"]
 
 _LAST = np.iinfo(np.int64).max
 
@@ -81,3 +81,20 @@ def fixed_rank(rank):
     if rank is None or rank.now is not None or not rank.recency:
         return rank
     return type(rank)(rank.similarity, rank.recency, rank.importance, half_life=rank.half_life, now=time.time())
+
+
+def check_where(where):
+    """A search's ``where`` checked once on the driver: a :class:`~lukhas_gpu.Filter` or None
+    (an empty filter becomes None)."""
+    from ..query.filters import Filter
+    if where is not None and not isinstance(where, Filter):
+        raise TypeError(f"where must be a lukhas_gpu.Filter, got {type(where).__name__}")
+    return None if where is None or where.is_empty() else where
+
+
+def check_rank(rank):
+    """A search's ``rank`` checked once on the driver: a :class:`~lukhas_gpu.Rank` or None."""
+    from ..query.ranking import Rank
+    if rank is not None and not isinstance(rank, Rank):
+        raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
+    return rank

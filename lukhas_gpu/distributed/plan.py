@@ -49,8 +49,10 @@ from __future__ import annotations
 
 import math
 
-from ..capacity.planner import TAG_NAME_BYTES, _config, _int, _real, parse_count, parse_size, plan
+from ..capacity.planner import TAG_NAME_BYTES, parse_count, parse_size, plan
+from ..config import as_config
 from ..util.bounds import MAX_DIM, MAX_ROWS
+from ..util.checks import check_int, check_real
 from ..util.memory import PAGE
 from ..vectors.policy import dim_out_for, planned_nlist, train_at, train_rows
 from .layout import MAX_SHARDS, SHARD_SHIFT
@@ -151,7 +153,7 @@ def shard_bytes(rows: int, dim: int, config, *, backend: str = "cpu", avg_conten
     ``wal_rows``: rows logged between checkpoints (None: the whole shard, as an ingest that
     checkpoints at its end).
     """
-    cfg = _shard_config(_config(config), rows)
+    cfg = _shard_config(as_config(config), rows)
     kw = dict(avg_content_bytes=avg_content_bytes, tags_per_memory=tags_per_memory, config=cfg,
               backend=backend, faiss_gpu=False, runtime=False)
     built, opened = plan(rows, dim, state="built", **kw), plan(rows, dim, state="opened", **kw)
@@ -335,10 +337,30 @@ def plan_cluster(count, *, node_ram, node_gpus: int = 0, gpu_mem=None, node_disk
         more shards than a root holds, or one shard too big for a node.
     """
     count = parse_count(count, "count", 1, MAX_COUNT)
-    dim = _int("dim", dim, 1)
+    o = _options(node_ram=node_ram, node_gpus=node_gpus, gpu_mem=gpu_mem, node_disk=node_disk, node_cpus=node_cpus,
+                 dim=dim, preset=preset, target_qps=target_qps, replicas=replicas, headroom=headroom,
+                 min_recall=min_recall, avg_content_bytes=avg_content_bytes, page_cache=page_cache,
+                 wal_rows=wal_rows, train_concurrency=train_concurrency, k=k)
+    o["shard_rows_given"] = shard_rows is not None
+    if shard_rows is not None:
+        sizes = [parse_count(shard_rows, "shard_rows", 1, MAX_ROWS)]
+    else:  # the measured sizes that reached the floor, largest first
+        shard_qps(1, o["floor"])  # names the best measured recall when none reached the floor
+        sizes = sorted(_curve(o["floor"]), reverse=True)
+    shards, rows, shard, qps, limits, per_node, reps = _fit(count, sizes, o, avg_content_bytes, tags_per_memory)
+    name = preset if isinstance(preset, str) else "custom"
+    return _assemble(count, o["dim"], name, o["floor"], shards, rows, shard, qps, limits, per_node, reps, o["replicas"],
+                     o)
+
+
+def _options(*, node_ram, node_gpus, gpu_mem, node_disk, node_cpus, dim, preset, target_qps, replicas, headroom,
+             min_recall, avg_content_bytes, page_cache, wal_rows, train_concurrency, k) -> dict:
+    """:func:`plan_cluster`'s arguments checked (each named when out of bounds) and the budgets
+    less the headroom (``usable``)."""
+    dim = check_int("dim", dim, 1)
     if dim > MAX_DIM:
         raise ValueError(f"dim must be <= {MAX_DIM}, got {dim}")
-    cfg = _config(preset)
+    cfg = as_config(preset)
     ram = _budget(node_ram, "node_ram", 1 << 30, 64 * _TIB)
     disk = _budget(node_disk, "node_disk", 1 << 30, 1024 * _TIB) if node_disk is not None else None
     gpus = _bounded_int("node_gpus", node_gpus, 0, 64)
@@ -347,53 +369,49 @@ def plan_cluster(count, *, node_ram, node_gpus: int = 0, gpu_mem=None, node_disk
         raise ValueError("gpu_mem was given with node_gpus=0: give the GPUs per node")
     cpus = _bounded_int("node_cpus", node_cpus, 1, 1 << 16) if node_cpus is not None else None
     replicas = _bounded_int("replicas", replicas, 1, 1024)
-    head = _real("headroom", headroom, 0.0, 0.9)
-    target = _real("target_qps", target_qps, 0.0, 1e9, lo_open=True) if target_qps is not None else None
+    head = check_real("headroom", headroom, 0.0, 0.9)
+    target = check_real("target_qps", target_qps, 0.0, 1e9, lo_open=True) if target_qps is not None else None
     if target is not None and cpus is None:
         raise ValueError("target_qps needs node_cpus: a node's QPS is its cores' work")
-    floor = _real("min_recall", min_recall if min_recall is not None else (cfg.target_recall or 0.95), 0.0, 1.0,
-                  lo_open=True)
+    floor = check_real("min_recall", min_recall if min_recall is not None else (cfg.target_recall or 0.95), 0.0, 1.0,
+                       lo_open=True)
     wal_rows = parse_count(wal_rows, "wal_rows", 0, MAX_ROWS) if wal_rows is not None else None
     trains = _bounded_int("train_concurrency", train_concurrency, 1, 1 << 20) if train_concurrency is not None else None
     k = _bounded_int("k", k, 1, 100_000)
-    _real("avg_content_bytes", avg_content_bytes, 0.0, float(cfg.max_content_bytes))
-    backend = "cuda" if gpus else "cpu"
+    check_real("avg_content_bytes", avg_content_bytes, 0.0, float(cfg.max_content_bytes))
     usable = {"ram": int(ram * (1 - head)), "disk": int(disk * (1 - head)) if disk else None,
               "gpu": int(gmem * (1 - head)) if gmem else None}
+    return dict(dim=dim, cfg=cfg, floor=floor, replicas=replicas, ram=ram, disk=disk, gpus=gpus, gpu_mem=gmem,
+                cpus=cpus, headroom=head, usable=usable, target=target, trains=trains, k=k,
+                backend="cuda" if gpus else "cpu", page_cache=page_cache, wal_rows=wal_rows)
 
-    if shard_rows is not None:
-        sizes = [parse_count(shard_rows, "shard_rows", 1, MAX_ROWS)]
-    else:  # the measured sizes that reached the floor, largest first
-        shard_qps(1, floor)  # names the best measured recall when none reached the floor
-        sizes = sorted(_curve(floor), reverse=True)
+
+def _fit(count: int, sizes: list, o: dict, avg_content_bytes: float, tags_per_memory: float) -> tuple:
+    """The first shard size (of ``sizes``, largest first) of which a node holds at least one shard:
+    ``(shards, rows, shard bytes, qps, limits, shards per node, replicas)``."""
+    usable, cpus, target = o["usable"], o["cpus"], o["target"]
     for size in sizes:
         shards = -(-count // size)
         if shards > MAX_SHARDS:
             raise ValueError(f"{count:,} memories in shards of {size:,} rows make {shards:,} shards, over the "
                              f"{MAX_SHARDS:,} a root holds: raise shard_rows (at most {MAX_ROWS:,})")
         rows = -(-count // shards)
-        shard = shard_bytes(rows, dim, cfg, backend=backend, avg_content_bytes=avg_content_bytes,
-                            tags_per_memory=tags_per_memory, page_cache=page_cache, wal_rows=wal_rows)
-        qps = shard_qps(rows, floor)
-        reps = replicas
+        shard = shard_bytes(rows, o["dim"], o["cfg"], backend=o["backend"], avg_content_bytes=avg_content_bytes,
+                            tags_per_memory=tags_per_memory, page_cache=o["page_cache"], wal_rows=o["wal_rows"])
+        qps = shard_qps(rows, o["floor"])
+        reps = o["replicas"]
         if target is not None and cpus * qps["per_core"] * reps < target:  # one shard a node is too slow
             reps = max(reps, math.ceil(target / (cpus * qps["per_core"])))
-        limits = _shards_per_node(shards, shard, qps["per_core"], ram=usable["ram"], disk=usable["disk"], gpus=gpus,
-                                  gpu_mem=usable["gpu"], cpus=cpus, train_concurrency=trains,
+        limits = _shards_per_node(shards, shard, qps["per_core"], ram=usable["ram"], disk=usable["disk"],
+                                  gpus=o["gpus"], gpu_mem=usable["gpu"], cpus=cpus, train_concurrency=o["trains"],
                                   target_per_replica=target / reps if target else None)
         per_node = min(v for v in limits.values() if v is not None)
         if per_node >= 1:
-            break
-    else:
-        short = [name for name, v in limits.items() if v == 0]
-        raise ValueError(f"one shard of {rows:,} rows does not fit a node's {' and '.join(short)} (less "
-                         f"{head:.0%} headroom): it needs {_need_text(shard, cpus, trains)}; give bigger nodes "
-                         f"or smaller shards (shard_rows)")
-    name = preset if isinstance(preset, str) else "custom"
-    return _assemble(count, dim, name, floor, shards, rows, shard, qps, limits, per_node, reps, replicas,
-                     dict(ram=ram, disk=disk, gpus=gpus, gpu_mem=gmem, cpus=cpus, headroom=head, usable=usable,
-                          target=target, trains=trains, k=k, backend=backend, page_cache=page_cache,
-                          wal_rows=wal_rows, shard_rows_given=shard_rows is not None))
+            return shards, rows, shard, qps, limits, per_node, reps
+    short = [name for name, v in limits.items() if v == 0]
+    raise ValueError(f"one shard of {rows:,} rows does not fit a node's {' and '.join(short)} (less "
+                     f"{o['headroom']:.0%} headroom): it needs {_need_text(shard, cpus, o['trains'])}; give bigger "
+                     f"nodes or smaller shards (shard_rows)")
 
 
 def _assemble(count, dim, preset, floor, shards, rows, shard, qps, limits, per_node, reps, replicas_asked, o) -> dict:
@@ -410,8 +428,8 @@ def _assemble(count, dim, preset, floor, shards, rows, shard, qps, limits, per_n
     replica_qps = o["cpus"] * q / s if o["cpus"] else None
     nodes = reps * nodes_per_replica
     assumptions = [
-        f"QPS per core = a store's measured batched QPS / the threads it ran on (2 threads, 2 cores); "
-        f"linear scaling with cores is assumed, not measured",
+        "QPS per core = a store's measured batched QPS / the threads it ran on (2 threads, 2 cores); "
+        "linear scaling with cores is assumed, not measured",
         f"{o['headroom']:.0%} of every budget kept free (a choice, not a measurement)",
         "ingest: every shard of a node has its writer process; "
         + (f"{o['trains']} trainings at once per node" if o["trains"] else "all its shards train at once")
@@ -481,7 +499,7 @@ def _budget(value, name: str, lo: int, hi: int) -> int:
 
 
 def _bounded_int(name: str, value, lo: int, hi: int) -> int:
-    v = _int(name, value, lo)
+    v = check_int(name, value, lo)
     if v > hi:
         raise ValueError(f"{name} must be <= {hi:,}, got {v}")
     return v

@@ -73,13 +73,13 @@ class ShardHost:
     # -- records by row (the driver split the global ids) ------------------------------------------
     def contents_at(self, rows) -> list:
         with self.index.lock:  # the SearchResult protocol: rows, not external ids
-            return self.index._contents_at(self._live(rows))
+            return self.index.contents_at(self._live(rows))
 
     def get_at(self, rows) -> list:
         ext = self.index.config.external_ids is not None
         with self.index.lock:
             rows = self._live(rows)
-            got = self.index._get_at(rows)
+            got = self.index.memories_at(rows)
         return [dataclasses.replace(m, id=g, external_id=m.external_id if ext else g)
                 for m, g in zip(got, self._global(rows).tolist())]
 

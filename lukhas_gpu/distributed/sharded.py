@@ -28,7 +28,7 @@ from ..store.layout import CorruptStoreError, StoreError
 from ..util.checks import check_positive, check_queries
 from ..util.ids import as_ids
 from . import aggregate, layout
-from .merge import fixed_rank, merge_topk
+from .merge import check_rank, check_where, fixed_rank, merge_topk
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ class ShardedIndex:
         return cls(root, doc, fan, infos, mode, actors)
 
     # -- fan-out ---------------------------------------------------------------------------------
-    def _all(self, name: str, *args) -> list:
+    def run_all(self, name: str, *args) -> list:
+        """Call ``name(*args)`` on every shard (a :class:`~.shard.ShardHost` method); the answers in
+        shard order."""
         self._require_open()
         return self._fan.run([(i, name, args) for i in range(len(self.shards))])
 
@@ -183,7 +185,7 @@ class ShardedIndex:
         if self.metric == "cosine":
             check_nonzero(q, "queries")
         k = check_queries(q.shape[0], k)
-        where, rank = _check_where(where), _check_rank(rank)
+        where, rank = check_where(where), check_rank(rank)
         nprobe = None if nprobe is None else check_positive("nprobe", nprobe)
         rerank = None if rerank is None else check_positive("rerank", rerank)
         ids, scores = self.search_arrays(q.to("cpu", torch.float32).numpy(), k, where, fixed_rank(rank),
@@ -195,14 +197,14 @@ class ShardedIndex:
         """The fan-out and merge of :meth:`search` on checked arguments: ``q`` ``(nq, dim)``
         float32 numpy, ``rank`` with its ``now`` fixed (:func:`.merge.fixed_rank`); returns
         ``(ids (nq, k), scores (nq, k))`` numpy (a serving replica's batch, a benchmark)."""
-        parts = self._all("search", q, k, where, rank, nprobe, rerank, target_recall)
+        parts = self.run_all("search", q, k, where, rank, nprobe, rerank, target_recall)
         return merge_topk(parts, k)
 
     def search_text(self, texts, k: int = 10, *, where=None) -> SearchResult:
         """BM25 top-k over every shard's contents, scored with the statistics of the whole root
         (as one index over all the memories would score); see ``MemoryIndex.search_text``."""
         from .hybrid import text_search
-        return text_search(self, texts, k, where=_check_where(where))
+        return text_search(self, texts, k, where=check_where(where))
 
     # -- records ---------------------------------------------------------------------------------
     def get(self, ids) -> list:
@@ -219,11 +221,13 @@ class ShardedIndex:
         """Boolean mask: which global ids are live memories (``KeyError`` for an id in no shard)."""
         return self._route(ids, "contains_rows")
 
-    # the SearchResult protocol (``.contents()``, ``.memories()``, ``.external_ids``)
-    def _contents_at(self, ids) -> list:
+    # the SearchResult protocol (``.contents()``, ``.memories()``, ``.external_ids``): by global id
+    def contents_at(self, ids) -> list:
+        """:meth:`contents` (``MemoryIndex.contents_at``'s part of the SearchResult protocol)."""
         return self.contents(ids)
 
-    def _get_at(self, ids) -> list:
+    def memories_at(self, ids) -> list:
+        """:meth:`get` (``MemoryIndex.memories_at``'s part of the SearchResult protocol)."""
         return self.get(ids)
 
     def external_ids_of(self, ids) -> list:
@@ -237,28 +241,28 @@ class ShardedIndex:
         return out
 
     def __len__(self) -> int:
-        return int(sum(self._all("count")))
+        return int(sum(self.run_all("count")))
 
     # -- the stores ------------------------------------------------------------------------------
     def stats(self) -> dict:
         """Totals over the shards and each shard's own ``stats()`` (see :func:`.aggregate.stats`)."""
-        return aggregate.stats(self._all("stats"), self.n_shards)
+        return aggregate.stats(self.run_all("stats"), self.n_shards)
 
     def quality(self, queries=None, k: int = 10, *, nprobe: int | None = None, rerank: int | None = None,
                 max_queries: int = 20000, confidence: float = 0.95) -> dict:
         """The recall@k estimate of the sharded search, from every shard's ``quality()`` (the
         same arguments; the rule is :func:`.aggregate.quality`'s)."""
-        per = self._all("quality", queries, k, nprobe, rerank, max_queries, confidence)
-        return aggregate.quality(per, self._all("count"), confidence)
+        per = self.run_all("quality", queries, k, nprobe, rerank, max_queries, confidence)
+        return aggregate.quality(per, self.run_all("count"), confidence)
 
     def refresh(self) -> list[dict]:
         """Every shard catches up with its writer (readers only); their reports, in shard order."""
-        return self._all("refresh")
+        return self.run_all("refresh")
 
     def verify(self) -> dict:
         """Every shard's ``verify()``: ``ok``, ``count``, and the ``shards``' reports; raises the
         first shard's :class:`CorruptStoreError` (noting the shard)."""
-        reports = self._all("verify")
+        reports = self.run_all("verify")
         return {"ok": all(r.get("ok") for r in reports), "count": sum(r["count"] for r in reports),
                 "shards": reports, "root": str(self.root), "state": self.state}
 
@@ -288,17 +292,3 @@ def _check_shards(root, doc: dict, infos: list[dict]) -> None:
         if info["metric"] != infos[0]["metric"]:
             raise CorruptStoreError(where, f"metric {info['metric']!r}, {layout.shard_name(infos[0]['shard'])}'s is "
                                            f"{infos[0]['metric']!r}: scores would not compare across shards")
-
-
-def _check_where(where):
-    from ..query.filters import check_where
-
-    return check_where(where)
-
-
-def _check_rank(rank):
-    from ..query.ranking import Rank
-    if rank is not None and not isinstance(rank, Rank):
-        raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
-    return rank
-

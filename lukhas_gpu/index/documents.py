@@ -38,11 +38,21 @@ class DocumentsMixin:
                 for r, c, t, a, b, e, m in zip(rows.tolist(), contents, tags, ts, imp, ext, metas)]
 
     @locked
-    def _contents_at(self, rows) -> list:
+    def contents_at(self, rows) -> list:
+        """The contents of live rows (``SearchResult.ids``, never external ids), in the order
+        given: the batch accessor of ``SearchResult.contents()`` and a shard host.
+
+        Raises
+        ------
+        ValueError
+            A row that was never assigned or has been deleted.
+        """
         return self.parts.contents.get(self.parts.tombstones.check(as_ids(rows), self.parts.rows))
 
     @locked
-    def _get_at(self, rows) -> list:
+    def memories_at(self, rows) -> list:
+        """:class:`Memory` records of live rows (not external ids), in the order given: the batch
+        accessor of ``SearchResult.memories()`` and a shard host; ValueError as :meth:`contents_at`."""
         return self._memories_at(self.parts.tombstones.check(as_ids(rows), self.parts.rows))
 
     @locked

@@ -48,7 +48,7 @@ def create(index_cls, path, dim: int, config):
     lock = layout.acquire_lock(path)
     try:
         index = index_cls(dim, config)
-        index.path, index.mode, index._store_lock = path, "w", lock
+        index.path, index.mode, index.state.store_lock = path, "w", lock
         index.checkpoint()
     except BaseException:
         lock.release()
@@ -57,7 +57,8 @@ def create(index_cls, path, dim: int, config):
 
 
 def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = False, recover: bool = False):
-    """``MemoryIndex.open``: the published generation (plus, for the writer, the log replayed).
+    """``MemoryIndex.open(mode="w")``: the published generation plus the log replayed (a reader,
+    ``mode="r"``, opens through :func:`.reader.open_reader`, which imports this module).
 
     ``recover`` (writer only): if ``CURRENT`` or its generation is damaged, publish the newest
     generation that verifies completely first (see :func:`recover`). ``salvage`` (writer only):
@@ -67,12 +68,9 @@ def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = Fals
         raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
     if (salvage or recover) and mode != "w":
         raise ValueError("salvage=True and recover=True repair the store: they need mode='w'")
+    if mode == "r":
+        raise ValueError("a reader opens through reader.open_reader (MemoryIndex.open(mode='r'))")
     path = pathlib.Path(path)
-    if mode == "r":  # the generation plus the log, changing no file (see reader.py)
-        from . import reader
-
-        layout.current_generation(path)  # a clear error first
-        return reader.open_reader(index_cls, path, verify=verify)
     if not recover:
         layout.current_generation(path)  # a clear error before taking any lock
     lock = layout.acquire_lock(path)
@@ -83,7 +81,7 @@ def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = Fals
         index, _ = load(index_cls, path, gen_dir, writable=mode == "w", checksums=True if verify else "small")
         index.path, index.mode = path, mode
         if mode == "w":
-            index._store_lock = lock
+            index.state.store_lock = lock
             replay_wal(index, salvage=salvage)
     except BaseException:
         if lock is not None:
@@ -97,12 +95,12 @@ def close(index, *, checkpoint: bool) -> None:
     releases the log and the lock whatever happened; a reader just stops."""
     if index.mode == "w" and index.path is not None:
         try:
-            if checkpoint and index._wal is not None and _log_holds_records(index):
+            if checkpoint and index.state.wal is not None and _log_holds_records(index):
                 index.checkpoint()
         finally:
-            if index._wal is not None:
-                index._wal.close()
-                index._wal = None
+            if index.state.wal is not None:
+                index.state.wal.close()
+                index.state.wal = None
             layout.release_lock(index.path)
     index.mode = None
 
@@ -111,7 +109,7 @@ def _log_holds_records(index) -> bool:
     """Whether a writer's log holds records to checkpoint at close; a log left unusable by an I/O
     error is not checkpointed over (its records are replayed by the next writer's open)."""
     try:
-        return len(index._wal) > 0
+        return len(index.state.wal) > 0
     except RuntimeError as e:
         log.warning("close(): no checkpoint, the write-ahead log is unusable (%s); reopen the store to "
                     "replay it", e)
@@ -235,12 +233,12 @@ def reset_wal(index, base: int) -> None:
     """Start an empty log that follows generation ``base`` (after a checkpoint)."""
     from ..store.wal import WriteAheadLog
 
-    if index._wal is None:
+    if index.state.wal is None:
         wal_path = index.path / layout.WAL
         wal_path.unlink(missing_ok=True)  # only at create: nothing to keep
-        index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
+        index.state.wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
     else:
-        index._wal.reset(base)
+        index.state.wal.reset(base)
 
 
 def replay_wal(index, *, salvage: bool = False) -> None:
@@ -274,7 +272,7 @@ def replay_wal(index, *, salvage: bool = False) -> None:
                     raise
                 salvage_wal(index, applied, e.damage)
                 return
-    index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
+    index.state.wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
     if applied:
         log.info("replayed %d logged operations from %s", applied, wal_path)
 
@@ -332,7 +330,7 @@ def salvage_wal(index, applied: int, damage) -> dict:
     gen = write(index, index.path)  # everything kept, published before the log is touched
     moved = move_aside(wal_path)
     number = layout.generation_number(gen)
-    index._wal = WriteAheadLog(wal_path, base=number, sync=index.config.wal_sync, lock=False)
+    index.state.wal = WriteAheadLog(wal_path, base=number, sync=index.config.wal_sync, lock=False)
     report = {"log": str(wal_path), "moved_to": moved, "kept": kept, "damaged": damaged, "lost_ids": lost_ids,
               "lost_records": lost_records, "generation": gen.name}
     if not lost_ids:

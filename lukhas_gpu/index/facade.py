@@ -18,7 +18,7 @@ import weakref
 
 import numpy as np
 
-from ..config import IndexConfig
+from ..config import IndexConfig, as_config
 from ..store import layout
 from ..util.bounds import check_dim
 from ..util.checks import check_positive, check_queries
@@ -27,7 +27,7 @@ from ..util.memtrim import maybe_trim, trim
 from . import durable
 from .documents import DocumentsMixin
 from .locking import locked as _locked
-from .parts import IndexParts
+from .parts import IndexParts, IndexState
 from .results import Memory, SearchResult
 from .tuning import TuningMixin
 from .sparse_search import SparseSearchMixin
@@ -59,15 +59,11 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
 
     path: pathlib.Path | None = None
     mode: str | None = None
+    salvage_report: dict | None = None  # what open(salvage=True) kept and lost (durable.salvage_wal)
 
     def __init__(self, dim: int, config: IndexConfig | str | None = None, *, _vectors=None):
         dim = check_dim(dim)  # before anything is allocated (dim=2**40 asked for 1 TiB)
-        if isinstance(config, str):
-            config = IndexConfig.preset(config)
-        elif config is None:
-            config = IndexConfig()
-        elif not isinstance(config, IndexConfig):
-            raise TypeError(f"config must be an IndexConfig or a preset name, got {type(config).__name__}")
+        config = as_config(config)
         self.dim, self.config = int(dim), config
         self.backend = resolve_backend(config.backend)
         if config.threads:
@@ -79,11 +75,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         self.parts.mirror_wanted = config.resident_on(self.backend)
         self.last_plan = None  # the plan of the last filtered search (for introspection)
         self.timings: dict[str, float] = {}
-        self._wal = None  # the write-ahead log of a store open for writing
-        self._reader = None  # a reader's cursor in the store (see reader.py)
-        # held by every call that reads or changes the index, so a background retrain can swap
-        # its result in between two calls
-        self.lock = threading.RLock()
+        self.state = IndexState()  # the store's log, lock and reader cursor; the tuner's (parts.py)
+        self.lock = threading.RLock()  # held by every call: a background retrain swaps in between two
 
     # -- the torch side, on first use ------------------------------------------------------------
     @property
@@ -129,6 +122,9 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         Raises StoreError, CorruptStoreError or StoreLockedError: no store there, a newer format,
         a truncated or altered file (named), a damaged log (offset, sequence numbers), a writer.
         """
+        if mode == "r" and not (salvage or recover):  # changes no file, takes no lock (reader.py)
+            from . import reader
+            return reader.open_reader(cls, path, verify=verify)
         return durable.open_store(cls, path, mode, verify=verify, salvage=salvage, recover=recover)
 
     @_locked
@@ -139,7 +135,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         Returns ``generation``, ``records`` applied, ``added``, ``updated``, ``deleted``
         (memories), ``reloaded`` (a new generation was loaded), ``count`` (live), ``seconds``.
         """
-        if self.mode != "r" or self._reader is None:
+        if self.mode != "r" or self.state.reader is None:
             raise layout.StoreError("refresh() follows a store opened with mode='r'")
         from . import reader
         return reader.refresh(self)
@@ -256,8 +252,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         self._require_writable()
         batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, ids=ids,
                                    metadata=metadata, sparse=sparse)
-        if self._wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
-            self._wal.append(durable.OP_ADD, batch.log_fields())
+        if self.state.wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
+            self.state.wal.append(durable.OP_ADD, batch.log_fields())
         rows = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
         if self.config.target_recall is not None:
             from . import tuning
@@ -380,8 +376,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         self._require_writable()
         change = writes.prepare_update(self, self._check_ids(ids), contents, tags, timestamps, importance,
                                        embeddings, metadata)
-        if self._wal is not None:
-            self._wal.append(durable.OP_UPDATE, change.log_fields())
+        if self.state.wal is not None:
+            self.state.wal.append(durable.OP_UPDATE, change.log_fields())
         writes.apply_update(self, change)
 
     @_locked
@@ -398,8 +394,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         rows = writes.prepare_delete(self, self._rows_for(ids))
         if len(rows) == 0:
             return 0
-        if self._wal is not None:
-            self._wal.append(durable.OP_DELETE, {"ids": rows})
+        if self.state.wal is not None:
+            self.state.wal.append(durable.OP_DELETE, {"ids": rows})
         writes.apply_delete(self, rows)
         return len(rows)
 

@@ -189,43 +189,14 @@ def retrain(index, queries, tolerance: float) -> dict:
     """Build beside the live index, compare on the probe, swap or discard (``MemoryIndex.retrain``)."""
     t0 = time.perf_counter()
     cfg, lock = index.config, index.lock
-    with lock:  # a fresh sample of the live rows, copied out
-        parts = index.parts
-        n0 = parts.rows
-        dead0 = parts.tombstones.copy()
-        live_rows = np.flatnonzero(parts.tombstones.live_mask(n0))
-        if len(live_rows) < MIN_TRAIN_ROWS:
-            raise ValueError(f"retraining needs at least {MIN_TRAIN_ROWS} live memories, the index holds "
-                             f"{len(live_rows)}")
-        pick = sample_index(len(live_rows), train_rows(planned_nlist(len(live_rows), cfg)),
-                            cfg.seed + 1 + parts.drift.batches)
-        sample_codes = np.array(parts.vectors[live_rows[pick]])
-        encoder = copy.deepcopy(parts.encoder)
-        quant_base = parts.drift.baseline.get("quant")
-        mem = parts.probe.memories
-        originals = None
-        if len(mem):
-            ok = (mem.ids < parts.rows) & ~parts.tombstones.contains(mem.ids)
-            originals = mem.vectors[ok].astype(np.float32)
+    n0, dead0, n_live, sample_codes, encoder, quant_base, originals = _sample_live(index)
     old_scale = encoder.scale.clone()
     sample = encoder.dequantize(sample_codes)
     del sample_codes
-    # int8 scales: refitted on the sampled originals when they clip twice as often as the
-    # scales' quantile allows, and only ever widened (the stored rows are requantized from
-    # their codes, never clipped more)
-    clipped = 0.0
-    if originals is not None and len(originals) >= 256:
-        clipped = float((np.abs(originals) > 127.5 * old_scale.cpu().numpy()).mean())
-    rescale = clipped > max(2 * (1.0 - cfg.quantile), 1e-5)
-    if rescale:
-        encoder.fit_quantizer(originals)
-        encoder.scale.copy_(torch.maximum(encoder.scale, old_scale))
-        codes_o = encoder.quantize(originals)
-        quant_base = float((((originals - encoder.dequantize(codes_o).cpu().numpy()) ** 2).sum(1)
-                            / np.maximum((originals ** 2).sum(1), 1e-30)).mean())
+    rescale, clipped, quant_base = _refit_scales(encoder, originals, old_scale, cfg.quantile, quant_base)
     if encoder.projects:
         encoder.fit_projection(sample)
-    ann = _new_ann(encoder.dim_out, len(live_rows), cfg)
+    ann = _new_ann(encoder.dim_out, n_live, cfg)
     proj = encoder.project(sample).cpu().numpy()
     baseline = _train_ann(ann, sample, proj, cfg.seed, index.faiss_gpu_wanted)
     del proj, sample
@@ -248,29 +219,9 @@ def retrain(index, queries, tolerance: float) -> dict:
         gone = parts.tombstones.since(dead0)
         if len(gone):
             ann.remove(gone)
-        probe = quality.setup(index, queries, 10, 20000)
-        # compared at the same share of the store scanned: a restructure to more lists probes
-        # proportionally more of them
-        tuned = parts.tuned
-        np_old = tuned.probing.nprobe if tuned is not None and tuned.probing is not None else cfg.nprobe
-        rr = tuned.rerank if tuned is not None and tuned.probing is not None else cfg.rerank
-        np_new = max(1, round(np_old * ann.nlist / parts.ann.nlist))
-        old_found = quality.found(index, probe, 10, np_old, rr, resident=False)
-        old_encoder, old_ann = parts.encoder, parts.ann
-        new_scale = encoder.scale.clone()
-        encoder.scale.copy_(old_scale)  # the stored codes are still at the old scales
-        parts.encoder, parts.ann = encoder, ann
-        try:
-            new_found = quality.found(index, probe, 10, np_new, rr, resident=False)
-            encoder.scale.copy_(new_scale)
-        except BaseException:
-            parts.encoder, parts.ann = old_encoder, old_ann
-            raise
-        hits = int(probe["exact_n"].sum())
-        # paired: the same queries and exact neighbours; the int8 stage is the same for both
-        accepted = new_found.sum() >= old_found.sum() - tolerance * hits
+        out = _compare_and_swap(index, queries, tolerance, encoder, ann, old_scale)
         generation = None
-        if accepted:
+        if out["accepted"]:
             parts.mirror = None  # new projection or scales: rebuilt on the next search
             if rescale:
                 requantize(parts, old_scale, cfg.batch_size)
@@ -279,14 +230,85 @@ def retrain(index, queries, tolerance: float) -> dict:
             if index.path is not None and index.mode == "w":
                 generation = index.checkpoint().name
         else:
-            parts.encoder, parts.ann = old_encoder, old_ann
             rescale = False
-        old, new = (recall_estimate(f, probe["exact_n"], probe["kept"], probe["true"])
-                    for f in (old_found, new_found))
-        log.log(logging.INFO if accepted else logging.WARNING,
-                "retrain: probe recall %.3f -> %.3f on %d sampled neighbours: %s", old["recall"] or 0.0,
-                new["recall"] or 0.0, hits, "new index kept" if accepted else "new index discarded")
     trim()
-    return {"accepted": bool(accepted), "old": old, "new": new, "hits": hits, "source": probe["source"],
-            "rescaled": bool(rescale), "clipped": clipped, "nlist": ann.nlist, "rows": n1,
+    return {**out, "rescaled": bool(rescale), "clipped": clipped, "nlist": ann.nlist, "rows": n1,
             "seconds": time.perf_counter() - t0, "generation": generation}
+
+
+def _sample_live(index) -> tuple:
+    """Under the lock, a fresh sample of the live rows copied out, with what the build needs:
+    ``(rows, tombstones, live count, sample codes, a copy of the encoder, the drift baseline's
+    quantization error, the probe's sampled originals or None)``."""
+    cfg = index.config
+    with index.lock:
+        parts = index.parts
+        n0 = parts.rows
+        dead0 = parts.tombstones.copy()
+        live_rows = np.flatnonzero(parts.tombstones.live_mask(n0))
+        if len(live_rows) < MIN_TRAIN_ROWS:
+            raise ValueError(f"retraining needs at least {MIN_TRAIN_ROWS} live memories, the index holds "
+                             f"{len(live_rows)}")
+        pick = sample_index(len(live_rows), train_rows(planned_nlist(len(live_rows), cfg)),
+                            cfg.seed + 1 + parts.drift.batches)
+        sample_codes = np.array(parts.vectors[live_rows[pick]])
+        encoder = copy.deepcopy(parts.encoder)
+        quant_base = parts.drift.baseline.get("quant")
+        mem = parts.probe.memories
+        originals = None
+        if len(mem):
+            ok = (mem.ids < parts.rows) & ~parts.tombstones.contains(mem.ids)
+            originals = mem.vectors[ok].astype(np.float32)
+    return n0, dead0, len(live_rows), sample_codes, encoder, quant_base, originals
+
+
+def _refit_scales(encoder, originals, old_scale, quantile: float, quant_base):
+    """int8 scales refitted on the sampled originals when they clip twice as often as the scales'
+    quantile allows, and only ever widened (the stored rows are requantized from their codes,
+    never clipped more): ``(rescaled, share clipped, quantization error)``."""
+    clipped = 0.0
+    if originals is not None and len(originals) >= 256:
+        clipped = float((np.abs(originals) > 127.5 * old_scale.cpu().numpy()).mean())
+    rescale = clipped > max(2 * (1.0 - quantile), 1e-5)
+    if rescale:
+        encoder.fit_quantizer(originals)
+        encoder.scale.copy_(torch.maximum(encoder.scale, old_scale))
+        codes_o = encoder.quantize(originals)
+        quant_base = float((((originals - encoder.dequantize(codes_o).cpu().numpy()) ** 2).sum(1)
+                            / np.maximum((originals ** 2).sum(1), 1e-30)).mean())
+    return rescale, clipped, quant_base
+
+
+def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale) -> dict:
+    """Under the lock: the old and the new index on the same probe queries and exact neighbours;
+    the new one stays in ``index.parts`` if its recall is at least the old one's less
+    ``tolerance``. Returns ``accepted``, ``old``, ``new``, ``hits``, ``source``."""
+    cfg, parts = index.config, index.parts
+    probe = quality.setup(index, queries, 10, 20000)
+    # compared at the same share of the store scanned: a restructure to more lists probes
+    # proportionally more of them
+    tuned = parts.tuned
+    np_old = tuned.probing.nprobe if tuned is not None and tuned.probing is not None else cfg.nprobe
+    rr = tuned.rerank if tuned is not None and tuned.probing is not None else cfg.rerank
+    np_new = max(1, round(np_old * ann.nlist / parts.ann.nlist))
+    old_found = quality.found(index, probe, 10, np_old, rr, resident=False)
+    old_encoder, old_ann = parts.encoder, parts.ann
+    new_scale = encoder.scale.clone()
+    encoder.scale.copy_(old_scale)  # the stored codes are still at the old scales
+    parts.encoder, parts.ann = encoder, ann
+    try:
+        new_found = quality.found(index, probe, 10, np_new, rr, resident=False)
+        encoder.scale.copy_(new_scale)
+    except BaseException:
+        parts.encoder, parts.ann = old_encoder, old_ann
+        raise
+    hits = int(probe["exact_n"].sum())
+    # paired: the same queries and exact neighbours; the int8 stage is the same for both
+    accepted = new_found.sum() >= old_found.sum() - tolerance * hits
+    if not accepted:
+        parts.encoder, parts.ann = old_encoder, old_ann
+    old, new = (recall_estimate(f, probe["exact_n"], probe["kept"], probe["true"]) for f in (old_found, new_found))
+    log.log(logging.INFO if accepted else logging.WARNING,
+            "retrain: probe recall %.3f -> %.3f on %d sampled neighbours: %s", old["recall"] or 0.0,
+            new["recall"] or 0.0, hits, "new index kept" if accepted else "new index discarded")
+    return {"accepted": bool(accepted), "old": old, "new": new, "hits": hits, "source": probe["source"]}

@@ -10,6 +10,10 @@ opening a store to read contents, tags or statistics never imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
+import threading
+from typing import Any
+
 import numpy as np
 
 from ..config import IndexConfig
@@ -24,10 +28,33 @@ from ..vectors.policy import dim_out_for, encoder_bytes
 from ..vectors.store import VectorStore
 from .sparse_parts import make_text
 
-__all__ = ["IndexParts"]
+__all__ = ["IndexParts", "IndexState"]
 
 #: Whether an index of this process has used the vector path (see ``runtime_owner``).
 _runtime_paid = False
+
+
+@dataclasses.dataclass
+class IndexState:
+    """What the facade keeps between calls beside its components (``MemoryIndex.state``): the
+    store's log, lock and reader cursor, and the background tuner's bookkeeping. Declared here
+    once; the module that owns each field writes it, and nothing adds attributes to the facade.
+    It survives a reader's reload (which swaps ``parts``)."""
+
+    #: The write-ahead log of a store open for writing (:mod:`.durable`).
+    wal: Any = None
+    #: The writer's lock on the store (``store.layout.acquire_lock``).
+    store_lock: Any = None
+    #: A reader's cursor in the store (:class:`.reader.Cursor`).
+    reader: Any = None
+    #: The background tuning run, if one was started (:mod:`.tuning`).
+    tuning_job: threading.Thread | None = None
+    #: Asks that run to stop at its next step.
+    tuning_cancel: bool = False
+    #: ``time.monotonic()`` before which a failed run is not retried.
+    tuning_retry_at: float = 0.0
+    #: The live count of the last restructure: not tried again before the index doubles.
+    restructure_tried_at: int = 0
 
 
 class IndexParts:

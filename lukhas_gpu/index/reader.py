@@ -65,7 +65,7 @@ def open_reader(index_cls, path, *, verify: bool):
             if attempt + 1 == MAX_PASSES or _published(path) == layout.generation_number(gen_dir):
                 raise
             # pruned by two checkpoints while we read it: take the new one
-    index._reader = Cursor(layout.generation_number(gen_dir))
+    index.state.reader = Cursor(layout.generation_number(gen_dir))
     _catch_up(index, _Changes())
     return index
 
@@ -76,7 +76,7 @@ def refresh(index) -> dict:
     ch = _Changes()
     _catch_up(index, ch)
     ch.seconds = time.perf_counter() - t0
-    return ch.report(index._reader.generation, len(index))
+    return ch.report(index.state.reader.generation, len(index))
 
 
 def _catch_up(index, ch: "_Changes") -> None:
@@ -84,7 +84,7 @@ def _catch_up(index, ch: "_Changes") -> None:
     for attempt in range(MAX_PASSES):
         gen_dir = layout.current_generation(path)
         number = layout.generation_number(gen_dir)
-        if number != index._reader.generation or index._reader.broken:
+        if number != index.state.reader.generation or index.state.reader.broken:
             try:
                 new = _load(type(index), path, gen_dir, "small")
             except Exception:
@@ -94,12 +94,12 @@ def _catch_up(index, ch: "_Changes") -> None:
             for name in ("dim", "config", "backend", "parts"):
                 setattr(index, name, getattr(new, name))
             index.last_plan = None
-            index._reader = Cursor(number)
+            index.state.reader = Cursor(number)
             ch.reloaded = True
         if _follow(index, ch):
             return
     log.warning("%s: the writer published generations faster than this reader could load them; "
-                "it shows generation %d and may be behind", path, index._reader.generation)
+                "it shows generation %d and may be behind", path, index.state.reader.generation)
 
 
 @dataclasses.dataclass
@@ -134,7 +134,7 @@ def _follow(index, ch: _Changes) -> bool:
     """Apply the log's new records; False when the generation loaded is no longer the published
     one, or the log cannot be continued (the caller reloads and comes back), True when the
     reader is up to date."""
-    cur: Cursor = index._reader
+    cur: Cursor = index.state.reader
     wal_path = index.path / layout.WAL
     try:
         with WalReader(wal_path) as head:  # the header and the file's identity

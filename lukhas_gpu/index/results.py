@@ -59,11 +59,11 @@ class SearchResult:
 
     def contents(self) -> list:
         """Contents of the results, shaped like ``ids`` (lists), ``None`` where padded."""
-        return self._hydrate(lambda ids: self._index()._contents_at(ids))
+        return self._hydrate(lambda ids: self._index().contents_at(ids))
 
     def memories(self) -> list:
         """:class:`Memory` records of the results, shaped like ``ids``, ``None`` where padded."""
-        return self._hydrate(lambda ids: self._index()._get_at(ids))
+        return self._hydrate(lambda ids: self._index().memories_at(ids))
 
     @property
     def external_ids(self) -> list:

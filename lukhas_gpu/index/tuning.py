@@ -446,7 +446,7 @@ def _due(index) -> str | None:
         return None
     live = parts.live
     if index.mode != "r" and planned_nlist(live, cfg) >= 2 * ann.nlist and live >= MIN_TRAIN_ROWS \
-            and live >= 2 * getattr(index, "_restructure_tried_at", 0):
+            and live >= 2 * index.state.restructure_tried_at:
         return "restructure"
     if tuned is None:
         return "first"
@@ -469,7 +469,7 @@ class Cancelled(Exception):
 
 
 def _checkpoint_cancel(index, cancellable: bool) -> None:
-    if cancellable and getattr(index, "_tuning_cancel", False):
+    if cancellable and index.state.tuning_cancel:
         raise Cancelled()
 
 
@@ -478,15 +478,15 @@ def _stop_all() -> None:
     """At exit, stop background runs at their next step and wait for them (FAISS threads still
     running while the interpreter tears down abort the process)."""
     for index in list(_RUNNING):
-        index._tuning_cancel = True
+        index.state.tuning_cancel = True
     for index in list(_RUNNING):
         wait(index, timeout=60)
 
 
 def maybe_retune(index) -> None:
     """Start a background run when one is due (called after adds and searches; cheap when not)."""
-    job = getattr(index, "_tuning_job", None)
-    if job is not None and job.is_alive() or time.monotonic() < getattr(index, "_tuning_retry_at", 0.0):
+    job = index.state.tuning_job
+    if job is not None and job.is_alive() or time.monotonic() < index.state.tuning_retry_at:
         return
     why = _due(index)
     if why is None:
@@ -495,33 +495,32 @@ def maybe_retune(index) -> None:
     def run():
         try:
             if why == "restructure":
-                from . import lifecycle
-                index._restructure_tried_at = index.parts.live  # not again before the index doubles
-                rep = lifecycle.retrain(index, None, RESTRUCTURE_TOLERANCE)
+                index.state.restructure_tried_at = index.parts.live  # not again before the index doubles
+                rep = index.retrain(tolerance=RESTRUCTURE_TOLERANCE)  # the facade's, no import of lifecycle
                 log.info("restructured for %d memories: IVF%d (%s)", rep["rows"], rep["nlist"],
                          "kept" if rep["accepted"] else "discarded")
             tune(index, cancellable=True)
         except Cancelled:
             log.info("background tuning (%s) stopped", why)
         except Exception:  # a background run must not take the process down
-            index._tuning_retry_at = time.monotonic() + RETRY_SECONDS
+            index.state.tuning_retry_at = time.monotonic() + RETRY_SECONDS
             log.exception("background tuning (%s) failed; not retried for %d s", why, RETRY_SECONDS)
 
         finally:
             _RUNNING.discard(index)
 
     log.info("background tuning started (%s)", why)
-    index._tuning_cancel = False
-    index._tuning_job = threading.Thread(target=run, name="lukhas-gpu-tune", daemon=True)
+    index.state.tuning_cancel = False
+    index.state.tuning_job = threading.Thread(target=run, name="lukhas-gpu-tune", daemon=True)
     _RUNNING.add(index)
-    index._tuning_job.start()
+    index.state.tuning_job.start()
 
 
 def wait(index, timeout: float | None = None, *, cancel: bool = False) -> None:
     """Wait for a background run (``close()`` does, asking it to stop at its next step)."""
     if cancel:
-        index._tuning_cancel = True
-    job = getattr(index, "_tuning_job", None)
+        index.state.tuning_cancel = True
+    job = index.state.tuning_job
     if job is not None and job.is_alive() and job is not threading.current_thread():
         job.join(timeout)
 

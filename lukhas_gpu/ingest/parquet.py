@@ -18,8 +18,8 @@ import numpy as np
 from ..records.metadata import DEFAULT_IMPORTANCE
 from . import rules
 from .arrays import to_f32
+from .batch import Batch, identity
 from .errors import MigrationError, MissingExtra
-from .sources import Batch, identity
 
 __all__ = ["ParquetSource", "PARQUET_COLUMNS", "arrow_batch", "type_problem"]
 

@@ -21,7 +21,7 @@ from .errors import MigrationError
 if TYPE_CHECKING:  # numpy and the readers load with the first batch: the parser reads DEFAULT_BATCH_SIZE
     import numpy as np
 
-    from .sources import Batch
+    from .batch import Batch
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ skipped; messages give the file's real 1-based line numbers.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import json
 import logging
@@ -41,6 +40,7 @@ from ..records.metadata import DEFAULT_IMPORTANCE
 from ..util.bounds import MAX_JSON_DEPTH
 from . import rules
 from .arrays import ArrayReader
+from .batch import Batch, identity
 from .errors import InvalidRecord, MigrationError
 
 log = logging.getLogger(__name__)
@@ -51,45 +51,6 @@ __all__ = ["Batch", "JsonlSource", "ArraySource", "open_source", "records", "cou
 ARRAY_SUFFIXES = (".npy", ".npz")
 PARQUET_SUFFIXES = (".parquet",)
 _BOM = b"\xef\xbb\xbf"
-
-
-@dataclasses.dataclass
-class Batch:
-    """One validated batch: everything :meth:`MemoryIndex.add` takes, plus where it came from.
-
-    Attributes
-    ----------
-    lines : sequence of int
-        Each record's 1-based line (JSONL) or 0-based row (Parquet) number.
-    old_ids : list
-        The input's ids (None where a record has none), for an id map.
-    x : (b, d) float32 ndarray
-    contents : list of (str, bytes or None), or None
-    tags : list of lists of str, or None
-    timestamps : (b,) float64 ndarray
-        Epoch seconds, NaN where the record has none (the time of the add is used).
-    importance : (b,) float64 ndarray
-    sparse : list of (indices, values) pairs, or None
-        Sparse vectors (Parquet's ``sparse_indices`` / ``sparse_values`` columns).
-    """
-
-    lines: list
-    old_ids: list
-    x: np.ndarray
-    contents: list | None
-    tags: list | None
-    timestamps: np.ndarray
-    importance: np.ndarray
-    sparse: list | None = None
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-
-def identity(path) -> dict:
-    """What says a file is still the one an ingest began on: its absolute path, size, mtime."""
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 # -- JSON Lines ---------------------------------------------------------------------------------

@@ -14,16 +14,19 @@ records become garbage until :meth:`ContentArena.compact`), reads and persistenc
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import zstandard
 
-from .codec import BYTES_OBJECT_HEADER, MIN_DICT_SIZE, MIN_TRAIN_SAMPLES, NONE_RECORD, ContentCodec, extents, \
-    generation_of, is_zstd, raw_sizes
+from ..util.memory import NPZ_MEMBER_BYTES
+from .codec import BYTES_OBJECT_HEADER, MIN_DICT_SIZE, MIN_TRAIN_SAMPLES, NONE_RECORD, RECENT_BYTES, RECENT_ITEMS, \
+    ContentCodec, extents, generation_of, is_zstd, raw_sizes
 from .columns import GrowableArray
 from .validate import DEFAULT_MAX_CONTENT_BYTES, KIND_BYTES, KIND_NONE, KIND_STR, ValidatedContents, validate_contents
 
-__all__ = ["ContentArena", "ValidatedContents", "KIND_NONE", "KIND_STR", "KIND_BYTES"]
+__all__ = ["ContentArena", "ValidatedContents", "KIND_NONE", "KIND_STR", "KIND_BYTES", "planned_bytes",
+           "ZSTD_CONTEXT_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -484,3 +487,33 @@ class ContentArena:
                 raise ValueError(f"records use dictionary generation {int(gens.max())} but only "
                                  f"{self.generation} dictionaries were saved")
         return self
+
+
+#: zstd contexts of the arena (``memory_size()`` at level 3 with 16 KiB dictionaries): after
+#: ingestion, the compressor with its digested dictionary and the decompressors used; in a store
+#: just opened, only the objects (contexts are allocated on first use).
+ZSTD_CONTEXT_BYTES = {"built": 534_000, "opened": 5_000}
+
+
+def planned_bytes(count: int, avg: float, ratio: float, *, opened: bool) -> dict:
+    """The bytes of a :class:`ContentArena` holding ``count`` contents of ``avg`` raw bytes stored
+    at ``ratio`` (stored / raw, records included), as its ``memory_usage()`` names them, plus
+    ``disk`` (for ``lukhas_gpu.plan``): records (memory-mapped in a store ``opened``), offsets,
+    the dictionaries trained from the first contents and the recent samples kept."""
+    records = count * (avg * ratio if avg > 0 else len(NONE_RECORD))
+    anon: dict = {}
+    mapped: dict = {}
+    (mapped if opened else anon)["content_records"] = records
+    anon["content_offsets"] = 8 * count
+    dictionaries = samples = kept = 0.0
+    if avg > 0 and count:
+        first = min(count, max(64, min(2048, math.ceil(65536 / avg))))  # contents at the first training
+        dictionaries = max(1024.0, min(16384.0, first * avg / 4)) if count >= 64 else 0.0
+        kept = min(count, RECENT_ITEMS, max(1, int(RECENT_BYTES // avg)))
+        samples = kept * avg
+        anon["content_zstd_contexts"] = ZSTD_CONTEXT_BYTES["opened" if opened else "built"]
+    anon["content_dictionaries"] = dictionaries
+    anon["content_samples"] = samples + BYTES_OBJECT_HEADER * kept
+    disk = {"content_records": records,
+            "content_index": 8 * count + dictionaries + samples + 17 * NPZ_MEMBER_BYTES}
+    return {"anon": anon, "mapped": mapped, "disk": disk}

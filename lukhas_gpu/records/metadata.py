@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..util.memory import NPZ_MEMBER_BYTES
 from .columns import GrowableArray
 from .validate import DEFAULT_IMPORTANCE, IMPORTANCE_SCALE, to_epoch_seconds, validate_importance, validate_timestamps
 
-__all__ = ["MetadataColumns", "to_epoch_seconds", "DEFAULT_IMPORTANCE", "IMPORTANCE_SCALE"]
+__all__ = ["MetadataColumns", "planned_bytes", "to_epoch_seconds", "DEFAULT_IMPORTANCE", "IMPORTANCE_SCALE"]
 
 
 class MetadataColumns:
@@ -77,3 +78,9 @@ class MetadataColumns:
         m.importance_q.append(arrays["importance_q"])
         m.flags.append(arrays["flags"])
         return m
+
+
+def planned_bytes(count: int) -> dict:
+    """The bytes of :class:`MetadataColumns` holding ``count`` rows (11 B each: timestamp,
+    importance, flags), as its ``memory_usage()`` names them, plus ``disk`` (three arrays)."""
+    return {"anon": {"metadata": 11 * count}, "disk": {"metadata": 11 * count + 3 * NPZ_MEMBER_BYTES}}

@@ -7,9 +7,15 @@ allocated, so an absurd request fails at once with a ``ValueError`` naming the l
 """
 from __future__ import annotations
 
+import math
+from numbers import Real
+
+import numpy as np
+
 from .bounds import MAX_K, MAX_NPROBE, MAX_QUERIES, MAX_RERANK, MAX_RESULTS, is_int
 
-__all__ = ["check_k", "check_positive", "check_queries", "MAX_K", "MAX_QUERIES", "MAX_RESULTS"]
+__all__ = ["check_k", "check_positive", "check_queries", "check_int", "check_real", "MAX_K", "MAX_QUERIES",
+           "MAX_RESULTS"]
 
 #: The upper bound of each parameter :func:`check_positive` knows by name.
 _UPPER = {"nprobe": MAX_NPROBE, "rerank": MAX_RERANK}
@@ -48,3 +54,23 @@ def check_positive(name: str, v) -> int:
     if hi is not None and v > hi:
         raise ValueError(f"{name}={v:,} exceeds the limit of {hi:,} (lukhas_gpu.util.bounds.MAX_{name.upper()})")
     return int(v)
+
+
+def check_int(name: str, value, lo: int) -> int:
+    """An int parameter ``>= lo`` (the planners' counts and sizes); TypeError for a bool or float."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return int(value)
+
+
+def check_real(name: str, value, lo: float, hi: float = math.inf, *, lo_open: bool = False) -> float:
+    """A finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); TypeError for a bool."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi:
+        bound = f"{'(' if lo_open else '['}{lo}, {hi}]" if math.isfinite(hi) else f"{'>' if lo_open else '>='} {lo}"
+        raise ValueError(f"{name} must be {'in ' if math.isfinite(hi) else ''}{bound}, got {value!r}")
+    return v

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import pathlib
 
-__all__ = ["PAGE", "HUGE_PAGE", "HUGE_FROM", "ROARING_CONTAINER_BYTES", "huge_page_slack",
-           "bitmap_bytes", "zstd_context_bytes", "DRIFT_HISTORY", "DRIFT_HISTORY_COLUMNS",
-           "DRIFT_HISTORY_BYTES"]
+__all__ = ["PAGE", "HUGE_PAGE", "HUGE_FROM", "ROARING_CONTAINER_BYTES", "NPZ_MEMBER_BYTES", "huge_page_slack",
+           "bitmap_bytes", "zstd_context_bytes", "DRIFT_HISTORY", "DRIFT_HISTORY_COLUMNS", "DRIFT_HISTORY_BYTES"]
 
 PAGE = 4096
+#: Bytes of an ``np.savez`` member besides its data (zip headers and the .npy header): what a
+#: component's planned disk bytes add per array it saves.
+NPZ_MEMBER_BYTES = 250
 #: A transparent huge page (numpy advises them for arrays of ``HUGE_FROM`` bytes and more).
 HUGE_PAGE = 2 << 20
 HUGE_FROM = 4 << 20

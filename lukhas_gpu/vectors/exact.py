@@ -171,16 +171,7 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | No
     best_s = best_i = None
     for start in range(0, total, chunk):
         stop = min(total, start + chunk)
-        if rows is None:
-            block = _as_tensor(codes[start:stop], device)
-            ids = torch.arange(start, stop, device=device)
-        elif on_device:
-            ids = rows[start:stop]
-            block = gather_rows(codes, ids)
-        else:
-            r = rows[start:stop]
-            block = _as_tensor(codes[r], device)
-            ids = torch.from_numpy(np.ascontiguousarray(r, dtype=np.int64)).to(device)
+        block, ids = _chunk(codes, rows, start, stop, device, on_device)
         if q is not None:
             s, fill = q.raw(block), torch.iinfo(torch.int32).min
         else:
@@ -203,6 +194,17 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | No
     out_i[:, :kk] = torch.gather(best_i, 1, order)
     out_i[torch.isinf(out_s)] = -1
     return out_s, out_i
+
+
+def _chunk(codes, rows, start: int, stop: int, device, on_device: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scan`'s chunk ``start:stop`` (of all rows, or of ``rows``) on ``device``: ``(codes, row ids)``."""
+    if rows is None:
+        return _as_tensor(codes[start:stop], device), torch.arange(start, stop, device=device)
+    if on_device:
+        ids = rows[start:stop]
+        return gather_rows(codes, ids), ids
+    r = rows[start:stop]
+    return _as_tensor(codes[r], device), torch.from_numpy(np.ascontiguousarray(r, dtype=np.int64)).to(device)
 
 
 #: Queries per group of the host rerank: their gathered rows, widened to float32, stay in cache.

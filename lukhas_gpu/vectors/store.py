@@ -24,7 +24,7 @@ import numpy as np
 
 from ..util.memory import huge_page_slack
 
-__all__ = ["VectorStore"]
+__all__ = ["VectorStore", "planned_bytes"]
 
 #: Doubling: each row is copied once on average as the store grows (1.5 copied it twice and cost
 #: 10% of an ingest). Capacity never written is never resident, so the slack costs no RAM.
@@ -249,3 +249,18 @@ def _libc_mmap(addr: int, length: int, prot: int, flags: int, fd: int, offset: i
     fn.restype = ctypes.c_void_p
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     return fn(addr, length, prot, flags, fd, offset)
+
+
+def planned_bytes(count: int, dim: int, *, capacity_rows: int, mapped: bool) -> dict:
+    """The bytes of a :class:`VectorStore` holding ``count`` int8 rows of ``dim`` (``capacity_rows``
+    reserved), as its ``memory_usage()`` names them, plus ``disk`` (for ``lukhas_gpu.plan``):
+    ``mapped`` for a memory-mapped store or one opened read-only, else ``anon`` with the huge-page
+    slack of the reserved capacity."""
+    vec = count * dim
+    if mapped:
+        return {"mapped": {"vectors_int8": vec}, "disk": {"vectors_int8": vec}}
+    anon = {"vectors_int8": vec}
+    slack = huge_page_slack(vec, capacity_rows * dim)
+    if slack:
+        anon["vectors_slack"] = slack
+    return {"anon": anon, "disk": {"vectors_int8": vec}}
