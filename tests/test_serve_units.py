@@ -205,43 +205,119 @@ def test_options_are_bounded(tmp_path):
     assert ServeOptions.from_json(o.to_json()).api_key == o.api_key
 
 
-def test_the_guard_bounds_the_bodies_being_received_together():
+def test_the_guard_charges_bodies_by_the_bytes_received_and_times_out_stalled_ones():
     pytest.importorskip("orjson")
     from lukhas_gpu.serve.limits import Guard
 
     release = None
+    seen = []
 
     async def app(scope, receive, send):  # holds each request until released
+        seen.append((await receive())["body"])
         await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    def request(n: int):
-        return {"type": "http", "path": "/v1/search", "method": "POST",
-                "headers": [(b"content-length", str(n).encode())]}
+    def request(n: int | None):
+        headers = [(b"transfer-encoding", b"chunked")] if n is None else [(b"content-length", str(n).encode())]
+        return {"type": "http", "path": "/v1/search", "method": "POST", "headers": headers}
 
-    async def call(guard, scope):
+    def body(*chunks, stall=False):
+        it = iter(chunks)
+
+        async def receive():
+            try:
+                data = next(it)
+            except StopIteration:
+                await asyncio.sleep(3600 if stall else 0)
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": data, "more_body": stall or data is not chunks[-1]}
+        return receive
+
+    async def call(guard, scope, receive):
         sent = []
 
         async def send(m):
             sent.append(m)
 
-        await guard(scope, None, send)
-        return sent[0]["status"], dict(sent[0]["headers"])
+        await guard(scope, receive, send)
+        return (sent[0]["status"], dict(sent[0]["headers"])) if sent else (None, {})
 
     async def main():
         nonlocal release
         release = asyncio.Event()
-        guard = Guard(app, api_key=None, max_body=100, max_inflight=250)
-        held = [asyncio.ensure_future(call(guard, request(100))) for _ in range(2)]
-        await asyncio.sleep(0.01)
-        assert guard.inflight == 200
-        status, headers = await call(guard, request(100))  # 300 > 250: refused from the headers
+        guard = Guard(app, api_key=None, max_body=100, max_inflight=250, body_timeout_s=0.2)
+        # four uploads that declare a body (or none) and send nothing hold no budget, and time out
+        t0 = time.monotonic()
+        stalled = [asyncio.ensure_future(call(guard, request(n), body(stall=True))) for n in (100, 100, None, None)]
+        await asyncio.sleep(0.05)
+        assert guard.inflight == 0
+        held = [asyncio.ensure_future(call(guard, request(100), body(b"x" * 60, b"y" * 40))) for _ in range(2)]
+        await asyncio.sleep(0.02)
+        assert guard.inflight == 200 and seen == [b"x" * 60 + b"y" * 40] * 2
+        status, headers = await call(guard, request(100), body(b"z" * 100))  # 300 > 250 held
         assert status == 503 and headers[b"retry-after"] == b"1"
-        assert (await call(guard, request(101)))[0] == 413
+        status, _ = await call(guard, request(None), body(b"z" * 30, b"z" * 30, stall=True))  # 260 > 250
+        assert status == 503 and guard.inflight == 200
+        assert [(await s)[0] for s in stalled] == [408] * 4
+        assert time.monotonic() - t0 < 2
+        assert (await call(guard, request(101), body(b"")))[0] == 413  # from the header alone
+        assert (await call(guard, request(None), body(b"a" * 30, b"a" * 80)))[0] == 413  # as it streams in
         release.set()
         assert [(await h)[0] for h in held] == [200, 200]
         assert guard.inflight == 0
-        assert (await call(guard, request(100)))[0] == 200
+        assert (await call(guard, request(None), body(b"a" * 10, b"a" * 90)))[0] == 200
+        assert seen[-1] == b"a" * 100 and guard.inflight == 0
+        assert (await call(guard, request(50), body(b"a" * 10, stall=True)))[0] == 408
+        assert guard.inflight == 0  # given back on a refusal mid-body
+        msgs = iter([{"type": "http.request", "body": b"a" * 10, "more_body": True}, {"type": "http.disconnect"}])
+
+        async def leaves():
+            return next(msgs)
+        assert await call(guard, request(50), leaves) == (None, {})  # the client left: no answer
+        assert guard.inflight == 0
 
     _run(main())
+
+
+def test_the_connection_table_makes_room_by_closing_the_oldest_waiting_connection():
+    pytest.importorskip("uvicorn")
+    from lukhas_gpu.serve.conns import ConnectionTable
+
+    reasons = []
+    table = ConnectionTable(max_connections=5, per_client=3, header_timeout_s=1.0, reject=reasons.append)
+
+    class Conn:
+        def __init__(self, client):
+            self.client, self.closed = client, False
+
+        def lukhas_close(self, reason):
+            self.closed = True
+            table.drop(self, self.client)
+            table.rejected(reason)
+
+    def connect(client):
+        c = Conn(client)
+        if not table.admit(c, client):
+            return None
+        table.wait(c, client)
+        return c
+
+    a = [connect("a") for _ in range(3)]
+    table.busy(a[1], "a")  # a request of a[1] is being answered
+    a3 = connect("a")  # over the per-client cap: the oldest waiting of "a" goes
+    assert a[0].closed and not a[1].closed and not a[2].closed and reasons == ["evicted"]
+    table.wait(a[2], "a")  # a[2] answered a request and waits for the next: now the newest
+    a4 = connect("a")
+    assert a3.closed and not a[2].closed
+    b = [connect("b") for _ in range(2)]
+    assert table.open == 5 and table.by_client == {"a": 3, "b": 2}
+    c = connect("c")  # over the total: the oldest waiting anywhere (a[2]) goes
+    assert a[2].closed and c is not None and table.open == 5
+    for conn in (a4, *b, c):
+        table.busy(conn, conn.client)
+    assert connect("d") is None  # every connection busy: refused, nothing counted
+    assert table.open == 5 and "d" not in table.by_client and len(table.waiting) == 0
+    for conn in (a[1], a4, *b, c):
+        table.drop(conn, conn.client)
+    assert table.open == 0 and table.by_client == {} and table.waiting_by_client == {}
