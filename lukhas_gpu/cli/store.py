@@ -49,7 +49,7 @@ def _stats(sub) -> None:
 
 def _get(sub) -> None:
     g = sub.add_parser("get", help="print memories by id (content, tags, timestamp, importance)")
-    g.add_argument("store", help="store directory")
+    g.add_argument("store", help="store directory, or a sharded root (global ids, as `search` prints them)")
     g.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
     g.add_argument("--json", action="store_true",
                    help='print one JSON object per id: {"id", "content", "tags", "timestamp", "importance"}')
@@ -215,7 +215,12 @@ def cmd_get(args) -> int:
 
     from lukhas_gpu import MemoryIndex
 
-    index = MemoryIndex.open(args.store, mode="r")
+    if _sharded(args.store):  # the global ids `search` prints from a sharded root
+        from lukhas_gpu.distributed import ShardedIndex
+
+        index = ShardedIndex.open(args.store)
+    else:
+        index = MemoryIndex.open(args.store, mode="r")
     try:
         memories = index.get(np.asarray(args.ids, dtype=np.int64))
     finally:
@@ -237,6 +242,12 @@ def cmd_delete(args) -> int:
 
     from lukhas_gpu import MemoryIndex
 
+    if _sharded(args.store):
+        from lukhas_gpu.distributed.layout import ROW_MASK, SHARD_SHIFT
+        from lukhas_gpu.store.layout import StoreError
+
+        raise StoreError(f"{args.store} is a sharded root: delete in its shard-NNNNN stores (a global id's shard "
+                         f"is id >> {SHARD_SHIFT}, its id there id & {ROW_MASK:#x})")
     index = MemoryIndex.open(args.store, mode="w")
     try:
         n = index.delete(np.asarray(args.ids, dtype=np.int64))
