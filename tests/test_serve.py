@@ -345,8 +345,15 @@ def test_slow_and_stalled_clients_leave_room_for_keyed_requests(tmp_path):
     keyfile = tmp_path / "key"
     keyfile.write_text(KEY + "\n")
     auth = {"Authorization": f"Bearer {KEY}"}
+    log = []
     with server(path, "--api-key-file", str(keyfile), "--refresh-s", "0", "--header-timeout-s", "1.5",
-                "--body-timeout-s", "1.5", "--max-connections-per-client", "64") as url:
+                "--body-timeout-s", "1.5", "--max-connections-per-client", "64", log=log) as url:
+        # a binary body (a read-only view) and a value past float32: answers, and no warning in the log
+        r = httpx.post(url + "/v1/search?k=2", content=np.ones((2, DIM), "<f4").tobytes(), timeout=30,
+                       headers={**auth, "Content-Type": "application/octet-stream", "X-Shape": f"2,{DIM}"})
+        assert r.status_code == 200
+        r = _post(url, "/v1/search", {"vectors": [[1e39] * DIM]}, headers=auth)
+        assert r.status_code == 422 and "float32 range" in _error(r)
         host, port = url.removeprefix("http://").split(":")
         with Attack(host, int(port), slow=100, stalled=8, key=KEY, reconnect_s=0.5) as attack:
             time.sleep(0.5)
@@ -372,3 +379,4 @@ def test_slow_and_stalled_clients_leave_room_for_keyed_requests(tmp_path):
     assert [s.value for s in fams["collection_recall_target"].samples] == [0.9]
     lag = fams["reader_lag_seconds"].samples[0].value
     assert ready["lag_s"] <= lag < ready["lag_s"] + 5.0
+    assert "Warning" not in log[0] and "not writable" not in log[0] and "overflow" not in log[0], log[0][-2000:]

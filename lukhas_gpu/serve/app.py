@@ -93,7 +93,9 @@ class _State:
         index = self.index
         if index.backend == "cuda":  # the batch goes to the device once; the kernels stay there
             import torch
-            queries = torch.from_numpy(np.ascontiguousarray(queries)).to(index.device, non_blocking=True)
+            from ..util.arrays import tensor_view  # a request body's view is read-only: read, never written
+
+            queries = tensor_view(queries).to(index.device, non_blocking=True)
         res = index.search(queries, k, **kw)
         ids, scores = res.ids, res.scores
         if not isinstance(ids, np.ndarray):
