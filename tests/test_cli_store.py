@@ -357,7 +357,8 @@ def test_errors_are_one_line_on_stderr_with_exit_code_1(tmp_path, capsys, argv, 
     assert message in captured.err and captured.err.count("\n") == 1 and captured.out == ""
 
 
-@pytest.mark.parametrize("command", ["ingest", "search", "get", "delete", "stats", "verify", "rollback", "recover", "bench"])
+@pytest.mark.parametrize("command", ["ingest", "search", "get", "delete", "stats", "verify", "rollback", "recover", "bench",
+                                     "tune"])
 def test_every_subcommand_has_help(capsys, command):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])

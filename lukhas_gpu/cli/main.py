@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_parsers(sub)
     ingest.add_ingest_parser(sub)
     search.add_parsers(sub)
-    store.add_parsers(sub, "get", "delete")
+    store.add_parsers(sub, "get", "delete", "tune")
     ingest.add_migrate_parser(sub)
     serve.add_parsers(sub)
     return p
