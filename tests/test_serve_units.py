@@ -192,7 +192,8 @@ def test_options_are_bounded(tmp_path):
     assert ServeOptions("s").host == "127.0.0.1"
     assert ServeOptions("s", max_batch=8).max_queue == 1024
     for bad in ({"max_batch": 0}, {"port": 70000}, {"mode": "rw"}, {"max_body_mb": float("nan")},
-                {"mode": "w", "workers": 2}, {"max_wait_ms": -1}):
+                {"mode": "w", "workers": 2}, {"max_wait_ms": -1}, {"header_timeout_s": 0},
+                {"body_timeout_s": float("inf")}, {"max_connections_per_client": 0}, {"api_key": "short"}):
         with pytest.raises(ValueError):
             ServeOptions("s", **bad)
     (tmp_path / "short").write_text("abc\n")
