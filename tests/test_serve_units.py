@@ -322,3 +322,15 @@ def test_the_connection_table_makes_room_by_closing_the_oldest_waiting_connectio
     for conn in (a[1], a4, *b, c):
         table.drop(conn, conn.client)
     assert table.open == 0 and table.by_client == {} and table.waiting_by_client == {}
+
+
+def test_extreme_rankings_decay_without_a_warning():
+    """A server's log must not fill with numpy warnings: an age past float64 over a tiny half-life
+    decays to exactly 0, silently."""
+    import warnings
+
+    r = Rank(similarity=1.0, recency=0.5, half_life=1e-300, now=1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prior = r.prior(np.array([0.0, 1e300]), np.zeros(2, np.float32), 1e300)
+    assert prior.tolist() == [0.0, 0.5]
