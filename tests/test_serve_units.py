@@ -334,3 +334,91 @@ def test_extreme_rankings_decay_without_a_warning():
         warnings.simplefilter("error")
         prior = r.prior(np.array([0.0, 1e300]), np.zeros(2, np.float32), 1e300)
     assert prior.tolist() == [0.0, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["h11", "httptools"])
+def test_both_protocols_close_slow_headers_and_make_room(kind):
+    """uvicorn in a thread on 127.0.0.1 with each guarded protocol: the oldest waiting connection
+    of an address at its cap is closed for a new one, headers that do not complete in time or
+    grow past MAX_HEADER_BYTES close theirs, and a whole request still gets its answer, twice on
+    one kept-alive connection."""
+    uvicorn = pytest.importorskip("uvicorn")
+    import socket
+
+    from lukhas_gpu.serve import conns
+    from lukhas_gpu.serve.limits import Guard
+
+    cls = conns.GuardedH11 if kind == "h11" else conns.GuardedHttpTools
+    if cls is None:
+        pytest.skip("httptools is not installed")
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                m = await receive()
+                await send({"type": m["type"] + ".complete"})
+                if m["type"] == "lifespan.shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    reasons = []
+    table = conns.ConnectionTable(max_connections=100, per_client=3, header_timeout_s=0.5, reject=reasons.append)
+    guard = Guard(app, api_key=None, max_body=1000, connections=table)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(guard, http=cls, loop="asyncio", lifespan="on", log_level="warning",
+                                           limit_concurrency=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+
+        def connect():
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            time.sleep(0.05)  # accepted and counted before the next one
+            return s
+
+        def answer(s) -> bytes:
+            got = b""
+            while not got.endswith(b"ok"):
+                chunk = s.recv(1000)
+                assert chunk, got
+                got += chunk
+            return got
+
+        def closed(s) -> bool:  # the server closes it (after an answer, maybe: h11 sends a 400 first)
+            try:
+                while s.recv(4096):
+                    pass
+                return True
+            except ConnectionResetError:
+                return True
+            except socket.timeout:
+                return False
+
+        slow = [connect() for _ in range(3)]
+        slow[0].sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # incomplete headers
+        good = connect()  # a 4th from this address: the oldest waiting one (slow[0]) is closed
+        assert closed(slow[0])
+        for _ in range(2):  # kept alive: two requests on one connection
+            good.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer(good).startswith(b"HTTP/1.1 200")
+        big = connect()  # evicts slow[1]
+        big.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (conns.MAX_HEADER_BYTES + 10))
+        assert closed(big) and closed(slow[1])
+        t0 = time.monotonic()
+        assert closed(slow[2]) and time.monotonic() - t0 < 2.0  # header timeout (0.5 s from connecting)
+        # h11 refuses headers past its own limit (16 KiB) first: httptools has none, the table's applies
+        assert {"evicted", "header_timeout", *(["header_bytes"] if kind == "httptools" else [])} <= set(reasons)
+        for s in (*slow, good, big):
+            s.close()
+        time.sleep(0.2)
+        assert table.open == 0 and table.by_client == {}
+    finally:
+        server.should_exit = True
+        thread.join(10)
