@@ -422,3 +422,49 @@ def test_both_protocols_close_slow_headers_and_make_room(kind):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_scrape_reports_the_lag_readyz_judges_without_waiting_for_a_slow_stats():
+    """A refresh stuck behind the index's lock: /metrics answers within its one-second wait for
+    stats(), with the lag of now (the figure /readyz reports), not the lag after the refresh."""
+    pytest.importorskip("fastapi")
+    import types
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lukhas_gpu.serve.app import _State
+
+    class Slow:
+        dim = 4
+        parts = types.SimpleNamespace(tuned=types.SimpleNamespace(target=0.95))
+        config = types.SimpleNamespace(target_recall=0.9)
+
+        def __len__(self):
+            return 7
+
+        def stats(self):
+            time.sleep(3.0)
+            return {"memory": {"anon_bytes": 1}}
+
+    st = _State(ServeOptions("s", refresh_s=1.0))
+    try:
+        st.index = Slow()
+        st._show_target()
+        st.last_refresh = time.monotonic() - 12.0
+        ok, why = st.ready()
+        assert not ok and "12." in why
+
+        async def main():
+            t0 = time.monotonic()
+            text = await st.scrape()
+            return text, time.monotonic() - t0
+
+        text, seconds = _run(main())
+        fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        assert seconds < 2.5
+        assert 12.0 <= fams["reader_lag_seconds"].samples[0].value < 14.0
+        assert fams["collection_recall_target"].samples[0].value == 0.95  # the tuning's, over the config's
+        assert fams["collection_memories"].samples[0].value == 7
+    finally:
+        st.search_pool.shutdown(wait=False)
+        st.other_pool.shutdown(wait=True)
