@@ -127,6 +127,11 @@ def add_migrate_parser(sub) -> None:
 MAX_CONTENT_BYTES_FLAG = 1 << 30
 
 
+def check_max_content_bytes(value: int | None) -> None:
+    if value is not None and not 1 <= value <= MAX_CONTENT_BYTES_FLAG:
+        raise ValueError(f"--max-content-bytes must be in [1, {MAX_CONTENT_BYTES_FLAG:,}], got {value}")
+
+
 def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: int, input_dim,
                  dry_run: bool = False, text_index: bool = False, max_content_bytes: int | None = None):
     """The store at ``store`` open for writing (read-only for a dry run), or where it holds none a
@@ -135,8 +140,7 @@ def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: 
     from lukhas_gpu import IndexConfig, MemoryIndex
     from lukhas_gpu.store import layout as storage
 
-    if max_content_bytes is not None and not 1 <= max_content_bytes <= MAX_CONTENT_BYTES_FLAG:
-        raise ValueError(f"--max-content-bytes must be in [1, {MAX_CONTENT_BYTES_FLAG:,}], got {max_content_bytes}")
+    check_max_content_bytes(max_content_bytes)
     if (store / storage.CURRENT).exists():
         index = MemoryIndex.open(store, mode="r" if dry_run else "w")
         problem = None

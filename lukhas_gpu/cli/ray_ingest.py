@@ -49,6 +49,9 @@ def cmd_ingest_ray(args) -> int:
 
     present = set(input_columns(args.input))
     columns = {f"{name}_column": name if name in present else None for name in _OPTIONAL}
+    from .ingest import check_max_content_bytes
+
+    check_max_content_bytes(args.max_content_bytes)
     config = IndexConfig.preset(args.preset, **({"text_index": True} if args.text_index else {}),
                                 **({"max_content_bytes": args.max_content_bytes} if args.max_content_bytes else {}))
     display: list = []
