@@ -22,8 +22,9 @@ def env() -> dict:
 
 
 @contextlib.contextmanager
-def server(store, *args, ready: bool = True, timeout: float = 90.0):
-    """Yield the base URL of a server on ``store`` (``args``: more CLI flags); stopped with SIGTERM."""
+def server(store, *args, ready: bool = True, timeout: float = 90.0, log: list | None = None):
+    """Yield the base URL of a server on ``store`` (``args``: more CLI flags); stopped with SIGTERM.
+    ``log``: a list the server's stderr (after its first line) is appended to once it stopped."""
     cmd = [sys.executable, "-c", "import sys; from lukhas_gpu.cli import main; sys.exit(main())",
            "serve", str(store), "--port", "0", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env(), text=True)
@@ -54,4 +55,6 @@ def server(store, *args, ready: bool = True, timeout: float = 90.0):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if log is not None:
+            log.append(proc.stderr.read())
         proc.stderr.close()

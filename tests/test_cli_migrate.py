@@ -335,3 +335,17 @@ def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, capsys, monkey
     captured = capsys.readouterr()
     assert 'pip install "lukhas-gpu[parquet]"' in captured.err and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err
+
+
+def test_ingest_parquet_names_the_columns_it_does_not_read(tmp_path, capsys):
+    pa = optional_import("pyarrow")
+    pq = optional_import("pyarrow.parquet")
+    x, contents, *_ = _data(n=20)
+    src = tmp_path / "text.parquet"
+    pq.write_table(pa.table({"embedding": pa.array(list(x.astype(np.float64))), "text": pa.array(contents),
+                             "source": pa.array(["web"] * 20)}), src)
+    assert cli.main(["ingest", str(tmp_path / "store"), str(src), "--json"]) == 0
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert summary["columns_read"] == ["embedding"] and summary["columns_not_read"] == ["text", "source"]
+    assert "not read: text, source" in out.err and "a column named 'content'" in out.err

@@ -357,7 +357,8 @@ def test_errors_are_one_line_on_stderr_with_exit_code_1(tmp_path, capsys, argv, 
     assert message in captured.err and captured.err.count("\n") == 1 and captured.out == ""
 
 
-@pytest.mark.parametrize("command", ["ingest", "search", "get", "delete", "stats", "verify", "rollback", "recover", "bench"])
+@pytest.mark.parametrize("command", ["ingest", "search", "get", "delete", "stats", "verify", "rollback", "recover", "bench",
+                                     "tune"])
 def test_every_subcommand_has_help(capsys, command):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])
@@ -517,3 +518,44 @@ def test_search_piped_into_head_ends_quietly(data, capsys):
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141
     assert b"Broken pipe" not in err and b"Traceback" not in err
+
+
+def test_errors_give_command_line_advice_not_python(data, capsys, tmp_path):
+    assert _ingest(data) == 0
+    capsys.readouterr()
+    q = tmp_path / "q.npy"
+    np.save(q, data["x"][:1])
+    assert cli.main(["search", str(data["store"]), "--text", "memory"]) == 1
+    err = capsys.readouterr().err
+    assert "lukhas-gpu ingest --text-index" in err and "IndexConfig" not in err
+    writer = MemoryIndex.open(data["store"], mode="w")  # the store's writer, in this process
+    try:
+        assert cli.main(["delete", str(data["store"]), "1"]) == 1
+        err = capsys.readouterr().err
+        assert "stop that writer first" in err and "mode=" not in err
+    finally:
+        writer.close()
+    assert cli.main(["get", str(tmp_path / "nostore"), "1"]) == 1
+    err = capsys.readouterr().err
+    assert "lukhas-gpu ingest" in err and "MemoryIndex" not in err
+
+
+def test_ingest_sets_a_new_stores_largest_content(tmp_path, capsys):
+    x, *_ = _data(n=4)
+    big = "x" * 100_000
+    src = tmp_path / "big.jsonl"
+    write_naive_jsonl(src, x, contents=["a", big, "b", "c"])
+    assert cli.main(["ingest", str(tmp_path / "s1"), str(src)]) == 1
+    err = capsys.readouterr().err
+    assert "--max-content-bytes" in err and "max_content_bytes" not in err
+    assert cli.main(["ingest", str(tmp_path / "s2"), str(src), "--max-content-bytes", "200000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 4
+    ix = MemoryIndex.open(tmp_path / "s2")
+    assert ix.config.max_content_bytes == 200_000 and ix.get([1])[0].content == big
+    ix.close()
+    src2 = tmp_path / "more.jsonl"
+    write_naive_jsonl(src2, x, contents=["d"] * 4)
+    assert cli.main(["ingest", str(tmp_path / "s2"), str(src2), "--max-content-bytes", "300000"]) == 1
+    assert "fixed when a store is created" in capsys.readouterr().err
+    assert cli.main(["ingest", str(tmp_path / "s3"), str(src), "--max-content-bytes", "0"]) == 1
+    assert "--max-content-bytes must be in" in capsys.readouterr().err

@@ -328,3 +328,57 @@ def test_importing_the_client_and_the_cli_loads_no_server_stack():
             "print(bad); sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_slow_and_stalled_clients_leave_room_for_keyed_requests(tmp_path):
+    """8 stalled keyed uploads and 100 slow-loris connections (all on 127.0.0.1, more than the
+    per-client cap): every keyed search and body-carrying POST answers 200 within 3 s; stalled
+    bodies get 408, slow headers are closed; refusals appear in the metrics (401s among the
+    responses too); the recall target gauge shows the store's, the lag gauge /readyz's figure."""
+    from benchmarks.bench_serve_abuse import Attack
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lukhas_gpu import IndexConfig
+
+    path = tmp_path / "small"
+    s = MemoryIndex.create(path, DIM, config=IndexConfig(target_recall=0.9, auto_tune=False))
+    s.add(np.random.default_rng(1).standard_normal((200, DIM)).astype(np.float32))
+    s.close()
+    keyfile = tmp_path / "key"
+    keyfile.write_text(KEY + "\n")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    log = []
+    with server(path, "--api-key-file", str(keyfile), "--refresh-s", "0", "--header-timeout-s", "1.5",
+                "--body-timeout-s", "1.5", "--max-connections-per-client", "64", log=log) as url:
+        # a binary body (a read-only view) and a value past float32: answers, and no warning in the log
+        r = httpx.post(url + "/v1/search?k=2", content=np.ones((2, DIM), "<f4").tobytes(), timeout=30,
+                       headers={**auth, "Content-Type": "application/octet-stream", "X-Shape": f"2,{DIM}"})
+        assert r.status_code == 200
+        r = _post(url, "/v1/search", {"vectors": [[1e39] * DIM]}, headers=auth)
+        assert r.status_code == 422 and "float32 range" in _error(r)
+        host, port = url.removeprefix("http://").split(":")
+        with Attack(host, int(port), slow=100, stalled=8, key=KEY, reconnect_s=0.5) as attack:
+            time.sleep(0.5)
+            for _ in range(3):
+                for path_, body in (("/v1/search", {"vectors": [[0.5] * DIM], "k": 3}),
+                                    ("/v1/memories/lookup", {"ids": [0, 1]})):
+                    t0 = time.perf_counter()
+                    r = _post(url, path_, body, headers=auth)  # a fresh connection each time
+                    assert r.status_code == 200 and time.perf_counter() - t0 < 3.0, (path_, r.status_code)
+                time.sleep(0.3)
+            time.sleep(1.5)  # past both timeouts
+            counts = attack.counts()
+        assert counts["answers"].get("408", 0) >= 8, counts  # every stalled upload timed out
+        assert counts["closed_by_server"] >= 100, counts  # slow headers: evicted or timed out
+        assert httpx.get(url + "/v1/stats").status_code == 401
+        ready = httpx.get(url + "/readyz", headers=auth).json()
+        fams = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics", headers=auth).text)}
+    rejected = {s.labels["reason"]: s.value for s in fams["rest_rejected_requests"].samples if s.name.endswith("_total")}
+    assert rejected.get("body_timeout", 0) >= 8 and rejected.get("unauthorized", 0) >= 1, rejected
+    assert rejected.get("evicted", 0) + rejected.get("header_timeout", 0) >= 100, rejected
+    statuses = {s.labels["status"] for s in fams["rest_responses"].samples if s.name.endswith("_total")}
+    assert {"200", "401", "408"} <= statuses, statuses
+    assert [s.value for s in fams["collection_recall_target"].samples] == [0.9]
+    lag = fams["reader_lag_seconds"].samples[0].value
+    assert ready["lag_s"] <= lag < ready["lag_s"] + 5.0
+    assert "Warning" not in log[0] and "not writable" not in log[0] and "overflow" not in log[0], log[0][-2000:]

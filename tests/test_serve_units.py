@@ -194,7 +194,8 @@ def test_options_are_bounded(tmp_path):
     assert ServeOptions("s").host == "127.0.0.1"
     assert ServeOptions("s", max_batch=8).max_queue == 1024
     for bad in ({"max_batch": 0}, {"port": 70000}, {"mode": "rw"}, {"max_body_mb": float("nan")},
-                {"mode": "w", "workers": 2}, {"max_wait_ms": -1}):
+                {"mode": "w", "workers": 2}, {"max_wait_ms": -1}, {"header_timeout_s": 0},
+                {"body_timeout_s": float("inf")}, {"max_connections_per_client": 0}, {"api_key": "short"}):
         with pytest.raises(ValueError):
             ServeOptions("s", **bad)
     (tmp_path / "short").write_text("abc\n")
@@ -207,43 +208,265 @@ def test_options_are_bounded(tmp_path):
     assert ServeOptions.from_json(o.to_json()).api_key == o.api_key
 
 
-def test_the_guard_bounds_the_bodies_being_received_together():
+def test_the_guard_charges_bodies_by_the_bytes_received_and_times_out_stalled_ones():
     optional_import("orjson")
     from lukhas_gpu.serve.limits import Guard
 
     release = None
+    seen = []
 
     async def app(scope, receive, send):  # holds each request until released
+        seen.append((await receive())["body"])
         await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    def request(n: int):
-        return {"type": "http", "path": "/v1/search", "method": "POST",
-                "headers": [(b"content-length", str(n).encode())]}
+    def request(n: int | None):
+        headers = [(b"transfer-encoding", b"chunked")] if n is None else [(b"content-length", str(n).encode())]
+        return {"type": "http", "path": "/v1/search", "method": "POST", "headers": headers}
 
-    async def call(guard, scope):
+    def body(*chunks, stall=False):
+        it = iter(chunks)
+
+        async def receive():
+            try:
+                data = next(it)
+            except StopIteration:
+                await asyncio.sleep(3600 if stall else 0)
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": data, "more_body": stall or data is not chunks[-1]}
+        return receive
+
+    async def call(guard, scope, receive):
         sent = []
 
         async def send(m):
             sent.append(m)
 
-        await guard(scope, None, send)
-        return sent[0]["status"], dict(sent[0]["headers"])
+        await guard(scope, receive, send)
+        return (sent[0]["status"], dict(sent[0]["headers"])) if sent else (None, {})
 
     async def main():
         nonlocal release
         release = asyncio.Event()
-        guard = Guard(app, api_key=None, max_body=100, max_inflight=250)
-        held = [asyncio.ensure_future(call(guard, request(100))) for _ in range(2)]
-        await asyncio.sleep(0.01)
-        assert guard.inflight == 200
-        status, headers = await call(guard, request(100))  # 300 > 250: refused from the headers
+        guard = Guard(app, api_key=None, max_body=100, max_inflight=250, body_timeout_s=0.2)
+        # four uploads that declare a body (or none) and send nothing hold no budget, and time out
+        t0 = time.monotonic()
+        stalled = [asyncio.ensure_future(call(guard, request(n), body(stall=True))) for n in (100, 100, None, None)]
+        await asyncio.sleep(0.05)
+        assert guard.inflight == 0
+        held = [asyncio.ensure_future(call(guard, request(100), body(b"x" * 60, b"y" * 40))) for _ in range(2)]
+        await asyncio.sleep(0.02)
+        assert guard.inflight == 200 and seen == [b"x" * 60 + b"y" * 40] * 2
+        status, headers = await call(guard, request(100), body(b"z" * 100))  # 300 > 250 held
         assert status == 503 and headers[b"retry-after"] == b"1"
-        assert (await call(guard, request(101)))[0] == 413
+        status, _ = await call(guard, request(None), body(b"z" * 30, b"z" * 30, stall=True))  # 260 > 250
+        assert status == 503 and guard.inflight == 200
+        assert [(await s)[0] for s in stalled] == [408] * 4
+        assert time.monotonic() - t0 < 2
+        assert (await call(guard, request(101), body(b"")))[0] == 413  # from the header alone
+        assert (await call(guard, request(None), body(b"a" * 30, b"a" * 80)))[0] == 413  # as it streams in
         release.set()
         assert [(await h)[0] for h in held] == [200, 200]
         assert guard.inflight == 0
-        assert (await call(guard, request(100)))[0] == 200
+        assert (await call(guard, request(None), body(b"a" * 10, b"a" * 90)))[0] == 200
+        assert seen[-1] == b"a" * 100 and guard.inflight == 0
+        assert (await call(guard, request(50), body(b"a" * 10, stall=True)))[0] == 408
+        assert guard.inflight == 0  # given back on a refusal mid-body
+        msgs = iter([{"type": "http.request", "body": b"a" * 10, "more_body": True}, {"type": "http.disconnect"}])
+
+        async def leaves():
+            return next(msgs)
+        assert await call(guard, request(50), leaves) == (None, {})  # the client left: no answer
+        assert guard.inflight == 0
 
     _run(main())
+
+
+def test_the_connection_table_makes_room_by_closing_the_oldest_waiting_connection():
+    optional_import("uvicorn")
+    from lukhas_gpu.serve.conns import ConnectionTable
+
+    reasons = []
+    table = ConnectionTable(max_connections=5, per_client=3, header_timeout_s=1.0, reject=reasons.append)
+
+    class Conn:
+        def __init__(self, client):
+            self.client, self.closed = client, False
+
+        def lukhas_close(self, reason):
+            self.closed = True
+            table.drop(self, self.client)
+            table.rejected(reason)
+
+    def connect(client):
+        c = Conn(client)
+        if not table.admit(c, client):
+            return None
+        table.wait(c, client)
+        return c
+
+    a = [connect("a") for _ in range(3)]
+    table.busy(a[1], "a")  # a request of a[1] is being answered
+    a3 = connect("a")  # over the per-client cap: the oldest waiting of "a" goes
+    assert a[0].closed and not a[1].closed and not a[2].closed and reasons == ["evicted"]
+    table.wait(a[2], "a")  # a[2] answered a request and waits for the next: now the newest
+    a4 = connect("a")
+    assert a3.closed and not a[2].closed
+    b = [connect("b") for _ in range(2)]
+    assert table.open == 5 and table.by_client == {"a": 3, "b": 2}
+    c = connect("c")  # over the total: the oldest waiting anywhere (a[2]) goes
+    assert a[2].closed and c is not None and table.open == 5
+    for conn in (a4, *b, c):
+        table.busy(conn, conn.client)
+    assert connect("d") is None  # every connection busy: refused, nothing counted
+    assert table.open == 5 and "d" not in table.by_client and len(table.waiting) == 0
+    for conn in (a[1], a4, *b, c):
+        table.drop(conn, conn.client)
+    assert table.open == 0 and table.by_client == {} and table.waiting_by_client == {}
+
+
+def test_extreme_rankings_decay_without_a_warning():
+    """A server's log must not fill with numpy warnings: an age past float64 over a tiny half-life
+    decays to exactly 0, silently."""
+    import warnings
+
+    r = Rank(similarity=1.0, recency=0.5, half_life=1e-300, now=1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prior = r.prior(np.array([0.0, 1e300]), np.zeros(2, np.float32), 1e300)
+    assert prior.tolist() == [0.0, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["h11", "httptools"])
+def test_both_protocols_close_slow_headers_and_make_room(kind):
+    """uvicorn in a thread on 127.0.0.1 with each guarded protocol: the oldest waiting connection
+    of an address at its cap is closed for a new one, headers that do not complete in time or
+    grow past MAX_HEADER_BYTES close theirs, and a whole request still gets its answer, twice on
+    one kept-alive connection."""
+    uvicorn = optional_import("uvicorn")
+    import socket
+
+    from lukhas_gpu.serve import conns
+    from lukhas_gpu.serve.limits import Guard
+
+    cls = conns.GuardedH11 if kind == "h11" else conns.GuardedHttpTools
+    if cls is None:
+        pytest.skip("httptools is not installed")
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                m = await receive()
+                await send({"type": m["type"] + ".complete"})
+                if m["type"] == "lifespan.shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    reasons = []
+    table = conns.ConnectionTable(max_connections=100, per_client=3, header_timeout_s=0.5, reject=reasons.append)
+    guard = Guard(app, api_key=None, max_body=1000, connections=table)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(guard, http=cls, loop="asyncio", lifespan="on", log_level="warning",
+                                           limit_concurrency=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+
+        def connect():
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            time.sleep(0.05)  # accepted and counted before the next one
+            return s
+
+        def answer(s) -> bytes:
+            got = b""
+            while not got.endswith(b"ok"):
+                chunk = s.recv(1000)
+                assert chunk, got
+                got += chunk
+            return got
+
+        def closed(s) -> bool:  # the server closes it (after an answer, maybe: h11 sends a 400 first)
+            try:
+                while s.recv(4096):
+                    pass
+                return True
+            except ConnectionResetError:
+                return True
+            except socket.timeout:
+                return False
+
+        slow = [connect() for _ in range(3)]
+        slow[0].sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # incomplete headers
+        good = connect()  # a 4th from this address: the oldest waiting one (slow[0]) is closed
+        assert closed(slow[0])
+        for _ in range(2):  # kept alive: two requests on one connection
+            good.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer(good).startswith(b"HTTP/1.1 200")
+        big = connect()  # evicts slow[1]
+        big.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (conns.MAX_HEADER_BYTES + 10))
+        assert closed(big) and closed(slow[1])
+        t0 = time.monotonic()
+        assert closed(slow[2]) and time.monotonic() - t0 < 2.0  # header timeout (0.5 s from connecting)
+        # h11 refuses headers past its own limit (16 KiB) first: httptools has none, the table's applies
+        assert {"evicted", "header_timeout", *(["header_bytes"] if kind == "httptools" else [])} <= set(reasons)
+        for s in (*slow, good, big):
+            s.close()
+        time.sleep(0.2)
+        assert table.open == 0 and table.by_client == {}
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_scrape_reports_the_lag_readyz_judges_without_waiting_for_a_slow_stats():
+    """A refresh stuck behind the index's lock: /metrics answers within its one-second wait for
+    stats(), with the lag of now (the figure /readyz reports), not the lag after the refresh."""
+    optional_import("fastapi")
+    import types
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lukhas_gpu.serve.app import _State
+
+    class Slow:
+        dim = 4
+        parts = types.SimpleNamespace(tuned=types.SimpleNamespace(target=0.95))
+        config = types.SimpleNamespace(target_recall=0.9)
+
+        def __len__(self):
+            return 7
+
+        def stats(self):
+            time.sleep(3.0)
+            return {"memory": {"anon_bytes": 1}}
+
+    st = _State(ServeOptions("s", refresh_s=1.0))
+    try:
+        st.index = Slow()
+        st._show_target()
+        st.last_refresh = time.monotonic() - 12.0
+        ok, why = st.ready()
+        assert not ok and "12." in why
+
+        async def main():
+            t0 = time.monotonic()
+            text = await st.scrape()
+            return text, time.monotonic() - t0
+
+        text, seconds = _run(main())
+        fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        assert seconds < 2.5
+        assert 12.0 <= fams["reader_lag_seconds"].samples[0].value < 14.0
+        assert fams["collection_recall_target"].samples[0].value == 0.95  # the tuning's, over the config's
+        assert fams["collection_memories"].samples[0].value == 7
+    finally:
+        st.search_pool.shutdown(wait=False)
+        st.other_pool.shutdown(wait=True)

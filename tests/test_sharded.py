@@ -353,6 +353,12 @@ def test_cli_search_stats_verify_over_a_sharded_root(sh, built, data, tmp_path, 
     assert lines[0]["contents"] == want.contents()[0]
     assert main(["search", str(root), "--text", "w3 w17", "-k", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ids"] == sh.search_text("w3 w17", 3).ids.tolist()
+    gids = want.ids[0, :2].tolist()  # get takes the global ids search printed
+    assert main(["get", str(root), *map(str, gids), "--json"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [g["id"] for g in got] == gids and [g["content"] for g in got] == want.contents()[0][:2]
+    assert main(["delete", str(root), str(gids[0])]) == 1
+    assert "is a sharded root" in capsys.readouterr().err
     assert main(["stats", str(root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == N
     assert main(["verify", str(root)]) == 0

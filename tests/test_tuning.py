@@ -6,6 +6,7 @@ never saw (the protocol of the benchmarks: tune on one half, measure on the othe
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -278,3 +279,33 @@ def test_deep_reranks_only_when_no_shallow_setting_meets_the_target(tuned, data)
     assert table["rerank"].max() > tuning.SHALLOW  # the deep pass ran and added its rows
     assert not hard["met"]
     index.tune(queries=xq[: NQ // 2])  # back to the fixture's target for the other tests
+
+
+def test_a_reader_never_tunes_and_uses_the_persisted_tuning(tmp_path, data, capsys):
+    """A trained, untuned store with a target: a writer would start a background run at its first
+    search; a reader does not (it would tune at every start and keep nothing). `lukhas-gpu tune`
+    stores a tuning, which a reader then searches with."""
+    from lukhas_gpu.cli.main import main
+
+    xb, xq, _ = data
+    path = tmp_path / "store"
+    w = lukhas_gpu.MemoryIndex.create(path, D, _config(auto_tune=True, target_recall=0.9, train_threshold=10**6,
+                                                       nlist=64))
+    w.add(xb[:4000])
+    w.train()  # explicit: no background run starts
+    assert tuning._due(w) == "first"  # the writer's next add or search would start one
+    w.close()
+    r = lukhas_gpu.MemoryIndex.open(path, mode="r")
+    assert tuning._due(r) is None and r.parts.tuned is None
+    r.search(xq[:8], k=10)
+    assert getattr(r, "_tuning_job", None) is None
+    r.close()
+    assert main(["tune", str(path), "--target", "0.9", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["target"] == 0.9 and report["generation"]
+    r = lukhas_gpu.MemoryIndex.open(path, mode="r")
+    assert r.tuning()["target"] == 0.9
+    assert tuning.search_params(r, None, None, None)["nprobe"] == r.tuning()["nprobe"] or r.tuning()["kind"] == "exact"
+    r.search(xq[:8], k=10)
+    assert getattr(r, "_tuning_job", None) is None
+    r.close()

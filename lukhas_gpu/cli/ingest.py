@@ -11,6 +11,7 @@ import json
 import pathlib
 import sys
 
+from ..util.bounds import check_max_content_bytes
 from .progress import ProgressDisplay
 
 __all__ = ["add_ingest_parser", "add_migrate_parser", "cmd_ingest", "cmd_migrate"]
@@ -38,7 +39,7 @@ def add_ingest_parser(sub) -> None:
                     "      timestamp   epoch seconds (number) or a timestamp/date type; no time zone means UTC\n"
                     "                  (optional; null: the time of the ingest)\n"
                     "      importance  float in [0, 1] (optional; null: 0.5)\n"
-                    "    Other columns are not read. Rows are numbered from 0 in messages.\n\n"
+                    "    Other columns are not read (the ingest names them). Rows are numbered from 0 in messages.\n\n"
                     "Records are validated and added batch by batch (bounded memory); a bad record (invalid\n"
                     "or truncated JSON, wrong dimension, NaN, a null embedding) stops the ingest with exit\n"
                     "code 1 and its file and line (or row) on stderr; nothing of its batch is stored, earlier\n"
@@ -79,6 +80,9 @@ def _add_source_options(p) -> None:
     p.add_argument("--preset", default="production", help="config preset of a new store (default: production)")
     p.add_argument("--text-index", action="store_true",
                    help="a new store indexes its contents for BM25 (search --text); see IndexConfig.text_index")
+    p.add_argument("--max-content-bytes", type=int, metavar="B",
+                   help="largest content of a memory in a new store, encoded bytes (default: the preset's, 65536; "
+                        "fixed when the store is created)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"records validated and added per batch (default: {DEFAULT_BATCH_SIZE})")
 
@@ -121,22 +125,30 @@ def add_migrate_parser(sub) -> None:
 
 
 def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: int, input_dim,
-                 dry_run: bool = False, text_index: bool = False):
+                 dry_run: bool = False, text_index: bool = False, max_content_bytes: int | None = None):
     """The store at ``store`` open for writing (read-only for a dry run), or where it holds none a
     new one of dimension ``dim`` (default: ``input_dim()``) and config ``preset`` sized for
     ``records``: created on disk, or only in memory for a dry run (which leaves no trace)."""
     from lukhas_gpu import IndexConfig, MemoryIndex
     from lukhas_gpu.store import layout as storage
 
+    check_max_content_bytes(max_content_bytes, "--max-content-bytes")
     if (store / storage.CURRENT).exists():
         index = MemoryIndex.open(store, mode="r" if dry_run else "w")
+        problem = None
         if dim is not None and dim != index.dim:
+            problem = f"--dim {dim} differs from the store's dimension {index.dim}"
+        elif max_content_bytes is not None and max_content_bytes != index.config.max_content_bytes:
+            problem = (f"--max-content-bytes {max_content_bytes} differs from the store's "
+                       f"{index.config.max_content_bytes}: it is fixed when a store is created")
+        if problem:
             index.close()
-            raise ValueError(f"--dim {dim} differs from the store's dimension {index.dim}")
+            raise ValueError(problem)
         return index
     dim = dim or input_dim()
     config = IndexConfig.preset(preset, **({"capacity": records} if records else {}),
-                                **({"text_index": True} if text_index else {}))
+                                **({"text_index": True} if text_index else {}),
+                                **({"max_content_bytes": max_content_bytes} if max_content_bytes else {}))
     return MemoryIndex(dim, config) if dry_run else MemoryIndex.create(store, dim, config)
 
 
@@ -168,6 +180,9 @@ def cmd_ingest(args) -> int:
         raise ValueError(f"--payloads goes with a .npy/.npz INPUT; {src} is read as "
                          f"{'Parquet' if is_parquet else 'JSONL with embedded vectors'}")
     source = open_source(src, payloads=args.payloads, npz_key=args.npz_key, embedding_column=args.embedding_column)
+    columns, warn = _columns_note(source)
+    if warn:  # a text column under another name: said before the ingest, not only after it
+        print(f"lukhas-gpu ingest: warning: {src}: {columns}", file=sys.stderr)
     index = display = None
     try:
         total = source.total
@@ -175,7 +190,7 @@ def cmd_ingest(args) -> int:
             source.check_counts()
         store = pathlib.Path(args.store)
         index = _store_index(store, dim=args.dim, preset=args.preset, records=total, input_dim=source.first_dim,
-                             text_index=args.text_index)
+                             text_index=args.text_index, max_content_bytes=args.max_content_bytes)
         if source.dim is not None and source.dim != index.dim:
             raise MigrationError(f"{src}: embeddings have dimension {source.dim}, the store expects {index.dim}",
                                  path=src)
@@ -201,12 +216,35 @@ def cmd_ingest(args) -> int:
     rate = pipe.imported / pipe.seconds if pipe.seconds > 0 else 0.0
     if args.json:
         print(json.dumps({"store": str(store), "input": args.input, "records": total, "ingested": pipe.imported,
-                          "skipped_resumed": resume.skip, "seconds": pipe.seconds, "rate": rate, "count": count}))
+                          "skipped_resumed": resume.skip, "seconds": pipe.seconds, "rate": rate, "count": count,
+                          **({"columns_read": source.columns, "columns_not_read": source.ignored}
+                             if hasattr(source, "ignored") else {})}))
     else:
         resumed = f", {resume.skip:,} skipped (ingested before)" if resume.skip else ""
         print(f"{args.store}: ingested {pipe.imported:,} of {total:,} records from {args.input} in {pipe.seconds:.1f} s "
               f"({rate:,.0f} rec/s){resumed}; the store holds {count:,} memories")
+        if columns:
+            print(f"  {columns}")
     return 0
+
+
+#: Column names that look like a memory's text but are not read as it (the content column is "content").
+_TEXT_LIKE = ("text", "contents", "body", "document", "page_content", "chunk", "passage")
+
+
+def _columns_note(source) -> tuple[str | None, bool]:
+    """For a Parquet input: which columns are read and which are not, and whether to warn (a
+    column that looks like the memories' text is not read); ``(None, False)`` for other inputs."""
+    ignored = getattr(source, "ignored", None)
+    if ignored is None:
+        return None, False
+    note = "columns read: " + ", ".join(source.columns)
+    texts = [c for c in ignored if c.lower() in _TEXT_LIKE] if "content" not in source.columns else []
+    if ignored:
+        note += "; not read: " + ", ".join(ignored)
+        if texts:
+            note += f" (the memories' text is read from a column named 'content'; rename {texts[0]!r} to store it)"
+    return note, bool(texts)
 
 
 def cmd_migrate(args) -> int:
@@ -238,7 +276,8 @@ def cmd_migrate(args) -> int:
         return rows.dim
 
     index = _store_index(store, dim=args.dim, preset=args.preset, records=count_records(src) if new else 0,
-                         input_dim=input_dim, dry_run=args.dry_run, text_index=getattr(args, "text_index", False))
+                         input_dim=input_dim, dry_run=args.dry_run, text_index=getattr(args, "text_index", False),
+                         max_content_bytes=args.max_content_bytes)
     try:
         before = None if args.dry_run else storage.current_generation(store).name
         count_before = len(index)

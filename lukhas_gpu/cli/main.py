@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_parsers(sub)
     ingest.add_ingest_parser(sub)
     search.add_parsers(sub)
-    store.add_parsers(sub, "get", "delete")
+    store.add_parsers(sub, "get", "delete", "tune")
     ingest.add_migrate_parser(sub)
     serve.add_parsers(sub)
     return p
@@ -60,9 +60,29 @@ def _run(args) -> int:
         raise
     except (StoreError, ValueError, TypeError, OSError, MissingExtra) as e:
         # the library's messages name the file, line or id; a traceback would add nothing
-        msg = " ".join(str(e).split("\n"))
+        msg = for_cli(" ".join(str(e).split("\n")))
         print(f"lukhas-gpu {args.command}: error: {msg}", file=sys.stderr)
         return 1
+
+
+#: The library's advice (Python calls) and what a command-line user does instead.
+CLI_ADVICE = (
+    ("create it with IndexConfig(text_index=True)",
+     "build the store with `lukhas-gpu ingest --text-index` (a store gets its text index when it is created)"),
+    ("close() that index first, or open with mode='r' to read beside it",
+     "stop that writer first; `search`, `get` and `stats` read beside it"),
+    ("open it with mode='r' to read beside it", "stop that writer first; `search`, `get` and `stats` read beside it"),
+    ("create one with MemoryIndex.create", "create one with `lukhas-gpu ingest`"),
+    ("over the index's max_content_bytes", "over the store's largest content (`ingest --max-content-bytes`, "
+                                           "fixed when a store is created)"),
+)
+
+
+def for_cli(message: str) -> str:
+    """``message`` with the library's Python advice replaced by the command that does it."""
+    for python, command in CLI_ADVICE:
+        message = message.replace(python, command)
+    return message
 
 
 def _broken_pipe() -> int:

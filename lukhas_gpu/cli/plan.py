@@ -188,7 +188,9 @@ def format_cluster(p: dict) -> str:
     c = p["cluster"]
     lines.append(f"  cluster     RAM {_gib(c['ram'])}, disk {_gib(c['disk'])}" + (f", GPU {_gib(c['gpu'])}" if c["gpu"] else ""))
     lines.append(f"  QPS         q = {q['per_core_per_shard']:,.0f} queries/s per core on one {p['shard_rows']:,}-row shard "
-                 f"(measured recall@10 {q['recall']}); {q['core_seconds_per_query'] * 1e3:,.1f} core-ms a query")
+                 f"(measured recall@10 {q['recall']}); a query costs {_duration(1.0 / q['per_core_per_shard'])} of "
+                 f"one core on each shard, {_duration(q['core_seconds_per_query'])} of core time over the "
+                 f"{p['shards']:,} shards")
     lines.append(f"              {q['formula']}")
     if q["cluster"] is not None:
         lines.append(f"              = {p['replicas']} x {q['node_cores']} x {q['per_core_per_shard']:,.0f} / "
@@ -217,3 +219,12 @@ def format_cluster(p: dict) -> str:
     lines.append("  assumptions")
     lines.extend(f"    - {a}" for a in p["assumptions"])
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the unit that reads best: 303 µs, 2.5 ms, 1.2 s."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:,.0f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:,.1f} ms"
+    return f"{seconds:,.2f} s"

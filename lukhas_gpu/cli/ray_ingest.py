@@ -1,7 +1,7 @@
 """``lukhas-gpu ingest --ray``: a sharded root filled on a Ray cluster (:func:`lukhas_gpu.distributed.ingest`).
 
 Ray is imported only when ``--ray`` is given; the options the single-store ingest shares
-(``--dim``, ``--preset``, ``--text-index``, ``--batch-size``, ``--embedding-column``, ``--json``)
+(``--dim``, ``--preset``, ``--text-index``, ``--max-content-bytes``, ``--batch-size``, ``--embedding-column``, ``--json``)
 mean the same here.
 """
 from __future__ import annotations
@@ -49,7 +49,11 @@ def cmd_ingest_ray(args) -> int:
 
     present = set(input_columns(args.input))
     columns = {f"{name}_column": name if name in present else None for name in _OPTIONAL}
-    config = IndexConfig.preset(args.preset, **({"text_index": True} if args.text_index else {}))
+    from lukhas_gpu.util.bounds import check_max_content_bytes
+
+    check_max_content_bytes(args.max_content_bytes, "--max-content-bytes")
+    config = IndexConfig.preset(args.preset, **({"text_index": True} if args.text_index else {}),
+                                **({"max_content_bytes": args.max_content_bytes} if args.max_content_bytes else {}))
     display: list = []
 
     def show(p) -> None:

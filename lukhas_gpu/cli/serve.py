@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from lukhas_gpu.serve.options import MIN_API_KEY_CHARS  # stdlib only: no server package loaded
+
 __all__ = ["add_parsers", "cmd_serve"]
 
 
@@ -22,8 +24,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--mode", choices=("r", "w"), default="r", help="r: reader (default), w: the writer")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
-    s.add_argument("--api-key-file", metavar="F", help="require 'Authorization: Bearer <key>' (the file's first "
-                                                         "line) on every endpoint but /healthz")
+    s.add_argument("--api-key-file", metavar="F", help="require 'Authorization: Bearer <key>' on every endpoint but "
+                                                         "/healthz; the key is the file's first line, at least "
+                                                         f"{MIN_API_KEY_CHARS} characters")
     s.add_argument("--max-batch", type=int, default=256, metavar="N", help="queries merged into one search "
                                                                          "(default 256; 1: no batching)")
     s.add_argument("--max-wait-ms", type=float, default=1.0, metavar="MS",
@@ -40,7 +43,15 @@ def add_parsers(sub) -> None:
     s.add_argument("--quality-s", type=float, default=0.0, metavar="S",
                    help="seconds between recall estimates for /metrics (default 0: never)")
     s.add_argument("--max-connections", type=int, default=2048, metavar="N",
-                   help="open connections beyond which new ones get 503 (default 2048)")
+                   help="open connections in all; past it a new one closes the oldest connection still waiting "
+                        "for a request, and gets 503 only when every one is busy (default 2048)")
+    s.add_argument("--max-connections-per-client", type=int, default=256, metavar="N",
+                   help="the same per client address (default 256; behind a proxy, raise it)")
+    s.add_argument("--header-timeout-s", type=float, default=10.0, metavar="S",
+                   help="a request's headers must be complete within S of their first byte (default 10)")
+    s.add_argument("--body-timeout-s", type=float, default=10.0, metavar="S",
+                   help="a request body must keep arriving: each chunk within S, the whole within S plus its size "
+                        "at 64 KiB/s; else 408 (default 10)")
     s.set_defaults(func=cmd_serve, catch_errors=True)
 
 
@@ -60,6 +71,8 @@ def cmd_serve(args) -> int:
                            api_key_file=args.api_key_file, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                            max_queue=args.max_queue, max_body_mb=args.max_body_mb, timeout_s=args.timeout_s,
                            workers=args.workers, refresh_s=args.refresh_s, quality_s=args.quality_s,
-                           max_connections=args.max_connections)
+                           max_connections=args.max_connections,
+                           max_connections_per_client=args.max_connections_per_client,
+                           header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s)
     serve(options)
     return 0

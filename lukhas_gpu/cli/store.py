@@ -1,10 +1,11 @@
-"""The store commands: ``verify``, ``rollback``, ``recover``, ``stats``, ``get``, ``delete``."""
+"""The store commands: ``verify``, ``rollback``, ``recover``, ``stats``, ``get``, ``delete``, ``tune``."""
 from __future__ import annotations
 
 import json
 import sys
 
-__all__ = ["add_parsers", "cmd_verify", "cmd_rollback", "cmd_recover", "cmd_stats", "cmd_get", "cmd_delete", "text"]
+__all__ = ["add_parsers", "cmd_verify", "cmd_rollback", "cmd_recover", "cmd_stats", "cmd_get", "cmd_delete", "cmd_tune",
+           "text"]
 
 
 def add_parsers(sub, *names: str) -> None:
@@ -49,7 +50,7 @@ def _stats(sub) -> None:
 
 def _get(sub) -> None:
     g = sub.add_parser("get", help="print memories by id (content, tags, timestamp, importance)")
-    g.add_argument("store", help="store directory")
+    g.add_argument("store", help="store directory, or a sharded root (global ids, as `search` prints them)")
     g.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
     g.add_argument("--json", action="store_true",
                    help='print one JSON object per id: {"id", "content", "tags", "timestamp", "importance"}')
@@ -66,7 +67,22 @@ def _delete(sub) -> None:
     d.set_defaults(func=cmd_delete, catch_errors=True)
 
 
-_PARSERS = {"verify": _verify, "rollback": _rollback, "recover": _recover, "stats": _stats, "get": _get, "delete": _delete}
+def _tune(sub) -> None:
+    t = sub.add_parser("tune", help="choose the search parameters that hold a recall target, and store them",
+                       description="Opens STORE for writing, measures the settings that hold the recall target (as "
+                                   "MemoryIndex.tune) and checkpoints: the new generation carries the tuning, which "
+                                   "readers (`serve --mode r`, `search`) use as it is -- a reader never tunes. Run it "
+                                   "after a large ingest, or let a writer's background runs do it.")
+    t.add_argument("store", help="store directory")
+    t.add_argument("--target", type=float, metavar="R",
+                   help="recall@k to hold, in (0, 1) (default: the store's target_recall, else 0.95)")
+    t.add_argument("-k", type=int, default=10, help="results per query the target applies to (default 10)")
+    t.add_argument("--json", action="store_true", help="print the tuning report as JSON")
+    t.set_defaults(func=cmd_tune, catch_errors=True)
+
+
+_PARSERS = {"verify": _verify, "rollback": _rollback, "recover": _recover, "stats": _stats, "get": _get, "delete": _delete,
+            "tune": _tune}
 
 
 def text(c):
@@ -215,7 +231,12 @@ def cmd_get(args) -> int:
 
     from lukhas_gpu import MemoryIndex
 
-    index = MemoryIndex.open(args.store, mode="r")
+    if _sharded(args.store):  # the global ids `search` prints from a sharded root
+        from lukhas_gpu.distributed import ShardedIndex
+
+        index = ShardedIndex.open(args.store)
+    else:
+        index = MemoryIndex.open(args.store, mode="r")
     try:
         memories = index.get(np.asarray(args.ids, dtype=np.int64))
     finally:
@@ -237,6 +258,12 @@ def cmd_delete(args) -> int:
 
     from lukhas_gpu import MemoryIndex
 
+    if _sharded(args.store):
+        from lukhas_gpu.distributed.layout import ROW_MASK, SHARD_SHIFT
+        from lukhas_gpu.store.layout import StoreError
+
+        raise StoreError(f"{args.store} is a sharded root: delete in its shard-NNNNN stores (a global id's shard "
+                         f"is id >> {SHARD_SHIFT}, its id there id & {ROW_MASK:#x})")
     index = MemoryIndex.open(args.store, mode="w")
     try:
         n = index.delete(np.asarray(args.ids, dtype=np.int64))
@@ -245,4 +272,23 @@ def cmd_delete(args) -> int:
         index.close()  # checkpoints the delete
     print(json.dumps({"deleted": n, "count": count}) if args.json else
           f"{args.store}: deleted {n} memories; {count:,} remain")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from lukhas_gpu import MemoryIndex
+
+    if args.k < 1:
+        raise ValueError(f"-k must be >= 1, got {args.k}")
+    index = MemoryIndex.open(args.store, mode="w")
+    try:
+        report = index.tune(args.target, k=args.k)
+        generation = index.checkpoint().name
+        line = _tuning_line(index.stats()["tuning"])
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps({**report, "generation": generation}, default=str))
+    else:
+        print(f"{args.store}: {line} ({report['seconds']:.1f} s; stored in {generation})")
     return 0

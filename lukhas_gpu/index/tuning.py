@@ -26,7 +26,9 @@ Runs hold the index's lock one step at a time (a slice of the exact references, 
 searches, one timing), so searches go on between them. :func:`maybe_retune` starts a background
 run when the target is set and the index has grown by :data:`GROWTH`, was retrained, or has seen
 twice as many queries as at the last run; when the index outgrows its lists (the planned list
-count doubled) it first retrains with the lists its size calls for.
+count doubled) it first retrains with the lists its size calls for. Never in a reader
+(``mode="r"``): it uses the tuning its generation carries (``tuning.npz``), which the writer's runs
+or ``lukhas-gpu tune STORE`` put there.
 """
 from __future__ import annotations
 
@@ -443,6 +445,10 @@ def _due(index) -> str | None:
     parts, cfg = index.parts, index.config
     ann, tuned = parts.ann, parts.tuned
     if ann is None or cfg.target_recall is None or not cfg.auto_tune or cfg.probe_size == 0:
+        return None
+    if index.mode == "r":
+        # a reader uses its generation's tuning as persisted; the writer (or `lukhas-gpu tune STORE`)
+        # retunes, once, rather than every reader at every start
         return None
     live = parts.live
     if index.mode != "r" and planned_nlist(live, cfg) >= 2 * ann.nlist and live >= MIN_TRAIN_ROWS \

@@ -101,6 +101,7 @@ class ParquetSource:
         t = schema.field(column).type
         self.dim = t.list_size if self._pa.types.is_fixed_size_list(t) else None
         self.columns = [column] + [name for name in PARQUET_COLUMNS if name != column and name in schema.names]
+        self.ignored = [name for name in schema.names if name not in self.columns]  # said, never dropped silently
         for name in self.columns:
             why = type_problem("embedding" if name == column else name, schema.field(name).type)
             if why:

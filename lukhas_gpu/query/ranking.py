@@ -89,7 +89,8 @@ class Rank:
         out = np.zeros(len(timestamps), dtype=np.float32)
         if self.recency:
             age = np.maximum(now - np.asarray(timestamps, dtype=np.float64), 0.0)
-            out += (self.recency * np.exp2(-age / self.half_life)).astype(np.float32)
+            with np.errstate(over="ignore"):  # age / half_life past float64: inf, decayed to exactly 0
+                out += (self.recency * np.exp2(-age / self.half_life)).astype(np.float32)
         if self.importance:
             out += np.float32(self.importance) * np.asarray(importance, dtype=np.float32)
         return out

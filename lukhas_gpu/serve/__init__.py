@@ -3,7 +3,8 @@
 * :mod:`.options` -- :class:`ServeOptions` (every flag of ``lukhas-gpu serve``, with its bound);
 * :mod:`.wire` -- the JSON and binary forms of vectors, filters and rankings (shared with the client);
 * :mod:`.batcher` -- the dynamic batcher: concurrent searches merged into one ``search`` call;
-* :mod:`.limits` -- ASGI guards that act on headers alone (API key, body size);
+* :mod:`.limits` -- the ASGI guard: API key, body size, bodies in flight, body timeout;
+* :mod:`.conns` -- the protocol-level guard: header timeout, connection caps (in all, per address);
 * :mod:`.metrics` -- the Prometheus metrics;
 * :mod:`.models` -- the request and response schemas (OpenAPI);
 * :mod:`.app` -- the FastAPI application; :mod:`.server` -- the socket, uvicorn, the workers;

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import math
 import time
 from typing import Annotated
 
@@ -29,6 +30,7 @@ from . import errors, wire
 from . import search as search_mod
 from .search import SUPPORTS_TARGET_RECALL
 from .batcher import Batcher, QueueFull
+from .conns import ConnectionTable
 from .limits import BodyTooLarge, Guard, error_body, read_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .models import (MAX_REQUEST_VECTORS, AddRequest, AddResponse, DeleteResponse, ErrorResponse, IdsRequest,
@@ -77,11 +79,14 @@ class _State:
         self.batcher = Batcher(self._search, self.search_pool, max_batch=options.max_batch,
                                max_wait_s=options.max_wait_ms / 1e3, max_queue=options.max_queue,
                                observe=self.metrics.observe_batch)
-        self.last_refresh: float | None = None  # monotonic time of the last successful refresh
+        # monotonic time at which the last successful refresh (or the open) began: the one figure
+        # behind /readyz, reader_lag_seconds and /v1/stats' lag_s
+        self.last_refresh: float | None = None
         self.refresh_error: str | None = None
         self.generation: int | None = None  # the generation a reader shows (from its refreshes)
         self.tasks: list[asyncio.Task] = []
-        self.stats_at: float | None = None  # when /metrics last read stats()
+        self.stats_at: float | None = None  # when /metrics last asked for stats()
+        self.stats_job: asyncio.Future | None = None
 
     # -- blocking calls (worker threads) -------------------------------------------------------
     def _search(self, key: tuple, queries: np.ndarray):
@@ -91,8 +96,9 @@ class _State:
             kw["target_recall"] = target
         index = self.index
         if index.backend == "cuda":  # the batch goes to the device once; the kernels stay there
-            import torch
-            queries = torch.from_numpy(np.ascontiguousarray(queries)).to(index.device, non_blocking=True)
+            from ..util.arrays import tensor_view  # a request body's view is read-only: read, never written
+
+            queries = tensor_view(queries).to(index.device, non_blocking=True)
         res = index.search(queries, k, **kw)
         ids, scores = res.ids, res.scores
         if not isinstance(ids, np.ndarray):
@@ -101,10 +107,12 @@ class _State:
 
     def open(self) -> None:
         o = self.options
+        t0 = time.monotonic()
         self.index = MemoryIndex.open(o.store, mode=o.mode)
+        self._show_target()
         if len(self.index):  # the first search loads torch and FAISS: before readiness, not in a request
             self._search((1, None, None, None, None, None), np.ones((1, self.index.dim), dtype=np.float32))
-        self.last_refresh = time.monotonic()
+        self.last_refresh = t0
         # what is loaded now (torch, FAISS, the app) lives as long as the server: keep it out of the
         # collector's full passes, which otherwise pause every request for tens of milliseconds
         gc.collect()
@@ -114,7 +122,13 @@ class _State:
         if self.index is not None:
             self.index.close()  # a writer checkpoints what its log holds
 
+    def _show_target(self) -> None:
+        tuned = self.index.parts.tuned
+        target = tuned.target if tuned is not None else self.index.config.target_recall
+        self.metrics.recall_target.set(math.nan if target is None else target)
+
     def refresh(self) -> dict:
+        t0 = time.monotonic()
         try:
             out = self.index.refresh()
         except Exception as e:
@@ -123,7 +137,8 @@ class _State:
             raise
         self.refresh_error = None
         self.generation = out.get("generation")
-        self.last_refresh = time.monotonic()
+        self.last_refresh = t0
+        self._show_target()
         self.metrics.refreshes.labels("ok").inc()
         return out
 
@@ -138,10 +153,31 @@ class _State:
         if self.options.mode == "r":
             if self.refresh_error is not None:
                 return False, f"the last refresh failed: {self.refresh_error}"
-            limit = 2 * self.options.refresh_s + 1.0
-            if self.options.refresh_s and self.lag() > limit:
-                return False, f"the last refresh was {self.lag():.1f} s ago (more than {limit:.1f} s)"
+            limit, lag = 2 * self.options.refresh_s + 1.0, self.lag()
+            if self.options.refresh_s and lag > limit:
+                return False, f"the last refresh began {lag:.1f} s ago (more than {limit:.1f} s)"
         return True, "ok"
+
+    async def scrape(self) -> bytes:
+        """The metrics page. The figures of now (lag, counts) are read first; ``stats()`` (bytes by
+        place) at most every :data:`STATS_EVERY_S` and waited for at most a second, so a scrape
+        never reports the lag of after a refresh it queued behind."""
+        m = self.metrics
+        if self.index is not None:
+            m.reader_lag.set(self.lag())
+            m.memories.set(len(self.index))
+            now = time.monotonic()
+            if self.stats_job is None and (self.stats_at is None or now - self.stats_at > STATS_EVERY_S):
+                self.stats_at = now
+                self.stats_job = asyncio.ensure_future(self.run(self.index.stats))
+            if self.stats_job is not None:
+                await asyncio.wait({self.stats_job}, timeout=1.0)
+                if self.stats_job.done():
+                    job, self.stats_job = self.stats_job, None
+                    if job.exception() is None:
+                        m.update_from_stats(job.result(), generation=self.generation)
+        m.queue_depth.set(self.batcher.depth)
+        return m.render()
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.other_pool, fn, *args)
@@ -197,13 +233,17 @@ def create_app(options: ServeOptions) -> FastAPI:
     app.state.lukhas = st
     _install_errors(app, st)
     _routes(app, st)
-    # outermost: refusals from the headers alone; then timing; then searches, which skip FastAPI's
-    # routing and dependency machinery (half of a single-query request's CPU, measured)
-    inner = _Timing(search_mod.SearchPath(app, st), st.metrics)
-    guard = Guard(inner, api_key=options.api_key, max_body=options.max_body_bytes,
-                  reject=lambda reason: st.metrics.rejected.labels(reason).inc())
-    guard.fastapi = app
-    return guard
+    # outermost: timing, so refusals are counted among the responses too; then the refusals from
+    # the headers and the body's arrival; then searches, which skip FastAPI's routing and
+    # dependency machinery (half of a single-query request's CPU, measured)
+    reject = st.metrics.reject
+    table = ConnectionTable(max_connections=options.max_connections, per_client=options.max_connections_per_client,
+                            header_timeout_s=options.header_timeout_s, reject=reject)
+    guard = Guard(search_mod.SearchPath(app, st), api_key=options.api_key, max_body=options.max_body_bytes,
+                  body_timeout_s=options.body_timeout_s, reject=reject, connections=table)
+    outer = _Timing(guard, st.metrics)
+    outer.fastapi, outer.connections = app, table
+    return outer
 
 
 def create_app_from_env():
@@ -268,15 +308,7 @@ def _routes(app: FastAPI, st: _State) -> None:
 
     @app.get("/metrics", summary="Prometheus text format")
     async def metrics():
-        if st.index is not None:
-            now = time.monotonic()
-            if st.stats_at is None or now - st.stats_at > STATS_EVERY_S:  # stats() holds the index ~10 ms
-                st.metrics.update_from_stats(await st.run(st.index.stats), generation=st.generation)
-                st.stats_at = now
-            st.metrics.memories.set(len(st.index))
-            st.metrics.reader_lag.set(st.lag())
-        st.metrics.queue_depth.set(st.batcher.depth)
-        return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await st.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     search_doc = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": SearchRequest.model_json_schema()},

@@ -1,18 +1,25 @@
-"""Guards that decide from a request's headers alone, before any of its body is read: the API
-key (401) and the body size (413). A pure ASGI middleware, outermost, so a refused request
-costs no routing, no parsing and no buffer; bodies without a ``Content-Length`` (chunked) are
-bounded as they stream in, by :func:`read_body`.
+"""Guards that decide from a request's headers, then its body as it arrives, before the
+application sees it: the API key (401), the body size (413 from a ``Content-Length``, or as a
+chunked body streams past the limit), the bytes of bodies being received together (503), and a
+body that does not arrive in time (408). A pure ASGI middleware, so a refused request costs no
+routing and no parsing. The connections themselves (headers that never complete, too many from
+one address) are guarded below it, in :mod:`.conns`.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 
 import orjson
 
-__all__ = ["Guard", "BodyTooLarge", "read_body", "error_body", "PUBLIC_PATHS"]
+__all__ = ["Guard", "BodyTooLarge", "read_body", "error_body", "PUBLIC_PATHS", "MIN_BODY_RATE"]
 
 #: Paths that need no API key (liveness probes carry no secrets).
 PUBLIC_PATHS = frozenset({"/healthz"})
+#: Bytes a second a body must average past its first ``body_timeout_s`` (a 64 MiB body may take
+#: ``body_timeout_s`` + 1024 s; one trickled byte by byte times out after about ``body_timeout_s``).
+MIN_BODY_RATE = 64 << 10
 
 
 def error_body(message: str) -> bytes:
@@ -25,22 +32,45 @@ class BodyTooLarge(Exception):
         super().__init__(f"the request body exceeds the limit of {limit:,} bytes (--max-body-mb)")
 
 
-class Guard:
-    """ASGI middleware: 401 without the right bearer token, 413 for a declared body over the
-    limit, 400 for a malformed ``Content-Length``, 503 (``Retry-After``) when the bodies being
-    received would pass ``max_inflight`` bytes together (a body without a length counts as
-    ``max_body``). The key is compared in constant time (:func:`hmac.compare_digest`).
-    ``reject(reason)`` is called for every refusal (metrics)."""
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str, message: str, headers=()):
+        super().__init__(message)
+        self.status, self.reason, self.headers = status, reason, list(headers)
 
-    def __init__(self, app, *, api_key: str | None, max_body: int, max_inflight: int | None = None, reject=None):
+
+class _Gone(Exception):
+    """The client went away before its body was complete: nothing to answer."""
+
+
+class Guard:
+    """ASGI middleware: 401 without the right bearer token, 413 for a body over ``max_body``
+    (declared, or as it streams in), 400 for a malformed ``Content-Length``, 503
+    (``Retry-After``) when the bytes of bodies received and not yet answered would pass
+    ``max_inflight`` -- charged by the bytes that actually arrived, so connections that declare
+    a body and send nothing hold none of it -- and 408 when a body stalls: each of its chunks
+    must come within ``body_timeout_s``, and the whole within ``body_timeout_s`` plus its size at
+    :data:`MIN_BODY_RATE`. The body is read here, whole, before the application is called.
+
+    The key is compared in constant time (:func:`hmac.compare_digest`). ``reject(reason)`` is
+    called for every refusal (metrics). ``connections`` (a :class:`~.conns.ConnectionTable`) is
+    handed to the server's protocol through the lifespan state."""
+
+    def __init__(self, app, *, api_key: str | None, max_body: int, max_inflight: int | None = None,
+                 body_timeout_s: float = 10.0, reject=None, connections=None):
         self.app = app
         self._expected = None if api_key is None else b"Bearer " + api_key.encode("utf-8")
         self.max_body = max_body
         self.max_inflight = max(4 * max_body, 256 << 20) if max_inflight is None else max_inflight
-        self.inflight = 0  # bytes of the bodies of requests being served
+        self.body_timeout_s = body_timeout_s
+        self.inflight = 0  # bytes of the bodies received for requests not yet answered
+        self.connections = connections
         self._reject = reject
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan" and self.connections is not None:
+            from .conns import STATE_KEY
+
+            scope.setdefault("state", {})[STATE_KEY] = self.connections
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         auth = length = None
@@ -52,33 +82,83 @@ class Guard:
                 length = value
             elif name == b"transfer-encoding":
                 chunked = True
+        try:
+            n = self._check_headers(scope, auth, length)
+            if n == 0 and not chunked:  # no body
+                return await self.app(scope, receive, send)
+            held = [0]
+            try:
+                body = await self._read(receive, held)
+            except BaseException:
+                self.inflight -= held[0]
+                raise
+        except _Refused as r:
+            return await self._refuse(send, r.status, r.reason, str(r), r.headers)
+        except _Gone:
+            return None
+        given = False
+
+        async def replay():
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        try:
+            return await self.app(scope, replay, send)
+        finally:
+            self.inflight -= held[0]
+
+    def _check_headers(self, scope, auth, length) -> int:
+        """The declared body length (0 if none); refusals raise :class:`_Refused`."""
         if self._expected is not None and scope["path"] not in PUBLIC_PATHS:
             if auth is None or not hmac.compare_digest(auth, self._expected):
                 why = "missing" if auth is None else "wrong"
-                return await self._refuse(send, 401, "unauthorized",
-                                          f"{why} API key: send the header 'Authorization: Bearer <key>'",
-                                          [(b"www-authenticate", b"Bearer")])
-        if length is not None:
-            try:
-                n = int(length)
-                if n < 0:
-                    raise ValueError
-            except ValueError:
-                return await self._refuse(send, 400, "bad_request", f"malformed Content-Length {length[:40]!r}")
-            if n > self.max_body:
-                return await self._refuse(send, 413, "too_large", str(BodyTooLarge(self.max_body))
-                                          + f": Content-Length is {n:,}")
-        else:
-            n = self.max_body if chunked else 0
-        if n and self.inflight + n > self.max_inflight:
-            return await self._refuse(send, 503, "inflight_bytes",
-                                      f"the server is receiving {self.inflight:,} bytes of bodies already "
-                                      f"(at most {self.max_inflight:,}); retry", [(b"retry-after", b"1")])
-        self.inflight += n
+                raise _Refused(401, "unauthorized", f"{why} API key: send the header 'Authorization: Bearer <key>'",
+                               [(b"www-authenticate", b"Bearer")])
+        if length is None:
+            return 0
         try:
-            return await self.app(scope, receive, send)
-        finally:
-            self.inflight -= n
+            n = int(length)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise _Refused(400, "bad_request", f"malformed Content-Length {length[:40]!r}") from None
+        if n > self.max_body:
+            raise _Refused(413, "too_large", str(BodyTooLarge(self.max_body)) + f": Content-Length is {n:,}")
+        self._budget(n)
+        return n
+
+    def _budget(self, n: int) -> None:
+        if n and self.inflight + n > self.max_inflight:
+            raise _Refused(503, "inflight_bytes", f"the server holds {self.inflight:,} bytes of request bodies "
+                                                  f"already (at most {self.max_inflight:,}); retry",
+                           [(b"retry-after", b"1")])
+
+    async def _read(self, receive, held: list) -> bytes:
+        """The whole body; each chunk charged to ``inflight`` (and to ``held[0]``) as it arrives."""
+        chunks = []
+        t0 = time.monotonic()
+        while True:
+            wait = min(self.body_timeout_s, t0 + self.body_timeout_s + held[0] / MIN_BODY_RATE - time.monotonic())
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
+            except asyncio.TimeoutError:
+                raise _Refused(408, "body_timeout", f"the request body stopped arriving ({held[0]:,} bytes in "
+                                                    f"{time.monotonic() - t0:.1f} s; --body-timeout-s is "
+                                                    f"{self.body_timeout_s:g})") from None
+            if message["type"] == "http.disconnect":
+                raise _Gone()
+            chunk = message.get("body", b"")
+            if held[0] + len(chunk) > self.max_body:
+                raise _Refused(413, "too_large", str(BodyTooLarge(self.max_body)))
+            self._budget(len(chunk))
+            self.inflight += len(chunk)
+            held[0] += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _refuse(self, send, status: int, reason: str, message: str, headers=()):
         if self._reject is not None:

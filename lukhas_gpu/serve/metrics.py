@@ -43,10 +43,10 @@ class Metrics:
                               registry=r)
         self.recall = Gauge("collection_recall_estimate", "estimated recall@10 (MemoryIndex.quality; NaN: not "
                             "measured yet)", registry=r)
-        self.recall_target = Gauge("collection_recall_target", "target_recall of the latest search that asked "
-                                   "for one (NaN: none)", registry=r)
-        self.reader_lag = Gauge("reader_lag_seconds", "seconds since a reader's last successful refresh (0 for "
-                                "the writer)", registry=r)
+        self.recall_target = Gauge("collection_recall_target", "the recall target the store holds (its tuning's, "
+                                   "else config.target_recall; NaN: none)", registry=r)
+        self.reader_lag = Gauge("reader_lag_seconds", "seconds since a reader's last successful refresh began "
+                                "(the figure /readyz judges; 0 for the writer)", registry=r)
         self.reader_generation = Gauge("reader_generation", "the store generation this server shows", registry=r)
         self.refreshes = Counter("reader_refreshes", "refreshes by outcome", ["outcome"], registry=r)
         self.recall.set(math.nan)
@@ -61,6 +61,13 @@ class Metrics:
                                                self.duration.labels(method, endpoint))
         children[0].inc()
         children[1].observe(seconds)
+
+    def reject(self, reason: str) -> None:
+        """One request (or connection) refused before any work, for ``reason``."""
+        child = self._children.get(reason)
+        if child is None:
+            child = self._children[reason] = self.rejected.labels(reason)
+        child.inc()
 
     def observe_batch(self, n_queries: int, n_requests: int, seconds: float) -> None:
         self.batch_queries.observe(n_queries)

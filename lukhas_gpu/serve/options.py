@@ -10,10 +10,12 @@ import pathlib
 from ..util.bounds import MAX_BODY_MB, MAX_CONNECTIONS, MAX_QUEUE, MAX_WORKERS
 from ..util.bounds import MAX_SERVE_BATCH as MAX_BATCH
 
-__all__ = ["ServeOptions", "read_api_key", "ENV_OPTIONS", "MAX_BATCH", "MAX_BODY_MB"]
+__all__ = ["ServeOptions", "read_api_key", "ENV_OPTIONS", "MAX_BATCH", "MAX_BODY_MB", "MIN_API_KEY_CHARS"]
 
 #: The environment variable that carries the options to uvicorn's worker processes (``--workers``).
 ENV_OPTIONS = "LUKHAS_GPU_SERVE_OPTIONS"
+#: Fewest characters of an API key.
+MIN_API_KEY_CHARS = 16
 #: ``MAX_BATCH`` (``--max-batch``) and ``MAX_BODY_MB`` (``--max-body-mb``) are ``util.bounds``'.
 
 
@@ -59,7 +61,17 @@ class ServeOptions:
         Seconds between recall estimates for ``/metrics`` (0: never; each costs an exact scan
         per probe query, see ``MemoryIndex.quality``).
     max_connections : int
-        Open connections beyond which uvicorn answers 503 (bounds memory under a flood).
+        Open connections in all; a new one past it closes the oldest connection still waiting
+        for a request's headers, and is refused (503) only when every one is busy.
+    max_connections_per_client : int
+        The same, per client address (behind a proxy every client has the proxy's address:
+        raise it there).
+    header_timeout_s : float
+        A request's headers must be complete within it of their first byte (of the
+        connection, for a new one), else the connection is closed (slow clients).
+    body_timeout_s : float
+        A request body must keep arriving: each chunk within it, the whole within it plus
+        its size at 64 KiB/s; else 408.
     """
 
     store: str
@@ -77,6 +89,9 @@ class ServeOptions:
     refresh_s: float = 1.0
     quality_s: float = 0.0
     max_connections: int = 2048
+    max_connections_per_client: int = 256
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
 
     def __post_init__(self):
         if self.mode not in ("r", "w"):
@@ -85,6 +100,9 @@ class ServeOptions:
         _int_in("max_batch", self.max_batch, 1, MAX_BATCH)
         _int_in("workers", self.workers, 1, MAX_WORKERS)
         _int_in("max_connections", self.max_connections, 1, MAX_CONNECTIONS)
+        _int_in("max_connections_per_client", self.max_connections_per_client, 1, MAX_CONNECTIONS)
+        _float_in("header_timeout_s", self.header_timeout_s, 1e-3, 3600.0)
+        _float_in("body_timeout_s", self.body_timeout_s, 1e-3, 3600.0)
         if self.max_queue is None:
             self.max_queue = max(64 * self.max_batch, 1024)
         _int_in("max_queue", self.max_queue, 1, MAX_QUEUE)
@@ -96,8 +114,8 @@ class ServeOptions:
         if self.mode == "w" and self.workers != 1:
             raise ValueError(f"a writer server runs one worker (a store has one writer), got workers={self.workers}; "
                              "serve readers (--mode r) with several workers beside a batch job instead")
-        if self.api_key is not None and not self.api_key:
-            raise ValueError("the API key is empty")
+        if self.api_key is not None and len(self.api_key) < MIN_API_KEY_CHARS:
+            raise ValueError(f"the API key must have at least {MIN_API_KEY_CHARS} characters, got {len(self.api_key)}")
         if self.api_key_file is not None and self.api_key is None:
             self.api_key = read_api_key(self.api_key_file)
 
@@ -135,8 +153,8 @@ def read_api_key(path) -> str:
         raise ValueError(f"{p}: an API key file holds one key of at most 4096 bytes")
     lines = raw.decode("utf-8").strip().splitlines()
     key = lines[0].strip() if lines else ""
-    if len(key) < 16:
-        raise ValueError(f"{p}: the API key must have at least 16 characters, got {len(key)}")
+    if len(key) < MIN_API_KEY_CHARS:
+        raise ValueError(f"{p}: the API key must have at least {MIN_API_KEY_CHARS} characters, got {len(key)}")
     return key
 
 

@@ -93,8 +93,6 @@ async def run_search(st, headers, query: str, body: bytes) -> tuple[int, str, by
     binary_out = wire.BINARY in headers.get("accept", "")
     if binary_out and p.with_content:
         raise errors.ApiError(422, "with_content needs a JSON answer (drop Accept: application/octet-stream)")
-    if p.target_recall is not None:
-        st.metrics.recall_target.set(p.target_recall)
     ids, scores = await st.batcher.search(key, q, st.options.timeout_s)
     if binary_out:
         data, shape = wire.results_to_bytes(ids, scores)

@@ -28,11 +28,15 @@ def bind(host: str, port: int) -> socket.socket:
 def _uvicorn_kw(options: ServeOptions) -> dict:
     import importlib.util
 
+    from .conns import protocol
+
     fast = importlib.util.find_spec("httptools") is not None and importlib.util.find_spec("uvloop") is not None
+    # no limit_concurrency: it counts connections still sending their headers, so slow clients
+    # would get every request refused; conns.ConnectionTable bounds connections instead.
+    # no proxy_headers: the per-address caps count the peer, never a header a client may forge
     return {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_keep_alive": 30,
-            "limit_concurrency": options.max_connections, "backlog": min(options.max_connections, 4096),
-            "http": "httptools" if fast else "h11", "loop": "uvloop" if fast else "asyncio",
-            "server_header": False}
+            "limit_concurrency": None, "backlog": min(options.max_connections, 4096), "proxy_headers": False,
+            "http": protocol(fast), "loop": "uvloop" if fast else "asyncio", "server_header": False}
 
 
 def serve(options: ServeOptions, *, announce=None) -> None:

@@ -135,10 +135,14 @@ def vectors_from_json(rows, dim: int, *, max_rows: int, name: str = "vectors") -
             got = f"{len(r)} dimensions" if isinstance(r, list) else type(r).__name__
             raise ValueError(f"{name}[{i}] has {got}, the store's vectors have {dim}")
     try:
-        x = np.array(rows, dtype=np.float32)
-    except (TypeError, ValueError):
+        x = np.array(rows, dtype=np.float64)  # JSON numbers are doubles: checked before the cast
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"{name} must hold numbers only") from None
-    return _check_rows(x, dim, name)
+    _check_rows(x, dim, name)
+    big = (np.abs(x) > np.finfo(np.float32).max).any(axis=1)
+    if big.any():  # a cast would overflow to inf (and warn in the server's log)
+        raise ValueError(f"{name}[{int(np.flatnonzero(big)[0])}] holds a value beyond the float32 range")
+    return x.astype(np.float32)
 
 
 def parse_shape(header: str | None, name: str = "X-Shape") -> tuple[int, int]:

@@ -55,7 +55,10 @@ def as_batch(x, dim: int | None, name: str = "embeddings") -> tuple[torch.Tensor
             raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
         if x.dtype not in _FLOAT_NP:
             raise TypeError(f"{name} must have a floating dtype (float16/32/64), got {x.dtype}")
-        t, is_torch, device = torch.from_numpy(np.ascontiguousarray(x)), False, None
+        a = np.ascontiguousarray(x)
+        if not a.flags.writeable:  # a read-only view (a request body, a mapped file): torch wants to own a copy
+            a = a.copy()
+        t, is_torch, device = torch.from_numpy(a), False, None
     if t.ndim == 1:
         t, single = t.unsqueeze(0), True
     elif t.ndim == 2:

@@ -73,6 +73,8 @@ MAX_NPROBE = 1 << 20
 MAX_RERANK = 1 << 20
 #: Most tags in one of a ``Filter``'s tag lists (``tags_all``, ``tags_any``, ``tags_none``).
 MAX_FILTER_TAGS = 4096
+#: Largest ``max_content_bytes`` a store may be created with (one memory's encoded content).
+MAX_CONTENT_BYTES = 1 << 30
 #: Largest weight of a ``Rank`` term: scores stay finite in float32 (3.4e38) with room to add.
 MAX_RANK_WEIGHT = 1e6
 
@@ -113,3 +115,10 @@ def check_dim(dim, name: str = "dim") -> int:
         raise ValueError(f"{name} must be a positive int, at most {MAX_DIM:,} (the store format's bound, "
                          f"lukhas_gpu.util.bounds.MAX_DIM), got {dim!r}")
     return int(dim)
+
+
+def check_max_content_bytes(value, name: str = "max_content_bytes") -> int | None:
+    """``None`` (the default) or an int in ``1..MAX_CONTENT_BYTES``."""
+    if value is not None and (not is_int(value) or not 1 <= value <= MAX_CONTENT_BYTES):
+        raise ValueError(f"{name} must be in [1, {MAX_CONTENT_BYTES:,}], got {value!r}")
+    return value
