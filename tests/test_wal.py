@@ -79,7 +79,7 @@ def test_public_names():
         "DEFAULT_GROUP_INTERVAL", "DEFAULT_MAX_RECORD_BYTES"}
     for name in wal.__all__:
         assert getattr(wal, name) is not None
-    assert (MAGIC, HEADER_SIZE, RECORD_HEADER_SIZE) == (b"LKGWAL01", 16, 9)
+    assert (MAGIC, HEADER_SIZE, RECORD_HEADER_SIZE) == (b"LKGWAL02", 24, 9)
 
 
 # -- codec: arrays --------------------------------------------------------------------------------
@@ -272,8 +272,9 @@ def test_open_missing_for_append_and_base_guard(tmp_path):
 
 def test_empty_log_and_bad_arguments(tmp_path):
     path = tmp_path / "e.wal"
-    WriteAheadLog(path, sync="none").close()
-    assert open(path, "rb").read() == MAGIC + struct.pack("<Q", 0)
+    w = WriteAheadLog(path, sync="none")
+    w.close()
+    assert open(path, "rb").read() == MAGIC + struct.pack("<QQ", 0, w.log_id) and w.log_id > 0
     scan = WriteAheadLog.read(path)
     assert (scan.records, scan.valid_end, scan.torn) == ([], HEADER_SIZE, False)
     with pytest.raises(ValueError, match="'always', 'group', 'none'.*'fast'"):
@@ -427,7 +428,7 @@ def test_crc_valid_but_undecodable_record_raises(tmp_path):
     (MAGIC[:5], "truncated header"),
     (MAGIC, "truncated header"),
     (MAGIC + b"\x00" * 7, "truncated header"),
-    (b"LKGWAL02" + b"\x00" * 8, "not a lukhas_gpu WAL"),
+    (b"LKGWAL09" + b"\x00" * 16, "not a lukhas_gpu WAL"),
     (b"\x93NUMPY" + b"\x00" * 30, "not a lukhas_gpu WAL"),
     (b"LK", "truncated header"),
     (b"XK", "not a lukhas_gpu WAL"),
