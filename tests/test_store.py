@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
+from lukhas_gpu.store import layout
 from lukhas_gpu.store.layout import CorruptStoreError, StoreError, StoreLockedError
 
 NOW = 1_750_000_000.0
@@ -207,3 +208,159 @@ def test_torn_wal_tail_is_cut_not_replayed(tmp_path, data):
     back.add(xb[300:301])
     back.close()
     assert len(MemoryIndex.open(tmp_path / "s", mode="w")) == 201
+
+
+# -- the lineage: rollback, recover, prune, reopen in sequence ----------------------------------------
+def _lineage_store(path, xb):
+    """gen 2 holds ids 0..99, gen 3 (its child) 0..199; closed, the log empty."""
+    index = MemoryIndex.create(path, 32)
+    _fill(index, xb[:100])
+    index.checkpoint()
+    _fill(index, xb[100:200], start=100)
+    index.close()
+    return path
+
+
+def _contents(path, mode="r"):
+    ix = MemoryIndex.open(path, mode=mode)
+    try:
+        rows = np.arange(ix.parts.rows)
+        return {int(m.id): m.content for m in ix.get(rows[ix.contains(rows)])}
+    finally:
+        ix.close(checkpoint=False)
+
+
+@pytest.mark.parametrize("how", ["cli", "open"])
+def test_recover_after_a_rollback_keeps_the_acknowledged_writes(tmp_path, data, how):
+    """Issue: recover published the generation rolled away from (the newest that verifies) and the
+    next writer dropped the log that followed the rollback's target."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    assert MemoryIndex.rollback(path).name == "gen-000002"
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:210], start=100)  # ids 100..109 again: new memories after the rollback
+    ix.delete([3])
+    ix.close(checkpoint=False)  # acknowledged, in the log only (it follows gen 2)
+    expect = {i: f"memory {i}" for i in range(110) if i != 3}
+    if how == "cli":
+        assert cli.main(["recover", str(path)]) == 0
+        ix = MemoryIndex.open(path, mode="w")
+    else:
+        ix = MemoryIndex.open(path, mode="w", recover=True)
+    assert len(ix) == 109 and not ix.contains([3])[0] and ix.parts.rows == 110
+    ix.close(checkpoint=False)
+    assert (path / layout.WAL).exists() and _contents(path) == expect == _contents(path, "w")
+    assert layout.current_generation(path).name == "gen-000002"
+
+
+def test_a_second_rollback_follows_the_lineage(tmp_path, data):
+    """Issue: after rollback N -> N-1, a checkpoint (N+1) pruned N-1 and kept N, and the next
+    rollback returned to N, the generation rolled away from."""
+    import json
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    MemoryIndex.rollback(path)  # gen 3 abandoned
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[300:320], start=1000)
+    gen = ix.checkpoint()  # gen 4, child of gen 2
+    ix.close()
+    assert gen.name == "gen-000004" and layout.generations(path) == [2, 4]  # the abandoned branch pruned
+    manifest = json.loads((gen / layout.MANIFEST).read_text())
+    assert manifest["parent"] == 2 and manifest["log_id"]
+    assert layout.previous_generation(path).name == "gen-000002"
+    assert MemoryIndex.rollback(path).name == "gen-000002"
+    assert len(MemoryIndex.open(path)) == 100
+    with pytest.raises(StoreError, match="no previous generation"):  # gen 2's parent (gen 1) is pruned
+        MemoryIndex.rollback(path)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[400:410], start=2000)
+    assert ix.checkpoint().name == "gen-000005"  # numbers never reused
+    ix.close()
+    assert layout.generations(path) == [2, 5]
+
+
+def test_the_parent_field_is_covered_by_the_manifest_crc(tmp_path, data):
+    import json
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    gen = layout.current_generation(path)
+    m = json.loads((gen / layout.MANIFEST).read_text())
+    m["parent"] = 1
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(CorruptStoreError, match="manifest.json.*corrupted"):
+        MemoryIndex.rollback(path)
+    m["parent"] = 7  # not below its own number: out of bounds before anything else
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(CorruptStoreError, match="parent = 7 is outside"):
+        MemoryIndex.open(path)
+
+
+def test_a_store_without_lineage_rolls_back_to_the_previous_number(tmp_path, data):
+    """Generations written before the parent field: the parent is the previous number on disk."""
+    import json
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    for g in layout.generations(path):
+        p = layout.current_generation(path).parent / layout.generation_name(g) / layout.MANIFEST
+        m = json.loads(p.read_text())
+        for k in ("parent", "log_id", layout.MANIFEST_CRC):
+            m.pop(k)
+        p.write_text(json.dumps(m))
+    assert layout.parent_number(path, 3) == 2 and layout.previous_generation(path).name == "gen-000002"
+    assert MemoryIndex.rollback(path).name == "gen-000002" and len(MemoryIndex.open(path)) == 100
+
+
+def test_a_log_the_lineage_does_not_explain_is_refused_never_dropped(tmp_path, data):
+    """A log whose base is neither the published generation nor its parent (absorbed): the
+    writer, a reader and verify refuse it, nothing changes; recover publishes the generation the
+    log follows and its records are replayed."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:230], start=200)  # logged after gen 3
+    ix.close(checkpoint=False)
+    layout.publish(path, "gen-000002")  # CURRENT moved by hand: the log follows a child of it
+    before = (path / layout.WAL).read_bytes()
+    for call in (lambda: MemoryIndex.open(path, mode="w"), lambda: MemoryIndex.open(path),
+                 lambda: MemoryIndex.rollback(path)):
+        with pytest.raises(CorruptStoreError, match="follows generation 3"):
+            call()
+    assert cli.main(["verify", str(path)]) == 1
+    assert (path / layout.WAL).read_bytes() == before
+    assert cli.main(["recover", str(path)]) == 0
+    assert len(_contents(path, "w")) == 230 and layout.current_generation(path).name == "gen-000003"
+
+
+def test_an_absorbed_log_is_dropped_and_a_committed_rollback_is_finished(tmp_path, data):
+    """The two crash windows the lineage tells apart by the log's id: a checkpoint published but
+    its log not restarted (the log is in the checkpoint), and a rollback whose new log is in place
+    but CURRENT not switched (the store is at the target)."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:210], start=200)
+    absorbed = (path / layout.WAL).read_bytes()
+    ix.checkpoint()  # gen 4 absorbed that log
+    ix.close()
+    (path / layout.WAL).write_bytes(absorbed)
+    assert len(MemoryIndex.open(path)) == 210  # a reader does not replay it on gen 4
+    assert _contents(path, "w") == {i: f"memory {i}" for i in range(210)} and not (path / layout.WAL).read_bytes() == absorbed
+
+    from lukhas_gpu.store import lineage
+    lineage.commit_rollback(path, 3, keep_log=False)  # the whole rollback ...
+    layout.publish(path, "gen-000004")  # ... but CURRENT as if the switch never happened
+    r = MemoryIndex.open(path)
+    assert len(r) == 200 and r.verify()["generation"] == 3  # a reader and verify: at gen 3
+    assert cli.main(["verify", str(path)]) == 0
+    ix = MemoryIndex.open(path, mode="w")  # the writer finishes the rollback
+    assert len(ix) == 200 and layout.current_generation(path).name == "gen-000003"
+    ix.close()
