@@ -6,6 +6,7 @@ import pytest
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
 from lukhas_gpu.store import layout
 from lukhas_gpu.store.layout import CorruptStoreError, StoreError, StoreLockedError
+from lukhas_gpu.store.wal import WalReader
 
 NOW = 1_750_000_000.0
 
@@ -305,14 +306,47 @@ def test_a_store_without_lineage_rolls_back_to_the_previous_number(tmp_path, dat
 
     xb, _ = data
     path = _lineage_store(tmp_path / "s", xb)
-    for g in layout.generations(path):
-        p = layout.current_generation(path).parent / layout.generation_name(g) / layout.MANIFEST
-        m = json.loads(p.read_text())
-        for k in ("parent", "log_id", layout.MANIFEST_CRC):
-            m.pop(k)
-        p.write_text(json.dumps(m))
+    _strip_lineage(path)
     assert layout.parent_number(path, 3) == 2 and layout.previous_generation(path).name == "gen-000002"
     assert MemoryIndex.rollback(path).name == "gen-000002" and len(MemoryIndex.open(path)) == 100
+
+
+def _strip_lineage(path):
+    """The store as an older lukhas_gpu wrote it: manifests without parent, log id, own CRC."""
+    import json
+
+    for g in layout.generations(path):
+        p = path / layout.generation_name(g) / layout.MANIFEST
+        m = json.loads(p.read_text())
+        for k in ("parent", "log_id", layout.MANIFEST_CRC):
+            m.pop(k, None)
+        p.write_text(json.dumps(m))
+    wal = path / layout.WAL
+    if wal.exists():  # the first log format: 16-byte header, no id
+        from lukhas_gpu.store.walcodec import HEADER_V1, MAGIC_V1
+
+        with WalReader(wal) as r:
+            base, start = r.base, r.header_size
+        wal.write_bytes(HEADER_V1.pack(MAGIC_V1, base) + wal.read_bytes()[start:])
+
+
+def test_a_store_without_lineage_replays_its_log_and_keeps_a_stale_one_aside(tmp_path, data):
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:210], start=200)
+    ix.close(checkpoint=False)
+    _strip_lineage(path)
+    assert len(_contents(path)) == 210 == len(_contents(path, "w"))  # a log of the first format, replayed
+    ix = MemoryIndex.open(path, mode="w")
+    stale = (path / layout.WAL).read_bytes()
+    ix.checkpoint()  # gen 4 (with lineage) absorbs the old-format log
+    ix.close()
+    (path / layout.WAL).write_bytes(stale)
+    assert len(_contents(path, "w")) == 210 and not list(path.glob("wal.log.stale-*"))  # absorbed: dropped
+    _strip_lineage(path)
+    (path / layout.WAL).write_bytes(stale)  # neither says whether gen 4 holds it: kept aside, not replayed
+    assert len(_contents(path, "w")) == 210 and len(list(path.glob("wal.log.stale-*"))) == 1
 
 
 def test_a_log_the_lineage_does_not_explain_is_refused_never_dropped(tmp_path, data):
@@ -364,3 +398,28 @@ def test_an_absorbed_log_is_dropped_and_a_committed_rollback_is_finished(tmp_pat
     ix = MemoryIndex.open(path, mode="w")  # the writer finishes the rollback
     assert len(ix) == 200 and layout.current_generation(path).name == "gen-000003"
     ix.close()
+
+
+def test_recover_after_a_rollback_never_takes_the_abandoned_branch(tmp_path, data):
+    """CURRENT unreadable: the log's header says where the store is; the generation it names
+    damaged: its lineage is walked, the branch the rollback abandoned is never a candidate."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    MemoryIndex.rollback(path)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:205], start=100)
+    ix.close(checkpoint=False)
+    (path / layout.CURRENT).write_bytes(b"\xffen-000003\n")
+    report = MemoryIndex.open(path, mode="w", recover=True)
+    assert len(report) == 105 and layout.current_generation(path).name == "gen-000002"
+    report.close(checkpoint=False)
+    meta = path / "gen-000002" / "metadata.npz"
+    raw = bytearray(meta.read_bytes())
+    raw[40] ^= 0x5A
+    meta.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStoreError, match="no generation of its lineage verifies"):
+        MemoryIndex.open(path, mode="w", recover=True)
+    assert cli.main(["recover", str(path)]) == 1
+    assert layout.current_generation(path).name == "gen-000002" and (path / layout.WAL).exists()

@@ -683,3 +683,28 @@ def test_resync_reads_past_every_damaged_place_and_a_large_torn_tail_is_quick(tm
     with WriteAheadLog(big, sync="none") as w:
         assert len(w) == 0
     assert time.perf_counter() - t < 5
+
+
+def test_a_log_of_the_first_format_is_read_and_appended_to(tmp_path):
+    """Logs written before the log id (b"LKGWAL01", a 16-byte header) replay as before; their id
+    is None. New logs carry a random id, a new one at each reset."""
+    from lukhas_gpu.store.walcodec import HEADER_V1, MAGIC_V1
+
+    path = _write_log(tmp_path / "v2.wal", [(1, {"i": i}) for i in range(3)], base=4)
+    v2 = path.read_bytes()
+    old = tmp_path / "v1.wal"
+    old.write_bytes(HEADER_V1.pack(MAGIC_V1, 4) + v2[HEADER_SIZE:])
+    with WalReader(old) as r:
+        assert (r.base, r.log_id, r.header_size) == (4, None, HEADER_V1.size)
+        assert [rec.fields["i"] for rec in r] == [0, 1, 2]
+    with WriteAheadLog(old, sync="none") as w:
+        assert (w.base, w.log_id, len(w)) == (4, None, 3)
+        w.append(1, {"i": 3})
+        w.reset(5)
+        assert w.log_id and w.base == 5
+    with WriteAheadLog(path, sync="none") as w:
+        first = w.log_id
+        w.reset(5)
+        assert w.log_id not in (None, first)
+    with WalReader(path) as r:
+        assert (r.base, r.log_id, r.header_size) == (5, w.log_id, HEADER_SIZE)

@@ -180,8 +180,9 @@ def commit_rollback(root, target: int, *, keep_log: bool) -> str | None:
 
 def head_from_log(root) -> int | None:
     """The generation the log says the store is at, for a store whose ``CURRENT`` cannot be
-    trusted: the generation that absorbed the log if one did, else the one it follows; None
-    without a log or when that generation is gone."""
+    trusted: the one it follows (that generation plus the whole log is every acknowledged write,
+    also when a child absorbed the log, or part of it), else, that one gone, the child that
+    absorbed it; None without a log."""
     root = pathlib.Path(root)
     try:
         wal = wal_header(root)
@@ -189,11 +190,12 @@ def head_from_log(root) -> int | None:
         return None
     if wal is None:
         return None
+    if (root / layout.generation_name(wal[0])).is_dir():
+        return wal[0]
     for number in reversed(layout.generations(root)):
-        if number > wal[0] and wal[1] is not None:
-            try:
-                if absorbed_by(root, number, wal):
-                    return number
-            except layout.StoreError:
-                continue
-    return wal[0] if (root / layout.generation_name(wal[0])).is_dir() else None
+        try:
+            if number > wal[0] and absorbed_by(root, number, wal):
+                return number
+        except layout.StoreError:
+            continue
+    return None
