@@ -15,7 +15,7 @@ The pair (``CURRENT``, ``wal.log``) decides, read-only (:func:`resolve`), where 
   rollback is committed (its new log in place, :func:`commit_rollback`), ``CURRENT`` not yet
   switched;
 * anything else: :class:`~.layout.CorruptStoreError`, nothing changed (``recover`` decides); a log
-  is never dropped on a guess.
+  is never dropped on a guess (an empty one, holding nothing, excepted).
 
 Generations written before the lineage (no ``parent`` in the manifest) have the previous number
 as their parent; a log of an older generation that cannot be shown to be absorbed is moved aside
@@ -42,7 +42,8 @@ class Head:
     """``number``: the generation the store is at; ``current``: what ``CURRENT`` names; ``log``:
     ``"absent"``, ``"follows"`` (the log follows ``number``), ``"absorbed"`` (stale: its records
     are in ``number``), ``"rollback"`` (committed, ``CURRENT`` not yet switched: the log follows
-    ``number``) or ``"legacy"`` (a log of an older generation of a store without lineage)."""
+    ``number``), ``"legacy"`` (a log of an older generation of a store without lineage) or
+    ``"stray"`` (an empty log the lineage does not explain: nothing to keep)."""
 
     number: int
     current: int
@@ -55,13 +56,13 @@ class Head:
         return self.log in ("follows", "rollback")
 
 
-def wal_header(root) -> tuple[int, int | None] | None:
-    """``(base, log id)`` of the store's log, None if there is none; CorruptStoreError for a file
-    that is not a log."""
+def wal_header(root, *, empty: bool = False):
+    """``(base, log id)`` of the store's log (``empty``: and whether it holds no record bytes),
+    None if there is none; CorruptStoreError for a file that is not a log."""
     path = pathlib.Path(root) / layout.WAL
     try:
         with WalReader(path, decode=False) as r:
-            return r.base, r.log_id
+            return (r.base, r.log_id, r.file_size == r.header_size) if empty else (r.base, r.log_id)
     except FileNotFoundError:
         return None
     except ValueError as e:
@@ -86,11 +87,11 @@ def resolve(root) -> Head:
     """Where the store at ``root`` is (see the module docstring); changes nothing. The log's
     header is read before ``CURRENT`` (a checkpoint replaces ``CURRENT`` first, then the log)."""
     root = pathlib.Path(root)
-    wal = wal_header(root)
+    wal = wal_header(root, empty=True)
     cur = layout.generation_number(layout.current_generation(root))
     if wal is None:
         return Head(cur, cur, "absent")
-    base, log_id = wal
+    base, log_id, empty = wal
     if base == cur:
         return Head(cur, cur, "follows", base, log_id)
     m = _manifest(root, cur)
@@ -100,8 +101,8 @@ def resolve(root) -> Head:
             return Head(cur, cur, "absorbed", base, log_id)
         if log_id is not None and (root / layout.generation_name(base)).is_dir():  # only a rollback writes it
             return Head(base, cur, "rollback", base, log_id)
-    if not lineaged and base < cur:
-        return Head(cur, cur, "legacy", base, log_id)
+    if not lineaged and base < cur or empty:  # an empty log holds nothing to lose: CURRENT decides
+        return Head(cur, cur, "legacy" if not empty else "stray", base, log_id)
     raise layout.CorruptStoreError(
         root / layout.WAL, f"follows generation {base}, but the store is at {cur} (parent "
                            f"{m.get('parent', 'unrecorded')}), which did not absorb it: its records are in no "
@@ -143,7 +144,12 @@ def settle(root) -> Head:
         else:
             wal.unlink()
             layout.fsync_dir(root)
-            log.info("%s: dropped the log of generation %s, absorbed by %s", root, head.wal_base, head.number)
+            log.warning("%s: dropped the log of generation %s: generation %s absorbed it (same log id)", root,
+                        head.wal_base, head.number)
+    elif head.log == "stray":
+        wal.unlink()
+        log.warning("%s: removed an empty log that follows generation %s, which the store (at %s) does not "
+                    "explain", root, head.wal_base, head.number)
     elif head.log == "legacy":
         records = scan_damage(wal)[0]
         if records:
