@@ -1,5 +1,7 @@
 """The durable store: checkpoint/open round trips, lazy loading, corruption, lock, rollback."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -423,3 +425,135 @@ def test_recover_after_a_rollback_never_takes_the_abandoned_branch(tmp_path, dat
         MemoryIndex.open(path, mode="w", recover=True)
     assert cli.main(["recover", str(path)]) == 1
     assert layout.current_generation(path).name == "gen-000002" and (path / layout.WAL).exists()
+
+
+# -- a model of the generations: every sequence of writes, checkpoints, reopens, rollbacks, recovers --
+from hypothesis import settings as _settings  # noqa: E402
+from hypothesis import strategies as _st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+
+class GenerationsModel(RuleBasedStateMachine):
+    """The store against a model of its lineage: what each generation holds, its parent, which are
+    on disk; the contents a reader and a writer see must be the model's after every step."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = pathlib.Path(self.tmp.name) / "s"
+        self.ix = MemoryIndex.create(self.path, 8)
+        self.next_id, self.live, self.logged = 0, {}, False
+        self.gens, self.parent, self.head = {1: {}}, {1: None}, 1
+
+    def teardown(self):
+        if self.ix is not None:
+            self.ix.close(checkpoint=False)
+        self.tmp.cleanup()
+
+    def _writer(self):
+        if self.ix is None:
+            self.ix = MemoryIndex.open(self.path, mode="w")
+        return self.ix
+
+    def _close(self, checkpoint=False):
+        if self.ix is not None:
+            if checkpoint and self.logged:
+                self._published()
+            self.ix.close(checkpoint=checkpoint)
+            self.ix = None
+
+    def _published(self):
+        g = max(self.gens) + 1
+        self.gens[g], self.parent[g], self.head, self.logged = dict(self.live), self.head, g, False
+        keep = {g, self.head, self.parent[g]}
+        self.gens = {k: v for k, v in self.gens.items() if k in keep}
+
+    @rule(n=_st.integers(1, 3))
+    def add(self, n):
+        ids = self._writer().add(np.random.default_rng(self.next_id).standard_normal((n, 8)).astype(np.float32),
+                                 contents=[f"c{self.next_id + i}" for i in range(n)])
+        assert list(ids) == list(range(self.next_id, self.next_id + n))
+        self.live.update({self.next_id + i: f"c{self.next_id + i}" for i in range(n)})
+        self.next_id, self.logged = self.next_id + n, True
+
+    @precondition(lambda self: self.live)
+    @rule(k=_st.integers(0, 10**6))
+    def delete(self, k):
+        victim = sorted(self.live)[k % len(self.live)]
+        self._writer().delete([victim])
+        del self.live[victim]
+        self.logged = True
+
+    @rule()
+    def checkpoint(self):
+        assert layout.generation_number(self._writer().checkpoint()) == max(self.gens) + 1
+        self._published()
+
+    @rule(checkpoint=_st.booleans())
+    def reopen(self, checkpoint):
+        self._close(checkpoint)
+        self._writer()
+
+    @rule(discard=_st.booleans())
+    def rollback(self, discard):
+        self._close()
+        target = self.parent[self.head]
+        if target not in self.gens or (self.logged and not discard):
+            with pytest.raises(StoreError):
+                MemoryIndex.rollback(self.path, discard_log=discard)
+            return
+        assert MemoryIndex.rollback(self.path, discard_log=discard).name == layout.generation_name(target)
+        self.head, self.live, self.logged = target, dict(self.gens[target]), False
+        self.next_id = MemoryIndex.open(self.path).parts.rows  # ids are rows: adds go on after the target's
+
+    @precondition(lambda self: self.logged)
+    @rule()
+    def checkpoint_then_crash(self):
+        """Killed between publishing a checkpoint and restarting its log: the old log is back."""
+        wal = self.path / layout.WAL
+        old = wal.read_bytes()
+        self.checkpoint()
+        self._close()
+        wal.write_bytes(old)
+
+    @rule()
+    def rollback_then_crash(self):
+        """Killed after a rollback's commit (its new log in place), before CURRENT is switched."""
+        from unittest import mock
+
+        from lukhas_gpu.store import lineage
+
+        self._close()
+        target = self.parent[self.head]
+        if target not in self.gens or self.logged:
+            return
+        with mock.patch.object(layout, "publish"):
+            lineage.commit_rollback(self.path, target, keep_log=False)
+        self.head, self.live = target, dict(self.gens[target])
+        self.next_id = MemoryIndex.open(self.path).parts.rows
+        assert layout.current_generation(self.path).name != layout.generation_name(target)
+        self.ix = MemoryIndex.open(self.path, mode="w")  # finishes it
+
+    @rule()
+    def recover(self):
+        from lukhas_gpu.index import durable
+
+        self._close()
+        report = durable.recover(self.path)
+        assert report["generation"] == layout.generation_name(self.head) and not report["changed"]
+
+    @invariant()
+    def agrees(self):
+        if self.ix is not None:
+            rows = np.arange(self.ix.parts.rows)
+            assert {int(m.id): m.content for m in self.ix.get(rows[self.ix.contains(rows)])} == self.live
+        else:
+            assert _contents(self.path) == self.live
+        assert layout.generations(self.path) == sorted(self.gens)  # nothing outside the model, nothing missing
+        assert layout.current_generation(self.path).name == layout.generation_name(self.head)
+
+
+GenerationsModel.TestCase.settings = _settings(max_examples=12, stateful_step_count=20, deadline=None)
+test_generations_model = GenerationsModel.TestCase
