@@ -427,6 +427,21 @@ def test_recover_after_a_rollback_never_takes_the_abandoned_branch(tmp_path, dat
     assert layout.current_generation(path).name == "gen-000002" and (path / layout.WAL).exists()
 
 
+def test_recover_past_a_damaged_generation_with_an_empty_log_leaves_a_store_that_opens(tmp_path, data):
+    """The empty log of the damaged generation (base 3) was left in place, and the next open
+    refused it as following a generation newer than the published one."""
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    meta = path / "gen-000003" / "metadata.npz"
+    raw = bytearray(meta.read_bytes())
+    raw[40] ^= 0x5A
+    meta.write_bytes(bytes(raw))
+    ix = MemoryIndex.open(path, mode="w", recover=True)
+    assert len(ix) == 100
+    ix.close()
+    assert len(_contents(path, "w")) == 100 and layout.current_generation(path).name == "gen-000002"
+
+
 # -- a model of the generations: every sequence of writes, checkpoints, reopens, rollbacks, recovers --
 from hypothesis import settings as _settings  # noqa: E402
 from hypothesis import strategies as _st  # noqa: E402

@@ -564,7 +564,7 @@ def verify(index) -> dict:
     if index.path is not None:  # the generation the store is at (a reader's and a writer's alike)
         head = lineage.resolve(index.path)
         gen = GenerationReader(index.path / layout.generation_name(head.number), checksums=True)
-        prev = layout.lineage(index.path, head.number, 2)
+        prev = layout.ancestry(index.path, head.number, 2)
         report.update(generation=gen.manifest["generation"], files=len(gen.files), log=head.log,
                       rollback_to=layout.generation_name(prev[1]) if len(prev) > 1 else None)
         report["wal_records"] = _verify_log(index.path / layout.WAL) if head.log_follows else 0

@@ -49,7 +49,7 @@ __all__ = ["FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedErro
            "acquire_lock", "release_lock", "StoreLock", "lock_holder", "check_manifest",
            "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
            "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC", "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST",
-           "WAL_NEXT", "generation_name", "parent_number", "lineage", "check_manifest_crc"]
+           "WAL_NEXT", "generation_name", "parent_number", "ancestry", "check_manifest_crc"]
 
 FORMAT = "lukhas_gpu-store"
 FORMAT_VERSION = 1
@@ -285,7 +285,7 @@ def current_generation(root) -> pathlib.Path:
 def previous_generation(root) -> pathlib.Path | None:
     """The parent of the published generation (the rollback target), if it is still on disk."""
     root = pathlib.Path(root)
-    chain = lineage(root, generation_number(current_generation(root)), 2)
+    chain = ancestry(root, generation_number(current_generation(root)), 2)
     return root / _gen_name(chain[1]) if len(chain) > 1 else None
 
 
@@ -302,7 +302,7 @@ def parent_number(root, number: int) -> int | None:
     return older[-1] if older else None
 
 
-def lineage(root, number: int, depth: int | None = None) -> list[int]:
+def ancestry(root, number: int, depth: int | None = None) -> list[int]:
     """``number`` and its ancestors on disk, newest first (at most ``depth``); it stops at an
     ancestor that is gone (pruned) or whose manifest is unreadable."""
     root, out = pathlib.Path(root), [number]
@@ -329,7 +329,7 @@ def prune(root, keep: int = 2) -> None:
     root = pathlib.Path(root)
     cur = generation_number(current_generation(root))
     gens = _generations(root)
-    chain = lineage(root, cur, keep)
+    chain = ancestry(root, cur, keep)
     keep_set = set(chain) | {gens[-1]}
     if len(chain) < keep:
         try:
