@@ -34,7 +34,7 @@ from .wal import WalReader, WriteAheadLog, move_aside, scan_damage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Head", "resolve", "settle", "commit_rollback", "head_from_log", "wal_header", "absorbed_by"]
+__all__ = ["Head", "absorbed_by", "commit_rollback", "head_from_log", "resolve", "settle", "wal_header"]
 
 
 @dataclasses.dataclass(frozen=True)
