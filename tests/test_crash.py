@@ -52,7 +52,11 @@ for name in ("write", "pwrite", "ftruncate", "fsync", "replace", "rename", "link
     wrap(os, name)
 wrap(os, "open", lambda path, flags, *a, **kw: flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
 wrap(builtins, "open", lambda file, mode="r", *a, **kw: any(c in mode for c in "wax+"))
-durable.rollback(root, discard_log=discard)
+if sys.argv[4:] == ["checkpoint"]:  # a writer's open and checkpoint after the rollback
+    from lukhas_gpu import MemoryIndex
+    MemoryIndex.open(root, mode="w").close()
+else:
+    durable.rollback(root, discard_log=discard)
 print(count, flush=True)
 """
 DIM = 8
@@ -139,3 +143,35 @@ def test_a_rollback_killed_before_any_file_operation_leaves_old_or_new_state_who
     assert len(outcomes) >= 10 and outcomes[0] == "old" and outcomes[-1] == "new"
     flip = outcomes.index("new")
     assert outcomes[flip:] == ["new"] * (len(outcomes) - flip)  # one commit point: old, then new
+
+
+@pytest.mark.slow
+def test_the_checkpoint_after_a_rollback_killed_at_every_step_keeps_the_lineage(rolled, tmp_path):
+    """After rollback(discard_log=True), a writer logs and checkpoints; killed before each file
+    operation of its open and checkpoint (prune, log restart included), the store holds what was
+    acknowledged and is at gen 2 (the parent) or gen 4 (its child); the abandoned gen 3 never
+    comes back, and the next rollback goes to gen 2."""
+    template = tmp_path / "t"
+    shutil.copytree(rolled, template)
+    MemoryIndex.rollback(template, discard_log=True)
+    ix = MemoryIndex.open(template, mode="w")
+    ix.delete([1, 2])
+    ix.update([3], contents=["u3"])
+    ix.close(checkpoint=False)
+    expect = {i: c for i, c in NEW.items() if i not in (1, 2)} | {3: "u3"}
+    for k in range(1, 400, 2):
+        path = tmp_path / f"k{k}"
+        shutil.copytree(template, path)
+        proc = subprocess.run([sys.executable, "-c", _ROLLBACK, str(path), str(k), "0", "checkpoint"],
+                              capture_output=True, text=True, timeout=300, check=False)
+        killed = proc.returncode == -signal.SIGKILL
+        assert killed or proc.returncode == 0, proc.stderr[-2000:]
+        assert _state(path) == expect, f"killed before file operation {k}"
+        at = layout.current_generation(path).name
+        assert at in ("gen-000002", "gen-000004")  # never gen 3 (pruned by the checkpoint, or by the next)
+        if at == "gen-000004":
+            assert MemoryIndex.rollback(path).name == "gen-000002" and _state(path) == NEW
+        shutil.rmtree(path)
+        if not killed:
+            return
+    raise AssertionError("the checkpoint never completed")
