@@ -162,26 +162,34 @@ def test_a_failed_checkpoint_keeps_every_acknowledged_memory(store, monkeypatch,
     _all_there(store, 81)
 
 
-@pytest.mark.parametrize("step", ["check", "move-log", "publish"])
-def test_a_crash_during_rollback_leaves_a_store_that_opens(store, monkeypatch, step):
+@pytest.mark.parametrize("step, lands", [("check", "old"), ("new-log", "old"), ("commit", "old"), ("publish", "new")])
+def test_a_crash_during_rollback_leaves_a_store_that_opens(store, monkeypatch, step, lands):
     ix = MemoryIndex.open(store, mode="w")
-    ix.checkpoint()  # 80 in gen 3, an empty log
+    ix.checkpoint()  # 80 in gen 3 (its parent gen 2 holds 60), an empty log
     ix.close(checkpoint=False)
-    if step == "move-log":
-        real_unlink = type(store).unlink
+    if step == "commit":  # the new log replacing wal.log: the rollback's commit point
+        real_replace = os.replace
 
-        def unlink(self, *a, **k):
-            if self.name == layout.WAL:
-                raise KeyboardInterrupt("crash removing the log")
-            return real_unlink(self, *a, **k)
+        def replace(src, dst, *a, **k):
+            if str(dst).endswith(layout.WAL):
+                raise KeyboardInterrupt("crash replacing the log")
+            return real_replace(src, dst, *a, **k)
 
-        monkeypatch.setattr(type(store), "unlink", unlink)
+        monkeypatch.setattr(os, "replace", replace)
+    elif step == "new-log":
+        _crash(monkeypatch, wal.WriteAheadLog, "__init__")
     else:
         _crash(monkeypatch, layout, "check_files" if step == "check" else "publish")
     with pytest.raises(KeyboardInterrupt):
         MemoryIndex.rollback(store)
     monkeypatch.undo()
-    _all_there(store, 80)
+    if lands == "old":
+        _all_there(store, 80)
+    else:  # committed: the store is at gen 2, whole, for a reader and a writer alike
+        assert len(MemoryIndex.open(store)) == 60
+        ix = MemoryIndex.open(store, mode="w")
+        assert len(ix) == 60 and ix.verify()["ok"] and layout.current_generation(store).name == "gen-000002"
+        ix.close(checkpoint=False)
 
 
 # -- the lock ----------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 """The durable store: checkpoint/open round trips, lazy loading, corruption, lock, rollback."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
+from lukhas_gpu.store import layout
 from lukhas_gpu.store.layout import CorruptStoreError, StoreError, StoreLockedError
+from lukhas_gpu.store.wal import WalReader
 
 NOW = 1_750_000_000.0
 
@@ -207,3 +211,362 @@ def test_torn_wal_tail_is_cut_not_replayed(tmp_path, data):
     back.add(xb[300:301])
     back.close()
     assert len(MemoryIndex.open(tmp_path / "s", mode="w")) == 201
+
+
+# -- the lineage: rollback, recover, prune, reopen in sequence ----------------------------------------
+def _lineage_store(path, xb):
+    """gen 2 holds ids 0..99, gen 3 (its child) 0..199; closed, the log empty."""
+    index = MemoryIndex.create(path, 32)
+    _fill(index, xb[:100])
+    index.checkpoint()
+    _fill(index, xb[100:200], start=100)
+    index.close()
+    return path
+
+
+def _contents(path, mode="r"):
+    ix = MemoryIndex.open(path, mode=mode)
+    try:
+        rows = np.arange(ix.parts.rows)
+        return {int(m.id): m.content for m in ix.get(rows[ix.contains(rows)])}
+    finally:
+        ix.close(checkpoint=False)
+
+
+@pytest.mark.parametrize("how", ["cli", "open"])
+def test_recover_after_a_rollback_keeps_the_acknowledged_writes(tmp_path, data, how):
+    """Issue: recover published the generation rolled away from (the newest that verifies) and the
+    next writer dropped the log that followed the rollback's target."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    assert MemoryIndex.rollback(path).name == "gen-000002"
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:210], start=100)  # ids 100..109 again: new memories after the rollback
+    ix.delete([3])
+    ix.close(checkpoint=False)  # acknowledged, in the log only (it follows gen 2)
+    expect = {i: f"memory {i}" for i in range(110) if i != 3}
+    if how == "cli":
+        assert cli.main(["recover", str(path)]) == 0
+        ix = MemoryIndex.open(path, mode="w")
+    else:
+        ix = MemoryIndex.open(path, mode="w", recover=True)
+    assert len(ix) == 109 and not ix.contains([3])[0] and ix.parts.rows == 110
+    ix.close(checkpoint=False)
+    assert (path / layout.WAL).exists() and _contents(path) == expect == _contents(path, "w")
+    assert layout.current_generation(path).name == "gen-000002"
+
+
+def test_a_second_rollback_follows_the_lineage(tmp_path, data):
+    """Issue: after rollback N -> N-1, a checkpoint (N+1) pruned N-1 and kept N, and the next
+    rollback returned to N, the generation rolled away from."""
+    import json
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    MemoryIndex.rollback(path)  # gen 3 abandoned
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[300:320], start=1000)
+    gen = ix.checkpoint()  # gen 4, child of gen 2
+    ix.close()
+    assert gen.name == "gen-000004" and layout.generations(path) == [2, 4]  # the abandoned branch pruned
+    manifest = json.loads((gen / layout.MANIFEST).read_text())
+    assert manifest["parent"] == 2 and manifest["log_id"]
+    assert layout.previous_generation(path).name == "gen-000002"
+    assert MemoryIndex.rollback(path).name == "gen-000002"
+    assert len(MemoryIndex.open(path)) == 100
+    with pytest.raises(StoreError, match="no previous generation"):  # gen 2's parent (gen 1) is pruned
+        MemoryIndex.rollback(path)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[400:410], start=2000)
+    assert ix.checkpoint().name == "gen-000005"  # numbers never reused
+    ix.close()
+    assert layout.generations(path) == [2, 5]
+
+
+def test_the_parent_field_is_covered_by_the_manifest_crc(tmp_path, data):
+    import json
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    gen = layout.current_generation(path)
+    m = json.loads((gen / layout.MANIFEST).read_text())
+    m["parent"] = 1
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(CorruptStoreError, match="manifest.json.*corrupted"):
+        MemoryIndex.rollback(path)
+    m["parent"] = 7  # not below its own number: out of bounds before anything else
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(CorruptStoreError, match="parent = 7 is outside"):
+        MemoryIndex.open(path)
+
+
+def test_a_store_without_lineage_rolls_back_to_the_previous_number(tmp_path, data):
+    """Generations written before the parent field: the parent is the previous number on disk."""
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    _strip_lineage(path)
+    assert layout.parent_number(path, 3) == 2 and layout.previous_generation(path).name == "gen-000002"
+    assert MemoryIndex.rollback(path).name == "gen-000002" and len(MemoryIndex.open(path)) == 100
+
+
+def _strip_lineage(path):
+    """The store as an older lukhas_gpu wrote it: manifests without parent, log id, own CRC."""
+    import json
+
+    for g in layout.generations(path):
+        p = path / layout.generation_name(g) / layout.MANIFEST
+        m = json.loads(p.read_text())
+        for k in ("parent", "log_id", layout.MANIFEST_CRC):
+            m.pop(k, None)
+        p.write_text(json.dumps(m))
+    wal = path / layout.WAL
+    if wal.exists():  # the first log format: 16-byte header, no id
+        from lukhas_gpu.store.walcodec import HEADER_V1, MAGIC_V1
+
+        with WalReader(wal) as r:
+            base, start = r.base, r.header_size
+        wal.write_bytes(HEADER_V1.pack(MAGIC_V1, base) + wal.read_bytes()[start:])
+
+
+def test_a_store_without_lineage_replays_its_log_and_keeps_a_stale_one_aside(tmp_path, data):
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:210], start=200)
+    ix.close(checkpoint=False)
+    _strip_lineage(path)
+    assert len(_contents(path)) == 210 == len(_contents(path, "w"))  # a log of the first format, replayed
+    ix = MemoryIndex.open(path, mode="w")
+    stale = (path / layout.WAL).read_bytes()
+    ix.checkpoint()  # gen 4 (with lineage) absorbs the old-format log
+    ix.close()
+    (path / layout.WAL).write_bytes(stale)
+    assert len(_contents(path, "w")) == 210 and not list(path.glob("wal.log.stale-*"))  # absorbed: dropped
+    _strip_lineage(path)
+    (path / layout.WAL).write_bytes(stale)  # neither says whether gen 4 holds it: kept aside, not replayed
+    assert len(_contents(path, "w")) == 210 and len(list(path.glob("wal.log.stale-*"))) == 1
+
+
+def test_a_log_the_lineage_does_not_explain_is_refused_never_dropped(tmp_path, data):
+    """A log whose base is neither the published generation nor its parent (absorbed): the
+    writer, a reader and verify refuse it, nothing changes; recover publishes the generation the
+    log follows and its records are replayed."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:230], start=200)  # logged after gen 3
+    ix.close(checkpoint=False)
+    layout.publish(path, "gen-000002")  # CURRENT moved by hand: the log follows a child of it
+    before = (path / layout.WAL).read_bytes()
+    for call in (lambda: MemoryIndex.open(path, mode="w"), lambda: MemoryIndex.open(path),
+                 lambda: MemoryIndex.rollback(path)):
+        with pytest.raises(CorruptStoreError, match="follows generation 3"):
+            call()
+    assert cli.main(["verify", str(path)]) == 1
+    assert (path / layout.WAL).read_bytes() == before
+    assert cli.main(["recover", str(path)]) == 0
+    assert len(_contents(path, "w")) == 230 and layout.current_generation(path).name == "gen-000003"
+
+
+def test_an_absorbed_log_is_dropped_and_a_committed_rollback_is_finished(tmp_path, data):
+    """The two crash windows the lineage tells apart by the log's id: a checkpoint published but
+    its log not restarted (the log is in the checkpoint), and a rollback whose new log is in place
+    but CURRENT not switched (the store is at the target)."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:210], start=200)
+    absorbed = (path / layout.WAL).read_bytes()
+    ix.checkpoint()  # gen 4 absorbed that log
+    ix.close()
+    (path / layout.WAL).write_bytes(absorbed)
+    assert len(MemoryIndex.open(path)) == 210  # a reader does not replay it on gen 4
+    assert _contents(path, "w") == {i: f"memory {i}" for i in range(210)} and (path / layout.WAL).read_bytes() != absorbed
+
+    from lukhas_gpu.store import lineage
+    lineage.commit_rollback(path, 3, keep_log=False)  # the whole rollback ...
+    layout.publish(path, "gen-000004")  # ... but CURRENT as if the switch never happened
+    r = MemoryIndex.open(path)
+    assert len(r) == 200 and r.verify()["generation"] == 3  # a reader and verify: at gen 3
+    assert cli.main(["verify", str(path)]) == 0
+    ix = MemoryIndex.open(path, mode="w")  # the writer finishes the rollback
+    assert len(ix) == 200 and layout.current_generation(path).name == "gen-000003"
+    ix.close()
+
+
+def test_recover_after_a_rollback_never_takes_the_abandoned_branch(tmp_path, data):
+    """CURRENT unreadable: the log's header says where the store is; the generation it names
+    damaged: its lineage is walked, the branch the rollback abandoned is never a candidate."""
+    from lukhas_gpu import cli
+
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    MemoryIndex.rollback(path)
+    ix = MemoryIndex.open(path, mode="w")
+    _fill(ix, xb[200:205], start=100)
+    ix.close(checkpoint=False)
+    (path / layout.CURRENT).write_bytes(b"\xffen-000003\n")
+    report = MemoryIndex.open(path, mode="w", recover=True)
+    assert len(report) == 105 and layout.current_generation(path).name == "gen-000002"
+    report.close(checkpoint=False)
+    meta = path / "gen-000002" / "metadata.npz"
+    raw = bytearray(meta.read_bytes())
+    raw[40] ^= 0x5A
+    meta.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStoreError, match="no generation of its lineage verifies"):
+        MemoryIndex.open(path, mode="w", recover=True)
+    assert cli.main(["recover", str(path)]) == 1
+    assert layout.current_generation(path).name == "gen-000002" and (path / layout.WAL).exists()
+
+
+def test_recover_past_a_damaged_generation_with_an_empty_log_leaves_a_store_that_opens(tmp_path, data):
+    """The empty log of the damaged generation (base 3) was left in place, and the next open
+    refused it as following a generation newer than the published one."""
+    xb, _ = data
+    path = _lineage_store(tmp_path / "s", xb)
+    meta = path / "gen-000003" / "metadata.npz"
+    raw = bytearray(meta.read_bytes())
+    raw[40] ^= 0x5A
+    meta.write_bytes(bytes(raw))
+    ix = MemoryIndex.open(path, mode="w", recover=True)
+    assert len(ix) == 100
+    ix.close()
+    assert len(_contents(path, "w")) == 100 and layout.current_generation(path).name == "gen-000002"
+
+
+# -- a model of the generations: every sequence of writes, checkpoints, reopens, rollbacks, recovers --
+from hypothesis import settings as _settings
+from hypothesis import strategies as _st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+
+class GenerationsModel(RuleBasedStateMachine):
+    """The store against a model of its lineage: what each generation holds, its parent, which are
+    on disk; the contents a reader and a writer see must be the model's after every step."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = pathlib.Path(self.tmp.name) / "s"
+        self.ix = MemoryIndex.create(self.path, 8)
+        self.next_id, self.live, self.logged = 0, {}, False
+        self.gens, self.parent, self.head = {1: {}}, {1: None}, 1
+
+    def teardown(self):
+        if self.ix is not None:
+            self.ix.close(checkpoint=False)
+        self.tmp.cleanup()
+
+    def _writer(self):
+        if self.ix is None:
+            self.ix = MemoryIndex.open(self.path, mode="w")
+        return self.ix
+
+    def _close(self, checkpoint=False):
+        if self.ix is not None:
+            if checkpoint and self.logged:
+                self._published()
+            self.ix.close(checkpoint=checkpoint)
+            self.ix = None
+
+    def _published(self):
+        g = max(self.gens) + 1
+        self.gens[g], self.parent[g], self.head, self.logged = dict(self.live), self.head, g, False
+        keep = {g, self.head, self.parent[g]}
+        self.gens = {k: v for k, v in self.gens.items() if k in keep}
+
+    @rule(n=_st.integers(1, 3))
+    def add(self, n):
+        ids = self._writer().add(np.random.default_rng(self.next_id).standard_normal((n, 8)).astype(np.float32),
+                                 contents=[f"c{self.next_id + i}" for i in range(n)])
+        assert list(ids) == list(range(self.next_id, self.next_id + n))
+        self.live.update({self.next_id + i: f"c{self.next_id + i}" for i in range(n)})
+        self.next_id, self.logged = self.next_id + n, True
+
+    @precondition(lambda self: self.live)
+    @rule(k=_st.integers(0, 10**6))
+    def delete(self, k):
+        victim = sorted(self.live)[k % len(self.live)]
+        self._writer().delete([victim])
+        del self.live[victim]
+        self.logged = True
+
+    @rule()
+    def checkpoint(self):
+        assert layout.generation_number(self._writer().checkpoint()) == max(self.gens) + 1
+        self._published()
+
+    @rule(checkpoint=_st.booleans())
+    def reopen(self, checkpoint):
+        self._close(checkpoint)
+        self._writer()
+
+    @rule(discard=_st.booleans())
+    def rollback(self, discard):
+        self._close()
+        target = self.parent[self.head]
+        if target not in self.gens or (self.logged and not discard):
+            with pytest.raises(StoreError):
+                MemoryIndex.rollback(self.path, discard_log=discard)
+            return
+        assert MemoryIndex.rollback(self.path, discard_log=discard).name == layout.generation_name(target)
+        self.head, self.live, self.logged = target, dict(self.gens[target]), False
+        self.next_id = MemoryIndex.open(self.path).parts.rows  # ids are rows: adds go on after the target's
+
+    @precondition(lambda self: self.logged)
+    @rule()
+    def checkpoint_then_crash(self):
+        """Killed between publishing a checkpoint and restarting its log: the old log is back."""
+        wal = self.path / layout.WAL
+        old = wal.read_bytes()
+        self.checkpoint()
+        self._close()
+        wal.write_bytes(old)
+
+    @rule()
+    def rollback_then_crash(self):
+        """Killed after a rollback's commit (its new log in place), before CURRENT is switched."""
+        from unittest import mock
+
+        from lukhas_gpu.store import lineage
+
+        self._close()
+        target = self.parent[self.head]
+        if target not in self.gens or self.logged:
+            return
+        with mock.patch.object(layout, "publish"):
+            lineage.commit_rollback(self.path, target, keep_log=False)
+        self.head, self.live = target, dict(self.gens[target])
+        self.next_id = MemoryIndex.open(self.path).parts.rows
+        assert layout.current_generation(self.path).name != layout.generation_name(target)
+        self.ix = MemoryIndex.open(self.path, mode="w")  # finishes it
+
+    @rule()
+    def recover(self):
+        from lukhas_gpu.index import durable
+
+        self._close()
+        report = durable.recover(self.path)
+        assert report["generation"] == layout.generation_name(self.head) and not report["changed"]
+
+    @invariant()
+    def agrees(self):
+        if self.ix is not None:
+            rows = np.arange(self.ix.parts.rows)
+            assert {int(m.id): m.content for m in self.ix.get(rows[self.ix.contains(rows)])} == self.live
+        else:
+            assert _contents(self.path) == self.live
+        assert layout.generations(self.path) == sorted(self.gens)  # nothing outside the model, nothing missing
+        assert layout.current_generation(self.path).name == layout.generation_name(self.head)
+
+
+GenerationsModel.TestCase.settings = _settings(max_examples=12, stateful_step_count=20, deadline=None)
+test_generations_model = GenerationsModel.TestCase

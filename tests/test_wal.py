@@ -79,7 +79,7 @@ def test_public_names():
         "DEFAULT_GROUP_INTERVAL", "DEFAULT_MAX_RECORD_BYTES"}
     for name in wal.__all__:
         assert getattr(wal, name) is not None
-    assert (MAGIC, HEADER_SIZE, RECORD_HEADER_SIZE) == (b"LKGWAL01", 16, 9)
+    assert (MAGIC, HEADER_SIZE, RECORD_HEADER_SIZE) == (b"LKGWAL02", 24, 9)
 
 
 # -- codec: arrays --------------------------------------------------------------------------------
@@ -272,8 +272,9 @@ def test_open_missing_for_append_and_base_guard(tmp_path):
 
 def test_empty_log_and_bad_arguments(tmp_path):
     path = tmp_path / "e.wal"
-    WriteAheadLog(path, sync="none").close()
-    assert open(path, "rb").read() == MAGIC + struct.pack("<Q", 0)
+    w = WriteAheadLog(path, sync="none")
+    w.close()
+    assert open(path, "rb").read() == MAGIC + struct.pack("<QQ", 0, w.log_id) and w.log_id > 0
     scan = WriteAheadLog.read(path)
     assert (scan.records, scan.valid_end, scan.torn) == ([], HEADER_SIZE, False)
     with pytest.raises(ValueError, match="'always', 'group', 'none'.*'fast'"):
@@ -427,7 +428,7 @@ def test_crc_valid_but_undecodable_record_raises(tmp_path):
     (MAGIC[:5], "truncated header"),
     (MAGIC, "truncated header"),
     (MAGIC + b"\x00" * 7, "truncated header"),
-    (b"LKGWAL02" + b"\x00" * 8, "not a lukhas_gpu WAL"),
+    (b"LKGWAL09" + b"\x00" * 16, "not a lukhas_gpu WAL"),
     (b"\x93NUMPY" + b"\x00" * 30, "not a lukhas_gpu WAL"),
     (b"LK", "truncated header"),
     (b"XK", "not a lukhas_gpu WAL"),
@@ -682,3 +683,28 @@ def test_resync_reads_past_every_damaged_place_and_a_large_torn_tail_is_quick(tm
     with WriteAheadLog(big, sync="none") as w:
         assert len(w) == 0
     assert time.perf_counter() - t < 5
+
+
+def test_a_log_of_the_first_format_is_read_and_appended_to(tmp_path):
+    """Logs written before the log id (b"LKGWAL01", a 16-byte header) replay as before; their id
+    is None. New logs carry a random id, a new one at each reset."""
+    from lukhas_gpu.store.walcodec import HEADER_V1, MAGIC_V1
+
+    path = _write_log(tmp_path / "v2.wal", [(1, {"i": i}) for i in range(3)], base=4)
+    v2 = path.read_bytes()
+    old = tmp_path / "v1.wal"
+    old.write_bytes(HEADER_V1.pack(MAGIC_V1, 4) + v2[HEADER_SIZE:])
+    with WalReader(old) as r:
+        assert (r.base, r.log_id, r.header_size) == (4, None, HEADER_V1.size)
+        assert [rec.fields["i"] for rec in r] == [0, 1, 2]
+    with WriteAheadLog(old, sync="none") as w:
+        assert (w.base, w.log_id, len(w)) == (4, None, 3)
+        w.append(1, {"i": 3})
+        w.reset(5)
+        assert w.log_id and w.base == 5
+    with WriteAheadLog(path, sync="none") as w:
+        first = w.log_id
+        w.reset(5)
+        assert w.log_id not in (None, first)
+    with WalReader(path) as r:
+        assert (r.base, r.log_id, r.header_size) == (5, w.log_id, HEADER_SIZE)

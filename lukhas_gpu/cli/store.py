@@ -25,7 +25,8 @@ def _verify(sub) -> None:
 
 
 def _rollback(sub) -> None:
-    r = sub.add_parser("rollback", help="publish the previous generation of a (closed) store again, once verified")
+    r = sub.add_parser("rollback", help="publish the parent of the published generation of a (closed) store again, "
+                                        "once verified")
     r.add_argument("path", help="store directory")
     r.add_argument("--discard-log", action="store_true",
                    help="drop the acknowledged records of the write-ahead log (moved aside, not deleted); without "
@@ -34,8 +35,9 @@ def _rollback(sub) -> None:
 
 
 def _recover(sub) -> None:
-    r = sub.add_parser("recover", help="publish the newest generation that verifies completely (after a damaged "
-                                       "CURRENT or generation)")
+    r = sub.add_parser("recover", help="publish the newest generation of the store's lineage that verifies completely "
+                                       "(after a damaged CURRENT or generation); the write-ahead log says where the "
+                                       "store is when CURRENT cannot, and a rolled-back branch is never taken")
     r.add_argument("path", help="store directory")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(func=cmd_recover, catch_errors=True)
@@ -129,7 +131,8 @@ def cmd_verify(args) -> int:
             print(f"lukhas-gpu verify: FAILED: {e}", file=sys.stderr)
         return 1
     print(json.dumps(report) if args.json else
-          f"{args.path}: ok (generation {report['generation']}, {report['count']:,} memories, {report['files']} files checked)")
+          f"{args.path}: ok (generation {report['generation']}, {report['count']:,} memories, {report['files']} files checked, "
+          f"{report['wal_records']:,} logged records; rollback goes to {report['rollback_to'] or 'nothing (none kept)'})")
     return 0
 
 
@@ -168,8 +171,9 @@ def cmd_recover(args) -> int:
     for why in report["skipped"]:
         print(f"  skipped: {why}")
     if report["log"]:
-        print(f"  the write-ahead log follows a newer generation: {report['log']['records']} records "
-              f"({report['log']['memories']} memories) not applied, kept at {report['log']['moved_to']}")
+        n = report["log"]["records"]
+        print(f"  the write-ahead log does not follow it: {'its' if n is None else n} records "
+              f"({report['log'].get('memories', '?')} memories) not applied, kept at {report['log']['moved_to']}")
     return 0
 
 

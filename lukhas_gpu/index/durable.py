@@ -19,7 +19,7 @@ from ..records.idmap import IdMap
 from ..records.metadata import MetadataColumns
 from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
-from ..store import layout
+from ..store import layout, lineage
 from ..store.persist import GenerationReader, write_generation
 from ..util.bounds import check_dim
 from ..util.device import faiss_module
@@ -77,6 +77,8 @@ def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = Fals
     try:
         if recover:
             _recover_locked(path, only_if_needed=True)
+        else:  # a committed rollback finished, an absorbed log dropped, an unexplained one refused
+            lineage.settle(path)
         gen_dir = layout.current_generation(path)  # read under the lock: no checkpoint races it
         index, _ = load(index_cls, path, gen_dir, writable=mode == "w", checksums=True if verify else "small")
         index.path, index.mode = path, mode
@@ -142,9 +144,21 @@ def write(index, root) -> pathlib.Path:
         writers[layout.ANN] = lambda path: faiss_module().write_index(a.index, path)
         ann = {"nlist": a.nlist, "pq_m": a.pq_m, "coarse": a.coarse}
     manifest = {"dim": index.dim, "rows": parts.rows, "count": parts.live, "config": index.config.to_dict(),
-                "ann": ann}
+                "ann": ann, **_lineage_fields(index, pathlib.Path(root))}
     return write_generation(root, raw=raw, npz=npz, blobs={layout.TOMBSTONES: parts.tombstones.to_bytes()},
                             writers=writers, manifest=manifest)
+
+
+def _lineage_fields(index, root: pathlib.Path) -> dict:
+    """The new generation's ``parent`` (the published one: the writer holds the lock) and the id of
+    the log it absorbs (the writer's, or the log a salvage is replaying); see store/lineage.py."""
+    if not (root / layout.CURRENT).exists():
+        return {"parent": None, "log_id": None}
+    parent = layout.generation_number(layout.current_generation(root))
+    log_id = None
+    if index.path is not None and pathlib.Path(index.path) == root:
+        log_id = index.state.wal.log_id if index.state.wal is not None else (lineage.wal_header(root) or (None, None))[1]
+    return {"parent": parent, "log_id": log_id}
 
 
 def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private: bool = False):
@@ -247,8 +261,8 @@ def replay_wal(index, *, salvage: bool = False) -> None:
     A torn tail (a crash mid-append: that call never returned; nothing valid after it) is cut,
     never replayed. A bad record *followed by valid ones* is corruption: CorruptStoreError naming
     the log, the offset and the sequence numbers, nothing changed -- unless ``salvage``
-    (:func:`salvage_wal`). A log that follows an older generation (a crash between publishing a
-    checkpoint and restarting the log: its records are in the checkpoint) is dropped.
+    (:func:`salvage_wal`). The store is settled first (:func:`lineage.settle`): a log that does not
+    follow the published generation is refused here, never dropped.
     """
     from ..store.wal import WalReader, WriteAheadLog, check_torn_tail
 
@@ -257,14 +271,13 @@ def replay_wal(index, *, salvage: bool = False) -> None:
     applied = 0
     if wal_path.exists():
         with WalReader(wal_path) as reader:
-            stale = reader.base != base
-            if not stale:
-                for rec in reader:
-                    _apply(index, rec.op, rec.fields)
-                    applied += 1
-        if stale:
-            _drop_stale_log(wal_path, reader.base, base)
-        elif reader.torn:
+            if reader.base != base:
+                raise layout.CorruptStoreError(wal_path, f"follows generation {reader.base}, the store is at {base}; "
+                                                         "nothing was changed")
+            for rec in reader:
+                _apply(index, rec.op, rec.fields)
+                applied += 1
+        if reader.torn:
             try:
                 check_torn_tail(wal_path, reader.valid_end, reader.file_size)
             except layout.CorruptStoreError as e:
@@ -275,22 +288,6 @@ def replay_wal(index, *, salvage: bool = False) -> None:
     index.state.wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
     if applied:
         log.info("replayed %d logged operations from %s", applied, wal_path)
-
-
-def _drop_stale_log(wal_path: pathlib.Path, wal_base: int, base: int) -> None:
-    from ..store.wal import move_aside, scan_damage
-
-    if wal_base > base:  # records acknowledged after a generation that is not published
-        raise layout.CorruptStoreError(wal_path, f"follows generation {wal_base}, newer than the published {base}: "
-                                                 "its records are in no published generation. Nothing was changed; "
-                                                 "open with recover=True (lukhas-gpu recover) to decide")
-    if scan_damage(wal_path)[1]:  # e.g. a salvage that crashed after its checkpoint: keep the evidence
-        log.warning("%s follows generation %s (in the checkpoint) and is damaged: moved aside to %s",
-                    wal_path, wal_base, move_aside(wal_path))
-        return
-    log.warning("%s follows generation %s, the store is at %s: its records are in the checkpoint; "
-                "dropped", wal_path, wal_base, base)
-    wal_path.unlink()
 
 
 def salvage_wal(index, applied: int, damage) -> dict:
@@ -400,47 +397,49 @@ def log_summary(wal_path) -> dict:
 
 
 def rollback(path, *, discard_log: bool = False) -> pathlib.Path:
-    """Publish the previous generation of the closed store at ``path`` again.
+    """Publish the parent of the published generation of the closed store at ``path`` again (its
+    lineage: a second rollback goes further back, never to the generation rolled away from).
 
     The target is verified first (every file's size and CRC-32): a damaged one is refused with
     CorruptStoreError naming the file, ``CURRENT`` unchanged. Acknowledged records in the log
     (which follow the current generation, not the target) make it refuse too, saying how many,
-    unless ``discard_log``: the log is then moved aside (``wal.log.discarded-<time>``), never
-    deleted.
+    unless ``discard_log``: the log is then kept aside (``wal.log.discarded-<time>``), never
+    deleted. The switch is one atomic step (:func:`lineage.commit_rollback`): a crash at any point
+    leaves the store at the old generation with its log, or at the target with an empty log.
     """
-    from ..store.wal import move_aside
-
     path = pathlib.Path(path)
     lock = layout.acquire_lock(path)
     try:
-        cur = layout.current_generation(path)
+        head = lineage.settle(path)
+        cur = path / layout.generation_name(head.number)
         prev = layout.previous_generation(path)
         if prev is None:
-            raise layout.StoreError(f"{path} has no previous generation to roll back to")
+            parent = layout.parent_number(path, head.number)
+            raise layout.StoreError(f"{path} has no previous generation to roll back to ({cur.name} " + (
+                "is its first)" if parent is None else f"was checkpointed from {layout.generation_name(parent)}, "
+                                                       "which is no longer kept)"))
         layout.check_files(prev, layout.read_manifest(prev), checksums=True)
         wal_path = path / layout.WAL
-        if wal_path.exists():
-            summary = log_summary(wal_path)
-            if summary["base"] == layout.generation_number(cur) and summary["records"]:
-                if not discard_log:
-                    raise layout.StoreError(
-                        f"{wal_path} holds {summary['records']} acknowledged records ({summary['memories']} memories "
-                        f"added, {summary['updates']} updates, {summary['deletes']} deletes) logged after {cur.name}; "
-                        f"rolling back to {prev.name} would drop them. Open and checkpoint the store to keep them, "
-                        "or pass discard_log=True (lukhas-gpu rollback --discard-log): the log is then moved aside")
-                log.warning("rollback of %s: %d acknowledged records (%d memories) dropped; the log is kept at %s",
-                            path, summary["records"], summary["memories"], move_aside(wal_path, "discarded"))
-            else:  # empty, or older than the current generation (its records are in it)
-                wal_path.unlink()
-        layout.publish(path, prev.name)
+        summary = log_summary(wal_path) if head.log_follows else {"records": 0}
+        if summary["records"] and not discard_log:
+            raise layout.StoreError(
+                f"{wal_path} holds {summary['records']} acknowledged records ({summary['memories']} memories "
+                f"added, {summary['updates']} updates, {summary['deletes']} deletes) logged after {cur.name}; "
+                f"rolling back to {prev.name} would drop them. Open and checkpoint the store to keep them, "
+                "or pass discard_log=True (lukhas-gpu rollback --discard-log): the log is then moved aside")
+        moved = lineage.commit_rollback(path, layout.generation_number(prev), keep_log=bool(summary["records"]))
+        if moved:
+            log.warning("rollback of %s: %d acknowledged records (%d memories) dropped; the log is kept at %s",
+                        path, summary["records"], summary["memories"], moved)
         return prev
     finally:
         lock.release()
 
 
 def recover(path) -> dict:
-    """Publish the newest generation of the closed store at ``path`` that verifies completely
-    (every file's size and CRC-32), whatever ``CURRENT`` holds; see :func:`_recover_locked`."""
+    """Publish the newest generation of the lineage of the closed store at ``path`` that verifies
+    completely (every file's size and CRC-32), whatever ``CURRENT`` holds; see
+    :func:`_recover_locked`."""
     path = pathlib.Path(path)
     lock = layout.acquire_lock(path)
     try:
@@ -449,51 +448,94 @@ def recover(path) -> dict:
         lock.release()
 
 
-def _recover_locked(path: pathlib.Path, *, only_if_needed: bool) -> dict:
-    """Returns ``{"generation", "was", "changed", "skipped": [why each newer one was], "log"}``.
-
-    A log that follows a newer, damaged generation cannot be replayed on an older one: it is
-    moved aside (``wal.log.unapplied-<time>``) and counted in ``"log"``.
-    """
-    from ..store.wal import move_aside
-
+def _published(path: pathlib.Path) -> int | None:
     try:
-        was = layout.current_generation(path)
-    except layout.CorruptStoreError as e:
-        was, why = None, str(e)
-    else:
-        why = None
-    if only_if_needed and was is not None:
+        return layout.generation_number(layout.current_generation(path))
+    except layout.StoreError:
+        return None
+
+
+def _recover_locked(path: pathlib.Path, *, only_if_needed: bool) -> dict:
+    """Returns ``{"generation", "was", "changed", "skipped": [why each newer one was], "log", "problem"}``.
+
+    The chain walked starts where the store is (:func:`lineage.settle`) or, when ``CURRENT``,
+    its manifest or the log's place in the lineage is damaged, where the log says it is
+    (:func:`lineage.head_from_log`: the acknowledged records live there), and goes from parent to
+    parent (a generation whose manifest is unreadable: the previous number); abandoned branches
+    are never candidates. A log that does not follow the generation chosen (nor was absorbed by it)
+    cannot be replayed on it: it is moved aside (``wal.log.unapplied-<time>``), counted in ``"log"``.
+    """
+    was, why = _published(path), None
+    try:
+        start = lineage.settle(path).number
+    except layout.StoreError as e:
+        why, start = str(e), lineage.head_from_log(path)
+        start = start if start is not None else was
+    if start is None:  # neither CURRENT nor the log names one: the newest (the lineage is unknown)
+        start = (layout.generations(path) or [None])[-1]
+    if only_if_needed and why is None:
         try:
-            layout.check_files(was, layout.read_manifest(was), checksums=True)
-            return {"generation": was.name, "was": was.name, "changed": False, "skipped": [], "log": None}
+            gen_dir = path / layout.generation_name(start)
+            layout.check_files(gen_dir, layout.read_manifest(gen_dir), checksums=True)
+            return {"generation": gen_dir.name, "was": was and layout.generation_name(was), "changed": start != was,
+                    "skipped": [], "log": None, "problem": None}
         except layout.StoreError as e:
             why = str(e)
-    skipped, chosen = [], None
-    for number in reversed(layout.generations(path)):
-        gen_dir = path / f"gen-{number:06d}"
-        try:
-            layout.check_files(gen_dir, layout.read_manifest(gen_dir), checksums=True)
-        except layout.StoreError as e:
-            skipped.append(str(e))
-            continue
-        chosen = gen_dir
-        break
-    if chosen is None:
-        raise layout.CorruptStoreError(path, f"no generation verifies ({'; '.join(skipped) or 'there is none'})")
-    report = {"generation": chosen.name, "was": was.name if was is not None else None, "changed": chosen != was,
-              "skipped": skipped, "log": None, "problem": why}
-    wal_path = path / layout.WAL
-    if wal_path.exists():
-        summary = log_summary(wal_path)
-        if summary["base"] > layout.generation_number(chosen) and summary["records"]:
-            summary["moved_to"] = move_aside(wal_path, "unapplied")
-            report["log"] = summary
+    chosen, skipped = _first_verified(path, start)
+    report = {"generation": layout.generation_name(chosen), "was": None if was is None else layout.generation_name(was),
+              "changed": chosen != was, "skipped": skipped, "log": None, "problem": why}
+    report["log"] = _set_log_aside(path, chosen)
     if chosen != was:
-        layout.publish(path, chosen.name)
-    log.warning("recovered %s: %s published (was %s; %s)%s", path, chosen.name,
+        layout.publish(path, layout.generation_name(chosen))
+    (log.warning if report["changed"] or report["log"] else log.info)("recovered %s: %s published (was %s; %s)%s", path, report["generation"],
                 report["was"] or "unreadable", why, f"; log moved aside: {report['log']}" if report["log"] else "")
     return report
+
+
+def _first_verified(path: pathlib.Path, start: int | None) -> tuple[int, list]:
+    """The first generation from ``start`` up its lineage that verifies, and why each before it did not."""
+    skipped, n = [], start
+    while n is not None:
+        gen_dir = path / layout.generation_name(n)
+        try:
+            layout.check_files(gen_dir, layout.read_manifest(gen_dir), checksums=True)
+            return n, skipped
+        except layout.StoreError as e:
+            skipped.append(str(e))
+        try:
+            n = layout.parent_number(path, n)
+        except layout.StoreError:  # its manifest is unreadable: the previous number, as before the lineage
+            n = max((g for g in layout.generations(path) if g < n), default=None)
+        if n is not None and not (path / layout.generation_name(n)).is_dir():
+            skipped.append(f"{layout.generation_name(n)}, the next in the lineage, is no longer kept")
+            n = None
+    on_disk = ", ".join(map(layout.generation_name, layout.generations(path))) or "none"
+    raise layout.CorruptStoreError(path, f"no generation of its lineage verifies ({'; '.join(skipped) or 'there is none'}"
+                                         f"); generations on disk: {on_disk}")
+
+
+def _set_log_aside(path: pathlib.Path, chosen: int) -> dict | None:
+    """Move the log aside unless it follows ``chosen`` or ``chosen`` absorbed it; its summary."""
+    from ..store.wal import move_aside
+
+    wal_path = path / layout.WAL
+    try:
+        wal = lineage.wal_header(path)
+    except layout.CorruptStoreError:
+        return {"records": None, "moved_to": move_aside(wal_path, "unreadable")}
+    if wal is None or wal[0] == chosen:
+        return None
+    try:
+        if lineage.absorbed_by(path, chosen, wal):
+            return None
+    except layout.StoreError:
+        pass
+    summary = log_summary(wal_path)
+    if not summary["records"]:
+        wal_path.unlink()
+        return None
+    summary["moved_to"] = move_aside(wal_path, "unapplied")
+    return summary
 
 
 def _verify_log(wal_path: pathlib.Path) -> int:
@@ -519,10 +561,13 @@ def verify(index) -> dict:
     parts = index.parts
     where = str(index.path) if index.path is not None else "<memory>"
     report = {"rows": parts.rows, "count": parts.live}
-    if index.path is not None:
-        gen = GenerationReader(layout.current_generation(index.path), checksums=True)
-        report.update(generation=gen.manifest["generation"], files=len(gen.files))
-        report["wal_records"] = _verify_log(index.path / layout.WAL)
+    if index.path is not None:  # the generation the store is at (a reader's and a writer's alike)
+        head = lineage.resolve(index.path)
+        gen = GenerationReader(index.path / layout.generation_name(head.number), checksums=True)
+        prev = layout.ancestry(index.path, head.number, 2)
+        report.update(generation=gen.manifest["generation"], files=len(gen.files), log=head.log,
+                      rollback_to=layout.generation_name(prev[1]) if len(prev) > 1 else None)
+        report["wal_records"] = _verify_log(index.path / layout.WAL) if head.log_follows else 0
     n = parts.rows
     for part, m in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
                     ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n)):

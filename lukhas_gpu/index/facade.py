@@ -166,8 +166,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
 
     @classmethod
     def rollback(cls, path, *, discard_log: bool = False) -> pathlib.Path:
-        """Publish the previous generation of the closed store at ``path`` again, once verified;
-        refuses while the log holds acknowledged records unless ``discard_log`` (it is moved aside)."""
+        """Publish the parent of the published generation of the closed store at ``path`` again, once
+        verified; refuses while the log holds acknowledged records unless ``discard_log`` (kept aside)."""
         return durable.rollback(path, discard_log=discard_log)
 
     @_locked

@@ -5,8 +5,9 @@ A reader never writes, cuts, creates or locks a file of the store. It keeps a cu
 generation it loaded, and the log file (``(st_dev, st_ino)``), byte offset and sequence number
 it has applied up to. A refresh
 
-* reloads when ``CURRENT`` names another generation (a checkpoint or a rollback published one),
-  then reads that generation's log from its start;
+* reloads when the store is at another generation (a checkpoint or a rollback published one;
+  where it is comes from ``CURRENT`` and the log's header together, :func:`~..store.lineage.resolve`,
+  as a writer opening the store would settle it), then reads that generation's log from its start;
 * otherwise resumes the same log at its offset (a log replaced by another file of the same
   generation -- a writer that found a stale log -- is read from its start if nothing had been
   applied from the old one, else the generation is reloaded);
@@ -27,7 +28,7 @@ import logging
 import pathlib
 import time
 
-from ..store import layout
+from ..store import layout, lineage
 from ..store.wal import check_torn_tail
 from ..store.walreader import WalReader
 from . import durable
@@ -57,7 +58,7 @@ def open_reader(index_cls, path, *, verify: bool):
     """``MemoryIndex.open(path, mode="r")``: the published generation plus its log."""
     path = pathlib.Path(path)
     for attempt in range(MAX_PASSES):
-        gen_dir = layout.current_generation(path)
+        gen_dir = _head(path)
         try:
             index = _load(index_cls, path, gen_dir, True if verify else "small")
             break
@@ -82,7 +83,7 @@ def refresh(index) -> dict:
 def _catch_up(index, ch: "_Changes") -> None:
     path = index.path
     for attempt in range(MAX_PASSES):
-        gen_dir = layout.current_generation(path)
+        gen_dir = _head(path)
         number = layout.generation_number(gen_dir)
         if number != index.state.reader.generation or index.state.reader.broken:
             try:
@@ -123,9 +124,21 @@ def _load(index_cls, path, gen_dir, checksums):
     return index
 
 
+def _head(path) -> pathlib.Path:
+    """The generation the store is at. A writer changes ``CURRENT`` and the log one after the
+    other, so a pair read in between may not fit: read again (an error only if it lasts)."""
+    for attempt in range(MAX_PASSES):
+        try:
+            return path / layout.generation_name(lineage.resolve(path).number)
+        except layout.CorruptStoreError:
+            if attempt + 1 == MAX_PASSES:
+                raise
+            time.sleep(0.002 * (attempt + 1))
+
+
 def _published(path) -> int | None:
     try:
-        return layout.generation_number(layout.current_generation(path))
+        return layout.generation_number(_head(path))
     except layout.StoreError:
         return None
 
@@ -142,8 +155,8 @@ def _follow(index, ch: _Changes) -> bool:
     except FileNotFoundError:
         return _published(index.path) == cur.generation
     if base != cur.generation:
-        # a log of another generation: the writer drops it as stale (a crash between publishing
-        # a checkpoint and restarting the log; a rollback), unless CURRENT moved meanwhile
+        # a log the generation loaded absorbed (a crash between publishing a checkpoint and
+        # restarting the log) or a legacy stale one: not replayed, unless the store moved meanwhile
         return _published(index.path) == cur.generation
     start = None
     if file_id == cur.wal_id and size >= cur.offset:

@@ -4,9 +4,10 @@ A store is a directory::
 
     store/
       CURRENT              name of the published generation ("gen-000007"), replaced atomically
-      gen-000006/          the previous generation, kept for rollback()
+      gen-000006/          its parent, kept for rollback()
       gen-000007/
-        manifest.json      format version, config, counts, size and CRC-32 of every file
+        manifest.json      format version, config, counts, size and CRC-32 of every file, the
+                           parent generation and the id of the log it absorbed (see lineage.py)
         vectors.i8         int8 rerank vectors, raw (rows x dim): memory-mapped on open
         content.bin        the content arena's records, raw: memory-mapped on open
         content.npz        the arena's offsets, dictionaries and counters
@@ -20,6 +21,7 @@ A store is a directory::
         sparse.indices/.values, sparse.npz   sparse vectors (CSR arena), when any was added
         text.indices/.values, text.npz       the BM25 term counts and vocabulary (text_index)
       wal.log              operations since the published generation (see wal.py)
+      wal.log.next         a rollback's new log, before it replaces wal.log (see lineage.py)
       LOCK                 the one writer's flock (the file holds its pid, for messages)
 
 A checkpoint writes ``gen-N.tmp/``, fsyncs every file and the directory, renames it to
@@ -48,7 +50,8 @@ __all__ = ["STORE_FORMAT", "FORMAT_VERSION", "StoreError", "CorruptStoreError", 
            "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
            "acquire_lock", "release_lock", "StoreLock", "lock_holder", "check_manifest",
            "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
-           "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC", "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST"]
+           "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC", "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST",
+           "WAL_NEXT", "generation_name", "parent_number", "ancestry", "check_manifest_crc"]
 
 STORE_FORMAT = "lukhas_gpu-store"
 FORMAT_VERSION = 1
@@ -56,6 +59,8 @@ FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 WAL = "wal.log"
+#: A rollback's new, empty log, written in full before it replaces ``WAL`` (its commit point).
+WAL_NEXT = "wal.log.next"
 #: The writer's working copy of the vectors (appends never touch a published generation).
 VECTORS_WORK = "vectors.work"
 #: The CLI's resumable-ingest state.
@@ -150,6 +155,9 @@ def crc32_file(path) -> int:
 
 def _gen_name(n: int) -> str:
     return f"gen-{n:06d}"
+
+
+generation_name = _gen_name
 
 
 class Generation:
@@ -286,10 +294,38 @@ def current_generation(root) -> pathlib.Path:
 
 
 def previous_generation(root) -> pathlib.Path | None:
+    """The parent of the published generation (the rollback target), if it is still on disk."""
     root = pathlib.Path(root)
-    cur = int(current_generation(root).name[4:])
-    older = [g for g in _generations(root) if g < cur]
-    return root / _gen_name(older[-1]) if older else None
+    chain = ancestry(root, generation_number(current_generation(root)), 2)
+    return root / _gen_name(chain[1]) if len(chain) > 1 else None
+
+
+def parent_number(root, number: int) -> int | None:
+    """The generation that generation ``number`` was checkpointed from: its manifest's ``parent``
+    (CRC-checked; None for a store's first). A manifest older than the field: the largest
+    number on disk below it. Raises CorruptStoreError/StoreError for an unreadable manifest."""
+    gen_dir = pathlib.Path(root) / _gen_name(number)
+    manifest = read_manifest(gen_dir)
+    check_manifest_crc(gen_dir, manifest)
+    if "parent" in manifest:
+        return manifest["parent"]
+    older = [g for g in _generations(pathlib.Path(root)) if g < number]
+    return older[-1] if older else None
+
+
+def ancestry(root, number: int, depth: int | None = None) -> list[int]:
+    """``number`` and its ancestors on disk, newest first (at most ``depth``); it stops at an
+    ancestor that is gone (pruned) or whose manifest is unreadable."""
+    root, out = pathlib.Path(root), [number]
+    while depth is None or len(out) < depth:
+        try:
+            parent = parent_number(root, out[-1])
+        except StoreError:
+            break
+        if parent is None or parent in out or not (root / _gen_name(parent)).is_dir():
+            break
+        out.append(parent)
+    return out
 
 
 def next_generation_number(root) -> int:
@@ -298,13 +334,21 @@ def next_generation_number(root) -> int:
 
 
 def prune(root, keep: int = 2) -> None:
-    """Remove all but the newest ``keep`` generations (and stale ``.tmp`` directories)."""
+    """Keep the published generation and its ancestors, ``keep`` in all; remove the others --
+    older ancestors and abandoned branches (what a rollback left) -- and stale ``.tmp``
+    directories. The newest number is always kept, so a number is never used twice."""
     root = pathlib.Path(root)
-    cur = current_generation(root)
+    cur = generation_number(current_generation(root))
     gens = _generations(root)
-    keep_set = {cur.name} | {_gen_name(g) for g in gens[-keep:]}
+    chain = ancestry(root, cur, keep)
+    keep_set = set(chain) | {gens[-1]}
+    if len(chain) < keep:
+        try:
+            parent_number(root, chain[-1])
+        except StoreError:  # an unreadable manifest ended the chain: keep what the old rule kept too
+            keep_set |= set(gens[-keep:])
     for g in gens:
-        if _gen_name(g) not in keep_set:
+        if g not in keep_set:
             shutil.rmtree(root / _gen_name(g), ignore_errors=True)
     for p in root.glob("gen-*.tmp"):
         shutil.rmtree(p, ignore_errors=True)
@@ -357,6 +401,11 @@ def check_manifest(path, manifest: dict) -> None:
     dim = bounded("dim", 1, MAX_DIM)
     rows = bounded("rows", 0, MAX_ROWS)
     bounded("count", 0, rows)
+    if manifest.get("parent") is not None:  # the lineage (older manifests have neither field)
+        gen = manifest.get("generation")
+        bounded("parent", 0, gen - 1 if isinstance(gen, int) and not isinstance(gen, bool) else 2**63)
+    if manifest.get("log_id") is not None:
+        bounded("log_id", 1, 2**64 - 1)
     if not isinstance(manifest.get("config"), dict):
         raise CorruptStoreError(path, "has no config table")
     files = manifest.get("files")
@@ -406,11 +455,16 @@ def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> 
             raise CorruptStoreError(p, f"{size} bytes, the manifest says {meta['bytes']} (truncated or altered)")
         if checksums is True or (checksums == "small" and name not in MAPPED):
             verify_crc(p, crc32_file(p), meta["crc32"])
-    if MANIFEST_CRC in manifest:  # last: the checks above name a malformed entry; older manifests have none
+    check_manifest_crc(gen_dir, manifest)  # last: the checks above name a malformed entry
+
+
+def check_manifest_crc(gen_dir, manifest: dict) -> None:
+    """The manifest's own CRC-32 (older manifests have none)."""
+    if MANIFEST_CRC in manifest:
         body = {k: v for k, v in manifest.items() if k != MANIFEST_CRC}
         if manifest[MANIFEST_CRC] != manifest_crc(body):
-            raise CorruptStoreError(gen_dir / MANIFEST, f"CRC-32 {manifest_crc(body):08x} of its content, it says "
-                                                        f"{manifest[MANIFEST_CRC]!r} (corrupted)")
+            raise CorruptStoreError(pathlib.Path(gen_dir) / MANIFEST, f"CRC-32 {manifest_crc(body):08x} of its "
+                                    f"content, it says {manifest[MANIFEST_CRC]!r} (corrupted)")
 
 
 def verify_crc(path, crc: int, expected: int) -> None:

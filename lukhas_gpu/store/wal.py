@@ -7,7 +7,7 @@ checkpoint it follows.
 
 On-disk format (all integers little-endian)::
 
-    header   16 B    b"LKGWAL01"  uint64 base
+    header   24 B    b"LKGWAL02"  uint64 base  uint64 log_id (random; logs of b"LKGWAL01", 16 B, have none)
     record    9 B    uint32 payload_length  uint32 crc32(op + payload)  uint8 op
              + payload_length bytes of payload (see :func:`encode_fields`)
 
@@ -153,7 +153,7 @@ class WriteAheadLog:
         fd, created = self._open_or_create(base)
         try:
             if created:
-                self.base, self._n, self._size = int(base or 0), 0, HEADER_SIZE
+                self.base, self._n, self._size, self.log_id = int(base or 0), 0, HEADER_SIZE, self._created_id
             else:
                 self._adopt_existing(fd, base)
         except BaseException:
@@ -213,7 +213,8 @@ class WriteAheadLog:
         try:
             if self._flock:
                 _lock_fd(fd, tmp)  # locked before it is visible, so nobody can grab it in between
-            _write_all(fd, HEADER.pack(MAGIC, base))
+            self._created_id = secrets.randbits(64) or 1  # the log's identity (see walcodec.HEADER)
+            _write_all(fd, HEADER.pack(MAGIC, base, self._created_id))
             os.fsync(fd)
             if exclusive:
                 try:
@@ -242,7 +243,7 @@ class WriteAheadLog:
         if base is not None and reader.base != base:
             raise ValueError(f"{self.path}: WAL follows base {reader.base}, expected base {base} "
                              f"(reset() it, or open it without base=)")
-        self.base, self._n, self._size = reader.base, reader.n_records, reader.valid_end
+        self.base, self._n, self._size, self.log_id = reader.base, reader.n_records, reader.valid_end, reader.log_id
         if reader.torn:
             check_torn_tail(self.path, reader.valid_end, reader.file_size, max_record_bytes=self.max_record_bytes)
             os.ftruncate(fd, reader.valid_end)
@@ -386,7 +387,7 @@ class WriteAheadLog:
             fd = self._create(base, exclusive=False)
             old, self._fd = self._fd, fd
             os.close(old)  # releases the lock on the old, now unlinked, file
-            self.base, self._n, self._size = base, 0, HEADER_SIZE
+            self.base, self._n, self._size, self.log_id = base, 0, HEADER_SIZE, self._created_id
             self._synced = self._written  # the header is flushed; no record is pending
 
     def close(self) -> None:
@@ -484,15 +485,15 @@ def check_torn_tail(path, valid_end: int, file_size: int, *, max_record_bytes: i
     raise err
 
 
-def move_aside(path, tag: str = "damaged") -> str:
+def move_aside(path, tag: str = "damaged", *, link: bool = False) -> str:
     """Rename ``path`` to ``path.<tag>-<UTC timestamp>`` (never deleted) and flush the
-    directory; returns the new name."""
+    directory; returns the new name. ``link``: a second name (hard link) instead, ``path`` kept."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     dest = f"{os.fspath(path)}.{tag}-{stamp}"
     k = 1
     while os.path.exists(dest):
         dest, k = f"{os.fspath(path)}.{tag}-{stamp}-{k}", k + 1
-    os.rename(path, dest)
+    (os.link if link else os.rename)(path, dest)
     fsync_dir(os.path.dirname(os.path.abspath(dest)), quiet=True)
     return dest
 

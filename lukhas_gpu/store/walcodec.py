@@ -13,15 +13,21 @@ import struct
 import numpy as np
 
 __all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "RECORD", "OP", "HEADER_SIZE",
+           "MAGIC_V1", "HEADER_V1",
            "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD", "RESYNC_LOOKAHEAD",
            "record_candidates"]
 
 # -- framing: the file header and each record's header ------------------------------------------
-MAGIC = b"LKGWAL01"
-HEADER = struct.Struct("<8sQ")  # magic, base generation
+MAGIC = b"LKGWAL02"
+#: magic, base (the generation the log follows), log id (random, never 0: which log a checkpoint
+#: absorbed is recorded in its manifest, so a log of the same base started later is told apart)
+HEADER = struct.Struct("<8sQQ")
+#: Logs written before the log id: read (their id is None), never written.
+MAGIC_V1 = b"LKGWAL01"
+HEADER_V1 = struct.Struct("<8sQ")
 RECORD = struct.Struct("<IIB")  # payload length, crc32(op + payload), op
 OP = struct.Struct("<B")  # the op byte, covered by the CRC with the payload
-HEADER_SIZE = HEADER.size  # 16
+HEADER_SIZE = HEADER.size  # 24
 RECORD_HEADER_SIZE = RECORD.size  # 9
 #: A length field above this is read as corruption rather than allocated. The uint32 length field
 #: caps records at 4 GiB - 1 anyway.

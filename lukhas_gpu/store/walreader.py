@@ -11,7 +11,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, MAX_LENGTH_FIELD, OP, RECORD,
+from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, HEADER_V1, MAGIC, MAGIC_V1, MAX_LENGTH_FIELD, OP,
+                       RECORD,
                        RECORD_HEADER_SIZE, RESYNC_LOOKAHEAD, decode_fields, record_candidates)
 
 __all__ = ["WalReader", "WalRecord", "WalScan", "WalDamage", "check_max_record_bytes", "find_record", "scan_damage"]
@@ -154,9 +155,11 @@ class WalReader:
             #: ``(st_dev, st_ino)`` of the file read: a log replaced by a reset is another file
             self.file_id = (st.st_dev, st.st_ino)
             self.file_size = st.st_size
-            self.base = _parse_header(self.path, self._f.read(HEADER_SIZE))
-            offset, first = start if start is not None else (HEADER_SIZE, 0)
-            if not (HEADER_SIZE <= offset <= self.file_size and first >= 0):
+            #: ``base``: the generation the log follows; ``log_id``: the log's identity (None for
+            #: a log older than it); ``header_size``: where its first record starts
+            self.base, self.log_id, self.header_size = _parse_header(self.path, self._f.read(HEADER_SIZE))
+            offset, first = start if start is not None else (self.header_size, 0)
+            if not (self.header_size <= offset <= self.file_size and first >= 0):
                 raise ValueError(f"{self.path}: cannot resume at byte {offset} (the file has {self.file_size})")
             self._f.seek(offset)
         except BaseException:
@@ -270,14 +273,17 @@ class WalReader:
         self.close()
 
 
-def _parse_header(path: str, header: bytes) -> int:
-    if header[:len(MAGIC)] != MAGIC[:len(header)]:
-        raise ValueError(f"{path} is not a lukhas_gpu WAL: it starts with {header[:len(MAGIC)]!r}, "
-                         f"expected {MAGIC!r}")
-    if len(header) < HEADER_SIZE:
-        raise ValueError(f"{path}: truncated header ({len(header)} of {HEADER_SIZE} bytes); "
+def _parse_header(path: str, header: bytes) -> tuple[int, int | None, int]:
+    """``(base, log id or None, header size)``; a log of the first format (no id) is read too."""
+    magic, struct_ = (MAGIC_V1, HEADER_V1) if header[:len(MAGIC_V1)] == MAGIC_V1 else (MAGIC, HEADER)
+    if header[:len(magic)] != magic[:len(header)]:
+        raise ValueError(f"{path} is not a lukhas_gpu WAL: it starts with {header[:len(magic)]!r}, "
+                         f"expected {magic!r}")
+    if len(header) < struct_.size:
+        raise ValueError(f"{path}: truncated header ({len(header)} of {struct_.size} bytes); "
                          f"not a complete lukhas_gpu WAL")
-    return HEADER.unpack(header)[1]
+    fields = struct_.unpack(header[:struct_.size])
+    return fields[1], (fields[2] if len(fields) > 2 else None), struct_.size
 
 
 def check_max_record_bytes(n) -> int:
