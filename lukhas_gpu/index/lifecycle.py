@@ -192,7 +192,6 @@ def retrain(index, queries, tolerance: float) -> dict:
     with lock:  # a fresh sample of the live rows, copied out
         parts = index.parts
         n0 = parts.rows
-        dead0 = parts.tombstones.copy()
         live_rows = np.flatnonzero(parts.tombstones.live_mask(n0))
         if len(live_rows) < MIN_TRAIN_ROWS:
             raise ValueError(f"retraining needs at least {MIN_TRAIN_ROWS} live memories, the index holds "
@@ -245,9 +244,7 @@ def retrain(index, queries, tolerance: float) -> dict:
         n1 = parts.rows
         for start in range(n0, n1, cfg.batch_size):
             index_rows(start, min(n1, start + cfg.batch_size))
-        gone = parts.tombstones.since(dead0)
-        if len(gone):
-            ann.remove(gone)
+        # rows deleted meanwhile keep their entries: searches exclude the tombstones
         probe = quality.setup(index, queries, 10, 20000)
         # compared at the same share of the store scanned: a restructure to more lists probes
         # proportionally more of them
