@@ -76,7 +76,7 @@ def measure(label: str, index, source: np.ndarray, new_x, new_rows, queries, gt,
         out.append({"store": label, "setting": setting, "nprobe": nprobe, "rerank": rerank,
                     "found %": 100 * found(index, new_x, new_rows, args.k, nprobe, rerank),
                     f"recall@{args.k}": common.recall_at(mapped, gt, args.k),
-                    "QPS": len(queries) / qps_s, "ann_dead": index.stats()["ann_dead"]})
+                    "QPS": len(queries) / qps_s, "ann_dead": index.stats().get("ann_dead")})
     return out
 
 
