@@ -72,7 +72,8 @@ def measure(label: str, index, source: np.ndarray, new_x, new_rows, queries, gt,
                                       ("all lists", (nlist, index.config.rerank))):
         ids = np.asarray(index.search(queries, args.k, nprobe=nprobe, rerank=rerank).ids)
         mapped = np.where(ids >= 0, source[np.maximum(ids, 0)], -1)
-        qps_s, _ = common.timed(lambda: index.search(queries, args.k, nprobe=nprobe, rerank=rerank), repeat=3)
+        qps_s, _ = common.timed(lambda p=nprobe, r=rerank: index.search(queries, args.k, nprobe=p, rerank=r),
+                                repeat=3)
         out.append({"store": label, "setting": setting, "nprobe": nprobe, "rerank": rerank,
                     "found %": 100 * found(index, new_x, new_rows, args.k, nprobe, rerank),
                     f"recall@{args.k}": common.recall_at(mapped, gt, args.k),

@@ -38,7 +38,7 @@ def test_the_packed_tombstones_match_the_bitmap():
 
 
 def test_rebuilt_lists_hold_the_kept_entries_re_encoded(clustered):
-    xb, xq = clustered(4000, 32, n_queries=20, seed=5)
+    xb, _ = clustered(4000, 32, n_queries=20, seed=5)
     ann = IVFPQIndex(32, nlist=16, pq_m=16, seed=0)
     ann.train(xb)
     ann.add(xb, np.arange(4000))

@@ -9,6 +9,9 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
 from lukhas_gpu.index import ivflists
@@ -17,7 +20,7 @@ from lukhas_gpu.vectors.policy import ANN_DEAD_FRACTION
 
 N, D, NEW, DELETED = 20_000, 64, 500, 300
 # 2 dims per sub-quantizer: every memory finds itself among the candidates of a fresh index
-CFG = dict(backend="cpu", train_threshold=8192, nlist=128, pq_m=32, seed=1, wal_sync="none")
+CFG = {"backend": "cpu", "train_threshold": 8192, "nlist": 128, "pq_m": 32, "seed": 1, "wal_sync": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +182,102 @@ def test_lists_saved_after_faiss_removals_are_reencoded(data):
     assert _found(index, xnew, rows) < 0.95
     ivflists.repair(index, {"nlist": 128})
     assert _found(index, xnew, rows) == 1.0 and ivflists.check(index.parts) is None
+
+
+# -- the model test: every write path among the others --------------------------------------------
+MD = 32
+MCFG = {**CFG, "train_threshold": 2048, "nlist": 16, "external_ids": "int"}
+
+
+class ListsMachine(RuleBasedStateMachine):
+    """Adds, upserts, deletes, vector updates, compact, checkpoint and reopen, a reader; the model
+    is the live set ``key -> vector``. After each step every live memory is found by its own
+    vector with every list probed, no deleted row is returned, and each live row has one entry."""
+
+    @initialize()
+    def build(self):
+        import tempfile
+
+        self.rng = np.random.default_rng(7)
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = f"{self.tmp.name}/s"
+        self.index = MemoryIndex.create(self.path, MD, IndexConfig(**MCFG))
+        self.model, self.gone, self.next_key = {}, [], 0
+        self._add(2500)
+        assert self.index.parts.ann is not None
+
+    def teardown(self):
+        self.index.close(checkpoint=False)
+        self.tmp.cleanup()
+
+    def _vectors(self, n):
+        x = self.rng.standard_normal((n, MD)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def _add(self, n, keys=None):
+        keys = np.arange(self.next_key, self.next_key + n) if keys is None else keys
+        self.next_key = max(self.next_key, int(keys.max()) + 1)
+        x = self._vectors(len(keys))
+        for key in keys:
+            if key in self.model:
+                self.gone.append(self.model[key][1])
+        rows = self.index.add(x, ids=keys)
+        self.model.update({int(k): (x[i], int(r)) for i, (k, r) in enumerate(zip(keys, rows))})
+
+    def _live_keys(self, n):
+        keys = np.array(sorted(self.model))
+        return self.rng.choice(keys, min(n, len(keys)), replace=False)
+
+    @rule(n=st.integers(1, 400))
+    def add(self, n):
+        self._add(n)
+
+    @rule(n=st.integers(1, 200))
+    def upsert(self, n):
+        self._add(n, keys=self._live_keys(n))
+
+    @rule(share=st.sampled_from([0.01, 0.05, 0.3]))
+    def delete(self, share):
+        keys = self._live_keys(max(1, int(share * len(self.model))))
+        self.index.delete(keys)
+        for k in keys:
+            self.gone.append(self.model.pop(int(k))[1])
+
+    @rule(n=st.integers(1, 100))
+    def update(self, n):
+        keys = self._live_keys(n)
+        x = self._vectors(len(keys))
+        self.index.update(keys, embeddings=x)
+        for i, k in enumerate(keys):
+            self.model[int(k)] = (x[i], self.model[int(k)][1])
+
+    @rule()
+    def compact(self):
+        self.index.compact()
+        assert self.index.stats()["ann_dead"] == 0
+
+    @rule(checkpoint=st.booleans())
+    def reopen(self, checkpoint):
+        if checkpoint:
+            self.index.checkpoint()
+        reader = MemoryIndex.open(self.path, mode="r")
+        self.index.close(checkpoint=False)
+        self.index = MemoryIndex.open(self.path, mode="w")
+        probes = np.stack([v for v, _ in list(self.model.values())[:200]])
+        np.testing.assert_array_equal(_search(reader, probes), _search(self.index, probes))
+
+    @invariant()
+    def lists_are_exact(self):
+        ix = self.index
+        assert ivflists.check(ix.parts) is None
+        keys = list(self.model)
+        x = np.stack([self.model[k][0] for k in keys])
+        rows = np.array([self.model[k][1] for k in keys])
+        assert _found(ix, x, rows) == 1.0
+        if self.gone:
+            ids = _search(ix, x[:300], 50)
+            assert not np.isin(ids, np.array(self.gone)).any()
+
+
+ListsMachine.TestCase.settings = settings(max_examples=6, stateful_step_count=10)
+test_lists_machine = ListsMachine.TestCase

@@ -26,7 +26,7 @@ from ..vectors.policy import ANN_DEAD_FRACTION
 
 log = logging.getLogger(__name__)
 
-__all__ = ["dead_entries", "after_delete", "purge", "replace", "repair", "check"]
+__all__ = ["after_delete", "check", "dead_entries", "purge", "repair", "replace", "vectors_of"]
 
 
 def vectors_of(parts, rows: np.ndarray) -> np.ndarray:

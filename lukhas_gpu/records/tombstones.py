@@ -21,7 +21,7 @@ __all__ = ["Tombstones"]
 class Tombstones:
     """The set of deleted rows (row numbers < 2**32)."""
 
-    __slots__ = ("_bits", "_array", "_packed")
+    __slots__ = ("_array", "_bits", "_packed")
 
     def __init__(self, bits: BitMap | None = None):
         self._bits = BitMap() if bits is None else bits
