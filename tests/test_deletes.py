@@ -30,8 +30,8 @@ def data(clustered):
 
 
 def _built(xb, **kw) -> MemoryIndex:
-    index = MemoryIndex(D, IndexConfig(**CFG, **kw))
-    index.add(xb, **({"ids": np.arange(N)} if kw.get("external_ids") else {}))
+    index = MemoryIndex(D, IndexConfig(**{**CFG, **kw}))
+    index.add(xb, **({"ids": np.arange(len(xb))} if kw.get("external_ids") else {}))
     assert index.parts.ann is not None
     return index
 
@@ -182,6 +182,31 @@ def test_lists_saved_after_faiss_removals_are_reencoded(data):
     assert _found(index, xnew, rows) < 0.95
     ivflists.repair(index, {"nlist": 128})
     assert _found(index, xnew, rows) == 1.0 and ivflists.check(index.parts) is None
+
+
+def test_vectors_updated_while_a_retrain_builds_are_indexed_again(data, monkeypatch):
+    """A retrain copies the rows block by block without holding the index: a row re-vectored after
+    its block was copied is indexed again in the new IVF before the swap."""
+    from lukhas_gpu.index import lifecycle
+
+    xb, xnew, _, _ = data
+    index = _built(xb[:6000], nlist=32, train_threshold=2048)
+    rows = np.arange(0, 2000, 7)  # in the first block the retrain copies
+    index.delete(np.arange(1, 2000, 7))
+    real, calls = lifecycle._index_rows, []
+
+    def index_rows(ann, encoder, codes, ids, scale=None):
+        real(ann, encoder, codes, ids, scale=scale)
+        if not calls and ann is not index.parts.ann:  # the retrain's first block is in: now update
+            calls.append(len(ids))
+            index.update(rows, embeddings=xnew[: len(rows)])
+
+    monkeypatch.setattr(lifecycle, "_index_rows", index_rows)
+    old = index.parts.ann
+    assert index.retrain(tolerance=0.9)["accepted"] and index.parts.ann is not old and calls
+    assert index.parts.replaced is None and ivflists.check(index.parts) is None
+    assert _found(index, xnew[: len(rows)], rows) == 1.0
+    _never_deleted(index, xb[np.arange(1, 2000, 7)])
 
 
 # -- the model test: every write path among the others --------------------------------------------

@@ -6,7 +6,8 @@ in its list and the searches exclude it with the tombstones (the one record of d
 lists are re-encoded from the stored int8 rows (:meth:`IVFPQIndex.rebuild_lists`):
 
 * by ``update(embeddings=)``: the lists holding the rows' old entries, without them, before the
-  new entries go in under the same ids (a row id is never in two entries);
+  new entries go in under the same ids (a row id is never in two entries); and in an IVF that a
+  retrain built meanwhile, for the rows it had copied before the update (:func:`reindex`);
 * by ``compact()``, and by a delete that takes the dead entries past
   ``policy.ANN_DEAD_FRACTION`` of the lists: every list holding a dead entry;
 * on opening a generation saved when deletes removed entries (no ``ann["dead"]`` in its
@@ -26,7 +27,7 @@ from ..vectors.policy import ANN_DEAD_FRACTION
 
 log = logging.getLogger(__name__)
 
-__all__ = ["after_delete", "check", "dead_entries", "purge", "repair", "replace", "vectors_of"]
+__all__ = ["after_delete", "check", "dead_entries", "purge", "reindex", "repair", "replace", "vectors_of"]
 
 
 def vectors_of(parts, rows: np.ndarray) -> np.ndarray:
@@ -75,17 +76,23 @@ def replace(index, rows: np.ndarray, codes: np.ndarray, proj: np.ndarray) -> Non
     entries re-encoded without them, then the new entries (``proj``, the ANN space) added."""
     p = index.parts
     ann = p.ann
+    if p.replaced is not None:  # a retrain is building another IVF: it re-indexes these at its end
+        p.replaced.update(np.asarray(rows, dtype=np.uint32))
     if ann is not None:  # where the old entries are expected: their stored vectors' lists
         guess = ann.assign(vectors_of(p, rows))
     p.vectors[rows] = codes
-    if ann is None:
-        return
+    if ann is not None:
+        reindex(ann, rows, guess, proj, p.tombstones, lambda ids: vectors_of(p, ids), index.config.batch_size)
+
+
+def reindex(ann, rows: np.ndarray, guess: np.ndarray, x: np.ndarray, dead, vectors_of, batch: int) -> None:
+    """``rows``' entries in ``ann`` replaced by ``x`` (n, d): the lists holding them (``guess``:
+    where each is expected) re-encoded from ``vectors_of`` without them and without the
+    ``dead`` rows, then ``x`` added under the same ids."""
     ann.drop_gpu("a row's vector was replaced (the GPU copy keeps its old entry)")
     lists = ann.locate(rows, guess)
-    dead = p.tombstones
-    ann.rebuild_lists(lists, lambda ids: ~(dead.contains(ids) | np.isin(ids, rows)),
-                      lambda ids: vectors_of(p, ids), index.config.batch_size)
-    ann.add(proj, rows)
+    ann.rebuild_lists(lists, lambda ids: ~(dead.contains(ids) | np.isin(ids, rows)), vectors_of, batch)
+    ann.add(x, rows)
 
 
 def repair(index, manifest_ann: dict) -> None:

@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 import torch
+from pyroaring import BitMap
 
-from . import quality
+from . import ivflists, quality
 from ..monitor.probe import DRIFT_WINDOW, DriftMonitor, recall_estimate
 from ..util.memtrim import trim
 from ..vectors.ann import IVFPQIndex
@@ -196,6 +197,7 @@ def retrain(index, queries, tolerance: float) -> dict:
         if len(live_rows) < MIN_TRAIN_ROWS:
             raise ValueError(f"retraining needs at least {MIN_TRAIN_ROWS} live memories, the index holds "
                              f"{len(live_rows)}")
+        parts.replaced = BitMap()  # rows whose vectors change while the copy is built
         pick = sample_index(len(live_rows), train_rows(planned_nlist(len(live_rows), cfg)),
                             cfg.seed + 1 + parts.drift.batches)
         sample_codes = np.array(parts.vectors[live_rows[pick]])
@@ -244,7 +246,19 @@ def retrain(index, queries, tolerance: float) -> dict:
         n1 = parts.rows
         for start in range(n0, n1, cfg.batch_size):
             index_rows(start, min(n1, start + cfg.batch_size))
-        # rows deleted meanwhile keep their entries: searches exclude the tombstones
+        # rows deleted meanwhile keep their entries: searches exclude the tombstones; rows
+        # update(embeddings=) re-vectored may have been copied before: indexed again
+        moved = np.asarray(parts.replaced.to_array(), dtype=np.int64)
+        parts.replaced = None
+        moved = moved[(moved < n0) & ~parts.tombstones.contains(moved)]
+        if len(moved):
+            def at_old_scales(ids):  # the new IVF's space: stored codes at the old scales, new projection
+                x = torch.from_numpy(np.array(parts.vectors[ids])).to(encoder.device, torch.float32) * old_scale
+                return encoder.project(x).cpu().numpy()
+
+            x_moved = at_old_scales(moved)
+            ivflists.reindex(ann, moved, ann.assign(x_moved), x_moved, parts.tombstones, at_old_scales,
+                             cfg.batch_size)
         probe = quality.setup(index, queries, 10, 20000)
         # compared at the same share of the store scanned: a restructure to more lists probes
         # proportionally more of them
