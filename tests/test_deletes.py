@@ -184,6 +184,32 @@ def test_lists_saved_after_faiss_removals_are_reencoded(data):
     assert _found(index, xnew, rows) == 1.0 and ivflists.check(index.parts) is None
 
 
+def test_a_store_saved_by_the_removal_path_is_repaired_on_open(data, tmp_path, monkeypatch):
+    import faiss
+
+    from lukhas_gpu.index import durable
+
+    xb, xnew, _, _ = data
+    path = tmp_path / "old"
+    index = MemoryIndex.create(path, D, IndexConfig(**CFG))
+    index.add(xb)
+    gone = _deleted(DELETED).astype(np.int64)
+    index.delete(gone)
+    index.parts.ann.index.remove_ids(faiss.IDSelectorBatch(len(gone), faiss.swig_ptr(gone)))
+    rows = index.add(xnew)
+    assert _found(index, xnew, rows) < 0.95
+    monkeypatch.setattr(durable, "DEAD_ENTRIES", None)  # a manifest as the old code wrote it
+    index.close()
+    monkeypatch.undo()
+    assert json.loads((layout.current_generation(path) / layout.MANIFEST).read_text())["ann"]["dead"] is None
+    reader = MemoryIndex.open(path, mode="r")
+    writer = MemoryIndex.open(path, mode="w")
+    for ix in (reader, writer):
+        assert _found(ix, xnew, rows) == 1.0 and ix.stats()["ann_dead"] == 0
+    assert writer.verify()["ok"]
+    writer.close()
+
+
 def test_vectors_updated_while_a_retrain_builds_are_indexed_again(data, monkeypatch):
     """A retrain copies the rows block by block without holding the index: a row re-vectored after
     its block was copied is indexed again in the new IVF before the swap."""
