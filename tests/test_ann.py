@@ -1,19 +1,57 @@
-"""The FAISS layer: removal, list sizing helpers."""
+"""The FAISS layer: deleted rows excluded, list rebuilds, list sizing helpers."""
 import numpy as np
 import pytest
 
+from lukhas_gpu.records.tombstones import Tombstones
 from lukhas_gpu.vectors.ann import IVFPQIndex, auto_nlist, auto_pq_m, train_sample_size
 
 
-def test_removed_ids_never_return(clustered):
+def _dead(rows) -> Tombstones:
+    t = Tombstones()
+    t.add(np.asarray(rows, dtype=np.int64))
+    return t
+
+
+def test_excluded_ids_never_return(clustered):
     xb, xq = clustered(3000, 32, n_queries=20, seed=4)
     ann = IVFPQIndex(32, nlist=16, pq_m=8, seed=0)
     ann.train(xb)
     ann.add(xb, np.arange(3000))
     gone = np.arange(0, 3000, 2)
-    assert ann.remove(gone) == len(gone)
-    _, ids = ann.search(xq, 50, nprobe=16)
-    assert not np.isin(ids[ids >= 0], gone).any()
+    _, ids = ann.search(xq, 50, nprobe=16, exclude=_dead(gone))
+    assert not np.isin(ids[ids >= 0], gone).any() and (ids >= 0).all()
+    scores, lists = ann.coarse_search(xq, 16)
+    _, ids = ann.search_lists(xq, 50, lists, scores, exclude=_dead(gone))
+    assert not np.isin(ids[ids >= 0], gone).any() and (ids >= 0).all()
+    assert ann.ntotal == 3000  # nothing left the lists
+
+
+def test_the_packed_tombstones_match_the_bitmap():
+    rng = np.random.default_rng(0)
+    t = Tombstones()
+    for _ in range(5):  # grown in place by later deletes
+        t.add(rng.choice(100_000, 300, replace=False))
+        packed = t.packed()
+        bits = np.unpackbits(packed, bitorder="little").astype(bool)
+        assert np.array_equal(np.flatnonzero(bits), t.array())
+    assert Tombstones().packed().size == 0
+
+
+def test_rebuilt_lists_hold_the_kept_entries_re_encoded(clustered):
+    xb, _ = clustered(4000, 32, n_queries=20, seed=5)
+    ann = IVFPQIndex(32, nlist=16, pq_m=16, seed=0)
+    ann.train(xb)
+    ann.add(xb, np.arange(4000))
+    gone = np.arange(0, 4000, 3)
+    lists = ann.lists_holding(lambda ids: np.isin(ids, gone))
+    assert len(lists) == 16
+    assert ann.locate(np.array([5, 7]), ann.assign(xb[[5, 7]])).tolist() == sorted(set(ann.assign(xb[[5, 7]])))
+    dropped = ann.rebuild_lists(lists[:8], lambda ids: ~np.isin(ids, gone), lambda ids: xb[ids])
+    held = np.concatenate([ann.list_ids(i) for i in range(16)])
+    assert ann.ntotal == len(held) == 4000 - dropped and len(np.unique(held)) == len(held)
+    keep = np.setdiff1d(np.arange(4000), gone)
+    _, ids = ann.search(xb[keep[:500]], 20, nprobe=16)
+    assert (ids == keep[:500, None]).any(axis=1).mean() >= 0.99
 
 
 @pytest.mark.parametrize("n,expected", [(10_000, 256), (117_659, 1024), (1_000_000, 4096), (100, 16)])
@@ -111,7 +149,7 @@ def fake_faiss_gpu(monkeypatch):
     return seen
 
 
-def test_to_gpu_searches_the_copy_and_filters_removed_ids(clustered, fake_faiss_gpu):
+def test_to_gpu_searches_the_copy_and_filters_deleted_ids(clustered, fake_faiss_gpu):
     import faiss
 
     xb, xq = clustered(4000, 32, n_queries=30, seed=6)
@@ -126,20 +164,21 @@ def test_to_gpu_searches_the_copy_and_filters_removed_ids(clustered, fake_faiss_
     _, before = ann.search(xq, 10, nprobe=16)
     _, direct = ann.gpu_index.search(xq, 10)
     np.testing.assert_array_equal(before, direct)  # no selector: the GPU copy answers
-    gone = np.unique(before[:, :3])  # remove some of every query's best
-    ann.remove(gone)
+    gone = np.unique(before[:, :3])  # delete some of every query's best
+    ann.note_deleted(len(gone))
     assert ann.gpu_index is not None  # 3% of the rows: still filtered on the 'GPU'
-    _, after = ann.search(xq, 10, nprobe=16)
+    _, after = ann.search(xq, 10, nprobe=16, exclude=_dead(gone))
     assert not np.isin(after, gone).any() and (after >= 0).all()  # over-fetched back to k
     # a selector needs the CPU index
     keep = np.arange(0, len(xb), 2, dtype=np.int64)
     sel = faiss.IDSelectorBatch(len(keep), faiss.swig_ptr(keep))
     _, sub = ann.search(xq, 10, nprobe=16, selector=sel)
     assert (sub[sub >= 0] % 2 == 0).all()
-    ann.remove(np.setdiff1d(np.arange(0, 1000), gone))  # past 10%: the copy is dropped
-    assert ann.gpu_index is None
-    _, ids = ann.search(xq, 10, nprobe=16)
+    dead = _dead(np.union1d(np.arange(0, 1000), gone))
+    _, ids = ann.search(xq, 10, nprobe=16, exclude=dead)  # past 10%: the CPU lists answer
     assert not np.isin(ids, np.arange(1000)).any()
+    ann.note_deleted(len(dead))  # and a delete past it drops the copy
+    assert ann.gpu_index is None
 
 
 def test_memory_index_trains_a_gpu_copy_when_the_resident_scan_is_off(clustered, fake_faiss_gpu, monkeypatch):
@@ -153,6 +192,9 @@ def test_memory_index_trains_a_gpu_copy_when_the_resident_scan_is_off(clustered,
     index.delete(np.arange(10))
     ids = index.search(xq, 10).ids
     assert not np.isin(ids, np.arange(10)).any()
+    assert index.parts.ann.gpu_index is not None
+    index.update([20], embeddings=xb[21])  # the copy cannot replace an entry: dropped
+    assert index.parts.ann.gpu_index is None and index.search(xb[21], 2, nprobe=16).ids.tolist() in ([20, 21], [21, 20])
 
 
 def _faiss_has_gpus() -> bool:

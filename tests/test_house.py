@@ -33,7 +33,7 @@ def small():
 def test_stats_is_one_schema(small):
     index, _ = small
     st = index.stats()
-    assert {"count", "rows", "deleted", "dim", "dim_out", "phase", "nlist", "pq_m", "coarse", "backend",
+    assert {"count", "rows", "deleted", "ann_dead", "dim", "dim_out", "phase", "nlist", "pq_m", "coarse", "backend",
             "vector_storage", "gpu_resident", "memory", "bytes_per_memory", "process", "content",
             "tag_vocabulary", "train_seconds", "tuning", "capabilities", "config"} == set(st)
     mem = st["memory"]

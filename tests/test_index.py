@@ -205,7 +205,8 @@ def test_delete_in_trained_phase(trained_index, data6k, exact_topk, recall_at_k)
     # a deleted vector searched for itself is not found
     assert not np.isin(trained_index.search(x[victims], 10, nprobe=NLIST).ids, victims).any()
     st = trained_index.stats()
-    assert st["count"] == 6000 - len(victims) and st["memory"]["logical"]["ann_ids"] == 8 * st["count"]
+    assert st["count"] == 6000 - len(victims) and st["ann_dead"] == len(victims)  # kept, excluded
+    assert st["memory"]["logical"]["ann_ids"] == 8 * (st["count"] + st["ann_dead"])
 
 
 def test_delete_before_training_stays_deleted_after(data6k):
@@ -367,7 +368,11 @@ def test_stats_exact_phase(exact_index):
 def test_stats_trained_phase(trained_index):
     trained_index.delete(np.arange(100))
     st = trained_index.stats()
-    assert st["phase"] == "ivfpq" and st["nlist"] == NLIST and st["count"] == 5900
+    assert st["ann_dead"] == 100 and st["memory"]["logical"]["ann_ids"] == 8 * 6000  # kept until compact
+    _check_stats_consistent(trained_index, st)
+    trained_index.compact()
+    st = trained_index.stats()
+    assert st["phase"] == "ivfpq" and st["nlist"] == NLIST and st["count"] == 5900 and st["ann_dead"] == 0
     _check_stats_consistent(trained_index, st)
     b, m, d = st["memory"]["logical"], st["pq_m"], st["dim_out"]
     assert b["ann_ids"] == 8 * 5900

@@ -6,6 +6,9 @@ key                    value
 ``count``              live memories
 ``rows``               rows ever added (ids are row numbers; deleted rows keep theirs)
 ``deleted``            tombstoned rows
+``ann_dead``           deleted rows' entries still in the IVF lists (searches exclude them;
+                       ``compact()`` or ``policy.ANN_DEAD_FRACTION`` re-encodes their lists); 0
+                       before training
 ``dim``, ``dim_out``   input and projected dimensions
 ``phase``              ``"exact"`` (int8 scans, before training) or ``"ivfpq"``
 ``nlist``, ``pq_m``,   the IVF's lists, PQ sub-quantizers and coarse quantizer (None before
@@ -55,6 +58,7 @@ def index_stats(index) -> dict:
         "count": n,
         "rows": parts.rows,
         "deleted": len(parts.tombstones),
+        "ann_dead": ann.ntotal - n if ann is not None else 0,
         "dim": index.dim,
         "dim_out": parts.dim_out,
         "phase": "ivfpq" if ann is not None else "exact",

@@ -25,7 +25,8 @@ from ..util.bounds import check_dim
 from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.store import VectorStore
-from . import sparse_parts
+from ..vectors.ann import DEAD_ENTRIES
+from . import ivflists, sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def write(index, root) -> pathlib.Path:
     if parts.ann is not None:
         a = parts.ann
         writers[layout.ANN] = lambda path: faiss_module().write_index(a.index, path)
-        ann = {"nlist": a.nlist, "pq_m": a.pq_m, "coarse": a.coarse}
+        ann = {"nlist": a.nlist, "pq_m": a.pq_m, "coarse": a.coarse, "dead": DEAD_ENTRIES}
     manifest = {"dim": index.dim, "rows": parts.rows, "count": parts.live, "config": index.config.to_dict(),
                 "ann": ann, **_lineage_fields(index, pathlib.Path(root))}
     return write_generation(root, raw=raw, npz=npz, blobs={layout.TOMBSTONES: parts.tombstones.to_bytes()},
@@ -234,6 +235,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         faiss_index = faiss_module().read_index(str(gen.file(layout.ANN)))
         parts.ann = IVFPQIndex.from_faiss(faiss_index, nlist=a["nlist"], pq_m=a["pq_m"], coarse=a["coarse"],
                                           seed=config.seed)
+        ivflists.repair(index, a)  # a generation saved when deletes removed entries from the lists
     for part, n in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
                     ("free metadata", len(parts.docmeta)),
                     ("id map", len(parts.idmap) if parts.idmap is not None else rows)):
@@ -573,9 +575,9 @@ def verify(index) -> dict:
                     ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n)):
         if m != n:
             raise layout.CorruptStoreError(where, f"{part} holds {m} rows, the vectors {n}")
-    if parts.ann is not None and parts.ann.ntotal != parts.live:
-        raise layout.CorruptStoreError(where, f"the ANN holds {parts.ann.ntotal} vectors, the index {parts.live} "
-                                              "live memories")
+    wrong = ivflists.check(parts)
+    if wrong is not None:
+        raise layout.CorruptStoreError(where, wrong)
     try:
         sparse_parts.verify(parts, n, parts.tombstones.array() if parts.tombstones else np.zeros(0, np.int64))
     except ValueError as e:

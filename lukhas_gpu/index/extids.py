@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from ..records.docmeta import validate_metadata
+from . import ivflists
 
 __all__ = ["NO_IDS", "Logged", "ExtAdd", "prepare_add", "upserted_rows", "append", "prepare_update_fields",
            "replace_vectors", "resolve"]
@@ -133,8 +134,9 @@ def prepare_update_fields(index, n: int, embeddings, metadata):
 
 
 def replace_vectors(index, rows: np.ndarray, x) -> None:
-    """New vectors for live ``rows``, in place: the int8 rows, the IVF entries (removed and added
-    again under the same ids), the calibration floats, the recall probe's sampled originals; the
+    """New vectors for live ``rows``, in place: the int8 rows and the IVF entries (the lists of
+    the old ones re-encoded without them, the new ones added under the same ids; see
+    ``ivflists.replace``), the calibration floats, the recall probe's sampled originals; the
     device mirror is rebuilt on use."""
     import torch
 
@@ -147,10 +149,7 @@ def replace_vectors(index, rows: np.ndarray, x) -> None:
             where = {int(r): i for i, r in enumerate(rows.tolist())}
             idx = torch.tensor([where[int(r)] for r in sample.ids[hit]])
             sample.vectors[hit] = index.encoder.normalize(x[idx]).cpu().numpy().astype(np.float16)
-    parts.vectors[rows] = codes.cpu().numpy()
-    if parts.ann is not None:
-        parts.ann.remove(rows)
-        parts.ann.add(proj.cpu().numpy(), rows)
+    ivflists.replace(index, rows, codes.cpu().numpy(), proj.cpu().numpy())
     if parts.calib is not None:
         inside = rows < len(parts.calib)
         parts.calib[rows[inside]] = x[torch.from_numpy(np.flatnonzero(inside))].to("cpu", torch.float32).numpy()

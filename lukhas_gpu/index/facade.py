@@ -404,7 +404,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         """Drop the bytes of deleted memories and of replaced contents and tag lists.
 
         Deleted memories keep their (int8) row, since ids are row numbers; their content,
-        tags and ANN entry are gone. Returns the bytes reclaimed.
+        tags and IVF entries go (their lists re-encoded). Returns the bytes reclaimed.
         """
         from . import writes
         return writes.compact(self)

@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 import torch
+from pyroaring import BitMap
 
-from . import quality
+from . import ivflists, quality
 from ..monitor.probe import DRIFT_WINDOW, DriftMonitor, recall_estimate
 from ..util.memtrim import trim
 from ..vectors.ann import IVFPQIndex
@@ -189,7 +190,7 @@ def retrain(index, queries, tolerance: float) -> dict:
     """Build beside the live index, compare on the probe, swap or discard (``MemoryIndex.retrain``)."""
     t0 = time.perf_counter()
     cfg, lock = index.config, index.lock
-    n0, dead0, n_live, sample_codes, encoder, quant_base, originals = _sample_live(index)
+    n0, n_live, sample_codes, encoder, quant_base, originals = _sample_live(index)
     old_scale = encoder.scale.clone()
     sample = encoder.dequantize(sample_codes)
     del sample_codes
@@ -216,9 +217,7 @@ def retrain(index, queries, tolerance: float) -> dict:
         n1 = parts.rows
         for start in range(n0, n1, cfg.batch_size):
             index_rows(start, min(n1, start + cfg.batch_size))
-        gone = parts.tombstones.since(dead0)
-        if len(gone):
-            ann.remove(gone)
+        _reindex_moved(parts, ann, encoder, old_scale, n0, cfg.batch_size)
         out = _compare_and_swap(index, queries, tolerance, encoder, ann, old_scale)
         generation = None
         if out["accepted"]:
@@ -238,17 +237,17 @@ def retrain(index, queries, tolerance: float) -> dict:
 
 def _sample_live(index) -> tuple:
     """Under the lock, a fresh sample of the live rows copied out, with what the build needs:
-    ``(rows, tombstones, live count, sample codes, a copy of the encoder, the drift baseline's
+    ``(rows, live count, sample codes, a copy of the encoder, the drift baseline's
     quantization error, the probe's sampled originals or None)``."""
     cfg = index.config
     with index.lock:
         parts = index.parts
         n0 = parts.rows
-        dead0 = parts.tombstones.copy()
         live_rows = np.flatnonzero(parts.tombstones.live_mask(n0))
         if len(live_rows) < MIN_TRAIN_ROWS:
             raise ValueError(f"retraining needs at least {MIN_TRAIN_ROWS} live memories, the index holds "
                              f"{len(live_rows)}")
+        parts.replaced = BitMap()  # rows whose vectors change while the copy is built
         pick = sample_index(len(live_rows), train_rows(planned_nlist(len(live_rows), cfg)),
                             cfg.seed + 1 + parts.drift.batches)
         sample_codes = np.array(parts.vectors[live_rows[pick]])
@@ -259,7 +258,25 @@ def _sample_live(index) -> tuple:
         if len(mem):
             ok = (mem.ids < parts.rows) & ~parts.tombstones.contains(mem.ids)
             originals = mem.vectors[ok].astype(np.float32)
-    return n0, dead0, len(live_rows), sample_codes, encoder, quant_base, originals
+    return n0, len(live_rows), sample_codes, encoder, quant_base, originals
+
+
+def _reindex_moved(parts, ann, encoder, old_scale, n0: int, batch: int) -> None:
+    """Under the lock, after the catch-up: rows deleted meanwhile keep their entries (searches
+    exclude the tombstones); rows ``update(embeddings=)`` re-vectored during the build may have
+    been copied before: indexed again in the new IVF."""
+    moved = np.asarray(parts.replaced.to_array(), dtype=np.int64)
+    parts.replaced = None
+    moved = moved[(moved < n0) & ~parts.tombstones.contains(moved)]
+    if not len(moved):
+        return
+
+    def at_old_scales(ids):  # the new IVF's space: stored codes at the old scales, new projection
+        x = torch.from_numpy(np.array(parts.vectors[ids])).to(encoder.device, torch.float32) * old_scale
+        return encoder.project(x).cpu().numpy()
+
+    x_moved = at_old_scales(moved)
+    ivflists.reindex(ann, moved, ann.assign(x_moved), x_moved, parts.tombstones, at_old_scales, batch)
 
 
 def _refit_scales(encoder, originals, old_scale, quantile: float, quant_base):

@@ -110,6 +110,7 @@ class IndexParts:
         self.ann = None
         self.mirror = None
         self.mirror_wanted = False  # set by the facade once the backend is known
+        self.replaced = None  # while a retrain builds: the rows update(embeddings=) re-vectored (a BitMap)
         self.probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
         self.drift = DriftMonitor(config.drift_threshold, seed=config.seed)
         self.sparse = None  # SparseVectors, from the first add with sparse vectors

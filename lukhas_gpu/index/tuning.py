@@ -330,7 +330,8 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
     for nprobe in [n for n in NPROBES if n < ann.nlist] + ([ann.nlist] if ann.nlist <= cap else []):
         _checkpoint_cancel(index, cancellable)
         with lock:
-            cand = executor.ann_candidates(ann, qp, kc_max, dataclasses.replace(s_base, nprobe=nprobe))
+            cand = executor.ann_candidates(ann, qp, kc_max, dataclasses.replace(s_base, nprobe=nprobe),
+                                           exclude=index.parts.tombstones)
         if add_rows(0, nprobe, cand, np.full(len(q), nprobe)):
             break
     weights = None
@@ -353,7 +354,8 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
                 counts = probing.probe_counts(c_scores, p)
                 masked = probing.mask_lists(c_lists, counts)
                 with lock:
-                    cand = ann.search_lists(qp, kc_max, masked, c_scores[:, :masked.shape[1]])[1]
+                    cand = ann.search_lists(qp, kc_max, masked, c_scores[:, :masked.shape[1]],
+                                            exclude=index.parts.tombstones)[1]
                 if add_rows(1, scale, cand, counts, acap, nmin):
                     break
     return weights

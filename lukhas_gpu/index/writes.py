@@ -14,7 +14,7 @@ from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import extids, lifecycle, mirror, sparse_parts
+from . import extids, ivflists, lifecycle, mirror, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -124,8 +124,7 @@ def prepare_delete(index, ids) -> np.ndarray:
 def apply_delete(index, rows: np.ndarray) -> None:
     p = index.parts
     p.tombstones.add(rows)  # the record every path reads; below, the copies that serve searches
-    if p.ann is not None:
-        p.ann.remove(rows)
+    ivflists.after_delete(index)  # the IVF keeps the rows' entries: searches exclude the tombstones
     if p.mirror is not None:
         p.mirror.delete(rows)
     p.tags.delete(rows)  # frees the rows' tag lists and bitmap bits
@@ -198,8 +197,8 @@ def apply_update(index, u: Update) -> None:
 
 
 def compact(index) -> int:
-    """``MemoryIndex.compact``: drop deleted memories' and replaced payloads' bytes; returns
-    the bytes reclaimed."""
+    """``MemoryIndex.compact``: drop deleted memories' and replaced payloads' bytes (the IVF
+    lists holding dead entries re-encoded without them); returns the bytes reclaimed."""
     p = index.parts
 
     def held() -> int:  # content records plus tag-list entries, live and garbage
@@ -210,5 +209,6 @@ def compact(index) -> int:
     p.contents.compact(live)
     p.tags.compact()
     freed = p.docmeta.compact(live)  # free metadata records of deleted memories and replaced dicts
+    freed += ivflists.purge(index)
     trim()
     return int(before - held() + freed)

@@ -83,7 +83,7 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
             return _clip(sc, s), ids, None
         qp = enc.project(q).cpu().numpy()
         kc = min(max(k * s.rerank, k), max(_n_live(parts), 1))
-        cand = ann_candidates(ann, qp, kc, s)
+        cand = ann_candidates(ann, qp, kc, s, exclude=parts.tombstones)
         sc, ids = exact.rerank(qw, codes, cand, k)
         return _clip(sc, s), ids, None
     plan = plan_filtered(allowed, n_live=_n_live(parts), trained=ann is not None, exact_max=s.exact_max,
@@ -105,16 +105,17 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
     return _clip(sc, s), ids, plan
 
 
-def ann_candidates(ann, qp: np.ndarray, kc: int, s: Search) -> np.ndarray:
+def ann_candidates(ann, qp: np.ndarray, kc: int, s: Search, *, exclude) -> np.ndarray:
     """``kc`` IVF candidates per projected query (int64 (nq, kc), -1 padded): ``s.nprobe`` lists
-    each, or per query under adaptive ``s.probing``."""
+    each, or per query under adaptive ``s.probing``. ``exclude``: the tombstones (the lists keep
+    deleted rows' entries; none is returned)."""
     p = s.probing
     if p is None or not p.adaptive:
-        return ann.search(qp, kc, nprobe=s.nprobe if p is None else p.nprobe)[1]
+        return ann.search(qp, kc, nprobe=s.nprobe if p is None else p.nprobe, exclude=exclude)[1]
     scores, lists = ann.coarse_search(qp, max(p.nprobe, probing_.COARSE_MIN))
     counts = probing_.probe_counts(scores, p)
     masked = probing_.mask_lists(lists, counts)
-    return ann.search_lists(qp, kc, masked, scores[:, :masked.shape[1]])[1]
+    return ann.search_lists(qp, kc, masked, scores[:, :masked.shape[1]], exclude=exclude)[1]
 
 
 def resident_search(parts, mirror, q: torch.Tensor, s: Search, rows: np.ndarray | None):

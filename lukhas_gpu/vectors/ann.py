@@ -1,8 +1,18 @@
 """The FAISS index lifecycle: IVF with 4-bit fast-scan PQ codes, trained once the store is large.
 
 Kept thin on purpose: this module owns the FAISS object (build, train, add, search with an id
-selector, remove, byte accounting, GPU clone when FAISS has GPUs); the exact int8 phase and the
-rerank live in :mod:`lukhas_gpu.exact`, orchestration in :mod:`lukhas_gpu.memory`.
+selector, list rebuilds, byte accounting, GPU clone when FAISS has GPUs); the exact int8 phase and
+the rerank live in :mod:`lukhas_gpu.exact`, orchestration in :mod:`lukhas_gpu.memory`.
+
+Nothing is ever removed from the lists with FAISS's ``remove_ids``: on fast-scan lists (FAISS
+1.15.1, ``BlockInvertedLists::remove_ids``) it moves the last entries into the holes and shrinks
+the list, but leaves the moved codes' 4-bit nibbles in the tail of the last block, and the next
+``add`` ORs its codes into them (``pq4_pack_codes_range`` assumes zeroed blocks): entries added
+after a removal get wrong codes (self-recall 0.30 instead of 0.93, measured). So a deleted row's
+entry stays in its list and searches exclude it (``exclude``: the tombstones, as an id
+selector); :meth:`IVFPQIndex.rebuild_lists` empties lists to size 0 (zeroed when they grow
+again) and adds back their live entries re-encoded, which is how dead entries are purged and
+how an updated row's old entry goes. ``tests/test_faiss_upstream.py`` pins the upstream bug.
 """
 from __future__ import annotations
 
@@ -19,16 +29,21 @@ log = logging.getLogger(__name__)
 
 __all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans",
            "aligned_capacity", "fastscan_list_bytes", "fastscan_resident", "hnsw_graph_bytes",
-           "FASTSCAN_BBS", "LIST_OVERHEAD", "HNSW_M", "LIST_STATES"]
+           "FASTSCAN_BBS", "LIST_OVERHEAD", "HNSW_M", "LIST_STATES", "DEAD_ENTRIES"]
 
 #: What faiss's GPU IVF-PQ accepts: bytes per code (8-bit sub-quantizers) and dimensions per
 #: sub-quantizer (GpuIndexIVFPQ's documented limits). It has no 4-bit fast-scan layout, no HNSW
 #: coarse quantizer, no id selectors and no removal.
 GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 GPU_PQ_DSUB = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
-#: Removed ids the GPU copy filters from its results before it is dropped (its lists still hold
+#: Deleted ids the GPU copy filters from its results before it is dropped (its lists still hold
 #: them, and each one costs an over-fetched candidate per query).
 GPU_MAX_REMOVED_FRACTION = 0.1
+#: What saved lists hold for deleted rows (a generation manifest's ``ann["dead"]``): their
+#: entries, kept and excluded at search time. Generations without the key removed them with
+#: FAISS's ``remove_ids``, which corrupts the codes added after it: those lists are re-encoded
+#: when such a store with deletions is opened.
+DEAD_ENTRIES = "kept"
 
 
 def gpu_pq_m(d: int, code_bytes: int) -> int | None:
@@ -181,6 +196,17 @@ def hnsw_graph_bytes(n_nodes: int, m: int = HNSW_M) -> int:
     return int(round(n_nodes * (4 * slots + 4 + 8) + 8))
 
 
+def _exclusion(exclude):
+    """``(selector, keep-alive)``: a FAISS selector of every id but the deleted rows ``exclude``
+    (their packed bit array, see ``Tombstones.packed``), or ``(None, None)`` when none are."""
+    if exclude is None or not len(exclude):
+        return None, None
+    faiss = faiss_module()
+    packed = exclude.packed()
+    inner = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
+    return faiss.IDSelectorNot(inner), (inner, packed)
+
+
 class IVFPQIndex:
     """An ``IndexIVFPQFastScan`` (inner product, residual 4-bit PQ) plus its coarse quantizer.
 
@@ -214,7 +240,6 @@ class IVFPQIndex:
             self._clustering_index = faiss.IndexFlatIP(d)
             self.index.clustering_index = self._clustering_index
         self.gpu_index = None
-        self._gpu_removed = np.empty(0, dtype=np.int64)
         self.train_seconds = 0.0
 
     @classmethod
@@ -227,7 +252,6 @@ class IVFPQIndex:
         self.quantizer = faiss.downcast_index(index.quantizer)
         self._clustering_index = None
         self.gpu_index = None
-        self._gpu_removed = np.empty(0, dtype=np.int64)
         self.train_seconds = 0.0
         return self
 
@@ -266,32 +290,30 @@ class IVFPQIndex:
         if self.gpu_index is not None:
             self.gpu_index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
 
-    def remove(self, ids: np.ndarray) -> int:
-        faiss = faiss_module()
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        sel = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
-        removed = int(self.index.remove_ids(sel))
-        if self.gpu_index is not None:  # faiss GPU indexes cannot remove: filter the results
-            self._gpu_removed = np.union1d(self._gpu_removed, ids)
-            if len(self._gpu_removed) > GPU_MAX_REMOVED_FRACTION * max(self.gpu_index.ntotal, 1):
-                log.info("%d of %d ids removed since the GPU copy was made: searching the IVF on "
-                         "the CPU from now on", len(self._gpu_removed), self.gpu_index.ntotal)
-                self.gpu_index = None
-        return removed
+    def search(self, q: np.ndarray, k: int, *, nprobe: int, selector=None,
+               exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-k: ``(scores (nq, k) float32, ids (nq, k) int64, -1 padded)``.
 
-    def search(self, q: np.ndarray, k: int, *, nprobe: int, selector=None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate top-k: ``(scores (nq, k) float32, ids (nq, k) int64, -1 padded)``."""
+        ``selector``: a FAISS id selector of the ids allowed (a filter, which leaves the deleted
+        rows out itself); else ``exclude``: the deleted rows (a ``Tombstones``: ``len``,
+        ``packed()``, ``array()``), whose entries the lists still hold, never returned.
+        """
         faiss = faiss_module()
         q = np.ascontiguousarray(q, dtype=np.float32)
         nprobe = min(nprobe, self.nlist)
-        if self.gpu_index is not None and selector is None:
-            return self._gpu_search(q, k, nprobe)
+        if self.gpu_index is not None and selector is None and self._gpu_serves(exclude):
+            return self._gpu_search(q, k, nprobe, exclude)
         params = faiss.SearchParametersIVF(nprobe=nprobe)
+        keep = None
+        if selector is None:
+            selector, keep = _exclusion(exclude)
         if selector is not None:
             params.sel = selector
         if self.coarse == "hnsw":
             params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
-        return self.index.search(q, k, params=params)
+        out = self.index.search(q, k, params=params)
+        del keep  # the bit array the selector reads lives until the search is done
+        return out
 
     def coarse_search(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best lists of each query: ``(scores (nq, n) float32, lists (nq, n) int64)``,
@@ -304,10 +326,11 @@ class IVFPQIndex:
         return self.quantizer.search(q, n)
 
     def search_lists(self, q: np.ndarray, k: int, lists: np.ndarray, scores: np.ndarray,
-                     selector=None) -> tuple[np.ndarray, np.ndarray]:
+                     selector=None, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k over the lists given per query (``lists`` (nq, m) int64 from
         :meth:`coarse`, -1 where a query probes fewer): FAISS's ``search_preassigned``, so each
-        query pays only for its own lists. Same return as :meth:`search`."""
+        query pays only for its own lists. ``selector`` and ``exclude`` and the return as in
+        :meth:`search`."""
         faiss = faiss_module()
         q = np.ascontiguousarray(q, dtype=np.float32)
         lists = np.ascontiguousarray(lists, dtype=np.int64)
@@ -318,11 +341,84 @@ class IVFPQIndex:
         d_out = np.empty((nq, k), dtype=np.float32)
         i_out = np.empty((nq, k), dtype=np.int64)
         params = faiss.SearchParametersIVF(nprobe=max(m, 1))
+        keep = None
+        if selector is None:
+            selector, keep = _exclusion(exclude)
         if selector is not None:
             params.sel = selector
         self.index.search_preassigned_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
                                         faiss.swig_ptr(d_out), faiss.swig_ptr(i_out), False, params)
+        del keep
         return d_out, i_out
+
+    # -- the lists' entries: dead ones stay until a rebuild ------------------------------------
+    def list_ids(self, lst: int) -> np.ndarray:
+        """The ids list ``lst`` holds, int64 (a copy)."""
+        inv = self.index.invlists
+        n = int(inv.list_size(int(lst)))
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        return faiss_module().rev_swig_ptr(inv.get_ids(int(lst)), n).astype(np.int64, copy=True)
+
+    def lists_holding(self, member) -> np.ndarray:
+        """The lists holding an id for which ``member(ids) -> bool mask`` is true, sorted int64."""
+        inv = self.index.invlists
+        return np.array([i for i in range(self.nlist) if inv.list_size(i) and member(self.list_ids(i)).any()],
+                        dtype=np.int64)
+
+    def locate(self, ids: np.ndarray, guess: np.ndarray) -> np.ndarray:
+        """The lists holding ``ids`` (sorted unique int64). ``guess`` (n,): the list each id is
+        expected in (:meth:`assign` of its vector), checked first; the lists of ids not found
+        there are searched for in every list. Ids in no list add nothing."""
+        ids = np.asarray(ids, dtype=np.int64)
+        guess = np.asarray(guess, dtype=np.int64)
+        found, where = np.zeros(len(ids), dtype=bool), []
+        for lst in np.unique(guess[guess >= 0]):
+            hit = np.isin(ids, self.list_ids(lst))
+            if hit.any():
+                where.append(int(lst))
+                found |= hit
+        if not found.all():
+            missing = ids[~found]
+            where.extend(self.lists_holding(lambda got: np.isin(got, missing)).tolist())
+        return np.unique(np.asarray(where, dtype=np.int64))
+
+    def rebuild_lists(self, lists: np.ndarray, keep, vectors_of, batch: int = 65536) -> int:
+        """Empty ``lists`` and add back the entries whose ids pass ``keep(ids) -> bool mask``,
+        re-encoded from ``vectors_of(ids) -> (n, d) float32``; returns the entries dropped.
+
+        A list resized to 0 is zeroed when it grows again, so the codes added back (and any
+        later) are exact, unlike after FAISS's ``remove_ids`` (see the module's docstring).
+        An entry goes back to the list of its vector's nearest centroid, usually the one it
+        left. The GPU copy keeps its entries: a live row's is unchanged, a dead one's filtered.
+        """
+        inv = self.index.invlists
+        held = [self.list_ids(lst) for lst in np.asarray(lists, dtype=np.int64)]
+        ids = np.concatenate(held) if held else np.zeros(0, dtype=np.int64)
+        for lst in np.asarray(lists, dtype=np.int64):
+            inv.resize(int(lst), 0)
+        self.index.ntotal = self.ntotal - len(ids)
+        back = np.sort(ids[keep(ids)]) if len(ids) else ids
+        for a in range(0, len(back), batch):
+            part = back[a: a + batch]
+            self.index.add_with_ids(np.ascontiguousarray(vectors_of(part), dtype=np.float32), part)
+        return int(len(ids) - len(back))
+
+    def drop_gpu(self, why: str) -> None:
+        """Search the IVF on the CPU from now on (the GPU copy cannot drop or replace entries)."""
+        if self.gpu_index is not None:
+            log.info("%s: searching the IVF on the CPU from now on", why)
+            self.gpu_index = None
+
+    def _gpu_serves(self, exclude) -> bool:
+        n_dead = len(exclude) if exclude is not None else 0
+        return n_dead <= GPU_MAX_REMOVED_FRACTION * max(self.gpu_index.ntotal, 1)
+
+    def note_deleted(self, n_dead: int) -> None:
+        """Past ``GPU_MAX_REMOVED_FRACTION`` deleted rows, the GPU copy (which filters them from
+        over-fetched results) is dropped."""
+        if self.gpu_index is not None and n_dead > GPU_MAX_REMOVED_FRACTION * max(self.gpu_index.ntotal, 1):
+            self.drop_gpu(f"{n_dead} of {self.gpu_index.ntotal} ids deleted since the GPU copy was made")
 
     def assign(self, x: np.ndarray) -> np.ndarray:
         """The list each row of ``x`` (n, d) falls in (what ``add`` would choose), int64 (n,)."""
@@ -365,10 +461,11 @@ class IVFPQIndex:
 
         The copy is :meth:`gpu_twin` cloned with options that save GPU memory: ids as 32-bit
         (row numbers < 2**31) or kept on the CPU (``cpu_ids``), float16 lookup tables. The CPU
-        index stays the one that is saved, filtered with id selectors and removed from; ids
-        removed later are filtered out of the GPU's results (over-fetched), and past
-        ``GPU_MAX_REMOVED_FRACTION`` of them the GPU copy is dropped. False (CPU only) when
-        faiss has no GPUs or the clone fails.
+        index stays the one that is saved, filtered with id selectors and rebuilt; deleted rows
+        (the ``exclude`` of a search) are filtered out of the GPU's results (over-fetched), and
+        past ``GPU_MAX_REMOVED_FRACTION`` of them (:meth:`note_deleted`), or once a row's vector
+        is replaced, the GPU copy is dropped. False (CPU only) when faiss has no GPUs or the
+        clone fails.
         """
         if faiss_gpus() == 0:
             return False
@@ -386,18 +483,17 @@ class IVFPQIndex:
             co.indicesOptions = faiss.INDICES_CPU if cpu_ids else faiss.INDICES_32_BIT
             co.useFloat16 = True  # float16 lookup tables: what lets 8-bit PQ fit in shared memory
             self.gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, device, twin, co)
-            self._gpu_removed = np.empty(0, dtype=np.int64)
             return True
         except Exception as e:  # pragma: no cover - needs faiss-gpu
             log.warning("FAISS GPU clone failed (%s); searching the IVF on the CPU", e)
             self.gpu_index = None
             return False
 
-    def _gpu_search(self, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search the GPU copy, dropping ids removed since it was made (over-fetched to k)."""
+    def _gpu_search(self, q: np.ndarray, k: int, nprobe: int, exclude) -> tuple[np.ndarray, np.ndarray]:
+        """Search the GPU copy, dropping the deleted rows ``exclude`` (over-fetched to k)."""
         gi = self.gpu_index
         gi.nprobe = nprobe
-        removed = self._gpu_removed
+        removed = exclude.array() if exclude is not None and len(exclude) else np.zeros(0, dtype=np.int64)
         extra = min(len(removed), 4 * k) if len(removed) else 0
         kk = k + extra
         s, i = gi.search(q, kk)

@@ -5,7 +5,8 @@ capacity planner predicts with (``lukhas_gpu.capacity.planner`` imports them fro
 * which coarse quantizer (:func:`coarse_for`) and how many PQ sub-quantizers (``auto_pq_m``);
 * the samples: int8 scales (``FIT_SAMPLE``, ``CALIBRATION_ROWS``), IVF training (``TRAIN_SAMPLE``
   and ``train_sample_size``);
-* the vector store's growth (:func:`vector_capacity`).
+* the vector store's growth (:func:`vector_capacity`);
+* when the IVF lists' dead entries are purged (``ANN_DEAD_FRACTION``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 from ..util.bounds import MAX_DIM_OUT
 from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
 
-__all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS",
+__all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS", "ANN_DEAD_FRACTION",
            "HNSW_COARSE_FROM", "TWO_LEVEL_FROM", "auto_nlist", "auto_pq_m", "train_sample_size",
            "planned_nlist", "nlist_at", "train_rows", "train_at", "coarse_for", "vector_capacity", "sample_index"]
 
@@ -30,6 +31,11 @@ TRAIN_SAMPLE = 262_144
 VECTOR_MIN_ROWS = 4096
 #: Fewer live rows than this cannot be trained or retrained.
 MIN_TRAIN_ROWS = 1024
+#: Deleted rows' entries stay in the IVF lists (excluded at search time; FAISS's removal from
+#: fast-scan lists corrupts later codes). Once they pass this share of the lists' entries, a
+#: delete re-encodes every list holding one (``index.ivflists.purge``): until then they cost
+#: their code bytes and scan time, at most this share more.
+ANN_DEAD_FRACTION = 0.2
 
 
 def dim_out_for(dim: int, cfg=None) -> int:
