@@ -317,3 +317,49 @@ def test_a_reader_refuses_a_log_corrupted_in_the_middle(store):
         reader.refresh()
     with pytest.raises(CorruptStoreError, match="valid records follow"):
         MemoryIndex.open(store)
+
+
+# -- issue 5: a damaged last record and a damaged log header are damage, not a torn tail ---------
+def test_a_flipped_byte_in_the_last_complete_record_is_named_until_salvaged(store, capsys):
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    damaged = _flip(wal, (offs[-2] + offs[-1]) // 2)  # the last record, complete, failing its CRC
+    assert cli.main(["verify", str(store)]) == 1
+    assert f"record {LOGGED - 1} at byte {offs[-2]} lies within the file and fails its CRC" in capsys.readouterr().err
+    with pytest.raises(CorruptStoreError, match="fails its CRC"):
+        MemoryIndex.open(store)  # a reader names it too, and changes nothing
+    assert wal.read_bytes() == damaged
+    w = MemoryIndex.open(store, mode="w")  # a writer keeps its bytes aside, cuts, and goes on
+    assert len(w) == BASE_ROWS + LOGGED - 1
+    w.close(checkpoint=False)
+    aside = list(store.glob("wal.log.tail-damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged[offs[-2]:]
+    assert cli.main(["verify", str(store)]) == 1  # until salvaged
+    assert "tail-damaged" in capsys.readouterr().err
+    assert cli.main(["verify", "--salvage", "--json", str(store)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and [t["bytes"] for t in out["salvage"]["tails"]] == [len(damaged) - offs[-2]]
+    assert not list(store.glob("wal.log.tail-damaged-*")) and len(list(store.glob("wal.log.tail-salvaged-*"))) == 1
+    assert cli.main(["verify", str(store)]) == 0
+
+
+def test_verify_salvage_keeps_a_damaged_last_record_aside_in_one_step(store, capsys):
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    _flip(wal, offs[-2] + RECORD_HEADER_SIZE + 3)
+    assert cli.main(["verify", "--salvage", str(store)]) == 0
+    assert "damaged last records kept in" in capsys.readouterr().err
+    assert cli.main(["verify", str(store)]) == 0
+
+
+@pytest.mark.parametrize("pos", [8, 12, 16])  # the base (low byte, high byte), the header's CRC
+def test_a_flipped_byte_in_the_log_header_is_an_error_for_every_reader(store, capsys, pos):
+    wal = store / layout.WAL
+    _flip(wal, pos)
+    for open_it in (lambda: MemoryIndex.open(store), lambda: MemoryIndex.open(store, mode="w")):
+        with pytest.raises(CorruptStoreError, match="damaged header") as e:
+            open_it()
+        assert e.value.path == str(wal)
+    assert cli.main(["get", str(store), str(BASE_ROWS)]) != 0
+    assert cli.main(["verify", str(store)]) == 1
+    assert "damaged header" in capsys.readouterr().err

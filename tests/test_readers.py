@@ -14,6 +14,7 @@ import pytest
 from lukhas_gpu import IndexConfig, MemoryIndex
 from lukhas_gpu.store import layout
 from lukhas_gpu.store.layout import StoreError
+from lukhas_gpu.store.wal import HEADER_SIZE
 from lukhas_gpu.util import checks
 from lukhas_gpu.vectors.store import VectorStore
 
@@ -187,7 +188,7 @@ def test_writer_close_checkpoints_by_default(tmp_path, data):
     _add(w, xb, 0, 200)
     w.close()
     gen1 = layout.current_generation(path).name
-    assert gen1 != gen0 and (path / layout.WAL).stat().st_size == 16  # the log restarted empty
+    assert gen1 != gen0 and (path / layout.WAL).stat().st_size == HEADER_SIZE  # the log restarted empty
     with MemoryIndex.open(path, mode="w") as w:
         _add(w, xb, 200, 300)
     assert layout.current_generation(path).name != gen1 and len(MemoryIndex.open(path)) == 300

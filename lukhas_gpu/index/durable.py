@@ -8,6 +8,7 @@ into here; file names come from :mod:`lukhas_gpu.store.layout`, bytes from each 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 
 import numpy as np
@@ -29,7 +30,7 @@ from . import sparse_parts
 log = logging.getLogger(__name__)
 
 __all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "close", "write", "load", "replay_wal",
-           "reset_wal", "apply_record", "rollback", "recover", "salvage_wal", "log_summary", "verify"]
+           "reset_wal", "apply_record", "rollback", "recover", "salvage_wal", "salvage_tails", "log_summary", "verify"]
 
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
@@ -256,7 +257,7 @@ def replay_wal(index, *, salvage: bool = False) -> None:
     base = layout.generation_number(layout.current_generation(index.path))
     applied = 0
     if wal_path.exists():
-        with WalReader(wal_path) as reader:
+        with WalReader(wal_path) as reader:  # a damaged header: CorruptStoreError naming the log
             stale = reader.base != base
             if not stale:
                 for rec in reader:
@@ -271,10 +272,41 @@ def replay_wal(index, *, salvage: bool = False) -> None:
                 if not salvage:
                     raise
                 salvage_wal(index, applied, e.damage)
+                salvage_tails(index)
                 return
+    # a damaged last record (within the file, failing its CRC) is kept aside by the log's open
     index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
+    if salvage:
+        salvage_tails(index)
     if applied:
         log.info("replayed %d logged operations from %s", applied, wal_path)
+
+
+def salvage_tails(index) -> dict | None:
+    """Mark the damaged last records kept beside the log (``wal.log.tail-damaged-*``) as seen:
+    each is renamed ``wal.log.tail-salvaged-*`` (never deleted) and reported in
+    ``index.salvage_report`` (``"tails"``); verify fails until then. None if there was none."""
+    from ..store.wal import TAIL_DAMAGED, TAIL_SALVAGED, damaged_tails
+
+    wal_path = index.path / layout.WAL
+    tails = []
+    for name in damaged_tails(wal_path):
+        dest = name.replace(f".{TAIL_DAMAGED}-", f".{TAIL_SALVAGED}-", 1)
+        os.replace(name, dest)
+        tails.append({"file": dest, "bytes": os.path.getsize(dest)})
+    if not tails:
+        return None
+    layout.fsync_dir(index.path)
+    report = index.salvage_report = getattr(index, "salvage_report", None) or {
+        "log": str(wal_path), "moved_to": None, "kept": len(index._wal), "damaged": [], "lost_ids": [],
+        "lost_records": [], "generation": layout.current_generation(index.path).name}
+    report["tails"] = tails
+    report["damaged"] += [f"a damaged last record ({t['bytes']} bytes, kept in {t['file']})" for t in tails]
+    report["note"] = ("a damaged last record was not applied: if it was an add, its ids were the next ones after "
+                      f"the records kept (from {index.parts.rows} on) and are not in the store")
+    log.warning("salvaged %s: %d damaged last record(s) reported, kept in %s", wal_path, len(tails),
+                [t["file"] for t in tails])
+    return report
 
 
 def _drop_stale_log(wal_path: pathlib.Path, wal_base: int, base: int) -> None:
@@ -496,20 +528,29 @@ def _recover_locked(path: pathlib.Path, *, only_if_needed: bool) -> dict:
     return report
 
 
-def _verify_log(wal_path: pathlib.Path) -> int:
+def _verify_log(wal_path: pathlib.Path, generation: int) -> int:
     """The log's valid records; CorruptStoreError if it is damaged anywhere but a torn tail (a
-    writer's record in flight looks like one)."""
-    from ..store.wal import check_torn_tail, WalReader
+    writer's record in flight looks like one): a damaged header, a bad record with valid ones
+    after it, a last record within the file failing its CRC, a damaged last record kept beside
+    the log and not yet salvaged, or a log that follows a generation newer than ``generation``."""
+    from ..store.wal import WalReader, check_tail, damaged_tails
 
+    for name in damaged_tails(wal_path):
+        raise layout.CorruptStoreError(name, "holds the bytes of a damaged write-ahead log record (an acknowledged "
+                                             "record that failed its CRC, not applied); lukhas-gpu verify --salvage "
+                                             "STORE reports it")
     if not wal_path.exists():
         return 0
     try:
         with WalReader(wal_path, decode=False) as reader:
             n = sum(1 for _ in reader)
     except ValueError as e:  # not a log at all: bad header
-        raise layout.CorruptStoreError(wal_path, str(e)) from None
+        raise layout.CorruptStoreError(wal_path, str(e).removeprefix(f"{wal_path}: ")) from None
+    if reader.base > generation:
+        raise layout.CorruptStoreError(wal_path, f"follows generation {reader.base}, newer than the published "
+                                                 f"{generation}: its records are in no published generation")
     if reader.torn:
-        check_torn_tail(wal_path, reader.valid_end, reader.file_size)
+        check_tail(reader)
     return n
 
 
@@ -522,7 +563,7 @@ def verify(index) -> dict:
     if index.path is not None:
         gen = GenerationReader(layout.current_generation(index.path), checksums=True)
         report.update(generation=gen.manifest["generation"], files=len(gen.files))
-        report["wal_records"] = _verify_log(index.path / layout.WAL)
+        report["wal_records"] = _verify_log(index.path / layout.WAL, gen.manifest["generation"])
     n = parts.rows
     for part, m in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
                     ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n)):

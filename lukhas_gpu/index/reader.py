@@ -28,7 +28,7 @@ import pathlib
 import time
 
 from ..store import layout
-from ..store.wal import check_torn_tail
+from ..store.wal import check_tail
 from ..store.walreader import WalReader
 from . import durable
 
@@ -144,7 +144,11 @@ def _follow(index, ch: _Changes) -> bool:
     if base != cur.generation:
         # a log of another generation: the writer drops it as stale (a crash between publishing
         # a checkpoint and restarting the log; a rollback), unless CURRENT moved meanwhile
-        return _published(index.path) == cur.generation
+        current = _published(index.path) == cur.generation
+        if current and base > cur.generation:  # the writer refuses such a log: so does a reader
+            raise layout.CorruptStoreError(wal_path, f"follows generation {base}, newer than the published "
+                                                     f"{cur.generation}: its records are in no published generation")
+        return current
     start = None
     if file_id == cur.wal_id and size >= cur.offset:
         start = (cur.offset, cur.seq)
@@ -168,8 +172,8 @@ def _follow(index, ch: _Changes) -> bool:
             cur.broken = True  # a record half-applied: the next refresh reloads
             raise
         cur.wal_id, cur.offset, cur.seq = file_id, reader.valid_end, reader.n_records
-        if reader.torn:  # a record in flight is a torn tail; a bad record with valid ones after it is not
-            check_torn_tail(wal_path, reader.valid_end, reader.file_size)
+        if reader.torn:  # a record in flight is a torn tail; a bad record with valid ones after it, or
+            check_tail(reader)  # a complete one failing its CRC, is not
     if reader.n_records > n0:
         log.debug("%s: applied records %d..%d of %s", index.path, n0, reader.n_records - 1, wal_path)
     return _published(index.path) == cur.generation

@@ -9,24 +9,36 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 
 import numpy as np
 
-__all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "RECORD", "OP", "HEADER_SIZE",
+__all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "MAGIC_V1", "HEADER_V1", "pack_header", "RECORD", "OP", "HEADER_SIZE",
            "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD", "RESYNC_LOOKAHEAD",
            "record_candidates"]
 
 # -- framing: the file header and each record's header ------------------------------------------
-MAGIC = b"LKGWAL01"
-HEADER = struct.Struct("<8sQ")  # magic, base generation
+MAGIC = b"LKGWAL02"
+#: magic, base generation, CRC-32 of the magic and the base (a flipped base is damage, not a stale log)
+HEADER = struct.Struct("<8sQQ")
+#: The first format's header (no CRC): still read; a flip in its base cannot be detected.
+MAGIC_V1 = b"LKGWAL01"
+HEADER_V1 = struct.Struct("<8sQ")
 RECORD = struct.Struct("<IIB")  # payload length, crc32(op + payload), op
 OP = struct.Struct("<B")  # the op byte, covered by the CRC with the payload
-HEADER_SIZE = HEADER.size  # 16
+HEADER_SIZE = HEADER.size  # 24 (16 for a MAGIC_V1 log)
 RECORD_HEADER_SIZE = RECORD.size  # 9
 #: A length field above this is read as corruption rather than allocated. The uint32 length field
 #: caps records at 4 GiB - 1 anyway.
 DEFAULT_MAX_RECORD_BYTES = 1 << 30
 MAX_LENGTH_FIELD = (1 << 32) - 1
+
+
+def pack_header(base: int) -> bytes:
+    """A new log's header: magic, ``base``, the CRC-32 of both."""
+    return HEADER.pack(MAGIC, base, zlib.crc32(HEADER_V1.pack(MAGIC, base)))
+
+
 _KIND_ARRAY, _KIND_CONTENTS, _KIND_JSON = 1, 2, 3
 # item kinds of a contents list; the same values as payload.KIND_* (not imported: this module
 # loads on its own, with numpy only)

@@ -11,10 +11,17 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, MAX_LENGTH_FIELD, OP, RECORD,
+from .layout import CorruptStoreError
+from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_V1, MAGIC, MAGIC_V1, MAX_LENGTH_FIELD, OP, RECORD,
                        RECORD_HEADER_SIZE, RESYNC_LOOKAHEAD, decode_fields, record_candidates)
 
-__all__ = ["WalReader", "WalRecord", "WalScan", "WalDamage", "check_max_record_bytes", "find_record", "scan_damage"]
+__all__ = ["WalReader", "WalRecord", "WalScan", "WalDamage", "WalHeaderError", "check_max_record_bytes",
+           "find_record", "scan_damage"]
+
+
+class WalHeaderError(CorruptStoreError, ValueError):
+    """A file that is not a complete, intact lukhas_gpu WAL header (wrong magic, truncated, or a
+    header CRC mismatch): a :class:`~.layout.CorruptStoreError` naming the file, and a ValueError."""
 
 #: Bytes examined at once when looking for the next valid record after a damaged one.
 _SCAN_CHUNK = 1 << 20
@@ -154,9 +161,10 @@ class WalReader:
             #: ``(st_dev, st_ino)`` of the file read: a log replaced by a reset is another file
             self.file_id = (st.st_dev, st.st_ino)
             self.file_size = st.st_size
-            self.base = _parse_header(self.path, self._f.read(HEADER_SIZE))
-            offset, first = start if start is not None else (HEADER_SIZE, 0)
-            if not (HEADER_SIZE <= offset <= self.file_size and first >= 0):
+            #: the header's size: 24 bytes, 16 for a log of the first format
+            self.base, self.header_size = _parse_header(self.path, self._f)
+            offset, first = start if start is not None else (self.header_size, 0)
+            if not (self.header_size <= offset <= self.file_size and first >= 0):
                 raise ValueError(f"{self.path}: cannot resume at byte {offset} (the file has {self.file_size})")
             self._f.seek(offset)
         except BaseException:
@@ -167,6 +175,7 @@ class WalReader:
         self._done = False
         self._torn = False
         self._reason: str | None = None
+        self._bad_length: int | None = None
 
     def __iter__(self) -> Iterator[WalRecord]:
         return self
@@ -212,6 +221,7 @@ class WalReader:
 
     def _damaged(self, reason: str, length: int | None) -> None:
         """A bad record at ``self._pos``: the end (torn tail, or no resync), or skip past it."""
+        self._bad_length = length
         if not self._resync:
             self._finish(reason)
         nxt = find_record(self.path, self._pos + 1, self.file_size, max_record_bytes=self.max_record_bytes)
@@ -260,6 +270,20 @@ class WalReader:
         self._require_done("reason")
         return self._reason
 
+    @property
+    def crc_failed(self) -> bool:
+        """Whether the record at :attr:`valid_end` lies wholly within the file and fails its CRC,
+        and is not all zeros (a file extended without its data): damage, not an interrupted
+        append (whose length runs past the end of the file). Whether valid records follow it is
+        :func:`~.wal.check_torn_tail`'s question."""
+        self._require_done("crc_failed")
+        if not self._torn or self._bad_length is None:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(self._pos)
+            data = f.read(RECORD_HEADER_SIZE + self._bad_length)
+        return bool(data.strip(b"\0"))
+
     def close(self) -> None:
         self._f.close()
 
@@ -270,14 +294,25 @@ class WalReader:
         self.close()
 
 
-def _parse_header(path: str, header: bytes) -> int:
-    if header[:len(MAGIC)] != MAGIC[:len(header)]:
-        raise ValueError(f"{path} is not a lukhas_gpu WAL: it starts with {header[:len(MAGIC)]!r}, "
-                         f"expected {MAGIC!r}")
-    if len(header) < HEADER_SIZE:
-        raise ValueError(f"{path}: truncated header ({len(header)} of {HEADER_SIZE} bytes); "
-                         f"not a complete lukhas_gpu WAL")
-    return HEADER.unpack(header)[1]
+def _parse_header(path: str, f) -> tuple[int, int]:
+    """``(base, header size)`` of the log open as ``f`` (positioned at 0); WalHeaderError if the
+    header is not a lukhas_gpu WAL's, is truncated, or fails its CRC."""
+    magic = f.read(len(MAGIC))
+    if magic not in (MAGIC[:len(magic)], MAGIC_V1[:len(magic)]):
+        raise WalHeaderError(path, f"is not a lukhas_gpu WAL: it starts with {magic!r}, expected {MAGIC!r}")
+    fmt = HEADER_V1 if magic == MAGIC_V1 else HEADER
+    header = magic + f.read(fmt.size - len(magic))
+    if len(header) < fmt.size:
+        raise WalHeaderError(path, f"truncated header ({len(header)} of {fmt.size} bytes); not a complete "
+                                   f"lukhas_gpu WAL")
+    if fmt is HEADER_V1:
+        return HEADER_V1.unpack(header)[1], fmt.size
+    _, base, crc = HEADER.unpack(header)
+    want = zlib.crc32(header[:HEADER_V1.size])
+    if crc != want:
+        raise WalHeaderError(path, f"damaged header: CRC-32 {want:08x} of its magic and base ({base}), it says "
+                                   f"{crc:016x}; the generation this log follows is unknown. Nothing was read")
+    return base, fmt.size
 
 
 def check_max_record_bytes(n) -> int:
