@@ -363,3 +363,136 @@ def test_a_flipped_byte_in_the_log_header_is_an_error_for_every_reader(store, ca
     assert cli.main(["get", str(store), str(BASE_ROWS)]) != 0
     assert cli.main(["verify", str(store)]) == 1
     assert "damaged header" in capsys.readouterr().err
+
+
+# -- issue 8: every loaded structure bounded by the manifest's rows ----------------------------------
+def _resign(gen, name: str, data: bytes) -> None:
+    """Replace a generation's file and re-sign the manifest (size, CRC-32, the manifest's own CRC):
+    what a crafted file that passes every checksum looks like."""
+    import io
+    import zlib
+
+    (gen / name).write_bytes(data)
+    m = json.loads((gen / layout.MANIFEST).read_text())
+    m["files"][name] = {"bytes": len(data), "crc32": zlib.crc32(data)}
+    m.pop(layout.MANIFEST_CRC, None)
+    m[layout.MANIFEST_CRC] = layout.manifest_crc(m)
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+    del io
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _crafted(gen, name):
+    """Crafted, re-signed contents of ``name`` that name or cover rows beyond the store's."""
+    from pyroaring import BitMap
+
+    rows = json.loads((gen / layout.MANIFEST).read_text())["rows"]
+    if name == layout.TOMBSTONES:
+        return BitMap(range(rows, rows + rows // 2)).serialize()  # 2,000 "live" of 3,000, say
+    arrays = layout.load_npz(gen, name)
+    if name == layout.METADATA:
+        arrays["flags"] = np.concatenate([arrays["flags"], arrays["flags"][:7]])
+    elif name == layout.CONTENT_INDEX:
+        arrays["starts"] = arrays["starts"][:-3]
+    elif name == layout.TAGS:
+        arrays = {k: (np.concatenate([v, v[:5]]) if k in ("start", "count") else v) for k, v in arrays.items()}
+    elif name == layout.PROBE:
+        arrays["memories_ids"] = arrays["memories_ids"] + rows
+    return _npz_bytes(arrays)
+
+
+@pytest.mark.parametrize("name", [layout.TOMBSTONES, layout.METADATA, layout.CONTENT_INDEX, layout.TAGS,
+                                  layout.PROBE])
+def test_crafted_resigned_files_with_rows_beyond_the_store_are_named(store, name):
+    gen = _gen(store)
+    _resign(gen, name, _crafted(gen, name))
+    for mode in ("r", "w"):
+        with pytest.raises(CorruptStoreError, match=name) as e:
+            MemoryIndex.open(store, mode=mode)
+        assert str(gen / name) in str(e.value)
+
+
+def test_deletions_within_the_rows_that_disagree_with_the_count_are_named(store):
+    from pyroaring import BitMap
+
+    gen = _gen(store)
+    _resign(gen, layout.TOMBSTONES, BitMap([0, 1, 2]).serialize())
+    with pytest.raises(CorruptStoreError, match=r"deleted.roaring: 3 deletions leave \d+ live memories, the manifest"):
+        MemoryIndex.open(store)
+
+
+def test_one_helper_bounds_rows():
+    from pyroaring import BitMap
+
+    layout.check_rows_within("f", "x", 5, length=5, values=np.array([0, 4]))
+    layout.check_rows_within("f", "x", 5, length=3, length_at_most=True, values=BitMap([4]))
+    for kw, msg in (({"length": 6}, "covers 6 rows, the manifest says 5"), ({"values": BitMap([5])}, "names row 5"),
+                    ({"values": np.array([-1, 2])}, "names row -1"), ({"length": 6, "length_at_most": True}, "6")):
+        with pytest.raises(CorruptStoreError, match=msg):
+            layout.check_rows_within("f", "x", 5, **kw)
+
+
+# -- issue 6: readers never serve altered content or int8 rows ---------------------------------------
+def test_flipped_bits_in_content_records_are_named_never_served(store, tmp_path):
+    """A reader maps content.bin without its file CRC: 40 single-bit flips, each an error naming
+    the file and the row (before the record CRCs, 8 of 40 came back as altered text)."""
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()  # every row in the generation (the records with their CRCs)
+    w.close()
+    ids = np.arange(BASE_ROWS + LOGGED)
+    want = [f"m{i}" for i in ids]
+    content = _gen(store) / layout.CONTENT
+    clean = content.read_bytes()
+    rng = np.random.default_rng(6)
+    for pos in rng.choice(len(clean), 40, replace=False).tolist():
+        data = bytearray(clean)
+        data[pos] ^= 1 << int(rng.integers(8))
+        content.write_bytes(bytes(data))
+        r = MemoryIndex.open(store)
+        with pytest.raises(CorruptStoreError, match=r"content\.bin: the content record of row \d+ fails its CRC"):
+            r.get(ids)
+        with pytest.raises(CorruptStoreError, match="content.bin"):
+            r.contents(ids)
+        r.close()
+    content.write_bytes(clean)
+    assert [m.content for m in MemoryIndex.open(store).get(ids)] == want
+
+
+def test_search_hydration_checks_the_content_records(store):
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()
+    w.close()
+    r = MemoryIndex.open(store)
+    res = r.search(_vec(7), k=3)
+    row = int(np.asarray(res.ids).reshape(-1)[0])
+    offs = r.parts.contents.to_arrays()["starts"]
+    content = _gen(store) / layout.CONTENT
+    _flip(content, int(offs[row]) + 2)
+    r = MemoryIndex.open(store)
+    res = r.search(_vec(7), k=3)
+    assert int(np.asarray(res.ids).reshape(-1)[0]) == row
+    with pytest.raises(CorruptStoreError, match="content.bin"):
+        res.contents()
+    with pytest.raises(CorruptStoreError, match="content.bin"):
+        res.memories()
+
+
+def test_a_generation_without_record_crcs_opens_and_gets_them_at_the_next_checkpoint(store):
+    gen = _gen(store)
+    arrays = layout.load_npz(gen, layout.CONTENT_INDEX)
+    crcs = arrays.pop("crcs")
+    _resign(gen, layout.CONTENT_INDEX, _npz_bytes(arrays))  # as written before the CRCs existed
+    r = MemoryIndex.open(store)
+    assert [m.content for m in r.get(np.arange(5))] == [f"m{i}" for i in range(5)]
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()
+    w.close()
+    again = layout.load_npz(_gen(store), layout.CONTENT_INDEX)["crcs"]
+    assert len(again) == BASE_ROWS + LOGGED and np.array_equal(again[:len(crcs)], crcs)

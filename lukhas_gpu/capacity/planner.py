@@ -369,7 +369,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     records = count * (avg * ratio if avg > 0 else len(NONE_RECORD))
     (mapped if state == "opened" else anon)["content_records"] = records
     disk["content_records"] = records
-    anon["content_offsets"] = 8 * count
+    anon["content_offsets"] = 12 * count  # the offset and the CRC-32 of every record
     dictionaries = samples = kept = 0.0
     if avg > 0 and count:
         first = min(count, max(64, min(2048, math.ceil(65536 / avg))))  # contents at the first training
@@ -379,7 +379,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         anon["content_zstd_contexts"] = ZSTD_CONTEXT_BYTES[state]
     anon["content_dictionaries"] = dictionaries
     anon["content_samples"] = samples + 33 * kept  # bytes objects: 33 B of header each
-    disk["content_index"] = 8 * count + dictionaries + samples + 17 * NPZ_MEMBER_BYTES
+    disk["content_index"] = 12 * count + dictionaries + samples + 18 * NPZ_MEMBER_BYTES
 
     # external ids, free metadata, declared fields (records.keytable / docmeta)
     id_avg = _real("avg_id_bytes", avg_id_bytes, 0.0)

@@ -25,7 +25,7 @@ from ..store.persist import GenerationReader, write_generation
 from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.store import VectorStore
-from . import sparse_parts
+from . import bounds, sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -179,23 +179,35 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
-    try:
+    def part(name, build):  # a file whose arrays do not fit together is named
+        try:
+            return build()
+        except (ValueError, KeyError) as e:
+            raise layout.CorruptStoreError(gen.path / name, f"inconsistent arrays ({e})") from None
+
+    def contents():
         arena = gen.npz(layout.CONTENT_INDEX)
         arena["buffer"] = gen.raw(layout.CONTENT)
-        parts.contents = ContentArena.from_arrays(arena, max_content_bytes=config.max_content_bytes)
-        parts.meta = MetadataColumns.from_arrays(gen.npz(layout.METADATA))
-        parts.tags = TagIndex.from_arrays(gen.npz(layout.TAGS))
-        if gen.has(layout.DOCMETA):
-            parts.docmeta = DocMetadata.from_arrays(gen.npz(layout.DOCMETA), config.fields)
-        else:  # a store without metadata yet (or older than it): rows without any
-            parts.docmeta.append(None, rows)
-        if config.external_ids:
-            parts.idmap = IdMap.from_arrays(gen.npz(layout.IDMAP))
-            if parts.idmap.kind != config.external_ids:
-                raise ValueError(f"the id map holds {parts.idmap.kind} ids, the config says {config.external_ids}")
+        out = ContentArena.from_arrays(arena, max_content_bytes=config.max_content_bytes)
+        out.source = str(gen.file(layout.CONTENT))  # what a record failing its CRC names
+        return out
+
+    parts.contents = part(layout.CONTENT_INDEX, contents)
+    parts.meta = part(layout.METADATA, lambda: MetadataColumns.from_arrays(gen.npz(layout.METADATA)))
+    parts.tags = part(layout.TAGS, lambda: TagIndex.from_arrays(gen.npz(layout.TAGS)))
+    if gen.has(layout.DOCMETA):
+        parts.docmeta = part(layout.DOCMETA, lambda: DocMetadata.from_arrays(gen.npz(layout.DOCMETA), config.fields))
+    else:  # a store without metadata yet (or older than it): rows without any
+        parts.docmeta.append(None, rows)
+    if config.external_ids:
+        parts.idmap = part(layout.IDMAP, lambda: IdMap.from_arrays(gen.npz(layout.IDMAP)))
+        if parts.idmap.kind != config.external_ids:
+            raise layout.CorruptStoreError(gen.path / layout.IDMAP, f"holds {parts.idmap.kind} ids, the config says "
+                                                                    f"{config.external_ids}")
+    try:
         sparse_parts.load(parts, gen)
     except (ValueError, KeyError) as e:  # arrays that do not fit together: name the generation
-        raise layout.CorruptStoreError(gen.path, f"inconsistent payload files ({e})") from None
+        raise layout.CorruptStoreError(gen.path, f"inconsistent sparse or text files ({e})") from None
     try:
         parts.tombstones = Tombstones.from_bytes(gen.bytes(layout.TOMBSTONES))
     except Exception as e:
@@ -221,11 +233,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         faiss_index = faiss_module().read_index(str(gen.file(layout.ANN)))
         parts.ann = IVFPQIndex.from_faiss(faiss_index, nlist=a["nlist"], pq_m=a["pq_m"], coarse=a["coarse"],
                                           seed=config.seed)
-    for part, n in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
-                    ("free metadata", len(parts.docmeta)),
-                    ("id map", len(parts.idmap) if parts.idmap is not None else rows)):
-        if n != rows:
-            raise layout.CorruptStoreError(gen.path, f"{part} holds {n} rows, the vectors {rows}")
+    bounds.check_loaded(parts, gen, rows, int(manifest["count"]))  # every row-indexing array, named
     return index, manifest
 
 

@@ -40,12 +40,14 @@ import zlib
 
 import numpy as np
 
+from ..util.errors import CorruptStoreError, StoreError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedError", "Generation",
            "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
            "acquire_lock", "release_lock", "StoreLock", "lock_holder", "check_manifest",
-           "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
+           "copy_verified", "verify_crc", "check_rows_within", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
            "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC", "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST"]
 
 FORMAT = "lukhas_gpu-store"
@@ -100,21 +102,6 @@ _CHUNK = 1 << 22
 MAX_DIM = 65536
 MAX_ROWS = 2**32 - 1
 MAX_FILE_BYTES = 1 << 48
-
-
-class StoreError(RuntimeError):
-    """A store cannot be used as asked (missing, wrong version, wrong mode)."""
-
-
-class CorruptStoreError(StoreError):
-    """A file of a store does not match its manifest (truncated, altered, missing)."""
-
-    def __init__(self, path, problem: str):
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{path}: {problem}")
-
-    def __reduce__(self):  # pickled whole (it crosses process boundaries: Ray actors)
-        return type(self), (self.path, self.problem)
 
 
 class StoreLockedError(StoreError):
@@ -400,6 +387,20 @@ def check_files(gen_dir, manifest: dict, *, checksums: bool | str = "small") -> 
         if manifest[MANIFEST_CRC] != manifest_crc(body):
             raise CorruptStoreError(gen_dir / MANIFEST, f"CRC-32 {manifest_crc(body):08x} of its content, it says "
                                                         f"{manifest[MANIFEST_CRC]!r} (corrupted)")
+
+
+def check_rows_within(path, what: str, n_rows: int, *, length=None, values=None, length_at_most: bool = False) -> None:
+    """The one bound on what a loaded file says about rows: ``length`` (how many rows an array
+    covers) equal to ``n_rows`` (at most ``n_rows`` with ``length_at_most``), and every one of
+    ``values`` (row numbers: a numpy array or a roaring bitmap) in ``0..n_rows - 1``.
+    CorruptStoreError naming ``path`` and ``what`` otherwise."""
+    if length is not None and (length > n_rows if length_at_most else length != n_rows):
+        raise CorruptStoreError(path, f"{what} covers {length} rows, the manifest says {n_rows}")
+    if values is not None and len(values):
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= n_rows:
+            raise CorruptStoreError(path, f"{what} names row {hi if hi >= n_rows else lo}, outside the "
+                                          f"{n_rows} rows of the manifest")
 
 
 def verify_crc(path, crc: int, expected: int) -> None:

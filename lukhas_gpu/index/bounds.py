@@ -1,0 +1,38 @@
+"""Every loaded structure held to the manifest's row count: arrays whose length or values index
+rows (tombstones, tag lists, metadata columns, content offsets, the id map's key table, free
+metadata, sparse and text arenas, the probe's sampled ids), each through the one helper
+:func:`lukhas_gpu.store.layout.check_rows_within`, which names the file."""
+from __future__ import annotations
+
+from ..store import layout
+
+__all__ = ["check_loaded"]
+
+
+def check_loaded(parts, gen, rows: int, count: int) -> None:
+    """CorruptStoreError naming the file of the first part of ``parts`` (just loaded from the
+    generation ``gen``, a ``GenerationReader``) that covers or names rows outside ``rows``, or
+    whose deletions do not leave the manifest's ``count`` live memories."""
+    def within(name, what, **kw):
+        layout.check_rows_within(gen.path / name, what, rows, **kw)
+
+    within(layout.VECTORS, "the int8 vectors", length=len(parts.vectors))
+    within(layout.CONTENT_INDEX, "the content offsets", length=len(parts.contents))
+    for col in ("timestamp", "importance_q", "flags"):
+        within(layout.METADATA, f"the {col} column", length=len(getattr(parts.meta, col)))
+    within(layout.TAGS, "the tag lists", length=len(parts.tags))
+    within(layout.DOCMETA, "the free metadata", length=len(parts.docmeta))
+    if parts.idmap is not None:
+        within(layout.IDMAP, "the id map's key table", length=len(parts.idmap))
+    deleted = parts.tombstones.bitmap
+    within(layout.TOMBSTONES, "the deletions", values=deleted)
+    if rows - len(deleted) != count:
+        raise layout.CorruptStoreError(gen.path / layout.TOMBSTONES, f"{len(deleted)} deletions leave "
+                                                                     f"{rows - len(deleted)} live memories, the "
+                                                                     f"manifest says {count}")
+    for name, part in ((layout.SPARSE, parts.sparse), (layout.TEXT, parts.text)):
+        if part is not None and gen.has(name):
+            within(name, "the memories with a slot", length=len(part.arena.doc_slot.view()), length_at_most=True)
+            within(name, "the slots' memories", values=part.arena.slot_doc.view())
+    if gen.has(layout.PROBE) and parts.probe.memories.with_ids:
+        within(layout.PROBE, "the sampled memories", values=parts.probe.memories.ids)
