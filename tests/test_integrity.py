@@ -496,3 +496,58 @@ def test_a_generation_without_record_crcs_opens_and_gets_them_at_the_next_checkp
     w.close()
     again = layout.load_npz(_gen(store), layout.CONTENT_INDEX)["crcs"]
     assert len(again) == BASE_ROWS + LOGGED and np.array_equal(again[:len(crcs)], crcs)
+
+
+def _without(gen, name: str) -> None:
+    """Drop ``name`` from a generation as if written before it existed (manifest re-signed)."""
+    (gen / name).unlink()
+    m = json.loads((gen / layout.MANIFEST).read_text())
+    del m["files"][name]
+    m.pop(layout.MANIFEST_CRC, None)
+    m[layout.MANIFEST_CRC] = layout.manifest_crc(m)
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("old", [False, True])  # with block CRCs, or a generation without them
+def test_flipped_bits_in_mapped_int8_rows_are_named_never_scored(store, old):
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()
+    w.close()
+    gen = _gen(store)
+    if old:
+        _without(gen, layout.VECTOR_CRCS)
+    r = MemoryIndex.open(store)
+    want = r.search(_vec(3), k=5)
+    _flip(gen / layout.VECTORS, 300 * DIM + 5)  # row 300: block 1 of 256 rows
+    r = MemoryIndex.open(store)  # opens (sizes checked); the rows are checked when read
+    with pytest.raises(CorruptStoreError, match=r"vectors\.i8: int8 rows " + ("0..399" if old else "256..399")):
+        r.search(_vec(3), k=5)
+    _flip(gen / layout.VECTORS, 300 * DIM + 5)
+    again = MemoryIndex.open(store).search(_vec(3), k=5)
+    assert np.array_equal(np.asarray(again.ids), np.asarray(want.ids))
+
+
+def test_block_crcs_check_only_the_blocks_read(tmp_path):
+    from lukhas_gpu.vectors.store import CRC_BLOCK_ROWS, VectorStore
+
+    rng = np.random.default_rng(8)
+    rows = rng.integers(-127, 128, (3 * CRC_BLOCK_ROWS + 17, 8), dtype=np.int8)
+    path = tmp_path / "v.i8"
+    path.write_bytes(rows.tobytes())
+    src = VectorStore.attach(path, 8, len(rows), writable=False)
+    crcs = src.block_crcs()
+    assert len(crcs) == 4
+    data = bytearray(path.read_bytes())
+    data[(2 * CRC_BLOCK_ROWS + 3) * 8] ^= 0x04  # block 2
+    path.write_bytes(bytes(data))
+    v = VectorStore.attach(path, 8, len(rows), writable=False, private=True)
+    v.expect_crcs(crcs, CRC_BLOCK_ROWS, str(path))
+    v.checked(np.array([[0, 5, -1], [CRC_BLOCK_ROWS, 3 * CRC_BLOCK_ROWS + 16, -1]]))  # blocks 0, 1, 3: clean
+    with pytest.raises(CorruptStoreError, match=rf"int8 rows {2 * CRC_BLOCK_ROWS}\.\.{3 * CRC_BLOCK_ROWS - 1} "
+                                                r"\(block 2\) fail their CRC-32"):
+        v.checked([2 * CRC_BLOCK_ROWS])
+    with pytest.raises(CorruptStoreError, match="block 2"):
+        v.array
+    with pytest.raises(ValueError, match="do not cover"):
+        v.expect_crcs(crcs[:3], CRC_BLOCK_ROWS, "x")
+    v.append(np.zeros((2, 8), np.int8))  # rows of this process are not the file's: never checked

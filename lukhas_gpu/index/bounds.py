@@ -1,12 +1,15 @@
 """Every loaded structure held to the manifest's row count: arrays whose length or values index
 rows (tombstones, tag lists, metadata columns, content offsets, the id map's key table, free
 metadata, sparse and text arenas, the probe's sampled ids), each through the one helper
-:func:`lukhas_gpu.store.layout.check_rows_within`, which names the file."""
+:func:`lukhas_gpu.store.layout.check_rows_within`, which names the file; and the block CRCs a
+reader's mapped int8 rows are checked against."""
 from __future__ import annotations
+
+import numpy as np
 
 from ..store import layout
 
-__all__ = ["check_loaded"]
+__all__ = ["check_loaded", "expect_vector_crcs"]
 
 
 def check_loaded(parts, gen, rows: int, count: int) -> None:
@@ -36,3 +39,17 @@ def check_loaded(parts, gen, rows: int, count: int) -> None:
             within(name, "the slots' memories", values=part.arena.slot_doc.view())
     if gen.has(layout.PROBE) and parts.probe.memories.with_ids:
         within(layout.PROBE, "the sampled memories", values=parts.probe.memories.ids)
+
+
+def expect_vector_crcs(vectors, gen, rows: int) -> None:
+    """The block CRCs of a generation's int8 rows, or, for one written before them, the whole
+    file's CRC-32 as one block."""
+    source = str(gen.file(layout.VECTORS))
+    try:
+        if gen.has(layout.VECTOR_CRCS):
+            a = gen.npz(layout.VECTOR_CRCS)
+            vectors.expect_crcs(a["crcs"], int(a["block_rows"]), source)
+        elif rows:
+            vectors.expect_crcs(np.array([gen.files[layout.VECTORS]["crc32"]], np.uint32), rows, source)
+    except (ValueError, KeyError, TypeError) as e:
+        raise layout.CorruptStoreError(gen.path / layout.VECTOR_CRCS, f"inconsistent arrays ({e})") from None

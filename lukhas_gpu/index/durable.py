@@ -24,7 +24,7 @@ from ..store import layout
 from ..store.persist import GenerationReader, write_generation
 from ..util.device import faiss_module
 from ..util.ids import as_ids
-from ..vectors.store import VectorStore
+from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
 from . import bounds, sparse_parts
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def write(index, root) -> pathlib.Path:
     raw = {layout.VECTORS: parts.vectors.array, layout.CONTENT: arena.pop("buffer")}
     npz = {layout.CONTENT_INDEX: arena, layout.METADATA: parts.meta.to_arrays(), layout.TAGS: parts.tags.to_arrays(),
            layout.ENCODER: parts.encoder_to_arrays(), layout.PROBE: parts.probe.to_arrays(),
-           layout.DRIFT: parts.drift.to_arrays()}
+           layout.DRIFT: parts.drift.to_arrays(),
+           layout.VECTOR_CRCS: {"block_rows": np.array(CRC_BLOCK_ROWS), "crcs": parts.vectors.block_crcs()}}
     if parts.calib is not None:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
     if parts.tuned is not None:
@@ -177,6 +178,8 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         vectors = VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
     else:
         vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
+        if checksums is not True:  # mapped unverified: each block checked when first read
+            bounds.expect_vector_crcs(vectors, gen, rows)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
     def part(name, build):  # a file whose arrays do not fit together is named
