@@ -551,3 +551,23 @@ def test_block_crcs_check_only_the_blocks_read(tmp_path):
     with pytest.raises(ValueError, match="do not cover"):
         v.expect_crcs(crcs[:3], CRC_BLOCK_ROWS, "x")
     v.append(np.zeros((2, 8), np.int8))  # rows of this process are not the file's: never checked
+
+
+@pytest.mark.parametrize("craft", ["doc_slot", "slot_doc"])
+def test_crafted_sparse_arenas_with_rows_beyond_the_store_are_named(tmp_path, craft):
+    path = tmp_path / "s"
+    ix = MemoryIndex.create(path, DIM)
+    ix.add(np.stack([_vec(i) for i in range(6)]),
+           sparse=[(np.array([1, 5]), np.array([1.0, 2.0]))] * 6)
+    ix.close()
+    gen = _gen(path)
+    arrays = layout.load_npz(gen, layout.SPARSE)
+    if craft == "doc_slot":  # more memories with a slot than the store has rows
+        arrays["doc_slot"] = np.concatenate([arrays["doc_slot"], arrays["doc_slot"][:4]])
+    else:  # a slot of a memory beyond the rows
+        arrays["slot_doc"] = arrays["slot_doc"].copy()
+        arrays["slot_doc"][0] = 8
+    _resign(gen, layout.SPARSE, _npz_bytes(arrays))
+    with pytest.raises(CorruptStoreError, match=r"sparse\.npz: (the memories with a slot covers 10 rows|inconsistent "
+                                                r"arrays \(sparse arena names a memory beyond its rows)"):
+        MemoryIndex.open(path)

@@ -589,7 +589,9 @@ def verify(index) -> dict:
         raise layout.CorruptStoreError(where, str(e)) from None
     try:  # every record decodes
         for start in range(0, n, VERIFY_CHUNK):
-            parts.contents.get(np.arange(start, min(n, start + VERIFY_CHUNK)))
+            parts.contents.get(np.arange(start, min(n, start + VERIFY_CHUNK)))  # each record's CRC too
+    except layout.CorruptStoreError:
+        raise
     except Exception as e:
         place = f"{index.path}/{layout.CONTENT}" if index.path is not None else "<memory> contents"
         raise layout.CorruptStoreError(place, f"a content record does not decode ({type(e).__name__}: {e})") from None

@@ -366,24 +366,18 @@ class ContentArena:
         """
         rows = self._check_rows(rows)
         starts = self._starts.view()[rows].tolist()
-        self._check_crcs(rows, starts)
-        return self._codec.decode(self._buf.view(), starts)
+        if self._crcs is None:  # an arena of a generation written before the CRCs
+            return self._codec.decode(self._buf.view(), starts)
+        out, bad = self._codec.decode(self._buf.view(), starts, self._crcs.view()[rows].tolist())
+        if bad:
+            self._damaged(rows[bad])
+        return out
 
-    def _check_crcs(self, rows: np.ndarray, starts: list) -> None:
-        """CorruptStoreError naming :attr:`source` and the rows whose records fail their CRC-32."""
-        if self._crcs is None or not len(rows):
-            return
-        bad = _record_crcs(self._buf.view(), starts) != self._crcs.view()[rows]
-        if bad.any():
-            b = np.unique(rows[bad])
-            raise CorruptStoreError(self.source, f"the content record of row{'s' if len(b) > 1 else ''} "
-                                                 f"{', '.join(map(str, b[:10].tolist()))}{' ...' if len(b) > 10 else ''} "
-                                                 "fails its CRC-32 (damaged); not served")
-
-    def check(self, rows=None) -> None:
-        """Check the records of ``rows`` (default: all) against their CRC-32, without decoding."""
-        rows = self._check_rows(np.arange(len(self)) if rows is None else rows)
-        self._check_crcs(rows, self._starts.view()[rows].tolist())
+    def _damaged(self, rows: np.ndarray):
+        b = np.unique(rows)
+        raise CorruptStoreError(self.source, f"the content record of row{'s' if len(b) > 1 else ''} "
+                                             f"{', '.join(map(str, b[:10].tolist()))}{' ...' if len(b) > 10 else ''} "
+                                             "fails its CRC-32 (damaged); not served")
 
     # -- compaction ----------------------------------------------------------------------------
     def compact(self, live_rows=None) -> int:
