@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
         path = pathlib.Path(d) / "s"
         checkpoint_s, block_crc_s = _build(path, n, dim)
         q = rng.standard_normal((args.queries, dim)).astype(np.float32)
-        ids = [rng.integers(0, n, 10) for _ in range(200)]
+        ids = [rng.integers(0, n, 10) for _ in range(1000)]
 
         on, off = MemoryIndex.open(path), MemoryIndex.open(path)
         assert [m.content for m in on.get(ids[0])] == [m.content for m in off.get(ids[0])]
@@ -92,13 +92,13 @@ def main(argv=None) -> dict:
         s_on = lambda: on2.search(q, k=10)  # noqa: E731
         s_off = lambda: off.search(q, k=10)  # noqa: E731
         g1, g0, a1, a0, q1, q0 = [], [], [], [], [], []
-        for _ in range(args.repeats):  # interleaved: the machine's load falls on both
-            g1.append(_median_time(get_on, 1) / len(ids))
-            g0.append(_median_time(get_off, 1) / len(ids))
-            a1.append(_median_time(arena_on, 1) / len(ids))
-            a0.append(_median_time(arena_off, 1) / len(ids))
-            q1.append(args.queries / _median_time(s_on, 1))
-            q0.append(args.queries / _median_time(s_off, 1))
+        for r in range(args.repeats):  # interleaved, in alternating order: the machine's load falls on both
+            pairs = [(g1, get_on, g0, get_off), (a1, arena_on, a0, arena_off)]
+            for first, f1, second, f0 in pairs:
+                for out, f in ((first, f1), (second, f0))[::1 if r % 2 else -1]:
+                    out.append(_median_time(f, 1) / len(ids))
+            for out, f in ((q1, s_on), (q0, s_off))[::1 if r % 2 else -1]:
+                out.append(args.queries / _median_time(f, 1))
         res.update(get10_us_checked=round(statistics.median(g1) * 1e6, 1),
                    get10_us_unchecked=round(statistics.median(g0) * 1e6, 1),
                    arena_get10_us_checked=round(statistics.median(a1) * 1e6, 1),

@@ -51,7 +51,8 @@ class WalScan:
         Size of the file when it was read.
     torn : bool
         True when bytes after ``valid_end`` were ignored: an incomplete record, a CRC mismatch
-        or an implausible length -- a torn tail, or corruption, after which nothing is replayed.
+        or an implausible length -- a torn tail, or corruption, after which nothing is replayed
+        (:func:`~.waldamage.check_tail` tells them apart).
     reason : str or None
         What stopped the replay, when ``torn``.
     """
@@ -138,8 +139,9 @@ class WalReader:
 
     Raises
     ------
-    ValueError
-        The file does not start with a complete lukhas_gpu WAL header; the message names the file.
+    WalHeaderError
+        (a CorruptStoreError and a ValueError) The file does not start with a complete, intact
+        lukhas_gpu WAL header (magic, base and their CRC-32); the message names the file.
 
     Notes
     -----
