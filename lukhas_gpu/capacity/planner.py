@@ -42,6 +42,7 @@ from ..vectors.policy import (CALIBRATION_ROWS, MIN_TRAIN_ROWS, TWO_LEVEL_FROM, 
 from ..config import IndexConfig
 from ..records.codec import NONE_RECORD, RECENT_BYTES, RECENT_ITEMS
 from ..sparse.store import planned_bytes as sparse_bytes
+from ..vectors.store import CRC_BLOCK_ROWS
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size", "parse_count"]
 
@@ -347,6 +348,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         if slack:
             anon["vectors_slack"] = slack
     disk["vectors_int8"] = vec
+    disk["vectors_crc"] = 4 * -(-count // CRC_BLOCK_ROWS) + 2 * NPZ_MEMBER_BYTES  # a CRC-32 per block of rows
 
     # encoder, calibration rows, probe, tombstones
     enc = encoder_bytes(dim, dim_out)
