@@ -8,7 +8,7 @@ A store is a directory::
       gen-000007/
         manifest.json      format version, config, counts, size and CRC-32 of every file
         vectors.i8         int8 rerank vectors, raw (rows x dim): memory-mapped on open
-        vectors.crc.npz    CRC-32 of each block of 256 rows (readers check a block when first read)
+        vectors.crc.npz    CRC-32 of each block of 64 rows (readers check a block when first read)
         content.bin        the content arena's records, raw: memory-mapped on open
         content.npz        the arena's offsets, record CRC-32s, dictionaries and counters
         metadata.npz       timestamp, importance, flags columns

@@ -67,7 +67,6 @@ import zlib
 
 from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER_SIZE, MAGIC, OP, RECORD, RECORD_HEADER_SIZE,
                        decode_fields, encode_fields, encode_parts, pack_header)
-from .layout import CorruptStoreError
 from .walreader import (WalDamage, WalHeaderError, WalReader, WalRecord, WalScan, check_max_record_bytes, find_record,
                         scan_damage)
 from .waldamage import TAIL_DAMAGED, TAIL_SALVAGED, check_tail, check_torn_tail, damaged_tails, keep_damaged_tail, \

@@ -27,7 +27,7 @@ def check_torn_tail(path, valid_end: int, file_size: int, *, max_record_bytes: i
     sequence numbers affected and how many valid records follow; ``e.damage`` lists them."""
     if find_record(path, valid_end + 1, file_size, max_record_bytes=max_record_bytes) is None:
         return
-    n, damage, torn = scan_damage(path, max_record_bytes=max_record_bytes)
+    n, damage, _ = scan_damage(path, max_record_bytes=max_record_bytes)
     first = damage[0]
     after = n - first.seq
     err = CorruptStoreError(path, f"corrupted in the middle, not a torn tail: {first.describe()}, and {after} valid "
