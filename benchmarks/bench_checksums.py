@@ -80,8 +80,20 @@ def main(argv=None) -> dict:
                "block_crcs_s": round(block_crc_s, 4), "first_search_ms": round(first_s * 1e3, 2),
                "first_search_unchecked_ms": round(first_off_s * 1e3, 2),
                "trained": on.parts.ann is not None}
+        fresh = MemoryIndex.open(path).parts.vectors
+        cand = rng.integers(0, n, (len(q), 100))  # a batch's candidates: 100 per query
         t = time.perf_counter()
-        on.parts.vectors.array  # every block
+        fresh.checked(cand[:1])  # one query's candidates, their blocks checked the first time
+        res["check_first_query_blocks_ms"] = round((time.perf_counter() - t) * 1e3, 2)
+        t = time.perf_counter()
+        fresh.checked(cand[1:])
+        res["check_batch_blocks_ms"] = round((time.perf_counter() - t) * 1e3, 2)
+        t = time.perf_counter()
+        for _ in range(20):
+            fresh.checked(cand)  # steady state: blocks checked, the call finds nothing to do
+        res["checked_call_us"] = round((time.perf_counter() - t) / 20 * 1e6, 1)
+        t = time.perf_counter()
+        _ = on.parts.vectors.array  # every block
         res["check_every_block_ms"] = round((time.perf_counter() - t) * 1e3, 2)
         on2 = MemoryIndex.open(path)  # steady state with the checks armed but the blocks checked
         on2.search(q, k=10)

@@ -528,29 +528,37 @@ def test_flipped_bits_in_mapped_int8_rows_are_named_never_scored(store, old):
 
 
 def test_block_crcs_check_only_the_blocks_read(tmp_path):
-    from lukhas_gpu.vectors.store import CRC_BLOCK_ROWS, VectorStore
+    from lukhas_gpu.vectors.store import CRC_BLOCK_ROWS as B, VectorStore
 
     rng = np.random.default_rng(8)
-    rows = rng.integers(-127, 128, (3 * CRC_BLOCK_ROWS + 17, 8), dtype=np.int8)
+    rows = rng.integers(-127, 128, (10 * B + 17, 8), dtype=np.int8)  # 11 blocks, the last partial
     path = tmp_path / "v.i8"
     path.write_bytes(rows.tobytes())
-    src = VectorStore.attach(path, 8, len(rows), writable=False)
-    crcs = src.block_crcs()
-    assert len(crcs) == 4
+    crcs = VectorStore.attach(path, 8, len(rows), writable=False).block_crcs()
+    assert len(crcs) == 11
     data = bytearray(path.read_bytes())
-    data[(2 * CRC_BLOCK_ROWS + 3) * 8] ^= 0x04  # block 2
+    data[(7 * B + 3) * 8] ^= 0x04  # block 7
     path.write_bytes(bytes(data))
-    v = VectorStore.attach(path, 8, len(rows), writable=False, private=True)
-    v.expect_crcs(crcs, CRC_BLOCK_ROWS, str(path))
-    v.checked(np.array([[0, 5, -1], [CRC_BLOCK_ROWS, 3 * CRC_BLOCK_ROWS + 16, -1]]))  # blocks 0, 1, 3: clean
-    with pytest.raises(CorruptStoreError, match=rf"int8 rows {2 * CRC_BLOCK_ROWS}\.\.{3 * CRC_BLOCK_ROWS - 1} "
-                                                r"\(block 2\) fail their CRC-32"):
-        v.checked([2 * CRC_BLOCK_ROWS])
-    with pytest.raises(CorruptStoreError, match="block 2"):
+
+    def reader():
+        v = VectorStore.attach(path, 8, len(rows), writable=False, private=True)
+        v.expect_crcs(crcs, B, str(path))
+        return v
+
+    v = reader()
+    v.checked(np.array([[0, 5, -1], [B, 10 * B + 16, -1]]))  # blocks 0, 1, 10: clean, the others unread
+    with pytest.raises(CorruptStoreError, match=rf"int8 rows {7 * B}\.\.{8 * B - 1} \(block 7\) fail their CRC-32"):
+        v.checked([7 * B])
+    with pytest.raises(CorruptStoreError, match="block 7"):
         _ = v.array
+    with pytest.raises(CorruptStoreError, match="block 7"):  # half the blocks read: the rest checked at once
+        reader().checked(np.arange(6) * B)
     with pytest.raises(ValueError, match="do not cover"):
-        v.expect_crcs(crcs[:3], CRC_BLOCK_ROWS, "x")
+        reader().expect_crcs(crcs[:3], B, "x")
+    v = reader()
     v.append(np.zeros((2, 8), np.int8))  # rows of this process are not the file's: never checked
+    v.checked([len(rows), len(rows) + 1])
+
 
 
 @pytest.mark.parametrize("craft", ["doc_slot", "slot_doc"])

@@ -15,7 +15,8 @@ where reading the file into memory costs its whole size per reader.
 A store over a published file that it does not verify while copying (a reader's map) is given
 the CRC-32 of each block of ``CRC_BLOCK_ROWS`` rows (:meth:`VectorStore.expect_crcs`) and checks a
 block the first time a row of it is read: :meth:`VectorStore.checked` for the rows a search
-re-scores, :attr:`VectorStore.array` (every block) for a scan. A damaged block is a
+re-scores, :attr:`VectorStore.array` (every block) for a scan; once half the blocks are checked
+the rest are checked at once, so a warmed reader pays nothing per search. A damaged block is a
 :class:`~lukhas_gpu.util.errors.CorruptStoreError` naming the file and its rows, never a score.
 """
 from __future__ import annotations
@@ -238,6 +239,8 @@ class VectorStore:
 
     def _verify_blocks(self, blocks) -> None:
         crcs, block_rows, n, source, ok = self._crc
+        if blocks is not None and 2 * (int(ok.sum()) + len(blocks)) >= len(ok):
+            blocks = None  # half the file checked: the rest at once, so later reads cost nothing
         todo = np.flatnonzero(~ok) if blocks is None else blocks[~ok[blocks]]
         for b in todo.tolist():
             lo, hi = b * block_rows, min(n, (b + 1) * block_rows)
