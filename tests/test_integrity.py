@@ -579,3 +579,31 @@ def test_crafted_sparse_arenas_with_rows_beyond_the_store_are_named(tmp_path, cr
     with pytest.raises(CorruptStoreError, match=r"sparse\.npz: (the memories with a slot covers 10 rows|inconsistent "
                                                 r"arrays \(sparse arena names a memory beyond its rows)"):
         MemoryIndex.open(path)
+
+
+def test_verify_salvage_replays_a_log_whose_header_is_damaged(store, capsys):
+    wal = store / layout.WAL
+    damaged = _flip(wal, 9)  # the base
+    assert cli.main(["verify", str(store)]) == 1
+    assert cli.main(["verify", "--salvage", "--json", str(store)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == BASE_ROWS + LOGGED and out["salvage"]["header"]["replayed"]
+    aside = list(store.glob("wal.log.header-damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # kept, never deleted
+    assert cli.main(["verify", str(store)]) == 0
+    r = MemoryIndex.open(store)
+    assert len(r) == BASE_ROWS + LOGGED and r.get([BASE_ROWS + LOGGED - 1])[0].content == f"m{BASE_ROWS + LOGGED - 1}"
+
+
+def test_salvage_of_a_stale_log_with_a_damaged_header_replays_nothing(store, capsys):
+    w = MemoryIndex.open(store, mode="w")
+    stale = (store / layout.WAL).read_bytes()  # follows the generation before the checkpoint
+    w.checkpoint()
+    w.close()
+    (store / layout.WAL).write_bytes(stale)
+    _flip(store / layout.WAL, 9)
+    assert cli.main(["verify", "--salvage", "--json", str(store)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == BASE_ROWS + LOGGED and not out["salvage"]["header"]["replayed"]
+    assert "its first add starts at id 200" in out["salvage"]["damaged"][0]
+    assert cli.main(["verify", str(store)]) == 0

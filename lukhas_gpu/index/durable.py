@@ -8,7 +8,6 @@ into here; file names come from :mod:`lukhas_gpu.store.layout`, bytes from each 
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 
 import numpy as np
@@ -30,7 +29,7 @@ from . import bounds, sparse_parts
 log = logging.getLogger(__name__)
 
 __all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "close", "write", "load", "replay_wal",
-           "reset_wal", "apply_record", "rollback", "recover", "salvage_wal", "salvage_tails", "log_summary", "verify"]
+           "reset_wal", "apply_record", "rollback", "recover", "salvage_wal", "log_summary", "verify"]
 
 #: Write-ahead log operations.
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
@@ -264,11 +263,20 @@ def replay_wal(index, *, salvage: bool = False) -> None:
     """
     from ..store.wal import WalReader, WriteAheadLog, check_torn_tail
 
+    from ..store.wal import WalHeaderError
+    from . import salvage as salvage_
+
     wal_path = index.path / layout.WAL
     base = layout.generation_number(layout.current_generation(index.path))
     applied = 0
     if wal_path.exists():
-        with WalReader(wal_path) as reader:  # a damaged header: CorruptStoreError naming the log
+        try:
+            reader = WalReader(wal_path)
+        except WalHeaderError:  # a damaged header: CorruptStoreError naming the log, unless salvaged
+            if not salvage:
+                raise
+            return salvage_.salvage_header(index, base)
+        with reader:
             stale = reader.base != base
             if not stale:
                 for rec in reader:
@@ -283,41 +291,14 @@ def replay_wal(index, *, salvage: bool = False) -> None:
                 if not salvage:
                     raise
                 salvage_wal(index, applied, e.damage)
-                salvage_tails(index)
+                salvage_.salvage_tails(index)
                 return
     # a damaged last record (within the file, failing its CRC) is kept aside by the log's open
     index._wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
     if salvage:
-        salvage_tails(index)
+        salvage_.salvage_tails(index)
     if applied:
         log.info("replayed %d logged operations from %s", applied, wal_path)
-
-
-def salvage_tails(index) -> dict | None:
-    """Mark the damaged last records kept beside the log (``wal.log.tail-damaged-*``) as seen:
-    each is renamed ``wal.log.tail-salvaged-*`` (never deleted) and reported in
-    ``index.salvage_report`` (``"tails"``); verify fails until then. None if there was none."""
-    from ..store.wal import TAIL_DAMAGED, TAIL_SALVAGED, damaged_tails
-
-    wal_path = index.path / layout.WAL
-    tails = []
-    for name in damaged_tails(wal_path):
-        dest = name.replace(f".{TAIL_DAMAGED}-", f".{TAIL_SALVAGED}-", 1)
-        os.replace(name, dest)
-        tails.append({"file": dest, "bytes": os.path.getsize(dest)})
-    if not tails:
-        return None
-    layout.fsync_dir(index.path)
-    report = index.salvage_report = getattr(index, "salvage_report", None) or {
-        "log": str(wal_path), "moved_to": None, "kept": len(index._wal), "damaged": [], "lost_ids": [],
-        "lost_records": [], "generation": layout.current_generation(index.path).name}
-    report["tails"] = tails
-    report["damaged"] += [f"a damaged last record ({t['bytes']} bytes, kept in {t['file']})" for t in tails]
-    report["note"] = ("a damaged last record was not applied: if it was an add, its ids were the next ones after "
-                      f"the records kept (from {index.parts.rows} on) and are not in the store")
-    log.warning("salvaged %s: %d damaged last record(s) reported, kept in %s", wal_path, len(tails),
-                [t["file"] for t in tails])
-    return report
 
 
 def _drop_stale_log(wal_path: pathlib.Path, wal_base: int, base: int) -> None:
