@@ -326,3 +326,14 @@ def test_importing_the_client_and_the_cli_loads_no_server_stack():
             "print(bad); sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_damaged_store_file_answers_500_naming_it_not_a_client_error():
+    from lukhas_gpu.serve import errors
+    from lukhas_gpu.store.layout import CorruptStoreError
+    from lukhas_gpu.store.walreader import WalHeaderError
+
+    for e in (CorruptStoreError("s/gen-000002/content.bin", "the content record of row 7 fails its CRC-32"),
+              WalHeaderError("s/wal.log", "damaged header")):  # a ValueError too: still the server's fault
+        status, message, _ = errors.describe(e, None, None)
+        assert status == 500 and e.path in message
