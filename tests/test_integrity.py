@@ -433,8 +433,8 @@ def test_one_helper_bounds_rows():
 
     layout.check_rows_within("f", "x", 5, length=5, values=np.array([0, 4]))
     layout.check_rows_within("f", "x", 5, length=3, length_at_most=True, values=BitMap([4]))
-    for kw, msg in (({"length": 6}, "covers 6 rows, the manifest says 5"), ({"values": BitMap([5])}, "names row 5"),
-                    ({"values": np.array([-1, 2])}, "names row -1"), ({"length": 6, "length_at_most": True}, "6")):
+    for kw, msg in (({"length": 6}, "x: 6 rows, the manifest says 5"), ({"values": BitMap([5])}, "row 5 is outside"),
+                    ({"values": np.array([-1, 2])}, "row -1 is outside"), ({"length": 6, "length_at_most": True}, "6")):
         with pytest.raises(CorruptStoreError, match=msg):
             layout.check_rows_within("f", "x", 5, **kw)
 
@@ -576,7 +576,7 @@ def test_crafted_sparse_arenas_with_rows_beyond_the_store_are_named(tmp_path, cr
         arrays["slot_doc"] = arrays["slot_doc"].copy()
         arrays["slot_doc"][0] = 8
     _resign(gen, layout.SPARSE, _npz_bytes(arrays))
-    with pytest.raises(CorruptStoreError, match=r"sparse\.npz: (the memories with a slot covers 10 rows|inconsistent "
+    with pytest.raises(CorruptStoreError, match=r"sparse\.npz: (the memories with a slot: 10 rows|inconsistent "
                                                 r"arrays \(sparse arena names a memory beyond its rows)"):
         MemoryIndex.open(path)
 

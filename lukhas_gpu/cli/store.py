@@ -97,13 +97,14 @@ def cmd_verify(args) -> int:
                 index.close()
             if salvage is not None:
                 report["salvage"] = salvage
+                tails = ", ".join(t["file"] for t in salvage.get("tails", []))
                 if not args.json:
                     print(f"{args.path}: salvaged the write-ahead log: kept {salvage['kept']} records; damaged: "
                           f"{'; '.join(salvage['damaged'])}; lost ids: "
                           f"{', '.join(f'{a}..{b}' for a, b in salvage['lost_ids']) or 'none known'}"
                           f"{'; skipped: ' + '; '.join(salvage['lost_records']) if salvage['lost_records'] else ''}; "
                           f"{'; the damaged log is at ' + salvage['moved_to'] if salvage['moved_to'] else ''}"
-                          f"{'; damaged last records kept in ' + ', '.join(t['file'] for t in salvage.get('tails', [])) if salvage.get('tails') else ''}"
+                          f"{'; damaged last records kept in ' + tails if tails else ''}"
                           f"; published {salvage['generation']}",
                           file=sys.stderr)
         else:

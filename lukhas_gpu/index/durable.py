@@ -181,6 +181,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
             bounds.expect_vector_crcs(vectors, gen, rows)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
+
     def part(name, build):  # a file whose arrays do not fit together is named
         try:
             return build()
@@ -258,12 +259,12 @@ def replay_wal(index, *, salvage: bool = False) -> None:
     A torn tail (a crash mid-append: that call never returned; nothing valid after it) is cut,
     never replayed. A bad record *followed by valid ones* is corruption: CorruptStoreError naming
     the log, the offset and the sequence numbers, nothing changed -- unless ``salvage``
-    (:func:`salvage_wal`). A log that follows an older generation (a crash between publishing a
+    (:func:`salvage_wal`). A last record within the file failing its CRC is kept aside by the
+    log's open (``wal.log.tail-damaged-*``); a header failing its CRC is CorruptStoreError unless
+    ``salvage`` (:mod:`.salvage`). A log that follows an older generation (a crash between publishing a
     checkpoint and restarting the log: its records are in the checkpoint) is dropped.
     """
-    from ..store.wal import WalReader, WriteAheadLog, check_torn_tail
-
-    from ..store.wal import WalHeaderError
+    from ..store.wal import WalHeaderError, WalReader, WriteAheadLog, check_torn_tail
     from . import salvage as salvage_
 
     wal_path = index.path / layout.WAL

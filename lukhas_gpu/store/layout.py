@@ -399,12 +399,12 @@ def check_rows_within(path, what: str, n_rows: int, *, length=None, values=None,
     ``values`` (row numbers: a numpy array or a roaring bitmap) in ``0..n_rows - 1``.
     CorruptStoreError naming ``path`` and ``what`` otherwise."""
     if length is not None and (length > n_rows if length_at_most else length != n_rows):
-        raise CorruptStoreError(path, f"{what} covers {length} rows, the manifest says {n_rows}")
+        raise CorruptStoreError(path, f"{what}: {length} rows, the manifest says {n_rows}")
     if values is not None and len(values):
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= n_rows:
-            raise CorruptStoreError(path, f"{what} names row {hi if hi >= n_rows else lo}, outside the "
-                                          f"{n_rows} rows of the manifest")
+            raise CorruptStoreError(path, f"{what}: row {hi if hi >= n_rows else lo} is outside the {n_rows} "
+                                          "rows of the manifest")
 
 
 def verify_crc(path, crc: int, expected: int) -> None:
