@@ -607,3 +607,16 @@ def test_salvage_of_a_stale_log_with_a_damaged_header_replays_nothing(store, cap
     assert out["count"] == BASE_ROWS + LOGGED and not out["salvage"]["header"]["replayed"]
     assert "its first add starts at id 200" in out["salvage"]["damaged"][0]
     assert cli.main(["verify", str(store)]) == 0
+
+
+def test_a_log_following_an_unpublished_generation_is_an_error_for_readers_and_verify(store, capsys):
+    from lukhas_gpu.store.walcodec import pack_header
+
+    wal = store / layout.WAL
+    data = wal.read_bytes()
+    newer = layout.generation_number(_gen(store)) + 5
+    wal.write_bytes(pack_header(newer) + data[HEADER_SIZE:])  # an intact header, a base never published
+    with pytest.raises(CorruptStoreError, match=f"follows generation {newer}, newer than the published"):
+        MemoryIndex.open(store)
+    assert cli.main(["verify", str(store)]) == 1
+    assert f"follows generation {newer}" in capsys.readouterr().err
