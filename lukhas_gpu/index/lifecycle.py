@@ -21,12 +21,21 @@ import time
 import numpy as np
 import torch
 
-from . import quality
 from ..monitor.probe import DRIFT_WINDOW, DriftMonitor, recall_estimate
 from ..util.memtrim import trim
 from ..vectors.ann import IVFPQIndex
-from ..vectors.policy import (CALIBRATION_ROWS, FIT_SAMPLE, MIN_TRAIN_ROWS, auto_pq_m, coarse_for, planned_nlist,
-                              sample_index, train_rows, train_sample_size)
+from ..vectors.policy import (
+    CALIBRATION_ROWS,
+    FIT_SAMPLE,
+    MIN_TRAIN_ROWS,
+    auto_pq_m,
+    coarse_for,
+    planned_nlist,
+    sample_index,
+    train_rows,
+    train_sample_size,
+)
+from . import quality
 
 log = logging.getLogger(__name__)
 
