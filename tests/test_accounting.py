@@ -82,7 +82,7 @@ def test_components_sum_to_totals(built):
     mem = _check_totals(st)
     anon = mem["anon"]
     assert anon["vectors_int8"] == N * DIM and anon["metadata"] == 11 * N
-    assert anon["content_offsets"] == 8 * N and anon["tags_start"] == 4 * N and anon["tags_count"] == N
+    assert anon["content_offsets"] == 12 * N and anon["tags_start"] == 4 * N and anon["tags_count"] == N
     assert anon["tags_flat"] == 4 * 2 * N and anon["ann_ids"] == 8 * N
     assert anon["probe"] == built.parts.probe.nbytes()
     assert mem["mapped_bytes"] == 0 and mem["disk_bytes"] == 0 and mem["gpu_bytes"] == 0  # no store, CPU

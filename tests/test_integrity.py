@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import MemoryIndex, cli
+from lukhas_gpu.index import loadchecks
 from lukhas_gpu.store import layout
 from lukhas_gpu.store.layout import CorruptStoreError, StoreError
 from lukhas_gpu.store.wal import HEADER_SIZE, RECORD_HEADER_SIZE, WalReader
@@ -317,3 +318,307 @@ def test_a_reader_refuses_a_log_corrupted_in_the_middle(store):
         reader.refresh()
     with pytest.raises(CorruptStoreError, match="valid records follow"):
         MemoryIndex.open(store)
+
+
+# -- issue 5: a damaged last record and a damaged log header are damage, not a torn tail ---------
+def test_a_flipped_byte_in_the_last_complete_record_is_named_until_salvaged(store, capsys):
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    damaged = _flip(wal, (offs[-2] + offs[-1]) // 2)  # the last record, complete, failing its CRC
+    assert cli.main(["verify", str(store)]) == 1
+    assert f"record {LOGGED - 1} at byte {offs[-2]} lies within the file and fails its CRC" in capsys.readouterr().err
+    with pytest.raises(CorruptStoreError, match="fails its CRC"):
+        MemoryIndex.open(store)  # a reader names it too, and changes nothing
+    assert wal.read_bytes() == damaged
+    w = MemoryIndex.open(store, mode="w")  # a writer keeps its bytes aside, cuts, and goes on
+    assert len(w) == BASE_ROWS + LOGGED - 1
+    w.close(checkpoint=False)
+    aside = list(store.glob("wal.log.tail-damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged[offs[-2]:]
+    assert cli.main(["verify", str(store)]) == 1  # until salvaged
+    assert "tail-damaged" in capsys.readouterr().err
+    assert cli.main(["verify", "--salvage", "--json", str(store)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and [t["bytes"] for t in out["salvage"]["tails"]] == [len(damaged) - offs[-2]]
+    assert not list(store.glob("wal.log.tail-damaged-*")) and len(list(store.glob("wal.log.tail-salvaged-*"))) == 1
+    assert cli.main(["verify", str(store)]) == 0
+
+
+def test_verify_salvage_keeps_a_damaged_last_record_aside_in_one_step(store, capsys):
+    wal = store / layout.WAL
+    offs = _offsets(wal)
+    _flip(wal, offs[-2] + RECORD_HEADER_SIZE + 3)
+    assert cli.main(["verify", "--salvage", str(store)]) == 0
+    assert "damaged last records kept in" in capsys.readouterr().err
+    assert cli.main(["verify", str(store)]) == 0
+
+
+@pytest.mark.parametrize("pos", [8, 12, 16])  # the base (low byte, high byte), the header's CRC
+def test_a_flipped_byte_in_the_log_header_is_an_error_for_every_reader(store, capsys, pos):
+    wal = store / layout.WAL
+    _flip(wal, pos)
+    for open_it in (lambda: MemoryIndex.open(store), lambda: MemoryIndex.open(store, mode="w")):
+        with pytest.raises(CorruptStoreError, match="damaged header") as e:
+            open_it()
+        assert e.value.path == str(wal)
+    assert cli.main(["get", str(store), str(BASE_ROWS)]) != 0
+    assert cli.main(["verify", str(store)]) == 1
+    assert "damaged header" in capsys.readouterr().err
+
+
+# -- issue 8: every loaded structure bounded by the manifest's rows ----------------------------------
+def _resign(gen, name: str, data: bytes) -> None:
+    """Replace a generation's file and re-sign the manifest (size, CRC-32, the manifest's own CRC):
+    what a crafted file that passes every checksum looks like."""
+    import io
+    import zlib
+
+    (gen / name).write_bytes(data)
+    m = json.loads((gen / layout.MANIFEST).read_text())
+    m["files"][name] = {"bytes": len(data), "crc32": zlib.crc32(data)}
+    m.pop(layout.MANIFEST_CRC, None)
+    m[layout.MANIFEST_CRC] = layout.manifest_crc(m)
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+    del io
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _crafted(gen, name):
+    """Crafted, re-signed contents of ``name`` that name or cover rows beyond the store's."""
+    from pyroaring import BitMap
+
+    rows = json.loads((gen / layout.MANIFEST).read_text())["rows"]
+    if name == layout.TOMBSTONES:
+        return BitMap(range(rows, rows + rows // 2)).serialize()  # 2,000 "live" of 3,000, say
+    arrays = layout.load_npz(gen, name)
+    if name == layout.METADATA:
+        arrays["flags"] = np.concatenate([arrays["flags"], arrays["flags"][:7]])
+    elif name == layout.CONTENT_INDEX:
+        arrays["starts"] = arrays["starts"][:-3]
+    elif name == layout.TAGS:
+        arrays = {k: (np.concatenate([v, v[:5]]) if k in ("start", "count") else v) for k, v in arrays.items()}
+    elif name == layout.PROBE:
+        arrays["memories_ids"] = arrays["memories_ids"] + rows
+    return _npz_bytes(arrays)
+
+
+@pytest.mark.parametrize("name", [layout.TOMBSTONES, layout.METADATA, layout.CONTENT_INDEX, layout.TAGS,
+                                  layout.PROBE])
+def test_crafted_resigned_files_with_rows_beyond_the_store_are_named(store, name):
+    gen = _gen(store)
+    _resign(gen, name, _crafted(gen, name))
+    for mode in ("r", "w"):
+        with pytest.raises(CorruptStoreError, match=name) as e:
+            MemoryIndex.open(store, mode=mode)
+        assert str(gen / name) in str(e.value)
+
+
+def test_deletions_within_the_rows_that_disagree_with_the_count_are_named(store):
+    from pyroaring import BitMap
+
+    gen = _gen(store)
+    _resign(gen, layout.TOMBSTONES, BitMap([0, 1, 2]).serialize())
+    with pytest.raises(CorruptStoreError, match=r"deleted.roaring: 3 deletions leave \d+ live memories, the manifest"):
+        MemoryIndex.open(store)
+
+
+def test_one_helper_bounds_rows():
+    from pyroaring import BitMap
+
+    loadchecks.check_rows_within("f", "x", 5, length=5, values=np.array([0, 4]))
+    loadchecks.check_rows_within("f", "x", 5, length=3, length_at_most=True, values=BitMap([4]))
+    for kw, msg in (({"length": 6}, "x: 6 rows, the manifest says 5"), ({"values": BitMap([5])}, "row 5 is outside"),
+                    ({"values": np.array([-1, 2])}, "row -1 is outside"), ({"length": 6, "length_at_most": True}, "6")):
+        with pytest.raises(CorruptStoreError, match=msg):
+            loadchecks.check_rows_within("f", "x", 5, **kw)
+
+
+# -- issue 6: readers never serve altered content or int8 rows ---------------------------------------
+def test_flipped_bits_in_content_records_are_named_never_served(store, tmp_path):
+    """A reader maps content.bin without its file CRC: 40 single-bit flips, each an error naming
+    the file and the row (before the record CRCs, 8 of 40 came back as altered text)."""
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()  # every row in the generation (the records with their CRCs)
+    w.close()
+    ids = np.arange(BASE_ROWS + LOGGED)
+    want = [f"m{i}" for i in ids]
+    content = _gen(store) / layout.CONTENT
+    clean = content.read_bytes()
+    rng = np.random.default_rng(6)
+    for pos in rng.choice(len(clean), 40, replace=False).tolist():
+        data = bytearray(clean)
+        data[pos] ^= 1 << int(rng.integers(8))
+        content.write_bytes(bytes(data))
+        r = MemoryIndex.open(store)
+        with pytest.raises(CorruptStoreError, match=r"content\.bin: the content record of row \d+ fails its CRC"):
+            r.get(ids)
+        with pytest.raises(CorruptStoreError, match="content.bin"):
+            r.contents(ids)
+        r.close()
+    content.write_bytes(clean)
+    assert [m.content for m in MemoryIndex.open(store).get(ids)] == want
+
+
+def test_search_hydration_checks_the_content_records(store):
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()
+    w.close()
+    r = MemoryIndex.open(store)
+    res = r.search(_vec(7), k=3)
+    row = int(np.asarray(res.ids).reshape(-1)[0])
+    offs = r.parts.contents.to_arrays()["starts"]
+    content = _gen(store) / layout.CONTENT
+    _flip(content, int(offs[row]) + 2)
+    r = MemoryIndex.open(store)
+    res = r.search(_vec(7), k=3)
+    assert int(np.asarray(res.ids).reshape(-1)[0]) == row
+    with pytest.raises(CorruptStoreError, match="content.bin"):
+        res.contents()
+    with pytest.raises(CorruptStoreError, match="content.bin"):
+        res.memories()
+
+
+def test_a_generation_without_record_crcs_opens_and_gets_them_at_the_next_checkpoint(store):
+    gen = _gen(store)
+    arrays = layout.load_npz(gen, layout.CONTENT_INDEX)
+    crcs = arrays.pop("crcs")
+    _resign(gen, layout.CONTENT_INDEX, _npz_bytes(arrays))  # as written before the CRCs existed
+    r = MemoryIndex.open(store)
+    assert [m.content for m in r.get(np.arange(5))] == [f"m{i}" for i in range(5)]
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()
+    w.close()
+    again = layout.load_npz(_gen(store), layout.CONTENT_INDEX)["crcs"]
+    assert len(again) == BASE_ROWS + LOGGED and np.array_equal(again[:len(crcs)], crcs)
+
+
+def _without(gen, name: str) -> None:
+    """Drop ``name`` from a generation as if written before it existed (manifest re-signed)."""
+    (gen / name).unlink()
+    m = json.loads((gen / layout.MANIFEST).read_text())
+    del m["files"][name]
+    m.pop(layout.MANIFEST_CRC, None)
+    m[layout.MANIFEST_CRC] = layout.manifest_crc(m)
+    (gen / layout.MANIFEST).write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("old", [False, True])  # with block CRCs, or a generation without them
+def test_flipped_bits_in_mapped_int8_rows_are_named_never_scored(store, old):
+    w = MemoryIndex.open(store, mode="w")
+    w.checkpoint()
+    w.close()
+    gen = _gen(store)
+    if old:
+        _without(gen, layout.VECTOR_CRCS)
+    r = MemoryIndex.open(store)
+    want = r.search(_vec(3), k=5)
+    _flip(gen / layout.VECTORS, 300 * DIM + 5)  # row 300: block 4 of 64 rows
+    r = MemoryIndex.open(store)  # opens (sizes checked); the rows are checked when read
+    with pytest.raises(CorruptStoreError, match=r"vectors\.i8: int8 rows " + ("0..399" if old else "256..319")):
+        r.search(_vec(3), k=5)
+    _flip(gen / layout.VECTORS, 300 * DIM + 5)
+    again = MemoryIndex.open(store).search(_vec(3), k=5)
+    assert np.array_equal(np.asarray(again.ids), np.asarray(want.ids))
+
+
+def test_block_crcs_check_only_the_blocks_read(tmp_path):
+    from lukhas_gpu.vectors.store import CRC_BLOCK_ROWS as B
+    from lukhas_gpu.vectors.store import VectorStore
+
+    rng = np.random.default_rng(8)
+    rows = rng.integers(-127, 128, (10 * B + 17, 8), dtype=np.int8)  # 11 blocks, the last partial
+    path = tmp_path / "v.i8"
+    path.write_bytes(rows.tobytes())
+    crcs = VectorStore.attach(path, 8, len(rows), writable=False).block_crcs()
+    assert len(crcs) == 11
+    data = bytearray(path.read_bytes())
+    data[(7 * B + 3) * 8] ^= 0x04  # block 7
+    path.write_bytes(bytes(data))
+
+    def reader():
+        v = VectorStore.attach(path, 8, len(rows), writable=False, private=True)
+        v.expect_crcs(crcs, B, str(path))
+        return v
+
+    v = reader()
+    v.checked(np.array([[0, 5, -1], [B, 10 * B + 16, -1]]))  # blocks 0, 1, 10: clean, the others unread
+    with pytest.raises(CorruptStoreError, match=rf"int8 rows {7 * B}\.\.{8 * B - 1} \(block 7\) fail their CRC-32"):
+        v.checked([7 * B])
+    with pytest.raises(CorruptStoreError, match="block 7"):
+        _ = v.array
+    with pytest.raises(CorruptStoreError, match="block 7"):  # half the blocks read: the rest checked at once
+        reader().checked(np.arange(6) * B)
+    with pytest.raises(ValueError, match="do not cover"):
+        reader().expect_crcs(crcs[:3], B, "x")
+    v = reader()
+    v.append(np.zeros((2, 8), np.int8))  # rows of this process are not the file's: never checked
+    v.checked([len(rows), len(rows) + 1])
+
+
+
+@pytest.mark.parametrize("craft", ["doc_slot", "slot_doc"])
+def test_crafted_sparse_arenas_with_rows_beyond_the_store_are_named(tmp_path, craft):
+    path = tmp_path / "s"
+    ix = MemoryIndex.create(path, DIM)
+    ix.add(np.stack([_vec(i) for i in range(6)]),
+           sparse=[(np.array([1, 5]), np.array([1.0, 2.0]))] * 6)
+    ix.close()
+    gen = _gen(path)
+    arrays = layout.load_npz(gen, layout.SPARSE)
+    if craft == "doc_slot":  # more memories with a slot than the store has rows
+        arrays["doc_slot"] = np.concatenate([arrays["doc_slot"], arrays["doc_slot"][:4]])
+    else:  # a slot of a memory beyond the rows
+        arrays["slot_doc"] = arrays["slot_doc"].copy()
+        arrays["slot_doc"][0] = 8
+    _resign(gen, layout.SPARSE, _npz_bytes(arrays))
+    with pytest.raises(CorruptStoreError, match=r"sparse\.npz: (the memories with a slot: 10 rows|inconsistent "
+                                                r"arrays \(sparse arena names a memory beyond its rows)"):
+        MemoryIndex.open(path)
+
+
+def test_verify_salvage_replays_a_log_whose_header_is_damaged(store, capsys):
+    wal = store / layout.WAL
+    damaged = _flip(wal, 9)  # the base
+    assert cli.main(["verify", str(store)]) == 1
+    assert cli.main(["verify", "--salvage", "--json", str(store)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == BASE_ROWS + LOGGED and out["salvage"]["header"]["replayed"]
+    aside = list(store.glob("wal.log.header-damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # kept, never deleted
+    assert cli.main(["verify", str(store)]) == 0
+    r = MemoryIndex.open(store)
+    assert len(r) == BASE_ROWS + LOGGED and r.get([BASE_ROWS + LOGGED - 1])[0].content == f"m{BASE_ROWS + LOGGED - 1}"
+
+
+def test_salvage_of_a_stale_log_with_a_damaged_header_replays_nothing(store, capsys):
+    w = MemoryIndex.open(store, mode="w")
+    stale = (store / layout.WAL).read_bytes()  # follows the generation before the checkpoint
+    w.checkpoint()
+    w.close()
+    (store / layout.WAL).write_bytes(stale)
+    _flip(store / layout.WAL, 9)
+    assert cli.main(["verify", "--salvage", "--json", str(store)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == BASE_ROWS + LOGGED and not out["salvage"]["header"]["replayed"]
+    assert "its first add starts at id 200" in out["salvage"]["damaged"][0]
+    assert cli.main(["verify", str(store)]) == 0
+
+
+def test_a_log_following_an_unpublished_generation_is_an_error_for_readers_and_verify(store, capsys):
+    from lukhas_gpu.store.walcodec import pack_header
+
+    wal = store / layout.WAL
+    data = wal.read_bytes()
+    newer = layout.generation_number(_gen(store)) + 5
+    wal.write_bytes(pack_header(newer, 7) + data[HEADER_SIZE:])  # an intact header, a base never published
+    with pytest.raises(CorruptStoreError, match=f"follows generation {newer}"):
+        MemoryIndex.open(store)
+    assert cli.main(["verify", str(store)]) == 1
+    assert f"follows generation {newer}" in capsys.readouterr().err

@@ -17,10 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lukhas_gpu.store import wal
+from lukhas_gpu.store import wal, walcodec
 from lukhas_gpu.store.layout import CorruptStoreError
-from lukhas_gpu.store.wal import (HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, WalReader, WriteAheadLog,
-                            decode_fields, encode_fields)
+from lukhas_gpu.store.wal import (
+    HEADER_SIZE,
+    MAGIC,
+    RECORD_HEADER_SIZE,
+    WalReader,
+    WriteAheadLog,
+    decode_fields,
+    encode_fields,
+)
+from lukhas_gpu.store.walcodec import pack_header
 
 
 def _roundtrip(fields: dict) -> dict:
@@ -74,12 +82,13 @@ def _record_offsets(path) -> list[int]:
 def test_public_names():
     assert set(wal.__all__) == {
         "WriteAheadLog", "WalReader", "WalRecord", "WalScan", "WalDamage", "encode_fields", "decode_fields",
-        "find_record", "scan_damage", "check_torn_tail", "move_aside",
+        "find_record", "scan_damage", "check_torn_tail", "move_aside", "WalHeaderError", "damaged_tails",
+        "keep_damaged_tail", "check_tail", "TAIL_DAMAGED", "TAIL_SALVAGED",
         "MAGIC", "HEADER_SIZE", "RECORD_HEADER_SIZE", "SYNC_MODES",
         "DEFAULT_GROUP_INTERVAL", "DEFAULT_MAX_RECORD_BYTES"}
     for name in wal.__all__:
         assert getattr(wal, name) is not None
-    assert (MAGIC, HEADER_SIZE, RECORD_HEADER_SIZE) == (b"LKGWAL02", 24, 9)
+    assert (MAGIC, HEADER_SIZE, RECORD_HEADER_SIZE) == (b"LKGWAL02", 28, 9)
 
 
 # -- codec: arrays --------------------------------------------------------------------------------
@@ -274,7 +283,8 @@ def test_empty_log_and_bad_arguments(tmp_path):
     path = tmp_path / "e.wal"
     w = WriteAheadLog(path, sync="none")
     w.close()
-    assert open(path, "rb").read() == MAGIC + struct.pack("<QQ", 0, w.log_id) and w.log_id > 0
+    assert open(path, "rb").read() == pack_header(0, w.log_id) and w.log_id > 0
+    assert pack_header(0, w.log_id) == MAGIC + struct.pack("<QQI", 0, w.log_id, zlib.crc32(MAGIC + struct.pack("<QQ", 0, w.log_id)))
     scan = WriteAheadLog.read(path)
     assert (scan.records, scan.valid_end, scan.torn) == ([], HEADER_SIZE, False)
     with pytest.raises(ValueError, match="'always', 'group', 'none'.*'fast'"):
@@ -384,14 +394,65 @@ def test_flipped_byte_in_a_middle_record_stops_replay_there(tmp_path, caplog):
             assert [rec.fields["i"] for rec in r] == [0, 1, 3, 4], pos
         assert [(d.offset, d.end, d.seq) for d in r.damage] == [(start, stop, 2)]
     assert "CRC mismatch" in reasons and len(reasons) >= 2  # length-field flips stop differently
-    # with nothing valid after it, the same bad record is a torn tail: cut, with a warning
-    path.write_bytes(bytes(data[:stop]))
+    # with nothing valid after it, the same record cut short (its length runs past the end of the
+    # file: an interrupted append) is a torn tail: cut, with a warning
+    path.write_bytes(bytes(data[:stop - 1]))
     with caplog.at_level(logging.WARNING, logger="lukhas_gpu.store"):
         with WriteAheadLog(path, sync="none") as w:
-            assert (len(w), w.nbytes) == (2, start)
+            assert (len(w), w.nbytes, w.damaged_tail) == (2, start, None)
             w.append(0, {"i": 99})
-    assert f"torn tail of {stop - start} bytes" in caplog.text
+    assert f"torn tail of {stop - 1 - start} bytes" in caplog.text
     assert [r.fields["i"] for r in WriteAheadLog.read(path).records] == [0, 1, 99]
+    assert not wal.damaged_tails(path)
+
+
+def test_a_damaged_last_record_is_kept_aside_not_cut_as_a_torn_tail(tmp_path, caplog):
+    """A last record that lies within the file and fails its CRC is an acknowledged record
+    altered: readers name it; a writer keeps its bytes in a named file beside the log, then cuts."""
+    recs = [(2, {"i": i, "c": [f"m{i}"]}) for i in range(4)]
+    path = _write_log(tmp_path / "d.wal", recs)
+    offs = _record_offsets(path)
+    data = bytearray(path.read_bytes())
+    data[(offs[3] + offs[4]) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with WalReader(path) as r:
+        assert [rec.fields["i"] for rec in r] == [0, 1, 2]
+    assert r.torn and r.crc_failed
+    with pytest.raises(CorruptStoreError, match=rf"record 3 at byte {offs[3]} lies within the file and fails its CRC"):
+        wal.check_tail(r)
+    assert path.read_bytes() == bytes(data)  # readers change nothing
+    with caplog.at_level(logging.ERROR, logger="lukhas_gpu.store"), WriteAheadLog(path, sync="none") as w:
+        assert len(w) == 3 and w.damaged_tail is not None
+    assert wal.damaged_tails(path) == [w.damaged_tail] and w.damaged_tail in caplog.text
+    assert open(w.damaged_tail, "rb").read() == bytes(data[offs[3]:])  # the bytes kept, exactly
+    assert os.path.getsize(path) == offs[3] and not WriteAheadLog.read(path).torn
+    # an all-zero tail (a file extended without its data) stays a torn tail
+    with open(path, "ab") as f:
+        f.write(b"\0" * 64)
+    with WalReader(path) as r:
+        assert len(list(r)) == 3
+    assert r.torn and not r.crc_failed
+
+
+def test_a_damaged_header_is_named_and_a_first_format_log_still_reads(tmp_path):
+    path = _write_log(tmp_path / "h.wal", [(1, {"i": i}) for i in range(3)], base=5)
+    for pos in range(8, HEADER_SIZE):  # the base or the header's CRC
+        data = bytearray(path.read_bytes())
+        data[pos] ^= 0x01
+        bad = tmp_path / "bad.wal"
+        bad.write_bytes(bytes(data))
+        for open_it in (WalReader, WriteAheadLog.read, lambda p: WriteAheadLog(p, sync="none")):
+            with pytest.raises(CorruptStoreError, match="damaged header") as e:
+                open_it(bad)
+            assert isinstance(e.value, ValueError) and str(bad) in str(e.value)
+    old = tmp_path / "v1.wal"  # the first format: no header CRC
+    body = path.read_bytes()[HEADER_SIZE:]
+    old.write_bytes(walcodec.MAGIC_V1 + struct.pack("<Q", 5) + body)
+    with WriteAheadLog(old, sync="none") as w:
+        assert (w.base, len(w)) == (5, 3)
+        w.append(1, {"i": 3})
+    scan = WriteAheadLog.read(old)
+    assert (scan.base, [r.fields["i"] for r in scan.records], scan.torn) == (5, [0, 1, 2, 3], False)
 
 
 def test_oversized_length_field_is_corruption_not_an_allocation(tmp_path):
@@ -429,6 +490,7 @@ def test_crc_valid_but_undecodable_record_raises(tmp_path):
     (MAGIC, "truncated header"),
     (MAGIC + b"\x00" * 7, "truncated header"),
     (b"LKGWAL09" + b"\x00" * 16, "not a lukhas_gpu WAL"),
+    (MAGIC + b"\x00" * 20, "damaged header"),
     (b"\x93NUMPY" + b"\x00" * 30, "not a lukhas_gpu WAL"),
     (b"LK", "truncated header"),
     (b"XK", "not a lukhas_gpu WAL"),

@@ -101,7 +101,7 @@ def logical_bytes(index) -> tuple[dict, int]:
     tag_bytes = parts.tags.nbytes()
     components = {"vectors_int8": vec_bytes, "encoder": parts.encoder_nbytes(),
                   "tombstones": parts.tombstones.nbytes(),
-                  "content_records": content["records"], "content_offsets": content["starts"],
+                  "content_records": content["records"], "content_offsets": content["starts"] + content["crcs"],
                   "content_dictionaries": content["dictionaries"], "content_samples": content["samples"],
                   "metadata": parts.meta.nbytes(),
                   **{f"tags_{k}": int(v) for k, v in tag_bytes.items() if k != "garbage"}}

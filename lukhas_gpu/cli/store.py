@@ -20,7 +20,8 @@ def _verify(sub) -> None:
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--salvage", action="store_true",
                    help="if the write-ahead log is damaged in the middle, keep every valid record, move the log "
-                        "aside (never deleted), checkpoint, and report exactly which ids were lost")
+                        "aside (never deleted), checkpoint, and report exactly which ids were lost; a damaged last "
+                        "record (kept beside the log as wal.log.tail-damaged-*) is reported and marked salvaged")
     v.set_defaults(func=cmd_verify)
 
 
@@ -114,12 +115,15 @@ def cmd_verify(args) -> int:
                 index.close()
             if salvage is not None:
                 report["salvage"] = salvage
+                tails = ", ".join(t["file"] for t in salvage.get("tails", []))
                 if not args.json:
                     print(f"{args.path}: salvaged the write-ahead log: kept {salvage['kept']} records; damaged: "
                           f"{'; '.join(salvage['damaged'])}; lost ids: "
                           f"{', '.join(f'{a}..{b}' for a, b in salvage['lost_ids']) or 'none known'}"
                           f"{'; skipped: ' + '; '.join(salvage['lost_records']) if salvage['lost_records'] else ''}; "
-                          f"the damaged log is at {salvage['moved_to']}; published {salvage['generation']}",
+                          f"{'; the damaged log is at ' + salvage['moved_to'] if salvage['moved_to'] else ''}"
+                          f"{'; damaged last records kept in ' + tails if tails else ''}"
+                          f"; published {salvage['generation']}",
                           file=sys.stderr)
         else:
             index = MemoryIndex.open(args.path, mode="r", verify=True)

@@ -21,22 +21,19 @@ from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
 from ..store import layout, lineage
 from ..store.persist import GenerationReader, write_generation
+from ..store.walcodec import OP_ADD, OP_DELETE, OP_UPDATE  # re-exported: the facade's and the reader's names
+from ..store.walreader import WalHeaderError
 from ..util.bounds import check_dim
 from ..util.device import faiss_module
 from ..util.ids import as_ids
-from ..vectors.store import VectorStore
 from ..vectors.ann import DEAD_ENTRIES
-from . import ivflists, sparse_parts
+from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
+from . import ivflists, loadchecks, sparse_parts
 
 log = logging.getLogger(__name__)
 
 __all__ = ["OP_ADD", "OP_UPDATE", "OP_DELETE", "create", "open_store", "close", "write", "load", "replay_wal",
-           "reset_wal", "apply_record", "rollback", "recover", "salvage_wal", "log_summary", "verify"]
-
-#: Write-ahead log operations.
-OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
-#: Content records decoded at once by verify().
-VERIFY_CHUNK = 65536
+           "reset_wal", "apply_record", "rollback", "recover", "salvage_wal", "log_summary"]
 
 
 def create(index_cls, path, dim: int, config):
@@ -79,7 +76,11 @@ def open_store(index_cls, path, mode: str, *, verify: bool, salvage: bool = Fals
         if recover:
             _recover_locked(path, only_if_needed=True)
         else:  # a committed rollback finished, an absorbed log dropped, an unexplained one refused
-            lineage.settle(path)
+            try:
+                lineage.settle(path)
+            except WalHeaderError:  # a damaged log header: replay_wal salvages it when asked
+                if not salvage:
+                    raise
         gen_dir = layout.current_generation(path)  # read under the lock: no checkpoint races it
         index, _ = load(index_cls, path, gen_dir, writable=mode == "w", checksums=True if verify else "small")
         index.path, index.mode = path, mode
@@ -127,7 +128,8 @@ def write(index, root) -> pathlib.Path:
     raw = {layout.VECTORS: parts.vectors.array, layout.CONTENT: arena.pop("buffer")}
     npz = {layout.CONTENT_INDEX: arena, layout.METADATA: parts.meta.to_arrays(), layout.TAGS: parts.tags.to_arrays(),
            layout.ENCODER: parts.encoder_to_arrays(), layout.PROBE: parts.probe.to_arrays(),
-           layout.DRIFT: parts.drift.to_arrays()}
+           layout.DRIFT: parts.drift.to_arrays(),
+           layout.VECTOR_CRCS: {"block_rows": np.array(CRC_BLOCK_ROWS), "crcs": parts.vectors.block_crcs()}}
     if parts.calib is not None:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
     if parts.tuned is not None:
@@ -191,25 +193,40 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         vectors = VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
     else:
         vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
+        if checksums is not True:  # mapped unverified: each block checked when first read
+            loadchecks.expect_vector_crcs(vectors, gen, rows)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
-    try:
+
+    def part(name, build):  # a file whose arrays do not fit together is named
+        try:
+            return build()
+        except (ValueError, KeyError) as e:
+            raise layout.CorruptStoreError(gen.path / name, f"inconsistent arrays ({e})") from None
+
+    def contents():
         arena = gen.npz(layout.CONTENT_INDEX)
         arena["buffer"] = gen.raw(layout.CONTENT)
-        parts.contents = ContentArena.from_arrays(arena, max_content_bytes=config.max_content_bytes)
-        parts.meta = MetadataColumns.from_arrays(gen.npz(layout.METADATA))
-        parts.tags = TagIndex.from_arrays(gen.npz(layout.TAGS))
-        if gen.has(layout.DOCMETA):
-            parts.docmeta = DocMetadata.from_arrays(gen.npz(layout.DOCMETA), config.fields)
-        else:  # a store without metadata yet (or older than it): rows without any
-            parts.docmeta.append(None, rows)
-        if config.external_ids:
-            parts.idmap = IdMap.from_arrays(gen.npz(layout.IDMAP))
-            if parts.idmap.kind != config.external_ids:
-                raise ValueError(f"the id map holds {parts.idmap.kind} ids, the config says {config.external_ids}")
+        out = ContentArena.from_arrays(arena, max_content_bytes=config.max_content_bytes)
+        out.source = str(gen.file(layout.CONTENT))  # what a record failing its CRC names
+        return out
+
+    parts.contents = part(layout.CONTENT_INDEX, contents)
+    parts.meta = part(layout.METADATA, lambda: MetadataColumns.from_arrays(gen.npz(layout.METADATA)))
+    parts.tags = part(layout.TAGS, lambda: TagIndex.from_arrays(gen.npz(layout.TAGS)))
+    if gen.has(layout.DOCMETA):
+        parts.docmeta = part(layout.DOCMETA, lambda: DocMetadata.from_arrays(gen.npz(layout.DOCMETA), config.fields))
+    else:  # a store without metadata yet (or older than it): rows without any
+        parts.docmeta.append(None, rows)
+    if config.external_ids:
+        parts.idmap = part(layout.IDMAP, lambda: IdMap.from_arrays(gen.npz(layout.IDMAP)))
+        if parts.idmap.kind != config.external_ids:
+            raise layout.CorruptStoreError(gen.path / layout.IDMAP, f"holds {parts.idmap.kind} ids, the config says "
+                                                                    f"{config.external_ids}")
+    try:
         sparse_parts.load(parts, gen)
     except (ValueError, KeyError) as e:  # arrays that do not fit together: name the generation
-        raise layout.CorruptStoreError(gen.path, f"inconsistent payload files ({e})") from None
+        raise layout.CorruptStoreError(gen.path, f"inconsistent sparse or text files ({e})") from None
     try:
         parts.tombstones = Tombstones.from_bytes(gen.bytes(layout.TOMBSTONES))
     except Exception as e:
@@ -235,12 +252,9 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         faiss_index = faiss_module().read_index(str(gen.file(layout.ANN)))
         parts.ann = IVFPQIndex.from_faiss(faiss_index, nlist=a["nlist"], pq_m=a["pq_m"], coarse=a["coarse"],
                                           seed=config.seed)
+    loadchecks.check_loaded(parts, gen, rows, int(manifest["count"]))  # every row-indexing array, named
+    if parts.ann is not None:
         ivflists.repair(index, a)  # a generation saved when deletes removed entries from the lists
-    for part, n in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
-                    ("free metadata", len(parts.docmeta)),
-                    ("id map", len(parts.idmap) if parts.idmap is not None else rows)):
-        if n != rows:
-            raise layout.CorruptStoreError(gen.path, f"{part} holds {n} rows, the vectors {rows}")
     return index, manifest
 
 
@@ -264,15 +278,24 @@ def replay_wal(index, *, salvage: bool = False) -> None:
     never replayed. A bad record *followed by valid ones* is corruption: CorruptStoreError naming
     the log, the offset and the sequence numbers, nothing changed -- unless ``salvage``
     (:func:`salvage_wal`). The store is settled first (:func:`lineage.settle`): a log that does not
-    follow the published generation is refused here, never dropped.
+    follow the published generation is refused here, never dropped. A last record within the file
+    failing its CRC is kept aside by the log's open (``wal.log.tail-damaged-*``); a header failing
+    its CRC is CorruptStoreError unless ``salvage`` (:mod:`.salvage`).
     """
-    from ..store.wal import WalReader, WriteAheadLog, check_torn_tail
+    from ..store.wal import WalHeaderError, WalReader, WriteAheadLog, check_torn_tail
+    from . import salvage as salvage_
 
     wal_path = index.path / layout.WAL
     base = layout.generation_number(layout.current_generation(index.path))
     applied = 0
     if wal_path.exists():
-        with WalReader(wal_path) as reader:
+        try:
+            reader = WalReader(wal_path)
+        except WalHeaderError:  # a damaged header: CorruptStoreError naming the log, unless salvaged
+            if not salvage:
+                raise
+            return salvage_.salvage_header(index, base, replay_wal)
+        with reader:
             if reader.base != base:
                 raise layout.CorruptStoreError(wal_path, f"follows generation {reader.base}, the store is at {base}; "
                                                          "nothing was changed")
@@ -286,8 +309,12 @@ def replay_wal(index, *, salvage: bool = False) -> None:
                 if not salvage:
                     raise
                 salvage_wal(index, applied, e.damage)
+                salvage_.salvage_tails(index)
                 return
+    # a damaged last record (within the file, failing its CRC) is kept aside by the log's open
     index.state.wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
+    if salvage:
+        salvage_.salvage_tails(index)
     if applied:
         log.info("replayed %d logged operations from %s", applied, wal_path)
 
@@ -538,55 +565,3 @@ def _set_log_aside(path: pathlib.Path, chosen: int) -> dict | None:
         return None
     summary["moved_to"] = move_aside(wal_path, "unapplied")
     return summary
-
-
-def _verify_log(wal_path: pathlib.Path) -> int:
-    """The log's valid records; CorruptStoreError if it is damaged anywhere but a torn tail (a
-    writer's record in flight looks like one)."""
-    from ..store.wal import check_torn_tail, WalReader
-
-    if not wal_path.exists():
-        return 0
-    try:
-        with WalReader(wal_path, decode=False) as reader:
-            n = sum(1 for _ in reader)
-    except ValueError as e:  # not a log at all: bad header
-        raise layout.CorruptStoreError(wal_path, str(e)) from None
-    if reader.torn:
-        check_torn_tail(wal_path, reader.valid_end, reader.file_size)
-    return n
-
-
-def verify(index) -> dict:
-    """Check the published generation (every file's size and CRC-32) and the parts' consistency
-    (every live id has its vector, content, metadata and tags); see ``MemoryIndex.verify``."""
-    parts = index.parts
-    where = str(index.path) if index.path is not None else "<memory>"
-    report = {"rows": parts.rows, "count": parts.live}
-    if index.path is not None:  # the generation the store is at (a reader's and a writer's alike)
-        head = lineage.resolve(index.path)
-        gen = GenerationReader(index.path / layout.generation_name(head.number), checksums=True)
-        prev = layout.ancestry(index.path, head.number, 2)
-        report.update(generation=gen.manifest["generation"], files=len(gen.files), log=head.log,
-                      rollback_to=layout.generation_name(prev[1]) if len(prev) > 1 else None)
-        report["wal_records"] = _verify_log(index.path / layout.WAL) if head.log_follows else 0
-    n = parts.rows
-    for part, m in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
-                    ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n)):
-        if m != n:
-            raise layout.CorruptStoreError(where, f"{part} holds {m} rows, the vectors {n}")
-    wrong = ivflists.check(parts)
-    if wrong is not None:
-        raise layout.CorruptStoreError(where, wrong)
-    try:
-        sparse_parts.verify(parts, n, parts.tombstones.array() if parts.tombstones else np.zeros(0, np.int64))
-    except ValueError as e:
-        raise layout.CorruptStoreError(where, str(e)) from None
-    try:  # every record decodes
-        for start in range(0, n, VERIFY_CHUNK):
-            parts.contents.get(np.arange(start, min(n, start + VERIFY_CHUNK)))
-    except Exception as e:
-        place = f"{index.path}/{layout.CONTENT}" if index.path is not None else "<memory> contents"
-        raise layout.CorruptStoreError(place, f"a content record does not decode ({type(e).__name__}: {e})") from None
-    report["ok"] = True
-    return report

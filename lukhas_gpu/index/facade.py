@@ -24,13 +24,13 @@ from ..util.bounds import check_dim
 from ..util.checks import check_positive, check_queries
 from ..util.device import resolve_backend
 from ..util.memtrim import maybe_trim, trim
-from . import durable
+from . import durable, verification
 from .documents import DocumentsMixin
 from .locking import locked as _locked
 from .parts import IndexParts, IndexState
 from .results import Memory, SearchResult
-from .tuning import TuningMixin
 from .sparse_search import SparseSearchMixin
+from .tuning import TuningMixin
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
 
         Returns a report dict; raises :class:`CorruptStoreError` naming the first bad file.
         """
-        return durable.verify(self)
+        return verification.verify(self)
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Close the store; a writer first checkpoints if its log holds records (unless
@@ -308,7 +308,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         """
         from ..query import executor, filters, ranking
         from ..util.arrays import as_batch, check_nonzero
-        from . import mirror as device_mirror, tuning
+        from . import mirror as device_mirror
+        from . import tuning
 
         if text is not None or sparse is not None:
             return self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank, text=text,

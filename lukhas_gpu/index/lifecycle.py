@@ -22,12 +22,21 @@ import numpy as np
 import torch
 from pyroaring import BitMap
 
-from . import ivflists, quality
 from ..monitor.probe import DRIFT_WINDOW, DriftMonitor, recall_estimate
 from ..util.memtrim import trim
 from ..vectors.ann import IVFPQIndex
-from ..vectors.policy import (CALIBRATION_ROWS, FIT_SAMPLE, MIN_TRAIN_ROWS, auto_pq_m, coarse_for, planned_nlist,
-                              sample_index, train_rows, train_sample_size)
+from ..vectors.policy import (
+    CALIBRATION_ROWS,
+    FIT_SAMPLE,
+    MIN_TRAIN_ROWS,
+    auto_pq_m,
+    coarse_for,
+    planned_nlist,
+    sample_index,
+    train_rows,
+    train_sample_size,
+)
+from . import ivflists, quality
 
 log = logging.getLogger(__name__)
 

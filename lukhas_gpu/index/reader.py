@@ -29,7 +29,7 @@ import pathlib
 import time
 
 from ..store import layout, lineage
-from ..store.wal import check_torn_tail
+from ..store.wal import check_tail
 from ..store.walreader import WalReader
 from . import durable
 
@@ -181,8 +181,8 @@ def _follow(index, ch: _Changes) -> bool:
             cur.broken = True  # a record half-applied: the next refresh reloads
             raise
         cur.wal_id, cur.offset, cur.seq = file_id, reader.valid_end, reader.n_records
-        if reader.torn:  # a record in flight is a torn tail; a bad record with valid ones after it is not
-            check_torn_tail(wal_path, reader.valid_end, reader.file_size)
+        if reader.torn:  # a record in flight is a torn tail; a bad record with valid ones after it, or
+            check_tail(reader)  # a complete one failing its CRC, is not
     if reader.n_records > n0:
         log.debug("%s: applied records %d..%d of %s", index.path, n0, reader.n_records - 1, wal_path)
     return _published(index.path) == cur.generation

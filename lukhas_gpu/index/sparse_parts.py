@@ -100,10 +100,13 @@ def load(parts, gen) -> None:
             if gen.file(file).stat().st_size % np.dtype(dt).itemsize:
                 raise ValueError(f"{file} is not a whole number of {np.dtype(dt).name} values")
             arrays[name] = gen.raw(file, dt)
-        if i == 0:
-            parts.sparse = SparseVectors.from_arrays(arrays)
-        elif parts.text is not None:
-            parts.text.load_arrays(arrays)
+        try:
+            if i == 0:
+                parts.sparse = SparseVectors.from_arrays(arrays)
+            elif parts.text is not None:
+                parts.text.load_arrays(arrays)
+        except (ValueError, KeyError) as e:  # arrays that do not fit together: the file named
+            raise layout.CorruptStoreError(gen.path / meta, f"inconsistent arrays ({e})") from None
 
 
 def verify(parts, rows: int, deleted: np.ndarray) -> None:

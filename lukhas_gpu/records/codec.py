@@ -34,6 +34,8 @@ from __future__ import annotations
 import collections
 import logging
 
+import zlib
+
 import numpy as np
 import zstandard
 
@@ -217,24 +219,35 @@ class ContentCodec:
             self._decompress[gen] = dec
         return dec
 
-    def decode(self, buf: np.ndarray, starts: list) -> list:
-        """The contents (str, bytes or None) of the records at ``starts`` (a list of int) in ``buf``."""
+    def decode(self, buf: np.ndarray, starts: list, crcs: list | None = None) -> list:
+        """The contents (str, bytes or None) of the records at ``starts`` (a list of int) in ``buf``.
+
+        With ``crcs`` (one CRC-32 per record, a list of int), each record's bytes are checked
+        before they are decoded: the positions that fail are returned instead, as
+        ``(None, [i, ...])`` (nothing decoded from damaged bytes), else ``(contents, [])``."""
         mv = memoryview(buf)
         decs = self._decompress
         out = []
-        for s in starts:
+        end = len(mv)
+        bad = []
+        for i, s in enumerate(starts):
             n = mv[s]
             p = s + 1
             if n >= 0x80:
                 n &= 0x7F
                 shift = 7
-                while True:
+                while p < end and shift < 64:
                     b = mv[p]
                     p += 1
                     n |= (b & 0x7F) << shift
                     if b < 0x80:
                         break
                     shift += 7
+            if crcs is not None and zlib.crc32(mv[s:p + 1 + n]) != crcs[i]:
+                bad.append(i)
+                continue
+            if bad:
+                continue
             h = mv[p]
             p += 1
             if h & _ZSTD:
@@ -247,6 +260,8 @@ class ContentCodec:
                 out.append(str(mv[p:p + n], "utf-8"))
             else:
                 out.append(None)
+        if crcs is not None:
+            return (None, bad) if bad else (out, bad)
         return out
 
     def payloads(self, buf: np.ndarray, starts: np.ndarray) -> tuple[list, list]:

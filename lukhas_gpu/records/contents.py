@@ -3,8 +3,13 @@
 No Python object exists per stored content. Everything lives in two numpy columns:
 
 * ``buffer`` -- one growable ``uint8`` array holding the records back to back;
-* ``starts`` -- one ``uint64`` per row, the offset of that row's record (8 B per row, the only
-  per-row array: a record's length is read from the record itself).
+* ``starts`` -- one ``uint64`` per row, the offset of that row's record (8 B per row; a
+  record's length is read from the record itself);
+* ``crcs`` -- one ``uint32`` per row, the CRC-32 of that row's record bytes, checked by
+  :meth:`ContentArena.get` before decoding: a flipped bit in a memory-mapped ``content.bin`` is a
+  :class:`~lukhas_gpu.util.errors.CorruptStoreError` naming the file and the rows, never an
+  altered text. An arena loaded from arrays without them (a generation written before them) reads
+  unchecked and computes them at its next :meth:`~ContentArena.to_arrays` (the next checkpoint).
 
 The record format, the zstd compression of each record and the dictionary schedule are
 :mod:`lukhas_gpu.records.codec`'s; the content rules (kinds, size limit) are
@@ -15,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 
 import numpy as np
 import zstandard
 
+from ..util.errors import CorruptStoreError
 from ..util.memory import NPZ_MEMBER_BYTES
 from .codec import BYTES_OBJECT_HEADER, MIN_DICT_SIZE, MIN_TRAIN_SAMPLES, NONE_RECORD, RECENT_BYTES, RECENT_ITEMS, \
     ContentCodec, extents, generation_of, is_zstd, raw_sizes
@@ -48,6 +55,35 @@ def _concat(chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     if chunks:
         offsets[1:] = np.cumsum([len(c) for c in chunks])
     return np.frombuffer(b"".join(chunks), dtype=np.uint8).copy(), offsets
+
+
+def _blob_crcs(blob, sizes) -> np.ndarray:
+    """CRC-32 of each of the records of ``sizes`` bytes laid back to back in ``blob``."""
+    mv, out, pos = memoryview(blob), np.empty(len(sizes), np.uint32), 0
+    crc32 = zlib.crc32
+    for i, n in enumerate(np.asarray(sizes, np.int64).tolist()):
+        out[i] = crc32(mv[pos:pos + n])
+        pos += n
+    return out
+
+
+def _record_crcs(buf: np.ndarray, starts) -> np.ndarray:
+    """CRC-32 of the record at each of ``starts`` in ``buf``, its extent read from its own varint
+    length (bounded by the buffer, so a damaged length gives a wrong CRC, never an IndexError)."""
+    mv, end = memoryview(buf), len(buf)
+    crc32 = zlib.crc32
+    out = np.empty(len(starts), np.uint32)
+    for i, s in enumerate(starts):
+        n, p, shift = 0, s, 0
+        while p < end:
+            b = mv[p]
+            p += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80 or shift > 56:
+                break
+            shift += 7
+        out[i] = crc32(mv[s:min(p + 1 + n, end)])
+    return out
 
 
 def _split(data: np.ndarray, offsets: np.ndarray, name: str) -> list[bytes]:
@@ -98,6 +134,9 @@ class ContentArena:
 
         self._buf = GrowableArray(np.uint8)
         self._starts = GrowableArray(np.uint64)
+        self._crcs: GrowableArray | None = GrowableArray(np.uint32)  # None: not known (an older arena)
+        #: the file the records are read from, named by a CRC mismatch (set by the store's loader)
+        self.source = "<memory> content records"
         self._codec = ContentCodec(level=level, dict_size=dict_size, train_after=train_after)
         self._raw_bytes = 0
         self._stored_bytes = 0
@@ -148,21 +187,25 @@ class ContentArena:
         Returns
         -------
         dict
-            ``records`` (the used buffer, garbage included), ``starts`` (8 per row),
+            ``records`` (the used buffer, garbage included), ``starts`` (8 per row), ``crcs``
+            (4 per row),
             ``dictionaries`` (all generations), ``samples`` (recent contents kept for
             retraining, bounded) and ``total``.
         """
-        out = {"records": len(self._buf), "starts": self._starts.nbytes(),
+        out = {"records": len(self._buf), "starts": self._starts.nbytes(), "crcs": self._crc_bytes(),
                "dictionaries": self._codec.dictionary_bytes(), "samples": self._codec.samples_bytes}
         out["total"] = sum(out.values())
         return out
+
+    def _crc_bytes(self) -> int:
+        return self._crcs.nbytes() if self._crcs is not None else 0
 
     def memory_usage(self) -> dict:
         """Where the arena's bytes live (see :mod:`lukhas_gpu.util.memory` for the contract).
 
         ``content_records`` (the used buffer, garbage included: ``mapped`` when the buffer is a
         store's memory-mapped file, else ``anon`` with its unwritten capacity ``reserved``),
-        ``content_offsets``, ``content_dictionaries``, ``content_samples`` (the recent contents
+        ``content_offsets`` (the offsets and the CRC-32 of every record), ``content_dictionaries``, ``content_samples`` (the recent contents
         kept for retraining, with their ``bytes`` headers) and ``content_zstd_contexts``.
         """
         anon: dict[str, int] = {}
@@ -173,8 +216,9 @@ class ContentArena:
         else:
             anon["content_records"] = records
             out["reserved"]["content_records"] = self._buf.slack_bytes()
-        anon["content_offsets"] = self._starts.nbytes()
-        out["reserved"]["content_offsets"] = self._starts.slack_bytes()
+        anon["content_offsets"] = self._starts.nbytes() + self._crc_bytes()  # with the CRCs: 12 B a row
+        out["reserved"]["content_offsets"] = self._starts.slack_bytes() + (
+            self._crcs.slack_bytes() if self._crcs is not None else 0)
         codec = self._codec
         anon["content_dictionaries"] = codec.dictionary_bytes()
         anon["content_samples"] = codec.samples_bytes + BYTES_OBJECT_HEADER * len(codec.samples)
@@ -241,6 +285,8 @@ class ContentArena:
             offsets = np.full(stop - pos, base, dtype=np.int64)
             offsets[1:] += np.cumsum(rec_sizes[:-1])
             self._starts.append(offsets)
+            if self._crcs is not None:
+                self._crcs.append(_blob_crcs(blob, rec_sizes))
             self._stored_bytes += len(blob)
             self._raw_bytes += int(sizes[pos:stop].clip(0).sum())
             self._codec.note_samples(payloads[pos:stop])
@@ -287,6 +333,8 @@ class ContentArena:
         base = self._buf.append(np.frombuffer(blob, dtype=np.uint8))[0]
         offsets = base + np.concatenate(([0], np.cumsum(rec_sizes[:-1])))
         self._starts[rows] = offsets.astype(np.uint64)
+        if self._crcs is not None:
+            self._crcs[rows] = _blob_crcs(blob, rec_sizes)
         freed = int(old_sizes.sum())
         self._garbage_bytes += freed
         self._stored_bytes += len(blob) - freed
@@ -320,7 +368,19 @@ class ContentArena:
             A row out of range (the message lists them).
         """
         rows = self._check_rows(rows)
-        return self._codec.decode(self._buf.view(), self._starts.view()[rows].tolist())
+        starts = self._starts.view()[rows].tolist()
+        if self._crcs is None:  # an arena of a generation written before the CRCs
+            return self._codec.decode(self._buf.view(), starts)
+        out, bad = self._codec.decode(self._buf.view(), starts, self._crcs.view()[rows].tolist())
+        if bad:
+            self._damaged(rows[bad])
+        return out
+
+    def _damaged(self, rows: np.ndarray):
+        b = np.unique(rows)
+        raise CorruptStoreError(self.source, f"the content record of row{'s' if len(b) > 1 else ''} "
+                                             f"{', '.join(map(str, b[:10].tolist()))}{' ...' if len(b) > 10 else ''} "
+                                             "fails its CRC-32 (damaged); not served")
 
     # -- compaction ----------------------------------------------------------------------------
     def compact(self, live_rows=None) -> int:
@@ -379,6 +439,10 @@ class ContentArena:
         self._buf.append(out)
         self._starts = GrowableArray(np.uint64, capacity=n)
         self._starts.append(new_starts)
+        if self._crcs is not None:  # live records are copied byte for byte; dead rows become None records
+            crcs = np.where(live, self._crcs.view(), np.uint32(zlib.crc32(NONE_RECORD))).astype(np.uint32)
+            self._crcs = GrowableArray(np.uint32, capacity=n)
+            self._crcs.append(crcs)
         self._stored_bytes = total
         self._garbage_bytes = 0
         return old_used - total
@@ -402,6 +466,8 @@ class ContentArena:
         new_starts[1:] = np.cumsum(rec_sizes[:-1])
         self._starts = GrowableArray(np.uint64, capacity=max(2 * n, 1024))
         self._starts.append(new_starts)
+        self._crcs = GrowableArray(np.uint32, capacity=max(2 * n, 1024))
+        self._crcs.append(_blob_crcs(blob, rec_sizes))
         self._stored_bytes, self._garbage_bytes = len(blob), 0
         log.info("content dictionary 1 (%d B) trained on %d samples; %d rows re-compressed: %d -> %d B",
                  len(self._codec.dictionaries[1]), len(self._codec.samples), n, old_used, len(blob))
@@ -424,8 +490,12 @@ class ContentArena:
         codec = self._codec
         dicts, dict_offsets = _concat([d.as_bytes() for d in codec.dictionaries[1:]])
         samples, sample_offsets = _concat(list(codec.samples))
+        if self._crcs is None:  # an arena loaded without them: computed now, once (the writer's
+            # open checked the whole file's CRC, so these are the bytes the store wrote)
+            self._crcs = GrowableArray(np.uint32, capacity=len(self))
+            self._crcs.append(_record_crcs(self._buf.view(), self._starts.view().tolist()))
         out = {"format_version": np.array(_CONTENTS_FORMAT_VERSION, dtype=np.int64), "buffer": buffer,
-               "starts": self._starts.view().copy(), "dictionaries": dicts,
+               "starts": self._starts.view().copy(), "crcs": self._crcs.view().copy(), "dictionaries": dicts,
                "dictionary_offsets": dict_offsets, "samples": samples, "samples_offsets": sample_offsets}
         for name in _SCALARS:
             value = getattr(codec, name) if name in _CODEC_SCALARS else getattr(self, name)
@@ -475,6 +545,14 @@ class ContentArena:
         self._buf = GrowableArray.wrap(arrays["buffer"] if isinstance(arrays["buffer"], np.memmap) else buffer)
         self._starts = GrowableArray(np.uint64, capacity=len(starts))
         self._starts.append(starts)
+        if "crcs" in arrays:
+            crcs = np.asarray(arrays["crcs"])
+            if crcs.dtype != np.uint32 or crcs.shape != starts.shape:
+                raise ValueError(f"crcs must be uint32 of one per row ({len(starts)}), got {crcs.dtype} {crcs.shape}")
+            self._crcs = GrowableArray(np.uint32, capacity=len(crcs))
+            self._crcs.append(crcs)
+        else:  # written before the records had CRCs: read unchecked until the next checkpoint
+            self._crcs = None
         for name in _SCALARS[len(_SETTINGS):]:
             if name in _CODEC_SCALARS:
                 setattr(self._codec, name, int(arrays[name]))
@@ -504,7 +582,7 @@ def planned_bytes(count: int, avg: float, ratio: float, *, opened: bool) -> dict
     anon: dict = {}
     mapped: dict = {}
     (mapped if opened else anon)["content_records"] = records
-    anon["content_offsets"] = 8 * count
+    anon["content_offsets"] = 12 * count  # the offset and the CRC-32 of every record
     dictionaries = samples = kept = 0.0
     if avg > 0 and count:
         first = min(count, max(64, min(2048, math.ceil(65536 / avg))))  # contents at the first training
@@ -515,5 +593,5 @@ def planned_bytes(count: int, avg: float, ratio: float, *, opened: bool) -> dict
     anon["content_dictionaries"] = dictionaries
     anon["content_samples"] = samples + BYTES_OBJECT_HEADER * kept
     disk = {"content_records": records,
-            "content_index": 8 * count + dictionaries + samples + 17 * NPZ_MEMBER_BYTES}
+            "content_index": 12 * count + dictionaries + samples + 18 * NPZ_MEMBER_BYTES}
     return {"anon": anon, "mapped": mapped, "disk": disk}

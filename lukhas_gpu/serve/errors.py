@@ -6,7 +6,7 @@ import asyncio
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from ..store.layout import StoreError
+from ..store.layout import CorruptStoreError, StoreError
 from .batcher import QueueFull
 from .limits import BodyTooLarge
 
@@ -45,6 +45,8 @@ def describe(e: BaseException, metrics, options) -> tuple[int, str, dict]:
     if isinstance(e, asyncio.TimeoutError):
         metrics.rejected.labels("timeout").inc()
         return 503, f"the search was not answered within {options.timeout_s} s (--timeout-s)", {"Retry-After": "1"}
+    if isinstance(e, CorruptStoreError):  # a damaged file of the store: the server's fault, named
+        return 500, str(e), {}
     if isinstance(e, (ValidationError, RequestValidationError)):
         return 422, _validation_message(e), {}
     if isinstance(e, (ValueError, TypeError)):

@@ -9,8 +9,9 @@ A store is a directory::
         manifest.json      format version, config, counts, size and CRC-32 of every file, the
                            parent generation and the id of the log it absorbed (see lineage.py)
         vectors.i8         int8 rerank vectors, raw (rows x dim): memory-mapped on open
+        vectors.crc.npz    CRC-32 of each block of 64 rows (readers check a block when first read)
         content.bin        the content arena's records, raw: memory-mapped on open
-        content.npz        the arena's offsets, dictionaries and counters
+        content.npz        the arena's offsets, record CRC-32s, dictionaries and counters
         metadata.npz       timestamp, importance, flags columns
         tags.npz           tag vocabulary and per-memory tag lists (bitmaps rebuilt on load)
         deleted.roaring    tombstones (roaring bitmap, portable serialisation)
@@ -43,14 +44,16 @@ import zlib
 import numpy as np
 
 from ..util.bounds import MAX_DIM, MAX_ROWS
+from ..util.errors import CorruptStoreError, StoreError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["STORE_FORMAT", "FORMAT_VERSION", "StoreError", "CorruptStoreError", "StoreLockedError", "Generation",
            "publish", "current_generation", "previous_generation", "read_manifest", "check_files",
            "acquire_lock", "release_lock", "StoreLock", "lock_holder", "check_manifest",
-           "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir", "crc32_file", "generation_number", "load_npz",
-           "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC", "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTORS_WORK", "PROGRESS", "MANIFEST",
+           "copy_verified", "verify_crc", "generations", "MAX_DIM", "MAX_ROWS", "fsync_dir",
+           "crc32_file", "generation_number", "load_npz", "GENERATION_FILES", "REQUIRED", "MAPPED", "MANIFEST_CRC",
+           "manifest_crc", "CURRENT", "LOCK", "WAL", "VECTOR_CRCS", "VECTORS_WORK", "PROGRESS", "MANIFEST",
            "WAL_NEXT", "generation_name", "parent_number", "ancestry", "check_manifest_crc"]
 
 STORE_FORMAT = "lukhas_gpu-store"
@@ -83,6 +86,9 @@ ANN = "ann.faiss"
 TUNING = "tuning.npz"
 IDMAP = "idmap.npz"
 DOCMETA = "docmeta.npz"
+#: CRC-32 of each block of int8 rows, checked by readers as blocks are first read (optional:
+#: older generations have none; their readers check the whole vectors file at first use).
+VECTOR_CRCS = "vectors.crc.npz"
 #: Sparse vectors and the BM25 text index (optional: stores without them still open).
 SPARSE = "sparse.npz"
 SPARSE_INDICES = "sparse.indices"
@@ -95,7 +101,7 @@ GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_recor
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
                     PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest",
-                    IDMAP: "external_ids", DOCMETA: "doc_metadata",
+                    IDMAP: "external_ids", DOCMETA: "doc_metadata", VECTOR_CRCS: "vectors_crc",
                     SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
                     TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values"}
 #: Files every generation has (the others depend on the index's phase).
@@ -106,21 +112,6 @@ _CHUNK = 1 << 22
 #: Bounds a manifest is held to before anything is allocated from it (``MAX_DIM`` and ``MAX_ROWS``
 #: are the caller's bounds too, owned by ``util.bounds``).
 MAX_FILE_BYTES = 1 << 48
-
-
-class StoreError(RuntimeError):
-    """A store cannot be used as asked (missing, wrong version, wrong mode)."""
-
-
-class CorruptStoreError(StoreError):
-    """A file of a store does not match its manifest (truncated, altered, missing)."""
-
-    def __init__(self, path, problem: str):
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{path}: {problem}")
-
-    def __reduce__(self):  # pickled whole (it crosses process boundaries: Ray actors)
-        return type(self), (self.path, self.problem)
 
 
 class StoreLockedError(StoreError):

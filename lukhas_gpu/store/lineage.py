@@ -30,7 +30,7 @@ import os
 import pathlib
 
 from . import layout
-from .wal import WalReader, WriteAheadLog, move_aside, scan_damage
+from .wal import WalHeaderError, WalReader, WriteAheadLog, move_aside, scan_damage
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def wal_header(root, *, empty: bool = False):
             return (r.base, r.log_id, r.file_size == r.header_size) if empty else (r.base, r.log_id)
     except FileNotFoundError:
         return None
+    except WalHeaderError:  # a damaged or foreign header: named as it is
+        raise
     except ValueError as e:
         raise layout.CorruptStoreError(path, str(e)) from None
 

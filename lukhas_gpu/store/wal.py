@@ -20,8 +20,17 @@ decided by a resynchronisation scan (:func:`~.walreader.find_record`): if a vali
 the bad one, the log is corrupted in the middle -- acknowledged records lie beyond the damage --
 and opening it for writing raises :class:`~.layout.CorruptStoreError` (the offset and sequence
 numbers named) and changes nothing; salvage is the caller's explicit choice
-(``WalReader(resync=True)``). Only a true torn tail, with nothing valid after it, is cut off (with
-a warning) before appending, so a new record is never written after garbage.
+(``WalReader(resync=True)``). A torn tail -- nothing valid after the bad record, whose length runs
+past the end of the file (an interrupted append; or bytes that are all zeros) -- is cut off with a
+warning before appending, so a new record is never written after garbage. A last record that
+lies wholly within the file and fails its CRC is *damage* (an acknowledged record altered): its
+bytes are first kept beside the log (``<log>.tail-damaged-<time>``, :func:`damaged_tails`), the
+log is cut and an error is logged naming that file; a store's ``verify`` fails while such a file
+exists, until salvage marks it seen.
+
+The header (magic, base, CRC-32 of both) is checked too: a damaged one raises
+:class:`~.walreader.WalHeaderError` (a CorruptStoreError and a ValueError) naming the file.
+Logs of the first format (``MAGIC_V1``, no header CRC) are still read and appended to.
 
 Durability (``sync``):
 
@@ -55,11 +64,38 @@ import time
 import weakref
 import zlib
 
-
-from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, MAGIC, OP, RECORD, RECORD_HEADER_SIZE,
-                       decode_fields, encode_fields, encode_parts)
-from .layout import CorruptStoreError, fsync_dir
-from .walreader import WalDamage, WalReader, WalRecord, WalScan, check_max_record_bytes, find_record, scan_damage
+from .layout import fsync_dir
+from .walcodec import (
+    DEFAULT_MAX_RECORD_BYTES,
+    HEADER_SIZE,
+    MAGIC,
+    OP,
+    RECORD,
+    RECORD_HEADER_SIZE,
+    decode_fields,
+    encode_fields,
+    encode_parts,
+    pack_header,
+)
+from .waldamage import (
+    TAIL_DAMAGED,
+    TAIL_SALVAGED,
+    check_tail,
+    check_torn_tail,
+    damaged_tails,
+    keep_damaged_tail,
+    move_aside,
+)
+from .walreader import (
+    WalDamage,
+    WalHeaderError,
+    WalReader,
+    WalRecord,
+    WalScan,
+    check_max_record_bytes,
+    find_record,
+    scan_damage,
+)
 
 try:  # POSIX only; elsewhere the single-writer rule is the caller's to keep
     import fcntl
@@ -68,7 +104,8 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 __all__ = [
     "WriteAheadLog", "WalReader", "WalRecord", "WalScan", "WalDamage", "encode_fields", "decode_fields",
-    "find_record", "scan_damage", "check_torn_tail", "move_aside",
+    "find_record", "scan_damage", "check_torn_tail", "move_aside", "WalHeaderError", "damaged_tails",
+    "keep_damaged_tail", "check_tail", "TAIL_DAMAGED", "TAIL_SALVAGED",
     "MAGIC", "HEADER_SIZE", "RECORD_HEADER_SIZE", "SYNC_MODES",
     "DEFAULT_GROUP_INTERVAL", "DEFAULT_MAX_RECORD_BYTES",
 ]
@@ -150,6 +187,7 @@ class WriteAheadLog:
         self._last_sync = time.monotonic()
         self._flusher = None
 
+        self.damaged_tail = None
         fd, created = self._open_or_create(base)
         try:
             if created:
@@ -214,7 +252,7 @@ class WriteAheadLog:
             if self._flock:
                 _lock_fd(fd, tmp)  # locked before it is visible, so nobody can grab it in between
             self._created_id = secrets.randbits(64) or 1  # the log's identity (see walcodec.HEADER)
-            _write_all(fd, HEADER.pack(MAGIC, base, self._created_id))
+            _write_all(fd, pack_header(base, self._created_id))
             os.fsync(fd)
             if exclusive:
                 try:
@@ -244,8 +282,15 @@ class WriteAheadLog:
             raise ValueError(f"{self.path}: WAL follows base {reader.base}, expected base {base} "
                              f"(reset() it, or open it without base=)")
         self.base, self._n, self._size, self.log_id = reader.base, reader.n_records, reader.valid_end, reader.log_id
+        #: where a damaged last record's bytes were kept on open (None: there was none)
+        self.damaged_tail = None
         if reader.torn:
             check_torn_tail(self.path, reader.valid_end, reader.file_size, max_record_bytes=self.max_record_bytes)
+            if reader.crc_failed:
+                self.damaged_tail = keep_damaged_tail(self.path, reader)
+                os.ftruncate(fd, reader.valid_end)
+                os.fsync(fd)
+                return
             os.ftruncate(fd, reader.valid_end)
             os.fsync(fd)
             log.warning("%s: cut a torn tail of %d bytes (%s) at byte %d; kept %d records (%d bytes)",
@@ -465,37 +510,6 @@ class WriteAheadLog:
             records = list(r)
         return WalScan(path=r.path, base=r.base, records=records, valid_end=r.valid_end,
                        file_size=r.file_size, torn=r.torn, reason=r.reason)
-
-
-def check_torn_tail(path, valid_end: int, file_size: int, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
-    """Raise :class:`CorruptStoreError` unless the bytes after ``valid_end`` are a torn tail:
-    nothing valid after the bad record. The message names the file, the byte offset, the
-    sequence numbers affected and how many valid records follow; ``e.damage`` lists them."""
-    if find_record(path, valid_end + 1, file_size, max_record_bytes=max_record_bytes) is None:
-        return
-    n, damage, torn = scan_damage(path, max_record_bytes=max_record_bytes)
-    first = damage[0]
-    after = n - first.seq
-    err = CorruptStoreError(path, f"corrupted in the middle, not a torn tail: {first.describe()}, and {after} valid "
-                                  f"records follow it (sequence numbers {first.seq} on are affected"
-                                  f"{f'; {len(damage)} damaged places in all' if len(damage) > 1 else ''}). "
-                                  f"Nothing was cut or replayed. To keep every valid record and move this log "
-                                  f"aside, open with salvage=True (lukhas-gpu verify --salvage STORE)")
-    err.damage, err.offset, err.seq = damage, first.offset, first.seq
-    raise err
-
-
-def move_aside(path, tag: str = "damaged", *, link: bool = False) -> str:
-    """Rename ``path`` to ``path.<tag>-<UTC timestamp>`` (never deleted) and flush the
-    directory; returns the new name. ``link``: a second name (hard link) instead, ``path`` kept."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = f"{os.fspath(path)}.{tag}-{stamp}"
-    k = 1
-    while os.path.exists(dest):
-        dest, k = f"{os.fspath(path)}.{tag}-{stamp}-{k}", k + 1
-    (os.link if link else os.rename)(path, dest)
-    fsync_dir(os.path.dirname(os.path.abspath(dest)), quiet=True)
-    return dest
 
 
 def _group_flush_loop(ref, wake: threading.Event, stop: threading.Event, interval: float) -> None:

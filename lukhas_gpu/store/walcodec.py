@@ -9,30 +9,47 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 
 import numpy as np
 
-__all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "RECORD", "OP", "HEADER_SIZE",
-           "MAGIC_V1", "HEADER_V1",
+__all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "MAGIC_V1", "HEADER_V1", "pack_header",
+           "header_crc", "RECORD", "OP", "OP_ADD", "OP_UPDATE", "OP_DELETE", "HEADER_SIZE",
            "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD", "RESYNC_LOOKAHEAD",
            "record_candidates"]
 
 # -- framing: the file header and each record's header ------------------------------------------
 MAGIC = b"LKGWAL02"
 #: magic, base (the generation the log follows), log id (random, never 0: which log a checkpoint
-#: absorbed is recorded in its manifest, so a log of the same base started later is told apart)
-HEADER = struct.Struct("<8sQQ")
-#: Logs written before the log id: read (their id is None), never written.
+#: absorbed is recorded in its manifest, so a log of the same base started later is told apart),
+#: CRC-32 of the three (a flipped base or id is damage, not a stale or another log)
+HEADER = struct.Struct("<8sQQI")
+#: The first format's header (no log id, no CRC): still read, never written; a flip in its base
+#: cannot be detected.
 MAGIC_V1 = b"LKGWAL01"
 HEADER_V1 = struct.Struct("<8sQ")
 RECORD = struct.Struct("<IIB")  # payload length, crc32(op + payload), op
+#: The ops a store logs (the op byte of a record).
+OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
 OP = struct.Struct("<B")  # the op byte, covered by the CRC with the payload
-HEADER_SIZE = HEADER.size  # 24
+HEADER_SIZE = HEADER.size  # 28 (16 for a MAGIC_V1 log)
 RECORD_HEADER_SIZE = RECORD.size  # 9
 #: A length field above this is read as corruption rather than allocated. The uint32 length field
 #: caps records at 4 GiB - 1 anyway.
 DEFAULT_MAX_RECORD_BYTES = 1 << 30
 MAX_LENGTH_FIELD = (1 << 32) - 1
+
+
+def header_crc(base: int, log_id: int) -> int:
+    """The CRC-32 a header carries: of its magic, base and log id."""
+    return zlib.crc32(struct.pack("<8sQQ", MAGIC, base, log_id))
+
+
+def pack_header(base: int, log_id: int) -> bytes:
+    """A new log's header: magic, ``base``, ``log_id`` and the CRC-32 of the three."""
+    return HEADER.pack(MAGIC, base, log_id, header_crc(base, log_id))
+
+
 _KIND_ARRAY, _KIND_CONTENTS, _KIND_JSON = 1, 2, 3
 # item kinds of a contents list; the same values as payload.KIND_* (not imported: this module
 # loads on its own, with numpy only)

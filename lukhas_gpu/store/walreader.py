@@ -11,11 +11,17 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_SIZE, HEADER_V1, MAGIC, MAGIC_V1, MAX_LENGTH_FIELD, OP,
-                       RECORD,
-                       RECORD_HEADER_SIZE, RESYNC_LOOKAHEAD, decode_fields, record_candidates)
+from .layout import CorruptStoreError
+from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_V1, MAGIC, MAGIC_V1, MAX_LENGTH_FIELD, OP, RECORD,
+                       RECORD_HEADER_SIZE, RESYNC_LOOKAHEAD, decode_fields, header_crc, record_candidates)
 
-__all__ = ["WalReader", "WalRecord", "WalScan", "WalDamage", "check_max_record_bytes", "find_record", "scan_damage"]
+__all__ = ["WalReader", "WalRecord", "WalScan", "WalDamage", "WalHeaderError", "check_max_record_bytes",
+           "find_record", "scan_damage"]
+
+
+class WalHeaderError(CorruptStoreError, ValueError):
+    """A file that is not a complete, intact lukhas_gpu WAL header (wrong magic, truncated, or a
+    header CRC mismatch): a :class:`~.layout.CorruptStoreError` naming the file, and a ValueError."""
 
 #: Bytes examined at once when looking for the next valid record after a damaged one.
 _SCAN_CHUNK = 1 << 20
@@ -45,7 +51,8 @@ class WalScan:
         Size of the file when it was read.
     torn : bool
         True when bytes after ``valid_end`` were ignored: an incomplete record, a CRC mismatch
-        or an implausible length -- a torn tail, or corruption, after which nothing is replayed.
+        or an implausible length -- a torn tail, or corruption, after which nothing is replayed
+        (:func:`~.waldamage.check_tail` tells them apart).
     reason : str or None
         What stopped the replay, when ``torn``.
     """
@@ -132,8 +139,9 @@ class WalReader:
 
     Raises
     ------
-    ValueError
-        The file does not start with a complete lukhas_gpu WAL header; the message names the file.
+    WalHeaderError
+        (a CorruptStoreError and a ValueError) The file does not start with a complete, intact
+        lukhas_gpu WAL header (magic, base and their CRC-32); the message names the file.
 
     Notes
     -----
@@ -156,8 +164,9 @@ class WalReader:
             self.file_id = (st.st_dev, st.st_ino)
             self.file_size = st.st_size
             #: ``base``: the generation the log follows; ``log_id``: the log's identity (None for
-            #: a log older than it); ``header_size``: where its first record starts
-            self.base, self.log_id, self.header_size = _parse_header(self.path, self._f.read(HEADER_SIZE))
+            #: a log older than it); ``header_size``: where its first record starts (28, 16 for a
+            #: log of the first format)
+            self.base, self.log_id, self.header_size = _parse_header(self.path, self._f)
             offset, first = start if start is not None else (self.header_size, 0)
             if not (self.header_size <= offset <= self.file_size and first >= 0):
                 raise ValueError(f"{self.path}: cannot resume at byte {offset} (the file has {self.file_size})")
@@ -170,6 +179,7 @@ class WalReader:
         self._done = False
         self._torn = False
         self._reason: str | None = None
+        self._bad_length: int | None = None
 
     def __iter__(self) -> Iterator[WalRecord]:
         return self
@@ -215,6 +225,7 @@ class WalReader:
 
     def _damaged(self, reason: str, length: int | None) -> None:
         """A bad record at ``self._pos``: the end (torn tail, or no resync), or skip past it."""
+        self._bad_length = length
         if not self._resync:
             self._finish(reason)
         nxt = find_record(self.path, self._pos + 1, self.file_size, max_record_bytes=self.max_record_bytes)
@@ -263,6 +274,20 @@ class WalReader:
         self._require_done("reason")
         return self._reason
 
+    @property
+    def crc_failed(self) -> bool:
+        """Whether the record at :attr:`valid_end` lies wholly within the file and fails its CRC,
+        and is not all zeros (a file extended without its data): damage, not an interrupted
+        append (whose length runs past the end of the file). Whether valid records follow it is
+        :func:`~.wal.check_torn_tail`'s question."""
+        self._require_done("crc_failed")
+        if not self._torn or self._bad_length is None:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(self._pos)
+            data = f.read(RECORD_HEADER_SIZE + self._bad_length)
+        return bool(data.strip(b"\0"))
+
     def close(self) -> None:
         self._f.close()
 
@@ -273,17 +298,26 @@ class WalReader:
         self.close()
 
 
-def _parse_header(path: str, header: bytes) -> tuple[int, int | None, int]:
-    """``(base, log id or None, header size)``; a log of the first format (no id) is read too."""
-    magic, struct_ = (MAGIC_V1, HEADER_V1) if header[:len(MAGIC_V1)] == MAGIC_V1 else (MAGIC, HEADER)
-    if header[:len(magic)] != magic[:len(header)]:
-        raise ValueError(f"{path} is not a lukhas_gpu WAL: it starts with {header[:len(magic)]!r}, "
-                         f"expected {magic!r}")
-    if len(header) < struct_.size:
-        raise ValueError(f"{path}: truncated header ({len(header)} of {struct_.size} bytes); "
-                         f"not a complete lukhas_gpu WAL")
-    fields = struct_.unpack(header[:struct_.size])
-    return fields[1], (fields[2] if len(fields) > 2 else None), struct_.size
+def _parse_header(path: str, f) -> tuple[int, int | None, int]:
+    """``(base, log id or None, header size)`` of the log open as ``f`` (positioned at 0); a log of
+    the first format (no id, no CRC) is read too. WalHeaderError if the header is not a lukhas_gpu
+    WAL's, is truncated, or fails its CRC."""
+    magic = f.read(len(MAGIC))
+    if magic not in (MAGIC[:len(magic)], MAGIC_V1[:len(magic)]):
+        raise WalHeaderError(path, f"is not a lukhas_gpu WAL: it starts with {magic!r}, expected {MAGIC!r}")
+    fmt = HEADER_V1 if magic == MAGIC_V1 else HEADER
+    header = magic + f.read(fmt.size - len(magic))
+    if len(header) < fmt.size:
+        raise WalHeaderError(path, f"truncated header ({len(header)} of {fmt.size} bytes); not a complete "
+                                   f"lukhas_gpu WAL")
+    if fmt is HEADER_V1:
+        return HEADER_V1.unpack(header)[1], None, fmt.size
+    _, base, log_id, crc = HEADER.unpack(header)
+    want = header_crc(base, log_id)
+    if crc != want:
+        raise WalHeaderError(path, f"damaged header: CRC-32 {want:08x} of its magic, base ({base}) and log id, it "
+                                   f"says {crc:08x}; the generation this log follows is unknown. Nothing was read")
+    return base, log_id, fmt.size
 
 
 def check_max_record_bytes(n) -> int:

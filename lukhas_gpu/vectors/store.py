@@ -11,6 +11,13 @@ anonymous region: its rows stay page cache shared with every other reader, appen
 any row changed, e.g. by a re-calibration) are anonymous memory of this process, and the file
 is never written. Measured on 200,000 x 384 rows: attaching costs no copy and no anonymous RAM,
 where reading the file into memory costs its whole size per reader.
+
+A store over a published file that it does not verify while copying (a reader's map) is given
+the CRC-32 of each block of ``CRC_BLOCK_ROWS`` rows (:meth:`VectorStore.expect_crcs`) and checks a
+block the first time a row of it is read: :meth:`VectorStore.checked` for the rows a search
+re-scores, :attr:`VectorStore.array` (every block) for a scan; once half the blocks are checked
+the rest are checked at once, so a warmed reader pays nothing per search. A damaged block is a
+:class:`~lukhas_gpu.util.errors.CorruptStoreError` naming the file and its rows, never a score.
 """
 from __future__ import annotations
 
@@ -19,12 +26,18 @@ import mmap
 import os
 import sys
 import tempfile
+import zlib
 
 import numpy as np
 
-from ..util.memory import huge_page_slack
+from ..util.errors import CorruptStoreError
+from ..util.memory import NPZ_MEMBER_BYTES, huge_page_slack
 
-__all__ = ["VectorStore", "planned_bytes"]
+__all__ = ["VectorStore", "CRC_BLOCK_ROWS", "planned_bytes"]
+
+#: Rows per CRC-32 block of the published vectors (4 B of checksum per 64 rows, 1/16 B a memory): small enough that
+#: the first searches check only the blocks of the rows they re-score.
+CRC_BLOCK_ROWS = 64
 
 #: Doubling: each row is copied once on average as the store grows (1.5 copied it twice and cost
 #: 10% of an ingest). Capacity never written is never resident, so the slack costs no RAM.
@@ -63,6 +76,7 @@ class VectorStore:
         self._data = self._allocate(0)
         self.readonly = False
         self._private_rows = None
+        self._crc = None
 
     @classmethod
     def attach(cls, path, dim: int, n: int, *, writable: bool, in_memory: bool = False,
@@ -79,6 +93,7 @@ class VectorStore:
         self._owns_file = False
         self._path = str(path)
         self._private_rows = None
+        self._crc = None
         if private:
             if writable:
                 raise ValueError("a private store is never writable to its file: pass writable=False")
@@ -192,8 +207,49 @@ class VectorStore:
 
     @property
     def array(self) -> np.ndarray:
-        """A view of the rows written (no copy)."""
+        """A view of the rows written (no copy); every block of the file checked first (once)."""
+        if self._crc is not None:
+            self._verify_blocks(None)
         return self._data[: self._n]
+
+    def checked(self, rows) -> np.ndarray:
+        """The rows table (as :attr:`array`) after checking only the blocks that hold ``rows``
+        (int array of any shape; -1 padding ignored): what a re-score of candidates reads."""
+        if self._crc is not None:
+            r = np.asarray(rows, dtype=np.int64).reshape(-1)
+            r = r[(r >= 0) & (r < self._crc[2])]
+            self._verify_blocks(np.unique(r // self._crc[1]))
+        return self._data[: self._n]
+
+    # -- checksums ------------------------------------------------------------------------------
+    def block_crcs(self, block_rows: int = CRC_BLOCK_ROWS) -> np.ndarray:
+        """CRC-32 of each block of ``block_rows`` rows (the last one partial): uint32."""
+        a = self._data[: self._n]
+        return np.array([zlib.crc32(a[i: i + block_rows]) for i in range(0, self._n, block_rows)], np.uint32)
+
+    def expect_crcs(self, crcs, block_rows: int, source: str) -> None:
+        """Check the rows present now (the file's) against ``crcs`` (one per block of ``block_rows``
+        rows), each block when first read; ValueError if they do not cover these rows."""
+        crcs = np.asarray(crcs)
+        n = self._n
+        block_rows = int(block_rows)
+        if block_rows < 1 or crcs.dtype != np.uint32 or crcs.shape != (-(-n // block_rows),):
+            raise ValueError(f"{len(crcs)} block CRCs of {block_rows} rows ({crcs.dtype}) do not cover {n} rows")
+        self._crc = (crcs, block_rows, n, str(source), np.zeros(len(crcs), bool))
+
+    def _verify_blocks(self, blocks) -> None:
+        crcs, block_rows, n, source, ok = self._crc
+        if blocks is not None and 2 * (int(ok.sum()) + len(blocks)) >= len(ok):
+            blocks = None  # half the file checked: the rest at once, so later reads cost nothing
+        todo = np.flatnonzero(~ok) if blocks is None else blocks[~ok[blocks]]
+        for b in todo.tolist():
+            lo, hi = b * block_rows, min(n, (b + 1) * block_rows)
+            if zlib.crc32(self._data[lo:hi]) != crcs[b]:
+                raise CorruptStoreError(source, f"int8 rows {lo}..{hi - 1} (block {b}) fail their CRC-32 (damaged); "
+                                                "not served")
+            ok[b] = True
+        if blocks is None or ok.all():
+            self._crc = None  # every block checked: nothing left to do on later reads
 
     def nbytes(self) -> int:
         return self._n * self.dim * self.dtype.itemsize
@@ -257,10 +313,11 @@ def planned_bytes(count: int, dim: int, *, capacity_rows: int, mapped: bool) -> 
     ``mapped`` for a memory-mapped store or one opened read-only, else ``anon`` with the huge-page
     slack of the reserved capacity."""
     vec = count * dim
+    disk = {"vectors_int8": vec, "vectors_crc": 4 * -(-count // CRC_BLOCK_ROWS) + 2 * NPZ_MEMBER_BYTES}
     if mapped:
-        return {"mapped": {"vectors_int8": vec}, "disk": {"vectors_int8": vec}}
+        return {"mapped": {"vectors_int8": vec}, "disk": disk}
     anon = {"vectors_int8": vec}
     slack = huge_page_slack(vec, capacity_rows * dim)
     if slack:
         anon["vectors_slack"] = slack
-    return {"anon": anon, "disk": {"vectors_int8": vec}}
+    return {"anon": anon, "disk": disk}

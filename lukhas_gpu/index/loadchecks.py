@@ -1,0 +1,69 @@
+"""Every loaded structure held to the manifest's row count: arrays whose length or values index
+rows (tombstones, tag lists, metadata columns, content offsets, the id map's key table, free
+metadata, sparse and text arenas, the probe's sampled ids), each through the one helper
+:func:`check_rows_within`, which names the file; and the block CRCs a
+reader's mapped int8 rows are checked against."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..store import layout
+
+__all__ = ["check_loaded", "check_rows_within", "expect_vector_crcs"]
+
+
+def check_rows_within(path, what: str, n_rows: int, *, length=None, values=None, length_at_most: bool = False) -> None:
+    """The one bound on what a loaded file says about rows: ``length`` (how many rows an array
+    covers) equal to ``n_rows`` (at most ``n_rows`` with ``length_at_most``), and every one of
+    ``values`` (row numbers: a numpy array or a roaring bitmap) in ``0..n_rows - 1``.
+    CorruptStoreError naming ``path`` and ``what`` otherwise."""
+    if length is not None and (length > n_rows if length_at_most else length != n_rows):
+        raise layout.CorruptStoreError(path, f"{what}: {length} rows, the manifest says {n_rows}")
+    if values is not None and len(values):
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= n_rows:
+            raise layout.CorruptStoreError(path, f"{what}: row {hi if hi >= n_rows else lo} is outside the {n_rows} "
+                                          "rows of the manifest")
+
+
+def check_loaded(parts, gen, rows: int, count: int) -> None:
+    """CorruptStoreError naming the file of the first part of ``parts`` (just loaded from the
+    generation ``gen``, a ``GenerationReader``) that covers or names rows outside ``rows``, or
+    whose deletions do not leave the manifest's ``count`` live memories."""
+    def within(name, what, **kw):
+        check_rows_within(gen.path / name, what, rows, **kw)
+
+    within(layout.VECTORS, "the int8 vectors", length=len(parts.vectors))
+    within(layout.CONTENT_INDEX, "the content offsets", length=len(parts.contents))
+    for col in ("timestamp", "importance_q", "flags"):
+        within(layout.METADATA, f"the {col} column", length=len(getattr(parts.meta, col)))
+    within(layout.TAGS, "the tag lists", length=len(parts.tags))
+    within(layout.DOCMETA, "the free metadata", length=len(parts.docmeta))
+    if parts.idmap is not None:
+        within(layout.IDMAP, "the id map's key table", length=len(parts.idmap))
+    deleted = parts.tombstones.bitmap
+    within(layout.TOMBSTONES, "the deletions", values=deleted)
+    if rows - len(deleted) != count:
+        raise layout.CorruptStoreError(gen.path / layout.TOMBSTONES, f"{len(deleted)} deletions leave "
+                                                                     f"{rows - len(deleted)} live memories, the "
+                                                                     f"manifest says {count}")
+    for name, part in ((layout.SPARSE, parts.sparse), (layout.TEXT, parts.text)):
+        if part is not None and gen.has(name):
+            within(name, "the memories with a slot", length=len(part.arena.doc_slot.view()), length_at_most=True)
+            within(name, "the slots' memories", values=part.arena.slot_doc.view())
+    if gen.has(layout.PROBE) and parts.probe.memories.with_ids:
+        within(layout.PROBE, "the sampled memories", values=parts.probe.memories.ids)
+
+
+def expect_vector_crcs(vectors, gen, rows: int) -> None:
+    """The block CRCs of a generation's int8 rows, or, for one written before them, the whole
+    file's CRC-32 as one block."""
+    source = str(gen.file(layout.VECTORS))
+    try:
+        if gen.has(layout.VECTOR_CRCS):
+            a = gen.npz(layout.VECTOR_CRCS)
+            vectors.expect_crcs(a["crcs"], int(a["block_rows"]), source)
+        elif rows:
+            vectors.expect_crcs(np.array([gen.files[layout.VECTORS]["crc32"]], np.uint32), rows, source)
+    except (ValueError, KeyError, TypeError) as e:
+        raise layout.CorruptStoreError(gen.path / layout.VECTOR_CRCS, f"inconsistent arrays ({e})") from None
