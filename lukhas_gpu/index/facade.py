@@ -334,6 +334,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         else:
             scores, ids, self.last_plan = executor.ranked(parts, q, s, allowed, rank, mirror=mirror,
                                                           oversample=cfg.rank_oversample)
+        self.last_plan = filters.labelled(self.last_plan, parts, where)
         maybe_trim(every=1.0)
         if cfg.target_recall is not None:
             tuning.maybe_retune(self)

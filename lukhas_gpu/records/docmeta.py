@@ -15,7 +15,8 @@ so ``{"source": "email", "turn": 17}`` is 11 B. Round trips are exact: an int st
 the free keys, in declaration order).
 
 Fields declared in ``IndexConfig.metadata_fields`` (``{name: "str" | "int" | "float" | "bool"}``)
-live in packed columns that filters scan: ``str`` as a ``uint32`` code into an interned
+live in packed columns that filters scan (a filter on any other top-level key scans the records,
+:mod:`.metascan`): ``str`` as a ``uint32`` code into an interned
 vocabulary (0: absent), ``int`` int64 and ``float`` float64 with a roaring bitmap of the rows
 that have one, ``bool`` as one byte (0 absent, 1 false, 2 true). A declared field's value must
 be of its type (None is kept as a free value and counts as absent).
@@ -30,6 +31,7 @@ from pyroaring import BitMap
 
 from ..config import METADATA_FIELD_TYPES as FIELD_TYPES
 from .columns import GrowableArray
+from . import metascan
 from .keytable import KeyTable, encode_keys
 
 __all__ = ["DocMetadata", "validate_metadata", "check_fields", "FIELD_TYPES", "MAX_METADATA_BYTES", "MAX_DEPTH"]
@@ -482,12 +484,21 @@ class DocMetadata:
             out.append(d)
         return out
 
-    def field_mask(self, name: str, op: str, value, n: int) -> np.ndarray:
+    def field_mask(self, name: str, op: str, value, n: int, cache: dict | None = None) -> np.ndarray:
+        """Rows ``[0, n)`` whose ``name`` satisfies ``op value``: a declared field's column, else a
+        scan of the records (:mod:`.metascan`; ``cache``: one evaluation's decoded keys)."""
         c = self.columns.get(name)
-        if c is None:
-            raise KeyError(f"metadata field {name!r} is not declared; filters read declared fields only "
-                           f"(IndexConfig.metadata_fields; declared: {sorted(self.fields) or 'none'})")
-        return c.mask(op, value, n)
+        if c is not None:
+            return c.mask(op, value, n)
+        kv = cache.get(name) if cache is not None else None
+        if kv is None or kv.n != n:
+            _, ent = self.keys.lookup(encode_keys([name], "metadata keys"))
+            starts = self.starts.view() if self.starts is not None else None
+            kv = metascan.KeyValues(self.buf.view(), starts, self.none if starts is not None else 0,
+                                    int(ent[0]) if len(ent) else None, n)
+            if cache is not None:
+                cache[name] = kv
+        return kv.mask(op, value)
 
     # -- persistence and accounting ---------------------------------------------------------------
     def nbytes(self) -> dict:
