@@ -44,8 +44,12 @@ def test_filters_scores_and_reopen(tmp_path):
     assert all(0.0 <= s <= 1.0 for _, s in hits) and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     raw = store.similarity_search_with_score("text 3", k=3)
     assert raw[0][1] == pytest.approx(1.0, abs=1e-3) and all(-1.0 <= s <= 1.0 for _, s in raw)
-    with pytest.raises(ValueError, match="not declared"):
-        store.similarity_search("x", filter={"tags": 1})
+    assert store.similarity_search("x", k=40, filter={"tags": 1}) == []  # a list equals no scalar
+    plain = LukhasVectorStore.from_texts(texts, emb, metas, ids=[f"d{i}" for i in range(40)])  # nothing declared
+    for flt in ({"source": "news", "year": {"$lt": 2020}}, {"$or": [{"year": {"$gte": 2035}}, {"source": "blog"}]}):
+        want = sorted(d.id for d, _ in store.similarity_search_with_score("text 3", k=40, filter=flt))
+        assert sorted(d.id for d, _ in plain.similarity_search_with_score("text 3", k=40, filter=flt)) == want
+    assert plain.index.last_plan.metadata == "records"
     store.add_documents([Document(page_content="replaced", metadata={"source": "blog", "year": 1}, id="d5")])
     store.close()
     again = LukhasVectorStore(emb, path=tmp_path / "s")

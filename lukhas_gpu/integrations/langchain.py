@@ -4,8 +4,9 @@
 Documents keep their ``id`` (a UUID4 is made for those without one; adding an id again replaces
 that document: an upsert), their ``page_content`` (the memory's content) and their ``metadata``
 (round-tripped exactly). ``filter`` takes the dict form of :mod:`lukhas_gpu.query.metafilter`
-(``{"source": "news", "year": {"$gte": 2020}}``) on the fields declared with
-``metadata_fields={"source": "str", "year": "int"}``. Scores of ``similarity_search_with_score``
+(``{"source": "news", "year": {"$gte": 2020}}``) on any top-level metadata key: fields declared
+with ``metadata_fields={"source": "str", "year": "int"}`` are column scans, others a scan of the
+stored metadata records. Scores of ``similarity_search_with_score``
 are cosine similarities in [-1, 1]; relevance scores map them to [0, 1] (``(s + 1) / 2``).
 
 Examples
