@@ -48,6 +48,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--importance", type=float, default=0.0, metavar="W", help="weight of importance (default: 0)")
     s.add_argument("--half-life", type=float, default=None, metavar="SECONDS",
                    help="age at which recency halves (default: one day)")
+    s.add_argument("--diversity", type=float, default=0.0, metavar="X",
+                   help="maximal marginal relevance in [0, 1]: near-copies give way to other results (default: 0, off)")
     s.add_argument("--contents", action="store_true", help="print the memories' contents too")
     s.add_argument("--json", action="store_true",
                    help='print one JSON object per query: {"query", "ids", "scores"[, "contents"]}')
@@ -141,8 +143,8 @@ def _results(index, args, where, rank):
     """``(first query number, SearchResult)`` per batch: vectors, BM25 texts, or both fused."""
     texts = args.text
     if texts and args.query_file is None:
-        if rank is not None:
-            raise ValueError("--similarity/--recency/--importance rank query vectors: give --query-file too")
+        if rank is not None or args.diversity:
+            raise ValueError("--similarity/--recency/--importance/--diversity apply to query vectors: give --query-file too")
         yield 0, index.search_text(texts, args.k, where=where)
         return
     for first, q in _queries(args, index.dim):
@@ -150,9 +152,9 @@ def _results(index, args, where, rank):
             if first + len(q) > len(texts):
                 raise ValueError(f"{first + len(q)} query vectors but {len(texts)} --text: one text per vector")
             yield first, index.search(q, args.k, where=where, rank=rank, text=texts[first: first + len(q)],
-                                      fusion=args.fusion)
+                                      fusion=args.fusion, diversity=args.diversity)
         else:
-            yield first, index.search(q, args.k, where=where, rank=rank)
+            yield first, index.search(q, args.k, where=where, rank=rank, diversity=args.diversity)
 
 
 def open_for_search(path):

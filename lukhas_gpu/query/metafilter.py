@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["parse", "evaluate", "matches", "source", "MAX_CONDITIONS", "MAX_IN_VALUES"]
+__all__ = ["parse", "evaluate", "matches", "source", "to_dict", "MAX_CONDITIONS", "MAX_IN_VALUES"]
 
 OPS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
 #: Bounds of one filter (checked before anything is evaluated).
@@ -98,6 +98,17 @@ def evaluate(tree: tuple, fields, n_rows: int, cache: dict | None = None) -> np.
         return ~evaluate(tree[1], fields, n_rows, cache)
     masks = [evaluate(t, fields, n_rows, cache) for t in tree[1:]]
     return np.logical_and.reduce(masks) if kind == "and" else np.logical_or.reduce(masks)
+
+
+def to_dict(tree: tuple) -> dict:
+    """The dict form of a parsed filter (``parse(to_dict(t)) == t``): what a client sends."""
+    kind = tree[0]
+    if kind == "cond":
+        _, name, op, x = tree
+        return {name: {op: list(x) if isinstance(x, tuple) else x}}
+    if kind == "not":
+        return {"$not": to_dict(tree[1])}
+    return {f"${kind}": [to_dict(t) for t in tree[1:]]}
 
 
 def _keys(tree: tuple):
