@@ -59,3 +59,28 @@ def test_filters_scores_and_reopen(tmp_path):
     again.delete(None)
     assert again.similarity_search("text 9", k=1) == []
     again.close()
+
+
+def test_max_marginal_relevance_search_is_the_index_mmr():
+    """fetch_k candidates, lambda_mult = 1 - diversity: near-duplicate texts give way; the by-vector
+    and async variants agree; lambda_mult 1 is the plain top-k."""
+    import asyncio
+
+    emb = DeterministicFakeEmbedding(size=16)
+    texts = [f"text {i}" for i in range(30)]
+    store = LukhasVectorStore.from_texts(texts + ["text 3"] * 3, emb, [{"i": i} for i in range(33)],
+                                         ids=[f"d{i}" for i in range(33)])
+    plain = [d.id for d in store.similarity_search("text 3", k=4)]
+    assert sorted(plain) == ["d3", "d30", "d31", "d32"]  # the copies fill the top 4
+    got = store.max_marginal_relevance_search("text 3", k=4, fetch_k=20, lambda_mult=0.5)
+    assert got[0].page_content == "text 3" and sum(d.page_content == "text 3" for d in got) == 1
+    vec = emb.embed_query("text 3")
+    assert [d.id for d in store.max_marginal_relevance_search_by_vector(vec, k=4, fetch_k=20, lambda_mult=0.5)] == \
+        [d.id for d in got]
+    assert [d.id for d in asyncio.run(store.amax_marginal_relevance_search("text 3", k=4, fetch_k=20))] == \
+        [d.id for d in got]
+    assert sorted(d.id for d in store.max_marginal_relevance_search("text 3", k=4, lambda_mult=1.0)) == sorted(plain)
+    assert all(d.metadata["i"] % 2 == 0 for d in store.max_marginal_relevance_search(
+        "text 3", k=4, filter={"i": {"$in": list(range(0, 33, 2))}}))
+    with pytest.raises(ValueError, match="lambda_mult"):
+        store.max_marginal_relevance_search("x", lambda_mult=1.5)
