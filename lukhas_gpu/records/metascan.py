@@ -36,7 +36,7 @@ def _varint(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pos[act] += 1
         act = act[b >= 0x80]
         shift += 7
-        if shift > 63:
+        if len(act) and shift > 63:
             raise ValueError("corrupt metadata record: a varint longer than 10 bytes")
     return val, pos
 
