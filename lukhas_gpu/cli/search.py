@@ -144,7 +144,8 @@ def _results(index, args, where, rank):
     texts = args.text
     if texts and args.query_file is None:
         if rank is not None or args.diversity:
-            raise ValueError("--similarity/--recency/--importance/--diversity apply to query vectors: give --query-file too")
+            raise ValueError("--similarity/--recency/--importance/--diversity apply to query vectors: "
+                             "give --query-file too")
         yield 0, index.search_text(texts, args.k, where=where)
         return
     for first, q in _queries(args, index.dim):

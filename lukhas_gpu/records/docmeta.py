@@ -30,8 +30,8 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..config import METADATA_FIELD_TYPES as FIELD_TYPES
-from .columns import GrowableArray
 from . import metascan
+from .columns import GrowableArray
 from .keytable import KeyTable, encode_keys
 
 __all__ = ["DocMetadata", "validate_metadata", "check_fields", "FIELD_TYPES", "MAX_METADATA_BYTES", "MAX_DEPTH"]
