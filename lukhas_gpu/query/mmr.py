@@ -23,7 +23,7 @@ __all__ = ["check_diversity", "pool", "select", "POOL_MIN", "POOL_FACTOR"]
 
 #: Candidates per query: ``max(POOL_FACTOR * k, POOL_MIN)``.
 POOL_FACTOR, POOL_MIN = 4, 50
-#: Floats of gathered candidate vectors per group of queries (64 MB).
+#: Floats of gathered candidate vectors (or of their Gram matrices) per group of queries (64 MB).
 _GROUP_FLOATS = 1 << 24
 
 
@@ -63,7 +63,7 @@ def select(rel: torch.Tensor, ids: torch.Tensor, vectors_of, dim: int, k: int, l
     out_s = torch.full((nq, k), -float("inf"), device=dev)
     out_i = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
     ids_np = ids.cpu().numpy()
-    group = max(1, _GROUP_FLOATS // max(m * dim, 1))
+    group = max(1, _GROUP_FLOATS // max(m * max(m, dim), 1))  # vectors and the Gram matrix
     for a in range(0, nq, group):
         g_ids = ids_np[a:a + group]
         uniq = np.unique(g_ids[g_ids >= 0])
@@ -77,7 +77,8 @@ def select(rel: torch.Tensor, ids: torch.Tensor, vectors_of, dim: int, k: int, l
 
 
 def _greedy(rel, ids, x, k: int, lam: float, cosine: bool):
-    """Greedy MMR over one group: ``x`` (g, m, D) the candidates' vectors."""
+    """Greedy MMR over one group: ``x`` (g, m, D) the candidates' vectors (their Gram matrix once:
+    one batched product rather than one per pick)."""
     g, m = ids.shape
     out_s = torch.full((g, k), -float("inf"), device=rel.device)
     out_i = torch.full((g, k), -1, dtype=torch.int64, device=rel.device)
@@ -85,6 +86,9 @@ def _greedy(rel, ids, x, k: int, lam: float, cosine: bool):
     taken = ids < 0
     max_sim = torch.full((g, m), -float("inf"), device=rel.device)
     rows = torch.arange(g, device=rel.device)
+    gram = torch.bmm(x, x.transpose(1, 2))
+    if cosine:
+        gram = gram.clamp_(max=1.0)
     for t in range(min(k, m)):
         score = rel.clone() if t == 0 else lam * rel - (1.0 - lam) * max_sim
         score = score.masked_fill(taken, -float("inf"))
@@ -92,9 +96,7 @@ def _greedy(rel, ids, x, k: int, lam: float, cosine: bool):
         ok = ~taken[rows, pick]
         out_i[:, t] = torch.where(ok, ids[rows, pick], -1)
         out_s[:, t] = torch.where(ok, rel[rows, pick], -float("inf"))
-        sim = torch.bmm(x, x[rows, pick].unsqueeze(2)).squeeze(2)
-        if cosine:
-            sim = sim.clamp_(max=1.0)
+        sim = gram[rows, pick]  # (g, m): each candidate against this pick
         max_sim = torch.where(ok[:, None], torch.maximum(max_sim, sim), max_sim)
         taken[rows[ok], pick[ok]] = True
     return out_s, out_i
