@@ -185,3 +185,50 @@ def test_undeclared_keys_match_a_declared_twin(spec):
         ix.search(x[1], 5, where=f)
         assert ix.last_plan.metadata == ("columns" if fields else "records")
     assert got["declared"] == got["records"] == want
+
+
+@pytest.mark.parametrize("cache_bytes", [64 << 20, 2000, 0])
+def test_undeclared_filters_stay_exact_among_writes(tmp_path, cache_bytes):
+    """The scan cache among adds (appended rows scanned alone), metadata updates, deletes,
+    compaction and a reopen: every step's rows are the plain-Python reference's (a cache smaller
+    than a key's values, or none, gives the same answers)."""
+    rng = np.random.default_rng(4)
+    ix = MemoryIndex.create(tmp_path / "s", 8, IndexConfig(metadata_fields={"user": "str"}, auto_tune=False))
+    ix.parts.docmeta.scans.max_bytes = cache_bytes
+    meta: dict[int, dict | None] = {}
+    specs = [{"who": "w1"}, {"n": {"$gte": 5}}, {"who": {"$nin": ["w0", "w2"]}}, {"late": {"$exists": True}},
+             {"$or": [{"user": "u1"}, {"n": {"$lt": 2}}]}]
+
+    def check():
+        for spec in specs:
+            f = Filter(meta=spec)
+            want = sorted(i for i, d in meta.items() if metafilter.matches(f.meta, d))
+            assert ix.select(f).tolist() == want, spec
+        assert ix.parts.docmeta.scans.nbytes() <= cache_bytes
+
+    def add(n, late=False):
+        ds = [None if j % 9 == 0 else {"user": f"u{j % 3}", "who": f"w{(j * 7) % 4}", "n": int(j % 11),
+                                       **({"late": True} if late else {})} for j in range(n)]
+        ids = ix.add(rng.standard_normal((n, 8)).astype(np.float32), metadata=ds)
+        meta.update(zip(ids.tolist(), ds))
+
+    add(200)
+    check()
+    add(50, late=True)  # a key that did not exist before
+    check()
+    ix.update([3, 4, 210], metadata=[{"who": "w1", "n": 9}, None, {"user": "u1"}])
+    meta.update({3: {"who": "w1", "n": 9}, 4: None, 210: {"user": "u1"}})
+    check()
+    ix.delete([5, 6, 220])
+    for i in (5, 6, 220):
+        meta.pop(i)
+    check()
+    ix.compact()
+    check()
+    add(30)
+    check()
+    ix.close()
+    ix = MemoryIndex.open(tmp_path / "s", mode="r")
+    ix.parts.docmeta.scans.max_bytes = cache_bytes
+    check()
+    ix.close()

@@ -282,6 +282,8 @@ class DocMetadata:
         self.rows = 0
         self.garbage = 0
         self._key_cache: dict[int, str] = {}
+        self.version = 0  # bumped when records are replaced or compacted (a scan cache's validity)
+        self.scans = metascan.ScanCache()
 
     def __len__(self) -> int:
         return self.rows
@@ -429,6 +431,7 @@ class DocMetadata:
         if old is not None:
             self.garbage += int(sum(self._size(int(s)) for s in old.tolist() if s != self.none))
         self.starts[rows] = new
+        self.version += 1
         for name, c in self.columns.items():
             c.write(rows, cols[name])
 
@@ -459,6 +462,7 @@ class DocMetadata:
         buf = GrowableArray(np.uint8)
         buf.append(np.frombuffer(b"".join(chunks), np.uint8))
         self.buf, self.garbage = buf, 0
+        self.version += 1
         self.starts = GrowableArray(starts.dtype)
         self.starts.append(new_starts)
         return before - len(self.buf)
@@ -494,8 +498,8 @@ class DocMetadata:
         if kv is None or kv.n != n:
             _, ent = self.keys.lookup(encode_keys([name], "metadata keys"))
             starts = self.starts.view() if self.starts is not None else None
-            kv = metascan.KeyValues(self.buf.view(), starts, self.none if starts is not None else 0,
-                                    int(ent[0]) if len(ent) else None, n)
+            kv = self.scans.get(name, self.version, self.buf.view(), starts, self.none if starts is not None else 0,
+                                int(ent[0]) if len(ent) else None, n)
             if cache is not None:
                 cache[name] = kv
         return kv.mask(op, value)
@@ -508,7 +512,8 @@ class DocMetadata:
 
     def memory_usage(self) -> dict:
         slack = self.buf.slack_bytes() + self.keys.slack_bytes() + (self.starts.slack_bytes() if self.starts else 0)
-        return {"anon": {k: v for k, v in self.nbytes().items() if v},
+        scans = {"metadata_scans": self.scans.nbytes()}
+        return {"anon": {k: v for k, v in {**self.nbytes(), **scans}.items() if v},
                 "reserved": {"metadata_records": int(slack)}}
 
     def to_arrays(self) -> dict:

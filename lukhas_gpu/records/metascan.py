@@ -4,8 +4,11 @@
 format is documented there). A condition on an undeclared key walks every record's top-level
 pairs in lock step with numpy (one step per pair position, all rows at once), skipping values it
 does not need (nested lists and dicts included, also in lock step), then reads only the found
-values' tags and scalars. Nothing is kept between filters: the cost is one pass over the records
-per key (a filter naming a key twice reads it once, see :class:`KeyValues`).
+values' tags and scalars into a :class:`KeyValues` (a few numpy arrays over the rows holding the
+key). A :class:`ScanCache` keeps the most recently used keys' values within
+``SCAN_CACHE_BYTES``: a repeated filter on the same key costs a column scan, appended rows are
+scanned alone and added, and a replace or compaction of the records (``DocMetadata.version``)
+drops them.
 
 Semantics are those of :func:`lukhas_gpu.query.metafilter.matches` (plain Python): ``None`` is
 absent; ``$eq``/``$in`` compare like ``==`` with bools apart from numbers; ranges hold between
@@ -16,7 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["KeyValues", "locate", "mask"]
+__all__ = ["KeyValues", "ScanCache", "locate", "mask", "SCAN_CACHE_BYTES"]
+
+#: Bytes of decoded key values one store keeps between filters (least recently used dropped first;
+#: a key whose values alone are larger is never kept: about 41 B per row holding it).
+SCAN_CACHE_BYTES = 64 << 20
 
 _RANGES = ("$gt", "$gte", "$lt", "$lte")
 #: ``$in`` lists of strs longer than this are matched by decoding each str value (a set lookup)
@@ -110,12 +117,14 @@ class KeyValues:
     ``rows`` (the rows holding the key, ``None`` values included), ``tag``, and per kind: ``ival``
     (int64, ints), ``fval`` (float64, floats), ``spos``/``slen`` (the UTF-8 bytes of strs)."""
 
-    def __init__(self, buf: np.ndarray, starts: np.ndarray | None, none: int, code: int | None, n: int):
+    def __init__(self, buf: np.ndarray, starts: np.ndarray | None, none: int, code: int | None, n: int,
+                 first: int = 0):
         self.buf, self.n = buf, n
-        if starts is None or code is None:
+        if starts is None or code is None or first >= n:
             rows = pos = np.zeros(0, np.int64)
         else:
-            rows, pos = locate(buf, starts[:n], none, code)
+            rows, pos = locate(buf, starts[first:n], none, code)
+            rows += first
         self.rows, self.tag = rows, buf[pos] if len(pos) else np.zeros(0, np.uint8)
         t = self.tag
         self.is_int = (t >= 0x80) | (t == 3)
@@ -137,6 +146,18 @@ class KeyValues:
         if len(st):
             ln, after = _varint(buf, pos[st] + 1)
             self.spos[st], self.slen[st] = after, ln.astype(np.int64)
+
+    _ARRAYS = ("rows", "tag", "is_int", "is_float", "is_str", "is_bool", "ival", "fval", "spos", "slen")
+
+    def nbytes(self) -> int:
+        return int(sum(getattr(self, a).nbytes for a in self._ARRAYS))
+
+    def extend(self, tail: "KeyValues") -> "KeyValues":
+        """These values followed by ``tail``'s (the rows appended since: ``tail.rows`` past ours)."""
+        for a in self._ARRAYS:
+            setattr(self, a, np.concatenate([getattr(self, a), getattr(tail, a)]))
+        self.buf, self.n = tail.buf, tail.n
+        return self
 
     def _strs(self, sel: np.ndarray) -> list:
         mv = memoryview(self.buf)
@@ -207,6 +228,33 @@ class KeyValues:
         if op in ("$ne", "$nin") or (op == "$exists" and not value):
             return ~out
         return out
+
+
+class ScanCache:
+    """Decoded values of the keys filtered most recently, within ``max_bytes``; valid while the
+    records' ``version`` holds (appends only: the new rows are scanned and added)."""
+
+    def __init__(self, max_bytes: int = SCAN_CACHE_BYTES):
+        self.max_bytes, self.version = int(max_bytes), 0
+        self.entries: dict[str, KeyValues] = {}
+
+    def nbytes(self) -> int:
+        return int(sum(kv.nbytes() for kv in self.entries.values()))
+
+    def get(self, name: str, version: int, buf, starts, none: int, code: int | None, n: int) -> KeyValues:
+        if version != self.version:
+            self.entries.clear()
+            self.version = version
+        kv = self.entries.pop(name, None)
+        if kv is None or kv.n > n:
+            kv = KeyValues(buf, starts, none, code, n)
+        elif kv.n < n or kv.buf is not buf:
+            kv = kv.extend(KeyValues(buf, starts, none, code, n, first=kv.n))
+        if kv.nbytes() <= self.max_bytes:
+            self.entries[name] = kv  # the most recent last
+            while self.nbytes() > self.max_bytes:
+                self.entries.pop(next(iter(self.entries)))
+        return kv
 
 
 def mask(buf, starts, none: int, code: int | None, n: int, op: str, value) -> np.ndarray:
