@@ -4,9 +4,10 @@
    metadata holds the same values twice: under declared fields (``author`` str, ``year`` int:
    packed columns) and under keys never declared (``author_u``, ``year_u``: the stored records,
    scanned by ``records/metascan``). Each filter is checked to allow the same rows both ways,
-   then timed: ms per filter evaluation (``allowed_rows``, the one rule of every route) and
-   search QPS with it (batched queries, and one query per call where the filter's cost counts
-   once per query).
+   then timed: ms per filter evaluation (``allowed_rows``, the one rule of every route; for
+   the records cold, the scan cache emptied before each call, and warm) and search QPS with it
+   (batched queries, and one query per call where the filter's cost counts once per query;
+   records cold and warm).
 2. MMR: a set with planted near-copies (every ``--copy-every``-th memory has 2 copies, noise
    0.02), queries near the copied memories; near-copies in the top 10 (results beyond the first
    of their group) and the mean score of the top 10, for several diversities, plus the latency.
@@ -58,16 +59,28 @@ def bench_filters(n: int, nq: int, singles: int) -> list[dict]:
         allowed = ix.select(fd)
         assert np.array_equal(allowed, ix.select(fu)), name  # correctness first: the same rows
         row = {"filter": name, "allowed": int(len(allowed))}
-        for how, f in (("declared", fd), ("records", fu)):
-            t_eval, _ = common.timed(lambda f=f: filters.allowed_rows(ix.parts, f), repeat=5)
-            t_batch, res = common.timed(lambda f=f: ix.search(q, 10, where=f), repeat=3)
+        scans = ix.parts.docmeta.scans
+        for how, f, cold in (("declared", fd, False), ("records", fu, True), ("records_cached", fu, False)):
+            def ev(f=f, cold=cold):
+                if cold:
+                    scans.entries.clear()
+                return filters.allowed_rows(ix.parts, f)
+
+            def search(x, f=f, cold=cold):
+                if cold:
+                    scans.entries.clear()
+                return ix.search(x, 10, where=f)
+
+            t_eval, _ = common.timed(ev, repeat=5)
+            t_batch, _ = common.timed(lambda: search(q), repeat=3)
             assert ix.last_plan.metadata == ("columns" if how == "declared" else "records")
             t0 = time.perf_counter()
             for i in range(singles):
-                ix.search(q[i], 10, where=f)
+                search(q[i])
             t_single = (time.perf_counter() - t0) / singles
             row[how] = {"eval_ms": t_eval * 1e3, "qps_batch": nq / t_batch, "qps_single": 1.0 / t_single,
                         "plan": ix.last_plan.strategy}
+        row["cache_bytes"] = scans.nbytes()
         rows.append(row)
     plain, _ = common.timed(lambda: ix.search(q, 10), repeat=3)
     rows.append({"filter": "none", "allowed": len(ix), "none": {"qps_batch": nq / plain}})
@@ -114,15 +127,18 @@ def main(argv=None) -> dict:
     res = {"filters": bench_filters(args.n, args.nq, args.singles),
            "mmr": bench_mmr(args.mmr_n, args.nq, args.copy_every, (0.0, 0.1, 0.3, 0.5))}
     print(f"## filters at {args.n:,} memories ({args.threads} threads, nq={args.nq})\n")
-    print("| filter | allowed | eval ms declared | eval ms records | QPS batch decl / rec | QPS 1-query decl / rec |")
-    print("|---|---|---|---|---|---|")
+    print("| filter | allowed | eval ms: declared / records cold / records cached | "
+          "QPS batched: decl / cold / cached | QPS 1 query per call: decl / cold / cached |")
+    print("|---|---|---|---|---|")
     for r in res["filters"]:
         if "declared" in r:
-            d, u = r["declared"], r["records"]
-            print(f"| {r['filter']} | {r['allowed']:,} | {d['eval_ms']:.2f} | {u['eval_ms']:.2f} | "
-                  f"{d['qps_batch']:.0f} / {u['qps_batch']:.0f} | {d['qps_single']:.0f} / {u['qps_single']:.0f} |")
+            d, u, c = r["declared"], r["records"], r["records_cached"]
+            print(f"| {r['filter']} | {r['allowed']:,} | "
+                  f"{d['eval_ms']:.2f} / {u['eval_ms']:.2f} / {c['eval_ms']:.2f} | "
+                  f"{d['qps_batch']:.0f} / {u['qps_batch']:.0f} / {c['qps_batch']:.0f} | "
+                  f"{d['qps_single']:.0f} / {u['qps_single']:.0f} / {c['qps_single']:.0f} |")
         else:
-            print(f"| none | {r['allowed']:,} | | | {r['none']['qps_batch']:.0f} | |")
+            print(f"| none | {r['allowed']:,} | | {r['none']['qps_batch']:.0f} | |")
     print(f"\n## MMR ({args.mmr_n:,} memories + copies of every {args.copy_every}th, nq={args.nq})\n")
     print("| diversity | near-copies in top 10 | mean score top 10 | ms / query (batched) |")
     print("|---|---|---|---|")
