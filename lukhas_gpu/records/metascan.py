@@ -248,8 +248,10 @@ class ScanCache:
         kv = self.entries.pop(name, None)
         if kv is None or kv.n > n:
             kv = KeyValues(buf, starts, none, code, n)
-        elif kv.n < n or kv.buf is not buf:
+        elif kv.n < n:
             kv = kv.extend(KeyValues(buf, starts, none, code, n, first=kv.n))
+        else:
+            kv.buf = buf  # the records' current array (offsets hold: appends never move a record)
         if kv.nbytes() <= self.max_bytes:
             self.entries[name] = kv  # the most recent last
             while self.nbytes() > self.max_bytes:
