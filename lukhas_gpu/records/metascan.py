@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["KeyValues", "ScanCache", "locate", "mask", "SCAN_CACHE_BYTES"]
 
 #: Bytes of decoded key values one store keeps between filters (least recently used dropped first;
-#: a key whose values alone are larger is never kept: about 41 B per row holding it).
+#: a key whose values alone are larger is never kept: about 45 B per row holding it).
 SCAN_CACHE_BYTES = 64 << 20
 
 _RANGES = ("$gt", "$gte", "$lt", "$lte")
@@ -32,20 +32,22 @@ _NEEDLE_LOOP_MAX = 16
 
 
 def _varint(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unsigned LEB128 varints at ``pos`` (all at once): ``(values uint64, positions after)``."""
-    val = np.zeros(len(pos), np.uint64)
-    pos = pos.copy()
-    act = np.arange(len(pos))
-    shift = 0
+    """Unsigned LEB128 varints at ``pos`` (all at once): ``(values uint64, positions after)``.
+    Most are one byte (key codes, counts, short lengths): only the others loop."""
+    b = buf[pos]
+    val = (b & 0x7F).astype(np.uint64)
+    out = pos + 1
+    act = np.flatnonzero(b >= 0x80)
+    shift = 7
     while len(act):
-        b = buf[pos[act]]
+        b = buf[out[act]]
         val[act] |= (b & 0x7F).astype(np.uint64) << np.uint64(shift)
-        pos[act] += 1
+        out[act] += 1
         act = act[b >= 0x80]
         shift += 7
         if len(act) and shift > 63:
             raise ValueError("corrupt metadata record: a varint longer than 10 bytes")
-    return val, pos
+    return val, out
 
 
 def _skip_values(buf: np.ndarray, pos: np.ndarray, counts: np.ndarray, *, keyed: bool, depth: int) -> np.ndarray:
