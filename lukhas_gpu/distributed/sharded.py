@@ -207,7 +207,7 @@ class ShardedIndex:
         from ..query import mmr
 
         lam = mmr.check_diversity(diversity, k)
-        kk = k if lam is None else mmr.pool(k)
+        kk = k if lam is None else check_queries(len(q), mmr.pool(k))
         parts = self.run_all("search", q, kk, where, rank, nprobe, rerank, target_recall)
         ids, scores = merge_topk(parts, kk)
         if lam is None:

@@ -326,7 +326,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         s = executor.Search(k=check_queries(q.shape[0], k), exact_max=cfg.filter_exact_max,
                             cosine=cfg.metric == "cosine", **chosen)
         lam, k = mmr.check_diversity(diversity, s.k), s.k
-        s = s if lam is None else s.with_k(mmr.pool(k))
+        s = s if lam is None else s.with_k(check_queries(q.shape[0], mmr.pool(k)))  # its candidates bounded too
         allowed = filters.allowed_rows(parts, where)  # the one filter rule of every route
         if rank is not None and not isinstance(rank, ranking.Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
