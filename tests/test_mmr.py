@@ -201,4 +201,8 @@ def test_the_server_body_and_the_cli_take_diversity(tmp_path, capsys):
     assert cli.main(["search", str(path), "--query-file", str(qf), "-k", "5", "--diversity", "0.4", "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["ids"] for r in lines] == ix.search(q, 5, diversity=0.4).ids.tolist()
+    assert cli.main(["search", str(path), "--query-file", str(qf), "-k", "5", "--diversity", "0.4", "--json",
+                     "--meta", '{"g": 2}']) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["ids"] for r in lines] == want.ids.tolist()
     ix.close()

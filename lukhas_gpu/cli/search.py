@@ -41,6 +41,8 @@ def add_parsers(sub) -> None:
                                                                 "when no offset)")
     s.add_argument("--until", type=_time_arg, metavar="S", help="timestamp <= S (epoch seconds or ISO-8601)")
     s.add_argument("--min-importance", type=float, metavar="X", help="importance >= X (in [0, 1])")
+    s.add_argument("--meta", type=_json_arg, metavar="JSON",
+                   help='conditions on metadata keys, e.g. \'{"author": "ann", "year": {"$gte": 2020}}\'')
     s.add_argument("--similarity", type=float, default=1.0, metavar="W",
                    help="weight of cosine similarity in the ranked score (default: 1)")
     s.add_argument("--recency", type=float, default=0.0, metavar="W",
@@ -54,6 +56,13 @@ def add_parsers(sub) -> None:
     s.add_argument("--json", action="store_true",
                    help='print one JSON object per query: {"query", "ids", "scores"[, "contents"]}')
     s.set_defaults(func=cmd_search, catch_errors=True)
+
+
+def _json_arg(arg: str):
+    try:
+        return json.loads(arg)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
 
 
 def _time_arg(arg: str) -> float:
@@ -178,7 +187,7 @@ def cmd_search(args) -> int:
     from lukhas_gpu import Filter, Rank
 
     where = Filter(tags_all=args.tags_all, tags_any=args.tags_any, tags_none=args.tags_none, since=args.since,
-                   until=args.until, min_importance=args.min_importance)
+                   until=args.until, min_importance=args.min_importance, meta=args.meta)
     rank = None
     if args.recency or args.importance or args.similarity != 1.0 or args.half_life is not None:
         extra = {} if args.half_life is None else {"half_life": args.half_life}
