@@ -106,8 +106,9 @@ class IndexConfig:
         that memory (upsert). A canonical 36-char UUID costs 21 B per memory.
     metadata_fields : dict of name -> {"str", "int", "float", "bool"}, optional
         Fields of the free metadata dicts kept in packed columns that ``Filter(meta=...)`` can
-        test (equality, ``$in``, ranges, ``$exists``); a value of a declared field must have its
-        type. Stored as ``((name, type), ...)``; :attr:`fields` gives the dict.
+        test (equality, ``$in``, ranges, ``$exists``) as fast column scans (a filter on any other
+        key scans the stored metadata records); a value of a declared field must have its type.
+        Stored as ``((name, type), ...)``; :attr:`fields` gives the dict.
     backend : {"auto", "cpu", "cuda"}, default "auto"
         Where the torch kernels run; ``LUKHAS_GPU_BACKEND`` overrides it. ``auto`` takes CUDA when
         torch sees a GPU and falls back to CPU with one log line.

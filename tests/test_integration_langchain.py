@@ -44,8 +44,12 @@ def test_filters_scores_and_reopen(tmp_path):
     assert all(0.0 <= s <= 1.0 for _, s in hits) and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     raw = store.similarity_search_with_score("text 3", k=3)
     assert raw[0][1] == pytest.approx(1.0, abs=1e-3) and all(-1.0 <= s <= 1.0 for _, s in raw)
-    with pytest.raises(ValueError, match="not declared"):
-        store.similarity_search("x", filter={"tags": 1})
+    assert store.similarity_search("x", k=40, filter={"tags": 1}) == []  # a list equals no scalar
+    plain = LukhasVectorStore.from_texts(texts, emb, metas, ids=[f"d{i}" for i in range(40)])  # nothing declared
+    for flt in ({"source": "news", "year": {"$lt": 2020}}, {"$or": [{"year": {"$gte": 2035}}, {"source": "blog"}]}):
+        want = sorted(d.id for d, _ in store.similarity_search_with_score("text 3", k=40, filter=flt))
+        assert sorted(d.id for d, _ in plain.similarity_search_with_score("text 3", k=40, filter=flt)) == want
+    assert plain.index.last_plan.metadata == "records"
     store.add_documents([Document(page_content="replaced", metadata={"source": "blog", "year": 1}, id="d5")])
     store.close()
     again = LukhasVectorStore(emb, path=tmp_path / "s")
@@ -55,3 +59,28 @@ def test_filters_scores_and_reopen(tmp_path):
     again.delete(None)
     assert again.similarity_search("text 9", k=1) == []
     again.close()
+
+
+def test_max_marginal_relevance_search_is_the_index_mmr():
+    """fetch_k candidates, lambda_mult = 1 - diversity: near-duplicate texts give way; the by-vector
+    and async variants agree; lambda_mult 1 is the plain top-k."""
+    import asyncio
+
+    emb = DeterministicFakeEmbedding(size=16)
+    texts = [f"text {i}" for i in range(30)]
+    store = LukhasVectorStore.from_texts(texts + ["text 3"] * 3, emb, [{"i": i} for i in range(33)],
+                                         ids=[f"d{i}" for i in range(33)])
+    plain = [d.id for d in store.similarity_search("text 3", k=4)]
+    assert sorted(plain) == ["d3", "d30", "d31", "d32"]  # the copies fill the top 4
+    got = store.max_marginal_relevance_search("text 3", k=4, fetch_k=20, lambda_mult=0.5)
+    assert got[0].page_content == "text 3" and sum(d.page_content == "text 3" for d in got) == 1
+    vec = emb.embed_query("text 3")
+    assert [d.id for d in store.max_marginal_relevance_search_by_vector(vec, k=4, fetch_k=20, lambda_mult=0.5)] == \
+        [d.id for d in got]
+    assert [d.id for d in asyncio.run(store.amax_marginal_relevance_search("text 3", k=4, fetch_k=20))] == \
+        [d.id for d in got]
+    assert sorted(d.id for d in store.max_marginal_relevance_search("text 3", k=4, lambda_mult=1.0)) == sorted(plain)
+    assert all(d.metadata["i"] % 2 == 0 for d in store.max_marginal_relevance_search(
+        "text 3", k=4, filter={"i": {"$in": list(range(0, 33, 2))}}))
+    with pytest.raises(ValueError, match="lambda_mult"):
+        store.max_marginal_relevance_search("x", lambda_mult=1.5)

@@ -42,8 +42,9 @@ class HashEmbedding(BaseEmbedding):
 def _docs():
     return [Document(text=f"note {i}", id_=f"doc{i}",
                      metadata={"year": 2000 + i, "topic": "cats" if i % 3 == 0 else "dogs", "tags": [f"t{i % 2}"],
-                               "timestamp": 1000.0 + i, "extra": {"n": [i, i / 4]}},
-                     excluded_embed_metadata_keys=["year", "topic", "tags", "timestamp", "extra"])
+                               "timestamp": 1000.0 + i, "extra": {"n": [i, i / 4]},
+                               **({"author": "ann"} if i % 2 == 0 and i != 4 else {})},
+                     excluded_embed_metadata_keys=["year", "topic", "tags", "timestamp", "extra", "author"])
             for i in range(12)]
 
 
@@ -81,8 +82,23 @@ def test_from_documents_filtered_retrieval_and_delete_ref_doc(store):
     assert sorted(n.node.ref_doc_id for n in got) == ["doc11", "doc5", "doc7", "doc9"]
     index.delete_ref_doc("doc4")
     assert all(n.node.ref_doc_id != "doc4" for n in index.as_retriever(similarity_top_k=12).retrieve("note 4"))
-    with pytest.raises(ValueError, match="not a declared"):
-        index.as_retriever(filters=MetadataFilters(filters=[MetadataFilter(key="extra", value="x")])).retrieve("x")
+    extra = MetadataFilters(filters=[MetadataFilter(key="extra", value="x")])
+    assert index.as_retriever(filters=extra).retrieve("x") == []  # a dict equals no str
+    # keys never declared (author, timestamp) filter like declared ones, under OR and NOT too
+    undeclared = MetadataFilters(filters=[MetadataFilter(key="author", value="ann"),
+                                          MetadataFilter(key="timestamp", value=1008.0, operator=FilterOperator.LT),
+                                          MetadataFilters(filters=[MetadataFilter(key="year", value=2006)],
+                                                          condition=FilterCondition.NOT)],
+                                 condition=FilterCondition.AND)
+    got = index.as_retriever(similarity_top_k=12, filters=undeclared).retrieve("x")
+    assert sorted(n.node.ref_doc_id for n in got) == ["doc0", "doc2"]
+    assert store.client.last_plan.metadata == "columns+records"
+    nin = MetadataFilters(filters=[MetadataFilter(key="author", value=["ann"], operator=FilterOperator.NIN),
+                                   MetadataFilter(key="timestamp", value=1003.0, operator=FilterOperator.GTE)],
+                          condition=FilterCondition.OR)
+    got = index.as_retriever(similarity_top_k=12, filters=nin).retrieve("x")
+    assert sorted(n.node.ref_doc_id for n in got) == sorted(f"doc{i}" for i in range(12)
+                                                           if (i % 2 or i >= 3) and i != 4)
     with pytest.raises(ValueError, match="not supported"):
         index.as_retriever(filters=MetadataFilters(
             filters=[MetadataFilter(key="topic", value="ca", operator=FilterOperator.TEXT_MATCH)])).retrieve("x")

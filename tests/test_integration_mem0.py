@@ -48,8 +48,7 @@ def test_store_round_trip_with_filters(tmp_path):
     assert store.get("m4") is None and store.col_info()["count"] == 19
     with pytest.raises(ValueError):
         store.delete("m4")
-    with pytest.raises(ValueError, match="not declared"):
-        store.search("x", [_vec("x")], filters={"hash": "1"})
+    assert [h.id for h in store.search("x", [_vec("x")], filters={"hash": "1"})] == ["m1"]  # never declared
     other = LukhasMem0Store("other", DIM, path=str(tmp_path / "m0"))
     assert sorted(other.list_cols()) == ["memories", "other"]
     other.delete_col()
@@ -99,3 +98,21 @@ def test_memory_from_config_llm_free(tmp_path):
     memory.delete(mid)
     assert memory.get(mid) is None
     memory.vector_store.close()
+
+
+def test_keyword_search_is_bm25_where_the_store_has_a_text_index():
+    plain = LukhasMem0Store("kw0", DIM)
+    plain.insert([_vec("a")], [{"data": "red apple", "user_id": "u"}], ["x"])
+    assert plain.keyword_search("apple") is None  # mem0's answer: no keyword search
+    store = LukhasMem0Store("kw1", DIM, index_config={"text_index": True})
+    texts = ["red apple pie", "green apple", "blue sky", "apple apple apple"]
+    store.insert([_vec(t) for t in texts], [{"data": t, "user_id": "alice" if i % 2 else "bob", "author": f"a{i}"}
+                                            for i, t in enumerate(texts)], [f"m{i}" for i in range(4)])
+    hits = store.keyword_search("apple", top_k=10)
+    assert [h.id for h in hits][0] == "m3" and sorted(h.id for h in hits) == ["m0", "m1", "m3"]
+    assert all(h.score > 0 for h in hits) and hits[0].payload["data"] == "apple apple apple"
+    assert [h.id for h in store.keyword_search("apple", filters={"user_id": "alice"})] == ["m3", "m1"]
+    assert [h.id for h in store.keyword_search("apple", filters={"author": "a0"})] == ["m0"]  # never declared
+    assert store.keyword_search("nothing") == []
+    store.delete_col()
+    plain.delete_col()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -155,6 +156,9 @@ def test_a_bad_request_fails_alone_in_a_merged_batch():
 def test_filters_and_rankings_round_trip_through_json():
     flt = Filter(tags_all=["a", "b"], tags_none="x", since=10.0, until=20.5, min_importance=0.25)
     assert wire.parse_where(wire.where_to_json(flt)) == flt
+    meta = Filter(tags_any="a", meta={"author": "ann",
+                                      "$or": [{"n": {"$in": [1, 2.5]}}, {"$not": {"x": {"$exists": True}}}]})
+    assert wire.parse_where(json.loads(json.dumps(wire.where_to_json(meta)))) == meta
     assert wire.parse_where({"since": "1970-01-01T00:00:10Z", "until": "1970-01-01T00:00:20.5"}) == \
         Filter(since=10.0, until=20.5)
     assert wire.parse_where({}) is None and wire.parse_where(None) is None

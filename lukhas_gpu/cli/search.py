@@ -41,6 +41,8 @@ def add_parsers(sub) -> None:
                                                                 "when no offset)")
     s.add_argument("--until", type=_time_arg, metavar="S", help="timestamp <= S (epoch seconds or ISO-8601)")
     s.add_argument("--min-importance", type=float, metavar="X", help="importance >= X (in [0, 1])")
+    s.add_argument("--meta", type=_json_arg, metavar="JSON",
+                   help='conditions on metadata keys, e.g. \'{"author": "ann", "year": {"$gte": 2020}}\'')
     s.add_argument("--similarity", type=float, default=1.0, metavar="W",
                    help="weight of cosine similarity in the ranked score (default: 1)")
     s.add_argument("--recency", type=float, default=0.0, metavar="W",
@@ -48,10 +50,19 @@ def add_parsers(sub) -> None:
     s.add_argument("--importance", type=float, default=0.0, metavar="W", help="weight of importance (default: 0)")
     s.add_argument("--half-life", type=float, default=None, metavar="SECONDS",
                    help="age at which recency halves (default: one day)")
+    s.add_argument("--diversity", type=float, default=0.0, metavar="X",
+                   help="maximal marginal relevance in [0, 1]: near-copies give way to other results (default: 0, off)")
     s.add_argument("--contents", action="store_true", help="print the memories' contents too")
     s.add_argument("--json", action="store_true",
                    help='print one JSON object per query: {"query", "ids", "scores"[, "contents"]}')
     s.set_defaults(func=cmd_search, catch_errors=True)
+
+
+def _json_arg(arg: str):
+    try:
+        return json.loads(arg)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
 
 
 def _time_arg(arg: str) -> float:
@@ -141,8 +152,9 @@ def _results(index, args, where, rank):
     """``(first query number, SearchResult)`` per batch: vectors, BM25 texts, or both fused."""
     texts = args.text
     if texts and args.query_file is None:
-        if rank is not None:
-            raise ValueError("--similarity/--recency/--importance rank query vectors: give --query-file too")
+        if rank is not None or args.diversity:
+            raise ValueError("--similarity/--recency/--importance/--diversity apply to query vectors: "
+                             "give --query-file too")
         yield 0, index.search_text(texts, args.k, where=where)
         return
     for first, q in _queries(args, index.dim):
@@ -150,9 +162,9 @@ def _results(index, args, where, rank):
             if first + len(q) > len(texts):
                 raise ValueError(f"{first + len(q)} query vectors but {len(texts)} --text: one text per vector")
             yield first, index.search(q, args.k, where=where, rank=rank, text=texts[first: first + len(q)],
-                                      fusion=args.fusion)
+                                      fusion=args.fusion, diversity=args.diversity)
         else:
-            yield first, index.search(q, args.k, where=where, rank=rank)
+            yield first, index.search(q, args.k, where=where, rank=rank, diversity=args.diversity)
 
 
 def open_for_search(path):
@@ -175,7 +187,7 @@ def cmd_search(args) -> int:
     from lukhas_gpu import Filter, Rank
 
     where = Filter(tags_all=args.tags_all, tags_any=args.tags_any, tags_none=args.tags_none, since=args.since,
-                   until=args.until, min_importance=args.min_importance)
+                   until=args.until, min_importance=args.min_importance, meta=args.meta)
     rank = None
     if args.recency or args.importance or args.similarity != 1.0 or args.half_life is not None:
         extra = {} if args.half_life is None else {"half_life": args.half_life}

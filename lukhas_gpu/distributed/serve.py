@@ -60,14 +60,14 @@ class ShardGroup:
                                max_queue=o.max_queue)
         self._started = False
         if len(self.index):  # the first search loads torch and FAISS: while deploying, not in a request
-            self._search((1, None, None, None, None, None), np.ones((1, self.index.dim), np.float32))
+            self._search((1, None, None, None, None, None, None), np.ones((1, self.index.dim), np.float32))
         self._stop = threading.Event()
         if o.refresh_s:
             threading.Thread(target=self._refresh_loop, name="lukhas-refresh", daemon=True).start()
 
     def _search(self, key: tuple, q: np.ndarray):
-        k, where, rank, nprobe, rerank, target = key
-        return self.index.search_arrays(q, k, where, rank, nprobe, rerank, target)
+        k, where, rank, nprobe, rerank, target, diversity = key
+        return self.index.search_arrays(q, k, where, rank, nprobe, rerank, target, diversity)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.options.refresh_s):

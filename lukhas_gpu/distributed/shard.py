@@ -83,6 +83,9 @@ class ShardHost:
         return [dataclasses.replace(m, id=g, external_id=m.external_id if ext else g)
                 for m, g in zip(got, self._global(rows).tolist())]
 
+    def vectors_at(self, rows) -> np.ndarray:
+        return self.index.vectors_at(rows)
+
     def contains_rows(self, rows) -> np.ndarray:
         rows = as_ids(rows)
         with self.index.lock:

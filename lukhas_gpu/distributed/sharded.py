@@ -165,9 +165,13 @@ class ShardedIndex:
     # -- search ----------------------------------------------------------------------------------
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
-               fusion=None) -> SearchResult:
+               fusion=None, diversity: float = 0.0) -> SearchResult:
         """Top-k memories for each query over every shard: the arguments and the result of
         :meth:`MemoryIndex.search <lukhas_gpu.MemoryIndex.search>`, with global ids.
+
+        With ``diversity`` every shard returns its top ``max(4k, 50)``, the lists are merged and
+        MMR picks the k at the root (the candidates' vectors fetched from their shards), so the
+        picks are those of one index holding every memory.
 
         Each shard searches with the parameters given (``nprobe``/``rerank``/``target_recall``:
         its own tuned choice when unset), returns its top-k, and the lists are merged exactly.
@@ -178,7 +182,10 @@ class ShardedIndex:
         from ..util.arrays import as_batch, check_nonzero
 
         if text is not None or sparse is not None:
+            from ..query.mmr import check_diversity
             from .hybrid import hybrid_search
+            if check_diversity(diversity, 1) is not None:
+                raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
             return hybrid_search(self, queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank,
                                  target_recall=target_recall, text=text, sparse=sparse, fusion=fusion)
         q, kind = as_batch(queries, self.dim, "queries")
@@ -189,16 +196,26 @@ class ShardedIndex:
         nprobe = None if nprobe is None else check_positive("nprobe", nprobe)
         rerank = None if rerank is None else check_positive("rerank", rerank)
         ids, scores = self.search_arrays(q.to("cpu", torch.float32).numpy(), k, where, fixed_rank(rank),
-                                         nprobe, rerank, target_recall)
+                                         nprobe, rerank, target_recall, diversity)
         return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
 
     def search_arrays(self, q: np.ndarray, k: int, where=None, rank=None, nprobe=None, rerank=None,
-                      target_recall=None) -> tuple[np.ndarray, np.ndarray]:
+                      target_recall=None, diversity=None) -> tuple[np.ndarray, np.ndarray]:
         """The fan-out and merge of :meth:`search` on checked arguments: ``q`` ``(nq, dim)``
         float32 numpy, ``rank`` with its ``now`` fixed (:func:`.merge.fixed_rank`); returns
         ``(ids (nq, k), scores (nq, k))`` numpy (a serving replica's batch, a benchmark)."""
-        parts = self.run_all("search", q, k, where, rank, nprobe, rerank, target_recall)
-        return merge_topk(parts, k)
+        from ..query import mmr
+
+        lam = mmr.check_diversity(diversity, k)
+        kk = k if lam is None else check_queries(len(q), mmr.pool(k))
+        parts = self.run_all("search", q, kk, where, rank, nprobe, rerank, target_recall)
+        ids, scores = merge_topk(parts, kk)
+        if lam is None:
+            return ids, scores
+        import torch
+        s, i = mmr.select(torch.from_numpy(scores), torch.from_numpy(ids), self.vectors_at, self.dim, k, lam,
+                          cosine=self.metric == "cosine")
+        return i.numpy(), s.numpy()
 
     def search_text(self, texts, k: int = 10, *, where=None) -> SearchResult:
         """BM25 top-k over every shard's contents, scored with the statistics of the whole root
@@ -220,6 +237,11 @@ class ShardedIndex:
     def contains(self, ids) -> np.ndarray:
         """Boolean mask: which global ids are live memories (``KeyError`` for an id in no shard)."""
         return self._route(ids, "contains_rows")
+
+    def vectors_at(self, ids) -> np.ndarray:
+        """The dequantized stored vectors of these global ids, ``(n, dim)`` float32, in order."""
+        rows = self._route(ids, "vectors_at")
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
     # the SearchResult protocol (``.contents()``, ``.memories()``, ``.external_ids``): by global id
     def contents_at(self, ids) -> list:

@@ -56,6 +56,17 @@ class DocumentsMixin:
         return self._memories_at(self.parts.tombstones.check(as_ids(rows), self.parts.rows))
 
     @locked
+    def vectors_at(self, rows) -> np.ndarray:
+        """The stored vectors of live rows, dequantized (``(n, dim)`` float32: the int8 codes times
+        their scales, what searches score against), in the order given: MMR's similarities
+        between candidates (a shard host's too); ValueError as :meth:`contents_at`."""
+        return self.dequantized(self.parts.tombstones.check(as_ids(rows), self.parts.rows)).cpu().numpy()
+
+    def dequantized(self, rows: np.ndarray):
+        """``vectors_at`` of checked rows as a torch tensor on the encoder's device."""
+        return self.encoder.dequantize(self.parts.vectors.array[np.asarray(rows, np.int64)])
+
+    @locked
     def external_ids_of(self, rows) -> list:
         """The external ids of rows (``SearchResult.ids``), ``None`` for -1 padding; the rows
         themselves when the index assigns its own ids."""

@@ -274,7 +274,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     @_locked
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
-               fusion=None) -> SearchResult:
+               fusion=None, diversity: float = 0.0) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -298,6 +298,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
             Hybrid search (see :mod:`lukhas_gpu.index.sparse_search`): BM25 query texts and/or
             sparse query vectors, fused with the dense results (``queries``, or None for sparse
             alone) by ``fusion`` ("rrf", the default, "weighted" or a ``Fusion``).
+        diversity : float in [0, 1], default 0 (off)
+            Maximal marginal relevance over ``max(4k, 50)`` candidates (:mod:`lukhas_gpu.query.mmr`).
 
         Returns
         -------
@@ -306,12 +308,14 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
             ``rank``; cosine similarities clipped at 1), in the queries' kind/device;
             ``.contents()`` / ``.memories()`` hydrate.
         """
-        from ..query import executor, filters, ranking
+        from ..query import executor, filters, mmr, ranking
         from ..util.arrays import as_batch, check_nonzero
         from . import mirror as device_mirror
         from . import tuning
 
         if text is not None or sparse is not None:
+            if mmr.check_diversity(diversity, 1) is not None:
+                raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
             return self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank, text=text,
                                        sparse=sparse, fusion=fusion, target_recall=target_recall)
         q, kind = as_batch(queries, self.dim, "queries")
@@ -322,6 +326,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
                                       None if rerank is None else check_positive("rerank", rerank), target_recall)
         s = executor.Search(k=check_queries(q.shape[0], k), exact_max=cfg.filter_exact_max,
                             cosine=cfg.metric == "cosine", **chosen)
+        lam, k = mmr.check_diversity(diversity, s.k), s.k
+        s = s if lam is None else s.with_k(check_queries(q.shape[0], mmr.pool(k)))  # its candidates bounded too
         allowed = filters.allowed_rows(parts, where)  # the one filter rule of every route
         if rank is not None and not isinstance(rank, ranking.Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
@@ -335,6 +341,9 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         else:
             scores, ids, self.last_plan = executor.ranked(parts, q, s, allowed, rank, mirror=mirror,
                                                           oversample=cfg.rank_oversample)
+        self.last_plan = filters.labelled(self.last_plan, parts, where)
+        if lam is not None:
+            scores, ids = mmr.select(scores, ids, self.dequantized, self.dim, k, lam, cosine=s.cosine)
         maybe_trim(every=1.0)
         if cfg.target_recall is not None:
             tuning.maybe_retune(self)

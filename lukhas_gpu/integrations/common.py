@@ -99,6 +99,32 @@ class IndexHolder:
         mems = res.memories()
         return [[(m, float(s)) for m, s in zip(row, srow) if m is not None] for row, srow in zip(mems, res.scores)]
 
+    def mmr_search(self, vector, k: int, fetch_k: int, lambda_mult: float, where=None) -> list[tuple]:
+        """Maximal marginal relevance (LangChain's ``fetch_k`` / ``lambda_mult``): the ``fetch_k``
+        most similar memories (at least ``k``) re-chosen by :func:`lukhas_gpu.query.mmr.select`,
+        the rule of ``search(..., diversity=1 - lambda_mult)``; ``(memory, cosine)`` pairs."""
+        import torch
+
+        from ..query import mmr
+
+        if isinstance(fetch_k, bool) or not isinstance(fetch_k, (int, np.integer)) or fetch_k < 1:
+            raise ValueError(f"fetch_k must be a positive int, got {fetch_k!r}")
+        if isinstance(lambda_mult, bool) or not isinstance(lambda_mult, (int, float)):
+            raise TypeError(f"lambda_mult must be a number in [0, 1], got {type(lambda_mult).__name__}")
+        if not 0.0 <= float(lambda_mult) <= 1.0:
+            raise ValueError(f"lambda_mult must be in [0, 1], got {lambda_mult!r}")
+        pool = self.search(vector, max(int(fetch_k), int(k)), where)[0] if self.index is not None else []
+        if not pool:
+            return []
+        ix = self.index
+        mmr.check_diversity(1.0 - float(lambda_mult), int(k))  # the same bound on k as search(diversity=)
+        ids = torch.tensor([[m.id for m, _ in pool]], dtype=torch.int64)
+        rel = torch.tensor([[s for _, s in pool]], dtype=torch.float32)
+        _, picks = mmr.select(rel, ids, ix.vectors_at, ix.dim, int(k), float(lambda_mult),
+                              cosine=ix.config.metric == "cosine")
+        by_id = {m.id: (m, s) for m, s in pool}
+        return [by_id[i] for i in picks[0].tolist() if i >= 0]
+
     def close(self) -> None:
         if self.index is not None and self.index.path is not None and self.index.mode == "w":
             self.index.close()

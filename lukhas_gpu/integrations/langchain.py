@@ -4,9 +4,12 @@
 Documents keep their ``id`` (a UUID4 is made for those without one; adding an id again replaces
 that document: an upsert), their ``page_content`` (the memory's content) and their ``metadata``
 (round-tripped exactly). ``filter`` takes the dict form of :mod:`lukhas_gpu.query.metafilter`
-(``{"source": "news", "year": {"$gte": 2020}}``) on the fields declared with
-``metadata_fields={"source": "str", "year": "int"}``. Scores of ``similarity_search_with_score``
+(``{"source": "news", "year": {"$gte": 2020}}``) on any top-level metadata key: fields declared
+with ``metadata_fields={"source": "str", "year": "int"}`` are column scans, others a scan of the
+stored metadata records. Scores of ``similarity_search_with_score``
 are cosine similarities in [-1, 1]; relevance scores map them to [0, 1] (``(s + 1) / 2``).
+``max_marginal_relevance_search`` (and ``_by_vector``) re-chooses the ``fetch_k`` most similar
+by the index's MMR (``search(diversity=)``'s rule, ``lambda_mult`` = 1 - diversity).
 
 Examples
 --------
@@ -154,6 +157,33 @@ class LukhasVectorStore(VectorStore):
                                            **kwargs: Any) -> list[Document]:
         pairs = await asyncio.to_thread(self.similarity_search_with_score_by_vector, embedding, k, filter)
         return [d for d, _ in pairs]
+
+    def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
+                                                lambda_mult: float = 0.5, filter: dict | None = None,
+                                                **kwargs: Any) -> list[Document]:
+        """``k`` documents chosen by maximal marginal relevance among the ``fetch_k`` most similar
+        (``lambda_mult``: 1 relevance only, 0 diversity only): the rule of
+        ``MemoryIndex.search(..., diversity=1 - lambda_mult)`` (:mod:`lukhas_gpu.query.mmr`)."""
+        hits = self._holder.mmr_search([embedding], k, fetch_k, lambda_mult, self._where(filter))
+        return [self._doc(m) for m, _ in hits]
+
+    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+                                      filter: dict | None = None, **kwargs: Any) -> list[Document]:
+        """:meth:`max_marginal_relevance_search_by_vector` of the query's embedding."""
+        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
+                                                            lambda_mult, filter)
+
+    async def amax_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
+                                                       lambda_mult: float = 0.5, filter: dict | None = None,
+                                                       **kwargs: Any) -> list[Document]:
+        return await asyncio.to_thread(self.max_marginal_relevance_search_by_vector, embedding, k, fetch_k,
+                                       lambda_mult, filter)
+
+    async def amax_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
+                                             lambda_mult: float = 0.5, filter: dict | None = None,
+                                             **kwargs: Any) -> list[Document]:
+        vector = await self._embedding.aembed_query(query)
+        return await self.amax_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter)
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         """Cosine similarity in [-1, 1] to a relevance in [0, 1]."""

@@ -9,10 +9,13 @@ and ``doc_ids=`` queries are column scans. A node's metadata ``tags`` (list of s
 timestamp and importance.
 
 ``MetadataFilters`` map onto :class:`~lukhas_gpu.Filter`: ``==, !=, >, >=, <, <=, in, nin,
-is_empty`` on declared fields (``metadata_fields={"year": "int"}``) with AND / OR / NOT nesting;
-``tags`` with ``any`` / ``all`` / ``contains``, ``timestamp`` with ``>=`` / ``<=`` and
-``importance`` with ``>=`` at the top level of an AND. Anything else (an undeclared key,
-``text_match``, a tag condition under OR) raises ``ValueError``.
+is_empty`` on any top-level metadata key, with AND / OR / NOT nesting: declared fields
+(``metadata_fields={"year": "int"}``) are column scans, other keys (``author``) a scan of the
+stored metadata records (slower; declare the keys filtered often). ``tags`` with ``any`` /
+``all`` / ``contains``, ``timestamp`` with ``>=`` / ``<=`` and ``importance`` with ``>=`` at the
+top level of an AND use the memory's own tags and columns (other conditions on ``timestamp`` or
+``importance`` read the node's metadata). Anything else (``text_match``, a tag
+condition under OR) raises ``ValueError``.
 """
 from __future__ import annotations
 
@@ -35,20 +38,24 @@ __all__ = ["LukhasVectorStore", "to_filter"]
 REF_FIELDS = {"ref_doc_id": "str", "doc_id": "str", "document_id": "str"}
 _OPS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt", FilterOperator.GTE: "$gte",
         FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte", FilterOperator.IN: "$in", FilterOperator.NIN: "$nin"}
-_SPECIAL = ("tags", "timestamp", "importance")
+#: Conditions the memory's own tags and columns answer (other conditions on these keys, a strict
+#: ``timestamp < t`` say, read the node's metadata records like any undeclared key).
+_COLUMN_OPS = {("tags", op) for op in (FilterOperator.ANY, FilterOperator.IN, FilterOperator.ALL,
+                                       FilterOperator.CONTAINS, FilterOperator.EQ, FilterOperator.NIN)} | {
+    ("timestamp", FilterOperator.GTE), ("timestamp", FilterOperator.LTE), ("importance", FilterOperator.GTE)}
 
 
 def _condition(f: MetadataFilter, fields: dict) -> dict:
-    if f.key not in fields:
-        raise ValueError(f"filter on {f.key!r}: not a declared metadata field (metadata_fields; declared: "
-                         f"{sorted(fields)}); tags / timestamp / importance only at the top level of an AND")
+    if f.key == "tags" and "tags" not in fields:
+        raise ValueError(f"filter on 'tags': operator {f.operator.value!r} is not supported (any, all, contains, "
+                         "==, in, nin at the top level of an AND: the memory's tags)")
     if f.operator == FilterOperator.IS_EMPTY:
         return {f.key: {"$exists": False}}
     op = _OPS.get(f.operator)
     if op is None:
         raise ValueError(f"filter on {f.key!r}: operator {f.operator.value!r} is not supported")
     value = f.value
-    if fields[f.key] == "float" and isinstance(value, int) and op not in ("$in", "$nin"):
+    if fields.get(f.key) == "float" and isinstance(value, int) and op not in ("$in", "$nin"):
         value = float(value)
     return {f.key: {op: value}}
 
@@ -73,7 +80,7 @@ def to_filter(filters: Optional[MetadataFilters], fields: dict, doc_ids=None) ->
         rest = []
         top_and = (filters.condition or FilterCondition.AND) == FilterCondition.AND
         for f in filters.filters:
-            if top_and and isinstance(f, MetadataFilter) and f.key in _SPECIAL and f.key not in fields:
+            if top_and and isinstance(f, MetadataFilter) and f.key not in fields and (f.key, f.operator) in _COLUMN_OPS:
                 _special(f, kw)
             else:
                 rest.append(f)
@@ -92,14 +99,12 @@ def _special(f: MetadataFilter, kw: dict) -> None:
         kw["tags_all"] = list(kw.get("tags_all", ())) + list(v if isinstance(v, list) else [v])
     elif f.key == "tags" and op == FilterOperator.NIN:
         kw["tags_none"] = list(kw.get("tags_none", ())) + list(v)
-    elif f.key == "timestamp" and op in (FilterOperator.GTE, FilterOperator.GT):
+    elif f.key == "timestamp" and op == FilterOperator.GTE:
         kw["since"] = max(float(v), kw.get("since", float("-inf")))
-    elif f.key == "timestamp" and op in (FilterOperator.LTE, FilterOperator.LT):
+    elif f.key == "timestamp" and op == FilterOperator.LTE:
         kw["until"] = min(float(v), kw.get("until", float("inf")))
-    elif f.key == "importance" and op in (FilterOperator.GTE, FilterOperator.GT):
+    else:  # importance >= v
         kw["min_importance"] = float(v)
-    else:
-        raise ValueError(f"filter on {f.key!r}: operator {op.value!r} is not supported")
 
 
 class LukhasVectorStore(BasePydanticVectorStore):

@@ -7,8 +7,13 @@ A memory's payload is kept exactly (its ``data`` text as the memory's content, c
 rest as free metadata); ``user_id``, ``agent_id``, ``run_id``, ``actor_id`` and ``role`` are
 declared str fields, so mem0's ``filters`` are column scans. Filters: ``{"user_id": "alice"}``
 (equality), a list (any of), ``{"key": {"gte": 3}}`` (``eq ne gt gte lt lte in nin``) on
-declared fields, ``AND`` / ``OR`` / ``NOT`` lists; anything else raises ``ValueError``. Scores
+any payload key (declared fields are column scans, others a scan of the stored metadata),
+``AND`` / ``OR`` / ``NOT`` lists; anything else raises ``ValueError``. Scores
 are cosine similarities clipped at 0 (higher is more similar).
+
+``keyword_search`` (mem0's BM25 path) is served by the store's text index where the collection
+has one (``index_config={"text_index": True}``); without one it returns None, mem0's answer for
+a store without keyword search.
 
 Collections are sub-directories of ``path`` (one durable store each) or, without ``path``,
 indexes held by this process.
@@ -212,6 +217,27 @@ class LukhasMem0Store(VectorStoreBase):
             raise ValueError(f"search takes one query vector, got {len(q)}")
         hits = self._holder.search(q, top_k, self._where(filters))[0] if self._holder is not None else []
         return [self._out(m, max(0.0, s)) for m, s in hits]
+
+    def keyword_search(self, query: str, top_k: int = 5, filters: dict = None):
+        """BM25 over the memories' ``data`` texts that match ``filters`` (mem0's keyword search),
+        where the collection has a text index (``index_config={"text_index": True}``); None
+        otherwise (mem0's answer for a store without keyword search). Scores are BM25 scores."""
+        if self._holder is None:
+            return None
+        ix = self._holder.index
+        if not (ix.config if ix is not None else self._holder.config).text_index:
+            return None
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if ix is None or len(ix) == 0:
+            return []
+        res = ix.search_text([query], min(top_k, len(ix)), where=self._where(filters))
+        ids, scores = res.ids[0], res.scores[0]
+        live = ids >= 0
+        mems = ix.memories_at(ids[live]) if live.any() else []
+        return [self._out(m, float(s)) for m, s in zip(mems, scores[live].tolist())]
 
     def delete(self, vector_id):
         """Delete a memory (unknown ids raise ValueError, as mem0's stores do)."""

@@ -18,7 +18,7 @@ from ..records.metadata import to_epoch_seconds
 from ..util.bounds import MAX_FILTER_TAGS
 from . import metafilter
 
-__all__ = ["Filter", "allowed_rows", "check_where", "evaluate"]
+__all__ = ["Filter", "allowed_rows", "check_where", "evaluate", "labelled"]
 
 
 def _tag_tuple(name: str, value) -> tuple[str, ...]:
@@ -56,9 +56,10 @@ class Filter:
     min_importance : float in [0, 1], optional
         ``importance >= min_importance``.
     meta : dict, optional
-        Conditions on declared metadata fields (``IndexConfig.metadata_fields``), in the dict
-        form of :mod:`lukhas_gpu.query.metafilter`: ``{"user_id": "alice", "turn": {"$gte": 3},
-        "$or": [...]}``.
+        Conditions on metadata keys, in the dict form of :mod:`lukhas_gpu.query.metafilter`:
+        ``{"user_id": "alice", "turn": {"$gte": 3}, "$or": [...]}``. Declared fields
+        (``IndexConfig.metadata_fields``) are read from their columns; any other top-level key
+        from the stored metadata records (slower: one pass over the records per key).
     """
 
     tags_all: tuple[str, ...]
@@ -121,9 +122,17 @@ def allowed_rows(parts, where) -> BitMap | None:
                     deleted=parts.tombstones.bitmap, fields=parts.docmeta)
 
 
+def labelled(plan, parts, where):
+    """``plan`` (a ``SearchPlan`` or None) with ``metadata`` set to what ``where.meta`` read:
+    ``"columns"`` (declared fields), ``"records"`` (undeclared keys) or ``"columns+records"``."""
+    if plan is None or where is None or where.meta is None:
+        return plan
+    return dataclasses.replace(plan, metadata=metafilter.source(where.meta, parts.docmeta.fields))
+
+
 def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None, fields=None) -> BitMap:
-    """The rows ``flt`` allows, live rows only, as a roaring bitmap (``fields``: the declared
-    metadata columns, ``DocMetadata``, needed by ``flt.meta``)."""
+    """The rows ``flt`` allows, live rows only, as a roaring bitmap (``fields``: the metadata,
+    ``DocMetadata``: declared columns and records, needed by ``flt.meta``)."""
     allowed: BitMap | None = None
     if flt.meta is not None:
         if fields is None:

@@ -1,5 +1,6 @@
-"""Conditions on declared metadata fields (``Filter(meta=...)``): parsed once, evaluated as a
-vectorised scan of the fields' packed columns.
+"""Conditions on metadata (``Filter(meta=...)``): parsed once, evaluated as a vectorised scan of
+the declared fields' packed columns (the fast path), or of the stored metadata records for a key
+never declared (``records/metascan.py``; :func:`source` says which a filter reads).
 
 The form is the dict one LangChain, mem0 and MongoDB use::
 
@@ -11,13 +12,15 @@ The form is the dict one LangChain, mem0 and MongoDB use::
 
 Keys at one level are AND-ed. Values are str, int, float or bool (a field's declared type; an
 int field accepts float bounds in ranges, a float field int values). ``$ne`` / ``$nin`` hold for
-memories without the field.
+memories without the field. On an undeclared key a value may be of any kind in each memory:
+ranges hold between numbers (never bools) or between strs, equality never holds across kinds (a
+declared field instead rejects a filter value of another type with a TypeError).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["parse", "evaluate", "matches", "MAX_CONDITIONS", "MAX_IN_VALUES"]
+__all__ = ["parse", "evaluate", "matches", "source", "to_dict", "MAX_CONDITIONS", "MAX_IN_VALUES"]
 
 OPS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
 #: Bounds of one filter (checked before anything is evaluated).
@@ -84,18 +87,44 @@ def parse(spec, where: str = "", depth: int = 0, count=None) -> tuple:
     return parts[0] if len(parts) == 1 else ("and", *parts)
 
 
-def evaluate(tree: tuple, fields, n_rows: int) -> np.ndarray:
-    """Boolean mask over rows ``[0, n_rows)`` (``fields``: the index's ``DocMetadata``)."""
+def evaluate(tree: tuple, fields, n_rows: int, cache: dict | None = None) -> np.ndarray:
+    """Boolean mask over rows ``[0, n_rows)`` (``fields``: the index's ``DocMetadata``; an
+    undeclared key's records are decoded once per call)."""
+    cache = {} if cache is None else cache
     kind = tree[0]
     if kind == "cond":
-        try:
-            return fields.field_mask(tree[1], tree[2], tree[3], n_rows)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
+        return fields.field_mask(tree[1], tree[2], tree[3], n_rows, cache)
     if kind == "not":
-        return ~evaluate(tree[1], fields, n_rows)
-    masks = [evaluate(t, fields, n_rows) for t in tree[1:]]
+        return ~evaluate(tree[1], fields, n_rows, cache)
+    masks = [evaluate(t, fields, n_rows, cache) for t in tree[1:]]
     return np.logical_and.reduce(masks) if kind == "and" else np.logical_or.reduce(masks)
+
+
+def to_dict(tree: tuple) -> dict:
+    """The dict form of a parsed filter (``parse(to_dict(t)) == t``): what a client sends."""
+    kind = tree[0]
+    if kind == "cond":
+        _, name, op, x = tree
+        return {name: {op: list(x) if isinstance(x, tuple) else x}}
+    if kind == "not":
+        return {"$not": to_dict(tree[1])}
+    return {f"${kind}": [to_dict(t) for t in tree[1:]]}
+
+
+def _keys(tree: tuple):
+    if tree[0] == "cond":
+        yield tree[1]
+    else:
+        for t in tree[1:]:
+            yield from _keys(t)
+
+
+def source(tree: tuple, declared) -> str:
+    """What a filter reads: ``"columns"`` (declared fields only), ``"records"`` (undeclared keys
+    only) or ``"columns+records"``."""
+    keys = set(_keys(tree))
+    cols, recs = bool(keys & set(declared)), bool(keys - set(declared))
+    return "columns+records" if cols and recs else "records" if recs else "columns"
 
 
 def matches(tree: tuple, d: dict | None) -> bool:
@@ -117,6 +146,10 @@ def matches(tree: tuple, d: dict | None) -> bool:
         return False
     if op in ("$eq", "$in"):
         return any(_eq(v, y) for y in (x if op == "$in" else (x,)))
+    num = (int, float)
+    if not ((isinstance(v, num) and isinstance(x, num) and not isinstance(v, bool) and not isinstance(x, bool))
+            or (isinstance(v, str) and isinstance(x, str))):
+        return False  # ranges never compare across kinds
     return {"$gt": v > x, "$gte": v >= x, "$lt": v < x, "$lte": v <= x}[op]
 
 

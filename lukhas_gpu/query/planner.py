@@ -24,12 +24,15 @@ STRATEGIES = ("exact", "ann", "resident")
 @dataclasses.dataclass(frozen=True)
 class SearchPlan:
     """How a filtered search runs: ``strategy`` (one of :data:`STRATEGIES`) over ``rows`` (sorted
-    int64 row numbers allowed), their share of the live memories, and the probe count."""
+    int64 row numbers allowed), their share of the live memories, and the probe count;
+    ``metadata``: what a ``Filter(meta=...)`` read (``"columns"``: declared fields, ``"records"``:
+    the stored records of undeclared keys, ``"columns+records"``; None without one)."""
 
     strategy: str
     rows: np.ndarray
     selectivity: float
     nprobe: int
+    metadata: str | None = None
 
 
 def plan_filtered(allowed: BitMap, *, n_live: int, trained: bool, exact_max: int, nprobe: int, nlist: int,

@@ -15,7 +15,8 @@ so ``{"source": "email", "turn": 17}`` is 11 B. Round trips are exact: an int st
 the free keys, in declaration order).
 
 Fields declared in ``IndexConfig.metadata_fields`` (``{name: "str" | "int" | "float" | "bool"}``)
-live in packed columns that filters scan: ``str`` as a ``uint32`` code into an interned
+live in packed columns that filters scan (a filter on any other top-level key scans the records,
+:mod:`.metascan`): ``str`` as a ``uint32`` code into an interned
 vocabulary (0: absent), ``int`` int64 and ``float`` float64 with a roaring bitmap of the rows
 that have one, ``bool`` as one byte (0 absent, 1 false, 2 true). A declared field's value must
 be of its type (None is kept as a free value and counts as absent).
@@ -29,6 +30,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..config import METADATA_FIELD_TYPES as FIELD_TYPES
+from . import metascan
 from .columns import GrowableArray
 from .keytable import KeyTable, encode_keys
 
@@ -280,6 +282,8 @@ class DocMetadata:
         self.rows = 0
         self.garbage = 0
         self._key_cache: dict[int, str] = {}
+        self.version = 0  # bumped when records are replaced or compacted (a scan cache's validity)
+        self.scans = metascan.ScanCache()
 
     def __len__(self) -> int:
         return self.rows
@@ -427,6 +431,7 @@ class DocMetadata:
         if old is not None:
             self.garbage += int(sum(self._size(int(s)) for s in old.tolist() if s != self.none))
         self.starts[rows] = new
+        self.version += 1
         for name, c in self.columns.items():
             c.write(rows, cols[name])
 
@@ -457,6 +462,7 @@ class DocMetadata:
         buf = GrowableArray(np.uint8)
         buf.append(np.frombuffer(b"".join(chunks), np.uint8))
         self.buf, self.garbage = buf, 0
+        self.version += 1
         self.starts = GrowableArray(starts.dtype)
         self.starts.append(new_starts)
         return before - len(self.buf)
@@ -482,12 +488,21 @@ class DocMetadata:
             out.append(d)
         return out
 
-    def field_mask(self, name: str, op: str, value, n: int) -> np.ndarray:
+    def field_mask(self, name: str, op: str, value, n: int, cache: dict | None = None) -> np.ndarray:
+        """Rows ``[0, n)`` whose ``name`` satisfies ``op value``: a declared field's column, else a
+        scan of the records (:mod:`.metascan`; ``cache``: one evaluation's decoded keys)."""
         c = self.columns.get(name)
-        if c is None:
-            raise KeyError(f"metadata field {name!r} is not declared; filters read declared fields only "
-                           f"(IndexConfig.metadata_fields; declared: {sorted(self.fields) or 'none'})")
-        return c.mask(op, value, n)
+        if c is not None:
+            return c.mask(op, value, n)
+        kv = cache.get(name) if cache is not None else None
+        if kv is None or kv.n != n:
+            _, ent = self.keys.lookup(encode_keys([name], "metadata keys"))
+            starts = self.starts.view() if self.starts is not None else None
+            kv = self.scans.get(name, self.version, self.buf.view(), starts, self.none if starts is not None else 0,
+                                int(ent[0]) if len(ent) else None, n)
+            if cache is not None:
+                cache[name] = kv
+        return kv.mask(op, value)
 
     # -- persistence and accounting ---------------------------------------------------------------
     def nbytes(self) -> dict:
@@ -497,7 +512,8 @@ class DocMetadata:
 
     def memory_usage(self) -> dict:
         slack = self.buf.slack_bytes() + self.keys.slack_bytes() + (self.starts.slack_bytes() if self.starts else 0)
-        return {"anon": {k: v for k, v in self.nbytes().items() if v},
+        scans = {"metadata_scans": self.scans.nbytes()}
+        return {"anon": {k: v for k, v in {**self.nbytes(), **scans}.items() if v},
                 "reserved": {"metadata_records": int(slack)}}
 
     def to_arrays(self) -> dict:

@@ -90,8 +90,10 @@ class _State:
 
     # -- blocking calls (worker threads) -------------------------------------------------------
     def _search(self, key: tuple, queries: np.ndarray):
-        k, where, rank, nprobe, rerank, target = key
+        k, where, rank, nprobe, rerank, target, diversity = key
         kw = {"where": where, "rank": rank, "nprobe": nprobe, "rerank": rerank}
+        if diversity:
+            kw["diversity"] = diversity
         if target is not None:
             kw["target_recall"] = target
         index = self.index
@@ -111,7 +113,7 @@ class _State:
         self.index = MemoryIndex.open(o.store, mode=o.mode)
         self._show_target()
         if len(self.index):  # the first search loads torch and FAISS: before readiness, not in a request
-            self._search((1, None, None, None, None, None), np.ones((1, self.index.dim), dtype=np.float32))
+            self._search((1, None, None, None, None, None, None), np.ones((1, self.index.dim), dtype=np.float32))
         self.last_refresh = t0
         # what is loaded now (torch, FAISS, the app) lives as long as the server: keep it out of the
         # collector's full passes, which otherwise pause every request for tens of milliseconds

@@ -153,7 +153,7 @@ class Client:
     # -- the MemoryIndex API -------------------------------------------------------------------
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None,
-               with_content: bool = False) -> RemoteSearchResult:
+               with_content: bool = False, diversity: float = 0.0) -> RemoteSearchResult:
         """Top-k memories for each query, as :meth:`MemoryIndex.search` (numpy out).
 
         ``where`` / ``rank``: a :class:`~lukhas_gpu.Filter` / :class:`~lukhas_gpu.Rank` or their
@@ -161,7 +161,8 @@ class Client:
         """
         q = _numpy(queries)
         one = q.ndim == 1
-        params = {"k": k, "nprobe": nprobe, "rerank": rerank, "target_recall": target_recall}
+        params = {"k": k, "nprobe": nprobe, "rerank": rerank, "target_recall": target_recall,
+                  "diversity": diversity or None}
         params = {key: v for key, v in params.items() if v is not None}
         w, r = wire.where_to_json(where), wire.rank_to_json(rank)
         if with_content:

@@ -32,6 +32,12 @@ def _not_bool(v):
     return v
 
 
+def _not_bool_real(v):
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got the boolean {str(v).lower()}")  # noqa: TRY004 -- pydantic reports ValueError
+    return v
+
+
 #: An int on the wire: a JSON integer (or its decimal string in a query), never a boolean.
 WireInt = Annotated[int, BeforeValidator(_not_bool)]
 #: A memory id on the wire: an int64.
@@ -39,7 +45,8 @@ WireId = Annotated[int, BeforeValidator(_not_bool), Field(ge=MIN_ID, le=MAX_ID)]
 
 
 _WHERE = ("A filter: any of tags_all, tags_any, tags_none (a tag or a list of tags), since, until (epoch "
-          "seconds or ISO-8601, inclusive), min_importance (0..1); all must hold.")
+          "seconds or ISO-8601, inclusive), min_importance (0..1), meta (conditions on metadata keys: "
+          "{\"author\": \"ann\", \"year\": {\"$gte\": 2020}}); all must hold.")
 _RANK = ("A memory-aware ranking: similarity, recency, importance (weights >= 0), half_life (seconds), now "
          "(epoch seconds or ISO-8601); score = similarity*cos + recency*0.5**(age/half_life) + importance*imp.")
 
@@ -56,6 +63,8 @@ class SearchParams(BaseModel):
     target_recall: Optional[float] = Field(None, gt=0.0, le=1.0,
                                            description="tune the search to this recall@k (where the library "
                                                        "supports it; 422 otherwise)")
+    diversity: Annotated[float, BeforeValidator(_not_bool_real)] = Field(
+        0.0, ge=0.0, le=1.0, description="maximal marginal relevance: 0 off, up to 1 (most diverse)")
     with_content: bool = Field(False, description="return the memories' contents too")
 
 

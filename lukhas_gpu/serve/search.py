@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from ..index import MemoryIndex
+from ..util.bounds import MAX_MMR_K
 from . import errors, wire
 from .limits import BodyTooLarge, error_body
 from .models import MAX_REQUEST_RESULTS, MAX_REQUEST_VECTORS, SearchParams
@@ -46,7 +47,10 @@ def _key(p: SearchParams, nq: int) -> tuple:
     if p.target_recall is not None and not SUPPORTS_TARGET_RECALL:
         raise errors.ApiError(422, "target_recall is not supported by this server's lukhas_gpu "
                                    "(MemoryIndex.search has no target_recall parameter)")
-    return (p.k, wire.parse_where(p.where), wire.parse_rank(p.rank), p.nprobe, p.rerank, p.target_recall)
+    if p.diversity and p.k > MAX_MMR_K:
+        raise errors.ApiError(422, f"k={p.k} with diversity: at most {MAX_MMR_K}")
+    return (p.k, wire.parse_where(p.where), wire.parse_rank(p.rank), p.nprobe, p.rerank, p.target_recall,
+            p.diversity or None)
 
 
 def hydrate(index: MemoryIndex, ids: np.ndarray) -> list:

@@ -27,7 +27,7 @@ __all__ = ["SHAPE_HEADER", "DTYPE_HEADER", "BINARY", "FILTER_KEYS", "RANK_KEYS",
 SHAPE_HEADER = "x-shape"
 DTYPE_HEADER = "x-dtype"
 BINARY = "application/octet-stream"
-FILTER_KEYS = ("tags_all", "tags_any", "tags_none", "since", "until", "min_importance")
+FILTER_KEYS = ("tags_all", "tags_any", "tags_none", "since", "until", "min_importance", "meta")
 RANK_KEYS = ("similarity", "recency", "importance", "half_life", "now")
 _TIME_KEYS = ("since", "until", "now")
 
@@ -102,7 +102,12 @@ def where_to_json(where) -> dict | None:
     """A :class:`~lukhas_gpu.Filter` (or a dict already in wire form) -> its JSON object."""
     if where is None or isinstance(where, dict):
         return where
-    return _fields(where, FILTER_KEYS)
+    from ..query.metafilter import to_dict
+
+    out = _fields(where, FILTER_KEYS)
+    if "meta" in out:
+        out["meta"] = to_dict(out["meta"])
+    return out
 
 
 def rank_to_json(rank) -> dict | None:

@@ -68,6 +68,9 @@ MAX_K = 100_000
 MAX_QUERIES = 1_000_000
 #: Most results (``queries x k``) of one search call: 1.2 GB of int64 ids and float32 scores.
 MAX_RESULTS = 100_000_000
+#: Largest ``k`` of a search with ``diversity`` (MMR compares each pick with ``max(4k, 50)``
+#: candidates: ``k`` rounds over ``4k`` rows per query).
+MAX_MMR_K = 1024
 #: Most IVF lists visited / candidates re-scored per result in one search.
 MAX_NPROBE = 1 << 20
 MAX_RERANK = 1 << 20
