@@ -22,7 +22,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import model_store as ms  # noqa: E402  (tests/ holds the model, shared with the suite)
+import model_store as ms
 
 
 def _quiet() -> None:

@@ -15,8 +15,8 @@ model through every route that can name a memory.
 from __future__ import annotations
 
 import numpy as np
-
-from model_store import DIM, FIELDS, NLIST, T0, TAGS, USERS, Violation
+from model_consts import DIM, FIELDS, NLIST, T0, TAGS, USERS
+from model_store import Violation
 
 #: Candidates the own-vector check allows: a healthy IVF (PQ16x4fs at 16 dims, every list probed)
 #: ranks a memory's own code at most 4th among 2,000 (10 seeds measured); a garbled code, anywhere.
@@ -337,7 +337,7 @@ def check_sharded(root, model, rng, known) -> None:
 
 def check_dump(out: dict, model, k: int) -> None:
     """A subprocess reader's dump (``model_store._reader_main``) against the model."""
-    from model_store import _dec
+    from model_calls import _dec
 
     keys = model.keys()
     rows = [model.mems[key].row for key in keys]
