@@ -318,6 +318,21 @@ class Run:
         self.lineage.append((gen.name, self.model.copy()))
         self.log_dirty = False
 
+    def op_retrain(self, op, rng):
+        """A rebuild of the IVF kept only if the probe says not worse; kept, it checkpoints."""
+        ix = self._writer()
+        try:
+            rep = ix.retrain(tolerance=0.5)
+        except ValueError as e:
+            if ix.is_trained and len(ix) >= 1024:
+                raise Violation(f"retrain of a trained index of {len(ix)} memories raised: {e}") from e
+            self.count("retrain refused")
+            return
+        if rep["generation"] is not None:
+            self.lineage.append((rep["generation"], self.model.copy()))
+            self.log_dirty = False
+        self.count("retrain accepted" if rep["accepted"] else "retrain discarded")
+
     def op_reopen(self, op, rng):
         self._close(op["ckpt"])
 
