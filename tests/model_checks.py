@@ -163,6 +163,9 @@ def check_records(ix, model, rng) -> None:
             want = (m.row, key, m.content, list(m.tags), m.ts, m.imp, m.meta)
             if got != want:
                 _fail(f"get({key!r}) (id, external id, content, tags, timestamp, importance, metadata)", got, want)
+        want = [model.mems[k].content for k in keys], [model.mems[k].meta for k in keys]
+        if (ix.contents(keys), ix.metadata(keys)) != want:
+            _fail("contents(ids), metadata(ids)", (ix.contents(keys), ix.metadata(keys)), want)
     dead = sorted(model.dead, key=str)
     for key in [dead[i] for i in rng.choice(len(dead), min(len(dead), 4), replace=False)] if dead else []:
         if ix.contains([key])[0]:
@@ -218,11 +221,18 @@ def check_found(ix, model, keys, known) -> None:
         searches.append((f"IVF (nprobe={NLIST}, rerank={FOUND_DEPTH}, trained={ix.is_trained})",
                          lambda: ix.search(vecs, 1, nprobe=NLIST, rerank=FOUND_DEPTH)))
     for what, search in searches:
-        got = np.asarray(search().ids)[:, 0]
+        res = search()
+        got = np.asarray(res.ids)[:, 0]
         miss = np.flatnonzero(got != rows)
         if len(miss):
             raise Violation(f"{len(miss)} of {len(rows)} live memories not found by their own vector, {what}; "
                             f"rows {rows[miss][:12].tolist()} gave {got[miss][:12].tolist()}")
+    if [e[0] for e in res.external_ids] != list(keys):
+        _fail("SearchResult.external_ids of the own-vector search", [e[0] for e in res.external_ids][:12], keys[:12])
+    hydrated = [m[0] for m in res.memories()[:8]]
+    if [(m.id, m.content, m.external_id) for m in hydrated] != [(model.mems[k].row, model.mems[k].content, k)
+                                                               for k in keys[:8]]:
+        _fail("SearchResult.memories()", hydrated, keys[:8])
 
 
 def _ids(res) -> list:

@@ -433,19 +433,23 @@ class Run:
 
         base, was = layout.generations(self.path)[-1], self.current()
         proc = spawn("writer", self.path)
+        acked = 0
         try:
-            if proc.stdout.readline().strip() != "ready":
+            if rng.random() < 0.15:  # killed while it opens (replays the log, cuts a torn tail)
+                time.sleep(float(rng.uniform(0, 1.5)))
+                calls, states = [], states[:1]
+            elif proc.stdout.readline().strip() != "ready":
                 raise Violation(f"the writer subprocess did not start: {proc.communicate(timeout=60)[1][-3000:]}")
-            proc.stdin.write("".join(dumps_call(c) + "\n" for c in calls))
-            proc.stdin.flush()
-            wait_for = int(rng.integers(0, len(calls) + 1))
-            acked = 0
-            while acked < wait_for:
-                line = proc.stdout.readline()
-                if not line.startswith("ack"):
-                    break
-                acked += 1
-            time.sleep(float(rng.uniform(0, 0.004)))
+            else:
+                proc.stdin.write("".join(dumps_call(c) + "\n" for c in calls))
+                proc.stdin.flush()
+                wait_for = int(rng.integers(0, len(calls) + 1))
+                while acked < wait_for:
+                    line = proc.stdout.readline()
+                    if not line.startswith("ack"):
+                        break
+                    acked += 1
+                time.sleep(float(rng.uniform(0, 0.004)))
         finally:
             proc.send_signal(signal.SIGKILL)
             rest, _ = proc.communicate(timeout=60)
@@ -473,7 +477,8 @@ class Run:
             raise Violation(f"after SIGKILL ({acked} of {len(calls)} calls acknowledged) the store holds neither the "
                             f"acknowledged state nor it plus the call in flight ({_brief(calls[acked]) if acked < len(calls) else '-'})")
         applied = landed[0] if len(landed) == 1 else acked  # both: the call in flight changes no memory
-        self.count("crash: in flight landed" if applied > acked else "crash: in flight lost")
+        self.count("crash: killed opening" if not calls else
+                   "crash: in flight landed" if applied > acked else "crash: in flight lost")
         number, want, dirty = base, int(was[4:]), self.log_dirty
         for i, c in enumerate(calls[:applied]):
             if c["name"] == "checkpoint":
