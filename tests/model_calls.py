@@ -130,7 +130,7 @@ def make_bad(model, rng) -> dict | None:
         call = make_add(model, rng, 2)
         call["ids"] = ["x", "y"]  # a rows store names no memories
     elif r == 3 and model.dead and keys:
-        call = {"name": "delete", "ids": [keys[0], sorted(model.dead, key=str)[0]]}
+        call = {"name": "delete", "ids": [keys[0], min(model.dead, key=str)]}
     elif r == 4 and keys:
         call = make_update(model, rng, keys[:2])
         call["metadata"] = [{"turn": "not an int"}] * len(call["ids"])
