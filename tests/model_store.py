@@ -415,10 +415,24 @@ class Run:
         np.save(self.tmp / "q_cli.npy", vecs[:2])
         depth = max(FOUND_DEPTH, len(keys)) if 1 in self.known else FOUND_DEPTH  # see model_checks.check_found
         proc = spawn("reader", self.path, self.tmp / "q_all.npy", self.tmp / "q_cli.npy", len(keys) + 1, depth)
-        out, err = proc.communicate(timeout=300)
-        if proc.returncode != 0:
-            raise Violation(f"the subprocess reader failed ({proc.returncode}): {err[-3000:]}")
-        check_dump(json.loads(out), self.model, len(keys) + 1)
+        try:
+            first = proc.stdout.readline()
+            if not first:
+                raise Violation(f"the subprocess reader failed: {proc.communicate(timeout=60)[1][-3000:]}")
+            check_dump(json.loads(first), self.model, len(keys) + 1)
+            self.call(make_add(self.model, rng, 3))  # the writer goes on; the reader refreshes
+            keys = _pick(self.model, [0.5])
+            if keys:
+                self.call({"name": "delete", "ids": keys})
+            proc.stdin.write("refresh\n")
+            proc.stdin.flush()
+            second = proc.stdout.readline()
+            if not second:
+                raise Violation(f"the subprocess reader's refresh failed: {proc.communicate(timeout=60)[1][-3000:]}")
+            check_dump(json.loads(second), self.model, 0)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=60)
 
     def op_crash(self, op, rng):
         """A writer subprocess runs ``n`` calls and is killed with SIGKILL at a random point."""
@@ -589,8 +603,17 @@ def _writer_main(path: str) -> None:
     ix.close(checkpoint=False)
 
 
+def _dump(ix) -> dict:
+    rows = ix.select()
+    mems = ix._get_at(rows) if len(rows) else []
+    return {"count": len(ix), "rows": rows.tolist(),
+            "mems": [[m.id, _enc(m.content), m.tags, m.timestamp, m.importance, _enc(m.external_id), m.metadata]
+                     for m in mems]}
+
+
 def _reader_main(path: str, query_file: str, cli_queries: str, k: int, depth: int) -> None:
-    """Open read-only, dump every live memory, search each query, run the CLI's get and search."""
+    """Open read-only, dump every live memory, search each query, run the CLI's get and search;
+    then on "refresh" (stdin) catch up with the writer and dump again."""
     import contextlib
     import io
 
@@ -598,25 +621,24 @@ def _reader_main(path: str, query_file: str, cli_queries: str, k: int, depth: in
     from lukhas_gpu.cli import main as cli_main
 
     ix = MemoryIndex.open(path)
-    rows = ix.select()
-    mems = ix._get_at(rows) if len(rows) else []
-    out = {"count": len(ix), "rows": rows.tolist(),
-           "mems": [[m.id, _enc(m.content), m.tags, m.timestamp, m.importance, _enc(m.external_id), m.metadata]
-                    for m in mems]}
+    out = _dump(ix)
     q = np.load(query_file)
     out["found"] = ix.search(q, 1, nprobe=NLIST, rerank=depth).ids[:, 0].tolist() if len(q) else []
-    ix.close()
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = cli_main(["search", path, "--query-file", cli_queries, "-k", str(k), "--json"]) if len(q) else 0
     out["cli_search"] = [json.loads(line)["ids"] for line in buf.getvalue().splitlines()]
     out["cli_search_code"] = code
-    if ix.config.external_ids is None and len(rows):
+    if ix.config.external_ids is None and out["rows"]:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            out["cli_get_code"] = cli_main(["get", path, *map(str, rows[:20].tolist()), "--json"])
+            out["cli_get_code"] = cli_main(["get", path, *map(str, out["rows"][:20]), "--json"])
         out["cli_get"] = [json.loads(line) for line in buf.getvalue().splitlines()]
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
+    if sys.stdin.readline().strip() == "refresh":
+        ix.refresh()
+        print(json.dumps(_dump(ix)), flush=True)
+    ix.close()
 
 
 if __name__ == "__main__":
