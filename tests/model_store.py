@@ -356,8 +356,9 @@ class Run:
             return
         if self.log_dirty and not op["discard"]:
             raise Violation("rollback dropped acknowledged log records without discard_log=True")
-        if gen.name in self.orphans and gen.name != parent:
+        if gen.name in self.orphans and gen.name != parent:  # a checkpoint killed between rename and publish
             self.model = self.orphans[gen.name].copy()
+            self.lineage[-1] = (gen.name, self.model.copy())
         elif gen.name != parent:
             raise Violation(f"rollback of {was} published {gen.name}; the generation before {was} in this store's "
                             f"history is {parent} (history: {[g for g, _ in self.lineage]})")
