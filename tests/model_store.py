@@ -206,6 +206,7 @@ class Run:
         self.orphans: dict = {}  # generations written but never published (a checkpoint killed midway)
         self.log_dirty = False
         self.reader, self.reader_model = None, None
+        self.replaced = self.reader_replaced = 0  # rollbacks and recoveries (a new log, maybe the old inode)
         self.counts: dict = {}
         self.note = ""  # what the last op saw, added to a violation's message
         self.tmp = pathlib.Path(tmp)
@@ -347,6 +348,7 @@ class Run:
             self.count("rollback skipped (defect 3)")
             return
         was = self.current()
+        self.replaced += 1
         try:
             gen = MemoryIndex.rollback(self.path, discard_log=op["discard"])
         except layout.StoreError as e:
@@ -376,6 +378,7 @@ class Run:
         if 2 in self.known and layout.generations(self.path)[-1] != layout.generation_number(self.path / self.current()):
             self.count("recover skipped (defect 2)")
             return
+        self.replaced += 1
         if rng.random() < 0.5:
             rep = durable.recover(self.path)  # what `lukhas-gpu recover` runs
             if rep["changed"]:
@@ -389,11 +392,15 @@ class Run:
 
         from lukhas_gpu import MemoryIndex
 
+        if self.reader is not None and 11 in self.known and self.replaced != self.reader_replaced:
+            self.reader.close()  # steer around defect 11: a log replaced since the last refresh
+            self.reader = None
+            self.count("reader reopened (defect 11)")
         if self.reader is None:
             self.reader = MemoryIndex.open(self.path)
         else:
             self.reader.refresh()
-        self.reader_model = self.model.copy()
+        self.reader_model, self.reader_replaced = self.model.copy(), self.replaced
         check_index(self.reader, self.reader_model, rng, self.known)
 
     def op_lag(self, op, rng):
