@@ -260,3 +260,10 @@ def test_compact_reclaims_deleted_and_replaced_payload(data):
     assert [x.tags for x in m[1:3]] == [["x"], ["y"]]
     ids = index.search(xq, 10, where=Filter(tags_any=VOCAB + ["x", "y"])).ids
     assert not np.isin(ids, np.arange(100, 1100)).any()
+
+
+def test_a_ranked_search_of_an_empty_index_returns_padding():
+    """Found by the model test (a rollback to the empty first generation): Rank over no rows at all."""
+    index = MemoryIndex(16)
+    res = index.search(np.ones(16, np.float32), 3, rank=Rank(1.0, 0.5, 0.3))
+    assert res.ids.tolist() == [-1, -1, -1]

@@ -395,3 +395,18 @@ def test_plan_predicts_the_sparse_bytes_of_stats():
     want = lukhas_gpu.plan(n, D, sparse_nnz=docs.nnz / n, sparse_vocabulary=vocab).memory["anon"]
     for name in ("sparse_indices", "sparse_values", "sparse_postings", "sparse_indptr", "sparse_doc_slot"):
         assert abs(got[name] - want[name]) <= 0.05 * want[name] + 16 * 1024, (name, got[name], want[name])
+
+
+def test_a_text_batch_that_ends_in_memories_without_terms(tmp_path):
+    """Found by the model test: the BM25 lengths of a batch whose last memories have no term
+    (None, bytes, a one-letter word) raised IndexError after the log append, and the replay too."""
+    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    path = tmp_path / "s"
+    index = MemoryIndex.create(path, 16, IndexConfig(text_index=True))
+    index.add(x[:2], contents=["hello world", None])
+    index.add(x[2:], contents=["hello hello there", b"bytes"])
+    index.close(checkpoint=False)
+    index = MemoryIndex.open(path, mode="w")  # the log replays
+    assert len(index) == 4
+    assert index.search_text("hello", 5).ids.tolist() == [2, 0, -1, -1, -1]
+    index.close()

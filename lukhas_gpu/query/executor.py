@@ -159,7 +159,9 @@ def ranked(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, rank: Rank
     prior = torch.from_numpy(prior_np).to(sims.device)
     a = float(rank.similarity)
     valid = cand >= 0
-    fused = torch.where(valid, a * sims + prior[cand.clamp_min(0)], -float("inf"))
+    # no row at all (an empty store): every candidate is padding, and the prior has no row to index
+    at = prior[cand.clamp_min(0)] if len(prior_np) else torch.zeros_like(sims)
+    fused = torch.where(valid, a * sims + at, -float("inf"))
     n_allowed = len(allowed) if allowed is not None else _n_live(parts)
     if n_allowed > kc:
         tau = torch.topk(fused, k, dim=1).values[:, -1]

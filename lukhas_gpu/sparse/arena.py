@@ -111,6 +111,7 @@ class SparseArena:
         existing memory's old slot is marked dead. ``rows`` beyond the known memories extend
         ``doc_slot`` (the add path)."""
         rows = np.asarray(rows, np.int64)
+        lengths = _row_sums(packed) if self.lengths is not None else None  # before anything changes
         if self.values is None:
             self.values = Column(packed.values.dtype if packed.nnz else np.float32)
         known = len(self.doc_slot)
@@ -130,11 +131,8 @@ class SparseArena:
         self.indptr.append(packed.indptr[1:] + base)
         self.slot_doc.append(rows.astype(np.uint32))
         self.dead.append(np.zeros(len(rows), np.uint8))
-        if self.lengths is not None:
-            sums = np.add.reduceat(packed.values.astype(np.float64), packed.indptr[:-1]) if packed.nnz else \
-                np.zeros(len(rows))
-            sums[np.diff(packed.indptr) == 0] = 0.0  # reduceat of an empty row gives the next value
-            self.lengths.append(sums.astype(np.float32))
+        if lengths is not None:
+            self.lengths.append(lengths)
         doc_slot[rows] = np.arange(start, start + len(rows), dtype=np.uint32)
 
     def kill_slots(self, slots: np.ndarray) -> None:
@@ -232,3 +230,15 @@ class SparseArena:
         if self.lengths is not None:
             cols["lengths"] = self.lengths
         return cols
+
+
+def _row_sums(packed: PackedSparse) -> np.ndarray:
+    """Each row's sum of values (float32; 0 for an empty row). ``reduceat`` is given the starts of
+    the non-empty rows only: an empty row's start may equal ``nnz`` (rows at the end without a
+    term), an index ``reduceat`` refuses."""
+    counts = np.diff(packed.indptr)
+    sums = np.zeros(len(counts), np.float64)
+    full = counts > 0
+    if full.any():
+        sums[full] = np.add.reduceat(packed.values.astype(np.float64), packed.indptr[:-1][full])
+    return sums.astype(np.float32)
