@@ -206,13 +206,22 @@ def ivf_ids(ix) -> np.ndarray | None:
 
 def check_found(ix, model, keys, known) -> None:
     """Every live memory is found by its own vector: by an exact scan (the resident route: this
-    holds the stored vectors to the model), and by the IVF -- which holds exactly the live rows and,
-    unless defect 1 is tolerated, ranks each one's code among the first ``FOUND_DEPTH`` candidates
-    with every list probed."""
+    holds the stored vectors to the model), and by the IVF -- whose lists hold every live row once
+    (and otherwise only deleted rows' entries, kept until their lists are re-encoded and excluded
+    by every search) and, unless defect 1 is tolerated, rank each one's code among the first
+    ``FOUND_DEPTH`` candidates with every list probed."""
     rows = np.array([model.mems[k].row for k in keys], np.int64)
     held = ivf_ids(ix)
-    if held is not None and not np.array_equal(held, np.sort(rows)):
-        _set_diff("ids in the IVF lists", set(held.tolist()), set(rows.tolist()))
+    if held is not None:
+        live_held = held[np.isin(held, rows)]
+        dead_held = held[~np.isin(held, rows)]
+        if not np.array_equal(live_held, np.sort(rows)):
+            _set_diff("live ids in the IVF lists", set(live_held.tolist()), set(rows.tolist()))
+        if len(dead_held) and not ix.parts.tombstones.contains(dead_held).all():
+            raise Violation(f"the IVF lists hold rows that are neither live in the model nor deleted in the "
+                            f"store: {dead_held[~ix.parts.tombstones.contains(dead_held)][:12].tolist()}")
+        if len(np.unique(dead_held)) != len(dead_held):
+            raise Violation("a deleted row has more than one entry in the IVF lists")
     if not keys:
         return
     vecs = np.stack([model.mems[k].vec for k in keys])

@@ -30,7 +30,7 @@ def _writer_main(path: str) -> None:
 
 def _dump(ix) -> dict:
     rows = ix.select()
-    mems = ix._get_at(rows) if len(rows) else []
+    mems = ix.memories_at(rows) if len(rows) else []
     return {"count": len(ix), "rows": rows.tolist(),
             "mems": [[m.id, _enc(m.content), m.tags, m.timestamp, m.importance, _enc(m.external_id), m.metadata]
                      for m in mems]}

@@ -67,28 +67,26 @@ DEFECT_REPROS = {
 
 
 @pytest.mark.parametrize("defect", sorted(DEFECT_REPROS))
-@pytest.mark.xfail(raises=ms.Violation, strict=False, reason="a known defect, fixed on another branch")
-def test_the_model_catches_a_known_defect(tmp_path, defect):
+def test_the_op_list_that_caught_a_defect_now_holds(tmp_path, defect):
+    """Each defect's minimal op list (it raised a Violation before its fix), every check on."""
     kind, ops = DEFECT_REPROS[defect]
-    ms.run_ops(kind, ops, tmp_path, 0, ms.KNOWN_DEFECTS - {defect})
+    ms.run_ops(kind, ops, tmp_path, 0, frozenset())
 
 
 @pytest.mark.parametrize("defect", sorted(DEFECT_REPROS))
 def test_the_repro_passes_with_the_defect_tolerated(tmp_path, defect):
     """The steering works: the same op list, with the defect tolerated, finds nothing else."""
     kind, ops = DEFECT_REPROS[defect]
-    ms.run_ops(kind, ops, tmp_path, 0, ms.KNOWN_DEFECTS)
+    ms.run_ops(kind, ops, tmp_path, 0, frozenset({defect}))
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=False,
-                   reason="defect 11 (found by this test): a reader's log cursor is (st_dev, st_ino, offset); a new "
-                          "log that reuses the inode is resumed at the old offset")
 def test_a_reader_does_not_resume_a_replaced_log_at_its_old_offset(tmp_path):
     """A reader follows the log of gen-2; the writer checkpoints (gen-3), closes, rolls back to
     gen-2 and writes again in a new log with the base gen-2. When that file gets the old log's
     inode, refresh() resumes at the old offset: the reader serves the rolled-away memories and
     misses acknowledged ones (or raises IndexError when the offsets do not line up). Inode reuse
-    is up to the file system (0 to 3 of 12 tries on ext4 here): an xpass proves nothing."""
+    is up to the file system (0 to 3 of 12 tries on ext4 here). Fixed: the cursor is the file and
+    the log's random id (its header), so a replaced log is read from its start."""
     import numpy as np
 
     from lukhas_gpu import IndexConfig, MemoryIndex

@@ -160,13 +160,14 @@ class WalReader:
         self._f = open(self.path, "rb")
         try:
             st = os.fstat(self._f.fileno())
-            #: ``(st_dev, st_ino)`` of the file read: a log replaced by a reset is another file
-            self.file_id = (st.st_dev, st.st_ino)
             self.file_size = st.st_size
             #: ``base``: the generation the log follows; ``log_id``: the log's identity (None for
             #: a log older than it); ``header_size``: where its first record starts (28, 16 for a
             #: log of the first format)
             self.base, self.log_id, self.header_size = _parse_header(self.path, self._f)
+            #: ``(st_dev, st_ino, log id)`` of the file read: a log replaced by a reset is another
+            #: log even where the new file reuses the old one's inode (a reader resumes only its own)
+            self.file_id = (st.st_dev, st.st_ino, self.log_id)
             offset, first = start if start is not None else (self.header_size, 0)
             if not (self.header_size <= offset <= self.file_size and first >= 0):
                 raise ValueError(f"{self.path}: cannot resume at byte {offset} (the file has {self.file_size})")
