@@ -30,10 +30,9 @@ import numpy as np
 import torch
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
-
+from lukhas_gpu.tools.synthetic import builtin_model
 from lukhas_gpu.vectors import exact
 from lukhas_gpu.vectors.encoder import Encoder
-from lukhas_gpu.tools.synthetic import builtin_model
 
 from .common import machine, markdown_table, today, write_results
 

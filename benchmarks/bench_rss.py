@@ -27,17 +27,15 @@ TAG_VOCABULARY, TAG_SKEW = 1000, 1.5
 
 
 def child(n: int, preset: str, threads: int) -> dict:
+    import faiss  # noqa: F401  (a dependency: loaded in any process that uses the index)
     import numpy as np
     import torch  # a pipeline that embeds has torch loaded before the index exists
 
     import lukhas_gpu
+    from benchmarks.bench_store import texts
     from lukhas_gpu.capacity.planner import measure_content_ratio
     from lukhas_gpu.tools.synthetic import builtin_model
     from lukhas_gpu.util.memtrim import rss_anon
-
-    from benchmarks.bench_store import texts
-
-    import faiss  # noqa: F401  (a dependency: loaded in any process that uses the index)
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)

@@ -18,13 +18,12 @@ import argparse
 import collections
 import json
 import logging
-import re
 import time
 
 import numpy as np
 
 from benchmarks import common
-from benchmarks.datasets import WORDNET_DIR, _EXAMPLE, _POS_FILES, cache_dir
+from benchmarks.datasets import _EXAMPLE, _POS_FILES, WORDNET_DIR, cache_dir
 
 log = logging.getLogger("bench_sparse")
 V = 30_000
@@ -80,7 +79,7 @@ def brute_topk(D, Q, k: int):
 def bench_splade(n: int, nq: int, brute_budget: float, seed: int = 0, weights: str = "idf") -> dict:
     import scipy.sparse as sp
 
-    from lukhas_gpu.sparse import SparseVectors, SparseQuery
+    from lukhas_gpu.sparse import SparseQuery, SparseVectors
     from lukhas_gpu.sparse.validate import PackedSparse
 
     rng = np.random.default_rng(seed)

@@ -186,9 +186,9 @@ def _ready(proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
 
 
 def final_check(store: str, acks: Acks) -> dict:
-    from lukhas_gpu import MemoryIndex
-
     import numpy as np
+
+    from lukhas_gpu import MemoryIndex
 
     ix = MemoryIndex.open(store)
     rows = len(ix.parts.vectors)

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 
-
 DIM = 32
 BATCH = 200
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
 from model_consts import DIM, T0, TAGS, USERS, WORDS
 
 

@@ -15,6 +15,7 @@ model through every route that can name a memory.
 from __future__ import annotations
 
 import numpy as np
+
 from model_consts import DIM, FIELDS, NLIST, T0, TAGS, USERS
 from model_store import Violation
 

@@ -9,6 +9,7 @@ import json
 import sys
 
 import numpy as np
+
 from model_calls import _enc, loads_call, run_call
 from model_consts import NLIST, ROOT
 

@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+
 from model_calls import (
     _enc,
     _pick,
@@ -386,9 +387,9 @@ class Run:
             self.ix = MemoryIndex.open(self.path, mode="w", recover=True)
 
     def op_refresh(self, op, rng):
-        from model_checks import check_index
-
         from lukhas_gpu import MemoryIndex
+
+        from model_checks import check_index
 
         if self.reader is not None and 11 in self.known and self.replaced != self.reader_replaced:
             self.reader.close()  # steer around defect 11: a log replaced since the last refresh

@@ -54,8 +54,7 @@ def test_a_filters_tag_lists_are_bounded():
 def test_copied_facts_have_one_owner():
     from lukhas_gpu import config
     from lukhas_gpu.capacity import accounting, planner
-    from lukhas_gpu.distributed import aggregate, stages
-    from lukhas_gpu.distributed import layout as root_layout
+    from lukhas_gpu.distributed import aggregate, layout as root_layout, stages
     from lukhas_gpu.ingest import sources
     from lukhas_gpu.monitor import probe
     from lukhas_gpu.store import layout, wal

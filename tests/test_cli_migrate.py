@@ -5,16 +5,14 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import optional_import
-
-from lukhas_gpu import MemoryIndex
-
-from lukhas_gpu import cli
+from lukhas_gpu import MemoryIndex, cli
 from lukhas_gpu.ingest.migrate import write_naive_jsonl
 from lukhas_gpu.ingest.resume import progress_of
+
+from conftest import optional_import
+
 # the data and helpers of the store commands' tests (N memories of DIM, added BATCH at a time)
-from test_cli_store import (BATCH, DIM, N, _all_contents, _data, _interrupt_then_resume,
-                            _interrupting_add, _json_lines)
+from test_cli_store import BATCH, DIM, N, _all_contents, _data, _interrupt_then_resume, _interrupting_add, _json_lines
 
 
 def _count(store, capsys):

@@ -6,7 +6,6 @@ import json
 import pytest
 
 from lukhas_gpu import IndexConfig, max_count, plan
-
 from lukhas_gpu.cli import main
 
 

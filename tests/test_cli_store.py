@@ -1,16 +1,14 @@
 """The store subcommands of the command line (ingest, search, get, delete), in-process, small data."""
 import datetime
 import io
-import os
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
 
-from lukhas_gpu import MemoryIndex
-
-from lukhas_gpu import cli
+from lukhas_gpu import MemoryIndex, cli
 from lukhas_gpu.cli import progress as cli_progress
 from lukhas_gpu.ingest import resume
 from lukhas_gpu.ingest.migrate import write_naive_jsonl

@@ -9,8 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
+from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex

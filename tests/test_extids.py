@@ -16,9 +16,9 @@ import pytest
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
 from lukhas_gpu.query import metafilter
-from lukhas_gpu.store.layout import CorruptStoreError
 from lukhas_gpu.records.docmeta import DocMetadata, validate_metadata
 from lukhas_gpu.records.keytable import KeyTable, encode_keys
+from lukhas_gpu.store.layout import CorruptStoreError
 
 FIELDS = {"user": "str", "turn": "int", "score": "float", "flag": "bool"}
 

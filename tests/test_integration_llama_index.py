@@ -14,8 +14,13 @@ optional_import("llama_index.core")
 from llama_index.core import Document, StorageContext, VectorStoreIndex  # noqa: E402
 from llama_index.core.embeddings import BaseEmbedding  # noqa: E402
 from llama_index.core.schema import TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import (FilterCondition, FilterOperator, MetadataFilter,  # noqa: E402
-                                                  MetadataFilters, VectorStoreQuery)
+from llama_index.core.vector_stores.types import (  # noqa: E402
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+)
 
 from lukhas_gpu.integrations.llama_index import LukhasVectorStore  # noqa: E402
 

@@ -529,8 +529,7 @@ def test_flipped_bits_in_mapped_int8_rows_are_named_never_scored(store, old):
 
 
 def test_block_crcs_check_only_the_blocks_read(tmp_path):
-    from lukhas_gpu.vectors.store import CRC_BLOCK_ROWS as B
-    from lukhas_gpu.vectors.store import VectorStore
+    from lukhas_gpu.vectors.store import CRC_BLOCK_ROWS as B, VectorStore
 
     rng = np.random.default_rng(8)
     rows = rng.integers(-127, 128, (10 * B + 17, 8), dtype=np.int8)  # 11 blocks, the last partial

@@ -8,8 +8,9 @@ today (xfail) and pass once the defect is fixed -- then drop its number from ``K
 """
 from __future__ import annotations
 
-import model_store as ms
 import pytest
+
+import model_store as ms
 
 #: (kind, seed, ops, op kinds every sequence holds): one sequence per store kind, ~60 s in all on
 #: a quiet 2-core machine (each subprocess, a crash or a reader, costs seconds of torch import).

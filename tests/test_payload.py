@@ -5,11 +5,9 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from lukhas_gpu.records import codec
-from lukhas_gpu.records import contents as payload
+from lukhas_gpu.records import codec, contents as payload
 from lukhas_gpu.records.contents import ContentArena, ValidatedContents
 
 WORDS = ("the a memory user said about project meeting tomorrow coffee likes prefers remembers "

@@ -15,8 +15,8 @@ def test_all_is_pinned():
 
 def test_public_names_resolve():
     from lukhas_gpu.config import IndexConfig
-    from lukhas_gpu.vectors.encoder import Encoder
     from lukhas_gpu.index.facade import MemoryIndex, SearchResult
+    from lukhas_gpu.vectors.encoder import Encoder
 
     assert lukhas_gpu.MemoryIndex is MemoryIndex
     assert lukhas_gpu.IndexConfig is IndexConfig

@@ -14,8 +14,7 @@ from lukhas_gpu.records import metadata, tags, validate
 from lukhas_gpu.records.contents import ContentArena
 from lukhas_gpu.records.metadata import MetadataColumns
 from lukhas_gpu.records.tags import TagIndex
-from lukhas_gpu.records.validate import (validate_contents, validate_importance, validate_tags,
-                                         validate_timestamps)
+from lukhas_gpu.records.validate import validate_contents, validate_importance, validate_tags, validate_timestamps
 
 PACKAGE = pathlib.Path(lukhas_gpu.__file__).parent
 

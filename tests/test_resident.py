@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank, plan
-
 from lukhas_gpu.vectors.encoder import Encoder
 from lukhas_gpu.vectors.mirror import DeviceMirror
 

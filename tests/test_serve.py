@@ -28,6 +28,7 @@ httpx = optional_import("httpx")
 
 from lukhas_gpu import Filter, MemoryIndex, Rank  # noqa: E402
 from lukhas_gpu.client import BadRequest, Client, Overloaded, Unauthorized  # noqa: E402
+
 from serve_helpers import env, server  # noqa: E402
 
 DIM, N = 32, 3000
@@ -335,9 +336,9 @@ def test_slow_and_stalled_clients_leave_room_for_keyed_requests(tmp_path):
     per-client cap): every keyed search and body-carrying POST answers 200 within 3 s; stalled
     bodies get 408, slow headers are closed; refusals appear in the metrics (401s among the
     responses too); the recall target gauge shows the store's, the lag gauge /readyz's figure."""
-    from benchmarks.bench_serve_abuse import Attack
     from prometheus_client.parser import text_string_to_metric_families
 
+    from benchmarks.bench_serve_abuse import Attack
     from lukhas_gpu import IndexConfig
 
     path = tmp_path / "small"

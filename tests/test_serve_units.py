@@ -11,12 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import optional_import
-
 from lukhas_gpu import Filter, Rank
 from lukhas_gpu.serve import wire
 from lukhas_gpu.serve.batcher import Batcher, QueueFull
 from lukhas_gpu.serve.options import ServeOptions, read_api_key
+
+from conftest import optional_import
 
 
 class _Recorder:

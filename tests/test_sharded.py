@@ -15,6 +15,7 @@ from lukhas_gpu import Filter, MemoryIndex, Rank
 from lukhas_gpu.distributed import ShardedIndex, layout
 from lukhas_gpu.distributed.merge import fixed_rank, merge_topk
 from lukhas_gpu.store.layout import CorruptStoreError, StoreError
+
 from sharded_helpers import DAY, build_root, config, make_data, single_index, to_global, to_single
 
 N, SHARDS, K = 3000, 3, 10

@@ -12,12 +12,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import optional_import
-
 from lukhas_gpu import Filter, MemoryIndex, Rank
 from lukhas_gpu.distributed import ShardedIndex, layout
 from lukhas_gpu.serve import wire
 from lukhas_gpu.store.layout import CorruptStoreError
+
+from conftest import optional_import
 from sharded_helpers import DAY, build_root, config, make_data
 
 ray = optional_import("ray")

@@ -12,11 +12,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import optional_import
-
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
 from lukhas_gpu.query.hybrid import Fusion, fuse
 from lukhas_gpu.sparse import InvertedIndex, SparseArena, SparseQuery, pack_sparse
+
+from conftest import optional_import
 
 sp = optional_import("scipy.sparse")
 
@@ -222,6 +222,7 @@ def test_fusion_matches_its_definition():
 
 def test_hybrid_search_fuses_dense_sparse_and_text_with_filters_and_rank():
     import torch
+
     from lukhas_gpu import Rank
 
     rng = np.random.default_rng(9)

@@ -441,8 +441,7 @@ def test_recover_past_a_damaged_generation_with_an_empty_log_leaves_a_store_that
 
 
 # -- a model of the generations: every sequence of writes, checkpoints, reopens, rollbacks, recovers --
-from hypothesis import settings as _settings
-from hypothesis import strategies as _st
+from hypothesis import settings as _settings, strategies as _st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 

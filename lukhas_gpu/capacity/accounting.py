@@ -52,8 +52,15 @@ from pyroaring import BitMap
 from ..records.tags import TAG_OBJECT_BYTES
 from ..store import layout
 from ..util.memory import HUGE_FROM, HUGE_PAGE, PAGE, ROARING_CONTAINER_BYTES, bitmap_bytes, huge_page_slack
-from ..vectors.ann import (FASTSCAN_BBS, HNSW_M, LIST_OVERHEAD, aligned_capacity, fastscan_list_bytes,
-                           fastscan_resident, hnsw_graph_bytes)
+from ..vectors.ann import (
+    FASTSCAN_BBS,
+    HNSW_M,
+    LIST_OVERHEAD,
+    aligned_capacity,
+    fastscan_list_bytes,
+    fastscan_resident,
+    hnsw_graph_bytes,
+)
 
 # The size formulas and constants are owned by the modules that hold the structures; they are
 # re-exported here for lukhas_gpu.capacity.planner, which predicts the same components.

@@ -43,8 +43,20 @@ from ..util.bounds import MAX_DIM, MAX_INGEST_BATCH, MAX_ROWS
 from . import layout
 from .report import IngestReport
 from .resume import PARTITION, check_same, files_identity, identity, shard_rows
-from .stages import (HEAD_ROWS, PROBLEM, TIMES, EncodeStage, PrepareStage, arrow_type, content_digest, head_digest,
-                     input_files, jsonl_rows, plan_resources, read_input)
+from .stages import (
+    HEAD_ROWS,
+    PROBLEM,
+    TIMES,
+    EncodeStage,
+    PrepareStage,
+    arrow_type,
+    content_digest,
+    head_digest,
+    input_files,
+    jsonl_rows,
+    plan_resources,
+    read_input,
+)
 from .writers import NAMESPACE, ShardWriter, actor_name
 
 log = logging.getLogger(__name__)

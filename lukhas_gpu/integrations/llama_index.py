@@ -24,9 +24,16 @@ from typing import Any, List, Optional, Sequence
 
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.schema import BaseNode, MetadataMode
-from llama_index.core.vector_stores.types import (BasePydanticVectorStore, FilterCondition, FilterOperator,
-                                                  MetadataFilter, MetadataFilters, VectorStoreQuery,
-                                                  VectorStoreQueryMode, VectorStoreQueryResult)
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ..query.filters import Filter

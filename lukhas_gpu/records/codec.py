@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import logging
-
 import zlib
 
 import numpy as np

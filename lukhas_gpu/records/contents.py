@@ -27,8 +27,19 @@ import zstandard
 
 from ..util.errors import CorruptStoreError
 from ..util.memory import NPZ_MEMBER_BYTES
-from .codec import BYTES_OBJECT_HEADER, MIN_DICT_SIZE, MIN_TRAIN_SAMPLES, NONE_RECORD, RECENT_BYTES, RECENT_ITEMS, \
-    ContentCodec, extents, generation_of, is_zstd, raw_sizes
+from .codec import (
+    BYTES_OBJECT_HEADER,
+    MIN_DICT_SIZE,
+    MIN_TRAIN_SAMPLES,
+    NONE_RECORD,
+    RECENT_BYTES,
+    RECENT_ITEMS,
+    ContentCodec,
+    extents,
+    generation_of,
+    is_zstd,
+    raw_sizes,
+)
 from .columns import GrowableArray
 from .validate import DEFAULT_MAX_CONTENT_BYTES, KIND_BYTES, KIND_NONE, KIND_STR, ValidatedContents, validate_contents
 

@@ -23,8 +23,16 @@ import numpy as np
 from pyroaring import BitMap
 
 from .taglists import MAX_ROWS, TagLists
-from .validate import (MAX_TAG_BYTES, MAX_TAGS_PER_MEMORY, check_tag, check_tag_batch, check_tag_container,
-                       check_tag_count, check_tag_item, short_repr)
+from .validate import (
+    MAX_TAG_BYTES,
+    MAX_TAGS_PER_MEMORY,
+    check_tag,
+    check_tag_batch,
+    check_tag_container,
+    check_tag_count,
+    check_tag_item,
+    short_repr,
+)
 
 __all__ = ["TagIndex", "MAX_TAG_BYTES", "MAX_TAGS_PER_MEMORY", "MAX_ROWS", "TAG_OBJECT_BYTES"]
 

@@ -26,16 +26,25 @@ from pydantic import ValidationError
 from ..index import MemoryIndex
 from ..store.layout import StoreError
 from ..util.bounds import MAX_ID, MIN_ID
-from . import errors, wire
-from . import search as search_mod
-from .search import SUPPORTS_TARGET_RECALL
+from . import errors, search as search_mod, wire
 from .batcher import Batcher, QueueFull
 from .conns import ConnectionTable
 from .limits import BodyTooLarge, Guard, error_body, read_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .models import (MAX_REQUEST_VECTORS, AddRequest, AddResponse, DeleteResponse, ErrorResponse, IdsRequest,
-                     MemoriesResponse, MemoryOut, SearchRequest, SearchResponse)
+from .models import (
+    MAX_REQUEST_VECTORS,
+    AddRequest,
+    AddResponse,
+    DeleteResponse,
+    ErrorResponse,
+    IdsRequest,
+    MemoriesResponse,
+    MemoryOut,
+    SearchRequest,
+    SearchResponse,
+)
 from .options import ServeOptions
+from .search import SUPPORTS_TARGET_RECALL
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,7 @@ import math
 import os
 import pathlib
 
-from ..util.bounds import MAX_BODY_MB, MAX_CONNECTIONS, MAX_QUEUE, MAX_WORKERS
-from ..util.bounds import MAX_SERVE_BATCH as MAX_BATCH
+from ..util.bounds import MAX_BODY_MB, MAX_CONNECTIONS, MAX_QUEUE, MAX_SERVE_BATCH as MAX_BATCH, MAX_WORKERS
 
 __all__ = ["ServeOptions", "read_api_key", "ENV_OPTIONS", "MAX_BATCH", "MAX_BODY_MB", "MIN_API_KEY_CHARS"]
 

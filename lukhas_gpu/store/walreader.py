@@ -12,8 +12,21 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .layout import CorruptStoreError
-from .walcodec import (DEFAULT_MAX_RECORD_BYTES, HEADER, HEADER_V1, MAGIC, MAGIC_V1, MAX_LENGTH_FIELD, OP, RECORD,
-                       RECORD_HEADER_SIZE, RESYNC_LOOKAHEAD, decode_fields, header_crc, record_candidates)
+from .walcodec import (
+    DEFAULT_MAX_RECORD_BYTES,
+    HEADER,
+    HEADER_V1,
+    MAGIC,
+    MAGIC_V1,
+    MAX_LENGTH_FIELD,
+    OP,
+    RECORD,
+    RECORD_HEADER_SIZE,
+    RESYNC_LOOKAHEAD,
+    decode_fields,
+    header_crc,
+    record_candidates,
+)
 
 __all__ = ["WalReader", "WalRecord", "WalScan", "WalDamage", "WalHeaderError", "check_max_record_bytes",
            "find_record", "scan_damage"]
