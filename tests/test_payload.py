@@ -402,7 +402,7 @@ def test_record_crcs_follow_every_change_and_match_a_recomputation():
     """The per-record CRC-32 kept through appends (before and after the first dictionary),
     replaces, compaction and a round trip equals one computed from the bytes, and a flipped bit
     in any record is an error naming the arena's source, never altered text."""
-    from lukhas_gpu.records import contents as C
+    from lukhas_gpu.records.crcs import record_crcs
     from lukhas_gpu.util.errors import CorruptStoreError
 
     rng = np.random.default_rng(12)
@@ -425,7 +425,7 @@ def test_record_crcs_follow_every_change_and_match_a_recomputation():
             want = [c if i in set(live.tolist()) else None for i, c in enumerate(want)]
     assert arena.generation >= 1  # a dictionary was trained (every record re-compressed)
     arrays = arena.to_arrays()
-    assert np.array_equal(arrays["crcs"], C._record_crcs(arrays["buffer"], arrays["starts"].tolist()))
+    assert np.array_equal(arrays["crcs"], record_crcs(arrays["buffer"], arrays["starts"].tolist()))
     back = ContentArena.from_arrays({k: (v.copy() if k == "buffer" else v) for k, v in arrays.items()})
     assert back.get(np.arange(len(want))) == want
     buf = back._buf.view()

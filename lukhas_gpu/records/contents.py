@@ -41,6 +41,7 @@ from .codec import (
     raw_sizes,
 )
 from .columns import GrowableArray
+from .crcs import blob_crcs, record_crcs
 from .validate import DEFAULT_MAX_CONTENT_BYTES, KIND_BYTES, KIND_NONE, KIND_STR, ValidatedContents, validate_contents
 
 __all__ = ["ContentArena", "ValidatedContents", "KIND_NONE", "KIND_STR", "KIND_BYTES", "planned_bytes",
@@ -66,35 +67,6 @@ def _concat(chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     if chunks:
         offsets[1:] = np.cumsum([len(c) for c in chunks])
     return np.frombuffer(b"".join(chunks), dtype=np.uint8).copy(), offsets
-
-
-def _blob_crcs(blob, sizes) -> np.ndarray:
-    """CRC-32 of each of the records of ``sizes`` bytes laid back to back in ``blob``."""
-    mv, out, pos = memoryview(blob), np.empty(len(sizes), np.uint32), 0
-    crc32 = zlib.crc32
-    for i, n in enumerate(np.asarray(sizes, np.int64).tolist()):
-        out[i] = crc32(mv[pos:pos + n])
-        pos += n
-    return out
-
-
-def _record_crcs(buf: np.ndarray, starts) -> np.ndarray:
-    """CRC-32 of the record at each of ``starts`` in ``buf``, its extent read from its own varint
-    length (bounded by the buffer, so a damaged length gives a wrong CRC, never an IndexError)."""
-    mv, end = memoryview(buf), len(buf)
-    crc32 = zlib.crc32
-    out = np.empty(len(starts), np.uint32)
-    for i, s in enumerate(starts):
-        n, p, shift = 0, s, 0
-        while p < end:
-            b = mv[p]
-            p += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80 or shift > 56:
-                break
-            shift += 7
-        out[i] = crc32(mv[s:min(p + 1 + n, end)])
-    return out
 
 
 def _split(data: np.ndarray, offsets: np.ndarray, name: str) -> list[bytes]:
@@ -297,7 +269,7 @@ class ContentArena:
             offsets[1:] += np.cumsum(rec_sizes[:-1])
             self._starts.append(offsets)
             if self._crcs is not None:
-                self._crcs.append(_blob_crcs(blob, rec_sizes))
+                self._crcs.append(blob_crcs(blob, rec_sizes))
             self._stored_bytes += len(blob)
             self._raw_bytes += int(sizes[pos:stop].clip(0).sum())
             self._codec.note_samples(payloads[pos:stop])
@@ -345,7 +317,7 @@ class ContentArena:
         offsets = base + np.concatenate(([0], np.cumsum(rec_sizes[:-1])))
         self._starts[rows] = offsets.astype(np.uint64)
         if self._crcs is not None:
-            self._crcs[rows] = _blob_crcs(blob, rec_sizes)
+            self._crcs[rows] = blob_crcs(blob, rec_sizes)
         freed = int(old_sizes.sum())
         self._garbage_bytes += freed
         self._stored_bytes += len(blob) - freed
@@ -478,7 +450,7 @@ class ContentArena:
         self._starts = GrowableArray(np.uint64, capacity=max(2 * n, 1024))
         self._starts.append(new_starts)
         self._crcs = GrowableArray(np.uint32, capacity=max(2 * n, 1024))
-        self._crcs.append(_blob_crcs(blob, rec_sizes))
+        self._crcs.append(blob_crcs(blob, rec_sizes))
         self._stored_bytes, self._garbage_bytes = len(blob), 0
         log.info("content dictionary 1 (%d B) trained on %d samples; %d rows re-compressed: %d -> %d B",
                  len(self._codec.dictionaries[1]), len(self._codec.samples), n, old_used, len(blob))
@@ -504,7 +476,7 @@ class ContentArena:
         if self._crcs is None:  # an arena loaded without them: computed now, once (the writer's
             # open checked the whole file's CRC, so these are the bytes the store wrote)
             self._crcs = GrowableArray(np.uint32, capacity=len(self))
-            self._crcs.append(_record_crcs(self._buf.view(), self._starts.view().tolist()))
+            self._crcs.append(record_crcs(self._buf.view(), self._starts.view().tolist()))
         out = {"format_version": np.array(_CONTENTS_FORMAT_VERSION, dtype=np.int64), "buffer": buffer,
                "starts": self._starts.view().copy(), "crcs": self._crcs.view().copy(), "dictionaries": dicts,
                "dictionary_offsets": dict_offsets, "samples": samples, "samples_offsets": sample_offsets}
