@@ -115,8 +115,8 @@ def compare(n: int, state: str, meas: dict, st: dict, pl: dict) -> list[dict]:
 def plan_for(n: int, cfg, avg: float, ratio: float, state: str):
     import lukhas_gpu
 
-    return lukhas_gpu.plan(n, 384, avg_content_bytes=avg, tags_per_memory=1.0, config=cfg, content_ratio=ratio, runtime=False,
-                           tag_vocabulary=TAG_VOCABULARY, tag_skew=TAG_SKEW, state=state)
+    return lukhas_gpu.plan(n, 384, avg_content_bytes=avg, tags_per_memory=1.0, config=cfg, content_ratio=ratio,
+                           runtime=False, tag_vocabulary=TAG_VOCABULARY, tag_skew=TAG_SKEW, state=state)
 
 
 def opened(root: str, n: int, avg: float, ratio: float, threads: int) -> dict:

@@ -296,7 +296,8 @@ def main(argv=None) -> dict:
     p.add_argument("--grid", default=None, help="explicit nprobe:rerank pairs, e.g. 128:10,256:20")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field of the preset (repeatable), e.g. --set pq_m=64")
-    p.add_argument("--ingest", type=int, default=100_000, help="vectors re-added to time ingest after training (0: skip)")
+    p.add_argument("--ingest", type=int, default=100_000,
+                   help="vectors re-added to time ingest after training (0: skip)")
     p.add_argument("--peers", default="flat,usearch",
                    help="comma list of: flat, usearch, usearch-f32, hnswlib, naive, exact, mmap")
     p.add_argument("--plot", default=None, help="write a recall-vs-QPS PNG here")
@@ -309,7 +310,8 @@ def main(argv=None) -> dict:
     ds = wordnet_minilm(args.nq) if args.data == "real" else synthetic_dataset(args.n, args.nq)
     t0 = time.perf_counter()
     gt = exact_knn(ds.xb, ds.xq, 100)
-    log.info("%s: %d x %d, %d queries (ground truth %.1f s)", ds.name, *ds.xb.shape, len(ds.xq), time.perf_counter() - t0)
+    log.info("%s: %d x %d, %d queries (ground truth %.1f s)", ds.name, *ds.xb.shape, len(ds.xq),
+             time.perf_counter() - t0)
     peers = set(filter(None, args.peers.split(",")))
     rows: list[dict] = []
     if "flat" in peers:

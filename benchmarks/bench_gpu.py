@@ -66,7 +66,10 @@ class Data:
     def __init__(self, dim: int, device: torch.device, seed: int = 0):
         m = builtin_model()
         g = torch.Generator().manual_seed(seed)
-        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+        def as_t(a):
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
         self.centers, self.scales = as_t(m.centers), as_t(m.scales)
         self.mix = as_t(m.basis * m.sqrt_eig)  # (384, r): z @ mix.T is a residual
         self.weights = torch.from_numpy(m.weights).to(device, torch.float32)

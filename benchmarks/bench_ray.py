@@ -318,8 +318,9 @@ def main(argv=None) -> dict:
         log.info("generated %d rows, %.0f MB of Parquet, in %.1f s", args.n, gen["parquet_bytes"] / 2**20,
                  gen["generate_s"])
         results = [_child(p, d, args) for p in args.parts]
-    header = (f"{args.data}, n = {args.n:,}, 384-d, preset {args.preset}, batch {args.batch_size:,}, {args.shards} shards, "
-              f"{common.machine()}; Parquet {gen['parquet_bytes'] / 2**20:.0f} MB, {gen['mean_text_bytes']:.0f} B "
+    header = (f"{args.data}, n = {args.n:,}, 384-d, preset {args.preset}, batch {args.batch_size:,}, "
+              f"{args.shards} shards, {common.machine()}; Parquet {gen['parquet_bytes'] / 2**20:.0f} MB, "
+              f"{gen['mean_text_bytes']:.0f} B "
               f"texts; load average {os.getloadavg()[0]:.2f} at the end")
     text = header + "\n\n" + table(results)
     print(text)

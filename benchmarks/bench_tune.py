@@ -369,7 +369,8 @@ def main(argv=None) -> dict:
     payload = {"data": ds.name, "n": n, "machine": common.machine(), "date": common.today(),
                "tuning": {k: v for k, v in rep.items() if k != "tried"}, "tune_seconds": tune_seconds,
                "rows": rows, "deciles": deciles, "equal_recall_ratios": ratios}
-    cols = ["system", "target", "setting", "recall@10", "estimate", "QPS", "p50 ms", "p99 ms", "probes/query", "build s"]
+    cols = ["system", "target", "setting", "recall@10", "estimate", "QPS", "p50 ms", "p99 ms", "probes/query",
+            "build s"]
     table = common.markdown_table(rows, cols) + "\n\n" + common.markdown_table(deciles) + "\n\n" + \
         json.dumps(ratios, indent=1)
     common.write_results(args.tag or f"tune_{ds.name}", payload, table)

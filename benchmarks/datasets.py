@@ -129,7 +129,8 @@ def _debian_synopses(root: str = DEBIAN_PACKAGES) -> list[str]:
             text = subprocess.run(["lz4cat", str(f)], check=True, capture_output=True).stdout.decode("utf-8", "replace")
         else:
             text = f.read_text(encoding="utf-8", errors="replace")
-        out.update(line[len("Description: "):].strip() for line in text.splitlines() if line.startswith("Description: "))
+        out.update(line[len("Description: "):].strip() for line in text.splitlines()
+                   if line.startswith("Description: "))
     return sorted(t for t in out if len(t) >= 12)
 
 

@@ -381,7 +381,8 @@ def plot(samples: list[dict], result: dict, path: pathlib.Path, title: str) -> N
     pyplot.close(fig)
 
 
-def main(argv=None) -> dict:
+# the soak's driver (options, then the timed loop and its report): kept whole to read as the run goes
+def main(argv=None) -> dict:  # noqa: PLR0915
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["steady", "churn"], default="steady")
     ap.add_argument("--size", type=int, default=200_000, help="memories after the grow phase")

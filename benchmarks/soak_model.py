@@ -13,6 +13,7 @@ sequence to a minimal op list (delta debugging, ``--shrink-minutes``), writes it
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import pathlib
 import sys
@@ -21,8 +22,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-
-import model_store as ms
+# tests/ is not a package (its helpers import each other by name): the model is imported once it is on the path
+ms = importlib.import_module("model_store")
 
 
 def _quiet() -> None:

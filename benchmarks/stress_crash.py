@@ -32,7 +32,8 @@ step = 0
 while True:
     start = len(ix.parts.vectors)
     x = rng.standard_normal((%(batch)d, %(dim)d)).astype("float32")
-    ids = ix.add(x, contents=[f"m{start + i}" for i in range(%(batch)d)], tags=[[f"t{(start + i) %% 7}"] for i in range(%(batch)d)])
+    ids = ix.add(x, contents=[f"m{start + i}" for i in range(%(batch)d)],
+                 tags=[[f"t{(start + i) %% 7}"] for i in range(%(batch)d)])
     print("add", int(ids[0]), int(ids[-1]), flush=True)
     step += 1
     if step %% 3 == 0:

@@ -2,7 +2,8 @@
 
 Public API (see ``README.md``): :class:`MemoryIndex`, :class:`IndexConfig`,
 :class:`SearchResult`, :class:`Memory`, :class:`Filter`,
-:class:`Rank`, :class:`Fusion` (hybrid search), :class:`Encoder`; capacity planning: :func:`plan`, :func:`max_count`, :class:`Plan`.
+:class:`Rank`, :class:`Fusion` (hybrid search), :class:`Encoder`; capacity planning: :func:`plan`,
+:func:`max_count`, :class:`Plan`.
 
 The names are resolved on first use (PEP 562), so that ``import lukhas_gpu`` -- and a command
 such as ``lukhas-gpu get`` -- does not pay for torch and FAISS until something needs them.

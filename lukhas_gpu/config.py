@@ -55,7 +55,8 @@ class IndexConfig:
         slower training and assignment.
     capacity : int or None, default None
         The number of memories the index is expected to hold (a batch job knows it). It sizes
-        ``nlist`` and delays training until the sample that many lists need has arrived, so an index fed in batches is trained as well as one given everything at once.
+        ``nlist`` and delays training until the sample that many lists need has arrived, so an index
+        fed in batches is trained as well as one given everything at once.
         ``None``: size by the count at the time of training.
     nprobe : int, default 128
         Lists visited per query. The probe count, not the quantizer, bounds recall on real
@@ -201,30 +202,20 @@ class IndexConfig:
     text_stemmer: str | None = None
 
     def __post_init__(self) -> None:
-        def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-        def positive(name: str, value: Any, *, optional: bool = False) -> None:
-            if value is None and optional:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, got {value!r}")
-
-        choice("metric", self.metric, _METRICS)
-        choice("coarse", self.coarse, ("auto", "flat", "hnsw"))
-        choice("vector_storage", self.vector_storage, _VECTOR_STORAGE)
-        choice("backend", self.backend, BACKENDS)
-        choice("gpu_resident", self.gpu_resident, ("auto", "on", "off"))
-        choice("wal_sync", self.wal_sync, ("always", "group", "none"))
+        _choice("metric", self.metric, _METRICS)
+        _choice("coarse", self.coarse, ("auto", "flat", "hnsw"))
+        _choice("vector_storage", self.vector_storage, _VECTOR_STORAGE)
+        _choice("backend", self.backend, BACKENDS)
+        _choice("gpu_resident", self.gpu_resident, ("auto", "on", "off"))
+        _choice("wal_sync", self.wal_sync, ("always", "group", "none"))
         if self.external_ids is not None:
-            choice("external_ids", self.external_ids, ("str", "int"))
+            _choice("external_ids", self.external_ids, ("str", "int"))
         object.__setattr__(self, "metadata_fields", _fields(self.metadata_fields))
         for name in ("train_threshold", "nprobe", "rerank", "batch_size", "max_content_bytes",
                      "filter_exact_max", "rank_oversample"):
-            positive(name, getattr(self, name))
+            _positive(name, getattr(self, name))
         for name in ("dim_out", "nlist", "capacity", "pq_m", "threads"):
-            positive(name, getattr(self, name), optional=True)
+            _positive(name, getattr(self, name), optional=True)
         for name in ("probe_size", "probe_queries"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -239,21 +230,26 @@ class IndexConfig:
         if not isinstance(self.auto_tune, bool):
             raise ValueError(f"auto_tune must be a bool, got {self.auto_tune!r}")
         if self.train_threshold < 1024:
-            raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), got {self.train_threshold}")
+            raise ValueError(f"train_threshold must be >= 1024 (IVF-PQ needs a training sample), "
+                             f"got {self.train_threshold}")
         if not isinstance(self.zstd_level, int) or not 1 <= self.zstd_level <= 22:
             raise ValueError(f"zstd_level must be an int in [1, 22], got {self.zstd_level!r}")
+        self._check_text()
+        if not (0.5 < float(self.quantile) <= 1.0):
+            raise ValueError(f"quantile must be in (0.5, 1], got {self.quantile!r}")
+
+    def _check_text(self) -> None:
+        """The text index's options: ``text_index``, the BM25 variant and parameters, stopwords, stemmer."""
         if not isinstance(self.text_index, bool):
             raise ValueError(f"text_index must be a bool, got {self.text_index!r}")
-        choice("bm25_variant", self.bm25_variant, ("lucene", "robertson", "atire"))
-        choice("text_stopwords", self.text_stopwords, (None, "en"))
+        _choice("bm25_variant", self.bm25_variant, ("lucene", "robertson", "atire"))
+        _choice("text_stopwords", self.text_stopwords, (None, "en"))
         for name, hi in (("bm25_k1", float("inf")), ("bm25_b", 1.0)):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= hi or v != v:
                 raise ValueError(f"{name} must be a number in [0, {hi}], got {v!r}")
         if self.text_stemmer is not None and not isinstance(self.text_stemmer, str):
             raise ValueError(f"text_stemmer must be a Snowball language name or None, got {self.text_stemmer!r}")
-        if not (0.5 < float(self.quantile) <= 1.0):
-            raise ValueError(f"quantile must be in (0.5, 1], got {self.quantile!r}")
 
     # -- presets -----------------------------------------------------------------------------
     @classmethod
@@ -292,6 +288,18 @@ class IndexConfig:
 
     def replace(self, **changes: Any) -> "IndexConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _positive(name: str, value: Any, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, got {value!r}")
 
 
 def _fields(fields) -> tuple | None:

@@ -105,9 +105,11 @@ def _pick(model, picks) -> list:
 def make_update(model, rng, keys: list) -> dict:
     n = len(keys)
     call = {"name": "update", "ids": keys}
-    fields = [f for f in ("contents", "tags", "timestamps", "importance", "embeddings", "metadata") if rng.random() < 0.4]
+    fields = [f for f in ("contents", "tags", "timestamps", "importance", "embeddings", "metadata")
+              if rng.random() < 0.4]
     for f in fields or ["embeddings"]:
-        call[f] = {"contents": lambda: [_content(rng) for _ in range(n)], "tags": lambda: [_tags(rng) for _ in range(n)],
+        call[f] = {"contents": lambda: [_content(rng) for _ in range(n)],
+                   "tags": lambda: [_tags(rng) for _ in range(n)],
                    "timestamps": lambda: (T0 + rng.integers(0, 1000, n)).astype(float).tolist(),
                    "importance": lambda: _grid_importance(rng, n), "metadata": lambda: [_meta(rng) for _ in range(n)],
                    "embeddings": lambda: rng.standard_normal((n, DIM)).astype(np.float32)}[f]()

@@ -374,7 +374,8 @@ class Run:
         from lukhas_gpu.store import layout
 
         self._close(bool(rng.random() < 0.5))
-        if 2 in self.known and layout.generations(self.path)[-1] != layout.generation_number(self.path / self.current()):
+        if 2 in self.known \
+                and layout.generations(self.path)[-1] != layout.generation_number(self.path / self.current()):
             self.count("recover skipped (defect 2)")
             return
         self.replaced += 1
@@ -496,7 +497,8 @@ class Run:
         landed = [i for i in options if matches(self.ix, states[i], rng, self.known)]
         if not landed:
             raise Violation(f"after SIGKILL ({acked} of {len(calls)} calls acknowledged) the store holds neither the "
-                            f"acknowledged state nor it plus the call in flight ({_brief(calls[acked]) if acked < len(calls) else '-'})")
+                            f"acknowledged state nor it plus the call in flight "
+                            f"({_brief(calls[acked]) if acked < len(calls) else '-'})")
         applied = landed[0] if len(landed) == 1 else acked  # both: the call in flight changes no memory
         self.count("crash: killed opening" if not calls else
                    "crash: in flight landed" if applied > acked else "crash: in flight lost")
@@ -522,7 +524,8 @@ class Run:
 
 
 def _brief(call: dict) -> str:
-    return json.dumps({k: (v if k in ("name", "ids") else "...") for k, v in _enc(call).items()}, ensure_ascii=False)[:300]
+    return json.dumps({k: (v if k in ("name", "ids") else "...") for k, v in _enc(call).items()},
+                      ensure_ascii=False)[:300]
 
 
 def run_ops(kind: str, ops: list, tmp, seed: int = 0, known=KNOWN_DEFECTS, *, log=None) -> dict:

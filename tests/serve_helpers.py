@@ -36,7 +36,8 @@ def server(store, *args, ready: bool = True, timeout: float = 90.0, log: list | 
         deadline = time.monotonic() + timeout
         headers = {}
         if "--api-key-file" in args:
-            headers["Authorization"] = "Bearer " + pathlib.Path(args[args.index("--api-key-file") + 1]).read_text().strip()
+            key_file = pathlib.Path(args[args.index("--api-key-file") + 1])
+            headers["Authorization"] = "Bearer " + key_file.read_text().strip()
         while ready:
             assert proc.poll() is None, f"the server exited: {proc.stderr.read()}"
             try:

@@ -96,7 +96,8 @@ def _heavy_imports(code: str, *, bare: bool) -> list:
 
     root = str(pathlib.Path(lukhas_gpu.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    script = (_BARE_PACKAGE if bare else "") + code + f"\nimport sys\nprint([m for m in {_HEAVY!r} if m in sys.modules])\n"
+    script = ((_BARE_PACKAGE if bare else "") + code
+              + f"\nimport sys\nprint([m for m in {_HEAVY!r} if m in sys.modules])\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1].replace("'", '"'))

@@ -355,8 +355,8 @@ def test_errors_are_one_line_on_stderr_with_exit_code_1(tmp_path, capsys, argv, 
     assert message in captured.err and captured.err.count("\n") == 1 and captured.out == ""
 
 
-@pytest.mark.parametrize("command", ["ingest", "search", "get", "delete", "stats", "verify", "rollback", "recover", "bench",
-                                     "tune"])
+@pytest.mark.parametrize("command", ["ingest", "search", "get", "delete", "stats", "verify", "rollback", "recover",
+                                     "bench", "tune"])
 def test_every_subcommand_has_help(capsys, command):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])
@@ -463,7 +463,8 @@ def test_each_input_resumes_where_it_stopped(data, capsys, monkeypatch, tmp_path
     summary = json.loads(capsys.readouterr().out)
     assert summary["skipped_resumed"] == 3 * BATCH and summary["ingested"] == N - 3 * BATCH
     assert summary["count"] == N + 120
-    assert _all_contents(data["store"]) == data["contents"][:3 * BATCH] + other["contents"] + data["contents"][3 * BATCH:]
+    assert _all_contents(data["store"]) == (data["contents"][:3 * BATCH] + other["contents"]
+                                            + data["contents"][3 * BATCH:])
     assert _ingest(other, "--json") == 0 and json.loads(capsys.readouterr().out)["ingested"] == 0
 
 

@@ -305,7 +305,8 @@ def test_plan_predicts_the_bytes_stats_counts():
         for i in range(0, n, 5000):
             ix.add(x, ids=ids[i:i + 5000], metadata=metas[i:i + 5000])
         got = ix.stats()["memory"]["anon"]
-        want = lukhas_gpu.plan(n, 8, config=cfg, avg_metadata_bytes=meta_bytes, backend="cpu").to_dict()["memory"]["anon"]
+        want = lukhas_gpu.plan(n, 8, config=cfg, avg_metadata_bytes=meta_bytes,
+                               backend="cpu").to_dict()["memory"]["anon"]
         assert 17 * n <= got["external_ids"] <= want["external_ids"] == 21 * n
         stored = got["metadata_records"] + got.get("metadata_fields", 0)
         predicted = want.get("metadata_records", 0) + want.get("metadata_fields", 0)

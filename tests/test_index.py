@@ -404,7 +404,8 @@ def test_presets_load_and_build_working_indexes(name, storage, tmp_path, cluster
         assert index.dim_out == min(cfg.dim_out, 320)
     st = index.stats()
     assert st["vector_storage"] == storage
-    assert st["memory"]["mapped"].get("vectors_int8", 0) == (st["memory"]["logical"]["vectors_int8"] if storage == "mmap" else 0)
+    assert st["memory"]["mapped"].get("vectors_int8", 0) == (st["memory"]["logical"]["vectors_int8"]
+                                                             if storage == "mmap" else 0)
     assert len(list(tmp_path.iterdir())) == (1 if storage == "mmap" else 0)
     truth, _ = exact_topk(xq, x, 10)
     assert recall_at_k(index.search(xq, 10, nprobe=NLIST).ids, truth) >= 0.9

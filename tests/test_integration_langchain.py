@@ -38,7 +38,8 @@ def test_filters_scores_and_reopen(tmp_path):
              for i in range(40)]
     store = LukhasVectorStore.from_texts(texts, emb, metas, ids=[f"d{i}" for i in range(40)], path=tmp_path / "s",
                                          metadata_fields={"source": "str", "year": "int"})
-    hits = store.similarity_search_with_relevance_scores("text 3", k=40, filter={"source": "news", "year": {"$lt": 2020}})
+    hits = store.similarity_search_with_relevance_scores("text 3", k=40,
+                                                         filter={"source": "news", "year": {"$lt": 2020}})
     assert sorted(d.id for d, _ in hits) == sorted(f"d{i}" for i in range(1, 20, 2))
     assert hits[0][0].id == "d3" and hits[0][1] == pytest.approx(1.0, abs=1e-3)
     assert all(0.0 <= s <= 1.0 for _, s in hits) and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)

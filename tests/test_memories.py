@@ -183,7 +183,8 @@ def test_datetime64_timestamps():
     ts = np.array(["2024-01-01T00:00:00", "2024-06-01T12:00:00"], dtype="datetime64[s]")
     index.add(np.eye(4, dtype=np.float32)[:2], timestamps=ts)
     assert index.get([1])[0].timestamp == 1717243200.0
-    assert list(index.search(np.eye(4, dtype=np.float32)[0], 2, where=Filter(since=np.datetime64("2024-03-01"))).ids) == [1, -1]
+    since = Filter(since=np.datetime64("2024-03-01"))
+    assert list(index.search(np.eye(4, dtype=np.float32)[0], 2, where=since).ids) == [1, -1]
 
 
 BAD_ADDS = [

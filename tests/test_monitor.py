@@ -205,7 +205,8 @@ def test_probe_skips_deleted_memories(trained):
 
 def test_probe_counted_in_stats(trained):
     index, _, _ = trained
-    assert index.parts.probe.nbytes() == 3000 * (2 * DIM + 8) + 400 * 2 * DIM or index.parts.probe.nbytes() > 3000 * 2 * DIM
+    assert index.parts.probe.nbytes() == 3000 * (2 * DIM + 8) + 400 * 2 * DIM \
+        or index.parts.probe.nbytes() > 3000 * 2 * DIM
 
 
 # -- drift --------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import importlib.metadata
 
 import lukhas_gpu
 
-PUBLIC = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Fusion", "Encoder", "plan", "max_count",
-          "Plan", "__version__"]
+PUBLIC = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Fusion", "Encoder", "plan",
+          "max_count", "Plan", "__version__"]
 
 
 def test_all_is_pinned():

@@ -300,7 +300,8 @@ def test_a_writer_server_acknowledges_adds_that_survive_a_kill(writable, data):
         assert c.checkpoint().startswith("gen-")
         last = c.add(xq[5], contents="after the checkpoint")
         # kill -9: what was acknowledged is in the log
-        pid = int(subprocess.run(["pgrep", "-f", f"serve {writable} "], capture_output=True, text=True).stdout.split()[0])
+        pid = int(subprocess.run(["pgrep", "-f", f"serve {writable} "], capture_output=True,
+                                 text=True).stdout.split()[0])
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
     back = MemoryIndex.open(writable)
@@ -374,7 +375,8 @@ def test_slow_and_stalled_clients_leave_room_for_keyed_requests(tmp_path):
         assert httpx.get(url + "/v1/stats").status_code == 401
         ready = httpx.get(url + "/readyz", headers=auth).json()
         fams = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics", headers=auth).text)}
-    rejected = {s.labels["reason"]: s.value for s in fams["rest_rejected_requests"].samples if s.name.endswith("_total")}
+    rejected = {s.labels["reason"]: s.value for s in fams["rest_rejected_requests"].samples
+                if s.name.endswith("_total")}
     assert rejected.get("body_timeout", 0) >= 8 and rejected.get("unauthorized", 0) >= 1, rejected
     assert rejected.get("evicted", 0) + rejected.get("header_timeout", 0) >= 100, rejected
     statuses = {s.labels["status"] for s in fams["rest_responses"].samples if s.name.endswith("_total")}

@@ -80,7 +80,8 @@ def test_pruned_topk_equals_brute_force(dtype):
     assert arena.values.dtype == dtype
     qp = pack_sparse(pairs(queries, dtype), queries.shape[0])
     qs = [SparseQuery(qp.row(i)[0], qp.row(i)[1].astype(np.float64)) for i in range(qp.n)]
-    stored = sp.csr_matrix((arena.values.view().astype(np.float32), arena.indices.view(), arena.indptr.view()), shape=(docs.shape[0], V))
+    stored = sp.csr_matrix((arena.values.view().astype(np.float32), arena.indices.view(), arena.indptr.view()),
+                           shape=(docs.shape[0], V))
     for k in (1, 10, 100):
         got_s, got_i = inv.topk(arena, qs, k)
         ref_s, ref_i = brute(stored, queries.astype(np.float64), k, live)

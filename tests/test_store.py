@@ -4,6 +4,8 @@ import pathlib
 
 import numpy as np
 import pytest
+from hypothesis import settings as _settings, strategies as _st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex
 from lukhas_gpu.store import layout
@@ -387,7 +389,8 @@ def test_an_absorbed_log_is_dropped_and_a_committed_rollback_is_finished(tmp_pat
     ix.close()
     (path / layout.WAL).write_bytes(absorbed)
     assert len(MemoryIndex.open(path)) == 210  # a reader does not replay it on gen 4
-    assert _contents(path, "w") == {i: f"memory {i}" for i in range(210)} and (path / layout.WAL).read_bytes() != absorbed
+    assert _contents(path, "w") == {i: f"memory {i}" for i in range(210)}
+    assert (path / layout.WAL).read_bytes() != absorbed
 
     from lukhas_gpu.store import lineage
     lineage.commit_rollback(path, 3, keep_log=False)  # the whole rollback ...
@@ -441,8 +444,6 @@ def test_recover_past_a_damaged_generation_with_an_empty_log_leaves_a_store_that
 
 
 # -- a model of the generations: every sequence of writes, checkpoints, reopens, rollbacks, recovers --
-from hypothesis import settings as _settings, strategies as _st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 
 class GenerationsModel(RuleBasedStateMachine):

@@ -283,7 +283,8 @@ def test_empty_log_and_bad_arguments(tmp_path):
     w = WriteAheadLog(path, sync="none")
     w.close()
     assert open(path, "rb").read() == pack_header(0, w.log_id) and w.log_id > 0
-    assert pack_header(0, w.log_id) == MAGIC + struct.pack("<QQI", 0, w.log_id, zlib.crc32(MAGIC + struct.pack("<QQ", 0, w.log_id)))
+    assert pack_header(0, w.log_id) == MAGIC + struct.pack("<QQI", 0, w.log_id,
+                                                            zlib.crc32(MAGIC + struct.pack("<QQ", 0, w.log_id)))
     scan = WriteAheadLog.read(path)
     assert (scan.records, scan.valid_end, scan.torn) == ([], HEADER_SIZE, False)
     with pytest.raises(ValueError, match="'always', 'group', 'none'.*'fast'"):

@@ -9,7 +9,8 @@ __all__ = ["add_parsers", "cmd_bench"]
 
 
 def add_parsers(sub) -> None:
-    b = sub.add_parser("bench", help="ingest + retrieval benchmark on a built-in synthetic dataset, against the naive store",
+    b = sub.add_parser("bench",
+                       help="ingest + retrieval benchmark on a built-in synthetic dataset, against the naive store",
                        description="Runs a synthetic set (fitted to MiniLM embeddings of WordNet) through ingest and "
                                    "search with a preset and the naive store of the old design; prints bytes per "
                                    "memory, recall@10, ingest rate, QPS and latency.")

@@ -168,7 +168,8 @@ def cmd_ingest(args) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.batch_size > MAX_INGEST_BATCH:
-        raise ValueError(f"--batch-size must be <= {MAX_INGEST_BATCH:,} (util.bounds.MAX_INGEST_BATCH), got {args.batch_size:,}")
+        raise ValueError(f"--batch-size must be <= {MAX_INGEST_BATCH:,} (util.bounds.MAX_INGEST_BATCH), "
+                         f"got {args.batch_size:,}")
     if args.dim is not None:
         check_dim(args.dim, "--dim")
     src = args.input
@@ -221,8 +222,8 @@ def cmd_ingest(args) -> int:
                              if hasattr(source, "ignored") else {})}))
     else:
         resumed = f", {resume.skip:,} skipped (ingested before)" if resume.skip else ""
-        print(f"{args.store}: ingested {pipe.imported:,} of {total:,} records from {args.input} in {pipe.seconds:.1f} s "
-              f"({rate:,.0f} rec/s){resumed}; the store holds {count:,} memories")
+        print(f"{args.store}: ingested {pipe.imported:,} of {total:,} records from {args.input} "
+              f"in {pipe.seconds:.1f} s ({rate:,.0f} rec/s){resumed}; the store holds {count:,} memories")
         if columns:
             print(f"  {columns}")
     return 0
@@ -259,7 +260,8 @@ def cmd_migrate(args) -> int:
         if value is not None and value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if args.batch_size > MAX_INGEST_BATCH:
-        raise ValueError(f"--batch-size must be <= {MAX_INGEST_BATCH:,} (util.bounds.MAX_INGEST_BATCH), got {args.batch_size:,}")
+        raise ValueError(f"--batch-size must be <= {MAX_INGEST_BATCH:,} (util.bounds.MAX_INGEST_BATCH), "
+                         f"got {args.batch_size:,}")
     if args.dim is not None:
         check_dim(args.dim, "--dim")
     src, vectors, store = args.source, args.vectors, pathlib.Path(args.store)

@@ -37,7 +37,8 @@ def add_parsers(sub) -> None:
                          "budget is always answered without the hint)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     cl = pl.add_argument_group("cluster plan (a sharded root; see lukhas_gpu.distributed.plan)")
-    cl.add_argument("--node-ram", metavar="SIZE", help="RAM of one node, e.g. 256GB (binary units: 256 GiB): plan shards and nodes")
+    cl.add_argument("--node-ram", metavar="SIZE",
+                    help="RAM of one node, e.g. 256GB (binary units: 256 GiB): plan shards and nodes")
     cl.add_argument("--node-gpus", type=int, default=0, metavar="N", help="GPUs per node (shards GPU-resident)")
     cl.add_argument("--gpu-mem", metavar="SIZE", help="memory of one GPU, e.g. 80GB")
     cl.add_argument("--node-disk", metavar="SIZE", help="disk of one node, e.g. 4TB")
@@ -166,7 +167,8 @@ def format_cluster(p: dict) -> str:
         f"  shards      {p['shards']:,} x {p['shard_rows']:,} rows  (IVF{sh['nlist'] or '-'}, PQ{sh['pq_m'] or '-'}; "
         f"{p['rule']}; {p['ids']})",
         f"  nodes       {p['nodes']:,} = {p['nodes_per_replica']:,} per replica x {p['replicas']} "
-        f"replica{'s' if p['replicas'] > 1 else ''}; {p['shards_per_node']:,} shard{'s' if p['shards_per_node'] > 1 else ''} a node "
+        f"replica{'s' if p['replicas'] > 1 else ''}; "
+        f"{p['shards_per_node']:,} shard{'s' if p['shards_per_node'] > 1 else ''} a node "
         f"(limited by {p['limited_by']}; most per budget: "
         + ", ".join(f"{k} {v:,}" for k, v in p["limits"].items() if v is not None) + ")",
         f"  per shard   ingest peak {_gib(ing['peak'])} (final {_gib(ing['final'])}, training sample "
@@ -186,8 +188,10 @@ def format_cluster(p: dict) -> str:
                      f"{_gib(gpu['usable_per_gpu']):>13s}{'-':>13s}{_gib(gpu['need_per_gpu']):>13s}"
                      f"   ({_gib(gpu['need'])} a node)")
     c = p["cluster"]
-    lines.append(f"  cluster     RAM {_gib(c['ram'])}, disk {_gib(c['disk'])}" + (f", GPU {_gib(c['gpu'])}" if c["gpu"] else ""))
-    lines.append(f"  QPS         q = {q['per_core_per_shard']:,.0f} queries/s per core on one {p['shard_rows']:,}-row shard "
+    lines.append(f"  cluster     RAM {_gib(c['ram'])}, disk {_gib(c['disk'])}"
+                 + (f", GPU {_gib(c['gpu'])}" if c["gpu"] else ""))
+    lines.append(f"  QPS         q = {q['per_core_per_shard']:,.0f} queries/s per core "
+                 f"on one {p['shard_rows']:,}-row shard "
                  f"(measured recall@10 {q['recall']}); a query costs {_duration(1.0 / q['per_core_per_shard'])} of "
                  f"one core on each shard, {_duration(q['core_seconds_per_query'])} of core time over the "
                  f"{p['shards']:,} shards")
@@ -208,8 +212,9 @@ def format_cluster(p: dict) -> str:
         lines.append(f"  latency     >= a shard's p99, {lat['shard_p99_ms']} ms measured ({lat['note']})")
     b = p["build"]
     lines.append(f"  build       a shard in ~{b['build_s']:,.0f} s on 2 threads (vectors only, {b['ingest_per_s']:,}/s "
-                 f"measured at {b['measured_rows']:,}, training {b['train_s']} s of it); ~{b['payload_build_s']:,.0f} s "
-                 f"with texts, tags and the WAL ({b['payload_ingest_per_s']:,}/s at 1M); checkpoint "
+                 f"measured at {b['measured_rows']:,}, training {b['train_s']} s of it); "
+                 f"~{b['payload_build_s']:,.0f} s with texts, tags and the WAL "
+                 f"({b['payload_ingest_per_s']:,}/s at 1M); checkpoint "
                  f"{b['checkpoint_s_at_1M']} s at 1M")
     lines.append("  measured    (benchmarks/RESULTS.md)")
     for r in q["basis"] + p["checks"]:

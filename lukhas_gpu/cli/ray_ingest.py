@@ -1,8 +1,8 @@
 """``lukhas-gpu ingest --ray``: a sharded root filled on a Ray cluster (:func:`lukhas_gpu.distributed.ingest`).
 
 Ray is imported only when ``--ray`` is given; the options the single-store ingest shares
-(``--dim``, ``--preset``, ``--text-index``, ``--max-content-bytes``, ``--batch-size``, ``--embedding-column``, ``--json``)
-mean the same here.
+(``--dim``, ``--preset``, ``--text-index``, ``--max-content-bytes``, ``--batch-size``,
+``--embedding-column``, ``--json``) mean the same here.
 """
 from __future__ import annotations
 

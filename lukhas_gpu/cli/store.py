@@ -84,8 +84,8 @@ def _tune(sub) -> None:
     t.set_defaults(func=cmd_tune, catch_errors=True)
 
 
-_PARSERS = {"verify": _verify, "rollback": _rollback, "recover": _recover, "stats": _stats, "get": _get, "delete": _delete,
-            "tune": _tune}
+_PARSERS = {"verify": _verify, "rollback": _rollback, "recover": _recover, "stats": _stats, "get": _get,
+            "delete": _delete, "tune": _tune}
 
 
 def text(c):
@@ -135,8 +135,9 @@ def cmd_verify(args) -> int:
             print(f"lukhas-gpu verify: FAILED: {e}", file=sys.stderr)
         return 1
     print(json.dumps(report) if args.json else
-          f"{args.path}: ok (generation {report['generation']}, {report['count']:,} memories, {report['files']} files checked, "
-          f"{report['wal_records']:,} logged records; rollback goes to {report['rollback_to'] or 'nothing (none kept)'})")
+          f"{args.path}: ok (generation {report['generation']}, {report['count']:,} memories, "
+          f"{report['files']} files checked, {report['wal_records']:,} logged records; "
+          f"rollback goes to {report['rollback_to'] or 'nothing (none kept)'})")
     return 0
 
 

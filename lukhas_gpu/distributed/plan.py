@@ -207,7 +207,8 @@ def shard_qps(rows: int, min_recall: float) -> dict:
         near = sizes[0] if rows <= sizes[0] else sizes[-1]
         basis, t = [curve[near]], 0.0
         if rows < near:
-            flag = f"{rows:,} rows is below the smallest measured size ({near:,}): its figure is used (smaller is faster)"
+            flag = (f"{rows:,} rows is below the smallest measured size ({near:,}): "
+                    f"its figure is used (smaller is faster)")
         elif rows > near:
             flag = (f"{rows:,} rows is above the largest size measured at recall >= {min_recall} ({near:,}): its "
                     f"figure is used, an upper bound (QPS falls with size; recall there is not measured)")
@@ -464,8 +465,8 @@ def _assemble(count, dim, preset, floor, shards, rows, shard, qps, limits, per_n
             "gpu": {"gpus": o["gpus"], "per_gpu_budget": o["gpu_mem"], "usable_per_gpu": o["usable"]["gpu"],
                     "need": gpu_node, "need_per_gpu": per_gpu},
             "cpus": o["cpus"]},
-        "cluster": {"ram": nodes * max(node_ram["ingest"], node_ram["serve"]), "disk": nodes * s * shard["disk"]["total"],
-                    "gpu": nodes * gpu_node},
+        "cluster": {"ram": nodes * max(node_ram["ingest"], node_ram["serve"]),
+                    "disk": nodes * s * shard["disk"]["total"], "gpu": nodes * gpu_node},
         "qps": {"per_core_per_shard": q, "recall": qps["recall"], "node_cores": o["cpus"],
                 "per_replica": replica_qps, "cluster": replica_qps * reps if replica_qps else None,
                 "per_node_core": None if o["cpus"] else q / s * reps, "target": o["target"],
@@ -477,7 +478,8 @@ def _assemble(count, dim, preset, floor, shards, rows, shard, qps, limits, per_n
                   "after_node_merge": nodes_per_replica * o["k"], "time": "not measured"},
         "latency": {"shard_p99_ms": qps["p99"],
                     "note": "a query waits for its slowest shard; merge and network not measured"},
-        "build": {**_build(rows), "checkpoint_s_at_1M": next(m["seconds"] for m in MEASURED if m["kind"] == "checkpoint")},
+        "build": {**_build(rows),
+                  "checkpoint_s_at_1M": next(m["seconds"] for m in MEASURED if m["kind"] == "checkpoint")},
         "checks": _checks(),
         "assumptions": assumptions,
     }

@@ -160,7 +160,8 @@ def _lineage_fields(index, root: pathlib.Path) -> dict:
     parent = layout.generation_number(layout.current_generation(root))
     log_id = None
     if index.path is not None and pathlib.Path(index.path) == root:
-        log_id = index.state.wal.log_id if index.state.wal is not None else (lineage.wal_header(root) or (None, None))[1]
+        log_id = (index.state.wal.log_id if index.state.wal is not None
+                  else (lineage.wal_header(root) or (None, None))[1])
     return {"parent": parent, "log_id": log_id}
 
 
@@ -181,20 +182,8 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
     vec_file = gen.file(layout.VECTORS)
     if vec_file.stat().st_size != rows * dim:
         raise layout.CorruptStoreError(vec_file, f"holds {vec_file.stat().st_size} bytes, expected {rows} x {dim}")
-    if writable:
-        # What a writer carries into its next checkpoint is verified first, so a checkpoint never
-        # launders damaged bytes into a generation with fresh CRCs: the vectors while they are
-        # copied (the copy is needed anyway), the content records here.
-        if checksums is not True:
-            layout.verify_crc(gen.file(layout.CONTENT), layout.crc32_file(gen.file(layout.CONTENT)),
-                              gen.files[layout.CONTENT]["crc32"])
-        work = pathlib.Path(root) / layout.VECTORS_WORK
-        layout.copy_verified(vec_file, work, gen.files[layout.VECTORS]["crc32"])
-        vectors = VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
-    else:
-        vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
-        if checksums is not True:  # mapped unverified: each block checked when first read
-            loadchecks.expect_vector_crcs(vectors, gen, rows)
+    vectors = _attach_vectors(root, gen, config, dim, rows, writable=writable, checksums=checksums,
+                              private=private)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
 
@@ -234,17 +223,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
     parts.encoder_arrays = gen.npz(layout.ENCODER)
     if gen.has(layout.CALIBRATION):
         parts.calib = gen.npz(layout.CALIBRATION)["rows"]
-    try:  # stores written before the probe existed have neither file: they start empty
-        if gen.has(layout.PROBE):
-            parts.probe.load_arrays(gen.npz(layout.PROBE))
-        if gen.has(layout.DRIFT):
-            parts.drift.load_arrays(gen.npz(layout.DRIFT))
-        if gen.has(layout.TUNING):
-            from .tuning import Tuned
-
-            parts.tuned = Tuned.from_arrays(gen.npz(layout.TUNING))
-    except (KeyError, ValueError) as e:
-        raise layout.CorruptStoreError(gen.path, f"inconsistent probe, drift or tuning files ({e})") from None
+    _load_monitoring(parts, gen)
     if manifest.get("ann"):
         from ..vectors.ann import IVFPQIndex
 
@@ -256,6 +235,40 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
     if parts.ann is not None:
         ivflists.repair(index, a)  # a generation saved when deletes removed entries from the lists
     return index, manifest
+
+
+def _attach_vectors(root, gen, config, dim: int, rows: int, *, writable: bool, checksums, private: bool):
+    """The generation's vectors: a writer's verified working copy, or the file mapped for a reader."""
+    vec_file = gen.file(layout.VECTORS)
+    if writable:
+        # What a writer carries into its next checkpoint is verified first, so a checkpoint never
+        # launders damaged bytes into a generation with fresh CRCs: the vectors while they are
+        # copied (the copy is needed anyway), the content records here.
+        if checksums is not True:
+            layout.verify_crc(gen.file(layout.CONTENT), layout.crc32_file(gen.file(layout.CONTENT)),
+                              gen.files[layout.CONTENT]["crc32"])
+        work = pathlib.Path(root) / layout.VECTORS_WORK
+        layout.copy_verified(vec_file, work, gen.files[layout.VECTORS]["crc32"])
+        return VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
+    vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
+    if checksums is not True:  # mapped unverified: each block checked when first read
+        loadchecks.expect_vector_crcs(vectors, gen, rows)
+    return vectors
+
+
+def _load_monitoring(parts, gen) -> None:
+    """The recall probe, the drift history and the tuned setting, where the generation has them."""
+    try:  # stores written before the probe existed have neither file: they start empty
+        if gen.has(layout.PROBE):
+            parts.probe.load_arrays(gen.npz(layout.PROBE))
+        if gen.has(layout.DRIFT):
+            parts.drift.load_arrays(gen.npz(layout.DRIFT))
+        if gen.has(layout.TUNING):
+            from .tuning import Tuned
+
+            parts.tuned = Tuned.from_arrays(gen.npz(layout.TUNING))
+    except (KeyError, ValueError) as e:
+        raise layout.CorruptStoreError(gen.path, f"inconsistent probe, drift or tuning files ({e})") from None
 
 
 # -- the write-ahead log --------------------------------------------------------------------------
@@ -516,8 +529,9 @@ def _recover_locked(path: pathlib.Path, *, only_if_needed: bool) -> dict:
     report["log"] = _set_log_aside(path, chosen)
     if chosen != was:
         layout.publish(path, layout.generation_name(chosen))
-    (log.warning if report["changed"] or report["log"] else log.info)("recovered %s: %s published (was %s; %s)%s", path, report["generation"],
-                report["was"] or "unreadable", why, f"; log moved aside: {report['log']}" if report["log"] else "")
+    (log.warning if report["changed"] or report["log"] else log.info)(
+        "recovered %s: %s published (was %s; %s)%s", path, report["generation"],
+        report["was"] or "unreadable", why, f"; log moved aside: {report['log']}" if report["log"] else "")
     return report
 
 
@@ -539,7 +553,8 @@ def _first_verified(path: pathlib.Path, start: int | None) -> tuple[int, list]:
             skipped.append(f"{layout.generation_name(n)}, the next in the lineage, is no longer kept")
             n = None
     on_disk = ", ".join(map(layout.generation_name, layout.generations(path))) or "none"
-    raise layout.CorruptStoreError(path, f"no generation of its lineage verifies ({'; '.join(skipped) or 'there is none'}"
+    raise layout.CorruptStoreError(path, f"no generation of its lineage verifies "
+                                         f"({'; '.join(skipped) or 'there is none'}"
                                          f"); generations on disk: {on_disk}")
 
 

@@ -444,9 +444,9 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         Returns
         -------
         dict
-            ``recall``, ``ci`` (low, high), ``confidence``, ``ann_recall``, ``int8_recall``,
-            ``int8_sampled`` (counted on the originals' ``hits``), ``queries``, ``source`` ("given", "queries" or "memories"), ``sample``,
-            ``k``, ``nprobe``, ``rerank``, ``seconds``.
+            ``recall``, ``ci`` (low, high), ``confidence``, ``ann_recall``, ``int8_recall``, ``int8_sampled``
+            (counted on the originals' ``hits``), ``queries``, ``source`` ("given", "queries" or "memories"),
+            ``sample``, ``k``, ``nprobe``, ``rerank``, ``seconds``.
 
         Cost: one exact int8 scan of the store per probe query (~1 s per 1,000 queries per 100k).
         """

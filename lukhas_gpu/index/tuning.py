@@ -261,7 +261,8 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
         index.parts.tuned = tuned
     (log.info if tuned.met else log.warning)(
         "tuned for recall@%d >= %.3f on %d %s: %s, rerank %d: estimated %.3f [%.3f, %.3f], ~%.0f QPS%s",
-        k, target, nq, {"memories": "sampled memories", "queries": "recorded queries"}.get(ref["source"], "given queries"),
+        k, target, nq,
+        {"memories": "sampled memories", "queries": "recorded queries"}.get(ref["source"], "given queries"),
         _describe(kind, p), rr, tuned.recall, tuned.ci[0], tuned.ci[1], tuned.qps,
         "" if tuned.met else " -- the target is NOT met by any setting tried")
     return tuned

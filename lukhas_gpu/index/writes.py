@@ -65,7 +65,8 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=N
     raw_contents = contents
     if contents is not None:
         if isinstance(contents, (str, bytes)) or not hasattr(contents, "__len__"):
-            raise TypeError(f"contents must be a sequence of str/bytes/None, one per memory, got {type(contents).__name__}")
+            raise TypeError(f"contents must be a sequence of str/bytes/None, one per memory, "
+                            f"got {type(contents).__name__}")
         if len(contents) != n:
             raise ValueError(f"contents has {len(contents)} entries, expected {n} (one per memory)")
         contents = parts.contents.validate(contents)

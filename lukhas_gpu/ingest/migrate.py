@@ -342,7 +342,8 @@ def _run(source, index, *, batch_size: int, dry_run: bool, parity: Parity | None
             return
         new_ids.append(ids)
         if out is not None:
-            out.write("".join(f'{{"old": {json.dumps(o)}, "new": {int(i)}}}\n' for o, i in zip(b.old_ids, ids.tolist())))
+            out.write("".join(f'{{"old": {json.dumps(o)}, "new": {int(i)}}}\n'
+                              for o, i in zip(b.old_ids, ids.tolist())))
             out.flush()
         if parity is not None:
             t0 = time.perf_counter()

@@ -134,25 +134,7 @@ def parse_record(obj, *, dim: int | None):
     if old is not None and (isinstance(old, bool) or not isinstance(old, (str, int))):
         raise InvalidRecord(f'"id" must be a string or an integer, got {_jtype(old)}')
 
-    emb = None
-    if dim is not None:
-        raw = obj.get("embedding")
-        if raw is None:
-            raise InvalidRecord('missing "embedding"')
-        if not isinstance(raw, list):
-            raise InvalidRecord(f'"embedding" must be a list of numbers, got {_jtype(raw)}')
-        if len(raw) == 0:
-            raise InvalidRecord('"embedding" is empty')
-        if len(raw) != dim:
-            raise InvalidRecord(f'"embedding" has dimension {len(raw)}, the index expects {dim}')
-        try:
-            emb = np.array(raw)
-        except (TypeError, ValueError, OverflowError):
-            emb = None
-        # a string, null, nested list or bool among the numbers gives another dtype or shape
-        if emb is None or emb.ndim != 1 or emb.dtype.kind not in "fiu":
-            bad = next((v for v in raw if isinstance(v, bool) or not isinstance(v, (int, float))), None)
-            raise InvalidRecord(f'"embedding" must hold numbers only, found {_jtype(bad)}')
+    emb = None if dim is None else _embedding(obj.get("embedding"), dim)
 
     content = obj.get("content")
     if content is not None and not isinstance(content, str):
@@ -168,7 +150,33 @@ def parse_record(obj, *, dim: int | None):
             if not isinstance(t, str):
                 raise InvalidRecord(f'"tags" must hold strings only, found {_jtype(t)}')
 
-    meta = obj.get("metadata")
+    meta, imp = _metadata(obj.get("metadata"))
+    return old, content, emb, tags, rules.epoch_seconds(meta.get("timestamp")), imp
+
+
+def _embedding(raw, dim: int) -> np.ndarray:
+    """A record's ``"embedding"``: a float array ``(dim,)`` or :class:`InvalidRecord` saying what is wrong."""
+    if raw is None:
+        raise InvalidRecord('missing "embedding"')
+    if not isinstance(raw, list):
+        raise InvalidRecord(f'"embedding" must be a list of numbers, got {_jtype(raw)}')
+    if len(raw) == 0:
+        raise InvalidRecord('"embedding" is empty')
+    if len(raw) != dim:
+        raise InvalidRecord(f'"embedding" has dimension {len(raw)}, the index expects {dim}')
+    try:
+        emb = np.array(raw)
+    except (TypeError, ValueError, OverflowError):
+        emb = None
+    # a string, null, nested list or bool among the numbers gives another dtype or shape
+    if emb is None or emb.ndim != 1 or emb.dtype.kind not in "fiu":
+        bad = next((v for v in raw if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+        raise InvalidRecord(f'"embedding" must hold numbers only, found {_jtype(bad)}')
+    return emb
+
+
+def _metadata(meta) -> tuple[dict, float]:
+    """A record's ``"metadata"`` (an object, or the JSON string the old store kept) and its importance."""
     if isinstance(meta, str):  # the old store kept metadata as a JSON-encoded string
         try:
             check_depth(meta)
@@ -190,7 +198,7 @@ def parse_record(obj, *, dim: int | None):
         imp = float(imp)
     except OverflowError:
         imp = float("inf")
-    return old, content, emb, tags, rules.epoch_seconds(meta.get("timestamp")), imp
+    return meta, imp
 
 
 def jsonl_batches(path: str, index, batch_size: int, *, rows: ArrayReader | None = None,

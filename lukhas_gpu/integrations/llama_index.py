@@ -225,7 +225,8 @@ class LukhasVectorStore(BasePydanticVectorStore):
         node.embedding = None
         return node
 
-    def get_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
+    def get_nodes(self, node_ids: Optional[List[str]] = None,
+                  filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
         ids = self._select(node_ids, filters)
         return [self._node(m) for m in self._holder.index.get(ids)] if ids else []
 

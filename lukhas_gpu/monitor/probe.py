@@ -163,7 +163,8 @@ def recall_estimate(ann_found, ann_total, int8_kept, int8_true, confidence: floa
     a, b, c, d = (np.asarray(v, dtype=np.float64) for v in (ann_found, ann_total, int8_kept, int8_true))
     n = len(a)
     if n == 0 or b.sum() == 0:
-        return {"recall": None, "ci": (None, None), "ann_recall": None, "int8_recall": None, "hits": int(round(d.sum()))}
+        return {"recall": None, "ci": (None, None), "ann_recall": None, "int8_recall": None,
+                "hits": int(round(d.sum()))}
     r1 = a.sum() / b.sum()
     r2 = c.sum() / d.sum() if d.sum() else 1.0
     r = r1 * r2
@@ -256,7 +257,8 @@ class DriftMonitor:
         self.batches = 0
         self._cur = _Window(0)
         self._last = _Window(0)
-        self._history = np.zeros((0, DRIFT_HISTORY_COLUMNS), dtype=np.float64)  # rows, quant, coarse, pq, imbalance, score
+        # rows, quant, coarse, pq, imbalance, score
+        self._history = np.zeros((0, DRIFT_HISTORY_COLUMNS), dtype=np.float64)
         self._alerted = False
 
     # -- measuring -------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ class Filter:
         if self.since is not None and self.until is not None and self.since > self.until:
             raise ValueError(f"Filter.since ({self.since}) is after Filter.until ({self.until})")
         if min_importance is not None:
-            if isinstance(min_importance, bool) or not isinstance(min_importance, (int, float, np.integer, np.floating)):
+            if isinstance(min_importance, bool) \
+                    or not isinstance(min_importance, (int, float, np.integer, np.floating)):
                 raise TypeError(f"Filter.min_importance must be a float, got {type(min_importance).__name__}")
             if not 0.0 <= float(min_importance) <= 1.0:
                 raise ValueError(f"Filter.min_importance must be in [0, 1], got {min_importance!r}")

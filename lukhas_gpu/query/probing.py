@@ -93,7 +93,8 @@ def fit(scores: np.ndarray, ranks: np.ndarray, coverage: float = 0.9) -> tuple:
     depth = np.take_along_axis(r, (r.shape[1] - counted + pick)[:, None], 1)[:, 0]
     ok = counted > 0
     if ok.sum() < N_WEIGHTS * 4:
-        raise ValueError(f"adaptive probing needs at least {N_WEIGHTS * 4} queries with neighbours, got {int(ok.sum())}")
+        raise ValueError(f"adaptive probing needs at least {N_WEIGHTS * 4} queries with neighbours, "
+                         f"got {int(ok.sum())}")
     w, *_ = np.linalg.lstsq(x[ok], np.log(np.maximum(depth[ok], 1).astype(np.float64)), rcond=None)
     return tuple(float(v) for v in w)
 

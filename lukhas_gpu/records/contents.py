@@ -188,8 +188,9 @@ class ContentArena:
 
         ``content_records`` (the used buffer, garbage included: ``mapped`` when the buffer is a
         store's memory-mapped file, else ``anon`` with its unwritten capacity ``reserved``),
-        ``content_offsets`` (the offsets and the CRC-32 of every record), ``content_dictionaries``, ``content_samples`` (the recent contents
-        kept for retraining, with their ``bytes`` headers) and ``content_zstd_contexts``.
+        ``content_offsets`` (the offsets and the CRC-32 of every record), ``content_dictionaries``,
+        ``content_samples`` (the recent contents kept for retraining, with their ``bytes`` headers) and
+        ``content_zstd_contexts``.
         """
         anon: dict[str, int] = {}
         out = {"anon": anon, "mapped": {}, "reserved": {}}

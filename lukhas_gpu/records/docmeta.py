@@ -124,7 +124,8 @@ def validate_metadata(items, n: int, fields: dict) -> list:
                                 f"got {type(d[name]).__name__} {d[name]!r}")
         text = json.dumps(d, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
         if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata[{i}] is {len(text.encode('utf-8'))} bytes as JSON; at most {MAX_METADATA_BYTES}")
+            raise ValueError(f"metadata[{i}] is {len(text.encode('utf-8'))} bytes as JSON; "
+                             f"at most {MAX_METADATA_BYTES}")
         out.append(text)
     return out
 
@@ -226,12 +227,14 @@ class _Column:
             return exists if value else ~exists
         vals = value if op in ("$in", "$nin") else [value]
         for x in vals:
-            if not _type_ok(self.kind, x) and not (self.kind == "float" and isinstance(x, int) and not isinstance(x, bool)) \
+            if not _type_ok(self.kind, x) \
+                    and not (self.kind == "float" and isinstance(x, int) and not isinstance(x, bool)) \
                     and not (self.kind == "int" and isinstance(x, float) and op in ("$gt", "$gte", "$lt", "$lte")):
                 raise TypeError(f"filter on {self.name!r} (declared {self.kind}): {op} {x!r} is a {type(x).__name__}")
         if self.kind == "str":
             if op not in ("$eq", "$ne", "$in", "$nin"):
-                raise TypeError(f"filter on {self.name!r} (declared str): {op} is not supported; use $eq, $ne, $in, $nin")
+                raise TypeError(f"filter on {self.name!r} (declared str): {op} is not supported; "
+                                f"use $eq, $ne, $in, $nin")
             codes = self.codes_for(list(vals), add=False)
             hit = np.isin(v, codes[codes > 0].astype(np.uint32))
         elif self.kind == "bool":

@@ -304,6 +304,18 @@ def _memory(m) -> dict:
 
 
 def _routes(app: FastAPI, st: _State) -> None:
+    _probe_routes(app, st)
+    _memory_routes(app, st)
+    _store_routes(app, st)
+
+
+def _writable(o) -> None:
+    if o.mode != "w":
+        raise errors.ApiError(409, f"this server reads {o.store} (--mode r); writes go to its writer")
+
+
+def _probe_routes(app: FastAPI, st: _State) -> None:
+    """Liveness, readiness and the Prometheus metrics."""
     o = st.options
 
     @app.get("/healthz", summary="alive (no API key needed)")
@@ -321,6 +333,10 @@ def _routes(app: FastAPI, st: _State) -> None:
     async def metrics():
         return Response(await st.scrape(), media_type=CONTENT_TYPE_LATEST)
 
+
+def _memory_routes(app: FastAPI, st: _State) -> None:
+    """Search, add, get, look up and delete memories."""
+    o = st.options
     search_doc = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": SearchRequest.model_json_schema()},
         wire.BINARY: {"schema": {"type": "string", "format": "binary",
@@ -342,7 +358,7 @@ def _routes(app: FastAPI, st: _State) -> None:
               responses={200: {"model": AddResponse}, **_ERRORS})
     async def add(request: Request):
         t0 = time.perf_counter()
-        _writable()
+        _writable(o)
         req = AddRequest.model_validate_json(await read_body(request, o.max_body_bytes))
         x = wire.vectors_from_json(req.vectors, st.index.dim, max_rows=MAX_REQUEST_VECTORS)
         contents = None if req.contents is None else [wire.content_from_json(c, f"contents[{i}]")
@@ -352,10 +368,6 @@ def _routes(app: FastAPI, st: _State) -> None:
         ids = await st.run(lambda: st.index.add(x, contents=contents, tags=req.tags, timestamps=stamps,
                                                 importance=req.importance))
         return _json({"ids": ids, "time": time.perf_counter() - t0})
-
-    def _writable():
-        if o.mode != "w":
-            raise errors.ApiError(409, f"this server reads {o.store} (--mode r); writes go to its writer")
 
     async def _ids_body(request) -> np.ndarray:
         req = IdsRequest.model_validate_json(await read_body(request, o.max_body_bytes))
@@ -387,7 +399,7 @@ def _routes(app: FastAPI, st: _State) -> None:
                 responses={200: {"model": DeleteResponse}, **_ERRORS})
     async def delete_one(memory_id: _PathId):
         t0 = time.perf_counter()
-        _writable()
+        _writable(o)
         ids = np.asarray([memory_id], dtype=np.int64)
         await _known(ids)
         n = await st.run(st.index.delete, ids)
@@ -399,7 +411,7 @@ def _routes(app: FastAPI, st: _State) -> None:
               responses={200: {"model": DeleteResponse}, **_ERRORS})
     async def delete_many(request: Request):
         t0 = time.perf_counter()
-        _writable()
+        _writable(o)
         ids = await _ids_body(request)
         if len(np.unique(ids)) != len(ids):
             raise errors.ApiError(422, "ids: an id appears twice")
@@ -407,10 +419,15 @@ def _routes(app: FastAPI, st: _State) -> None:
         n = await st.run(st.index.delete, ids)
         return _json({"deleted": n, "time": time.perf_counter() - t0})
 
+
+def _store_routes(app: FastAPI, st: _State) -> None:
+    """Checkpoint (a writer), refresh (a reader) and the store's stats."""
+    o = st.options
+
     @app.post("/v1/checkpoint", summary="write and publish a new generation of the store", responses=_ERRORS)
     async def checkpoint():
         t0 = time.perf_counter()
-        _writable()
+        _writable(o)
         gen = await st.run(st.index.checkpoint)
         return _json({"generation": gen.name, "time": time.perf_counter() - t0})
 

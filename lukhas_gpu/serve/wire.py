@@ -22,7 +22,8 @@ from ..util.bounds import MAX_FILTER_TAGS
 
 __all__ = ["SHAPE_HEADER", "DTYPE_HEADER", "BINARY", "FILTER_KEYS", "RANK_KEYS", "parse_where", "parse_rank",
            "where_to_json", "rank_to_json", "vectors_from_json", "vectors_from_bytes", "vectors_to_bytes",
-           "results_to_bytes", "results_from_bytes", "parse_shape", "parse_time", "content_to_json", "content_from_json"]
+           "results_to_bytes", "results_from_bytes", "parse_shape", "parse_time", "content_to_json",
+           "content_from_json"]
 
 SHAPE_HEADER = "x-shape"
 DTYPE_HEADER = "x-dtype"

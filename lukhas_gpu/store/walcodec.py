@@ -312,8 +312,9 @@ RESYNC_LOOKAHEAD = RECORD.size + 4 + 1 + 255 + 1 + 8
 def record_candidates(buf: np.ndarray, n: int, room: int, max_record_bytes: int) -> np.ndarray:
     """Positions ``0 <= p < n`` of ``buf`` (uint8, at least ``n + RESYNC_LOOKAHEAD`` long, zero
     padded past the file's end) where a record could start: a length that fits before the file
-    ends (``room`` bytes after position 0) and within ``max_record_bytes``, and a payload that begins like :func:`encode_fields` output
-    (a field count the length can hold; a first field with a known kind and a body that fits).
+    ends (``room`` bytes after position 0) and within ``max_record_bytes``, and a payload that
+    begins like :func:`encode_fields` output (a field count the length can hold; a first field with
+    a known kind and a body that fits).
 
     Cheap and vectorised: only the candidates' CRC-32 is then computed, so finding the next
     valid record after a damaged one costs about one pass over the bytes, not one CRC per byte.

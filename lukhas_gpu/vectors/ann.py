@@ -283,12 +283,14 @@ class IVFPQIndex:
             self.quantizer.add(two_level_kmeans(x, self.nlist, seed=self.seed, niter=KMEANS_NITER))
         self.index.train(x)
         self.train_seconds = time.perf_counter() - t0
-        log.info("trained IVF%d,PQ%dx4fs on %d vectors in %.1f s", self.nlist, self.pq_m, x.shape[0], self.train_seconds)
+        log.info("trained IVF%d,PQ%dx4fs on %d vectors in %.1f s", self.nlist, self.pq_m, x.shape[0],
+                 self.train_seconds)
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         self.index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
         if self.gpu_index is not None:
-            self.gpu_index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+            self.gpu_index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32),
+                                        np.ascontiguousarray(ids, dtype=np.int64))
 
     def search(self, q: np.ndarray, k: int, *, nprobe: int, selector=None,
                exclude=None) -> tuple[np.ndarray, np.ndarray]:

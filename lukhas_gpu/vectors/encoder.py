@@ -36,7 +36,8 @@ class Encoder(torch.nn.Module):
     dim : int
         Input dimension D.
     dim_out : int, optional
-        Projected dimension d (``None``: ``policy.dim_out_for(D)``, at most ``util.bounds.MAX_DIM_OUT``). ``d == D`` means no projection.
+        Projected dimension d (``None``: ``policy.dim_out_for(D)``, at most ``util.bounds.MAX_DIM_OUT``).
+        ``d == D`` means no projection.
     metric : {"cosine", "ip"}
         ``cosine`` L2-normalises inputs (and the projected vectors).
     quantile : float
@@ -131,7 +132,8 @@ class Encoder(torch.nn.Module):
             return
         x = self.normalize(sample).to(torch.float64)
         if x.shape[0] < self.dim_out:
-            raise ValueError(f"projection to {self.dim_out} dims needs at least {self.dim_out} sample rows, got {x.shape[0]}")
+            raise ValueError(f"projection to {self.dim_out} dims needs at least {self.dim_out} sample rows, "
+                             f"got {x.shape[0]}")
         cov = x.T @ x / x.shape[0]  # uncentred: keeps inner products, not distances to the mean
         evals, evecs = torch.linalg.eigh(cov)
         top = evecs[:, torch.argsort(evals, descending=True)[: self.dim_out]]

@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["scan", "rerank", "candidate_scores", "top_candidates", "float_kernel", "int8_kernel", "merge_topk", "DEFAULT_BUDGET", "CUDA_BUDGET"]
+__all__ = ["scan", "rerank", "candidate_scores", "top_candidates", "float_kernel", "int8_kernel", "merge_topk",
+           "DEFAULT_BUDGET", "CUDA_BUDGET"]
 
 #: Score elements (queries x rows) materialised at once by a scan: 4M floats, 16 MiB. Measured
 #: on MiniLM/WordNet (2 cores): 1.7x the batch QPS of a 64 MiB budget (the chunk's scores and

@@ -15,7 +15,8 @@ import numpy as np
 from ..util.bounds import MAX_DIM_OUT
 from .ann import HNSW_COARSE_FROM, TWO_LEVEL_FROM, auto_nlist, auto_pq_m, train_sample_size
 
-__all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE", "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS", "ANN_DEAD_FRACTION",
+__all__ = ["MAX_DIM_OUT", "dim_out_for", "encoder_bytes", "FIT_SAMPLE", "CALIBRATION_ROWS", "TRAIN_SAMPLE",
+           "VECTOR_MIN_ROWS", "MIN_TRAIN_ROWS", "ANN_DEAD_FRACTION",
            "HNSW_COARSE_FROM", "TWO_LEVEL_FROM", "auto_nlist", "auto_pq_m", "train_sample_size",
            "planned_nlist", "nlist_at", "train_rows", "train_at", "coarse_for", "vector_capacity", "sample_index"]
 
