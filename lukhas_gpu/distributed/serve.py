@@ -149,8 +149,11 @@ class Ingress:
 
     async def search(self, key: tuple, q: np.ndarray, timeout: float):
         """Every group's top-k of ``q``, merged (the ranking's ``now`` fixed first)."""
-        k, where, rank, nprobe, rerank, target = key
-        key = (k, where, fixed_rank(rank), nprobe, rerank, target)
+        k, where, rank, nprobe, rerank, target, diversity = key
+        if diversity:  # MMR needs every group's candidates' vectors at the root: ShardedIndex does that
+            raise ValueError("diversity is not served by the Ray Serve deployment (each group answers its own "
+                             "top-k); use ShardedIndex.search(..., diversity=) or a single store's server")
+        key = (k, where, fixed_rank(rank), nprobe, rerank, target, diversity)
         calls = [g.search.remote(key, q) for g in self._groups]
         try:
             parts = await asyncio.wait_for(asyncio.gather(*calls), timeout)
