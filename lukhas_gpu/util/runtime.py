@@ -3,7 +3,7 @@
 Importing torch and FAISS and their first calls (torch's first GEMM, FAISS's first k-means and
 IVF) leave memory resident that no index holds: the libraries' code data, allocator arenas,
 BLAS and OpenMP thread buffers. It is paid once per process, is the largest single item of a
-small index (~150 MB against ~1 KB per memory) and depends on the machine (threads, BLAS
+small index (~130 MB against ~1 KB per memory) and depends on the machine (threads, BLAS
 build), so it is measured here, in windows where nothing else happens:
 
 * ``import_torch``, ``import_faiss``: RssAnon around the library's import, when lukhas_gpu's
@@ -29,11 +29,12 @@ __all__ = ["install", "first_use", "measured", "total", "planned", "DEFAULT_BYTE
 
 #: The windows, in the order a process meets them.
 WINDOWS = ("import_torch", "import_faiss", "encode", "train")
-#: What a fresh process's first use costs when it has not been measured here: torch 2.x (CPU
-#: build) and faiss-cpu 1.x imported by lukhas_gpu, 2 threads, glibc, x86-64 Linux (a 2-core
-#: VM), ``benchmarks/bench_rss_stats.py``; ``exact``: imports and the first encode, ``trained``:
-#: and the first training too.
-DEFAULT_BYTES = {"exact": 148 << 20, "trained": 160 << 20}
+#: What a fresh process's first use costs when it has not been measured here, as measured by
+#: ``benchmarks/bench_rss_stats.py`` (2026-12-07) on a 2-core AMD EPYC VM, x86-64 Linux, glibc
+#: 2.36, Python 3.11, torch 2.13.0 (CPU build) and faiss-cpu 1.15.1, 2 threads: torch's import
+#: 128.3-128.6 MB, FAISS's 3.1-5.4 MB, the first encode ~0.02 MB, the first training 3.4-4.2 MB.
+#: ``exact``: the imports and the first encode; ``trained``: the first training too.
+DEFAULT_BYTES = {"exact": 126 << 20, "trained": 130 << 20}
 
 _lock = threading.Lock()
 _bytes: dict[str, int] = {}
