@@ -55,6 +55,7 @@ class _Measured:
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # the library sees its own loader
         before = rss_anon()
         self._loader.exec_module(module)
         after = rss_anon()
