@@ -89,7 +89,7 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     lifecycle.calibrate(index, b.x)
     with runtime.first_use("encode") as use:  # the process's first GEMM: the libraries' buffers
         codes, proj = index.encoder(b.x)
-        use.held = codes.nbytes + proj.nbytes
+        use.held = sum(t.nbytes for t in (codes, proj) if not t.is_cuda)
     n = b.x.shape[0]
     start = parts.rows
     ids = np.arange(start, start + n, dtype=np.int64)

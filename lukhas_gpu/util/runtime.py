@@ -13,7 +13,9 @@ build), so it is measured here, in windows where nothing else happens:
 * ``train``: RssAnon around the process's first training (k-means, the IVF filled, the heap
   trimmed), less what the trained index holds.
 
-Each window is recorded once per process (:func:`measured`). ``stats()`` reports the sum as
+A window reads the whole process: another thread allocating meanwhile (a background tuning
+run, the caller's own threads) is counted with it. Each window is recorded once per process
+(:func:`measured`). ``stats()`` reports the sum as
 ``anon["runtime_libraries"]`` on the process's first index to use the vector path; ``plan()``
 adds :func:`planned` -- the measured sum when this process has one, else :data:`DEFAULT_BYTES`.
 """
