@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import importlib
 
+from .util import runtime as _runtime
+
+_runtime.install()  # the first torch and FAISS imports measured (stats()["memory"]["anon"]["runtime_libraries"])
+
 __version__ = "0.1.0"
 
 __all__ = ["MemoryIndex", "IndexConfig", "SearchResult", "Memory", "Filter", "Rank", "Fusion", "Encoder", "plan",

@@ -125,7 +125,7 @@ def _agrees_with_components(index):
                     seen.add(name)
     # all that the components do not report: what no single one holds
     rest = {name for place in ("anon", "mapped", "gpu") for name in mem[place]} - seen
-    assert rest <= {"tombstones", "calibration", "python_pools", "tensors", "runtime"}, rest  # runtime: the process's
+    assert rest <= {"tombstones", "calibration", "python_pools", "tensors", "runtime_libraries"}, rest  # the process's
     return mem
 
 
@@ -199,6 +199,80 @@ def test_writer_counts_its_working_copy_and_wal(store, xb):
     w.checkpoint()
     assert w.stats()["memory"]["disk"]["wal"] < mem0["disk"]["wal"] + 4096  # restarted
     w.close()
+
+
+# -- the libraries' runtime: measured once per process -------------------------------------------
+RUNTIME_CHILD = """
+import json, sys
+import numpy as np
+import lukhas_gpu
+from lukhas_gpu.util import runtime
+assert "torch" not in sys.modules
+cfg = lukhas_gpu.IndexConfig(train_threshold=2048, capacity=3000, threads=1)
+x = np.random.default_rng(0).standard_normal((3000, 16)).astype("float32")
+a = lukhas_gpu.MemoryIndex(16, cfg)
+a.add(x[:100])
+exact = runtime.measured()
+a.add(x[100:])
+first = runtime.measured()
+b = lukhas_gpu.MemoryIndex(16, cfg)
+b.add(x)
+print(json.dumps({"exact": exact, "first": first, "again": runtime.measured(), "trained": a.is_trained,
+                  "a": a.stats()["memory"]["anon"].get("runtime_libraries"),
+                  "b": "runtime_libraries" in b.stats()["memory"]["anon"],
+                  "plan": lukhas_gpu.plan(3000, 16, config=cfg).memory["anon"]["runtime_libraries"],
+                  "plan_exact": lukhas_gpu.plan(100, 16, config=cfg).memory["anon"]["runtime_libraries"],
+                  "plan_off": "runtime_libraries" in lukhas_gpu.plan(3000, 16, config=cfg,
+                                                                     runtime=False).memory["anon"],
+                  "planned": runtime.planned(True)}))
+"""
+
+
+def test_runtime_measured_once_on_first_use_and_reported():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LUKHAS_GPU_BACKEND": "cpu"}
+    out = subprocess.run([sys.executable, "-c", RUNTIME_CHILD], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(r["exact"]) == {"import_torch", "import_faiss", "encode"}  # train not yet
+    assert r["exact"]["import_torch"] > 20 << 20  # torch's import alone is tens of MB
+    assert r["trained"] and set(r["first"]) == {"import_torch", "import_faiss", "encode", "train"}
+    assert r["again"] == r["first"]  # a second index measures nothing again
+    assert r["a"] == sum(r["first"].values()) > 0 and not r["b"]  # charged to the first index only
+    assert r["plan"] == r["planned"] == r["a"] and not r["plan_off"]  # plan() adds this process's figure
+    assert r["plan_exact"] == sum(v for k, v in r["first"].items() if k != "train")
+
+
+def test_runtime_caller_imports_are_not_charged():
+    import subprocess
+    import sys
+
+    code = ("import lukhas_gpu, torch, faiss\nfrom lukhas_gpu.util import runtime\n"
+            "print(sorted(runtime.measured()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_runtime_default_and_windows(monkeypatch):
+    from lukhas_gpu.util import runtime
+
+    monkeypatch.setattr(runtime, "_bytes", {})
+    assert runtime.planned(False) == runtime.DEFAULT_BYTES["exact"] and runtime.total() == 0
+    assert plan(5000, DIM, config=CFG, backend="cpu").memory["anon"]["runtime_libraries"] == \
+        runtime.DEFAULT_BYTES["trained"]
+    with runtime.first_use("encode") as use:
+        use.held = 1 << 40  # more than grew: never negative
+    with runtime.first_use("encode") as use:
+        pass  # a second window of the same name is not measured
+    assert runtime.measured() == {"encode": 0}
+    runtime._bytes.update(import_torch=100 << 20, import_faiss=5 << 20)
+    assert runtime.planned(False) == 105 << 20  # measured here: this process's figure
+    assert runtime.planned(True) == runtime.DEFAULT_BYTES["trained"]  # its first training not yet seen
+    with pytest.raises(ValueError, match="window"):
+        with runtime.first_use("import_torch"):
+            pass
 
 
 # -- plan ----------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from pyroaring import BitMap
 
 from ..records.tags import TAG_OBJECT_BYTES
 from ..store import layout
+from ..util import runtime
 from ..util.memory import HUGE_FROM, HUGE_PAGE, PAGE, ROARING_CONTAINER_BYTES, bitmap_bytes, huge_page_slack
 from ..vectors.ann import (
     FASTSCAN_BBS,
@@ -64,7 +65,8 @@ from ..vectors.ann import (
 
 # The size formulas and constants are owned by the modules that hold the structures; they are
 # re-exported here for lukhas_gpu.capacity.planner, which predicts the same components.
-__all__ = ["breakdown", "logical_bytes", "python_pools", "summarize", "PLACES", "PAGE", "HUGE_PAGE", "HUGE_FROM",
+__all__ = ["breakdown", "logical_bytes", "python_pools", "summarize", "PLACES", "RUNTIME_COMPONENT", "PAGE",
+           "HUGE_PAGE", "HUGE_FROM",
            "FASTSCAN_BBS", "LIST_OVERHEAD", "HNSW_M", "TAG_OBJECT_BYTES", "ROARING_CONTAINER_BYTES",
            "aligned_capacity", "fastscan_list_bytes", "fastscan_resident", "hnsw_graph_bytes", "huge_page_slack",
            "bitmap_bytes"]
@@ -89,13 +91,12 @@ def summarize(components: dict, count: int) -> dict:
     return out
 
 
-#: Working memory the libraries keep after their first use in a process -- BLAS and OpenMP
-#: buffers of torch's GEMMs (the exact phase) and of FAISS's k-means and searches (training):
-#: RssAnon growth of a cold process minus what a warmed-up process grows for the same index,
-#: measured 6-8 MB in the exact phase and 8-19 MB once trained (2 threads, glibc; the spread is
-#: the allocator's arenas, which differ run to run). Paid once per process: counted by the first
-#: index that uses the vector path (``IndexParts.runtime_owner``), and by ``plan()``.
-RUNTIME_BYTES = {"exact": 7 << 20, "trained": 12 << 20}
+#: ``anon["runtime_libraries"]``: the RssAnon this process's first import and use of torch and
+#: FAISS added (``util.runtime``: measured when it happens, once per process), counted by the
+#: first index of the process to use the vector path (``IndexParts.runtime_owner``) and by
+#: ``plan()``. It replaces ``anon["runtime"]``, a constant (7 / 12 MB) that counted the first
+#: use's BLAS and OpenMP buffers but not the ~140 MB of the libraries' import.
+RUNTIME_COMPONENT = "runtime_libraries"
 
 
 # -- the breakdown of a live index ---------------------------------------------------------------
@@ -174,7 +175,7 @@ def breakdown(index) -> dict:
         ann_state = _ann_state(parts.ann, index.path)
         add(parts.ann.memory_usage(ann_state))
     if parts.runtime_owner:
-        anon["runtime"] = RUNTIME_BYTES["trained" if parts.ann is not None else "exact"]
+        anon[RUNTIME_COMPONENT] = runtime.total()
     pools = python_pools(_small_objects(index))
     if pools:
         anon["python_pools"] = pools

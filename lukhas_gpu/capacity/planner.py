@@ -21,7 +21,7 @@ Examples
 >>> p = lukhas_gpu.plan(1_000_000, 384, avg_content_bytes=100, tags_per_memory=2, config=cfg, backend="cpu")
 >>> (p.nlist, p.pq_m, p.dim_out)
 (4096, 96, 384)
->>> p.per_memory["anon"] < p.per_memory["mapped"]  # "advanced" memory-maps the int8 vectors
+>>> "vectors_int8" in p.memory["mapped"]  # "advanced" memory-maps the int8 vectors
 True
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ from ..sparse.store import planned_bytes as sparse_bytes
 from ..util.bounds import MAX_ROWS
 from ..util.checks import check_int, check_real
 from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES
+from ..util.runtime import planned as planned_runtime
 from ..vectors.policy import (
     CALIBRATION_ROWS,
     MIN_TRAIN_ROWS,
@@ -58,7 +59,7 @@ from .accounting import (
     PAGE,
     PLACES,
     ROARING_CONTAINER_BYTES,
-    RUNTIME_BYTES,
+    RUNTIME_COMPONENT,
     TAG_OBJECT_BYTES,
     fastscan_list_bytes,
     fastscan_resident,
@@ -291,9 +292,11 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     sparse_vocabulary : int, default 30522
         Distinct terms of the sparse vectors (30,522: BERT's vocabulary, SPLADE's).
     runtime : bool, default True
-        Count the libraries' first-use working memory (``RUNTIME_BYTES``, once per process; the
-        ``runtime`` line of ``stats()`` of the process's first index): False for an index built
-        in a process that has already used the vector path.
+        Count what a fresh process's first import and use of torch and FAISS leaves resident
+        (``anon["runtime_libraries"]``, as ``stats()`` of the process's first index reports it):
+        the figure measured in this process when it has one (:func:`lukhas_gpu.util.runtime.planned`),
+        else ``util.runtime.DEFAULT_BYTES`` (measured, the machine named there). False for an
+        index built in a process that has already used the vector path.
 
     Returns
     -------
@@ -333,7 +336,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     _add(total, metadata_bytes(count))
     _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0))
     if runtime and count and state == "built":  # an opened store pays it at its first search
-        total["anon"]["runtime"] = RUNTIME_BYTES["trained" if _trained(count, cfg) else "exact"]
+        total["anon"][RUNTIME_COMPONENT] = planned_runtime(_trained(count, cfg))
     nlist = pq_m = coarse = None
     if _trained(count, cfg):
         ann, nlist, pq_m, coarse = _ann_bytes(count, dim_out, cfg, imbalance, state, be, faiss_gpu)

@@ -21,7 +21,11 @@ key                    value
                        ``anon_bytes`` ... ``gpu_bytes``, ``per_memory`` (each total per live
                        memory), ``reserved`` (capacity allocated, never written, not resident),
                        ``ann_state``, and ``logical`` (each data structure's own size, whatever
-                       its place: what ``compact()`` and the soak tests follow)
+                       its place: what ``compact()`` and the soak tests follow). On the
+                       process's first index to use the vector path, ``anon`` has
+                       ``runtime_libraries``: the RssAnon this process's first import and use of
+                       torch and FAISS added, measured when it happened (:mod:`..util.runtime`;
+                       it replaced ``runtime``, a 7 / 12 MB constant)
 ``bytes_per_memory``   ``(anon_bytes + mapped_bytes) / count``: RAM per memory, page cache included
 ``process``            the process as the kernel sees it: ``rss_anon`` (``RssAnon``, bytes; None
                        off Linux). The index's own ``anon_bytes`` is what it holds; the rest of

@@ -23,6 +23,7 @@ import torch
 from pyroaring import BitMap
 
 from ..monitor.probe import DRIFT_WINDOW, DriftMonitor, recall_estimate
+from ..util import runtime
 from ..util.memtrim import trim
 from ..vectors.ann import IVFPQIndex
 from ..vectors.policy import (
@@ -133,10 +134,20 @@ def _index_rows(ann: IVFPQIndex, encoder, codes: np.ndarray, ids: np.ndarray, sc
 
 def train(index) -> None:
     """Fit the projection and train the IVF-PQ index on the vectors held, then index them."""
-    parts, cfg = index.parts, index.config
+    parts = index.parts
     n = parts.rows
     if n < MIN_TRAIN_ROWS:
         raise ValueError(f"training needs at least {MIN_TRAIN_ROWS} vectors, the index holds {n}")
+    with runtime.first_use("train") as use:  # FAISS's first k-means and lists: its buffers measured
+        _train(index)
+        use.held = sum(parts.ann.memory_usage("built").get("anon", {}).values())
+    log.info("index trained: %d vectors, IVF%d,PQ%dx4fs (%s coarse) in %.1f s",
+             n, parts.ann.nlist, parts.ann.pq_m, parts.ann.coarse, index.timings["train"])
+
+
+def _train(index) -> None:
+    parts, cfg = index.parts, index.config
+    n = parts.rows
     t0 = time.perf_counter()
     enc = parts.encoder
     sample = enc.dequantize(parts.vectors[sample_index(n, train_rows(planned_nlist(n, cfg)), cfg.seed)])
@@ -154,8 +165,6 @@ def train(index) -> None:
     parts.ann = ann
     index.timings["train"] = time.perf_counter() - t0
     trim()  # training's temporaries (samples, k-means buffers) go back to the OS
-    log.info("index trained: %d vectors, IVF%d,PQ%dx4fs (%s coarse) in %.1f s",
-             n, ann.nlist, ann.pq_m, ann.coarse, index.timings["train"])
 
 
 def requantize(parts, old_scale: torch.Tensor, batch: int) -> None:

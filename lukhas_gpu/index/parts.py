@@ -121,7 +121,8 @@ class IndexParts:
         self._encoder = None
         self._device = None
         #: The first index of the process to use the vector path is charged the libraries'
-        #: first-use memory (``stats()["memory"]["anon"]["runtime"]``); later ones are not.
+        #: first-use memory (``stats()["memory"]["anon"]["runtime_libraries"]``, measured by
+        #: ``util.runtime``); later ones are not.
         self.runtime_owner = False
 
     # -- the encoder, built lazily ----------------------------------------------------------------

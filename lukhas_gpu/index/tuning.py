@@ -46,6 +46,7 @@ import numpy as np
 from ..monitor.probe import recall_estimate
 from ..query import probing
 from ..util.checks import check_k
+from ..util.memtrim import trim
 from ..vectors.policy import MIN_TRAIN_ROWS, planned_nlist
 from .locking import locked
 
@@ -517,6 +518,7 @@ def maybe_retune(index) -> None:
 
         finally:
             _RUNNING.discard(index)
+            trim()  # the run's references, candidates and timings (its thread's arena) go back to the OS
 
     log.info("background tuning started (%s)", why)
     index.state.tuning_cancel = False

@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 
 from ..records.metadata import MetadataColumns
+from ..util import runtime
 from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
@@ -87,7 +88,9 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     if len(replaced):  # an upsert: the old rows go, in the same logged operation
         apply_delete(index, replaced)
     lifecycle.calibrate(index, b.x)
-    codes, proj = index.encoder(b.x)
+    with runtime.first_use("encode") as use:  # the process's first GEMM: the libraries' buffers
+        codes, proj = index.encoder(b.x)
+        use.held = sum(t.nbytes for t in (codes, proj) if not t.is_cuda)
     n = b.x.shape[0]
     start = parts.rows
     ids = np.arange(start, start + n, dtype=np.int64)
