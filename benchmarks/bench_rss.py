@@ -48,8 +48,8 @@ def child(n: int, preset: str, threads: int) -> dict:
     for start in range(0, n, BATCH):
         m = min(BATCH, n - start)
         x = model.sample(m, seed=start + 7)
-        index.add(x, contents=texts(m, seed=start), tags=[[f"tag{int(v)}"] for v in rng.zipf(TAG_SKEW, m) % TAG_VOCABULARY],
-                  importance=rng.random(m))
+        tags = [[f"tag{int(v)}"] for v in rng.zipf(TAG_SKEW, m) % TAG_VOCABULARY]
+        index.add(x, contents=texts(m, seed=start), tags=tags, importance=rng.random(m))
         del x
     index.search(model.queries(NQ, seed=3), 10)
     after = rss_anon()

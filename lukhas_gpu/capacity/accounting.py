@@ -285,6 +285,7 @@ def _disk(index, disk: dict) -> None:
     for name, part in ((layout.VECTORS_WORK, "vectors_work"), (layout.WAL, "wal")):
         if (root / name).exists():
             disk[part] = _disk_usage(root / name)
-    other = sum(_disk_usage(p) for p in root.iterdir() if p.is_file() and p.name not in (layout.VECTORS_WORK, layout.WAL))
+    other = sum(_disk_usage(p) for p in root.iterdir()
+                if p.is_file() and p.name not in (layout.VECTORS_WORK, layout.WAL))
     if other:
         disk["store_other"] = other
