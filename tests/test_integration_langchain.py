@@ -85,3 +85,27 @@ def test_max_marginal_relevance_search_is_the_index_mmr():
         "text 3", k=4, filter={"i": {"$in": list(range(0, 33, 2))}}))
     with pytest.raises(ValueError, match="lambda_mult"):
         store.max_marginal_relevance_search("x", lambda_mult=1.5)
+
+
+def test_delete_reports_unknown_ids_and_a_wrong_embedding_dim_is_named(tmp_path):
+    """delete: True when every id was stored, False when some were not (no exception: LangChain's
+    standard suite); a store reopened with an embedding of another dimension fails at the first
+    search or add with both dimensions named."""
+    import asyncio
+
+    emb = DeterministicFakeEmbedding(size=16)
+    store = LukhasVectorStore.from_texts(["a", "b", "c"], emb, ids=["x", "y", "z"], path=tmp_path / "s")
+    assert store.delete(["nope"]) is False
+    assert store.delete(["x", "nope"]) is False and store.get_by_ids(["x"]) == []  # the known one goes
+    assert store.delete(["y", "y"]) is True and asyncio.run(store.adelete(["y"])) is False
+    assert store.delete([]) is True
+    with pytest.raises(TypeError, match="list of str"):
+        store.delete("z")
+    store.close()
+    again = LukhasVectorStore(DeterministicFakeEmbedding(size=128), path=tmp_path / "s")
+    for call in (lambda: again.similarity_search("a"), lambda: again.max_marginal_relevance_search("a"),
+                 lambda: again.add_texts(["d"])):
+        with pytest.raises(ValueError, match=r"dimension 128.*holds dimension 16"):
+            call()
+    assert [d.id for d in again.get_by_ids(["z"])] == ["z"]  # nothing changed
+    again.close()

@@ -10,6 +10,11 @@ stored metadata records. Scores of ``similarity_search_with_score``
 are cosine similarities in [-1, 1]; relevance scores map them to [0, 1] (``(s + 1) / 2``).
 ``max_marginal_relevance_search`` (and ``_by_vector``) re-chooses the ``fetch_k`` most similar
 by the index's MMR (``search(diversity=)``'s rule, ``lambda_mult`` = 1 - diversity).
+``delete(ids)`` returns True when every id named a stored document (all deleted), False when some
+named none (those are ignored, the others deleted; LangChain's contract: no exception for missing
+ids). An embedding whose dimension is not the store's is refused at the first add or search with a
+ValueError naming both dimensions (the adapter does not embed at construction, so it cannot tell
+earlier without a model call).
 
 Examples
 --------
@@ -77,6 +82,7 @@ class LukhasVectorStore(VectorStore):
         metas = [dict(m) if m is not None else {} for m in metadatas] if metadatas is not None else [{}] * n
         keep = list({i: j for j, i in enumerate(ids)}.values())  # a repeated id: its last document wins
         x = as_matrix(vectors)
+        self._check_dim(x.shape[1])
         if len(keep) < n:
             x, texts, metas = x[keep], [texts[j] for j in keep], [metas[j] for j in keep]
         index = self._holder.ensure(x.shape[1])
@@ -97,14 +103,25 @@ class LukhasVectorStore(VectorStore):
         return await asyncio.to_thread(self._add, texts, vectors, metadatas, ids)
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
-        """Delete these ids (unknown ones are ignored); every document when ``ids`` is None."""
+        """Delete these ids; every document when ``ids`` is None. True when every id named a stored
+        document, False when some did not (those are ignored, the others are deleted)."""
+        if ids is not None and isinstance(ids, (str, bytes)):
+            raise TypeError(f"ids must be a list of str, got {type(ids).__name__}")
         live = self._holder.all_ids() if ids is None else self._holder.live(ids)
         if live:
             self._holder.index.delete(live)
-        return True
+        return ids is None or len(live) == len({str(i) for i in ids})
 
     async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
         return await asyncio.to_thread(self.delete, ids, **kwargs)
+
+    def _check_dim(self, dim: int) -> None:
+        """ValueError when the embedding's vectors do not have the store's dimension."""
+        index = self._holder.index
+        if index is not None and dim != index.dim:
+            where = f"the store at {self._holder.path}" if self._holder.path is not None else "this store"
+            raise ValueError(f"the embedding gives vectors of dimension {dim}; {where} holds dimension "
+                             f"{index.dim} (open it with the embedding model it was built with)")
 
     # -- reads ----------------------------------------------------------------------------------
     @staticmethod
@@ -130,6 +147,7 @@ class LukhasVectorStore(VectorStore):
     def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                                **kwargs: Any) -> list[tuple[Document, float]]:
         """``(document, cosine similarity)`` pairs, best first."""
+        self._check_dim(len(embedding))
         hits = self._holder.search([embedding], k, self._where(filter))[0]
         return [(self._doc(m), s) for m, s in hits]
 
@@ -164,6 +182,7 @@ class LukhasVectorStore(VectorStore):
         """``k`` documents chosen by maximal marginal relevance among the ``fetch_k`` most similar
         (``lambda_mult``: 1 relevance only, 0 diversity only): the rule of
         ``MemoryIndex.search(..., diversity=1 - lambda_mult)`` (:mod:`lukhas_gpu.query.mmr`)."""
+        self._check_dim(len(embedding))
         hits = self._holder.mmr_search([embedding], k, fetch_k, lambda_mult, self._where(filter))
         return [self._doc(m) for m, _ in hits]
 
