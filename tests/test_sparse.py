@@ -412,3 +412,33 @@ def test_a_text_batch_that_ends_in_memories_without_terms(tmp_path):
     assert len(index) == 4
     assert index.search_text("hello", 5).ids.tolist() == [2, 0, -1, -1, -1]
     index.close()
+
+
+def test_cjk_text_is_split_per_character_and_latin_terms_are_unchanged(tmp_path):
+    """BM25 finds "東京" inside a CJK run (each Han / kana / hangul character is a term), also after
+    a WAL replay and a checkpoint; texts without CJK characters keep the old terms (the bare
+    ``\\b\\w\\w+\\b`` regular expression, checked on seeded random text)."""
+    import re
+
+    from lukhas_gpu.sparse import Tokenizer
+    from lukhas_gpu.sparse.tokenize import TOKEN_PATTERN
+
+    tok = Tokenizer()
+    assert tok("東京都に住んでいます") == list("東京都に住んでいます")
+    assert tok("Tokyo東京タワー, 서울에! a。b x") == ["tokyo", "東", "京", "タ", "ワ", "ー", "서", "울", "에"]
+    rng = np.random.default_rng(3)
+    alphabet = list("abcXYZ019_ éß-.,'\n") + ["ü", "Ω", "ж"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet, int(rng.integers(0, 40))))
+        assert tok(text) == re.findall(TOKEN_PATTERN, text.lower())
+    x = np.random.default_rng(0).standard_normal((4, D)).astype(np.float32)
+    index = MemoryIndex.create(tmp_path / "s", D, IndexConfig(text_index=True))
+    index.add(x, contents=["東京都に住んでいます", "大阪に住んでいます", "I live in Tokyo", "서울에 살아요"])
+    assert index.search_text("東京", 4).ids.tolist()[0] == 0
+    assert index.search_text("서울", 4).ids.tolist()[0] == 3
+    index.close(checkpoint=False)
+    for _ in range(2):  # the log replays, then the checkpoint loads
+        index = MemoryIndex.open(tmp_path / "s", mode="w")
+        assert index.search_text("東京", 4).ids.tolist()[0] == 0
+        assert index.search_text("tokyo", 4).ids.tolist() == [2, -1, -1, -1]
+        index.close()

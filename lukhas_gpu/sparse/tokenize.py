@@ -3,21 +3,45 @@
 1. the text is lowercased (``str.lower``, Unicode-aware);
 2. its terms are the runs of Unicode word characters (letters, digits, underscore) of two or
    more characters: the regular expression ``(?u)\\b\\w\\w+\\b``, the default of scikit-learn's
-   vectorizers and of bm25s;
+   vectorizers and of bm25s -- except that each CJK character (Han ideographs, hiragana,
+   katakana, hangul: :data:`CJK_CHARS`) is a term of its own, one character long, as Lucene's
+   StandardTokenizer does: these scripts write words without spaces, so a run of them is a
+   phrase, not a word (``"東京都に住んでいます"`` holds the terms ``"東"`` and ``"京"``, and the query
+   ``"東京"`` finds it). A run mixing CJK and other word characters (``"東京tower"``) is split
+   there (``"東"``, ``"京"``, ``"tower"``); a text without CJK characters gets the terms it always had;
 3. optionally, English stopwords are removed (``stopwords="en"``, the list below: NLTK's);
 4. optionally, each term is stemmed (``stemmer="english"`` or any language of the Snowball
    stemmers, through PyStemmer: ``pip install PyStemmer``).
 
 The same tokenizer runs on contents at add time and on query texts at search time.
+
+Stores written before CJK characters were split: a checkpoint keeps its term counts (the
+``text`` files of a generation are loaded, not re-derived), so memories checkpointed then keep
+their CJK runs as whole terms, which a query -- now split per character -- no longer matches;
+memories added or updated since (and those replayed from the write-ahead log, re-tokenized from
+their contents) have the new terms. Latin-script texts are unaffected. To make old CJK contents
+searchable, update them with their own content (``update(ids, contents=...)``), which
+re-tokenizes them.
 """
 from __future__ import annotations
 
 import re
 
-__all__ = ["Tokenizer", "STOPWORDS_EN", "TOKEN_PATTERN"]
+__all__ = ["Tokenizer", "STOPWORDS_EN", "TOKEN_PATTERN", "CJK_CHARS"]
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 _TOKEN = re.compile(TOKEN_PATTERN)
+#: The characters that are terms of their own (a regular expression class): Hangul Jamo,
+#: CJK radicals and symbols, hiragana, katakana, Hangul compatibility Jamo, CJK extension A,
+#: the unified ideographs, Hangul syllables, compatibility ideographs, halfwidth katakana and
+#: hangul, and the supplementary ideograph planes (extensions B to I). Only word characters
+#: (``\w``) among them count: ``"。"`` and ``"・"`` separate terms as before.
+CJK_CHARS = ("[\u1100-\u11ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3031-\u3035\u3038-\u303c"
+             "\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f"
+             "\uac00-\ud7ff\uf900-\ufaff\uff66-\uffdc\U00020000-\U0003ffff]")
+_CJK = re.compile(CJK_CHARS)
+#: A CJK word character alone, or a run of two or more other word characters.
+_MIXED = re.compile(rf"(?u)(?=\w){CJK_CHARS}|(?:(?!{CJK_CHARS})\w){{2,}}")
 
 #: NLTK's English stopwords.
 STOPWORDS_EN = frozenset("""
@@ -60,7 +84,8 @@ class Tokenizer:
                                  f"available: {', '.join(Stemmer.algorithms())}") from None
 
     def __call__(self, text: str) -> list[str]:
-        terms = _TOKEN.findall(text.lower())
+        text = text.lower()
+        terms = _MIXED.findall(text) if _CJK.search(text) else _TOKEN.findall(text)
         if self.stopwords:
             terms = [t for t in terms if t not in self.stopwords]
         if self._stem is not None:
