@@ -125,7 +125,7 @@ def test_the_command_line_imports_nothing_heavy_at_start_up():
             "        pass\n")
     assert _heavy_imports(code + _HELP, bare=True) == []
     # plan imports what the planner imports, nothing more
-    assert _heavy_imports(_PLAN, bare=True) == _heavy_imports("import lukhas_gpu.capacity.planner", bare=True)
+    assert _heavy_imports(_PLAN, bare=True) == _heavy_imports("import lukhas_gpu.capacity.sizing", bare=True)
 
 
 @pytest.mark.parametrize("code", [_HELP, _PLAN], ids=["help", "plan"])

@@ -128,7 +128,7 @@ def test_wal_row_bytes_match_a_real_log(tmp_path):
         index.add(x[b * 400:(b + 1) * 400], contents=contents, tags=tags)
     size = (tmp_path / "s" / "wal.log").stat().st_size
     index.close(checkpoint=False)
-    from lukhas_gpu.capacity.planner import TAG_NAME_BYTES
+    from lukhas_gpu.capacity.sizing import TAG_NAME_BYTES
 
     want = wal_row_bytes(32, 100, 2) + 2 * (6 - TAG_NAME_BYTES)  # the formula assumes 12-byte names
     assert size / 1200 == pytest.approx(want, rel=0.02)

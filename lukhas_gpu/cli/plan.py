@@ -63,7 +63,7 @@ _CLUSTER_DEFAULTS = {"node_gpus": 0, "no_page_cache": False}
 
 
 def cmd_plan(args) -> int:
-    from lukhas_gpu.capacity.planner import max_count, parse_count, parse_size, plan
+    from lukhas_gpu.capacity.sizing import max_count, parse_count, parse_size, plan
 
     if args.count is not None and args.count_opt is not None:
         raise ValueError("give the count once: COUNT or --count")

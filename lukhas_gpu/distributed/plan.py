@@ -1,7 +1,7 @@
 """The cluster plan: shards, nodes, bytes per node and the expected QPS of N memories, on paper.
 
 :func:`plan_cluster` is arithmetic only (no Ray, no index built): the single-store planner
-(:func:`lukhas_gpu.capacity.planner.plan`, the same components as a real store) at the shard
+(:func:`lukhas_gpu.capacity.sizing.plan`, the same components as a real store) at the shard
 size, and the search figures measured in ``benchmarks/RESULTS.md`` (:data:`MEASURED`, the one
 table of them, each row naming its section and date).
 
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 
-from ..capacity.planner import TAG_NAME_BYTES, parse_count, parse_size, plan
+from ..capacity.sizing import TAG_NAME_BYTES, parse_count, parse_size, plan
 from ..config import as_config
 from ..util.bounds import MAX_DIM, MAX_ROWS
 from ..util.checks import check_int, check_real
@@ -312,7 +312,7 @@ def plan_cluster(count, *, node_ram, node_gpus: int = 0, gpu_mem=None, node_disk
     shard_rows : int, optional
         Rows per shard instead of the rule's (QPS outside the measured range is flagged).
     avg_content_bytes, tags_per_memory : float
-        Payload per memory, as :func:`~lukhas_gpu.capacity.planner.plan`.
+        Payload per memory, as :func:`~lukhas_gpu.capacity.sizing.plan`.
     page_cache : bool, default True
         Count memory-mapped files (int8 vectors, contents) in RAM.
     wal_rows : int, optional
