@@ -36,7 +36,7 @@ def add_parsers(sub) -> None:
                          "instead of one told its size, as `lukhas-gpu ingest` tells it (the default; a --ram/--gpu "
                          "budget is always answered without the hint)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
-    cl = pl.add_argument_group("cluster plan (a sharded root; see lukhas_gpu.distributed.plan)")
+    cl = pl.add_argument_group("cluster plan (a sharded root; see lukhas_gpu.distributed.cluster)")
     cl.add_argument("--node-ram", metavar="SIZE",
                     help="RAM of one node, e.g. 256GB (binary units: 256 GiB): plan shards and nodes")
     cl.add_argument("--node-gpus", type=int, default=0, metavar="N", help="GPUs per node (shards GPU-resident)")
@@ -142,7 +142,7 @@ def _flag_names(msg: str) -> str:
 
 
 def _plan_cluster(args, count) -> dict:
-    from lukhas_gpu.distributed.plan import plan_cluster
+    from lukhas_gpu.distributed.cluster import plan_cluster
 
     return plan_cluster(count, node_ram=args.node_ram, node_gpus=args.node_gpus, gpu_mem=args.gpu_mem,
                         node_disk=args.node_disk, node_cpus=args.node_cpus, dim=args.dim, preset=args.preset,
