@@ -310,7 +310,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         """
         from ..query import executor, filters, mmr, ranking
         from ..util.arrays import as_batch, check_nonzero
-        from . import mirror as device_mirror, tuning
+        from . import mirror_upkeep as device_mirror, tuning
 
         if text is not None or sparse is not None:
             if mmr.check_diversity(diversity, 1) is not None:
