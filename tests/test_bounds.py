@@ -54,7 +54,7 @@ def test_a_filters_tag_lists_are_bounded():
 def test_copied_facts_have_one_owner():
     from lukhas_gpu import config
     from lukhas_gpu.capacity import accounting, sizing
-    from lukhas_gpu.distributed import aggregate, layout as root_layout, stages
+    from lukhas_gpu.distributed import aggregate, rootfiles, stages
     from lukhas_gpu.ingest import sources
     from lukhas_gpu.monitor import probe
     from lukhas_gpu.store import layout, wal
@@ -67,8 +67,8 @@ def test_copied_facts_have_one_owner():
     assert sizing.DRIFT_HISTORY_BYTES == memory.DRIFT_HISTORY * memory.DRIFT_HISTORY_COLUMNS * 8
     assert wal.fsync_dir is layout.fsync_dir and not hasattr(wal, "_fsync_dir")
     # a store's format and a sharded root's are two facts with two names
-    assert layout.STORE_FORMAT != root_layout.ROOT_FORMAT
-    assert not hasattr(layout, "FORMAT") and not hasattr(root_layout, "FORMAT")
+    assert layout.STORE_FORMAT != rootfiles.ROOT_FORMAT
+    assert not hasattr(layout, "FORMAT") and not hasattr(rootfiles, "FORMAT")
 
 
 def test_the_row_limit_admits_exactly_max_rows(monkeypatch):

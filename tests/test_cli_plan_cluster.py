@@ -12,7 +12,7 @@ import pytest
 from lukhas_gpu import IndexConfig, plan
 from lukhas_gpu.cli import main
 from lukhas_gpu.distributed.cluster import MEASURED, PROCESS, plan_cluster, shard_qps, wal_row_bytes
-from lukhas_gpu.distributed.layout import MAX_SHARDS, global_ids
+from lukhas_gpu.distributed.rootfiles import MAX_SHARDS, global_ids
 from lukhas_gpu.store.layout import MAX_ROWS
 
 BIG_NODE = dict(node_ram="256GB", node_gpus=8, gpu_mem="80GB", node_disk="4TB", node_cpus=64)

@@ -40,12 +40,12 @@ def cmd_ingest_ray(args) -> int:
         import ray
     except ImportError as e:
         raise MissingExtra(f'--ray needs Ray, which is not installed ({e}); pip install "lukhas-gpu[ray]"') from None
-    from lukhas_gpu.distributed import ingest, layout
+    from lukhas_gpu.distributed import ingest, rootfiles
     from lukhas_gpu.distributed.stages import input_columns
 
     shards = args.shards
     if shards is None:
-        shards = layout.read_root(args.store)["shards"] if layout.is_sharded_root(args.store) else DEFAULT_SHARDS
+        shards = rootfiles.read_root(args.store)["shards"] if rootfiles.is_sharded_root(args.store) else DEFAULT_SHARDS
 
     present = set(input_columns(args.input))
     columns = {f"{name}_column": name if name in present else None for name in _OPTIONAL}

@@ -170,7 +170,7 @@ def _results(index, args, where, rank):
 def open_for_search(path):
     """A reader of the store at ``path``, or a :class:`~lukhas_gpu.distributed.ShardedIndex`
     over every shard when ``path`` is a sharded root."""
-    from lukhas_gpu.distributed.layout import is_sharded_root
+    from lukhas_gpu.distributed.rootfiles import is_sharded_root
 
     if is_sharded_root(path):
         from lukhas_gpu.distributed import ShardedIndex

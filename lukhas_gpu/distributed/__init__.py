@@ -1,7 +1,7 @@
 """Scale-out on Ray (the ``ray`` extra): distributed batch ingestion into shard stores and search
 over them.
 
-* :mod:`.layout` -- a sharded root on disk (``shards.json`` + ``shard-NNNNN/`` stores) and the
+* :mod:`.rootfiles` -- a sharded root on disk (``shards.json`` + ``shard-NNNNN/`` stores) and the
   global ids (shard number in the bits above the 32-bit row id); imports no Ray.
 * :mod:`.sharded` -- :class:`ShardedIndex`: every shard searched (threads, or one Ray actor per
   shard: :mod:`.fanout`, :mod:`.shard`), top-k merged exactly (:mod:`.merge`), hybrid lists

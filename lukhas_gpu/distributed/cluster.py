@@ -55,7 +55,7 @@ from ..util.bounds import MAX_DIM, MAX_ROWS
 from ..util.checks import check_int, check_real
 from ..util.memory import PAGE
 from ..vectors.policy import dim_out_for, planned_nlist, train_at, train_rows
-from .layout import MAX_SHARDS, SHARD_SHIFT
+from .rootfiles import MAX_SHARDS, SHARD_SHIFT
 
 __all__ = ["MEASURED", "PROCESS", "plan_cluster", "shard_bytes", "shard_qps", "wal_row_bytes", "MAX_COUNT"]
 
@@ -450,7 +450,7 @@ def _assemble(count, dim, preset, floor, shards, rows, shard, qps, limits, per_n
     if reps > replicas_asked:
         assumptions.append(f"replicas raised from {replicas_asked} to {reps}: one shard per node cannot serve "
                            f"{o['target']:,.0f} QPS on {o['cpus']} cores")
-    ids = "global id = shard << %d | row (distributed.layout)" % SHARD_SHIFT
+    ids = "global id = shard << %d | row (distributed.rootfiles)" % SHARD_SHIFT
     rule = ("shard_rows as given" if o["shard_rows_given"] else
             f"the largest measured size with recall@10 >= {floor} whose one shard fits a node; then equal shards")
     return {

@@ -40,7 +40,7 @@ import numpy as np
 from ..ingest.errors import MigrationError
 from ..ingest.pipeline import DEFAULT_BATCH_SIZE, Progress
 from ..util.bounds import MAX_DIM, MAX_INGEST_BATCH, MAX_ROWS
-from . import layout
+from . import rootfiles
 from .report import IngestReport
 from .resume import PARTITION, check_same, files_identity, identity, shard_rows
 from .stages import (
@@ -157,7 +157,7 @@ def _check_args(shards, dim, batch_size, encode) -> None:
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= hi:
             raise ValueError(f"{name} must be an int in 1..{hi:,}, got {v!r}")
 
-    whole("shards", shards, layout.MAX_SHARDS)
+    whole("shards", shards, rootfiles.MAX_SHARDS)
     whole("dim", dim, MAX_DIM, optional=True)
     whole("batch_size", batch_size, MAX_BATCH)
     if dim is not None and batch_size * dim * 4 > MAX_BATCH_BYTES:
@@ -250,8 +250,8 @@ class _Run:
         """Check an existing root against this run (shard count, dimension, input)."""
         if doc is None:
             if self.root.exists() and any(self.root.iterdir()):
-                raise ValueError(f"{self.root} exists and is not a sharded root (no {layout.ROOT_FILE}); ingest into "
-                                 "a new or empty directory")
+                raise ValueError(f"{self.root} exists and is not a sharded root (no {rootfiles.ROOT_FILE}); "
+                                 "ingest into a new or empty directory")
             return
         if doc["shards"] != self.shards:
             raise ValueError(f"{self.root} has {doc['shards']} shards, the ingest was asked for {self.shards}")
@@ -278,7 +278,7 @@ class _Run:
             cfg = self.cfg.replace(capacity=self.counts[s] or None).to_dict()
             while True:
                 try:
-                    self.actors.append(cls.options(**opts).remote(layout.shard_dir(self.root, s), s, self.dim, cfg,
+                    self.actors.append(cls.options(**opts).remote(rootfiles.shard_dir(self.root, s), s, self.dim, cfg,
                                                                   threads))
                     break
                 except ValueError as e:  # the name is taken: another ingest, or a killed one's actor not gone yet
@@ -321,7 +321,7 @@ class _Run:
         self.total, self.counts = total, shard_rows(total, self.shards)
         self.ident = identity(rows=total, schema={n: str(t) for n, t in zip(schema.names, schema.types)},
                               files=files, columns=columns, encode=self.encode)
-        doc = layout.read_root(self.root) if layout.is_sharded_root(self.root) else None
+        doc = rootfiles.read_root(self.root) if rootfiles.is_sharded_root(self.root) else None
         self._root(doc)
         # a finished ingest of the same files (names, sizes, mtimes): nothing to read again
         finished_files = doc is not None and doc["state"] == "complete" and files is not None
@@ -359,7 +359,7 @@ class _Run:
         for f, n in zip(finished, self.counts):
             if f["rows"] != n:
                 raise RuntimeError(f"shard {f['shard']} holds {f['rows']:,} rows, its part of the input is {n:,}")
-        layout.write_root(self.root, shards=self.shards, dim=self.dim, state="complete", partition=PARTITION,
+        rootfiles.write_root(self.root, shards=self.shards, dim=self.dim, state="complete", partition=PARTITION,
                           ingest=self.ident)
         return self._report(finished, time.perf_counter() - t_start)
 
@@ -425,7 +425,7 @@ class _Run:
             check_same(self.root, doc["ingest"], {"head": digest})  # before any shard is opened
         else:
             self.ident["head"] = digest
-            layout.write_root(self.root, shards=self.shards, dim=self.dim, state="ingesting", partition=PARTITION,
+            rootfiles.write_root(self.root, shards=self.shards, dim=self.dim, state="ingesting", partition=PARTITION,
                               ingest=self.ident)
         self._spawn(res)
         if self.held is None:
