@@ -5,7 +5,7 @@ over them.
   global ids (shard number in the bits above the 32-bit row id); imports no Ray.
 * :mod:`.sharded` -- :class:`ShardedIndex`: every shard searched (threads, or one Ray actor per
   shard: :mod:`.fanout`, :mod:`.shard`), top-k merged exactly (:mod:`.merge`), hybrid lists
-  merged then fused (:mod:`.hybrid`), stats and recall aggregated (:mod:`.aggregate`).
+  merged then fused (:mod:`.fusion_merge`), stats and recall aggregated (:mod:`.aggregate`).
 * :mod:`.serve` -- :func:`serve_deployment`: a Ray Serve application, one replica per shard group
   (each with the server's batcher) behind an ingress that merges.
 * :func:`ingest` (:mod:`.ingestion`, with :mod:`.stages`, :mod:`.writers`, :mod:`.resume` and

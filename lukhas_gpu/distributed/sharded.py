@@ -8,7 +8,7 @@ fans out and merges, and only numpy arrays, ids and small parameter objects cros
 Every search goes to every shard with the same parameters (filters and :class:`~lukhas_gpu.Rank`
 pushed down; a ``Rank`` gets one ``now`` first), each shard returns its own top-k, and the
 driver merges them exactly (:mod:`.merge`: the global top-k is the top-k of the union, ties by
-the smaller global id). Hybrid searches merge each list globally, then fuse (:mod:`.hybrid`).
+the smaller global id). Hybrid searches merge each list globally, then fuse (:mod:`.fusion_merge`).
 
 **Ids** are global: ``(shard << 32) | row`` (:func:`.rootfiles.global_ids`); ``get``, ``contents``
 and ``contains`` take them, and an id whose shard is not in the root raises ``KeyError`` naming
@@ -183,7 +183,7 @@ class ShardedIndex:
 
         if text is not None or sparse is not None:
             from ..query.mmr import check_diversity
-            from .hybrid import hybrid_search
+            from .fusion_merge import hybrid_search
             if check_diversity(diversity, 1) is not None:
                 raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
             return hybrid_search(self, queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank,
@@ -220,7 +220,7 @@ class ShardedIndex:
     def search_text(self, texts, k: int = 10, *, where=None) -> SearchResult:
         """BM25 top-k over every shard's contents, scored with the statistics of the whole root
         (as one index over all the memories would score); see ``MemoryIndex.search_text``."""
-        from .hybrid import text_search
+        from .fusion_merge import text_search
         return text_search(self, texts, k, where=check_where(where))
 
     # -- records ---------------------------------------------------------------------------------
