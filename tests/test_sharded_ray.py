@@ -120,7 +120,7 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
     from ray import serve
 
     from lukhas_gpu.distributed import serve_deployment
-    from lukhas_gpu.distributed.serve import run
+    from lukhas_gpu.distributed.ray_serve import run
 
     port = _free_port()
     (tmp_path / "key").write_text(KEY)

@@ -4,7 +4,7 @@ Every shard returns its own top-k with global ids. The global top-k is the top-k
 no memory outside a shard's top-k can be among the global top-k, since k memories of that shard
 alone already beat it. :func:`merge_topk` is the one implementation, used by
 :class:`~.sharded.ShardedIndex` (threads or actors) and by the Ray Serve ingress
-(:mod:`.serve`).
+(:mod:`.ray_serve`).
 
 The merge is exact only if scores from different shards mean the same thing. What a shard
 scores with:
