@@ -27,7 +27,7 @@ pq = optional_import("pyarrow.parquet")
 from lukhas_gpu import IndexConfig, MemoryIndex  # noqa: E402
 from lukhas_gpu.distributed import IngestReport, ShardedIndex, ingest, rootfiles  # noqa: E402
 from lukhas_gpu.distributed.ingestion import expected_nlist  # noqa: E402
-from lukhas_gpu.distributed.resume import shard_rows  # noqa: E402
+from lukhas_gpu.distributed.partition import shard_rows  # noqa: E402
 from lukhas_gpu.distributed.stages import PROBLEM, PrepareStage, plan_resources  # noqa: E402
 from lukhas_gpu.distributed.writers import NAMESPACE, actor_name  # noqa: E402
 from lukhas_gpu.ingest.errors import MigrationError  # noqa: E402

@@ -8,7 +8,7 @@ over them.
   merged then fused (:mod:`.fusion_merge`), stats and recall aggregated (:mod:`.aggregate`).
 * :mod:`.ray_serve` -- :func:`serve_deployment`: a Ray Serve application, one replica per shard group
   (each with the server's batcher) behind an ingress that merges.
-* :func:`ingest` (:mod:`.ingestion`, with :mod:`.stages`, :mod:`.writers`, :mod:`.resume` and
+* :func:`ingest` (:mod:`.ingestion`, with :mod:`.stages`, :mod:`.writers`, :mod:`.partition` and
   :mod:`.report`) -- an input (a ``ray.data.Dataset``, Parquet or JSONL) into a sharded root, one
   writer actor per shard, resumable; returns an :class:`IngestReport`.
 

@@ -22,7 +22,7 @@ so with very many shards on many nodes that link bounds the total rate.
 **Training.** Each shard's config gets ``capacity`` = its row count (known from
 ``ds.count()`` before the first row), so the index sizes ``nlist`` for its final size and
 trains once, when the sample those lists need has arrived (``vectors.policy.train_at``); a shard
-below the config's ``train_threshold`` stays exact. See :mod:`.resume` for the partition rule and
+below the config's ``train_threshold`` stays exact. See :mod:`.partition` for the partition rule and
 the resume bookkeeping, :mod:`.stages` for the resources each part reserves.
 """
 from __future__ import annotations
@@ -41,8 +41,8 @@ from ..ingest.errors import MigrationError
 from ..ingest.pipeline import DEFAULT_BATCH_SIZE, Progress
 from ..util.bounds import MAX_DIM, MAX_INGEST_BATCH, MAX_ROWS
 from . import rootfiles
+from .partition import PARTITION, check_same, files_identity, identity, shard_rows
 from .report import IngestReport
-from .resume import PARTITION, check_same, files_identity, identity, shard_rows
 from .stages import (
     HEAD_ROWS,
     PROBLEM,
