@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import bench, ingest, plan, search, serve, store
+from . import bench, ingest, plan, search, serve, store_cmds
 
 __all__ = ["main", "build_parser", "EXIT_BROKEN_PIPE"]
 
@@ -26,11 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
     bench.add_parsers(sub)
-    store.add_parsers(sub, "verify", "rollback", "recover", "stats")
+    store_cmds.add_parsers(sub, "verify", "rollback", "recover", "stats")
     plan.add_parsers(sub)
     ingest.add_ingest_parser(sub)
     search.add_parsers(sub)
-    store.add_parsers(sub, "get", "delete", "tune")
+    store_cmds.add_parsers(sub, "get", "delete", "tune")
     ingest.add_migrate_parser(sub)
     serve.add_parsers(sub)
     return p

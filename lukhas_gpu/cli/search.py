@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from .store import text
+from .store_cmds import text
 
 __all__ = ["add_parsers", "cmd_search", "open_for_search", "QUERY_BATCH"]
 
