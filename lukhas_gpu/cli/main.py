@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import bench, ingest, plan, search, serve, store_cmds
+from . import bench, ingest, plan, search, serve_cmd, store_cmds
 
 __all__ = ["main", "build_parser", "EXIT_BROKEN_PIPE"]
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_parsers(sub)
     store_cmds.add_parsers(sub, "get", "delete", "tune")
     ingest.add_migrate_parser(sub)
-    serve.add_parsers(sub)
+    serve_cmd.add_parsers(sub)
     return p
 
 
