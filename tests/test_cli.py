@@ -115,7 +115,7 @@ _PLAN = 'from lukhas_gpu.cli import main\nmain(["plan", "1000000", "--dim", "384
 
 def test_the_command_line_imports_nothing_heavy_at_start_up():
     code = ("import lukhas_gpu.cli\n"
-            "from lukhas_gpu.cli import bench, ingest, main, plan, progress, search, store_cmds\n"
+            "from lukhas_gpu.cli import bench, ingest, main, plan, progress, search_cmd, store_cmds\n"
             "from lukhas_gpu.cli.main import build_parser\n"
             "for command in ('bench', 'ingest', 'migrate', 'plan', 'search', 'get', 'delete', 'verify', 'stats',"
             " 'rollback', 'recover'):\n"
