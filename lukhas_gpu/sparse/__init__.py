@@ -13,7 +13,7 @@ numpy only (scipy is accepted as input, never imported here).
 """
 from .arena import SparseArena
 from .inverted import InvertedIndex, SparseQuery
-from .store import SparseVectors, as_queries
+from .sparse_vectors import SparseVectors, as_queries
 from .text import BM25Params, TextIndex
 from .tokenize import Tokenizer
 from .validate import PackedSparse, pack_sparse
