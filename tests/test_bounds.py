@@ -182,7 +182,7 @@ def test_the_wire_refuses_bools_and_ids_beyond_int64():
     optional_import("pydantic")
     from pydantic import ValidationError
 
-    from lukhas_gpu.serve.errors import _validation_message
+    from lukhas_gpu.serve.http_errors import _validation_message
     from lukhas_gpu.serve.models import IdsRequest, SearchParams
 
     assert SearchParams.model_validate({"k": 7}).k == 7 and SearchParams.model_validate({"k": "7"}).k == 7
