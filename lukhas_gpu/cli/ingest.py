@@ -250,7 +250,7 @@ def _columns_note(source) -> tuple[str | None, bool]:
 
 def cmd_migrate(args) -> int:
     from lukhas_gpu.ingest import migrate
-    from lukhas_gpu.ingest.arrays import ArrayReader
+    from lukhas_gpu.ingest.npy_rows import ArrayReader
     from lukhas_gpu.ingest.sources import count_records, first_dim
     from lukhas_gpu.store import layout as storage
     from lukhas_gpu.util.bounds import MAX_INGEST_BATCH, check_dim

@@ -1,4 +1,4 @@
-"""Ingest: readers of input files (:mod:`.sources`, :mod:`.arrays`, :mod:`.parquet`), the storage
+"""Ingest: readers of input files (:mod:`.sources`, :mod:`.npy_rows`, :mod:`.parquet`), the storage
 rules they apply (:mod:`.rules`, from ``records/`` and ``util/arrays``), the one ingest loop
 (:mod:`.pipeline`, with resume state per input in :mod:`.resume`) and the migration from the old
 naive store (:mod:`.migrate`, with its parity check in :mod:`.parity`).
