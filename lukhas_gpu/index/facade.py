@@ -235,7 +235,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
             Free JSON-like dicts, round-tripped exactly (``config.metadata_fields`` are columns).
         sparse : scipy.sparse matrix (n rows) or list of (indices, values), optional
             Sparse vectors (e.g. SPLADE), searched by ``search(..., sparse=)``; see
-            :mod:`lukhas_gpu.sparse.validate` for the rules.
+            :mod:`lukhas_gpu.sparse.sparse_input` for the rules.
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.

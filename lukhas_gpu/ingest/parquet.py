@@ -209,7 +209,7 @@ def _sparse(ind, val, n: int, problems: list):
     if ind is None or val is None:
         problems.append((0, 2, "sparse_indices and sparse_values come together (one column is missing)"))
         return None
-    from ..sparse.validate import SparseInputError, pack_sparse
+    from ..sparse.sparse_input import SparseInputError, pack_sparse
 
     li = pc.list_value_length(ind).fill_null(0).to_numpy(zero_copy_only=False)
     lv = pc.list_value_length(val).fill_null(0).to_numpy(zero_copy_only=False)
