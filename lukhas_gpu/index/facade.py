@@ -2,7 +2,7 @@
 that owns it (see ``ARCHITECTURE.md``):
 
 * components (``self.parts``, :class:`~.parts.IndexParts`); :mod:`.writes` (validate, then
-  apply), :mod:`.lifecycle` (training), :mod:`.mirror`, :mod:`.quality` (the recall probe);
+  apply), :mod:`.lifecycle` (training), :mod:`.mirror_upkeep`, :mod:`.quality` (the recall probe);
 * :mod:`lukhas_gpu.query.executor` (how a search runs), :mod:`.durable` (the store on disk),
   :mod:`lukhas_gpu.capacity.accounting` (``stats()``); mixins add documents, sparse and tuning.
 
