@@ -155,7 +155,7 @@ def test_rank_weights_are_bounded_and_scores_stay_finite(text_index):
 
 def test_a_deeply_nested_jsonl_line_is_named(tmp_path, capsys):
     from lukhas_gpu.cli.main import main
-    from lukhas_gpu.ingest.errors import InvalidRecord
+    from lukhas_gpu.ingest.input_errors import InvalidRecord
     from lukhas_gpu.ingest.sources import loads
 
     deep = b'{"embedding": [1.0, 2.0], "metadata": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"

@@ -30,7 +30,7 @@ from lukhas_gpu.distributed.ingestion import expected_nlist  # noqa: E402
 from lukhas_gpu.distributed.partition import shard_rows  # noqa: E402
 from lukhas_gpu.distributed.stages import PROBLEM, PrepareStage, plan_resources  # noqa: E402
 from lukhas_gpu.distributed.writers import NAMESPACE, actor_name  # noqa: E402
-from lukhas_gpu.ingest.errors import MigrationError  # noqa: E402
+from lukhas_gpu.ingest.input_errors import MigrationError  # noqa: E402
 from lukhas_gpu.tools.synthetic import builtin_model  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -153,7 +153,7 @@ def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: 
 
 
 def cmd_ingest(args) -> int:
-    from lukhas_gpu.ingest.errors import MigrationError
+    from lukhas_gpu.ingest.input_errors import MigrationError
     from lukhas_gpu.ingest.pipeline import Pipeline
     from lukhas_gpu.ingest.resume import Resume
     from lukhas_gpu.ingest.sources import ARRAY_SUFFIXES, PARQUET_SUFFIXES, open_source

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     if not getattr(args, "catch_errors", False):
         return int(args.func(args) or 0)
-    from lukhas_gpu.ingest.errors import MissingExtra
+    from lukhas_gpu.ingest.input_errors import MissingExtra
     from lukhas_gpu.store.layout import StoreError
 
     try:

@@ -31,7 +31,7 @@ def add_ray_options(p) -> None:
 
 def cmd_ingest_ray(args) -> int:
     from lukhas_gpu import IndexConfig
-    from lukhas_gpu.ingest.errors import MissingExtra
+    from lukhas_gpu.ingest.input_errors import MissingExtra
 
     if args.payloads or args.restart:
         raise ValueError(f"--{'payloads' if args.payloads else 'restart'} does not go with --ray (the input is one "

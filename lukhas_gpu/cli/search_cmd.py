@@ -100,7 +100,7 @@ def _jsonl_queries(lines, name: str, dim: int, batch: int):
     """Batches of (first query number, (b, dim) float32) from (lineno, raw bytes) pairs."""
     import numpy as np
 
-    from lukhas_gpu.ingest.errors import InvalidRecord
+    from lukhas_gpu.ingest.input_errors import InvalidRecord
     from lukhas_gpu.ingest.sources import loads
 
     buf, first, n = [], 0, 0

@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ingest.errors import MigrationError
+from ..ingest.input_errors import MigrationError
 from ..ingest.pipeline import DEFAULT_BATCH_SIZE, Progress
 from ..util.bounds import MAX_DIM, MAX_INGEST_BATCH, MAX_ROWS
 from . import rootfiles

@@ -15,8 +15,8 @@ __all__ = ["migrate_jsonl", "migrate_npz", "write_naive_jsonl", "MigrationError"
            "Pipeline", "Progress", "open_source", "DEFAULT_BATCH_SIZE", "PROGRESS_FILE"]
 
 _OWNERS = {"migrate_jsonl": "migrate", "migrate_npz": "migrate", "write_naive_jsonl": "migrate",
-           "MigrationReport": "migrate", "MigrationError": "errors", "MissingExtra": "errors", "Pipeline": "pipeline",
-           "Progress": "pipeline", "DEFAULT_BATCH_SIZE": "pipeline", "open_source": "sources",
+           "MigrationReport": "migrate", "MigrationError": "input_errors", "MissingExtra": "input_errors",
+           "Pipeline": "pipeline", "Progress": "pipeline", "DEFAULT_BATCH_SIZE": "pipeline", "open_source": "sources",
            "PROGRESS_FILE": "resume"}
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import MigrationError
+from .input_errors import MigrationError
 from .npy_rows import ArrayReader
 from .parity import PARITY_K, PARITY_NOISE, Parity, jsonl_parity
 from .pipeline import DEFAULT_BATCH_SIZE, Pipeline

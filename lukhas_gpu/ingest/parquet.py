@@ -18,7 +18,7 @@ import numpy as np
 from ..records.metadata import DEFAULT_IMPORTANCE
 from . import rules
 from .batch import Batch, identity
-from .errors import MigrationError, MissingExtra
+from .input_errors import MigrationError, MissingExtra
 from .npy_rows import to_f32
 
 __all__ = ["ParquetSource", "PARQUET_COLUMNS", "arrow_batch", "type_problem"]
