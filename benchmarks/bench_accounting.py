@@ -149,7 +149,7 @@ def _slim(st: dict) -> dict:
 
 def run(n: int, threads: int, workdir) -> tuple[list[dict], dict]:
     import lukhas_gpu
-    from lukhas_gpu.capacity.planner import measure_content_ratio
+    from lukhas_gpu.capacity.sizing import measure_content_ratio
     from lukhas_gpu.tools.synthetic import builtin_model
 
     model = builtin_model()

@@ -1,6 +1,6 @@
 """What one more shard process costs: the anonymous RAM of a process that serves lukhas_gpu.
 
-The cluster plan (``lukhas_gpu.distributed.plan``) charges every process that holds shards (a Ray
+The cluster plan (``lukhas_gpu.distributed.cluster``) charges every process that holds shards (a Ray
 actor per shard, or per shard group) this baseline on top of its shards' own bytes: the
 interpreter, torch, FAISS and numpy loaded, their first-use working memory (BLAS/OpenMP buffers,
 allocator arenas) and, in an actor, Ray's worker runtime. Measured as RssAnon (anonymous resident

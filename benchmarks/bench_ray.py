@@ -146,7 +146,7 @@ def part_ray(d: pathlib.Path, args) -> dict:
     import ray
 
     from lukhas_gpu import IndexConfig, MemoryIndex
-    from lukhas_gpu.distributed import ingest, layout
+    from lukhas_gpu.distributed import ingest, rootfiles
 
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, logging_level="warning",
@@ -158,7 +158,7 @@ def part_ray(d: pathlib.Path, args) -> dict:
                      batch_size=args.batch_size, progress=False)
     finally:
         ray.shutdown()
-    shards = [MemoryIndex.open(layout.shard_dir(d / "ray-root", s)) for s in range(args.shards)]
+    shards = [MemoryIndex.open(rootfiles.shard_dir(d / "ray-root", s)) for s in range(args.shards)]
     try:
         _check(args, shards, args.shards)
     finally:
@@ -195,7 +195,7 @@ def part_search(d: pathlib.Path, args) -> dict:
     from benchmarks.bench_scale import exact_streaming
     from benchmarks.bench_tune import per_query_recall, qps
     from lukhas_gpu import MemoryIndex
-    from lukhas_gpu.distributed import ShardedIndex, layout
+    from lukhas_gpu.distributed import ShardedIndex, rootfiles
     from lukhas_gpu.tools.synthetic import builtin_model
 
     model = builtin_model() if args.data == "synthetic" else _Real(args.data)
@@ -211,14 +211,14 @@ def part_search(d: pathlib.Path, args) -> dict:
     root = d / "ray-root"
     tuned = {}
     for name, path in [("single", d / "cli-store")] + [
-            (f"shard {s}", layout.shard_dir(root, s)) for s in range(args.shards)]:
+            (f"shard {s}", rootfiles.shard_dir(root, s)) for s in range(args.shards)]:
         with MemoryIndex.open(path, "w") as ix:
             rep = ix.tune(queries=a)
             tuned[name] = {k: rep[k] for k in ("nprobe", "rerank", "recall", "bound", "nlist") if k in rep}
 
     def to_rows(ids):  # global id (shard << 32 | row) -> input row (row * shards + shard)
         ids = np.asarray(ids)
-        return np.where(ids >= 0, (ids & layout.ROW_MASK) * args.shards + (ids >> layout.SHARD_SHIFT), -1)
+        return np.where(ids >= 0, (ids & rootfiles.ROW_MASK) * args.shards + (ids >> rootfiles.SHARD_SHIFT), -1)
 
     out = []
     with MemoryIndex.open(d / "cli-store") as one:

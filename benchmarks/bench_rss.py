@@ -33,7 +33,7 @@ def child(n: int, preset: str, threads: int) -> dict:
 
     import lukhas_gpu
     from benchmarks.bench_store import texts
-    from lukhas_gpu.capacity.planner import measure_content_ratio
+    from lukhas_gpu.capacity.sizing import measure_content_ratio
     from lukhas_gpu.tools.synthetic import builtin_model
     from lukhas_gpu.util.memtrim import rss_anon
 

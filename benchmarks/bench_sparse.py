@@ -80,7 +80,7 @@ def bench_splade(n: int, nq: int, brute_budget: float, seed: int = 0, weights: s
     import scipy.sparse as sp
 
     from lukhas_gpu.sparse import SparseQuery, SparseVectors
-    from lukhas_gpu.sparse.validate import PackedSparse
+    from lukhas_gpu.sparse.sparse_input import PackedSparse
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()

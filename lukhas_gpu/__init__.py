@@ -27,7 +27,7 @@ _OWNERS = {
     "IndexConfig": ".config",
     "Filter": ".query.filters", "Rank": ".query.ranking", "Fusion": ".query.hybrid",
     "Encoder": ".vectors.encoder",
-    "plan": ".capacity.planner", "max_count": ".capacity.planner", "Plan": ".capacity.planner",
+    "plan": ".capacity.sizing", "max_count": ".capacity.sizing", "Plan": ".capacity.sizing",
 }
 
 

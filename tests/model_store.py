@@ -193,7 +193,7 @@ class Run:
 
     def __init__(self, kind: str, tmp, seed: int, known=KNOWN_DEFECTS):
         from lukhas_gpu import MemoryIndex
-        from lukhas_gpu.distributed import layout as droot
+        from lukhas_gpu.distributed import rootfiles as droot
 
         self.kind, self.seed, self.known = kind, seed, frozenset(known)
         self.root = pathlib.Path(tmp) / "root"

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from lukhas_gpu import IndexConfig, MemoryIndex
-from lukhas_gpu.distributed import layout
+from lukhas_gpu.distributed import rootfiles
 from lukhas_gpu.tools.synthetic import builtin_model
 
 DAY = 86400.0
@@ -72,9 +72,9 @@ def bounds(n: int, shards: int) -> np.ndarray:
 def build_root(root, data: Data, shards: int, cfg: IndexConfig, *, train: bool = False) -> np.ndarray:
     """Write a complete sharded root holding ``data`` in contiguous blocks; returns the bounds."""
     b = bounds(len(data.x), shards)
-    layout.write_root(root, shards=shards, dim=data.x.shape[1], state="complete")
+    rootfiles.write_root(root, shards=shards, dim=data.x.shape[1], state="complete")
     for s in range(shards):
-        with MemoryIndex.create(layout.shard_dir(root, s), data.x.shape[1], cfg) as ix:
+        with MemoryIndex.create(rootfiles.shard_dir(root, s), data.x.shape[1], cfg) as ix:
             ix.add(**data.rows(b[s], b[s + 1]))
             if train:
                 ix.train()
@@ -93,11 +93,12 @@ def to_global(ids, b: np.ndarray) -> np.ndarray:
     """Ids of the single index -> global ids of the root built with bounds ``b`` (-1 stays)."""
     ids = np.asarray(ids, np.int64)
     shard = np.searchsorted(b, ids, side="right") - 1
-    out = (shard.astype(np.int64) << layout.SHARD_SHIFT) | (ids - b[np.clip(shard, 0, len(b) - 1)])
+    out = (shard.astype(np.int64) << rootfiles.SHARD_SHIFT) | (ids - b[np.clip(shard, 0, len(b) - 1)])
     return np.where(ids >= 0, out, -1)
 
 
 def to_single(gids, b: np.ndarray) -> np.ndarray:
     """Global ids -> ids of the single index (-1 stays)."""
     gids = np.asarray(gids, np.int64)
-    return np.where(gids >= 0, b[np.clip(gids >> layout.SHARD_SHIFT, 0, len(b) - 1)] + (gids & layout.ROW_MASK), -1)
+    rows = b[np.clip(gids >> rootfiles.SHARD_SHIFT, 0, len(b) - 1)] + (gids & rootfiles.ROW_MASK)
+    return np.where(gids >= 0, rows, -1)

@@ -11,7 +11,7 @@ import pytest
 import lukhas_gpu
 from lukhas_gpu import IndexConfig, MemoryIndex, Plan, max_count, plan
 from lukhas_gpu.capacity.accounting import PLACES, aligned_capacity, fastscan_list_bytes, fastscan_resident
-from lukhas_gpu.capacity.planner import list_sizes, measure_content_ratio, parse_size
+from lukhas_gpu.capacity.sizing import list_sizes, measure_content_ratio, parse_size
 from lukhas_gpu.records.tags import TAG_OBJECT_BYTES
 
 DIM, N = 32, 4000
@@ -378,7 +378,7 @@ def test_parse_size_and_doctests():
         parse_size(-1)
     import importlib
 
-    result = doctest.testmod(importlib.import_module("lukhas_gpu.capacity.planner"))
+    result = doctest.testmod(importlib.import_module("lukhas_gpu.capacity.sizing"))
     assert result.failed == 0 and result.attempted >= 4
 
 
@@ -391,7 +391,7 @@ def test_content_ratio_of_a_sample():
 
 
 def test_public_names():
-    from lukhas_gpu.capacity.planner import Plan as P, max_count as m, plan as p
+    from lukhas_gpu.capacity.sizing import Plan as P, max_count as m, plan as p
 
     assert (lukhas_gpu.plan, lukhas_gpu.Plan, lukhas_gpu.max_count) == (p, P, m)
 

@@ -22,7 +22,7 @@ def _vecs(n, dim=DIM, seed=0):
 
 # -- one owner per fact ----------------------------------------------------------------------------
 def test_every_copy_of_a_bound_is_the_owners():
-    from lukhas_gpu.capacity import planner
+    from lukhas_gpu.capacity import sizing
     from lukhas_gpu.index import writes
     from lukhas_gpu.records import taglists, tags
     from lukhas_gpu.serve import models, options
@@ -33,7 +33,7 @@ def test_every_copy_of_a_bound_is_the_owners():
     assert bounds.MAX_ROWS == 2**32 - 1  # uint32 row numbers; 0xFFFFFFFF is "no row"
     for mod in (writes, taglists, tags, layout):
         assert mod.MAX_ROWS is bounds.MAX_ROWS, mod.__name__
-    assert planner.MAX_COUNT is bounds.MAX_ROWS
+    assert sizing.MAX_COUNT is bounds.MAX_ROWS
     assert layout.MAX_DIM is bounds.MAX_DIM and policy.MAX_DIM_OUT is bounds.MAX_DIM_OUT
     assert checks.MAX_K is bounds.MAX_K and models.MAX_REQUEST_IDS is bounds.MAX_REQUEST_IDS
     assert options.MAX_BATCH is bounds.MAX_SERVE_BATCH and options.MAX_BODY_MB is bounds.MAX_BODY_MB
@@ -53,8 +53,8 @@ def test_a_filters_tag_lists_are_bounded():
 
 def test_copied_facts_have_one_owner():
     from lukhas_gpu import config
-    from lukhas_gpu.capacity import accounting, planner
-    from lukhas_gpu.distributed import aggregate, layout as root_layout, stages
+    from lukhas_gpu.capacity import accounting, sizing
+    from lukhas_gpu.distributed import aggregate, rootfiles, stages
     from lukhas_gpu.ingest import sources
     from lukhas_gpu.monitor import probe
     from lukhas_gpu.store import layout, wal
@@ -64,11 +64,11 @@ def test_copied_facts_have_one_owner():
     assert aggregate._PLACES is accounting.PLACES
     assert stages.PARQUET_SUFFIXES is sources.PARQUET_SUFFIXES
     assert probe.DRIFT_HISTORY is memory.DRIFT_HISTORY
-    assert planner.DRIFT_HISTORY_BYTES == memory.DRIFT_HISTORY * memory.DRIFT_HISTORY_COLUMNS * 8
+    assert sizing.DRIFT_HISTORY_BYTES == memory.DRIFT_HISTORY * memory.DRIFT_HISTORY_COLUMNS * 8
     assert wal.fsync_dir is layout.fsync_dir and not hasattr(wal, "_fsync_dir")
     # a store's format and a sharded root's are two facts with two names
-    assert layout.STORE_FORMAT != root_layout.ROOT_FORMAT
-    assert not hasattr(layout, "FORMAT") and not hasattr(root_layout, "FORMAT")
+    assert layout.STORE_FORMAT != rootfiles.ROOT_FORMAT
+    assert not hasattr(layout, "FORMAT") and not hasattr(rootfiles, "FORMAT")
 
 
 def test_the_row_limit_admits_exactly_max_rows(monkeypatch):
@@ -155,7 +155,7 @@ def test_rank_weights_are_bounded_and_scores_stay_finite(text_index):
 
 def test_a_deeply_nested_jsonl_line_is_named(tmp_path, capsys):
     from lukhas_gpu.cli.main import main
-    from lukhas_gpu.ingest.errors import InvalidRecord
+    from lukhas_gpu.ingest.input_errors import InvalidRecord
     from lukhas_gpu.ingest.sources import loads
 
     deep = b'{"embedding": [1.0, 2.0], "metadata": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
@@ -182,7 +182,7 @@ def test_the_wire_refuses_bools_and_ids_beyond_int64():
     optional_import("pydantic")
     from pydantic import ValidationError
 
-    from lukhas_gpu.serve.errors import _validation_message
+    from lukhas_gpu.serve.http_errors import _validation_message
     from lukhas_gpu.serve.models import IdsRequest, SearchParams
 
     assert SearchParams.model_validate({"k": 7}).k == 7 and SearchParams.model_validate({"k": "7"}).k == 7

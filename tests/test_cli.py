@@ -115,7 +115,7 @@ _PLAN = 'from lukhas_gpu.cli import main\nmain(["plan", "1000000", "--dim", "384
 
 def test_the_command_line_imports_nothing_heavy_at_start_up():
     code = ("import lukhas_gpu.cli\n"
-            "from lukhas_gpu.cli import bench, ingest, main, plan, progress, search, store\n"
+            "from lukhas_gpu.cli import bench, ingest, main, plan, progress, search_cmd, store_cmds\n"
             "from lukhas_gpu.cli.main import build_parser\n"
             "for command in ('bench', 'ingest', 'migrate', 'plan', 'search', 'get', 'delete', 'verify', 'stats',"
             " 'rollback', 'recover'):\n"
@@ -125,7 +125,7 @@ def test_the_command_line_imports_nothing_heavy_at_start_up():
             "        pass\n")
     assert _heavy_imports(code + _HELP, bare=True) == []
     # plan imports what the planner imports, nothing more
-    assert _heavy_imports(_PLAN, bare=True) == _heavy_imports("import lukhas_gpu.capacity.planner", bare=True)
+    assert _heavy_imports(_PLAN, bare=True) == _heavy_imports("import lukhas_gpu.capacity.sizing", bare=True)
 
 
 @pytest.mark.parametrize("code", [_HELP, _PLAN], ids=["help", "plan"])

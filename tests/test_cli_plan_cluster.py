@@ -11,8 +11,8 @@ import pytest
 
 from lukhas_gpu import IndexConfig, plan
 from lukhas_gpu.cli import main
-from lukhas_gpu.distributed.layout import MAX_SHARDS, global_ids
-from lukhas_gpu.distributed.plan import MEASURED, PROCESS, plan_cluster, shard_qps, wal_row_bytes
+from lukhas_gpu.distributed.cluster import MEASURED, PROCESS, plan_cluster, shard_qps, wal_row_bytes
+from lukhas_gpu.distributed.rootfiles import MAX_SHARDS, global_ids
 from lukhas_gpu.store.layout import MAX_ROWS
 
 BIG_NODE = dict(node_ram="256GB", node_gpus=8, gpu_mem="80GB", node_disk="4TB", node_cpus=64)
@@ -128,7 +128,7 @@ def test_wal_row_bytes_match_a_real_log(tmp_path):
         index.add(x[b * 400:(b + 1) * 400], contents=contents, tags=tags)
     size = (tmp_path / "s" / "wal.log").stat().st_size
     index.close(checkpoint=False)
-    from lukhas_gpu.capacity.planner import TAG_NAME_BYTES
+    from lukhas_gpu.capacity.sizing import TAG_NAME_BYTES
 
     want = wal_row_bytes(32, 100, 2) + 2 * (6 - TAG_NAME_BYTES)  # the formula assumes 12-byte names
     assert size / 1200 == pytest.approx(want, rel=0.02)
@@ -191,5 +191,5 @@ def test_the_single_store_plan_is_unchanged(capsys):
 
 
 def test_importing_the_plan_imports_no_ray():
-    code = "import sys, lukhas_gpu.distributed.plan; assert 'ray' not in sys.modules, 'ray imported'"
+    code = "import sys, lukhas_gpu.distributed.cluster; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

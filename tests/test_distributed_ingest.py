@@ -25,12 +25,12 @@ pa = optional_import("pyarrow")
 pq = optional_import("pyarrow.parquet")
 
 from lukhas_gpu import IndexConfig, MemoryIndex  # noqa: E402
-from lukhas_gpu.distributed import IngestReport, ShardedIndex, ingest, layout  # noqa: E402
+from lukhas_gpu.distributed import IngestReport, ShardedIndex, ingest, rootfiles  # noqa: E402
 from lukhas_gpu.distributed.ingestion import expected_nlist  # noqa: E402
-from lukhas_gpu.distributed.resume import shard_rows  # noqa: E402
+from lukhas_gpu.distributed.partition import shard_rows  # noqa: E402
 from lukhas_gpu.distributed.stages import PROBLEM, PrepareStage, plan_resources  # noqa: E402
 from lukhas_gpu.distributed.writers import NAMESPACE, actor_name  # noqa: E402
-from lukhas_gpu.ingest.errors import MigrationError  # noqa: E402
+from lukhas_gpu.ingest.input_errors import MigrationError  # noqa: E402
 from lukhas_gpu.tools.synthetic import builtin_model  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -85,7 +85,7 @@ def shard_memories(root, shards: int) -> list[list]:
     """Every shard's memories in row order (read-only opens: no lock taken)."""
     out = []
     for s in range(shards):
-        ix = MemoryIndex.open(layout.shard_dir(root, s), mode="r")
+        ix = MemoryIndex.open(rootfiles.shard_dir(root, s), mode="r")
         try:
             out.append(ix.get(np.arange(ix.stats()["rows"])))
         finally:
@@ -157,10 +157,10 @@ def test_parquet_into_shards_every_row_once_with_its_payloads(cluster, data, tmp
     assert d["rows_per_second"] > 0 and d["disk_bytes"] > 0 and d["bytes_per_memory"] > 384
     assert set(d["stages"]) >= {"read", "prepare", "write", "train", "checkpoint"}
     json.dumps(d)
-    root = layout.read_root(tmp_path / "root")
+    root = rootfiles.read_root(tmp_path / "root")
     assert (root["state"], root["shards"], root["dim"]) == ("complete", 2, 384)
     for s in range(2):
-        with MemoryIndex.open(layout.shard_dir(tmp_path / "root", s), mode="w") as ix:
+        with MemoryIndex.open(rootfiles.shard_dir(tmp_path / "root", s), mode="w") as ix:
             assert ix.verify()["ok"] and ix.stats()["nlist"] == rep.shard_nlist[s]
             # each shard answers for its own rows: a stored vector finds itself
             own = np.arange(s, N, 2)[:50]
@@ -171,9 +171,9 @@ def test_parquet_into_shards_every_row_once_with_its_payloads(cluster, data, tmp
     with ShardedIndex.open(tmp_path / "root") as sx:
         r = np.arange(0, N, 97)
         hits = np.asarray(sx.search(rows["x"][r], 1).ids)[:, 0]
-        assert (hits == (r % 2 << layout.SHARD_SHIFT) | r // 2).mean() >= 0.95
+        assert (hits == (r % 2 << rootfiles.SHARD_SHIFT) | r // 2).mean() >= 0.95
     for s in range(2):  # the shards keep the config they were given (auto_tune is only held off while writing)
-        with MemoryIndex.open(layout.shard_dir(tmp_path / "root", s)) as ix:
+        with MemoryIndex.open(rootfiles.shard_dir(tmp_path / "root", s)) as ix:
             assert ix.config == CFG.replace(capacity=shard_rows(N, 2)[s])
     # the same input again: nothing to add, nothing published
     again = ingest(path, tmp_path / "root", shards=2, config=CFG, batch_size=BATCH, progress=False, **COLUMNS)
@@ -192,7 +192,7 @@ def test_a_killed_writer_then_a_resume_write_every_row_once(cluster, data, tmp_p
     killed = []
     with pytest.raises(ray.exceptions.RayActorError):
         ingest(path, root, shards=2, config=CFG, batch_size=BATCH // 2, progress=kill_a_writer, **COLUMNS)
-    assert layout.read_root(root)["state"] == "ingesting"
+    assert rootfiles.read_root(root)["state"] == "ingesting"
     held = [len(m) for m in shard_memories(root, 2)]
     assert 0 < min(held) and sum(held) < N  # each shard holds a prefix of its rows
     assert sum(held) >= killed[0]  # what was acknowledged is in the shards' logs
@@ -201,9 +201,9 @@ def test_a_killed_writer_then_a_resume_write_every_row_once(cluster, data, tmp_p
                progress=False, **COLUMNS)
     rep = ingest(path, root, shards=2, config=CFG, batch_size=BATCH, progress=False, **COLUMNS)
     assert rep.shard_resumed == held and rep.resumed == sum(held) and rep.written == N - sum(held)
-    assert layout.read_root(root)["state"] == "complete"
+    assert rootfiles.read_root(root)["state"] == "complete"
     for s in range(2):
-        with MemoryIndex.open(layout.shard_dir(root, s), mode="w") as ix:
+        with MemoryIndex.open(rootfiles.shard_dir(root, s), mode="w") as ix:
             assert ix.verify()["ok"]
     assert_exactly_once(root, rows, 2, N)
 
@@ -214,7 +214,7 @@ def test_a_bad_row_is_named_and_nothing_of_its_batch_is_written(cluster, tmp_pat
     path = write_parquet(tmp_path / "bad.parquet", rows)
     with pytest.raises(MigrationError, match=r"bad\.parquet, row 1234: embedding contains NaN"):
         ingest(path, tmp_path / "root", shards=2, config=CFG, batch_size=BATCH, progress=False, **COLUMNS)
-    assert layout.read_root(tmp_path / "root")["state"] == "ingesting"
+    assert rootfiles.read_root(tmp_path / "root")["state"] == "ingesting"
     held = shard_memories(tmp_path / "root", 2)
     assert [len(m) for m in held] == [500, 500]  # batches 0 and 1 whole, nothing of batch 2
     assert [m.content for m in held[1]] == rows["content"][1:1000:2]
@@ -261,7 +261,7 @@ def test_encode_turns_texts_into_vectors_on_an_actor_pool(cluster, tmp_path):
         ingest(other, tmp_path / "root", shards=3, config=CFG, encode=TextHashEncoder, importance_column="importance",
                batch_size=400, progress=False)
     for s in range(3):
-        with MemoryIndex.open(layout.shard_dir(tmp_path / "root", s), mode="r") as ix:
+        with MemoryIndex.open(rootfiles.shard_dir(tmp_path / "root", s), mode="r") as ix:
             own = list(range(s, n, 3))[::97]
             res = ix.search(np.stack([TextHashEncoder.vector(texts[r]) for r in own]), 1)
             assert np.asarray(res.ids)[:, 0].tolist() == [r // 3 for r in own]

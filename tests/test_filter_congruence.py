@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank
-from lukhas_gpu.distributed import ShardedIndex, layout
+from lukhas_gpu.distributed import ShardedIndex, rootfiles
 from lukhas_gpu.query import metafilter
 
 N, DIM, NLIST, T0 = 1200, 32, 8, 1_700_000_000
@@ -110,9 +110,9 @@ def index(request):
 def sharded(tmp_path_factory):
     root = tmp_path_factory.mktemp("congruence") / "root"
     cut = [0, 500, N]
-    layout.write_root(root, shards=2, dim=DIM, state="complete")
+    rootfiles.write_root(root, shards=2, dim=DIM, state="complete")
     for s in range(2):
-        with MemoryIndex.create(layout.shard_dir(root, s), DIM, _config(False)) as ix:
+        with MemoryIndex.create(rootfiles.shard_dir(root, s), DIM, _config(False)) as ix:
             ix.add(**{k: v[cut[s]:cut[s + 1]] for k, v in DATA.items()})
             gone = DELETED[(DELETED >= cut[s]) & (DELETED < cut[s + 1])] - cut[s]
             ix.delete(gone)
@@ -146,7 +146,7 @@ def test_a_sharded_root_allows_the_reference_rows(sharded, f):
     def single(gids):
         gids = np.asarray(gids, np.int64).ravel()
         gids = gids[gids >= 0]
-        return set((cut[gids >> layout.SHARD_SHIFT] + (gids & layout.ROW_MASK)).tolist())
+        return set((cut[gids >> rootfiles.SHARD_SHIFT] + (gids & rootfiles.ROW_MASK)).tolist())
 
     assert single(sh.search(q, N, where=f).ids) == want
     assert single(sh.search(q, N, where=f, rank=RANK).ids) == want

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import IndexConfig, MemoryIndex
-from lukhas_gpu.ingest.arrays import ArrayReader
 from lukhas_gpu.ingest.migrate import MigrationError, MigrationReport, migrate_jsonl, migrate_npz, write_naive_jsonl
+from lukhas_gpu.ingest.npy_rows import ArrayReader
 
 DIM = 16
 EXACT = IndexConfig(train_threshold=100_000)  # stays in the exact phase: parity is the int8 scan's

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import Filter, IndexConfig, MemoryIndex, Rank
-from lukhas_gpu.distributed import ShardedIndex, layout
+from lukhas_gpu.distributed import ShardedIndex, rootfiles
 from lukhas_gpu.query import mmr
 
 N, DIM, T0 = 1500, 24, 1_700_000_000
@@ -143,9 +143,9 @@ def test_a_sharded_root_merges_then_picks(tmp_path):
     root = tmp_path / "root"
     cut = [0, 700, N]
     cfg = IndexConfig(auto_tune=False, train_threshold=1 << 30)
-    layout.write_root(root, shards=2, dim=DIM, state="complete")
+    rootfiles.write_root(root, shards=2, dim=DIM, state="complete")
     for s in range(2):
-        with MemoryIndex.create(layout.shard_dir(root, s), DIM, cfg) as ix:
+        with MemoryIndex.create(rootfiles.shard_dir(root, s), DIM, cfg) as ix:
             ix.add(**{key: v[cut[s]:cut[s + 1]] for key, v in DATA.items()})
     q, k = _queries(), 10
     with ShardedIndex.open(root) as sh:

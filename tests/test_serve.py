@@ -388,11 +388,11 @@ def test_slow_and_stalled_clients_leave_room_for_keyed_requests(tmp_path):
 
 
 def test_a_damaged_store_file_answers_500_naming_it_not_a_client_error():
-    from lukhas_gpu.serve import errors
+    from lukhas_gpu.serve import http_errors
     from lukhas_gpu.store.layout import CorruptStoreError
     from lukhas_gpu.store.walreader import WalHeaderError
 
     for e in (CorruptStoreError("s/gen-000002/content.bin", "the content record of row 7 fails its CRC-32"),
               WalHeaderError("s/wal.log", "damaged header")):  # a ValueError too: still the server's fault
-        status, message, _ = errors.describe(e, None, None)
+        status, message, _ = http_errors.describe(e, None, None)
         assert status == 500 and e.path in message

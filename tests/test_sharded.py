@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import Filter, MemoryIndex, Rank
-from lukhas_gpu.distributed import ShardedIndex, layout
+from lukhas_gpu.distributed import ShardedIndex, rootfiles
 from lukhas_gpu.distributed.merge import fixed_rank, merge_topk
 from lukhas_gpu.store.layout import CorruptStoreError, StoreError
 
@@ -49,9 +49,9 @@ def reference(root, shards: int, q, k: int, **kw):
     the exact top-k of the union, built without the merge under test."""
     ids, scores = [], []
     for s in range(shards):
-        with MemoryIndex.open(layout.shard_dir(root, s)) as ix:
+        with MemoryIndex.open(rootfiles.shard_dir(root, s)) as ix:
             res = ix.search(q, len(ix), **kw)
-            ids.append(layout.global_ids(s, res.ids))
+            ids.append(rootfiles.global_ids(s, res.ids))
             scores.append(res.scores)
     ids, scores = np.concatenate(ids, 1), np.concatenate(scores, 1)
     out_i, out_s = np.full((len(q), k), -1), np.full((len(q), k), -np.inf, np.float32)
@@ -277,14 +277,14 @@ def test_a_missing_extra_or_damaged_shard_is_named(built, tmp_path):
     (root / "shard-00003").rmdir()
     with pytest.raises(FileNotFoundError, match="not a sharded root"):
         ShardedIndex.open(tmp_path)
-    text = (root / layout.ROOT_FILE).read_text()
-    (root / layout.ROOT_FILE).write_text(text.replace('"dim": 384', '"dim": 385'))
+    text = (root / rootfiles.ROOT_FILE).read_text()
+    (root / rootfiles.ROOT_FILE).write_text(text.replace('"dim": 384', '"dim": 385'))
     with pytest.raises(CorruptStoreError, match="CRC"):
         ShardedIndex.open(root)
-    layout.write_root(root, shards=3, dim=385, state="complete")
+    rootfiles.write_root(root, shards=3, dim=385, state="complete")
     with pytest.raises(CorruptStoreError, match="dim 384, the root's is 385"):
         ShardedIndex.open(root)
-    layout.write_root(root, shards=3, dim=384, state="complete")
+    rootfiles.write_root(root, shards=3, dim=384, state="complete")
     gen = sorted((root / "shard-00002").glob("gen-*"))[-1]
     victim = max((p for p in gen.iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
     with open(victim, "r+b") as f:
@@ -325,18 +325,18 @@ def test_refresh_sees_a_writers_new_rows(tmp_path, caplog):
     d = make_data(400, nq=4, seed=3)
     root = tmp_path / "root"
     build_root(root, d, 2, config())
-    layout.write_root(root, shards=2, dim=d.x.shape[1], state="ingesting")  # a writer is still at work
+    rootfiles.write_root(root, shards=2, dim=d.x.shape[1], state="ingesting")  # a writer is still at work
     extra = make_data(30, nq=1, seed=4)
     with ShardedIndex.open(root) as sh:
         assert "an ingest has not finished" in caplog.text and sh.state == "ingesting"
         assert len(sh) == 400
-        with MemoryIndex.open(layout.shard_dir(root, 1), mode="w") as writer:
+        with MemoryIndex.open(rootfiles.shard_dir(root, 1), mode="w") as writer:
             rows = writer.add(**extra.rows(0, 30))  # logged, not checkpointed
             reports = sh.refresh()
             assert [r["shard"] for r in reports] == [0, 1] and reports[1]["added"] == 30 and reports[0]["added"] == 0
             assert len(sh) == 430
             res = sh.search(extra.x[:3], 1)
-            np.testing.assert_array_equal(res.ids[:, 0], layout.global_ids(1, rows[:3]))
+            np.testing.assert_array_equal(res.ids[:, 0], rootfiles.global_ids(1, rows[:3]))
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -411,9 +411,9 @@ def test_the_room_and_the_sharded_index_import_no_ray():
 def test_external_ids_stay_the_shards_keys(tmp_path):
     d = make_data(200, nq=3, seed=5)
     root = tmp_path / "root"
-    layout.write_root(root, shards=2, dim=d.x.shape[1], state="complete")
+    rootfiles.write_root(root, shards=2, dim=d.x.shape[1], state="complete")
     for s, (a, b) in enumerate([(0, 120), (120, 200)]):
-        with MemoryIndex.create(layout.shard_dir(root, s), d.x.shape[1], config(external_ids="str")) as ix:
+        with MemoryIndex.create(rootfiles.shard_dir(root, s), d.x.shape[1], config(external_ids="str")) as ix:
             ix.add(d.x[a:b], contents=d.contents[a:b], ids=[f"doc-{i}" for i in range(a, b)])
     with ShardedIndex.open(root) as sh:
         res = sh.search(d.x[[3, 150]], 2)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lukhas_gpu import Filter, MemoryIndex, Rank
-from lukhas_gpu.distributed import ShardedIndex, layout
+from lukhas_gpu.distributed import ShardedIndex, rootfiles
 from lukhas_gpu.serve import wire
 from lukhas_gpu.store.layout import CorruptStoreError
 
@@ -78,7 +78,7 @@ def test_actors_answer_like_the_local_mode(cluster, root, local, data):
         with pytest.raises(ValueError, match="unknown or deleted"):  # raised in the actor, unwrapped
             sh.get([(1 << 32) | 10**6])
         extra = make_data(7, nq=1, seed=12)
-        with MemoryIndex.open(layout.shard_dir(root, 0), mode="w") as writer:
+        with MemoryIndex.open(rootfiles.shard_dir(root, 0), mode="w") as writer:
             writer.add(**extra.rows(0, 7))
             assert [r["added"] for r in sh.refresh()] == [7, 0] and len(sh) == N + 7
             local.refresh()
@@ -120,7 +120,7 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
     from ray import serve
 
     from lukhas_gpu.distributed import serve_deployment
-    from lukhas_gpu.distributed.serve import run
+    from lukhas_gpu.distributed.ray_serve import run
 
     port = _free_port()
     (tmp_path / "key").write_text(KEY)
@@ -158,9 +158,9 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
         status, out = _post(url, {"vectors": data.q[:1].tolist()}, headers={})
         assert status == 401 and "API key" in out["status"]["error"]
         extra = make_data(5, nq=1, seed=13)  # the groups follow the writers (refresh_s)
-        with MemoryIndex.open(layout.shard_dir(root, 1), mode="w") as writer:
+        with MemoryIndex.open(rootfiles.shard_dir(root, 1), mode="w") as writer:
             rows = writer.add(**extra.rows(0, 5))
-            want = layout.global_ids(1, rows).tolist()
+            want = rootfiles.global_ids(1, rows).tolist()
             for _ in range(40):
                 status, out = _post(url, {"vectors": extra.x.tolist(), "k": 1})
                 if [r[0] for r in out["ids"]] == want:

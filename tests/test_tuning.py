@@ -265,7 +265,7 @@ def test_an_index_that_outgrows_its_lists_restructures_in_the_background(caplog,
     assert index.parts.ann.nlist >= 2 * first
     assert index.parts.tuned.nlist == index.parts.ann.nlist  # tuned for the new lists
     assert index.state.restructure_tried_at >= 20_000
-    from lukhas_gpu.capacity.planner import plan
+    from lukhas_gpu.capacity.sizing import plan
     assert plan(len(index), dim=32, config=index.config).nlist == index.parts.ann.nlist
 
 

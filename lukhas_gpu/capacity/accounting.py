@@ -38,7 +38,7 @@ Each component reports its own bytes (``memory_usage()``, the contract in
 :mod:`lukhas_gpu.util.memory`); :func:`breakdown` merges them from ``index.parts`` and adds what
 no single component holds: the CPython pools, the store's files on disk, the IVF's list state.
 The size formulas (owned by the components' modules, re-exported here) are shared with
-:mod:`lukhas_gpu.capacity.planner`, which predicts the same components for a configuration
+:mod:`lukhas_gpu.capacity.sizing`, which predicts the same components for a configuration
 before anything is built.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ from ..vectors.ann import (
 )
 
 # The size formulas and constants are owned by the modules that hold the structures; they are
-# re-exported here for lukhas_gpu.capacity.planner, which predicts the same components.
+# re-exported here for lukhas_gpu.capacity.sizing, which predicts the same components.
 __all__ = ["breakdown", "logical_bytes", "python_pools", "summarize", "PLACES", "RUNTIME_COMPONENT", "PAGE",
            "HUGE_PAGE", "HUGE_FROM",
            "FASTSCAN_BBS", "LIST_OVERHEAD", "HNSW_M", "TAG_OBJECT_BYTES", "ROARING_CONTAINER_BYTES",

@@ -153,7 +153,7 @@ def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: 
 
 
 def cmd_ingest(args) -> int:
-    from lukhas_gpu.ingest.errors import MigrationError
+    from lukhas_gpu.ingest.input_errors import MigrationError
     from lukhas_gpu.ingest.pipeline import Pipeline
     from lukhas_gpu.ingest.resume import Resume
     from lukhas_gpu.ingest.sources import ARRAY_SUFFIXES, PARQUET_SUFFIXES, open_source
@@ -250,7 +250,7 @@ def _columns_note(source) -> tuple[str | None, bool]:
 
 def cmd_migrate(args) -> int:
     from lukhas_gpu.ingest import migrate
-    from lukhas_gpu.ingest.arrays import ArrayReader
+    from lukhas_gpu.ingest.npy_rows import ArrayReader
     from lukhas_gpu.ingest.sources import count_records, first_dim
     from lukhas_gpu.store import layout as storage
     from lukhas_gpu.util.bounds import MAX_INGEST_BATCH, check_dim

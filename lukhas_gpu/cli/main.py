@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import bench, ingest, plan, search, serve, store
+from . import bench, ingest, plan, search_cmd, serve_cmd, store_cmds
 
 __all__ = ["main", "build_parser", "EXIT_BROKEN_PIPE"]
 
@@ -26,13 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
     bench.add_parsers(sub)
-    store.add_parsers(sub, "verify", "rollback", "recover", "stats")
+    store_cmds.add_parsers(sub, "verify", "rollback", "recover", "stats")
     plan.add_parsers(sub)
     ingest.add_ingest_parser(sub)
-    search.add_parsers(sub)
-    store.add_parsers(sub, "get", "delete", "tune")
+    search_cmd.add_parsers(sub)
+    store_cmds.add_parsers(sub, "get", "delete", "tune")
     ingest.add_migrate_parser(sub)
-    serve.add_parsers(sub)
+    serve_cmd.add_parsers(sub)
     return p
 
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     if not getattr(args, "catch_errors", False):
         return int(args.func(args) or 0)
-    from lukhas_gpu.ingest.errors import MissingExtra
+    from lukhas_gpu.ingest.input_errors import MissingExtra
     from lukhas_gpu.store.layout import StoreError
 
     try:

@@ -36,7 +36,7 @@ def add_parsers(sub) -> None:
                          "instead of one told its size, as `lukhas-gpu ingest` tells it (the default; a --ram/--gpu "
                          "budget is always answered without the hint)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
-    cl = pl.add_argument_group("cluster plan (a sharded root; see lukhas_gpu.distributed.plan)")
+    cl = pl.add_argument_group("cluster plan (a sharded root; see lukhas_gpu.distributed.cluster)")
     cl.add_argument("--node-ram", metavar="SIZE",
                     help="RAM of one node, e.g. 256GB (binary units: 256 GiB): plan shards and nodes")
     cl.add_argument("--node-gpus", type=int, default=0, metavar="N", help="GPUs per node (shards GPU-resident)")
@@ -63,7 +63,7 @@ _CLUSTER_DEFAULTS = {"node_gpus": 0, "no_page_cache": False}
 
 
 def cmd_plan(args) -> int:
-    from lukhas_gpu.capacity.planner import max_count, parse_count, parse_size, plan
+    from lukhas_gpu.capacity.sizing import max_count, parse_count, parse_size, plan
 
     if args.count is not None and args.count_opt is not None:
         raise ValueError("give the count once: COUNT or --count")
@@ -142,7 +142,7 @@ def _flag_names(msg: str) -> str:
 
 
 def _plan_cluster(args, count) -> dict:
-    from lukhas_gpu.distributed.plan import plan_cluster
+    from lukhas_gpu.distributed.cluster import plan_cluster
 
     return plan_cluster(count, node_ram=args.node_ram, node_gpus=args.node_gpus, gpu_mem=args.gpu_mem,
                         node_disk=args.node_disk, node_cpus=args.node_cpus, dim=args.dim, preset=args.preset,

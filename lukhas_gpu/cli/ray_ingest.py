@@ -31,7 +31,7 @@ def add_ray_options(p) -> None:
 
 def cmd_ingest_ray(args) -> int:
     from lukhas_gpu import IndexConfig
-    from lukhas_gpu.ingest.errors import MissingExtra
+    from lukhas_gpu.ingest.input_errors import MissingExtra
 
     if args.payloads or args.restart:
         raise ValueError(f"--{'payloads' if args.payloads else 'restart'} does not go with --ray (the input is one "
@@ -40,12 +40,12 @@ def cmd_ingest_ray(args) -> int:
         import ray
     except ImportError as e:
         raise MissingExtra(f'--ray needs Ray, which is not installed ({e}); pip install "lukhas-gpu[ray]"') from None
-    from lukhas_gpu.distributed import ingest, layout
+    from lukhas_gpu.distributed import ingest, rootfiles
     from lukhas_gpu.distributed.stages import input_columns
 
     shards = args.shards
     if shards is None:
-        shards = layout.read_root(args.store)["shards"] if layout.is_sharded_root(args.store) else DEFAULT_SHARDS
+        shards = rootfiles.read_root(args.store)["shards"] if rootfiles.is_sharded_root(args.store) else DEFAULT_SHARDS
 
     present = set(input_columns(args.input))
     columns = {f"{name}_column": name if name in present else None for name in _OPTIONAL}

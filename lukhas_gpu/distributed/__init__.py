@@ -1,14 +1,14 @@
 """Scale-out on Ray (the ``ray`` extra): distributed batch ingestion into shard stores and search
 over them.
 
-* :mod:`.layout` -- a sharded root on disk (``shards.json`` + ``shard-NNNNN/`` stores) and the
+* :mod:`.rootfiles` -- a sharded root on disk (``shards.json`` + ``shard-NNNNN/`` stores) and the
   global ids (shard number in the bits above the 32-bit row id); imports no Ray.
 * :mod:`.sharded` -- :class:`ShardedIndex`: every shard searched (threads, or one Ray actor per
   shard: :mod:`.fanout`, :mod:`.shard`), top-k merged exactly (:mod:`.merge`), hybrid lists
-  merged then fused (:mod:`.hybrid`), stats and recall aggregated (:mod:`.aggregate`).
-* :mod:`.serve` -- :func:`serve_deployment`: a Ray Serve application, one replica per shard group
+  merged then fused (:mod:`.fusion_merge`), stats and recall aggregated (:mod:`.aggregate`).
+* :mod:`.ray_serve` -- :func:`serve_deployment`: a Ray Serve application, one replica per shard group
   (each with the server's batcher) behind an ingress that merges.
-* :func:`ingest` (:mod:`.ingestion`, with :mod:`.stages`, :mod:`.writers`, :mod:`.resume` and
+* :func:`ingest` (:mod:`.ingestion`, with :mod:`.stages`, :mod:`.writers`, :mod:`.partition` and
   :mod:`.report`) -- an input (a ``ray.data.Dataset``, Parquet or JSONL) into a sharded root, one
   writer actor per shard, resumable; returns an :class:`IngestReport`.
 
@@ -21,7 +21,7 @@ import importlib
 #: Where each public name lives (its one owner).
 _EXPORTS = {
     "ShardedIndex": ".sharded",
-    "serve_deployment": ".serve",
+    "serve_deployment": ".ray_serve",
 }
 # -- distributed ingest (ingestion.py, report.py) ---------------------------------------------------
 _EXPORTS.update({"ingest": ".ingestion", "IngestReport": ".report"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 
-from . import layout
+from . import rootfiles
 from .shard import ShardHost
 from .stages import ray_fraction
 
@@ -127,7 +127,7 @@ def _named(shard: int, fn):
         return fn()
     except Exception as e:
         if hasattr(e, "add_note"):
-            e.add_note(f"(in {layout.shard_name(shard)})")
+            e.add_note(f"(in {rootfiles.shard_name(shard)})")
         raise
 
 

@@ -22,7 +22,7 @@ so with very many shards on many nodes that link bounds the total rate.
 **Training.** Each shard's config gets ``capacity`` = its row count (known from
 ``ds.count()`` before the first row), so the index sizes ``nlist`` for its final size and
 trains once, when the sample those lists need has arrived (``vectors.policy.train_at``); a shard
-below the config's ``train_threshold`` stays exact. See :mod:`.resume` for the partition rule and
+below the config's ``train_threshold`` stays exact. See :mod:`.partition` for the partition rule and
 the resume bookkeeping, :mod:`.stages` for the resources each part reserves.
 """
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..ingest.errors import MigrationError
+from ..ingest.input_errors import MigrationError
 from ..ingest.pipeline import DEFAULT_BATCH_SIZE, Progress
 from ..util.bounds import MAX_DIM, MAX_INGEST_BATCH, MAX_ROWS
-from . import layout
+from . import rootfiles
+from .partition import PARTITION, check_same, files_identity, identity, shard_rows
 from .report import IngestReport
-from .resume import PARTITION, check_same, files_identity, identity, shard_rows
 from .stages import (
     HEAD_ROWS,
     PROBLEM,
@@ -157,7 +157,7 @@ def _check_args(shards, dim, batch_size, encode) -> None:
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= hi:
             raise ValueError(f"{name} must be an int in 1..{hi:,}, got {v!r}")
 
-    whole("shards", shards, layout.MAX_SHARDS)
+    whole("shards", shards, rootfiles.MAX_SHARDS)
     whole("dim", dim, MAX_DIM, optional=True)
     whole("batch_size", batch_size, MAX_BATCH)
     if dim is not None and batch_size * dim * 4 > MAX_BATCH_BYTES:
@@ -250,8 +250,8 @@ class _Run:
         """Check an existing root against this run (shard count, dimension, input)."""
         if doc is None:
             if self.root.exists() and any(self.root.iterdir()):
-                raise ValueError(f"{self.root} exists and is not a sharded root (no {layout.ROOT_FILE}); ingest into "
-                                 "a new or empty directory")
+                raise ValueError(f"{self.root} exists and is not a sharded root (no {rootfiles.ROOT_FILE}); "
+                                 "ingest into a new or empty directory")
             return
         if doc["shards"] != self.shards:
             raise ValueError(f"{self.root} has {doc['shards']} shards, the ingest was asked for {self.shards}")
@@ -278,7 +278,7 @@ class _Run:
             cfg = self.cfg.replace(capacity=self.counts[s] or None).to_dict()
             while True:
                 try:
-                    self.actors.append(cls.options(**opts).remote(layout.shard_dir(self.root, s), s, self.dim, cfg,
+                    self.actors.append(cls.options(**opts).remote(rootfiles.shard_dir(self.root, s), s, self.dim, cfg,
                                                                   threads))
                     break
                 except ValueError as e:  # the name is taken: another ingest, or a killed one's actor not gone yet
@@ -321,7 +321,7 @@ class _Run:
         self.total, self.counts = total, shard_rows(total, self.shards)
         self.ident = identity(rows=total, schema={n: str(t) for n, t in zip(schema.names, schema.types)},
                               files=files, columns=columns, encode=self.encode)
-        doc = layout.read_root(self.root) if layout.is_sharded_root(self.root) else None
+        doc = rootfiles.read_root(self.root) if rootfiles.is_sharded_root(self.root) else None
         self._root(doc)
         # a finished ingest of the same files (names, sizes, mtimes): nothing to read again
         finished_files = doc is not None and doc["state"] == "complete" and files is not None
@@ -359,7 +359,7 @@ class _Run:
         for f, n in zip(finished, self.counts):
             if f["rows"] != n:
                 raise RuntimeError(f"shard {f['shard']} holds {f['rows']:,} rows, its part of the input is {n:,}")
-        layout.write_root(self.root, shards=self.shards, dim=self.dim, state="complete", partition=PARTITION,
+        rootfiles.write_root(self.root, shards=self.shards, dim=self.dim, state="complete", partition=PARTITION,
                           ingest=self.ident)
         return self._report(finished, time.perf_counter() - t_start)
 
@@ -425,7 +425,7 @@ class _Run:
             check_same(self.root, doc["ingest"], {"head": digest})  # before any shard is opened
         else:
             self.ident["head"] = digest
-            layout.write_root(self.root, shards=self.shards, dim=self.dim, state="ingesting", partition=PARTITION,
+            rootfiles.write_root(self.root, shards=self.shards, dim=self.dim, state="ingesting", partition=PARTITION,
                               ingest=self.ident)
         self._spawn(res)
         if self.held is None:

@@ -4,7 +4,7 @@ Every shard returns its own top-k with global ids. The global top-k is the top-k
 no memory outside a shard's top-k can be among the global top-k, since k memories of that shard
 alone already beat it. :func:`merge_topk` is the one implementation, used by
 :class:`~.sharded.ShardedIndex` (threads or actors) and by the Ray Serve ingress
-(:mod:`.serve`).
+(:mod:`.ray_serve`).
 
 The merge is exact only if scores from different shards mean the same thing. What a shard
 scores with:
@@ -18,9 +18,9 @@ scores with:
 * sparse dot products: absolute;
 * BM25: IDF and the average length are collection statistics -- per shard they would differ,
   so hybrid and text searches first gather them from every shard and score with the totals
-  (:class:`~lukhas_gpu.sparse.text.BM25Stats`, see :mod:`.hybrid`);
+  (:class:`~lukhas_gpu.sparse.text.BM25Stats`, see :mod:`.fusion_merge`);
 * fusion (RRF ranks, min-max ``weighted``): per list, so it is never applied per shard; each
-  list is merged globally first, then fused once (:mod:`.hybrid`).
+  list is merged globally first, then fused once (:mod:`.fusion_merge`).
 
 Ties are broken by the smaller global id (shards in order, then rows), padding (id ``-1``,
 score ``-inf``) comes last.

@@ -1,7 +1,7 @@
 """One shard of a sharded root, as the driver of a :class:`~.sharded.ShardedIndex` sees it.
 
 :class:`ShardHost` holds one shard's :class:`~lukhas_gpu.MemoryIndex` and answers in numpy
-arrays and plain values, with global ids (``layout.global_ids``): the same object serves a
+arrays and plain values, with global ids (``rootfiles.global_ids``): the same object serves a
 local :class:`~.sharded.ShardedIndex` (called from its threads) and, wrapped by ``ray.remote``,
 one Ray actor per shard (:mod:`.actors`), so both modes run the same code and nothing but
 arrays, ids and small parameter objects (``Filter``, ``Rank``) crosses the wire. Imports no Ray.
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..index import MemoryIndex
 from ..util.ids import as_ids
-from . import layout
+from . import rootfiles
 
 __all__ = ["ShardHost"]
 
@@ -30,7 +30,7 @@ class ShardHost:
     def __init__(self, root, shard: int, mode: str = "r", verify: bool = False, defer_errors: bool = False):
         self.shard, self._error = int(shard), None
         try:
-            self.index = MemoryIndex.open(layout.shard_dir(root, shard), mode=mode, verify=verify)
+            self.index = MemoryIndex.open(rootfiles.shard_dir(root, shard), mode=mode, verify=verify)
         except Exception as e:
             if not defer_errors:
                 raise
@@ -51,7 +51,7 @@ class ShardHost:
                 "external_ids": ix.config.external_ids}
 
     def _global(self, rows) -> np.ndarray:
-        return layout.global_ids(self.shard, rows)
+        return rootfiles.global_ids(self.shard, rows)
 
     # -- searches: numpy in, (global ids, scores) numpy out --------------------------------------
     def search(self, q: np.ndarray, k: int, where, rank, nprobe, rerank, target_recall):
@@ -98,7 +98,7 @@ class ShardHost:
         if bad.any():
             ids = self._global(rows[bad][:10]).tolist()
             raise ValueError(f"unknown or deleted id(s): {ids}{' ...' if bad.sum() > 10 else ''} "
-                             f"(rows {rows[bad][:10].tolist()} of {layout.shard_name(self.shard)})")
+                             f"(rows {rows[bad][:10].tolist()} of {rootfiles.shard_name(self.shard)})")
         return rows
 
     def external_ids_of(self, rows) -> list:

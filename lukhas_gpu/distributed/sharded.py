@@ -1,6 +1,6 @@
 """``ShardedIndex``: search a sharded root as one index.
 
-A sharded root (:mod:`.layout`) holds ordinary stores, one per shard. ``ShardedIndex.open(root)``
+A sharded root (:mod:`.rootfiles`) holds ordinary stores, one per shard. ``ShardedIndex.open(root)``
 opens every shard as a :class:`~lukhas_gpu.MemoryIndex` (a reader by default), in this process
 (searched from a thread per shard) or as one Ray actor per shard (``actors=True``; the driver
 fans out and merges, and only numpy arrays, ids and small parameter objects cross the wire).
@@ -8,9 +8,9 @@ fans out and merges, and only numpy arrays, ids and small parameter objects cros
 Every search goes to every shard with the same parameters (filters and :class:`~lukhas_gpu.Rank`
 pushed down; a ``Rank`` gets one ``now`` first), each shard returns its own top-k, and the
 driver merges them exactly (:mod:`.merge`: the global top-k is the top-k of the union, ties by
-the smaller global id). Hybrid searches merge each list globally, then fuse (:mod:`.hybrid`).
+the smaller global id). Hybrid searches merge each list globally, then fuse (:mod:`.fusion_merge`).
 
-**Ids** are global: ``(shard << 32) | row`` (:func:`.layout.global_ids`); ``get``, ``contents``
+**Ids** are global: ``(shard << 32) | row`` (:func:`.rootfiles.global_ids`); ``get``, ``contents``
 and ``contains`` take them, and an id whose shard is not in the root raises ``KeyError`` naming
 it. Stores with ``IndexConfig.external_ids`` keep their keys per shard:
 ``SearchResult.external_ids`` and ``Memory.external_id`` give them, lookups take global ids.
@@ -27,7 +27,7 @@ from ..index.results import SearchResult
 from ..store.layout import CorruptStoreError, StoreError
 from ..util.checks import check_positive, check_queries
 from ..util.ids import as_ids
-from . import aggregate, layout
+from . import aggregate, rootfiles
 from .merge import check_rank, check_where, fixed_rank, merge_topk
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ __all__ = ["ShardedIndex"]
 def check_root(root, doc: dict, shards: list[int]) -> None:
     """Every shard the root names is a directory, and no other ``shard-NNNNN`` is there."""
     root = pathlib.Path(root)
-    present = {p.name for p in layout.shard_dirs(root)}
-    expected = {layout.shard_name(i) for i in range(doc["shards"])}
+    present = {p.name for p in rootfiles.shard_dirs(root)}
+    expected = {rootfiles.shard_name(i) for i in range(doc["shards"])}
     missing = sorted(expected - present)
     if missing:
         raise CorruptStoreError(root / missing[0], f"missing: the root names {doc['shards']} shards "
@@ -47,7 +47,7 @@ def check_root(root, doc: dict, shards: list[int]) -> None:
     extra = sorted(present - expected)
     if extra:
         raise CorruptStoreError(root / extra[0], f"not a shard of this root, which names {doc['shards']} shards "
-                                                 f"(shard-00000..{layout.shard_name(doc['shards'] - 1)})")
+                                                 f"(shard-00000..{rootfiles.shard_name(doc['shards'] - 1)})")
     for s in shards:
         if not (isinstance(s, (int, np.integer)) and 0 <= s < doc["shards"]):
             raise ValueError(f"shard {s!r} is not in this root (0..{doc['shards'] - 1})")
@@ -102,7 +102,7 @@ class ShardedIndex:
         if mode not in ("r", "w"):
             raise ValueError(f"mode must be 'r' (readers) or 'w' (writers), got {mode!r}")
         root = pathlib.Path(root)
-        doc = layout.read_root(root)
+        doc = rootfiles.read_root(root)
         wanted = list(range(doc["shards"])) if shards is None else [int(s) for s in shards]
         if not wanted or len(set(wanted)) != len(wanted):
             raise ValueError(f"shards must name distinct shards of the root, got {shards!r}")
@@ -140,14 +140,14 @@ class ShardedIndex:
         in the order of ``ids`` (a list, or a bool array for ``contains_rows``)."""
         self._require_open()
         ids = as_ids(ids)
-        shard, row = layout.split_ids(ids, self.n_shards)
+        shard, row = rootfiles.split_ids(ids, self.n_shards)
         order = np.argsort(shard, kind="stable")
         uniq, starts = np.unique(shard[order], return_index=True)
         groups = np.split(order, starts[1:]) if len(order) else []
         calls = []
         for s, idx in zip(uniq.tolist(), groups):
             if s not in self._pos:
-                raise KeyError(f"id {int(ids[idx[0]])} is in {layout.shard_name(s)}, which this ShardedIndex "
+                raise KeyError(f"id {int(ids[idx[0]])} is in {rootfiles.shard_name(s)}, which this ShardedIndex "
                                f"did not open (shards {self.shards})")
             calls.append((self._pos[s], name, (row[idx],)))
         answers = self._fan.run(calls) if calls else []
@@ -183,7 +183,7 @@ class ShardedIndex:
 
         if text is not None or sparse is not None:
             from ..query.mmr import check_diversity
-            from .hybrid import hybrid_search
+            from .fusion_merge import hybrid_search
             if check_diversity(diversity, 1) is not None:
                 raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
             return hybrid_search(self, queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank,
@@ -220,7 +220,7 @@ class ShardedIndex:
     def search_text(self, texts, k: int = 10, *, where=None) -> SearchResult:
         """BM25 top-k over every shard's contents, scored with the statistics of the whole root
         (as one index over all the memories would score); see ``MemoryIndex.search_text``."""
-        from .hybrid import text_search
+        from .fusion_merge import text_search
         return text_search(self, texts, k, where=check_where(where))
 
     # -- records ---------------------------------------------------------------------------------
@@ -308,9 +308,9 @@ class ShardedIndex:
 
 def _check_shards(root, doc: dict, infos: list[dict]) -> None:
     for info in infos:
-        where = layout.shard_dir(root, info["shard"])
+        where = rootfiles.shard_dir(root, info["shard"])
         if info["dim"] != doc["dim"]:
             raise CorruptStoreError(where, f"dim {info['dim']}, the root's is {doc['dim']}")
         if info["metric"] != infos[0]["metric"]:
-            raise CorruptStoreError(where, f"metric {info['metric']!r}, {layout.shard_name(infos[0]['shard'])}'s is "
+            raise CorruptStoreError(where, f"metric {info['metric']!r}, {rootfiles.shard_name(infos[0]['shard'])}'s is "
                                            f"{infos[0]['metric']!r}: scores would not compare across shards")

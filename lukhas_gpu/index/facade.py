@@ -2,7 +2,7 @@
 that owns it (see ``ARCHITECTURE.md``):
 
 * components (``self.parts``, :class:`~.parts.IndexParts`); :mod:`.writes` (validate, then
-  apply), :mod:`.lifecycle` (training), :mod:`.mirror`, :mod:`.quality` (the recall probe);
+  apply), :mod:`.lifecycle` (training), :mod:`.mirror_upkeep`, :mod:`.quality` (the recall probe);
 * :mod:`lukhas_gpu.query.executor` (how a search runs), :mod:`.durable` (the store on disk),
   :mod:`lukhas_gpu.capacity.accounting` (``stats()``); mixins add documents, sparse and tuning.
 
@@ -235,7 +235,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
             Free JSON-like dicts, round-tripped exactly (``config.metadata_fields`` are columns).
         sparse : scipy.sparse matrix (n rows) or list of (indices, values), optional
             Sparse vectors (e.g. SPLADE), searched by ``search(..., sparse=)``; see
-            :mod:`lukhas_gpu.sparse.validate` for the rules.
+            :mod:`lukhas_gpu.sparse.sparse_input` for the rules.
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.
@@ -310,7 +310,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         """
         from ..query import executor, filters, mmr, ranking
         from ..util.arrays import as_batch, check_nonzero
-        from . import mirror as device_mirror, tuning
+        from . import mirror_upkeep as device_mirror, tuning
 
         if text is not None or sparse is not None:
             if mmr.check_diversity(diversity, 1) is not None:

@@ -11,7 +11,7 @@ from ..monitor import recall
 from ..monitor.probe import recall_estimate
 from ..query import executor
 from ..util.checks import check_k, check_positive
-from . import mirror as device_mirror
+from . import mirror_upkeep as device_mirror
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import extids, ivflists, lifecycle, mirror, sparse_parts
+from . import extids, ivflists, lifecycle, mirror_upkeep, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -103,7 +103,7 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     extids.append(index, b.ext, n)
     sparse_parts.apply_add(parts, ids, b.sparse, b.raw_contents)
     if parts.mirror is not None:
-        mirror.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
+        mirror_upkeep.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
     lifecycle.observe(parts, b.x, codes, proj, ids)
     return ids
 

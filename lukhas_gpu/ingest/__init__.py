@@ -1,4 +1,4 @@
-"""Ingest: readers of input files (:mod:`.sources`, :mod:`.arrays`, :mod:`.parquet`), the storage
+"""Ingest: readers of input files (:mod:`.sources`, :mod:`.npy_rows`, :mod:`.parquet`), the storage
 rules they apply (:mod:`.rules`, from ``records/`` and ``util/arrays``), the one ingest loop
 (:mod:`.pipeline`, with resume state per input in :mod:`.resume`) and the migration from the old
 naive store (:mod:`.migrate`, with its parity check in :mod:`.parity`).
@@ -15,8 +15,8 @@ __all__ = ["migrate_jsonl", "migrate_npz", "write_naive_jsonl", "MigrationError"
            "Pipeline", "Progress", "open_source", "DEFAULT_BATCH_SIZE", "PROGRESS_FILE"]
 
 _OWNERS = {"migrate_jsonl": "migrate", "migrate_npz": "migrate", "write_naive_jsonl": "migrate",
-           "MigrationReport": "migrate", "MigrationError": "errors", "MissingExtra": "errors", "Pipeline": "pipeline",
-           "Progress": "pipeline", "DEFAULT_BATCH_SIZE": "pipeline", "open_source": "sources",
+           "MigrationReport": "migrate", "MigrationError": "input_errors", "MissingExtra": "input_errors",
+           "Pipeline": "pipeline", "Progress": "pipeline", "DEFAULT_BATCH_SIZE": "pipeline", "open_source": "sources",
            "PROGRESS_FILE": "resume"}
 
 

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arrays import ArrayReader
-from .errors import MigrationError
+from .input_errors import MigrationError
+from .npy_rows import ArrayReader
 from .parity import PARITY_K, PARITY_NOISE, Parity, jsonl_parity
 from .pipeline import DEFAULT_BATCH_SIZE, Pipeline
 from .sources import ArraySource, JsonlSource

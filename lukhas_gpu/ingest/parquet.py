@@ -17,9 +17,9 @@ import numpy as np
 
 from ..records.metadata import DEFAULT_IMPORTANCE
 from . import rules
-from .arrays import to_f32
 from .batch import Batch, identity
-from .errors import MigrationError, MissingExtra
+from .input_errors import MigrationError, MissingExtra
+from .npy_rows import to_f32
 
 __all__ = ["ParquetSource", "PARQUET_COLUMNS", "arrow_batch", "type_problem"]
 
@@ -209,7 +209,7 @@ def _sparse(ind, val, n: int, problems: list):
     if ind is None or val is None:
         problems.append((0, 2, "sparse_indices and sparse_values come together (one column is missing)"))
         return None
-    from ..sparse.validate import SparseInputError, pack_sparse
+    from ..sparse.sparse_input import SparseInputError, pack_sparse
 
     li = pc.list_value_length(ind).fill_null(0).to_numpy(zero_copy_only=False)
     lv = pc.list_value_length(val).fill_null(0).to_numpy(zero_copy_only=False)

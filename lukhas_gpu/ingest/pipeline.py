@@ -16,7 +16,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from .errors import MigrationError
+from .input_errors import MigrationError
 
 if TYPE_CHECKING:  # numpy and the readers load with the first batch: the parser reads DEFAULT_BATCH_SIZE
     import numpy as np

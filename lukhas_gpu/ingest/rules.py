@@ -26,7 +26,7 @@ import numpy as np
 from ..records.contents import ContentArena
 from ..records.metadata import MetadataColumns, to_epoch_seconds
 from ..records.tags import TagIndex
-from .errors import InvalidRecord
+from .input_errors import InvalidRecord
 
 __all__ = ["bad_embedding", "bad_tags", "bad_contents", "bad_timestamps", "bad_importance", "first_problem",
            "epoch_seconds", "iso_seconds", "json_type", "EMBEDDING_NOT_FINITE"]

@@ -39,9 +39,9 @@ import numpy as np
 from ..records.metadata import DEFAULT_IMPORTANCE
 from ..util.bounds import MAX_JSON_DEPTH
 from . import rules
-from .arrays import ArrayReader
 from .batch import Batch, identity
-from .errors import InvalidRecord, MigrationError
+from .input_errors import InvalidRecord, MigrationError
+from .npy_rows import ArrayReader
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from ..util.arrays import tensor_view
 from ..util.device import faiss_module
 from ..vectors import exact
 from . import probing as probing_
-from .planner import plan_filtered
 from .ranking import Rank
+from .routing import plan_filtered
 
 __all__ = ["Search", "similar", "ann_candidates", "ranked", "resident_search", "topk_unique", "RANK_EXTRA_MAX"]
 

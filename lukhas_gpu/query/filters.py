@@ -1,5 +1,5 @@
 """Filters: a :class:`Filter` becomes a roaring bitmap of allowed rows (the planner, in
-:mod:`.planner`, then chooses how to search them).
+:mod:`.routing`, then chooses how to search them).
 
 :func:`allowed_rows` is the one rule every route applies (dense, exact, sparse, BM25, hybrid,
 ``select``, and each shard of a sharded search): the rows the filter allows, minus tombstones.

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from ..index import MemoryIndex
 from ..store.layout import StoreError
 from ..util.bounds import MAX_ID, MIN_ID
-from . import errors, search as search_mod, wire
+from . import http_errors, search as search_mod, wire
 from .batcher import Batcher, QueueFull
 from .conns import ConnectionTable
 from .limits import BodyTooLarge, Guard, error_body, read_body
@@ -290,10 +290,10 @@ class _Timing:
 
 def _install_errors(app: FastAPI, st: _State) -> None:
     async def handler(request, e):
-        status, message, headers = errors.describe(e, st.metrics, st.options)
+        status, message, headers = http_errors.describe(e, st.metrics, st.options)
         return _error(status, message, headers)
 
-    for cls in (errors.ApiError, QueueFull, BodyTooLarge, asyncio.TimeoutError, ValidationError,
+    for cls in (http_errors.ApiError, QueueFull, BodyTooLarge, asyncio.TimeoutError, ValidationError,
                 RequestValidationError, ValueError, TypeError, StoreError):
         app.add_exception_handler(cls, handler)
 
@@ -311,7 +311,7 @@ def _routes(app: FastAPI, st: _State) -> None:
 
 def _writable(o) -> None:
     if o.mode != "w":
-        raise errors.ApiError(409, f"this server reads {o.store} (--mode r); writes go to its writer")
+        raise http_errors.ApiError(409, f"this server reads {o.store} (--mode r); writes go to its writer")
 
 
 def _probe_routes(app: FastAPI, st: _State) -> None:
@@ -376,7 +376,7 @@ def _memory_routes(app: FastAPI, st: _State) -> None:
     async def _known(ids: np.ndarray) -> None:
         live = await st.run(st.index.contains, ids)
         if not live.all():
-            raise errors.ApiError(404, f"no memory with id {int(ids[~live][0])} (never assigned, or deleted)")
+            raise http_errors.ApiError(404, f"no memory with id {int(ids[~live][0])} (never assigned, or deleted)")
 
     @app.get("/v1/memories/{memory_id}", summary="one memory", responses={200: {"model": MemoryOut}, **_ERRORS})
     async def get_one(memory_id: _PathId):
@@ -414,7 +414,7 @@ def _memory_routes(app: FastAPI, st: _State) -> None:
         _writable(o)
         ids = await _ids_body(request)
         if len(np.unique(ids)) != len(ids):
-            raise errors.ApiError(422, "ids: an id appears twice")
+            raise http_errors.ApiError(422, "ids: an id appears twice")
         await _known(ids)
         n = await st.run(st.index.delete, ids)
         return _json({"deleted": n, "time": time.perf_counter() - t0})
@@ -434,7 +434,7 @@ def _store_routes(app: FastAPI, st: _State) -> None:
     @app.post("/v1/refresh", summary="a reader catches up with the store's writer now", responses=_ERRORS)
     async def refresh():
         if o.mode != "r":
-            raise errors.ApiError(409, "refresh follows a store read with --mode r; this server is its writer")
+            raise http_errors.ApiError(409, "refresh follows a store read with --mode r; this server is its writer")
         return _json(await st.run(st.refresh))
 
     @app.get("/v1/stats", summary="MemoryIndex.stats(): counts, phase, bytes by place and component",

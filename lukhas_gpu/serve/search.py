@@ -15,7 +15,7 @@ import orjson
 
 from ..index import MemoryIndex
 from ..util.bounds import MAX_MMR_K
-from . import errors, wire
+from . import http_errors, wire
 from .limits import BodyTooLarge, error_body
 from .models import MAX_REQUEST_RESULTS, MAX_REQUEST_VECTORS, SearchParams
 
@@ -30,25 +30,25 @@ def _loads(body: bytes):
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise errors.ApiError(400, f"invalid JSON: {e}") from None
+        raise http_errors.ApiError(400, f"invalid JSON: {e}") from None
 
 
 def _params(obj) -> SearchParams:
     if not isinstance(obj, dict):
-        raise errors.ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
+        raise http_errors.ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
     return SearchParams.model_validate(obj)
 
 
 def _key(p: SearchParams, nq: int) -> tuple:
     """The batch key: requests merge only with requests of the same parameters."""
     if nq * p.k > MAX_REQUEST_RESULTS:
-        raise errors.ApiError(422, f"{nq} vectors x k={p.k} = {nq * p.k:,} results exceed the limit of "
+        raise http_errors.ApiError(422, f"{nq} vectors x k={p.k} = {nq * p.k:,} results exceed the limit of "
                                    f"{MAX_REQUEST_RESULTS:,} per request; split the vectors")
     if p.target_recall is not None and not SUPPORTS_TARGET_RECALL:
-        raise errors.ApiError(422, "target_recall is not supported by this server's lukhas_gpu "
+        raise http_errors.ApiError(422, "target_recall is not supported by this server's lukhas_gpu "
                                    "(MemoryIndex.search has no target_recall parameter)")
     if p.diversity and p.k > MAX_MMR_K:
-        raise errors.ApiError(422, f"k={p.k} with diversity: at most {MAX_MMR_K}")
+        raise http_errors.ApiError(422, f"k={p.k} with diversity: at most {MAX_MMR_K}")
     return (p.k, wire.parse_where(p.where), wire.parse_rank(p.rank), p.nprobe, p.rerank, p.target_recall,
             p.diversity or None)
 
@@ -67,7 +67,7 @@ def hydrate(index: MemoryIndex, ids: np.ndarray) -> list:
 
 async def run_search(st, headers, query: str, body: bytes) -> tuple[int, str, bytes, dict]:
     """One search request -> ``(status, media type, body, headers)``; refusals raise (see
-    :func:`.errors.describe`). ``headers``: a mapping with lower-case names."""
+    :func:`.http_errors.describe`). ``headers``: a mapping with lower-case names."""
     t0 = time.perf_counter()
     index = st.index
     dim = index.dim
@@ -82,21 +82,21 @@ async def run_search(st, headers, query: str, body: bytes) -> tuple[int, str, by
     else:
         obj = _loads(body)
         if not isinstance(obj, dict):
-            raise errors.ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
+            raise http_errors.ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
         if "vectors" not in obj:
-            raise errors.ApiError(422, "vectors: required (a list of query vectors)")
+            raise http_errors.ApiError(422, "vectors: required (a list of query vectors)")
         vectors = obj.pop("vectors")
         p = _params(obj)
         q = wire.vectors_from_json(vectors, dim, max_rows=MAX_REQUEST_VECTORS)
     if index.config.metric == "cosine":
         zero = ~q.any(axis=1)
         if zero.any():
-            raise errors.ApiError(422, f"vectors[{int(np.flatnonzero(zero)[0])}] is all zeros (no direction "
+            raise http_errors.ApiError(422, f"vectors[{int(np.flatnonzero(zero)[0])}] is all zeros (no direction "
                                        "under cosine)")
     key = _key(p, len(q))
     binary_out = wire.BINARY in headers.get("accept", "")
     if binary_out and p.with_content:
-        raise errors.ApiError(422, "with_content needs a JSON answer (drop Accept: application/octet-stream)")
+        raise http_errors.ApiError(422, "with_content needs a JSON answer (drop Accept: application/octet-stream)")
     ids, scores = await st.batcher.search(key, q, st.options.timeout_s)
     if binary_out:
         data, shape = wire.results_to_bytes(ids, scores)
@@ -124,7 +124,7 @@ class SearchPath:
             status, media, data, extra = await run_search(st, headers, scope["query_string"].decode("latin-1"),
                                                           body)
         except Exception as e:
-            status, message, extra = errors.describe(e, st.metrics, st.options)
+            status, message, extra = http_errors.describe(e, st.metrics, st.options)
             media, data = _JSON, error_body(message)
         out = [(b"content-type", media.encode()), (b"content-length", str(len(data)).encode())]
         out += [(k.lower().encode(), str(v).encode()) for k, v in extra.items()]
@@ -137,7 +137,7 @@ async def _read(receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise errors.ApiError(400, "the client went away before the body was complete")
+            raise http_errors.ApiError(400, "the client went away before the body was complete")
         chunk = message.get("body", b"")
         n += len(chunk)
         if n > limit:

@@ -6,17 +6,17 @@
   built from the arena, with per-term bounds, and the pruned exact top-k (MaxScore).
 * :mod:`.tokenize` -- the BM25 tokenizer; :mod:`.text` -- :class:`TextIndex`: vocabulary, term
   frequencies and live BM25 statistics.
-* :mod:`.store` -- :class:`SparseVectors`: the user's vectors (arena + inverted index).
-* :mod:`.validate` -- sparse input (scipy CSR or ``(indices, values)`` pairs) checked and packed.
+* :mod:`.sparse_vectors` -- :class:`SparseVectors`: the user's vectors (arena + inverted index).
+* :mod:`.sparse_input` -- sparse input (scipy CSR or ``(indices, values)`` pairs) checked and packed.
 
 numpy only (scipy is accepted as input, never imported here).
 """
 from .arena import SparseArena
 from .inverted import InvertedIndex, SparseQuery
-from .store import SparseVectors, as_queries
+from .sparse_input import PackedSparse, pack_sparse
+from .sparse_vectors import SparseVectors, as_queries
 from .text import BM25Params, TextIndex
 from .tokenize import Tokenizer
-from .validate import PackedSparse, pack_sparse
 
 __all__ = ["SparseArena", "InvertedIndex", "SparseQuery", "TextIndex", "BM25Params", "Tokenizer",
            "PackedSparse", "pack_sparse", "SparseVectors", "as_queries"]

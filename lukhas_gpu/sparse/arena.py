@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .validate import PackedSparse
+from .sparse_input import PackedSparse
 
 __all__ = ["SparseArena", "Column", "NONE"]
 

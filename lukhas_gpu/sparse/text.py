@@ -37,8 +37,8 @@ import numpy as np
 
 from .arena import SparseArena
 from .inverted import InvertedIndex, SparseQuery
+from .sparse_input import PackedSparse
 from .tokenize import Tokenizer
-from .validate import PackedSparse
 
 __all__ = ["TextIndex", "BM25Params", "BM25Scorer", "BM25Stats", "VARIANTS", "MAX_QUERY_CHARS"]
 

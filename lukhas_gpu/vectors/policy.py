@@ -1,5 +1,5 @@
 """Sizing policy of the vector path: one owner for the numbers the index builds with and the
-capacity planner predicts with (``lukhas_gpu.capacity.planner`` imports them from here).
+capacity planner predicts with (``lukhas_gpu.capacity.sizing`` imports them from here).
 
 * when ``add`` trains the IVF (:func:`train_at`) and how many lists it gets (:func:`planned_nlist`);
 * which coarse quantizer (:func:`coarse_for`) and how many PQ sub-quantizers (``auto_pq_m``);

@@ -56,7 +56,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from lukhas_gpu.ingest.errors import MissingExtra
+    from lukhas_gpu.ingest.input_errors import MissingExtra
 
     try:
         import fastapi  # noqa: F401  (the extra is there)

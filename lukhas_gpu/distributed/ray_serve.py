@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from . import layout
+from . import rootfiles
 from .merge import fixed_rank, merge_topk
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class _Front:
 
     def _route(self, ids, method: str):
         ids = np.asarray(ids, np.int64)
-        shard, _ = layout.split_ids(ids, self._n)
+        shard, _ = rootfiles.split_ids(ids, self._n)
         group = shard // self._per
         calls = [(g, np.flatnonzero(group == g)) for g in np.unique(group).tolist()]
         answers = [getattr(self._groups[g], method).remote(ids[at]) for g, at in calls]
@@ -236,7 +236,7 @@ def serve_deployment(root, *, shards_per_replica: int = 1, max_batch: int = 256,
     from .fanout import actor_options
     from .sharded import check_root
 
-    doc = layout.read_root(root)
+    doc = rootfiles.read_root(root)
     check_root(root, doc, list(range(doc["shards"])))
     groups = shard_groups(doc["shards"], shards_per_replica)
     options = ServeOptions(store=str(root), max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
@@ -260,7 +260,7 @@ def _metric(root) -> str:
     """The metric of shard 0's config (``ShardedIndex.open`` checks that the shards agree)."""
     from ..store import layout as store_layout
 
-    gen = store_layout.current_generation(layout.shard_dir(root, 0))
+    gen = store_layout.current_generation(rootfiles.shard_dir(root, 0))
     return store_layout.read_manifest(gen)["config"].get("metric", "cosine")
 
 

@@ -94,7 +94,7 @@ def text(c):
 
 
 def _sharded(path) -> bool:
-    from lukhas_gpu.distributed.layout import is_sharded_root
+    from lukhas_gpu.distributed.rootfiles import is_sharded_root
 
     return is_sharded_root(path)
 
@@ -268,7 +268,7 @@ def cmd_delete(args) -> int:
     from lukhas_gpu import MemoryIndex
 
     if _sharded(args.store):
-        from lukhas_gpu.distributed.layout import ROW_MASK, SHARD_SHIFT
+        from lukhas_gpu.distributed.rootfiles import ROW_MASK, SHARD_SHIFT
         from lukhas_gpu.store.layout import StoreError
 
         raise StoreError(f"{args.store} is a sharded root: delete in its shard-NNNNN stores (a global id's shard "

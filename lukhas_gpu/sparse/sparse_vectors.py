@@ -6,7 +6,7 @@ import numpy as np
 
 from .arena import SparseArena
 from .inverted import InvertedIndex, SparseQuery
-from .validate import PackedSparse, pack_sparse
+from .sparse_input import PackedSparse, pack_sparse
 
 __all__ = ["SparseVectors", "as_queries"]
 
@@ -51,7 +51,7 @@ class SparseVectors:
 
 def as_queries(s, name: str = "sparse") -> list[SparseQuery]:
     """Query vectors (a scipy matrix, a list of ``(indices, values)`` pairs or one pair) as
-    :class:`SparseQuery` objects, validated by the rules of :mod:`.validate`."""
+    :class:`SparseQuery` objects, validated by the rules of :mod:`.sparse_input`."""
     if hasattr(s, "tocsr") and hasattr(s, "shape"):
         n = s.shape[0]
     elif isinstance(s, tuple) and len(s) == 2 and np.ndim(s[0]) == 1 and np.ndim(s[1]) == 1:

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from .store import text
+from .store_cmds import text
 
 __all__ = ["add_parsers", "cmd_search", "open_for_search", "QUERY_BATCH"]
 
@@ -100,7 +100,7 @@ def _jsonl_queries(lines, name: str, dim: int, batch: int):
     """Batches of (first query number, (b, dim) float32) from (lineno, raw bytes) pairs."""
     import numpy as np
 
-    from lukhas_gpu.ingest.errors import InvalidRecord
+    from lukhas_gpu.ingest.input_errors import InvalidRecord
     from lukhas_gpu.ingest.sources import loads
 
     buf, first, n = [], 0, 0
@@ -170,7 +170,7 @@ def _results(index, args, where, rank):
 def open_for_search(path):
     """A reader of the store at ``path``, or a :class:`~lukhas_gpu.distributed.ShardedIndex`
     over every shard when ``path`` is a sharded root."""
-    from lukhas_gpu.distributed.layout import is_sharded_root
+    from lukhas_gpu.distributed.rootfiles import is_sharded_root
 
     if is_sharded_root(path):
         from lukhas_gpu.distributed import ShardedIndex

@@ -13,7 +13,7 @@ Every shard is opened, verified, checkpointed and rolled back like any store; no
 knows it is one. The root file is written once by the ingest that creates the root (state
 ``"ingesting"``, with the identity of its input under ``"ingest"``, which a resumed run must
 match) and replaced atomically when the ingest ends (``"complete"``). The ingest sends input row
-``r`` to shard ``r % shards`` as its row ``r // shards`` (``distributed.resume``).
+``r`` to shard ``r % shards`` as its row ``r // shards`` (``distributed.partition``).
 
 **Global ids.** A memory's id in a sharded root is ``(shard << SHARD_SHIFT) | row``: a store's
 row ids are below ``2**32`` (``util.bounds.MAX_ROWS``), so the low 32 bits are the row in its

@@ -36,7 +36,7 @@ import numpy as np
 from ..config import IndexConfig, as_config
 from ..records.contents import planned_bytes as content_bytes
 from ..records.metadata import planned_bytes as metadata_bytes
-from ..sparse.store import planned_bytes as sparse_bytes
+from ..sparse.sparse_vectors import planned_bytes as sparse_bytes
 from ..util.bounds import MAX_ROWS
 from ..util.checks import check_int, check_real
 from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES

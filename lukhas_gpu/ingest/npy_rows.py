@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 
-from .errors import MigrationError
+from .input_errors import MigrationError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The cluster plan: shards, nodes, bytes per node and the expected QPS of N memories, on paper.
 
 :func:`plan_cluster` is arithmetic only (no Ray, no index built): the single-store planner
-(:func:`lukhas_gpu.capacity.planner.plan`, the same components as a real store) at the shard
+(:func:`lukhas_gpu.capacity.sizing.plan`, the same components as a real store) at the shard
 size, and the search figures measured in ``benchmarks/RESULTS.md`` (:data:`MEASURED`, the one
 table of them, each row naming its section and date).
 
@@ -49,13 +49,13 @@ from __future__ import annotations
 
 import math
 
-from ..capacity.planner import TAG_NAME_BYTES, parse_count, parse_size, plan
+from ..capacity.sizing import TAG_NAME_BYTES, parse_count, parse_size, plan
 from ..config import as_config
 from ..util.bounds import MAX_DIM, MAX_ROWS
 from ..util.checks import check_int, check_real
 from ..util.memory import PAGE
 from ..vectors.policy import dim_out_for, planned_nlist, train_at, train_rows
-from .layout import MAX_SHARDS, SHARD_SHIFT
+from .rootfiles import MAX_SHARDS, SHARD_SHIFT
 
 __all__ = ["MEASURED", "PROCESS", "plan_cluster", "shard_bytes", "shard_qps", "wal_row_bytes", "MAX_COUNT"]
 
@@ -312,7 +312,7 @@ def plan_cluster(count, *, node_ram, node_gpus: int = 0, gpu_mem=None, node_disk
     shard_rows : int, optional
         Rows per shard instead of the rule's (QPS outside the measured range is flagged).
     avg_content_bytes, tags_per_memory : float
-        Payload per memory, as :func:`~lukhas_gpu.capacity.planner.plan`.
+        Payload per memory, as :func:`~lukhas_gpu.capacity.sizing.plan`.
     page_cache : bool, default True
         Count memory-mapped files (int8 vectors, contents) in RAM.
     wal_rows : int, optional
@@ -450,7 +450,7 @@ def _assemble(count, dim, preset, floor, shards, rows, shard, qps, limits, per_n
     if reps > replicas_asked:
         assumptions.append(f"replicas raised from {replicas_asked} to {reps}: one shard per node cannot serve "
                            f"{o['target']:,.0f} QPS on {o['cpus']} cores")
-    ids = "global id = shard << %d | row (distributed.layout)" % SHARD_SHIFT
+    ids = "global id = shard << %d | row (distributed.rootfiles)" % SHARD_SHIFT
     rule = ("shard_rows as given" if o["shard_rows_given"] else
             f"the largest measured size with recall@10 >= {floor} whose one shard fits a node; then equal shards")
     return {
