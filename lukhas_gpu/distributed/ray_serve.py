@@ -164,7 +164,7 @@ class Ingress:
     async def __call__(self, request):
         from starlette.responses import Response
 
-        from ..serve import errors
+        from ..serve import http_errors as errors
         from ..serve.limits import error_body, read_body
         from ..serve.search import run_search
 
