@@ -74,13 +74,6 @@ def test_the_op_list_that_caught_a_defect_now_holds(tmp_path, defect):
     ms.run_ops(kind, ops, tmp_path, 0, frozenset())
 
 
-@pytest.mark.parametrize("defect", sorted(DEFECT_REPROS))
-def test_the_repro_passes_with_the_defect_tolerated(tmp_path, defect):
-    """The steering works: the same op list, with the defect tolerated, finds nothing else."""
-    kind, ops = DEFECT_REPROS[defect]
-    ms.run_ops(kind, ops, tmp_path, 0, frozenset({defect}))
-
-
 def test_a_reader_does_not_resume_a_replaced_log_at_its_old_offset(tmp_path):
     """A reader follows the log of gen-2; the writer checkpoints (gen-3), closes, rolls back to
     gen-2 and writes again in a new log with the base gen-2. When that file gets the old log's

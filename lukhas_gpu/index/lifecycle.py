@@ -206,6 +206,15 @@ def start_retrain(index, *, queries, tolerance: float, background: bool):
 
 def retrain(index, queries, tolerance: float) -> dict:
     """Build beside the live index, compare on the probe, swap or discard (``MemoryIndex.retrain``)."""
+    try:
+        return _retrain(index, queries, tolerance)
+    except BaseException:  # the build is gone: stop collecting the rows re-vectored meanwhile
+        with index.lock:
+            index.parts.replaced = None
+        raise
+
+
+def _retrain(index, queries, tolerance: float) -> dict:
     t0 = time.perf_counter()
     cfg, lock = index.config, index.lock
     n0, n_live, sample_codes, encoder, quant_base, originals = _sample_live(index)
