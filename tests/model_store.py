@@ -8,8 +8,9 @@ independently of the state (``{"op": "delete", "picks": [0.3, 0.9]}`` picks amon
 when it runs), so any sub-list of a failing sequence is itself a valid sequence (``shrink``).
 After every op :func:`model_checks.check_index` holds the store to the model.
 
-Ops: add (contents, tags, timestamps, importance, metadata, sparse; external ids with upserts
-of live ids and re-adds of deleted ones), delete, update (every field, embeddings included),
+Ops: add (contents, tags, timestamps, importance, metadata, sparse, namespaces, validity windows;
+external ids with upserts of live ids and re-adds of deleted ones), delete, update (every field,
+embeddings and window ends included), drop_namespace, purge_expired,
 invalid calls (nothing may change), compact, checkpoint, close/reopen, rollback, recover, a
 reader in this process (open, refresh, lag), a reader in a subprocess that also runs the CLI's
 ``get`` and ``search``, a ShardedIndex over the store (a one-shard root), and a writer
@@ -80,6 +81,12 @@ class Mem:
     imp: float
     meta: dict | None
     sparse: tuple | None  # (indices, values) or None
+    ns: str = ""  # the namespace
+    vf: float = float("-inf")  # the validity window [vf, vt)
+    vt: float = float("inf")
+
+    def valid(self, t: float) -> bool:
+        return self.vf <= t < self.vt
 
 
 @dataclasses.dataclass
@@ -98,6 +105,11 @@ class Model:
     def by_row(self) -> dict:
         return {m.row: k for k, m in self.mems.items()}
 
+    def valid_keys(self, t: float | None = None) -> list:
+        """The keys a search sees at ``t`` (default now: the windows lie far from the clock)."""
+        t = time.time() if t is None else t
+        return [k for k in self.keys() if self.mems[k].valid(t)]
+
     def same(self, other: Model) -> bool:
         return self.next_row == other.next_row and set(self.mems) == set(other.mems) and all(
             _mem_eq(self.mems[k], other.mems[k]) for k in self.mems)
@@ -105,7 +117,8 @@ class Model:
 
 def _mem_eq(a: Mem, b: Mem) -> bool:
     return (a.row == b.row and np.array_equal(a.vec, b.vec) and a.content == b.content and a.tags == b.tags
-            and a.ts == b.ts and a.imp == b.imp and a.meta == b.meta and _sp_eq(a.sparse, b.sparse))
+            and a.ts == b.ts and a.imp == b.imp and a.meta == b.meta and _sp_eq(a.sparse, b.sparse)
+            and (a.ns, a.vf, a.vt) == (b.ns, b.vf, b.vt))
 
 
 def _sp_eq(a, b) -> bool:
@@ -129,10 +142,12 @@ def apply_call(model: Model, call: dict) -> Model:
             m.dead.discard(key)
             m.mems[key] = Mem(m.next_row, x[i], _nth(call, "contents", i, None), tuple(_nth(call, "tags", i, ())),
                               _nth(call, "timestamps", i, None), _imp(call.get("importance"), i),
-                              _nth(call, "metadata", i, None), _nth(call, "sparse", i, None))
+                              _nth(call, "metadata", i, None), _nth(call, "sparse", i, None),
+                              _one(call, "namespace", i, ""), _one(call, "valid_from", i, float("-inf")),
+                              _one(call, "valid_to", i, float("inf")))
             m.next_row += 1
-    elif name == "delete":
-        for key in call["ids"]:
+    elif name in ("delete", "drop_namespace", "purge_expired"):
+        for key in _deleted(m, call):
             del m.mems[key]
             m.dead.add(key)
     elif name == "update":
@@ -140,13 +155,30 @@ def apply_call(model: Model, call: dict) -> Model:
                  "embeddings": "vec", "metadata": "meta"}
         for i, key in enumerate(call["ids"]):
             change = {f: (tuple(call[a][i]) if a == "tags" else call[a][i]) for a, f in names.items() if a in call}
+            change.update({f: _one(call, a, i, None) for a, f in (("valid_from", "vf"), ("valid_to", "vt")) if a in call})
             m.mems[key] = dataclasses.replace(m.mems[key], **change)
     return m
+
+
+def _deleted(m: Model, call: dict) -> list:
+    """The keys a delete, ``drop_namespace`` or ``purge_expired`` call removes."""
+    if call["name"] == "drop_namespace":
+        return [k for k in m.keys() if m.mems[k].ns == call["namespace"]]
+    if call["name"] == "purge_expired":
+        t = time.time() if call.get("now") is None else call["now"]
+        return [k for k in m.keys() if m.mems[k].vt <= t]
+    return list(call["ids"])
 
 
 def _nth(call, name, i, default):
     v = call.get(name)
     return default if v is None else v[i]
+
+
+def _one(call, name, i, default):
+    """A scope argument: absent, one value for all, or one per memory."""
+    v = call.get(name)
+    return default if v is None else v[i] if isinstance(v, (list, tuple, np.ndarray)) else v
 
 
 def _imp(v, i):
@@ -277,8 +309,9 @@ class Run:
                 raise Violation(f"add returned rows {np.asarray(out).tolist()}, expected {want}")
             if call.get("timestamps") is None:  # "now": read back, within the call's time
                 self._read_back_times(expect, call, want, t0, time.time())
-        elif call["name"] == "delete" and out != len(call["ids"]):
-            raise Violation(f"delete returned {out}, expected {len(call['ids'])}")
+        elif call["name"] in ("delete", "drop_namespace", "purge_expired") \
+                and out != len(self.model.mems) - len(expect.mems):
+            raise Violation(f"{call['name']} returned {out}, expected {len(self.model.mems) - len(expect.mems)}")
         self.model, self.log_dirty = expect, True
 
     def _read_back_times(self, expect: Model, call: dict, rows: list, t0: float, t1: float) -> None:
@@ -303,6 +336,14 @@ class Run:
         keys = _pick(self.model, op["picks"])
         if keys:
             self.call(make_update(self.model, rng, keys))
+
+    def op_drop(self, op, rng):
+        from model_consts import NAMESPACES
+
+        self.call({"name": "drop_namespace", "namespace": str(rng.choice([*NAMESPACES[1:], "zz"]))})
+
+    def op_purge(self, op, rng):
+        self.call({"name": "purge_expired", "now": None if rng.random() < 0.6 else float(T0 + rng.integers(900, 2100))})
 
     def op_bad(self, op, rng):
         call = make_bad(self.model, rng)
@@ -417,7 +458,7 @@ class Run:
     def op_proc(self, op, rng):
         from model_checks import FOUND_DEPTH, check_dump
 
-        keys = self.model.keys()
+        keys = self.model.valid_keys()  # what a search (and select()) sees now
         vecs = np.stack([self.model.mems[k].vec for k in keys]) if keys else np.zeros((0, DIM), np.float32)
         np.save(self.tmp / "q_all.npy", vecs)
         np.save(self.tmp / "q_cli.npy", vecs[:2])
@@ -485,6 +526,8 @@ class Run:
             return {"name": "checkpoint"}
         if r < 0.35 and keys:
             return {"name": "delete", "ids": keys}
+        if r < 0.4:
+            return {"name": "purge_expired"} if rng.random() < 0.5 else {"name": "drop_namespace", "namespace": "n2"}
         if r < 0.55 and keys:
             return make_update(model, rng, keys)
         return make_add(model, rng, int(rng.integers(1, 6)), explicit_ts=True)
