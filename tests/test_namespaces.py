@@ -285,3 +285,46 @@ def test_a_thousand_small_namespaces_cost_at_most_a_quarter_more(tmp_path):
             ix.select(namespace=name)
         sizes[label] = _anon(ix)
     assert sizes["thousand"] <= 1.25 * sizes["one"], sizes
+
+
+# -- the adapters ---------------------------------------------------------------------------------
+def test_langchain_stores_keep_to_their_namespace(tmp_path):
+    from conftest import optional_import
+
+    optional_import("langchain_core")
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from lukhas_gpu.integrations.langchain import LukhasVectorStore
+
+    emb = DeterministicFakeEmbedding(size=16)
+    alice = LukhasVectorStore(emb, path=tmp_path / "s", namespace="alice")
+    alice.add_texts([f"a{i}" for i in range(5)], ids=[f"a{i}" for i in range(5)])
+    alice.close()
+    bob = LukhasVectorStore(emb, path=tmp_path / "s", namespace="bob")
+    bob.add_texts([f"b{i}" for i in range(3)], ids=[f"b{i}" for i in range(3)])
+    assert {d.id for d in bob.similarity_search("a1", k=10)} == {"b0", "b1", "b2"}
+    assert bob.get_by_ids(["a1", "b1"])[0].id == "b1" and len(bob.get_by_ids(["a1"])) == 0
+    bob.delete(None)  # all of bob's, none of alice's
+    assert bob.index.namespaces() == {"alice": 5}
+    bob.close()
+
+
+def test_mem0_sessions_are_namespaces(tmp_path):
+    from conftest import optional_import
+
+    optional_import("mem0")
+    from lukhas_gpu.integrations.mem0 import LukhasMem0Store
+
+    store = LukhasMem0Store("c", 8, path=str(tmp_path))
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    store.insert(x, [{"data": "a", "user_id": "u1"}, {"data": "b", "user_id": "u2", "agent_id": "g"},
+                     {"data": "c", "agent_id": "g"}, {"data": "d"}], ids=["1", "2", "3", "4"])
+    ix = store._index
+    assert ix.namespaces() == {"user:u1": 1, "user:u2": 1, "agent:g": 1, "": 1}
+    assert [o.id for o in store.search("", x[1], 4, filters={"user_id": "u1"})] == ["1"]
+    assert {o.id for o in store.search("", x[1], 4, filters={"agent_id": "g"})} == {"2", "3"}
+    store.update("3", payload={"data": "c2", "agent_id": "g", "user_id": "u1"})  # moves to u1's namespace
+    assert {o.id for o in store.search("", x[2], 4, filters={"user_id": "u1"})} == {"1", "3"}
+    assert store.get("3").payload == {"data": "c2", "agent_id": "g", "user_id": "u1"}
+    assert [[o.id for o in store.list(filters={"user_id": "u2"})[0]]] == [["2"]]
+    store.close()
