@@ -328,3 +328,21 @@ def test_mem0_sessions_are_namespaces(tmp_path):
     assert store.get("3").payload == {"data": "c2", "agent_id": "g", "user_id": "u1"}
     assert [[o.id for o in store.list(filters={"user_id": "u2"})[0]]] == [["2"]]
     store.close()
+
+
+def test_cli_search_takes_a_namespace_and_a_time(tmp_path, capsys):
+    import json
+
+    from lukhas_gpu import cli
+
+    path = tmp_path / "s"
+    ix = MemoryIndex.create(path, DIM, _config())
+    x, ns, vf, vt = _fill(ix, 60)
+    ix.close()
+    np.save(tmp_path / "q.npy", x[:2])
+    for args, namespace, t in (([], "ns2", time.time()), (["--as-of", str(T + 75)], "tiny", T + 75)):
+        assert cli.main(["search", str(path), "--query-file", str(tmp_path / "q.npy"), "-k", "61", "--json",
+                         "--namespace", namespace, *args]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        want = _want(ns, vf, vt, np.ones(60, bool), namespace, t)
+        assert all(set(line["ids"]) - {-1} == want for line in lines) and len(lines) == 2
