@@ -155,7 +155,8 @@ def apply_call(model: Model, call: dict) -> Model:
                  "embeddings": "vec", "metadata": "meta"}
         for i, key in enumerate(call["ids"]):
             change = {f: (tuple(call[a][i]) if a == "tags" else call[a][i]) for a, f in names.items() if a in call}
-            change.update({f: _one(call, a, i, None) for a, f in (("valid_from", "vf"), ("valid_to", "vt")) if a in call})
+            window = (("valid_from", "vf"), ("valid_to", "vt"))
+            change.update({f: _one(call, a, i, None) for a, f in window if a in call})
             m.mems[key] = dataclasses.replace(m.mems[key], **change)
     return m
 

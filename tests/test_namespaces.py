@@ -81,8 +81,7 @@ def test_every_route_keeps_to_its_namespace_and_time(tmp_path, n):
 
 
 def test_sharded_search_keeps_to_its_namespace(tmp_path):
-    from lukhas_gpu.distributed import ShardedIndex
-    from lukhas_gpu.distributed import rootfiles
+    from lukhas_gpu.distributed import ShardedIndex, rootfiles
 
     root = tmp_path / "root"
     rootfiles.write_root(root, shards=1, dim=DIM, state="complete")
