@@ -166,7 +166,7 @@ def allowed_rows(parts, where) -> BitMap | None:
         hidden = parts.validity.hidden_at(t)
         if not hidden:
             return None
-        return BitMap(np.flatnonzero(parts.tombstones.live_mask(parts.rows)).astype(np.uint32)) - hidden
+        return BitMap(range(parts.rows)) - parts.tombstones.bitmap - hidden  # a range: containers, not rows
     return evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
                     deleted=parts.tombstones.bitmap, fields=parts.docmeta, namespaces=parts.namespaces,
                     validity=parts.validity, now=t)
