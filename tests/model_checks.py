@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from model_scopes import in_window, valid_keys
 
 from model_consts import DIM, FAR, FIELDS, NAMESPACES, NLIST, T0, TAGS, USERS
 from model_store import Violation
@@ -137,7 +138,7 @@ def random_scope(rng) -> dict:
 
 def in_scope(scope: dict, m, now: float) -> bool:
     t = scope.get("as_of", now)
-    return ("namespace" not in scope or m.ns == scope["namespace"]) and m.valid(t)
+    return ("namespace" not in scope or m.ns == scope["namespace"]) and in_window(m, t)
 
 
 def make_filter(spec):
@@ -170,7 +171,7 @@ def check_records(ix, model, rng) -> None:
     if len(ix) != len(keys):
         _fail("len()", len(ix), len(keys))
     sel = ix.select().tolist()
-    rows = [model.mems[k].row for k in model.valid_keys()]  # select() sees what is valid now
+    rows = [model.mems[k].row for k in valid_keys(model)]  # select() sees what is valid now
     if sel != sorted(rows):
         _set_diff("select() (no filter: valid now)", set(sel), set(rows))
     if keys:
@@ -243,7 +244,7 @@ def check_found(ix, model, keys, known) -> None:
                             f"store: {dead_held[~ix.parts.tombstones.contains(dead_held)][:12].tolist()}")
         if len(np.unique(dead_held)) != len(dead_held):
             raise Violation("a deleted row has more than one entry in the IVF lists")
-    keys = [k for k in keys if model.mems[k].valid(time.time())]  # a search sees what is valid now
+    keys = [k for k in keys if in_window(model.mems[k], time.time())]  # a search sees what is valid now
     rows = np.array([model.mems[k].row for k in keys], np.int64)
     if not keys:
         return
@@ -391,7 +392,7 @@ def check_dump(out: dict, model, k: int) -> None:
     """A subprocess reader's dump (``model_store._reader_main``) against the model."""
     from model_calls import _dec
 
-    keys = model.valid_keys()  # the reader's select() and searches: what is valid now
+    keys = valid_keys(model)  # the reader's select() and searches: what is valid now
     rows = [model.mems[key].row for key in keys]
     if out["count"] != len(keys) or out["rows"] != rows:
         _set_diff("subprocess reader rows", set(out["rows"]), set(rows))

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
+from model_procs import spawn
+from model_scopes import ScopeOps, deleted_keys, one, scope_call, valid_keys
 
 from model_calls import (
     _enc,
@@ -85,9 +84,6 @@ class Mem:
     vf: float = float("-inf")  # the validity window [vf, vt)
     vt: float = float("inf")
 
-    def valid(self, t: float) -> bool:
-        return self.vf <= t < self.vt
-
 
 @dataclasses.dataclass
 class Model:
@@ -104,11 +100,6 @@ class Model:
 
     def by_row(self) -> dict:
         return {m.row: k for k, m in self.mems.items()}
-
-    def valid_keys(self, t: float | None = None) -> list:
-        """The keys a search sees at ``t`` (default now: the windows lie far from the clock)."""
-        t = time.time() if t is None else t
-        return [k for k in self.keys() if self.mems[k].valid(t)]
 
     def same(self, other: Model) -> bool:
         return self.next_row == other.next_row and set(self.mems) == set(other.mems) and all(
@@ -143,11 +134,11 @@ def apply_call(model: Model, call: dict) -> Model:
             m.mems[key] = Mem(m.next_row, x[i], _nth(call, "contents", i, None), tuple(_nth(call, "tags", i, ())),
                               _nth(call, "timestamps", i, None), _imp(call.get("importance"), i),
                               _nth(call, "metadata", i, None), _nth(call, "sparse", i, None),
-                              _one(call, "namespace", i, ""), _one(call, "valid_from", i, float("-inf")),
-                              _one(call, "valid_to", i, float("inf")))
+                              one(call, "namespace", i, ""), one(call, "valid_from", i, float("-inf")),
+                              one(call, "valid_to", i, float("inf")))
             m.next_row += 1
     elif name in ("delete", "drop_namespace", "purge_expired"):
-        for key in _deleted(m, call):
+        for key in deleted_keys(m, call):
             del m.mems[key]
             m.dead.add(key)
     elif name == "update":
@@ -156,30 +147,14 @@ def apply_call(model: Model, call: dict) -> Model:
         for i, key in enumerate(call["ids"]):
             change = {f: (tuple(call[a][i]) if a == "tags" else call[a][i]) for a, f in names.items() if a in call}
             window = (("valid_from", "vf"), ("valid_to", "vt"))
-            change.update({f: _one(call, a, i, None) for a, f in window if a in call})
+            change.update({f: one(call, a, i, None) for a, f in window if a in call})
             m.mems[key] = dataclasses.replace(m.mems[key], **change)
     return m
-
-
-def _deleted(m: Model, call: dict) -> list:
-    """The keys a delete, ``drop_namespace`` or ``purge_expired`` call removes."""
-    if call["name"] == "drop_namespace":
-        return [k for k in m.keys() if m.mems[k].ns == call["namespace"]]
-    if call["name"] == "purge_expired":
-        t = time.time() if call.get("now") is None else call["now"]
-        return [k for k in m.keys() if m.mems[k].vt <= t]
-    return list(call["ids"])
 
 
 def _nth(call, name, i, default):
     v = call.get(name)
     return default if v is None else v[i]
-
-
-def _one(call, name, i, default):
-    """A scope argument: absent, one value for all, or one per memory."""
-    v = call.get(name)
-    return default if v is None else v[i] if isinstance(v, (list, tuple, np.ndarray)) else v
 
 
 def _imp(v, i):
@@ -216,7 +191,7 @@ def gen_ops(seed: int, n_ops: int, ops=ALL_OPS, must=()) -> list:
 
 
 # -- the driver -----------------------------------------------------------------------------------------
-class Run:
+class Run(ScopeOps):
     """One store (a one-shard root, so ShardedIndex can open it), its model and its history.
 
     ``lineage``: ``(generation name, model)`` of every generation published, newest last; a
@@ -338,14 +313,6 @@ class Run:
         if keys:
             self.call(make_update(self.model, rng, keys))
 
-    def op_drop(self, op, rng):
-        from model_consts import NAMESPACES
-
-        self.call({"name": "drop_namespace", "namespace": str(rng.choice([*NAMESPACES[1:], "zz"]))})
-
-    def op_purge(self, op, rng):
-        self.call({"name": "purge_expired", "now": None if rng.random() < 0.6 else float(T0 + rng.integers(900, 2100))})
-
     def op_bad(self, op, rng):
         call = make_bad(self.model, rng)
         if call is not None:
@@ -459,7 +426,7 @@ class Run:
     def op_proc(self, op, rng):
         from model_checks import FOUND_DEPTH, check_dump
 
-        keys = self.model.valid_keys()  # what a search (and select()) sees now
+        keys = valid_keys(self.model)  # what a search (and select()) sees now
         vecs = np.stack([self.model.mems[k].vec for k in keys]) if keys else np.zeros((0, DIM), np.float32)
         np.save(self.tmp / "q_all.npy", vecs)
         np.save(self.tmp / "q_cli.npy", vecs[:2])
@@ -528,7 +495,7 @@ class Run:
         if r < 0.35 and keys:
             return {"name": "delete", "ids": keys}
         if r < 0.4:
-            return {"name": "purge_expired"} if rng.random() < 0.5 else {"name": "drop_namespace", "namespace": "n2"}
+            return scope_call(rng)
         if r < 0.55 and keys:
             return make_update(model, rng, keys)
         return make_add(model, rng, int(rng.integers(1, 6)), explicit_ts=True)
@@ -629,15 +596,3 @@ def shrink(kind: str, ops: list, known=KNOWN_DEFECTS, budget_s: float = 600.0, w
         if not progressed:
             chunk //= 2
     return ops
-
-
-# -- the subprocess writer and reader -------------------------------------------------------------------
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def spawn(role: str, path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve().parent / "model_procs.py"), role,
-                             str(path), *map(str, args)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env())

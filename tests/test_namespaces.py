@@ -345,3 +345,17 @@ def test_cli_search_takes_a_namespace_and_a_time(tmp_path, capsys):
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         want = _want(ns, vf, vt, np.ones(60, bool), namespace, t)
         assert all(set(line["ids"]) - {-1} == want for line in lines) and len(lines) == 2
+
+
+def test_the_count_of_namespaces_is_bounded(monkeypatch):
+    from lukhas_gpu.records import scopes
+
+    monkeypatch.setattr(scopes, "MAX_NAMESPACES", 4)
+    ix = MemoryIndex(DIM, _config())
+    x = np.random.default_rng(4).standard_normal((4, DIM)).astype(np.float32)
+    ix.add(x[:2], namespace=["a", "b"])  # "", a, b
+    with pytest.raises(ValueError, match="MAX_NAMESPACES"):
+        ix.add(x[2:], namespace=["c", "d"])
+    assert len(ix) == 2 and ix.parts.namespaces.count == 3
+    ix.add(x[2:], namespace=["c", "a"])  # one more name: 4
+    assert ix.namespaces() == {"a": 2, "b": 1, "c": 1}
