@@ -359,3 +359,31 @@ def test_the_count_of_namespaces_is_bounded(monkeypatch):
     assert len(ix) == 2 and ix.parts.namespaces.count == 3
     ix.add(x[2:], namespace=["c", "a"])  # one more name: 4
     assert ix.namespaces() == {"a": 2, "b": 1, "c": 1}
+
+
+def test_llama_index_stores_keep_to_their_namespace(tmp_path):
+    from conftest import optional_import
+
+    optional_import("llama_index.core")
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from lukhas_gpu.integrations.llama_index import LukhasVectorStore
+
+    rng = np.random.default_rng(5)
+
+    def nodes(prefix, n):
+        return [TextNode(text=f"{prefix}{i}", id_=f"{prefix}{i}", embedding=rng.standard_normal(8).tolist())
+                for i in range(n)]
+
+    a = LukhasVectorStore(8, path=tmp_path / "s", namespace="a")
+    a.add(nodes("a", 4))
+    a.close()
+    b = LukhasVectorStore(8, path=tmp_path / "s", namespace="b")
+    b.add(nodes("b", 3))
+    q = VectorStoreQuery(query_embedding=rng.standard_normal(8).tolist(), similarity_top_k=10)
+    assert sorted(b.query(q).ids) == ["b0", "b1", "b2"]
+    assert [n.node_id for n in b.get_nodes()] == ["b0", "b1", "b2"]
+    b.clear()  # b's nodes only
+    assert b.client.namespaces() == {"a": 4}
+    b.close()
