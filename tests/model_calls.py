@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from model_consts import DIM, T0, TAGS, USERS, WORDS
+from model_consts import DIM, FAR, NAMESPACES, T0, TAGS, USERS, WORDS
 
 
 # -- concrete calls, generated from an op's seed against the model ----------------------------------
@@ -79,6 +79,7 @@ def make_add(model, rng, n: int, *, explicit_ts: bool = False) -> dict:
         call["metadata"] = [_meta(rng) for _ in range(n)]
     if rng.random() < 0.7:
         call["sparse"] = [_sparse(rng) for _ in range(n)]
+    _scope(call, rng, n)
     if model.kind != "rows":
         live, dead, ids = model.keys(), sorted(model.dead, key=str), []
         for _ in range(n):
@@ -88,6 +89,28 @@ def make_add(model, rng, n: int, *, explicit_ts: bool = False) -> dict:
             ids.append(pool[int(rng.integers(0, len(pool)))] if pool else _new_key(model, rng, set(ids)))
         call["ids"] = ids
     return call
+
+
+def _window_end(rng, start: float) -> float:
+    """A window's end: past (T0 + ...), far future or open, never before ``start``."""
+    r = rng.random()
+    end = float(T0 + 1000 + rng.integers(0, 1000)) if r < 0.5 else FAR if r < 0.75 else float("inf")
+    return max(end, start)
+
+
+def _scope(call: dict, rng, n: int) -> None:
+    """Sometimes a namespace (one for all, or one per memory) and validity windows."""
+    r = rng.random()
+    if r < 0.3:
+        call["namespace"] = str(rng.choice(NAMESPACES))
+    elif r < 0.5:
+        call["namespace"] = [str(rng.choice(NAMESPACES)) for _ in range(n)]
+    if rng.random() < 0.35:
+        starts = [float(T0 + rng.integers(0, 1000)) if rng.random() < 0.6 else
+                  (FAR + 1 if rng.random() < 0.2 else float("-inf")) for _ in range(n)]
+        call["valid_to"] = [_window_end(rng, s) for s in starts]
+        if any(s != float("-inf") for s in starts):
+            call["valid_from"] = starts
 
 
 def _pick(model, picks) -> list:
@@ -107,6 +130,9 @@ def make_update(model, rng, keys: list) -> dict:
     call = {"name": "update", "ids": keys}
     fields = [f for f in ("contents", "tags", "timestamps", "importance", "embeddings", "metadata")
               if rng.random() < 0.4]
+    if rng.random() < 0.25:  # supersede (or extend) facts: a new end, never before their start
+        call["valid_to"] = [_window_end(rng, model.mems[k].vf) for k in keys]
+        fields = fields or ["importance"]
     for f in fields or ["embeddings"]:
         call[f] = {"contents": lambda: [_content(rng) for _ in range(n)],
                    "tags": lambda: [_tags(rng) for _ in range(n)],
@@ -119,7 +145,7 @@ def make_update(model, rng, keys: list) -> dict:
 def make_bad(model, rng) -> dict | None:
     """A call that must raise ValueError/TypeError and change nothing."""
     keys = model.keys()
-    r = int(rng.integers(0, 6))
+    r = int(rng.integers(0, 9))
     if r == 0:
         call = make_add(model, rng, 3)
         call["embeddings"][1, 2] = np.nan
@@ -139,6 +165,14 @@ def make_bad(model, rng) -> dict | None:
         call["metadata"] = [{"turn": "not an int"}] * len(call["ids"])
     elif r == 5 and keys:
         call = {"name": "update", "ids": keys[:1], "contents": ["ok"], "tags": [["ok"]], "importance": [2.0]}
+    elif r == 6:
+        call = make_add(model, rng, 2)
+        call["namespace"] = ["n1", 7] if rng.random() < 0.5 else "x" * 300
+    elif r == 7:
+        call = make_add(model, rng, 2)
+        call.update(valid_from=[float(T0 + 10)] * 2, valid_to=[float(T0 + 5), float("nan")][: 2])
+    elif r == 8 and keys:
+        call = {"name": "update", "ids": keys[:1], "valid_from": [float("inf")]}
     else:
         return None
     call["bad"] = True
@@ -155,12 +189,16 @@ def run_call(ix, call: dict):
         return ix.add(**kw)
     if name == "delete":
         return ix.delete(kw["ids"])
+    if name == "drop_namespace":
+        return ix.drop_namespace(kw["namespace"])
+    if name == "purge_expired":
+        return ix.purge_expired(kw.get("now"))
     ids = kw.pop("ids")
     return ix.update(ids, **kw)
 
 
 def makes_record(call: dict) -> bool:
-    return call["name"] in ("add", "update", "delete") and not call.get("bad")
+    return call["name"] in ("add", "update", "delete", "drop_namespace", "purge_expired") and not call.get("bad")
 
 
 # -- JSON for calls (the subprocess writer, the replay files) ----------------------------------------

@@ -7,16 +7,19 @@ model through every route that can name a memory.
   rerank depth that a healthy IVF always meets (the codes must find it; with known defect 1
   tolerated the depth covers every candidate, so presence in the IVF is still checked);
 * congruence: random :class:`~lukhas_gpu.Filter` s (tags, time, importance, ``meta`` on the
-  declared fields) through dense, ranked, resident, sparse, BM25 and hybrid search and
-  ``select`` give exactly the model's allowed set (``k`` > live memories, so a route returns all
-  it can);
+  declared fields) with a random ``namespace`` and ``as_of`` through dense, ranked, resident,
+  sparse, BM25 and hybrid search and ``select`` give exactly the model's allowed set (``k`` >
+  live memories, so a route returns all it can);
 * ``verify()``.
 """
 from __future__ import annotations
 
-import numpy as np
+import time
 
-from model_consts import DIM, FIELDS, NLIST, T0, TAGS, USERS
+import numpy as np
+from model_scopes import in_window, valid_keys
+
+from model_consts import DIM, FAR, FIELDS, NAMESPACES, NLIST, T0, TAGS, USERS
 from model_store import Violation
 
 #: Candidates the own-vector check allows: a healthy IVF (PQ16x4fs at 16 dims, every list probed)
@@ -122,6 +125,22 @@ def allows(spec: dict | None, m) -> bool:
             and ("meta" not in spec or _meta_ok(spec["meta"], m.meta)))
 
 
+def random_scope(rng) -> dict:
+    """A search's ``namespace`` (None: any) and ``as_of`` (None: now)."""
+    out = {}
+    if rng.random() < 0.5:
+        out["namespace"] = str(rng.choice([*NAMESPACES, "zz"]))
+    r = rng.random()
+    if r < 0.4:
+        out["as_of"] = float(T0 + rng.integers(0, 2100)) if r < 0.25 else FAR + float(rng.integers(0, 2))
+    return out
+
+
+def in_scope(scope: dict, m, now: float) -> bool:
+    t = scope.get("as_of", now)
+    return ("namespace" not in scope or m.ns == scope["namespace"]) and in_window(m, t)
+
+
 def make_filter(spec):
     from lukhas_gpu import Filter
 
@@ -149,21 +168,23 @@ def _set_diff(what, got: set, want: set) -> None:
 def check_records(ix, model, rng) -> None:
     """Counts, listing and every live memory's fields; deleted ids refused."""
     keys = model.keys()
-    rows = [model.mems[k].row for k in keys]
     if len(ix) != len(keys):
         _fail("len()", len(ix), len(keys))
     sel = ix.select().tolist()
+    rows = [model.mems[k].row for k in valid_keys(model)]  # select() sees what is valid now
     if sel != sorted(rows):
-        _set_diff("select() (no filter)", set(sel), set(rows))
+        _set_diff("select() (no filter: valid now)", set(sel), set(rows))
     if keys:
         if not ix.contains(keys).all():
             _fail("contains(live ids)", ix.contains(keys).tolist(), True)
         for key, g in zip(keys, ix.get(keys)):
             m = model.mems[key]
-            got = (g.id, g.external_id, g.content, list(g.tags), g.timestamp, g.importance, g.metadata)
-            want = (m.row, key, m.content, list(m.tags), m.ts, m.imp, m.meta)
+            got = (g.id, g.external_id, g.content, list(g.tags), g.timestamp, g.importance, g.metadata, g.namespace,
+                   g.valid_from, g.valid_to)
+            want = (m.row, key, m.content, list(m.tags), m.ts, m.imp, m.meta, m.ns, m.vf, m.vt)
             if got != want:
-                _fail(f"get({key!r}) (id, external id, content, tags, timestamp, importance, metadata)", got, want)
+                _fail(f"get({key!r}) (id, external id, content, tags, timestamp, importance, metadata, namespace, "
+                      "window)", got, want)
         want = [model.mems[k].content for k in keys], [model.mems[k].meta for k in keys]
         if (ix.contents(keys), ix.metadata(keys)) != want:
             _fail("contents(ids), metadata(ids)", (ix.contents(keys), ix.metadata(keys)), want)
@@ -206,7 +227,7 @@ def ivf_ids(ix) -> np.ndarray | None:
 
 
 def check_found(ix, model, keys, known) -> None:
-    """Every live memory is found by its own vector: by an exact scan (the resident route: this
+    """Every live memory valid now is found by its own vector: by an exact scan (the resident route: this
     holds the stored vectors to the model), and by the IVF -- whose lists hold every live row once
     (and otherwise only deleted rows' entries, kept until their lists are re-encoded and excluded
     by every search) and, unless defect 1 is tolerated, rank each one's code among the first
@@ -223,6 +244,8 @@ def check_found(ix, model, keys, known) -> None:
                             f"store: {dead_held[~ix.parts.tombstones.contains(dead_held)][:12].tolist()}")
         if len(np.unique(dead_held)) != len(dead_held):
             raise Violation("a deleted row has more than one entry in the IVF lists")
+    keys = [k for k in keys if in_window(model.mems[k], time.time())]  # a search sees what is valid now
+    rows = np.array([model.mems[k].row for k in keys], np.int64)
     if not keys:
         return
     vecs = np.stack([model.mems[k].vec for k in keys])
@@ -255,34 +278,37 @@ def _ids(res) -> list:
     return valid.tolist()
 
 
-def routes(ix, q, k: int, flt, spec: dict, known) -> dict:
-    """``name -> (callable giving the ids, which memories it can return)``."""
+def routes(ix, q, k: int, flt, spec: dict, known, scope: dict | None = None) -> dict:
+    """``name -> (callable giving the ids, which memories it can return)``; ``scope``: the
+    ``namespace`` and ``as_of`` every route is given."""
     from lukhas_gpu import Rank
 
     meta = spec is not None and "meta" in spec
+    sc = scope or {}
     out = {
-        "dense": (lambda: ix.search(q, k, where=flt, nprobe=NLIST, rerank=16), "all"),
-        "ranked": (lambda: ix.search(q, k, where=flt, nprobe=NLIST, rerank=16,
+        "dense": (lambda: ix.search(q, k, where=flt, nprobe=NLIST, rerank=16, **sc), "all"),
+        "ranked": (lambda: ix.search(q, k, where=flt, nprobe=NLIST, rerank=16, **sc,
                                      rank=Rank(1.0, 0.5, 0.3, half_life=500.0, now=T0 + 1000)), "all"),
-        "select": (lambda: ix.select(flt), "all"),
-        "resident": (lambda: _resident(ix, q, k, flt), "all"),
+        "select": (lambda: ix.select(flt, **sc), "all"),
+        "resident": (lambda: _resident(ix, q, k, flt, sc), "all"),
     }
     if not (meta and 9 in known):
-        out["sparse"] = (lambda: ix.search(None, k, sparse=[SPARSE_QUERY], where=flt), "sparse")
-        out["text"] = (lambda: ix.search_text(["common"], k, where=flt), "text")
-        out["hybrid_text"] = (lambda: ix.search(q, k, where=flt, nprobe=NLIST, rerank=16, text=["common"]), "all")
+        out["sparse"] = (lambda: ix.search(None, k, sparse=[SPARSE_QUERY], where=flt, **sc), "sparse")
+        out["text"] = (lambda: ix.search_text(["common"], k, where=flt, **sc), "text")
+        out["hybrid_text"] = (lambda: ix.search(q, k, where=flt, nprobe=NLIST, rerank=16, text=["common"], **sc),
+                              "all")
         out["hybrid_sparse"] = (lambda: ix.search(q, k, where=flt, nprobe=NLIST, rerank=16, sparse=[SPARSE_QUERY],
-                                                  fusion="weighted"), "all")
+                                                  fusion="weighted", **sc), "all")
     return out
 
 
-def _resident(ix, q, k, flt):
+def _resident(ix, q, k, flt, scope=None):
     """The device-mirror route (``gpu_resident``; on the CPU a second copy in RAM), turned on for one call."""
     p = ix.parts
     was = p.mirror_wanted
     p.mirror_wanted = True
     try:
-        return ix.search(q, k, where=flt)
+        return ix.search(q, k, where=flt, **(scope or {}))
     finally:
         p.mirror_wanted, p.mirror = was, None
 
@@ -303,15 +329,16 @@ def check_congruence(ix, model, rng, known, n_filters: int = 2) -> None:
     reach = {what: {m.row for m in mems if reachable(m, what)} for what in ("all", "sparse", "text")}
     for spec in [None] + [random_filter(rng) for _ in range(n_filters)]:
         flt = make_filter(spec)
-        allowed = {m.row for m in mems if allows(spec, m)}
-        for name, (call, what) in routes(ix, q, k, flt, spec, known).items():
+        scope = random_scope(rng)
+        allowed = {m.row for m in mems if allows(spec, m) and in_scope(scope, m, time.time())}
+        for name, (call, what) in routes(ix, q, k, flt, spec, known, scope).items():
             want = allowed & reach[what]
             try:
                 res = call()
             except Exception as e:
-                raise Violation(f"route {name} with Filter({spec}) raised {type(e).__name__}: {e}") from e
+                raise Violation(f"route {name} with Filter({spec}) {scope} raised {type(e).__name__}: {e}") from e
             got = res.tolist() if isinstance(res, np.ndarray) else _ids(res)
-            _set_diff(f"route {name} with Filter({spec})", set(got), want)
+            _set_diff(f"route {name} with Filter({spec}) {scope}", set(got), want)
 
 
 def check_index(ix, model, rng, known, *, light: bool = False) -> None:
@@ -350,8 +377,10 @@ def check_sharded(root, model, rng, known) -> None:
         for spec in [None, random_filter(rng)]:
             if spec and "meta" in spec and 9 in known:
                 spec.pop("meta")
-            got = set(_ids(sx.search(q, len(mems) + 1, where=make_filter(spec), nprobe=NLIST, rerank=16)))
-            _set_diff(f"ShardedIndex.search with Filter({spec})", got, {m.row for m in mems if allows(spec, m)})
+            scope = random_scope(rng)
+            got = set(_ids(sx.search(q, len(mems) + 1, where=make_filter(spec), nprobe=NLIST, rerank=16, **scope)))
+            _set_diff(f"ShardedIndex.search with Filter({spec}) {scope}", got,
+                      {m.row for m in mems if allows(spec, m) and in_scope(scope, m, time.time())})
         some = mems[:10]
         if some:
             got = [(g.id, g.content) for g in sx.get([m.row for m in some])]
@@ -363,7 +392,7 @@ def check_dump(out: dict, model, k: int) -> None:
     """A subprocess reader's dump (``model_store._reader_main``) against the model."""
     from model_calls import _dec
 
-    keys = model.keys()
+    keys = valid_keys(model)  # the reader's select() and searches: what is valid now
     rows = [model.mems[key].row for key in keys]
     if out["count"] != len(keys) or out["rows"] != rows:
         _set_diff("subprocess reader rows", set(out["rows"]), set(rows))

@@ -10,6 +10,10 @@ T0 = 1_600_000_000
 TAGS = ("a", "b", "c", "d", "e")
 WORDS = ("alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta")
 USERS = ("u0", "u1", "u2", "u3")
+#: Namespaces of the model test ("" the default; "zz" never given: searches in it find nothing).
+NAMESPACES = ("", "n1", "n2", "ü3")
+#: Validity windows: bounds before the test's clock (T0 + ...: expired), after it (FAR) or open.
+FAR = 4_000_000_000.0
 FIELDS = {"user": "str", "turn": "int", "score": "float", "flag": "bool"}
 KINDS = ("rows", "str", "int")
 #: Defects the driver steers around (none today). The numbers it knows: 1 memories added after a
@@ -19,7 +23,7 @@ KINDS = ("rows", "str", "int")
 #: its old offset. All fixed; each keeps its regression repro in tests/test_model.py.
 KNOWN_DEFECTS = frozenset()
 ALL_OPS = ("add", "bulk", "delete", "update", "bad", "compact", "checkpoint", "reopen", "rollback", "recover",
-           "refresh", "lag", "crash", "proc", "sharded", "retrain")
+           "refresh", "lag", "crash", "proc", "sharded", "retrain", "drop", "purge")
 WEIGHTS = {"add": 10, "bulk": 2, "delete": 7, "update": 7, "bad": 2, "compact": 1, "checkpoint": 2, "reopen": 2,
            "rollback": 1.5, "recover": 1, "refresh": 2, "lag": 1, "crash": 1, "proc": 0.3, "sharded": 0.5,
-           "retrain": 0.7}
+           "retrain": 0.7, "drop": 0.7, "purge": 0.7}

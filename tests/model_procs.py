@@ -6,12 +6,27 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import subprocess
 import sys
 
 import numpy as np
 
 from model_calls import _enc, loads_call, run_call
 from model_consts import NLIST, ROOT
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def spawn(role: str, path, *args) -> subprocess.Popen:
+    """This module as a subprocess (``role``: "writer" or "reader"), text pipes (model_store.py)."""
+    return subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve()), role, str(path),
+                             *map(str, args)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env())
 
 
 def _writer_main(path: str) -> None:

@@ -8,8 +8,9 @@ independently of the state (``{"op": "delete", "picks": [0.3, 0.9]}`` picks amon
 when it runs), so any sub-list of a failing sequence is itself a valid sequence (``shrink``).
 After every op :func:`model_checks.check_index` holds the store to the model.
 
-Ops: add (contents, tags, timestamps, importance, metadata, sparse; external ids with upserts
-of live ids and re-adds of deleted ones), delete, update (every field, embeddings included),
+Ops: add (contents, tags, timestamps, importance, metadata, sparse, namespaces, validity windows;
+external ids with upserts of live ids and re-adds of deleted ones), delete, update (every field,
+embeddings and window ends included), drop_namespace, purge_expired,
 invalid calls (nothing may change), compact, checkpoint, close/reopen, rollback, recover, a
 reader in this process (open, refresh, lag), a reader in a subprocess that also runs the CLI's
 ``get`` and ``search``, a ShardedIndex over the store (a one-shard root), and a writer
@@ -22,15 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
+from model_procs import spawn
+from model_scopes import ScopeOps, deleted_keys, one, scope_call, valid_keys
 
 from model_calls import (
     _enc,
@@ -80,6 +80,9 @@ class Mem:
     imp: float
     meta: dict | None
     sparse: tuple | None  # (indices, values) or None
+    ns: str = ""  # the namespace
+    vf: float = float("-inf")  # the validity window [vf, vt)
+    vt: float = float("inf")
 
 
 @dataclasses.dataclass
@@ -105,7 +108,8 @@ class Model:
 
 def _mem_eq(a: Mem, b: Mem) -> bool:
     return (a.row == b.row and np.array_equal(a.vec, b.vec) and a.content == b.content and a.tags == b.tags
-            and a.ts == b.ts and a.imp == b.imp and a.meta == b.meta and _sp_eq(a.sparse, b.sparse))
+            and a.ts == b.ts and a.imp == b.imp and a.meta == b.meta and _sp_eq(a.sparse, b.sparse)
+            and (a.ns, a.vf, a.vt) == (b.ns, b.vf, b.vt))
 
 
 def _sp_eq(a, b) -> bool:
@@ -129,10 +133,12 @@ def apply_call(model: Model, call: dict) -> Model:
             m.dead.discard(key)
             m.mems[key] = Mem(m.next_row, x[i], _nth(call, "contents", i, None), tuple(_nth(call, "tags", i, ())),
                               _nth(call, "timestamps", i, None), _imp(call.get("importance"), i),
-                              _nth(call, "metadata", i, None), _nth(call, "sparse", i, None))
+                              _nth(call, "metadata", i, None), _nth(call, "sparse", i, None),
+                              one(call, "namespace", i, ""), one(call, "valid_from", i, float("-inf")),
+                              one(call, "valid_to", i, float("inf")))
             m.next_row += 1
-    elif name == "delete":
-        for key in call["ids"]:
+    elif name in ("delete", "drop_namespace", "purge_expired"):
+        for key in deleted_keys(m, call):
             del m.mems[key]
             m.dead.add(key)
     elif name == "update":
@@ -140,6 +146,8 @@ def apply_call(model: Model, call: dict) -> Model:
                  "embeddings": "vec", "metadata": "meta"}
         for i, key in enumerate(call["ids"]):
             change = {f: (tuple(call[a][i]) if a == "tags" else call[a][i]) for a, f in names.items() if a in call}
+            window = (("valid_from", "vf"), ("valid_to", "vt"))
+            change.update({f: one(call, a, i, None) for a, f in window if a in call})
             m.mems[key] = dataclasses.replace(m.mems[key], **change)
     return m
 
@@ -183,7 +191,7 @@ def gen_ops(seed: int, n_ops: int, ops=ALL_OPS, must=()) -> list:
 
 
 # -- the driver -----------------------------------------------------------------------------------------
-class Run:
+class Run(ScopeOps):
     """One store (a one-shard root, so ShardedIndex can open it), its model and its history.
 
     ``lineage``: ``(generation name, model)`` of every generation published, newest last; a
@@ -277,8 +285,9 @@ class Run:
                 raise Violation(f"add returned rows {np.asarray(out).tolist()}, expected {want}")
             if call.get("timestamps") is None:  # "now": read back, within the call's time
                 self._read_back_times(expect, call, want, t0, time.time())
-        elif call["name"] == "delete" and out != len(call["ids"]):
-            raise Violation(f"delete returned {out}, expected {len(call['ids'])}")
+        elif call["name"] in ("delete", "drop_namespace", "purge_expired") \
+                and out != len(self.model.mems) - len(expect.mems):
+            raise Violation(f"{call['name']} returned {out}, expected {len(self.model.mems) - len(expect.mems)}")
         self.model, self.log_dirty = expect, True
 
     def _read_back_times(self, expect: Model, call: dict, rows: list, t0: float, t1: float) -> None:
@@ -417,7 +426,7 @@ class Run:
     def op_proc(self, op, rng):
         from model_checks import FOUND_DEPTH, check_dump
 
-        keys = self.model.keys()
+        keys = valid_keys(self.model)  # what a search (and select()) sees now
         vecs = np.stack([self.model.mems[k].vec for k in keys]) if keys else np.zeros((0, DIM), np.float32)
         np.save(self.tmp / "q_all.npy", vecs)
         np.save(self.tmp / "q_cli.npy", vecs[:2])
@@ -485,6 +494,8 @@ class Run:
             return {"name": "checkpoint"}
         if r < 0.35 and keys:
             return {"name": "delete", "ids": keys}
+        if r < 0.4:
+            return scope_call(rng)
         if r < 0.55 and keys:
             return make_update(model, rng, keys)
         return make_add(model, rng, int(rng.integers(1, 6)), explicit_ts=True)
@@ -585,15 +596,3 @@ def shrink(kind: str, ops: list, known=KNOWN_DEFECTS, budget_s: float = 600.0, w
         if not progressed:
             chunk //= 2
     return ops
-
-
-# -- the subprocess writer and reader -------------------------------------------------------------------
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def spawn(role: str, path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve().parent / "model_procs.py"), role,
-                             str(path), *map(str, args)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env())

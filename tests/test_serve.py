@@ -396,3 +396,24 @@ def test_a_damaged_store_file_answers_500_naming_it_not_a_client_error():
               WalHeaderError("s/wal.log", "damaged header")):  # a ValueError too: still the server's fault
         status, message, _ = http_errors.describe(e, None, None)
         assert status == 500 and e.path in message
+
+
+def test_a_writer_server_keeps_namespaces_and_windows(writable, data):
+    """add with namespace and windows, search with "namespace" / "as_of" (JSON and binary)."""
+    _, xq = data
+    with server(writable, "--mode", "w") as url:
+        c = Client(url)
+        ids = c.add(xq[:4], contents=["a", "b", "c", "d"], namespace=["t1", "t1", "t2", "t1"],
+                    valid_from=[0, 0, 0, 100], valid_to=[10**10, 50, 10**10, 10**10])
+        got = c.get(ids)
+        assert [m.namespace for m in got] == ["t1", "t1", "t2", "t1"] and got[1].valid_to == 50
+        for with_content in (False, True):
+            res = c.search(xq[:4], k=10, namespace="t1", with_content=with_content)
+            assert set(res.ids.ravel().tolist()) - {-1} == {int(ids[0]), int(ids[3])}
+            res = c.search(xq[:4], k=10, namespace="t1", as_of=60, with_content=with_content)
+            assert set(res.ids.ravel().tolist()) - {-1} == {int(ids[0])}
+        r = _post(url, "/v1/search", {"vectors": xq[:1].tolist(), "k": 5, "namespace": "t2",
+                                      "where": {"namespace": "t1"}})
+        assert r.status_code == 422 and "disagree" in _error(r)
+        r = _post(url, "/v1/search", {"vectors": xq[:1].tolist(), "k": 5, "where": {"namespace": "t2"}})
+        assert r.json()["ids"][0][0] == int(ids[2])

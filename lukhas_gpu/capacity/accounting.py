@@ -169,6 +169,9 @@ def breakdown(index) -> dict:
     add(parts.docmeta.memory_usage())
     if parts.idmap is not None:
         add(parts.idmap.memory_usage())
+    for part in (parts.namespaces, parts.validity):  # nothing until used (a store without them is as before)
+        if part.nbytes():
+            add(part.memory_usage())
 
     ann_state = None
     if parts.ann is not None:

@@ -33,6 +33,8 @@ key                    value
                        keeps.
 ``content``            ``raw_bytes`` and ``stored_bytes`` of the contents (compression)
 ``tag_vocabulary``     distinct tags
+``namespaces``         namespaces holding a live memory (1: the default ``""`` alone)
+``expired``            live memories past their validity window, not yet purged (``purge_expired``)
 ``train_seconds``      the last training's wall time (None before training)
 ``tuning``             ``target_recall`` (the config's), and the tuner's choice (None before a
                        run): ``kind``, ``nprobe``, ``rerank``, ``probing``, the estimated
@@ -43,6 +45,8 @@ key                    value
 =====================  ===========================================================================
 """
 from __future__ import annotations
+
+import time
 
 from ..util.device import capabilities
 from ..util.memtrim import rss_anon
@@ -77,6 +81,8 @@ def index_stats(index) -> dict:
         "process": {"rss_anon": rss_anon()},
         "content": {"raw_bytes": parts.contents.raw_bytes, "stored_bytes": parts.contents.stored_bytes},
         "tag_vocabulary": parts.tags.vocab_size,
+        "namespaces": len(parts.namespaces.counts(parts.tombstones.live_mask(parts.rows))),
+        "expired": len(parts.validity.expired(time.time()) - parts.tombstones.bitmap),
         "train_seconds": index.timings.get("train"),
         "tuning": {"target_recall": index.config.target_recall,
                    "chosen": parts.tuned.report() if parts.tuned is not None else None},

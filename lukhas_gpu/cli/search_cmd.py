@@ -43,6 +43,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--min-importance", type=float, metavar="X", help="importance >= X (in [0, 1])")
     s.add_argument("--meta", type=_json_arg, metavar="JSON",
                    help='conditions on metadata keys, e.g. \'{"author": "ann", "year": {"$gte": 2020}}\'')
+    s.add_argument("--namespace", metavar="NAME", help='only memories of this namespace ("" the default one)')
+    s.add_argument("--as-of", type=_time_arg, metavar="S", help="the memories valid at S (default: now)")
     s.add_argument("--similarity", type=float, default=1.0, metavar="W",
                    help="weight of cosine similarity in the ranked score (default: 1)")
     s.add_argument("--recency", type=float, default=0.0, metavar="W",
@@ -187,7 +189,8 @@ def cmd_search(args) -> int:
     from lukhas_gpu import Filter, Rank
 
     where = Filter(tags_all=args.tags_all, tags_any=args.tags_any, tags_none=args.tags_none, since=args.since,
-                   until=args.until, min_importance=args.min_importance, meta=args.meta)
+                   until=args.until, min_importance=args.min_importance, meta=args.meta, namespace=args.namespace,
+                   as_of=args.as_of)
     rank = None
     if args.recency or args.importance or args.similarity != 1.0 or args.half_life is not None:
         extra = {} if args.half_life is None else {"half_life": args.half_life}

@@ -165,9 +165,10 @@ class ShardedIndex:
     # -- search ----------------------------------------------------------------------------------
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
-               fusion=None, diversity: float = 0.0) -> SearchResult:
+               fusion=None, diversity: float = 0.0, namespace: str | None = None, as_of=None) -> SearchResult:
         """Top-k memories for each query over every shard: the arguments and the result of
-        :meth:`MemoryIndex.search <lukhas_gpu.MemoryIndex.search>`, with global ids.
+        :meth:`MemoryIndex.search <lukhas_gpu.MemoryIndex.search>`, with global ids
+        (``namespace`` and ``as_of`` merged into ``where`` once, "now" the driver's clock).
 
         With ``diversity`` every shard returns its top ``max(4k, 50)``, the lists are merged and
         MMR picks the k at the root (the candidates' vectors fetched from their shards), so the
@@ -179,8 +180,10 @@ class ShardedIndex:
         """
         import torch
 
+        from ..query.filters import scoped
         from ..util.arrays import as_batch, check_nonzero
 
+        where = scoped(where, namespace, as_of)  # one "now" for every shard
         if text is not None or sparse is not None:
             from ..query.mmr import check_diversity
             from .fusion_merge import hybrid_search
@@ -217,11 +220,13 @@ class ShardedIndex:
                           cosine=self.metric == "cosine")
         return i.numpy(), s.numpy()
 
-    def search_text(self, texts, k: int = 10, *, where=None) -> SearchResult:
+    def search_text(self, texts, k: int = 10, *, where=None, namespace: str | None = None,
+                    as_of=None) -> SearchResult:
         """BM25 top-k over every shard's contents, scored with the statistics of the whole root
         (as one index over all the memories would score); see ``MemoryIndex.search_text``."""
+        from ..query.filters import scoped
         from .fusion_merge import text_search
-        return text_search(self, texts, k, where=check_where(where))
+        return text_search(self, texts, k, where=check_where(scoped(where, namespace, as_of)))
 
     # -- records ---------------------------------------------------------------------------------
     def get(self, ids) -> list:

@@ -34,8 +34,9 @@ class DocumentsMixin:
         ts, imp = p.meta.timestamp[rows], p.meta.importance(rows)
         metas = p.docmeta.get(rows)
         ext = p.idmap.keys(rows) if p.idmap is not None else rows.tolist()
-        return [Memory(int(r), c, t, float(a), float(b), e, m)
-                for r, c, t, a, b, e, m in zip(rows.tolist(), contents, tags, ts, imp, ext, metas)]
+        ns, (vf, vt) = p.namespaces.of_rows(rows), p.validity.window(rows)
+        return [Memory(int(r), c, t, float(a), float(b), e, m, n, float(f), float(u))
+                for r, c, t, a, b, e, m, n, f, u in zip(rows.tolist(), contents, tags, ts, imp, ext, metas, ns, vf, vt)]
 
     @locked
     def contents_at(self, rows) -> list:
@@ -95,13 +96,14 @@ class DocumentsMixin:
         return self.parts.idmap.find(keys, self.parts.tombstones.bitmap) >= 0
 
     @locked
-    def select(self, where=None, *, limit: int | None = None) -> np.ndarray:
+    def select(self, where=None, *, limit: int | None = None, namespace: str | None = None, as_of=None) -> np.ndarray:
         """Row ids of the live memories that satisfy ``where`` (a :class:`~lukhas_gpu.Filter`, or
-        None: all), ascending, at most ``limit``: listings and deletions by metadata, no vectors."""
+        None: all) in ``namespace`` (None: any) valid at ``as_of`` (default now), ascending, at
+        most ``limit``: listings and deletions by metadata, no vectors."""
         from ..query import filters
 
         p = self.parts
-        allowed = filters.allowed_rows(p, where)
+        allowed = filters.allowed_rows(p, filters.scoped(where, namespace, as_of))
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         if allowed is None:

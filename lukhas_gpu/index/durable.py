@@ -28,7 +28,7 @@ from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
 from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
-from . import ivflists, loadchecks, sparse_parts
+from . import ivflists, loadchecks, scope_parts, sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def write(index, root) -> pathlib.Path:
     sp_raw, sp_npz = sparse_parts.persist(parts)
     raw.update(sp_raw)
     npz.update(sp_npz)
+    npz.update(scope_parts.persist(parts))
     writers, ann = {}, None
     if parts.ann is not None:
         a = parts.ann
@@ -212,6 +213,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         if parts.idmap.kind != config.external_ids:
             raise layout.CorruptStoreError(gen.path / layout.IDMAP, f"holds {parts.idmap.kind} ids, the config says "
                                                                     f"{config.external_ids}")
+    scope_parts.load(parts, gen, rows)
     try:
         sparse_parts.load(parts, gen)
     except (ValueError, KeyError) as e:  # arrays that do not fit together: name the generation
@@ -407,12 +409,14 @@ def apply_record(index, op: int, f: dict) -> None:
         n = len(np.atleast_2d(f["x"]))
         writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"],
                                                     ids=f.get("ext", extids.NO_IDS), metadata=meta,
-                                                    sparse=sparse_parts.from_fields(f, n)))
+                                                    sparse=sparse_parts.from_fields(f, n),
+                                                    **scope_parts.from_fields(f, n)))
     elif op == OP_UPDATE:
         rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
         meta = extids.Logged(f["meta"]) if f.get("meta") is not None else None
         writes.apply_update(index, writes.prepare_update(index, rows, f["contents"], f["tags"], f["ts"], f["imp"],
-                                                         embeddings=f.get("x"), metadata=meta))
+                                                         embeddings=f.get("x"), metadata=meta,
+                                                         **scope_parts.from_fields(f, len(rows))))
     elif op == OP_DELETE:
         writes.apply_delete(index, writes.prepare_delete(index, f["ids"]))
     else:

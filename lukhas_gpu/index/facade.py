@@ -28,7 +28,8 @@ from . import durable, verification
 from .documents import DocumentsMixin
 from .locking import locked as _locked
 from .parts import IndexParts, IndexState
-from .results import Memory, SearchResult
+from .results import SearchResult
+from .scopes import ScopesMixin
 from .sparse_search import SparseSearchMixin
 from .tuning import TuningMixin
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
+class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -215,7 +216,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     # -- add -----------------------------------------------------------------------------------
     @_locked
     def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None, *, ids=None,
-            metadata=None, sparse=None) -> np.ndarray:
+            metadata=None, sparse=None, namespace=None, valid_from=None, valid_to=None) -> np.ndarray:
         """Add a batch of memories; returns their row ids, ``(n,)`` int64.
 
         Parameters
@@ -236,6 +237,10 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         sparse : scipy.sparse matrix (n rows) or list of (indices, values), optional
             Sparse vectors (e.g. SPLADE), searched by ``search(..., sparse=)``; see
             :mod:`lukhas_gpu.sparse.sparse_input` for the rules.
+        namespace : str or sequence of str (one per memory), optional
+            Default ``""``; ``search(namespace=)`` never returns another namespace's memories.
+        valid_from, valid_to : epoch seconds (one for all, or one per memory), optional
+            The window ``[valid_from, valid_to)`` searches see a memory in (default: always).
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.
@@ -250,8 +255,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         """
         from . import writes  # torch and the vector path load on first use
         self._require_writable()
-        batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, ids=ids,
-                                   metadata=metadata, sparse=sparse)
+        batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, ids=ids, metadata=metadata,
+                                   sparse=sparse, namespace=namespace, valid_from=valid_from, valid_to=valid_to)
         if self.state.wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self.state.wal.append(durable.OP_ADD, batch.log_fields())
         rows = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
@@ -274,7 +279,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     @_locked
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
-               fusion=None, diversity: float = 0.0) -> SearchResult:
+               fusion=None, diversity: float = 0.0, namespace: str | None = None, as_of=None) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -300,6 +305,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
             alone) by ``fusion`` ("rrf", the default, "weighted" or a ``Fusion``).
         diversity : float in [0, 1], default 0 (off)
             Maximal marginal relevance over ``max(4k, 50)`` candidates (:mod:`lukhas_gpu.query.mmr`).
+        namespace : str, optional; as_of : epoch seconds, optional
+            Only this namespace's memories; those valid at ``as_of`` (default: now, once per call).
 
         Returns
         -------
@@ -312,6 +319,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         from ..util.arrays import as_batch, check_nonzero
         from . import mirror_upkeep as device_mirror, tuning
 
+        where = filters.scoped(where, namespace, as_of)  # one "now" for every route of the call
         if text is not None or sparse is not None:
             if mmr.check_diversity(diversity, 1) is not None:
                 raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
@@ -353,17 +361,6 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         return self.parts.tombstones.check(self._rows_for(ids), self.parts.rows)
 
     @_locked
-    def get(self, ids) -> list[Memory]:
-        """The memories with these ids, in the order given.
-
-        Raises
-        ------
-        ValueError
-            An id that was never assigned or has been deleted.
-        """
-        return self._memories_at(self._check_ids(ids))
-
-    @_locked
     def contents(self, ids) -> list:
         """The contents (str, bytes or None) of these live ids, in the order given."""
         return self.parts.contents.get(self._check_ids(ids))
@@ -372,22 +369,6 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     def contains(self, ids) -> np.ndarray:
         """Boolean mask: which ids are live memories."""
         return self._contains_ids(ids)
-
-    @_locked
-    def update(self, ids, *, contents=None, tags=None, timestamps=None, importance=None, embeddings=None,
-               metadata=None) -> None:
-        """Change the content, tags, timestamp, importance, metadata dict or vector of existing memories.
-
-        Each argument, when given, has one entry per id. The whole call is validated first and
-        applied only if everything is valid.
-        """
-        from . import writes
-        self._require_writable()
-        change = writes.prepare_update(self, self._check_ids(ids), contents, tags, timestamps, importance,
-                                       embeddings, metadata)
-        if self.state.wal is not None:
-            self.state.wal.append(durable.OP_UPDATE, change.log_fields())
-        writes.apply_update(self, change)
 
     @_locked
     def delete(self, ids) -> int:

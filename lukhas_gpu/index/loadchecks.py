@@ -1,6 +1,6 @@
 """Every loaded structure held to the manifest's row count: arrays whose length or values index
 rows (tombstones, tag lists, metadata columns, content offsets, the id map's key table, free
-metadata, sparse and text arenas, the probe's sampled ids), each through the one helper
+metadata, namespaces and validity windows, sparse and text arenas, the probe's sampled ids), each through the one helper
 :func:`check_rows_within`, which names the file; and the block CRCs a
 reader's mapped int8 rows are checked against."""
 from __future__ import annotations
@@ -39,6 +39,8 @@ def check_loaded(parts, gen, rows: int, count: int) -> None:
         within(layout.METADATA, f"the {col} column", length=len(getattr(parts.meta, col)))
     within(layout.TAGS, "the tag lists", length=len(parts.tags))
     within(layout.DOCMETA, "the free metadata", length=len(parts.docmeta))
+    within(layout.NAMESPACES, "the namespace column", length=len(parts.namespaces))
+    within(layout.VALIDITY, "the validity windows", length=len(parts.validity))
     if parts.idmap is not None:
         within(layout.IDMAP, "the id map's key table", length=len(parts.idmap))
     deleted = parts.tombstones.bitmap

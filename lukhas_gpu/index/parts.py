@@ -22,6 +22,7 @@ from ..records.contents import ContentArena
 from ..records.docmeta import DocMetadata
 from ..records.idmap import IdMap
 from ..records.metadata import MetadataColumns
+from ..records.scopes import Namespaces, Validity
 from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
 from ..vectors.policy import dim_out_for, encoder_bytes
@@ -74,6 +75,10 @@ class IndexParts:
         The external id of every row (``config.external_ids``), else None.
     docmeta : DocMetadata
         Free metadata dicts and the declared fields' columns.
+    namespaces : Namespaces
+        Each row's namespace (a name table and a uint32 column, from the first name but ``""``).
+    validity : Validity
+        Each row's validity window (two float64 columns, from the first window given).
     ann : IVFPQIndex or None
         The IVF-PQ index once trained.
     mirror : DeviceMirror or None
@@ -107,6 +112,8 @@ class IndexParts:
         self.meta = MetadataColumns()
         self.idmap = IdMap(config.external_ids) if config.external_ids else None
         self.docmeta = DocMetadata(config.fields)
+        self.namespaces = Namespaces()
+        self.validity = Validity()
         self.ann = None
         self.mirror = None
         self.mirror_wanted = False  # set by the facade once the backend is known
@@ -185,6 +192,10 @@ class IndexParts:
                "drift": self.drift}
         if self.idmap is not None:
             out["idmap"] = self.idmap
+        if self.namespaces.used:
+            out["namespaces"] = self.namespaces
+        if self.validity.start is not None:
+            out["validity"] = self.validity
         if self._encoder is not None:
             out["encoder"] = self._encoder
         if self.ann is not None:

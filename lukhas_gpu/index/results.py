@@ -90,3 +90,8 @@ class Memory:
     external_id: Any = None
     #: The free metadata dict (None if the memory was added without one).
     metadata: dict | None = None
+    #: Its namespace (``""``: the default).
+    namespace: str = ""
+    #: Its validity window ``[valid_from, valid_to)`` in epoch seconds (default: always valid).
+    valid_from: float = float("-inf")
+    valid_to: float = float("inf")

@@ -42,7 +42,8 @@ class SparseSearchMixin:
     """``search_text``, ``sparse_vectors`` and the hybrid route of ``search``."""
 
     @locked
-    def search_text(self, texts, k: int = 10, *, where=None, stats=None) -> SearchResult:
+    def search_text(self, texts, k: int = 10, *, where=None, stats=None, namespace: str | None = None,
+                    as_of=None) -> SearchResult:
         """BM25 top-k over the memories' contents (needs ``IndexConfig(text_index=True)``).
 
         Parameters
@@ -57,6 +58,8 @@ class SparseSearchMixin:
             collection this index is one shard of (:meth:`text_stats` of every shard, combined by
             :meth:`BM25Stats.combine <lukhas_gpu.sparse.text.BM25Stats.combine>`), so that
             shards score alike.
+        namespace, as_of : optional
+            As :meth:`search`: only this namespace's memories, valid at ``as_of`` (default now).
 
         Returns
         -------
@@ -65,6 +68,7 @@ class SparseSearchMixin:
             ranking, ties by the smaller id); only memories holding a query term, -1 padding.
         """
         texts, single = check_texts(texts)
+        where = filters.scoped(where, namespace, as_of)
         s, i = self._text_topk(texts, check_queries(len(texts), k), where, stats)
         return self._result(i, s, single)
 

@@ -56,7 +56,8 @@ def verify(index) -> dict:
         report["wal_records"] = _verify_log(index.path / layout.WAL, head.log_follows)
     n = parts.rows
     for part, m in (("metadata", len(parts.meta)), ("content", len(parts.contents)), ("tags", len(parts.tags)),
-                    ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n)):
+                    ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n),
+                    ("namespace column", len(parts.namespaces)), ("validity windows", len(parts.validity))):
         if m != n:
             raise layout.CorruptStoreError(where, f"{part} holds {m} rows, the vectors {n}")
     wrong = ivflists.check(parts)  # every live row has one entry in the lists; the others are deleted rows

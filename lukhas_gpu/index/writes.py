@@ -15,7 +15,7 @@ from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import extids, ivflists, lifecycle, mirror_upkeep, sparse_parts
+from . import extids, ivflists, lifecycle, mirror_upkeep, scope_parts, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -34,6 +34,7 @@ class AddBatch:
     start: int = 0  # the first id: logged, so a replay (or a salvage) can check where it lands
     ext: object = None  # extids.ExtAdd: external ids and metadata (optional fields of the record)
     sparse: object = None  # PackedSparse or None
+    scope: object = None  # scope_parts.Scope (namespace, validity windows) or None
 
     def log_fields(self) -> dict:
         import torch
@@ -45,11 +46,13 @@ class AddBatch:
             out.update(self.ext.log_fields())
         if self.sparse is not None:
             out.update(self.sparse.log_fields(sparse_parts.LOG_PREFIX))
+        if self.scope is not None:
+            out.update(self.scope.log_fields())
         return out
 
 
 def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=None, metadata=None,
-                sparse=None) -> AddBatch:
+                sparse=None, namespace=None, valid_from=None, valid_to=None) -> AddBatch:
     """Validate an ``add`` completely (see ``MemoryIndex.add`` for the rules)."""
     from ..util.arrays import as_batch, check_nonzero
 
@@ -78,7 +81,8 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=N
                          f"util.bounds.MAX_ROWS); this batch of {n:,} on {parts.rows:,} rows would exceed it")
     ext = extids.prepare_add(index, n, ids, metadata)
     packed = sparse_parts.prepare(sparse, n)
-    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext, packed)
+    scope = scope_parts.prepare_add(parts, n, namespace, valid_from, valid_to)
+    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext, packed, scope)
 
 
 def apply_add(index, b: AddBatch) -> np.ndarray:
@@ -101,6 +105,7 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     parts.tags.append(b.tags, n)
     parts.meta.append(b.ts, b.imp)
     extids.append(index, b.ext, n)
+    scope_parts.append(parts, b.scope, n)
     sparse_parts.apply_add(parts, ids, b.sparse, b.raw_contents)
     if parts.mirror is not None:
         mirror_upkeep.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
@@ -148,6 +153,7 @@ class Update:
     imp: np.ndarray | None
     x: object = None  # new embeddings (torch) or None
     meta: list | None = None  # new metadata (compact JSON texts) or None
+    windows: tuple | None = None  # new (valid_from, valid_to), a side None if unchanged, or None
 
     def log_fields(self) -> dict:
         out = {"ids": self.rows, "contents": list(self.raw_contents) if self.raw_contents is not None else None,
@@ -159,11 +165,12 @@ class Update:
             out["x"] = self.x.to("cpu", torch.float32).numpy()
         if self.meta is not None:
             out["meta"] = list(self.meta)
+        out.update(scope_parts.window_fields(self.windows))
         return out
 
 
 def prepare_update(index, rows: np.ndarray, contents, tags, timestamps, importance, embeddings=None,
-                   metadata=None) -> Update:
+                   metadata=None, valid_from=None, valid_to=None) -> Update:
     """Validate an ``update`` of ``rows`` (already checked to be live ids)."""
     parts = index.parts
     n = len(rows)
@@ -179,8 +186,9 @@ def prepare_update(index, rows: np.ndarray, contents, tags, timestamps, importan
     if timestamps is not None or importance is not None:
         ts, imp = MetadataColumns.validate(n, timestamps, importance)
     x, meta = extids.prepare_update_fields(index, n, embeddings, metadata)
+    windows = scope_parts.prepare_update(parts, rows, valid_from, valid_to)
     return Update(rows, raw_contents, contents, tags, norm_tags, ts if timestamps is not None else None,
-                  imp if importance is not None else None, x, meta)
+                  imp if importance is not None else None, x, meta, windows)
 
 
 def apply_update(index, u: Update) -> None:
@@ -196,6 +204,8 @@ def apply_update(index, u: Update) -> None:
         parts.meta.importance_q[u.rows] = MetadataColumns.quantize_importance(u.imp)
     if u.meta is not None:
         parts.docmeta.replace(u.rows, u.meta)
+    if u.windows is not None:
+        parts.validity.set(u.rows, u.windows)
     if u.x is not None:
         extids.replace_vectors(index, u.rows, u.x)
 

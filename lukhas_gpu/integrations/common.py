@@ -9,6 +9,7 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..index.facade import MemoryIndex
+from ..query import filters
 from ..store import layout
 
 __all__ = ["IndexHolder", "new_ids", "as_matrix"]
@@ -43,11 +44,15 @@ class IndexHolder:
         A durable store (opened for writing: this process is its one writer). None: in memory.
     dim : int, optional
         Create the index at once (else at the first add).
+    namespace : str, optional
+        Keep to one namespace of the store: adds go there, searches, listings and lookups see
+        only it (None: the default namespace for adds, every namespace for reads).
     **config
         ``IndexConfig`` fields (``external_ids`` is always ``"str"``).
     """
 
-    def __init__(self, path=None, dim: int | None = None, **config):
+    def __init__(self, path=None, dim: int | None = None, namespace: str | None = None, **config):
+        self.namespace = None if namespace is None else filters.Filter(namespace=namespace).namespace
         config = dict(config)
         if config.pop("external_ids", "str") != "str":
             raise ValueError("the adapters name memories by str ids: external_ids must be 'str'")
@@ -76,18 +81,30 @@ class IndexHolder:
         return 0 if self.index is None else len(self.index)
 
     def live(self, ids) -> list[str]:
-        """The ids (str) that name live memories, once each, in the order given."""
+        """The ids (str) that name live memories (of the holder's namespace), once each, in order."""
         ids = list(dict.fromkeys(str(i) for i in ids))
         if self.index is None or not ids:
             return []
         mask = self.index.contains(ids)
-        return [i for i, ok in zip(ids, mask.tolist()) if ok]
+        out = [i for i, ok in zip(ids, mask.tolist()) if ok]
+        if self.namespace is not None and out:
+            out = [i for i, m in zip(out, self.index.get(out)) if m.namespace == self.namespace]
+        return out
 
     def all_ids(self) -> list[str]:
-        """Every live id (for ``delete all`` / listings): rows not deleted."""
+        """Every live id (for ``delete all`` / listings): rows not deleted (in the namespace)."""
         if self.index is None or len(self.index) == 0:
             return []
-        return [k for k in self.index.external_ids_of(self.index.select()) if k is not None]
+        rows = self.index.select(namespace=self.namespace)
+        return [k for k in self.index.external_ids_of(rows) if k is not None]
+
+    def scoped(self, where):
+        """``where`` kept to the holder's namespace (None: as given)."""
+        return where if self.namespace is None else filters.scoped(where, self.namespace)
+
+    def add(self, x: np.ndarray, **kw) -> np.ndarray:
+        """``MemoryIndex.add`` into the holder's namespace (the index created at the first add)."""
+        return self.ensure(x.shape[1]).add(x, namespace=self.namespace, **kw)
 
     def search(self, vectors, k: int, where=None) -> list[list[tuple]]:
         """Per query, ``(memory, cosine)`` pairs, best first, padding dropped."""
@@ -95,7 +112,7 @@ class IndexHolder:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if self.index is None or len(self.index) == 0:
             return [[] for _ in range(len(vectors))]
-        res = self.index.search(as_matrix(vectors, "query"), k=min(int(k), len(self.index)), where=where)
+        res = self.index.search(as_matrix(vectors, "query"), k=min(int(k), len(self.index)), where=self.scoped(where))
         mems = res.memories()
         return [[(m, float(s)) for m, s in zip(row, srow) if m is not None] for row, srow in zip(mems, res.scores)]
 

@@ -51,7 +51,8 @@ class LukhasVectorStore(VectorStore):
         None keeps the index in memory.
     **config
         ``IndexConfig`` fields, e.g. ``metadata_fields={"source": "str"}`` to filter on
-        ``source``, ``metric``, ``wal_sync``.
+        ``source``, ``metric``, ``wal_sync``; ``namespace="alice"`` keeps this store to one
+        namespace of the index (adds go there, searches and lookups see only it).
     """
 
     def __init__(self, embedding: Embeddings, path=None, **config: Any):
@@ -85,8 +86,7 @@ class LukhasVectorStore(VectorStore):
         self._check_dim(x.shape[1])
         if len(keep) < n:
             x, texts, metas = x[keep], [texts[j] for j in keep], [metas[j] for j in keep]
-        index = self._holder.ensure(x.shape[1])
-        index.add(x, contents=list(texts), ids=[ids[j] for j in keep], metadata=metas)
+        self._holder.add(x, contents=list(texts), ids=[ids[j] for j in keep], metadata=metas)
         return ids
 
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,

@@ -124,7 +124,8 @@ class LukhasVectorStore(BasePydanticVectorStore):
     path : str or Path, optional
         A durable store directory (opened if it holds one); None keeps it in memory.
     **config
-        ``IndexConfig`` fields; ``metadata_fields`` are added to the reference fields.
+        ``IndexConfig`` fields; ``metadata_fields`` are added to the reference fields;
+        ``namespace="alice"`` keeps this store to one namespace of the index.
     """
 
     stores_text: bool = True
@@ -172,8 +173,8 @@ class LukhasVectorStore(BasePydanticVectorStore):
         kw = {}
         if all(t is not None for t in timestamps):
             kw["timestamps"] = timestamps
-        self._holder.index.add(x, contents=[n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
-                               tags=tags, importance=importance, ids=list(last), metadata=metas, **kw)
+        self._holder.add(x, contents=[n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
+                         tags=tags, importance=importance, ids=list(last), metadata=metas, **kw)
         return [n.node_id for n in nodes]
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:
@@ -181,7 +182,7 @@ class LukhasVectorStore(BasePydanticVectorStore):
 
     def _ids_where(self, flt: Filter | None) -> list:
         ix = self._holder.index
-        return [k for k in ix.external_ids_of(ix.select(flt)) if k is not None]
+        return [k for k in ix.external_ids_of(ix.select(self._holder.scoped(flt))) if k is not None]
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node of the document ``ref_doc_id``."""

@@ -11,6 +11,11 @@ any payload key (declared fields are column scans, others a scan of the stored m
 ``AND`` / ``OR`` / ``NOT`` lists; anything else raises ``ValueError``. Scores
 are cosine similarities clipped at 0 (higher is more similar).
 
+Sessions are namespaces too: a memory goes to ``"user:<user_id>"`` (else ``"agent:<agent_id>"``,
+else ``"run:<run_id>"``, else the default ``""``), and a search, keyword search or listing whose
+filters name a ``user_id`` keeps to that user's namespace before any other condition (the
+conditions still apply: an ``agent_id`` or ``run_id`` narrows within it).
+
 ``keyword_search`` (mem0's BM25 path) is served by the store's text index where the collection
 has one (``index_config={"text_index": True}``); without one it returns None, mem0's answer for
 a store without keyword search.
@@ -39,6 +44,8 @@ PROVIDER = "lukhas"
 #: mem0's session fields, declared on every collection.
 SESSION_FIELDS = {"user_id": "str", "agent_id": "str", "run_id": "str", "actor_id": "str", "role": "str"}
 _OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
+#: The session fields that name a memory's namespace, first present wins, and their prefixes.
+NAMESPACE_KEYS = (("user_id", "user:"), ("agent_id", "agent:"), ("run_id", "run:"))
 #: In-memory collections of this process, by name.
 _MEMORY: dict = {}
 
@@ -72,6 +79,21 @@ def _condition(key: str, value) -> dict:
             out["$" + op] = x
         return {key: out}
     return {key: value}
+
+
+def namespace_of(payload: dict | None) -> str:
+    """The namespace of a memory with this payload (its session, see the module docstring)."""
+    for key, prefix in NAMESPACE_KEYS:
+        v = (payload or {}).get(key)
+        if isinstance(v, str) and v:
+            return prefix + v
+    return ""
+
+
+def filter_namespace(filters: dict | None) -> str | None:
+    """The namespace a search with these filters keeps to: the user's, when they name one user."""
+    v = (filters or {}).get("user_id")
+    return "user:" + v if isinstance(v, str) and v else None
 
 
 def to_meta(filters: dict) -> dict | None:
@@ -201,14 +223,15 @@ class LukhasMem0Store(VectorStoreBase):
         keep = list({i: j for j, i in enumerate(ids)}.values())
         split = [self._split(payloads[j]) for j in keep]
         self._index.add(x[keep], contents=[d for d, _ in split], ids=[ids[j] for j in keep],
-                        metadata=[m for _, m in split])
+                        metadata=[m for _, m in split], namespace=[namespace_of(m) for _, m in split])
         return ids
 
     def _where(self, filters) -> Filter | None:
         if not filters:
             return None
         meta = to_meta(filters)
-        return Filter(meta=meta) if meta else None
+        ns = filter_namespace(filters)
+        return Filter(meta=meta, namespace=ns) if meta or ns is not None else None
 
     def search(self, query, vectors, top_k=5, filters=None) -> List[OutputData]:
         """The ``top_k`` memories most similar to ``vectors`` (one query) that match ``filters``."""
@@ -252,6 +275,13 @@ class LukhasMem0Store(VectorStoreBase):
         if payload is not None:
             data, meta = self._split(payload)
             kw["metadata"], kw["contents"] = [meta], [data]
+            old = self._index.get([vid])[0]
+            if namespace_of(meta) != old.namespace:  # another session: re-added there (one logged upsert)
+                x = kw.get("embeddings")
+                x = self._index.vectors_at([old.id]) if x is None else x
+                self._index.add(x, contents=[data], ids=[vid], metadata=[meta], namespace=namespace_of(meta),
+                                timestamps=[old.timestamp], importance=[old.importance])
+                return
         if kw:
             self._index.update([vid], **kw)
         elif not self._index.contains([vid])[0]:

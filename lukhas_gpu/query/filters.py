@@ -4,21 +4,28 @@
 :func:`allowed_rows` is the one rule every route applies (dense, exact, sparse, BM25, hybrid,
 ``select``, and each shard of a sharded search): the rows the filter allows, minus tombstones.
 
+Scope is part of the same rule: ``Filter.namespace`` (the namespace's rows, derived from its column
+and cached as a bitmap) and validity windows (rows whose window excludes ``Filter.as_of`` -- a
+search's one "now", fixed by :func:`scoped` -- are never allowed).
+
 Tag constraints are roaring operations on the per-tag bitmaps; time and importance constraints are
 vectorised scans of the metadata columns (only over the rows the tags left, when they left few).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import time
 
 import numpy as np
 from pyroaring import BitMap
 
 from ..records.metadata import to_epoch_seconds
+from ..records.scopes import check_namespace
 from ..util.bounds import MAX_FILTER_TAGS
 from . import metafilter
 
-__all__ = ["Filter", "allowed_rows", "check_where", "evaluate", "labelled"]
+__all__ = ["Filter", "allowed_rows", "check_where", "evaluate", "labelled", "scoped"]
 
 
 def _tag_tuple(name: str, value) -> tuple[str, ...]:
@@ -60,6 +67,11 @@ class Filter:
         ``{"user_id": "alice", "turn": {"$gte": 3}, "$or": [...]}``. Declared fields
         (``IndexConfig.metadata_fields``) are read from their columns; any other top-level key
         from the stored metadata records (slower: one pass over the records per key).
+    namespace : str, optional
+        Only memories of this namespace (``""`` is the default namespace; None: every one).
+    as_of : epoch seconds, optional
+        The time whose valid memories are allowed (memories added with ``valid_from`` /
+        ``valid_to``); default: now, read once per call.
     """
 
     tags_all: tuple[str, ...]
@@ -69,9 +81,11 @@ class Filter:
     until: float | None
     min_importance: float | None
     meta: tuple | None
+    namespace: str | None
+    as_of: float | None
 
     def __init__(self, *, tags_all=None, tags_any=None, tags_none=None, since=None, until=None,
-                 min_importance=None, meta=None):
+                 min_importance=None, meta=None, namespace=None, as_of=None):
         set_ = object.__setattr__
         set_(self, "tags_all", _tag_tuple("tags_all", tags_all))
         set_(self, "tags_any", _tag_tuple("tags_any", tags_any))
@@ -89,10 +103,16 @@ class Filter:
             min_importance = float(min_importance)
         set_(self, "min_importance", min_importance)
         set_(self, "meta", metafilter.parse(meta) if meta is not None else None)
+        set_(self, "namespace", None if namespace is None else check_namespace(namespace, "Filter.namespace"))
+        set_(self, "as_of", None if as_of is None else to_epoch_seconds(as_of, "Filter.as_of"))
 
     def is_empty(self) -> bool:
+        return self.as_of is None and self._no_constraint()
+
+    def _no_constraint(self) -> bool:  # nothing but (maybe) as_of
         return not (self.tags_all or self.tags_any or self.tags_none or self.since is not None
-                    or self.until is not None or self.min_importance is not None or self.meta is not None)
+                    or self.until is not None or self.min_importance is not None or self.meta is not None
+                    or self.namespace is not None)
 
     def matches(self, tags: list[str], timestamp: float, importance: float) -> bool:
         """The predicate for one memory, in plain Python (the reference the tests check against)."""
@@ -112,15 +132,44 @@ def check_where(where) -> Filter | None:
     return None if where is None or where.is_empty() else where
 
 
+def scoped(where, namespace=None, as_of=None, now: float | None = None) -> Filter | None:
+    """``where`` with a search's ``namespace`` and ``as_of`` merged in, ``as_of`` fixed to ``now``
+    (default: the clock, read here once) when none is given, so that every route of one call
+    tests validity at the same time. ValueError when ``where`` already names another namespace."""
+    where = check_where(where)
+    if namespace is not None:
+        namespace = check_namespace(namespace)
+        if where is not None and where.namespace is not None and where.namespace != namespace:
+            raise ValueError(f"namespace={namespace!r} and where=Filter(namespace={where.namespace!r}) disagree")
+    t = as_of if as_of is not None else (where.as_of if where is not None and where.as_of is not None else now)
+    t = to_epoch_seconds(t if t is not None else time.time(), "as_of")
+    if where is None:
+        return Filter(namespace=namespace, as_of=t)
+    ns = namespace if namespace is not None else where.namespace
+    if (ns, t) == (where.namespace, where.as_of):
+        return where
+    out = copy.copy(where)  # the other fields as they were checked (a parsed meta is not parsed again)
+    object.__setattr__(out, "namespace", ns)
+    object.__setattr__(out, "as_of", t)
+    return out
+
+
 def allowed_rows(parts, where) -> BitMap | None:
     """The live rows of an index (``IndexParts``: its tags, metadata columns, declared metadata
-    fields and tombstones) that ``where`` allows, as a roaring bitmap; None for no filter (every
-    live row). The one function every search route and ``select`` turn a filter into rows with."""
+    fields, namespaces, validity windows and tombstones) that ``where`` allows, as a roaring
+    bitmap; None for no constraint (every live row: no filter, and no row whose window excludes
+    ``where.as_of``, default now). The one function every search route and ``select`` turn a
+    filter into rows with."""
     where = check_where(where)
-    if where is None:
-        return None
+    t = where.as_of if where is not None and where.as_of is not None else time.time()
+    if where is None or where._no_constraint():
+        hidden = parts.validity.hidden_at(t)
+        if not hidden:
+            return None
+        return BitMap(range(parts.rows)) - parts.tombstones.bitmap - hidden  # a range: containers, not rows
     return evaluate(where, tags=parts.tags, metadata=parts.meta, n_rows=parts.rows,
-                    deleted=parts.tombstones.bitmap, fields=parts.docmeta)
+                    deleted=parts.tombstones.bitmap, fields=parts.docmeta, namespaces=parts.namespaces,
+                    validity=parts.validity, now=t)
 
 
 def labelled(plan, parts, where):
@@ -131,14 +180,23 @@ def labelled(plan, parts, where):
     return dataclasses.replace(plan, metadata=metafilter.source(where.meta, parts.docmeta.fields))
 
 
-def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None, fields=None) -> BitMap:
+def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None, fields=None, namespaces=None,
+             validity=None, now: float | None = None) -> BitMap:
     """The rows ``flt`` allows, live rows only, as a roaring bitmap (``fields``: the metadata,
-    ``DocMetadata``: declared columns and records, needed by ``flt.meta``)."""
+    ``DocMetadata``: declared columns and records, needed by ``flt.meta``; ``namespaces`` and
+    ``validity``, the index's, needed by ``flt.namespace`` and windows, tested at ``flt.as_of``
+    or else ``now``)."""
     allowed: BitMap | None = None
+    if flt.namespace is not None:
+        if namespaces is None:
+            raise ValueError("Filter.namespace needs the index's namespaces")
+        ns_rows = namespaces.rows(flt.namespace)
+        allowed = None if ns_rows is None else BitMap(ns_rows)
     if flt.meta is not None:
         if fields is None:
             raise ValueError("Filter.meta needs the index's metadata fields")
-        allowed = BitMap(np.flatnonzero(metafilter.evaluate(flt.meta, fields, n_rows)).astype(np.uint32))
+        met = BitMap(np.flatnonzero(metafilter.evaluate(flt.meta, fields, n_rows)).astype(np.uint32))
+        allowed = met if allowed is None else allowed & met
     if flt.tags_all:
         all_ = tags.all_of(list(flt.tags_all))
         allowed = all_ if allowed is None else allowed & all_
@@ -160,6 +218,9 @@ def evaluate(flt: Filter, *, tags, metadata, n_rows: int, deleted: BitMap | None
         allowed = allowed - tags.any_of(list(flt.tags_none))
     if deleted:
         allowed = allowed - deleted
+    if validity is not None and validity.windowed:
+        t = flt.as_of if flt.as_of is not None else (now if now is not None else time.time())
+        allowed = allowed - validity.hidden_at(t, allowed if len(allowed) < len(validity.windowed) else None)
     return allowed
 
 

@@ -300,7 +300,9 @@ def _install_errors(app: FastAPI, st: _State) -> None:
 
 def _memory(m) -> dict:
     return {"id": m.id, "content": wire.content_to_json(m.content), "tags": m.tags, "timestamp": m.timestamp,
-            "importance": m.importance}
+            "importance": m.importance, "namespace": m.namespace,
+            "valid_from": m.valid_from if m.valid_from != float("-inf") else None,
+            "valid_to": m.valid_to if m.valid_to != float("inf") else None}
 
 
 def _routes(app: FastAPI, st: _State) -> None:
@@ -366,7 +368,8 @@ def _memory_routes(app: FastAPI, st: _State) -> None:
         stamps = None if req.timestamps is None else [wire.parse_time(t, f"timestamps[{i}]")
                                                       for i, t in enumerate(req.timestamps)]
         ids = await st.run(lambda: st.index.add(x, contents=contents, tags=req.tags, timestamps=stamps,
-                                                importance=req.importance))
+                                                importance=req.importance, namespace=req.namespace,
+                                                valid_from=req.valid_from, valid_to=req.valid_to))
         return _json({"ids": ids, "time": time.perf_counter() - t0})
 
     async def _ids_body(request) -> np.ndarray:

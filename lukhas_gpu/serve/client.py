@@ -153,7 +153,8 @@ class Client:
     # -- the MemoryIndex API -------------------------------------------------------------------
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None,
-               with_content: bool = False, diversity: float = 0.0) -> RemoteSearchResult:
+               with_content: bool = False, diversity: float = 0.0, namespace: str | None = None,
+               as_of: float | None = None) -> RemoteSearchResult:
         """Top-k memories for each query, as :meth:`MemoryIndex.search` (numpy out).
 
         ``where`` / ``rank``: a :class:`~lukhas_gpu.Filter` / :class:`~lukhas_gpu.Rank` or their
@@ -162,7 +163,7 @@ class Client:
         q = _numpy(queries)
         one = q.ndim == 1
         params = {"k": k, "nprobe": nprobe, "rerank": rerank, "target_recall": target_recall,
-                  "diversity": diversity or None}
+                  "diversity": diversity or None, "namespace": namespace, "as_of": as_of}
         params = {key: v for key, v in params.items() if v is not None}
         w, r = wire.where_to_json(where), wire.rank_to_json(rank)
         if with_content:
@@ -193,10 +194,17 @@ class Client:
             res.contents = None if res.contents is None else res.contents[0]
         return res
 
-    def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None) -> np.ndarray:
+    def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None, *, namespace=None,
+            valid_from=None, valid_to=None) -> np.ndarray:
         """Add memories; returns their ids ``(n,)`` int64 once the server's log holds them."""
         x = np.atleast_2d(_numpy(embeddings)).astype(np.float32)
         obj: dict = {"vectors": x.tolist()}
+        if namespace is not None:
+            obj["namespace"] = namespace if isinstance(namespace, str) else list(namespace)
+        for key, v in (("valid_from", valid_from), ("valid_to", valid_to)):
+            if v is not None:
+                a = np.asarray(v, np.float64)
+                obj[key] = float(a) if a.ndim == 0 else a.tolist()
         if contents is not None:
             obj["contents"] = [wire.content_to_json(c) for c in ([contents] if isinstance(contents, (str, bytes))
                                                                   else contents)]
@@ -214,7 +222,10 @@ class Client:
         from ..index.results import Memory
 
         out = self._json("POST", "/v1/memories/lookup", {"ids": [int(i) for i in np.atleast_1d(_numpy(ids))]})
-        return [Memory(m["id"], wire.content_from_json(m["content"]), m["tags"], m["timestamp"], m["importance"])
+        return [Memory(m["id"], wire.content_from_json(m["content"]), m["tags"], m["timestamp"], m["importance"],
+                       namespace=m.get("namespace", ""),
+                       valid_from=-np.inf if m.get("valid_from") is None else m["valid_from"],
+                       valid_to=np.inf if m.get("valid_to") is None else m["valid_to"])
                 for m in out["memories"]]
 
     def delete(self, ids) -> int:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ..util.bounds import (
     MAX_ID,
     MAX_K,
+    MAX_NAMESPACE_BYTES,
     MAX_NPROBE,
     MAX_REQUEST_IDS,
     MAX_REQUEST_RESULTS,
@@ -46,7 +47,7 @@ WireId = Annotated[int, BeforeValidator(_not_bool), Field(ge=MIN_ID, le=MAX_ID)]
 
 _WHERE = ("A filter: any of tags_all, tags_any, tags_none (a tag or a list of tags), since, until (epoch "
           "seconds or ISO-8601, inclusive), min_importance (0..1), meta (conditions on metadata keys: "
-          "{\"author\": \"ann\", \"year\": {\"$gte\": 2020}}); all must hold.")
+          "{\"author\": \"ann\", \"year\": {\"$gte\": 2020}}), namespace, as_of; all must hold.")
 _RANK = ("A memory-aware ranking: similarity, recency, importance (weights >= 0), half_life (seconds), now "
          "(epoch seconds or ISO-8601); score = similarity*cos + recency*0.5**(age/half_life) + importance*imp.")
 
@@ -66,6 +67,10 @@ class SearchParams(BaseModel):
     diversity: Annotated[float, BeforeValidator(_not_bool_real)] = Field(
         0.0, ge=0.0, le=1.0, description="maximal marginal relevance: 0 off, up to 1 (most diverse)")
     with_content: bool = Field(False, description="return the memories' contents too")
+    namespace: Optional[str] = Field(None, max_length=MAX_NAMESPACE_BYTES,
+                                     description="only memories of this namespace (\"\" the default; null: any)")
+    as_of: Optional[Union[float, str]] = Field(None, description="the memories valid at this time (epoch seconds "
+                                                                 "or ISO-8601; default now)")
 
 
 class SearchRequest(SearchParams):
@@ -88,6 +93,9 @@ class AddRequest(BaseModel):
     tags: Optional[list[list[str]]] = Field(None, description="one list of tags per vector")
     timestamps: Optional[list[Union[float, str]]] = Field(None, description="epoch seconds or ISO-8601 (default now)")
     importance: Optional[Union[list[float], float]] = Field(None, description="in [0, 1] (default 0.5)")
+    namespace: Optional[Union[str, list[str]]] = Field(None, description="one for all or one per vector (default \"\")")
+    valid_from: Optional[Union[list[float], float]] = Field(None, description="validity window start, epoch seconds")
+    valid_to: Optional[Union[list[float], float]] = Field(None, description="validity window end (exclusive)")
 
 
 class AddResponse(BaseModel):
@@ -106,6 +114,9 @@ class MemoryOut(BaseModel):
     tags: list[str]
     timestamp: float
     importance: float
+    namespace: str = ""
+    valid_from: Optional[float] = Field(None, description="null: always valid since")
+    valid_to: Optional[float] = Field(None, description="null: valid without end")
 
 
 class MemoriesResponse(BaseModel):

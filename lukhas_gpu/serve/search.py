@@ -49,8 +49,8 @@ def _key(p: SearchParams, nq: int) -> tuple:
                                    "(MemoryIndex.search has no target_recall parameter)")
     if p.diversity and p.k > MAX_MMR_K:
         raise http_errors.ApiError(422, f"k={p.k} with diversity: at most {MAX_MMR_K}")
-    return (p.k, wire.parse_where(p.where), wire.parse_rank(p.rank), p.nprobe, p.rerank, p.target_recall,
-            p.diversity or None)
+    where = wire.parse_where(wire.merge_scope(p.where, p.namespace, p.as_of))
+    return (p.k, where, wire.parse_rank(p.rank), p.nprobe, p.rerank, p.target_recall, p.diversity or None)
 
 
 def hydrate(index: MemoryIndex, ids: np.ndarray) -> list:

@@ -21,6 +21,7 @@ import numpy as np
 from ..util.bounds import MAX_FILTER_TAGS
 
 __all__ = ["SHAPE_HEADER", "DTYPE_HEADER", "BINARY", "FILTER_KEYS", "RANK_KEYS", "parse_where", "parse_rank",
+           "merge_scope",
            "where_to_json", "rank_to_json", "vectors_from_json", "vectors_from_bytes", "vectors_to_bytes",
            "results_to_bytes", "results_from_bytes", "parse_shape", "parse_time", "content_to_json",
            "content_from_json"]
@@ -28,9 +29,9 @@ __all__ = ["SHAPE_HEADER", "DTYPE_HEADER", "BINARY", "FILTER_KEYS", "RANK_KEYS",
 SHAPE_HEADER = "x-shape"
 DTYPE_HEADER = "x-dtype"
 BINARY = "application/octet-stream"
-FILTER_KEYS = ("tags_all", "tags_any", "tags_none", "since", "until", "min_importance", "meta")
+FILTER_KEYS = ("tags_all", "tags_any", "tags_none", "since", "until", "min_importance", "meta", "namespace", "as_of")
 RANK_KEYS = ("similarity", "recency", "importance", "half_life", "now")
-_TIME_KEYS = ("since", "until", "now")
+_TIME_KEYS = ("since", "until", "now", "as_of")
 
 
 def parse_time(value, name: str) -> float:
@@ -77,6 +78,28 @@ def parse_where(obj):
             raise ValueError(f"where.{key} holds {len(v)} tags, at most {MAX_FILTER_TAGS}")
     flt = Filter(**kw)
     return None if flt.is_empty() else flt
+
+
+def merge_scope(where, namespace=None, as_of=None):
+    """A request's top-level ``namespace`` / ``as_of`` merged into its JSON ``where`` (the wire
+    form; ``as_of`` stays unset when not given, so requests of the same scope still batch
+    together and the search reads the clock once). ValueError when the two disagree."""
+    if namespace is None and as_of is None:
+        return where
+    if isinstance(as_of, str):  # a query string's number
+        try:
+            as_of = float(as_of)
+        except ValueError:
+            pass
+    out = dict(where) if isinstance(where, dict) else {}
+    if where is not None and not isinstance(where, dict):
+        raise TypeError(f"where must be a JSON object, got {type(where).__name__}")
+    for key, v in (("namespace", namespace), ("as_of", as_of)):
+        if v is not None:
+            if out.get(key) is not None and out[key] != v:
+                raise ValueError(f"{key}={v!r} and where.{key}={out[key]!r} disagree")
+            out[key] = v
+    return out
 
 
 def parse_rank(obj):

@@ -96,6 +96,10 @@ SPARSE_VALUES = "sparse.values"
 TEXT = "text.npz"
 TEXT_INDICES = "text.indices"
 TEXT_VALUES = "text.values"
+#: Namespaces (name table + a uint32 per row) and validity windows (two float64 per row); optional:
+#: a generation without them holds every memory in the default namespace, always valid.
+NAMESPACES = "namespaces.npz"
+VALIDITY = "validity.npz"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
@@ -103,7 +107,8 @@ GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_recor
                     PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest",
                     IDMAP: "external_ids", DOCMETA: "doc_metadata", VECTOR_CRCS: "vectors_crc",
                     SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
-                    TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values"}
+                    TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values",
+                    NAMESPACES: "namespaces", VALIDITY: "validity"}
 #: Files every generation has (the others depend on the index's phase).
 REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().

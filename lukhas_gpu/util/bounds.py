@@ -11,6 +11,7 @@ Store format
       ``0xFFFFFFFF`` means "no row"; so rows are ``0 .. 2**32 - 2`` and a row count fits ``uint32``.
     * :data:`MAX_DIM` -- the embeddings' dimension (a manifest beyond it is refused on open).
     * :data:`MAX_DIM_OUT` -- the projected dimension at most (the rule is ``vectors.policy.dim_out_for``).
+    * :data:`MAX_NAMESPACES`, :data:`MAX_NAMESPACE_BYTES` -- namespaces of one store, a name's length.
 Searches
     * :data:`MAX_K` (results per query), :data:`MAX_QUERIES` (queries per call),
       :data:`MAX_RESULTS` (``queries x k`` per call), :data:`MAX_NPROBE`, :data:`MAX_RERANK`.
@@ -34,6 +35,8 @@ __all__ = [
     "MAX_INGEST_BATCH",
     "MAX_JSON_DEPTH",
     "MAX_K",
+    "MAX_NAMESPACES",
+    "MAX_NAMESPACE_BYTES",
     "MAX_NPROBE",
     "MAX_QUERIES",
     "MAX_QUEUE",
@@ -58,6 +61,10 @@ MAX_ROWS = 2**32 - 1
 MAX_DIM = 65536
 #: Projected dimension at most (the ANN codes and the device mirror live in this space).
 MAX_DIM_OUT = 512
+#: Most namespaces one store names (``uint32`` per row; a name costs its key-table entry), and the
+#: longest name (UTF-8 bytes).
+MAX_NAMESPACES = 1 << 24
+MAX_NAMESPACE_BYTES = 256
 #: Ids on every interface are int64.
 MIN_ID, MAX_ID = -(2**63), 2**63 - 1
 
