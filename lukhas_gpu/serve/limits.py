@@ -53,11 +53,13 @@ class Guard:
 
     The key is compared in constant time (:func:`hmac.compare_digest`). ``reject(reason)`` is
     called for every refusal (metrics). ``connections`` (a :class:`~.conns.ConnectionTable`) is
-    handed to the server's protocol through the lifespan state."""
+    handed to the server's protocol through the lifespan state. ``public``: the paths that need no
+    key (:data:`PUBLIC_PATHS` and the dashboard's static files)."""
 
     def __init__(self, app, *, api_key: str | None, max_body: int, max_inflight: int | None = None,
-                 body_timeout_s: float = 10.0, reject=None, connections=None):
+                 body_timeout_s: float = 10.0, reject=None, connections=None, public=PUBLIC_PATHS):
         self.app = app
+        self.public = frozenset(public)  # paths served without the key (no data behind them)
         self._expected = None if api_key is None else b"Bearer " + api_key.encode("utf-8")
         self.max_body = max_body
         self.max_inflight = max(4 * max_body, 256 << 20) if max_inflight is None else max_inflight
@@ -112,7 +114,7 @@ class Guard:
 
     def _check_headers(self, scope, auth, length) -> int:
         """The declared body length (0 if none); refusals raise :class:`_Refused`."""
-        if self._expected is not None and scope["path"] not in PUBLIC_PATHS:
+        if self._expected is not None and scope["path"] not in self.public:
             if auth is None or not hmac.compare_digest(auth, self._expected):
                 why = "missing" if auth is None else "wrong"
                 raise _Refused(401, "unauthorized", f"{why} API key: send the header 'Authorization: Bearer <key>'",
