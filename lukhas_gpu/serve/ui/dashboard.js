@@ -10,6 +10,8 @@ let apiKey = null;
 let timer = null;
 
 const $ = (id) => document.getElementById(id);
+const SOURCES = { queries: "recorded queries", memories: "sampled memories", given: "given queries" };
+const source = (s) => SOURCES[s] || s;
 
 function readKey() {
   const m = location.hash.match(/(?:^#|&)key=([^&]*)/);
@@ -116,7 +118,7 @@ function renderRecall(r) {
   const ok = r.target === null || r.target === undefined || r.ci[1] >= r.target;
   lines("recall-sub", [[`${Math.round(r.confidence * 100)}% interval ${num(r.ci[0], 3)}–${num(r.ci[1], 3)}`],
     [target + (ok ? "" : " · below target"), ok ? "" : "warn"],
-    [`recall@${r.k} on ${int(r.queries)} ${r.source}, ${num(r.age_s, 0)} s ago`]]);
+    [`recall@${r.k} on ${int(r.queries)} ${source(r.source)}, ${num(r.age_s, 0)} s ago`]]);
 }
 
 function renderTuning(t, s) {
@@ -127,7 +129,7 @@ function renderTuning(t, s) {
   const how = t.kind + (t.nprobe !== undefined ? ` nprobe ${t.nprobe}` : "") + ` · rerank ${t.rerank}`;
   lines("tuning", [[how], [`recall ${num(t.recall, 3)} (${num(t.ci[0], 3)}–${num(t.ci[1], 3)}) for target ` +
     `${num(t.target, 3)}`, t.met ? "" : "warn"], [`~${int(Math.round(t.expected_qps || 0))} queries/s expected · ` +
-    `on ${int(t.queries)} ${t.source} queries`, "muted"]]);
+    `tuned on ${int(t.queries)} ${source(t.source)}`, "muted"]]);
 }
 
 function renderDrift(d) {
