@@ -88,7 +88,6 @@ def _measure(name: str, build, search, xq, gt, n: int, settle=None) -> dict:
 
 
 def cmd_bench(args) -> int:
-    import numpy as np
     import torch
 
     from lukhas_gpu import IndexConfig, MemoryIndex
