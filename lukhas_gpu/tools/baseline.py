@@ -64,7 +64,7 @@ class NaiveMemoryStore:
         tops = np.empty((len(q), kk), np.int64)
         # a block of queries at a time: a batch of 1,000 over 100k memories as one score matrix and
         # its argpartition held 1.6 GB (the bench's peak), none of it the store's own cost
-        block = max(1, (32 << 20) // max(n, 1))
+        block = max(1, (16 << 20) // max(n, 1))
         for a in range(0, len(q), block):
             s = q[a: a + block] @ self._matrix.T
             top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
