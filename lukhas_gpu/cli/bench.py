@@ -61,6 +61,19 @@ def _own_bytes(st: dict) -> int:
     return memory["anon_bytes"] - memory["anon"].get(RUNTIME_COMPONENT, 0)
 
 
+def _why_bytes(own: float, grown: float, built: float) -> str:
+    """The line that says why the measured bytes/memory differs from the README's headline."""
+    head = (f"Why bytes/memory is not the README's RAM per memory: that headline counts the index's own "
+            f"bytes (int8 vectors, IVF-PQ codes and ids: stats() without the runtime libraries), here "
+            f"{own:,.0f} B/memory. ")
+    if grown <= own:
+        return head + "The RssAnon growth measured is within it here."
+    return head + (f"The RssAnon growth also holds what the process keeps beside the index: {grown - own:,.0f} "
+                   f"B/memory here ({built:,.0f} B/memory of growth after ingest and training, the rest during "
+                   f"the first tuning run: its query sample and the allocator arenas its exact scans leave). "
+                   f"The warm-up run paid for loading torch and FAISS before the measurement.")
+
+
 def _recall(ids, gt, k: int = 10) -> float:
     import numpy as np
 
@@ -178,13 +191,7 @@ def _print_table(args, result: dict, st: dict) -> None:
             s = v if isinstance(v, str) else "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}")
             cells.append(s.ljust(w) if i == 0 else s.rjust(w))
         print("  ".join(cells))
-    own, grown, built = rows[0]["index bytes/memory"], rows[0]["bytes/memory"], rows[0]["built bytes/memory"]
-    print(f"Why bytes/memory is not the README's RAM per memory: that headline counts the index's own bytes "
-          f"(int8 vectors, IVF-PQ codes and ids: stats() without the runtime libraries), here {own:,.0f} "
-          f"B/memory. The RssAnon growth also holds what the process keeps beside the index: "
-          f"{max(grown - own, 0):,.0f} B/memory here ({built:,.0f} B/memory of growth after ingest and training, "
-          f"the rest during the first tuning run: its query sample and the allocator arenas its exact scans "
-          f"leave). The warm-up run paid for loading torch and FAISS before the measurement.")
+    print(_why_bytes(rows[0]["index bytes/memory"], rows[0]["bytes/memory"], rows[0]["built bytes/memory"]))
     if "naive/bytes" in rows[0]:
         print(f"naive store / lukhas_gpu: {rows[0]['naive/bytes']:.1f}x the RAM per memory "
               f"(vectors only: contents and tags come with the memory payload)")
