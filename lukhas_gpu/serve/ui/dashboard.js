@@ -61,6 +61,7 @@ const int = (n) => Number(n).toLocaleString("en-US");
 const num = (x, digits) => (x === null || x === undefined || Number.isNaN(x) ? "–" : Number(x).toFixed(digits));
 function ms(seconds) {
   if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "–";
+  if (seconds >= 1) return seconds.toFixed(2) + " s";
   return seconds < 0.01 ? (seconds * 1e3).toFixed(2) + " ms" : (seconds * 1e3).toFixed(1) + " ms";
 }
 function bytes(n) {
