@@ -70,7 +70,8 @@ def _why_bytes(own: float, grown: float, built: float) -> str:
         return head + "The RssAnon growth measured is within it here."
     return head + (f"The RssAnon growth also holds what the process keeps beside the index: {grown - own:,.0f} "
                    f"B/memory here ({built:,.0f} B/memory of growth after ingest and training, the rest during "
-                   f"the first tuning run: its query sample and the allocator arenas its exact scans leave). "
+                   f"the first tuning run: no live Python or numpy object, the malloc arena of its thread, kept "
+                   f"by the allocator; a repeated run on the same thread adds none). "
                    f"The warm-up run paid for loading torch and FAISS before the measurement.")
 
 
