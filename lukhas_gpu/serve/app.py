@@ -26,10 +26,10 @@ from pydantic import ValidationError
 from ..index import MemoryIndex
 from ..store.layout import StoreError
 from ..util.bounds import MAX_ID, MIN_ID
-from . import http_errors, search as search_mod, wire
+from . import dashboard, http_errors, search as search_mod, wire
 from .batcher import Batcher, QueueFull
 from .conns import ConnectionTable
-from .limits import BodyTooLarge, Guard, error_body, read_body
+from .limits import PUBLIC_PATHS, BodyTooLarge, Guard, error_body, read_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .models import (
     MAX_REQUEST_VECTORS,
@@ -55,7 +55,7 @@ __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
                         "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
-                        "/docs"})
+                        "/docs", "/v1/dashboard", "/v1/dashboard/search", *dashboard.STATIC})
 #: A memory id in a path: an int64 (a larger one is a 422 naming it, never a 500 from numpy).
 _PathId = Annotated[int, Path(ge=MIN_ID, le=MAX_ID, description="the memory's id (int64)")]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
@@ -96,6 +96,8 @@ class _State:
         self.tasks: list[asyncio.Task] = []
         self.stats_at: float | None = None  # when /metrics last asked for stats()
         self.stats_job: asyncio.Future | None = None
+        self.quality: dict | None = None  # the last recall estimate (quality_loop) and when it ended
+        self.quality_at: float | None = None
 
     # -- blocking calls (worker threads) -------------------------------------------------------
     def _search(self, key: tuple, queries: np.ndarray):
@@ -133,10 +135,23 @@ class _State:
         if self.index is not None:
             self.index.close()  # a writer checkpoints what its log holds
 
-    def _show_target(self) -> None:
+    def recall_target(self) -> float | None:
+        """The recall target the store holds: its tuning's, else ``config.target_recall``."""
         tuned = self.index.parts.tuned
-        target = tuned.target if tuned is not None else self.index.config.target_recall
+        return tuned.target if tuned is not None else self.index.config.target_recall
+
+    def _show_target(self) -> None:
+        target = self.recall_target()
         self.metrics.recall_target.set(math.nan if target is None else target)
+
+    def stats(self) -> dict:
+        """``GET /v1/stats``: ``MemoryIndex.stats()`` and this server's own figures (a worker thread)."""
+        o = self.options
+        out = self.index.stats()
+        out["server"] = {"mode": o.mode, "max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms,
+                         "queue_depth": self.batcher.depth, "lag_s": self.lag(),
+                         "target_recall": SUPPORTS_TARGET_RECALL}
+        return out
 
     def refresh(self) -> dict:
         t0 = time.monotonic()
@@ -211,6 +226,7 @@ class _State:
                 if len(self.index) >= 64:
                     q = await self.run(lambda: self.index.quality(max_queries=256))
                     self.metrics.recall.set(q["recall"])
+                    self.quality, self.quality_at = q, time.monotonic()
             except Exception:
                 log.exception("recall estimate failed")
 
@@ -251,7 +267,8 @@ def create_app(options: ServeOptions) -> FastAPI:
     table = ConnectionTable(max_connections=options.max_connections, per_client=options.max_connections_per_client,
                             header_timeout_s=options.header_timeout_s, reject=reject)
     guard = Guard(search_mod.SearchPath(app, st), api_key=options.api_key, max_body=options.max_body_bytes,
-                  body_timeout_s=options.body_timeout_s, reject=reject, connections=table)
+                  body_timeout_s=options.body_timeout_s, reject=reject, connections=table,
+                  public=PUBLIC_PATHS | set(dashboard.STATIC))
     outer = _Timing(guard, st.metrics)
     outer.fastapi, outer.connections = app, table
     return outer
@@ -309,6 +326,7 @@ def _routes(app: FastAPI, st: _State) -> None:
     _probe_routes(app, st)
     _memory_routes(app, st)
     _store_routes(app, st)
+    dashboard.install(app, st)
 
 
 def _writable(o) -> None:
@@ -443,7 +461,4 @@ def _store_routes(app: FastAPI, st: _State) -> None:
     @app.get("/v1/stats", summary="MemoryIndex.stats(): counts, phase, bytes by place and component",
              responses=_ERRORS)
     async def stats():
-        out = await st.run(st.index.stats)
-        out["server"] = {"mode": o.mode, "max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms,
-                         "queue_depth": st.batcher.depth, "lag_s": st.lag(), "target_recall": SUPPORTS_TARGET_RECALL}
-        return _json(out)
+        return _json(await st.run(st.stats))

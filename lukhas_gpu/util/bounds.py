@@ -109,6 +109,9 @@ MAX_REQUEST_VECTORS = 65_536
 MAX_REQUEST_RESULTS = 1_000_000
 #: Most ids in one lookup or delete request.
 MAX_REQUEST_IDS = 100_000
+#: The dashboard's search (/v1/dashboard/search): most results, most characters of a query text.
+MAX_UI_K = 100
+MAX_UI_TEXT = 10_000
 
 
 def is_int(v) -> bool:
