@@ -33,6 +33,8 @@ key                    value
                        keeps.
 ``content``            ``raw_bytes`` and ``stored_bytes`` of the contents (compression)
 ``tag_vocabulary``     distinct tags
+``links``              ``stored`` links (main + log), ``kinds`` interned, ``bytes`` in RAM
+``dedup``              ``mode``, ``threshold``, ``last_add_merged`` (memories the last add merged)
 ``train_seconds``      the last training's wall time (None before training)
 ``tuning``             ``target_recall`` (the config's), and the tuner's choice (None before a
                        run): ``kind``, ``nprobe``, ``rerank``, ``probing``, the estimated
@@ -77,6 +79,9 @@ def index_stats(index) -> dict:
         "process": {"rss_anon": rss_anon()},
         "content": {"raw_bytes": parts.contents.raw_bytes, "stored_bytes": parts.contents.stored_bytes},
         "tag_vocabulary": parts.tags.vocab_size,
+        "links": {"stored": len(parts.links), "kinds": len(parts.links.kinds), "bytes": parts.links.nbytes()},
+        "dedup": {"mode": index.config.dedup, "threshold": index.config.dedup_threshold,
+                  "last_add_merged": index.state.last_add.merged if index.state.last_add is not None else 0},
         "train_seconds": index.timings.get("train"),
         "tuning": {"target_recall": index.config.target_recall,
                    "chosen": parts.tuned.report() if parts.tuned is not None else None},

@@ -28,7 +28,7 @@ from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
 from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
-from . import ivflists, loadchecks, sparse_parts
+from . import ivflists, links_parts, loadchecks, sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def write(index, root) -> pathlib.Path:
     sp_raw, sp_npz = sparse_parts.persist(parts)
     raw.update(sp_raw)
     npz.update(sp_npz)
+    npz.update(links_parts.persist(parts))
     writers, ann = {}, None
     if parts.ann is not None:
         a = parts.ann
@@ -220,6 +221,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         parts.tombstones = Tombstones.from_bytes(gen.bytes(layout.TOMBSTONES))
     except Exception as e:
         raise layout.CorruptStoreError(gen.path / layout.TOMBSTONES, f"unreadable ({e})") from None
+    links_parts.load(parts, gen, rows)
     parts.encoder_arrays = gen.npz(layout.ENCODER)
     if gen.has(layout.CALIBRATION):
         parts.calib = gen.npz(layout.CALIBRATION)["rows"]
@@ -407,7 +409,7 @@ def apply_record(index, op: int, f: dict) -> None:
         n = len(np.atleast_2d(f["x"]))
         writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"],
                                                     ids=f.get("ext", extids.NO_IDS), metadata=meta,
-                                                    sparse=sparse_parts.from_fields(f, n)))
+                                                    sparse=sparse_parts.from_fields(f, n), into=f.get("into")))
     elif op == OP_UPDATE:
         rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
         meta = extids.Logged(f["meta"]) if f.get("meta") is not None else None
@@ -415,6 +417,8 @@ def apply_record(index, op: int, f: dict) -> None:
                                                          embeddings=f.get("x"), metadata=meta))
     elif op == OP_DELETE:
         writes.apply_delete(index, writes.prepare_delete(index, f["ids"]))
+    elif op in links_parts.LINK_OPS:
+        links_parts.apply_record(index, op, f)
     else:
         raise layout.CorruptStoreError(index.path / layout.WAL, f"unknown operation {op}")
 

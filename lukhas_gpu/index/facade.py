@@ -27,6 +27,7 @@ from ..util.memtrim import maybe_trim, trim
 from . import durable, verification
 from .documents import DocumentsMixin
 from .locking import locked as _locked
+from .memops import MemOpsMixin
 from .parts import IndexParts, IndexState
 from .results import Memory, SearchResult
 from .sparse_search import SparseSearchMixin
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
+class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin, MemOpsMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -215,7 +216,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     # -- add -----------------------------------------------------------------------------------
     @_locked
     def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None, *, ids=None,
-            metadata=None, sparse=None) -> np.ndarray:
+            metadata=None, sparse=None, dedup: str | None = None) -> np.ndarray:
         """Add a batch of memories; returns their row ids, ``(n,)`` int64.
 
         Parameters
@@ -236,6 +237,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         sparse : scipy.sparse matrix (n rows) or list of (indices, values), optional
             Sparse vectors (e.g. SPLADE), searched by ``search(..., sparse=)``; see
             :mod:`lukhas_gpu.sparse.sparse_input` for the rules.
+        dedup : {"off", "exact", "near"}, optional
+            Over ``config.dedup``: a duplicate gets the id it merged into (:mod:`.dedup`; ``last_add``).
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.
@@ -251,7 +254,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         from . import writes  # torch and the vector path load on first use
         self._require_writable()
         batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, ids=ids,
-                                   metadata=metadata, sparse=sparse)
+                                   metadata=metadata, sparse=sparse, dedup=dedup)
         if self.state.wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self.state.wal.append(durable.OP_ADD, batch.log_fields())
         rows = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
@@ -274,7 +277,7 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     @_locked
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
-               fusion=None, diversity: float = 0.0) -> SearchResult:
+               fusion=None, diversity: float = 0.0, follow_links: int = 0) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -300,6 +303,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
             alone) by ``fusion`` ("rrf", the default, "weighted" or a ``Fusion``).
         diversity : float in [0, 1], default 0 (off)
             Maximal marginal relevance over ``max(4k, 50)`` candidates (:mod:`lukhas_gpu.query.mmr`).
+        follow_links : int, default 0
+            Hops along out-links whose memories are appended, marked by ``linked_from`` (:mod:`.memops`).
 
         Returns
         -------
@@ -346,7 +351,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         maybe_trim(every=1.0)
         if cfg.target_recall is not None:
             tuning.maybe_retune(self)
-        return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
+        return self._with_links(SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self)),
+                                follow_links, where)
 
     # -- records -------------------------------------------------------------------------------
     def _check_ids(self, ids) -> np.ndarray:  # external ids resolved (documents.py)
@@ -391,13 +397,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
 
     @_locked
     def delete(self, ids) -> int:
-        """Delete memories by id (from the index, the tags and the filters); returns the count.
-
-        Raises
-        ------
-        ValueError
-            An id that was never assigned or is already deleted; nothing is deleted then.
-        """
+        """Delete memories by id (from the index, the tags, the filters and the links); returns the
+        count. ValueError for an id never assigned or already deleted: nothing is deleted then."""
         from . import writes
         self._require_writable()
         rows = writes.prepare_delete(self, self._rows_for(ids))
@@ -412,8 +413,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
     def compact(self) -> int:
         """Drop the bytes of deleted memories and of replaced contents and tag lists.
 
-        Deleted memories keep their (int8) row, since ids are row numbers; their content,
-        tags and IVF entries go (their lists re-encoded). Returns the bytes reclaimed.
+        Deleted memories keep their (int8) row, since ids are row numbers; their content, tags,
+        links and IVF entries go (their lists re-encoded). Returns the bytes reclaimed.
         """
         from . import writes
         return writes.compact(self)
@@ -435,23 +436,18 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         queries : (nq, dim) float array, optional
             Probe queries. Default: the sampled queries of past searches (when 64 or more have
             been seen), else the sampled memories themselves, each excluding itself.
-        k, nprobe, rerank : int, optional
-            The search to evaluate (default: the config's).
-        max_queries : int
-        confidence : float
-            Level of the interval.
+        k, nprobe, rerank, max_queries : int, optional
+            The search to evaluate (default: the config's); ``confidence``: the interval's level.
 
         Returns
         -------
         dict
             ``recall``, ``ci`` (low, high), ``confidence``, ``ann_recall``, ``int8_recall``, ``int8_sampled``
             (counted on the originals' ``hits``), ``queries``, ``source`` ("given", "queries" or "memories"),
-            ``sample``, ``k``, ``nprobe``, ``rerank``, ``seconds``.
-
-        Cost: one exact int8 scan of the store per probe query (~1 s per 1,000 queries per 100k).
+            ``sample``, ``k``, ``nprobe``, ``rerank``, ``seconds``. Cost: one exact int8 scan of
+            the store per probe query (~1 s per 1,000 queries per 100k).
         """
         from . import quality
-
         return quality.estimate(self, queries, k, nprobe=nprobe, rerank=rerank, max_queries=max_queries,
                                 confidence=confidence)
 

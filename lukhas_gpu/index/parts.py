@@ -18,9 +18,11 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..monitor.probe import DriftMonitor, Probe
+from ..records.contenthash import ContentHashes
 from ..records.contents import ContentArena
 from ..records.docmeta import DocMetadata
 from ..records.idmap import IdMap
+from ..records.links import Links
 from ..records.metadata import MetadataColumns
 from ..records.tags import TagIndex
 from ..records.tombstones import Tombstones
@@ -55,6 +57,8 @@ class IndexState:
     tuning_retry_at: float = 0.0
     #: The live count of the last restructure: not tried again before the index doubles.
     restructure_tried_at: int = 0
+    #: What the last ``add`` did (:class:`.dedup.AddResult`: ids, merged count, which into which).
+    last_add: Any = None
 
 
 class IndexParts:
@@ -74,6 +78,10 @@ class IndexParts:
         The external id of every row (``config.external_ids``), else None.
     docmeta : DocMetadata
         Free metadata dicts and the declared fields' columns.
+    hashes : ContentHashes
+        The content hash of every row (exact dedup).
+    links : Links
+        Typed, weighted links between memories.
     ann : IVFPQIndex or None
         The IVF-PQ index once trained.
     mirror : DeviceMirror or None
@@ -107,6 +115,8 @@ class IndexParts:
         self.meta = MetadataColumns()
         self.idmap = IdMap(config.external_ids) if config.external_ids else None
         self.docmeta = DocMetadata(config.fields)
+        self.hashes = ContentHashes()  # one uint64 per row: exact dedup (records/contenthash.py)
+        self.links = Links()  # links between memories (records/links.py)
         self.ann = None
         self.mirror = None
         self.mirror_wanted = False  # set by the facade once the backend is known
@@ -182,7 +192,7 @@ class IndexParts:
         """``{name: component}`` of the built components (for accounting and checks)."""
         out = {"vectors": self.vectors, "tombstones": self.tombstones, "contents": self.contents,
                "tags": self.tags, "meta": self.meta, "docmeta": self.docmeta, "probe": self.probe,
-               "drift": self.drift}
+               "drift": self.drift, "hashes": self.hashes, "links": self.links}
         if self.idmap is not None:
             out["idmap"] = self.idmap
         if self._encoder is not None:
