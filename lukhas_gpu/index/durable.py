@@ -409,7 +409,8 @@ def apply_record(index, op: int, f: dict) -> None:
         n = len(np.atleast_2d(f["x"]))
         writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"],
                                                     ids=f.get("ext", extids.NO_IDS), metadata=meta,
-                                                    sparse=sparse_parts.from_fields(f, n), into=f.get("into")))
+                                                    sparse=sparse_parts.from_fields(f, n), into=f.get("into"),
+                                                    dedup="off"))  # the logged decision, never a new one
     elif op == OP_UPDATE:
         rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
         meta = extids.Logged(f["meta"]) if f.get("meta") is not None else None

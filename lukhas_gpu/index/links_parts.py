@@ -35,8 +35,10 @@ def prepare_link(parts, src: np.ndarray, dst: np.ndarray, kind, weight) -> dict:
     src, dst = _pairs(src, dst)
     n = len(src)
     kinds = [kind] * n if isinstance(kind, str) else list(kind) if hasattr(kind, "__len__") else None
-    if kinds is None or len(kinds) != n:
-        raise ValueError(f"kind must be a str or one str per link ({n}), got {type(kind).__name__}")
+    if kinds is None:
+        raise TypeError(f"kind must be a str or one str per link, got {type(kind).__name__}")
+    if len(kinds) != n:
+        raise ValueError(f"kind has {len(kinds)} entries, expected one str per link ({n})")
     names = list(dict.fromkeys(check_kind_name(k) for k in kinds))
     parts.links.check_new_kinds(names)
     w = np.asarray(weight, dtype=np.float64)

@@ -113,7 +113,7 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=N
     b = AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext, packed, hashes)
     if into is not None:  # a replayed decision, checked against the store
         b.into = _check_into(index, np.asarray(into, np.int64), n)
-    else:
+    elif dedup_.check_mode(index, dedup) != "off":  # decided here, once, by the writer
         b.into = dedup_.resolve(index, b, dedup_.check_mode(index, dedup), hashes)
     return b
 
