@@ -155,12 +155,14 @@ def run_call(ix, call: dict):
         return ix.add(**kw)
     if name == "delete":
         return ix.delete(kw["ids"])
+    if name in ("link", "unlink"):  # model_memops
+        return getattr(ix, name)(**kw)
     ids = kw.pop("ids")
     return ix.update(ids, **kw)
 
 
 def makes_record(call: dict) -> bool:
-    return call["name"] in ("add", "update", "delete") and not call.get("bad")
+    return call["name"] in ("add", "update", "delete", "link", "unlink") and not call.get("bad")
 
 
 # -- JSON for calls (the subprocess writer, the replay files) ----------------------------------------

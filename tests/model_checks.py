@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_consts import DIM, FIELDS, NLIST, T0, TAGS, USERS
+from model_memops import check_links
 from model_store import Violation
 
 #: Candidates the own-vector check allows: a healthy IVF (PQ16x4fs at 16 dims, every list probed)
@@ -323,6 +324,7 @@ def check_index(ix, model, rng, known, *, light: bool = False) -> None:
     check_sparse(ix, model, keys)
     check_found(ix, model, keys, known)
     check_congruence(ix, model, rng, known)
+    check_links(ix, model, rng, _fail)
     rep = ix.verify()
     if not rep.get("ok"):
         _fail("verify()", rep, "ok")
@@ -335,6 +337,7 @@ def matches(ix, model, rng, known) -> bool:
         check_records(ix, model, rng)
         check_sparse(ix, model, model.keys())
         check_found(ix, model, model.keys(), known)
+        check_links(ix, model, rng, _fail)
         return True
     except Violation:
         return False

@@ -88,10 +88,12 @@ class AddRequest(BaseModel):
     tags: Optional[list[list[str]]] = Field(None, description="one list of tags per vector")
     timestamps: Optional[list[Union[float, str]]] = Field(None, description="epoch seconds or ISO-8601 (default now)")
     importance: Optional[Union[list[float], float]] = Field(None, description="in [0, 1] (default 0.5)")
+    dedup: Optional[str] = Field(None, description="off, exact or near (default: the store's config)")
 
 
 class AddResponse(BaseModel):
     ids: list[int] = Field(..., description="the new memories' ids, returned once the write-ahead log holds them")
+    merged: int = Field(0, description="memories merged into existing ones (dedup): their ids are the targets'")
     time: float
 
 
