@@ -257,3 +257,22 @@ def test_links_are_logged_checkpointed_read_and_verified(tmp_path):
     (gen / layout.MANIFEST).write_text(json.dumps(m))
     with pytest.raises(layout.CorruptStoreError, match="links"):
         MemoryIndex.open(tmp_path / "s")
+
+
+def test_the_cli_prints_links_and_lineage(tmp_path, capsys):
+    import json
+
+    from lukhas_gpu.cli import main
+
+    ix = MemoryIndex.create(tmp_path / "s", DIM)
+    ix.add(_x(5))
+    ix.link([0, 1], [1, 2], kind="cause", weight=[1.0, 0.5])
+    ix.close()
+    assert main(["links", str(tmp_path / "s"), "0", "2", "--json"]) == 0
+    lines = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    assert lines[0]["links"] == [{"id": 1, "kind": "cause", "weight": 1.0}] and lines[1]["links"] == []
+    assert main(["links", str(tmp_path / "s"), "2", "--in"]) == 0
+    assert "<- 1 (cause, 0.5)" in capsys.readouterr().out
+    assert main(["links", str(tmp_path / "s"), "0", "--depth", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["1 depth=1 via=0", "2 depth=2 via=1"]
+    assert main(["links", str(tmp_path / "s"), "9"]) == 1  # an unknown id: one line on stderr
