@@ -17,7 +17,7 @@ import numpy as np
 from .columns import GrowableArray
 from .validate import KIND_NONE
 
-__all__ = ["ContentHashes", "hash_contents", "NO_HASH", "TAIL_MIN"]
+__all__ = ["ContentHashes", "hash_contents", "planned_bytes", "NO_HASH", "TAIL_MIN"]
 
 NO_HASH = 0
 TAIL_MIN = 65536
@@ -35,6 +35,12 @@ def hash_contents(validated) -> np.ndarray:
         h = int.from_bytes(blake(bytes((k,)) + p, digest_size=8).digest(), "little")
         out[i] = h or 1
     return out
+
+
+def planned_bytes(count: int, exact: bool) -> int:
+    """What :meth:`ContentHashes.memory_usage` reports for ``count`` rows: the column, plus the
+    lookup's sorted hashes and rows once an exact dedup has used it (``exact``)."""
+    return 8 * count + (16 * count if exact else 0)
 
 
 class ContentHashes:
