@@ -276,3 +276,13 @@ def test_the_cli_prints_links_and_lineage(tmp_path, capsys):
     assert main(["links", str(tmp_path / "s"), "0", "--depth", "2"]) == 0
     assert capsys.readouterr().out.splitlines() == ["1 depth=1 via=0", "2 depth=2 via=1"]
     assert main(["links", str(tmp_path / "s"), "9"]) == 1  # an unknown id: one line on stderr
+
+
+def test_follow_links_on_a_text_search():
+    ix = MemoryIndex(DIM, IndexConfig(text_index=True))
+    ix.add(_x(4), contents=["alpha", "beta", "gamma", "delta"])
+    ix.link(2, 3)
+    r = ix.search(None, k=1, text="gamma", follow_links=1)
+    assert r.ids.tolist() == [2, 3] and r.linked_from.tolist() == [-1, 2]
+    with pytest.raises(ValueError, match="follow_links"):
+        ix.search(_x(1), k=1, follow_links=99)

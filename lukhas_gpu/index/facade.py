@@ -320,8 +320,9 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin, MemOpsMixin):
         if text is not None or sparse is not None:
             if mmr.check_diversity(diversity, 1) is not None:
                 raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
-            return self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank, text=text,
-                                       sparse=sparse, fusion=fusion, target_recall=target_recall)
+            return self._with_links(self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe,
+                                                        rerank=rerank, text=text, sparse=sparse, fusion=fusion,
+                                                        target_recall=target_recall), follow_links, where)
         q, kind = as_batch(queries, self.dim, "queries")
         cfg, parts = self.config, self.parts
         if cfg.metric == "cosine":
