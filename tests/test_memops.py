@@ -286,3 +286,25 @@ def test_follow_links_on_a_text_search():
     assert r.ids.tolist() == [2, 3] and r.linked_from.tolist() == [-1, 2]
     with pytest.raises(ValueError, match="follow_links"):
         ix.search(_x(1), k=1, follow_links=99)
+
+
+def test_the_hash_lookup_matches_a_scan_through_rebuilds(monkeypatch):
+    from lukhas_gpu.records import contenthash
+
+    monkeypatch.setattr(contenthash, "TAIL_MIN", 8)  # the main arrays rebuilt often
+    rng = np.random.default_rng(4)
+    col = contenthash.ContentHashes()
+    dead: set = set()
+    for step in range(60):
+        col.append(rng.integers(0, 12, int(rng.integers(1, 20))).astype(np.uint64))  # 0 = no content
+        n = len(col)
+        if rng.random() < 0.5:
+            rows = rng.choice(n, 3, replace=False)
+            col.replace(rows, rng.integers(0, 12, 3).astype(np.uint64))
+        if rng.random() < 0.3:
+            dead.add(int(rng.integers(0, n)))
+        q = np.arange(0, 14, dtype=np.uint64)
+        got = col.lookup(q, lambda r: np.isin(r, list(dead)))
+        h = col.col.view()
+        want = [min((r for r in range(n) if h[r] == v and r not in dead), default=-1) if v else -1 for v in q]
+        assert got.tolist() == want, step

@@ -37,7 +37,7 @@ def check_kind_name(kind) -> str:
     n = len(kind.encode("utf-8", "surrogatepass"))
     if not 0 < n <= MAX_LINK_KIND_BYTES:
         raise ValueError(f"a link kind must be 1..{MAX_LINK_KIND_BYTES} UTF-8 bytes, got {n} ({kind[:40]!r})")
-    return kind
+    return str(kind)  # a numpy str_ becomes a plain str (the log's JSON, the kind table)
 
 
 class LinkEdges:
