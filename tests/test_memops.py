@@ -308,3 +308,18 @@ def test_the_hash_lookup_matches_a_scan_through_rebuilds(monkeypatch):
         h = col.col.view()
         want = [min((r for r in range(n) if h[r] == v and r not in dead), default=-1) if v else -1 for v in q]
         assert got.tolist() == want, step
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing"])
+def test_a_damaged_links_file_is_named(tmp_path, damage):
+    ix = MemoryIndex.create(tmp_path / "s", DIM)
+    ix.add(_x(4))
+    ix.link(0, [1, 2])
+    ix.close()
+    p = layout.current_generation(tmp_path / "s") / layout.LINKS
+    if damage == "truncate":
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    else:
+        p.unlink()
+    with pytest.raises(layout.CorruptStoreError, match="links.npz"):
+        MemoryIndex.open(tmp_path / "s", mode="w")
