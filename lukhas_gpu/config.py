@@ -29,6 +29,8 @@ _METRICS = ("cosine", "ip")
 _VECTOR_STORAGE = ("memory", "mmap")
 #: Types a declared metadata field may have (``metadata_fields``).
 METADATA_FIELD_TYPES = ("str", "int", "float", "bool")
+#: ``IndexConfig.dedup`` and ``add(dedup=)``.
+DEDUP_MODES = ("off", "exact", "near")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -163,6 +165,18 @@ class IndexConfig:
         Drop English stopwords when tokenizing (contents and queries).
     text_stemmer : str or None, default None
         Stem terms with this Snowball language (``"english"``; needs PyStemmer).
+    dedup : {"off", "exact", "near"}, default "off" ("exact" in ``production``)
+        Deduplication on ``add`` (``add(dedup=)`` overrides it per call): ``exact`` merges a memory
+        whose content bytes equal a live memory's (a 64-bit content hash per memory, 8 B);
+        ``near`` merges one whose vector's cosine to its nearest live memory (the index's own
+        search, confirmed on the int8 rows) is at least ``dedup_threshold``. A duplicate gets the
+        existing id back and merges into it (newest timestamp, highest importance, union of
+        tags). Adds naming ``ids=`` are upserts and skip dedup. ``near`` costs a k=1 search per
+        memory added.
+    dedup_threshold : float, default 0.97
+        The cosine at or above which ``near`` merges.
+    dedup_merge : {"merge", "replace"}, default "merge"
+        ``merge`` keeps the existing memory's content; ``replace`` takes the duplicate's.
     """
 
     metric: str = "cosine"
@@ -200,6 +214,9 @@ class IndexConfig:
     bm25_variant: str = "lucene"
     text_stopwords: str | None = None
     text_stemmer: str | None = None
+    dedup: str = "off"
+    dedup_threshold: float = 0.97
+    dedup_merge: str = "merge"
 
     def __post_init__(self) -> None:
         _choice("metric", self.metric, _METRICS)
@@ -235,6 +252,11 @@ class IndexConfig:
         if not isinstance(self.zstd_level, int) or not 1 <= self.zstd_level <= 22:
             raise ValueError(f"zstd_level must be an int in [1, 22], got {self.zstd_level!r}")
         self._check_text()
+        _choice("dedup", self.dedup, DEDUP_MODES)
+        _choice("dedup_merge", self.dedup_merge, ("merge", "replace"))
+        if isinstance(self.dedup_threshold, bool) or not isinstance(self.dedup_threshold, (int, float)) \
+                or not 0.0 < float(self.dedup_threshold) <= 1.0:
+            raise ValueError(f"dedup_threshold must be a number in (0, 1], got {self.dedup_threshold!r}")
         if not (0.5 < float(self.quantile) <= 1.0):
             raise ValueError(f"quantile must be in (0.5, 1], got {self.quantile!r}")
 

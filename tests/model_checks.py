@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from model_memops import check_links
 from model_scopes import in_window, valid_keys
 
 from model_consts import DIM, FAR, FIELDS, NAMESPACES, NLIST, T0, TAGS, USERS
@@ -350,6 +351,7 @@ def check_index(ix, model, rng, known, *, light: bool = False) -> None:
     check_sparse(ix, model, keys)
     check_found(ix, model, keys, known)
     check_congruence(ix, model, rng, known)
+    check_links(ix, model, rng, _fail)
     rep = ix.verify()
     if not rep.get("ok"):
         _fail("verify()", rep, "ok")
@@ -362,6 +364,7 @@ def matches(ix, model, rng, known) -> bool:
         check_records(ix, model, rng)
         check_sparse(ix, model, model.keys())
         check_found(ix, model, model.keys(), known)
+        check_links(ix, model, rng, _fail)
         return True
     except Violation:
         return False

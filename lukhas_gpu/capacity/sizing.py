@@ -34,6 +34,7 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 
 from ..config import IndexConfig, as_config
+from ..records.contenthash import planned_bytes as hashes_planned
 from ..records.contents import planned_bytes as content_bytes
 from ..records.metadata import planned_bytes as metadata_bytes
 from ..sparse.sparse_vectors import planned_bytes as sparse_bytes
@@ -386,6 +387,8 @@ def _encoder_and_probe_bytes(count: int, dim: int, dim_out: int, cfg: IndexConfi
     disk["probe"] = probe + 5 * NPZ_MEMBER_BYTES
     anon["tombstones"] = 0
     disk["tombstones"] = 8
+    anon["content_hashes"] = hashes_planned(count, cfg.dedup == "exact")
+    disk["content_hashes"] = 8 * count + NPZ_MEMBER_BYTES
     return {"anon": anon, "gpu": gpu, "disk": disk}
 
 

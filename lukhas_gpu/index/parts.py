@@ -18,9 +18,11 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..monitor.probe import DriftMonitor, Probe
+from ..records.contenthash import ContentHashes
 from ..records.contents import ContentArena
 from ..records.docmeta import DocMetadata
 from ..records.idmap import IdMap
+from ..records.links import Links
 from ..records.metadata import MetadataColumns
 from ..records.scopes import Namespaces, Validity
 from ..records.tags import TagIndex
@@ -56,6 +58,8 @@ class IndexState:
     tuning_retry_at: float = 0.0
     #: The live count of the last restructure: not tried again before the index doubles.
     restructure_tried_at: int = 0
+    #: What the last ``add`` did (:class:`.dedup.AddResult`: ids, merged count, which into which).
+    last_add: Any = None
 
 
 class IndexParts:
@@ -79,6 +83,10 @@ class IndexParts:
         Each row's namespace (a name table and a uint32 column, from the first name but ``""``).
     validity : Validity
         Each row's validity window (two float64 columns, from the first window given).
+    hashes : ContentHashes
+        The content hash of every row (exact dedup).
+    links : Links
+        Typed, weighted links between memories.
     ann : IVFPQIndex or None
         The IVF-PQ index once trained.
     mirror : DeviceMirror or None
@@ -114,6 +122,8 @@ class IndexParts:
         self.docmeta = DocMetadata(config.fields)
         self.namespaces = Namespaces()
         self.validity = Validity()
+        self.hashes = ContentHashes()  # one uint64 per row: exact dedup (records/contenthash.py)
+        self.links = Links()  # links between memories (records/links.py)
         self.ann = None
         self.mirror = None
         self.mirror_wanted = False  # set by the facade once the backend is known
@@ -189,7 +199,7 @@ class IndexParts:
         """``{name: component}`` of the built components (for accounting and checks)."""
         out = {"vectors": self.vectors, "tombstones": self.tombstones, "contents": self.contents,
                "tags": self.tags, "meta": self.meta, "docmeta": self.docmeta, "probe": self.probe,
-               "drift": self.drift}
+               "drift": self.drift, "hashes": self.hashes, "links": self.links}
         if self.idmap is not None:
             out["idmap"] = self.idmap
         if self.namespaces.used:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..store import layout, lineage
 from ..store.persist import GenerationReader
-from . import ivflists, sparse_parts
+from . import ivflists, links_parts, sparse_parts
 
 __all__ = ["verify"]
 
@@ -65,6 +65,7 @@ def verify(index) -> dict:
         raise layout.CorruptStoreError(where, wrong)
     try:
         sparse_parts.verify(parts, n, parts.tombstones.array() if parts.tombstones else np.zeros(0, np.int64))
+        links_parts.verify(parts, n)  # the hash column covers every row; links name rows within
     except ValueError as e:
         raise layout.CorruptStoreError(where, str(e)) from None
     try:  # every record decodes

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from ..index import MemoryIndex
 from ..store.layout import StoreError
 from ..util.bounds import MAX_ID, MIN_ID
-from . import dashboard, http_errors, search as search_mod, wire
+from . import dashboard, http_errors, link_routes, search as search_mod, wire
 from .batcher import Batcher, QueueFull
 from .conns import ConnectionTable
 from .limits import PUBLIC_PATHS, BodyTooLarge, Guard, error_body, read_body
@@ -55,7 +55,7 @@ __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
                         "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
-                        "/docs", "/v1/dashboard", "/v1/dashboard/search", *dashboard.STATIC})
+                        "/docs", "/v1/dashboard", "/v1/dashboard/search", *dashboard.STATIC}) | link_routes.ENDPOINTS
 #: A memory id in a path: an int64 (a larger one is a 422 naming it, never a 500 from numpy).
 _PathId = Annotated[int, Path(ge=MIN_ID, le=MAX_ID, description="the memory's id (int64)")]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
@@ -327,6 +327,7 @@ def _routes(app: FastAPI, st: _State) -> None:
     _memory_routes(app, st)
     _store_routes(app, st)
     dashboard.install(app, st)
+    link_routes.install(app, st, _json, _writable)
 
 
 def _writable(o) -> None:
@@ -385,10 +386,14 @@ def _memory_routes(app: FastAPI, st: _State) -> None:
                                                       for i, c in enumerate(req.contents)]
         stamps = None if req.timestamps is None else [wire.parse_time(t, f"timestamps[{i}]")
                                                       for i, t in enumerate(req.timestamps)]
-        ids = await st.run(lambda: st.index.add(x, contents=contents, tags=req.tags, timestamps=stamps,
-                                                importance=req.importance, namespace=req.namespace,
-                                                valid_from=req.valid_from, valid_to=req.valid_to))
-        return _json({"ids": ids, "time": time.perf_counter() - t0})
+        def add_one():  # the add and what it merged, under the index's lock (no other add in between)
+            with st.index.lock:
+                return st.index.add(x, contents=contents, tags=req.tags, timestamps=stamps, importance=req.importance,
+                                    namespace=req.namespace, valid_from=req.valid_from, valid_to=req.valid_to,
+                                    dedup=req.dedup), st.index.last_add.merged
+
+        ids, merged = await st.run(add_one)
+        return _json({"ids": ids, "merged": merged, "time": time.perf_counter() - t0})
 
     async def _ids_body(request) -> np.ndarray:
         req = IdsRequest.model_validate_json(await read_body(request, o.max_body_bytes))

@@ -100,6 +100,9 @@ TEXT_VALUES = "text.values"
 #: a generation without them holds every memory in the default namespace, always valid.
 NAMESPACES = "namespaces.npz"
 VALIDITY = "validity.npz"
+#: Links between memories (records/links.py) and the content hashes of exact dedup.
+LINKS = "links.npz"
+CONTENT_HASHES = "content_hash.npz"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
@@ -108,7 +111,8 @@ GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_recor
                     IDMAP: "external_ids", DOCMETA: "doc_metadata", VECTOR_CRCS: "vectors_crc",
                     SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
                     TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values",
-                    NAMESPACES: "namespaces", VALIDITY: "validity"}
+                    NAMESPACES: "namespaces", VALIDITY: "validity",
+                    LINKS: "links", CONTENT_HASHES: "content_hashes"}
 #: Files every generation has (the others depend on the index's phase).
 REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().
