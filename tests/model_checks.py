@@ -17,10 +17,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from model_memops import check_links
 from model_scopes import in_window, valid_keys
 
 from model_consts import DIM, FAR, FIELDS, NAMESPACES, NLIST, T0, TAGS, USERS
+from model_memops import check_links
 from model_store import Violation
 
 #: Candidates the own-vector check allows: a healthy IVF (PQ16x4fs at 16 dims, every list probed)

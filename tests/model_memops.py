@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from model_scopes import one
 
 from model_calls import _pick, make_add
-from model_scopes import one
 
 DEDUP_THRESHOLD = 0.97
 LINK_KINDS = ("cause", "ref", "é")
