@@ -254,19 +254,30 @@ def check_found(ix, model, keys, known) -> None:
     if held is None or 1 not in known:
         searches.append((f"IVF (nprobe={NLIST}, rerank={FOUND_DEPTH}, trained={ix.is_trained})",
                          lambda: ix.search(vecs, 1, nprobe=NLIST, rerank=FOUND_DEPTH)))
+    key_of = {model.mems[k].row: k for k in keys}
     for what, search in searches:
         res = search()
         got = np.asarray(res.ids)[:, 0]
         miss = np.flatnonzero(got != rows)
+        if len(miss):  # a near-copy kept apart (another namespace, dedup off) may tie with its original
+            miss = miss[[not _twins(vecs[i], model.mems[key_of[g]].vec) if g in key_of else True
+                         for i, g in zip(miss.tolist(), got[miss].tolist())]]
         if len(miss):
             raise Violation(f"{len(miss)} of {len(rows)} live memories not found by their own vector, {what}; "
                             f"rows {rows[miss][:12].tolist()} gave {got[miss][:12].tolist()}")
-    if [e[0] for e in res.external_ids] != list(keys):
-        _fail("SearchResult.external_ids of the own-vector search", [e[0] for e in res.external_ids][:12], keys[:12])
+    found = [key_of[g] for g in got.tolist()]
+    if [e[0] for e in res.external_ids] != found:
+        _fail("SearchResult.external_ids of the own-vector search", [e[0] for e in res.external_ids][:12], found[:12])
     hydrated = [m[0] for m in res.memories()[:8]]
     if [(m.id, m.content, m.external_id) for m in hydrated] != [(model.mems[k].row, model.mems[k].content, k)
-                                                               for k in keys[:8]]:
-        _fail("SearchResult.memories()", hydrated, keys[:8])
+                                                               for k in found[:8]]:
+        _fail("SearchResult.memories()", hydrated, found[:8])
+
+
+def _twins(a, b) -> bool:
+    """Two vectors of one direction (cosine > 0.999: the near-copies the dedup ops plant)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b) > 0.999 * float(np.linalg.norm(a) * np.linalg.norm(b))
 
 
 def _ids(res) -> list:
