@@ -47,6 +47,8 @@ def test_numpy_query_forms_equal_the_torch_rule(metric, dim_out):
         assert isinstance(qp, np.ndarray) and qw.dtype == torch.float32
         np.testing.assert_allclose(qw.numpy(), enc.query_weights(torch.from_numpy(q)).numpy(), rtol=2e-6, atol=1e-7)
         np.testing.assert_allclose(qp, enc.project(torch.from_numpy(q)).numpy(), rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(enc.normalized_queries(torch.from_numpy(q)),
+                                   enc.normalize(torch.from_numpy(q)).numpy(), rtol=2e-6, atol=1e-7)
         qw2, none = enc.query_forms(torch.from_numpy(q), project=False)
         assert none is None and torch.equal(qw, qw2)
     big = rng.standard_normal((SMALL_QUERIES + 1, dim)).astype(np.float32)  # the torch path itself

@@ -16,16 +16,15 @@ how an updated row's old entry goes. ``tests/test_faiss_upstream.py`` pins the u
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
 import time
 
 import numpy as np
 
 from ..util.device import faiss_gpus, faiss_module
 from ..util.memory import PAGE
+from .faisscalls import exclusion as _exclusion, search_params as _search_params, threads_for as _threads_for
 
 log = logging.getLogger(__name__)
 
@@ -196,69 +195,6 @@ def hnsw_graph_bytes(n_nodes: int, m: int = HNSW_M) -> int:
     level of each node (int32) and its offset into the slots (int64)."""
     slots = 2 * m + m / (m - 1)
     return int(round(n_nodes * (4 * slots + 4 + 8) + 8))
-
-
-#: Queries per call up to which FAISS runs on the calling thread alone: one query's lists are
-#: too few to share, and an OpenMP region per call waits on a second core that another process
-#: may hold (p99 of one nq=1 search, IVF1024 at 100k on 2 loaded cores: 7.8 ms on two threads,
-#: 0.08 ms on one; the same p50). Per thread (OpenMP's ICV), so server workers do not interfere.
-SINGLE_THREAD_QUERIES = 4
-_CACHE_LOCK = threading.Lock()
-_EXCLUDED: list = [None]  # (packed bit array, its length, selector, inner selector): the last one built
-_PARAMS: dict = {}  # (nprobe, hnsw coarse, id(selector)) -> (SearchParametersIVF, selector)
-
-
-@contextlib.contextmanager
-def _threads_for(faiss, nq: int):
-    """FAISS on one OpenMP thread for this thread's calls of at most :data:`SINGLE_THREAD_QUERIES`."""
-    before = faiss.omp_get_max_threads() if nq <= SINGLE_THREAD_QUERIES else 1
-    if before > 1:
-        faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before > 1:
-            faiss.omp_set_num_threads(before)
-
-
-def _exclusion(exclude):
-    """``(selector, keep-alive)``: a FAISS selector of every id but the deleted rows ``exclude``
-    (their packed bit array, see ``Tombstones.packed``), or ``(None, None)`` when none are.
-    Reused while ``packed()`` returns the same array (a delete within its length sets bits in
-    place, which the selector reads; a longer one, or a new ``Tombstones``, gives another array)."""
-    if exclude is None or not len(exclude):
-        return None, None
-    faiss = faiss_module()
-    packed = exclude.packed()
-    hit = _EXCLUDED[0]
-    if hit is not None and hit[0] is packed and hit[1] == len(packed):
-        return hit[2], hit
-    inner = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
-    entry = (packed, len(packed), faiss.IDSelectorNot(inner), inner)
-    with _CACHE_LOCK:
-        _EXCLUDED[0] = entry
-    return entry[2], entry
-
-
-def _search_params(faiss, nprobe: int, selector, hnsw: bool):
-    """``SearchParametersIVF`` for ``nprobe`` lists with ``selector``; kept for reuse (FAISS only
-    reads them) when the selector is none or the cached exclusion (a filter's is per call)."""
-    cached = selector is None or (_EXCLUDED[0] is not None and selector is _EXCLUDED[0][2])
-    key = (nprobe, hnsw, id(selector))
-    hit = _PARAMS.get(key) if cached else None
-    if hit is not None and hit[1] is selector:
-        return hit[0]
-    params = faiss.SearchParametersIVF(nprobe=nprobe)
-    if selector is not None:
-        params.sel = selector
-    if hnsw:
-        params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
-    if cached:
-        with _CACHE_LOCK:
-            if len(_PARAMS) >= 256:
-                _PARAMS.clear()
-            _PARAMS[key] = (params, selector)
-    return params
 
 
 class IVFPQIndex:

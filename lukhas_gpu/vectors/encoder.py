@@ -178,6 +178,18 @@ class Encoder(torch.nn.Module):
         """(n, D) -> (n, D) float32 on the encoder's device, unit-norm for ``cosine``."""
         return torch.cat([self._normalize_chunk(c) for c in self._chunks(x)])
 
+    def normalized_queries(self, q: torch.Tensor) -> np.ndarray:
+        """:meth:`normalize` of queries as float32 numpy (the probe's sample of them): numpy's
+        twin of the rule for a few on the CPU (:data:`SMALL_QUERIES`), else torch's."""
+        if self._small_cpu(q):
+            return self._normalize_np(np.asarray(q.numpy(), dtype=np.float32))
+        return self.normalize(q).cpu().numpy()
+
+    def _small_cpu(self, x) -> bool:
+        """At most :data:`SMALL_QUERIES` rows, on the CPU, for a CPU encoder: numpy's turn."""
+        cpu = not isinstance(x, torch.Tensor) or (x.device.type == "cpu" and not x.requires_grad)
+        return cpu and self.device.type == "cpu" and (x.shape[0] if x.ndim > 1 else 1) <= SMALL_QUERIES
+
     def _quantize_chunk(self, xn: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         return torch.round(xn / (self.scale if scale is None else scale)).clamp_(-127, 127).to(torch.int8)
 
@@ -258,7 +270,7 @@ class Encoder(torch.nn.Module):
         (:meth:`project`, float32 numpy): one normalisation for both. A CPU encoder computes them
         in numpy for batches up to :data:`SMALL_QUERIES` rows (one query at a time is the server's
         common case), else through torch as the batch path does."""
-        if self.device.type != "cpu" or q.device.type != "cpu" or q.shape[0] > SMALL_QUERIES:
+        if not self._small_cpu(q):
             return self.query_weights(q), self.project(q).cpu().numpy() if project else None
         if project and self.projects and not self.projection_fitted:
             raise RuntimeError("the projection is not fitted yet (call fit or fit_projection)")
