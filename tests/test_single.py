@@ -51,6 +51,8 @@ def test_numpy_query_forms_equal_the_torch_rule(metric, dim_out):
                                    enc.normalize(torch.from_numpy(q)).numpy(), rtol=2e-6, atol=1e-7)
         qw2, none = enc.query_forms(torch.from_numpy(q), project=False)
         assert none is None and torch.equal(qw, qw2)
+    bf = torch.from_numpy(rng.standard_normal((2, dim)).astype(np.float32)).to(torch.bfloat16)
+    np.testing.assert_array_equal(enc.query_forms(bf)[0].numpy(), enc.query_weights(bf).numpy())  # torch's
     big = rng.standard_normal((SMALL_QUERIES + 1, dim)).astype(np.float32)  # the torch path itself
     qw, qp = enc.query_forms(torch.from_numpy(big))
     assert torch.equal(qw, enc.query_weights(torch.from_numpy(big)))

@@ -187,7 +187,8 @@ class Encoder(torch.nn.Module):
 
     def _small_cpu(self, x) -> bool:
         """At most :data:`SMALL_QUERIES` rows, on the CPU, for a CPU encoder: numpy's turn."""
-        cpu = not isinstance(x, torch.Tensor) or (x.device.type == "cpu" and not x.requires_grad)
+        cpu = not isinstance(x, torch.Tensor) or (x.device.type == "cpu" and not x.requires_grad
+                                                   and x.dtype != torch.bfloat16)  # numpy has no bfloat16
         return cpu and self.device.type == "cpu" and (x.shape[0] if x.ndim > 1 else 1) <= SMALL_QUERIES
 
     def _quantize_chunk(self, xn: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
