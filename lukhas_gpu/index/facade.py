@@ -348,7 +348,7 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         if rank is not None and not isinstance(rank, ranking.Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
         enc = self.encoder
-        parts.probe.queries.offer(q, transform=lambda r: enc.normalize(r).cpu().numpy())
+        parts.probe.queries.offer(q, transform=enc.normalized_queries)
         mirror = device_mirror.mirror_ready(self)
         if rank is None or rank.is_plain:
             scores, ids, self.last_plan = executor.similar(parts, q, s, allowed, mirror)

@@ -56,6 +56,8 @@ class IndexState:
     tuning_cancel: bool = False
     #: ``time.monotonic()`` before which a failed run is not retried.
     tuning_retry_at: float = 0.0
+    #: Tuning runs started so far: a run keeps its choice only if no run started after it.
+    tuning_runs: int = 0
     #: The live count of the last restructure: not tried again before the index doubles.
     restructure_tried_at: int = 0
     #: What the last ``add`` did (:class:`.dedup.AddResult`: ids, merged count, which into which).

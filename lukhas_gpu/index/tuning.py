@@ -205,6 +205,8 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     target = check_target(target if target is not None else (cfg.target_recall or 0.95))
     k = check_k(k)
     with lock:
+        index.state.tuning_runs += 1
+        run_id = index.state.tuning_runs
         if cfg.probe_size == 0:
             raise ValueError("tuning needs the recall probe (config.probe_size > 0)")
         parts = index.parts
@@ -258,8 +260,12 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     tuned.met = bool(table["bound"][i] >= eff)
     tuned.qps = 1.0 / float(table["cost"][i]) if table["cost"][i] > 0 else 0.0
     tuned.seconds = time.perf_counter() - t0
-    with lock:
-        index.parts.tuned = tuned
+    with lock:  # a run that started later (more queries seen, the index as it is now) wins
+        if index.state.tuning_runs == run_id:
+            index.parts.tuned = tuned
+        else:
+            log.info("a tuning run started after this one: its choice is kept, not this one's")
+            return tuned
     (log.info if tuned.met else log.warning)(
         "tuned for recall@%d >= %.3f on %d %s: %s, rerank %d: estimated %.3f [%.3f, %.3f], ~%.0f QPS%s",
         k, target, nq,
@@ -344,8 +350,8 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
             xn = enc.project(enc.dequantize(index.parts.vectors[rows_nb])).cpu().numpy()
             nb_lists = np.where(nb >= 0, ann.assign(xn).reshape(nb.shape), -1)
         ranks = probing.needed_ranks(c_lists, nb_lists)
-        try:
-            weights = probing.fit(c_scores, ranks)
+        try:  # served with the weights fitted on every query, scored on queries each fold never saw
+            weights, folds = probing.fit(c_scores, ranks), probing.cross_fit(c_scores, ranks)
         except ValueError as e:
             log.info("adaptive probing not fitted: %s", e)
         if weights is not None:
@@ -353,7 +359,7 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
             for scale in SCALES:
                 _checkpoint_cancel(index, cancellable)
                 p = probing.Probing(acap, weights, scale, nmin)
-                counts = probing.probe_counts(c_scores, p)
+                counts = probing.held_out_counts(c_scores, p, folds)
                 masked = probing.mask_lists(c_lists, counts)
                 with lock:
                     cand = ann.search_lists(qp, kc_max, masked, c_scores[:, :masked.shape[1]],
@@ -570,6 +576,7 @@ class TuningMixin:
         if queries is not None:
             from ..util.arrays import as_batch
             as_batch(queries, self.dim, "queries")
+        wait(self, cancel=True)  # a background run measured an older index or fewer queries
         tuned = tune(self, target_recall, queries, k=k, max_queries=max_queries)
         return {**tuned.report(), "tried": tuned.tried()}
 
