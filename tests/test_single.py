@@ -93,18 +93,18 @@ def test_one_faiss_thread_for_a_single_query_then_restored(index, data):
     before = faiss.omp_get_max_threads()
     index.search(xq[0], 10)
     assert faiss.omp_get_max_threads() == before
-    seen = []
+    seen = [[], []]  # one list per thread: appends of two threads interleave
 
-    def worker():
+    def worker(out):
         for i in range(20):
-            seen.append(index.search(xq[i], 10).ids.tolist())
+            out.append(index.search(xq[i], 10).ids.tolist())
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
+    threads = [threading.Thread(target=worker, args=(out,)) for out in seen]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(seen) == 40 and seen[:20] == seen[20:]
+    assert len(seen[0]) == len(seen[1]) == 20 and seen[0] == seen[1]
     assert faiss.omp_get_max_threads() == before
 
 
