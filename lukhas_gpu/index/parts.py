@@ -87,6 +87,8 @@ class IndexParts:
         BM25 term counts and statistics (``config.text_index``).
     calib : (m, dim) float32 or None
         The first rows, kept while the int8 scales calibrate.
+    stage : GraphStage or RaBitQStage or None
+        The candidate stage the tuner chose beside the IVF (:mod:`lukhas_gpu.index.candidates`).
     tuned : Tuned or None
         The search parameters the tuner chose for ``config.target_recall`` and the table it
         measured (:mod:`lukhas_gpu.index.tuning`).
@@ -116,6 +118,7 @@ class IndexParts:
         self.sparse = None  # SparseVectors, from the first add with sparse vectors
         self.text = make_text(config)  # TextIndex with config.text_index
         self.calib: np.ndarray | None = None
+        self.stage = None  # the tuner's candidate stage (vectors.graph), if it chose one
         self.tuned = None  # the tuner's choice (index.tuning.Tuned), once it has run
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
@@ -191,6 +194,8 @@ class IndexParts:
             out["ann"] = self.ann
         if self.mirror is not None:
             out["mirror"] = self.mirror
+        if self.stage is not None:
+            out["stage"] = self.stage
         if self.sparse is not None:
             out["sparse"] = self.sparse
         if self.text is not None:
