@@ -27,7 +27,7 @@ from . import ivflists
 log = logging.getLogger(__name__)
 
 __all__ = ["STRUCTURE_CHOICES", "KIND_IDS", "check_structure", "fits_budget", "measure", "keep", "build",
-           "persist", "load", "held", "drop", "restrict"]
+           "persist", "load", "held", "drop", "restrict", "stage_params"]
 
 #: What ``tune(structure=)`` accepts (None: chosen by measured cost).
 STRUCTURE_CHOICES = ("ivf", "exact", *graph.STRUCTURES)
@@ -86,6 +86,18 @@ def held(parts, kind: str) -> bool:
     """Whether ``parts`` hold a ready stage of ``kind`` (a search's tuned stage can run)."""
     st = parts.stage
     return st is not None and st.ready and st.kind == kind
+
+
+def stage_params(index, tuned, kind: str, p, rr: int) -> dict | None:
+    """A search's parameters for a tuned stage row: the stage's when it is held, the config's
+    when the table has nothing else (a retrain dropped the stage it was forced to), else None
+    (look the IVF's rows up)."""
+    cfg = index.config
+    if held(index.parts, kind):
+        return {"nprobe": cfg.nprobe, "rerank": rr, "probing": None, "exact": False, "stage": (kind, p.nprobe)}
+    if not (tuned.table["kind"] < min(KIND_IDS.values())).any():
+        return {"nprobe": cfg.nprobe, "rerank": cfg.rerank, "probing": None, "exact": False}
+    return None
 
 
 def measure(index, ann, ref, k: int, kk: int, eff: float, estimate, rows: list, structure, reranks,

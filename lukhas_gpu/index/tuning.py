@@ -453,8 +453,8 @@ def search_params(index, nprobe, rerank, target_recall) -> dict:
     else:
         kind, p, rr = tuned.lookup(target)
     if kind in ("graph", "rabitq"):
-        if candidates.held(index.parts, kind):
-            return {"nprobe": cfg.nprobe, "rerank": rr, "probing": None, "exact": False, "stage": (kind, p.nprobe)}
+        if (out := candidates.stage_params(index, tuned, kind, p, rr)) is not None:
+            return out
         kind, p, rr = tuned.lookup(target, kinds=(0, 1, 2))  # the stage is gone (a retrain): the IVF's rows
     if kind == "exact":
         return {"nprobe": cfg.nprobe, "rerank": cfg.rerank, "probing": None, "exact": True}
