@@ -52,10 +52,9 @@ def ivf_bytes(parts) -> int:
 
 def fits_budget(parts, kind: str, budget: int) -> bool:
     """Whether the IVF-PQ plus a stage of ``kind`` over the store's rows stay within ``budget``
-    bytes per live memory."""
+    bytes per memory."""
     n = max(parts.rows, 1)
-    need = ivf_bytes(parts) + graph.stage_bytes(kind, n, parts.dim_out)
-    return need <= budget * max(parts.live, 1)
+    return ivf_bytes(parts) + graph.stage_bytes(kind, n, parts.dim_out) <= budget * n
 
 
 def build(index, kind: str, cancel=None):

@@ -29,7 +29,7 @@ from ..util.device import faiss_module
 from .ann import auto_nlist, train_sample_size
 
 __all__ = ["NodeMap", "GraphStage", "RaBitQStage", "STRUCTURES", "GRAPH_M", "GRAPH_EF", "RABITQ_NPROBES",
-           "stage_bytes", "new_stage", "stage_from_arrays"]
+           "stage_bytes", "new_stage", "stage_from_arrays", "planned_stage"]
 
 #: The candidate stages a store may hold beside its IVF-PQ (``Tuned.kind`` names them too).
 STRUCTURES = ("graph", "rabitq")
@@ -278,6 +278,17 @@ def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M) -> int:
     if kind == "rabitq":
         return int(n * (-(-d // 8) + 8 + 8) + auto_nlist(max(n, 1)) * d * 4)
     raise ValueError(f"unknown candidate stage {kind!r}; expected one of {STRUCTURES}")
+
+
+def planned_stage(n: int, d: int, budget: int, ivf_bytes: int) -> tuple[str | None, int]:
+    """The largest stage the tuner may build beside an IVF of ``ivf_bytes`` over ``n`` rows
+    within ``budget`` bytes per memory, and its expected bytes: ``(None, 0)`` when none fits."""
+    fits = [(stage_bytes(kind, n, d), kind) for kind in STRUCTURES
+            if ivf_bytes + stage_bytes(kind, max(n, 1), d) <= budget * max(n, 1)]
+    if not fits:
+        return None, 0
+    nbytes, kind = max(fits)
+    return kind, nbytes
 
 
 def new_stage(kind: str, d: int, sample: np.ndarray, n: int):
