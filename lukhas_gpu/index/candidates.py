@@ -197,9 +197,10 @@ def restrict(table: dict, structure) -> dict:
     return {name: col[keep_rows] for name, col in table.items()}
 
 
-def keep(index, table: dict, kind: str, built: dict) -> dict:
+def keep(index, kind: str, built: dict) -> None:
     """After the choice: the stage of ``kind`` ready in ``parts.stage`` (if it is one), the others
-    dropped with their rows of the table (a lookup never names a stage that is gone)."""
+    dropped (their rows stay in the table: a lookup that lands on one falls back to the IVF's,
+    :func:`stage_params`)."""
     parts = index.parts
     chosen = built.get(kind)
     if chosen is not None and parts.stage is not chosen:  # another was built after it: updates went there
@@ -208,9 +209,6 @@ def keep(index, table: dict, kind: str, built: dict) -> dict:
         chosen.ready = True
     elif parts.stage is not None and (kind not in graph.STRUCTURES or parts.stage.kind != kind):
         parts.stage = None
-    held = {KIND_IDS[parts.stage.kind]} if parts.stage is not None and parts.stage.ready else set()
-    gone = np.isin(table["kind"].astype(int), [i for i in KIND_IDS.values() if i not in held])
-    return {name: col[~gone] for name, col in table.items()}
 
 
 def drop(parts, why: str) -> None:

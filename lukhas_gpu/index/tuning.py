@@ -262,7 +262,7 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
                   queries_seen=seen, table=table, weights=weights)
     kind, p, rr = tuned.lookup(eff)
     with lock:
-        table = tuned.table = candidates.keep(index, table, kind, stages["built"])
+        candidates.keep(index, kind, stages["built"])
     i = _row_of(table, kind, p, rr)
     tuned.kind, tuned.probing, tuned.rerank = kind, p, rr
     tuned.recall, tuned.ci = float(table["recall"][i]), (float(table["ci_low"][i]), float(table["ci_high"][i]))

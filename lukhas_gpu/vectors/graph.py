@@ -105,7 +105,7 @@ class NodeMap:
         n_dead = len(exclude) if exclude is not None else 0
         if not self.mapped:
             return exclude.packed() if n_dead else None
-        key = (self.n, n_dead)
+        key = (self.n, n_dead, id(exclude), int(exclude.array()[-1]) if n_dead else -1)  # tombstones only grow
         if self._cache[0] != key:
             bits = self.superseded[:self.n].copy()
             if n_dead:
