@@ -27,7 +27,7 @@ from . import ivflists
 log = logging.getLogger(__name__)
 
 __all__ = ["STRUCTURE_CHOICES", "KIND_IDS", "check_structure", "fits_budget", "measure", "keep", "build",
-           "persist", "load", "held", "drop", "restrict", "stage_params"]
+           "persist", "load", "held", "drop", "restrict", "stage_params", "check"]
 
 #: What ``tune(structure=)`` accepts (None: chosen by measured cost).
 STRUCTURE_CHOICES = ("ivf", "exact", *graph.STRUCTURES)
@@ -216,6 +216,18 @@ def drop(parts, why: str) -> None:
     if getattr(parts, "stage", None) is not None:
         log.info("candidate stage %s dropped: %s", parts.stage.kind, why)
         parts.stage = None
+
+
+def check(parts) -> str | None:
+    """What is wrong with a ready stage (a node for every row, one FAISS entry per node), or None."""
+    st = parts.stage
+    if st is None or not st.ready:
+        return None
+    if st.covered() != parts.rows:
+        return f"the candidate stage ({st.kind}) covers {st.covered()} rows, the index holds {parts.rows}"
+    if st.ntotal != st.nodes.n:
+        return f"the candidate stage ({st.kind}) holds {st.ntotal} entries, its node map {st.nodes.n}"
+    return None
 
 
 # -- persistence -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..store import layout, lineage
 from ..store.persist import GenerationReader
-from . import ivflists, sparse_parts
+from . import candidates, ivflists, sparse_parts
 
 __all__ = ["verify"]
 
@@ -59,7 +59,7 @@ def verify(index) -> dict:
                     ("free metadata", len(parts.docmeta)), ("id map", len(parts.idmap) if parts.idmap else n)):
         if m != n:
             raise layout.CorruptStoreError(where, f"{part} holds {m} rows, the vectors {n}")
-    wrong = ivflists.check(parts)  # every live row has one entry in the lists; the others are deleted rows
+    wrong = ivflists.check(parts) or candidates.check(parts)  # every live row has one entry; others dead
     if wrong is not None:
         raise layout.CorruptStoreError(where, wrong)
     try:
