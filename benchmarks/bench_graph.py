@@ -22,7 +22,7 @@ Usage::
     python -m benchmarks.bench_graph --data wordnet
     python -m benchmarks.bench_graph --data debian
     python -m benchmarks.bench_graph --data synthetic --n 1000000
-    python -m benchmarks.bench_graph --data synthetic --n 20000 --queries synthetic --nq 400   # a smoke run
+    python -m benchmarks.bench_graph --data synthetic --n 20000 --queries synthetic --nq 400 --train-at 8192  # smoke
 
 Writes ``benchmarks/out/bench_graph_<set>.{json,md}`` and a recall-vs-QPS plot
 (``.png`` with matplotlib, else the points as ``.csv``) with bytes per memory in the legend.
@@ -94,7 +94,8 @@ def bench_lukhas(xb, a, b, gt_b, args) -> list[dict]:
     import lukhas_gpu
 
     n = len(xb)
-    cfg = lukhas_gpu.IndexConfig.preset("production", auto_tune=False, wal_sync="none")
+    over = {"train_threshold": args.train_at} if args.train_at else {}
+    cfg = lukhas_gpu.IndexConfig.preset("production", auto_tune=False, wal_sync="none", **over)
     with common.work_dir(None, "bench_graph_") as d:
         with Footprint(n) as fp:
             index = lukhas_gpu.MemoryIndex.create(d / "store", xb.shape[1], cfg)
@@ -113,7 +114,11 @@ def bench_lukhas(xb, a, b, gt_b, args) -> list[dict]:
         for structure in args.structures:
             index.config = index.config.replace(ann_ram_budget=1 << 20)  # forced: the budget aside
             t0 = time.perf_counter()
-            r = index.tune(TARGET, structure=structure)
+            try:
+                r = index.tune(TARGET, structure=structure)
+            except ValueError as e:  # an untrained index has no IVF to build on
+                log.warning("structure %s not measured: %s", structure, e)
+                continue
             anon = index.stats()["memory"]["per_memory"]["anon"]
             rows.append(point(f"lukhas_gpu {structure} (forced)", _setting(r), lambda q: index.search(q, K).ids,
                               b, gt_b, args, **{"B/mem anon (stats)": anon, "build s": time.perf_counter() - t0,
@@ -261,6 +266,7 @@ def main(argv=None) -> dict:
     p.add_argument("--single", type=int, default=500, help="queries timed one at a time")
     p.add_argument("--peers", default="hnswlib,usearch-f32,usearch-i8,faiss-hnsw,faiss-rabitq")
     p.add_argument("--structures", default="ivf,graph,rabitq", help="structures forced after the tuned point")
+    p.add_argument("--train-at", type=int, default=None, help="train_threshold (small smoke runs)")
     p.add_argument("--efs", default="16,24,32,48,64,96,128,192,256,384,512")
     args = p.parse_args(argv)
     args.efs = [int(e) for e in args.efs.split(",")]

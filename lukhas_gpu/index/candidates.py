@@ -58,27 +58,32 @@ def fits_budget(parts, kind: str, budget: int) -> bool:
 
 
 def build(index, kind: str, cancel=None):
-    """A stage of ``kind`` over every stored row, built in locked steps (not ready: searches do
-    not use it until :func:`keep`); it is ``parts.stage`` from its first step so that updates of
-    rows it holds reach it."""
+    """A stage of ``kind`` over every stored row, built in locked steps; from its first step it is
+    in ``parts.building`` (adds and updates reach it, searches do not use it) until :func:`keep`."""
     lock, parts = index.lock, index.parts
     with lock:
         n = parts.rows
         pick = np.sort(np.random.default_rng(index.config.seed).choice(n, min(n, 65536), replace=False))
         sample = ivflists.vectors_of(parts, pick)
         stage = graph.new_stage(kind, parts.dim_out, sample, n)
-        parts.stage = stage
-    while True:
-        if cancel is not None:
-            cancel()
+        parts.building.append(stage)
+    try:
+        while True:
+            if cancel is not None:
+                cancel()
+            with lock:
+                if index.parts is not parts or stage not in parts.building:
+                    raise RuntimeError("the candidate stage was dropped while it was built (a retrain or reload)")
+                a, b = stage.covered(), parts.rows
+                if a >= b:
+                    return stage
+                rows = np.arange(a, min(b, a + graph.BUILD_BATCH), dtype=np.int64)
+                stage.add(ivflists.vectors_of(parts, rows), rows)
+    except BaseException:
         with lock:
-            if index.parts.stage is not stage:
-                raise RuntimeError("the candidate stage was dropped while it was built (a retrain)")
-            a, b = stage.covered(), index.parts.rows
-            if a >= b:
-                return stage
-            rows = np.arange(a, min(b, a + graph.BUILD_BATCH), dtype=np.int64)
-            stage.add(ivflists.vectors_of(index.parts, rows), rows)
+            if stage in parts.building:
+                parts.building.remove(stage)
+        raise
 
 
 def held(parts, kind: str) -> bool:
@@ -112,6 +117,8 @@ def measure(index, ann, ref, k: int, kk: int, eff: float, estimate, rows: list, 
     kinds = [structure] if structure in graph.STRUCTURES else [] if structure is not None else \
         [kd for kd in graph.STRUCTURES if fits_budget(parts, kd, cfg.ann_ram_budget)]
     costs, built = {}, {}
+    with lock:  # what a failed run left building (its writes' cost) goes
+        parts.building = []
     if ann is None or ann is not parts.ann or not kinds:
         return {"costs": costs, "built": built}
     n_live = max(parts.live, 1)
@@ -198,24 +205,26 @@ def restrict(table: dict, structure) -> dict:
 
 
 def keep(index, kind: str, built: dict) -> None:
-    """After the choice: the stage of ``kind`` ready in ``parts.stage`` (if it is one), the others
-    dropped (their rows stay in the table: a lookup that lands on one falls back to the IVF's,
-    :func:`stage_params`)."""
+    """After the choice: the stage of ``kind`` (if it is one) ready in ``parts.stage``, in place
+    of the one served so far; the others dropped (their rows stay in the table: a lookup that
+    lands on one falls back to the IVF's, :func:`stage_params`)."""
     parts = index.parts
     chosen = built.get(kind)
-    if chosen is not None and parts.stage is not chosen:  # another was built after it: updates went there
-        chosen = build(index, kind)
-    if chosen is not None and parts.stage is chosen:
+    if chosen is not None and chosen in parts.building:
         chosen.ready = True
-    elif parts.stage is not None and (kind not in graph.STRUCTURES or parts.stage.kind != kind):
+        parts.stage = chosen
+    elif kind in graph.STRUCTURES and parts.stage is not None and parts.stage.kind == kind:
+        pass  # nothing new was built of it: the one served stays
+    else:
         parts.stage = None
+    parts.building = []
 
 
 def drop(parts, why: str) -> None:
     """No stage from now on (a retrain changed the projected space it was built in)."""
-    if getattr(parts, "stage", None) is not None:
-        log.info("candidate stage %s dropped: %s", parts.stage.kind, why)
-        parts.stage = None
+    if parts.stage is not None or parts.building:
+        log.info("candidate stages dropped: %s", why)
+    parts.stage, parts.building = None, []
 
 
 def check(parts) -> str | None:

@@ -119,6 +119,7 @@ class IndexParts:
         self.text = make_text(config)  # TextIndex with config.text_index
         self.calib: np.ndarray | None = None
         self.stage = None  # the tuner's candidate stage (vectors.graph), if it chose one
+        self.building: list = []  # stages a tuning run builds and measures (adds and updates reach them)
         self.tuned = None  # the tuner's choice (index.tuning.Tuned), once it has run
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
@@ -171,6 +172,10 @@ class IndexParts:
         if self._encoder is not None:
             return int(self._encoder.nbytes())
         return encoder_bytes(self.dim, self.dim_out)  # what building it will take
+
+    def stages(self) -> list:
+        """The candidate stages writes must reach: the one in service and those being built."""
+        return ([self.stage] if self.stage is not None else []) + self.building
 
     # -- counts ---------------------------------------------------------------------------------
     @property
