@@ -232,3 +232,40 @@ def test_a_damaged_stage_file_is_named(data, tmp_path):
     with pytest.raises(ValueError, match="unknown candidate stage"):
         graph.stage_from_arrays({"kind": np.frombuffer(b"lsh", np.uint8), "index": np.zeros(4, np.uint8),
                                  "nodes_n": np.array([0])}, 10)
+
+
+def test_writes_during_a_build_reach_the_stage(data, tmp_path, monkeypatch):
+    """Adds and vector updates between the build's locked steps: every row ends with one current
+    node whose vector is the row's stored one (updated rows below the build's front re-added,
+    those above it read when the build gets there)."""
+    from lukhas_gpu.index import candidates, ivflists
+
+    xb, _, _ = data
+    index = lukhas_gpu.MemoryIndex(D, _config())
+    index.add(xb[:4200])
+    monkeypatch.setattr(graph, "BUILD_BATCH", 700)
+    rng = np.random.default_rng(3)
+    steps = []
+
+    def between_steps():
+        i = len(steps)
+        steps.append(i)
+        if i in (1, 3):
+            index.add(xb[4200 + 50 * i: 4250 + 50 * i])
+        if i in (2, 4):
+            rows = rng.choice(index.parts.rows, 30, replace=False)
+            index.update(rows, embeddings=xb[rng.choice(N, 30, replace=False)])
+
+    stage = candidates.build(index, "graph", between_steps)
+    assert len(steps) >= 5 and stage in index.parts.building and not stage.ready
+    parts = index.parts
+    assert stage.covered() == parts.rows == 4300
+    nm = stage.nodes
+    current = nm.node_of[:parts.rows] if nm.mapped else np.arange(parts.rows)
+    got = stage.index.reconstruct_batch(current)
+    want = ivflists.vectors_of(parts, np.arange(parts.rows))
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.95, np.argsort(cos)[:10]
+    candidates.keep(index, "graph", {"graph": stage})
+    assert index.parts.stage is stage and stage.ready and not index.parts.building
+    assert candidates.check(index.parts) is None
