@@ -578,7 +578,7 @@ class TuningMixin:
         Returns
         -------
         dict
-            ``target``, ``kind`` ("fixed", "adaptive" or "exact"), ``nprobe``, ``rerank``,
+            ``target``, ``kind`` ("fixed", "adaptive", "exact", "graph", "rabitq"), ``nprobe``, ``rerank``,
             ``probing``, ``recall`` (estimated) and ``ci`` (two-sided 90%: its low end is the
             one-sided 95% bound the choice is held to), ``met``, ``source``, ``queries``,
             ``expected_qps`` (one batch of 512 queries on this machine), ``seconds`` and ``tried``
