@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from ..vectors import graph
+from ..vectors.ann import auto_nlist, train_sample_size
 from . import ivflists
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def build(index, kind: str, cancel=None):
     lock, parts = index.lock, index.parts
     with lock:
         n = parts.rows
-        pick = np.sort(np.random.default_rng(index.config.seed).choice(n, min(n, 65536), replace=False))
+        m = min(n, max(65536, train_sample_size(auto_nlist(n)) if kind == "rabitq" else 0))  # k-means' sample
+        pick = np.sort(np.random.default_rng(index.config.seed).choice(n, m, replace=False))
         sample = ivflists.vectors_of(parts, pick)
         stage = graph.new_stage(kind, parts.dim_out, sample, n)
         parts.building.append(stage)
