@@ -151,6 +151,12 @@ class IndexConfig:
         With a ``target_recall``, retune in a background thread after training, when the index
         has doubled, after a retrain and when twice as many queries have been seen; and retrain
         with more lists when the index has outgrown its own (see :mod:`lukhas_gpu.index.tuning`).
+    ann_ram_budget : int, default 200
+        Anonymous bytes per memory the ANN structures may hold together: the IVF-PQ (about 67 B
+        a memory at 1M, 384-d) and the candidate stage the tuner may add beside it (an HNSW
+        graph, about 332 B at 384-d with M=16, or IVF-RaBitQ, about 66 B; see
+        :mod:`lukhas_gpu.index.candidates`). The tuner never builds a stage that would exceed
+        it: with the other parts' ~45 B this keeps a default store within 250 B per memory.
     text_index : bool, default False
         Tokenize every memory's content (``str``) on add and keep its term frequencies, so that
         :meth:`~lukhas_gpu.MemoryIndex.search_text` ranks by BM25 and ``search(..., text=...)``
@@ -206,6 +212,7 @@ class IndexConfig:
     drift_threshold: float = 1.5
     target_recall: float | None = None
     auto_tune: bool = True
+    ann_ram_budget: int = 200
     external_ids: str | None = None
     metadata_fields: Any = None
     text_index: bool = False
@@ -229,7 +236,7 @@ class IndexConfig:
             _choice("external_ids", self.external_ids, ("str", "int"))
         object.__setattr__(self, "metadata_fields", _fields(self.metadata_fields))
         for name in ("train_threshold", "nprobe", "rerank", "batch_size", "max_content_bytes",
-                     "filter_exact_max", "rank_oversample"):
+                     "filter_exact_max", "rank_oversample", "ann_ram_budget"):
             _positive(name, getattr(self, name))
         for name in ("dim_out", "nlist", "capacity", "pq_m", "threads"):
             _positive(name, getattr(self, name), optional=True)

@@ -40,6 +40,7 @@ from model_consts import (  # noqa: F401
     KNOWN_DEFECTS,
     NLIST,
     ROOT,
+    STRUCTURES,
     T0,
     TAGS,
     USERS,
@@ -183,6 +184,8 @@ def gen_ops(seed: int, n_ops: int, ops=ALL_OPS, must=()) -> list:
             op["discard"] = rng.random() < 0.5
         elif o == "crash":
             op["n"] = rng.randint(2, 10)
+        elif o == "tune":
+            op["structure"] = rng.choice(STRUCTURES)
         out.append(op)
     return out
 
@@ -338,6 +341,21 @@ class Run(ScopeOps, memops.MemOpsMixin):
             self.lineage.append((rep["generation"], self.model.copy()))
             self.log_dirty = False
         self.count("retrain accepted" if rep["accepted"] else "retrain discarded")
+
+    def op_tune(self, op, rng):
+        """The tuner forced to one candidate structure (a graph, IVF-RaBitQ, the IVF, the exact
+        scan): what later searches with a target use, kept through adds, updates, deletes,
+        checkpoints, reopens, readers and crashes until a retrain drops a stage."""
+        ix = self._writer()
+        try:
+            rep = ix.tune(0.9, structure=op["structure"], max_queries=64)
+        except ValueError as e:
+            if ix.is_trained:
+                raise Violation(f"tune(structure={op['structure']!r}) of a trained index raised: {e}") from e
+            self.count("tune refused (untrained)")
+            return
+        self.count("tune")
+        self.count(f"tuned: {rep['kind']}")
 
     def op_reopen(self, op, rng):
         self._close(op["ckpt"])

@@ -183,7 +183,7 @@ def breakdown(index) -> dict:
     if pools:
         anon["python_pools"] = pools
     for part in (parts.probe, parts.drift, parts.mirror, getattr(parts, "sparse", None), getattr(parts, "text", None),
-                 parts.hashes, parts.links):
+                 parts.hashes, parts.links, getattr(parts, "stage", None)):
         if part is not None:
             add(part.memory_usage())
     _cuda_tensors(parts, places["gpu"])

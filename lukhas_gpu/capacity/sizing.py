@@ -42,6 +42,7 @@ from ..util.bounds import MAX_ROWS
 from ..util.checks import check_int, check_real
 from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES
 from ..util.runtime import planned as planned_runtime
+from ..vectors.graph import planned_stage
 from ..vectors.policy import (
     CALIBRATION_ROWS,
     MIN_TRAIN_ROWS,
@@ -342,6 +343,10 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     if _trained(count, cfg):
         ann, nlist, pq_m, coarse = _ann_bytes(count, dim_out, cfg, imbalance, state, be, faiss_gpu)
         _add(total, ann)
+        # the largest candidate stage the tuner may add within config.ann_ram_budget (index/candidates)
+        kind, nbytes = planned_stage(count, dim_out, cfg.ann_ram_budget, sum(ann["anon"].values()))
+        if kind is not None:
+            _add(total, {"anon": {f"stage_{kind}": nbytes}, "disk": {"candidate_stage": nbytes}})
     if nnz and count:
         if sparse_value_bytes not in (2, 4):
             raise ValueError(f"sparse_value_bytes must be 4 (float32) or 2 (float16), got {sparse_value_bytes!r}")

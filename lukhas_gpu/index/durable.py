@@ -28,7 +28,7 @@ from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
 from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
-from . import ivflists, links_parts, loadchecks, scope_parts, sparse_parts
+from . import candidates, ivflists, links_parts, loadchecks, scope_parts, sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,8 @@ def write(index, root) -> pathlib.Path:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
     if parts.tuned is not None:
         npz[layout.TUNING] = parts.tuned.to_arrays()
+    if (stage := candidates.persist(parts)) is not None:
+        npz[layout.STAGE] = stage
     if parts.idmap is not None:
         npz[layout.IDMAP] = parts.idmap.to_arrays()
     if parts.docmeta.starts is not None or parts.docmeta.fields:  # optional: only once used
@@ -271,6 +273,7 @@ def _load_monitoring(parts, gen) -> None:
             from .tuning import Tuned
 
             parts.tuned = Tuned.from_arrays(gen.npz(layout.TUNING))
+        candidates.load(parts, gen.npz(layout.STAGE))
     except (KeyError, ValueError) as e:
         raise layout.CorruptStoreError(gen.path, f"inconsistent probe, drift or tuning files ({e})") from None
 

@@ -102,6 +102,8 @@ class IndexParts:
         BM25 term counts and statistics (``config.text_index``).
     calib : (m, dim) float32 or None
         The first rows, kept while the int8 scales calibrate.
+    stage : GraphStage or RaBitQStage or None
+        The candidate stage the tuner chose beside the IVF (:mod:`lukhas_gpu.index.candidates`).
     tuned : Tuned or None
         The search parameters the tuner chose for ``config.target_recall`` and the table it
         measured (:mod:`lukhas_gpu.index.tuning`).
@@ -135,6 +137,8 @@ class IndexParts:
         self.sparse = None  # SparseVectors, from the first add with sparse vectors
         self.text = make_text(config)  # TextIndex with config.text_index
         self.calib: np.ndarray | None = None
+        self.stage = None  # the tuner's candidate stage (vectors.graph), if it chose one
+        self.building: list = []  # stages a tuning run builds and measures (adds and updates reach them)
         self.tuned = None  # the tuner's choice (index.tuning.Tuned), once it has run
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
@@ -188,6 +192,10 @@ class IndexParts:
             return int(self._encoder.nbytes())
         return encoder_bytes(self.dim, self.dim_out)  # what building it will take
 
+    def stages(self) -> list:
+        """The candidate stages writes must reach: the one in service and those being built."""
+        return ([self.stage] if self.stage is not None else []) + self.building
+
     # -- counts ---------------------------------------------------------------------------------
     @property
     def rows(self) -> int:
@@ -214,6 +222,8 @@ class IndexParts:
             out["ann"] = self.ann
         if self.mirror is not None:
             out["mirror"] = self.mirror
+        if self.stage is not None:
+            out["stage"] = self.stage
         if self.sparse is not None:
             out["sparse"] = self.sparse
         if self.text is not None:

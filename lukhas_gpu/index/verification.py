@@ -9,7 +9,7 @@ import numpy as np
 
 from ..store import layout, lineage
 from ..store.persist import GenerationReader
-from . import ivflists, links_parts, sparse_parts
+from . import candidates, ivflists, links_parts, sparse_parts
 
 __all__ = ["verify"]
 
@@ -60,7 +60,7 @@ def verify(index) -> dict:
                     ("namespace column", len(parts.namespaces)), ("validity windows", len(parts.validity))):
         if m != n:
             raise layout.CorruptStoreError(where, f"{part} holds {m} rows, the vectors {n}")
-    wrong = ivflists.check(parts)  # every live row has one entry in the lists; the others are deleted rows
+    wrong = ivflists.check(parts) or candidates.check(parts)  # every live row has one entry; others dead
     if wrong is not None:
         raise layout.CorruptStoreError(where, wrong)
     try:

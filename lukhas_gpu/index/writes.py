@@ -150,6 +150,9 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     ids = np.arange(start, start + n, dtype=np.int64)
     if parts.ann is not None:
         parts.ann.add(proj.cpu().numpy(), ids)
+    for st in parts.stages():
+        if st.covered() == start:  # else its build catches up
+            st.add(proj.cpu().numpy(), ids)
     parts.vectors.append(codes.cpu().numpy())
     parts.contents.append(b.contents if b.contents is not None else [None] * n)
     parts.tags.append(b.tags, n)
