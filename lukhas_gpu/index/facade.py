@@ -26,10 +26,12 @@ from ..util.device import resolve_backend
 from ..util.memtrim import maybe_trim, trim
 from . import durable, verification
 from .documents import DocumentsMixin
+from .driftwatch import DriftMixin
 from .locking import locked as _locked
 from .parts import IndexParts, IndexState
 from .results import Memory, SearchResult
 from .sparse_search import SparseSearchMixin
+from .trials import TrialsMixin
 from .tuning import TuningMixin
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
+class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin, DriftMixin, TrialsMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -455,20 +457,6 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         return quality.estimate(self, queries, k, nprobe=nprobe, rerank=rerank, max_queries=max_queries,
                                 confidence=confidence)
 
-    @_locked
-    def drift(self) -> dict:
-        """How far recent batches have drifted from the data the index was trained on.
-
-        Returns ``baseline`` and ``recent`` values of each measure (int8 ``quant`` error, IVF
-        ``coarse`` residual, ``pq`` error, list ``imbalance``), their ``ratios``, ``score``,
-        ``worst``, ``threshold``, ``retrain_recommended``, ``batches``, ``rows_measured``,
-        ``trained`` and the per-batch ``history`` (see :class:`~lukhas_gpu.monitor.probe.DriftMonitor`).
-        """
-        rep = self.parts.drift.report()
-        rep["trained"] = self.parts.ann is not None
-        rep["history"] = self.parts.drift.history()
-        return rep
-
     def retrain(self, *, background: bool = False, queries=None, tolerance: float = 0.0):
         """Rebuild the projection and the IVF-PQ index on a fresh sample of the store, and keep
         the new ones only if the recall probe says they are not worse.
@@ -483,7 +471,8 @@ class MemoryIndex(DocumentsMixin, SparseSearchMixin, TuningMixin):
         -------
         dict (or a ``concurrent.futures.Future`` of it with ``background=True``)
             ``accepted``, ``old`` and ``new`` probe recall with intervals, ``hits``, ``nlist``,
-            ``seconds``, ``generation`` (the checkpoint written, if any).
+            ``seconds``, ``generation`` (the checkpoint written, if any); ``live`` and ``candidate``
+            as in :meth:`trial` (a retrain is the trial of the current config without a QPS rule).
         """
         from . import lifecycle
         self._require_writable()

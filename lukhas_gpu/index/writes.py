@@ -15,7 +15,7 @@ from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import extids, ivflists, lifecycle, mirror_upkeep, sparse_parts
+from . import driftwatch, extids, ivflists, lifecycle, mirror_upkeep, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -105,6 +105,7 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     if parts.mirror is not None:
         mirror_upkeep.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
     lifecycle.observe(parts, b.x, codes, proj, ids)
+    driftwatch.observe(parts, b.norm_tags)  # a tag reaching its minimum count takes its reference
     return ids
 
 
@@ -198,6 +199,7 @@ def apply_update(index, u: Update) -> None:
         parts.docmeta.replace(u.rows, u.meta)
     if u.x is not None:
         extids.replace_vectors(index, u.rows, u.x)
+    driftwatch.observe(parts, u.norm_tags)
 
 
 def compact(index) -> int:

@@ -82,6 +82,10 @@ ENCODER = "encoder.npz"
 CALIBRATION = "calibration.npz"
 PROBE = "probe.npz"
 DRIFT = "drift.npz"
+#: Per-tag drift references (optional: a generation without it has no reference yet).
+TAG_DRIFT = "tagdrift.npz"
+#: The last trials' reports, as JSON bytes in an npz member (optional).
+TRIALS = "trials.npz"
 ANN = "ann.faiss"
 TUNING = "tuning.npz"
 IDMAP = "idmap.npz"
@@ -101,6 +105,7 @@ GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_recor
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
                     PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest",
+                    TAG_DRIFT: "tag_drift", TRIALS: "trials",
                     IDMAP: "external_ids", DOCMETA: "doc_metadata", VECTOR_CRCS: "vectors_crc",
                     SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
                     TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values"}
