@@ -155,6 +155,8 @@ def run_call(ix, call: dict):
         return ix.add(**kw)
     if name == "delete":
         return ix.delete(kw["ids"])
+    if name == "trial":
+        return ix.trial(**kw)
     ids = kw.pop("ids")
     return ix.update(ids, **kw)
 

@@ -19,7 +19,7 @@ KINDS = ("rows", "str", "int")
 #: its old offset. All fixed; each keeps its regression repro in tests/test_model.py.
 KNOWN_DEFECTS = frozenset()
 ALL_OPS = ("add", "bulk", "delete", "update", "bad", "compact", "checkpoint", "reopen", "rollback", "recover",
-           "refresh", "lag", "crash", "proc", "sharded", "retrain")
+           "refresh", "lag", "crash", "proc", "sharded", "retrain", "trial")
 WEIGHTS = {"add": 10, "bulk": 2, "delete": 7, "update": 7, "bad": 2, "compact": 1, "checkpoint": 2, "reopen": 2,
            "rollback": 1.5, "recover": 1, "refresh": 2, "lag": 1, "crash": 1, "proc": 0.3, "sharded": 0.5,
-           "retrain": 0.7}
+           "retrain": 0.7, "trial": 0.7}

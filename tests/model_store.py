@@ -31,16 +31,9 @@ import sys
 import time
 
 import numpy as np
+from model_trials import op_trial as _op_trial
 
-from model_calls import (
-    _enc,
-    _pick,
-    dumps_call,
-    make_add,
-    make_bad,
-    make_update,
-    run_call,
-)
+from model_calls import _enc, _pick, dumps_call, make_add, make_bad, make_update, run_call
 from model_consts import (  # noqa: F401
     ALL_OPS,
     DIM,
@@ -332,6 +325,8 @@ class Run:
             self.lineage.append((rep["generation"], self.model.copy()))
             self.log_dirty = False
         self.count("retrain accepted" if rep["accepted"] else "retrain discarded")
+
+    op_trial = _op_trial  # model_trials.py
 
     def op_reopen(self, op, rng):
         self._close(op["ckpt"])

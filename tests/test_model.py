@@ -16,7 +16,8 @@ import model_store as ms
 #: a quiet 2-core machine (each subprocess, a crash or a reader, costs seconds of torch import).
 SUITE = [
     ("rows", 101, 44, ("crash", "proc", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad")),
-    ("str", 102, 44, ("crash", "sharded", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad")),
+    ("str", 102, 44, ("crash", "sharded", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad",
+                      "trial")),
     ("int", 103, 24, ("rollback", "refresh", "reopen")),
 ]
 

@@ -58,7 +58,8 @@ def test_a_tag_whose_memories_move_is_flagged_and_one_that_stays_is_not(seed, ca
     assert tags["move"]["shift"] > 2 * tags["stay"]["shift"]
     assert rep["drifted_tags"] == ["move"] and again["drifted_tags"] == ["move"]
     assert sum("'move'" in r.getMessage() for r in caplog.records) == 1  # once per crossing
-    assert tags["stay"]["count"] == 900 and tags["stay"]["reference_count"] == 600  # the batch took it past TAG_MIN_COUNT
+    assert tags["stay"]["count"] == 900
+    assert tags["stay"]["reference_count"] == 600  # the batch took it past TAG_MIN_COUNT
     assert tags["stay"]["recent_rows"] == TAG_WINDOW
 
 

@@ -97,6 +97,8 @@ def observe(parts, x: torch.Tensor, codes: torch.Tensor, proj: torch.Tensor, ids
 
 
 def _new_ann(dim_out: int, n: int, cfg) -> IVFPQIndex:
+    # the one candidate structure today; a config's ``structure`` (once it has one: a trial may
+    # already change it, trials.FUTURE_FIELDS) picks the builder here
     nlist = planned_nlist(n, cfg)
     return IVFPQIndex(dim_out, nlist=nlist, pq_m=auto_pq_m(dim_out, cfg.pq_m), coarse=coarse_for(nlist, cfg),
                       seed=cfg.seed)

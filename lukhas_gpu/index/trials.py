@@ -46,8 +46,7 @@ _BOUNDS = {"nlist": MAX_NLIST, "pq_m": MAX_DIM_OUT, "dim_out": MAX_DIM_OUT, "npr
 
 def check_changes(index, changes: dict):
     """The candidate's config: ``index.config`` with ``changes``; TypeError / ValueError naming a
-    field a trial cannot change, a value of the wrong type or out of bounds, or a change
-    that leaves the config as it is."""
+    field a trial cannot change or a value of the wrong type or out of bounds."""
     cfg = index.config
     fields = {f.name for f in dataclasses.fields(cfg)}
     allowed = TRIAL_FIELDS + tuple(f for f in FUTURE_FIELDS if f in fields)
