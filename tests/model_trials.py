@@ -57,12 +57,15 @@ def op_trial(run, op, rng) -> None:
 def _killed(run, call: dict, rng) -> None:
     """A writer subprocess runs the trial and is killed at a random point (maybe after it)."""
     from lukhas_gpu import MemoryIndex
+    from lukhas_gpu.store import layout
 
     from model_checks import matches
     from model_store import Violation, spawn
 
     run._close(bool(rng.random() < 0.5))
     was = run.current()
+    # a checkpoint numbers after the newest generation directory (an orphan or one rolled away from)
+    nxt = f"gen-{layout.generations(run.path)[-1] + 1:06d}"
     proc = spawn("writer", run.path)
     try:
         if proc.stdout.readline().strip() != "ready":
@@ -77,7 +80,6 @@ def _killed(run, call: dict, rng) -> None:
     if not matches(run.ix, run.model, rng, run.known):
         raise Violation(f"after SIGKILL during a trial {call} the store does not hold the model's memories")
     cur = run.current()
-    nxt = f"gen-{int(was[4:]) + 1:06d}"
     if cur == nxt:
         run.lineage.append((cur, run.model.copy()))
         run.log_dirty = False

@@ -193,7 +193,8 @@ def test_the_cli_and_the_server_run_trials(tmp_path, data, capsys):
     assert main(["trial", str(path), "--nprobe", "1", "--recall-tolerance", "0", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["decision"] == "rolled back" and rep["live"]["params"]["nlist"] == nlist0
-    assert main(["trial", str(path), "--nlist", str(nlist0 // 2), "--recall-tolerance", "1"]) == 0
+    assert main(["trial", str(path), "--nlist", str(nlist0 // 2), "--recall-tolerance", "1",
+                 "--qps-tolerance", "1"]) == 0
     out = capsys.readouterr().out
     assert "promoted" in out and "candidate" in out
     assert main(["drift", str(path), "--by-tag", "--json"]) == 0

@@ -391,8 +391,11 @@ def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale,
     try:
         old_found, t_old = run(live, np_old, rr)
         new_found, t_new = run(cand, np_new, rr_new)
-        for _ in range(QPS_REPEATS - 1 if qps_tolerance is not None else 0):  # best of, interleaved
-            t_old, t_new = min(t_old, run(live, np_old, rr)[1]), min(t_new, run(cand, np_new, rr_new)[1])
+        spent, rounds = t_old + t_new, 1
+        while qps_tolerance is not None and (rounds < QPS_REPEATS or spent < 2 * QPS_SECONDS) \
+                and rounds < QPS_MAX_ROUNDS:  # the fastest of interleaved runs: noise only adds time
+            (_, a), (_, b) = run(live, np_old, rr), run(cand, np_new, rr_new)
+            t_old, t_new, spent, rounds = min(t_old, a), min(t_new, b), spent + a + b, rounds + 1
     finally:
         parts.encoder, parts.ann = live
         encoder.scale.copy_(new_scale)
@@ -419,8 +422,9 @@ def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale,
             "reason": reason, **sides}
 
 
-#: Timed runs of each side's probe searches in a trial (the fastest counts: the others met noise).
-QPS_REPEATS = 3
+#: Timed runs of each side's probe searches in a trial (the fastest counts: the others met noise):
+#: at least QPS_REPEATS, more until each side ran QPS_SECONDS in all, at most QPS_MAX_ROUNDS.
+QPS_REPEATS, QPS_SECONDS, QPS_MAX_ROUNDS = 3, 0.5, 50
 
 
 def _params(encoder, ann) -> dict:

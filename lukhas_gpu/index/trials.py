@@ -7,7 +7,7 @@ depth; ``structure`` once the config has that field), by the path of a retrain
 compared under the lock). Both sides run the same probe queries (the recorded queries, or
 ``queries=``) against the same exact neighbours: recall with its interval
 (:func:`lukhas_gpu.monitor.probe.recall_estimate`), QPS (the fastest of
-``lifecycle.QPS_REPEATS`` interleaved runs), bytes and parameters. The candidate is promoted
+interleaved runs, ``lifecycle.QPS_REPEATS`` or more), bytes and parameters. The candidate is promoted
 only if its recall is at least the live one's less ``recall_tolerance`` and its QPS at least
 ``1 - qps_tolerance`` times the live one's; otherwise it is discarded and nothing changed.
 
