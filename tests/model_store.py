@@ -31,7 +31,7 @@ import sys
 import time
 
 import numpy as np
-from model_trials import op_trial as _op_trial
+from model_trials import check_tag_drift, op_trial as _op_trial
 
 from model_calls import _enc, _pick, dumps_call, make_add, make_bad, make_update, run_call
 from model_consts import (  # noqa: F401
@@ -397,6 +397,7 @@ class Run:
             self.reader.refresh()
         self.reader_model, self.reader_replaced = self.model.copy(), self.replaced
         check_index(self.reader, self.reader_model, rng, self.known)
+        check_tag_drift(self.reader, self._writer())  # model_trials.py: the per-tag references
 
     def op_lag(self, op, rng):
         from model_checks import check_index

@@ -18,6 +18,20 @@ CHANGES = ({"nlist": 4}, {"nlist": 8}, {"nlist": 16}, {"coarse": "hnsw"}, {"coar
 RULES = ((1.0, None), (0.5, None), (0.2, 1.0), (0.0, 0.0))
 
 
+def check_tag_drift(reader, writer) -> None:
+    """A reader caught up with the writer has its per-tag references: the same figures per tag."""
+    from model_store import Violation
+
+    got, want = reader.drift(by_tag=True)["tags"], writer.drift(by_tag=True)["tags"]
+    if set(got) != set(want):
+        raise Violation(f"the reader has per-tag drift for {sorted(got)}, the writer for {sorted(want)}")
+    for tag, w in want.items():
+        g = got[tag]
+        if g["count"] != w["count"] or g["reference_count"] != w["reference_count"] \
+                or abs(g["shift"] - w["shift"]) > 1e-5 * max(1.0, w["shift"]):
+            raise Violation(f"per-tag drift of {tag!r}: the reader has {g}, the writer {w}")
+
+
 def _call(rng) -> dict:
     change = CHANGES[int(rng.integers(len(CHANGES)))]
     rt, qt = RULES[int(rng.integers(len(RULES)))]
