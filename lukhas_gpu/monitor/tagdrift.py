@@ -29,13 +29,14 @@ import logging
 import numpy as np
 
 from ..util.bounds import MAX_DRIFT_TAGS
+from ..util.memory import TAG_MIN_COUNT, tag_drift_bytes
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TagDrift", "TAG_MIN_COUNT", "TAG_WINDOW", "TAG_DRIFT_SHIFT", "TAG_DRIFT_SPREAD", "summarize"]
 
-#: Live memories a tag needs before it has a reference and a drift figure.
-TAG_MIN_COUNT = 256
+# TAG_MIN_COUNT (util.memory, where the planner reads it too): live memories a tag needs before
+# it has a reference and a drift figure.
 #: Rows of a tag a reference and the recent centroid are taken on (its newest live ones).
 TAG_WINDOW = 256
 #: Shift (in reference spreads) past which a tag has drifted: 3x the noise of two 256-row samples.
@@ -125,8 +126,10 @@ class TagDrift:
 
     # -- bytes and persistence ---------------------------------------------------------------------------------
     def nbytes(self) -> int:
-        return int(self.centroids.nbytes + self.spreads.nbytes + self.counts.nbytes
-                   + sum(len(n) + 56 for n in self.names))
+        """The references held (the arrays' spare capacity included)."""
+        spare = len(self.centroids) - len(self.names)
+        return tag_drift_bytes(len(self.names), self.dim, sum(len(n) for n in self.names)) \
+            + spare * (4 * self.dim + 12)
 
     def memory_usage(self) -> dict:
         """``tag_drift``: the references, in ``anon``."""
