@@ -202,3 +202,14 @@ def test_metrics_export_at_most_the_ten_most_shifted_tags():
     assert "collection_tags_drifted 14.0" in text
     m.update_tag_drift({"tags": {}, "drifted_tags": []})
     assert "collection_tag_drift_shift{" not in m.render().decode()
+
+
+def test_plan_counts_the_references_of_the_tags_that_reach_the_minimum():
+    import lukhas_gpu
+
+    few = lukhas_gpu.plan(100_000, 384, tags_per_memory=1, tag_vocabulary=10).memory["anon"]
+    many = lukhas_gpu.plan(100_000, 384, tags_per_memory=1, tag_vocabulary=100_000, tag_skew=0.0).memory["anon"]
+    assert few["tag_drift"] >= 10 * 384 * 4 and "tag_drift" not in many  # 1 memory per tag: none reaches it
+    ix = MemoryIndex(D)
+    _add(ix, _phases(0)[0])
+    assert ix.stats()["memory"]["anon"]["tag_drift"] == ix.parts.tagdrift.nbytes() > 3 * D * 4
