@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..monitor.tagdrift import TAG_DRIFT_SHIFT, TAG_DRIFT_SPREAD, TAG_MIN_COUNT, TAG_WINDOW
-from .locking import locked
 
 __all__ = ["DriftMixin", "observe", "reset_all", "tag_report"]
 
@@ -55,19 +54,27 @@ def _tags(parts) -> list[str]:
     return parts.tags.names()
 
 
-def tag_report(parts) -> dict:
+#: Tags measured per hold of the index's lock (a server's searches wait at most that long).
+TAGS_PER_LOCK = 64
+
+
+def tag_report(parts, lock) -> dict:
     """``drift(by_tag=True)``'s ``tags`` (per tag with a reference and enough live memories),
-    ``drifted_tags`` (most shifted first) and the rules; warns once per crossing."""
+    ``drifted_tags`` (most shifted first) and the rules; warns once per crossing. ``lock`` (the
+    index's) is held for :data:`TAGS_PER_LOCK` tags at a time, not for all of them."""
     td = parts.tagdrift
+    with lock:
+        names = list(td.names)
     out = {}
-    for name in list(td.names):
-        count = parts.tags.cardinality(name)
-        if count < TAG_MIN_COUNT:
-            continue
-        x, count = _recent(parts, name)
-        out[name] = td.compare(name, x, count)
+    for start in range(0, len(names), TAGS_PER_LOCK):
+        with lock:
+            for name in names[start: start + TAGS_PER_LOCK]:
+                if td.has(name) and parts.tags.cardinality(name) >= TAG_MIN_COUNT:
+                    x, count = _recent(parts, name)
+                    out[name] = td.compare(name, x, count)
     drifted = sorted((t for t, r in out.items() if r["drifted"]), key=lambda t: -out[t]["shift"])
-    td.alert(drifted)
+    with lock:
+        td.alert(drifted)
     return {"tags": out, "drifted_tags": drifted, "tag_rules": {
         "min_count": TAG_MIN_COUNT, "window": TAG_WINDOW, "shift": TAG_DRIFT_SHIFT, "spread": TAG_DRIFT_SPREAD,
         "references": len(td)}}
@@ -76,7 +83,6 @@ def tag_report(parts) -> dict:
 class DriftMixin:
     """``drift()``: the whole-store monitor and, with ``by_tag=True``, the per-tag references."""
 
-    @locked
     def drift(self, *, by_tag: bool = False, reset: bool = False) -> dict:
         """How far recent batches have drifted from the data the index was trained on.
 
@@ -98,14 +104,16 @@ class DriftMixin:
         """
         if not isinstance(by_tag, bool) or not isinstance(reset, bool):
             raise TypeError(f"by_tag and reset must be bool, got {by_tag!r}, {reset!r}")
-        if reset:
-            self._require_writable()
-            reset_all(self.parts)
-            if self.path is not None and self.mode == "w":
-                self.checkpoint()
-        rep = self.parts.drift.report()
-        rep["trained"] = self.parts.ann is not None
-        rep["history"] = self.parts.drift.history()
-        if by_tag:
-            rep.update(tag_report(self.parts))
+        with self.lock:
+            if reset:
+                self._require_writable()
+                reset_all(self.parts)
+                if self.path is not None and self.mode == "w":
+                    self.checkpoint()
+            rep = self.parts.drift.report()
+            rep["trained"] = self.parts.ann is not None
+            rep["history"] = self.parts.drift.history()
+            parts = self.parts
+        if by_tag:  # the lock is held a few tags at a time
+            rep.update(tag_report(parts, self.lock))
         return rep

@@ -19,6 +19,8 @@ A store is a directory::
         ann.faiss          the IVF-PQ index (FAISS's own writer), when trained
         idmap.npz          external ids (optional: IndexConfig.external_ids)
         docmeta.npz        free metadata and declared fields (optional: written once used)
+        tagdrift.npz       per-tag drift references (optional: without it, no reference yet)
+        trials.npz         the last trials' reports, JSON bytes (optional)
         sparse.indices/.values, sparse.npz   sparse vectors (CSR arena), when any was added
         text.indices/.values, text.npz       the BM25 term counts and vocabulary (text_index)
       wal.log              operations since the published generation (see wal.py)
