@@ -195,6 +195,8 @@ def run_call(ix, call: dict):
         return ix.purge_expired(kw.get("now"))
     if name in ("link", "unlink"):  # model_memops
         return getattr(ix, name)(**kw)
+    if name == "trial":
+        return ix.trial(**kw)
     ids = kw.pop("ids")
     return ix.update(ids, **kw)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 import types
 
-
 import numpy as np
 from model_scopes import in_window, valid_keys
 

@@ -29,6 +29,7 @@ import time
 import numpy as np
 from model_procs import spawn
 from model_scopes import ScopeOps, deleted_keys, one, scope_call, valid_keys
+from model_trials import check_tag_drift, op_trial as _op_trial
 
 import model_memops as memops
 from model_calls import _enc, _pick, dumps_call, make_add, make_bad, make_update, run_call
@@ -357,6 +358,8 @@ class Run(ScopeOps, memops.MemOpsMixin):
         self.count("tune")
         self.count(f"tuned: {rep['kind']}")
 
+    op_trial = _op_trial  # model_trials.py
+
     def op_reopen(self, op, rng):
         self._close(op["ckpt"])
 
@@ -426,6 +429,7 @@ class Run(ScopeOps, memops.MemOpsMixin):
             self.reader.refresh()
         self.reader_model, self.reader_replaced = self.model.copy(), self.replaced
         check_index(self.reader, self.reader_model, rng, self.known)
+        check_tag_drift(self.reader, self._writer())  # model_trials.py: the per-tag references
 
     def op_lag(self, op, rng):
         from model_checks import check_index

@@ -345,6 +345,8 @@ def test_bad_input_exits_1_naming_the_line_and_keeps_only_earlier_batches(data, 
     (["search", "{tmp}/nostore", "--query-file", "{tmp}/q.npy"], "not a lukhas_gpu store"),
     (["get", "{tmp}/nostore", "1"], "not a lukhas_gpu store"),
     (["delete", "{tmp}/nostore", "1"], "not a lukhas_gpu store"),
+    (["trial", "{tmp}/nostore", "--nlist", "8"], "not a lukhas_gpu store"),
+    (["drift", "{tmp}/nostore"], "not a lukhas_gpu store"),
 ])
 def test_errors_are_one_line_on_stderr_with_exit_code_1(tmp_path, capsys, argv, message):
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
@@ -356,7 +358,7 @@ def test_errors_are_one_line_on_stderr_with_exit_code_1(tmp_path, capsys, argv, 
 
 
 @pytest.mark.parametrize("command", ["ingest", "search", "get", "delete", "stats", "verify", "rollback", "recover",
-                                     "bench", "tune"])
+                                     "bench", "tune", "trial", "drift"])
 def test_every_subcommand_has_help(capsys, command):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])

@@ -18,7 +18,7 @@ SUITE = [
     ("rows", 101, 44, ("crash", "proc", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad",
                        "dedup_add", "link", "unlink", "tune")),
     ("str", 102, 44, ("crash", "sharded", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad",
-                      "link", "unlink", "tune")),
+                      "link", "unlink", "tune", "trial")),
     ("int", 103, 24, ("rollback", "refresh", "reopen", "delete", "update")),
 ]
 

@@ -38,9 +38,9 @@ from ..records.contenthash import planned_bytes as hashes_planned
 from ..records.contents import planned_bytes as content_bytes
 from ..records.metadata import planned_bytes as metadata_bytes
 from ..sparse.sparse_vectors import planned_bytes as sparse_bytes
-from ..util.bounds import MAX_ROWS
+from ..util.bounds import MAX_DRIFT_TAGS, MAX_ROWS
 from ..util.checks import check_int, check_real
-from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES
+from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES, TAG_MIN_COUNT, tag_drift_bytes
 from ..util.runtime import planned as planned_runtime
 from ..vectors.graph import planned_stage
 from ..vectors.policy import (
@@ -336,7 +336,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     _add(total, content_bytes(count, avg, ratio, opened=opened))
     _add(total, _document_bytes(count, cfg, id_avg, meta_avg))
     _add(total, metadata_bytes(count))
-    _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0))
+    _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0, dim=dim))
     if runtime and count and state == "built":  # an opened store pays it at its first search
         total["anon"][RUNTIME_COMPONENT] = planned_runtime(_trained(count, cfg))
     nlist = pq_m = coarse = None
@@ -414,8 +414,10 @@ def _document_bytes(count: int, cfg: IndexConfig, id_avg: float, meta_avg: float
     return {"anon": anon, "disk": disk}
 
 
-def _tag_bytes(count: int, tpm: float, vocab: int, skew: float, state: str, *, has_contents: bool) -> dict:
-    """The tag lists, bitmaps and vocabulary, and the Python pools their names pin."""
+def _tag_bytes(count: int, tpm: float, vocab: int, skew: float, state: str, *, has_contents: bool,
+               dim: int) -> dict:
+    """The tag lists, bitmaps and vocabulary, the Python pools their names pin, and the per-tag
+    drift references of the tags expected to reach ``TAG_MIN_COUNT`` memories."""
     uses = tpm * count
     counts = _tag_counts(uses, vocab, skew)
     distinct = float(-np.expm1(-counts).sum()) if len(counts) else 0.0  # tags seen at least once
@@ -426,6 +428,10 @@ def _tag_bytes(count: int, tpm: float, vocab: int, skew: float, state: str, *, h
     elif state == "opened" and (distinct or has_contents):
         anon["python_pools"] = PINNED_POOL_BYTES_OPENED
     disk = {"tags": 4 * uses + 5 * count + distinct * (TAG_NAME_BYTES + 8) + 5 * NPZ_MEMBER_BYTES}
+    refs = min(int((counts >= TAG_MIN_COUNT).sum()) if len(counts) else 0, MAX_DRIFT_TAGS)
+    if refs:
+        anon["tag_drift"] = tag_drift_bytes(refs, dim, refs * TAG_NAME_BYTES)
+        disk["tag_drift"] = refs * (4 * dim + 12 + TAG_NAME_BYTES) + 5 * NPZ_MEMBER_BYTES
     return {"anon": anon, "disk": disk}
 
 

@@ -42,6 +42,9 @@ key                    value
                        run): ``kind``, ``nprobe``, ``rerank``, ``probing``, the estimated
                        ``recall`` with its ``ci``, ``met``, ``source``, ``expected_qps``,
                        ``count`` and ``nlist`` at the run
+``monitoring``         ``tag_references`` (tags with a per-tag drift reference:
+                       ``drift(by_tag=True)``), ``trials`` (reports kept by ``trials()``) and
+                       ``last_trial`` (its ``decision``, ``changes`` and ``time``; None before one)
 ``capabilities``       torch / FAISS versions, CUDA device, FAISS GPUs, threads
 ``config``             the :class:`~lukhas_gpu.IndexConfig` as a dict
 =====================  ===========================================================================
@@ -91,6 +94,9 @@ def index_stats(index) -> dict:
         "train_seconds": index.timings.get("train"),
         "tuning": {"target_recall": index.config.target_recall,
                    "chosen": parts.tuned.report() if parts.tuned is not None else None},
+        "monitoring": {"tag_references": len(parts.tagdrift), "trials": len(parts.trials),
+                       "last_trial": ({k: parts.trials[-1].get(k) for k in ("decision", "changes", "time")}
+                                      if parts.trials else None)},
         "capabilities": capabilities(),
         "config": index.config.to_dict(),
     }

@@ -7,6 +7,7 @@ into here; file names come from :mod:`lukhas_gpu.store.layout`, bytes from each 
 """
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 
@@ -29,6 +30,7 @@ from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
 from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
 from . import candidates, ivflists, links_parts, loadchecks, scope_parts, sparse_parts
+from .trials import trial_reports
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,8 @@ def write(index, root) -> pathlib.Path:
     raw = {layout.VECTORS: parts.vectors.array, layout.CONTENT: arena.pop("buffer")}
     npz = {layout.CONTENT_INDEX: arena, layout.METADATA: parts.meta.to_arrays(), layout.TAGS: parts.tags.to_arrays(),
            layout.ENCODER: parts.encoder_to_arrays(), layout.PROBE: parts.probe.to_arrays(),
-           layout.DRIFT: parts.drift.to_arrays(),
+           layout.DRIFT: parts.drift.to_arrays(), layout.TAG_DRIFT: parts.tagdrift.to_arrays(),
+           layout.TRIALS: {"json": np.frombuffer(json.dumps(parts.trials).encode(), dtype=np.uint8)},
            layout.VECTOR_CRCS: {"block_rows": np.array(CRC_BLOCK_ROWS), "crcs": parts.vectors.block_crcs()}}
     if parts.calib is not None:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
@@ -269,13 +272,17 @@ def _load_monitoring(parts, gen) -> None:
             parts.probe.load_arrays(gen.npz(layout.PROBE))
         if gen.has(layout.DRIFT):
             parts.drift.load_arrays(gen.npz(layout.DRIFT))
+        if gen.has(layout.TAG_DRIFT):  # older generations: no reference yet
+            parts.tagdrift.load_arrays(gen.npz(layout.TAG_DRIFT))
+        if gen.has(layout.TRIALS):
+            parts.trials = trial_reports(gen.npz(layout.TRIALS)["json"])
         if gen.has(layout.TUNING):
             from .tuning import Tuned
 
             parts.tuned = Tuned.from_arrays(gen.npz(layout.TUNING))
         candidates.load(parts, gen.npz(layout.STAGE))
     except (KeyError, ValueError) as e:
-        raise layout.CorruptStoreError(gen.path, f"inconsistent probe, drift or tuning files ({e})") from None
+        raise layout.CorruptStoreError(gen.path, f"inconsistent probe, drift, trials or tuning files ({e})") from None
 
 
 # -- the write-ahead log --------------------------------------------------------------------------

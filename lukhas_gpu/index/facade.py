@@ -26,12 +26,14 @@ from ..util.device import resolve_backend
 from ..util.memtrim import maybe_trim, trim
 from . import durable, verification
 from .documents import DocumentsMixin
+from .driftwatch import DriftMixin
 from .locking import locked as _locked
 from .memops import MemOpsMixin
 from .parts import IndexParts, IndexState
 from .results import SearchResult
 from .scopes import ScopesMixin
 from .sparse_search import SparseSearchMixin
+from .trials import TrialsMixin
 from .tuning import TuningMixin
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, MemOpsMixin):
+class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, MemOpsMixin, DriftMixin,
+                  TrialsMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -436,20 +439,6 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         return quality.estimate(self, queries, k, nprobe=nprobe, rerank=rerank, max_queries=max_queries,
                                 confidence=confidence)
 
-    @_locked
-    def drift(self) -> dict:
-        """How far recent batches have drifted from the data the index was trained on.
-
-        Returns ``baseline`` and ``recent`` values of each measure (int8 ``quant`` error, IVF
-        ``coarse`` residual, ``pq`` error, list ``imbalance``), their ``ratios``, ``score``,
-        ``worst``, ``threshold``, ``retrain_recommended``, ``batches``, ``rows_measured``,
-        ``trained`` and the per-batch ``history`` (see :class:`~lukhas_gpu.monitor.probe.DriftMonitor`).
-        """
-        rep = self.parts.drift.report()
-        rep["trained"] = self.parts.ann is not None
-        rep["history"] = self.parts.drift.history()
-        return rep
-
     def retrain(self, *, background: bool = False, queries=None, tolerance: float = 0.0):
         """Rebuild the projection and the IVF-PQ index on a fresh sample of the store, and keep
         the new ones only if the recall probe says they are not worse.
@@ -464,7 +453,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         -------
         dict (or a ``concurrent.futures.Future`` of it with ``background=True``)
             ``accepted``, ``old`` and ``new`` probe recall with intervals, ``hits``, ``nlist``,
-            ``seconds``, ``generation`` (the checkpoint written, if any).
+            ``seconds``, ``generation`` (the checkpoint written, if any); ``live`` and ``candidate``
+            as in :meth:`trial` (a retrain is the trial of the current config without a QPS rule).
         """
         from . import lifecycle
         self._require_writable()

@@ -5,7 +5,8 @@
 2. **Trained**: the ``add`` that crosses the threshold fits the projection and trains an IVF with
    4-bit fast-scan PQ codes on a sample, then indexes every row (:func:`train`).
 3. **Retrained** on demand or in the background (:func:`retrain`): built beside the live index,
-   compared on the recall probe, swapped in only if not worse.
+   compared on the recall probe, swapped in only if not worse. A trial (``MemoryIndex.trial``,
+   :mod:`.trials`) is the same build from another config, judged on recall and QPS.
 
 Functions over the facade (its ``parts``, ``config`` and lock); sizes come from
 :mod:`lukhas_gpu.vectors.policy`.
@@ -32,12 +33,13 @@ from ..vectors.policy import (
     MIN_TRAIN_ROWS,
     auto_pq_m,
     coarse_for,
+    dim_out_for,
     planned_nlist,
     sample_index,
     train_rows,
     train_sample_size,
 )
-from . import candidates, ivflists, quality
+from . import candidates, driftwatch, ivflists, quality
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ def observe(parts, x: torch.Tensor, codes: torch.Tensor, proj: torch.Tensor, ids
 
 
 def _new_ann(dim_out: int, n: int, cfg) -> IVFPQIndex:
+    # the one candidate structure today; a config's ``structure`` (once it has one: a trial may
+    # already change it, trials.FUTURE_FIELDS) picks the builder here
     nlist = planned_nlist(n, cfg)
     return IVFPQIndex(dim_out, nlist=nlist, pq_m=auto_pq_m(dim_out, cfg.pq_m), coarse=coarse_for(nlist, cfg),
                       seed=cfg.seed)
@@ -163,6 +167,7 @@ def _train(index) -> None:
         ids = ids[~parts.tombstones.contains(ids)]
         _index_rows(ann, enc, parts.vectors[ids], ids)
     parts.ann = ann
+    driftwatch.reset_all(parts)  # the data the index is trained on: every tag's reference
     index.timings["train"] = time.perf_counter() - t0
     trim()  # training's temporaries (samples, k-means buffers) go back to the OS
 
@@ -204,20 +209,28 @@ def start_retrain(index, *, queries, tolerance: float, background: bool):
     return fut
 
 
-def retrain(index, queries, tolerance: float) -> dict:
-    """Build beside the live index, compare on the probe, swap or discard (``MemoryIndex.retrain``)."""
+def retrain(index, queries, tolerance: float, *, config=None, qps_tolerance: float | None = None,
+            record=None) -> dict:
+    """Build beside the live index, compare on the probe, swap or discard (``MemoryIndex.retrain``).
+
+    ``config``: the candidate's (a trial's; default the index's own); ``qps_tolerance``: also
+    measure both sides' QPS on the probe's queries and keep the candidate only if it is at
+    least ``(1 - qps_tolerance)`` times the live one's; ``record(report)`` is called under the
+    lock once decided, before a kept candidate is checkpointed (the trials' reports go with it).
+    A kept candidate's config becomes the index's (saved by that checkpoint).
+    """
     try:
-        return _retrain(index, queries, tolerance)
+        return _retrain(index, queries, tolerance, config, qps_tolerance, record)
     except BaseException:  # the build is gone: stop collecting the rows re-vectored meanwhile
         with index.lock:
             index.parts.replaced = None
         raise
 
 
-def _retrain(index, queries, tolerance: float) -> dict:
+def _retrain(index, queries, tolerance: float, config, qps_tolerance, record) -> dict:
     t0 = time.perf_counter()
-    cfg, lock = index.config, index.lock
-    n0, n_live, sample_codes, encoder, quant_base, originals = _sample_live(index)
+    cfg, lock = config or index.config, index.lock
+    n0, n_live, sample_codes, encoder, quant_base, originals = _sample_live(index, cfg)
     old_scale = encoder.scale.clone()
     sample = encoder.dequantize(sample_codes)
     del sample_codes
@@ -245,28 +258,42 @@ def _retrain(index, queries, tolerance: float) -> dict:
         for start in range(n0, n1, cfg.batch_size):
             index_rows(start, min(n1, start + cfg.batch_size))
         _reindex_moved(parts, ann, encoder, old_scale, n0, cfg.batch_size)
-        out = _compare_and_swap(index, queries, tolerance, encoder, ann, old_scale)
-        generation = None
+        out = _compare_and_swap(index, queries, tolerance, encoder, ann, old_scale, cfg, qps_tolerance)
+        out.update(rescaled=bool(rescale and out["accepted"]), clipped=clipped, nlist=ann.nlist, rows=n1,
+                   generation=None)
         if out["accepted"]:
+            _promote(index, cfg, config is not None, out["candidate"]["params"]["nprobe"])
             parts.mirror = None  # new projection or scales: rebuilt on the next search
             if rescale:
                 requantize(parts, old_scale, cfg.batch_size)
             parts.drift.set_baseline(baseline, nlist=ann.nlist, quant=quant_base)
+            driftwatch.reset_all(parts)  # the data the new index is built on
             index.timings["train"] = time.perf_counter() - t0
-            if index.path is not None and index.mode == "w":
-                generation = index.checkpoint().name
-        else:
-            rescale = False
+        out["seconds"] = time.perf_counter() - t0
+        if record is not None:
+            record(out)
+        if out["accepted"] and index.path is not None and index.mode == "w":
+            out["generation"] = index.checkpoint().name  # durable: a crash before it finds the old index
     trim()
-    return {**out, "rescaled": bool(rescale), "clipped": clipped, "nlist": ann.nlist, "rows": n1,
-            "seconds": time.perf_counter() - t0, "generation": generation}
+    return out
 
 
-def _sample_live(index) -> tuple:
+def _promote(index, cfg, trial: bool, nprobe: int) -> None:
+    """A kept trial's config becomes the index's, with the nprobe it was measured at (its share
+    of the lists); its tuned table was for the old index."""
+    if not trial:
+        return
+    cfg = cfg.replace(nprobe=int(nprobe))
+    index.config = index.parts.config = cfg
+    index.parts.dim_out = index.parts.encoder.dim_out
+    index.parts.tuned = None
+
+
+def _sample_live(index, cfg) -> tuple:
     """Under the lock, a fresh sample of the live rows copied out, with what the build needs:
-    ``(rows, live count, sample codes, a copy of the encoder, the drift baseline's
-    quantization error, the probe's sampled originals or None)``."""
-    cfg = index.config
+    ``(rows, live count, sample codes, a copy of the encoder (another ``dim_out``: a new one
+    with the same int8 scales), the drift baseline's quantization error, the probe's sampled
+    originals or None)``."""
     with index.lock:
         parts = index.parts
         n0 = parts.rows
@@ -278,7 +305,7 @@ def _sample_live(index) -> tuple:
         pick = sample_index(len(live_rows), train_rows(planned_nlist(len(live_rows), cfg)),
                             cfg.seed + 1 + parts.drift.batches)
         sample_codes = np.array(parts.vectors[live_rows[pick]])
-        encoder = copy.deepcopy(parts.encoder)
+        encoder = _candidate_encoder(parts, dim_out_for(index.dim, cfg))
         quant_base = parts.drift.baseline.get("quant")
         mem = parts.probe.memories
         originals = None
@@ -286,6 +313,20 @@ def _sample_live(index) -> tuple:
             ok = (mem.ids < parts.rows) & ~parts.tombstones.contains(mem.ids)
             originals = mem.vectors[ok].astype(np.float32)
     return n0, len(live_rows), sample_codes, encoder, quant_base, originals
+
+
+def _candidate_encoder(parts, dim_out: int):
+    """A copy of the live encoder, or one projecting to ``dim_out`` with its int8 scales."""
+    old = parts.encoder
+    if dim_out == old.dim_out:
+        return copy.deepcopy(old)
+    from ..vectors.encoder import Encoder
+
+    enc = Encoder(old.dim, dim_out=dim_out, metric=old.metric, quantile=old.quantile,
+                  batch_size=old.batch_size).to(old.device)
+    enc.scale.copy_(old.scale)
+    enc.fitted[0] = old.fitted[0]
+    return enc
 
 
 def _reindex_moved(parts, ann, encoder, old_scale, n0: int, batch: int) -> None:
@@ -323,38 +364,76 @@ def _refit_scales(encoder, originals, old_scale, quantile: float, quant_base):
     return rescale, clipped, quant_base
 
 
-def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale) -> dict:
-    """Under the lock: the old and the new index on the same probe queries and exact neighbours;
-    the new one stays in ``index.parts`` if its recall is at least the old one's less
-    ``tolerance``. Returns ``accepted``, ``old``, ``new``, ``hits``, ``source``."""
-    cfg, parts = index.config, index.parts
+def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale, cfg, qps_tolerance) -> dict:
+    """Under the lock: the live and the candidate index on the same probe queries and exact
+    neighbours; the candidate stays in ``index.parts`` if its recall is at least the live one's
+    less ``tolerance`` (and, with ``qps_tolerance``, its QPS at least ``1 - qps_tolerance`` times
+    the live one's). Returns ``accepted``, ``old``, ``new``, ``hits``, ``source``, ``reason``,
+    ``live`` and ``candidate`` (recall with interval, QPS, bytes, params)."""
+    parts = index.parts
     probe = quality.setup(index, queries, 10, 20000)
     # compared at the same share of the store scanned: a restructure to more lists probes
-    # proportionally more of them
+    # proportionally more of them (a trial may name its nprobe)
     tuned = parts.tuned
-    np_old = tuned.probing.nprobe if tuned is not None and tuned.probing is not None else cfg.nprobe
-    rr = tuned.rerank if tuned is not None and tuned.probing is not None else cfg.rerank
-    np_new = max(1, round(np_old * ann.nlist / parts.ann.nlist))
-    old_found = quality.found(index, probe, 10, np_old, rr, resident=False)
-    old_encoder, old_ann = parts.encoder, parts.ann
+    np_old = tuned.probing.nprobe if tuned is not None and tuned.probing is not None else index.config.nprobe
+    rr = tuned.rerank if tuned is not None and tuned.probing is not None else index.config.rerank
+    np_new = cfg.nprobe if cfg.nprobe != index.config.nprobe else max(1, round(np_old * ann.nlist / parts.ann.nlist))
+    rr_new = cfg.rerank if cfg.rerank != index.config.rerank else rr
+    live, cand = (parts.encoder, parts.ann), (encoder, ann)
     new_scale = encoder.scale.clone()
     encoder.scale.copy_(old_scale)  # the stored codes are still at the old scales
-    parts.encoder, parts.ann = encoder, ann
+
+    def run(side, nprobe: int, rerank: int):
+        parts.encoder, parts.ann = side
+        t = time.perf_counter()
+        return quality.found(index, probe, 10, nprobe, rerank, resident=False), time.perf_counter() - t
+
     try:
-        new_found = quality.found(index, probe, 10, np_new, rr, resident=False)
+        old_found, t_old = run(live, np_old, rr)
+        new_found, t_new = run(cand, np_new, rr_new)
+        spent, rounds = t_old + t_new, 1
+        while qps_tolerance is not None and (rounds < QPS_REPEATS or spent < 2 * QPS_SECONDS) \
+                and rounds < QPS_MAX_ROUNDS:  # the fastest of interleaved runs: noise only adds time
+            (_, a), (_, b) = run(live, np_old, rr), run(cand, np_new, rr_new)
+            t_old, t_new, spent, rounds = min(t_old, a), min(t_new, b), spent + a + b, rounds + 1
+    finally:
+        parts.encoder, parts.ann = live
         encoder.scale.copy_(new_scale)
-    except BaseException:
-        parts.encoder, parts.ann = old_encoder, old_ann
-        raise
-    hits = int(probe["exact_n"].sum())
-    # paired: the same queries and exact neighbours; the int8 stage is the same for both
-    accepted = new_found.sum() >= old_found.sum() - tolerance * hits
-    if not accepted:
-        parts.encoder, parts.ann = old_encoder, old_ann
-    else:
-        candidates.drop(parts, "retrained (a new projected space)")
+    hits, nq = int(probe["exact_n"].sum()), len(probe["q"])
     old, new = (recall_estimate(f, probe["exact_n"], probe["kept"], probe["true"]) for f in (old_found, new_found))
-    log.log(logging.INFO if accepted else logging.WARNING,
-            "retrain: probe recall %.3f -> %.3f on %d sampled neighbours: %s", old["recall"] or 0.0,
-            new["recall"] or 0.0, hits, "new index kept" if accepted else "new index discarded")
-    return {"accepted": bool(accepted), "old": old, "new": new, "hits": hits, "source": probe["source"]}
+    sides = {name: {"recall": est["recall"], "ci": est["ci"], "qps": nq / max(t, 1e-9), "bytes": _bytes(*side),
+                    "params": {**_params(*side), "nprobe": int(npr), "rerank": int(rrk)}}
+             for name, est, t, side, npr, rrk in (("live", old, t_old, live, np_old, rr),
+                                                  ("candidate", new, t_new, cand, np_new, rr_new))}
+    # paired: the same queries and exact neighbours; the int8 stage is the same for both
+    recall_ok = new_found.sum() >= old_found.sum() - tolerance * hits
+    qps_ok = qps_tolerance is None or sides["candidate"]["qps"] >= (1.0 - qps_tolerance) * sides["live"]["qps"]
+    accepted = bool(recall_ok and qps_ok)
+    reason = (f"probe recall {old['recall'] or 0.0:.4f} -> {new['recall'] or 0.0:.4f} on {hits} neighbours "
+              f"({'within' if recall_ok else 'past'} the tolerance {tolerance:g})")
+    if qps_tolerance is not None:
+        reason += (f"; QPS {sides['live']['qps']:.0f} -> {sides['candidate']['qps']:.0f} "
+                   f"({'within' if qps_ok else 'past'} the tolerance {qps_tolerance:g})")
+    if accepted:
+        parts.encoder, parts.ann = cand
+        candidates.drop(parts, "retrained (a new projected space)")
+    log.log(logging.INFO if accepted else logging.WARNING, "%s: %s: %s", "retrain" if qps_tolerance is None else
+            "trial", reason, "new index kept" if accepted else "new index discarded")
+    return {"accepted": accepted, "old": old, "new": new, "hits": hits, "source": probe["source"], "queries": nq,
+            "reason": reason, **sides}
+
+
+#: Timed runs of each side's probe searches in a trial (the fastest counts: the others met noise):
+#: at least QPS_REPEATS, more until each side ran QPS_SECONDS in all, at most QPS_MAX_ROUNDS.
+QPS_REPEATS, QPS_SECONDS, QPS_MAX_ROUNDS = 3, 0.5, 50
+
+
+def _params(encoder, ann) -> dict:
+    return {"structure": type(ann).__name__, "nlist": int(ann.nlist), "pq_m": int(ann.pq_m),
+            "coarse": ann.coarse, "dim_out": int(encoder.dim_out)}
+
+
+def _bytes(encoder, ann) -> int:
+    """The ANN's bytes (every place) plus the encoder's."""
+    usage = ann.memory_usage("built")
+    return int(sum(sum(v.values()) for v in usage.values() if isinstance(v, dict)) + encoder.nbytes())

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..monitor.probe import DriftMonitor, Probe
+from ..monitor.tagdrift import TagDrift
 from ..records.contenthash import ContentHashes
 from ..records.contents import ContentArena
 from ..records.docmeta import DocMetadata
@@ -134,6 +135,8 @@ class IndexParts:
         self.replaced = None  # while a retrain builds: the rows update(embeddings=) re-vectored (a BitMap)
         self.probe = Probe(dim, size=config.probe_size, queries=config.probe_queries, seed=config.seed)
         self.drift = DriftMonitor(config.drift_threshold, seed=config.seed)
+        self.tagdrift = TagDrift(dim)  # per-tag drift references (index.driftwatch)
+        self.trials: list[dict] = []  # the last trials' reports, newest last (index.trials)
         self.sparse = None  # SparseVectors, from the first add with sparse vectors
         self.text = make_text(config)  # TextIndex with config.text_index
         self.calib: np.ndarray | None = None
@@ -209,7 +212,7 @@ class IndexParts:
         """``{name: component}`` of the built components (for accounting and checks)."""
         out = {"vectors": self.vectors, "tombstones": self.tombstones, "contents": self.contents,
                "tags": self.tags, "meta": self.meta, "docmeta": self.docmeta, "probe": self.probe,
-               "drift": self.drift, "hashes": self.hashes, "links": self.links}
+               "drift": self.drift, "tag_drift": self.tagdrift, "hashes": self.hashes, "links": self.links}
         if self.idmap is not None:
             out["idmap"] = self.idmap
         if self.namespaces.used:

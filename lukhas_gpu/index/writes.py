@@ -16,7 +16,7 @@ from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import dedup as dedup_, extids, ivflists, lifecycle, mirror_upkeep, scope_parts, sparse_parts
+from . import dedup as dedup_, driftwatch, extids, ivflists, lifecycle, mirror_upkeep, scope_parts, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -164,6 +164,7 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     if parts.mirror is not None:
         mirror_upkeep.grow_mirror(index, lambda: parts.encoder.resident_from(codes, proj))
     lifecycle.observe(parts, b.x, codes, proj, ids)
+    driftwatch.observe(parts, b.norm_tags)  # a tag reaching its minimum count takes its reference
     return ids
 
 
@@ -286,6 +287,7 @@ def apply_update(index, u: Update) -> None:
         parts.validity.set(u.rows, u.windows)
     if u.x is not None:
         extids.replace_vectors(index, u.rows, u.x)
+    driftwatch.observe(parts, u.norm_tags)
 
 
 def compact(index) -> int:

@@ -342,6 +342,10 @@ class TagIndex:
         tid = self._tag_id(tag)
         return BitMap() if tid is None else self._lists.bitmap(tid).copy()
 
+    def names(self) -> list[str]:
+        """Every tag of the vocabulary, in first-seen order (tags whose rows were all deleted included)."""
+        return list(self._names)
+
     def cardinality(self, tag: str) -> int:
         """Number of rows carrying ``tag`` (0 for an unknown tag)."""
         tid = self._tag_id(tag)

@@ -42,6 +42,7 @@ from .models import (
     MemoryOut,
     SearchRequest,
     SearchResponse,
+    TrialRequest,
 )
 from .options import ServeOptions
 from .search import SUPPORTS_TARGET_RECALL
@@ -54,8 +55,9 @@ STATS_EVERY_S = 5.0
 __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
-                        "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
-                        "/docs", "/v1/dashboard", "/v1/dashboard/search", *dashboard.STATIC}) | link_routes.ENDPOINTS
+                        "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/v1/trial",
+                        "/v1/drift", "/openapi.json", "/docs", "/v1/dashboard", "/v1/dashboard/search",
+                        *dashboard.STATIC}) | link_routes.ENDPOINTS
 #: A memory id in a path: an int64 (a larger one is a 422 naming it, never a 500 from numpy).
 _PathId = Annotated[int, Path(ge=MIN_ID, le=MAX_ID, description="the memory's id (int64)")]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
@@ -195,15 +197,20 @@ class _State:
             now = time.monotonic()
             if self.stats_job is None and (self.stats_at is None or now - self.stats_at > STATS_EVERY_S):
                 self.stats_at = now
-                self.stats_job = asyncio.ensure_future(self.run(self.index.stats))
+                self.stats_job = asyncio.ensure_future(self.run(self.figures))
             if self.stats_job is not None:
                 await asyncio.wait({self.stats_job}, timeout=1.0)
                 if self.stats_job.done():
                     job, self.stats_job = self.stats_job, None
                     if job.exception() is None:
-                        m.update_from_stats(job.result(), generation=self.generation)
+                        m.update_from_stats(job.result()[0], generation=self.generation)
+                        m.update_tag_drift(job.result()[1])
         m.queue_depth.set(self.batcher.depth)
         return m.render()
+
+    def figures(self) -> tuple:
+        """What a scrape reads at most every STATS_EVERY_S: ``stats()`` and the per-tag drift."""
+        return self.index.stats(), self.index.drift(by_tag=True)
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.other_pool, fn, *args)
@@ -462,6 +469,21 @@ def _store_routes(app: FastAPI, st: _State) -> None:
         if o.mode != "r":
             raise http_errors.ApiError(409, "refresh follows a store read with --mode r; this server is its writer")
         return _json(await st.run(st.refresh))
+
+    @app.post("/v1/trial", summary="MemoryIndex.trial: a candidate config built beside the live index, promoted "
+                                    "only if recall and QPS hold (a writer)", responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": TrialRequest.model_json_schema()}}}})
+    async def trial(request: Request):
+        _writable(o)
+        req = TrialRequest.model_validate_json(await read_body(request, o.max_body_bytes))
+        rule = {"recall_tolerance": req.recall_tolerance, "qps_tolerance": req.qps_tolerance}
+        changes = {k: v for k, v in req.model_dump().items() if v is not None and k not in rule}
+        return _json(await st.run(lambda: st.index.trial(**rule, **changes)))
+
+    @app.get("/v1/drift", summary="MemoryIndex.drift: whole-store and (by_tag=true) per-tag drift", responses=_ERRORS)
+    async def drift(by_tag: bool = False):
+        return _json(await st.run(lambda: st.index.drift(by_tag=by_tag)))
 
     @app.get("/v1/stats", summary="MemoryIndex.stats(): counts, phase, bytes by place and component",
              responses=_ERRORS)

@@ -20,6 +20,10 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5
 SEARCH_ENDPOINT = ("POST", "/v1/search")
 #: The window of the windowed gauges on /metrics (the dashboard's headline figures too).
 RECENT_S = 60
+#: Tags /metrics exports the drift of (the most shifted): a bounded number of label values.
+TAG_DRIFT_METRICS = 10
+#: Characters of a tag name kept in a label.
+TAG_LABEL_CHARS = 64
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 
 
@@ -62,6 +66,10 @@ class Metrics:
                                     ["quantile"], registry=r)
         #: per-second searches by latency bucket: the one source of the two gauges above and the dashboard
         self.traffic = Traffic(_LATENCY_BUCKETS)
+        self.tag_shift = Gauge("collection_tag_drift_shift", f"per-tag drift of the {TAG_DRIFT_METRICS} most shifted "
+                               "tags: centroid shift in reference spreads (MemoryIndex.drift(by_tag=True))", ["tag"],
+                               registry=r)
+        self.tags_drifted = Gauge("collection_tags_drifted", "tags whose drift passed the threshold", registry=r)
         self.recall.set(math.nan)
         self.recall_target.set(math.nan)
         self._children: dict[tuple, tuple] = {}
@@ -108,6 +116,15 @@ class Metrics:
         for q in (50, 90, 99):
             self.search_latency.labels(f"0.{q}").set(out[f"p{q}"])
         return out
+
+    def update_tag_drift(self, drift: dict) -> None:
+        """The most shifted tags' drift (at most ``TAG_DRIFT_METRICS`` label values)."""
+        tags = drift.get("tags") or {}
+        top = sorted(tags.items(), key=lambda kv: -kv[1]["shift"])[:TAG_DRIFT_METRICS]
+        self.tag_shift.clear()
+        for name, rep in top:
+            self.tag_shift.labels(name[:TAG_LABEL_CHARS]).set(rep["shift"])
+        self.tags_drifted.set(len(drift.get("drifted_tags") or ()))
 
     def render(self) -> bytes:
         self.recent()

@@ -131,6 +131,19 @@ class DeleteResponse(BaseModel):
     time: float
 
 
+class TrialRequest(BaseModel):
+    """``MemoryIndex.trial``: the candidate's config changes and the rule (probe queries: the recorded ones)."""
+    model_config = ConfigDict(extra="forbid")
+    nlist: Optional[int] = Field(None, ge=1)
+    pq_m: Optional[int] = Field(None, ge=1)
+    dim_out: Optional[int] = Field(None, ge=1)
+    coarse: Optional[str] = None
+    nprobe: Optional[int] = Field(None, ge=1)
+    rerank: Optional[int] = Field(None, ge=1)
+    recall_tolerance: float = Field(0.01, ge=0, le=1)
+    qps_tolerance: Optional[float] = Field(0.2, ge=0, le=1)
+
+
 class ErrorResponse(BaseModel):
     status: dict[str, str] = Field(..., description='{"error": "what is wrong"}')
     time: float

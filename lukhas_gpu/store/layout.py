@@ -19,6 +19,8 @@ A store is a directory::
         ann.faiss          the IVF-PQ index (FAISS's own writer), when trained
         idmap.npz          external ids (optional: IndexConfig.external_ids)
         docmeta.npz        free metadata and declared fields (optional: written once used)
+        tagdrift.npz       per-tag drift references (optional: without it, no reference yet)
+        trials.npz         the last trials' reports, JSON bytes (optional)
         sparse.indices/.values, sparse.npz   sparse vectors (CSR arena), when any was added
         text.indices/.values, text.npz       the BM25 term counts and vocabulary (text_index)
       wal.log              operations since the published generation (see wal.py)
@@ -82,6 +84,10 @@ ENCODER = "encoder.npz"
 CALIBRATION = "calibration.npz"
 PROBE = "probe.npz"
 DRIFT = "drift.npz"
+#: Per-tag drift references (optional: a generation without it has no reference yet).
+TAG_DRIFT = "tagdrift.npz"
+#: The last trials' reports, as JSON bytes in an npz member (optional).
+TRIALS = "trials.npz"
 ANN = "ann.faiss"
 TUNING = "tuning.npz"
 #: The tuner's candidate stage beside the IVF (an HNSW graph or IVF-RaBitQ; optional).
@@ -110,8 +116,8 @@ GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_recor
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
                     PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest",
-                    STAGE: "candidate_stage", IDMAP: "external_ids", DOCMETA: "doc_metadata",
-                    VECTOR_CRCS: "vectors_crc",
+                    STAGE: "candidate_stage", TAG_DRIFT: "tag_drift", TRIALS: "trials",
+                    IDMAP: "external_ids", DOCMETA: "doc_metadata", VECTOR_CRCS: "vectors_crc",
                     SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
                     TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values",
                     NAMESPACES: "namespaces", VALIDITY: "validity",

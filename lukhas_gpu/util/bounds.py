@@ -12,6 +12,8 @@ Store format
     * :data:`MAX_DIM` -- the embeddings' dimension (a manifest beyond it is refused on open).
     * :data:`MAX_DIM_OUT` -- the projected dimension at most (the rule is ``vectors.policy.dim_out_for``).
     * :data:`MAX_NAMESPACES`, :data:`MAX_NAMESPACE_BYTES` -- namespaces of one store, a name's length.
+    * :data:`MAX_DRIFT_TAGS` -- tags with a per-tag drift reference; :data:`MAX_NLIST` -- IVF lists a
+      trial may ask for.
 Searches
     * :data:`MAX_K` (results per query), :data:`MAX_QUERIES` (queries per call),
       :data:`MAX_RESULTS` (``queries x k`` per call), :data:`MAX_NPROBE`, :data:`MAX_RERANK`.
@@ -59,6 +61,8 @@ __all__ = [
     "MIN_ID",
     "check_dim",
     "is_int",
+    "MAX_DRIFT_TAGS",
+    "MAX_NLIST",
 ]
 
 # -- the store format ------------------------------------------------------------------------------
@@ -72,6 +76,10 @@ MAX_DIM_OUT = 512
 #: longest name (UTF-8 bytes).
 MAX_NAMESPACES = 1 << 24
 MAX_NAMESPACE_BYTES = 256
+#: Most tags with a per-tag drift reference (``monitor/tagdrift.py``; ``tags x dim`` float32 each).
+MAX_DRIFT_TAGS = 16384
+#: Most IVF lists a trial or a config may ask for (``MemoryIndex.trial(nlist=)``).
+MAX_NLIST = 1 << 20
 #: Ids on every interface are int64.
 MIN_ID, MAX_ID = -(2**63), 2**63 - 1
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import pathlib
 
 __all__ = ["PAGE", "HUGE_PAGE", "HUGE_FROM", "ROARING_CONTAINER_BYTES", "NPZ_MEMBER_BYTES", "huge_page_slack",
-           "bitmap_bytes", "zstd_context_bytes", "DRIFT_HISTORY", "DRIFT_HISTORY_COLUMNS", "DRIFT_HISTORY_BYTES"]
+           "bitmap_bytes", "zstd_context_bytes", "DRIFT_HISTORY", "DRIFT_HISTORY_COLUMNS", "DRIFT_HISTORY_BYTES",
+           "TAG_MIN_COUNT", "tag_drift_bytes"]
 
 PAGE = 4096
 #: Bytes of an ``np.savez`` member besides its data (zip headers and the .npy header): what a
@@ -33,6 +34,15 @@ ROARING_CONTAINER_BYTES = 11 + 16 + 32
 DRIFT_HISTORY = 256
 DRIFT_HISTORY_COLUMNS = 6
 DRIFT_HISTORY_BYTES = DRIFT_HISTORY * DRIFT_HISTORY_COLUMNS * 8
+#: Live memories a tag needs before it has a per-tag drift reference (``monitor.tagdrift``): the
+#: rule, and how many references the planner expects.
+TAG_MIN_COUNT = 256
+
+
+def tag_drift_bytes(tags: int, dim: int, name_bytes: int) -> int:
+    """Per-tag drift references of ``tags`` tags: a float32 centroid of ``dim``, a float32 spread,
+    an int64 count, the name (``name_bytes`` in all) and its str object and dict slot."""
+    return int(tags * (4 * dim + 4 + 8 + 56 + 100) + name_bytes)
 
 
 def huge_page_slack(used: int, reserved: int) -> int:
