@@ -29,7 +29,7 @@ import time
 import numpy as np
 from model_procs import spawn
 from model_scopes import ScopeOps, deleted_keys, one, scope_call, valid_keys
-from model_trials import check_tag_drift, op_trial as _op_trial
+from model_trials import check_tag_drift, op_retrain as _op_retrain, op_trial as _op_trial, op_tune as _op_tune
 
 import model_memops as memops
 from model_calls import _enc, _pick, dumps_call, make_add, make_bad, make_update, run_call
@@ -328,36 +328,8 @@ class Run(ScopeOps, memops.MemOpsMixin):
         self.lineage.append((gen.name, self.model.copy()))
         self.log_dirty = False
 
-    def op_retrain(self, op, rng):
-        """A rebuild of the IVF kept only if the probe says not worse; kept, it checkpoints."""
-        ix = self._writer()
-        try:
-            rep = ix.retrain(tolerance=0.5)
-        except ValueError as e:
-            if ix.is_trained and len(ix) >= 1024:
-                raise Violation(f"retrain of a trained index of {len(ix)} memories raised: {e}") from e
-            self.count("retrain refused")
-            return
-        if rep["generation"] is not None:
-            self.lineage.append((rep["generation"], self.model.copy()))
-            self.log_dirty = False
-        self.count("retrain accepted" if rep["accepted"] else "retrain discarded")
-
-    def op_tune(self, op, rng):
-        """The tuner forced to one candidate structure (a graph, IVF-RaBitQ, the IVF, the exact
-        scan): what later searches with a target use, kept through adds, updates, deletes,
-        checkpoints, reopens, readers and crashes until a retrain drops a stage."""
-        ix = self._writer()
-        try:
-            rep = ix.tune(0.9, structure=op["structure"], max_queries=64)
-        except ValueError as e:
-            if ix.is_trained:
-                raise Violation(f"tune(structure={op['structure']!r}) of a trained index raised: {e}") from e
-            self.count("tune refused (untrained)")
-            return
-        self.count("tune")
-        self.count(f"tuned: {rep['kind']}")
-
+    op_retrain = _op_retrain  # model_trials.py
+    op_tune = _op_tune  # model_trials.py
     op_trial = _op_trial  # model_trials.py
 
     def op_reopen(self, op, rng):

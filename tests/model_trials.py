@@ -103,3 +103,39 @@ def _killed(run, call: dict, rng) -> None:
         run.count("trial killed: live")
     else:
         raise Violation(f"after SIGKILL during a trial CURRENT is {cur}, expected {was} or {nxt}")
+
+
+def op_tune(self, op, rng):
+    """The tuner forced to one candidate structure (a graph, IVF-RaBitQ, the IVF, the exact
+    scan): what later searches with a target use, kept through adds, updates, deletes,
+    checkpoints, reopens, readers and crashes until a retrain drops a stage."""
+    from model_store import Violation
+
+    ix = self._writer()
+    try:
+        rep = ix.tune(0.9, structure=op["structure"], max_queries=64)
+    except ValueError as e:
+        if ix.is_trained:
+            raise Violation(f"tune(structure={op['structure']!r}) of a trained index raised: {e}") from e
+        self.count("tune refused (untrained)")
+        return
+    self.count("tune")
+    self.count(f"tuned: {rep['kind']}")
+
+
+def op_retrain(self, op, rng):
+    """A rebuild of the IVF kept only if the probe says not worse; kept, it checkpoints."""
+    from model_store import Violation
+
+    ix = self._writer()
+    try:
+        rep = ix.retrain(tolerance=0.5)
+    except ValueError as e:
+        if ix.is_trained and len(ix) >= 1024:
+            raise Violation(f"retrain of a trained index of {len(ix)} memories raised: {e}") from e
+        self.count("retrain refused")
+        return
+    if rep["generation"] is not None:
+        self.lineage.append((rep["generation"], self.model.copy()))
+        self.log_dirty = False
+    self.count("retrain accepted" if rep["accepted"] else "retrain discarded")

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from ..util.timing import fastest
 from ..vectors import graph
 from ..vectors.ann import auto_nlist, train_sample_size
 from . import ivflists
@@ -186,14 +187,12 @@ def _stage_costs(index, stage, rows: list, first: int, qw, qp, k: int) -> dict:
 def _timed_stage(index, stage, qw, qp, k: int, kc: int, param: int) -> float:
     """Seconds per query of the stage's search and the int8 rerank (fastest of 3 runs)."""
     from ..vectors import exact
-    best = float("inf")
-    for _ in range(3):
+
+    def run():
         with index.lock:
-            t = time.perf_counter()
             cand = stage.search(qp, kc, param, exclude=index.parts.tombstones)
             exact.rerank(qw, index.parts.vectors.checked(cand), cand, k)
-            best = min(best, time.perf_counter() - t)
-    return best / max(len(qp), 1)
+    return fastest(run, 3) / max(len(qp), 1)
 
 
 def restrict(table: dict, structure) -> dict:

@@ -278,7 +278,6 @@ def _load_monitoring(parts, gen) -> None:
             parts.trials = trial_reports(gen.npz(layout.TRIALS)["json"])
         if gen.has(layout.TUNING):
             from .tuning import Tuned
-
             parts.tuned = Tuned.from_arrays(gen.npz(layout.TUNING))
         candidates.load(parts, gen.npz(layout.STAGE))
     except (KeyError, ValueError) as e:

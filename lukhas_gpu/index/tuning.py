@@ -47,6 +47,7 @@ from ..monitor.probe import recall_estimate
 from ..query import probing
 from ..util.checks import check_k
 from ..util.memtrim import trim
+from ..util.timing import fastest
 from ..vectors.policy import MIN_TRAIN_ROWS, planned_nlist
 from . import candidates
 from .locking import locked
@@ -382,17 +383,6 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
     return weights
 
 
-def _timed(fn, repeat: int = 5) -> float:
-    """The fastest of ``repeat`` runs: what the work costs, with other processes' interference
-    (which only ever adds time) left out as far as possible."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def _costs(index, ann, ref, table, k, weights) -> np.ndarray:
     """Seconds per query of every row: the exact scan timed; the IVF rows from a model
     ``a * codes + b * candidates + c`` fitted on timed runs (plus the adaptive coarse overhead)."""
@@ -411,7 +401,7 @@ def _costs(index, ann, ref, table, k, weights) -> np.ndarray:
         with lock:
             executor.similar(index.parts, q, s, None)
 
-    cost[kinds == 2] = _timed(lambda: run(2)) / nq
+    cost[kinds == 2] = fastest(lambda: run(2)) / nq
     if ann is None or not (kinds < 2).any():
         return cost
     fixed = kinds == 0
@@ -426,7 +416,7 @@ def _costs(index, ann, ref, table, k, weights) -> np.ndarray:
             continue
         codes = table["codes"][row[0]]
         x.append([codes, k * r, 1.0])
-        y.append(_timed(lambda: run(0, n, k * r)) / nq)
+        y.append(fastest(lambda: run(0, n, k * r)) / nq)
     coef, *_ = np.linalg.lstsq(np.array(x), np.array(y), rcond=None)
     coef = np.maximum(coef, 0.0)
     ivf = kinds < 2
@@ -435,7 +425,7 @@ def _costs(index, ann, ref, table, k, weights) -> np.ndarray:
     if ad.any() and weights is not None:  # the wider coarse search and the predictor, measured once
         i = int(np.flatnonzero(ad)[len(np.flatnonzero(ad)) // 2])
         p = probing.Probing(int(table["cap"][i]), weights, float(table["param"][i]), int(table["nmin"][i]))
-        t = _timed(lambda: run(1, kc=int(table["kc"][i]), p=p)) / nq
+        t = fastest(lambda: run(1, kc=int(table["kc"][i]), p=p)) / nq
         cost[ad] += max(0.0, t - cost[i])
     return np.maximum(cost, 1e-9)
 

@@ -23,6 +23,8 @@ A store is a directory::
         trials.npz         the last trials' reports, JSON bytes (optional)
         sparse.indices/.values, sparse.npz   sparse vectors (CSR arena), when any was added
         text.indices/.values, text.npz       the BM25 term counts and vocabulary (text_index)
+        stage.npz, namespaces.npz, validity.npz, links.npz, content_hash.npz   (optional: the
+                           candidate stage, namespaces, validity windows, links, content hashes)
       wal.log              operations since the published generation (see wal.py)
       wal.log.next         a rollback's new log, before it replaces wal.log (see lineage.py)
       LOCK                 the one writer's flock (the file holds its pid, for messages)
@@ -84,33 +86,20 @@ ENCODER = "encoder.npz"
 CALIBRATION = "calibration.npz"
 PROBE = "probe.npz"
 DRIFT = "drift.npz"
-#: Per-tag drift references (optional: a generation without it has no reference yet).
-TAG_DRIFT = "tagdrift.npz"
-#: The last trials' reports, as JSON bytes in an npz member (optional).
-TRIALS = "trials.npz"
 ANN = "ann.faiss"
 TUNING = "tuning.npz"
-#: The tuner's candidate stage beside the IVF (an HNSW graph or IVF-RaBitQ; optional).
-STAGE = "stage.npz"
 IDMAP = "idmap.npz"
 DOCMETA = "docmeta.npz"
 #: CRC-32 of each block of int8 rows, checked by readers as blocks are first read (optional:
 #: older generations have none; their readers check the whole vectors file at first use).
 VECTOR_CRCS = "vectors.crc.npz"
 #: Sparse vectors and the BM25 text index (optional: stores without them still open).
-SPARSE = "sparse.npz"
-SPARSE_INDICES = "sparse.indices"
-SPARSE_VALUES = "sparse.values"
-TEXT = "text.npz"
-TEXT_INDICES = "text.indices"
-TEXT_VALUES = "text.values"
-#: Namespaces (name table + a uint32 per row) and validity windows (two float64 per row); optional:
-#: a generation without them holds every memory in the default namespace, always valid.
-NAMESPACES = "namespaces.npz"
-VALIDITY = "validity.npz"
-#: Links between memories (records/links.py) and the content hashes of exact dedup.
-LINKS = "links.npz"
-CONTENT_HASHES = "content_hash.npz"
+SPARSE, SPARSE_INDICES, SPARSE_VALUES = "sparse.npz", "sparse.indices", "sparse.values"
+TEXT, TEXT_INDICES, TEXT_VALUES = "text.npz", "text.indices", "text.values"
+#: Optional too (a generation without one: no per-tag drift reference, no trial report, no candidate
+#: stage, every memory in the default namespace and always valid, no link, content hashes recomputed).
+TAG_DRIFT, TRIALS, STAGE = "tagdrift.npz", "trials.npz", "stage.npz"
+NAMESPACES, VALIDITY, LINKS, CONTENT_HASHES = "namespaces.npz", "validity.npz", "links.npz", "content_hash.npz"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
