@@ -201,11 +201,6 @@ def run_call(ix, call: dict):
     return ix.update(ids, **kw)
 
 
-def makes_record(call: dict) -> bool:
-    return call["name"] in ("add", "update", "delete", "drop_namespace", "purge_expired", "link",
-                            "unlink") and not call.get("bad")
-
-
 # -- JSON for calls (the subprocess writer, the replay files) ----------------------------------------
 def _enc(v):
     if isinstance(v, np.ndarray):

@@ -289,7 +289,8 @@ class Run(ScopeOps, memops.MemOpsMixin):
         elif call["name"] in ("delete", "drop_namespace", "purge_expired") \
                 and out != len(self.model.mems) - len(expect.mems):
             raise Violation(f"{call['name']} returned {out}, expected {len(self.model.mems) - len(expect.mems)}")
-        self.model, self.log_dirty = expect, True
+        self.log_dirty = self.log_dirty or logs_record(call, self.model, expect)
+        self.model = expect
 
     def _read_back_times(self, expect: Model, call: dict, rows: list, t0: float, t1: float) -> None:
         keys = call.get("ids") or rows
@@ -513,7 +514,7 @@ class Run(ScopeOps, memops.MemOpsMixin):
                 self.lineage.append((f"gen-{number:06d}", states[i].copy()))
                 dirty = False
             else:
-                dirty = True
+                dirty = dirty or logs_record(c, states[i], states[i + 1])
         cur = int(self.current()[4:])
         if acked < len(calls) and calls[acked]["name"] == "checkpoint" and cur == number + 1:
             want = number = number + 1  # the checkpoint in flight was published
@@ -525,6 +526,13 @@ class Run(ScopeOps, memops.MemOpsMixin):
             raise Violation(f"after SIGKILL CURRENT is gen-{cur:06d}, expected gen-{want:06d} ({number - base} "
                             f"checkpoints completed; the newest generation before was gen-{base:06d})")
         self.model, self.log_dirty = states[applied].copy(), dirty
+
+
+def logs_record(call: dict, before: Model, after: Model) -> bool:
+    """Whether a call that succeeded appended to the log: a drop or purge that removes nothing does not."""
+    if call["name"] in ("drop_namespace", "purge_expired"):
+        return len(before.mems) != len(after.mems)
+    return not call.get("bad")
 
 
 def _brief(call: dict) -> str:
