@@ -11,9 +11,10 @@ Adds naming ids (external-id stores) are upserts and never dedup. Links are a di
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
-from model_scopes import one
+from model_scopes import in_window, one
 
 from model_calls import _pick, make_add
 
@@ -191,10 +192,12 @@ def check_links(ix, model, rng, fail) -> None:
     res = ix.search(model.mems[start].vec, k=2, follow_links=1)
     ids, frm = np.asarray(res.ids).tolist(), np.asarray(res.linked_from).tolist()
     direct = [i for i, f in zip(ids, frm) if f < 0 and i >= 0]
+    now = time.time()  # a search sees what is valid now: linked memories too
+    valid = {model.mems[k].row for k in keys if in_window(model.mems[k], now)}
     out, src, seen = [], [], set(direct)
     for h in direct:
         for d in sorted({e[1] for e in have if e[0] == h}):
-            if d not in seen:
+            if d not in seen and d in valid:
                 seen.add(d)
                 out.append(d)
                 src.append(h)
