@@ -308,6 +308,8 @@ def test_the_hash_lookup_matches_a_scan_through_rebuilds(monkeypatch):
         h = col.col.view()
         want = [min((r for r in range(n) if h[r] == v and r not in dead), default=-1) if v else -1 for v in q]
         assert got.tolist() == want, step
+        # every row dead to the caller (a namespace holding none of them): nothing found, no error
+        assert col.lookup(q, lambda r: np.ones(len(r), bool)).tolist() == [-1] * len(q), step
 
 
 @pytest.mark.parametrize("damage", ["truncate", "missing"])

@@ -98,6 +98,7 @@ class ContentHashes:
         tail = np.unique(np.concatenate([np.arange(self._built, len(col), dtype=np.int64), self._dirty.view()]))
         if len(tail):
             tail = tail[~dead_mask_of(tail)]
+        if len(tail):  # (every tail row may be dead)
             th = col[tail]
             order = np.lexsort((tail, th))
             th, tail = th[order], tail[order]
