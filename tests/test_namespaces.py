@@ -387,3 +387,33 @@ def test_llama_index_stores_keep_to_their_namespace(tmp_path):
     b.clear()  # b's nodes only
     assert b.client.namespaces() == {"a": 4}
     b.close()
+
+
+def test_a_namespace_holding_most_of_the_store_excludes_the_rest():
+    """A namespace (or "now") allowing most of the store searches the IVF with the few other rows
+    excluded (deleted and expired ones among them), as deletions are; a narrow one names its rows.
+    Both give exactly the reference's rows, and the exact top 10 of the namespace's own rows."""
+    n = 1300
+    ix = MemoryIndex(DIM, _config())
+    x = np.random.default_rng(3).standard_normal((n, DIM)).astype(np.float32)
+    ns = np.where(np.arange(n) % 10 == 0, "other", "big")
+    vf, vt = np.full(n, -np.inf), np.where(np.arange(n) % 17 == 0, T, np.inf)  # every 17th expired
+    ix.add(x, namespace=ns.tolist(), valid_to=vt)
+    assert ix.is_trained
+    ix.delete(np.arange(1, n, 41))
+    live = np.ones(n, bool)
+    live[1::41] = False
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for name, wide in ((None, True), ("big", True), ("other", False)):
+        want = _want(ns, vf, vt, live, name, time.time())
+        res = ix.search(x[:3], n + 1, nprobe=16, rerank=n, namespace=name)
+        assert all(_got(row) == want for row in res.ids), name
+        plan = ix.last_plan
+        assert plan.strategy == "ann" and (plan.excluded is not None) == wide, name
+        if wide:
+            assert set(plan.excluded.array().tolist()) == set(range(n)) - want
+        rows = np.array(sorted(want))
+        ref = rows[np.argsort(-(xn[:3] @ xn[rows].T), axis=1)[:, :10]]
+        got = ix.search(x[:3], 10, nprobe=16, rerank=64, namespace=name).ids
+        hits = sum(len(set(g.tolist()) & set(r.tolist())) for g, r in zip(got, ref))
+        assert hits >= 0.9 * 30, (name, hits)
