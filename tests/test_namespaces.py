@@ -93,6 +93,13 @@ def test_sharded_search_keeps_to_its_namespace(tmp_path):
             want = _want(ns, vf, vt, np.ones(200, bool), namespace, time.time() if as_of is None else as_of)
             assert _got(sx.search(x[:1], 201, namespace=namespace, as_of=as_of, nprobe=16)) == want
             assert _got(sx.search_text("common", 201, namespace=namespace, as_of=as_of)) == want
+        assert sx.namespaces() == {k: int((ns == k).sum()) for k in set(ns.tolist())}
+        g = sx.search(x[:1], 3, namespace="ns2").ids.ravel()
+        assert [m.namespace for m in sx.get(g, namespace="ns2")] == ["ns2"] * 3
+        with pytest.raises(ValueError, match="not in namespace 'ns3'"):
+            sx.get(g, namespace="ns3")
+        with pytest.raises(ValueError, match="MAX_NAMESPACE_BYTES"):
+            sx.get(g, namespace="x" * (MAX_NAMESPACE_BYTES + 1))
 
 
 def test_a_search_reads_the_clock_once(tmp_path, monkeypatch):
@@ -417,3 +424,36 @@ def test_a_namespace_holding_most_of_the_store_excludes_the_rest():
         got = ix.search(x[:3], 10, nprobe=16, rerank=64, namespace=name).ids
         hits = sum(len(set(g.tolist()) & set(r.tolist())) for g, r in zip(got, ref))
         assert hits >= 0.9 * 30, (name, hits)
+
+
+def test_cli_lists_drops_namespaces_and_purges(tmp_path, capsys):
+    import json
+
+    from lukhas_gpu import cli
+
+    path = tmp_path / "s"
+    ix = MemoryIndex.create(path, DIM, _config())
+    x, ns, vf, vt = _fill(ix, 60)
+    ix.close()
+    want = {k: int((ns == k).sum()) for k in set(ns.tolist())}
+    assert cli.main(["namespaces", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == want
+    assert cli.main(["namespaces", str(path)]) == 0
+    assert '"tiny"' in capsys.readouterr().out
+    assert cli.main(["get", str(path), "7", "11", "--namespace", "tiny", "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert cli.main(["get", str(path), "7", "--namespace", "ns2"]) == 1
+    assert "not in namespace 'ns2'" in capsys.readouterr().err
+    for bad, message in (("nobody", "no memory in namespace 'nobody'"), ("x" * (MAX_NAMESPACE_BYTES + 1), "NAME is")):
+        assert cli.main(["drop-namespace", str(path), bad]) == 1
+        assert message in capsys.readouterr().err
+    assert cli.main(["drop-namespace", str(path), "tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": 3, "count": 57}
+    ended = int(((vt <= T + 100) & (ns != "tiny")).sum())
+    assert cli.main(["purge-expired", str(path), "--now", str(T + 100), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": ended, "count": 57 - ended}
+    with pytest.raises(SystemExit):  # argparse: not a time
+        cli.main(["purge-expired", str(path), "--now", "soon"])
+    assert "neither epoch seconds" in capsys.readouterr().err
+    with MemoryIndex.open(path, mode="r") as ro:  # both were checkpointed
+        assert "tiny" not in ro.namespaces() and len(ro) == 57 - ended
