@@ -457,3 +457,95 @@ def test_cli_lists_drops_namespaces_and_purges(tmp_path, capsys):
     assert "neither epoch seconds" in capsys.readouterr().err
     with MemoryIndex.open(path, mode="r") as ro:  # both were checkpointed
         assert "tiny" not in ro.namespaces() and len(ro) == 57 - ended
+
+
+def _scoped_records(n):
+    """``n`` payload records: a namespace on most (none on every 7th), windows on every 3rd (an
+    ISO-8601 start on every 6th), the rest open."""
+    recs = []
+    for i in range(n):
+        r = {"content": f"m{i}"}
+        if i % 7:
+            r["namespace"] = f"user-{i % 3}"
+        if i % 3 == 0:
+            r["valid_from"] = "2023-11-14T22:13:20Z" if i % 6 == 0 else T
+            r["valid_to"] = T + 100 + i
+        recs.append(r)
+    return recs
+
+
+def _check_scoped_store(store, recs):
+    with MemoryIndex.open(store, mode="r") as ix:
+        got = ix.get(np.arange(len(recs)))
+        for m, r in zip(got, recs):
+            assert m.namespace == r.get("namespace", ""), (m.id, r)
+            assert m.valid_from == (T if "valid_from" in r else -np.inf), (m.id, r)
+            assert m.valid_to == r.get("valid_to", np.inf), (m.id, r)
+        want = {f"user-{j}": sum(1 for r in recs if r.get("namespace") == f"user-{j}") for j in range(3)}
+        assert ix.namespaces() == {**want, "": sum(1 for r in recs if "namespace" not in r)}
+        assert len(ix.select(namespace="user-1", as_of=T + 50)) == sum(
+            1 for r in recs if r.get("namespace") == "user-1" and r.get("valid_to", np.inf) > T + 50)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "npy", "parquet"])
+def test_file_ingest_reads_namespaces_and_windows(tmp_path, capsys, kind):
+    import json
+
+    from lukhas_gpu import cli
+
+    n = 90
+    recs = _scoped_records(n)
+    x = np.random.default_rng(0).standard_normal((n, DIM)).astype(np.float32)
+    store = tmp_path / "s"
+    if kind == "parquet":
+        from conftest import optional_import
+
+        pa, pq = optional_import("pyarrow"), optional_import("pyarrow.parquet")
+        table = pa.table({"embedding": [row.tolist() for row in x], "content": [r["content"] for r in recs],
+                          "namespace": [r.get("namespace") for r in recs],
+                          "valid_from": [T if "valid_from" in r else None for r in recs],
+                          "valid_to": [r.get("valid_to") for r in recs]})
+        pq.write_table(table, tmp_path / "in.parquet")
+        argv = [str(tmp_path / "in.parquet")]
+    else:
+        lines = [{**r, **({"embedding": x[i].tolist()} if kind == "jsonl" else {})} for i, r in enumerate(recs)]
+        (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        argv = [str(tmp_path / "in.jsonl")]
+        if kind == "npy":
+            np.save(tmp_path / "e.npy", x)
+            argv = [str(tmp_path / "e.npy"), "--payloads", str(tmp_path / "in.jsonl")]
+    assert cli.main(["ingest", str(store), *argv, "--batch-size", "32", "--dim", str(DIM), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    read = out["columns_read"] if kind == "parquet" else out["scope_fields_read"]
+    assert {"namespace", "valid_from", "valid_to"} <= set(read)
+    _check_scoped_store(store, recs)
+    if kind == "jsonl":  # the text summary names them too; a file without them says so
+        (tmp_path / "plain.jsonl").write_text(json.dumps({"embedding": x[0].tolist()}) + "\n")
+        assert cli.main(["ingest", str(tmp_path / "p"), str(tmp_path / "plain.jsonl"), "--dim", str(DIM)]) == 0
+        assert "scope fields read: none" in capsys.readouterr().out
+        with MemoryIndex.open(tmp_path / "p", mode="r") as ix:
+            assert not (tmp_path / "p").joinpath("namespaces.npz").exists() and ix.namespaces() == {"": 1}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("namespace", "x" * (MAX_NAMESPACE_BYTES + 1), "MAX_NAMESPACE_BYTES"),
+    ("namespace", 3, '"namespace" must be a string'),
+    ("valid_to", T - 10, "is before valid_from"),
+    ("valid_from", "tomorrow", '"valid_from" \'tomorrow\' is not an ISO-8601'),
+    ("valid_to", True, '"valid_to" must be epoch seconds'),
+])
+def test_file_ingest_refuses_bad_scopes_naming_the_line(tmp_path, capsys, field, value, message):
+    import json
+
+    from lukhas_gpu import cli
+
+    x = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    lines = [{"embedding": x[i].tolist(), "namespace": "a", "valid_from": T} for i in range(40)]
+    lines[25][field] = value
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert cli.main(["ingest", str(tmp_path / "s"), str(tmp_path / "in.jsonl"), "--batch-size", "20",
+                     "--dim", str(DIM)]) == 1
+    err = capsys.readouterr().err
+    assert "in.jsonl, line 26" in err and message in err, err
+    with MemoryIndex.open(tmp_path / "s", mode="r") as ix:  # the earlier batch only
+        assert len(ix) == 20 and ix.namespaces() == {"a": 20}
