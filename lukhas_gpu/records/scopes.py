@@ -56,7 +56,7 @@ class Namespaces:
         self.table.append(encode_keys([""], "namespace", kind="str"))
         self.column: GrowableArray | None = None  # None: every row is in ""
         self._rows = int(rows)
-        self._cache: OrderedDict = OrderedDict()  # id -> [BitMap, rows covered]
+        self._cache: OrderedDict = OrderedDict()  # name -> (id, BitMap, rows covered)
 
     def __len__(self) -> int:
         return self._rows if self.column is None else len(self.column)
@@ -137,17 +137,19 @@ class Namespaces:
         while no other namespace exists)."""
         if self.column is None:
             return None if name == "" else BitMap()
-        ns = int(self.find([name])[0])
-        if ns < 0:
-            return BitMap()
+        hit = self._cache.pop(name, None)  # a name's id never changes: the cache holds it too
+        if hit is None:
+            ns = int(self.find([name])[0])
+            if ns < 0:
+                return BitMap()
+            hit = (ns, BitMap(), 0)
+        ns, bm, covered = hit
         n = len(self.column)
-        hit = self._cache.pop(ns, None)
-        bm, covered = hit if hit is not None else (BitMap(), 0)
         if covered < n:
             new = np.flatnonzero(self.column[covered:n] == ns)
             if len(new):
                 bm.update((new + covered).astype(np.uint32))
-        self._cache[ns] = (bm, n)
+        self._cache[name] = (ns, bm, n)
         while len(self._cache) > CACHED_NAMESPACES:
             self._cache.popitem(last=False)
         return bm
@@ -175,7 +177,7 @@ class Namespaces:
         return 0 if self.column is None else self.table.nbytes() + self.column.nbytes() + self._cache_bytes()
 
     def _cache_bytes(self) -> int:
-        return sum(bitmap_bytes(bm) for bm, _ in self._cache.values())
+        return sum(bitmap_bytes(bm) for _, bm, _ in self._cache.values())
 
     def memory_usage(self) -> dict:
         return {"anon": {"namespaces": self.nbytes()},
