@@ -27,7 +27,7 @@ from ..index import MemoryIndex
 from ..records.scopes import check_namespace
 from ..store.layout import StoreError
 from ..util.bounds import MAX_ID, MAX_NAMESPACE_BYTES, MIN_ID
-from . import http_errors, search as search_mod, wire
+from . import http_errors, scope_routes, search as search_mod, wire
 from .batcher import Batcher, QueueFull
 from .conns import ConnectionTable
 from .limits import BodyTooLarge, Guard, error_body, read_body
@@ -42,9 +42,6 @@ from .models import (
     LookupRequest,
     MemoriesResponse,
     MemoryOut,
-    NamespaceRequest,
-    NamespacesResponse,
-    PurgeRequest,
     SearchRequest,
     SearchResponse,
 )
@@ -60,7 +57,7 @@ __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
                         "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
-                        "/docs", "/v1/namespaces", "/v1/namespaces/drop", "/v1/purge_expired"})
+                        "/docs"}) | scope_routes.ENDPOINTS
 #: A memory id in a path: an int64 (a larger one is a 422 naming it, never a 500 from numpy).
 _PathId = Annotated[int, Path(ge=MIN_ID, le=MAX_ID, description="the memory's id (int64)")]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
@@ -313,7 +310,7 @@ def _memory(m) -> dict:
 def _routes(app: FastAPI, st: _State) -> None:
     _probe_routes(app, st)
     _memory_routes(app, st)
-    _scope_routes(app, st)
+    scope_routes.install(app, st, _json, _writable)
     _store_routes(app, st)
 
 
@@ -435,44 +432,6 @@ def _memory_routes(app: FastAPI, st: _State) -> None:
             raise http_errors.ApiError(422, "ids: an id appears twice")
         await _known(ids)
         n = await st.run(st.index.delete, ids)
-        return _json({"deleted": n, "time": time.perf_counter() - t0})
-
-
-def _scope_routes(app: FastAPI, st: _State) -> None:
-    """Namespaces (list, drop) and the purge of expired memories."""
-    o = st.options
-
-    @app.get("/v1/namespaces", summary="live memories of every namespace holding one",
-             responses={200: {"model": NamespacesResponse}, **_ERRORS})
-    async def namespaces():
-        t0 = time.perf_counter()
-        return _json({"namespaces": await st.run(st.index.namespaces), "time": time.perf_counter() - t0})
-
-    @app.post("/v1/namespaces/drop", summary="delete every memory of a namespace (logged as one delete)",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": NamespaceRequest.model_json_schema()}}}},
-              responses={200: {"model": DeleteResponse}, **_ERRORS})
-    async def drop_namespace(request: Request):
-        t0 = time.perf_counter()
-        _writable(o)
-        name = check_namespace(NamespaceRequest.model_validate_json(await read_body(request, o.max_body_bytes))
-                               .namespace)
-        if name not in await st.run(st.index.namespaces):
-            raise http_errors.ApiError(404, f"no memory in namespace {name!r}")
-        n = await st.run(st.index.drop_namespace, name)
-        return _json({"deleted": n, "time": time.perf_counter() - t0})
-
-    @app.post("/v1/purge_expired", summary="delete every memory whose validity window has ended",
-              openapi_extra={"requestBody": {"required": False, "content": {
-                  "application/json": {"schema": PurgeRequest.model_json_schema()}}}},
-              responses={200: {"model": DeleteResponse}, **_ERRORS})
-    async def purge_expired(request: Request):
-        t0 = time.perf_counter()
-        _writable(o)
-        body = await read_body(request, o.max_body_bytes)
-        req = PurgeRequest.model_validate_json(body) if body.strip() else PurgeRequest()
-        now = None if req.now is None else wire.parse_time(req.now, "now")
-        n = await st.run(st.index.purge_expired, now)
         return _json({"deleted": n, "time": time.perf_counter() - t0})
 
 
