@@ -29,6 +29,8 @@ _METRICS = ("cosine", "ip")
 _VECTOR_STORAGE = ("memory", "mmap")
 #: Types a declared metadata field may have (``metadata_fields``).
 METADATA_FIELD_TYPES = ("str", "int", "float", "bool")
+#: ``IndexConfig.dedup`` and ``add(dedup=)``.
+DEDUP_MODES = ("off", "exact", "near")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,6 +151,12 @@ class IndexConfig:
         With a ``target_recall``, retune in a background thread after training, when the index
         has doubled, after a retrain and when twice as many queries have been seen; and retrain
         with more lists when the index has outgrown its own (see :mod:`lukhas_gpu.index.tuning`).
+    ann_ram_budget : int, default 200
+        Anonymous bytes per memory the ANN structures may hold together: the IVF-PQ (about 67 B
+        a memory at 1M, 384-d) and the candidate stage the tuner may add beside it (an HNSW
+        graph, about 332 B at 384-d with M=16, or IVF-RaBitQ, about 66 B; see
+        :mod:`lukhas_gpu.index.candidates`). The tuner never builds a stage that would exceed
+        it: with the other parts' ~45 B this keeps a default store within 250 B per memory.
     text_index : bool, default False
         Tokenize every memory's content (``str``) on add and keep its term frequencies, so that
         :meth:`~lukhas_gpu.MemoryIndex.search_text` ranks by BM25 and ``search(..., text=...)``
@@ -163,6 +171,18 @@ class IndexConfig:
         Drop English stopwords when tokenizing (contents and queries).
     text_stemmer : str or None, default None
         Stem terms with this Snowball language (``"english"``; needs PyStemmer).
+    dedup : {"off", "exact", "near"}, default "off" ("exact" in ``production``)
+        Deduplication on ``add`` (``add(dedup=)`` overrides it per call): ``exact`` merges a memory
+        whose content bytes equal a live memory's (a 64-bit content hash per memory, 8 B);
+        ``near`` merges one whose vector's cosine to its nearest live memory (the index's own
+        search, confirmed on the int8 rows) is at least ``dedup_threshold``. A duplicate gets the
+        existing id back and merges into it (newest timestamp, highest importance, union of
+        tags). Adds naming ``ids=`` are upserts and skip dedup. ``near`` costs a k=1 search per
+        memory added.
+    dedup_threshold : float, default 0.97
+        The cosine at or above which ``near`` merges.
+    dedup_merge : {"merge", "replace"}, default "merge"
+        ``merge`` keeps the existing memory's content; ``replace`` takes the duplicate's.
     """
 
     metric: str = "cosine"
@@ -192,6 +212,7 @@ class IndexConfig:
     drift_threshold: float = 1.5
     target_recall: float | None = None
     auto_tune: bool = True
+    ann_ram_budget: int = 200
     external_ids: str | None = None
     metadata_fields: Any = None
     text_index: bool = False
@@ -200,6 +221,9 @@ class IndexConfig:
     bm25_variant: str = "lucene"
     text_stopwords: str | None = None
     text_stemmer: str | None = None
+    dedup: str = "off"
+    dedup_threshold: float = 0.97
+    dedup_merge: str = "merge"
 
     def __post_init__(self) -> None:
         _choice("metric", self.metric, _METRICS)
@@ -212,7 +236,7 @@ class IndexConfig:
             _choice("external_ids", self.external_ids, ("str", "int"))
         object.__setattr__(self, "metadata_fields", _fields(self.metadata_fields))
         for name in ("train_threshold", "nprobe", "rerank", "batch_size", "max_content_bytes",
-                     "filter_exact_max", "rank_oversample"):
+                     "filter_exact_max", "rank_oversample", "ann_ram_budget"):
             _positive(name, getattr(self, name))
         for name in ("dim_out", "nlist", "capacity", "pq_m", "threads"):
             _positive(name, getattr(self, name), optional=True)
@@ -235,6 +259,11 @@ class IndexConfig:
         if not isinstance(self.zstd_level, int) or not 1 <= self.zstd_level <= 22:
             raise ValueError(f"zstd_level must be an int in [1, 22], got {self.zstd_level!r}")
         self._check_text()
+        _choice("dedup", self.dedup, DEDUP_MODES)
+        _choice("dedup_merge", self.dedup_merge, ("merge", "replace"))
+        if isinstance(self.dedup_threshold, bool) or not isinstance(self.dedup_threshold, (int, float)) \
+                or not 0.0 < float(self.dedup_threshold) <= 1.0:
+            raise ValueError(f"dedup_threshold must be a number in (0, 1], got {self.dedup_threshold!r}")
         if not (0.5 < float(self.quantile) <= 1.0):
             raise ValueError(f"quantile must be in (0.5, 1], got {self.quantile!r}")
 

@@ -193,12 +193,15 @@ def run_call(ix, call: dict):
         return ix.drop_namespace(kw["namespace"])
     if name == "purge_expired":
         return ix.purge_expired(kw.get("now"))
+    if name in ("link", "unlink"):  # model_memops
+        return getattr(ix, name)(**kw)
     ids = kw.pop("ids")
     return ix.update(ids, **kw)
 
 
 def makes_record(call: dict) -> bool:
-    return call["name"] in ("add", "update", "delete", "drop_namespace", "purge_expired") and not call.get("bad")
+    return call["name"] in ("add", "update", "delete", "drop_namespace", "purge_expired", "link",
+                            "unlink") and not call.get("bad")
 
 
 # -- JSON for calls (the subprocess writer, the replay files) ----------------------------------------

@@ -15,11 +15,13 @@ model through every route that can name a memory.
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
 from model_scopes import in_window, valid_keys
 
 from model_consts import DIM, FAR, FIELDS, NAMESPACES, NLIST, T0, TAGS, USERS
+from model_memops import check_links
 from model_store import Violation
 
 #: Candidates the own-vector check allows: a healthy IVF (PQ16x4fs at 16 dims, every list probed)
@@ -253,19 +255,66 @@ def check_found(ix, model, keys, known) -> None:
     if held is None or 1 not in known:
         searches.append((f"IVF (nprobe={NLIST}, rerank={FOUND_DEPTH}, trained={ix.is_trained})",
                          lambda: ix.search(vecs, 1, nprobe=NLIST, rerank=FOUND_DEPTH)))
+    key_of = {model.mems[k].row: k for k in keys}
+    stage = ix.parts.stage
+    if stage is not None and stage.ready:  # the candidate stage, as deep as it goes (the last is read below)
+        searches.insert(0, (f"candidate stage {stage.kind}", lambda: _stage_search(ix, vecs, 1, stage)))
     for what, search in searches:
         res = search()
         got = np.asarray(res.ids)[:, 0]
         miss = np.flatnonzero(got != rows)
+        if len(miss):  # a near-copy kept apart (another namespace, dedup off) may tie with its original
+            miss = miss[[not _twins(vecs[i], model.mems[key_of[g]].vec) if g in key_of else True
+                         for i, g in zip(miss.tolist(), got[miss].tolist())]]
         if len(miss):
             raise Violation(f"{len(miss)} of {len(rows)} live memories not found by their own vector, {what}; "
                             f"rows {rows[miss][:12].tolist()} gave {got[miss][:12].tolist()}")
-    if [e[0] for e in res.external_ids] != list(keys):
-        _fail("SearchResult.external_ids of the own-vector search", [e[0] for e in res.external_ids][:12], keys[:12])
+    found = [key_of[g] for g in got.tolist()]
+    if [e[0] for e in res.external_ids] != found:
+        _fail("SearchResult.external_ids of the own-vector search", [e[0] for e in res.external_ids][:12], found[:12])
     hydrated = [m[0] for m in res.memories()[:8]]
     if [(m.id, m.content, m.external_id) for m in hydrated] != [(model.mems[k].row, model.mems[k].content, k)
-                                                               for k in keys[:8]]:
-        _fail("SearchResult.memories()", hydrated, keys[:8])
+                                                               for k in found[:8]]:
+        _fail("SearchResult.memories()", hydrated, found[:8])
+
+
+def _twins(a, b) -> bool:
+    """Two vectors of one direction (cosine > 0.999: the near-copies the dedup ops plant)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b) > 0.999 * float(np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def _stage_search(ix, q, k: int, stage):
+    """A search whose candidates come from the candidate stage at its deepest parameter."""
+    import torch
+
+    from lukhas_gpu.query import executor
+    from lukhas_gpu.vectors import graph
+    param = graph.GRAPH_EF[-1] if stage.kind == "graph" else graph.RABITQ_NPROBES[-1]
+    s = executor.Search(k=k, nprobe=NLIST, rerank=FOUND_DEPTH, exact_max=0, stage=(stage.kind, param))
+    with ix.lock:
+        _, ids, _ = executor.similar(ix.parts, torch.from_numpy(np.ascontiguousarray(q, np.float32)), s, None)
+    return types.SimpleNamespace(ids=ids.cpu().numpy())
+
+
+def check_tuned(ix, model, rng) -> None:
+    """Searches with a target (the tuned structure: a stage, the IVF or the exact scan) return
+    live memories only, each once, within the filter; through a stage too after deletes and
+    updates (a superseded node or a deleted row's is never returned)."""
+    if ix.parts.tuned is None:
+        return
+    mems = list(model.mems.values())
+    n = len(mems)
+    q = (mems[int(rng.integers(n))].vec if n else rng.standard_normal(DIM).astype(np.float32))[None, :]
+    for spec in (None, random_filter(rng)):
+        allowed = {m.row for m in mems if allows(spec, m)}
+        try:
+            got = _ids(ix.search(q, min(n + 1, 50), where=make_filter(spec), target_recall=0.9))
+        except Exception as e:
+            raise Violation(f"search(target_recall=0.9) with Filter({spec}) raised {type(e).__name__}: {e}") from e
+        if not set(got) <= allowed:
+            raise Violation(f"search(target_recall=0.9) with Filter({spec}) returned rows outside the model's "
+                            f"allowed set: {sorted(set(got) - allowed)[:12]}")
 
 
 def _ids(res) -> list:
@@ -349,7 +398,9 @@ def check_index(ix, model, rng, known, *, light: bool = False) -> None:
     keys = model.keys()
     check_sparse(ix, model, keys)
     check_found(ix, model, keys, known)
+    check_tuned(ix, model, rng)
     check_congruence(ix, model, rng, known)
+    check_links(ix, model, rng, _fail)
     rep = ix.verify()
     if not rep.get("ok"):
         _fail("verify()", rep, "ok")
@@ -362,6 +413,7 @@ def matches(ix, model, rng, known) -> bool:
         check_records(ix, model, rng)
         check_sparse(ix, model, model.keys())
         check_found(ix, model, model.keys(), known)
+        check_links(ix, model, rng, _fail)
         return True
     except Violation:
         return False

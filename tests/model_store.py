@@ -9,15 +9,13 @@ when it runs), so any sub-list of a failing sequence is itself a valid sequence 
 After every op :func:`model_checks.check_index` holds the store to the model.
 
 Ops: add (contents, tags, timestamps, importance, metadata, sparse, namespaces, validity windows;
-external ids with upserts of live ids and re-adds of deleted ones), delete, update (every field,
-embeddings and window ends included), drop_namespace, purge_expired,
-invalid calls (nothing may change), compact, checkpoint, close/reopen, rollback, recover, a
-reader in this process (open, refresh, lag), a reader in a subprocess that also runs the CLI's
-``get`` and ``search``, a ShardedIndex over the store (a one-shard root), and a writer
-subprocess killed with SIGKILL at a random point: every acknowledged call must be there and the
-call in flight there whole or not at all.
-
-The subprocess writer and reader are ``tests/model_procs.py``.
+external ids with upserts of live ids and re-adds of deleted ones), dedup adds, link, unlink
+(``model_memops.py``), delete, update (every field, embeddings and window ends included),
+drop_namespace, purge_expired (``model_scopes.py``), invalid calls (nothing may change), compact,
+checkpoint, close/reopen, rollback, recover, a reader in this process (open, refresh, lag), a
+reader in a subprocess that also runs the CLI's ``get`` and ``search``, a ShardedIndex over the
+store (a one-shard root), and a writer subprocess killed with SIGKILL at a random point: every
+acknowledged call must be there and the call in flight whole or not at all (``model_procs.py``).
 """
 from __future__ import annotations
 
@@ -32,15 +30,8 @@ import numpy as np
 from model_procs import spawn
 from model_scopes import ScopeOps, deleted_keys, one, scope_call, valid_keys
 
-from model_calls import (
-    _enc,
-    _pick,
-    dumps_call,
-    make_add,
-    make_bad,
-    make_update,
-    run_call,
-)
+import model_memops as memops
+from model_calls import _enc, _pick, dumps_call, make_add, make_bad, make_update, run_call
 from model_consts import (  # noqa: F401
     ALL_OPS,
     DIM,
@@ -49,6 +40,7 @@ from model_consts import (  # noqa: F401
     KNOWN_DEFECTS,
     NLIST,
     ROOT,
+    STRUCTURES,
     T0,
     TAGS,
     USERS,
@@ -91,9 +83,10 @@ class Model:
     mems: dict = dataclasses.field(default_factory=dict)
     next_row: int = 0
     dead: set = dataclasses.field(default_factory=set)  # keys once live, now deleted or replaced
+    links: dict = dataclasses.field(default_factory=dict)  # (src row, dst row, kind) -> weight (model_memops)
 
     def copy(self) -> Model:
-        return Model(self.kind, dict(self.mems), self.next_row, set(self.dead))
+        return Model(self.kind, dict(self.mems), self.next_row, set(self.dead), dict(self.links))
 
     def keys(self) -> list:
         return sorted(self.mems, key=lambda k: self.mems[k].row)
@@ -102,8 +95,8 @@ class Model:
         return {m.row: k for k, m in self.mems.items()}
 
     def same(self, other: Model) -> bool:
-        return self.next_row == other.next_row and set(self.mems) == set(other.mems) and all(
-            _mem_eq(self.mems[k], other.mems[k]) for k in self.mems)
+        return self.next_row == other.next_row and set(self.mems) == set(other.mems) and self.links == other.links \
+            and all(_mem_eq(self.mems[k], other.mems[k]) for k in self.mems)
 
 
 def _mem_eq(a: Mem, b: Mem) -> bool:
@@ -122,21 +115,19 @@ def apply_call(model: Model, call: dict) -> Model:
     """The model after ``call`` (a concrete call, see :func:`make_add`) succeeds."""
     m = model.copy()
     name = call["name"]
-    if name == "add":
-        x = call["embeddings"]
-        n = len(x)
+    if name == "add" and any(t >= 0 for t in memops.dedup_into(model, call)):  # a deduped add (model_memops)
+        memops.apply_dedup_add(m, call, memops.dedup_into(model, call), lambda mm, i: _new_mem(call, i, mm.next_row))
+    elif name == "add":
         ids = call.get("ids")
-        for i in range(n):
+        for i in range(len(call["embeddings"])):
             key = ids[i] if ids is not None else m.next_row
             if key in m.mems:
                 del m.mems[key]
             m.dead.discard(key)
-            m.mems[key] = Mem(m.next_row, x[i], _nth(call, "contents", i, None), tuple(_nth(call, "tags", i, ())),
-                              _nth(call, "timestamps", i, None), _imp(call.get("importance"), i),
-                              _nth(call, "metadata", i, None), _nth(call, "sparse", i, None),
-                              one(call, "namespace", i, ""), one(call, "valid_from", i, float("-inf")),
-                              one(call, "valid_to", i, float("inf")))
+            m.mems[key] = _new_mem(call, i, m.next_row)
             m.next_row += 1
+    elif name in ("link", "unlink"):
+        memops.apply_link_call(m, call)
     elif name in ("delete", "drop_namespace", "purge_expired"):
         for key in deleted_keys(m, call):
             del m.mems[key]
@@ -150,6 +141,13 @@ def apply_call(model: Model, call: dict) -> Model:
             change.update({f: one(call, a, i, None) for a, f in window if a in call})
             m.mems[key] = dataclasses.replace(m.mems[key], **change)
     return m
+
+
+def _new_mem(call, i: int, row: int) -> Mem:
+    return Mem(row, call["embeddings"][i], _nth(call, "contents", i, None), tuple(_nth(call, "tags", i, ())),
+               _nth(call, "timestamps", i, None), _imp(call.get("importance"), i), _nth(call, "metadata", i, None),
+               _nth(call, "sparse", i, None), one(call, "namespace", i, ""), one(call, "valid_from", i, float("-inf")),
+               one(call, "valid_to", i, float("inf")))
 
 
 def _nth(call, name, i, default):
@@ -176,8 +174,8 @@ def gen_ops(seed: int, n_ops: int, ops=ALL_OPS, must=()) -> list:
         drawn.insert(rng.randint(0, len(drawn)), o)
     for o in drawn:
         op = {"op": o, "s": rng.getrandbits(31)}
-        if o in ("add", "bulk"):
-            op["n"] = rng.randint(1, 6) if o == "add" else rng.randint(20, 200)
+        if o in ("add", "bulk", "dedup_add"):
+            op["n"] = rng.randint(20, 200) if o == "bulk" else rng.randint(1, 6)
         elif o in ("delete", "update"):
             op["picks"] = [round(rng.random(), 4) for _ in range(rng.randint(1, 4))]
         elif o == "reopen":
@@ -186,12 +184,14 @@ def gen_ops(seed: int, n_ops: int, ops=ALL_OPS, must=()) -> list:
             op["discard"] = rng.random() < 0.5
         elif o == "crash":
             op["n"] = rng.randint(2, 10)
+        elif o == "tune":
+            op["structure"] = rng.choice(STRUCTURES)
         out.append(op)
     return out
 
 
 # -- the driver -----------------------------------------------------------------------------------------
-class Run(ScopeOps):
+class Run(ScopeOps, memops.MemOpsMixin):
     """One store (a one-shard root, so ShardedIndex can open it), its model and its history.
 
     ``lineage``: ``(generation name, model)`` of every generation published, newest last; a
@@ -280,7 +280,7 @@ class Run(ScopeOps):
         if call.get("bad"):
             raise Violation(f"an invalid {call['name']} was accepted: {_brief(call)}")
         if call["name"] == "add":
-            want = list(range(self.model.next_row, expect.next_row))
+            want = memops.add_ids(self.model, expect, call)
             if np.asarray(out).tolist() != want:
                 raise Violation(f"add returned rows {np.asarray(out).tolist()}, expected {want}")
             if call.get("timestamps") is None:  # "now": read back, within the call's time
@@ -341,6 +341,21 @@ class Run(ScopeOps):
             self.lineage.append((rep["generation"], self.model.copy()))
             self.log_dirty = False
         self.count("retrain accepted" if rep["accepted"] else "retrain discarded")
+
+    def op_tune(self, op, rng):
+        """The tuner forced to one candidate structure (a graph, IVF-RaBitQ, the IVF, the exact
+        scan): what later searches with a target use, kept through adds, updates, deletes,
+        checkpoints, reopens, readers and crashes until a retrain drops a stage."""
+        ix = self._writer()
+        try:
+            rep = ix.tune(0.9, structure=op["structure"], max_queries=64)
+        except ValueError as e:
+            if ix.is_trained:
+                raise Violation(f"tune(structure={op['structure']!r}) of a trained index raised: {e}") from e
+            self.count("tune refused (untrained)")
+            return
+        self.count("tune")
+        self.count(f"tuned: {rep['kind']}")
 
     def op_reopen(self, op, rng):
         self._close(op["ckpt"])
@@ -498,7 +513,9 @@ class Run(ScopeOps):
             return scope_call(rng)
         if r < 0.55 and keys:
             return make_update(model, rng, keys)
-        return make_add(model, rng, int(rng.integers(1, 6)), explicit_ts=True)
+        if r < 0.7 and len(keys) > 1:  # a link or an unlink (model_memops)
+            return (r < 0.6 and memops.make_unlink(model, rng)) or memops.make_link(model, rng)
+        return (memops.make_dedup_add if r < 0.8 else make_add)(model, rng, int(rng.integers(1, 6)), explicit_ts=True)
 
     def _after_crash(self, calls, states, acked, base, was, rng, matches) -> None:
         from lukhas_gpu import MemoryIndex

@@ -17,10 +17,11 @@ SPARSE_VOCAB = 2000
 
 
 def config(**kw) -> IndexConfig:
-    """The production preset with metadata columns and BM25, and no background tuning (tests
-    compare fixed searches)."""
+    """The production preset with metadata columns and BM25, no background tuning (tests compare
+    fixed searches) and no dedup (a root and one index over the same rows keep every row)."""
     base = IndexConfig.preset("production")
-    return dataclasses.replace(base, auto_tune=False, text_index=True, metadata_fields={"user": "str"}, **kw)
+    return dataclasses.replace(base, **{"auto_tune": False, "text_index": True, "metadata_fields": {"user": "str"},
+                                        "dedup": "off", **kw})
 
 
 @dataclasses.dataclass

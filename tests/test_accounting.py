@@ -101,7 +101,8 @@ def test_fast_scan_lists_counted_at_their_capacity(built):
 def _component_usages(index, state):
     p = index.parts
     out = [p.vectors.memory_usage(), p.encoder.memory_usage(), p.contents.memory_usage(), p.meta.memory_usage(),
-           p.tags.memory_usage(), p.probe.memory_usage(), p.drift.memory_usage()]
+           p.tags.memory_usage(), p.probe.memory_usage(), p.drift.memory_usage(), p.hashes.memory_usage(),
+           p.links.memory_usage()]
     if p.ann is not None:
         out.append(p.ann.memory_usage(state))
     if p.mirror is not None:

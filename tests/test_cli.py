@@ -13,6 +13,7 @@ def test_bench_prints_the_table(capsys):
     assert "bytes/memory" in out and "recall@10" in out
     assert "lukhas_gpu (production)" in out and "naive dict store" in out
     assert "the RAM per memory" in out
+    assert "Why bytes/memory is not the README's RAM per memory" in out  # the index's own bytes, and the rest
 
 
 def test_bench_json(capsys):
@@ -22,6 +23,7 @@ def test_bench_json(capsys):
     assert result["phase"] == "ivfpq" and result["n"] == 40000
     assert ours["recall@10"] >= 0.9 and naive["recall@10"] == 1.0
     assert 0 < ours["bytes/memory"] < naive["bytes/memory"]
+    assert 0 < ours["index bytes/memory"] < naive["bytes/memory"]
     assert ours["QPS"] > 0 and ours["p99 ms"] >= ours["p50 ms"] > 0
 
 

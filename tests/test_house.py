@@ -35,7 +35,8 @@ def test_stats_is_one_schema(small):
     st = index.stats()
     assert {"count", "rows", "deleted", "ann_dead", "dim", "dim_out", "phase", "nlist", "pq_m", "coarse", "backend",
             "vector_storage", "gpu_resident", "memory", "bytes_per_memory", "process", "content",
-            "tag_vocabulary", "namespaces", "expired", "train_seconds", "tuning", "capabilities", "config"} == set(st)
+            "tag_vocabulary", "namespaces", "expired", "train_seconds", "tuning", "capabilities", "config", "links",
+            "dedup"} == set(st)
     mem = st["memory"]
     for place in ("anon", "mapped", "disk", "gpu"):
         assert mem[f"{place}_bytes"] == sum(mem[place].values())

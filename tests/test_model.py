@@ -15,9 +15,11 @@ import model_store as ms
 #: (kind, seed, ops, op kinds every sequence holds): one sequence per store kind, ~60 s in all on
 #: a quiet 2-core machine (each subprocess, a crash or a reader, costs seconds of torch import).
 SUITE = [
-    ("rows", 101, 44, ("crash", "proc", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad")),
-    ("str", 102, 44, ("crash", "sharded", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad")),
-    ("int", 103, 24, ("rollback", "refresh", "reopen")),
+    ("rows", 101, 44, ("crash", "proc", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad",
+                       "dedup_add", "link", "unlink", "tune")),
+    ("str", 102, 44, ("crash", "sharded", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad",
+                      "link", "unlink", "tune")),
+    ("int", 103, 24, ("rollback", "refresh", "reopen", "delete", "update")),
 ]
 
 
@@ -27,6 +29,20 @@ def test_random_sequences_hold_to_the_model(tmp_path, kind, seed, n, must):
     counts = ms.run_ops(kind, ops, tmp_path, seed, ms.KNOWN_DEFECTS)
     assert all(counts.get(o) for o in must), counts  # each op kind the sequence must hold ran
     assert counts.get("add", 0) + counts.get("bulk", 0) > 0 and counts.get("delete") and counts.get("update")
+
+
+@pytest.mark.parametrize("structure", ["graph", "rabitq"])
+def test_each_candidate_stage_holds_to_the_model(tmp_path, structure):
+    """The tuner forced to a stage early (and again later), then every write path, checkpoints,
+    reopens, readers, a crash and a retrain with the stage in place: every route held to the model."""
+    must = ("tune", "tune", "update", "update", "delete", "reopen", "refresh", "compact", "crash", "retrain")
+    ops = ms.gen_ops(7 + len(structure), 22, ops=[o for o in ms.ALL_OPS if o not in ("proc", "sharded")], must=must)
+    ops.insert(2, {"op": "tune", "s": 0})
+    for op in ops:
+        if op["op"] == "tune":
+            op["structure"] = structure
+    counts = ms.run_ops("str", ops, tmp_path, 7, ms.KNOWN_DEFECTS)
+    assert counts.get(f"tuned: {structure}"), counts
 
 
 def test_the_driver_refuses_nothing_valid_and_accepts_nothing_invalid(tmp_path):
@@ -105,3 +121,14 @@ def test_a_reader_does_not_resume_a_replaced_log_at_its_old_offset(tmp_path):
         assert r.contents(list(range(10, 50))) == w.contents(list(range(10, 50))), f"try {trial}"
         w.close()
         r.close()
+
+
+def test_dedup_and_links_hold_through_crashes(tmp_path):
+    """Dedup adds (exact and near, duplicates planted), links, unlinks and deletes of linked
+    memories, among crashes of the writer, reopens and a reader (``model_memops.py``)."""
+    ops = ms.gen_ops(104, 26, ops=("add", "dedup_add", "link", "unlink", "delete", "update", "compact", "checkpoint",
+                                   "reopen", "refresh", "crash"),
+                     must=("crash", "crash", "dedup_add", "dedup_add", "link", "link", "unlink", "refresh"))
+    ops[0]["n"] = 120  # untrained: every near candidate found by the exact scan
+    counts = ms.run_ops("rows", ops, tmp_path, 104, ms.KNOWN_DEFECTS)
+    assert counts.get("dedup exact merged", 0) + counts.get("dedup near merged", 0) > 0, counts

@@ -297,6 +297,17 @@ def test_a_writer_server_acknowledges_adds_that_survive_a_kill(writable, data):
         r = _post(url, "/v1/memories", {"vectors": [[0.1] * DIM], "importance": [2.0]})
         assert r.status_code == 422 and "importance" in _error(r)
         assert httpx.post(url + "/v1/refresh").status_code == 409
+        # links and dedup (index/memops.py): routes of the writer, logged like the rest
+        r = _post(url, "/v1/link", {"src": [0, 1], "dst": [1, 2], "kind": "cause", "weight": [1.0, 0.5]})
+        assert r.status_code == 200 and r.json()["linked"] == 2
+        r = _post(url, "/v1/links", {"ids": [0, 1, 2], "direction": "out"}).json()
+        assert (r["indptr"], r["ids"], r["kinds"], r["weights"]) == ([0, 1, 2, 2], [1, 2], ["cause"] * 2, [1.0, 0.5])
+        assert _post(url, "/v1/lineage", {"id": 0, "depth": 2}).json()["ids"] == [1, 2]
+        assert _post(url, "/v1/unlink", {"src": [1], "dst": [2]}).json()["unlinked"] == 1
+        assert _post(url, "/v1/link", {"src": [0], "dst": [10**9]}).status_code in (404, 422)
+        r = _post(url, "/v1/memories", {"vectors": [xq[6].tolist()] * 2, "contents": ["same", "same"],
+                                        "dedup": "exact"}).json()
+        assert r["ids"][0] == r["ids"][1] and r["merged"] == 1
         assert c.checkpoint().startswith("gen-")
         last = c.add(xq[5], contents="after the checkpoint")
         # kill -9: what was acknowledged is in the log
@@ -306,6 +317,7 @@ def test_a_writer_server_acknowledges_adds_that_survive_a_kill(writable, data):
         time.sleep(0.5)
     back = MemoryIndex.open(writable)
     assert back.contains([N, N + 1, N + 2, int(last[0])]).tolist() == [True, False, False, True]
+    assert back.links([0, 1]).ids.tolist() == [1]
     assert back.get(last)[0].content == "after the checkpoint"
     back.close()
 

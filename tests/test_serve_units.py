@@ -474,3 +474,36 @@ def test_a_scrape_reports_the_lag_readyz_judges_without_waiting_for_a_slow_stats
     finally:
         st.search_pool.shutdown(wait=False)
         st.other_pool.shutdown(wait=True)
+
+
+# -- the traffic ring (the dashboard's and /metrics' recent searches) ------------------------------
+def test_traffic_quantiles_match_an_exact_reference():
+    from lukhas_gpu.serve.traffic import Traffic, quantile
+
+    bounds = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
+    rng = np.random.default_rng(3)
+    lat = rng.lognormal(np.log(0.008), 0.6, 5000)
+    counts = np.bincount(np.searchsorted(bounds, lat, side="left"), minlength=len(bounds) + 1)
+    for q in (0.5, 0.9, 0.99):
+        got = quantile(bounds, counts, q)
+        b = int(np.searchsorted(bounds, np.quantile(lat, q), side="left"))  # the exact quantile's bucket
+        lo = 0.0 if b == 0 else bounds[b - 1]
+        assert lo <= got <= bounds[min(b, len(bounds) - 1)] + 1e-12, q
+    assert np.isnan(quantile(bounds, np.zeros(len(bounds) + 1), 0.5))
+    assert quantile(bounds, np.array([0] * len(bounds) + [3]), 0.5) == bounds[-1]  # overflow: the last bound
+
+    now = [1000.0]
+    t = Traffic(bounds, window_s=60, clock=lambda: now[0])
+    for s in range(120):  # two windows: the first one's seconds are overwritten, never summed
+        now[0] = 1000.0 + s
+        for _ in range(2 if s < 60 else 5):
+            t.observe(0.003, error=s % 10 == 0)
+    now[0] = 1120.0
+    out = t.summary(30)
+    assert out["requests"] == 150 and out["qps"] == 5.0 and out["errors_per_s"] == pytest.approx(3 * 5 / 30)
+    assert 0.002 <= out["p50"] <= 0.005 and 0.002 <= out["p99"] <= 0.005
+    assert t.summary(10_000)["window_s"] == 59  # bounded by the ring
+    series = t.series(10)
+    assert len(series) == 5 and series[-1]["t"] == 0 and all(p["qps"] == 5.0 for p in series)
+    now[0] = 1300.0  # silence: nothing recent
+    assert t.summary(60)["requests"] == 0 and np.isnan(t.summary(60)["p99"])

@@ -107,6 +107,14 @@ KEY = "k" * 24
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+def _stalled_body(port: int) -> bytes:
+    """Headers and a part of a declared body, then nothing: the first line of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"POST /v1/search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: "
+                  f"application/json\r\nContent-Length: 1000\r\n\r\n{{\"vectors\"".encode())
+        return s.recv(4096).split(b"\r\n")[0]
+
+
 def _post(url, body: dict, headers=AUTH):
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
     try:
@@ -125,7 +133,7 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
     port = _free_port()
     (tmp_path / "key").write_text(KEY)
     app = serve_deployment(root, shards_per_replica=1, max_batch=16, max_wait_ms=2.0, refresh_s=0.5,
-                           api_key_file=str(tmp_path / "key"))
+                           api_key_file=str(tmp_path / "key"), max_body_mb=1.0, body_timeout_s=1.0)
     run(app, port=port)
     url = f"http://127.0.0.1:{port}/v1/search"
     try:
@@ -157,6 +165,10 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
         assert status == 404
         status, out = _post(url, {"vectors": data.q[:1].tolist()}, headers={})
         assert status == 401 and "API key" in out["status"]["error"]
+        # the server's guards: a body past max_body_mb (declared, or streamed), one that stops arriving
+        status, out = _post(url, {"vectors": [[0.5] * 300_000]})
+        assert status == 413 and "exceeds the limit" in out["status"]["error"], out
+        assert _stalled_body(port).startswith(b"HTTP/1.1 408"), "a stalled body must time out (body_timeout_s)"
         extra = make_data(5, nq=1, seed=13)  # the groups follow the writers (refresh_s)
         with MemoryIndex.open(rootfiles.shard_dir(root, 1), mode="w") as writer:
             rows = writer.add(**extra.rows(0, 5))

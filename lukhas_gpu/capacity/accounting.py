@@ -182,7 +182,8 @@ def breakdown(index) -> dict:
     pools = python_pools(_small_objects(index))
     if pools:
         anon["python_pools"] = pools
-    for part in (parts.probe, parts.drift, parts.mirror, getattr(parts, "sparse", None), getattr(parts, "text", None)):
+    for part in (parts.probe, parts.drift, parts.mirror, getattr(parts, "sparse", None), getattr(parts, "text", None),
+                 parts.hashes, parts.links, getattr(parts, "stage", None)):
         if part is not None:
             add(part.memory_usage())
     _cuda_tensors(parts, places["gpu"])

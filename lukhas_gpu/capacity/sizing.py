@@ -34,6 +34,7 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 
 from ..config import IndexConfig, as_config
+from ..records.contenthash import planned_bytes as hashes_planned
 from ..records.contents import planned_bytes as content_bytes
 from ..records.metadata import planned_bytes as metadata_bytes
 from ..records.scopes import planned_bytes as scope_bytes
@@ -42,6 +43,7 @@ from ..util.bounds import MAX_NAMESPACES, MAX_ROWS
 from ..util.checks import check_int, check_real
 from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES, planned_bitmap_bytes
 from ..util.runtime import planned as planned_runtime
+from ..vectors.graph import planned_stage
 from ..vectors.policy import (
     CALIBRATION_ROWS,
     MIN_TRAIN_ROWS,
@@ -337,6 +339,10 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     if _trained(count, cfg):
         ann, nlist, pq_m, coarse = _ann_bytes(count, dim_out, cfg, imbalance, state, be, faiss_gpu)
         _add(total, ann)
+        # the largest candidate stage the tuner may add within config.ann_ram_budget (index/candidates)
+        kind, nbytes = planned_stage(count, dim_out, cfg.ann_ram_budget, sum(ann["anon"].values()))
+        if kind is not None:
+            _add(total, {"anon": {f"stage_{kind}": nbytes}, "disk": {"candidate_stage": nbytes}})
     if nnz and count:
         if sparse_value_bytes not in (2, 4):
             raise ValueError(f"sparse_value_bytes must be 4 (float32) or 2 (float16), got {sparse_value_bytes!r}")
@@ -382,6 +388,8 @@ def _encoder_and_probe_bytes(count: int, dim: int, dim_out: int, cfg: IndexConfi
     disk["probe"] = probe + 5 * NPZ_MEMBER_BYTES
     anon["tombstones"] = 0
     disk["tombstones"] = 8
+    anon["content_hashes"] = hashes_planned(count, cfg.dedup == "exact")
+    disk["content_hashes"] = 8 * count + NPZ_MEMBER_BYTES
     return {"anon": anon, "gpu": gpu, "disk": disk}
 
 

@@ -35,6 +35,8 @@ key                    value
 ``tag_vocabulary``     distinct tags
 ``namespaces``         namespaces holding a live memory (1: the default ``""`` alone)
 ``expired``            live memories past their validity window, not yet purged (``purge_expired``)
+``links``              ``stored`` links (main + log), ``kinds`` interned, ``bytes`` in RAM
+``dedup``              ``mode``, ``threshold``, ``last_add_merged`` (memories the last add merged)
 ``train_seconds``      the last training's wall time (None before training)
 ``tuning``             ``target_recall`` (the config's), and the tuner's choice (None before a
                        run): ``kind``, ``nprobe``, ``rerank``, ``probing``, the estimated
@@ -83,6 +85,9 @@ def index_stats(index) -> dict:
         "tag_vocabulary": parts.tags.vocab_size,
         "namespaces": len(parts.namespaces.counts(parts.tombstones.live_mask(parts.rows))),
         "expired": len(parts.validity.expired(time.time()) - parts.tombstones.bitmap),
+        "links": {"stored": len(parts.links), "kinds": len(parts.links.kinds), "bytes": parts.links.nbytes()},
+        "dedup": {"mode": index.config.dedup, "threshold": index.config.dedup_threshold,
+                  "last_add_merged": index.state.last_add.merged if index.state.last_add is not None else 0},
         "train_seconds": index.timings.get("train"),
         "tuning": {"target_recall": index.config.target_recall,
                    "chosen": parts.tuned.report() if parts.tuned is not None else None},

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import bench, ingest, plan, scope_cmds, search_cmd, serve_cmd, store_cmds
+from . import bench, ingest, links_cmd, plan, scope_cmds, search_cmd, serve_cmd, store_cmds
 
 __all__ = ["main", "build_parser", "EXIT_BROKEN_PIPE"]
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_ingest_parser(sub)
     search_cmd.add_parsers(sub)
     store_cmds.add_parsers(sub, "get", "delete", "tune")
+    links_cmd.add_parsers(sub)
     scope_cmds.add_parsers(sub)
     ingest.add_migrate_parser(sub)
     serve_cmd.add_parsers(sub)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import logging
 import threading
 
@@ -133,12 +132,16 @@ class Ingress:
     """The HTTP ingress: ``POST /v1/search`` parsed by the server's own code, fanned out, merged."""
 
     def __init__(self, options_json: str, dim: int, metric: str, per_group: int, n_shards: int, *groups):
+        from ..serve.limits import Guard
         from ..serve.metrics import Metrics
         from ..serve.options import ServeOptions
 
-        self.options = ServeOptions.from_json(options_json)  # reads the API key file, if any
-        self._key = None if self.options.api_key is None else b"Bearer " + self.options.api_key.encode("utf-8")
+        o = self.options = ServeOptions.from_json(options_json)  # reads the API key file, if any
         self.metrics = Metrics()
+        # the server's guard, called per request (not as middleware: Ray Serve hands us a Request):
+        # API key, Content-Length and streamed body bounds, bodies in flight, body timeout
+        self.guard = Guard(None, api_key=o.api_key, max_body=o.max_body_bytes, body_timeout_s=o.body_timeout_s,
+                           reject=self.metrics.reject)
         self.index = _Front(dim, metric, list(groups), per_group, n_shards)
         self.batcher = self  # run_search queues in ``st.batcher.search``: here, the fan-out
         self._groups = list(groups)
@@ -165,23 +168,23 @@ class Ingress:
         from starlette.responses import Response
 
         from ..serve import http_errors as errors
-        from ..serve.limits import error_body, read_body
+        from ..serve.limits import Refused, error_body
         from ..serve.search import run_search
 
         headers = {k.lower(): v for k, v in request.headers.items()}
-        if self._key is not None and not hmac.compare_digest(headers.get("authorization", "").encode(), self._key):
-            return Response(error_body("missing or wrong API key: send the header 'Authorization: Bearer <key>'"),
-                            status_code=401, media_type="application/json", headers={"WWW-Authenticate": "Bearer"})
-        if request.url.path.rstrip("/") != "/v1/search" or request.method != "POST":
-            return Response(error_body(f"no route {request.method} {request.url.path}: this deployment serves "
-                                       "POST /v1/search"), status_code=404, media_type="application/json")
+        auth, length = headers.get("authorization"), headers.get("content-length")
         try:
-            size = headers.get("content-length")
-            if size is not None and (not size.isdigit() or int(size) > self.options.max_body_bytes):
-                raise errors.ApiError(413 if size.isdigit() else 400, f"Content-Length {size[:40]!r}: at most "
-                                                                      f"{self.options.max_body_bytes:,} bytes")
-            body = await read_body(request, self.options.max_body_bytes)
-            status, media, body, extra = await run_search(self, headers, request.url.query, body)
+            self.guard.check_request(request.url.path, None if auth is None else auth.encode("latin-1"),
+                                     None if length is None else length.encode("latin-1"))
+            if request.url.path.rstrip("/") != "/v1/search" or request.method != "POST":
+                raise errors.ApiError(404, f"no route {request.method} {request.url.path}: this deployment serves "
+                                           "POST /v1/search")
+            async with self.guard.receiving(request.receive) as body:
+                status, media, body, extra = await run_search(self, headers, request.url.query, body)
+        except Refused as r:
+            self.metrics.reject(r.reason)
+            return Response(error_body(str(r)), status_code=r.status, media_type="application/json",
+                            headers={k.decode(): v.decode() for k, v in r.headers})
         except Exception as e:
             status, message, extra = errors.describe(_cause(e), self.metrics, self.options)
             media, body = "application/json", error_body(message)
@@ -203,7 +206,8 @@ def _result(response):
 
 def serve_deployment(root, *, shards_per_replica: int = 1, max_batch: int = 256, max_wait_ms: float = 1.0,
                      max_queue: int | None = None, timeout_s: float = 30.0, max_body_mb: float = 64.0,
-                     refresh_s: float = 1.0, api_key_file: str | None = None, num_cpus: float | None = None,
+                     body_timeout_s: float = 10.0, refresh_s: float = 1.0, api_key_file: str | None = None,
+                     num_cpus: float | None = None,
                      num_gpus: float | None = None, name: str = "lukhas"):
     """A Ray Serve application serving ``POST /v1/search`` over the sharded root at ``root``.
 
@@ -213,10 +217,19 @@ def serve_deployment(root, *, shards_per_replica: int = 1, max_batch: int = 256,
         A sharded root (checked here: the root file and every shard directory).
     shards_per_replica : int
         Shards per group replica (each opens its shards; one replica per group).
-    max_batch, max_wait_ms, max_queue, timeout_s, max_body_mb, refresh_s, api_key_file
+    max_batch, max_wait_ms, max_queue, timeout_s, max_body_mb, body_timeout_s, refresh_s, api_key_file
         As :class:`~lukhas_gpu.serve.options.ServeOptions` (each group's batcher and refreshes;
-        the ingress's body limit, timeout and API key: with ``api_key_file``, every request needs
-        ``Authorization: Bearer <key>``; the ingress reads the file where it runs).
+        the ingress's guards, those of ``lukhas-gpu serve``'s :class:`~lukhas_gpu.serve.limits.Guard`:
+        with ``api_key_file`` every request needs ``Authorization: Bearer <key>`` (the ingress
+        reads the file where it runs; 401 before the body is read); a body over ``max_body_mb``
+        gets 413 (from its ``Content-Length``, or as it streams), bodies being received count
+        against max(4 x ``max_body_mb``, 256 MiB) by the bytes that arrived (503), and a body
+        that stops arriving gets 408 after ``body_timeout_s``). Ray Serve's HTTP proxy owns the
+        connections, so the header timeout and the connection caps of ``lukhas-gpu serve``
+        (``--header-timeout-s``, ``--max-connections[-per-client]``) have no counterpart here:
+        Ray Serve offers only ``http_options`` ``request_timeout_s`` and ``keep_alive_timeout_s``.
+        Keep it on loopback or a private network, or put a proxy with header timeouts and
+        per-client limits (nginx, Envoy) in front.
     num_cpus, num_gpus : float, optional
         Each replica's resources; default an equal share of the cluster's (``ray.init`` first
         if Ray is not initialised), a GPU share for each group where the cluster has GPUs.
@@ -240,8 +253,8 @@ def serve_deployment(root, *, shards_per_replica: int = 1, max_batch: int = 256,
     check_root(root, doc, list(range(doc["shards"])))
     groups = shard_groups(doc["shards"], shards_per_replica)
     options = ServeOptions(store=str(root), max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                           timeout_s=timeout_s, max_body_mb=max_body_mb, refresh_s=refresh_s,
-                           api_key_file=api_key_file)
+                           timeout_s=timeout_s, max_body_mb=max_body_mb, body_timeout_s=body_timeout_s,
+                           refresh_s=refresh_s, api_key_file=api_key_file)
     if not ray.is_initialized():
         ray.init()
     cpu = actor_options(len(groups) + 1)["num_cpus"] if num_cpus is None else num_cpus  # groups + the ingress

@@ -143,7 +143,8 @@ class ShardWriter:
             ts = np.where(missing, time.time(), ts)
         trained = self.index.timings.get("train")
         t0 = time.perf_counter()
-        ids = self.index.add(x, contents=contents, tags=tags, timestamps=ts, importance=imp)
+        # dedup off: a shard's row count is its resume record (one row per input row)
+        ids = self.index.add(x, contents=contents, tags=tags, timestamps=ts, importance=imp, dedup="off")
         spent = time.perf_counter() - t0
         if self.index.timings.get("train") is not trained:  # this add crossed the threshold
             self.seconds["train"] += self.index.timings["train"]

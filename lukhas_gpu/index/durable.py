@@ -28,7 +28,7 @@ from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
 from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
-from . import ivflists, loadchecks, scope_parts, sparse_parts
+from . import candidates, ivflists, links_parts, loadchecks, scope_parts, sparse_parts
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,8 @@ def write(index, root) -> pathlib.Path:
         npz[layout.CALIBRATION] = {"rows": parts.calib}
     if parts.tuned is not None:
         npz[layout.TUNING] = parts.tuned.to_arrays()
+    if (stage := candidates.persist(parts)) is not None:
+        npz[layout.STAGE] = stage
     if parts.idmap is not None:
         npz[layout.IDMAP] = parts.idmap.to_arrays()
     if parts.docmeta.starts is not None or parts.docmeta.fields:  # optional: only once used
@@ -142,6 +144,7 @@ def write(index, root) -> pathlib.Path:
     raw.update(sp_raw)
     npz.update(sp_npz)
     npz.update(scope_parts.persist(parts))
+    npz.update(links_parts.persist(parts))
     writers, ann = {}, None
     if parts.ann is not None:
         a = parts.ann
@@ -222,6 +225,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         parts.tombstones = Tombstones.from_bytes(gen.bytes(layout.TOMBSTONES))
     except Exception as e:
         raise layout.CorruptStoreError(gen.path / layout.TOMBSTONES, f"unreadable ({e})") from None
+    links_parts.load(parts, gen, rows)
     parts.encoder_arrays = gen.npz(layout.ENCODER)
     if gen.has(layout.CALIBRATION):
         parts.calib = gen.npz(layout.CALIBRATION)["rows"]
@@ -269,6 +273,7 @@ def _load_monitoring(parts, gen) -> None:
             from .tuning import Tuned
 
             parts.tuned = Tuned.from_arrays(gen.npz(layout.TUNING))
+        candidates.load(parts, gen.npz(layout.STAGE))
     except (KeyError, ValueError) as e:
         raise layout.CorruptStoreError(gen.path, f"inconsistent probe, drift or tuning files ({e})") from None
 
@@ -409,7 +414,8 @@ def apply_record(index, op: int, f: dict) -> None:
         n = len(np.atleast_2d(f["x"]))
         writes.commit_add(index, writes.prepare_add(index, f["x"], f["contents"], f["tags"], f["ts"], f["imp"],
                                                     ids=f.get("ext", extids.NO_IDS), metadata=meta,
-                                                    sparse=sparse_parts.from_fields(f, n),
+                                                    sparse=sparse_parts.from_fields(f, n), into=f.get("into"),
+                                                    dedup="off",  # the logged decision, never a new one
                                                     **scope_parts.from_fields(f, n)))
     elif op == OP_UPDATE:
         rows = index.parts.tombstones.check(as_ids(f["ids"]), index.parts.rows)
@@ -419,6 +425,8 @@ def apply_record(index, op: int, f: dict) -> None:
                                                          **scope_parts.from_fields(f, len(rows))))
     elif op == OP_DELETE:
         writes.apply_delete(index, writes.prepare_delete(index, f["ids"]))
+    elif op in links_parts.LINK_OPS:
+        links_parts.apply_record(index, op, f)
     else:
         raise layout.CorruptStoreError(index.path / layout.WAL, f"unknown operation {op}")
 

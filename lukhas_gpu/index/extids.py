@@ -150,6 +150,8 @@ def replace_vectors(index, rows: np.ndarray, x) -> None:
             idx = torch.tensor([where[int(r)] for r in sample.ids[hit]])
             sample.vectors[hit] = index.encoder.normalize(x[idx]).cpu().numpy().astype(np.float16)
     ivflists.replace(index, rows, codes.cpu().numpy(), proj.cpu().numpy())
+    for st in parts.stages():  # the old nodes superseded, the rows found at their new vectors
+        st.replace(proj.cpu().numpy(), rows)
     if parts.calib is not None:
         inside = rows < len(parts.calib)
         parts.calib[rows[inside]] = x[torch.from_numpy(np.flatnonzero(inside))].to("cpu", torch.float32).numpy()

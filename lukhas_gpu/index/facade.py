@@ -27,6 +27,7 @@ from ..util.memtrim import maybe_trim, trim
 from . import durable, verification
 from .documents import DocumentsMixin
 from .locking import locked as _locked
+from .memops import MemOpsMixin
 from .parts import IndexParts, IndexState
 from .results import SearchResult
 from .scopes import ScopesMixin
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MemoryIndex"]
 
 
-class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
+class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, MemOpsMixin):
     """A vector memory index: int8 vectors, IVF-PQ candidates, exact rerank.
 
     Parameters
@@ -216,7 +217,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
     # -- add -----------------------------------------------------------------------------------
     @_locked
     def add(self, embeddings, contents=None, tags=None, timestamps=None, importance=None, *, ids=None,
-            metadata=None, sparse=None, namespace=None, valid_from=None, valid_to=None) -> np.ndarray:
+            metadata=None, sparse=None, namespace=None, valid_from=None, valid_to=None,
+            dedup: str | None = None) -> np.ndarray:
         """Add a batch of memories; returns their row ids, ``(n,)`` int64.
 
         Parameters
@@ -241,6 +243,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
             Default ``""``; ``search(namespace=)`` never returns another namespace's memories.
         valid_from, valid_to : epoch seconds (one for all, or one per memory), optional
             The window ``[valid_from, valid_to)`` searches see a memory in (default: always).
+        dedup : {"off", "exact", "near"}, optional
+            Over ``config.dedup``: a duplicate gets the id it merged into (:mod:`.dedup`; ``last_add``).
 
         With a 1-D embedding (one memory) the others may be given unwrapped: a str content, a
         list of tags, a scalar timestamp and importance.
@@ -256,7 +260,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
         from . import writes  # torch and the vector path load on first use
         self._require_writable()
         batch = writes.prepare_add(self, embeddings, contents, tags, timestamps, importance, ids=ids, metadata=metadata,
-                                   sparse=sparse, namespace=namespace, valid_from=valid_from, valid_to=valid_to)
+                                   sparse=sparse, namespace=namespace, valid_from=valid_from, valid_to=valid_to,
+                                   dedup=dedup)
         if self.state.wal is not None:  # write-ahead: logged (and synced) once valid, before anything changes
             self.state.wal.append(durable.OP_ADD, batch.log_fields())
         rows = writes.commit_add(self, batch)  # apply, train on crossing the threshold, trim
@@ -279,7 +284,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
     @_locked
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
-               fusion=None, diversity: float = 0.0, namespace: str | None = None, as_of=None) -> SearchResult:
+               fusion=None, diversity: float = 0.0, namespace: str | None = None, as_of=None,
+               follow_links: int = 0) -> SearchResult:
         """Top-k memories for each query.
 
         Parameters
@@ -307,6 +313,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
             Maximal marginal relevance over ``max(4k, 50)`` candidates (:mod:`lukhas_gpu.query.mmr`).
         namespace : str, optional; as_of : epoch seconds, optional
             Only this namespace's memories; those valid at ``as_of`` (default: now, once per call).
+        follow_links : int, default 0
+            Hops along out-links whose memories are appended, marked by ``linked_from`` (:mod:`.memops`).
 
         Returns
         -------
@@ -323,8 +331,9 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
         if text is not None or sparse is not None:
             if mmr.check_diversity(diversity, 1) is not None:
                 raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
-            return self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank, text=text,
-                                       sparse=sparse, fusion=fusion, target_recall=target_recall)
+            return self._with_links(self._hybrid_search(queries, k, where=where, rank=rank, nprobe=nprobe,
+                                                        rerank=rerank, text=text, sparse=sparse, fusion=fusion,
+                                                        target_recall=target_recall), follow_links, where)
         q, kind = as_batch(queries, self.dim, "queries")
         cfg, parts = self.config, self.parts
         if cfg.metric == "cosine":
@@ -339,7 +348,7 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
         if rank is not None and not isinstance(rank, ranking.Rank):
             raise TypeError(f"rank must be a lukhas_gpu.Rank, got {type(rank).__name__}")
         enc = self.encoder
-        parts.probe.queries.offer(q, transform=lambda r: enc.normalize(r).cpu().numpy())
+        parts.probe.queries.offer(q, transform=enc.normalized_queries)
         mirror = device_mirror.mirror_ready(self)
         if rank is None or rank.is_plain:
             scores, ids, self.last_plan = executor.similar(parts, q, s, allowed, mirror)
@@ -354,7 +363,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
         maybe_trim(every=1.0)
         if cfg.target_recall is not None:
             tuning.maybe_retune(self)
-        return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
+        return self._with_links(SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self)),
+                                follow_links, where)
 
     # -- records -------------------------------------------------------------------------------
     def _check_ids(self, ids) -> np.ndarray:  # external ids resolved (documents.py)
@@ -372,13 +382,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
 
     @_locked
     def delete(self, ids) -> int:
-        """Delete memories by id (from the index, the tags and the filters); returns the count.
-
-        Raises
-        ------
-        ValueError
-            An id that was never assigned or is already deleted; nothing is deleted then.
-        """
+        """Delete memories by id (from the index, the tags, the filters and the links); returns the
+        count. ValueError for an id never assigned or already deleted: nothing is deleted then."""
         from . import writes
         self._require_writable()
         rows = writes.prepare_delete(self, self._rows_for(ids))
@@ -393,8 +398,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
     def compact(self) -> int:
         """Drop the bytes of deleted memories and of replaced contents and tag lists.
 
-        Deleted memories keep their (int8) row, since ids are row numbers; their content,
-        tags and IVF entries go (their lists re-encoded). Returns the bytes reclaimed.
+        Deleted memories keep their (int8) row, since ids are row numbers; their content, tags,
+        links and IVF entries go (their lists re-encoded). Returns the bytes reclaimed.
         """
         from . import writes
         return writes.compact(self)
@@ -416,23 +421,18 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin):
         queries : (nq, dim) float array, optional
             Probe queries. Default: the sampled queries of past searches (when 64 or more have
             been seen), else the sampled memories themselves, each excluding itself.
-        k, nprobe, rerank : int, optional
-            The search to evaluate (default: the config's).
-        max_queries : int
-        confidence : float
-            Level of the interval.
+        k, nprobe, rerank, max_queries : int, optional
+            The search to evaluate (default: the config's); ``confidence``: the interval's level.
 
         Returns
         -------
         dict
             ``recall``, ``ci`` (low, high), ``confidence``, ``ann_recall``, ``int8_recall``, ``int8_sampled``
             (counted on the originals' ``hits``), ``queries``, ``source`` ("given", "queries" or "memories"),
-            ``sample``, ``k``, ``nprobe``, ``rerank``, ``seconds``.
-
-        Cost: one exact int8 scan of the store per probe query (~1 s per 1,000 queries per 100k).
+            ``sample``, ``k``, ``nprobe``, ``rerank``, ``seconds``. Cost: one exact int8 scan of
+            the store per probe query (~1 s per 1,000 queries per 100k).
         """
         from . import quality
-
         return quality.estimate(self, queries, k, nprobe=nprobe, rerank=rerank, max_queries=max_queries,
                                 confidence=confidence)
 

@@ -37,7 +37,7 @@ from ..vectors.policy import (
     train_rows,
     train_sample_size,
 )
-from . import ivflists, quality
+from . import candidates, ivflists, quality
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +351,8 @@ def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale)
     accepted = new_found.sum() >= old_found.sum() - tolerance * hits
     if not accepted:
         parts.encoder, parts.ann = old_encoder, old_ann
+    else:
+        candidates.drop(parts, "retrained (a new projected space)")
     old, new = (recall_estimate(f, probe["exact_n"], probe["kept"], probe["true"]) for f in (old_found, new_found))
     log.log(logging.INFO if accepted else logging.WARNING,
             "retrain: probe recall %.3f -> %.3f on %d sampled neighbours: %s", old["recall"] or 0.0,

@@ -18,9 +18,11 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..monitor.probe import DriftMonitor, Probe
+from ..records.contenthash import ContentHashes
 from ..records.contents import ContentArena
 from ..records.docmeta import DocMetadata
 from ..records.idmap import IdMap
+from ..records.links import Links
 from ..records.metadata import MetadataColumns
 from ..records.scopes import Namespaces, Validity
 from ..records.tags import TagIndex
@@ -54,8 +56,12 @@ class IndexState:
     tuning_cancel: bool = False
     #: ``time.monotonic()`` before which a failed run is not retried.
     tuning_retry_at: float = 0.0
+    #: Tuning runs started so far: a run keeps its choice only if no run started after it.
+    tuning_runs: int = 0
     #: The live count of the last restructure: not tried again before the index doubles.
     restructure_tried_at: int = 0
+    #: What the last ``add`` did (:class:`.dedup.AddResult`: ids, merged count, which into which).
+    last_add: Any = None
 
 
 class IndexParts:
@@ -79,6 +85,10 @@ class IndexParts:
         Each row's namespace (a name table and a uint32 column, from the first name but ``""``).
     validity : Validity
         Each row's validity window (two float64 columns, from the first window given).
+    hashes : ContentHashes
+        The content hash of every row (exact dedup).
+    links : Links
+        Typed, weighted links between memories.
     ann : IVFPQIndex or None
         The IVF-PQ index once trained.
     mirror : DeviceMirror or None
@@ -92,6 +102,8 @@ class IndexParts:
         BM25 term counts and statistics (``config.text_index``).
     calib : (m, dim) float32 or None
         The first rows, kept while the int8 scales calibrate.
+    stage : GraphStage or RaBitQStage or None
+        The candidate stage the tuner chose beside the IVF (:mod:`lukhas_gpu.index.candidates`).
     tuned : Tuned or None
         The search parameters the tuner chose for ``config.target_recall`` and the table it
         measured (:mod:`lukhas_gpu.index.tuning`).
@@ -114,6 +126,8 @@ class IndexParts:
         self.docmeta = DocMetadata(config.fields)
         self.namespaces = Namespaces()
         self.validity = Validity()
+        self.hashes = ContentHashes()  # one uint64 per row: exact dedup (records/contenthash.py)
+        self.links = Links()  # links between memories (records/links.py)
         self.ann = None
         self.mirror = None
         self.mirror_wanted = False  # set by the facade once the backend is known
@@ -123,6 +137,8 @@ class IndexParts:
         self.sparse = None  # SparseVectors, from the first add with sparse vectors
         self.text = make_text(config)  # TextIndex with config.text_index
         self.calib: np.ndarray | None = None
+        self.stage = None  # the tuner's candidate stage (vectors.graph), if it chose one
+        self.building: list = []  # stages a tuning run builds and measures (adds and updates reach them)
         self.tuned = None  # the tuner's choice (index.tuning.Tuned), once it has run
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
@@ -176,6 +192,10 @@ class IndexParts:
             return int(self._encoder.nbytes())
         return encoder_bytes(self.dim, self.dim_out)  # what building it will take
 
+    def stages(self) -> list:
+        """The candidate stages writes must reach: the one in service and those being built."""
+        return ([self.stage] if self.stage is not None else []) + self.building
+
     # -- counts ---------------------------------------------------------------------------------
     @property
     def rows(self) -> int:
@@ -189,7 +209,7 @@ class IndexParts:
         """``{name: component}`` of the built components (for accounting and checks)."""
         out = {"vectors": self.vectors, "tombstones": self.tombstones, "contents": self.contents,
                "tags": self.tags, "meta": self.meta, "docmeta": self.docmeta, "probe": self.probe,
-               "drift": self.drift}
+               "drift": self.drift, "hashes": self.hashes, "links": self.links}
         if self.idmap is not None:
             out["idmap"] = self.idmap
         if self.namespaces.used:
@@ -202,6 +222,8 @@ class IndexParts:
             out["ann"] = self.ann
         if self.mirror is not None:
             out["mirror"] = self.mirror
+        if self.stage is not None:
+            out["stage"] = self.stage
         if self.sparse is not None:
             out["sparse"] = self.sparse
         if self.text is not None:

@@ -29,7 +29,7 @@ def setup(index, queries, k: int, max_queries: int) -> dict:
 
 
 def found(index, probe: dict, k: int, nprobe: int, rerank: int, resident: bool = True, *,
-          probing=None, exact: bool = False) -> np.ndarray:
+          probing=None, exact: bool = False, stage=None) -> np.ndarray:
     """Per probe query, how many of its exact top-k the index's search returns (``resident=False``:
     as if the device mirror were off, to compare IVF indexes)."""
     mirror = device_mirror.mirror_ready(index) if resident else None
@@ -37,7 +37,7 @@ def found(index, probe: dict, k: int, nprobe: int, rerank: int, resident: bool =
 
     def search(q, kk):
         s = executor.Search(k=kk, nprobe=nprobe, rerank=rerank, exact_max=cfg.filter_exact_max,
-                            cosine=cfg.metric == "cosine", probing=probing, exact=exact)
+                            cosine=cfg.metric == "cosine", probing=probing, exact=exact, stage=stage)
         return executor.similar(index.parts, q, s, None, mirror)[1]
 
     return recall.evaluate(probe, k, search)
@@ -56,7 +56,7 @@ def estimate(index, queries, k, *, nprobe, rerank, max_queries, confidence) -> d
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     probe = setup(index, queries, k, check_positive("max_queries", max_queries))
     hits = found(index, probe, k, chosen["nprobe"], chosen["rerank"], probing=chosen["probing"],
-                 exact=chosen["exact"])
+                 exact=chosen["exact"], stage=chosen.get("stage"))
     est = recall_estimate(hits, probe["exact_n"], probe["kept"], probe["true"], confidence)
     out = {**est, "confidence": confidence, "queries": len(probe["q"]), "source": probe["source"],
            "sample": probe["sample"], "k": k, "nprobe": chosen["nprobe"], "rerank": chosen["rerank"],

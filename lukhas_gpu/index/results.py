@@ -22,6 +22,10 @@ class SearchResult:
     ----------
     ids : (nq, k) int64, -1 where fewer than k memories exist
     scores : (nq, k) float32, descending; ``-inf`` where padded
+    linked_from : (nq, k + m) int64 or None
+        With ``search(follow_links=)``: ``ids`` and ``scores`` gain ``m`` columns of linked
+        memories (score: the linking memory's score times the link's weight); this says, per
+        column, the id whose link added it (-1 for a direct hit and for padding). None otherwise.
     Both are numpy arrays for numpy queries, and torch tensors on the query's device for torch
     queries; a 1-D query gives 1-D results.
     """
@@ -30,6 +34,7 @@ class SearchResult:
     scores: Any
     # a weak reference: results must not keep an index (and its memory maps) alive
     _index_ref: "weakref.ref | None" = dataclasses.field(default=None, repr=False, compare=False)
+    linked_from: Any = None
 
     def __iter__(self):  # allows ``ids, scores = index.search(...)``
         yield self.ids

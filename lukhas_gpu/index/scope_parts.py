@@ -27,6 +27,13 @@ class Scope:
     names: tuple | None = None  # (distinct names, uint32 index per memory)
     windows: tuple | None = None  # (valid_from or None, valid_to or None), float64 (n,)
 
+    def subset(self, keep: np.ndarray) -> "Scope":
+        """The scope of the memories at positions ``keep`` (a deduped add's new ones)."""
+        names = None if self.names is None else (self.names[0], np.asarray(self.names[1])[keep])
+        windows = None if self.windows is None else tuple(None if a is None else np.asarray(a)[keep]
+                                                           for a in self.windows)
+        return Scope(names, windows)
+
     def log_fields(self) -> dict:
         out = {}
         if self.names is not None:

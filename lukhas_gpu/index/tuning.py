@@ -48,6 +48,7 @@ from ..query import probing
 from ..util.checks import check_k
 from ..util.memtrim import trim
 from ..vectors.policy import MIN_TRAIN_ROWS, planned_nlist
+from . import candidates
 from .locking import locked
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ RETRY_SECONDS = 300
 TIME_QUERIES = 512
 #: Queries per locked step of the exact references.
 STEP_QUERIES = 256
-_KINDS = ("fixed", "adaptive", "exact")
+_KINDS = ("fixed", "adaptive", "exact", "graph", "rabitq")  # 3, 4: candidates.KIND_IDS
 _COLUMNS = ("kind", "param", "rerank", "recall", "ci_low", "ci_high", "bound", "codes", "kc", "probes", "cap", "nmin")
 
 
@@ -93,7 +94,7 @@ class Tuned:
 
     target: float
     k: int
-    kind: str  # "fixed", "adaptive" or "exact"
+    kind: str  # "fixed", "adaptive", "exact", or a candidate stage: "graph", "rabitq"
     probing: probing.Probing | None
     rerank: int
     recall: float
@@ -109,21 +110,23 @@ class Tuned:
     weights: tuple | None = None
     seconds: float = 0.0
 
-    def lookup(self, target: float) -> tuple[str, probing.Probing | None, int]:
-        """The cheapest row of the table whose interval's low end meets ``target`` (else the
-        row of the best recall): ``(kind, probing, rerank)``."""
+    def lookup(self, target: float, kinds=None) -> tuple[str, probing.Probing | None, int]:
+        """The cheapest row of the table (of ``kinds``, indexes into ``_KINDS``, default all)
+        whose interval's low end meets ``target`` (else the row of the best recall):
+        ``(kind, probing, rerank)``; a stage's parameter is the probing's ``nprobe``."""
         t = self.table
-        ok = t["bound"] >= target
+        among = np.isin(t["kind"].astype(int), kinds) if kinds is not None else np.ones(len(t["kind"]), bool)
+        ok = (t["bound"] >= target) & among
         if ok.any():
             i = int(np.flatnonzero(ok)[np.argmin(t["cost"][ok])])
         else:
-            i = int(np.argmax(t["recall"]))
+            i = int(np.flatnonzero(among)[np.argmax(t["recall"][among])])
         return self._row(i)
 
     def _row(self, i: int) -> tuple[str, probing.Probing | None, int]:
         t = self.table
         kind = _KINDS[int(t["kind"][i])]
-        if kind == "fixed":
+        if kind in ("fixed", "graph", "rabitq"):
             p = probing.Probing(int(t["param"][i]))
         elif kind == "adaptive":
             p = probing.Probing(int(t["cap"][i]), self.weights, float(t["param"][i]), int(t["nmin"][i]))
@@ -197,14 +200,18 @@ def check_target(target) -> float:
 
 # -- the run ---------------------------------------------------------------------------------------
 def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0.95,
-         max_queries: int = TUNE_QUERIES, cancellable: bool = False) -> Tuned:
-    """Measure, choose, store the choice in ``index.parts.tuned`` and return it (see the module)."""
+         max_queries: int = TUNE_QUERIES, cancellable: bool = False, structure: str | None = None) -> Tuned:
+    """Measure, choose, store the choice in ``index.parts.tuned`` and return it (see the module;
+    ``structure`` forces one candidate structure, :mod:`.candidates`)."""
     from ..monitor import recall  # torch, on first use
+    structure = candidates.check_structure(structure)
     t0 = time.perf_counter()
     cfg, lock = index.config, index.lock
     target = check_target(target if target is not None else (cfg.target_recall or 0.95))
     k = check_k(k)
     with lock:
+        index.state.tuning_runs += 1
+        run_id = index.state.tuning_runs
         if cfg.probe_size == 0:
             raise ValueError("tuning needs the recall probe (config.probe_size > 0)")
         parts = index.parts
@@ -245,21 +252,31 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
         if not any(r[0] != 2 and r[6] >= eff for r in rows):  # none met it: the deep reranks too
             deep = _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep=True)
             weights = weights if weights is not None else deep
+    stages = candidates.measure(index, ann, ref, k, kk, eff, estimate, rows, structure,
+                                [r for r in RERANKS if r <= SHALLOW], lambda: _checkpoint_cancel(index, cancellable))
     table = {name: np.array([r[i] for r in rows], dtype=np.float64) for i, name in
              enumerate(_COLUMNS)}
     table["cost"] = _costs(index, ann, ref, table, k, weights)
+    table["cost"][list(stages["costs"])] = list(stages["costs"].values())
+    table = candidates.restrict(table, structure)
     tuned = Tuned(target=target, k=k, kind="exact", probing=None, rerank=0, recall=0.0, ci=(0.0, 0.0), met=False,
                   source=ref["source"], queries=nq, qps=0.0, count=count, nlist=ann.nlist if ann is not None else 0,
                   queries_seen=seen, table=table, weights=weights)
     kind, p, rr = tuned.lookup(eff)
+    with lock:
+        candidates.keep(index, kind, stages["built"])
     i = _row_of(table, kind, p, rr)
     tuned.kind, tuned.probing, tuned.rerank = kind, p, rr
     tuned.recall, tuned.ci = float(table["recall"][i]), (float(table["ci_low"][i]), float(table["ci_high"][i]))
     tuned.met = bool(table["bound"][i] >= eff)
     tuned.qps = 1.0 / float(table["cost"][i]) if table["cost"][i] > 0 else 0.0
     tuned.seconds = time.perf_counter() - t0
-    with lock:
-        index.parts.tuned = tuned
+    with lock:  # a run that started later (more queries seen, the index as it is now) wins
+        if index.state.tuning_runs == run_id:
+            index.parts.tuned = tuned
+        else:
+            log.info("a tuning run started after this one: its choice is kept, not this one's")
+            return tuned
     (log.info if tuned.met else log.warning)(
         "tuned for recall@%d >= %.3f on %d %s: %s, rerank %d: estimated %.3f [%.3f, %.3f], ~%.0f QPS%s",
         k, target, nq,
@@ -274,6 +291,8 @@ def _describe(kind, p) -> str:
         return "exact int8 scan"
     if kind == "fixed":
         return f"nprobe {p.nprobe}"
+    if kind in ("graph", "rabitq"):
+        return f"{'HNSW graph, efSearch' if kind == 'graph' else 'IVF-RaBitQ, nprobe'} {p.nprobe}"
     return f"adaptive probing (scale {p.scale:g}, {p.nprobe_min}..{p.nprobe} lists)"
 
 
@@ -281,7 +300,7 @@ def _row_of(table, kind, p, rr) -> int:
     kinds = table["kind"].astype(int)
     if kind == "exact":
         return int(np.flatnonzero(kinds == 2)[0])
-    param = p.nprobe if kind == "fixed" else p.scale
+    param = p.scale if kind == "adaptive" else p.nprobe
     hit = (kinds == _KINDS.index(kind)) & (table["param"] == param) & (table["rerank"] == rr)
     return int(np.flatnonzero(hit)[0])
 
@@ -344,8 +363,8 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
             xn = enc.project(enc.dequantize(index.parts.vectors[rows_nb])).cpu().numpy()
             nb_lists = np.where(nb >= 0, ann.assign(xn).reshape(nb.shape), -1)
         ranks = probing.needed_ranks(c_lists, nb_lists)
-        try:
-            weights = probing.fit(c_scores, ranks)
+        try:  # served with the weights fitted on every query, scored on queries each fold never saw
+            weights, folds = probing.fit(c_scores, ranks), probing.cross_fit(c_scores, ranks)
         except ValueError as e:
             log.info("adaptive probing not fitted: %s", e)
         if weights is not None:
@@ -353,7 +372,7 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
             for scale in SCALES:
                 _checkpoint_cancel(index, cancellable)
                 p = probing.Probing(acap, weights, scale, nmin)
-                counts = probing.probe_counts(c_scores, p)
+                counts = probing.held_out_counts(c_scores, p, folds)
                 masked = probing.mask_lists(c_lists, counts)
                 with lock:
                     cand = ann.search_lists(qp, kc_max, masked, c_scores[:, :masked.shape[1]],
@@ -439,6 +458,10 @@ def search_params(index, nprobe, rerank, target_recall) -> dict:
         kind, p, rr = tuned.kind, tuned.probing, tuned.rerank
     else:
         kind, p, rr = tuned.lookup(target)
+    if kind in ("graph", "rabitq"):
+        if (out := candidates.stage_params(index, tuned, kind, p, rr)) is not None:
+            return out
+        kind, p, rr = tuned.lookup(target, kinds=(0, 1, 2))  # the stage is gone (a retrain): the IVF's rows
     if kind == "exact":
         return {"nprobe": cfg.nprobe, "rerank": cfg.rerank, "probing": None, "exact": True}
     return {"nprobe": p.nprobe, "rerank": rr, "probing": p if p.adaptive else None, "exact": False}
@@ -540,7 +563,7 @@ class TuningMixin:
     """``MemoryIndex.tune()`` and friends (see :mod:`lukhas_gpu.index.tuning`)."""
 
     def tune(self, target_recall: float | None = None, queries=None, *, k: int = 10,
-             max_queries: int = TUNE_QUERIES) -> dict:
+             max_queries: int = TUNE_QUERIES, structure: str | None = None) -> dict:
         """Choose the search parameters that hold ``target_recall`` at the least cost, now.
 
         Parameters
@@ -554,11 +577,14 @@ class TuningMixin:
         k : int
             Results per query the target applies to.
         max_queries : int
+        structure : {"ivf", "graph", "rabitq", "exact"}, optional
+            Force one candidate structure (tests); default: the cheapest that meets the target
+            among those within ``config.ann_ram_budget`` (:mod:`lukhas_gpu.index.candidates`).
 
         Returns
         -------
         dict
-            ``target``, ``kind`` ("fixed", "adaptive" or "exact"), ``nprobe``, ``rerank``,
+            ``target``, ``kind`` ("fixed", "adaptive", "exact", "graph", "rabitq"), ``nprobe``, ``rerank``,
             ``probing``, ``recall`` (estimated) and ``ci`` (two-sided 90%: its low end is the
             one-sided 95% bound the choice is held to), ``met``, ``source``, ``queries``,
             ``expected_qps`` (one batch of 512 queries on this machine), ``seconds`` and ``tried``
@@ -570,7 +596,8 @@ class TuningMixin:
         if queries is not None:
             from ..util.arrays import as_batch
             as_batch(queries, self.dim, "queries")
-        tuned = tune(self, target_recall, queries, k=k, max_queries=max_queries)
+        wait(self, cancel=True)  # a background run measured an older index or fewer queries
+        tuned = tune(self, target_recall, queries, k=k, max_queries=max_queries, structure=structure)
         return {**tuned.report(), "tried": tuned.tried()}
 
     @locked

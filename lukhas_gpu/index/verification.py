@@ -9,7 +9,7 @@ import numpy as np
 
 from ..store import layout, lineage
 from ..store.persist import GenerationReader
-from . import ivflists, sparse_parts
+from . import candidates, ivflists, links_parts, sparse_parts
 
 __all__ = ["verify"]
 
@@ -60,11 +60,12 @@ def verify(index) -> dict:
                     ("namespace column", len(parts.namespaces)), ("validity windows", len(parts.validity))):
         if m != n:
             raise layout.CorruptStoreError(where, f"{part} holds {m} rows, the vectors {n}")
-    wrong = ivflists.check(parts)  # every live row has one entry in the lists; the others are deleted rows
+    wrong = ivflists.check(parts) or candidates.check(parts)  # every live row has one entry; others dead
     if wrong is not None:
         raise layout.CorruptStoreError(where, wrong)
     try:
         sparse_parts.verify(parts, n, parts.tombstones.array() if parts.tombstones else np.zeros(0, np.int64))
+        links_parts.verify(parts, n)  # the hash column covers every row; links name rows within
     except ValueError as e:
         raise layout.CorruptStoreError(where, str(e)) from None
     try:  # every record decodes

@@ -9,13 +9,14 @@ import dataclasses
 
 import numpy as np
 
+from ..records.contenthash import hash_contents
 from ..records.metadata import MetadataColumns
 from ..util import runtime
 from ..util.bounds import MAX_ROWS
 from ..util.ids import as_ids
 from ..util.memtrim import TRIM_BATCH_BYTES, maybe_trim, trim
 from ..vectors.policy import train_at
-from . import extids, ivflists, lifecycle, mirror_upkeep, scope_parts, sparse_parts
+from . import dedup as dedup_, extids, ivflists, lifecycle, mirror_upkeep, scope_parts, sparse_parts
 
 __all__ = ["AddBatch", "Update", "prepare_add", "apply_add", "commit_add", "prepare_update", "apply_update",
            "prepare_delete", "apply_delete", "compact", "MAX_ROWS"]
@@ -35,6 +36,8 @@ class AddBatch:
     ext: object = None  # extids.ExtAdd: external ids and metadata (optional fields of the record)
     sparse: object = None  # PackedSparse or None
     scope: object = None  # scope_parts.Scope (namespace, validity windows) or None
+    hashes: np.ndarray | None = None  # (n,) uint64 content hashes (records/contenthash.py)
+    into: np.ndarray | None = None  # dedup: -1 new, else the id each memory merges into (dedup.py)
 
     def log_fields(self) -> dict:
         import torch
@@ -42,6 +45,8 @@ class AddBatch:
         out = {"x": self.x.to("cpu", torch.float32).numpy(), "ts": self.ts, "imp": self.imp, "start": self.start,
                "contents": list(self.raw_contents) if self.raw_contents is not None else None,
                "tags": [list(t) for t in self.norm_tags] if self.norm_tags is not None else None}
+        if self.into is not None:  # the dedup decision, replayed as made (an optional field)
+            out["into"] = self.into
         if self.ext is not None:
             out.update(self.ext.log_fields())
         if self.sparse is not None:
@@ -50,9 +55,36 @@ class AddBatch:
             out.update(self.scope.log_fields())
         return out
 
+    def subset(self, keep: np.ndarray) -> "AddBatch":
+        """The memories at positions ``keep`` (sorted ints), e.g. the new ones of a deduped add."""
+        import torch
+
+        kl = keep.tolist()
+
+        def pick(v):
+            return None if v is None else [v[i] for i in kl]
+
+        contents = None if self.contents is None else type(self.contents)(pick(self.contents.payloads),
+                                                                            np.asarray(self.contents.kinds)[keep])
+        ext = None if self.ext is None else dataclasses.replace(self.ext, meta=pick(self.ext.meta),
+                                                                 dicts=pick(self.ext.dicts))
+        sparse = None if self.sparse is None else _take_sparse(self.sparse, keep)
+        scope = None if self.scope is None else self.scope.subset(keep)
+        return AddBatch(self.x[torch.as_tensor(keep, device=self.x.device)], pick(self.raw_contents), contents,
+                        pick(self.norm_tags), pick(self.norm_tags), self.ts[keep], self.imp[keep], self.start, ext,
+                        sparse, scope, self.hashes[keep])
+
+
+def _take_sparse(p, keep: np.ndarray):
+    a, b = p.indptr[keep], p.indptr[keep + 1]
+    counts = (b - a).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    idx = np.arange(int(indptr[-1]), dtype=np.int64) - np.repeat(indptr[:-1], counts) + np.repeat(a, counts)
+    return type(p)(indptr, p.indices[idx], p.values[idx])
+
 
 def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=None, metadata=None,
-                sparse=None, namespace=None, valid_from=None, valid_to=None) -> AddBatch:
+                sparse=None, namespace=None, valid_from=None, valid_to=None, *, dedup=None, into=None) -> AddBatch:
     """Validate an ``add`` completely (see ``MemoryIndex.add`` for the rules)."""
     from ..util.arrays import as_batch, check_nonzero
 
@@ -82,11 +114,29 @@ def prepare_add(index, embeddings, contents, tags, timestamps, importance, ids=N
     ext = extids.prepare_add(index, n, ids, metadata)
     packed = sparse_parts.prepare(sparse, n)
     scope = scope_parts.prepare_add(parts, n, namespace, valid_from, valid_to)
-    return AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext, packed, scope)
+    hashes = hash_contents(contents) if contents is not None else np.zeros(n, np.uint64)
+    b = AddBatch(x, raw_contents, contents, tags, norm_tags, ts, imp, int(parts.rows), ext, packed, scope, hashes)
+    if into is not None:  # a replayed decision, checked against the store
+        b.into = _check_into(index, np.asarray(into, np.int64), n)
+    elif dedup_.check_mode(index, dedup) != "off":  # decided here, once, by the writer
+        b.into = dedup_.resolve(index, b, dedup_.check_mode(index, dedup), hashes)
+    return b
+
+
+def _check_into(index, into: np.ndarray, n: int) -> np.ndarray:
+    p, start = index.parts, index.parts.rows
+    new = int((into < 0).sum())
+    old = into[(into >= 0) & (into < start)]
+    if into.shape != (n,) or (into >= start + new).any() or p.tombstones.contains(old).any():
+        raise ValueError("the add record's dedup targets are not live memories or new rows of the record")
+    return into
 
 
 def apply_add(index, b: AddBatch) -> np.ndarray:
-    """Store a prepared batch in every component; returns its ids."""
+    """Store a prepared batch in every component; returns its ids (a deduped memory: the id it
+    merged into)."""
+    if b.into is not None:
+        return _apply_deduped(index, b)
     parts = index.parts
     replaced = extids.upserted_rows(index, b.ext)
     if len(replaced):  # an upsert: the old rows go, in the same logged operation
@@ -100,10 +150,14 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     ids = np.arange(start, start + n, dtype=np.int64)
     if parts.ann is not None:
         parts.ann.add(proj.cpu().numpy(), ids)
+    for st in parts.stages():
+        if st.covered() == start:  # else its build catches up
+            st.add(proj.cpu().numpy(), ids)
     parts.vectors.append(codes.cpu().numpy())
     parts.contents.append(b.contents if b.contents is not None else [None] * n)
     parts.tags.append(b.tags, n)
     parts.meta.append(b.ts, b.imp)
+    parts.hashes.append(b.hashes)
     extids.append(index, b.ext, n)
     scope_parts.append(parts, b.scope, n)
     sparse_parts.apply_add(parts, ids, b.sparse, b.raw_contents)
@@ -113,11 +167,34 @@ def apply_add(index, b: AddBatch) -> np.ndarray:
     return ids
 
 
+def _apply_deduped(index, b: AddBatch) -> np.ndarray:
+    """The new memories of a deduped batch stored, then each duplicate merged into its target."""
+    new = np.flatnonzero(b.into < 0)
+    ids = b.into.copy()
+    if len(new):
+        ids[new] = apply_add(index, b.subset(new))
+    m = dedup_.merge_fields(index, b.into, b)
+    if m is not None:
+        p, rows = index.parts, m["rows"]
+        p.meta.timestamp[rows] = m["ts"]
+        p.meta.importance_q[rows] = m["imp_q"]
+        if m["tags"] is not None:
+            p.tags.replace(rows, m["tags"])
+        if m["contents"] is not None:
+            v = p.contents.validate(m["contents"])
+            p.contents.replace(rows, v)
+            p.hashes.replace(rows, hash_contents(v))
+            sparse_parts.apply_update(p, rows, m["contents"])
+    return ids
+
+
 def commit_add(index, b: AddBatch) -> np.ndarray:
     """:func:`apply_add`, then what an add brings: training when it crosses the threshold and
     the batch's temporaries back to the OS. The path of the writer's ``add`` and of every
     replayed record (writer or reader), so both end in the same state."""
     ids = apply_add(index, b)
+    into = b.into if b.into is not None else np.full(len(ids), -1, np.int64)
+    index.state.last_add = dedup_.AddResult(ids, into, int((into >= 0).sum()))
     if index.parts.ann is None and index.parts.rows >= train_at(index.config):
         lifecycle.train(index)
     maybe_trim(every=0.0 if b.x.numel() * 4 >= TRIM_BATCH_BYTES else 1.0)
@@ -195,6 +272,7 @@ def apply_update(index, u: Update) -> None:
     parts = index.parts
     if u.contents is not None:
         parts.contents.replace(u.rows, u.contents)
+        parts.hashes.replace(u.rows, hash_contents(u.contents))
         sparse_parts.apply_update(parts, u.rows, u.raw_contents)
     if u.tags is not None:
         parts.tags.replace(u.rows, u.tags)
@@ -224,5 +302,6 @@ def compact(index) -> int:
     p.tags.compact()
     freed = p.docmeta.compact(live)  # free metadata records of deleted memories and replaced dicts
     freed += ivflists.purge(index)
+    freed += p.links.compact(p.tombstones.contains)  # the links of deleted memories
     trim()
     return int(before - held() + freed)

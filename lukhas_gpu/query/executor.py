@@ -33,7 +33,9 @@ class Search:
     IVF), ``exact_max`` (``config.filter_exact_max``), ``cosine`` (clip similarities at 1: int8
     rounding can give 1.0009 for a stored vector queried with itself), ``probing`` (adaptive
     probing of unfiltered IVF searches, see :mod:`.probing`; None: ``nprobe`` lists each),
-    ``exact`` (an exact int8 scan even when trained: what the tuner picks when it is cheapest)."""
+    ``exact`` (an exact int8 scan even when trained: what the tuner picks when it is cheapest),
+    ``stage`` (``(kind, param)``: unfiltered candidates from the candidate stage ``parts.stage``
+    of that kind, an HNSW graph's efSearch or IVF-RaBitQ's nprobe; the IVF when it is gone)."""
 
     k: int
     nprobe: int
@@ -42,6 +44,7 @@ class Search:
     cosine: bool = True
     probing: probing_.Probing | None = None
     exact: bool = False
+    stage: tuple | None = None
 
     def with_k(self, k: int) -> "Search":
         return dataclasses.replace(self, k=k)
@@ -70,10 +73,11 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
         sc, ids = resident_search(parts, mirror, q, s, rows)
         return _clip(sc, s), ids, plan
     enc, ann = parts.encoder, parts.ann
-    qw = enc.query_weights(q)
+    ivf = allowed is None and ann is not None and not s.exact
+    qw, qp = enc.query_forms(q, project=ivf)  # one normalisation; numpy for a few queries on CPU
     k = s.k
     if allowed is None:
-        if ann is None or s.exact:
+        if not ivf:
             codes = parts.vectors.array  # a scan reads every row: every block checked (once)
             # int8 x int8 scan for candidates (2.2x the float GEMM's speed, 50x for single
             # queries), then the float query re-scores them: exact top-k of the int8 vectors
@@ -82,9 +86,12 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
             _, cand = exact.scan(qw, codes, 2 * k + 16, exclude=dead, kernel=exact.int8_kernel)
             sc, ids = exact.rerank(qw, codes, cand.cpu().numpy(), k)
             return _clip(sc, s), ids, None
-        qp = enc.project(q).cpu().numpy()
         kc = min(max(k * s.rerank, k), max(_n_live(parts), 1))
-        cand = ann_candidates(ann, qp, kc, s, exclude=parts.tombstones)
+        st = parts.stage if s.stage is not None else None
+        if st is not None and st.ready and st.kind == s.stage[0]:
+            cand = st.search(qp, kc, s.stage[1], exclude=parts.tombstones)
+        else:
+            cand = ann_candidates(ann, qp, kc, s, exclude=parts.tombstones)
         sc, ids = exact.rerank(qw, parts.vectors.checked(cand), cand, k)
         return _clip(sc, s), ids, None
     plan = plan_filtered(allowed, n_live=_n_live(parts), trained=ann is not None, exact_max=s.exact_max,

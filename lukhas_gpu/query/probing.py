@@ -18,8 +18,8 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Probing", "FEATURE_RANKS", "COARSE_MIN", "features", "fit", "needed_ranks", "probe_counts",
-           "mask_lists"]
+__all__ = ["Probing", "FEATURE_RANKS", "COARSE_MIN", "FOLDS", "features", "fit", "cross_fit", "needed_ranks",
+           "probe_counts", "held_out_counts", "mask_lists"]
 
 #: Ranks (0-based) of the centroid scores whose drop from the best one the predictor reads.
 FEATURE_RANKS = (3, 15, 63, 127)
@@ -27,6 +27,10 @@ FEATURE_RANKS = (3, 15, 63, 127)
 COARSE_MIN = FEATURE_RANKS[-1] + 1
 #: Coefficients of the predictor: one per feature, plus an intercept.
 N_WEIGHTS = len(FEATURE_RANKS) + 2
+#: Folds of the cross-fit that scores the predictor on queries it was not fitted on (the tuner's
+#: estimate of an adaptive row: a predictor scored on its own training queries reads optimistic,
+#: the more so the fewer and the more varied the queries).
+FOLDS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +101,27 @@ def fit(scores: np.ndarray, ranks: np.ndarray, coverage: float = 0.9) -> tuple:
                          f"got {int(ok.sum())}")
     w, *_ = np.linalg.lstsq(x[ok], np.log(np.maximum(depth[ok], 1).astype(np.float64)), rcond=None)
     return tuple(float(v) for v in w)
+
+
+def cross_fit(scores: np.ndarray, ranks: np.ndarray, folds: int = FOLDS) -> list[tuple[np.ndarray, tuple]]:
+    """``(queries of a fold, weights fitted on the other folds)`` per fold (query ``i`` in fold
+    ``i % folds``); raises ValueError as :func:`fit` does when a fold's complement is too small."""
+    nq = len(scores)
+    out = []
+    for f in range(folds):
+        held = np.arange(f, nq, folds)
+        train = np.setdiff1d(np.arange(nq), held, assume_unique=True)
+        out.append((held, fit(scores[train], ranks[train])))
+    return out
+
+
+def held_out_counts(scores: np.ndarray, p: Probing, fitted: list[tuple[np.ndarray, tuple]]) -> np.ndarray:
+    """:func:`probe_counts` of ``p``'s scale and clipping, each query predicted by the weights of
+    :func:`cross_fit` that never saw it."""
+    counts = np.empty(len(scores), dtype=np.int64)
+    for held, w in fitted:
+        counts[held] = probe_counts(scores[held], dataclasses.replace(p, weights=w))
+    return counts
 
 
 def probe_counts(scores: np.ndarray, p: Probing) -> np.ndarray:

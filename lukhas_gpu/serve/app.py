@@ -27,10 +27,10 @@ from ..index import MemoryIndex
 from ..records.scopes import check_namespace
 from ..store.layout import StoreError
 from ..util.bounds import MAX_ID, MAX_NAMESPACE_BYTES, MIN_ID
-from . import http_errors, scope_routes, search as search_mod, wire
+from . import dashboard, http_errors, link_routes, scope_routes, search as search_mod, wire
 from .batcher import Batcher, QueueFull
 from .conns import ConnectionTable
-from .limits import BodyTooLarge, Guard, error_body, read_body
+from .limits import PUBLIC_PATHS, BodyTooLarge, Guard, error_body, read_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .models import (
     MAX_REQUEST_VECTORS,
@@ -57,7 +57,8 @@ __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
                         "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/openapi.json",
-                        "/docs"}) | scope_routes.ENDPOINTS
+                        "/docs", "/v1/dashboard", "/v1/dashboard/search", *dashboard.STATIC}) \
+    | link_routes.ENDPOINTS | scope_routes.ENDPOINTS
 #: A memory id in a path: an int64 (a larger one is a 422 naming it, never a 500 from numpy).
 _PathId = Annotated[int, Path(ge=MIN_ID, le=MAX_ID, description="the memory's id (int64)")]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
@@ -98,6 +99,8 @@ class _State:
         self.tasks: list[asyncio.Task] = []
         self.stats_at: float | None = None  # when /metrics last asked for stats()
         self.stats_job: asyncio.Future | None = None
+        self.quality: dict | None = None  # the last recall estimate (quality_loop) and when it ended
+        self.quality_at: float | None = None
 
     # -- blocking calls (worker threads) -------------------------------------------------------
     def _search(self, key: tuple, queries: np.ndarray):
@@ -135,10 +138,23 @@ class _State:
         if self.index is not None:
             self.index.close()  # a writer checkpoints what its log holds
 
-    def _show_target(self) -> None:
+    def recall_target(self) -> float | None:
+        """The recall target the store holds: its tuning's, else ``config.target_recall``."""
         tuned = self.index.parts.tuned
-        target = tuned.target if tuned is not None else self.index.config.target_recall
+        return tuned.target if tuned is not None else self.index.config.target_recall
+
+    def _show_target(self) -> None:
+        target = self.recall_target()
         self.metrics.recall_target.set(math.nan if target is None else target)
+
+    def stats(self) -> dict:
+        """``GET /v1/stats``: ``MemoryIndex.stats()`` and this server's own figures (a worker thread)."""
+        o = self.options
+        out = self.index.stats()
+        out["server"] = {"mode": o.mode, "max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms,
+                         "queue_depth": self.batcher.depth, "lag_s": self.lag(),
+                         "target_recall": SUPPORTS_TARGET_RECALL}
+        return out
 
     def refresh(self) -> dict:
         t0 = time.monotonic()
@@ -213,6 +229,7 @@ class _State:
                 if len(self.index) >= 64:
                     q = await self.run(lambda: self.index.quality(max_queries=256))
                     self.metrics.recall.set(q["recall"])
+                    self.quality, self.quality_at = q, time.monotonic()
             except Exception:
                 log.exception("recall estimate failed")
 
@@ -253,7 +270,8 @@ def create_app(options: ServeOptions) -> FastAPI:
     table = ConnectionTable(max_connections=options.max_connections, per_client=options.max_connections_per_client,
                             header_timeout_s=options.header_timeout_s, reject=reject)
     guard = Guard(search_mod.SearchPath(app, st), api_key=options.api_key, max_body=options.max_body_bytes,
-                  body_timeout_s=options.body_timeout_s, reject=reject, connections=table)
+                  body_timeout_s=options.body_timeout_s, reject=reject, connections=table,
+                  public=PUBLIC_PATHS | set(dashboard.STATIC))
     outer = _Timing(guard, st.metrics)
     outer.fastapi, outer.connections = app, table
     return outer
@@ -312,6 +330,8 @@ def _routes(app: FastAPI, st: _State) -> None:
     _memory_routes(app, st)
     scope_routes.install(app, st, _json, _writable)
     _store_routes(app, st)
+    dashboard.install(app, st)
+    link_routes.install(app, st, _json, _writable)
 
 
 def _writable(o) -> None:
@@ -370,10 +390,14 @@ def _memory_routes(app: FastAPI, st: _State) -> None:
                                                       for i, c in enumerate(req.contents)]
         stamps = None if req.timestamps is None else [wire.parse_time(t, f"timestamps[{i}]")
                                                       for i, t in enumerate(req.timestamps)]
-        ids = await st.run(lambda: st.index.add(x, contents=contents, tags=req.tags, timestamps=stamps,
-                                                importance=req.importance, namespace=req.namespace,
-                                                valid_from=req.valid_from, valid_to=req.valid_to))
-        return _json({"ids": ids, "time": time.perf_counter() - t0})
+        def add_one():  # the add and what it merged, under the index's lock (no other add in between)
+            with st.index.lock:
+                return st.index.add(x, contents=contents, tags=req.tags, timestamps=stamps, importance=req.importance,
+                                    namespace=req.namespace, valid_from=req.valid_from, valid_to=req.valid_to,
+                                    dedup=req.dedup), st.index.last_add.merged
+
+        ids, merged = await st.run(add_one)
+        return _json({"ids": ids, "merged": merged, "time": time.perf_counter() - t0})
 
     async def _ids_body(request) -> np.ndarray:
         req = IdsRequest.model_validate_json(await read_body(request, o.max_body_bytes))
@@ -455,7 +479,4 @@ def _store_routes(app: FastAPI, st: _State) -> None:
     @app.get("/v1/stats", summary="MemoryIndex.stats(): counts, phase, bytes by place and component",
              responses=_ERRORS)
     async def stats():
-        out = await st.run(st.index.stats)
-        out["server"] = {"mode": o.mode, "max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms,
-                         "queue_depth": st.batcher.depth, "lag_s": st.lag(), "target_recall": SUPPORTS_TARGET_RECALL}
-        return _json(out)
+        return _json(await st.run(st.stats))

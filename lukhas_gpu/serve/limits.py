@@ -8,12 +8,13 @@ one address) are guarded below it, in :mod:`.conns`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 
 import orjson
 
-__all__ = ["Guard", "BodyTooLarge", "read_body", "error_body", "PUBLIC_PATHS", "MIN_BODY_RATE"]
+__all__ = ["Guard", "Refused", "BodyTooLarge", "read_body", "error_body", "PUBLIC_PATHS", "MIN_BODY_RATE"]
 
 #: Paths that need no API key (liveness probes carry no secrets).
 PUBLIC_PATHS = frozenset({"/healthz"})
@@ -32,10 +33,14 @@ class BodyTooLarge(Exception):
         super().__init__(f"the request body exceeds the limit of {limit:,} bytes (--max-body-mb)")
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """A request refused by a :class:`Guard`: ``status``, ``reason`` (the metrics label), the
+    message, ``headers`` (name, value) as bytes."""
+
     def __init__(self, status: int, reason: str, message: str, headers=()):
         super().__init__(message)
         self.status, self.reason, self.headers = status, reason, list(headers)
+
 
 
 class _Gone(Exception):
@@ -53,11 +58,13 @@ class Guard:
 
     The key is compared in constant time (:func:`hmac.compare_digest`). ``reject(reason)`` is
     called for every refusal (metrics). ``connections`` (a :class:`~.conns.ConnectionTable`) is
-    handed to the server's protocol through the lifespan state."""
+    handed to the server's protocol through the lifespan state. ``public``: the paths that need no
+    key (:data:`PUBLIC_PATHS` and the dashboard's static files)."""
 
     def __init__(self, app, *, api_key: str | None, max_body: int, max_inflight: int | None = None,
-                 body_timeout_s: float = 10.0, reject=None, connections=None):
+                 body_timeout_s: float = 10.0, reject=None, connections=None, public=PUBLIC_PATHS):
         self.app = app
+        self.public = frozenset(public)  # paths served without the key (no data behind them)
         self._expected = None if api_key is None else b"Bearer " + api_key.encode("utf-8")
         self.max_body = max_body
         self.max_inflight = max(4 * max_body, 256 << 20) if max_inflight is None else max_inflight
@@ -92,7 +99,7 @@ class Guard:
             except BaseException:
                 self.inflight -= held[0]
                 raise
-        except _Refused as r:
+        except Refused as r:
             return await self._refuse(send, r.status, r.reason, str(r), r.headers)
         except _Gone:
             return None
@@ -110,12 +117,31 @@ class Guard:
         finally:
             self.inflight -= held[0]
 
+    def check_request(self, path: str, auth: bytes | None, length: bytes | None) -> int:
+        """The checks from the headers alone (key, ``Content-Length``, the budget) for a front that
+        is not this middleware (the Ray Serve ingress): the declared length; raises :class:`Refused`."""
+        return self._check_headers({"path": path}, auth, length)
+
+    @contextlib.asynccontextmanager
+    async def receiving(self, receive):
+        """The whole body from ``receive`` (ASGI), read under this guard's rules (size, budget,
+        timeouts; :class:`Refused` otherwise), its bytes held in the budget until the block ends."""
+        held = [0]
+        try:
+            try:
+                body = await self._read(receive, held)
+            except _Gone:
+                raise Refused(400, "gone", "the client went away before the body was complete") from None
+            yield body
+        finally:
+            self.inflight -= held[0]
+
     def _check_headers(self, scope, auth, length) -> int:
-        """The declared body length (0 if none); refusals raise :class:`_Refused`."""
-        if self._expected is not None and scope["path"] not in PUBLIC_PATHS:
+        """The declared body length (0 if none); refusals raise :class:`Refused`."""
+        if self._expected is not None and scope["path"] not in self.public:
             if auth is None or not hmac.compare_digest(auth, self._expected):
                 why = "missing" if auth is None else "wrong"
-                raise _Refused(401, "unauthorized", f"{why} API key: send the header 'Authorization: Bearer <key>'",
+                raise Refused(401, "unauthorized", f"{why} API key: send the header 'Authorization: Bearer <key>'",
                                [(b"www-authenticate", b"Bearer")])
         if length is None:
             return 0
@@ -124,15 +150,15 @@ class Guard:
             if n < 0:
                 raise ValueError
         except ValueError:
-            raise _Refused(400, "bad_request", f"malformed Content-Length {length[:40]!r}") from None
+            raise Refused(400, "bad_request", f"malformed Content-Length {length[:40]!r}") from None
         if n > self.max_body:
-            raise _Refused(413, "too_large", str(BodyTooLarge(self.max_body)) + f": Content-Length is {n:,}")
+            raise Refused(413, "too_large", str(BodyTooLarge(self.max_body)) + f": Content-Length is {n:,}")
         self._budget(n)
         return n
 
     def _budget(self, n: int) -> None:
         if n and self.inflight + n > self.max_inflight:
-            raise _Refused(503, "inflight_bytes", f"the server holds {self.inflight:,} bytes of request bodies "
+            raise Refused(503, "inflight_bytes", f"the server holds {self.inflight:,} bytes of request bodies "
                                                   f"already (at most {self.max_inflight:,}); retry",
                            [(b"retry-after", b"1")])
 
@@ -145,14 +171,14 @@ class Guard:
             try:
                 message = await asyncio.wait_for(receive(), max(wait, 0.0))
             except asyncio.TimeoutError:
-                raise _Refused(408, "body_timeout", f"the request body stopped arriving ({held[0]:,} bytes in "
+                raise Refused(408, "body_timeout", f"the request body stopped arriving ({held[0]:,} bytes in "
                                                     f"{time.monotonic() - t0:.1f} s; --body-timeout-s is "
                                                     f"{self.body_timeout_s:g})") from None
             if message["type"] == "http.disconnect":
                 raise _Gone()
             chunk = message.get("body", b"")
             if held[0] + len(chunk) > self.max_body:
-                raise _Refused(413, "too_large", str(BodyTooLarge(self.max_body)))
+                raise Refused(413, "too_large", str(BodyTooLarge(self.max_body)))
             self._budget(len(chunk))
             self.inflight += len(chunk)
             held[0] += len(chunk)

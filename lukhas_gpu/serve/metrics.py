@@ -11,9 +11,15 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .traffic import Traffic
+
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+#: The searches the traffic ring (dashboard, windowed gauges) counts: the API's.
+SEARCH_ENDPOINT = ("POST", "/v1/search")
+#: The window of the windowed gauges on /metrics (the dashboard's headline figures too).
+RECENT_S = 60
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 
 
@@ -49,6 +55,13 @@ class Metrics:
                                 "(the figure /readyz judges; 0 for the writer)", registry=r)
         self.reader_generation = Gauge("reader_generation", "the store generation this server shows", registry=r)
         self.refreshes = Counter("reader_refreshes", "refreshes by outcome", ["outcome"], registry=r)
+        self.search_qps = Gauge("rest_search_qps", f"searches a second over the last {RECENT_S} s (the "
+                                "dashboard's figure)", registry=r)
+        self.search_latency = Gauge("rest_search_latency_seconds", f"search response time quantiles over the "
+                                    f"last {RECENT_S} s (from the buckets of rest_responses_duration_seconds)",
+                                    ["quantile"], registry=r)
+        #: per-second searches by latency bucket: the one source of the two gauges above and the dashboard
+        self.traffic = Traffic(_LATENCY_BUCKETS)
         self.recall.set(math.nan)
         self.recall_target.set(math.nan)
         self._children: dict[tuple, tuple] = {}
@@ -61,6 +74,8 @@ class Metrics:
                                                self.duration.labels(method, endpoint))
         children[0].inc()
         children[1].observe(seconds)
+        if (method, endpoint) == SEARCH_ENDPOINT:
+            self.traffic.observe(seconds, error=status >= 400)
 
     def reject(self, reason: str) -> None:
         """One request (or connection) refused before any work, for ``reason``."""
@@ -86,5 +101,14 @@ class Metrics:
         if generation is not None:
             self.reader_generation.set(generation)
 
+    def recent(self) -> dict:
+        """The searches of the last :data:`RECENT_S` seconds (``Traffic.summary``); sets the gauges."""
+        out = self.traffic.summary(RECENT_S)
+        self.search_qps.set(out["qps"])
+        for q in (50, 90, 99):
+            self.search_latency.labels(f"0.{q}").set(out[f"p{q}"])
+        return out
+
     def render(self) -> bytes:
+        self.recent()
         return generate_latest(self.registry)

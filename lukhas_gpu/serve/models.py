@@ -97,10 +97,12 @@ class AddRequest(BaseModel):
     namespace: Optional[Union[str, list[str]]] = Field(None, description="one for all or one per vector (default \"\")")
     valid_from: Optional[Union[list[float], float]] = Field(None, description="validity window start, epoch seconds")
     valid_to: Optional[Union[list[float], float]] = Field(None, description="validity window end (exclusive)")
+    dedup: Optional[str] = Field(None, description="off, exact or near (default: the store's config)")
 
 
 class AddResponse(BaseModel):
     ids: list[int] = Field(..., description="the new memories' ids, returned once the write-ahead log holds them")
+    merged: int = Field(0, description="memories merged into existing ones (dedup): their ids are the targets'")
     time: float
 
 

@@ -84,6 +84,8 @@ PROBE = "probe.npz"
 DRIFT = "drift.npz"
 ANN = "ann.faiss"
 TUNING = "tuning.npz"
+#: The tuner's candidate stage beside the IVF (an HNSW graph or IVF-RaBitQ; optional).
+STAGE = "stage.npz"
 IDMAP = "idmap.npz"
 DOCMETA = "docmeta.npz"
 #: CRC-32 of each block of int8 rows, checked by readers as blocks are first read (optional:
@@ -100,15 +102,20 @@ TEXT_VALUES = "text.values"
 #: a generation without them holds every memory in the default namespace, always valid.
 NAMESPACES = "namespaces.npz"
 VALIDITY = "validity.npz"
+#: Links between memories (records/links.py) and the content hashes of exact dedup.
+LINKS = "links.npz"
+CONTENT_HASHES = "content_hash.npz"
 #: Every file a generation may hold, and the component whose bytes it stores (``stats()`` disk).
 GENERATION_FILES = {VECTORS: "vectors_int8", ANN: "ann", CONTENT: "content_records",
                     CONTENT_INDEX: "content_index", METADATA: "metadata", TAGS: "tags",
                     TOMBSTONES: "tombstones", ENCODER: "encoder", CALIBRATION: "calibration",
                     PROBE: "probe", DRIFT: "drift_monitor", TUNING: "tuning", MANIFEST: "manifest",
-                    IDMAP: "external_ids", DOCMETA: "doc_metadata", VECTOR_CRCS: "vectors_crc",
+                    STAGE: "candidate_stage", IDMAP: "external_ids", DOCMETA: "doc_metadata",
+                    VECTOR_CRCS: "vectors_crc",
                     SPARSE: "sparse_index", SPARSE_INDICES: "sparse_indices", SPARSE_VALUES: "sparse_values",
                     TEXT: "text_index", TEXT_INDICES: "text_indices", TEXT_VALUES: "text_values",
-                    NAMESPACES: "namespaces", VALIDITY: "validity"}
+                    NAMESPACES: "namespaces", VALIDITY: "validity",
+                    LINKS: "links", CONTENT_HASHES: "content_hashes"}
 #: Files every generation has (the others depend on the index's phase).
 REQUIRED = (VECTORS, CONTENT, CONTENT_INDEX, METADATA, TAGS, TOMBSTONES, ENCODER)
 #: Files memory-mapped on open: their sizes are checked on open, their checksums by verify().

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 
 __all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "MAGIC_V1", "HEADER_V1", "pack_header",
-           "header_crc", "RECORD", "OP", "OP_ADD", "OP_UPDATE", "OP_DELETE", "HEADER_SIZE",
+           "header_crc", "RECORD", "OP", "OP_ADD", "OP_UPDATE", "OP_DELETE", "OP_LINK", "OP_UNLINK", "HEADER_SIZE",
            "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD", "RESYNC_LOOKAHEAD",
            "record_candidates"]
 
@@ -31,6 +31,9 @@ HEADER_V1 = struct.Struct("<8sQ")
 RECORD = struct.Struct("<IIB")  # payload length, crc32(op + payload), op
 #: The ops a store logs (the op byte of a record).
 OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
+#: Links between memories (index/memops.py): ``src``, ``dst`` int64, ``kind_names`` (JSON list)
+#: and ``kind`` uint16 (indices into it), ``weight`` float32; an unlink's ``kind`` is a name or None.
+OP_LINK, OP_UNLINK = 4, 5
 OP = struct.Struct("<B")  # the op byte, covered by the CRC with the payload
 HEADER_SIZE = HEADER.size  # 28 (16 for a MAGIC_V1 log)
 RECORD_HEADER_SIZE = RECORD.size  # 9

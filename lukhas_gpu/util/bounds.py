@@ -26,6 +26,13 @@ Server
 from __future__ import annotations
 
 __all__ = [
+    "MAX_LINEAGE",
+    "MAX_LINKED_PER_QUERY",
+    "MAX_LINK_BATCH",
+    "MAX_LINK_DEPTH",
+    "MAX_LINK_KINDS",
+    "MAX_LINK_KIND_BYTES",
+    "MAX_NEAR_DEDUP_WINDOW",
     "MAX_BODY_MB",
     "MAX_CONNECTIONS",
     "MAX_DIM",
@@ -109,6 +116,22 @@ MAX_REQUEST_VECTORS = 65_536
 MAX_REQUEST_RESULTS = 1_000_000
 #: Most ids in one lookup or delete request.
 MAX_REQUEST_IDS = 100_000
+#: The dashboard's search (/v1/dashboard/search): most results, most characters of a query text.
+MAX_UI_K = 100
+MAX_UI_TEXT = 10_000
+#: Most links made or removed by one ``link`` / ``unlink`` call (one log record each).
+MAX_LINK_BATCH = 1_000_000
+#: Most hops of ``lineage(depth=)`` and ``search(follow_links=)``.
+MAX_LINK_DEPTH = 16
+#: Longest link kind name (UTF-8 bytes), and most kinds one index interns (codes are uint16).
+MAX_LINK_KIND_BYTES = 64
+MAX_LINK_KINDS = 4096
+#: Most ids ``lineage`` returns, and most linked memories ``follow_links`` adds to one query.
+MAX_LINEAGE = 1_000_000
+MAX_LINKED_PER_QUERY = 1024
+#: Most memories ``add(dedup="near")`` compares with each other inside one batch (the in-batch
+#: comparison is quadratic: larger batches are compared in windows of this size).
+MAX_NEAR_DEDUP_WINDOW = 65_536
 
 
 def is_int(v) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..util.device import faiss_gpus, faiss_module
 from ..util.memory import PAGE
+from .faisscalls import exclusion as _exclusion, search_params as _search_params, threads_for as _threads_for
 
 log = logging.getLogger(__name__)
 
@@ -196,17 +197,6 @@ def hnsw_graph_bytes(n_nodes: int, m: int = HNSW_M) -> int:
     return int(round(n_nodes * (4 * slots + 4 + 8) + 8))
 
 
-def _exclusion(exclude):
-    """``(selector, keep-alive)``: a FAISS selector of every id but the deleted rows ``exclude``
-    (their packed bit array, see ``Tombstones.packed``), or ``(None, None)`` when none are."""
-    if exclude is None or not len(exclude):
-        return None, None
-    faiss = faiss_module()
-    packed = exclude.packed()
-    inner = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
-    return faiss.IDSelectorNot(inner), (inner, packed)
-
-
 class IVFPQIndex:
     """An ``IndexIVFPQFastScan`` (inner product, residual 4-bit PQ) plus its coarse quantizer.
 
@@ -305,15 +295,12 @@ class IVFPQIndex:
         nprobe = min(nprobe, self.nlist)
         if self.gpu_index is not None and selector is None and self._gpu_serves(exclude):
             return self._gpu_search(q, k, nprobe, exclude)
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
         keep = None
         if selector is None:
             selector, keep = _exclusion(exclude)
-        if selector is not None:
-            params.sel = selector
-        if self.coarse == "hnsw":
-            params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
-        out = self.index.search(q, k, params=params)
+        params = _search_params(faiss, nprobe, selector, self.coarse == "hnsw")
+        with _threads_for(faiss, q.shape[0]):
+            out = self.index.search(q, k, params=params)
         del keep  # the bit array the selector reads lives until the search is done
         return out
 
@@ -323,9 +310,10 @@ class IVFPQIndex:
         faiss = faiss_module()
         q = np.ascontiguousarray(q, dtype=np.float32)
         n = max(1, min(int(n), self.nlist))
-        if self.coarse == "hnsw":
-            return self.quantizer.search(q, n, params=faiss.SearchParametersHNSW(efSearch=max(2 * n, 64)))
-        return self.quantizer.search(q, n)
+        with _threads_for(faiss, q.shape[0]):
+            if self.coarse == "hnsw":
+                return self.quantizer.search(q, n, params=faiss.SearchParametersHNSW(efSearch=max(2 * n, 64)))
+            return self.quantizer.search(q, n)
 
     def search_lists(self, q: np.ndarray, k: int, lists: np.ndarray, scores: np.ndarray,
                      selector=None, exclude=None) -> tuple[np.ndarray, np.ndarray]:
@@ -342,14 +330,13 @@ class IVFPQIndex:
             raise ValueError(f"lists {lists.shape} and scores {scores.shape} must be (nq={q.shape[0]}, m)")
         d_out = np.empty((nq, k), dtype=np.float32)
         i_out = np.empty((nq, k), dtype=np.int64)
-        params = faiss.SearchParametersIVF(nprobe=max(m, 1))
         keep = None
         if selector is None:
             selector, keep = _exclusion(exclude)
-        if selector is not None:
-            params.sel = selector
-        self.index.search_preassigned_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
-                                        faiss.swig_ptr(d_out), faiss.swig_ptr(i_out), False, params)
+        params = _search_params(faiss, max(m, 1), selector, False)
+        with _threads_for(faiss, nq):
+            self.index.search_preassigned_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(lists), faiss.swig_ptr(scores),
+                                            faiss.swig_ptr(d_out), faiss.swig_ptr(i_out), False, params)
         del keep
         return d_out, i_out
 

@@ -25,7 +25,14 @@ from .policy import dim_out_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "SMALL_QUERIES"]
+
+#: Query batches up to this many rows are encoded in numpy by a CPU encoder
+#: (:meth:`Encoder.query_forms`): one query through torch pays ~15 dispatches of 5-20 us each
+#: (normalise twice, scale, project); numpy's twin of the same rule ~15 us in all.
+SMALL_QUERIES = 16
+_TINY = float(np.finfo(np.float32).tiny)
+_NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
 
 
 class Encoder(torch.nn.Module):
@@ -171,6 +178,19 @@ class Encoder(torch.nn.Module):
         """(n, D) -> (n, D) float32 on the encoder's device, unit-norm for ``cosine``."""
         return torch.cat([self._normalize_chunk(c) for c in self._chunks(x)])
 
+    def normalized_queries(self, q: torch.Tensor) -> np.ndarray:
+        """:meth:`normalize` of queries as float32 numpy (the probe's sample of them): numpy's
+        twin of the rule for a few on the CPU (:data:`SMALL_QUERIES`), else torch's."""
+        if self._small_cpu(q):
+            return self._normalize_np(np.asarray(q.numpy(), dtype=np.float32))
+        return self.normalize(q).cpu().numpy()
+
+    def _small_cpu(self, x) -> bool:
+        """At most :data:`SMALL_QUERIES` rows, on the CPU, for a CPU encoder: numpy's turn."""
+        cpu = not isinstance(x, torch.Tensor) or (x.device.type == "cpu" and not x.requires_grad
+                                                   and x.dtype != torch.bfloat16)  # numpy has no bfloat16
+        return cpu and self.device.type == "cpu" and (x.shape[0] if x.ndim > 1 else 1) <= SMALL_QUERIES
+
     def _quantize_chunk(self, xn: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         return torch.round(xn / (self.scale if scale is None else scale)).clamp_(-127, 127).to(torch.int8)
 
@@ -238,6 +258,36 @@ class Encoder(torch.nn.Module):
         """Queries in the resident space folded with its scales: ``qr @ resident.T`` ~ ``q . x``."""
         qn = self._normalize_chunk(q.to(self.device, torch.float32))
         return self._project_chunk(qn) * self.resident_scale
+
+    def _normalize_np(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`_normalize_chunk` in numpy (float32 in, float32 out): the same rule, tested equal."""
+        if self.metric != "cosine":
+            return x
+        return self._normalize_np_l2(x / np.maximum(np.abs(x).max(axis=1, keepdims=True), np.float32(_TINY)))
+
+    @torch.no_grad()
+    def query_forms(self, q: torch.Tensor, *, project: bool = True) -> tuple[torch.Tensor, np.ndarray | None]:
+        """A query batch's weights (:meth:`query_weights`) and, with ``project``, its projection
+        (:meth:`project`, float32 numpy): one normalisation for both. A CPU encoder computes them
+        in numpy for batches up to :data:`SMALL_QUERIES` rows (one query at a time is the server's
+        common case), else through torch as the batch path does."""
+        if not self._small_cpu(q):
+            return self.query_weights(q), self.project(q).cpu().numpy() if project else None
+        if project and self.projects and not self.projection_fitted:
+            raise RuntimeError("the projection is not fitted yet (call fit or fit_projection)")
+        xn = self._normalize_np(np.asarray(q.numpy(), dtype=np.float32))
+        qw = torch.from_numpy(xn * self.scale.numpy())
+        if not project:
+            return qw, None
+        if not self.projects:
+            return qw, xn
+        y = xn @ self.components.numpy().T
+        return qw, self._normalize_np_l2(y) if self.metric == "cosine" else y
+
+    @staticmethod
+    def _normalize_np_l2(y: np.ndarray) -> np.ndarray:
+        """``torch.nn.functional.normalize(y, dim=1)`` in numpy."""
+        return y / np.maximum(np.sqrt(np.einsum("ij,ij->i", y, y))[:, None], np.float32(_NORM_EPS))
 
     def query_weights(self, q: torch.Tensor) -> torch.Tensor:
         """Queries folded with the scales, so ``q_w @ codes.T == q_n @ dequantize(codes).T``."""

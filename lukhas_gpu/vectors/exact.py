@@ -235,6 +235,14 @@ def top_candidates(scores: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.nda
     out_i = np.full((nq, k), -1, dtype=np.int64)
     if kk == 0:
         return out_s, out_i
+    if nq == 1:  # one query (a server's common case): 1-D indexing, no take_along_axis machinery
+        s0 = scores[0]
+        part1 = np.argpartition(-s0, kk - 1)[:kk] if kk < kc else np.arange(kc)
+        top1 = s0[part1]
+        order1 = np.argsort(-top1, kind="stable")
+        out_s[0, :kk] = top1[order1]
+        out_i[0, :kk] = np.where(np.isinf(out_s[0, :kk]), -1, cand[0, part1[order1]])
+        return out_s, out_i
     part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < kc else np.broadcast_to(np.arange(kc), scores.shape)
     top = np.take_along_axis(scores, part, 1)
     order = np.argsort(-top, axis=1, kind="stable")

@@ -1,0 +1,302 @@
+"""Faster than the best graph at equal recall? The tuner's choice against HNSW and IVF-RaBitQ peers.
+
+One run per set: ``lukhas_gpu`` built with the ``production`` preset and no parameter, serves the
+first half of the queries as traffic, then ``tune()`` (target 0.95) chooses among IVF-PQ
+fast-scan, the HNSW graph, IVF-RaBitQ and the exact scan within ``config.ann_ram_budget``;
+every figure is measured on the second half, which the tuner never saw, against exact float32
+inner products. ``--structures`` adds one point per structure forced with ``tune(structure=)``
+(the budget aside), so each candidate stage is on the plot too.
+
+Peers on the same data and threads: hnswlib (M=16, ef swept), usearch HNSW f32 and i8 (M=16,
+ef swept), FAISS ``IndexHNSWFlat`` (M=16, efSearch swept) and FAISS ``IndexIVFRaBitQ`` (nprobe
+swept). For each point: batched QPS (one batch), single-query QPS (one query per call, one
+thread, as a server worker), recall@10; per system: anonymous RAM per memory (RssAnon grown by
+the build, after a trim), disk per memory (what its own save writes), build seconds.
+
+Sets: ``wordnet`` (WordNet 117k, its example sentences as queries), ``debian`` (50k held-out
+real memories), ``synthetic`` (``--n`` rows of the built-in generator, queried with real
+out-of-distribution queries: WordNet's, or ``--queries synthetic`` where they are not there).
+
+Usage::
+
+    python -m benchmarks.bench_graph --data wordnet
+    python -m benchmarks.bench_graph --data debian
+    python -m benchmarks.bench_graph --data synthetic --n 1000000
+    python -m benchmarks.bench_graph --data synthetic --n 20000 --queries synthetic --nq 400 --train-at 8192  # smoke
+
+Writes ``benchmarks/out/bench_graph_<set>.{json,md}`` and a recall-vs-QPS plot
+(``.png`` with matplotlib, else the points as ``.csv``) with bytes per memory in the legend.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.datasets import debian_minilm, exact_knn, synthetic_dataset, wordnet_minilm
+
+log = logging.getLogger("bench_graph")
+K = 10
+TARGET = 0.95
+
+
+def recall(ids, gt) -> float:
+    return common.recall_at(np.asarray(ids).astype(np.int64), gt, K)
+
+
+def batched_qps(fn, q: np.ndarray, repeat: int) -> float:
+    fn(q[:32])
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn(q)
+        best = min(best, time.perf_counter() - t)
+    return len(q) / best
+
+
+def single_qps(fn, q: np.ndarray, n: int) -> float:
+    """Queries per second one at a time (one call per query)."""
+    q = q[:n]
+    fn(q[:1])
+    t = time.perf_counter()
+    for i in range(len(q)):
+        fn(q[i: i + 1])
+    return len(q) / (time.perf_counter() - t)
+
+
+def point(system: str, setting: str, fn, b, gt_b, args, **extra) -> dict:
+    return {"system": system, "setting": setting, "recall@10": recall(fn(b), gt_b),
+            "QPS batched": batched_qps(fn, b, args.repeat), "QPS single": single_qps(fn, b, args.single), **extra}
+
+
+class Footprint:
+    """RssAnon grown by a build (after a trim on both sides), per memory."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.before = common.settle()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.build_s = time.perf_counter() - self.t0
+        self.anon = (common.settle() - self.before) / max(self.n, 1)
+
+
+# -- lukhas_gpu -----------------------------------------------------------------------------------------
+def bench_lukhas(xb, a, b, gt_b, args) -> list[dict]:
+    import lukhas_gpu
+
+    n = len(xb)
+    over = {"train_threshold": args.train_at} if args.train_at else {}
+    cfg = lukhas_gpu.IndexConfig.preset("production", auto_tune=False, wal_sync="none", **over)
+    with common.work_dir(None, "bench_graph_") as d:
+        with Footprint(n) as fp:
+            index = lukhas_gpu.MemoryIndex.create(d / "store", xb.shape[1], cfg)
+            for s in range(0, n, 65536):
+                index.add(xb[s: s + 65536])
+            for s in range(0, len(a), 256):  # traffic: the first half of the queries
+                index.search(a[s: s + 256], K)
+            rep = index.tune(TARGET)
+        gen = index.checkpoint()
+        disk = common.dir_bytes(gen) / n
+        mem = index.stats()["memory"]
+        log.info("tuned: %s", {k: v for k, v in rep.items() if k != "tried"})
+        rows = [point("lukhas_gpu (tuned, no parameter)", _setting(rep), lambda q: index.search(q, K).ids,
+                      b, gt_b, args, **{"B/mem anon": fp.anon, "B/mem anon (stats)": mem["per_memory"]["anon"],
+                                        "B/mem disk": disk, "build s": fp.build_s, "estimate": rep["recall"]})]
+        for structure in args.structures:
+            index.config = index.config.replace(ann_ram_budget=1 << 20)  # forced: the budget aside
+            t0 = time.perf_counter()
+            try:
+                r = index.tune(TARGET, structure=structure)
+            except ValueError as e:  # an untrained index has no IVF to build on
+                log.warning("structure %s not measured: %s", structure, e)
+                continue
+            anon = index.stats()["memory"]["per_memory"]["anon"]
+            rows.append(point(f"lukhas_gpu {structure} (forced)", _setting(r), lambda q: index.search(q, K).ids,
+                              b, gt_b, args, **{"B/mem anon (stats)": anon, "build s": time.perf_counter() - t0,
+                                                "estimate": r["recall"]}))
+        index.close()
+    return rows
+
+
+def _setting(rep: dict) -> str:
+    return f"{rep['kind']} {rep.get('nprobe') or ''} rerank {rep['rerank']}".replace("  ", " ")
+
+
+# -- peers ----------------------------------------------------------------------------------------------
+def _sweep(system, search, params, b, gt_b, args, fp, disk, label) -> list[dict]:
+    rows = []
+    for p in params:
+        r = point(system, f"{label}={p}", lambda q, p=p: search(q, p), b, gt_b, args,
+                  **{"B/mem anon": fp.anon, "B/mem disk": disk, "build s": fp.build_s})
+        rows.append(r)
+        if r["recall@10"] >= 0.995:
+            break
+    return rows
+
+
+def bench_hnswlib(xb, b, gt_b, args) -> list[dict]:
+    import hnswlib
+
+    n, d = xb.shape
+    with Footprint(n) as fp:
+        index = hnswlib.Index(space="ip", dim=d)
+        index.init_index(max_elements=n, M=16, ef_construction=128, random_seed=0)
+        index.set_num_threads(args.threads)
+        index.add_items(xb, np.arange(n))
+    with common.work_dir(None, "bench_graph_") as w:
+        index.save_index(str(w / "h.bin"))
+        disk = common.dir_bytes(w) / n
+
+    def search(q, ef):
+        index.set_ef(max(ef, K))
+        index.set_num_threads(args.threads if len(q) > 1 else 1)
+        return index.knn_query(q, k=K)[0]
+    return _sweep("hnswlib M=16 f32", search, args.efs, b, gt_b, args, fp, disk, "ef")
+
+
+def bench_usearch(xb, b, gt_b, args, dtype: str) -> list[dict]:
+    from usearch.index import Index
+
+    n, d = xb.shape
+    with Footprint(n) as fp:
+        index = Index(ndim=d, metric="ip", dtype=dtype, connectivity=16, expansion_add=128)
+        index.add(np.arange(n), xb, threads=args.threads)
+    with common.work_dir(None, "bench_graph_") as w:
+        index.save(str(w / "u.usearch"))
+        disk = common.dir_bytes(w) / n
+
+    def search(q, ef):
+        index.expansion_search = ef
+        return np.asarray(index.search(q, K, threads=args.threads if len(q) > 1 else 1).keys).reshape(len(q), -1)
+    return _sweep(f"usearch M=16 {dtype}", search, args.efs, b, gt_b, args, fp, disk, "ef")
+
+
+def bench_faiss(xb, b, gt_b, args, kind: str) -> list[dict]:
+    import faiss
+
+    from lukhas_gpu.vectors.ann import auto_nlist
+
+    n, d = xb.shape
+    with Footprint(n) as fp:
+        if kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = 128
+        else:
+            nlist = auto_nlist(n)
+            index = faiss.index_factory(d, f"IVF{nlist},RaBitQ", faiss.METRIC_INNER_PRODUCT)
+            index.train(xb[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
+        index.add(xb)
+    disk = len(faiss.serialize_index(index)) / n
+
+    def search(q, p):
+        if kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(p, K))
+        else:
+            params = faiss.IVFRaBitQSearchParameters()
+            params.nprobe = p
+        faiss.omp_set_num_threads(args.threads if len(q) > 1 else 1)
+        return index.search(q, K, params=params)[1]
+    params = args.efs if kind == "hnsw" else [p for p in (4, 8, 16, 32, 64, 128, 256) if p <= index.nlist]
+    name = "FAISS HNSWFlat M=16" if kind == "hnsw" else "FAISS IVF-RaBitQ"
+    return _sweep(name, search, params, b, gt_b, args, fp, disk, "ef" if kind == "hnsw" else "nprobe")
+
+
+# -- output ---------------------------------------------------------------------------------------------
+def plot(rows: list[dict], stem) -> str:
+    """recall-vs-QPS (batched) per system, bytes per memory in the legend: a PNG, else a CSV."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        path = f"{stem}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+            w.writeheader()
+            w.writerows(rows)
+        return path
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in dict.fromkeys(r["system"] for r in rows):
+        pts = sorted((r["recall@10"], r["QPS batched"]) for r in rows if r["system"] == s)
+        mem = next(r.get("B/mem anon", r.get("B/mem anon (stats)")) for r in rows if r["system"] == s)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "s", markersize=5,
+                label=f"{s} ({mem:.0f} B/mem anon)" if mem is not None else s)
+    ax.axvline(TARGET, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("recall@10 (held-out queries)")
+    ax.set_ylabel("QPS (one batch)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(f"{stem}.png", dpi=110)
+    return f"{stem}.png"
+
+
+def load(args):
+    if args.data == "wordnet":
+        return wordnet_minilm(args.nq)
+    if args.data == "debian":
+        return debian_minilm(50_000, args.nq)
+    ds = synthetic_dataset(args.n, args.nq)
+    if args.queries == "real":  # out-of-distribution real queries
+        ds.xq = wordnet_minilm(args.nq).xq
+        ds.name += "-wordnet-queries"
+    return ds
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=["wordnet", "debian", "synthetic"], default="wordnet")
+    p.add_argument("--n", type=int, default=1_000_000, help="synthetic size")
+    p.add_argument("--queries", choices=["real", "synthetic"], default="real", help="queries of the synthetic set")
+    p.add_argument("--nq", type=int, default=4000, help="queries, split in halves")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--single", type=int, default=500, help="queries timed one at a time")
+    p.add_argument("--peers", default="hnswlib,usearch-f32,usearch-i8,faiss-hnsw,faiss-rabitq")
+    p.add_argument("--structures", default="ivf,graph,rabitq", help="structures forced after the tuned point")
+    p.add_argument("--train-at", type=int, default=None, help="train_threshold (small smoke runs)")
+    p.add_argument("--efs", default="16,24,32,48,64,96,128,192,256,384,512")
+    args = p.parse_args(argv)
+    args.efs = [int(e) for e in args.efs.split(",")]
+    args.structures = [s for s in args.structures.split(",") if s]
+    common.set_threads(args.threads)
+    ds = load(args)
+    half = len(ds.xq) // 2
+    a, b = np.ascontiguousarray(ds.xq[:half]), np.ascontiguousarray(ds.xq[half:])
+    gt_b = exact_knn(ds.xb, ds.xq, K)[half:]
+    log.info("%s: %d x %d, %d tuning queries, %d held out", ds.name, len(ds.xb), ds.d, len(a), len(b))
+    rows = bench_lukhas(ds.xb, a, b, gt_b, args)
+    for peer in [s for s in args.peers.split(",") if s]:
+        if peer == "hnswlib":
+            rows += bench_hnswlib(ds.xb, b, gt_b, args)
+        elif peer.startswith("usearch"):
+            rows += bench_usearch(ds.xb, b, gt_b, args, peer.split("-")[1])
+        elif peer.startswith("faiss"):
+            rows += bench_faiss(ds.xb, b, gt_b, args, peer.split("-")[1])
+    cols = ["system", "setting", "recall@10", "QPS batched", "QPS single", "B/mem anon", "B/mem anon (stats)",
+            "B/mem disk", "build s"]
+    table = common.markdown_table(rows, cols)
+    name = f"bench_graph_{ds.name}"
+    payload = {"machine": common.machine(), "date": common.today(), "set": ds.name, "n": len(ds.xb),
+               "threads": args.threads, "rows": rows}
+    out = common.write_results(name, payload, table)
+    payload["plot"] = plot(rows, str(out.with_suffix("")))
+    print(table)
+    print(f"written: {out}, {payload['plot']}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""One query at a time, as an inference server's workers send them: our search against hnswlib.
+
+Protocol: ``n`` rows of the built-in synthetic model; the queries split in halves. The index
+(``production`` preset, no parameter) serves the first half as traffic and ``tune()`` runs (auto
+tuning then off, so no background retune runs beside the timings); hnswlib (M=16,
+ef_construction=128) gets the smallest ``ef`` whose recall@10 on the second half equals or beats
+ours. Every figure is measured on the second half, one query per call:
+
+* ``threads=1``: one worker sends queries one after the other: p50 / p99 latency and QPS;
+* ``threads=2``: two workers, each sending single queries: QPS of the two together.
+
+Runs alternate (ours, hnswlib, ours, ...) ``--rounds`` times; each figure is the median over the
+rounds. The load average before and after is recorded with the numbers (a loaded machine
+stretches the p99 of both).
+
+Usage::
+
+    python -m benchmarks.bench_single --n 100000
+    python -m benchmarks.bench_single --n 20000 --nq 400 --rounds 2   # proves it runs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.datasets import exact_knn, synthetic_dataset
+
+K = 10
+
+
+def recall(ids: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.mean([len(set(a[a >= 0].tolist()) & set(b.tolist())) / K for a, b in zip(ids, gt)]))
+
+
+def one_worker(fn, q: np.ndarray) -> tuple[list[float], float]:
+    """Latencies (s) of single-query calls over ``q`` and the wall time."""
+    ts = []
+    t0 = time.perf_counter()
+    for i in range(len(q)):
+        t = time.perf_counter()
+        fn(q[i])
+        ts.append(time.perf_counter() - t)
+    return ts, time.perf_counter() - t0
+
+
+def two_workers(fn, q: np.ndarray) -> float:
+    """QPS of two threads, each sending its half of ``q`` one query at a time."""
+    halves = (q[0::2], q[1::2])
+    start = threading.Barrier(3)
+
+    def work(part):
+        start.wait()
+        for i in range(len(part)):
+            fn(part[i])
+
+    threads = [threading.Thread(target=work, args=(h,)) for h in halves]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return len(q) / (time.perf_counter() - t0)
+
+
+def measure(fn, q: np.ndarray) -> dict:
+    for i in range(min(50, len(q))):  # warm
+        fn(q[i])
+    ts, wall = one_worker(fn, q)
+    return {"p50 ms": float(np.percentile(ts, 50) * 1e3), "p99 ms": float(np.percentile(ts, 99) * 1e3),
+            "QPS 1 thread": len(q) / wall, "QPS 2 threads": two_workers(fn, q)}
+
+
+def build_ours(xb: np.ndarray, traffic: np.ndarray):
+    import lukhas_gpu
+    from lukhas_gpu.index import tuning
+
+    index = lukhas_gpu.MemoryIndex(xb.shape[1], lukhas_gpu.IndexConfig.preset("production"))
+    for s in range(0, len(xb), 65536):
+        index.add(xb[s: s + 65536])
+    tuning.wait(index)
+    for s in range(0, len(traffic), 256):
+        index.search(traffic[s: s + 256], K)
+    tuning.wait(index)
+    rep = index.tune()
+    index.config = index.config.replace(auto_tune=False)
+    tuning.wait(index)
+    return index, rep
+
+
+def build_hnswlib(xb: np.ndarray):
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=xb.shape[1])
+    index.init_index(max_elements=len(xb), M=16, ef_construction=128, random_seed=0)
+    index.add_items(xb, np.arange(len(xb)))
+    index.set_num_threads(1)  # one query per call: the caller's threads are the parallelism
+    return index
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--nq", type=int, default=2000, help="queries, split in halves (traffic / measured)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating runs; medians reported")
+    p.add_argument("--efs", default="10,12,16,20,24,32,40,48,64,96,128,192,256")
+    p.add_argument("--tag", default=None)
+    args = p.parse_args(argv)
+    common.set_threads(2)
+    load_before = os.getloadavg()
+    ds = synthetic_dataset(args.n, args.nq)
+    half = len(ds.xq) // 2
+    a, b = np.ascontiguousarray(ds.xq[:half]), np.ascontiguousarray(ds.xq[half:])
+    gt_b = exact_knn(ds.xb, ds.xq, K)[half:]
+    ours, rep = build_ours(ds.xb, a)
+    ours_recall = recall(np.asarray(ours.search(b, K).ids), gt_b)
+    hn = build_hnswlib(ds.xb)
+    ef = None
+    for e in (int(x) for x in args.efs.split(",")):
+        hn.set_ef(e)
+        hn_recall = recall(hn.knn_query(b, k=K)[0].astype(np.int64), gt_b)
+        ef = e
+        if hn_recall >= ours_recall:
+            break
+
+    def search_ours(v):
+        return ours.search(v, K)
+
+    def search_hn(v):
+        return hn.knn_query(v, k=K)
+
+    runs: dict[str, list[dict]] = {"lukhas_gpu": [], "hnswlib": []}
+    for _ in range(args.rounds):
+        runs["lukhas_gpu"].append(measure(search_ours, b))
+        runs["hnswlib"].append(measure(search_hn, b))
+    setting = {"lukhas_gpu": f"{rep['kind']} nprobe {rep.get('nprobe')} rerank {rep['rerank']}",
+               "hnswlib": f"M=16 ef={ef}"}
+    rows = []
+    for name, rs in runs.items():
+        row = {"system": name, "setting": setting[name],
+               "recall@10": ours_recall if name == "lukhas_gpu" else hn_recall}
+        for key in rs[0]:
+            row[key] = statistics.median(r[key] for r in rs)
+        rows.append(row)
+    ratio = {key: rows[0][key] / rows[1][key] for key in ("QPS 1 thread", "QPS 2 threads")}
+    load_after = os.getloadavg()
+    payload = {"data": ds.name, "n": args.n, "machine": common.machine(), "date": common.today(),
+               "load_before": load_before, "load_after": load_after, "rounds": args.rounds,
+               "rows": rows, "ratio": ratio, "tuning": {k: v for k, v in rep.items() if k != "tried"}}
+    table = common.markdown_table(rows, ["system", "setting", "recall@10", "p50 ms", "p99 ms", "QPS 1 thread",
+                                         "QPS 2 threads"])
+    table += (f"\n\nours / hnswlib: {ratio['QPS 1 thread']:.2f}x (1 thread), {ratio['QPS 2 threads']:.2f}x "
+              f"(2 threads); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    common.write_results(args.tag or f"single_{ds.name}", payload, table)
+    print(table)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

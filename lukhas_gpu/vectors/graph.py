@@ -1,0 +1,316 @@
+"""Candidate stages beside the IVF-PQ: an HNSW graph over 4-bit scalar codes and IVF-RaBitQ.
+
+Both search the projected space the IVF searches (the encoder's ``project``) and hand back row
+numbers that the exact int8 rerank re-scores, so a candidate's score is always the stored row's.
+FAISS numbers the entries of both 0, 1, 2, ... in the order they were added (a *node*); a node
+is a row until a row's vector is replaced (``update(embeddings=)``): then its old node is kept
+and excluded (*superseded*) and the new vector goes in as a new node, so the moved row is found
+where its new vector is and never where its old one was. Until the first replacement nodes and
+rows are the same numbers and no map is held (0 B per memory); after it :class:`NodeMap` holds
+``node -> row`` and ``row -> node`` (int64 each). Nothing is removed from a FAISS structure:
+deleted rows' nodes are excluded at search time with an id selector (``Tombstones.packed()``,
+as the IVF does; see :mod:`lukhas_gpu.vectors.ann`).
+
+* ``graph``: ``IndexHNSWSQ`` (4-bit scalar quantizer, inner product, ``M`` = :data:`GRAPH_M`),
+  its parameter ``efSearch``. Measured at 20k synthetic MiniLM-like rows (384-d, candidates
+  re-scored exactly, recall@10, one thread, batches of 500): SQ4 M16 0.986 at ef 64 (6.4k
+  QPS), SQ8 M16 0.982 at ef 64 (7.5k QPS) for 528 B on disk a vector against 336, SQ8 M32
+  0.993 at 656 B; HNSW over 8-bit PQ codes (``IndexHNSWPQ``) held 0.24-0.43 with inner
+  product and is not offered.
+* ``rabitq``: ``IndexIVFRaBitQ`` (1 bit a dimension plus per-vector factors, 74 B a vector at
+  384-d), its parameter ``nprobe`` (0.949 at 8 of 128 lists, 13.5k QPS in the same run). The
+  fast-scan variant (``"IVF..,RaBitQfs4"``) held 249 B a vector and ran at 0.9k QPS there.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..util.device import faiss_module
+from .ann import auto_nlist, train_sample_size
+
+__all__ = ["NodeMap", "GraphStage", "RaBitQStage", "STRUCTURES", "GRAPH_M", "GRAPH_EF", "RABITQ_NPROBES",
+           "stage_bytes", "new_stage", "stage_from_arrays", "planned_stage"]
+
+#: The candidate stages a store may hold beside its IVF-PQ (``Tuned.kind`` names them too).
+STRUCTURES = ("graph", "rabitq")
+#: Neighbours per node (``2 * M`` on the base level).
+GRAPH_M = 16
+GRAPH_EF_CONSTRUCTION = 80
+#: ``efSearch`` values the tuner tries, ascending.
+GRAPH_EF = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+#: ``nprobe`` values the tuner tries on IVF-RaBitQ, ascending.
+RABITQ_NPROBES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+#: Rows added to a FAISS structure per call while building.
+BUILD_BATCH = 16384
+
+
+def _grow(a: np.ndarray, n: int, fill) -> np.ndarray:
+    """``a`` with room for at least ``n`` entries (doubling), new entries ``fill``."""
+    if len(a) >= n:
+        return a
+    out = np.full(max(n, 2 * len(a), 1024), fill, dtype=a.dtype)
+    out[:len(a)] = a
+    return out
+
+
+class NodeMap:
+    """Nodes (FAISS's numbering) and rows (the store's): identity until a row is re-added.
+
+    ``n`` nodes; once mapped, ``row_of[:n]`` (node -> row), ``node_of[:rows]`` (row -> its
+    current node, -1 before it has one) and ``superseded[:n]`` (nodes whose row moved on)."""
+
+    def __init__(self):
+        self.n = 0
+        self.row_of = self.node_of = self.superseded = None
+        self._cache = (None, None)
+
+    @property
+    def mapped(self) -> bool:
+        return self.row_of is not None
+
+    def _materialise(self) -> None:
+        self.row_of = np.arange(self.n, dtype=np.int64)
+        self.node_of = np.arange(self.n, dtype=np.int64)
+        self.superseded = np.zeros(self.n, dtype=bool)
+
+    def add(self, rows: np.ndarray, *, moved: bool = False) -> np.ndarray:
+        """New nodes for ``rows`` (``moved``: rows that had a node, now superseded); their ids."""
+        rows = np.asarray(rows, dtype=np.int64)
+        nodes = np.arange(self.n, self.n + len(rows), dtype=np.int64)
+        if not self.mapped and (moved or not np.array_equal(rows, nodes)):
+            self._materialise()
+        if self.mapped:
+            end = self.n + len(rows)
+            self.row_of = _grow(self.row_of, end, -1)
+            self.superseded = _grow(self.superseded, end, False)
+            self.node_of = _grow(self.node_of, int(rows.max()) + 1 if len(rows) else 0, -1)
+            if moved:
+                old = self.node_of[rows]
+                self.superseded[old[old >= 0]] = True
+            self.row_of[self.n:end] = rows
+            self.node_of[rows] = nodes
+        self.n += len(rows)
+        self._cache = (None, None)
+        return nodes
+
+    def rows(self, nodes: np.ndarray) -> np.ndarray:
+        """Rows of FAISS's result ``nodes`` (-1 stays -1)."""
+        if not self.mapped:
+            return nodes
+        return np.where(nodes >= 0, self.row_of[np.maximum(nodes, 0)], -1)
+
+    def excluded(self, exclude):
+        """The packed bit array of nodes never to return (deleted rows' nodes, superseded ones),
+        or None: ``exclude`` (a ``Tombstones``) as is while nodes are rows."""
+        n_dead = len(exclude) if exclude is not None else 0
+        if not self.mapped:
+            return exclude.packed() if n_dead else None
+        key = (self.n, n_dead, id(exclude), int(exclude.array()[-1]) if n_dead else -1)  # tombstones only grow
+        if self._cache[0] != key:
+            bits = self.superseded[:self.n].copy()
+            if n_dead:
+                dead = exclude.array()
+                dead = dead[dead < len(self.node_of)]
+                nodes = self.node_of[dead]
+                bits[nodes[nodes >= 0]] = True
+            self._cache = (key, np.packbits(bits, bitorder="little") if bits.any() else None)
+        return self._cache[1]
+
+    def nbytes(self) -> int:
+        return 0 if not self.mapped else int(self.row_of.nbytes + self.node_of.nbytes + self.superseded.nbytes)
+
+    def to_arrays(self, rows: int) -> dict:
+        if not self.mapped:
+            return {"n": np.array([self.n], dtype=np.int64)}
+        return {"n": np.array([self.n], dtype=np.int64), "row_of": self.row_of[:self.n].copy(),
+                "node_of": self.node_of[:rows].copy(), "superseded": self.superseded[:self.n].copy()}
+
+    @classmethod
+    def from_arrays(cls, a: dict, rows: int) -> "NodeMap":
+        self = cls()
+        self.n = int(np.asarray(a["n"]).ravel()[0])
+        if "row_of" in a:
+            self.row_of = np.asarray(a["row_of"], dtype=np.int64).copy()
+            self.node_of = np.asarray(a["node_of"], dtype=np.int64).copy()
+            self.superseded = np.asarray(a["superseded"], dtype=bool).copy()
+            if len(self.row_of) != self.n or len(self.superseded) != self.n or len(self.node_of) > rows \
+                    or (self.row_of >= rows).any() or (self.node_of >= self.n).any():
+                raise ValueError("the candidate stage's node map does not fit its nodes and rows")
+        elif self.n > rows:
+            raise ValueError(f"the candidate stage holds {self.n} nodes for {rows} rows")
+        return self
+
+
+class _Stage:
+    """What both stages share: the node map, adds, replacements, the selector, persistence."""
+
+    kind = ""
+
+    def __init__(self, index, nodes: NodeMap | None = None):
+        self.index = index
+        self.nodes = nodes if nodes is not None else NodeMap()
+        #: False while the tuner builds it (searches do not use it; adds past it wait for the build)
+        self.ready = False
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def covered(self) -> int:
+        """Rows ``0..covered()-1`` have a node (rows are added in order)."""
+        nm = self.nodes
+        return nm.n if not nm.mapped else int(len(nm.node_of) and (nm.node_of >= 0).sum())
+
+    def add(self, x: np.ndarray, rows: np.ndarray) -> None:
+        """Nodes for new ``rows`` (their projected vectors ``x``)."""
+        if len(rows):
+            self._add(np.ascontiguousarray(x, dtype=np.float32), self.nodes.add(rows))
+
+    def replace(self, x: np.ndarray, rows: np.ndarray) -> None:
+        """New vectors for ``rows`` that have nodes: the old nodes superseded, new ones added."""
+        rows = np.asarray(rows, dtype=np.int64)
+        have = rows < self.covered()
+        if have.any():
+            self._add(np.ascontiguousarray(x[have], dtype=np.float32), self.nodes.add(rows[have], moved=True))
+
+    def _add(self, x, nodes) -> None:
+        raise NotImplementedError
+
+    def search(self, q: np.ndarray, k: int, param: int, *, exclude=None) -> np.ndarray:
+        """``k`` candidate rows per projected query (int64 (nq, k), -1 padded), ``param`` the
+        stage's search parameter; ``exclude`` the tombstones."""
+        faiss = faiss_module()
+        params = self._params(int(param))
+        packed = self.nodes.excluded(exclude)
+        if packed is not None:
+            inner = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
+            sel = faiss.IDSelectorNot(inner)
+            params.sel = sel
+        _, nodes = self.index.search(np.ascontiguousarray(q, dtype=np.float32), int(k), params=params)
+        del packed  # the bit array lives until the search is done
+        return self.nodes.rows(nodes)
+
+    def _params(self, param: int):
+        raise NotImplementedError
+
+    def memory_usage(self) -> dict:
+        return {"anon": {f"stage_{self.kind}": self.nbytes()}}
+
+    def to_arrays(self, rows: int) -> dict:
+        out = {f"nodes_{k}": v for k, v in self.nodes.to_arrays(rows).items()}
+        out["kind"] = np.frombuffer(self.kind.encode(), dtype=np.uint8).copy()
+        out["index"] = faiss_module().serialize_index(self.index)
+        return out
+
+
+class GraphStage(_Stage):
+    """``IndexHNSWSQ`` (4-bit codes, inner product) over the projected vectors."""
+
+    kind = "graph"
+
+    @classmethod
+    def new(cls, d: int, sample: np.ndarray, m: int = GRAPH_M) -> "GraphStage":
+        faiss = faiss_module()
+        ix = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_4bit, m, faiss.METRIC_INNER_PRODUCT)
+        ix.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
+        ix.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return cls(ix)
+
+    def _add(self, x, nodes) -> None:
+        self.index.add(x)  # HNSW numbers its nodes in order: the same as ``nodes``
+
+    def _params(self, param: int):
+        return faiss_module().SearchParametersHNSW(efSearch=param)
+
+    def nbytes(self) -> int:
+        """Codes, neighbour slots (int32), levels (int32) and offsets (int64), the node map."""
+        ix, h = self.index, self.index.hnsw
+        codes = int(faiss_module().downcast_index(ix.storage).code_size) * self.ntotal
+        return codes + 4 * int(h.neighbors.size()) + 4 * int(h.levels.size()) + 8 * int(h.offsets.size()) \
+            + self.nodes.nbytes()
+
+
+class RaBitQStage(_Stage):
+    """``IndexIVFRaBitQ`` (inner product) with node ids."""
+
+    kind = "rabitq"
+
+    @classmethod
+    def new(cls, d: int, sample: np.ndarray, n: int) -> "RaBitQStage":
+        faiss = faiss_module()
+        nlist = auto_nlist(n)
+        quantizer = faiss.IndexFlatIP(d)
+        ix = faiss.IndexIVFRaBitQ(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ix.own_fields = True
+        quantizer.this.disown()
+        ix.cp.max_points_per_centroid = -(-train_sample_size(nlist) // nlist)
+        ix.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return cls(ix)
+
+    def _add(self, x, nodes) -> None:
+        self.index.add_with_ids(x, nodes)
+
+    def _params(self, param: int):
+        p = faiss_module().IVFRaBitQSearchParameters()
+        p.nprobe = min(param, int(self.index.nlist))
+        return p
+
+    def nbytes(self) -> int:
+        """Codes (with their factors) and ids of the lists, the centroids, the node map."""
+        ix = self.index
+        inv = ix.invlists
+        n = sum(int(inv.list_size(i)) for i in range(ix.nlist))
+        return n * (int(ix.code_size) + 8) + int(ix.nlist) * self.d * 4 + self.nodes.nbytes()
+
+
+def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M) -> int:
+    """Expected bytes of a stage over ``n`` rows of ``d`` projected dims (before a replacement):
+    the graph's 4-bit codes, ``2m`` int32 slots at level 0 and ``m`` per upper level (a node
+    reaching level ``l`` with probability ``m**-l``), a level (int32) and an offset (int64) per
+    node; IVF-RaBitQ's bit codes and factors (``d / 8 + 8`` B), ids and centroids."""
+    if kind == "graph":
+        slots = 2 * m + m / (m - 1)
+        return int(round(n * (-(-d // 2) + 4 * slots + 12)))
+    if kind == "rabitq":
+        return int(n * (-(-d // 8) + 8 + 8) + auto_nlist(max(n, 1)) * d * 4)
+    raise ValueError(f"unknown candidate stage {kind!r}; expected one of {STRUCTURES}")
+
+
+def planned_stage(n: int, d: int, budget: int, ivf_bytes: int) -> tuple[str | None, int]:
+    """The largest stage the tuner may build beside an IVF of ``ivf_bytes`` over ``n`` rows
+    within ``budget`` bytes per memory, and its expected bytes: ``(None, 0)`` when none fits."""
+    fits = [(stage_bytes(kind, n, d), kind) for kind in STRUCTURES
+            if ivf_bytes + stage_bytes(kind, max(n, 1), d) <= budget * max(n, 1)]
+    if not fits:
+        return None, 0
+    nbytes, kind = max(fits)
+    return kind, nbytes
+
+
+def new_stage(kind: str, d: int, sample: np.ndarray, n: int):
+    """An empty trained stage of ``kind`` for about ``n`` rows."""
+    if kind == "graph":
+        return GraphStage.new(d, sample)
+    if kind == "rabitq":
+        return RaBitQStage.new(d, sample, n)
+    raise ValueError(f"unknown candidate stage {kind!r}; expected one of {STRUCTURES}")
+
+
+def stage_from_arrays(a: dict, rows: int):
+    """A stage saved with ``to_arrays`` (ValueError when its parts disagree)."""
+    faiss = faiss_module()
+    kind = bytes(np.asarray(a["kind"], dtype=np.uint8)).decode()
+    cls = {"graph": GraphStage, "rabitq": RaBitQStage}.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown candidate stage {kind!r}")
+    ix = faiss.deserialize_index(np.ascontiguousarray(a["index"], dtype=np.uint8))
+    nodes = NodeMap.from_arrays({k[6:]: v for k, v in a.items() if k.startswith("nodes_")}, rows)
+    if int(ix.ntotal) != nodes.n:
+        raise ValueError(f"the candidate stage holds {ix.ntotal} entries, its node map {nodes.n}")
+    stage = cls(ix, nodes)
+    stage.ready = True
+    return stage
