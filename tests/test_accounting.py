@@ -404,3 +404,31 @@ def test_cuda_encoder_counts_as_gpu(xb):
     mem = index.stats()["memory"]
     assert mem["gpu"]["encoder"] == index.encoder.nbytes() and "encoder" not in mem["anon"]
     assert mem["gpu_bytes"] >= index.encoder.nbytes()
+
+
+def test_plan_counts_namespaces_and_windows(xb, tmp_path):
+    """``plan(namespaces=, windows=)`` against a store's own ``memory_usage()`` and files: names,
+    the column, the cached bitmaps of searched namespaces, the validity columns and bitmap."""
+    from lukhas_gpu.store import layout
+
+    cfg = IndexConfig(train_threshold=1 << 30, auto_tune=False)
+    index = MemoryIndex.create(tmp_path / "s", DIM, cfg)
+    names = [f"user-{i % 50:04d}" for i in range(N)]
+    index.add(xb, namespace=names, valid_to=np.where(np.arange(N) % 4 == 0, 2e9, np.inf))
+    for name in sorted(set(names)):
+        index.select(namespace=name)  # every namespace's row bitmap cached (at most CACHED_NAMESPACES)
+    p = plan(N, DIM, config=cfg, backend="cpu", namespaces=50, windows=0.25)
+    have = index.stats()["memory"]["anon"]
+    for name in ("namespaces", "validity"):
+        assert p.memory["anon"][name] == pytest.approx(have[name], rel=0.1), name
+    index.checkpoint()
+    for name, file in (("namespaces", layout.NAMESPACES), ("validity", layout.VALIDITY)):
+        size = max(f.stat().st_size for f in (tmp_path / "s").rglob(file))  # the checkpoint's
+        assert p.memory["disk"][name] == pytest.approx(size, rel=0.1, abs=4096), name
+    index.close()
+    bare = plan(N, DIM, config=cfg, backend="cpu")
+    assert "namespaces" not in bare.memory["anon"] and "validity" not in bare.memory["anon"]
+    with pytest.raises(ValueError, match="windows"):
+        plan(N, DIM, windows=1.5)
+    with pytest.raises(ValueError, match="namespaces"):
+        plan(N, DIM, namespaces=0)

@@ -64,3 +64,14 @@ def test_plan_help():
     with pytest.raises(SystemExit) as e:
         main(["plan", "--help"])
     assert e.value.code == 0
+
+
+def test_plan_counts_namespaces_and_windows(capsys):
+    argv = ["plan", "100000", "--dim", "384", "--json", "--no-capacity"]
+    assert main(argv + ["--namespaces", "1000", "--windows", "0.5"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = plan(100_000, 384, config="production", namespaces=1000, windows=0.5)
+    assert got["memory"]["anon"]["namespaces"] == want.memory["anon"]["namespaces"] > 400_000
+    assert got["memory"]["anon"]["validity"] == want.memory["anon"]["validity"] > 1_600_000
+    assert main(argv + ["--windows", "2"]) == 1
+    assert "windows" in capsys.readouterr().err

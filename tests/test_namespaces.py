@@ -93,6 +93,13 @@ def test_sharded_search_keeps_to_its_namespace(tmp_path):
             want = _want(ns, vf, vt, np.ones(200, bool), namespace, time.time() if as_of is None else as_of)
             assert _got(sx.search(x[:1], 201, namespace=namespace, as_of=as_of, nprobe=16)) == want
             assert _got(sx.search_text("common", 201, namespace=namespace, as_of=as_of)) == want
+        assert sx.namespaces() == {k: int((ns == k).sum()) for k in set(ns.tolist())}
+        g = sx.search(x[:1], 3, namespace="ns2").ids.ravel()
+        assert [m.namespace for m in sx.get(g, namespace="ns2")] == ["ns2"] * 3
+        with pytest.raises(ValueError, match="not in namespace 'ns3'"):
+            sx.get(g, namespace="ns3")
+        with pytest.raises(ValueError, match="MAX_NAMESPACE_BYTES"):
+            sx.get(g, namespace="x" * (MAX_NAMESPACE_BYTES + 1))
 
 
 def test_a_search_reads_the_clock_once(tmp_path, monkeypatch):
@@ -387,3 +394,158 @@ def test_llama_index_stores_keep_to_their_namespace(tmp_path):
     b.clear()  # b's nodes only
     assert b.client.namespaces() == {"a": 4}
     b.close()
+
+
+def test_a_namespace_holding_most_of_the_store_excludes_the_rest():
+    """A namespace (or "now") allowing most of the store searches the IVF with the few other rows
+    excluded (deleted and expired ones among them), as deletions are; a narrow one names its rows.
+    Both give exactly the reference's rows, and the exact top 10 of the namespace's own rows."""
+    n = 1300
+    ix = MemoryIndex(DIM, _config())
+    x = np.random.default_rng(3).standard_normal((n, DIM)).astype(np.float32)
+    ns = np.where(np.arange(n) % 10 == 0, "other", "big")
+    vf, vt = np.full(n, -np.inf), np.where(np.arange(n) % 17 == 0, T, np.inf)  # every 17th expired
+    ix.add(x, namespace=ns.tolist(), valid_to=vt)
+    assert ix.is_trained
+    ix.delete(np.arange(1, n, 41))
+    live = np.ones(n, bool)
+    live[1::41] = False
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for name, wide in ((None, True), ("big", True), ("other", False)):
+        want = _want(ns, vf, vt, live, name, time.time())
+        res = ix.search(x[:3], n + 1, nprobe=16, rerank=n, namespace=name)
+        assert all(_got(row) == want for row in res.ids), name
+        plan = ix.last_plan
+        assert plan.strategy == "ann" and (plan.excluded is not None) == wide, name
+        if wide:
+            assert set(plan.excluded.array().tolist()) == set(range(n)) - want
+        rows = np.array(sorted(want))
+        ref = rows[np.argsort(-(xn[:3] @ xn[rows].T), axis=1)[:, :10]]
+        got = ix.search(x[:3], 10, nprobe=16, rerank=64, namespace=name).ids
+        hits = sum(len(set(g.tolist()) & set(r.tolist())) for g, r in zip(got, ref))
+        assert hits >= 0.9 * 30, (name, hits)
+
+
+def test_cli_lists_drops_namespaces_and_purges(tmp_path, capsys):
+    import json
+
+    from lukhas_gpu import cli
+
+    path = tmp_path / "s"
+    ix = MemoryIndex.create(path, DIM, _config())
+    x, ns, vf, vt = _fill(ix, 60)
+    ix.close()
+    want = {k: int((ns == k).sum()) for k in set(ns.tolist())}
+    assert cli.main(["namespaces", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == want
+    assert cli.main(["namespaces", str(path)]) == 0
+    assert '"tiny"' in capsys.readouterr().out
+    assert cli.main(["get", str(path), "7", "11", "--namespace", "tiny", "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert cli.main(["get", str(path), "7", "--namespace", "ns2"]) == 1
+    assert "not in namespace 'ns2'" in capsys.readouterr().err
+    for bad, message in (("nobody", "no memory in namespace 'nobody'"), ("x" * (MAX_NAMESPACE_BYTES + 1), "NAME is")):
+        assert cli.main(["drop-namespace", str(path), bad]) == 1
+        assert message in capsys.readouterr().err
+    assert cli.main(["drop-namespace", str(path), "tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": 3, "count": 57}
+    ended = int(((vt <= T + 100) & (ns != "tiny")).sum())
+    assert cli.main(["purge-expired", str(path), "--now", str(T + 100), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": ended, "count": 57 - ended}
+    with pytest.raises(SystemExit):  # argparse: not a time
+        cli.main(["purge-expired", str(path), "--now", "soon"])
+    assert "neither epoch seconds" in capsys.readouterr().err
+    with MemoryIndex.open(path, mode="r") as ro:  # both were checkpointed
+        assert "tiny" not in ro.namespaces() and len(ro) == 57 - ended
+
+
+def _scoped_records(n):
+    """``n`` payload records: a namespace on most (none on every 7th), windows on every 3rd (an
+    ISO-8601 start on every 6th), the rest open."""
+    recs = []
+    for i in range(n):
+        r = {"content": f"m{i}"}
+        if i % 7:
+            r["namespace"] = f"user-{i % 3}"
+        if i % 3 == 0:
+            r["valid_from"] = "2023-11-14T22:13:20Z" if i % 6 == 0 else T
+            r["valid_to"] = T + 100 + i
+        recs.append(r)
+    return recs
+
+
+def _check_scoped_store(store, recs):
+    with MemoryIndex.open(store, mode="r") as ix:
+        got = ix.get(np.arange(len(recs)))
+        for m, r in zip(got, recs):
+            assert m.namespace == r.get("namespace", ""), (m.id, r)
+            assert m.valid_from == (T if "valid_from" in r else -np.inf), (m.id, r)
+            assert m.valid_to == r.get("valid_to", np.inf), (m.id, r)
+        want = {f"user-{j}": sum(1 for r in recs if r.get("namespace") == f"user-{j}") for j in range(3)}
+        assert ix.namespaces() == {**want, "": sum(1 for r in recs if "namespace" not in r)}
+        assert len(ix.select(namespace="user-1", as_of=T + 50)) == sum(
+            1 for r in recs if r.get("namespace") == "user-1" and r.get("valid_to", np.inf) > T + 50)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "npy", "parquet"])
+def test_file_ingest_reads_namespaces_and_windows(tmp_path, capsys, kind):
+    import json
+
+    from lukhas_gpu import cli
+
+    n = 90
+    recs = _scoped_records(n)
+    x = np.random.default_rng(0).standard_normal((n, DIM)).astype(np.float32)
+    store = tmp_path / "s"
+    if kind == "parquet":
+        from conftest import optional_import
+
+        pa, pq = optional_import("pyarrow"), optional_import("pyarrow.parquet")
+        table = pa.table({"embedding": [row.tolist() for row in x], "content": [r["content"] for r in recs],
+                          "namespace": [r.get("namespace") for r in recs],
+                          "valid_from": [T if "valid_from" in r else None for r in recs],
+                          "valid_to": [r.get("valid_to") for r in recs]})
+        pq.write_table(table, tmp_path / "in.parquet")
+        argv = [str(tmp_path / "in.parquet")]
+    else:
+        lines = [{**r, **({"embedding": x[i].tolist()} if kind == "jsonl" else {})} for i, r in enumerate(recs)]
+        (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        argv = [str(tmp_path / "in.jsonl")]
+        if kind == "npy":
+            np.save(tmp_path / "e.npy", x)
+            argv = [str(tmp_path / "e.npy"), "--payloads", str(tmp_path / "in.jsonl")]
+    assert cli.main(["ingest", str(store), *argv, "--batch-size", "32", "--dim", str(DIM), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    read = out["columns_read"] if kind == "parquet" else out["scope_fields_read"]
+    assert {"namespace", "valid_from", "valid_to"} <= set(read)
+    _check_scoped_store(store, recs)
+    if kind == "jsonl":  # the text summary names them too; a file without them says so
+        (tmp_path / "plain.jsonl").write_text(json.dumps({"embedding": x[0].tolist()}) + "\n")
+        assert cli.main(["ingest", str(tmp_path / "p"), str(tmp_path / "plain.jsonl"), "--dim", str(DIM)]) == 0
+        assert "scope fields read: none" in capsys.readouterr().out
+        with MemoryIndex.open(tmp_path / "p", mode="r") as ix:
+            assert not (tmp_path / "p").joinpath("namespaces.npz").exists() and ix.namespaces() == {"": 1}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("namespace", "x" * (MAX_NAMESPACE_BYTES + 1), "MAX_NAMESPACE_BYTES"),
+    ("namespace", 3, '"namespace" must be a string'),
+    ("valid_to", T - 10, "is before valid_from"),
+    ("valid_from", "tomorrow", '"valid_from" \'tomorrow\' is not an ISO-8601'),
+    ("valid_to", True, '"valid_to" must be epoch seconds'),
+])
+def test_file_ingest_refuses_bad_scopes_naming_the_line(tmp_path, capsys, field, value, message):
+    import json
+
+    from lukhas_gpu import cli
+
+    x = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
+    lines = [{"embedding": x[i].tolist(), "namespace": "a", "valid_from": T} for i in range(40)]
+    lines[25][field] = value
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert cli.main(["ingest", str(tmp_path / "s"), str(tmp_path / "in.jsonl"), "--batch-size", "20",
+                     "--dim", str(DIM)]) == 1
+    err = capsys.readouterr().err
+    assert "in.jsonl, line 26" in err and message in err, err
+    with MemoryIndex.open(tmp_path / "s", mode="r") as ix:  # the earlier batch only
+        assert len(ix) == 20 and ix.namespaces() == {"a": 20}

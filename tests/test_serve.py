@@ -429,3 +429,43 @@ def test_a_writer_server_keeps_namespaces_and_windows(writable, data):
         assert r.status_code == 422 and "disagree" in _error(r)
         r = _post(url, "/v1/search", {"vectors": xq[:1].tolist(), "k": 5, "where": {"namespace": "t2"}})
         assert r.json()["ids"][0][0] == int(ids[2])
+
+
+def test_namespace_lookups_drop_and_purge_over_http(writable, reader_url, data):
+    """GET /v1/namespaces, lookups in a namespace, POST /v1/namespaces/drop and /v1/purge_expired
+    on a writer; bad names (unknown, too long) and a reader's refusal."""
+    from lukhas_gpu.util.bounds import MAX_NAMESPACE_BYTES
+
+    _, xq = data
+    with server(writable, "--mode", "w") as url:
+        c = Client(url)
+        base = c.namespaces()
+        ids = c.add(xq[:4], namespace=["n1", "n1", "n2", "n2"], valid_to=[10**10, 50, 10**10, 60])
+        assert c.namespaces() == {**base, "n1": 2, "n2": 2}
+        assert [m.id for m in c.get(ids[:2], namespace="n1")] == ids[:2].tolist()
+        r = httpx.get(f"{url}/v1/memories/{int(ids[2])}", params={"namespace": "n2"}, timeout=60)
+        assert r.status_code == 200 and r.json()["namespace"] == "n2"
+        for ns in ("n2", "nobody"):  # another namespace, one that does not exist: not found there
+            r = _post(url, "/v1/memories/lookup", {"ids": [int(ids[0])], "namespace": ns})
+            assert r.status_code == 404 and repr(ns) in _error(r)
+        r = httpx.get(f"{url}/v1/memories/{int(ids[0])}", params={"namespace": "n2"}, timeout=60)
+        assert r.status_code == 404
+        long = "x" * (MAX_NAMESPACE_BYTES + 1)
+        for r in (_post(url, "/v1/memories/lookup", {"ids": [int(ids[0])], "namespace": long}),
+                  _post(url, "/v1/namespaces/drop", {"namespace": long}),
+                  _post(url, "/v1/memories/lookup", {"ids": [int(ids[0])], "namespace": "é" * MAX_NAMESPACE_BYTES}),
+                  _post(url, "/v1/namespaces/drop", {"name": "n1"}),
+                  _post(url, "/v1/purge_expired", {"now": "yesterday"})):
+            assert r.status_code == 422, r.text
+        r = _post(url, "/v1/namespaces/drop", {"namespace": "nobody"})
+        assert r.status_code == 404 and "nobody" in _error(r)
+        assert c.purge_expired(now=55) == 1  # ids[1]: its window ended at 50
+        assert c.namespaces()["n1"] == 1
+        r = httpx.post(url + "/v1/purge_expired", timeout=60)  # no body: the server's clock
+        assert r.status_code == 200 and r.json()["deleted"] == 1  # ids[3], ended at 60
+        assert c.drop_namespace("n1") == 1 and "n1" not in c.namespaces()
+        assert c.namespaces() == {**base, "n2": 1}
+    for path, obj in (("/v1/namespaces/drop", {"namespace": "n1"}), ("/v1/purge_expired", {})):
+        r = _post(reader_url, path, obj)
+        assert r.status_code == 409 and "--mode r" in _error(r)
+    assert httpx.get(reader_url + "/v1/namespaces", timeout=60).json()["namespaces"]

@@ -37,10 +37,11 @@ from ..config import IndexConfig, as_config
 from ..records.contenthash import planned_bytes as hashes_planned
 from ..records.contents import planned_bytes as content_bytes
 from ..records.metadata import planned_bytes as metadata_bytes
+from ..records.scopes import planned_bytes as scope_bytes
 from ..sparse.sparse_vectors import planned_bytes as sparse_bytes
-from ..util.bounds import MAX_DRIFT_TAGS, MAX_ROWS
+from ..util.bounds import MAX_DRIFT_TAGS, MAX_NAMESPACES, MAX_ROWS
 from ..util.checks import check_int, check_real
-from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES, TAG_MIN_COUNT, tag_drift_bytes
+from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES, TAG_MIN_COUNT, planned_bitmap_bytes, tag_drift_bytes
 from ..util.runtime import planned as planned_runtime
 from ..vectors.graph import planned_stage
 from ..vectors.policy import (
@@ -60,7 +61,6 @@ from .accounting import (
     LIST_OVERHEAD,
     PAGE,
     PLACES,
-    ROARING_CONTAINER_BYTES,
     RUNTIME_COMPONENT,
     TAG_OBJECT_BYTES,
     fastscan_list_bytes,
@@ -82,11 +82,7 @@ PINNED_POOL_BYTES_OPENED = 330_000
 PINNED_POOL_BYTES_MAX = 16 << 20
 #: Average UTF-8 bytes of a tag name (only the vocabulary's size depends on it).
 TAG_NAME_BYTES = 12
-#: Rows per roaring container.
-ROARING_CHUNK = 65536
 MANIFEST_BYTES = 3000
-#: Roaring container values: 2 B each in an array container, 8 KiB for a bitset (> 4096 values).
-ARRAY_CONTAINER_MAX = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,25 +222,12 @@ def _tag_counts(uses: float, vocabulary: int, skew: float) -> np.ndarray:
     return c
 
 
-def _roaring_bytes(counts: np.ndarray, rows: int) -> float:
-    """Expected in-memory bytes of roaring bitmaps holding ``counts`` rows each, spread uniformly
-    over ``rows``: containers (one per 65,536 rows touched) with 2 B per value, or 8 KiB bitsets
-    past 4096 values, plus a fixed cost per container."""
-    if len(counts) == 0 or rows == 0:
-        return 0.0
-    chunks = max(1, -(-rows // ROARING_CHUNK))
-    containers = chunks * -np.expm1(-counts / chunks)  # expected chunks with at least one row
-    per = counts / np.maximum(containers, 1e-12)
-    values = np.where(per > ARRAY_CONTAINER_MAX, 8192.0, 2.0 * per) * containers
-    return float((values + ROARING_CONTAINER_BYTES * containers).sum())
-
-
 def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: float = 0.0,
          config: IndexConfig | str | None = None, *, content_ratio: float = 0.72, tag_vocabulary: int = 1000,
          state: str = "built", tag_skew: float = 1.0, list_imbalance: float = 1.35, runtime: bool = True,
          backend: str | None = None, faiss_gpu: bool | None = None, avg_id_bytes: float = 36,
          avg_metadata_bytes: float = 0, sparse_nnz: float = 0.0, sparse_value_bytes: int = 4,
-         sparse_vocabulary: int = 30522) -> Plan:
+         sparse_vocabulary: int = 30522, namespaces: int = 1, windows: float = 0.0) -> Plan:
     """Predict the bytes ``count`` memories take under ``config``, per component and place.
 
     Parameters
@@ -293,6 +276,13 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         float32 or float16 sparse values.
     sparse_vocabulary : int, default 30522
         Distinct terms of the sparse vectors (30,522: BERT's vocabulary, SPLADE's).
+    namespaces : int, default 1
+        Distinct namespaces the memories are spread over (1: all in the default ``""``, which
+        costs nothing; more: a 4-byte column per memory, the names, and the cached row bitmaps
+        of up to ``records.scopes.CACHED_NAMESPACES`` of them).
+    windows : float in [0, 1], default 0
+        Share of memories given a validity window (``valid_from`` / ``valid_to``; any: two
+        float64 columns over every memory and a bitmap of those with one).
     runtime : bool, default True
         Count what a fresh process's first import and use of torch and FAISS leaves resident
         (``anon["runtime_libraries"]``, as ``stats()`` of the process's first index reports it):
@@ -327,6 +317,11 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     id_avg = check_real("avg_id_bytes", avg_id_bytes, 0.0)
     meta_avg = check_real("avg_metadata_bytes", avg_metadata_bytes, 0.0)
     nnz = check_real("sparse_nnz", sparse_nnz, 0.0, 65536.0)
+    n_ns = check_int("namespaces", namespaces, 1)
+    if n_ns > MAX_NAMESPACES:
+        raise ValueError(f"namespaces must be at most {MAX_NAMESPACES:,} (lukhas_gpu.util.bounds.MAX_NAMESPACES), "
+                         f"got {n_ns:,}")
+    windowed = check_real("windows", windows, 0.0, 1.0)
 
     # each component's bytes, in the order stats() lists them; the sum is the plan
     total: dict[str, dict] = {"anon": {}, "mapped": {}, "disk": {}, "gpu": {}}
@@ -337,6 +332,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     _add(total, _document_bytes(count, cfg, id_avg, meta_avg))
     _add(total, metadata_bytes(count))
     _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0, dim=dim))
+    _add(total, scope_bytes(count, n_ns, windowed))
     if runtime and count and state == "built":  # an opened store pays it at its first search
         total["anon"][RUNTIME_COMPONENT] = planned_runtime(_trained(count, cfg))
     nlist = pq_m = coarse = None
@@ -422,7 +418,8 @@ def _tag_bytes(count: int, tpm: float, vocab: int, skew: float, state: str, *, h
     counts = _tag_counts(uses, vocab, skew)
     distinct = float(-np.expm1(-counts).sum()) if len(counts) else 0.0  # tags seen at least once
     anon = {"tags_flat": 4 * uses, "tags_start": 4 * count, "tags_count": count,
-            "tags_bitmaps": _roaring_bytes(counts, count), "tags_vocab": distinct * (TAG_NAME_BYTES + TAG_OBJECT_BYTES)}
+            "tags_bitmaps": planned_bitmap_bytes(counts, count),
+            "tags_vocab": distinct * (TAG_NAME_BYTES + TAG_OBJECT_BYTES)}
     if state == "built" and distinct:
         anon["python_pools"] = min(PINNED_POOL_BYTES_PER_TAG * distinct, PINNED_POOL_BYTES_MAX)
     elif state == "opened" and (distinct or has_contents):

@@ -28,7 +28,9 @@ def add_ingest_parser(sub) -> None:
                     "INPUT is one of\n"
                     "  * a JSON Lines file with embedded vectors, one memory a line (the old naive format):\n"
                     '      {"id": ..., "content": "...", "embedding": [...], "tags": [...],\n'
-                    '       "metadata": {"timestamp": <epoch s or ISO-8601>, "importance": <0..1>}}\n'
+                    '       "metadata": {"timestamp": <epoch s or ISO-8601>, "importance": <0..1>},\n'
+                    '       "namespace": "...", "valid_from": <epoch s or ISO-8601>, "valid_to": ...}\n'
+                    "    (namespace and the validity window optional; null: the default namespace, open)\n"
                     "  * a .npy / .npz of embeddings (n, dim) together with --payloads, a JSONL of the same\n"
                     "    fields without \"embedding\" (row i goes with record line i).\n"
                     "  * a Parquet file (.parquet), one memory a row; it needs pyarrow:\n"
@@ -39,6 +41,8 @@ def add_ingest_parser(sub) -> None:
                     "      timestamp   epoch seconds (number) or a timestamp/date type; no time zone means UTC\n"
                     "                  (optional; null: the time of the ingest)\n"
                     "      importance  float in [0, 1] (optional; null: 0.5)\n"
+                    "      namespace   string (optional; null: the default namespace \"\")\n"
+                    "      valid_from, valid_to  the validity window, as timestamp (optional; null: open)\n"
                     "    Other columns are not read (the ingest names them). Rows are numbered from 0 in messages.\n\n"
                     "Records are validated and added batch by batch (bounded memory); a bad record (invalid\n"
                     "or truncated JSON, wrong dimension, NaN, a null embedding) stops the ingest with exit\n"
@@ -219,14 +223,25 @@ def cmd_ingest(args) -> int:
         print(json.dumps({"store": str(store), "input": args.input, "records": total, "ingested": pipe.imported,
                           "skipped_resumed": resume.skip, "seconds": pipe.seconds, "rate": rate, "count": count,
                           **({"columns_read": source.columns, "columns_not_read": source.ignored}
-                             if hasattr(source, "ignored") else {})}))
+                             if hasattr(source, "ignored") else {}),
+                          **({"scope_fields_read": _scope_fields(source)} if hasattr(source, "scope_fields") else {})}))
     else:
         resumed = f", {resume.skip:,} skipped (ingested before)" if resume.skip else ""
         print(f"{args.store}: ingested {pipe.imported:,} of {total:,} records from {args.input} "
               f"in {pipe.seconds:.1f} s ({rate:,.0f} rec/s){resumed}; the store holds {count:,} memories")
         if columns:
             print(f"  {columns}")
+        if hasattr(source, "scope_fields"):
+            print("  scope fields read: " + (", ".join(_scope_fields(source)) or "none (every memory in the default "
+                                             "namespace, always valid)"))
     return 0
+
+
+def _scope_fields(source) -> list:
+    """The namespace / validity fields some record of a JSONL or payload input gave, in order."""
+    from lukhas_gpu.ingest.rules import SCOPE_FIELDS
+
+    return [f for f in SCOPE_FIELDS if f in source.scope_fields]
 
 
 #: Column names that look like a memory's text but are not read as it (the content column is "content").

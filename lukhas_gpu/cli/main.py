@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import bench, ingest, links_cmd, monitor_cmds, plan, search_cmd, serve_cmd, store_cmds
+from . import bench, ingest, links_cmd, monitor_cmds, plan, scope_cmds, search_cmd, serve_cmd, store_cmds
 
 __all__ = ["main", "build_parser", "EXIT_BROKEN_PIPE"]
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cmds.add_parsers(sub, "get", "delete", "tune")
     links_cmd.add_parsers(sub)
     monitor_cmds.add_parsers(sub)
+    scope_cmds.add_parsers(sub)
     ingest.add_migrate_parser(sub)
     serve_cmd.add_parsers(sub)
     return p

@@ -26,6 +26,10 @@ def add_parsers(sub) -> None:
     pl.add_argument("--tag-vocabulary", type=int, default=1000, metavar="V", help="distinct tags (default 1000)")
     pl.add_argument("--content-ratio", type=float, default=0.72, metavar="R",
                     help="stored / raw content bytes (default 0.72, measured on short English texts)")
+    pl.add_argument("--namespaces", type=int, default=1, metavar="N",
+                    help="distinct namespaces the memories are spread over (default 1: none)")
+    pl.add_argument("--windows", type=float, default=0.0, metavar="F",
+                    help="share of memories given a validity window, 0..1 (default 0)")
     pl.add_argument("--state", choices=("built", "opened"), default="built",
                     help="an index built in the process, or a store opened from disk (default: built)")
     pl.add_argument("--ram", metavar="SIZE", help="anonymous RAM budget, e.g. 16G: print how many memories fit")
@@ -76,7 +80,8 @@ def cmd_plan(args) -> int:
         raise ValueError(f"{flag} belongs to a cluster plan: give --node-ram too")
     args.count = parse_count(raw, "count") if raw is not None else None
     kw = dict(avg_content_bytes=args.content_bytes, tags_per_memory=args.tags, config=args.preset,
-              content_ratio=args.content_ratio, tag_vocabulary=args.tag_vocabulary, state=args.state)
+              content_ratio=args.content_ratio, tag_vocabulary=args.tag_vocabulary, state=args.state,
+              namespaces=args.namespaces, windows=args.windows)
     count, fits = args.count, None
     if args.ram or args.gpu:
         ram = parse_size(args.ram, "--ram") if args.ram else None

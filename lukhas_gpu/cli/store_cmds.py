@@ -57,6 +57,7 @@ def _get(sub) -> None:
     g.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
     g.add_argument("--json", action="store_true",
                    help='print one JSON object per id: {"id", "content", "tags", "timestamp", "importance"}')
+    g.add_argument("--namespace", metavar="NAME", help="fail unless every id is in this namespace")
     g.set_defaults(func=cmd_get, catch_errors=True)
 
 
@@ -247,7 +248,7 @@ def cmd_get(args) -> int:
     else:
         index = MemoryIndex.open(args.store, mode="r")
     try:
-        memories = index.get(np.asarray(args.ids, dtype=np.int64))
+        memories = index.get(np.asarray(args.ids, dtype=np.int64), namespace=args.namespace)
     finally:
         index.close()
     for m in memories:

@@ -117,6 +117,9 @@ class ShardHost:
     def stats(self) -> dict:
         return {"shard": self.shard, **self.index.stats()}
 
+    def namespaces(self) -> dict:
+        return self.index.namespaces()
+
     def quality(self, queries, k, nprobe, rerank, max_queries, confidence) -> dict:
         return self.index.quality(queries, k, nprobe=nprobe, rerank=rerank, max_queries=max_queries,
                                   confidence=confidence)

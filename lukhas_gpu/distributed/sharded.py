@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 
 from ..index.results import SearchResult
+from ..records.scopes import check_namespace
 from ..store.layout import CorruptStoreError, StoreError
 from ..util.checks import check_positive, check_queries
 from ..util.ids import as_ids
@@ -229,11 +230,25 @@ class ShardedIndex:
         return text_search(self, texts, k, where=check_where(scoped(where, namespace, as_of)))
 
     # -- records ---------------------------------------------------------------------------------
-    def get(self, ids) -> list:
+    def get(self, ids, *, namespace: str | None = None) -> list:
         """:class:`~lukhas_gpu.Memory` records of these global ids, in order (``Memory.id`` is the
         global id). ``KeyError``: an id in no shard of the root; ``ValueError``: unknown or
-        deleted in its shard."""
-        return self._route(ids, "get_at")
+        deleted in its shard, or (with ``namespace``) in another namespace."""
+        if namespace is not None:
+            namespace = check_namespace(namespace)
+        got = self._route(ids, "get_at")
+        for m in got:
+            if namespace is not None and m.namespace != namespace:
+                raise ValueError(f"id {m.id} is not in namespace {namespace!r}")
+        return got
+
+    def namespaces(self) -> dict:
+        """``{name: live memories}`` of every namespace holding one, summed over the shards."""
+        out: dict = {}
+        for part in self.run_all("namespaces"):
+            for name, n in part.items():
+                out[name] = out.get(name, 0) + n
+        return out
 
     def contents(self, ids) -> list:
         """The contents of these global ids, in order."""

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-__all__ = ["Batch", "identity"]
+__all__ = ["Batch", "identity", "scope_columns"]
 
 
 @dataclasses.dataclass
@@ -29,6 +29,10 @@ class Batch:
     importance : (b,) float64 ndarray
     sparse : list of (indices, values) pairs, or None
         Sparse vectors (Parquet's ``sparse_indices`` / ``sparse_values`` columns).
+    namespace : list of str, or None
+        Each memory's namespace (``""`` where a record names none); None: every one in ``""``.
+    valid_from, valid_to : (b,) float64 ndarray, or None
+        Validity windows (-inf / inf where open); None when no record of the batch has one.
     """
 
     lines: list
@@ -39,6 +43,13 @@ class Batch:
     timestamps: np.ndarray
     importance: np.ndarray
     sparse: list | None = None
+    namespace: list | None = None
+    valid_from: np.ndarray | None = None
+    valid_to: np.ndarray | None = None
+
+    def scope(self) -> dict:
+        """The ``add`` keywords of the batch's namespaces and windows (None where absent)."""
+        return {"namespace": self.namespace, "valid_from": self.valid_from, "valid_to": self.valid_to}
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -48,3 +59,15 @@ def identity(path) -> dict:
     """What says a file is still the one an ingest began on: its absolute path, size, mtime."""
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def scope_columns(names: list, starts: list, ends: list) -> tuple:
+    """A batch's ``(namespace, valid_from, valid_to)`` from one value per record (None where a
+    record has none): each None when no record gives it (a store without them stays so), else
+    ``""`` / -inf / inf fill the records without one."""
+    ns = None if all(v is None for v in names) else ["" if v is None else v for v in names]
+    if all(v is None for v in starts) and all(v is None for v in ends):
+        return ns, None, None
+    vf = np.array([-np.inf if v is None else v for v in starts], dtype=np.float64)
+    vt = np.array([np.inf if v is None else v for v in ends], dtype=np.float64)
+    return ns, vf, vt

@@ -4,8 +4,9 @@ Columns: ``embedding`` (``list<float>`` or ``fixed_size_list<float>``; another n
 ``embedding_column``), and optionally ``content`` (string or binary), ``tags`` (``list<string>``),
 ``timestamp`` (epoch seconds, or a timestamp/date type; no time zone means UTC) and
 ``importance`` (a number in [0, 1]) and a sparse vector as two list columns of one length per
-row, ``sparse_indices`` (``list<int>``) and ``sparse_values`` (``list<float>``); a null is a
-missing value. Other columns are not read.
+row, ``sparse_indices`` (``list<int>``) and ``sparse_values`` (``list<float>``), ``namespace``
+(string) and a validity window, ``valid_from`` / ``valid_to`` (like ``timestamp``; null: open);
+a null is a missing value. Other columns are not read.
 Rows are numbered from 0 in messages.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..records.metadata import DEFAULT_IMPORTANCE
 from . import rules
-from .batch import Batch, identity
+from .batch import Batch, identity, scope_columns
 from .input_errors import MigrationError, MissingExtra
 from .npy_rows import to_f32
 
@@ -49,6 +50,9 @@ PARQUET_COLUMNS = {
     "importance": (_NUMBERS, None, "a number in [0, 1]"),
     "sparse_indices": (_LISTS, ("integer",), "list<int>"),
     "sparse_values": (_LISTS, ("floating",), "list<float>"),
+    "namespace": (_STRINGS, None, "string"),
+    "valid_from": (_NUMBERS + ("timestamp", "date"), None, "epoch seconds (a number), a timestamp or a date"),
+    "valid_to": (_NUMBERS + ("timestamp", "date"), None, "epoch seconds (a number), a timestamp or a date"),
 }
 #: Seconds per unit of an Arrow timestamp.
 _UNIT_SECONDS = {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -188,15 +192,28 @@ def arrow_batch(table, first: int, *, dim: int, cosine: bool, max_content: int,
     ts, ts_given = _numbers(cols.get("timestamp"), n, np.nan)
     imp, _ = _numbers(cols.get("importance"), n, DEFAULT_IMPORTANCE)
     sparse = _sparse(cols.get("sparse_indices"), cols.get("sparse_values"), n, problems)
+    ns, vf, vt = _scopes(cols, n)
     i, _, why = rules.first_problem(n, contents=contents, max_content=max_content, tags=tags,
-                                    timestamps=ts, ts_given=ts_given, importance=imp)
+                                    timestamps=ts, ts_given=ts_given, importance=imp, namespaces=ns,
+                                    valid_from=vf, valid_to=vt)
     if i < n:
         problems.append((i, 1, why))
     problem = None
     if problems:
         i, _, why = min(problems)
         problem = (i, why)
-    return Batch(range(first, first + n), [None] * n, x, contents, tags, ts, imp, sparse), problem
+    return Batch(range(first, first + n), [None] * n, x, contents, tags, ts, imp, sparse, ns, vf, vt), problem
+
+
+def _scopes(cols: dict, n: int) -> tuple:
+    """``(namespace, valid_from, valid_to)`` of :class:`Batch` from the columns (a null: none;
+    each None when no row gives it)."""
+    names, _ = scope_columns(cols["namespace"].to_pylist() if "namespace" in cols else [None] * n, [], [])[:2]
+    (vf, f_given), (vt, t_given) = (_numbers(cols.get(c), n, d) for c, d in (("valid_from", -np.inf),
+                                                                            ("valid_to", np.inf)))
+    if not (f_given.any() or t_given.any()):
+        return names, None, None
+    return names, vf, vt
 
 
 def _sparse(ind, val, n: int, problems: list):

@@ -158,7 +158,7 @@ class Pipeline:
                 self.resume.pending(n)
             try:
                 ids = self.index.add(b.x, contents=b.contents, tags=b.tags, timestamps=ts, importance=b.importance,
-                                     sparse=b.sparse, dedup="off")  # one row per record: resume counts rows
+                                     sparse=b.sparse, dedup="off", **b.scope())  # one row a record: resume counts rows
             except (TypeError, ValueError) as e:
                 # the records passed the readers' checks, so this is a limit of the index (e.g.
                 # its row limit); add() stores nothing of a batch it rejects

@@ -25,11 +25,17 @@ import numpy as np
 
 from ..records.contents import ContentArena
 from ..records.metadata import MetadataColumns, to_epoch_seconds
+from ..records.scopes import Validity, check_namespace
 from ..records.tags import TagIndex
 from .input_errors import InvalidRecord
 
-__all__ = ["bad_embedding", "bad_tags", "bad_contents", "bad_timestamps", "bad_importance", "first_problem",
-           "epoch_seconds", "iso_seconds", "json_type", "EMBEDDING_NOT_FINITE"]
+__all__ = ["bad_embedding", "bad_tags", "bad_contents", "bad_timestamps", "bad_importance", "bad_namespaces",
+           "bad_windows", "first_problem", "epoch_seconds", "window_seconds", "iso_seconds", "json_type",
+           "SCOPE_FIELDS", "EMBEDDING_NOT_FINITE"]
+
+#: The fields of an input record (JSONL keys, Parquet columns) that scope a memory: its namespace
+#: and its validity window (``records.scopes``).
+SCOPE_FIELDS = ("namespace", "valid_from", "valid_to")
 
 #: The reason given for a non-finite embedding (a float64 value beyond the float32 range becomes
 #: infinite when the batch is cast to float32, so it is reported the same way).
@@ -132,11 +138,37 @@ def bad_importance(imp: np.ndarray) -> tuple[int, str]:
     return i, f'"importance" must be in [0, 1], got {float(imp[i])!r}'
 
 
+def bad_namespaces(names: list) -> tuple[int, str]:
+    """The first namespace name (a str) the namespaces would reject (too long, not UTF-8)."""
+    for i, name in enumerate(names):
+        try:
+            check_namespace(name, '"namespace"')
+        except (TypeError, ValueError) as e:
+            return i, str(e)
+    return len(names), ""
+
+
+def bad_windows(valid_from: np.ndarray, valid_to: np.ndarray) -> tuple[int, str]:
+    """The first validity window (float64 ``valid_from``, ``valid_to``; -inf / inf where open)
+    the validity columns would reject (NaN, an end before its start, a start at +inf)."""
+    n = len(valid_from)
+    if not _raises(lambda: Validity.validate(n, valid_from, valid_to)):
+        return n, ""
+    i = _first_failing(n, lambda m: _raises(lambda: Validity.validate(m, valid_from[:m], valid_to[:m])))
+    try:
+        Validity.validate(1, valid_from[i:i + 1], valid_to[i:i + 1])
+    except (TypeError, ValueError) as e:
+        return i, str(e).replace(" for memory 0", "")
+    raise AssertionError("unreachable: a bad prefix ends with a bad item")  # pragma: no cover
+
+
 def first_problem(n: int, *, x=None, cosine: bool = False, contents=None, max_content: int = 0, tags=None,
-                  timestamps=None, ts_given=None, importance=None) -> tuple[int, str, str]:
+                  timestamps=None, ts_given=None, importance=None, namespaces=None, valid_from=None,
+                  valid_to=None) -> tuple[int, str, str]:
     """``(i, field, why)`` of the first bad record among the first ``n`` of a batch, over every
     column given (None: not checked); ``(n, "", "")`` when all are good. On a tie the fields
-    are reported in the order embedding, content, tags, timestamp, importance."""
+    are reported in the order embedding, content, tags, timestamp, importance, namespace,
+    validity window (``valid_from`` and ``valid_to`` come together, -inf / inf where open)."""
     found = []
     if x is not None:
         found.append((*bad_embedding(x[:n], cosine=cosine), 0, "embedding"))
@@ -148,6 +180,10 @@ def first_problem(n: int, *, x=None, cosine: bool = False, contents=None, max_co
         found.append((*bad_timestamps(timestamps[:n], ts_given[:n]), 3, "timestamp"))
     if importance is not None:
         found.append((*bad_importance(importance[:n]), 4, "importance"))
+    if namespaces is not None:
+        found.append((*bad_namespaces(namespaces[:n]), 5, "namespace"))
+    if valid_from is not None:
+        found.append((*bad_windows(valid_from[:n], valid_to[:n]), 6, "validity window"))
     found = [f for f in found if f[0] < n]
     if not found:
         return n, "", ""
@@ -176,14 +212,30 @@ def epoch_seconds(v) -> float:
         raise InvalidRecord(f'"timestamp" must be finite, got {v!r}') from None
 
 
-def iso_seconds(text: str) -> float:
+def window_seconds(v, name: str) -> float | None:
+    """One input validity bound (``name``: ``valid_from`` or ``valid_to``) -> float epoch
+    seconds, None when missing (open); a number (the validity columns check it) or an ISO-8601
+    string. Raises :class:`InvalidRecord` for another type."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return iso_seconds(v, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidRecord(f'"{name}" must be epoch seconds or an ISO-8601 string, got {json_type(v)}')
+    try:
+        return float(v)
+    except OverflowError:
+        raise InvalidRecord(f'"{name}" is beyond the float range, got {v!r}') from None
+
+
+def iso_seconds(text: str, name: str = "timestamp") -> float:
     """ISO-8601 (extended format) -> epoch seconds; no UTC offset means UTC. Raises
-    :class:`InvalidRecord` (a ValueError) for anything else."""
+    :class:`InvalidRecord` (a ValueError, naming the field ``name``) for anything else."""
     s = text.strip()
     if s[-1:] in ("Z", "z"):  # datetime.fromisoformat accepts it only from Python 3.11
         s = s[:-1] + "+00:00"
     try:
         d = _dt.datetime.fromisoformat(s)
     except ValueError:
-        raise InvalidRecord(f'"timestamp" {text!r} is not an ISO-8601 date-time') from None
+        raise InvalidRecord(f'"{name}" {text!r} is not an ISO-8601 date-time') from None
     return to_epoch_seconds(d)  # the owner's rule: a naive date-time is UTC

@@ -17,7 +17,9 @@ The JSON Lines record (the old naive store's format)::
     {"id": "m-1", "content": "...", "embedding": [0.1, ...],
      "metadata": {"timestamp": 1700000000.0, "importance": 0.7}, "tags": ["work"]}
 
-``metadata.timestamp`` is epoch seconds or an ISO-8601 string (no UTC offset: UTC).
+``metadata.timestamp`` is epoch seconds or an ISO-8601 string (no UTC offset: UTC). A record
+may also carry ``"namespace"`` (a string) and ``"valid_from"`` / ``"valid_to"`` (its validity
+window, epoch seconds or ISO-8601; null or missing: open) at the top level.
 ``content``, ``tags``, ``metadata``, ``timestamp`` and ``importance`` may be missing (no content,
 no tags, the time of the add, importance 0.5); the embedding may not. ``metadata`` may also be a
 JSON-encoded string (the old store kept it that way); its other keys are ignored. Blank lines are
@@ -39,14 +41,15 @@ import numpy as np
 from ..records.metadata import DEFAULT_IMPORTANCE
 from ..util.bounds import MAX_JSON_DEPTH
 from . import rules
-from .batch import Batch, identity
+from .batch import Batch, identity, scope_columns
 from .input_errors import InvalidRecord, MigrationError
 from .npy_rows import ArrayReader
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Batch", "JsonlSource", "ArraySource", "open_source", "records", "count_records", "loads",
-           "parse_record", "jsonl_batches", "first_dim", "identity", "ARRAY_SUFFIXES", "PARQUET_SUFFIXES"]
+           "parse_record", "parse_scope", "jsonl_batches", "first_dim", "identity", "ARRAY_SUFFIXES",
+           "PARQUET_SUFFIXES"]
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -154,6 +157,16 @@ def parse_record(obj, *, dim: int | None):
     return old, content, emb, tags, rules.epoch_seconds(meta.get("timestamp")), imp
 
 
+def parse_scope(obj: dict) -> tuple:
+    """A record's ``(namespace or None, valid_from or None, valid_to or None)`` (top-level keys),
+    their format checked (the rules are the scopes', checked batch-wise). Raises :class:`InvalidRecord`."""
+    ns = obj.get("namespace")
+    if ns is not None and not isinstance(ns, str):
+        raise InvalidRecord(f'"namespace" must be a string or null, got {_jtype(ns)}')
+    return ns, rules.window_seconds(obj.get("valid_from"), "valid_from"), \
+        rules.window_seconds(obj.get("valid_to"), "valid_to")
+
+
 def _embedding(raw, dim: int) -> np.ndarray:
     """A record's ``"embedding"``: a float array ``(dim,)`` or :class:`InvalidRecord` saying what is wrong."""
     if raw is None:
@@ -202,9 +215,10 @@ def _metadata(meta) -> tuple[dict, float]:
 
 
 def jsonl_batches(path: str, index, batch_size: int, *, rows: ArrayReader | None = None,
-                  npz_path: str | None = None, start: int = 0) -> Iterator[Batch]:
+                  npz_path: str | None = None, start: int = 0, seen: set | None = None) -> Iterator[Batch]:
     """Validated batches of the JSONL ``path``; embeddings from its lines, or from ``rows``
-    (row i goes with record i, ``npz_path`` names the array in messages).
+    (row i goes with record i, ``npz_path`` names the array in messages). ``seen``: a set the
+    scope fields (:data:`~.rules.SCOPE_FIELDS`) some record gave are added to.
 
     ``start`` records (and rows) are skipped first, neither parsed nor validated (a resumed
     ingest). Raises :class:`MigrationError` naming the file and line of the first bad record of
@@ -227,7 +241,7 @@ def jsonl_batches(path: str, index, batch_size: int, *, rows: ArrayReader | None
         x = np.empty((m, dim), dtype=np.float32)
         if rows is not None:
             x[:] = rows.read(m)
-        lines, old_ids, contents, tags, ts, imp = [], [], [], [], [], []
+        lines, old_ids, contents, tags, ts, imp, scopes = [], [], [], [], [], [], []
         bad = None  # (index in the batch, line, why) of a record whose format is wrong
         for j, (lineno, raw) in zip(range(m), it):
             try:
@@ -237,6 +251,7 @@ def jsonl_batches(path: str, index, batch_size: int, *, rows: ArrayReader | None
                                 path, npz_path)
                     warned_embedding = True
                 old, content, emb, tg, t, im = parse_record(obj, dim=dim if with_embedding else None)
+                scope = parse_scope(obj)
             except InvalidRecord as e:
                 bad = (j, lineno, str(e))
                 break
@@ -249,8 +264,10 @@ def jsonl_batches(path: str, index, batch_size: int, *, rows: ArrayReader | None
             tags.append(tg)
             ts.append(t)
             imp.append(im)
+            scopes.append(scope)
         got = len(lines)
         ts_a, imp_a = np.asarray(ts, dtype=np.float64), np.asarray(imp, dtype=np.float64)
+        ns, vf, vt = _scopes(scopes, seen)
         # the storage rules over the records read; the first bad record of the batch is reported
         found = [] if bad is None else [(bad[0], 2, bad[1], bad[2])]
         limit = min(got + 1, m) if bad is not None and rows is not None else got  # an array row has no format
@@ -258,7 +275,8 @@ def jsonl_batches(path: str, index, batch_size: int, *, rows: ArrayReader | None
         if i < limit:
             where = lines[i] if i < got else bad[1]
             found.append((i, 0, where, why if rows is None else f"row {record + i} of {npz_path}: {why}"))
-        i, _, why = rules.first_problem(got, contents=contents, max_content=max_content, tags=tags, importance=imp_a)
+        i, _, why = rules.first_problem(got, contents=contents, max_content=max_content, tags=tags, importance=imp_a,
+                                        namespaces=ns, valid_from=vf, valid_to=vt)
         if i < got:
             found.append((i, 1, lines[i], why))
         if found:
@@ -270,10 +288,19 @@ def jsonl_batches(path: str, index, batch_size: int, *, rows: ArrayReader | None
                                      f"{rows.n} rows", path=path)
             x = x[:got]
         if got:
-            yield Batch(lines, old_ids, x, contents, tags, ts_a, imp_a)
+            yield Batch(lines, old_ids, x, contents, tags, ts_a, imp_a, namespace=ns, valid_from=vf, valid_to=vt)
             record += got
         if got < batch_size or (rows is not None and record == rows.n):
             return
+
+
+def _scopes(scopes: list, seen: set | None) -> tuple:
+    """A batch's namespace and window columns from its records' :func:`parse_scope` tuples;
+    the fields given added to ``seen``."""
+    cols = list(zip(*scopes)) if scopes else [(), (), ()]
+    if seen is not None:
+        seen.update(f for f, vals in zip(rules.SCOPE_FIELDS, cols) if any(v is not None for v in vals))
+    return scope_columns(*cols)
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -286,6 +313,7 @@ class JsonlSource:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._total = None
+        self.scope_fields: set = set()  # the scope fields a record read so far gave
 
     @property
     def total(self) -> int:
@@ -300,7 +328,7 @@ class JsonlSource:
         return first_dim(self.path)
 
     def batches(self, index, batch_size: int, *, start: int = 0) -> Iterator[Batch]:
-        return jsonl_batches(self.path, index, batch_size, start=start)
+        return jsonl_batches(self.path, index, batch_size, start=start, seen=self.scope_fields)
 
     def close(self) -> None:
         pass
@@ -317,6 +345,7 @@ class ArraySource:
         self.rows = ArrayReader(self.array_path, key)
         self.dim = self.rows.dim
         self.total = self.rows.n
+        self.scope_fields: set = set()
 
     def identity(self) -> dict:
         return {"input": identity(self.array_path), "payloads": identity(self.path),
@@ -333,7 +362,8 @@ class ArraySource:
         return self.dim
 
     def batches(self, index, batch_size: int, *, start: int = 0) -> Iterator[Batch]:
-        return jsonl_batches(self.path, index, batch_size, rows=self.rows, npz_path=self.array_path, start=start)
+        return jsonl_batches(self.path, index, batch_size, rows=self.rows, npz_path=self.array_path, start=start,
+                             seen=self.scope_fields)
 
     def close(self) -> None:
         self.rows.close()

@@ -95,21 +95,24 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
         sc, ids = exact.rerank(qw, parts.vectors.checked(cand), cand, k)
         return _clip(sc, s), ids, None
     plan = plan_filtered(allowed, n_live=_n_live(parts), trained=ann is not None, exact_max=s.exact_max,
-                         nprobe=s.nprobe, nlist=ann.nlist if ann is not None else 1)
+                         nprobe=s.nprobe, nlist=ann.nlist if ann is not None else 1, n_rows=len(parts.vectors))
     if plan.strategy == "exact":
         codes = parts.vectors.checked(plan.rows)
         _, cand = exact.scan(qw, codes, 2 * k + 16, rows=plan.rows, kernel=exact.int8_kernel)
         sc, ids = exact.rerank(qw, codes, cand.cpu().numpy(), k)
         return _clip(sc, s), ids, plan
-    faiss = faiss_module()
-    bits = np.zeros(len(parts.vectors), dtype=bool)
-    bits[plan.rows] = True
-    packed = np.packbits(bits, bitorder="little")
-    selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(packed))
     qp = enc.project(q).cpu().numpy()
-    kc = min(max(k * s.rerank, k), len(plan.rows))
-    _, cand = ann.search(qp, kc, nprobe=plan.nprobe, selector=selector)
-    del selector, packed
+    kc = min(max(k * s.rerank, k), len(plan.allowed))
+    if plan.excluded is not None:  # most of the store: its few other rows excluded, as deletions are
+        _, cand = ann.search(qp, kc, nprobe=plan.nprobe, exclude=plan.excluded)
+    else:
+        faiss = faiss_module()
+        bits = np.zeros(len(parts.vectors), dtype=bool)
+        bits[plan.rows] = True
+        packed = np.packbits(bits, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(packed))
+        _, cand = ann.search(qp, kc, nprobe=plan.nprobe, selector=selector)
+        del selector, packed
     sc, ids = exact.rerank(qw, parts.vectors.checked(cand), cand, k)
     return _clip(sc, s), ids, plan
 

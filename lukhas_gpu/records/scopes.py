@@ -23,10 +23,11 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..util.bounds import MAX_NAMESPACE_BYTES, MAX_NAMESPACES
+from ..util.memory import NPZ_MEMBER_BYTES, bitmap_bytes, planned_bitmap_bytes
 from .columns import GrowableArray
 from .keytable import KeyTable, encode_keys
 
-__all__ = ["Namespaces", "Validity", "check_namespace", "CACHED_NAMESPACES"]
+__all__ = ["Namespaces", "Validity", "check_namespace", "planned_bytes", "CACHED_NAMESPACES"]
 
 #: Namespaces whose row bitmaps are kept between searches (least recently used dropped).
 CACHED_NAMESPACES = 64
@@ -47,11 +48,6 @@ def check_namespace(name, what: str = "namespace") -> str:
     return name
 
 
-def _bitmap_bytes(bm: BitMap) -> int:
-    st = bm.get_statistics()
-    return int(st["n_bytes_array_containers"] + st["n_bytes_bitset_containers"] + st["n_bytes_run_containers"])
-
-
 class Namespaces:
     """The namespace of every row: a name table, a uint32 column and cached row bitmaps."""
 
@@ -60,7 +56,7 @@ class Namespaces:
         self.table.append(encode_keys([""], "namespace", kind="str"))
         self.column: GrowableArray | None = None  # None: every row is in ""
         self._rows = int(rows)
-        self._cache: OrderedDict = OrderedDict()  # id -> [BitMap, rows covered]
+        self._cache: OrderedDict = OrderedDict()  # name -> (id, BitMap, rows covered)
 
     def __len__(self) -> int:
         return self._rows if self.column is None else len(self.column)
@@ -141,17 +137,19 @@ class Namespaces:
         while no other namespace exists)."""
         if self.column is None:
             return None if name == "" else BitMap()
-        ns = int(self.find([name])[0])
-        if ns < 0:
-            return BitMap()
+        hit = self._cache.pop(name, None)  # a name's id never changes: the cache holds it too
+        if hit is None:
+            ns = int(self.find([name])[0])
+            if ns < 0:
+                return BitMap()
+            hit = (ns, BitMap(), 0)
+        ns, bm, covered = hit
         n = len(self.column)
-        hit = self._cache.pop(ns, None)
-        bm, covered = hit if hit is not None else (BitMap(), 0)
         if covered < n:
             new = np.flatnonzero(self.column[covered:n] == ns)
             if len(new):
                 bm.update((new + covered).astype(np.uint32))
-        self._cache[ns] = (bm, n)
+        self._cache[name] = (ns, bm, n)
         while len(self._cache) > CACHED_NAMESPACES:
             self._cache.popitem(last=False)
         return bm
@@ -179,7 +177,7 @@ class Namespaces:
         return 0 if self.column is None else self.table.nbytes() + self.column.nbytes() + self._cache_bytes()
 
     def _cache_bytes(self) -> int:
-        return sum(_bitmap_bytes(bm) for bm, _ in self._cache.values())
+        return sum(bitmap_bytes(bm) for _, bm, _ in self._cache.values())
 
     def memory_usage(self) -> dict:
         return {"anon": {"namespaces": self.nbytes()},
@@ -311,7 +309,7 @@ class Validity:
         return BitMap(rows[self.end[rows] <= t].astype(np.uint32))
 
     def nbytes(self) -> int:
-        return 0 if self.start is None else self.start.nbytes() + self.end.nbytes() + _bitmap_bytes(self.windowed)
+        return 0 if self.start is None else self.start.nbytes() + self.end.nbytes() + bitmap_bytes(self.windowed)
 
     def memory_usage(self) -> dict:
         slack = 0 if self.start is None else self.start.slack_bytes() + self.end.slack_bytes()
@@ -335,3 +333,29 @@ class Validity:
         v.end.append(e)
         v._mark(np.arange(len(s), dtype=np.int64))
         return v
+
+
+#: A name table entry: a kind byte, a 16-byte slot and a 4-byte hash order (``records.keytable``);
+#: names longer than 16 UTF-8 bytes add their bytes to its arena.
+_NAME_ENTRY_BYTES = 21
+
+
+def planned_bytes(count: int, namespaces: int = 1, windows: float = 0.0, *, avg_name_bytes: float = 16) -> dict:
+    """The bytes of :class:`Namespaces` and :class:`Validity` over ``count`` rows, as their
+    ``memory_usage()`` names them, plus ``disk`` (their npz files): ``namespaces`` distinct names
+    (1: every memory in ``""``, no column at all), the memories spread evenly, and the row bitmaps
+    of :data:`CACHED_NAMESPACES` of them cached (after searches in that many); ``windows``: the
+    share of memories given a validity window (0: no columns)."""
+    anon: dict = {}
+    disk: dict = {}
+    if namespaces > 1 and count:
+        table = (namespaces + 1) * (_NAME_ENTRY_BYTES + (avg_name_bytes if avg_name_bytes > 16 else 0))
+        per = count / namespaces
+        cached = planned_bitmap_bytes([per] * min(namespaces, CACHED_NAMESPACES), count)
+        anon["namespaces"] = 4 * count + table + cached
+        disk["namespaces"] = 4 * count + table + 6 * NPZ_MEMBER_BYTES
+    if windows > 0 and count:
+        windowed = planned_bitmap_bytes([windows * count], count)
+        anon["validity"] = 16 * count + windowed
+        disk["validity"] = 16 * count + 2 * NPZ_MEMBER_BYTES
+    return {"anon": anon, "disk": disk}

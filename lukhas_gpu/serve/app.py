@@ -18,15 +18,16 @@ from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from ..index import MemoryIndex
+from ..records.scopes import check_namespace
 from ..store.layout import StoreError
-from ..util.bounds import MAX_ID, MIN_ID
-from . import dashboard, http_errors, link_routes, search as search_mod, wire
+from ..util.bounds import MAX_ID, MAX_NAMESPACE_BYTES, MIN_ID
+from . import dashboard, http_errors, link_routes, scope_routes, search as search_mod, wire
 from .batcher import Batcher, QueueFull
 from .conns import ConnectionTable
 from .limits import PUBLIC_PATHS, BodyTooLarge, Guard, error_body, read_body
@@ -38,6 +39,7 @@ from .models import (
     DeleteResponse,
     ErrorResponse,
     IdsRequest,
+    LookupRequest,
     MemoriesResponse,
     MemoryOut,
     SearchRequest,
@@ -57,7 +59,7 @@ __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 _ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/search", "/v1/memories", "/v1/memories/lookup",
                         "/v1/memories/delete", "/v1/checkpoint", "/v1/refresh", "/v1/stats", "/v1/trial",
                         "/v1/drift", "/openapi.json", "/docs", "/v1/dashboard", "/v1/dashboard/search",
-                        *dashboard.STATIC}) | link_routes.ENDPOINTS
+                        *dashboard.STATIC}) | link_routes.ENDPOINTS | scope_routes.ENDPOINTS
 #: A memory id in a path: an int64 (a larger one is a 422 naming it, never a 500 from numpy).
 _PathId = Annotated[int, Path(ge=MIN_ID, le=MAX_ID, description="the memory's id (int64)")]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
@@ -332,6 +334,7 @@ def _memory(m) -> dict:
 def _routes(app: FastAPI, st: _State) -> None:
     _probe_routes(app, st)
     _memory_routes(app, st)
+    scope_routes.install(app, st, _json, _writable)
     _store_routes(app, st)
     dashboard.install(app, st)
     link_routes.install(app, st, _json, _writable)
@@ -411,21 +414,30 @@ def _memory_routes(app: FastAPI, st: _State) -> None:
         if not live.all():
             raise http_errors.ApiError(404, f"no memory with id {int(ids[~live][0])} (never assigned, or deleted)")
 
-    @app.get("/v1/memories/{memory_id}", summary="one memory", responses={200: {"model": MemoryOut}, **_ERRORS})
-    async def get_one(memory_id: _PathId):
-        ids = np.asarray([memory_id], dtype=np.int64)
+    async def _get(ids: np.ndarray, namespace: str | None) -> list:
         await _known(ids)
-        return _json(_memory((await st.run(st.index.get, ids))[0]))
+        if namespace is None:
+            return await st.run(st.index.get, ids)
+        namespace = check_namespace(namespace)  # a bad name: 422
+        try:
+            return await st.run(lambda: st.index.get(ids, namespace=namespace))
+        except ValueError as e:  # the ids are live: one is in another namespace
+            raise http_errors.ApiError(404, f"no memory with that id in namespace {namespace!r} ({e})") from None
 
-    @app.post("/v1/memories/lookup", summary="memories by id, in the order given",
+    @app.get("/v1/memories/{memory_id}", summary="one memory", responses={200: {"model": MemoryOut}, **_ERRORS})
+    async def get_one(memory_id: _PathId, namespace: Annotated[
+            str | None, Query(max_length=MAX_NAMESPACE_BYTES, description="404 unless the memory is in it")] = None):
+        ids = np.asarray([memory_id], dtype=np.int64)
+        return _json(_memory((await _get(ids, namespace))[0]))
+
+    @app.post("/v1/memories/lookup", summary="memories by id, in the order given (in one namespace)",
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": IdsRequest.model_json_schema()}}}},
+                  "application/json": {"schema": LookupRequest.model_json_schema()}}}},
               responses={200: {"model": MemoriesResponse}, **_ERRORS})
     async def lookup(request: Request):
         t0 = time.perf_counter()
-        ids = await _ids_body(request)
-        await _known(ids)
-        got = await st.run(st.index.get, ids)
+        req = LookupRequest.model_validate_json(await read_body(request, o.max_body_bytes))
+        got = await _get(np.asarray(req.ids, dtype=np.int64), req.namespace)
         return _json({"memories": [_memory(m) for m in got], "time": time.perf_counter() - t0})
 
     @app.delete("/v1/memories/{memory_id}", summary="delete one memory",

@@ -217,11 +217,15 @@ class Client:
             obj["importance"] = float(imp) if imp.ndim == 0 else [float(v) for v in imp]
         return np.asarray(self._json("POST", "/v1/memories", obj, idempotent=False)["ids"], dtype=np.int64)
 
-    def get(self, ids) -> list:
-        """The memories with these ids (:class:`~lukhas_gpu.Memory`), in the order given."""
+    def get(self, ids, *, namespace: str | None = None) -> list:
+        """The memories with these ids (:class:`~lukhas_gpu.Memory`), in the order given (with
+        ``namespace``: a 404 :class:`BadRequest` unless every one is in it)."""
         from ..index.results import Memory
 
-        out = self._json("POST", "/v1/memories/lookup", {"ids": [int(i) for i in np.atleast_1d(_numpy(ids))]})
+        obj: dict = {"ids": [int(i) for i in np.atleast_1d(_numpy(ids))]}
+        if namespace is not None:
+            obj["namespace"] = namespace
+        out = self._json("POST", "/v1/memories/lookup", obj)
         return [Memory(m["id"], wire.content_from_json(m["content"]), m["tags"], m["timestamp"], m["importance"],
                        namespace=m.get("namespace", ""),
                        valid_from=-np.inf if m.get("valid_from") is None else m["valid_from"],
@@ -232,6 +236,20 @@ class Client:
         """Delete memories by id (all or none); returns the count."""
         obj = {"ids": [int(i) for i in np.atleast_1d(_numpy(ids))]}
         return self._json("POST", "/v1/memories/delete", obj, idempotent=False)["deleted"]
+
+    def namespaces(self) -> dict:
+        """``{name: live memories}`` of every namespace holding one."""
+        return self._json("GET", "/v1/namespaces")["namespaces"]
+
+    def drop_namespace(self, name: str) -> int:
+        """Delete every memory of namespace ``name`` (a writer server); returns how many."""
+        return self._json("POST", "/v1/namespaces/drop", {"namespace": name}, idempotent=False)["deleted"]
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete every memory whose validity window ended at or before ``now`` (default: the
+        server's clock); returns how many."""
+        return self._json("POST", "/v1/purge_expired", {} if now is None else {"now": now},
+                          idempotent=False)["deleted"]
 
     def checkpoint(self) -> str:
         return self._json("POST", "/v1/checkpoint", idempotent=False)["generation"]

@@ -23,6 +23,7 @@ from ..util.bounds import (
 )
 
 __all__ = ["SearchParams", "SearchRequest", "SearchResponse", "AddRequest", "AddResponse", "IdsRequest",
+           "LookupRequest", "NamespaceRequest", "PurgeRequest", "NamespacesResponse",
            "MemoryOut", "MemoriesResponse", "DeleteResponse", "ErrorResponse", "MAX_REQUEST_VECTORS",
            "MAX_REQUEST_RESULTS", "MAX_REQUEST_IDS", "WireInt", "WireId"]
 
@@ -108,6 +109,27 @@ class AddResponse(BaseModel):
 class IdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ids: list[WireId] = Field(..., min_length=1, max_length=MAX_REQUEST_IDS)
+
+
+class LookupRequest(IdsRequest):
+    namespace: Optional[str] = Field(None, max_length=MAX_NAMESPACE_BYTES,
+                                     description="every id must be in this namespace (404 otherwise)")
+
+
+class NamespaceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    namespace: str = Field(..., max_length=MAX_NAMESPACE_BYTES, description="a namespace (\"\" the default)")
+
+
+class PurgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    now: Optional[Union[float, str]] = Field(None, description="delete what ended at or before this time "
+                                                               "(epoch seconds or ISO-8601; default the clock)")
+
+
+class NamespacesResponse(BaseModel):
+    namespaces: dict[str, int] = Field(..., description="live memories of every namespace holding one")
+    time: float
 
 
 class MemoryOut(BaseModel):

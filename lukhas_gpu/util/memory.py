@@ -16,8 +16,8 @@ from __future__ import annotations
 import pathlib
 
 __all__ = ["PAGE", "HUGE_PAGE", "HUGE_FROM", "ROARING_CONTAINER_BYTES", "NPZ_MEMBER_BYTES", "huge_page_slack",
-           "bitmap_bytes", "zstd_context_bytes", "DRIFT_HISTORY", "DRIFT_HISTORY_COLUMNS", "DRIFT_HISTORY_BYTES",
-           "TAG_MIN_COUNT", "tag_drift_bytes"]
+           "bitmap_bytes", "planned_bitmap_bytes", "ROARING_CHUNK", "ARRAY_CONTAINER_MAX", "zstd_context_bytes",
+           "DRIFT_HISTORY", "DRIFT_HISTORY_COLUMNS", "DRIFT_HISTORY_BYTES", "TAG_MIN_COUNT", "tag_drift_bytes"]
 
 PAGE = 4096
 #: Bytes of an ``np.savez`` member besides its data (zip headers and the .npy header): what a
@@ -29,6 +29,10 @@ HUGE_FROM = 4 << 20
 #: Per roaring container, beyond its values: its slot in the bitmap (key, type, pointer), the
 #: container struct and the allocator headers of both buffers.
 ROARING_CONTAINER_BYTES = 11 + 16 + 32
+#: Rows per roaring container.
+ROARING_CHUNK = 65536
+#: Roaring container values: 2 B each in an array container, 8 KiB for a bitset (> 4096 values).
+ARRAY_CONTAINER_MAX = 4096
 #: The drift monitor's per-batch history (``drift()["history"]``): rows kept, float64 columns
 #: (rows, quant, coarse, pq, imbalance, score), bytes at most (the planner's estimate).
 DRIFT_HISTORY = 256
@@ -88,3 +92,19 @@ def zstd_context_bytes(obj) -> int:
         return int(obj.memory_size()) if obj is not None else 0
     except Exception:  # a context not created yet
         return 0
+
+
+def planned_bitmap_bytes(counts, rows: int) -> float:
+    """Expected in-memory bytes of roaring bitmaps holding ``counts`` rows each, spread uniformly
+    over ``rows``: containers (one per 65,536 rows touched) with 2 B per value, or 8 KiB bitsets
+    past 4096 values, plus a fixed cost per container (what :func:`bitmap_bytes` measures)."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.float64)
+    if len(counts) == 0 or rows == 0:
+        return 0.0
+    chunks = max(1, -(-rows // ROARING_CHUNK))
+    containers = chunks * -np.expm1(-counts / chunks)  # expected chunks with at least one row
+    per = counts / np.maximum(containers, 1e-12)
+    values = np.where(per > ARRAY_CONTAINER_MAX, 8192.0, 2.0 * per) * containers
+    return float((values + ROARING_CONTAINER_BYTES * containers).sum())
