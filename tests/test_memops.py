@@ -225,6 +225,11 @@ def test_follow_links_adds_linked_memories_marked(tmp_path):
     assert r.ids.tolist() == [5, 7, 9] and r.linked_from.tolist() == [-1, 5, 7]
     assert ix.search(x, k=1).linked_from is None
     assert len(r.contents()) == 3
+    plain = ix.search(x, k=1)  # follow(): the same on a search's arrays (the server's batches)
+    got = ix.follow(plain.ids, plain.scores, 2, where=Filter(tags_none=["hidden"]))
+    assert [a.tolist() for a in got] == [[[5, 7, 9]], r.scores[None].tolist(), [[-1, 5, 7]]]
+    with pytest.raises(ValueError, match="shape"):
+        ix.follow(plain.ids, plain.scores[:, :0], 1)
 
 
 def test_links_are_logged_checkpointed_read_and_verified(tmp_path):

@@ -303,6 +303,11 @@ def test_a_writer_server_acknowledges_adds_that_survive_a_kill(writable, data):
         r = _post(url, "/v1/links", {"ids": [0, 1, 2], "direction": "out"}).json()
         assert (r["indptr"], r["ids"], r["kinds"], r["weights"]) == ([0, 1, 2, 2], [1, 2], ["cause"] * 2, [1.0, 0.5])
         assert _post(url, "/v1/lineage", {"id": 0, "depth": 2}).json()["ids"] == [1, 2]
+        # a search's hits followed along the links (N -> 0), as the library's search(follow_links=)
+        assert _post(url, "/v1/link", {"src": [N], "dst": [0]}).json()["linked"] == 1
+        r = _post(url, "/v1/search", {"vectors": [xq[0].tolist()], "k": 1, "follow_links": 1}).json()
+        assert r["ids"] == [[N, 0]] and r["linked_from"] == [[-1, N]], r
+        assert _post(url, "/v1/search", {"vectors": [xq[0].tolist()], "k": 1, "follow_links": 99}).status_code == 422
         assert _post(url, "/v1/unlink", {"src": [1], "dst": [2]}).json()["unlinked"] == 1
         assert _post(url, "/v1/link", {"src": [0], "dst": [10**9]}).status_code in (404, 422)
         r = _post(url, "/v1/memories", {"vectors": [xq[6].tolist()] * 2, "contents": ["same", "same"],

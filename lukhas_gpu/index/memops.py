@@ -175,17 +175,42 @@ class MemOpsMixin:
         return Lineage(_cat(out_ids, np.int64), _cat(out_depth, np.int32), _cat(out_parent, np.int64))
 
     def _with_links(self, result, follow_links, where):
-        """``search(follow_links=n)``: each query's hits followed ``n`` hops along out-links; the
-        memories reached (live, allowed by ``where``, not already in the results) are appended
-        in hit order, at most ``util.bounds.MAX_LINKED_PER_QUERY`` per query."""
-        hops = _check_depth(follow_links, "follow_links", 0)
-        if not hops:
+        """``search(follow_links=n)``: :meth:`follow` applied to a ``SearchResult`` (its form kept)."""
+        if not _check_depth(follow_links, "follow_links", 0):
             return result
+        ids0, sc0 = (a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+                     for a in (result.ids, result.scores))
+        ids, scores, frm = self._follow_arrays(ids0, sc0, follow_links, where)
+        if hasattr(result.ids, "detach"):
+            import torch
+
+            ids_t = torch.as_tensor(ids, device=result.ids.device)
+            return dataclasses.replace(result, ids=ids_t, scores=torch.as_tensor(scores, device=result.ids.device),
+                                       linked_from=frm)
+        return dataclasses.replace(result, ids=ids, scores=scores, linked_from=frm)
+
+    @locked
+    def follow(self, ids, scores, hops: int = 1, *, where=None, namespace: str | None = None, as_of=None):
+        """A search's results followed ``hops`` hops along out-links, as ``search(follow_links=)``
+        does (for results merged elsewhere, e.g. the server's batches): ``(ids, scores,
+        linked_from)``, each ``(nq, k + m)`` numpy; ``linked_from`` is -1 for the given hits, else
+        the id whose link added the memory (score: that memory's times the link's weight)."""
+        from ..query import filters
+
+        ids0, sc0 = np.asarray(ids), np.asarray(scores, np.float32)
+        if ids0.shape != sc0.shape or ids0.ndim not in (1, 2):
+            raise ValueError(f"ids {ids0.shape} and scores {sc0.shape} must be one (k,) or (nq, k) shape")
+        _check_depth(hops, "hops", 0)
+        return self._follow_arrays(ids0.astype(np.int64), sc0, hops, filters.scoped(where, namespace, as_of))
+
+    def _follow_arrays(self, ids0, sc0, follow_links, where):
+        """Each query's hits followed ``follow_links`` hops along out-links; the memories reached
+        (live, allowed by ``where``, not already in the results) are appended in hit order, at
+        most ``util.bounds.MAX_LINKED_PER_QUERY`` per query."""
+        hops = _check_depth(follow_links, "follow_links", 0)
         from ..query import filters
 
         allowed = filters.allowed_rows(self.parts, where)
-        ids0, sc0 = (a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
-                     for a in (result.ids, result.scores))
         one = ids0.ndim == 1
         ids2, sc2 = np.atleast_2d(ids0), np.atleast_2d(sc0).astype(np.float32)
         extra = [self._follow(row_ids, row_sc, hops, allowed) for row_ids, row_sc in zip(ids2, sc2)]
@@ -199,13 +224,7 @@ class MemOpsMixin:
             ids[q, k:k + len(e_ids)], scores[q, k:k + len(e_ids)], frm[q, k:k + len(e_ids)] = e_ids, e_sc, e_from
         if one:
             ids, scores, frm = ids[0], scores[0], frm[0]
-        if hasattr(result.ids, "detach"):
-            import torch
-
-            ids_t = torch.as_tensor(ids, device=result.ids.device)
-            return dataclasses.replace(result, ids=ids_t, scores=torch.as_tensor(scores, device=result.ids.device),
-                                       linked_from=frm)
-        return dataclasses.replace(result, ids=ids, scores=scores, linked_from=frm)
+        return ids, scores, frm
 
     def _follow(self, hit_ids: np.ndarray, hit_sc: np.ndarray, hops: int, allowed):
         ok = hit_ids >= 0

@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ..util.bounds import (
     MAX_ID,
     MAX_K,
+    MAX_LINK_DEPTH,
     MAX_NAMESPACE_BYTES,
     MAX_NPROBE,
     MAX_REQUEST_IDS,
@@ -68,6 +69,8 @@ class SearchParams(BaseModel):
     diversity: Annotated[float, BeforeValidator(_not_bool_real)] = Field(
         0.0, ge=0.0, le=1.0, description="maximal marginal relevance: 0 off, up to 1 (most diverse)")
     with_content: bool = Field(False, description="return the memories' contents too")
+    follow_links: WireInt = Field(0, ge=0, le=MAX_LINK_DEPTH, description="hops along out-links whose memories are "
+                                  "appended to each query's results (marked in linked_from)")
     namespace: Optional[str] = Field(None, max_length=MAX_NAMESPACE_BYTES,
                                      description="only memories of this namespace (\"\" the default; null: any)")
     as_of: Optional[Union[float, str]] = Field(None, description="the memories valid at this time (epoch seconds "

@@ -97,11 +97,18 @@ async def run_search(st, headers, query: str, body: bytes) -> tuple[int, str, by
     binary_out = wire.BINARY in headers.get("accept", "")
     if binary_out and p.with_content:
         raise http_errors.ApiError(422, "with_content needs a JSON answer (drop Accept: application/octet-stream)")
+    if binary_out and p.follow_links:
+        raise http_errors.ApiError(422, "follow_links needs a JSON answer (drop Accept: application/octet-stream)")
     ids, scores = await st.batcher.search(key, q, st.options.timeout_s)
+    linked_from = None
+    if p.follow_links:  # after the batch: the links of this request's hits only
+        ids, scores, linked_from = await st.run(lambda: index.follow(ids, scores, p.follow_links, where=key[1]))
     if binary_out:
         data, shape = wire.results_to_bytes(ids, scores)
         return 200, wire.BINARY, data, {"X-Shape": shape, "X-Time": f"{time.perf_counter() - t0:.6f}"}
     out = {"ids": ids, "scores": scores}
+    if linked_from is not None:
+        out["linked_from"] = linked_from
     if p.with_content:
         out["contents"] = await st.run(hydrate, index, ids)
     out["time"] = time.perf_counter() - t0
