@@ -264,7 +264,8 @@ def check_found(ix, model, keys, known) -> None:
         got = np.asarray(res.ids)[:, 0]
         miss = np.flatnonzero(got != rows)
         if len(miss):  # a near-copy kept apart (another namespace, dedup off) may tie with its original
-            miss = miss[[not _twins(vecs[i], model.mems[key_of[g]].vec) if g in key_of else True
+            twin_of = {m.row: m for m in model.mems.values()}  # a raw stage search sees every window
+            miss = miss[[not _twins(vecs[i], twin_of[g].vec) if g in twin_of else True
                          for i, g in zip(miss.tolist(), got[miss].tolist())]]
         if len(miss):
             raise Violation(f"{len(miss)} of {len(rows)} live memories not found by their own vector, {what}; "

@@ -132,10 +132,11 @@ def test_a_torn_tail_is_still_cut(store):
 # the files of this store (the sparse and text files are absent here: tests/test_sparse.py damages
 # them; the id map is a file only of stores with external ids: test_extids covers it; namespaces and
 # validity windows: tests/test_namespaces.py; the links file only of stores with links:
-# tests/test_memops.py damages it)
+# tests/test_memops.py damages it; the candidate stage only of tuned stores: tests/test_graph.py)
 _PRESENT = sorted(set(layout.GENERATION_FILES) - {layout.ANN, layout.IDMAP, layout.SPARSE, layout.SPARSE_INDICES,
                                                  layout.SPARSE_VALUES, layout.TEXT, layout.TEXT_INDICES,
-                                                 layout.TEXT_VALUES, layout.NAMESPACES, layout.VALIDITY, layout.LINKS})
+                                                 layout.TEXT_VALUES, layout.NAMESPACES, layout.VALIDITY, layout.LINKS,
+                                                 layout.STAGE})
 
 
 @pytest.mark.parametrize("name", _PRESENT)
