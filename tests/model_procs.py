@@ -67,7 +67,8 @@ def _reader_main(path: str, query_file: str, cli_queries: str, k: int, depth: in
     out["found"] = ix.search(q, 1, nprobe=NLIST, rerank=depth).ids[:, 0].tolist() if len(q) else []
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = cli_main(["search", path, "--query-file", cli_queries, "-k", str(k), "--json"]) if len(q) else 0
+        every = ["--nprobe", str(ix.parts.ann.nlist)] if ix.parts.ann is not None else []  # a trial may lower nprobe
+        code = cli_main(["search", path, "--query-file", cli_queries, "-k", str(k), "--json", *every]) if len(q) else 0
     out["cli_search"] = [json.loads(line)["ids"] for line in buf.getvalue().splitlines()]
     out["cli_search_code"] = code
     if ix.config.external_ids is None and out["rows"]:

@@ -54,6 +54,8 @@ def add_parsers(sub) -> None:
                    help="age at which recency halves (default: one day)")
     s.add_argument("--diversity", type=float, default=0.0, metavar="X",
                    help="maximal marginal relevance in [0, 1]: near-copies give way to other results (default: 0, off)")
+    s.add_argument("--nprobe", type=int, metavar="N", help="IVF lists visited (default: the store's tuning or config)")
+    s.add_argument("--rerank", type=int, metavar="R", help="candidates re-scored per result (default: the store's)")
     s.add_argument("--contents", action="store_true", help="print the memories' contents too")
     s.add_argument("--json", action="store_true",
                    help='print one JSON object per query: {"query", "ids", "scores"[, "contents"]}')
@@ -164,9 +166,11 @@ def _results(index, args, where, rank):
             if first + len(q) > len(texts):
                 raise ValueError(f"{first + len(q)} query vectors but {len(texts)} --text: one text per vector")
             yield first, index.search(q, args.k, where=where, rank=rank, text=texts[first: first + len(q)],
-                                      fusion=args.fusion, diversity=args.diversity)
+                                      fusion=args.fusion, diversity=args.diversity, nprobe=args.nprobe,
+                                      rerank=args.rerank)
         else:
-            yield first, index.search(q, args.k, where=where, rank=rank, diversity=args.diversity)
+            yield first, index.search(q, args.k, where=where, rank=rank, diversity=args.diversity, nprobe=args.nprobe,
+                                      rerank=args.rerank)
 
 
 def open_for_search(path):
