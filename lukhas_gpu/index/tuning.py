@@ -26,9 +26,9 @@ Runs hold the index's lock one step at a time (a slice of the exact references, 
 searches, one timing), so searches go on between them. :func:`maybe_retune` starts a background
 run when the target is set and the index has grown by :data:`GROWTH`, was retrained, or has seen
 twice as many queries as at the last run; when the index outgrows its lists (the planned list
-count doubled) it first retrains with the lists its size calls for. Never in a reader
-(``mode="r"``): it uses the tuning its generation carries (``tuning.npz``), which the writer's runs
-or ``lukhas-gpu tune STORE`` put there.
+count doubled) it first retrains with the lists its size calls for. Never in a reader: it uses its
+generation's ``tuning.npz``, put there by the writer's runs, an ingest's ``tune_if_due`` or
+``lukhas-gpu tune STORE``.
 """
 from __future__ import annotations
 
@@ -561,27 +561,18 @@ class TuningMixin:
         target_recall : float, optional
             Default ``config.target_recall`` (0.95 if unset).
         queries : (nq, dim) float array, optional
-            Queries like the ones the index will serve. Default: the sampled queries of past
-            searches (64 or more), else the sampled memories themselves (then the target is
-            raised by ``MEMORY_MARGIN``: memories as queries overestimate recall).
+            Queries like those the index will serve. Default: past searches' sample (64 or more),
+            else sampled memories (the target raised by ``MEMORY_MARGIN``: they overestimate recall).
         k : int
-            Results per query the target applies to.
-        max_queries : int
+            Results per query the target applies to (``max_queries``: the most measured).
         structure : {"ivf", "graph", "rabitq", "exact"}, optional
-            Force one candidate structure (tests); default: the cheapest that meets the target
-            among those within ``config.ann_ram_budget`` (:mod:`lukhas_gpu.index.candidates`).
+            Force one candidate structure; default: the cheapest that meets the target within
+            ``config.ann_ram_budget`` (:mod:`lukhas_gpu.index.candidates`).
 
-        Returns
-        -------
-        dict
-            ``target``, ``kind`` ("fixed", "adaptive", "exact", "graph", "rabitq"), ``nprobe``, ``rerank``,
-            ``probing``, ``recall`` (estimated) and ``ci`` (two-sided 90%: its low end is the
-            one-sided 95% bound the choice is held to), ``met``, ``source``, ``queries``,
-            ``expected_qps`` (one batch of 512 queries on this machine), ``seconds`` and ``tried``
-            (every setting measured: kind, param, rerank, recall, ci_low, qps, probes).
-
-        Later searches without ``nprobe``/``rerank`` use the choice when ``config.target_recall``
-        is set; ``search(..., target_recall=x)`` looks ``x`` up in the table measured here.
+        Returns ``target``, ``kind`` ("fixed", "adaptive", "exact", "graph", "rabitq"), ``nprobe``, ``rerank``,
+        ``probing``, ``recall`` and ``ci`` (two-sided 90%: its low end, the one-sided 95% bound, is held to the
+        target), ``met``, ``source``, ``queries``, ``expected_qps``, ``seconds``, ``tried`` (every setting). Later
+        searches without ``nprobe``/``rerank`` use it when ``config.target_recall`` is set.
         """
         if queries is not None:
             from ..util.arrays import as_batch
@@ -589,6 +580,18 @@ class TuningMixin:
         wait(self, cancel=True)  # a background run measured an older index or fewer queries
         tuned = tune(self, target_recall, queries, k=k, max_queries=max_queries, structure=structure)
         return {**tuned.report(), "tried": tuned.tried()}
+
+    def tune_if_due(self) -> str | None:
+        """What a background run would do now (restructure, tune), in the foreground: a batch
+        job's last step, so the store it publishes is tuned for its readers. Returns why, or None."""
+        wait(self, cancel=True)  # (what maybe_retune runs in the background)
+        why = _due(self)
+        if why == "restructure":
+            self.state.restructure_tried_at = self.parts.live
+            self.retrain(tolerance=RESTRUCTURE_TOLERANCE)
+        if why is not None:
+            tune(self)
+        return why
 
     @locked
     def tuning(self) -> dict | None:

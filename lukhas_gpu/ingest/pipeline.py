@@ -137,6 +137,8 @@ class Pipeline:
             raise
         finally:
             self.seconds = time.perf_counter() - t0
+        if publish and self.batches:
+            self.index.tune_if_due()  # the store leaves tuned (its own sample): readers use it, never tune
         if publish and not (self.batches == 0 and self.resume is not None and self.resume.finished):
             self.index.checkpoint()  # a re-run of a finished ingest publishes no new generation
         if self.resume is not None and not self.dry_run:
