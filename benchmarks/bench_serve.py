@@ -313,7 +313,11 @@ def main(argv=None) -> dict:
 
 
 def plot(rows, lib, path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the figures are printed above; the plot needs the `bench` extra's matplotlib
+        print(f"no plot written ({path}): matplotlib is not installed")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

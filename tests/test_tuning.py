@@ -390,3 +390,18 @@ def test_an_earlier_run_never_overwrites_a_later_one(monkeypatch, data):
     gate.set()
     stale.join(120)
     assert index.tuning()["source"] == "queries"
+
+
+def test_an_ingest_leaves_its_store_tuned_for_its_readers(tmp_path):
+    """A batch job's store is published tuned (its own sample): a reader searches with that tuning
+    and never runs one (issue "Serve in production", defect 1)."""
+    from lukhas_gpu.cli import main
+
+    x = np.random.default_rng(5).standard_normal((3000, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "p.jsonl").write_text("{}\n" * len(x))
+    lukhas_gpu.MemoryIndex.create(tmp_path / "s", 32, IndexConfig(train_threshold=2048, target_recall=0.9)).close()
+    assert main(["ingest", str(tmp_path / "s"), str(tmp_path / "x.npy"), "--payloads", str(tmp_path / "p.jsonl")]) == 0
+    with lukhas_gpu.MemoryIndex.open(tmp_path / "s") as rd:
+        assert rd.is_trained and rd.tuning() is not None and rd.tuning()["target"] == 0.9
+    assert main(["ingest", str(tmp_path / "s"), str(tmp_path / "x.npy"), "--payloads", str(tmp_path / "p.jsonl")]) == 0
