@@ -207,6 +207,7 @@ RUNTIME_CHILD = """
 import json, sys
 import numpy as np
 import lukhas_gpu
+from lukhas_gpu.index.tuning import wait
 from lukhas_gpu.util import runtime
 assert "torch" not in sys.modules
 cfg = lukhas_gpu.IndexConfig(train_threshold=2048, capacity=3000, threads=1)
@@ -215,17 +216,27 @@ a = lukhas_gpu.MemoryIndex(16, cfg)
 a.add(x[:100])
 exact = runtime.measured()
 a.add(x[100:])
+trained = runtime.measured()
+a.search(x[:100], 5)
 first = runtime.measured()
 b = lukhas_gpu.MemoryIndex(16, cfg)
 b.add(x)
-print(json.dumps({"exact": exact, "first": first, "again": runtime.measured(), "trained": a.is_trained,
+b.search(x[:100], 5)
+again = runtime.measured()
+tcfg = lukhas_gpu.IndexConfig(train_threshold=2048, capacity=3000, threads=1, target_recall=0.9)
+c = lukhas_gpu.MemoryIndex(16, tcfg)
+c.add(x)
+wait(c)
+print(json.dumps({"exact": exact, "trained_": trained, "first": first, "again": again, "trained": a.is_trained,
+                  "tuned": runtime.measured(), "tuning": c.tuning() is not None,
                   "a": a.stats()["memory"]["anon"].get("runtime_libraries"),
                   "b": "runtime_libraries" in b.stats()["memory"]["anon"],
                   "plan": lukhas_gpu.plan(3000, 16, config=cfg).memory["anon"]["runtime_libraries"],
+                  "plan_tuned": lukhas_gpu.plan(3000, 16, config=tcfg).memory["anon"]["runtime_libraries"],
                   "plan_exact": lukhas_gpu.plan(100, 16, config=cfg).memory["anon"]["runtime_libraries"],
                   "plan_off": "runtime_libraries" in lukhas_gpu.plan(3000, 16, config=cfg,
                                                                      runtime=False).memory["anon"],
-                  "planned": runtime.planned(True)}))
+                  "planned": runtime.planned(True, True)}))
 """
 
 
@@ -239,11 +250,17 @@ def test_runtime_measured_once_on_first_use_and_reported():
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(r["exact"]) == {"import_torch", "import_faiss", "encode"}  # train not yet
     assert r["exact"]["import_torch"] > 20 << 20  # torch's import alone is tens of MB
-    assert r["trained"] and set(r["first"]) == {"import_torch", "import_faiss", "encode", "train"}
+    assert r["trained"] and set(r["trained_"]) == {"import_torch", "import_faiss", "encode", "train"}
+    assert set(r["first"]) == set(r["trained_"]) | {"search"}
     assert r["again"] == r["first"]  # a second index measures nothing again
-    assert r["a"] == sum(r["first"].values()) > 0 and not r["b"]  # charged to the first index only
-    assert r["plan"] == r["planned"] == r["a"] and not r["plan_off"]  # plan() adds this process's figure
-    assert r["plan_exact"] == sum(v for k, v in r["first"].items() if k != "train")
+    assert r["tuning"] and set(r["tuned"]) == set(r["first"]) | {"tune"}  # the first background run
+    assert {k: v for k, v in r["tuned"].items() if k != "tune"} == r["first"]
+    assert all(v >= 0 for v in r["tuned"].values())
+    # charged to the first index only, every window included (the tuning run came later, on another index)
+    assert r["a"] == sum(r["tuned"].values()) > 0 and not r["b"]
+    assert r["plan_tuned"] == r["planned"] == r["a"] and not r["plan_off"]  # plan() adds this process's figures
+    assert r["plan"] == r["a"] - r["tuned"]["tune"]  # no recall target: no background run planned
+    assert r["plan_exact"] == r["plan"] - r["tuned"]["train"]
 
 
 def test_runtime_caller_imports_are_not_charged():
@@ -257,23 +274,53 @@ def test_runtime_caller_imports_are_not_charged():
 
 
 def test_runtime_default_and_windows(monkeypatch):
+    import threading
+
     from lukhas_gpu.util import runtime
 
     monkeypatch.setattr(runtime, "_bytes", {})
-    assert runtime.planned(False) == runtime.DEFAULT_BYTES["exact"] and runtime.total() == 0
+    monkeypatch.setattr(runtime, "_absorbed", set())
+    d = runtime.DEFAULT_BYTES
+    exact = d["import_torch"] + d["import_faiss"] + d["encode"] + d["search"]
+    assert runtime.planned(False) == exact and runtime.total() == 0
+    assert runtime.planned(True, True) == exact + d["train"] + d["tune"]
     assert plan(5000, DIM, config=CFG, backend="cpu").memory["anon"]["runtime_libraries"] == \
-        runtime.DEFAULT_BYTES["trained"]
+        runtime.planned(True, CFG.target_recall is not None and CFG.auto_tune)
     with runtime.first_use("encode") as use:
         use.held = 1 << 40  # more than grew: never negative
     with runtime.first_use("encode") as use:
         pass  # a second window of the same name is not measured
     assert runtime.measured() == {"encode": 0}
     runtime._bytes.update(import_torch=100 << 20, import_faiss=5 << 20)
-    assert runtime.planned(False) == 105 << 20  # measured here: this process's figure
-    assert runtime.planned(True) == runtime.DEFAULT_BYTES["trained"]  # its first training not yet seen
+    assert runtime.planned(False) == (105 << 20) + d["search"]  # measured here: this process's figures
+    assert runtime.planned(True) == (105 << 20) + d["search"] + d["train"]  # its first training not yet seen
     with pytest.raises(ValueError, match="window"):
         with runtime.first_use("import_torch"):
             pass
+    with pytest.raises(RuntimeError):  # a window whose block fails is not recorded
+        with runtime.first_use("train"):
+            raise RuntimeError
+    assert "train" not in runtime.measured()
+    # while a window is open in another thread (the background tuner's), a first search is not measured
+    opened, release = threading.Event(), threading.Event()
+
+    def tuner():
+        with runtime.first_use("tune"):
+            opened.set()
+            release.wait(10)
+
+    t = threading.Thread(target=tuner)
+    t.start()
+    opened.wait(10)
+    with runtime.first_use("search"):
+        pass
+    release.set()
+    t.join()
+    assert "search" not in runtime.measured() and runtime.measured()["tune"] >= 0
+    assert runtime.planned(False) == 105 << 20  # its cost was read by the tuner's window: no default added
+    with runtime.first_use("search"):  # the next one is
+        pass
+    assert runtime.measured()["search"] >= 0 and not runtime._open
 
 
 # -- plan ----------------------------------------------------------------------------------------

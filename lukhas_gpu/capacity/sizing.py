@@ -286,9 +286,11 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     runtime : bool, default True
         Count what a fresh process's first import and use of torch and FAISS leaves resident
         (``anon["runtime_libraries"]``, as ``stats()`` of the process's first index reports it):
-        the figure measured in this process when it has one (:func:`lukhas_gpu.util.runtime.planned`),
-        else ``util.runtime.DEFAULT_BYTES`` (measured, the machine named there). False for an
-        index built in a process that has already used the vector path.
+        each window's figure (imports, first encode, search, training, background tuning run
+        under a ``target_recall``) measured in this process when it has one
+        (:func:`lukhas_gpu.util.runtime.planned`), else ``util.runtime.DEFAULT_BYTES``'s
+        (measured, the machine named there). False for an index built in a process that has
+        already used the vector path.
 
     Returns
     -------
@@ -334,7 +336,9 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0, dim=dim))
     _add(total, scope_bytes(count, n_ns, windowed))
     if runtime and count and state == "built":  # an opened store pays it at its first search
-        total["anon"][RUNTIME_COMPONENT] = planned_runtime(_trained(count, cfg))
+        trained = _trained(count, cfg)  # a trained index under a recall target is tuned in the background
+        total["anon"][RUNTIME_COMPONENT] = planned_runtime(
+            trained, trained and cfg.target_recall is not None and cfg.auto_tune)
     nlist = pq_m = coarse = None
     if _trained(count, cfg):
         ann, nlist, pq_m, coarse = _ann_bytes(count, dim_out, cfg, imbalance, state, be, faiss_gpu)

@@ -45,6 +45,7 @@ import numpy as np
 
 from ..monitor.probe import recall_estimate
 from ..query import probing
+from ..util import runtime
 from ..util.checks import check_k
 from ..util.memtrim import trim
 from ..util.timing import fastest
@@ -517,12 +518,15 @@ def maybe_retune(index) -> None:
 
     def run():
         try:
-            if why == "restructure":
-                index.state.restructure_tried_at = index.parts.live  # not again before the index doubles
-                rep = index.retrain(tolerance=RESTRUCTURE_TOLERANCE)  # the facade's, no import of lifecycle
-                log.info("restructured for %d memories: IVF%d (%s)", rep["rows"], rep["nlist"],
-                         "kept" if rep["accepted"] else "discarded")
-            tune(index, cancellable=True)
+            with runtime.first_use("tune") as use:  # its thread's arena, OpenMP team, BLAS buffer
+                start = _index_anon(index)
+                if why == "restructure":
+                    index.state.restructure_tried_at = index.parts.live  # not again before the index doubles
+                    rep = index.retrain(tolerance=RESTRUCTURE_TOLERANCE)  # the facade's, no import of lifecycle
+                    log.info("restructured for %d memories: IVF%d (%s)", rep["rows"], rep["nlist"],
+                             "kept" if rep["accepted"] else "discarded")
+                tune(index, cancellable=True)
+                use.held = _index_anon(index) - start  # the index's own growth (adds meanwhile, the table)
         except Cancelled:
             log.info("background tuning (%s) stopped", why)
         except Exception:  # a background run must not take the process down
@@ -538,6 +542,16 @@ def maybe_retune(index) -> None:
     index.state.tuning_job = threading.Thread(target=run, name="lukhas-gpu-tune", daemon=True)
     _RUNNING.add(index)
     index.state.tuning_job.start()
+
+
+def _index_anon(index) -> int:
+    """The index's anonymous bytes as ``stats()`` counts them, the libraries' runtime left out
+    (0 when they cannot be read: a closed index, whose run stops at its next step anyway)."""
+    try:
+        mem = index.stats()["memory"]
+    except Exception:  # the tuning run must not fail for its measurement
+        return 0
+    return mem["anon_bytes"] - mem["anon"].get("runtime_libraries", 0)
 
 
 def wait(index, timeout: float | None = None, *, cancel: bool = False) -> None:

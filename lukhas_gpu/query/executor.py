@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from pyroaring import BitMap
 
+from ..util import runtime
 from ..util.arrays import tensor_view
 from ..util.device import faiss_module
 from ..vectors import exact
@@ -62,7 +63,15 @@ def similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror=No
     """Top-k by similarity, optionally restricted to ``allowed`` rows: ``(scores, ids, plan)``.
 
     ``mirror`` is the device mirror when the resident mode serves (see :func:`resident_search`);
-    ``plan`` is None for an unfiltered search."""
+    ``plan`` is None for an unfiltered search. The process's first search is a ``util.runtime``
+    window (what the search path's threads and buffers keep, less the results)."""
+    with runtime.first_use("search") as use:
+        out = _similar(parts, q, s, allowed, mirror)
+        use.held = sum(t.nbytes for t in out[:2] if not t.is_cuda)
+    return out
+
+
+def _similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror):
     plan = None
     if mirror is not None:
         rows = None

@@ -11,13 +11,21 @@ build), so it is measured here, in windows where nothing else happens:
   ``import lukhas_gpu``); a library the caller loads is the caller's and is not recorded;
 * ``encode``: RssAnon around the process's first encode, less the codes it returns;
 * ``train``: RssAnon around the process's first training (k-means, the IVF filled, the heap
-  trimmed), less what the trained index holds.
+  trimmed), less what the trained index holds;
+* ``search``: RssAnon around the process's first search (its OpenMP workers' malloc arenas and
+  the FAISS/BLAS scratch they keep), less the results;
+* ``tune``: RssAnon around the process's first background tuning run (a thread of its own: its
+  malloc arena, OpenMP team and OpenBLAS buffer stay after the run; 47-82 MB measured, the
+  largest after torch's import), less what the index grew by meanwhile (adds in other threads).
 
-A window reads the whole process: another thread allocating meanwhile (a background tuning
-run, the caller's own threads) is counted with it. Each window is recorded once per process
-(:func:`measured`). ``stats()`` reports the sum as
-``anon["runtime_libraries"]`` on the process's first index to use the vector path; ``plan()``
-adds :func:`planned` -- the measured sum when this process has one, else :data:`DEFAULT_BYTES`.
+A window reads the whole process: another thread allocating meanwhile (the caller's own
+threads) is counted with it. A window is measured only when no other window is open in another
+thread (while the background tuner's window is open, a first search is not measured there: what
+it leaves is read by the tuner's window, and the next search tries again). Each window is
+recorded once per process (:func:`measured`); free heap is given back before and after, so that
+temporaries are not. ``stats()`` reports the sum as ``anon["runtime_libraries"]`` on the
+process's first index to use the vector path; ``plan()`` adds :func:`planned`: for each window
+a fresh process meets, the figure measured here, else :data:`DEFAULT_BYTES`.
 """
 from __future__ import annotations
 
@@ -30,16 +38,24 @@ from .memtrim import rss_anon, trim
 __all__ = ["install", "first_use", "measured", "total", "planned", "DEFAULT_BYTES", "WINDOWS"]
 
 #: The windows, in the order a process meets them.
-WINDOWS = ("import_torch", "import_faiss", "encode", "train")
-#: What a fresh process's first use costs when it has not been measured here, as measured by
-#: ``benchmarks/bench_rss_stats.py`` (2026-12-07) on a 2-core AMD EPYC VM, x86-64 Linux, glibc
-#: 2.36, Python 3.11, torch 2.13.0 (CPU build) and faiss-cpu 1.15.1, 2 threads: torch's import
-#: 128.3-128.6 MB, FAISS's 3.1-5.4 MB, the first encode ~0.02 MB, the first training 3.4-4.2 MB.
-#: ``exact``: the imports and the first encode; ``trained``: the first training too.
-DEFAULT_BYTES = {"exact": 126 << 20, "trained": 130 << 20}
+WINDOWS = ("import_torch", "import_faiss", "encode", "train", "search", "tune")
+#: What each window costs a fresh process when it has not been measured here, as measured by
+#: ``benchmarks/bench_rss_stats.py`` and single-step probes (2026-12-07, 40k-50k memories,
+#: ``production``) on a 2-core AMD EPYC VM, x86-64 Linux, glibc 2.36, Python 3.11, torch 2.13.0
+#: (CPU build, MKL) and faiss-cpu 1.15.1 (OpenBLAS), 2 threads: torch's import 128.3-128.8 MB,
+#: FAISS's 3.1-5.5 MB, the first encode ~0.02 MB, the first training 3.4-4.2 MB, the first
+#: searches alone (1 to 1,000 queries, one filtered) 9-10 MB; the first background tuning run
+#: 47-49 MB alone and 82 MB when the first searches ran during it (as they do after an ingest:
+#: the run starts at training), which is the figure used here.
+DEFAULT_BYTES = {"import_torch": 128 << 20, "import_faiss": 4 << 20, "encode": 0, "train": 4 << 20,
+                 "search": 9 << 20, "tune": 78 << 20}
 
 _lock = threading.Lock()
 _bytes: dict[str, int] = {}
+#: The windows being measured now: ``{window: thread ident}``.
+_open: dict[str, int] = {}
+#: Windows met while another thread's window was open: what they left is in that one's figure.
+_absorbed: set[str] = set()
 #: The libraries whose first import is measured, and the window each is recorded as.
 _LIBRARIES = {"torch": "import_torch", "faiss": "import_faiss"}
 
@@ -111,23 +127,35 @@ def first_use(window: str):
     """Measure the RssAnon growth of the block when it is the process's first ``window``.
 
     The block sets ``.held`` on the yielded object to the bytes it leaves held on purpose (its
-    results), which are not the libraries'. Free heap is given back before and after, so that
-    neither an earlier batch's free chunks nor this block's temporaries are measured.
+    results, the index's own growth), which are not the libraries'. Free heap is given back
+    before and after, so that neither an earlier batch's free chunks nor this block's
+    temporaries are measured. Not measured (tried again next time) while another window is open
+    in another thread, or when the block raises.
     """
     if window not in WINDOWS[2:]:
         raise ValueError(f"window must be one of {WINDOWS[2:]}, got {window!r}")
     w = _Window()
-    if window in _bytes:
+    with _lock:
+        skip = window in _bytes or bool(_open)
+        if not skip:
+            _open[window] = threading.get_ident()
+        elif window not in _bytes and any(t != threading.get_ident() for t in _open.values()):
+            _absorbed.add(window)
+    if skip:
         yield w
         return
-    trim()
-    before = rss_anon()
-    yield w
-    trim()
-    after = rss_anon()
-    with _lock:
-        if before is not None and after is not None and window not in _bytes:
-            _bytes[window] = max(0, after - before - int(w.held))
+    try:
+        trim()
+        before = rss_anon()
+        yield w
+        trim()
+        after = rss_anon()
+        with _lock:
+            if before is not None and after is not None and window not in _bytes:
+                _bytes[window] = max(0, after - before - int(w.held))
+    finally:
+        with _lock:
+            _open.pop(window, None)
 
 
 def measured() -> dict[str, int]:
@@ -141,12 +169,15 @@ def total() -> int:
     return sum(measured().values())
 
 
-def planned(trained: bool) -> int:
-    """The runtime bytes ``plan()`` adds for a fresh process: the figure measured here when this
-    process has measured the same phase (its first training too, for a ``trained`` plan), else
-    :data:`DEFAULT_BYTES`."""
+def planned(trained: bool, tuned: bool = False) -> int:
+    """The runtime bytes ``plan()`` adds for a fresh process: the libraries' imports, the first
+    encode and search, the first training (``trained``) and background tuning run (``tuned``),
+    each the figure measured in this process when it has one, else :data:`DEFAULT_BYTES`'s.
+    (An import the caller made before ``import lukhas_gpu`` is not measured: its default is
+    used, since a fresh process pays it. A window met while another thread's was open, and not
+    measured since, adds nothing: the other window read what it left.)"""
     seen = measured()
-    needed = ("encode", "train") if trained else ("encode",)
-    if all(k in seen for k in needed) and any(k.startswith("import_") for k in seen):
-        return sum(v for k, v in seen.items() if trained or k != "train")
-    return DEFAULT_BYTES["trained" if trained else "exact"]
+    with _lock:
+        absorbed = set(_absorbed)
+    needed = [k for k in WINDOWS if (k != "train" or trained) and (k != "tune" or tuned)]
+    return sum(seen.get(k, 0 if k in absorbed else DEFAULT_BYTES[k]) for k in needed)
