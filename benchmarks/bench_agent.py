@@ -87,22 +87,34 @@ def bench_filters(n: int, nq: int, singles: int) -> list[dict]:
     return rows
 
 
-def bench_mmr(n: int, nq: int, copy_every: int, diversities) -> list[dict]:
+def bench_mmr(n: int, nq: int, copy_every: int, diversities, data: str = "synthetic") -> list[dict]:
+    """Near-copies (noise 0.02) of every ``copy_every``-th memory; ``data="real"``: WordNet glosses
+    as memories and held-out WordNet example sentences as queries; else the generator, with queries
+    near copied memories."""
     from lukhas_gpu import IndexConfig, MemoryIndex
     from lukhas_gpu.tools.synthetic import builtin_model
 
-    model = builtin_model()
-    base = model.sample(n)
     rng = np.random.default_rng(9)
+    if data == "real":
+        from benchmarks.datasets import wordnet_minilm
+
+        ds = wordnet_minilm(n_queries=nq)
+        base = ds.xb[np.sort(rng.choice(len(ds.xb), n, replace=False))]
+    else:
+        base = builtin_model().sample(n)
+    dim = base.shape[1]
     src = np.arange(0, n, copy_every)
     copies = np.repeat(base[src], 2, axis=0)
-    copies += 0.02 * rng.standard_normal(copies.shape).astype(np.float32) / np.sqrt(model.dim)
+    copies += 0.02 * rng.standard_normal(copies.shape).astype(np.float32) / np.sqrt(dim)
     x = np.concatenate([base, copies])
     group = np.concatenate([np.arange(n), np.repeat(src, 2)])  # a copy's group is its original's row
-    ix = MemoryIndex(model.dim, IndexConfig(auto_tune=False))
+    ix = MemoryIndex(dim, IndexConfig(auto_tune=False))
     ix.add(x)
-    pick = rng.choice(src, nq, replace=False)
-    q = base[pick] + 0.5 * rng.standard_normal((nq, model.dim)).astype(np.float32) / np.sqrt(model.dim)
+    if data == "real":
+        q = ds.xq[:nq]
+    else:
+        pick = rng.choice(src, nq, replace=False)
+        q = base[pick] + 0.5 * rng.standard_normal((nq, dim)).astype(np.float32) / np.sqrt(dim)
     out = []
     for d in diversities:
         t, res = common.timed(lambda d=d: ix.search(q, 10, diversity=d), repeat=3)
@@ -120,12 +132,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--singles", type=int, default=50, help="one-query calls timed per filter")
     ap.add_argument("--mmr-n", type=int, default=20_000, help="base memories of the MMR set")
     ap.add_argument("--copy-every", type=int, default=5)
+    ap.add_argument("--mmr-data", choices=("synthetic", "real"), default="synthetic",
+                    help="real: WordNet glosses and held-out example sentences (benchmarks/datasets.py)")
+    ap.add_argument("--mmr-only", action="store_true", help="skip the filter figures")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     common.set_threads(args.threads)
-    res = {"filters": bench_filters(args.n, args.nq, args.singles),
-           "mmr": bench_mmr(args.mmr_n, args.nq, args.copy_every, (0.0, 0.1, 0.3, 0.5))}
+    res = {"filters": [] if args.mmr_only else bench_filters(args.n, args.nq, args.singles),
+           "mmr": bench_mmr(args.mmr_n, args.nq, args.copy_every, (0.0, 0.1, 0.3, 0.5), args.mmr_data)}
     print(f"## filters at {args.n:,} memories ({args.threads} threads, nq={args.nq})\n")
     print("| filter | allowed | eval ms: declared / records cold / records cached | "
           "QPS batched: decl / cold / cached | QPS 1 query per call: decl / cold / cached |")

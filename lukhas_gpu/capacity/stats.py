@@ -57,7 +57,7 @@ from ..util.device import capabilities
 from ..util.memtrim import rss_anon
 from .accounting import breakdown, logical_bytes
 
-__all__ = ["index_stats"]
+__all__ = ["index_stats", "index_anon"]
 
 
 def index_stats(index) -> dict:
@@ -100,3 +100,13 @@ def index_stats(index) -> dict:
         "capabilities": capabilities(),
         "config": index.config.to_dict(),
     }
+
+
+def index_anon(index) -> int:
+    """The index's anonymous bytes as ``stats()`` counts them, the libraries' runtime left out
+    (0 when they cannot be read: a closed index, whose tuning run stops at its next step anyway)."""
+    try:
+        mem = index.stats()["memory"]
+    except Exception:  # a tuning run must not fail for its measurement
+        return 0
+    return mem["anon_bytes"] - mem["anon"].get("runtime_libraries", 0)

@@ -43,6 +43,7 @@ import weakref
 
 import numpy as np
 
+from ..capacity.stats import index_anon
 from ..monitor.probe import recall_estimate
 from ..query import probing
 from ..util import runtime
@@ -80,12 +81,9 @@ ADAPTIVE_CAP = 1024
 #: of the store scanned drops by more than this: the two are within the probe's noise (0.936 ->
 #: 0.934 on 10,240 sampled neighbours at 1M, measured), and the tuner runs right after.
 RESTRUCTURE_TOLERANCE = 0.01
-#: After a failed background run, the next one waits this long.
-RETRY_SECONDS = 300
-#: Queries a timing run searches (one batch, as a batched caller would).
-TIME_QUERIES = 512
-#: Queries per locked step of the exact references.
-STEP_QUERIES = 256
+#: After a failed background run, the next one waits this long (s); queries a timing run searches
+#: (one batch, as a batched caller would); queries per locked step of the exact references.
+RETRY_SECONDS, TIME_QUERIES, STEP_QUERIES = 300, 512, 256
 _KINDS = ("fixed", "adaptive", "exact", "graph", "rabitq")  # 3, 4: candidates.KIND_IDS
 _COLUMNS = ("kind", "param", "rerank", "recall", "ci_low", "ci_high", "bound", "codes", "kc", "probes", "cap", "nmin")
 
@@ -289,12 +287,9 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
 
 
 def _describe(kind, p) -> str:
-    if kind == "exact":
-        return "exact int8 scan"
-    if kind == "fixed":
-        return f"nprobe {p.nprobe}"
-    if kind in ("graph", "rabitq"):
-        return f"{'HNSW graph, efSearch' if kind == 'graph' else 'IVF-RaBitQ, nprobe'} {p.nprobe}"
+    if kind in ("exact", "fixed", "graph", "rabitq"):
+        return {"exact": "exact int8 scan", "fixed": "nprobe", "graph": "HNSW graph, efSearch",
+                "rabitq": "IVF-RaBitQ, nprobe"}[kind] + ("" if kind == "exact" else f" {p.nprobe}")
     return f"adaptive probing (scale {p.scale:g}, {p.nprobe_min}..{p.nprobe} lists)"
 
 
@@ -519,14 +514,14 @@ def maybe_retune(index) -> None:
     def run():
         try:
             with runtime.first_use("tune") as use:  # its thread's arena, OpenMP team, BLAS buffer
-                start = _index_anon(index)
+                start = index_anon(index)
                 if why == "restructure":
                     index.state.restructure_tried_at = index.parts.live  # not again before the index doubles
                     rep = index.retrain(tolerance=RESTRUCTURE_TOLERANCE)  # the facade's, no import of lifecycle
                     log.info("restructured for %d memories: IVF%d (%s)", rep["rows"], rep["nlist"],
                              "kept" if rep["accepted"] else "discarded")
                 tune(index, cancellable=True)
-                use.held = _index_anon(index) - start  # the index's own growth (adds meanwhile, the table)
+                use.held = index_anon(index) - start  # the index's own growth (adds meanwhile, the table)
         except Cancelled:
             log.info("background tuning (%s) stopped", why)
         except Exception:  # a background run must not take the process down
@@ -542,16 +537,6 @@ def maybe_retune(index) -> None:
     index.state.tuning_job = threading.Thread(target=run, name="lukhas-gpu-tune", daemon=True)
     _RUNNING.add(index)
     index.state.tuning_job.start()
-
-
-def _index_anon(index) -> int:
-    """The index's anonymous bytes as ``stats()`` counts them, the libraries' runtime left out
-    (0 when they cannot be read: a closed index, whose run stops at its next step anyway)."""
-    try:
-        mem = index.stats()["memory"]
-    except Exception:  # the tuning run must not fail for its measurement
-        return 0
-    return mem["anon_bytes"] - mem["anon"].get("runtime_libraries", 0)
 
 
 def wait(index, timeout: float | None = None, *, cancel: bool = False) -> None:
@@ -596,9 +581,9 @@ class TuningMixin:
         return {**tuned.report(), "tried": tuned.tried()}
 
     def tune_if_due(self) -> str | None:
-        """What a background run would do now (restructure, tune), in the foreground: a batch
-        job's last step, so the store it publishes is tuned for its readers. Returns why, or None."""
-        wait(self, cancel=True)  # (what maybe_retune runs in the background)
+        """A due background run (restructure, tune) in the foreground, returning why (or None): a
+        batch job's last step, so the store it publishes is tuned for its readers."""
+        wait(self, cancel=True)
         why = _due(self)
         if why == "restructure":
             self.state.restructure_tried_at = self.parts.live
