@@ -315,6 +315,29 @@ def test_langchain_stores_keep_to_their_namespace(tmp_path):
     bob.close()
 
 
+def test_langchain_validity_windows_and_as_of(tmp_path):
+    from conftest import optional_import
+
+    optional_import("langchain_core")
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from lukhas_gpu.integrations.langchain import LukhasVectorStore
+
+    store = LukhasVectorStore(DeterministicFakeEmbedding(size=16), path=tmp_path / "s")
+    now = time.time()
+    store.add_texts(["old fact"], ids=["old"], valid_from=now - 200, valid_to=now - 100)  # superseded
+    store.add_texts(["new fact"], ids=["new"], valid_from=now - 100)
+    store.add_texts(["always"], ids=["all"])
+    store.add_texts(["dupe", "dupe"], ids=["d", "d"], valid_to=[now - 1, now + 3600])  # the last one kept
+    assert {d.id for d in store.similarity_search("fact", k=10)} == {"new", "all", "d"}
+    assert {d.id for d in store.similarity_search("fact", k=10, as_of=now - 150)} == {"old", "all", "d"}
+    assert {d.id for d, _ in store.similarity_search_with_score("fact", k=10, filter={}, as_of=now - 150)} \
+        == {"old", "all", "d"}
+    with pytest.raises(ValueError, match="valid_to"):
+        store.add_texts(["x"], valid_from=now, valid_to=now - 1)
+    store.close()
+
+
 def test_mem0_sessions_are_namespaces(tmp_path):
     from conftest import optional_import
 

@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
+from ..query import filters
 from ..query.filters import Filter
 from .common import IndexHolder, as_matrix, new_ids
 
@@ -73,7 +75,7 @@ class LukhasVectorStore(VectorStore):
         self._holder.close()
 
     # -- writes ---------------------------------------------------------------------------------
-    def _add(self, texts: list[str], vectors, metadatas, ids) -> list[str]:
+    def _add(self, texts: list[str], vectors, metadatas, ids, valid_from=None, valid_to=None) -> list[str]:
         n = len(texts)
         if metadatas is not None and len(metadatas) != n:
             raise ValueError(f"metadatas has {len(metadatas)} entries for {n} texts")
@@ -86,21 +88,26 @@ class LukhasVectorStore(VectorStore):
         self._check_dim(x.shape[1])
         if len(keep) < n:
             x, texts, metas = x[keep], [texts[j] for j in keep], [metas[j] for j in keep]
-        self._holder.add(x, contents=list(texts), ids=[ids[j] for j in keep], metadata=metas)
+            valid_from, valid_to = (_pick(w, keep) for w in (valid_from, valid_to))
+        self._holder.add(x, contents=list(texts), ids=[ids[j] for j in keep], metadata=metas, valid_from=valid_from,
+                         valid_to=valid_to)
         return ids
 
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
                   **kwargs: Any) -> list[str]:
-        """Embed and store ``texts``; an id already stored is replaced. Returns the ids."""
+        """Embed and store ``texts``; an id already stored is replaced. Returns the ids.
+        ``valid_from=`` / ``valid_to=`` (epoch seconds, one for all or one per text): the window
+        searches see each memory in (``MemoryIndex.add``); searches take ``as_of=``."""
         texts = list(texts)
         vectors = self._embedding.embed_documents(texts) if texts else []
-        return self._add(texts, vectors, metadatas, ids)
+        return self._add(texts, vectors, metadatas, ids, kwargs.get("valid_from"), kwargs.get("valid_to"))
 
     async def aadd_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,
                          ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         texts = list(texts)
         vectors = await self._embedding.aembed_documents(texts) if texts else []
-        return await asyncio.to_thread(self._add, texts, vectors, metadatas, ids)
+        return await asyncio.to_thread(self._add, texts, vectors, metadatas, ids, kwargs.get("valid_from"),
+                                       kwargs.get("valid_to"))
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
         """Delete these ids; every document when ``ids`` is None. True when every id named a stored
@@ -137,30 +144,29 @@ class LukhasVectorStore(VectorStore):
     async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         return await asyncio.to_thread(self.get_by_ids, ids)
 
-    def _where(self, filter) -> Filter | None:
-        if filter is None or isinstance(filter, Filter):
-            return filter
-        if not isinstance(filter, dict):
+    def _where(self, filter, as_of=None) -> Filter | None:
+        if filter is not None and not isinstance(filter, (dict, Filter)):
             raise TypeError(f"filter must be a dict (or a lukhas_gpu.Filter), got {type(filter).__name__}")
-        return Filter(meta=filter) if filter else None
+        where = Filter(meta=filter) if isinstance(filter, dict) and filter else filter or None
+        return where if as_of is None else filters.scoped(where, None, as_of)  # the memories valid at as_of
 
     def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                                **kwargs: Any) -> list[tuple[Document, float]]:
         """``(document, cosine similarity)`` pairs, best first."""
         self._check_dim(len(embedding))
-        hits = self._holder.search([embedding], k, self._where(filter))[0]
+        hits = self._holder.search([embedding], k, self._where(filter, kwargs.get("as_of")))[0]
         return [(self._doc(m), s) for m, s in hits]
 
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:
-        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter)
+        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter, **kwargs)
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                     **kwargs: Any) -> list[Document]:
-        return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
+        return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter, **kwargs)]
 
     def similarity_search(self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any) -> list[Document]:
-        return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
+        return [d for d, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
 
     async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: dict | None = None,
                                             **kwargs: Any) -> list[tuple[Document, float]]:
@@ -222,3 +228,8 @@ class LukhasVectorStore(VectorStore):
         store = await asyncio.to_thread(cls, embedding, path, **config)
         await store.aadd_texts(texts, metadatas, ids=ids)
         return store
+
+
+def _pick(v, keep: list):
+    """A per-text argument kept to the texts stored (a scalar stays as it is)."""
+    return [v[j] for j in keep] if isinstance(v, (list, tuple, np.ndarray)) else v
