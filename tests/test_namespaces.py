@@ -416,6 +416,12 @@ def test_llama_index_stores_keep_to_their_namespace(tmp_path):
     assert [n.node_id for n in b.get_nodes()] == ["b0", "b1", "b2"]
     b.clear()  # b's nodes only
     assert b.client.namespaces() == {"a": 4}
+    now = time.time()  # validity windows: add(valid_from=, valid_to=), query(as_of=)
+    b.add(nodes("old", 2), valid_from=now - 200, valid_to=[now - 100, now - 100])
+    b.add(nodes("cur", 2) + nodes("cur", 1), valid_to=[now + 100, now + 100, now + 3600])  # "cur0" repeated
+    assert sorted(b.query(q).ids) == ["cur0", "cur1"]
+    assert sorted(b.query(q, as_of=now - 150).ids) == ["cur0", "cur1", "old0", "old1"]
+    assert sorted(b.query(q, as_of=now + 1000).ids) == ["cur0"]
     b.close()
 
 

@@ -36,6 +36,7 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
+from ..query import filters
 from ..query.filters import Filter
 from .common import IndexHolder, as_matrix
 
@@ -153,11 +154,16 @@ class LukhasVectorStore(BasePydanticVectorStore):
 
     # -- writes ---------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:
-        """Store nodes (each needs its embedding); a node id already stored is replaced."""
+        """Store nodes (each needs its embedding); a node id already stored is replaced.
+        ``valid_from=`` / ``valid_to=`` (epoch seconds, one for all or one per node): the window
+        queries see the nodes in (``MemoryIndex.add``); ``query(..., as_of=t)`` asks for another time."""
         if not nodes:
             return []
-        last = {n.node_id: n for n in nodes}  # a repeated id: its last node wins
-        nodes = list(last.values())
+        last = {n.node_id: j for j, n in enumerate(nodes)}  # a repeated id: its last node wins
+        keep = list(last.values())
+        windows = {w: [kwargs[w][j] for j in keep] if isinstance(kwargs.get(w), (list, tuple)) else kwargs.get(w)
+                   for w in ("valid_from", "valid_to")}
+        nodes = [nodes[j] for j in keep]
         x = as_matrix([n.get_embedding() for n in nodes], "node embeddings")
         metas, tags, ts, imp = [], [], [], []
         for n in nodes:
@@ -174,7 +180,7 @@ class LukhasVectorStore(BasePydanticVectorStore):
         if all(t is not None for t in timestamps):
             kw["timestamps"] = timestamps
         self._holder.add(x, contents=[n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
-                         tags=tags, importance=importance, ids=list(last), metadata=metas, **kw)
+                         tags=tags, importance=importance, ids=list(last), metadata=metas, **windows, **kw)
         return [n.node_id for n in nodes]
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:
@@ -244,9 +250,11 @@ class LukhasVectorStore(BasePydanticVectorStore):
         if query.node_ids:
             raise ValueError("node_ids restrictions are not supported; filter on metadata instead")
         flt = to_filter(query.filters, self._fields, query.doc_ids)
+        if kwargs.get("as_of") is not None:  # the nodes valid at as_of (default: now)
+            flt = filters.scoped(flt, None, kwargs["as_of"])
         hits = self._holder.search([query.query_embedding], query.similarity_top_k, flt)[0]
         return VectorStoreQueryResult(nodes=[self._node(m) for m, _ in hits], similarities=[s for _, s in hits],
                                       ids=[m.external_id for m, _ in hits])
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        return await asyncio.to_thread(self.query, query)
+        return await asyncio.to_thread(self.query, query, **kwargs)
