@@ -107,12 +107,21 @@ def stage_params(index, tuned, kind: str, p, rr: int) -> dict | None:
     return None
 
 
+def query_forms(index, q) -> tuple:
+    """``(query weights (torch), projected queries (numpy float32))`` of the tuner's queries, by the
+    index's encoder (the caller holds the index's lock)."""
+    import torch
+
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    enc = index.parts.encoder
+    return enc.query_weights(qt), enc.project(qt).cpu().numpy()
+
+
 def measure(index, ann, ref, k: int, kk: int, eff: float, estimate, rows: list, structure, reranks,
             cancel) -> dict:
     """Build and measure the stages allowed (by ``structure`` or the budget) when the IVF ``ann``
     is trained: rows appended to ``rows`` (the tuner's tuple layout, ``codes`` -1); returns
     ``costs`` (seconds per query by row index) and ``built`` (the stages by kind)."""
-    import torch
 
     from ..monitor import recall
     from ..vectors import exact
@@ -126,12 +135,8 @@ def measure(index, ann, ref, k: int, kk: int, eff: float, estimate, rows: list, 
         return {"costs": costs, "built": built}
     n_live = max(parts.live, 1)
     reranks = [r for r in reranks if k * r <= max(n_live, k)] or [1]
-    q = np.ascontiguousarray(ref["q"], dtype=np.float32)
     with lock:
-        enc = index.parts.encoder
-        qt = torch.from_numpy(q)
-        qp = enc.project(qt).cpu().numpy()
-        qw = enc.query_weights(qt)
+        qw, qp = query_forms(index, ref["q"])
     qw_np = qw.cpu().numpy()
     kc_max = max(kk, k * max(reranks))
     for kind in kinds:

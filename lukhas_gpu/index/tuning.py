@@ -306,7 +306,6 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
     """Fill ``rows`` with every fixed and adaptive probing x rerank depth up to :data:`SHALLOW`
     (``deep``: the depths above it, on deeper candidate lists); returns the adaptive predictor's
     weights (None if it could not be fitted)."""
-    import torch
 
     from ..monitor import recall
     from ..query import executor
@@ -318,10 +317,7 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
     kc_max = k * r_max if n_live > k else kk
     q = np.ascontiguousarray(ref["q"], dtype=np.float32)
     with lock:
-        enc = index.parts.encoder
-        qt = torch.from_numpy(q)
-        qp = enc.project(qt).cpu().numpy()
-        qw = enc.query_weights(qt)
+        qw, qp = candidates.query_forms(index, q)
         sizes = ann.list_sizes()
     cap = min(ann.nlist, NPROBES[-1])
     with lock:
@@ -355,7 +351,7 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
     weights = None
     if ann.nlist >= 2 * probing.COARSE_MIN:  # adaptive probing needs lists to choose from
         with lock:
-            nb = ref["exact_ids"]
+            nb, enc = ref["exact_ids"], index.parts.encoder
             rows_nb = np.maximum(nb, 0).ravel()
             xn = enc.project(enc.dequantize(index.parts.vectors[rows_nb])).cpu().numpy()
             nb_lists = np.where(nb >= 0, ann.assign(xn).reshape(nb.shape), -1)
