@@ -89,8 +89,8 @@ def resolve(index, batch, mode: str, hashes: np.ndarray) -> np.ndarray | None:
     for name, pos in _groups(batch, n):
         allowed = candidate_rows(index, name)
         if mode == "exact":
-            dead = index.parts.tombstones.contains if allowed is None else (
-                lambda rows, ok=allowed: ~np.isin(rows, np.asarray(ok.to_array(), np.int64)))
+            ok = None if allowed is None else np.asarray(allowed.to_array(), np.int64)  # once, not per probe
+            dead = index.parts.tombstones.contains if ok is None else (lambda rows: ~np.isin(rows, ok))
             s = index.parts.hashes.lookup(hashes[pos], dead)
             f = _first_equal(hashes[pos])
         else:

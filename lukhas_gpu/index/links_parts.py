@@ -98,17 +98,11 @@ def load(parts, gen, rows: int) -> None:
     """Restore links and hashes from a generation (a store older than them: no links, hashes
     computed from the contents). CorruptStoreError naming the file for arrays that do not fit."""
     if gen.has(layout.LINKS):
-        try:
-            parts.links = Links.from_arrays(gen.npz(layout.LINKS))
-        except (ValueError, KeyError) as e:
-            raise layout.CorruptStoreError(gen.path / layout.LINKS, f"inconsistent arrays ({e})") from None
+        parts.links = loadchecks.from_npz(gen, layout.LINKS, Links)
         loadchecks.check_rows_within(gen.path / layout.LINKS, "the links' memories", rows,
                                      values=parts.links.rows_named())
     if gen.has(layout.CONTENT_HASHES):
-        try:
-            parts.hashes = ContentHashes.from_arrays(gen.npz(layout.CONTENT_HASHES))
-        except (ValueError, KeyError) as e:
-            raise layout.CorruptStoreError(gen.path / layout.CONTENT_HASHES, f"inconsistent arrays ({e})") from None
+        parts.hashes = loadchecks.from_npz(gen, layout.CONTENT_HASHES, ContentHashes)
         loadchecks.check_rows_within(gen.path / layout.CONTENT_HASHES, "the content hashes", rows,
                                      length=len(parts.hashes))
     else:

@@ -9,7 +9,16 @@ import numpy as np
 
 from ..store import layout
 
-__all__ = ["check_loaded", "check_rows_within", "expect_vector_crcs"]
+__all__ = ["check_loaded", "check_rows_within", "expect_vector_crcs", "from_npz"]
+
+
+def from_npz(gen, name: str, cls):
+    """``cls.from_arrays`` of the generation's file ``name``; CorruptStoreError naming the file
+    when its arrays do not fit together."""
+    try:
+        return cls.from_arrays(gen.npz(name))
+    except (ValueError, KeyError) as e:
+        raise layout.CorruptStoreError(gen.path / name, f"inconsistent arrays ({e})") from None
 
 
 def check_rows_within(path, what: str, n_rows: int, *, length=None, values=None, length_at_most: bool = False) -> None:

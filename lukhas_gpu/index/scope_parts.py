@@ -16,6 +16,7 @@ import numpy as np
 
 from ..records.scopes import Namespaces, Validity
 from ..store import layout
+from . import loadchecks
 
 __all__ = ["Scope", "prepare_add", "from_fields", "append", "prepare_update", "persist", "load"]
 
@@ -100,12 +101,5 @@ def load(parts, gen, rows: int) -> None:
     always valid. CorruptStoreError naming the file for arrays that do not fit together (their
     lengths are held to the manifest by ``loadchecks``)."""
     for name, cls, attr in ((layout.NAMESPACES, Namespaces, "namespaces"), (layout.VALIDITY, Validity, "validity")):
-        if not gen.has(name):
-            setattr(parts, attr, cls(rows))
-            continue
-        try:
-            part = cls.from_arrays(gen.npz(name))
-        except (ValueError, KeyError) as e:
-            raise layout.CorruptStoreError(gen.path / name, f"inconsistent arrays ({e})") from None
-        setattr(parts, attr, part)
+        setattr(parts, attr, loadchecks.from_npz(gen, name, cls) if gen.has(name) else cls(rows))
 
