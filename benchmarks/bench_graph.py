@@ -225,18 +225,19 @@ def plot(rows: list[dict], stem) -> str:
             w.writeheader()
             w.writerows(rows)
         return path
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for s in dict.fromkeys(r["system"] for r in rows):
-        pts = sorted((r["recall@10"], r["QPS batched"]) for r in rows if r["system"] == s)
-        mem = next(r.get("B/mem anon", r.get("B/mem anon (stats)")) for r in rows if r["system"] == s)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "s", markersize=5,
-                label=f"{s} ({mem:.0f} B/mem anon)" if mem is not None else s)
-    ax.axvline(TARGET, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("recall@10 (held-out queries)")
-    ax.set_ylabel("QPS (one batch)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, col, title in zip(axes, ("QPS batched", "QPS single"), ("one batch", "one query per call, one thread")):
+        for s in dict.fromkeys(r["system"] for r in rows):
+            pts = sorted((r["recall@10"], r[col]) for r in rows if r["system"] == s and r.get(col))
+            mem = next(r.get("B/mem anon") or r.get("B/mem anon (stats)") for r in rows if r["system"] == s)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "s", markersize=5,
+                    label=f"{s} ({mem:.0f} B/mem anon)" if mem is not None else s)
+        ax.axvline(TARGET, color="grey", lw=0.5, ls=":")
+        ax.set_xlabel("recall@10 (held-out queries)")
+        ax.set_ylabel(f"QPS ({title})")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(f"{stem}.png", dpi=110)
     return f"{stem}.png"
