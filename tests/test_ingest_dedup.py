@@ -13,6 +13,7 @@ import pytest
 from lukhas_gpu import IndexConfig, MemoryIndex, cli
 from lukhas_gpu.ingest import resume
 from lukhas_gpu.ingest.migrate import write_naive_jsonl
+from lukhas_gpu.ingest.pipeline import Pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, DIM, BATCH, SEED_ROWS = 60, 16, 10, 4
@@ -178,6 +179,11 @@ def test_a_new_production_store_dedups_exact_by_default_and_the_flags_reach_its_
     assert e.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
     assert cli.main(_argv(tmp_path / "bad", src, None, "--dedup-threshold", "1.5")) == 1
     assert "dedup_threshold" in capsys.readouterr().err
+    assert cli.main(_argv(tmp_path / "root", src, "exact", "--ray")) == 1  # Ray's resume counts a shard's rows
+    assert "--ray ingests with dedup off" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="dedup must be one of"):
+        Pipeline(MemoryIndex(DIM), dedup="fuzzy")
+    assert Pipeline(MemoryIndex(DIM, IndexConfig(dedup="near"))).dedup == "near"
 
 
 #: (dedup, where, at): a kill before / after the log record of a batch, after a progress write;
