@@ -407,6 +407,8 @@ def check_index(ix, model, rng, known, *, light: bool = False) -> None:
         _fail("verify()", rep, "ok")
     if rep["count"] != len(keys):
         _fail("verify() count", rep["count"], len(keys))
+    if ix.write_count != model.writes:  # every logged call +1; checkpoints, reopens, crashes: unchanged
+        _fail("write_count", ix.write_count, model.writes)
 
 
 def matches(ix, model, rng, known) -> bool:

@@ -85,9 +85,10 @@ class Model:
     next_row: int = 0
     dead: set = dataclasses.field(default_factory=set)  # keys once live, now deleted or replaced
     links: dict = dataclasses.field(default_factory=dict)  # (src row, dst row, kind) -> weight (model_memops)
+    writes: int = 0  # the store's write count (MemoryIndex.write_count): records logged, rollbacks taken back
 
     def copy(self) -> Model:
-        return Model(self.kind, dict(self.mems), self.next_row, set(self.dead), dict(self.links))
+        return Model(self.kind, dict(self.mems), self.next_row, set(self.dead), dict(self.links), self.writes)
 
     def keys(self) -> list:
         return sorted(self.mems, key=lambda k: self.mems[k].row)
@@ -107,9 +108,7 @@ def _mem_eq(a: Mem, b: Mem) -> bool:
 
 
 def _sp_eq(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    return a is b if a is None or b is None else np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def apply_call(model: Model, call: dict) -> Model:
@@ -141,6 +140,7 @@ def apply_call(model: Model, call: dict) -> Model:
             window = (("valid_from", "vf"), ("valid_to", "vt"))
             change.update({f: one(call, a, i, None) for a, f in window if a in call})
             m.mems[key] = dataclasses.replace(m.mems[key], **change)
+    m.writes += logs_record(call, model, m)
     return m
 
 
@@ -504,7 +504,8 @@ class Run(ScopeOps, memops.MemOpsMixin):
             raise Violation(f"after SIGKILL ({acked} of {len(calls)} calls acknowledged) the store holds neither the "
                             f"acknowledged state nor it plus the call in flight "
                             f"({_brief(calls[acked]) if acked < len(calls) else '-'})")
-        applied = landed[0] if len(landed) == 1 else acked  # both: the call in flight changes no memory
+        # both: the call in flight changes no memory; whether it was logged, the write count says
+        applied = landed[0] if len(landed) == 1 else acked + int(self.ix.write_count > states[acked].writes)
         self.count("crash: killed opening" if not calls else
                    "crash: in flight landed" if applied > acked else "crash: in flight lost")
         number, want, dirty = base, int(was[4:]), self.log_dirty

@@ -52,6 +52,11 @@ def add_ingest_parser(sub) -> None:
                     "running the same command again after an interruption or an error skips the records\n"
                     "already ingested, and other inputs can be ingested in between. An input that changed\n"
                     "since (size, mtime) is refused until --restart.\n\n"
+                    "Dedup: records are added with the store's configured dedup (a new store of the production\n"
+                    "preset: exact, the same content merges into one memory), or --dedup off|exact|near; a\n"
+                    "duplicate merges into the existing memory (newest timestamp, highest importance, union of\n"
+                    "tags) and the summary counts them. The resume decides whether an interrupted batch landed\n"
+                    "on the store's write count (one logged record per batch), so it is right in every mode.\n\n"
                     "With --ray, STORE is a sharded root of --shards stores filled on a Ray cluster (the `ray`\n"
                     "extra: pip install \"lukhas-gpu[ray]\"); INPUT is a Parquet file or directory, or JSON Lines\n"
                     "with the columns above at the top level of each line. Running the same command again\n"
@@ -66,7 +71,13 @@ def add_ingest_parser(sub) -> None:
                    help="checkpoint the store every N batches, and at the end (default: 10)")
     i.add_argument("--restart", action="store_true",
                    help="ignore INPUT's recorded progress and ingest it from its first record (records already "
-                        "in the store stay there)")
+                        "in the store stay there; with dedup, the same records merge into them)")
+    i.add_argument("--dedup", choices=("off", "exact", "near"),
+                   help="merge duplicates as they are added: exact (same content), near (cosine >= the threshold), "
+                        "off (default: the store's config; a new store's from --preset, exact for production)")
+    i.add_argument("--dedup-threshold", type=float, metavar="T",
+                   help="cosine of a near duplicate, in (0, 1] (a new store's config; an existing store's is fixed: "
+                        "default the store's, else the preset's 0.97)")
     i.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     from .ray_ingest import add_ray_options
 
@@ -129,10 +140,12 @@ def add_migrate_parser(sub) -> None:
 
 
 def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: int, input_dim,
-                 dry_run: bool = False, text_index: bool = False, max_content_bytes: int | None = None):
+                 dry_run: bool = False, text_index: bool = False, max_content_bytes: int | None = None,
+                 dedup: str | None = None, dedup_threshold: float | None = None):
     """The store at ``store`` open for writing (read-only for a dry run), or where it holds none a
     new one of dimension ``dim`` (default: ``input_dim()``) and config ``preset`` sized for
-    ``records``: created on disk, or only in memory for a dry run (which leaves no trace)."""
+    ``records`` (its ``dedup`` and ``dedup_threshold`` when given): created on disk, or only in
+    memory for a dry run (which leaves no trace)."""
     from lukhas_gpu import IndexConfig, MemoryIndex
     from lukhas_gpu.store import layout as storage
 
@@ -145,6 +158,9 @@ def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: 
         elif max_content_bytes is not None and max_content_bytes != index.config.max_content_bytes:
             problem = (f"--max-content-bytes {max_content_bytes} differs from the store's "
                        f"{index.config.max_content_bytes}: it is fixed when a store is created")
+        elif dedup_threshold is not None and dedup_threshold != index.config.dedup_threshold:
+            problem = (f"--dedup-threshold {dedup_threshold} differs from the store's {index.config.dedup_threshold}: "
+                       "it is fixed when a store is created (--dedup chooses the mode per ingest)")
         if problem:
             index.close()
             raise ValueError(problem)
@@ -152,7 +168,9 @@ def _store_index(store: pathlib.Path, *, dim: int | None, preset: str, records: 
     dim = dim or input_dim()
     config = IndexConfig.preset(preset, **({"capacity": records} if records else {}),
                                 **({"text_index": True} if text_index else {}),
-                                **({"max_content_bytes": max_content_bytes} if max_content_bytes else {}))
+                                **({"max_content_bytes": max_content_bytes} if max_content_bytes else {}),
+                                **({"dedup": dedup} if dedup is not None else {}),
+                                **({"dedup_threshold": dedup_threshold} if dedup_threshold is not None else {}))
     return MemoryIndex(dim, config) if dry_run else MemoryIndex.create(store, dim, config)
 
 
@@ -165,6 +183,9 @@ def cmd_ingest(args) -> int:
     if args.ray:
         from .ray_ingest import cmd_ingest_ray
 
+        if args.dedup not in (None, "off") or args.dedup_threshold is not None:
+            raise ValueError("--ray ingests with dedup off (each shard's row count is its resume record); "
+                             "drop --dedup / --dedup-threshold, or ingest without --ray")
         return cmd_ingest_ray(args)
     from lukhas_gpu.util.bounds import MAX_INGEST_BATCH, check_dim
 
@@ -195,14 +216,16 @@ def cmd_ingest(args) -> int:
             source.check_counts()
         store = pathlib.Path(args.store)
         index = _store_index(store, dim=args.dim, preset=args.preset, records=total, input_dim=source.first_dim,
-                             text_index=args.text_index, max_content_bytes=args.max_content_bytes)
+                             text_index=args.text_index, max_content_bytes=args.max_content_bytes,
+                             dedup=args.dedup, dedup_threshold=args.dedup_threshold)
         if source.dim is not None and source.dim != index.dim:
             raise MigrationError(f"{src}: embeddings have dimension {source.dim}, the store expects {index.dim}",
                                  path=src)
-        resume = Resume(store, source.identity(), rows_now=index.stats()["rows"], total=total, restart=args.restart)
+        resume = Resume(store, source.identity(), rows_now=index.stats()["rows"], total=total, restart=args.restart,
+                        writes_now=index.write_count)
         display = ProgressDisplay(total, resume.skip, sys.stderr if args.json else sys.stdout)
         pipe = Pipeline(index, checkpoint_every=args.checkpoint_every, resume=resume, on_progress=display.update,
-                        total=total, initial=resume.skip, source=source.path, unit=source.unit)
+                        total=total, initial=resume.skip, source=source.path, unit=source.unit, dedup=args.dedup)
         try:
             pipe.run(source.batches(index, args.batch_size, start=resume.skip))
         except KeyboardInterrupt:
@@ -222,6 +245,7 @@ def cmd_ingest(args) -> int:
     if args.json:
         print(json.dumps({"store": str(store), "input": args.input, "records": total, "ingested": pipe.imported,
                           "skipped_resumed": resume.skip, "seconds": pipe.seconds, "rate": rate, "count": count,
+                          "dedup": pipe.dedup, "merged": pipe.merged, "new": pipe.new,
                           **({"columns_read": source.columns, "columns_not_read": source.ignored}
                              if hasattr(source, "ignored") else {}),
                           **({"scope_fields_read": _scope_fields(source)} if hasattr(source, "scope_fields") else {})}))
@@ -229,6 +253,7 @@ def cmd_ingest(args) -> int:
         resumed = f", {resume.skip:,} skipped (ingested before)" if resume.skip else ""
         print(f"{args.store}: ingested {pipe.imported:,} of {total:,} records from {args.input} "
               f"in {pipe.seconds:.1f} s ({rate:,.0f} rec/s){resumed}; the store holds {count:,} memories")
+        print(f"  dedup {pipe.dedup}: {pipe.new:,} new memories, {pipe.merged:,} records merged into existing ones")
         if columns:
             print(f"  {columns}")
         if hasattr(source, "scope_fields"):

@@ -39,6 +39,8 @@ class ProgressDisplay:
             return
         self.last = now
         line = f"ingested {self.done:,}/{self.total:,} records, {p.rate:,.0f} rec/s"
+        if p.merged:
+            line += f", {p.merged:,} merged"
         if self.tty:
             eta = f"{p.eta:,.0f} s" if math.isfinite(p.eta) else "?"
             self.stream.write(f"\r{line}, ETA {eta}   ")

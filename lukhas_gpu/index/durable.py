@@ -29,7 +29,7 @@ from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
 from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
-from . import candidates, ivflists, links_parts, loadchecks, scope_parts, sparse_parts
+from . import candidates, ivflists, links_parts, loadchecks, scope_parts, sparse_parts, writecount
 from .trials import trial_reports
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def write(index, root) -> pathlib.Path:
         writers[layout.ANN] = lambda path: faiss_module().write_index(a.index, path)
         ann = {"nlist": a.nlist, "pq_m": a.pq_m, "coarse": a.coarse, "dead": DEAD_ENTRIES}
     manifest = {"dim": index.dim, "rows": parts.rows, "count": parts.live, "config": index.config.to_dict(),
-                "ann": ann, **_lineage_fields(index, pathlib.Path(root))}
+                "ann": ann, "writes": writecount.count(index), **_lineage_fields(index, pathlib.Path(root))}
     return write_generation(root, raw=raw, npz=npz, blobs={layout.TOMBSTONES: parts.tombstones.to_bytes()},
                             writers=writers, manifest=manifest)
 
@@ -229,7 +229,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
     except Exception as e:
         raise layout.CorruptStoreError(gen.path / layout.TOMBSTONES, f"unreadable ({e})") from None
     links_parts.load(parts, gen, rows)
-    parts.encoder_arrays = gen.npz(layout.ENCODER)
+    parts.encoder_arrays, parts.absorbed_writes = gen.npz(layout.ENCODER), writecount.absorbed(manifest)
     if gen.has(layout.CALIBRATION):
         parts.calib = gen.npz(layout.CALIBRATION)["rows"]
     _load_monitoring(parts, gen)
@@ -293,8 +293,10 @@ def reset_wal(index, base: int) -> None:
         wal_path = index.path / layout.WAL
         wal_path.unlink(missing_ok=True)  # only at create: nothing to keep
         index.state.wal = WriteAheadLog(wal_path, base=base, sync=index.config.wal_sync, lock=False)
-    else:
+    else:  # the count the generation absorbed stays the store's
+        writes = writecount.count(index)
         index.state.wal.reset(base)
+        writecount.log_checkpoint(index, writes)
 
 
 def replay_wal(index, *, salvage: bool = False) -> None:
@@ -326,7 +328,7 @@ def replay_wal(index, *, salvage: bool = False) -> None:
                 raise layout.CorruptStoreError(wal_path, f"follows generation {reader.base}, the store is at {base}; "
                                                          "nothing was changed")
             for rec in reader:
-                _apply(index, rec.op, rec.fields)
+                apply_record(index, rec.op, rec.fields)
                 applied += 1
         if reader.torn:
             try:
@@ -374,11 +376,12 @@ def salvage_wal(index, applied: int, damage) -> dict:
                     if gap:
                         lost_ids.append([index.parts.rows, index.parts.rows + gap - 1])
                         _placeholders(index, gap)
-                _apply(index, rec.op, fields)
+                apply_record(index, rec.op, fields)
                 kept += 1
             except (ValueError, KeyError) as e:  # e.g. an update of an id whose add was lost
                 lost_records.append(f"record {rec.seq} (op {rec.op}): {e}")
     damaged = [d.describe() for d in reader.damage]
+    writecount.log_checkpoint(index, index.parts.absorbed_writes + kept)  # no log while the generation is written
     gen = write(index, index.path)  # everything kept, published before the log is touched
     moved = move_aside(wal_path)
     number = layout.generation_number(gen)
@@ -399,12 +402,8 @@ def _placeholders(index, n: int) -> None:
     x = np.zeros((n, index.dim), np.float32)
     x[:, 0] = 1.0
     start = index.parts.rows
-    _apply(index, OP_ADD, {"x": x, "contents": None, "tags": None, "ts": None, "imp": None})
-    _apply(index, OP_DELETE, {"ids": np.arange(start, start + n, dtype=np.int64)})
-
-
-def _apply(index, op: int, f: dict) -> None:
-    apply_record(index, op, f)
+    apply_record(index, OP_ADD, {"x": x, "contents": None, "tags": None, "ts": None, "imp": None})
+    apply_record(index, OP_DELETE, {"ids": np.arange(start, start + n, dtype=np.int64)})
 
 
 def apply_record(index, op: int, f: dict) -> None:

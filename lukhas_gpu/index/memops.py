@@ -1,6 +1,7 @@
 """Memory operations on the facade (a mixin :class:`~.facade.MemoryIndex` inherits): links
 between memories (``link``, ``unlink``, ``links``, ``lineage``, ``search(follow_links=)``) and
-what the last ``add`` deduplicated (``last_add``; the dedup itself: :mod:`.dedup`).
+what the last ``add`` deduplicated (``last_add``; the dedup itself: :mod:`.dedup`), and the store's
+``write_count`` (:mod:`.writecount`).
 
 Ids given are the caller's (external ids resolved, see :mod:`.documents`); ids returned are rows,
 as ``SearchResult.ids`` are. Links are logged (``OP_LINK`` / ``OP_UNLINK``) and stored in packed
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..store.walcodec import OP_LINK, OP_UNLINK
 from ..util.bounds import MAX_LINEAGE, MAX_LINK_DEPTH, MAX_LINKED_PER_QUERY
-from . import links_parts
+from . import links_parts, writecount
 from .locking import locked
 
 __all__ = ["MemOpsMixin", "LinkSet", "Lineage"]
@@ -80,7 +81,7 @@ def _cat(parts: list, dtype) -> np.ndarray:
 
 
 class MemOpsMixin:
-    """``link``, ``unlink``, ``links``, ``lineage``, ``last_add`` and the ``follow_links`` step of
+    """``link``, ``unlink``, ``links``, ``lineage``, ``last_add``, ``write_count`` and the ``follow_links`` step of
     ``search``."""
 
     @property
@@ -88,6 +89,14 @@ class MemOpsMixin:
         """What the last ``add`` did: :class:`~.dedup.AddResult` (``ids``, ``into``: -1 or the id a
         memory merged into, ``merged``, ``positions``), or None before any add."""
         return self.state.last_add
+
+    @property
+    def write_count(self) -> int:
+        """The logged write operations the store has applied over its life (:mod:`.writecount`):
+        +1 per logged call (an ``add`` that merged every memory included), unchanged by a
+        checkpoint or a reopen, back to the target's after a rollback; 0 without a store."""
+        with self.lock:
+            return writecount.count(self)
 
     def _link_rows(self, ids, name: str) -> np.ndarray:
         if isinstance(ids, (int, np.integer, str, bytes)):

@@ -143,6 +143,7 @@ class IndexParts:
         self.stage = None  # the tuner's candidate stage (vectors.graph), if it chose one
         self.building: list = []  # stages a tuning run builds and measures (adds and updates reach them)
         self.tuned = None  # the tuner's choice (index.tuning.Tuned), once it has run
+        self.absorbed_writes = 0  # the write count its generation absorbed (index.writecount)
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
         self._device = None

@@ -358,7 +358,9 @@ def _run(source, index, *, batch_size: int, dry_run: bool, parity: Parity | None
                                dry_run=dry_run, id_map=ids, parity=par,
                                id_map_path=id_map_path if out is not None else None)
 
-    pipe = Pipeline(index, dry_run=dry_run, on_batch=on_batch, total=None, source=source.path, unit=source.unit)
+    # dedup off: a migration imports every old record as a memory (its parity: the store grew by them all)
+    pipe = Pipeline(index, dry_run=dry_run, on_batch=on_batch, total=None, source=source.path, unit=source.unit,
+                    dedup="off")
     try:
         pipe.run(source.batches(index, batch_size))
     except MigrationError as e:

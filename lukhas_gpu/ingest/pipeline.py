@@ -5,6 +5,9 @@ Both the command line's ``ingest`` and :func:`~lukhas_gpu.ingest.migrate.migrate
 it fills missing timestamps with the time of the add, adds each batch (or, for a dry run, only
 counts it), records the progress around every add (a :class:`~lukhas_gpu.ingest.resume.Resume`),
 checkpoints every ``checkpoint_every`` batches, and reports the rate and ETA after each batch.
+Batches are added with ``dedup`` (default: the store's ``config.dedup``); the records merged into
+existing memories are counted from ``index.last_add``, and the resume decides on the store's
+write count, so it stays right whatever the dedup.
 A batch the index rejects becomes a :class:`MigrationError` naming its lines; ``add`` stores
 nothing of a batch it rejects, so the batches before it are all that is stored.
 """
@@ -46,12 +49,15 @@ class Progress:
         Records skipped on resume (not counted in the rate).
     seconds : float
         Since the loop began.
+    merged : int
+        Records of this run merged into existing memories (dedup); the others are new memories.
     """
 
     done: int
     total: int | None
     initial: int
     seconds: float
+    merged: int = 0
 
     @property
     def rate(self) -> float:
@@ -90,13 +96,21 @@ class Pipeline:
         Records skipped on resume.
     source, unit : str
         Name the input and what its batches' numbers count ("lines" or "rows") in messages.
+    dedup : {"off", "exact", "near"}, optional
+        Each batch's ``add(dedup=)``; default the index's ``config.dedup``.
 
     Attributes
     ----------
     records : int
         Records read and validated (after a bad record: also those of its batch before it).
     imported : int
-        Records added.
+        Records added (merged ones included).
+    merged : int
+        Records added that merged into an existing memory (or an earlier one of the input).
+    new : int
+        Records added as new memories (``imported - merged``).
+    dedup : str
+        The dedup mode of the adds.
     batches : int
         Batches added (or counted, for a dry run).
     seconds : float
@@ -106,14 +120,24 @@ class Pipeline:
     def __init__(self, index, *, dry_run: bool = False, checkpoint_every: int | None = None, resume=None,
                  on_batch: "Callable[[Batch, np.ndarray], None] | None" = None,
                  on_progress: Callable[[Progress], None] | None = None, total: int | None = None, initial: int = 0,
-                 source: str = "<input>", unit: str = "lines"):
+                 source: str = "<input>", unit: str = "lines", dedup: str | None = None):
+        from ..config import DEDUP_MODES
+
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if dedup is not None and dedup not in DEDUP_MODES:
+            raise ValueError(f"dedup must be one of {DEDUP_MODES} or None, got {dedup!r}")
+        self.dedup = index.config.dedup if dedup is None else dedup
         self.index, self.dry_run, self.checkpoint_every = index, dry_run, checkpoint_every
         self.resume, self.on_batch, self.on_progress = resume, on_batch, on_progress
         self.total, self.initial, self.source, self.unit = total, initial, source, unit
-        self.records = self.imported = self.batches = 0
+        self.records = self.imported = self.merged = self.batches = 0
         self.seconds = 0.0
+
+    @property
+    def new(self) -> int:
+        """Records added as new memories."""
+        return self.imported - self.merged
 
     def run(self, batches: "Iterable[Batch]") -> "Pipeline":
         """Add every batch; returns self. Raises what the reader raises (a bad record:
@@ -126,7 +150,8 @@ class Pipeline:
                 self._add(b)
                 self.seconds = time.perf_counter() - t0
                 if self.on_progress is not None:
-                    self.on_progress(Progress(self.initial + self.records, self.total, self.initial, self.seconds))
+                    self.on_progress(Progress(self.initial + self.records, self.total, self.initial, self.seconds,
+                                              self.merged))
                 if publish and self.batches % self.checkpoint_every == 0:
                     self.index.checkpoint()
         except (MigrationError, ValueError, TypeError) as e:
@@ -156,11 +181,11 @@ class Pipeline:
             missing = np.isnan(ts)
             if missing.any():
                 ts = np.where(missing, time.time(), ts)
-            if self.resume is not None:
-                self.resume.pending(n)
+            if self.resume is not None:  # the write count the add moves by one: how a resume knows it landed
+                self.resume.pending(n, writes=self.index.write_count, dedup=self.dedup)
             try:
                 ids = self.index.add(b.x, contents=b.contents, tags=b.tags, timestamps=ts, importance=b.importance,
-                                     sparse=b.sparse, dedup="off", **b.scope())  # one row a record: resume counts rows
+                                     sparse=b.sparse, dedup=self.dedup, **b.scope())
             except (TypeError, ValueError) as e:
                 # the records passed the readers' checks, so this is a limit of the index (e.g.
                 # its row limit); add() stores nothing of a batch it rejects
@@ -169,12 +194,14 @@ class Pipeline:
                 raise MigrationError(f"{self.source}, {self.unit} {b.lines[0]}-{b.lines[-1]}: the index rejected "
                                      f"this batch: {e}", path=self.source, line=b.lines[0]) from e
             ids = np.asarray(ids, dtype=np.int64)
+            merged = self.index.last_add.merged
             if self.resume is not None:
-                self.resume.added(n)
+                self.resume.added(n, new=n - merged, writes=self.index.write_count)
             self.imported += n
+            self.merged += merged
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(b, ids)
         self.records += n
-        log.debug("%s: %d records read, %d imported (through %s %d)", self.source, self.records, self.imported,
-                  self.unit, b.lines[-1])
+        log.debug("%s: %d records read, %d imported, %d of them merged (through %s %d)", self.source, self.records,
+                  self.imported, self.merged, self.unit, b.lines[-1])

@@ -404,6 +404,8 @@ def check_manifest(path, manifest: dict) -> None:
         bounded("parent", 0, gen - 1 if isinstance(gen, int) and not isinstance(gen, bool) else 2**63)
     if manifest.get("log_id") is not None:
         bounded("log_id", 1, 2**64 - 1)
+    if manifest.get("writes") is not None:  # the write count it absorbed (index/writecount.py)
+        bounded("writes", 0, 2**63 - 1)
     if not isinstance(manifest.get("config"), dict):
         raise CorruptStoreError(path, "has no config table")
     files = manifest.get("files")
