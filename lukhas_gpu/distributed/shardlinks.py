@@ -26,7 +26,7 @@ from ..index.memops import Lineage, LinkSet, check_depth, follow_arrays, with_li
 from ..util.ids import as_ids
 from . import rootfiles
 
-__all__ = ["ShardLinksMixin"]
+__all__ = ["ShardLinksMixin", "routed_edges"]
 
 
 def _ids(ids, name: str) -> np.ndarray:
@@ -152,25 +152,44 @@ class ShardLinksMixin:
                                    check_where(scoped(where, namespace, as_of)))
 
     def _follow_arrays(self, ids0, sc0, hops: int, where):
-        def edges(frontier: np.ndarray):
-            shard, row = rootfiles.split_ids(frontier, self.n_shards)
-            per = {s: np.flatnonzero(shard == s) for s in np.unique(shard).tolist() if s in self._pos}
-            answers = self._fan.run([(self._pos[s], "follow_edges", (row[idx], where)) for s, idx in per.items()])
-            counts = np.zeros(len(frontier), np.int64)
-            parts: list = [None] * len(frontier)
-            for idx, (indptr, dst, w) in zip(per.values(), answers):
-                for j, i in enumerate(idx.tolist()):
-                    a, b = int(indptr[j]), int(indptr[j + 1])
-                    parts[i], counts[i] = (dst[a:b], w[a:b]), b - a
-            indptr = np.zeros(len(frontier) + 1, np.int64)
-            np.cumsum(counts, out=indptr[1:])
-            got = [p for p in parts if p is not None]
-            return (indptr, np.concatenate([p[0] for p in got]) if got else np.zeros(0, np.int64),
-                    np.concatenate([p[1] for p in got]) if got else np.zeros(0, np.float32))
-        return follow_arrays(ids0, sc0, hops, edges)
+        return follow_arrays(ids0, sc0, hops, lambda frontier: self.link_edges(frontier, where))
+
+    def link_edges(self, ids, where=None) -> tuple:
+        """One hop of following: the out-links of global ``ids`` (of the shards open here) to
+        memories ``where`` (a checked ``Filter``) allows, a CSR ``(indptr, global ids, weights)``
+        in the order of ``ids`` (a Ray Serve group's part of a hop, :mod:`.ray_serve`)."""
+        self._require_open()
+        ids = _ids(ids, "ids")
+        shard, row = rootfiles.split_ids(ids, self.n_shards)
+        for s in np.unique(shard).tolist():
+            if s not in self._pos:
+                raise KeyError(f"{rootfiles.shard_name(s)} is not open in this ShardedIndex (shards {self.shards})")
+
+        def run(groups):
+            return self._fan.run([(self._pos[s], "follow_edges", (row[idx], where)) for s, idx in groups])
+        return routed_edges(shard, run)
 
     def _with_links(self, result, follow_links: int, where):
         """``search(follow_links=n)``: the merged result followed (its form kept, ``linked_from`` set)."""
         if not check_depth(follow_links, "follow_links", 0):
             return result
         return with_links(result, lambda ids, sc: self._follow_arrays(ids, sc, follow_links, where))
+
+
+def routed_edges(keys: np.ndarray, run) -> tuple:
+    """A frontier's out-links asked of the places holding it: ``keys[i]`` names the place of the
+    ``i``-th id (a shard, a serving group), ``run([(key, positions)])`` returns each place's CSR
+    ``(indptr, ids, weights)`` over those positions; the answers joined in frontier order."""
+    groups = [(k, np.flatnonzero(keys == k)) for k in np.unique(keys).tolist()]
+    answers = run(groups) if groups else []
+    counts = np.zeros(len(keys), np.int64)
+    dst: list = [np.zeros(0, np.int64)] * len(keys)
+    w: list = [np.zeros(0, np.float32)] * len(keys)
+    for (_, idx), (indptr, ids, weights) in zip(groups, answers):
+        for j, i in enumerate(idx.tolist()):
+            a, b = int(indptr[j]), int(indptr[j + 1])
+            dst[i], w[i], counts[i] = ids[a:b], weights[a:b], b - a
+    indptr = np.zeros(len(keys) + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return (indptr, np.concatenate(dst).astype(np.int64) if len(keys) else np.zeros(0, np.int64),
+            np.concatenate(w).astype(np.float32) if len(keys) else np.zeros(0, np.float32))
