@@ -106,6 +106,11 @@ def test_a_link_across_shards_is_refused_naming_both(both):
         sx.link([0], [(9 << rootfiles.SHARD_SHIFT)])
     with pytest.raises(ValueError, match="kind has"):
         sx.link(to_global([0, 1], b), to_global([2, 3], b), kind=["a"])
+    two = to_global([1, int(b[1]) + 1], b)  # one link per shard: a bad value in either refuses both
+    with pytest.raises(ValueError, match="weight"):
+        sx.link(two, two, weight=[1.0, float("nan")])
+    with pytest.raises((ValueError, TypeError), match="kind"):
+        sx.link(two, two, kind=["ok", "x" * 10_000])
     after = sx.links(to_global([0, int(b[1])], b))
     assert np.array_equal(after.ids, before.ids) and np.array_equal(after.indptr, before.indptr)
     with pytest.raises(ValueError, match="follow_links"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..index.memops import Lineage, LinkSet, check_depth, follow_arrays, with_links
+from ..records.links import check_kind_name
 from ..util.ids import as_ids
 from . import rootfiles
 
@@ -86,6 +87,10 @@ class ShardLinksMixin:
         s_row, d_row, groups = self._pairs_by_shard(src, dst)
         n = len(s_row)
         kinds, weights = _per_link(kind, n, "kind"), _per_link(weight, n, "weight")
+        for name in dict.fromkeys([kind] if kinds is None else kinds):  # checked once for every shard
+            check_kind_name(name)
+        if not np.isfinite(np.asarray(weight, np.float64)).all():
+            raise ValueError(f"weight must be a finite number or one finite number per link ({n})")
         self._live_or_raise(np.unique(np.concatenate([_ids(src, "src"), _ids(dst, "dst")])))
         calls = [(pos, "link", (s_row[idx], d_row[idx], kind if kinds is None else [kinds[i] for i in idx],
                                 weight if weights is None else weights[idx])) for pos, idx in groups]
