@@ -441,6 +441,7 @@ def check_sharded(root, model, rng, known) -> None:
             got = [(g.id, g.content) for g in sx.get([m.row for m in some])]
             if got != [(m.row, m.content) for m in some]:
                 _fail("ShardedIndex.get", got, [(m.row, m.content) for m in some])
+        check_links(sx, model, rng, lambda what, got, want: _fail(f"ShardedIndex {what}", got, want), by_row=True)
 
 
 def check_dump(out: dict, model, k: int) -> None:

@@ -171,21 +171,22 @@ def apply_link_call(m, call: dict) -> None:
                 del m.links[key]
 
 
-def check_links(ix, model, rng, fail) -> None:
-    """links() both ways, lineage() and search(follow_links=) against the model's links."""
+def check_links(ix, model, rng, fail, by_row: bool = False) -> None:
+    """links() both ways, lineage() and search(follow_links=) against the model's links
+    (``by_row``: ``ix`` takes rows, a ShardedIndex of the one-shard root)."""
     keys = model.keys()
     if not keys:
         return
     have = live_links(model)
     rows = [model.mems[k].row for k in keys]
     for direction, (a, b) in (("out", (0, 1)), ("in", (1, 0))):
-        ls = ix.links(keys, direction=direction)
+        ls = ix.links(rows if by_row else keys, direction=direction)
         got = {(rows[i], int(t), str(k), float(w)) for i in range(len(keys)) for t, k, w in zip(*ls.of(i))}
         want = {(e[a], e[b], e[2], model.links[e]) for e in have}
         if got != want:
             fail(f"links(all, direction={direction!r})", sorted(got ^ want)[:8], "the model's")
     start = keys[int(rng.integers(0, len(keys)))]
-    lin = ix.lineage(start, depth=2)
+    lin = ix.lineage(model.mems[start].row if by_row else start, depth=2)
     want_ids, want_depth = _bfs(have, model.mems[start].row, 2)
     if (lin.ids.tolist(), lin.depth.tolist()) != (want_ids, want_depth):
         fail(f"lineage({start!r}, depth=2)", (lin.ids.tolist(), lin.depth.tolist()), (want_ids, want_depth))

@@ -1,5 +1,6 @@
-"""The model test's ``trial`` op (``Run.op_trial``): a trial with a random change and rule, in this
-process or in a writer subprocess killed with SIGKILL at a random point of it. Whatever the
+"""The model test's ``trial`` op (``Run.op_trial``): a trial with a random change (a config field or
+another candidate structure) and rule, in this process or in a writer subprocess killed with
+SIGKILL at a random point of it (a rolled-back trial's report is logged: reopened, it is there). Whatever the
 decision, the memories are the model's (every check runs after it); a promotion publishes one
 generation (added to the lineage), a rollback none; after a kill the store is the live index or
 the promoted one, and a generation written but not published is an orphan (as a checkpoint's)."""
@@ -13,7 +14,9 @@ from model_calls import dumps_call
 #: Changes a trial draws from. The checks search with ``nprobe = NLIST`` as "every list" and
 #: hold the own-vector rank of PQ16 at 16 dims, so trials keep ``nlist <= NLIST`` and the PQ size.
 CHANGES = ({"nlist": 4}, {"nlist": 8}, {"nlist": 16}, {"coarse": "hnsw"}, {"coarse": "flat"}, {"nprobe": 4},
-           {"nlist": 8, "coarse": "hnsw"}, {"rerank": 8})
+           {"nlist": 8, "coarse": "hnsw"}, {"rerank": 8},
+           # another candidate structure beside the IVF (index/stagetrial.py): the tuner's, promoted durably
+           {"structure": "graph"}, {"structure": "rabitq"}, {"structure": "ivf"}, {"structure": "exact"})
 #: (recall_tolerance, qps_tolerance) rules: promote at once, judge recall only, judge both, strict.
 RULES = ((1.0, None), (0.5, None), (0.2, 1.0), (0.0, 0.0))
 
@@ -32,8 +35,9 @@ def check_tag_drift(reader, writer) -> None:
             raise Violation(f"per-tag drift of {tag!r}: the reader has {g}, the writer {w}")
 
 
-def _call(rng) -> dict:
+def _call(op, rng) -> dict:
     change = CHANGES[int(rng.integers(len(CHANGES)))]
+    change = op.get("change", change)  # a test may name it
     rt, qt = RULES[int(rng.integers(len(RULES)))]
     return {"name": "trial", **change, "recall_tolerance": rt, "qps_tolerance": qt}
 
@@ -42,8 +46,8 @@ def op_trial(run, op, rng) -> None:
     """In this process (70%) or a killed subprocess (30%)."""
     from model_store import Violation
 
-    call = _call(rng)
-    if rng.random() < 0.3:
+    call = _call(op, rng)
+    if op.get("killed", rng.random() < 0.3):
         return _killed(run, call, rng)
     ix = run._writer()
     kw = {k: v for k, v in call.items() if k != "name"}
@@ -58,6 +62,10 @@ def op_trial(run, op, rng) -> None:
         raise Violation(f"a trial's report disagrees with itself: {rep['decision']}, generation {rep['generation']}")
     if ix.trials()[-1]["decision"] != rep["decision"]:
         raise Violation("trials() does not end with the last trial's report")
+    if rep["generation"] is None:  # the report is logged: durable now, the log holds a record
+        run.log_dirty = True
+        if rng.random() < 0.3:
+            _reopened_has(run, rep)
     if rep["generation"] is not None:
         if rep["generation"] != run.current():
             raise Violation(f"a promoted trial reports {rep['generation']}, CURRENT is {run.current()}")
@@ -65,7 +73,31 @@ def op_trial(run, op, rng) -> None:
         run.log_dirty = False
         if any(getattr(ix.config, k) != v for k, v in kw.items() if k in ("nlist", "coarse", "rerank")):
             raise Violation(f"a promoted trial {kw} left the config {ix.config}")
-    run.count("trial " + rep["decision"])
+    if "structure" in kw and rep["promoted"]:
+        st = ix.parts.stage
+        want = kw["structure"] if kw["structure"] in ("graph", "rabitq") else None
+        if (st.kind if st is not None else None) != want:
+            raise Violation(f"a promoted trial {kw} serves the stage {st and st.kind}")
+    run.count("trial " + ("structure " if "structure" in kw else "") + rep["decision"])
+
+
+def _reopened_has(run, rep: dict) -> None:
+    """A rolled-back trial's report survives a close without a checkpoint (as a crash would)."""
+    import json
+
+    from model_store import Violation
+
+    run._close(False)
+    if run._writer().trials()[-1] != json.loads(json.dumps(rep)):
+        raise Violation("a rolled-back trial's report is not in trials() after a reopen")
+    run.count("trial report reopened")
+
+
+def _log_holds_records(path) -> bool:
+    from lukhas_gpu.index import durable
+    from lukhas_gpu.store import layout
+
+    return (path / layout.WAL).exists() and durable.log_summary(path / layout.WAL)["records"] > 0
 
 
 def _killed(run, call: dict, rng) -> None:
@@ -94,6 +126,7 @@ def _killed(run, call: dict, rng) -> None:
     if not matches(run.ix, run.model, rng, run.known):
         raise Violation(f"after SIGKILL during a trial {call} the store does not hold the model's memories")
     cur = run.current()
+    run.log_dirty = _log_holds_records(run.path)  # a rolled-back trial logged its report, maybe
     if cur == nxt:
         run.lineage.append((cur, run.model.copy()))
         run.log_dirty = False

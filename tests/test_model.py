@@ -132,3 +132,17 @@ def test_dedup_and_links_hold_through_crashes(tmp_path):
     ops[0]["n"] = 120  # untrained: every near candidate found by the exact scan
     counts = ms.run_ops("rows", ops, tmp_path, 104, ms.KNOWN_DEFECTS)
     assert counts.get("dedup exact merged", 0) + counts.get("dedup near merged", 0) > 0, counts
+
+
+def test_structure_trials_hold_to_the_model(tmp_path):
+    """Trials of each candidate structure (index/stagetrial.py), in this process and in writer
+    subprocesses killed mid-trial, among writes, checkpoints, rollbacks, reopens and a reader; a
+    rolled-back trial's report is durable (logged) at once."""
+    ops = ms.gen_ops(105, 14, ops=("add", "update", "delete", "checkpoint", "reopen", "refresh", "rollback"),
+                     must=("refresh", "rollback"))
+    for i, (change, killed) in enumerate([("graph", False), ("exact", True), ("rabitq", False), ("graph", True),
+                                          ("ivf", False), ("rabitq", True)]):
+        ops.insert(3 + 2 * i, {"op": "trial", "s": 50 + i, "change": {"structure": change}, "killed": killed})
+    counts = ms.run_ops("str", ops, tmp_path, 105, ms.KNOWN_DEFECTS)
+    assert sum(v for k, v in counts.items() if k.startswith("trial structure")) >= 3, counts
+    assert sum(v for k, v in counts.items() if k.startswith("trial killed")) == 3, counts

@@ -179,5 +179,14 @@ def test_serve_deployment_answers_over_http_like_the_local_mode(cluster, root, l
                     break
                 time.sleep(0.25)
             assert [r[0] for r in out["ids"]] == want
+            writer.link(rows[0], rows[1:3], kind="next")  # follow_links: the groups' links, hop by hop
+            writer.link(rows[2], rows[3])
+            for _ in range(40):
+                status, out = _post(url, {"vectors": extra.x[:1].tolist(), "k": 1, "follow_links": 2})
+                if status == 200 and out["ids"][0][1:] == want[1:4]:
+                    break
+                time.sleep(0.25)
+            assert status == 200 and out["ids"][0] == want[:4], out
+            assert out["linked_from"][0] == [-1, want[0], want[0], want[2]]
     finally:
         serve.shutdown()

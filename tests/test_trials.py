@@ -93,10 +93,12 @@ def test_a_candidate_that_loses_recall_is_rolled_back_and_nothing_changes(tmp_pa
     assert ix.config == cfg and ix.parts.ann is ann and _same(before, _snapshot(ix))
     assert layout.current_generation(path).name == gen
     assert ix.trials()[-1]["decision"] == "rolled back"
-    ix.checkpoint()  # the report goes with the next checkpoint
-    ix.close()
+    reader = MemoryIndex.open(path)  # the report is durable when the trial ends: logged, no checkpoint
+    assert reader.trials()[-1] == ix.trials()[-1] and layout.current_generation(path).name == gen
+    reader.close()
+    ix.close(checkpoint=False)  # as a crash leaves it: only the log has the report
     again = MemoryIndex.open(path)
-    assert again.trials()[-1]["decision"] == "rolled back" and again.config == cfg
+    assert again.trials()[-1] == json.loads(json.dumps(rep)) and again.config == cfg
     again.close()
 
 
@@ -113,6 +115,43 @@ def test_a_projection_trial_changes_dim_out_and_reopens(tmp_path, data):
     rep = again.retrain(tolerance=0.5)  # a retrain keeps the trial's config
     assert rep["nlist"] == again.config.nlist or again.config.nlist is None
     assert again.encoder.dim_out == 16
+    again.close()
+
+
+def test_a_structure_trial_promotes_its_stage_durably_or_rolls_back(tmp_path, data):
+    x, q = data
+    path = tmp_path / "s"
+    ix = _store(path, data)
+    reader = MemoryIndex.open(path)
+    rep = ix.trial(structure="exact", recall_tolerance=1.0, qps_tolerance=None)
+    assert rep["promoted"] and rep["generation"] == layout.current_generation(path).name
+    assert rep["candidate"]["params"]["structure"] == "exact" and rep["changes"] == {"structure": "exact"}
+    assert ix.parts.tuned.kind == "exact" and ix.parts.stage is None
+    gen = rep["generation"]
+    rep = ix.trial(structure="graph", recall_tolerance=0.0, qps_tolerance=None)  # below the exact scan's recall
+    assert rep["decision"] == "rolled back" and rep["generation"] is None
+    assert rep["live"]["params"]["structure"] == "exact" and rep["candidate"]["params"]["structure"] == "graph"
+    assert rep["candidate"]["recall"] < rep["live"]["recall"] and rep["candidate"]["bytes"] > rep["live"]["bytes"]
+    assert ix.parts.tuned.kind == "exact" and ix.parts.stage is None and ix.parts.building == []
+    assert layout.current_generation(path).name == gen
+    rep = ix.trial(structure="graph", recall_tolerance=1.0, qps_tolerance=None)
+    assert rep["promoted"] and ix.parts.stage.kind == "graph" and ix.parts.stage.ready
+    assert ix.parts.tuned.kind == "graph" and ix.config.nlist is None
+    ix.add(x[:50], contents=[f"n{i}" for i in range(50)])  # the promoted stage follows the writes
+    got = ix.search(q, 10, target_recall=0.95).ids
+    reader.refresh()
+    assert reader.parts.stage.kind == "graph"
+    assert [t["decision"] for t in reader.trials()] == ["promoted", "rolled back", "promoted"]
+    reader.close()
+    ix.close()
+    again = MemoryIndex.open(path, mode="w")
+    assert again.parts.stage.kind == "graph" and again.parts.tuned.kind == "graph"
+    assert np.array_equal(np.asarray(again.search(q, 10, target_recall=0.95).ids), np.asarray(got))
+    again.verify()
+    for kw, match in [({"structure": "hnsw"}, "structure"), ({"structure": None}, "structure"),
+                      ({"structure": "graph", "nlist": 8}, "alone")]:
+        with pytest.raises(ValueError, match=match):
+            again.trial(**kw)
     again.close()
 
 
@@ -197,6 +236,9 @@ def test_the_cli_and_the_server_run_trials(tmp_path, data, capsys):
                  "--qps-tolerance", "1"]) == 0
     out = capsys.readouterr().out
     assert "promoted" in out and "candidate" in out
+    assert main(["trial", str(path), "--structure", "rabitq", "--recall-tolerance", "1", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["candidate"]["params"]["structure"] == "rabitq" and rep["changes"] == {"structure": "rabitq"}
     assert main(["drift", str(path), "--by-tag", "--json"]) == 0
     assert "t" in json.loads(capsys.readouterr().out)["tags"]
     optional_import("fastapi")
@@ -209,6 +251,9 @@ def test_the_cli_and_the_server_run_trials(tmp_path, data, capsys):
     with TestClient(create_app(ServeOptions(store=str(path), mode="w", refresh_s=0.0))) as c:
         r = c.post("/v1/trial", json={"nprobe": 1, "recall_tolerance": 0})
         assert r.status_code == 200 and r.json()["decision"] == "rolled back", r.text
+        r = c.post("/v1/trial", json={"structure": "exact", "recall_tolerance": 1, "qps_tolerance": None})
+        assert r.status_code == 200 and r.json()["candidate"]["params"]["structure"] == "exact", r.text
+        assert c.post("/v1/trial", json={"structure": "bogus"}).status_code in (400, 422)
         assert c.post("/v1/trial", json={"nlst": 3}).status_code == 422
         assert c.post("/v1/trial", json={}).status_code in (400, 422)
         assert c.get("/v1/drift", params={"by_tag": "true"}).json()["tags"]["t"]["count"] == N

@@ -1,5 +1,6 @@
 """``lukhas-gpu links STORE ID...``: the links of memories (``--in`` the links to them), or with
-``--depth`` the memories reachable from one (``MemoryIndex.lineage``)."""
+``--depth`` the memories reachable from one (``MemoryIndex.lineage``); STORE may be a sharded root
+(global ids, ``ShardedIndex``)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ __all__ = ["add_parsers", "cmd_links"]
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("links", help="print the links of memories, or (--depth) the memories reachable from one")
-    p.add_argument("store", help="store directory")
-    p.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids")
+    p.add_argument("store", help="store directory, or a sharded root")
+    p.add_argument("ids", nargs="+", type=int, metavar="ID", help="memory ids (global ids in a sharded root)")
     p.add_argument("--kind", default=None, help="only links of this kind")
     p.add_argument("--in", dest="incoming", action="store_true", help="the links to the ids, not from them")
     p.add_argument("--depth", type=int, default=None, help="the lineage of one id: every memory reachable in at most "
@@ -22,10 +23,10 @@ def add_parsers(sub) -> None:
 def cmd_links(args) -> int:
     import numpy as np
 
-    from lukhas_gpu import MemoryIndex
+    from .search_cmd import open_for_search
 
     direction = "in" if args.incoming else "out"
-    index = MemoryIndex.open(args.store, mode="r")
+    index = open_for_search(args.store)
     try:
         if args.depth is not None:
             if len(args.ids) != 1:

@@ -7,7 +7,7 @@ import json
 __all__ = ["add_parsers", "cmd_trial", "cmd_drift"]
 
 #: ``--flag``: the trial's config field.
-_CHANGES = {"nlist": int, "pq_m": int, "dim_out": int, "coarse": str, "nprobe": int, "rerank": int}
+_CHANGES = {"nlist": int, "pq_m": int, "dim_out": int, "coarse": str, "nprobe": int, "rerank": int, "structure": str}
 
 
 def add_parsers(sub) -> None:
@@ -18,7 +18,9 @@ def add_parsers(sub) -> None:
                                    "checkpointed) or discarded.")
     t.add_argument("store", help="store directory")
     for name, kind in _CHANGES.items():
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=f"the candidate's {name}")
+        t.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=f"the candidate's {name}" + (
+            " (alone: graph, rabitq, ivf or exact; the tuner's choice at the recall target forced to it)"
+            if name == "structure" else ""))
     t.add_argument("--queries", metavar="NPY", help="probe queries (.npy, float32 (n, dim)); default: recorded ones")
     t.add_argument("--recall-tolerance", type=float, default=0.01, help="recall the candidate may lose (default 0.01)")
     t.add_argument("--qps-tolerance", type=float, default=0.2, help="share of QPS it may lose (default 0.2)")

@@ -87,6 +87,9 @@ class ShardGroup:
     def contents(self, ids) -> list:
         return self.index.contents(ids)
 
+    def link_edges(self, ids, where) -> tuple:
+        return self.index.link_edges(ids, where)
+
     def count(self) -> int:
         return len(self.index)
 
@@ -97,8 +100,8 @@ class ShardGroup:
 
 class _Front:
     """What :func:`lukhas_gpu.serve.search.run_search` reads of "the index": ``dim``,
-    ``config.metric``, and ``contains``/``contents`` for ``with_content`` (routed to the groups
-    holding the ids; called from a worker thread)."""
+    ``config.metric``, ``contains``/``contents`` for ``with_content`` and ``follow`` for
+    ``follow_links`` (routed to the groups holding the ids; called from a worker thread)."""
 
     def __init__(self, dim: int, metric: str, groups: list, per_group: int, n_shards: int):
         import types
@@ -126,6 +129,22 @@ class _Front:
             for j, c in zip(at.tolist(), a):
                 out[j] = c
         return out
+
+    def follow(self, ids, scores, hops: int, *, where=None):
+        """``follow_links``: the merged hits followed hop by hop, each hop asking the groups
+        holding the frontier for its links (:func:`lukhas_gpu.index.memops.follow_arrays`)."""
+        from ..index.memops import check_depth, follow_arrays
+        from .shardlinks import routed_edges
+
+        def edges(frontier):
+            group = rootfiles.split_ids(frontier, self._n)[0] // self._per
+
+            def run(groups):
+                refs = [self._groups[g].link_edges.remote(frontier[idx], where) for g, idx in groups]
+                return [_result(r) for r in refs]
+            return routed_edges(group, run)
+        return follow_arrays(np.asarray(ids, np.int64), np.asarray(scores, np.float32),
+                             check_depth(hops, "follow_links", 0), edges)
 
 
 class Ingress:

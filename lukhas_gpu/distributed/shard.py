@@ -110,6 +110,43 @@ class ShardHost:
             return [int(v) if v >= 0 and r < self.index.parts.rows else None for v, r in zip(g.tolist(), rows.tolist())]
         return self.index.external_ids_of(rows)
 
+    # -- links by row (a link's two ends are in this shard: sharded.py's rule) -------------------------
+    def _caller_ids(self, rows) -> np.ndarray | list:
+        """Rows as this shard's ``link``/``links`` take them: rows, or their external ids."""
+        rows = as_ids(rows)
+        return rows if self.index.config.external_ids is None else self.index.external_ids_of(rows)
+
+    def link(self, src, dst, kind, weight) -> int:
+        with self.index.lock:
+            return self.index.link(self._caller_ids(src), self._caller_ids(dst), kind=kind, weight=weight)
+
+    def unlink(self, src, dst, kind) -> int:
+        with self.index.lock:
+            return self.index.unlink(self._caller_ids(src), self._caller_ids(dst), kind=kind)
+
+    def links(self, rows, kind, direction):
+        """``MemoryIndex.links`` of rows, its ids global."""
+        with self.index.lock:
+            ls = self.index.links(self._caller_ids(rows), kind=kind, direction=direction)
+        return dataclasses.replace(ls, ids=self._global(ls.ids))
+
+    def lineage(self, row: int, depth: int, kind, direction):
+        """``MemoryIndex.lineage`` of a row, its ids and parents global."""
+        with self.index.lock:
+            lin = self.index.lineage(self._caller_ids([row])[0], depth=depth, kind=kind, direction=direction)
+        return dataclasses.replace(lin, ids=self._global(lin.ids), parent=self._global(lin.parent))
+
+    def follow_edges(self, rows, where) -> tuple:
+        """The out-links of rows to memories ``where`` allows: ``(indptr, global ids, weights)``
+        (one hop of ``search(follow_links=)``, :func:`lukhas_gpu.index.memops.follow_arrays`)."""
+        from ..index.memops import allowed_edges
+        from ..query.filters import allowed_rows
+
+        with self.index.lock:
+            ls = self.index.links(self._caller_ids(rows), direction="out")
+            indptr, ids, w = allowed_edges(ls.indptr, ls.ids, ls.weights, allowed_rows(self.index.parts, where))
+        return indptr, self._global(ids), w
+
     # -- the store ---------------------------------------------------------------------------------
     def count(self) -> int:
         return len(self.index)

@@ -30,6 +30,7 @@ from ..util.checks import check_positive, check_queries
 from ..util.ids import as_ids
 from . import aggregate, rootfiles
 from .merge import check_rank, check_where, fixed_rank, merge_topk
+from .shardlinks import ShardLinksMixin
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,13 @@ def check_root(root, doc: dict, shards: list[int]) -> None:
             raise ValueError(f"shard {s!r} is not in this root (0..{doc['shards'] - 1})")
 
 
-class ShardedIndex:
+class ShardedIndex(ShardLinksMixin):
     """The shards of a sharded root searched as one index (module docstring).
 
     Open it with :meth:`open`; the methods mirror :class:`~lukhas_gpu.MemoryIndex` where they
     make sense over several stores (search, search_text, get, contents, contains, stats,
-    quality, refresh, verify, close).
+    quality, refresh, verify, close; link, unlink, links, lineage, follow and
+    ``search(follow_links=)`` with links inside a shard: :mod:`.shardlinks`).
     """
 
     def __init__(self, root, doc: dict, fan, infos: list[dict], mode: str, actors: bool):
@@ -166,7 +168,8 @@ class ShardedIndex:
     # -- search ----------------------------------------------------------------------------------
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
-               fusion=None, diversity: float = 0.0, namespace: str | None = None, as_of=None) -> SearchResult:
+               fusion=None, diversity: float = 0.0, namespace: str | None = None, as_of=None,
+               follow_links: int = 0) -> SearchResult:
         """Top-k memories for each query over every shard: the arguments and the result of
         :meth:`MemoryIndex.search <lukhas_gpu.MemoryIndex.search>`, with global ids
         (``namespace`` and ``as_of`` merged into ``where`` once, "now" the driver's clock).
@@ -178,6 +181,8 @@ class ShardedIndex:
         Each shard searches with the parameters given (``nprobe``/``rerank``/``target_recall``:
         its own tuned choice when unset), returns its top-k, and the lists are merged exactly.
         A ``rank`` without ``now`` is given the driver's clock once, so all shards score alike.
+        ``follow_links``: the merged hits followed along their shards' links, as one index would
+        (:mod:`.shardlinks`; ``linked_from`` with global ids).
         """
         import torch
 
@@ -190,8 +195,9 @@ class ShardedIndex:
             from .fusion_merge import hybrid_search
             if check_diversity(diversity, 1) is not None:
                 raise ValueError("diversity applies to dense searches (not with text= or sparse=)")
-            return hybrid_search(self, queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank,
-                                 target_recall=target_recall, text=text, sparse=sparse, fusion=fusion)
+            res = hybrid_search(self, queries, k, where=where, rank=rank, nprobe=nprobe, rerank=rerank,
+                                target_recall=target_recall, text=text, sparse=sparse, fusion=fusion)
+            return self._with_links(res, follow_links, check_where(where))
         q, kind = as_batch(queries, self.dim, "queries")
         if self.metric == "cosine":
             check_nonzero(q, "queries")
@@ -201,7 +207,8 @@ class ShardedIndex:
         rerank = None if rerank is None else check_positive("rerank", rerank)
         ids, scores = self.search_arrays(q.to("cpu", torch.float32).numpy(), k, where, fixed_rank(rank),
                                          nprobe, rerank, target_recall, diversity)
-        return SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self))
+        return self._with_links(SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self)),
+                                follow_links, where)
 
     def search_arrays(self, q: np.ndarray, k: int, where=None, rank=None, nprobe=None, rerank=None,
                       target_recall=None, diversity=None) -> tuple[np.ndarray, np.ndarray]:

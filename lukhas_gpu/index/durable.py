@@ -1,10 +1,7 @@
 """The index as a durable store: write a generation from the parts, rebuild the parts from one,
-replay the write-ahead log, roll back, verify.
-
-The facade's ``create``/``open``/``checkpoint``/``save``/``rollback``/``verify`` are thin calls
-into here; file names come from :mod:`lukhas_gpu.store.layout`, bytes from each component's own
-``to_arrays()``.
-"""
+replay the write-ahead log, roll back, verify. The facade's ``create``/``open``/``checkpoint``/
+``save``/``rollback``/``verify`` are thin calls into here; file names come from
+:mod:`lukhas_gpu.store.layout`, bytes from each component's own ``to_arrays()``."""
 from __future__ import annotations
 
 import json
@@ -30,7 +27,7 @@ from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
 from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
 from . import candidates, ivflists, links_parts, loadchecks, scope_parts, sparse_parts, writecount
-from .trials import trial_reports
+from .trials import OP_TRIAL, apply_report, trial_reports
 
 log = logging.getLogger(__name__)
 
@@ -432,6 +429,8 @@ def apply_record(index, op: int, f: dict) -> None:
         writes.apply_delete(index, writes.prepare_delete(index, f["ids"]))
     elif op in links_parts.LINK_OPS:
         links_parts.apply_record(index, op, f)
+    elif op == OP_TRIAL:  # a rolled-back trial's report
+        apply_report(index.parts, f)
     else:
         raise layout.CorruptStoreError(index.path / layout.WAL, f"unknown operation {op}")
 

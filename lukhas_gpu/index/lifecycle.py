@@ -43,7 +43,7 @@ from . import candidates, driftwatch, ivflists, quality
 
 log = logging.getLogger(__name__)
 
-__all__ = ["calibrate", "observe", "train", "start_retrain", "retrain", "requantize"]
+__all__ = ["calibrate", "observe", "train", "start_retrain", "retrain", "requantize", "interleaved", "judge"]
 
 
 def _sample_rows(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
@@ -97,8 +97,7 @@ def observe(parts, x: torch.Tensor, codes: torch.Tensor, proj: torch.Tensor, ids
 
 
 def _new_ann(dim_out: int, n: int, cfg) -> IVFPQIndex:
-    # the one candidate structure today; a config's ``structure`` (once it has one: a trial may
-    # already change it, trials.FUTURE_FIELDS) picks the builder here
+    # the IVF; a trial of another candidate structure beside it is index/stagetrial.py's
     nlist = planned_nlist(n, cfg)
     return IVFPQIndex(dim_out, nlist=nlist, pq_m=auto_pq_m(dim_out, cfg.pq_m), coarse=coarse_for(nlist, cfg),
                       seed=cfg.seed)
@@ -389,31 +388,17 @@ def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale,
         return quality.found(index, probe, 10, nprobe, rerank, resident=False), time.perf_counter() - t
 
     try:
-        old_found, t_old = run(live, np_old, rr)
-        new_found, t_new = run(cand, np_new, rr_new)
-        spent, rounds = t_old + t_new, 1
-        while qps_tolerance is not None and (rounds < QPS_REPEATS or spent < 2 * QPS_SECONDS) \
-                and rounds < QPS_MAX_ROUNDS:  # the fastest of interleaved runs: noise only adds time
-            (_, a), (_, b) = run(live, np_old, rr), run(cand, np_new, rr_new)
-            t_old, t_new, spent, rounds = min(t_old, a), min(t_new, b), spent + a + b, rounds + 1
+        old_found, new_found, t_old, t_new = interleaved(lambda: run(live, np_old, rr),
+                                                         lambda: run(cand, np_new, rr_new), qps_tolerance is not None)
     finally:
         parts.encoder, parts.ann = live
         encoder.scale.copy_(new_scale)
+    accepted, reason, old, new, qps = judge(probe, old_found, new_found, t_old, t_new, tolerance, qps_tolerance)
     hits, nq = int(probe["exact_n"].sum()), len(probe["q"])
-    old, new = (recall_estimate(f, probe["exact_n"], probe["kept"], probe["true"]) for f in (old_found, new_found))
-    sides = {name: {"recall": est["recall"], "ci": est["ci"], "qps": nq / max(t, 1e-9), "bytes": _bytes(*side),
+    sides = {name: {"recall": est["recall"], "ci": est["ci"], "qps": q, "bytes": _bytes(*side),
                     "params": {**_params(*side), "nprobe": int(npr), "rerank": int(rrk)}}
-             for name, est, t, side, npr, rrk in (("live", old, t_old, live, np_old, rr),
-                                                  ("candidate", new, t_new, cand, np_new, rr_new))}
-    # paired: the same queries and exact neighbours; the int8 stage is the same for both
-    recall_ok = new_found.sum() >= old_found.sum() - tolerance * hits
-    qps_ok = qps_tolerance is None or sides["candidate"]["qps"] >= (1.0 - qps_tolerance) * sides["live"]["qps"]
-    accepted = bool(recall_ok and qps_ok)
-    reason = (f"probe recall {old['recall'] or 0.0:.4f} -> {new['recall'] or 0.0:.4f} on {hits} neighbours "
-              f"({'within' if recall_ok else 'past'} the tolerance {tolerance:g})")
-    if qps_tolerance is not None:
-        reason += (f"; QPS {sides['live']['qps']:.0f} -> {sides['candidate']['qps']:.0f} "
-                   f"({'within' if qps_ok else 'past'} the tolerance {qps_tolerance:g})")
+             for name, est, q, side, npr, rrk in (("live", old, qps[0], live, np_old, rr),
+                                                  ("candidate", new, qps[1], cand, np_new, rr_new))}
     if accepted:
         parts.encoder, parts.ann = cand
         candidates.drop(parts, "retrained (a new projected space)")
@@ -421,6 +406,34 @@ def _compare_and_swap(index, queries, tolerance: float, encoder, ann, old_scale,
             "trial", reason, "new index kept" if accepted else "new index discarded")
     return {"accepted": accepted, "old": old, "new": new, "hits": hits, "source": probe["source"], "queries": nq,
             "reason": reason, **sides}
+
+
+def interleaved(run_old, run_new, timed: bool) -> tuple:
+    """``(old found, new found, old seconds, new seconds)`` of two sides' probe searches (each
+    ``run_*()`` -> ``(found, seconds)``): one run each, then (``timed``) the fastest of interleaved
+    runs, :data:`QPS_REPEATS` or more (noise only adds time)."""
+    (old_found, t_old), (new_found, t_new) = run_old(), run_new()
+    spent, rounds = t_old + t_new, 1
+    while timed and (rounds < QPS_REPEATS or spent < 2 * QPS_SECONDS) and rounds < QPS_MAX_ROUNDS:
+        (_, a), (_, b) = run_old(), run_new()
+        t_old, t_new, spent, rounds = min(t_old, a), min(t_new, b), spent + a + b, rounds + 1
+    return old_found, new_found, t_old, t_new
+
+
+def judge(probe: dict, old_found, new_found, t_old: float, t_new: float, tolerance: float, qps_tolerance) -> tuple:
+    """The rule of a retrain and a trial on paired measurements (the same queries and exact
+    neighbours): ``(accepted, reason, old estimate, new estimate, (old QPS, new QPS))``."""
+    hits, nq = int(probe["exact_n"].sum()), len(probe["q"])
+    old, new = (recall_estimate(f, probe["exact_n"], probe["kept"], probe["true"]) for f in (old_found, new_found))
+    qps = (nq / max(t_old, 1e-9), nq / max(t_new, 1e-9))
+    recall_ok = new_found.sum() >= old_found.sum() - tolerance * hits
+    qps_ok = qps_tolerance is None or qps[1] >= (1.0 - qps_tolerance) * qps[0]
+    reason = (f"probe recall {old['recall'] or 0.0:.4f} -> {new['recall'] or 0.0:.4f} on {hits} neighbours "
+              f"({'within' if recall_ok else 'past'} the tolerance {tolerance:g})")
+    if qps_tolerance is not None:
+        reason += (f"; QPS {qps[0]:.0f} -> {qps[1]:.0f} "
+                   f"({'within' if qps_ok else 'past'} the tolerance {qps_tolerance:g})")
+    return bool(recall_ok and qps_ok), reason, old, new, qps
 
 
 #: Timed runs of each side's probe searches in a trial (the fastest counts: the others met noise):

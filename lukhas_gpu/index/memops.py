@@ -18,7 +18,8 @@ from ..util.bounds import MAX_LINEAGE, MAX_LINK_DEPTH, MAX_LINKED_PER_QUERY
 from . import links_parts, writecount
 from .locking import locked
 
-__all__ = ["MemOpsMixin", "LinkSet", "Lineage"]
+__all__ = ["MemOpsMixin", "LinkSet", "Lineage", "follow_arrays", "allowed_edges", "check_depth",
+           "with_links"]
 
 _DIRECTIONS = ("out", "in")
 
@@ -69,7 +70,7 @@ class Lineage:
     parent: np.ndarray
 
 
-def _check_depth(depth, name: str, low: int) -> int:
+def check_depth(depth, name: str, low: int) -> int:
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not low <= depth <= MAX_LINK_DEPTH:
         raise ValueError(f"{name} must be an int in [{low}, {MAX_LINK_DEPTH}] (util.bounds.MAX_LINK_DEPTH), "
                          f"got {depth!r}")
@@ -155,7 +156,7 @@ class MemOpsMixin:
     def lineage(self, id, depth: int = 3, kind: str | None = None, direction: str = "out") -> Lineage:
         """The memories reachable from ``id`` in at most ``depth`` hops along links (of ``kind``,
         or any), breadth first, each once; at most ``util.bounds.MAX_LINEAGE``."""
-        depth = _check_depth(depth, "depth", 1)
+        depth = check_depth(depth, "depth", 1)
         if direction not in _DIRECTIONS:
             raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
         start = self._link_rows(id, "id")
@@ -185,18 +186,9 @@ class MemOpsMixin:
 
     def _with_links(self, result, follow_links, where):
         """``search(follow_links=n)``: :meth:`follow` applied to a ``SearchResult`` (its form kept)."""
-        if not _check_depth(follow_links, "follow_links", 0):
+        if not check_depth(follow_links, "follow_links", 0):
             return result
-        ids0, sc0 = (a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
-                     for a in (result.ids, result.scores))
-        ids, scores, frm = self._follow_arrays(ids0, sc0, follow_links, where)
-        if hasattr(result.ids, "detach"):
-            import torch
-
-            ids_t = torch.as_tensor(ids, device=result.ids.device)
-            return dataclasses.replace(result, ids=ids_t, scores=torch.as_tensor(scores, device=result.ids.device),
-                                       linked_from=frm)
-        return dataclasses.replace(result, ids=ids, scores=scores, linked_from=frm)
+        return with_links(result, lambda ids, sc: self._follow_arrays(ids, sc, follow_links, where))
 
     @locked
     def follow(self, ids, scores, hops: int = 1, *, where=None, namespace: str | None = None, as_of=None):
@@ -209,54 +201,94 @@ class MemOpsMixin:
         ids0, sc0 = np.asarray(ids), np.asarray(scores, np.float32)
         if ids0.shape != sc0.shape or ids0.ndim not in (1, 2):
             raise ValueError(f"ids {ids0.shape} and scores {sc0.shape} must be one (k,) or (nq, k) shape")
-        _check_depth(hops, "hops", 0)
+        check_depth(hops, "hops", 0)
         return self._follow_arrays(ids0.astype(np.int64), sc0, hops, filters.scoped(where, namespace, as_of))
 
     def _follow_arrays(self, ids0, sc0, follow_links, where):
-        """Each query's hits followed ``follow_links`` hops along out-links; the memories reached
-        (live, allowed by ``where``, not already in the results) are appended in hit order, at
-        most ``util.bounds.MAX_LINKED_PER_QUERY`` per query."""
-        hops = _check_depth(follow_links, "follow_links", 0)
+        """:func:`follow_arrays` over this index's out-links (the memories ``where`` allows)."""
+        hops = check_depth(follow_links, "follow_links", 0)
         from ..query import filters
 
         allowed = filters.allowed_rows(self.parts, where)
-        one = ids0.ndim == 1
-        ids2, sc2 = np.atleast_2d(ids0), np.atleast_2d(sc0).astype(np.float32)
-        extra = [self._follow(row_ids, row_sc, hops, allowed) for row_ids, row_sc in zip(ids2, sc2)]
-        m = max((len(e[0]) for e in extra), default=0)
-        nq, k = ids2.shape
-        ids = np.full((nq, k + m), -1, np.int64)
-        scores = np.full((nq, k + m), -np.inf, np.float32)
-        frm = np.full((nq, k + m), -1, np.int64)
-        ids[:, :k], scores[:, :k] = ids2, sc2
-        for q, (e_ids, e_sc, e_from) in enumerate(extra):
-            ids[q, k:k + len(e_ids)], scores[q, k:k + len(e_ids)], frm[q, k:k + len(e_ids)] = e_ids, e_sc, e_from
-        if one:
-            ids, scores, frm = ids[0], scores[0], frm[0]
-        return ids, scores, frm
 
-    def _follow(self, hit_ids: np.ndarray, hit_sc: np.ndarray, hops: int, allowed):
-        ok = hit_ids >= 0
-        frontier, fsc = hit_ids[ok], hit_sc[ok]
-        seen = set(frontier.tolist())
-        out_ids, out_sc, out_from = [], [], []
-        for _ in range(hops):
-            if not len(frontier) or len(out_ids) >= MAX_LINKED_PER_QUERY:
-                break
+        def edges(frontier):
             ls = self._links_of(frontier, None, "out")
-            src = np.repeat(np.arange(len(frontier)), np.diff(ls.indptr))
-            nxt, nsc = [], []
-            for j, (dst, w) in enumerate(zip(ls.ids.tolist(), ls.weights.tolist())):
-                if dst in seen or (allowed is not None and dst not in allowed):
-                    continue
-                seen.add(dst)
-                s = float(fsc[src[j]]) * w
-                out_ids.append(dst)
-                out_sc.append(s)
-                out_from.append(int(frontier[src[j]]))
-                nxt.append(dst)
-                nsc.append(s)
-                if len(out_ids) >= MAX_LINKED_PER_QUERY:
-                    break
-            frontier, fsc = np.array(nxt, np.int64), np.array(nsc, np.float32)
-        return np.array(out_ids, np.int64), np.array(out_sc, np.float32), np.array(out_from, np.int64)
+            return allowed_edges(ls.indptr, ls.ids, ls.weights, allowed)
+        return follow_arrays(ids0, sc0, hops, edges)
+
+
+def allowed_edges(indptr: np.ndarray, ids: np.ndarray, weights: np.ndarray, allowed) -> tuple:
+    """A CSR of links ``(indptr, ids, weights)`` less the links to memories ``allowed`` (a set of
+    rows, e.g. a roaring bitmap; None: all) does not hold."""
+    if allowed is None or not len(ids):
+        return indptr, ids, weights
+    keep = np.fromiter((d in allowed for d in ids.tolist()), bool, len(ids))
+    seg = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    out = np.zeros(len(indptr), np.int64)
+    np.cumsum(np.bincount(seg[keep], minlength=len(indptr) - 1), out=out[1:])
+    return out, ids[keep], weights[keep]
+
+
+def follow_arrays(ids0: np.ndarray, sc0: np.ndarray, hops: int, edges) -> tuple:
+    """Each query's hits followed ``hops`` hops along out-links: ``edges(frontier)`` gives the
+    links to follow from the ids of ``frontier`` (a CSR ``(indptr, ids, weights)``, memories a
+    result may hold only); the memories reached (not already in the results) are appended in hit
+    order, breadth first, at most ``util.bounds.MAX_LINKED_PER_QUERY`` per query. The one rule of
+    ``MemoryIndex.search(follow_links=)`` and ``ShardedIndex``'s (global ids): ``(ids, scores,
+    linked_from)`` of ``(nq, k + m)`` (``(k + m,)`` for one query)."""
+    one = ids0.ndim == 1
+    ids2, sc2 = np.atleast_2d(ids0), np.atleast_2d(sc0).astype(np.float32)
+    extra = [_follow(row_ids, row_sc, hops, edges) for row_ids, row_sc in zip(ids2, sc2)]
+    m = max((len(e[0]) for e in extra), default=0)
+    nq, k = ids2.shape
+    ids = np.full((nq, k + m), -1, np.int64)
+    scores = np.full((nq, k + m), -np.inf, np.float32)
+    frm = np.full((nq, k + m), -1, np.int64)
+    ids[:, :k], scores[:, :k] = ids2, sc2
+    for q, (e_ids, e_sc, e_from) in enumerate(extra):
+        ids[q, k:k + len(e_ids)], scores[q, k:k + len(e_ids)], frm[q, k:k + len(e_ids)] = e_ids, e_sc, e_from
+    if one:
+        ids, scores, frm = ids[0], scores[0], frm[0]
+    return ids, scores, frm
+
+
+def _follow(hit_ids: np.ndarray, hit_sc: np.ndarray, hops: int, edges):
+    ok = hit_ids >= 0
+    frontier, fsc = hit_ids[ok], hit_sc[ok]
+    seen = set(frontier.tolist())
+    out_ids, out_sc, out_from = [], [], []
+    for _ in range(hops):
+        if not len(frontier) or len(out_ids) >= MAX_LINKED_PER_QUERY:
+            break
+        indptr, dsts, ws = edges(frontier)
+        src = np.repeat(np.arange(len(frontier)), np.diff(indptr))
+        nxt, nsc = [], []
+        for j, (dst, w) in enumerate(zip(dsts.tolist(), ws.tolist())):
+            if dst in seen:
+                continue
+            seen.add(dst)
+            s = float(fsc[src[j]]) * w
+            out_ids.append(dst)
+            out_sc.append(s)
+            out_from.append(int(frontier[src[j]]))
+            nxt.append(dst)
+            nsc.append(s)
+            if len(out_ids) >= MAX_LINKED_PER_QUERY:
+                break
+        frontier, fsc = np.array(nxt, np.int64), np.array(nsc, np.float32)
+    return np.array(out_ids, np.int64), np.array(out_sc, np.float32), np.array(out_from, np.int64)
+
+
+def with_links(result, follow):
+    """``result`` (a ``SearchResult``, numpy or torch) with ``follow(ids, scores) -> (ids, scores,
+    linked_from)`` applied: its ids and scores in their form and device, ``linked_from`` numpy."""
+    ids0, sc0 = (a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+                 for a in (result.ids, result.scores))
+    ids, scores, frm = follow(ids0, sc0)
+    if hasattr(result.ids, "detach"):
+        import torch
+
+        dev = result.ids.device
+        return dataclasses.replace(result, ids=torch.as_tensor(ids, device=dev),
+                                   scores=torch.as_tensor(scores, device=dev), linked_from=frm)
+    return dataclasses.replace(result, ids=ids, scores=scores, linked_from=frm)

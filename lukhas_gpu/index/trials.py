@@ -2,7 +2,7 @@
 
 A trial builds a candidate ANN beside the live one from the index's config with some fields
 changed (:data:`TRIAL_FIELDS`: lists, PQ size, projection, coarse quantizer, probes, rerank
-depth; ``structure`` once the config has that field), by the path of a retrain
+depth; or another candidate structure, ``structure=``, :mod:`.stagetrial`), by the path of a retrain
 (:func:`.lifecycle.retrain`: sampled, trained and filled without holding the index, caught up and
 compared under the lock). Both sides run the same probe queries (the recorded queries, or
 ``queries=``) against the same exact neighbours: recall with its interval
@@ -15,25 +15,30 @@ Durability follows retrain: a promoted candidate, its config and the reports are
 one checkpoint (atomic: a crash before it reopens the live index as it was; after it, the
 promoted one). ``retrain()`` is the trial of the current config with no QPS rule. The last
 :data:`MAX_TRIAL_REPORTS` reports are kept (``trials()``) and saved with every checkpoint
-(``layout.TRIALS``); a discarded trial's report is saved by the next checkpoint.
+(``layout.TRIALS``). A discarded trial's report is logged when it is decided (``OP_TRIAL``, replayed
+by :func:`apply_report`), so ``trials()`` after a reopen (or a reader's refresh) has it before any
+checkpoint; the log then holds a record, so a ``rollback`` refuses to drop it unless told.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 
 import numpy as np
 
+from ..store.walcodec import OP_TRIAL
 from ..util.bounds import MAX_DIM_OUT, MAX_NLIST, MAX_NPROBE, MAX_RERANK, is_int
+from .candidates import STRUCTURE_CHOICES, check_structure
 from .locking import locked
 
-__all__ = ["TrialsMixin", "TRIAL_FIELDS", "MAX_TRIAL_REPORTS", "trial_reports", "check_changes"]
+__all__ = ["TrialsMixin", "TRIAL_FIELDS", "MAX_TRIAL_REPORTS", "OP_TRIAL", "trial_reports", "check_changes",
+           "apply_report"]
 
 #: Config fields a trial may change (each shapes the ANN or how it is searched).
 TRIAL_FIELDS = ("nlist", "pq_m", "dim_out", "coarse", "nprobe", "rerank")
-#: Config fields a trial may change when the config has them (candidate structures to come).
-FUTURE_FIELDS = ("structure",)
+#: The candidate structure beside the IVF (``tune(structure=)``'s names): tried alone, by
+#: :mod:`.stagetrial`.
+STRUCTURE = "structure"
 #: Reports kept by ``trials()`` and in the checkpoint.
 MAX_TRIAL_REPORTS = 16
 #: Bytes of the saved reports at most (a report is ~1 kB).
@@ -45,16 +50,23 @@ _BOUNDS = {"nlist": MAX_NLIST, "pq_m": MAX_DIM_OUT, "dim_out": MAX_DIM_OUT, "npr
 
 
 def check_changes(index, changes: dict):
-    """The candidate's config: ``index.config`` with ``changes``; TypeError / ValueError naming a
-    field a trial cannot change or a value of the wrong type or out of bounds."""
+    """The candidate's config: ``index.config`` with ``changes`` (None for a ``structure`` trial);
+    TypeError / ValueError naming a field a trial cannot change or a value of the wrong type or out
+    of bounds."""
     cfg = index.config
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    allowed = TRIAL_FIELDS + tuple(f for f in FUTURE_FIELDS if f in fields)
+    allowed = TRIAL_FIELDS + (STRUCTURE,)
     bad = sorted(set(changes) - set(allowed))
     if bad:
         raise ValueError(f"a trial cannot change {bad}; it changes {list(allowed)}")
     if not changes:
         raise ValueError(f"a trial needs at least one change of {list(allowed)} (retrain() rebuilds as it is)")
+    if STRUCTURE in changes:
+        if len(changes) > 1:
+            raise ValueError(f"structure= is tried alone (a candidate stage beside the live index), not with "
+                             f"{sorted(set(changes) - {STRUCTURE})}")
+        if changes[STRUCTURE] is None or check_structure(changes[STRUCTURE]) is None:
+            raise ValueError(f"structure must be one of {STRUCTURE_CHOICES}, got None")
+        return None  # the config stays: the structure is the tuner's choice (index/stagetrial.py)
     for name, v in changes.items():
         if name in _BOUNDS and not (is_int(v) and 1 <= v <= _BOUNDS[name]):
             raise ValueError(f"{name} must be an int in [1, {_BOUNDS[name]}], got {v!r}")
@@ -84,6 +96,21 @@ def trial_reports(buf) -> list[dict]:
     return reports[-MAX_TRIAL_REPORTS:]
 
 
+def apply_report(parts, f: dict) -> None:
+    """A logged report (``OP_TRIAL``) appended to ``parts.trials`` (ValueError: not an object)."""
+    rep = f.get("report")
+    if not isinstance(rep, dict):
+        raise ValueError(f"a trial record holds {type(rep).__name__}, not a report (a JSON object)")
+    parts.trials = (parts.trials + [rep])[-MAX_TRIAL_REPORTS:]
+
+
+def _log_report(index, rep: dict) -> None:
+    """A discarded trial's report, durable at once: logged, then applied (the lock is held)."""
+    if index.state.wal is not None:
+        index.state.wal.append(OP_TRIAL, {"report": rep})
+    apply_report(index.parts, {"report": rep})
+
+
 def _jsonable(v):
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -111,9 +138,11 @@ class TrialsMixin:
         qps_tolerance : float in [0, 1] or None, default 0.2
             Its QPS on the probe queries may be this share below the live one's (None: not judged).
         **changes
-            ``nlist``, ``pq_m``, ``dim_out``, ``coarse``, ``nprobe``, ``rerank`` (and ``structure``
-            once the config has it). Without ``nprobe``, a candidate with other lists is measured
-            (and promoted) at the same share of lists as the live index probes.
+            ``nlist``, ``pq_m``, ``dim_out``, ``coarse``, ``nprobe``, ``rerank``; or ``structure``
+            alone (``"graph"``, ``"rabitq"``, ``"ivf"``, ``"exact"``: the tuner's choice at the recall
+            target forced to it, built beside the live one, :mod:`.stagetrial`). Without ``nprobe``,
+            a candidate with other lists is measured (and promoted) at the same share of lists as
+            the live index probes.
 
         Returns
         -------
@@ -141,8 +170,15 @@ class TrialsMixin:
 
         def record(out: dict) -> None:  # under the lock, before a promotion's checkpoint
             out.update(meta, promoted=out["accepted"], decision="promoted" if out["accepted"] else "rolled back")
-            self.parts.trials = (self.parts.trials + [_jsonable({**out, "generation": None})])[-MAX_TRIAL_REPORTS:]
+            rep = _jsonable({**out, "generation": None})
+            if out["accepted"]:  # saved by the promotion's checkpoint
+                self.parts.trials = (self.parts.trials + [rep])[-MAX_TRIAL_REPORTS:]
+            else:
+                _log_report(self, rep)
 
+        if cand is None:
+            from . import stagetrial
+            return stagetrial.run(self, changes[STRUCTURE], queries, recall_tolerance, qps_tolerance, record)
         return lifecycle.retrain(self, queries, recall_tolerance, config=cand, qps_tolerance=qps_tolerance,
                                  record=record)
 

@@ -200,9 +200,11 @@ def check_target(target) -> float:
 
 # -- the run ---------------------------------------------------------------------------------------
 def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0.95,
-         max_queries: int = TUNE_QUERIES, cancellable: bool = False, structure: str | None = None) -> Tuned:
+         max_queries: int = TUNE_QUERIES, cancellable: bool = False, structure: str | None = None,
+         install: bool = True) -> Tuned:
     """Measure, choose, store the choice in ``index.parts.tuned`` and return it (see the module;
-    ``structure`` forces one candidate structure, :mod:`.candidates`)."""
+    ``structure`` forces one candidate structure, :mod:`.candidates`; ``install=False``: a trial's
+    candidate, returned with its stage left building beside the live one, nothing else kept)."""
     from ..monitor import recall  # torch, on first use
     structure = candidates.check_structure(structure)
     t0 = time.perf_counter()
@@ -264,7 +266,8 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
                   queries_seen=seen, table=table, weights=weights)
     kind, p, rr = tuned.lookup(eff)
     with lock:
-        candidates.keep(index, kind, stages["built"])
+        if install:
+            candidates.keep(index, kind, stages["built"])
     i = _row_of(table, kind, p, rr)
     tuned.kind, tuned.probing, tuned.rerank = kind, p, rr
     tuned.recall, tuned.ci = float(table["recall"][i]), (float(table["ci_low"][i]), float(table["ci_high"][i]))
@@ -272,6 +275,8 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     tuned.qps = 1.0 / float(table["cost"][i]) if table["cost"][i] > 0 else 0.0
     tuned.seconds = time.perf_counter() - t0
     with lock:  # a run that started later (more queries seen, the index as it is now) wins
+        if not install:
+            return tuned  # a trial's candidate (index/stagetrial.py)
         if index.state.tuning_runs == run_id:
             index.parts.tuned = tuned
         else:

@@ -14,8 +14,8 @@ import zlib
 import numpy as np
 
 __all__ = ["encode_fields", "encode_parts", "decode_fields", "MAGIC", "HEADER", "MAGIC_V1", "HEADER_V1", "pack_header",
-           "header_crc", "RECORD", "OP", "OP_ADD", "OP_UPDATE", "OP_DELETE", "OP_LINK", "OP_UNLINK", "HEADER_SIZE",
-           "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD", "RESYNC_LOOKAHEAD",
+           "header_crc", "RECORD", "OP", "OP_ADD", "OP_UPDATE", "OP_DELETE", "OP_LINK", "OP_UNLINK", "OP_TRIAL",
+           "HEADER_SIZE", "RECORD_HEADER_SIZE", "DEFAULT_MAX_RECORD_BYTES", "MAX_LENGTH_FIELD", "RESYNC_LOOKAHEAD",
            "record_candidates"]
 
 # -- framing: the file header and each record's header ------------------------------------------
@@ -34,6 +34,8 @@ OP_ADD, OP_UPDATE, OP_DELETE = 1, 2, 3
 #: Links between memories (index/memops.py): ``src``, ``dst`` int64, ``kind_names`` (JSON list)
 #: and ``kind`` uint16 (indices into it), ``weight`` float32; an unlink's ``kind`` is a name or None.
 OP_LINK, OP_UNLINK = 4, 5
+#: A trial's report (index/trials.py), logged when the trial rolled back: ``report`` (a JSON object).
+OP_TRIAL = 6
 OP = struct.Struct("<B")  # the op byte, covered by the CRC with the payload
 HEADER_SIZE = HEADER.size  # 28 (16 for a MAGIC_V1 log)
 RECORD_HEADER_SIZE = RECORD.size  # 9
