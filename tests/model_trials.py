@@ -64,6 +64,7 @@ def op_trial(run, op, rng) -> None:
         raise Violation("trials() does not end with the last trial's report")
     if rep["generation"] is None:  # the report is logged: durable now, the log holds a record
         run.log_dirty = True
+        run.model.writes += 1  # a logged record counts in write_count like any write
         if rng.random() < 0.3:
             _reopened_has(run, rep)
     if rep["generation"] is not None:
@@ -127,6 +128,8 @@ def _killed(run, call: dict, rng) -> None:
         raise Violation(f"after SIGKILL during a trial {call} the store does not hold the model's memories")
     cur = run.current()
     run.log_dirty = _log_holds_records(run.path)  # a rolled-back trial logged its report, maybe
+    if cur == was and run.ix.write_count == run.model.writes + 1:  # its report was logged before the kill
+        run.model.writes += 1
     if cur == nxt:
         run.lineage.append((cur, run.model.copy()))
         run.log_dirty = False
