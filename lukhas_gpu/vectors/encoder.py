@@ -181,8 +181,8 @@ class Encoder(torch.nn.Module):
     def normalized_queries(self, q: torch.Tensor) -> np.ndarray:
         """:meth:`normalize` of queries as float32 numpy (the probe's sample of them): numpy's
         twin of the rule for a few on the CPU (:data:`SMALL_QUERIES`), else torch's."""
-        if self._small_cpu(q):
-            return self._normalize_np(np.asarray(q.numpy(), dtype=np.float32))
+        if self._small_cpu(q):  # a tensor, or the one-query route's numpy rows
+            return self._normalize_np(np.asarray(q.numpy() if isinstance(q, torch.Tensor) else q, dtype=np.float32))
         return self.normalize(q).cpu().numpy()
 
     def _small_cpu(self, x) -> bool:
@@ -273,10 +273,16 @@ class Encoder(torch.nn.Module):
         common case), else through torch as the batch path does."""
         if not self._small_cpu(q):
             return self.query_weights(q), self.project(q).cpu().numpy() if project else None
+        qw, qp = self.query_forms_np(np.asarray(q.numpy(), dtype=np.float32), project=project)
+        return torch.from_numpy(qw), qp
+
+    def query_forms_np(self, x: np.ndarray, *, project: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`query_forms` of a few float32 numpy rows on a CPU encoder, both forms numpy (the
+        one-query route's; the same numbers)."""
         if project and self.projects and not self.projection_fitted:
             raise RuntimeError("the projection is not fitted yet (call fit or fit_projection)")
-        xn = self._normalize_np(np.asarray(q.numpy(), dtype=np.float32))
-        qw = torch.from_numpy(xn * self.scale.numpy())
+        xn = self._normalize_np(x)
+        qw = xn * self.scale.numpy()
         if not project:
             return qw, None
         if not self.projects:
