@@ -330,8 +330,8 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         from ..util.arrays import as_batch, check_nonzero
         from . import mirror_upkeep as device_mirror, single, tuning
 
-        if (one := single.search_one(self, queries, k, (where, rank, nprobe, rerank, target_recall, text, sparse,
-                                                        fusion, namespace, as_of), diversity, follow_links)) is not None:
+        options = (where, rank, nprobe, rerank, target_recall, text, sparse, fusion, namespace, as_of)
+        if (one := single.search_one(self, queries, k, options, diversity, follow_links)) is not None:
             self.last_plan = None  # a plain search (lean one-query route, :mod:`.single`)
             return one
         where = filters.scoped(where, namespace, as_of)  # one "now" for every route of the call

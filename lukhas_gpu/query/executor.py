@@ -21,7 +21,8 @@ from . import probing as probing_
 from .ranking import Rank
 from .routing import plan_filtered
 
-__all__ = ["Search", "similar", "similar_one", "ann_candidates", "ranked", "resident_search", "topk_unique", "RANK_EXTRA_MAX"]
+__all__ = ["Search", "similar", "similar_one", "ann_candidates", "ranked", "resident_search", "topk_unique",
+           "RANK_EXTRA_MAX"]
 
 #: Rows a memory-aware search may add to its candidates because recency/importance could lift
 #: them into the top-k (the highest priors first).
