@@ -144,3 +144,22 @@ def test_one_row_offers_keep_a_uniform_deterministic_sample():
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.vectors, b.vectors)
     assert np.allclose(a.vectors[:, 0], a.ids, rtol=1e-3)  # each row with its id (float16)
     assert 1800 < a.ids.mean() < 3200  # uniform over 0..4999: mean 2500, sd of the mean ~144
+
+
+def test_the_numpy_forms_follow_the_encoders_buffers():
+    import copy
+
+    from lukhas_gpu.vectors.encoder import Encoder
+
+    enc = Encoder(32, dim_out=16)
+    enc.fitted[1] = True
+    x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
+    qw, _ = enc.query_forms_np(x)
+    twin = copy.deepcopy(enc)  # a retrain's candidate encoder, then fitted in place
+    twin.scale.copy_(torch.full((32,), 2.0))
+    twin.components.copy_(torch.randn(16, 32, generator=torch.Generator().manual_seed(0)))
+    tw, tp = twin.query_forms_np(x)
+    ref_w, ref_p = twin.query_forms(torch.from_numpy(np.repeat(x, 20, axis=0)))  # the torch route (20 rows)
+    assert np.allclose(tw, 2 * qw) and np.allclose(tw, ref_w[0].numpy(), atol=1e-6)
+    assert np.allclose(tp, ref_p[0], atol=1e-6)
+    assert np.array_equal(enc.query_forms_np(x)[0], qw)  # the original kept its own

@@ -326,14 +326,16 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
             ``rank``; cosine similarities clipped at 1), in the queries' kind/device;
             ``.contents()`` / ``.memories()`` hydrate.
         """
-        from ..query import executor, filters, mmr, ranking
-        from ..util.arrays import as_batch, check_nonzero
-        from . import mirror_upkeep as device_mirror, single, tuning
+        from . import single
 
         options = (where, rank, nprobe, rerank, target_recall, text, sparse, fusion, namespace, as_of)
         if (one := single.search_one(self, queries, k, options, diversity, follow_links)) is not None:
             self.last_plan = None  # a plain search (lean one-query route, :mod:`.single`)
             return one
+        from ..query import executor, filters, mmr, ranking
+        from ..util.arrays import as_batch, check_nonzero
+        from . import mirror_upkeep as device_mirror, tuning
+
         where = filters.scoped(where, namespace, as_of)  # one "now" for every route of the call
         if text is not None or sparse is not None:
             if mmr.check_diversity(diversity, 1) is not None:

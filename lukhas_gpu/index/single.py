@@ -10,6 +10,7 @@ also names every bad input.
 """
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -46,8 +47,9 @@ def _one_row(index, queries) -> tuple[np.ndarray, bool] | None:
     else:
         return None
     x = np.ascontiguousarray(x)
-    if not np.isfinite(x).all() or (index.config.metric == "cosine" and not x.any()):
-        return None
+    sq = float(np.dot(x[0], x[0]))  # NaN or inf for a NaN or inf; 0 for a zero vector
+    if not (0.0 < sq < math.inf or (sq == 0.0 and index.config.metric != "cosine")):
+        return None  # (also an overflow of the square or an underflow: the general route sees them)
     return x, single
 
 

@@ -66,6 +66,7 @@ class Encoder(torch.nn.Module):
         self.register_buffer("fitted", torch.zeros(2, dtype=torch.bool))  # (quantizer, projection)
         # int8 scales of the projected space (zeros until fitted; unused without a projection)
         self.register_buffer("proj_scale", torch.zeros(d if d < dim else 0, dtype=torch.float32))
+        self._np_views = None  # (scale, components, their numpy views): query_forms_np's
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -281,14 +282,25 @@ class Encoder(torch.nn.Module):
         one-query route's; the same numbers)."""
         if project and self.projects and not self.projection_fitted:
             raise RuntimeError("the projection is not fitted yet (call fit or fit_projection)")
+        scale, components = self._numpy_views()
         xn = self._normalize_np(x)
-        qw = xn * self.scale.numpy()
+        qw = xn * scale
         if not project:
             return qw, None
         if not self.projects:
             return qw, xn
-        y = xn @ self.components.numpy().T
+        y = xn @ components
         return qw, self._normalize_np_l2(y) if self.metric == "cosine" else y
+
+    def _numpy_views(self) -> tuple[np.ndarray, np.ndarray]:
+        """numpy views of the scales and the projection's transpose (their memory: a fit's in-place
+        copy shows), rebuilt when a buffer is replaced or copied (``to``, a deep copy: another
+        address): not two tensor-to-numpy conversions per query."""
+        s, c = self.scale, self.components
+        hit = self._np_views
+        if hit is None or hit[0] is not s or hit[1] is not c or hit[4] != (s.data_ptr(), c.data_ptr()):
+            hit = self._np_views = (s, c, s.numpy(), c.numpy().T, (s.data_ptr(), c.data_ptr()))
+        return hit[2], hit[3]
 
     @staticmethod
     def _normalize_np_l2(y: np.ndarray) -> np.ndarray:
