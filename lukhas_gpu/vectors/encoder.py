@@ -66,7 +66,7 @@ class Encoder(torch.nn.Module):
         self.register_buffer("fitted", torch.zeros(2, dtype=torch.bool))  # (quantizer, projection)
         # int8 scales of the projected space (zeros until fitted; unused without a projection)
         self.register_buffer("proj_scale", torch.zeros(d if d < dim else 0, dtype=torch.float32))
-        self._np_views = None  # (scale, components, their numpy views): query_forms_np's
+        self._np_views = None  # (buffers, their numpy views, addresses): query_forms_np's
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -277,13 +277,15 @@ class Encoder(torch.nn.Module):
         qw, qp = self.query_forms_np(np.asarray(q.numpy(), dtype=np.float32), project=project)
         return torch.from_numpy(qw), qp
 
-    def query_forms_np(self, x: np.ndarray, *, project: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    def query_forms_np(self, x: np.ndarray, *, project: bool = True,
+                       normalized: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`query_forms` of a few float32 numpy rows on a CPU encoder, both forms numpy (the
-        one-query route's; the same numbers)."""
-        if project and self.projects and not self.projection_fitted:
+        one-query route's; the same numbers); ``normalized``: :meth:`normalized_queries` of ``x``
+        when the caller has it."""
+        scale, components, fitted = self._numpy_views()
+        if project and self.projects and not fitted[1]:
             raise RuntimeError("the projection is not fitted yet (call fit or fit_projection)")
-        scale, components = self._numpy_views()
-        xn = self._normalize_np(x)
+        xn = self._normalize_np(x) if normalized is None else normalized
         qw = xn * scale
         if not project:
             return qw, None
@@ -292,15 +294,16 @@ class Encoder(torch.nn.Module):
         y = xn @ components
         return qw, self._normalize_np_l2(y) if self.metric == "cosine" else y
 
-    def _numpy_views(self) -> tuple[np.ndarray, np.ndarray]:
-        """numpy views of the scales and the projection's transpose (their memory: a fit's in-place
-        copy shows), rebuilt when a buffer is replaced or copied (``to``, a deep copy: another
-        address): not two tensor-to-numpy conversions per query."""
-        s, c = self.scale, self.components
+    def _numpy_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views of the scales, the projection's transpose and the fitted flags (their memory:
+        a fit's in-place copy shows), rebuilt when a buffer is replaced or copied (``to``, a deep
+        copy: another address): no tensor-to-numpy conversion per query."""
+        s, c, f = self.scale, self.components, self.fitted
+        at = (s.data_ptr(), c.data_ptr(), f.data_ptr())
         hit = self._np_views
-        if hit is None or hit[0] is not s or hit[1] is not c or hit[4] != (s.data_ptr(), c.data_ptr()):
-            hit = self._np_views = (s, c, s.numpy(), c.numpy().T, (s.data_ptr(), c.data_ptr()))
-        return hit[2], hit[3]
+        if hit is None or hit[0] is not s or hit[1] is not c or hit[2] is not f or hit[6] != at:
+            hit = self._np_views = (s, c, f, s.numpy(), c.numpy().T, f.numpy(), at)
+        return hit[3], hit[4], hit[5]
 
     @staticmethod
     def _normalize_np_l2(y: np.ndarray) -> np.ndarray:
