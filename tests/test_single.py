@@ -163,3 +163,21 @@ def test_the_numpy_forms_follow_the_encoders_buffers():
     assert np.allclose(tw, 2 * qw) and np.allclose(tw, ref_w[0].numpy(), atol=1e-6)
     assert np.allclose(tp, ref_p[0], atol=1e-6)
     assert np.array_equal(enc.query_forms_np(x)[0], qw)  # the original kept its own
+
+
+@pytest.mark.parametrize("kc, pad", [(30, 0), (30, 7), (10, 0), (4, 1), (1, 0)])
+def test_rerank_one_is_the_batch_kernel(kc, pad):
+    from lukhas_gpu.vectors import exact
+
+    rng = np.random.default_rng(kc + pad)
+    table = rng.integers(-127, 128, size=(500, 48), dtype=np.int8)
+    for _ in range(20):
+        q = rng.standard_normal((1, 48)).astype(np.float32)
+        cand = rng.choice(500, size=(1, kc), replace=False).astype(np.int64)
+        cand[0, kc - pad:] = -1
+        s, i = exact.rerank_one(q, table, cand, K)
+        rs, ri = exact.top_candidates(exact.candidate_scores(q, table, cand), cand, K)
+        assert np.array_equal(s, rs) and np.array_equal(i, ri)
+        live = cand[0][cand[0] >= 0]
+        ref = np.sort(table[live].astype(np.float64) @ q[0].astype(np.float64))[::-1][:K]  # exact scores
+        assert (i[0] >= 0).sum() == len(ref) and np.allclose(s[0][:len(ref)], ref, rtol=1e-5, atol=1e-3)

@@ -146,7 +146,7 @@ def similar_one(parts, x: np.ndarray, s: Search, xn: np.ndarray | None = None) -
     if not len(table):
         sc, ids = exact.rerank(torch.from_numpy(qw), table, cand, s.k)
         return _clip(sc, s).numpy(), ids.numpy()
-    sc, ids = exact.top_candidates(exact.candidate_scores(qw, table, cand), cand, s.k)
+    sc, ids = exact.rerank_one(qw, table, cand, s.k)
     return (np.minimum(sc, np.float32(1.0), out=sc) if s.cosine else sc), ids
 
 
