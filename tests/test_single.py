@@ -3,6 +3,8 @@ as a batch, for every candidate structure, with deletions, namespaces, filters a
 windows present (where it must step aside), against an exact float32 reference (seeded data)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,13 @@ def _check_same(index, xq, gt, monkeypatch, spy, dead=()):
         assert np.array_equal(one.ids, ref.ids) and np.array_equal(one.scores, ref.scores)
         two = index.search(v[None], K)  # (1, dim): a (1, k) result
         assert two.ids.shape == (1, K) and np.array_equal(two.ids[0], one.ids)
+        if i == 0:  # a read-only query (a request body, a mapped file): no copy warning, the same answer
+            ro = v.copy()
+            ro.setflags(write=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = index.search(ro, K)
+            assert np.array_equal(got.ids, one.ids) and np.array_equal(got.scores, one.scores)
         if i < 5:  # a batch of 16 or fewer takes the same numpy forms: the same numbers
             few = index.search(judged[i: i + 3], K)
             assert np.array_equal(few.ids[0], one.ids) and np.array_equal(few.scores[0], one.scores)

@@ -138,7 +138,7 @@ def similar_one(parts, x: np.ndarray, s: Search, xn: np.ndarray | None = None) -
     same numbers. The one-query route (:mod:`lukhas_gpu.index.single`): no torch op on the IVF
     and stage routes."""
     if parts.ann is None or s.exact:  # a scan of every row: its cost is the scan's
-        sc, ids, _ = _similar(parts, torch.from_numpy(x), s, None, None)
+        sc, ids, _ = _similar(parts, torch.from_numpy(x if x.flags.writeable else x.copy()), s, None, None)
         return sc.numpy(), ids.numpy()
     qw, qp = parts.encoder.query_forms_np(x, normalized=xn)
     cand = np.ascontiguousarray(_unfiltered_candidates(parts, qp, s), dtype=np.int64)
