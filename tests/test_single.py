@@ -190,3 +190,23 @@ def test_rerank_one_is_the_batch_kernel(kc, pad):
         live = cand[0][cand[0] >= 0]
         ref = np.sort(table[live].astype(np.float64) @ q[0].astype(np.float64))[::-1][:K]  # exact scores
         assert (i[0] >= 0).sum() == len(ref) and np.allclose(s[0][:len(ref)], ref, rtol=1e-5, atol=1e-3)
+
+
+def test_a_scan_of_a_few_queries_runs_on_the_calling_thread():
+    from lukhas_gpu.vectors import exact
+
+    before = torch.get_num_threads()
+    with exact.calling_thread(1, torch.device("cpu")):
+        inside = torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    if exact._torch_omp() is not None:
+        assert inside == 1
+    with exact.calling_thread(64, torch.device("cpu")):  # a batch keeps the process's threads
+        assert torch.get_num_threads() == before
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-127, 128, size=(3000, 40), dtype=np.int8)
+    q = torch.from_numpy(rng.standard_normal((6, 40)).astype(np.float32))
+    batch = exact.scan(q, codes, 12)  # six queries: the process's threads; one: the calling thread
+    for i in range(6):
+        s, ids = exact.scan(q[i: i + 1], codes, 12)
+        assert torch.equal(ids[0], batch[1][i]) and torch.equal(s[0], batch[0][i])

@@ -19,11 +19,16 @@ The driver streams the rows in chunks and keeps a running top-k, so memory stays
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import warnings
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .faisscalls import SINGLE_THREAD_QUERIES
 
 __all__ = ["scan", "rerank", "rerank_one", "candidate_scores", "top_candidates", "float_kernel", "int8_kernel",
            "merge_topk", "DEFAULT_BUDGET", "CUDA_BUDGET"]
@@ -123,6 +128,46 @@ def _as_tensor(a, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+_OMP: list = []  # [torch's OpenMP runtime (ctypes) or None], resolved on first use
+
+
+def _torch_omp():
+    """torch's OpenMP runtime, whose thread count is per calling thread (``omp_set_num_threads``
+    sets this thread's), or None where it cannot be reached or does not drive torch's count."""
+    if not _OMP:
+        lib = None
+        try:
+            if "OpenMP" in torch.__config__.parallel_info():
+                path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+                lib = ctypes.CDLL(path if os.path.exists(path) else "libgomp.so.1")
+                before = torch.get_num_threads()
+                lib.omp_set_num_threads(1)
+                ok = torch.get_num_threads() == 1
+                lib.omp_set_num_threads(before)
+                lib = lib if ok else None
+        except (OSError, AttributeError):
+            lib = None
+        _OMP.append(lib)
+    return _OMP[0]
+
+
+@contextlib.contextmanager
+def calling_thread(nq: int, device):
+    """torch on the calling thread alone for a CPU scan of at most ``SINGLE_THREAD_QUERIES``
+    queries (FAISS's rule, :mod:`.faisscalls`): one query's parallel region waits on a second core
+    that another process may hold (1 query x 20k rows on 2 loaded cores: p50 16 ms on two threads,
+    1.8 ms on one). Per thread (OpenMP's ICV), so other threads keep theirs."""
+    lib = _torch_omp() if device.type == "cpu" and nq <= SINGLE_THREAD_QUERIES else None
+    before = torch.get_num_threads() if lib is not None else 1
+    if before > 1:
+        lib.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before > 1:
+            lib.omp_set_num_threads(before)
+
+
 def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | None = None,
          dead: torch.Tensor | None = None, kernel: Kernel = int8_kernel,
          budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +200,11 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | No
     scores : (nq, k) float32, ``-inf`` where fewer than k rows exist
     ids : (nq, k) int64 row numbers, -1 where padded
     """
+    with calling_thread(qw.shape[0], qw.device):
+        return _scan(qw, codes, k, rows, exclude, dead, kernel, budget)
+
+
+def _scan(qw, codes, k, rows, exclude, dead, kernel, budget):
     device = qw.device
     nq = qw.shape[0]
     total = int(len(rows)) if rows is not None else int(codes.shape[0])
