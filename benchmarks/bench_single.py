@@ -1,6 +1,7 @@
 """One query at a time, as an inference server's workers send them: our search against hnswlib.
 
-Protocol: ``n`` rows of the built-in synthetic model; the queries split in halves. The index
+Protocol, per set (``n`` rows of the built-in synthetic model; the WordNet set with its held-out
+example sentences when its embeddings are cached): the queries split in halves. The index
 (``production`` preset, no parameter) serves the first half as traffic and ``tune()`` runs (auto
 tuning then off, so no background retune runs beside the timings); hnswlib (M=16,
 ef_construction=128) gets the smallest ``ef`` whose recall@10 on the second half equals or beats
@@ -9,14 +10,15 @@ ours. Every figure is measured on the second half, one query per call:
 * ``threads=1``: one worker sends queries one after the other: p50 / p99 latency and QPS;
 * ``threads=2``: two workers, each sending single queries: QPS of the two together.
 
-Runs alternate (ours, hnswlib, ours, ...) ``--rounds`` times; each figure is the median over the
-rounds. The load average before and after is recorded with the numbers (a loaded machine
-stretches the p99 of both).
+Ours is measured twice: the one-query route (``lukhas_gpu.index.single``) and the general route
+it replaces (``single.ENABLED = False``), the same answers. Runs alternate (ours, ours general,
+hnswlib, ours, ...) ``--rounds`` times; each figure is the median over the rounds. The load
+average before and after is recorded with the numbers (a loaded machine stretches the p99 of both).
 
 Usage::
 
     python -m benchmarks.bench_single --n 100000
-    python -m benchmarks.bench_single --n 20000 --nq 400 --rounds 2   # proves it runs
+    python -m benchmarks.bench_single --n 20000 --nq 400 --rounds 2 --sets synthetic   # proves it runs
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import time
 import numpy as np
 
 from benchmarks import common
-from benchmarks.datasets import exact_knn, synthetic_dataset
+from benchmarks.datasets import exact_knn, synthetic_dataset, wordnet_cached, wordnet_minilm
 
 K = 10
 
@@ -104,22 +106,18 @@ def build_hnswlib(xb: np.ndarray):
     return index
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--nq", type=int, default=2000, help="queries, split in halves (traffic / measured)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating runs; medians reported")
-    p.add_argument("--efs", default="10,12,16,20,24,32,40,48,64,96,128,192,256")
-    p.add_argument("--tag", default=None)
-    args = p.parse_args(argv)
-    common.set_threads(2)
-    load_before = os.getloadavg()
-    ds = synthetic_dataset(args.n, args.nq)
+def run_set(ds, args) -> dict:
+    """One set: ours (the lean one-query route and the general route, :mod:`lukhas_gpu.index.single`)
+    and hnswlib at equal or better recall, alternating, one query per call."""
+    from lukhas_gpu.index import single
+
     half = len(ds.xq) // 2
     a, b = np.ascontiguousarray(ds.xq[:half]), np.ascontiguousarray(ds.xq[half:])
     gt_b = exact_knn(ds.xb, ds.xq, K)[half:]
     ours, rep = build_ours(ds.xb, a)
     ours_recall = recall(np.asarray(ours.search(b, K).ids), gt_b)
+    lean = np.array([ours.search(v, K).ids for v in b])
+    assert abs(recall(lean, gt_b) - ours_recall) < 0.002, "the one-query route's answers differ from the batch's"
     hn = build_hnswlib(ds.xb)
     ef = None
     for e in (int(x) for x in args.efs.split(",")):
@@ -135,29 +133,71 @@ def main(argv=None) -> dict:
     def search_hn(v):
         return hn.knn_query(v, k=K)
 
-    runs: dict[str, list[dict]] = {"lukhas_gpu": [], "hnswlib": []}
+    # (function, the one-query route on): the general route is ours with the route off for the
+    # whole measurement (both threads of the two-worker figure)
+    fns = {"lukhas_gpu": (search_ours, True), "lukhas_gpu (general route)": (search_ours, False),
+           "hnswlib": (search_hn, True)}
+    runs: dict[str, list[dict]] = {name: [] for name in fns}
     for _ in range(args.rounds):
-        runs["lukhas_gpu"].append(measure(search_ours, b))
-        runs["hnswlib"].append(measure(search_hn, b))
-    setting = {"lukhas_gpu": f"{rep['kind']} nprobe {rep.get('nprobe')} rerank {rep['rerank']}",
-               "hnswlib": f"M=16 ef={ef}"}
+        for name, (fn, route) in fns.items():
+            single.ENABLED = route
+            try:
+                runs[name].append(measure(fn, b))
+            finally:
+                single.ENABLED = True
+    ours_setting = f"{rep['kind']} nprobe {rep.get('nprobe')} rerank {rep['rerank']}"
+    setting = {"lukhas_gpu": ours_setting, "lukhas_gpu (general route)": ours_setting, "hnswlib": f"M=16 ef={ef}"}
     rows = []
     for name, rs in runs.items():
-        row = {"system": name, "setting": setting[name],
-               "recall@10": ours_recall if name == "lukhas_gpu" else hn_recall}
+        row = {"data": ds.name, "system": name, "setting": setting[name],
+               "recall@10": hn_recall if name == "hnswlib" else ours_recall}
         for key in rs[0]:
             row[key] = statistics.median(r[key] for r in rs)
         rows.append(row)
-    ratio = {key: rows[0][key] / rows[1][key] for key in ("QPS 1 thread", "QPS 2 threads")}
+    by = {r["system"]: r for r in rows}
+    ratio = {f"{mine} / hnswlib, {key}": by[mine][key] / by["hnswlib"][key]
+             for mine in ("lukhas_gpu", "lukhas_gpu (general route)") for key in ("QPS 1 thread", "QPS 2 threads")}
+    ours.close()
+    return {"rows": rows, "ratio": ratio, "tuning": {k: v for k, v in rep.items() if k != "tried"}}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--nq", type=int, default=2000, help="queries, split in halves (traffic / measured)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating runs; medians reported")
+    p.add_argument("--efs", default="10,12,16,20,24,32,40,48,64,96,128,192,256")
+    p.add_argument("--sets", default="synthetic,wordnet",
+                   help="synthetic (--n rows) and/or wordnet (its held-out example sentences; skipped "
+                        "unless its embeddings are cached)")
+    p.add_argument("--tag", default=None)
+    args = p.parse_args(argv)
+    common.set_threads(2)
+    load_before = os.getloadavg()
+    sets = []
+    for name in args.sets.split(","):
+        if name == "synthetic":
+            sets.append(lambda: synthetic_dataset(args.n, args.nq))
+        elif name == "wordnet" and wordnet_cached():
+            sets.append(lambda: wordnet_minilm(args.nq))
+        elif name != "wordnet":
+            raise SystemExit(f"unknown set {name!r}: synthetic, wordnet")
+    results = [run_set(make(), args) for make in sets]
     load_after = os.getloadavg()
-    payload = {"data": ds.name, "n": args.n, "machine": common.machine(), "date": common.today(),
-               "load_before": load_before, "load_after": load_after, "rounds": args.rounds,
-               "rows": rows, "ratio": ratio, "tuning": {k: v for k, v in rep.items() if k != "tried"}}
-    table = common.markdown_table(rows, ["system", "setting", "recall@10", "p50 ms", "p99 ms", "QPS 1 thread",
-                                         "QPS 2 threads"])
-    table += (f"\n\nours / hnswlib: {ratio['QPS 1 thread']:.2f}x (1 thread), {ratio['QPS 2 threads']:.2f}x "
-              f"(2 threads); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
-    common.write_results(args.tag or f"single_{ds.name}", payload, table)
+    rows = [r for res in results for r in res["rows"]]
+    payload = {"n": args.n, "machine": common.machine(), "date": common.today(), "load_before": load_before,
+               "load_after": load_after, "rounds": args.rounds, "rows": rows,
+               "ratio": {res["rows"][0]["data"]: res["ratio"] for res in results},
+               "tuning": {res["rows"][0]["data"]: res["tuning"] for res in results}}
+    table = common.markdown_table(rows, ["data", "system", "setting", "recall@10", "p50 ms", "p99 ms",
+                                         "QPS 1 thread", "QPS 2 threads"])
+    for res in results:
+        r = res["ratio"]
+        table += (f"\n\n{res['rows'][0]['data']}: ours / hnswlib {r['lukhas_gpu / hnswlib, QPS 1 thread']:.2f}x "
+                  f"(1 thread), {r['lukhas_gpu / hnswlib, QPS 2 threads']:.2f}x (2 threads); general route "
+                  f"{r['lukhas_gpu (general route) / hnswlib, QPS 1 thread']:.2f}x (1 thread)")
+    table += f"\n\nload average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+    common.write_results(args.tag or "single_query", payload, table)
     print(table)
     return payload
 

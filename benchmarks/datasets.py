@@ -89,6 +89,12 @@ class Dataset:
         return exact_knn(self.xb, self.xq, k)
 
 
+def wordnet_cached() -> bool:
+    """Whether :func:`wordnet_minilm`'s embeddings are in the cache (nothing to embed)."""
+    out = cache_dir() / "wordnet_minilm"
+    return all((out / f).exists() for f in ("glosses.npy", "examples.npy", "texts.json"))
+
+
 def wordnet_minilm(n_queries: int = 2000, *, seed: int = 0) -> Dataset:
     """The real set: MiniLM embeddings of the WordNet glosses plus example-sentence queries."""
     out = cache_dir() / "wordnet_minilm"

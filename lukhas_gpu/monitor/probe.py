@@ -44,6 +44,17 @@ DRIFT_WINDOW = 16384
 DRIFT_MIN_ROWS = 512
 
 
+_M64 = (1 << 64) - 1
+
+
+def _uniform(seed: int, t: int) -> float:
+    """A uniform float in [0, 1) from (``seed``, ``t``): SplitMix64's output for step ``t``."""
+    z = (int(seed) * 0xD1B54A32D192ED03 + (int(t) + 1) * 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return ((z ^ (z >> 31)) >> 11) * (1.0 / (1 << 53))
+
+
 class Reservoir:
     """A uniform sample of at most ``capacity`` rows of everything offered, as float16.
 
@@ -53,8 +64,8 @@ class Reservoir:
         Rows kept (0: nothing is kept).
     dim : int
     seed : int
-        With the number of rows seen so far, seeds each batch's draws: the same batches give the
-        same sample.
+        With the number of rows seen so far, seeds each batch's draws (one row past the fill:
+        a hash of both): the same batches give the same sample.
     with_ids : bool
         Keep an int64 id per row.
     """
@@ -68,6 +79,19 @@ class Reservoir:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    def _offer_one(self, x, ids, take) -> None:
+        """:meth:`offer` of one row arriving as number ``seen`` once the reservoir is full: kept
+        in a uniform slot of ``[0, seen]`` when that slot is a kept one. The draw is a hash of
+        (seed, arrival number) (:func:`_uniform`), not a seeded Generator per call (30 us a
+        query): as deterministic, the same rule."""
+        t = self.seen
+        slot = int(_uniform(self.seed, t) * (t + 1))
+        if slot < self.capacity:
+            self.vectors[slot] = take(x[0:1]).astype(np.float16)[0]
+            if self.with_ids:
+                self.ids[slot] = int(np.asarray(ids, dtype=np.int64).reshape(-1)[0])
+        self.seen = t + 1
+
     def offer(self, x, ids: np.ndarray | None = None, transform=None) -> None:
         """Offer a batch ``x`` (n, dim) (and its ids); keeps each row with probability
         ``capacity / rows seen`` overall, as if offered one by one. ``transform`` maps the rows
@@ -77,6 +101,9 @@ class Reservoir:
         n = len(x)
         if self.capacity == 0 or n == 0:
             self.seen += n
+            return
+        if n == 1 and self.seen >= self.capacity:  # one row past the fill (a server's query): one draw
+            self._offer_one(x, ids, take)
             return
         t = self.seen + np.arange(n, dtype=np.int64)  # 0-based arrival number of each row
         fill = t < self.capacity

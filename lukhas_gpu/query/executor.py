@@ -21,7 +21,8 @@ from . import probing as probing_
 from .ranking import Rank
 from .routing import plan_filtered
 
-__all__ = ["Search", "similar", "ann_candidates", "ranked", "resident_search", "topk_unique", "RANK_EXTRA_MAX"]
+__all__ = ["Search", "similar", "similar_one", "ann_candidates", "ranked", "resident_search", "topk_unique",
+           "RANK_EXTRA_MAX"]
 
 #: Rows a memory-aware search may add to its candidates because recency/importance could lift
 #: them into the top-k (the highest priors first).
@@ -95,12 +96,7 @@ def _similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror):
             _, cand = exact.scan(qw, codes, 2 * k + 16, exclude=dead, kernel=exact.int8_kernel)
             sc, ids = exact.rerank(qw, codes, cand.cpu().numpy(), k)
             return _clip(sc, s), ids, None
-        kc = min(max(k * s.rerank, k), max(_n_live(parts), 1))
-        st = parts.stage if s.stage is not None else None
-        if st is not None and st.ready and st.kind == s.stage[0]:
-            cand = st.search(qp, kc, s.stage[1], exclude=parts.tombstones)
-        else:
-            cand = ann_candidates(ann, qp, kc, s, exclude=parts.tombstones)
+        cand = _unfiltered_candidates(parts, qp, s)
         sc, ids = exact.rerank(qw, parts.vectors.checked(cand), cand, k)
         return _clip(sc, s), ids, None
     plan = plan_filtered(allowed, n_live=_n_live(parts), trained=ann is not None, exact_max=s.exact_max,
@@ -124,6 +120,34 @@ def _similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror):
         del selector, packed
     sc, ids = exact.rerank(qw, parts.vectors.checked(cand), cand, k)
     return _clip(sc, s), ids, plan
+
+
+def _unfiltered_candidates(parts, qp: np.ndarray, s: Search) -> np.ndarray:
+    """``k * rerank`` candidates of every live row for projected queries ``qp``: from the
+    candidate stage ``s.stage`` names when it is ready, else the IVF."""
+    kc = min(max(s.k * s.rerank, s.k), max(_n_live(parts), 1))
+    st = parts.stage if s.stage is not None else None
+    if st is not None and st.ready and st.kind == s.stage[0]:
+        return st.search(qp, kc, s.stage[1], exclude=parts.tombstones)
+    return ann_candidates(parts.ann, qp, kc, s, exclude=parts.tombstones)
+
+
+def similar_one(parts, x: np.ndarray, s: Search, xn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`similar` of one unfiltered query ``x`` ((1, dim) float32 numpy, a CPU encoder, no
+    device mirror; ``xn`` its normalised form if known) in numpy: ``(scores, ids)`` (1, k), the
+    same numbers. The one-query route (:mod:`lukhas_gpu.index.single`): no torch op on the IVF
+    and stage routes."""
+    if parts.ann is None or s.exact:  # a scan of every row: its cost is the scan's
+        sc, ids, _ = _similar(parts, torch.from_numpy(x if x.flags.writeable else x.copy()), s, None, None)
+        return sc.numpy(), ids.numpy()
+    qw, qp = parts.encoder.query_forms_np(x, normalized=xn)
+    cand = np.ascontiguousarray(_unfiltered_candidates(parts, qp, s), dtype=np.int64)
+    table = parts.vectors.checked(cand)
+    if not len(table):
+        sc, ids = exact.rerank(torch.from_numpy(qw), table, cand, s.k)
+        return _clip(sc, s).numpy(), ids.numpy()
+    sc, ids = exact.rerank_one(qw, table, cand, s.k)
+    return (np.minimum(sc, np.float32(1.0), out=sc) if s.cosine else sc), ids
 
 
 def ann_candidates(ann, qp: np.ndarray, kc: int, s: Search, *, exclude) -> np.ndarray:

@@ -35,7 +35,7 @@ import threading
 
 from .memtrim import rss_anon, trim
 
-__all__ = ["install", "first_use", "measured", "total", "planned", "DEFAULT_BYTES", "WINDOWS"]
+__all__ = ["install", "first_use", "done", "measured", "total", "planned", "DEFAULT_BYTES", "WINDOWS"]
 
 #: The windows, in the order a process meets them.
 WINDOWS = ("import_torch", "import_faiss", "encode", "train", "search", "tune")
@@ -156,6 +156,12 @@ def first_use(window: str):
     finally:
         with _lock:
             _open.pop(window, None)
+
+
+def done(window: str) -> bool:
+    """Whether this process has measured ``window`` (no lock: one dict lookup, for the
+    one-query route, which takes the general route until the first search's window is done)."""
+    return window in _bytes
 
 
 def measured() -> dict[str, int]:

@@ -66,6 +66,7 @@ class Encoder(torch.nn.Module):
         self.register_buffer("fitted", torch.zeros(2, dtype=torch.bool))  # (quantizer, projection)
         # int8 scales of the projected space (zeros until fitted; unused without a projection)
         self.register_buffer("proj_scale", torch.zeros(d if d < dim else 0, dtype=torch.float32))
+        self._np_views = None  # (buffers, their numpy views, addresses): query_forms_np's
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -181,8 +182,8 @@ class Encoder(torch.nn.Module):
     def normalized_queries(self, q: torch.Tensor) -> np.ndarray:
         """:meth:`normalize` of queries as float32 numpy (the probe's sample of them): numpy's
         twin of the rule for a few on the CPU (:data:`SMALL_QUERIES`), else torch's."""
-        if self._small_cpu(q):
-            return self._normalize_np(np.asarray(q.numpy(), dtype=np.float32))
+        if self._small_cpu(q):  # a tensor, or the one-query route's numpy rows
+            return self._normalize_np(np.asarray(q.numpy() if isinstance(q, torch.Tensor) else q, dtype=np.float32))
         return self.normalize(q).cpu().numpy()
 
     def _small_cpu(self, x) -> bool:
@@ -273,16 +274,36 @@ class Encoder(torch.nn.Module):
         common case), else through torch as the batch path does."""
         if not self._small_cpu(q):
             return self.query_weights(q), self.project(q).cpu().numpy() if project else None
-        if project and self.projects and not self.projection_fitted:
+        qw, qp = self.query_forms_np(np.asarray(q.numpy(), dtype=np.float32), project=project)
+        return torch.from_numpy(qw), qp
+
+    def query_forms_np(self, x: np.ndarray, *, project: bool = True,
+                       normalized: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`query_forms` of a few float32 numpy rows on a CPU encoder, both forms numpy (the
+        one-query route's; the same numbers); ``normalized``: :meth:`normalized_queries` of ``x``
+        when the caller has it."""
+        scale, components, fitted = self._numpy_views()
+        if project and self.projects and not fitted[1]:
             raise RuntimeError("the projection is not fitted yet (call fit or fit_projection)")
-        xn = self._normalize_np(np.asarray(q.numpy(), dtype=np.float32))
-        qw = torch.from_numpy(xn * self.scale.numpy())
+        xn = self._normalize_np(x) if normalized is None else normalized
+        qw = xn * scale
         if not project:
             return qw, None
         if not self.projects:
             return qw, xn
-        y = xn @ self.components.numpy().T
+        y = xn @ components
         return qw, self._normalize_np_l2(y) if self.metric == "cosine" else y
+
+    def _numpy_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views of the scales, the projection's transpose and the fitted flags (their memory:
+        a fit's in-place copy shows), rebuilt when a buffer is replaced or copied (``to``, a deep
+        copy: another address): no tensor-to-numpy conversion per query."""
+        s, c, f = self.scale, self.components, self.fitted
+        at = (s.data_ptr(), c.data_ptr(), f.data_ptr())
+        hit = self._np_views
+        if hit is None or hit[0] is not s or hit[1] is not c or hit[2] is not f or hit[6] != at:
+            hit = self._np_views = (s, c, f, s.numpy(), c.numpy().T, f.numpy(), at)
+        return hit[3], hit[4], hit[5]
 
     @staticmethod
     def _normalize_np_l2(y: np.ndarray) -> np.ndarray:

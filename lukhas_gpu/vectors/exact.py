@@ -19,14 +19,19 @@ The driver streams the rows in chunks and keeps a running top-k, so memory stays
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import warnings
 from typing import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["scan", "rerank", "candidate_scores", "top_candidates", "float_kernel", "int8_kernel", "merge_topk",
-           "DEFAULT_BUDGET", "CUDA_BUDGET"]
+from .faisscalls import SINGLE_THREAD_QUERIES
+
+__all__ = ["scan", "rerank", "rerank_one", "candidate_scores", "top_candidates", "float_kernel", "int8_kernel",
+           "merge_topk", "DEFAULT_BUDGET", "CUDA_BUDGET"]
 
 #: Score elements (queries x rows) materialised at once by a scan: 4M floats, 16 MiB. Measured
 #: on MiniLM/WordNet (2 cores): 1.7x the batch QPS of a 64 MiB budget (the chunk's scores and
@@ -123,6 +128,46 @@ def _as_tensor(a, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+_OMP: list = []  # [torch's OpenMP runtime (ctypes) or None], resolved on first use
+
+
+def _torch_omp():
+    """torch's OpenMP runtime, whose thread count is per calling thread (``omp_set_num_threads``
+    sets this thread's), or None where it cannot be reached or does not drive torch's count."""
+    if not _OMP:
+        lib = None
+        try:
+            if "OpenMP" in torch.__config__.parallel_info():
+                path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+                lib = ctypes.CDLL(path if os.path.exists(path) else "libgomp.so.1")
+                before = torch.get_num_threads()
+                lib.omp_set_num_threads(1)
+                ok = torch.get_num_threads() == 1
+                lib.omp_set_num_threads(before)
+                lib = lib if ok else None
+        except (OSError, AttributeError):
+            lib = None
+        _OMP.append(lib)
+    return _OMP[0]
+
+
+@contextlib.contextmanager
+def calling_thread(nq: int, device):
+    """torch on the calling thread alone for a CPU scan of at most ``SINGLE_THREAD_QUERIES``
+    queries (FAISS's rule, :mod:`.faisscalls`): one query's parallel region waits on a second core
+    that another process may hold (1 query x 20k rows on 2 loaded cores: p50 16 ms on two threads,
+    1.8 ms on one). Per thread (OpenMP's ICV), so other threads keep theirs."""
+    lib = _torch_omp() if device.type == "cpu" and nq <= SINGLE_THREAD_QUERIES else None
+    before = torch.get_num_threads() if lib is not None else 1
+    if before > 1:
+        lib.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before > 1:
+            lib.omp_set_num_threads(before)
+
+
 def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | None = None,
          dead: torch.Tensor | None = None, kernel: Kernel = int8_kernel,
          budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +200,11 @@ def scan(qw: torch.Tensor, codes, k: int, *, rows=None, exclude: np.ndarray | No
     scores : (nq, k) float32, ``-inf`` where fewer than k rows exist
     ids : (nq, k) int64 row numbers, -1 where padded
     """
+    with calling_thread(qw.shape[0], qw.device):
+        return _scan(qw, codes, k, rows, exclude, dead, kernel, budget)
+
+
+def _scan(qw, codes, k, rows, exclude, dead, kernel, budget):
     device = qw.device
     nq = qw.shape[0]
     total = int(len(rows)) if rows is not None else int(codes.shape[0])
@@ -252,6 +302,29 @@ def top_candidates(scores: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.nda
     return out_s, out_i
 
 
+def rerank_one(q: np.ndarray, table, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_candidates` of :func:`candidate_scores` for one query (``q`` (1, D) float32,
+    ``cand`` (1, kc) int64 with kc >= 1): the same kernel calls, so the same numbers, in fewer
+    numpy calls (the one-query route's). ``(scores, ids)`` (1, k)."""
+    c = cand[0]
+    valid = c >= 0
+    whole = bool(valid.all())
+    rows = np.take(table, c if whole else np.where(valid, c, 0), axis=0)
+    s = np.matmul(rows.astype(np.float32)[None], q[:, :, None])[0, :, 0]
+    if not whole:
+        s[~valid] = -np.inf
+    kc = len(c)
+    kk = min(k, kc)
+    part = np.argpartition(-s, kk - 1)[:kk] if kk < kc else np.arange(kc)
+    top = s[part]
+    order = np.argsort(-top, kind="stable")
+    out_s = np.full((1, k), -np.inf, dtype=np.float32)
+    out_i = np.full((1, k), -1, dtype=np.int64)
+    out_s[0, :kk] = top = top[order]
+    out_i[0, :kk] = np.where(np.isinf(top), -1, c[part[order]])
+    return out_s, out_i
+
+
 def _rerank_host(qw: torch.Tensor, codes, candidates, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rerank` on the CPU in numpy (:func:`candidate_scores`, :func:`top_candidates`). On
     2 shared cores it re-scores 2,000 x 120 candidates in 67 ms where the torch path took 109 ms on
@@ -259,7 +332,10 @@ def _rerank_host(qw: torch.Tensor, codes, candidates, k: int) -> tuple[torch.Ten
     table = codes.numpy() if isinstance(codes, torch.Tensor) else codes
     cand = candidates.numpy() if isinstance(candidates, torch.Tensor) else np.asarray(candidates)
     cand = np.ascontiguousarray(cand, dtype=np.int64)
-    out_s, out_i = top_candidates(candidate_scores(qw.numpy(), table, cand), cand, k)
+    if len(cand) == 1:
+        out_s, out_i = rerank_one(qw.numpy(), table, cand, k)
+    else:
+        out_s, out_i = top_candidates(candidate_scores(qw.numpy(), table, cand), cand, k)
     return torch.from_numpy(out_s), torch.from_numpy(out_i)
 
 

@@ -151,6 +151,7 @@ class _Stage:
         self.nodes = nodes if nodes is not None else NodeMap()
         #: False while the tuner builds it (searches do not use it; adds past it wait for the build)
         self.ready = False
+        self._cached: dict = {}  # param -> (search parameters, packed, its length, selectors)
 
     @property
     def d(self) -> int:
@@ -183,16 +184,30 @@ class _Stage:
     def search(self, q: np.ndarray, k: int, param: int, *, exclude=None) -> np.ndarray:
         """``k`` candidate rows per projected query (int64 (nq, k), -1 padded), ``param`` the
         stage's search parameter; ``exclude`` the tombstones."""
+        params, keep = self._search_params(int(param), self.nodes.excluded(exclude))
+        _, nodes = self.index.search(np.ascontiguousarray(q, dtype=np.float32), int(k), params=params)
+        del keep  # the bit array and the selectors live until the search is done
+        return self.nodes.rows(nodes)
+
+    def _search_params(self, param: int, packed):
+        """``(params, keep-alive)`` of a search with ``param`` excluding the nodes of ``packed``
+        (a packed bit array or None), kept per ``param`` while ``packed`` is the same array of the
+        same length (FAISS only reads them; a delete within its length sets bits in place, which the
+        selector reads), so one query per call builds no SWIG object."""
+        hit = self._cached.get(param)
+        if hit is not None and hit[1] is packed and hit[2] == (0 if packed is None else len(packed)):
+            return hit[0], hit
         faiss = faiss_module()
-        params = self._params(int(param))
-        packed = self.nodes.excluded(exclude)
+        params, sel = self._params(param), None
         if packed is not None:
             inner = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
-            sel = faiss.IDSelectorNot(inner)
-            params.sel = sel
-        _, nodes = self.index.search(np.ascontiguousarray(q, dtype=np.float32), int(k), params=params)
-        del packed  # the bit array lives until the search is done
-        return self.nodes.rows(nodes)
+            sel = (faiss.IDSelectorNot(inner), inner)
+            params.sel = sel[0]
+        entry = (params, packed, 0 if packed is None else len(packed), sel)
+        if len(self._cached) >= 64:
+            self._cached.clear()
+        self._cached[param] = entry
+        return params, entry
 
     def _params(self, param: int):
         raise NotImplementedError
