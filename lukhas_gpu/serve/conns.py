@@ -25,8 +25,6 @@ for one thing: a response's head is written together with its body (:class:`Join
 """
 from __future__ import annotations
 
-import time
-
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = ["ConnectionTable", "GuardedH11", "GuardedHttpTools", "JoinedWrites", "protocol", "STATE_KEY",
@@ -169,8 +167,6 @@ class _Guarded:
     def data_received(self, data: bytes) -> None:
         if self._lk_table is None or self._lk_busy:
             return super().data_received(data)
-        if self._lk_timer is None:  # the first byte of a request after a kept-alive pause
-            self._lk_arm()
         before = self.cycle
         super().data_received(data)
         if self._lk_table is None:
@@ -180,6 +176,8 @@ class _Guarded:
             self._lk_cancel()
             self._lk_table.busy(self, self._lk_client)
         else:
+            if self._lk_timer is None:  # the first bytes after a kept-alive pause, headers incomplete
+                self._lk_arm()
             self._lk_bytes += len(data)
             if self._lk_bytes > MAX_HEADER_BYTES:
                 self.lukhas_close("header_bytes")
@@ -208,7 +206,6 @@ class _Guarded:
         self._lk_table.wait(self, self._lk_client)
 
     def _lk_arm(self) -> None:
-        self._lk_since = time.monotonic()
         self._lk_timer = self.loop.call_later(self._lk_table.header_timeout_s, self.lukhas_close, "header_timeout")
 
     def _lk_cancel(self) -> None:
