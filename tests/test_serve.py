@@ -191,6 +191,8 @@ def test_search_refusals_answer_exact_bodies_and_the_same_twice(reader_url):
         exact(_post(reader_url, "/v1/search", {"vectors": [ok], "k": 3, "zz": 1, "aa": 2}), 422,
               "zz: Extra inputs are not permitted (got 1); aa: Extra inputs are not permitted (got 2)")
         exact(_post(reader_url, "/v1/search", {"k": 3}), 422, "vectors: required (a list of query vectors)")
+        exact(_post(reader_url, "/v1/search", {"vectors": [ok], "where": {"until": "bad", "since": "worse"}}), 422,
+              "where.until: 'bad' is neither epoch seconds nor an ISO-8601 date-time")  # the request's key order
         nan = np.full((2, DIM), 0.5, dtype=np.float32)
         nan[1, 3] = np.inf
         exact(httpx.post(reader_url + "/v1/search?k=3", content=nan.tobytes(), timeout=10,

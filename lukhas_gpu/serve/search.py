@@ -40,8 +40,8 @@ def _loads(body: bytes):
 def _params(obj) -> SearchParams:
     if not isinstance(obj, dict):
         raise http_errors.ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
-    try:
-        canon = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    try:  # keys in the request's order: the cached parameters are the request's, messages included
+        canon = orjson.dumps(obj)
     except TypeError:  # nothing a JSON body or a query string gives; validation names it
         canon = b""
     if not canon or len(canon) > _CACHED_PARAMS_BYTES:
