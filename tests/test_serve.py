@@ -163,6 +163,49 @@ def test_bad_input_is_refused_with_a_message_naming_it(reader_url):
         Client(reader_url).search(np.ones((1, DIM - 1), dtype=np.float32))
 
 
+def test_search_refusals_answer_exact_bodies_and_the_same_twice(reader_url):
+    """POST /v1/search is served before FastAPI's routing: its refusals keep their status codes
+    and whole error bodies, also for parameters seen before (validated once, then cached)."""
+    ok = [0.1] * DIM
+
+    def exact(r, status, message):
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json() == {"status": {"error": message}, "time": 0.0}, r.text
+
+    raw = {"Content-Type": "application/json"}
+    for _ in range(2):  # the second round meets cached parameters
+        r = httpx.post(reader_url + "/v1/search", content=b'{"vectors": [[1, 2', headers=raw, timeout=10)
+        assert r.status_code == 400 and _error(r).startswith("invalid JSON: ") and r.json()["time"] == 0.0
+        r = httpx.post(reader_url + "/v1/search", content=b'{"vectors": [[NaN]], "k": 3}', headers=raw, timeout=10)
+        assert r.status_code == 400 and _error(r).startswith("invalid JSON: ")
+        exact(_post(reader_url, "/v1/search", [ok]), 422, "the body must be a JSON object, got list")
+        exact(_post(reader_url, "/v1/search", {"vectors": [ok[:-1]], "k": 3}), 422,
+              f"vectors[0] has {DIM - 1} dimensions, the store's vectors have {DIM}")
+        exact(_post(reader_url, "/v1/search", {"vectors": [ok, [1e39] * DIM], "k": 3}), 422,
+              "vectors[1] holds a value beyond the float32 range")
+        exact(_post(reader_url, "/v1/search", {"vectors": [ok, ok[:3] + [1e39] + ok[4:]], "k": 3}), 422,
+              "vectors[1] holds a value beyond the float32 range")
+        exact(_post(reader_url, "/v1/search", {"vectors": [ok], "k": 0}), 422,
+              "k: Input should be greater than or equal to 1 (got 0)")
+        exact(_post(reader_url, "/v1/search", {"vectors": [ok], "k": 3, "zz": 1, "aa": 2}), 422,
+              "zz: Extra inputs are not permitted (got 1); aa: Extra inputs are not permitted (got 2)")
+        exact(_post(reader_url, "/v1/search", {"k": 3}), 422, "vectors: required (a list of query vectors)")
+        exact(_post(reader_url, "/v1/search", {"vectors": [ok], "where": {"until": "bad", "since": "worse"}}), 422,
+              "where.until: 'bad' is neither epoch seconds nor an ISO-8601 date-time")  # the request's key order
+        nan = np.full((2, DIM), 0.5, dtype=np.float32)
+        nan[1, 3] = np.inf
+        exact(httpx.post(reader_url + "/v1/search?k=3", content=nan.tobytes(), timeout=10,
+                         headers={"Content-Type": "application/octet-stream", "X-Shape": f"2,{DIM}"}), 422,
+              "vectors[1] contains NaN or inf")
+        exact(httpx.post(reader_url + "/v1/search?k=0", content=nan[:1].tobytes(), timeout=10,
+                         headers={"Content-Type": "application/octet-stream", "X-Shape": f"1,{DIM}"}), 422,
+              "k: Input should be greater than or equal to 1 (got '0')")
+        for k in (3, 4):  # a good search between the refusals, with parameters cached after the first round
+            r = _post(reader_url, "/v1/search", {"vectors": [ok], "k": k})
+            assert r.status_code == 200 and len(r.json()["ids"][0]) == k
+
+
 def test_api_key_and_413_from_the_headers_alone(store, tmp_path):
     keyfile = tmp_path / "key"
     keyfile.write_text(KEY + "\n")
@@ -197,6 +240,14 @@ def test_api_key_and_413_from_the_headers_alone(store, tmp_path):
         assert r.status_code == 413 and "exceeds the limit" in _error(r)
         # the server is fine afterwards
         assert httpx.get(url + "/readyz", headers=auth).status_code == 200
+        # the refusals of the search route are counted among its responses
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(url + "/metrics", headers=auth).text
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        counted = {s.labels["status"]: s.value for s in fams["rest_responses"].samples
+                   if s.name.endswith("_total") and s.labels["endpoint"] == "/v1/search"}
+        assert counted.get("401", 0) >= 2 and counted.get("413", 0) >= 2 and counted.get("200", 0) >= 1, counted
 
 
 def test_a_flood_gets_429_with_retry_after_and_metrics_parse(store, data):

@@ -507,3 +507,77 @@ def test_traffic_quantiles_match_an_exact_reference():
     assert len(series) == 5 and series[-1]["t"] == 0 and all(p["qps"] == 5.0 for p in series)
     now[0] = 1300.0  # silence: nothing recent
     assert t.summary(60)["requests"] == 0 and np.isnan(t.summary(60)["p99"])
+
+
+def test_traffic_buckets_equal_numpy_searchsorted_on_seeded_latencies():
+    from lukhas_gpu.serve.traffic import Traffic
+
+    bounds = np.array([0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 1.0])
+    rng = np.random.default_rng(11)
+    lat = np.concatenate([rng.lognormal(np.log(0.004), 1.5, 3000), bounds, np.nextafter(bounds, 0), [0.0, 99.0]])
+    t = Traffic(bounds, window_s=60, clock=lambda: 500.0)
+    for x in lat.tolist():
+        t.observe(x)
+    want = np.bincount(np.searchsorted(bounds, lat, side="left"), minlength=len(bounds) + 1)
+    np.testing.assert_array_equal(t._counts[500 % 60], want)
+
+
+# -- the fast paths of a search request ------------------------------------------------------------
+def test_json_vectors_one_range_check_names_what_the_detailed_checks_name():
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((6, 4)).tolist()
+    got = wire.vectors_from_json(rows, 4, max_rows=8)
+    np.testing.assert_array_equal(got, np.array(rows, dtype=np.float64).astype(np.float32))
+    assert got.dtype == np.float32
+    edge = float(np.finfo(np.float32).max)
+    assert wire.vectors_from_json([[edge, -edge, 0.0, 1.0]], 4, max_rows=1).tolist() == [[edge, -edge, 0.0, 1.0]]
+    for bad, message in (([[1.0] * 4, [1.0, float("inf"), 1.0, 1.0]], "vectors\\[1\\] contains NaN or inf"),
+                         ([[1e39] * 4, [1.0, float("nan"), 1.0, 1.0]], "vectors\\[1\\] contains NaN or inf"),
+                         ([[1.0] * 4, [1.0, 1.0, -1e39, 1.0]], "vectors\\[1\\] holds a value beyond the float32")):
+        with pytest.raises(ValueError, match=message):
+            wire.vectors_from_json(bad, 4, max_rows=8)
+
+
+class _Transport:
+    """What a socket would have sent: one entry per write."""
+
+    def __init__(self):
+        self.sent, self.closed = [], False
+
+    def write(self, data):
+        assert not self.closed
+        self.sent.append(bytes(data))
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    def get_extra_info(self, name):
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+
+def test_a_response_head_leaves_with_its_body_in_one_write():
+    from lukhas_gpu.serve.conns import JoinedWrites
+
+    async def main():
+        raw = _Transport()
+        t = JoinedWrites(raw, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        assert raw.sent == []  # held until its body
+        t.write(memoryview(b"{}"))
+        assert raw.sent == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+        t.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # an interim answer is never held
+        assert raw.sent[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
+        t.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # no body follows: written on the loop's next pass
+        await asyncio.sleep(0)
+        assert raw.sent[-1] == b"HTTP/1.1 204 No Content\r\n\r\n" and len(raw.sent) == 3
+        t.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        t.close()  # what is held leaves before the close
+        assert raw.sent[-1].startswith(b"HTTP/1.1 400") and raw.closed
+        await asyncio.sleep(0)
+        assert len(raw.sent) == 4  # the pending pass writes nothing twice, nothing after the close
+        assert t.get_extra_info("peername") == ("127.0.0.1", 1) and t.is_closing()
+
+    _run(main())

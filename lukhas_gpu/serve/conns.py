@@ -20,15 +20,15 @@ gets in, however many slow connections are open.
 
 The table lives in the application (:class:`~.limits.Guard` puts it in the lifespan state, so
 each worker process has its own); :class:`GuardedH11` and :class:`GuardedHttpTools` are uvicorn's
-protocols with the table consulted. Without the table (no lifespan) they are uvicorn's own.
+protocols with the table consulted. Without the table (no lifespan) they are uvicorn's own, but
+for one thing: a response's head is written together with its body (:class:`JoinedWrites`).
 """
 from __future__ import annotations
 
-import time
-
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["ConnectionTable", "GuardedH11", "GuardedHttpTools", "protocol", "STATE_KEY", "MAX_HEADER_BYTES"]
+__all__ = ["ConnectionTable", "GuardedH11", "GuardedHttpTools", "JoinedWrites", "protocol", "STATE_KEY",
+           "MAX_HEADER_BYTES"]
 
 #: Where the table is found in the lifespan state (``scope["state"]``).
 STATE_KEY = "lukhas_gpu.connections"
@@ -99,6 +99,43 @@ class ConnectionTable:
             self.reject(reason)
 
 
+class JoinedWrites:
+    """A transport whose responses leave in one send: the head of a response (its status line and
+    headers, one write of uvicorn's) is held back and written with the write that follows (its
+    body), or, if none follows in this step of the event loop (a HEAD, a streamed body), on the
+    loop's next pass or before a close. Two sends per answer wake a client on loopback twice; the
+    first of them was a third of the event loop's time under 64 clients (profiled). An interim
+    ``100 Continue`` is never held. Everything else is the wrapped transport's own."""
+
+    __slots__ = ("transport", "_loop", "_held")
+
+    def __init__(self, transport, loop):
+        self.transport, self._loop, self._held = transport, loop, None
+
+    def write(self, data) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.transport.write(b"".join((held, data)))
+        elif data[:9] == b"HTTP/1.1 " and data[9:10] != b"1":  # a final response's head
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
 class _Guarded:
     """What the two protocols add to uvicorn's (a mixin: its methods come first)."""
 
@@ -106,6 +143,7 @@ class _Guarded:
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.transport = JoinedWrites(transport, self.loop)  # what each request's cycle writes to
         table = (self.app_state or {}).get(STATE_KEY)
         if table is None:
             return
@@ -129,8 +167,6 @@ class _Guarded:
     def data_received(self, data: bytes) -> None:
         if self._lk_table is None or self._lk_busy:
             return super().data_received(data)
-        if self._lk_timer is None:  # the first byte of a request after a kept-alive pause
-            self._lk_arm()
         before = self.cycle
         super().data_received(data)
         if self._lk_table is None:
@@ -140,6 +176,8 @@ class _Guarded:
             self._lk_cancel()
             self._lk_table.busy(self, self._lk_client)
         else:
+            if self._lk_timer is None:  # the first bytes after a kept-alive pause, headers incomplete
+                self._lk_arm()
             self._lk_bytes += len(data)
             if self._lk_bytes > MAX_HEADER_BYTES:
                 self.lukhas_close("header_bytes")
@@ -168,7 +206,6 @@ class _Guarded:
         self._lk_table.wait(self, self._lk_client)
 
     def _lk_arm(self) -> None:
-        self._lk_since = time.monotonic()
         self._lk_timer = self.loop.call_later(self._lk_table.header_timeout_s, self.lukhas_close, "header_timeout")
 
     def _lk_cancel(self) -> None:

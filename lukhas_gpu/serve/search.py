@@ -6,12 +6,14 @@ injection and exception middleware, which cost as much CPU as the rest of a sing
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import urllib.parse
 
 import numpy as np
 import orjson
+from pydantic import ValidationError
 
 from ..index import MemoryIndex
 from ..util.bounds import MAX_MMR_K
@@ -24,6 +26,8 @@ __all__ = ["SearchPath", "run_search", "SUPPORTS_TARGET_RECALL"]
 #: Whether this library's ``MemoryIndex.search`` takes ``target_recall``.
 SUPPORTS_TARGET_RECALL = "target_recall" in inspect.signature(MemoryIndex.search).parameters
 _JSON = "application/json"
+#: Distinct parameter sets (all of a search but its vectors) kept validated, and the largest kept.
+_CACHED_PARAMS, _CACHED_PARAMS_BYTES = 256, 2048
 
 
 def _loads(body: bytes):
@@ -36,7 +40,22 @@ def _loads(body: bytes):
 def _params(obj) -> SearchParams:
     if not isinstance(obj, dict):
         raise http_errors.ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
-    return SearchParams.model_validate(obj)
+    try:  # keys in the request's order: the cached parameters are the request's, messages included
+        canon = orjson.dumps(obj)
+    except TypeError:  # nothing a JSON body or a query string gives; validation names it
+        canon = b""
+    if not canon or len(canon) > _CACHED_PARAMS_BYTES:
+        return SearchParams.model_validate(obj)
+    try:
+        return _validated(canon)
+    except ValidationError:
+        return SearchParams.model_validate(obj)  # raises, the fields in the request's own order
+
+
+@functools.lru_cache(maxsize=_CACHED_PARAMS)
+def _validated(canon: bytes) -> SearchParams:
+    """Parameters seen before are validated once (most clients send the same few); never mutated."""
+    return SearchParams.model_validate(orjson.loads(canon))
 
 
 def _key(p: SearchParams, nq: int) -> tuple:

@@ -7,6 +7,7 @@ on the event loop (one thread) and read there too; with ``--workers N`` each wor
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 
@@ -46,6 +47,7 @@ class Traffic:
 
     def __init__(self, bounds, *, window_s: int = WINDOW_S, clock=time.monotonic):
         self.bounds = np.asarray(bounds, dtype=np.float64)
+        self._bounds = self.bounds.tolist()  # bisect on a list: a numpy call costs more than the search
         self.window_s = int(window_s)
         self._clock = clock
         self._counts = np.zeros((self.window_s, len(self.bounds) + 1), dtype=np.int64)
@@ -59,8 +61,9 @@ class Traffic:
             self._counts[slot] = 0
             self._errors[slot] = 0
             self._second[slot] = now
-        self._counts[slot, int(np.searchsorted(self.bounds, seconds, side="left"))] += 1
-        self._errors[slot] += bool(error)
+        self._counts[slot, bisect.bisect_left(self._bounds, seconds)] += 1  # numpy's searchsorted(side="left")
+        if error:
+            self._errors[slot] += 1
 
     def _slots(self, last_s: int, now: int) -> np.ndarray:
         """Which slots hold the ``last_s`` complete seconds before ``now``."""

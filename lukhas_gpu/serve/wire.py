@@ -32,6 +32,7 @@ BINARY = "application/octet-stream"
 FILTER_KEYS = ("tags_all", "tags_any", "tags_none", "since", "until", "min_importance", "meta", "namespace", "as_of")
 RANK_KEYS = ("similarity", "recency", "importance", "half_life", "now")
 _TIME_KEYS = ("since", "until", "now", "as_of")
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def parse_time(value, name: str) -> float:
@@ -65,10 +66,10 @@ def _object(obj, name: str, keys: tuple[str, ...]) -> dict:
 
 def parse_where(obj):
     """A JSON filter -> :class:`~lukhas_gpu.Filter` (``None`` for null or ``{}``)."""
-    from ..query.filters import Filter
-
     if obj is None:
         return None
+    from ..query.filters import Filter
+
     kw = _object(obj, "where", FILTER_KEYS)
     for key in ("tags_all", "tags_any", "tags_none"):
         v = kw.get(key)
@@ -104,10 +105,10 @@ def merge_scope(where, namespace=None, as_of=None):
 
 def parse_rank(obj):
     """A JSON ranking -> :class:`~lukhas_gpu.Rank` (``None`` for null)."""
-    from ..query.ranking import Rank
-
     if obj is None:
         return None
+    from ..query.ranking import Rank
+
     return Rank(**_object(obj, "rank", RANK_KEYS))
 
 
@@ -167,10 +168,11 @@ def vectors_from_json(rows, dim: int, *, max_rows: int, name: str = "vectors") -
         x = np.array(rows, dtype=np.float64)  # JSON numbers are doubles: checked before the cast
     except (TypeError, ValueError, OverflowError):
         raise TypeError(f"{name} must hold numbers only") from None
-    _check_rows(x, dim, name)
-    big = (np.abs(x) > np.finfo(np.float32).max).any(axis=1)
-    if big.any():  # a cast would overflow to inf (and warn in the server's log)
-        raise ValueError(f"{name}[{int(np.flatnonzero(big)[0])}] holds a value beyond the float32 range")
+    fits = np.abs(x) <= _F32_MAX  # False for NaN, inf and past float32 (a cast would overflow to inf and warn)
+    if not fits.all():  # one pass when all is well; the messages from here
+        _check_rows(x, dim, name)
+        raise ValueError(f"{name}[{int(np.flatnonzero(~fits.all(axis=1))[0])}] holds a value beyond the float32 "
+                         "range")
     return x.astype(np.float32)
 
 
