@@ -271,7 +271,8 @@ class DriftMonitor:
     * ``quant``: ``|x - dequant(quant(x))|^2 / |x|^2`` of the int8 codes (clipping raises it);
     * ``coarse``: ``|y - c(y)|^2 / |y|^2``, ``y`` the projected vector and ``c(y)`` its IVF
       centroid -- what the lists no longer cover;
-    * ``pq``: ``|y - c(y) - pq(y - c(y))|^2 / |y|^2``, the ANN code's reconstruction error;
+    * ``pq``: ``|y - c(y) - pq(y - c(y))|^2 / |y|^2`` (``|y - pq(y)|^2 / |y|^2`` where the codes
+      are of the rows, ``ann.PQ_BY_RESIDUAL``), the ANN code's reconstruction error;
     * ``imbalance``: :func:`imbalance_factor` of the rows' distribution over the lists.
     """
 

@@ -58,6 +58,13 @@ HNSW_COARSE_FROM = 4096
 #: k-means iterations. With the sample size below, training 4096 lists over 384 dims takes
 #: about 30 s on 2 cores (k-means is a GEMM of sample x nlist x d per iteration).
 KMEANS_NITER = 10
+#: Whether the 4-bit PQ codes encode a row's residual to its list centroid (FAISS's default) or the
+#: row itself. On held-out real queries that do not look like the stored memories the direct codes
+#: rank the candidates better: MiniLM WordNet 117k, IVF1024 PQ96x4fs, recall@10 after reranking 80
+#: candidates at nprobe 128: 0.958 direct vs 0.921 residual; Debian 50k, IVF512: 0.952 vs 0.909.
+#: In-distribution synthetic queries lose a little (0.983 vs 0.987 at nprobe 8) and the tuner's rerank
+#: covers it. Stores keep the choice they were trained with (FAISS writes it in the index file).
+PQ_BY_RESIDUAL = False
 
 
 #: From this many lists up, the coarse centroids come from a two-level k-means (sqrt(nlist)
@@ -198,7 +205,8 @@ def hnsw_graph_bytes(n_nodes: int, m: int = HNSW_M) -> int:
 
 
 class IVFPQIndex:
-    """An ``IndexIVFPQFastScan`` (inner product, residual 4-bit PQ) plus its coarse quantizer.
+    """An ``IndexIVFPQFastScan`` (inner product, 4-bit PQ of the rows, see ``PQ_BY_RESIDUAL``) plus its
+    coarse quantizer.
 
     Parameters
     ----------
@@ -221,6 +229,7 @@ class IVFPQIndex:
         else:
             self.quantizer = faiss.IndexFlatIP(d)
         self.index = faiss.IndexIVFPQFastScan(self.quantizer, d, nlist, pq_m, 4, faiss.METRIC_INNER_PRODUCT)
+        self.index.by_residual = PQ_BY_RESIDUAL
         self.index.cp.niter = KMEANS_NITER
         self.index.cp.seed = seed
         self.index.cp.max_points_per_centroid = -(-train_sample_size(nlist) // nlist)
@@ -425,8 +434,9 @@ class IVFPQIndex:
             _, assign = self.quantizer.search(x, 1)
         assign = assign.ravel()
         resid = x - self.quantizer.reconstruct_batch(assign)
-        pq = self.index.pq
-        return assign, resid, pq.decode(pq.compute_codes(resid))
+        pq, coded = self.index.pq, (resid if self.index.by_residual else x)
+        # ``resid - recon`` is the PQ error of what an ``add`` stores (the residual, or the row itself)
+        return assign, resid, resid - (coded - pq.decode(pq.compute_codes(coded)))
 
     # -- GPU (faiss-gpu, capability-detected) ---------------------------------------------------
     def gpu_twin(self, train_x: np.ndarray):
@@ -441,6 +451,7 @@ class IVFPQIndex:
         quantizer = faiss.IndexFlatIP(self.d)
         quantizer.add(self.quantizer.reconstruct_n(0, self.nlist))
         twin = faiss.IndexIVFPQ(quantizer, self.d, self.nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        twin.by_residual = bool(self.index.by_residual)
         twin.train(np.ascontiguousarray(train_x, dtype=np.float32))  # the PQ only: 'quantizer' is full
         return twin
 
