@@ -299,3 +299,28 @@ def test_the_write_count_survives_checkpoints_reopens_and_readers(tmp_path):
     with MemoryIndex.open(store, mode="w") as ix:
         assert ix.write_count == 4
     assert MemoryIndex(DIM).write_count == 0
+
+
+def test_an_ingest_whose_duplicates_merge_still_leaves_its_store_trained(tmp_path):
+    """``capacity`` (the input's record count) raises the training count to it; merged duplicates
+    leave the rows short of it, so the ingest's last step trains (and tunes) the store itself."""
+    from lukhas_gpu.ingest.batch import Batch
+    from lukhas_gpu.vectors.policy import train_at
+
+    n, dups = 2000, 100
+    cfg = IndexConfig(train_threshold=1024, capacity=n, dedup="exact", target_recall=0.9, auto_tune=True)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    contents = [f"memory {i}" for i in range(n)]
+    for i in range(dups):  # the last records repeat earlier contents
+        contents[n - 1 - i] = contents[i]
+    ix = MemoryIndex.create(tmp_path / "s", DIM, cfg)
+    assert train_at(ix.config) == n  # the premise: the store trains only once it holds every record
+    batches = [Batch(list(range(s, s + 500)), [None] * 500, x[s:s + 500], contents[s:s + 500], None,
+                     np.full(500, np.nan), np.zeros(500)) for s in range(0, n, 500)]
+    p = Pipeline(ix, checkpoint_every=2).run(batches)
+    assert (p.merged, len(ix)) == (dups, n - dups)
+    assert ix.is_trained and ix.tuning() is not None
+    ix.close()
+    with MemoryIndex.open(tmp_path / "s", mode="r") as rd:
+        assert rd.is_trained and rd.tuning() is not None

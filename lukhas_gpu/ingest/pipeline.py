@@ -163,6 +163,8 @@ class Pipeline:
         finally:
             self.seconds = time.perf_counter() - t0
         if publish and self.batches:
+            if not self.index.is_trained and len(self.index) >= self.index.config.train_threshold:
+                self.index.train()  # merged duplicates may leave the rows short of the capacity train_at awaits
             self.index.tune_if_due()  # the store leaves tuned (its own sample): readers use it, never tune
         if publish and not (self.batches == 0 and self.resume is not None and self.resume.finished):
             self.index.checkpoint()  # a re-run of a finished ingest publishes no new generation
