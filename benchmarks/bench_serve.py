@@ -9,7 +9,9 @@ binary bodies for requests of 256 queries.
 
 Clients: up to ``--procs`` processes (this file run with ``--client``), each holding its share
 of the connections on one asyncio loop that writes prebuilt HTTP/1.1 requests and reads the
-answers (keep-alive), so the clients cost little CPU. Everything runs on loopback, each point
+answers (keep-alive), so the clients cost little CPU; or, with ``--load wrk``, Debian's ``wrk``
+(C, one thread: on a 2-core machine the clients share the server's cores, and wrk takes less of
+them). Everything runs on loopback, each point
 for ``--seconds``, after a warm-up.
 
     python -m benchmarks.bench_serve [--rows 50000] [--seconds 6] [--plot benchmarks/plots/serve_qps.png]
@@ -98,6 +100,52 @@ def run_load(url: str, clients: int, seconds: float, qfile: str, procs: int, war
     return {"clients": clients, "qps": len(lat) / seconds, "p50_ms": float(np.percentile(a, 50)),
             "p99_ms": float(np.percentile(a, 99)), "p999_ms": float(np.percentile(a, 99.9)),
             "mean_batch": dq / dc if dc else float("nan"), "errors": errors, "requests": len(lat)}
+
+
+#: wrk's script: the requests of ``qfile`` prebuilt, one after another on each connection; at the
+#: end, the exact percentiles as one JSON line.
+_WRK_LUA = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/v1/search", {["Content-Type"] = "application/json"}, bodies[(i %% #bodies) + 1])
+end
+done = function(s, lat, req)
+  local e = s.errors
+  io.write(string.format('{"requests": %%d, "us": %%d, "p50": %%d, "p99": %%d, "p999": %%d, '
+    .. '"errors": %%d, "status": %%d}\\n',
+    s.requests, s.duration, lat:percentile(50), lat:percentile(99), lat:percentile(99.9),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def run_load_wrk(url: str, clients: int, seconds: float, qfile: str, warmup: float) -> dict:
+    """The same load from ``wrk`` (Debian's ``wrk``: C, one thread, keep-alive connections): a client
+    that costs the shared cores far less than Python's, so the server's own ceiling shows."""
+    xq = np.load(qfile)[:256]
+    bodies = ",".join("[==[" + json.dumps({"vectors": [v.tolist()], "k": 10}) + "]==]" for v in xq)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_WRK_LUA % bodies)
+    try:
+        cmd = ["wrk", "-t1", f"-c{clients}", "-s", f.name, url + "/v1/search"]
+        subprocess.run([*cmd[:3], f"-d{max(1, round(warmup))}s", *cmd[3:]], check=True, capture_output=True)
+        before = _batch_counters(url)
+        ran = subprocess.run([*cmd[:3], f"-d{max(1, round(seconds))}s", *cmd[3:]], check=True,
+                             capture_output=True, text=True)
+        out = ran.stdout + ran.stderr
+        after = _batch_counters(url)
+    finally:
+        os.unlink(f.name)
+    found = re.search(r'\{"requests".*?\}', out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no summary: {out[-2000:]}")
+    got = json.loads(found.group(0))
+    dq, dc = after[0] - before[0], after[1] - before[1]
+    return {"clients": clients, "qps": got["requests"] / (got["us"] / 1e6), "p50_ms": got["p50"] / 1e3,
+            "p99_ms": got["p99"] / 1e3, "p999_ms": got["p999"] / 1e3, "mean_batch": dq / dc if dc else float("nan"),
+            "errors": {"socket": got["errors"], "status": got["status"]}, "requests": got["requests"]}
 
 
 def _batch_counters(url: str, wait_until: float | None = None) -> tuple[float, float]:
@@ -220,6 +268,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=3, help="rounds (ratios are medians of paired rounds)")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--procs", type=int, default=4, help="client processes at most")
+    ap.add_argument("--load", choices=["python", "wrk"], default="python",
+                    help="the clients: Python asyncio processes (default) or Debian's wrk (C, one thread)")
     ap.add_argument("--reps", type=int, default=20, help="requests per body form")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/FAISS threads of the server and of the in-process library (default 1: on a "
@@ -254,7 +304,8 @@ def main(argv=None) -> dict:
                   f"{libs[-1]['single']:,.0f} QPS", file=sys.stderr)
             for i, c in enumerate(clients):
                 for label in (labels if (i + rep) % 2 == 0 else labels[::-1]):
-                    r = run_load(servers[label][1], c, args.seconds, qfile, args.procs, args.warmup)
+                    r = (run_load_wrk(servers[label][1], c, args.seconds, qfile, args.warmup) if args.load == "wrk"
+                         else run_load(servers[label][1], c, args.seconds, qfile, args.procs, args.warmup))
                     r.update(server=label, round=rep)
                     runs.append(r)
                     print(json.dumps(r), file=sys.stderr)
@@ -304,9 +355,9 @@ def main(argv=None) -> dict:
     table += (f"\n\nin-process library, same store, same run (median of {args.repeat} rounds): batched (256/call) "
               f"{lib['batched']:,.0f} QPS, one query per call {lib['single']:,.0f} QPS\n\n")
     table += markdown_table([forms], list(forms)) + "\n\n" + json.dumps(summary)
-    write_results("serve", payload, table)
+    write_results("serve" if args.load == "python" else f"serve_{args.load}", payload, table)
     print(table)
-    if args.plot:
+    if args.plot and args.load == "python":
         plot(rows, lib, args.plot)
     tmp.cleanup()
     return payload
