@@ -129,8 +129,9 @@ def test_numbers_shown_equal_stats(url, browser):
             compared += 1
     assert compared >= 20
     assert int(shown[("all", "disk")][0]) == stats["memory"]["disk_bytes"]
-    # the searches of the last minute: the page's figure and /metrics' gauge read one ring
-    qps = float(browser.find_element(By.ID, "qps").get_attribute("data-value"))
+    # the searches of the last minute: the page's figure and /metrics' gauge read one ring, which
+    # counts complete seconds only: the page shows them from its first refresh after that second
+    qps = float(_wait(browser, lambda d: float(d.find_element(By.ID, "qps").get_attribute("data-value") or 0) or None))
     metrics = _get(url, "/metrics").text
     gauge = float(next(ln.split()[-1] for ln in metrics.splitlines() if ln.startswith("rest_search_qps ")))
     assert qps > 0 and gauge > 0 and abs(qps - gauge) <= 12 / 60 + 1e-9
