@@ -38,6 +38,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.datasets import debian_minilm, exact_knn, synthetic_dataset, wordnet_minilm
+from lukhas_gpu.util.timing import fastest
 
 log = logging.getLogger("bench_graph")
 K = 10
@@ -50,12 +51,7 @@ def recall(ids, gt) -> float:
 
 def batched_qps(fn, q: np.ndarray, repeat: int) -> float:
     fn(q[:32])
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn(q)
-        best = min(best, time.perf_counter() - t)
-    return len(q) / best
+    return len(q) / fastest(lambda: fn(q), repeat)
 
 
 def single_qps(fn, q: np.ndarray, n: int) -> float:

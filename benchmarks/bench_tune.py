@@ -39,6 +39,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.datasets import Dataset, debian_minilm, exact_knn, synthetic_dataset, wordnet_minilm
+from lukhas_gpu.util.timing import fastest
 
 STREAM_BATCH = 100_000
 
@@ -86,12 +87,7 @@ def per_query_recall(ids: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def qps(fn, q: np.ndarray, repeat: int) -> float:
     fn(q[:64])  # warm
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn(q)
-        best = min(best, time.perf_counter() - t)
-    return len(q) / best
+    return len(q) / fastest(lambda: fn(q), repeat)
 
 
 def latencies(fn, q: np.ndarray, n: int = 200) -> tuple[float, float]:

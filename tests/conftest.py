@@ -98,6 +98,22 @@ def clustered():
     return make_clustered
 
 
+def make_builtin(n: int, n_queries: int, seed: int):
+    """``n`` memories and ``n_queries`` queries of the package's built-in model (seeds ``seed`` and
+    ``seed + 1``) with the queries' exact float top-10: ``(xb, xq, gt)``."""
+    from lukhas_gpu.tools.synthetic import builtin_model
+
+    model = builtin_model()
+    xb, xq = model.sample(n, seed=seed), model.queries(n_queries, seed=seed + 1)
+    return xb, xq, np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+
+
+@pytest.fixture(scope="session")
+def builtin_set():
+    """Factory: ``builtin_set(n, n_queries, seed) -> (xb, xq, gt)``."""
+    return make_builtin
+
+
 # -- references ---------------------------------------------------------------------------------
 def topk_from_scores(scores, k: int, mask=None):
     """Top-k of a score matrix ``(nq, n)``: ``(ids (nq, k) int64, scores (nq, k) float32)``.

@@ -12,7 +12,6 @@ import pytest
 import lukhas_gpu
 from lukhas_gpu import IndexConfig
 from lukhas_gpu.store import layout
-from lukhas_gpu.tools.synthetic import builtin_model
 from lukhas_gpu.vectors import graph
 
 N, NQ, D = 6000, 400, 384
@@ -20,12 +19,8 @@ TARGET = 0.9
 
 
 @pytest.fixture(scope="module")
-def data():
-    model = builtin_model()
-    xb = model.sample(N, seed=11)
-    xq = model.queries(NQ, seed=12)
-    gt = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
-    return xb, xq, gt
+def data(builtin_set):
+    return builtin_set(N, NQ, seed=11)
 
 
 def _config(**kw):

@@ -26,12 +26,8 @@ N, NQ, D = 12_000, 800, 384
 
 
 @pytest.fixture(scope="module")
-def data():
-    model = builtin_model()
-    xb = model.sample(N, seed=3)
-    xq = model.queries(NQ, seed=4)
-    gt = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
-    return xb, xq, gt
+def data(builtin_set):
+    return builtin_set(N, NQ, seed=3)
 
 
 def _config(**kw):
