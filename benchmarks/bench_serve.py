@@ -5,7 +5,9 @@ WordNet example sentences), for 1, 16, 64 and 256 concurrent clients of single-q
 requests, it measures the batched server (``--max-batch 256``) and the same server with batching
 off (``--max-batch 1``), and in the same run the in-process library (batched and one query per
 call): the ratios are what this benchmark is for, since the machine may be shared. Then JSON vs
-binary bodies for requests of 256 queries.
+binary bodies for requests of 256 queries. ``--wire binary``: the single-query requests in the
+binary form (raw float32 in, ids and scores out) instead of JSON bodies; the JSON figure is the
+headline.
 
 Clients: up to ``--procs`` processes (this file run with ``--client``), each holding its share
 of the connections on one asyncio loop that writes prebuilt HTTP/1.1 requests and reads the
@@ -57,14 +59,24 @@ async def _connection(host, port, requests, start, stop, lat, errors):
     writer.close()
 
 
-def client_main(host: str, port: int, conns: int, start: float, stop: float, qfile: str, offset: int) -> None:
+def _request(host: str, v: np.ndarray, wire: str) -> bytes:
+    """One single-query search request: a JSON body (``vectors``: a list of floats) or the binary
+    form (raw float32 in, raw ids and scores out; ``k`` in the query string)."""
+    if wire == "binary":
+        body = np.ascontiguousarray(v, dtype="<f4").tobytes()
+        return (b"POST /v1/search?k=10 HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\n"
+                b"Accept: application/octet-stream\r\nX-Shape: 1,%d\r\nContent-Length: %d\r\n\r\n%s"
+                % (host.encode(), len(v), len(body), body))
+    body = json.dumps({"vectors": [v.tolist()], "k": 10}).encode()
+    return (b"POST /v1/search HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+
+
+def client_main(host: str, port: int, conns: int, start: float, stop: float, qfile: str, offset: int,
+                wire: str = "json") -> None:
     """One client process: ``conns`` keep-alive connections; prints its latencies as JSON."""
     xq = np.load(qfile)
-    requests = []
-    for j in range(256):
-        body = json.dumps({"vectors": [xq[(offset + j) % len(xq)].tolist()], "k": 10}).encode()
-        requests.append(b"POST /v1/search HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+    requests = [_request(host, xq[(offset + j) % len(xq)], wire) for j in range(256)]
     lat: list[float] = []
     errors: dict = {}
 
@@ -76,14 +88,15 @@ def client_main(host: str, port: int, conns: int, start: float, stop: float, qfi
     print(json.dumps({"lat": lat, "errors": errors}))
 
 
-def run_load(url: str, clients: int, seconds: float, qfile: str, procs: int, warmup: float) -> dict:
+def run_load(url: str, clients: int, seconds: float, qfile: str, procs: int, warmup: float,
+             wire: str = "json") -> dict:
     host, port = url.removeprefix("http://").split(":")
     n_procs = min(clients, procs)
     shares = [clients // n_procs + (1 if i < clients % n_procs else 0) for i in range(n_procs)]
     start = time.time() + 3.0 + warmup  # processes start, connect and warm up, then all measure together
     stop = start + seconds
     ps = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_serve", "--client", host, port, str(c),
-                            repr(start - warmup), repr(start), repr(stop), qfile, str(i * 997)],
+                            repr(start - warmup), repr(start), repr(stop), qfile, str(i * 997), wire],
                            stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
           for i, c in enumerate(shares)]
     before = _batch_counters(url, wait_until=start - 0.5)  # during the warm-up, not in the window
@@ -255,11 +268,7 @@ def body_forms(url: str, xq: np.ndarray, reps: int) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--client":
-        a = sys.argv[2:]
-        client_main(a[0], int(a[1]), int(a[2]), float(a[4]), float(a[5]), a[6], int(a[7]))
-        return {}
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--store", help="store directory (built there if absent; default: a temporary one)")
@@ -270,12 +279,30 @@ def main(argv=None) -> dict:
     ap.add_argument("--procs", type=int, default=4, help="client processes at most")
     ap.add_argument("--load", choices=["python", "wrk"], default="python",
                     help="the clients: Python asyncio processes (default) or Debian's wrk (C, one thread)")
+    ap.add_argument("--wire", choices=["json", "binary"], default="json",
+                    help="the single-query requests' form: a JSON body (default; the headline figure) or the "
+                         "binary one (float32 in, ids and scores out: no JSON float parsing)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes of each server (`serve --workers`; each has its own GIL and its own "
+                         "batcher, so batches are smaller; mean_batch is then one worker's, whichever answers "
+                         "/metrics)")
     ap.add_argument("--reps", type=int, default=20, help="requests per body form")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/FAISS threads of the server and of the in-process library (default 1: on a "
                          "shared 2-core machine OpenMP's spinning threads cost 4x under contention)")
     ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "plots" / "serve_qps.png"))
+    return ap
+
+
+def main(argv=None) -> dict:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--client":
+        a = sys.argv[2:]
+        client_main(a[0], int(a[1]), int(a[2]), float(a[4]), float(a[5]), a[6], int(a[7]), a[8])
+        return {}
+    ap = _parser()
     args = ap.parse_args(argv)
+    if args.load == "wrk" and args.wire != "json":
+        ap.error("--load wrk sends JSON bodies only")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch and FAISS load, here and in the servers
     from benchmarks.common import machine, markdown_table, set_threads, today, write_results
 
@@ -296,7 +323,7 @@ def main(argv=None) -> dict:
     try:
         for label, flags in (("batched (--max-batch 256)", ["--max-batch", "256"]),
                              ("unbatched (--max-batch 1)", ["--max-batch", "1"])):
-            servers[label] = start_server(str(store), *flags, threads=args.threads)
+            servers[label] = start_server(str(store), *flags, "--workers", str(args.workers), threads=args.threads)
         labels = list(servers)
         for rep in range(args.repeat):
             libs.append(in_process(str(store), xq, args.seconds))
@@ -305,7 +332,8 @@ def main(argv=None) -> dict:
             for i, c in enumerate(clients):
                 for label in (labels if (i + rep) % 2 == 0 else labels[::-1]):
                     r = (run_load_wrk(servers[label][1], c, args.seconds, qfile, args.warmup) if args.load == "wrk"
-                         else run_load(servers[label][1], c, args.seconds, qfile, args.procs, args.warmup))
+                         else run_load(servers[label][1], c, args.seconds, qfile, args.procs, args.warmup,
+                                       args.wire))
                     r.update(server=label, round=rep)
                     runs.append(r)
                     print(json.dumps(r), file=sys.stderr)
@@ -347,7 +375,8 @@ def main(argv=None) -> dict:
                    "server_vs_inprocess_batched_64": r64["batched server / in-process batched"],
                    "p99_ms_64": next(r["p99_ms"] for r in rows if r["clients"] == 64 and r["server"] == labels[0])}
     payload = {"date": today(), "machine": machine(), "rows": args.rows, "seconds": args.seconds,
-               "repeat": args.repeat, "threads": args.threads, "in_process": lib, "in_process_runs": libs,
+               "repeat": args.repeat, "threads": args.threads, "load_form": args.load, "wire": args.wire,
+               "workers": args.workers, "in_process": lib, "in_process_runs": libs,
                "load": rows, "ratios": ratios, "runs": runs, "summary": summary, "bodies_256": forms,
                "load_average": os.getloadavg()}
     cols = ["server", "clients", "qps", "qps_range", "p50_ms", "p99_ms", "p999_ms", "mean_batch"]
@@ -355,9 +384,12 @@ def main(argv=None) -> dict:
     table += (f"\n\nin-process library, same store, same run (median of {args.repeat} rounds): batched (256/call) "
               f"{lib['batched']:,.0f} QPS, one query per call {lib['single']:,.0f} QPS\n\n")
     table += markdown_table([forms], list(forms)) + "\n\n" + json.dumps(summary)
-    write_results("serve" if args.load == "python" else f"serve_{args.load}", payload, table)
+    table += f"\n\nclients: {args.load}, requests: single-query {args.wire}, server processes: {args.workers}"
+    name = "serve" if args.load == "python" else f"serve_{args.load}"
+    name += "" if args.wire == "json" else f"_{args.wire}"
+    write_results(name if args.workers == 1 else f"{name}_w{args.workers}", payload, table)
     print(table)
-    if args.plot and args.load == "python":
+    if args.plot and args.load == "python" and args.wire == "json" and args.workers == 1:
         plot(rows, lib, args.plot)
     tmp.cleanup()
     return payload

@@ -581,3 +581,27 @@ def test_a_response_head_leaves_with_its_body_in_one_write():
         assert t.get_extra_info("peername") == ("127.0.0.1", 1) and t.is_closing()
 
     _run(main())
+
+
+def test_the_server_shortens_the_thread_switch_interval_while_it_runs_and_restores_it(tmp_path):
+    """The search thread hands the GIL back and forth with the event loop: while the application
+    runs, the interpreter switches threads every SWITCH_INTERVAL_S (not Python's 5 ms), and the
+    process's own setting comes back when it stops."""
+    optional_import("fastapi")
+    import sys
+
+    from starlette.testclient import TestClient
+
+    from lukhas_gpu import MemoryIndex
+    from lukhas_gpu.serve.app import SWITCH_INTERVAL_S, create_app
+
+    idx = MemoryIndex.create(tmp_path / "s", 8)
+    idx.add(np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32))
+    idx.close()
+    before = sys.getswitchinterval()
+    assert SWITCH_INTERVAL_S < before
+    with TestClient(create_app(ServeOptions(str(tmp_path / "s"), refresh_s=0, quality_s=0))) as c:
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        r = c.post("/v1/search", json={"vectors": [[1.0] * 8], "k": 3})
+        assert r.status_code == 200 and len(r.json()["ids"][0]) == 3
+    assert sys.getswitchinterval() == pytest.approx(before)
