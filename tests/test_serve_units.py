@@ -605,3 +605,70 @@ def test_the_server_shortens_the_thread_switch_interval_while_it_runs_and_restor
         r = c.post("/v1/search", json={"vectors": [[1.0] * 8], "k": 3})
         assert r.status_code == 200 and len(r.json()["ids"][0]) == 3
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+@pytest.mark.parametrize("kind", ["h11", "httptools"])
+def test_a_body_that_came_with_its_headers_is_read_without_a_timer(kind, monkeypatch):
+    """uvicorn's request cycle says when its body is there already: the guard reads it without
+    the body timeout's timer; a body still on its way is read under the timer (and arrives)."""
+    uvicorn = optional_import("uvicorn")
+    import socket
+
+    from lukhas_gpu.serve import conns, limits
+
+    cls = conns.GuardedH11 if kind == "h11" else conns.GuardedHttpTools
+    if cls is None:
+        pytest.skip("httptools is not installed")
+    timed = []
+    within = limits._within
+
+    async def counting(receive, seconds):
+        timed.append(seconds)
+        return await within(receive, seconds)
+
+    monkeypatch.setattr(limits, "_within", counting)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                m = await receive()
+                await send({"type": m["type"] + ".complete"})
+                if m["type"] == "lifespan.shutdown":
+                    return
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    guard = limits.Guard(app, api_key=None, max_body=1000, body_timeout_s=5.0)
+    server = uvicorn.Server(uvicorn.Config(guard, http=cls, loop="asyncio", lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        s = socket.create_connection(sock.getsockname(), timeout=5)
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+
+        def answer() -> bytes:
+            got = b""
+            while not got.endswith(b"hello"):
+                chunk = s.recv(1000)
+                assert chunk, got
+                got += chunk
+            return got
+
+        s.sendall(head + b"hello")  # whole
+        assert answer().startswith(b"HTTP/1.1 200") and timed == []
+        s.sendall(head)  # the body a moment later: read under the timer
+        time.sleep(0.2)
+        s.sendall(b"hello")
+        assert answer().startswith(b"HTTP/1.1 200") and len(timed) >= 1
+        s.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 STATS_EVERY_S = 5.0
 #: The interpreter's thread switch interval while the server runs (Python's default: 5 ms). The
 #: search thread releases the GIL in FAISS, torch and numpy calls and must take it back from the
-#: event loop, which under load never blocks on its own: with 5 ms each hand-back may wait 5 ms
-#: (a convoy), so a batch of 32 queries took ~2.5x its CPU time (profiled under 64 clients).
+#: event loop, which under load is rarely idle: each hand-back may wait a whole interval. Under 64
+#: clients a batch of ~32 queries (~4 ms of CPU) waited ~1.7-2.7 ms for the GIL at 5 ms, ~1.4-1.7
+#: ms at 0.5 ms (per-thread schedstat on a shared machine).
 SWITCH_INTERVAL_S = 0.0005
 
 __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
