@@ -583,30 +583,6 @@ def test_a_response_head_leaves_with_its_body_in_one_write():
     _run(main())
 
 
-def test_the_server_shortens_the_thread_switch_interval_while_it_runs_and_restores_it(tmp_path):
-    """The search thread hands the GIL back and forth with the event loop: while the application
-    runs, the interpreter switches threads every SWITCH_INTERVAL_S (not Python's 5 ms), and the
-    process's own setting comes back when it stops."""
-    optional_import("fastapi")
-    import sys
-
-    from starlette.testclient import TestClient
-
-    from lukhas_gpu import MemoryIndex
-    from lukhas_gpu.serve.app import SWITCH_INTERVAL_S, create_app
-
-    idx = MemoryIndex.create(tmp_path / "s", 8)
-    idx.add(np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32))
-    idx.close()
-    before = sys.getswitchinterval()
-    assert SWITCH_INTERVAL_S < before
-    with TestClient(create_app(ServeOptions(str(tmp_path / "s"), refresh_s=0, quality_s=0))) as c:
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
-        r = c.post("/v1/search", json={"vectors": [[1.0] * 8], "k": 3})
-        assert r.status_code == 200 and len(r.json()["ids"][0]) == 3
-    assert sys.getswitchinterval() == pytest.approx(before)
-
-
 @pytest.mark.parametrize("kind", ["h11", "httptools"])
 def test_a_body_that_came_with_its_headers_is_read_without_a_timer(kind, monkeypatch):
     """uvicorn's request cycle says when its body is there already: the guard reads it without

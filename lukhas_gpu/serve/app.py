@@ -13,7 +13,6 @@ import contextlib
 import gc
 import logging
 import math
-import sys
 import time
 from typing import Annotated
 
@@ -54,12 +53,6 @@ log = logging.getLogger(__name__)
 
 #: /metrics reads ``stats()`` (bytes by place, RssAnon) at most this often; counts and lag every time.
 STATS_EVERY_S = 5.0
-#: The interpreter's thread switch interval while the server runs (Python's default: 5 ms). The
-#: search thread releases the GIL in FAISS, torch and numpy calls and must take it back from the
-#: event loop, which under load is rarely idle: each hand-back may wait a whole interval. Under 64
-#: clients a batch of ~32 queries (~4 ms of CPU) waited ~1.7-2.7 ms for the GIL at 5 ms, ~1.4-1.7
-#: ms at 0.5 ms (per-thread schedstat on a shared machine).
-SWITCH_INTERVAL_S = 0.0005
 
 __all__ = ["create_app", "create_app_from_env", "SUPPORTS_TARGET_RECALL"]
 
@@ -254,8 +247,6 @@ def create_app(options: ServeOptions) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await st.run(st.open)
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)  # process-wide: restored when the server stops
         st.batcher.start()
         if options.mode == "r" and options.refresh_s:
             st.tasks.append(asyncio.create_task(st.refresh_loop()))
@@ -268,7 +259,6 @@ def create_app(options: ServeOptions) -> FastAPI:
             for t in st.tasks:
                 t.cancel()
             await st.batcher.stop()
-            sys.setswitchinterval(switch)
             await st.run(st.close)
             st.search_pool.shutdown(wait=True)
             st.other_pool.shutdown(wait=True)
