@@ -28,6 +28,7 @@ httpx = optional_import("httpx")
 
 from lukhas_gpu import Filter, MemoryIndex, Rank  # noqa: E402
 from lukhas_gpu.client import BadRequest, Client, Overloaded, Unauthorized  # noqa: E402
+from lukhas_gpu.serve import wire  # noqa: E402
 
 from serve_helpers import env, server  # noqa: E402
 
@@ -204,6 +205,22 @@ def test_search_refusals_answer_exact_bodies_and_the_same_twice(reader_url):
         for k in (3, 4):  # a good search between the refusals, with parameters cached after the first round
             r = _post(reader_url, "/v1/search", {"vectors": [ok], "k": k})
             assert r.status_code == 200 and len(r.json()["ids"][0]) == k
+
+
+def test_b64_vectors_answer_as_the_json_lists_do(reader_url):
+    """The compact body (``vectors_b64``: base64 of float32) gives the JSON list's answer exactly;
+    both forms at once, or a malformed one, are refused by name."""
+    x = np.random.default_rng(5).standard_normal((3, DIM)).astype(np.float32)
+    plain = _post(reader_url, "/v1/search", {"vectors": x.tolist(), "k": 4})
+    packed = _post(reader_url, "/v1/search", {"vectors_b64": wire.vectors_to_b64(x), "k": 4})
+    assert plain.status_code == packed.status_code == 200, packed.text
+    assert packed.json()["ids"] == plain.json()["ids"] and packed.json()["scores"] == plain.json()["scores"]
+    both = _post(reader_url, "/v1/search", {"vectors": x.tolist(), "vectors_b64": wire.vectors_to_b64(x)})
+    assert both.status_code == 422 and _error(both) == "vectors and vectors_b64: give one of them"
+    short = _post(reader_url, "/v1/search", {"vectors_b64": wire.vectors_to_b64(x[0, :-1]), "k": 4})
+    assert short.status_code == 422 and _error(short).startswith(f"vectors_b64 holds {(DIM - 1) * 4} bytes")
+    typed = _post(reader_url, "/v1/search", {"vectors_b64": 3, "k": 4})
+    assert typed.status_code == 422 and _error(typed) == "vectors_b64 must be a base64 string, got int"
 
 
 def test_api_key_and_413_from_the_headers_alone(store, tmp_path):

@@ -194,6 +194,31 @@ def test_binary_bodies_round_trip_and_are_checked():
         wire.vectors_from_json([[1.0, 2.0], [float("nan"), 1.0]], 2, max_rows=5)
 
 
+def test_b64_vectors_equal_the_json_lists_and_are_checked():
+    """``vectors_b64`` (base64 of float32) decodes to exactly what the JSON list of the same
+    float32 values gives; every malformed form is named."""
+    x = np.random.default_rng(3).standard_normal((6, 5)).astype(np.float32)
+    packed = wire.vectors_to_b64(x)
+    got = wire.vectors_from_b64(packed, 5, max_rows=6)
+    np.testing.assert_array_equal(got, wire.vectors_from_json(x.tolist(), 5, max_rows=6))
+    assert got.dtype == np.float32 and got.shape == (6, 5)
+    np.testing.assert_array_equal(wire.vectors_from_b64(wire.vectors_to_b64(x[2]), 5, max_rows=1), x[2:3])
+    with pytest.raises(ValueError, match="more than 5 vectors of 5 float32"):
+        wire.vectors_from_b64(packed, 5, max_rows=5)
+    with pytest.raises(ValueError, match="vectors_b64: invalid base64"):
+        wire.vectors_from_b64(packed[:-4] + "!!!!", 5, max_rows=6)
+    with pytest.raises(ValueError, match="holds 116 bytes, not whole vectors of 5 float32 \\(20 bytes each\\)"):
+        wire.vectors_from_b64(wire.vectors_to_b64(x.reshape(-1)[:29]), 5, max_rows=6)
+    with pytest.raises(ValueError, match="holds 0 bytes"):
+        wire.vectors_from_b64("", 5, max_rows=6)
+    with pytest.raises(TypeError, match="vectors_b64 must be a base64 string, got list"):
+        wire.vectors_from_b64([1.0], 5, max_rows=6)
+    bad = x.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="vectors_b64\\[4\\] contains NaN or inf"):
+        wire.vectors_from_b64(wire.vectors_to_b64(bad), 5, max_rows=6)
+
+
 def test_options_are_bounded(tmp_path):
     assert ServeOptions("s").host == "127.0.0.1"
     assert ServeOptions("s", max_batch=8).max_queue == 1024

@@ -2,7 +2,8 @@
 
 Standard library only (``http.client``, one keep-alive connection per thread) plus numpy: an
 inference server can call it without the ``serve`` extra. Searches travel as binary float32 both
-ways unless contents are asked for; everything else as JSON. Errors keep the library's types:
+ways unless contents are asked for (then JSON, the vectors as ``vectors_b64``); everything else
+as JSON. Errors keep the library's types:
 bad input (400/404/413/422) raises :class:`BadRequest`, a ``ValueError``.
 """
 from __future__ import annotations
@@ -158,7 +159,8 @@ class Client:
         """Top-k memories for each query, as :meth:`MemoryIndex.search` (numpy out).
 
         ``where`` / ``rank``: a :class:`~lukhas_gpu.Filter` / :class:`~lukhas_gpu.Rank` or their
-        JSON objects. ``with_content=True`` also returns the contents (a JSON answer).
+        JSON objects. ``with_content=True`` also returns the contents (a JSON answer; the vectors
+        travel in it as ``vectors_b64``, base64 of float32, never as JSON numbers).
         """
         q = _numpy(queries)
         one = q.ndim == 1
@@ -167,7 +169,7 @@ class Client:
         params = {key: v for key, v in params.items() if v is not None}
         w, r = wire.where_to_json(where), wire.rank_to_json(rank)
         if with_content:
-            obj = {**params, "vectors": np.atleast_2d(q).astype(np.float32).tolist(), "with_content": True}
+            obj = {**params, "vectors_b64": wire.vectors_to_b64(np.atleast_2d(q)), "with_content": True}
             if w:
                 obj["where"] = w
             if r:

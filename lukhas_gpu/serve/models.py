@@ -78,8 +78,10 @@ class SearchParams(BaseModel):
 
 
 class SearchRequest(SearchParams):
-    vectors: list[list[float]] = Field(..., description="(nq, dim) query vectors; a flat list is one query",
-                                       max_length=MAX_REQUEST_VECTORS)
+    vectors: Optional[list[list[float]]] = Field(None, description="(nq, dim) query vectors; a flat list is one "
+                                                 "query (this or vectors_b64)", max_length=MAX_REQUEST_VECTORS)
+    vectors_b64: Optional[str] = Field(None, description="the compact form of vectors: base64 of little-endian "
+                                       "float32, row after row (nq from its length): no JSON numbers to parse")
 
 
 class SearchResponse(BaseModel):

@@ -102,11 +102,18 @@ async def run_search(st, headers, query: str, body: bytes) -> tuple[int, str, by
         obj = _loads(body)
         if not isinstance(obj, dict):
             raise http_errors.ApiError(422, f"the body must be a JSON object, got {type(obj).__name__}")
-        if "vectors" not in obj:
-            raise http_errors.ApiError(422, "vectors: required (a list of query vectors)")
-        vectors = obj.pop("vectors")
-        p = _params(obj)
-        q = wire.vectors_from_json(vectors, dim, max_rows=MAX_REQUEST_VECTORS)
+        if "vectors_b64" in obj:  # the compact form: base64 of float32, no JSON numbers to parse
+            if "vectors" in obj:
+                raise http_errors.ApiError(422, "vectors and vectors_b64: give one of them")
+            packed = obj.pop("vectors_b64")
+            p = _params(obj)
+            q = wire.vectors_from_b64(packed, dim, max_rows=MAX_REQUEST_VECTORS)
+        else:
+            if "vectors" not in obj:
+                raise http_errors.ApiError(422, "vectors: required (a list of query vectors)")
+            vectors = obj.pop("vectors")
+            p = _params(obj)
+            q = wire.vectors_from_json(vectors, dim, max_rows=MAX_REQUEST_VECTORS)
     if index.config.metric == "cosine":
         zero = ~q.any(axis=1)
         if zero.any():

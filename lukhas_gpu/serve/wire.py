@@ -1,7 +1,8 @@
 """The wire forms of the server's API, shared by the server and :class:`~.client.Client`.
 
-Vectors travel as JSON lists of lists, or as raw little-endian float32 (``application/
-octet-stream``, shape in the ``X-Shape`` header: ``"nq,dim"``). Filters and rankings travel as
+Vectors travel as JSON lists of lists, as base64 of little-endian float32 in a JSON string
+(``vectors_b64``), or as raw little-endian float32 (``application/octet-stream``, shape in the
+``X-Shape`` header: ``"nq,dim"``). Filters and rankings travel as
 JSON objects whose keys are the keyword arguments of :class:`~lukhas_gpu.Filter` and
 :class:`~lukhas_gpu.Rank`; times are epoch seconds or ISO-8601 strings (UTC when no offset).
 A binary search answer is ``ids`` (nq*k int64) then ``scores`` (nq*k float32), little-endian,
@@ -22,7 +23,8 @@ from ..util.bounds import MAX_FILTER_TAGS
 
 __all__ = ["SHAPE_HEADER", "DTYPE_HEADER", "BINARY", "FILTER_KEYS", "RANK_KEYS", "parse_where", "parse_rank",
            "merge_scope",
-           "where_to_json", "rank_to_json", "vectors_from_json", "vectors_from_bytes", "vectors_to_bytes",
+           "where_to_json", "rank_to_json", "vectors_from_json", "vectors_from_b64", "vectors_to_b64",
+           "vectors_from_bytes", "vectors_to_bytes",
            "results_to_bytes", "results_from_bytes", "parse_shape", "parse_time", "content_to_json",
            "content_from_json"]
 
@@ -174,6 +176,31 @@ def vectors_from_json(rows, dim: int, *, max_rows: int, name: str = "vectors") -
         raise ValueError(f"{name}[{int(np.flatnonzero(~fits.all(axis=1))[0])}] holds a value beyond the float32 "
                          "range")
     return x.astype(np.float32)
+
+
+def vectors_from_b64(text, dim: int, *, max_rows: int, name: str = "vectors_b64") -> np.ndarray:
+    """The compact JSON form: base64 (standard alphabet, padded) of little-endian float32, row
+    after row -> ``(nq, dim)`` float32 (``nq`` from the length). 384 floats this way cost the event
+    loop ~10 us (parse, decode, check), as a JSON list ~25 (parse, convert, check)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a base64 string, got {type(text).__name__}")
+    row = dim * 4
+    most = 4 * -(-max_rows * row // 3)  # characters of max_rows vectors, padded
+    if len(text) > most:
+        raise ValueError(f"{name}: {len(text):,} characters, more than {max_rows:,} vectors of {dim} float32 "
+                         f"({most:,})")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ValueError(f"{name}: invalid base64") from None
+    if not raw or len(raw) % row:
+        raise ValueError(f"{name} holds {len(raw):,} bytes, not whole vectors of {dim} float32 ({row} bytes each)")
+    return _check_rows(np.frombuffer(raw, dtype="<f4").reshape(-1, dim), dim, name)
+
+
+def vectors_to_b64(x) -> str:
+    """``(nq, dim)`` (or one vector) -> the ``vectors_b64`` string."""
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode("ascii")
 
 
 def parse_shape(header: str | None, name: str = "X-Shape") -> tuple[int, int]:
