@@ -5,9 +5,9 @@ WordNet example sentences), for 1, 16, 64 and 256 concurrent clients of single-q
 requests, it measures the batched server (``--max-batch 256``) and the same server with batching
 off (``--max-batch 1``), and in the same run the in-process library (batched and one query per
 call): the ratios are what this benchmark is for, since the machine may be shared. Then JSON vs
-binary bodies for requests of 256 queries. ``--wire binary``: the single-query requests in the
-binary form (raw float32 in, ids and scores out) instead of JSON bodies; the JSON figure is the
-headline.
+binary bodies for requests of 256 queries. ``--wire b64`` / ``--wire binary``: the single-query
+requests with ``vectors_b64`` (base64 of float32 in the JSON body) or in the binary form (raw
+float32 in, ids and scores out) instead of a JSON list of floats; the JSON list is the headline.
 
 Clients: up to ``--procs`` processes (this file run with ``--client``), each holding its share
 of the connections on one asyncio loop that writes prebuilt HTTP/1.1 requests and reads the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import pathlib
@@ -60,8 +61,14 @@ async def _connection(host, port, requests, start, stop, lat, errors):
 
 
 def _request(host: str, v: np.ndarray, wire: str) -> bytes:
-    """One single-query search request: a JSON body (``vectors``: a list of floats) or the binary
-    form (raw float32 in, raw ids and scores out; ``k`` in the query string)."""
+    """One single-query search request: a JSON body (``vectors``: a list of floats), a JSON body
+    with ``vectors_b64`` (base64 of float32), or the binary form (raw float32 in, raw ids and
+    scores out; ``k`` in the query string)."""
+    if wire == "b64":
+        body = json.dumps({"vectors_b64": base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode(),
+                           "k": 10}).encode()
+        return (b"POST /v1/search HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
     if wire == "binary":
         body = np.ascontiguousarray(v, dtype="<f4").tobytes()
         return (b"POST /v1/search?k=10 HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\n"
@@ -279,9 +286,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--procs", type=int, default=4, help="client processes at most")
     ap.add_argument("--load", choices=["python", "wrk"], default="python",
                     help="the clients: Python asyncio processes (default) or Debian's wrk (C, one thread)")
-    ap.add_argument("--wire", choices=["json", "binary"], default="json",
-                    help="the single-query requests' form: a JSON body (default; the headline figure) or the "
-                         "binary one (float32 in, ids and scores out: no JSON float parsing)")
+    ap.add_argument("--wire", choices=["json", "b64", "binary"], default="json",
+                    help="the single-query requests' form: a JSON body with a list of floats (default; the "
+                         "headline figure), JSON with vectors_b64 (base64 of float32), or the binary one "
+                         "(float32 in, ids and scores out): the last two parse no JSON numbers")
     ap.add_argument("--workers", type=int, default=1,
                     help="server processes of each server (`serve --workers`; each has its own GIL and its own "
                          "batcher, so batches are smaller; mean_batch is then one worker's, whichever answers "
