@@ -320,3 +320,53 @@ def test_a_writer_among_many_readers_finishes():
 
     _run_threads([reader] * 6 + [writer])
     assert done and done[0] < 30
+
+
+# -- the server's search threads -------------------------------------------------------------------
+def test_the_batcher_runs_batches_on_several_threads_at_once():
+    """``--search-threads 2``: two batches of different keys are inside ``run`` together (the
+    barrier breaks if they queue), and every request gets its own answer; 1 keeps one at a time."""
+    import asyncio
+    import concurrent.futures
+
+    from lukhas_gpu.serve.batcher import Batcher
+    from lukhas_gpu.serve.options import ServeOptions, default_search_threads
+
+    def make(threads: int):
+        together, met = threading.Barrier(threads, timeout=5), threading.Event()
+        inside, peak = [0], [0]
+        guard = threading.Lock()
+
+        def run(key, q):
+            with guard:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            if threads > 1 and not met.is_set():  # the first two batches meet inside
+                together.wait()
+                met.set()
+            time.sleep(0.02)
+            with guard:
+                inside[0] -= 1
+            return np.repeat(q[:, :1].astype(np.int64), key[0], 1), np.repeat(q[:, 1:2], key[0], 1)
+        return run, peak
+
+    for threads in (1, 2):
+        run, peak = make(threads)
+
+        async def main():
+            pool = concurrent.futures.ThreadPoolExecutor(threads)
+            b = Batcher(run, pool, max_batch=4, max_wait_s=0.0, max_queue=1000, threads=threads)
+            b.start()
+            qs = [np.array([[i, i / 10]], np.float32) for i in range(12)]
+            got = await asyncio.gather(*(b.search((2 + i % 2,), q, 10) for i, q in enumerate(qs)))
+            await b.stop()
+            pool.shutdown()
+            return got
+
+        got = asyncio.run(main())
+        assert [g[0][0, 0] for g in got] == list(range(12)) and [g[0].shape[1] for g in got] == [2, 3] * 6
+        assert peak[0] == threads
+    assert ServeOptions("s").search_threads == default_search_threads() >= 1
+    for bad in (0, 65, 1.5, True):
+        with pytest.raises(ValueError, match="search_threads"):
+            ServeOptions("s", search_threads=bad)
