@@ -30,7 +30,8 @@ class SharedLock:
     """
 
     def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # held briefly by every acquire and release
+        self._cond = threading.Condition(self._mutex)  # waits and wake-ups, on the same lock
         self._readers: dict[int, int] = {}  # thread id -> shared holds (re-entries counted)
         self._writer: int | None = None  # thread id of the exclusive holder
         self._depth = 0  # its holds (exclusive and shared re-entries)
@@ -41,14 +42,17 @@ class SharedLock:
     # -- the exclusive side: threading.RLock's interface --------------------------------------
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = threading.get_ident()
-        with self._cond:
+        with self._mutex:
             if self._writer == me:
                 self._depth += 1
                 return True
             if me in self._readers:
                 raise RuntimeError("this thread holds the index's shared (search) lock and asked for its "
                                    "exclusive lock: release the shared side first (an upgrade would deadlock)")
-            if not blocking and (self._writer is not None or self._readers):
+            if self._writer is None and not self._readers:
+                self._writer, self._depth = me, 1
+                return True
+            if not blocking:
                 return False
             self._writers_waiting += 1
             try:
@@ -63,7 +67,7 @@ class SharedLock:
             return True
 
     def release(self) -> None:
-        with self._cond:
+        with self._mutex:
             if self._writer != threading.get_ident():
                 raise RuntimeError("cannot release the index's exclusive lock: this thread does not hold it")
             self._depth -= 1
@@ -79,19 +83,20 @@ class SharedLock:
     # -- the shared side ------------------------------------------------------------------------
     def acquire_shared(self) -> bool:
         me = threading.get_ident()
-        with self._cond:
+        with self._mutex:
             if self._writer == me:  # inside its own exclusive hold: a re-entry
                 self._depth += 1
                 return True
             held = self._readers.get(me, 0)
-            if not held:  # a new reader waits behind a waiting writer; a re-entry never does
+            if not held and (self._writer is not None or self._writers_waiting):
+                # a new reader waits behind a waiting writer; a re-entry never does
                 self._cond.wait_for(lambda: self._writer is None and not self._writers_waiting)
             self._readers[me] = held + 1
             return True
 
     def release_shared(self) -> None:
         me = threading.get_ident()
-        with self._cond:
+        with self._mutex:
             if self._writer == me:
                 self._depth -= 1
                 if self._depth == 0:
@@ -111,7 +116,7 @@ class SharedLock:
     # -- introspection (tests) -------------------------------------------------------------------
     def held_shared(self) -> int:
         """Threads holding the shared side now."""
-        with self._cond:
+        with self._mutex:
             return len(self._readers)
 
     def held_exclusive(self) -> bool:
