@@ -4,7 +4,8 @@ held to the model by the checks of ``model_checks.py``: own-vector searches (the
 list probed, batched and one query at a time), the tuned target's searches and the congruence of
 every route with random filters, namespaces and ``as_of``. The own-vector searches must also be
 bit-identical (ids and scores) to the same searches run alone before the threads start; the
-reader of this process, when open, is searched beside the writer."""
+reader of this process, when open, is searched beside the writer (held to the model of its last
+refresh: the op changes nothing, so ``lag`` still holds it there)."""
 from __future__ import annotations
 
 import threading
@@ -61,9 +62,8 @@ class ConcurrentOps:
 
         ix = self._writer()
         targets = [(ix, self.model)]
-        if self.reader is not None and self.reader_model is not None:
-            self.reader.refresh()
-            targets.append((self.reader, self.model))
+        if self.reader is not None and self.reader_model is not None:  # as of its last refresh (op_lag)
+            targets.append((self.reader, self.reader_model))
         threads, errors = [], []
         for n, (index, model) in enumerate(targets):
             calls, rows = _own_vector_calls(model, rng)
