@@ -221,6 +221,34 @@ def test_upgrade_inside_a_search_raises(frozen, monkeypatch):
         index.search(xq[:2], K)
 
 
+def test_first_searches_of_a_freshly_opened_store_race_safely(tmp_path):
+    """Threads whose searches are the first of a store just opened (the encoder, built on first
+    use, and the lazy CRC checks of the int8 rows run under the shared lock) all get the answer
+    of a store searched alone."""
+    x, xq = _data(N, 11), _data(16, 12)
+    with lukhas_gpu.MemoryIndex.create(tmp_path / "s", D, _config()) as w:
+        _fill(w, x)
+        w.delete(np.arange(0, N, 9))
+    alone = lukhas_gpu.MemoryIndex.open(tmp_path / "s")
+    want = [(np.asarray(r.ids), np.asarray(r.scores)) for r in (alone.search(xq, K), alone.search(xq[0], K))]
+    alone.close()
+    for _ in range(3):
+        index = lukhas_gpu.MemoryIndex.open(tmp_path / "s")
+        start = threading.Barrier(4, timeout=10)
+
+        def first(i):
+            def run():
+                start.wait()
+                r = index.search(xq if i % 2 == 0 else xq[0], K)
+                ids, scores = want[i % 2]
+                np.testing.assert_array_equal(np.asarray(r.ids), ids)
+                np.testing.assert_array_equal(np.asarray(r.scores), scores)
+            return run
+
+        _run_threads([first(i) for i in range(4)])
+        index.close()
+
+
 # -- beside a writer -----------------------------------------------------------------------------
 def _check_result(ids, scores, *, gone_before, namespace_b_from=None, ordered=True):
     """What any result must satisfy whatever the writer did meanwhile."""
