@@ -8,14 +8,13 @@ independently of the state (``{"op": "delete", "picks": [0.3, 0.9]}`` picks amon
 when it runs), so any sub-list of a failing sequence is itself a valid sequence (``shrink``).
 After every op :func:`model_checks.check_index` holds the store to the model.
 
-Ops: add (contents, tags, timestamps, importance, metadata, sparse, namespaces, validity windows;
-external ids with upserts of live ids and re-adds of deleted ones), dedup adds, link, unlink
-(``model_memops.py``), delete, update (every field, embeddings and window ends included),
-drop_namespace, purge_expired (``model_scopes.py``), invalid calls (nothing may change), compact,
-checkpoint, close/reopen, rollback, recover, a reader in this process (open, refresh, lag), a
-reader in a subprocess that also runs the CLI's ``get`` and ``search``, a ShardedIndex over the
-store (a one-shard root), and a writer subprocess killed with SIGKILL at a random point: every
-acknowledged call must be there and the call in flight whole or not at all (``model_procs.py``).
+Ops: add (contents, tags, timestamps, importance, metadata, sparse, namespaces, validity windows; external ids with
+upserts of live ids and re-adds of deleted ones), dedup adds, link, unlink (``model_memops.py``), delete, update
+(every field, embeddings and window ends included), drop_namespace, purge_expired (``model_scopes.py``), invalid
+calls (nothing may change), compact, checkpoint, reopen, rollback, recover, a reader in this process (refresh, lag),
+a reader in a subprocess that also runs the CLI's ``get`` and ``search``, a ShardedIndex over the store (a one-shard
+root), concurrent searches (``model_concurrent.py``) and a writer subprocess killed with SIGKILL at a random point:
+every acknowledged call there, the one in flight whole or not.
 """
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ import signal
 import time
 
 import numpy as np
+from model_concurrent import ConcurrentOps
 from model_procs import spawn
 from model_scopes import ScopeOps, deleted_keys, one, scope_call, valid_keys
 from model_trials import check_tag_drift, op_retrain as _op_retrain, op_trial as _op_trial, op_tune as _op_tune
@@ -192,7 +192,7 @@ def gen_ops(seed: int, n_ops: int, ops=ALL_OPS, must=()) -> list:
 
 
 # -- the driver -----------------------------------------------------------------------------------------
-class Run(ScopeOps, memops.MemOpsMixin):
+class Run(ScopeOps, memops.MemOpsMixin, ConcurrentOps):
     """One store (a one-shard root, so ShardedIndex can open it), its model and its history.
 
     ``lineage``: ``(generation name, model)`` of every generation published, newest last; a

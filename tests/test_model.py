@@ -19,7 +19,7 @@ SUITE = [
                        "dedup_add", "link", "unlink", "tune")),
     ("str", 102, 44, ("crash", "sharded", "rollback", "recover", "refresh", "lag", "compact", "reopen", "bad",
                       "link", "unlink", "tune", "trial")),
-    ("int", 103, 24, ("rollback", "refresh", "reopen", "delete", "update")),
+    ("int", 103, 24, ("rollback", "refresh", "reopen", "delete", "update", "concurrent", "concurrent")),
 ]
 
 

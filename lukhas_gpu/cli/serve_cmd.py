@@ -52,6 +52,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--body-timeout-s", type=float, default=10.0, metavar="S",
                    help="a request body must keep arriving: each chunk within S, the whole within S plus its size "
                         "at 64 KiB/s; else 408 (default 10)")
+    s.add_argument("--search-threads", type=int, default=None, metavar="N",
+                   help="batches searched at once, in parallel (default 2 on 2 cores or more, else 1)")
     s.set_defaults(func=cmd_serve, catch_errors=True)
 
 
@@ -73,6 +75,7 @@ def cmd_serve(args) -> int:
                            workers=args.workers, refresh_s=args.refresh_s, quality_s=args.quality_s,
                            max_connections=args.max_connections,
                            max_connections_per_client=args.max_connections_per_client,
-                           header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s)
+                           header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                           **({} if args.search_threads is None else {"search_threads": args.search_threads}))
     serve(options)
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import threading
 import weakref
 
 import numpy as np
@@ -27,7 +26,7 @@ from ..util.memtrim import TRIM_BATCH_QUERIES, maybe_trim, trim
 from . import durable, verification
 from .documents import DocumentsMixin
 from .driftwatch import DriftMixin
-from .locking import locked as _locked
+from .locking import SharedLock, locked as _locked, locked_shared, search_exclusive
 from .memops import MemOpsMixin
 from .parts import IndexParts, IndexState
 from .results import SearchResult
@@ -81,7 +80,7 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         self.last_plan = None  # the plan of the last filtered search (for introspection)
         self.timings: dict[str, float] = {}
         self.state = IndexState()  # the store's log, lock and reader cursor; the tuner's (parts.py)
-        self.lock = threading.RLock()  # held by every call: a background retrain swaps in between two
+        self.lock = SharedLock()  # exclusive (with index.lock:) or .shared (searches): locking.py
 
     # -- the torch side, on first use ------------------------------------------------------------
     @property
@@ -284,7 +283,7 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         lifecycle.train(self)
 
     # -- search --------------------------------------------------------------------------------
-    @_locked
+    @locked_shared(exclusive_if=search_exclusive)
     def search(self, queries, k: int = 10, *, where=None, rank=None, nprobe: int | None = None,
                rerank: int | None = None, target_recall: float | None = None, text=None, sparse=None,
                fusion=None, diversity: float = 0.0, namespace: str | None = None, as_of=None,

@@ -21,6 +21,13 @@ def mirror_ready(index):
     parts = index.parts
     if parts.mirror is not None or not parts.mirror_wanted:
         return parts.mirror
+    with parts.build_lock:  # searches under the shared lock: one builds, the others wait for it
+        if parts.mirror is not None or not parts.mirror_wanted:
+            return parts.mirror
+        return _build(index, parts)
+
+
+def _build(index, parts):
     enc = parts.encoder
     n = parts.rows
     if n == 0 or not enc.quantizer_fitted or not enc.projection_fitted:
@@ -29,22 +36,24 @@ def mirror_ready(index):
 
     if not enc.resident_fitted:  # a store written before the resident mode existed
         enc.fit_resident(enc.dequantize(parts.vectors[sample_index(n, FIT_SAMPLE, index.config.seed)]))
-    parts.mirror = DeviceMirror(enc.dim_out, index.device, capacity=max(n, index.config.capacity or 0))
+    mirror = DeviceMirror(enc.dim_out, index.device, capacity=max(n, index.config.capacity or 0))
     step = index.config.batch_size
     for a in range(0, n, step):
         rows = tensor_view(parts.vectors[a: min(n, a + step)])
-        if not grow_mirror(index, lambda: enc.resident_from(rows)):
+        if not grow_mirror(index, lambda: enc.resident_from(rows), mirror):
             return None
     if parts.tombstones:
-        parts.mirror.delete(parts.tombstones.array())
-    return parts.mirror
+        mirror.delete(parts.tombstones.array())
+    parts.mirror = mirror  # published whole: a search beside never sees it half filled
+    return mirror
 
 
-def grow_mirror(index, codes) -> bool:
-    """Append ``codes()`` to the mirror; out of device memory, drop the mirror for good."""
+def grow_mirror(index, codes, mirror=None) -> bool:
+    """Append ``codes()`` to the mirror (``parts.mirror``, or one being built); out of device
+    memory, drop the mirror for good."""
     parts = index.parts
     try:
-        parts.mirror.append(codes())
+        (parts.mirror if mirror is None else mirror).append(codes())
         return True
     except torch.cuda.OutOfMemoryError:
         log.warning("gpu_resident: the %s device has no room for %d more rows of %d B; searches "

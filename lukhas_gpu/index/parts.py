@@ -63,6 +63,8 @@ class IndexState:
     restructure_tried_at: int = 0
     #: What the last ``add`` did (:class:`.dedup.AddResult`: ids, merged count, which into which).
     last_add: Any = None
+    #: Held while a search (under the index's shared lock) checks for and starts a background run.
+    start_lock: Any = dataclasses.field(default_factory=threading.Lock)
 
 
 class IndexParts:
@@ -146,7 +148,10 @@ class IndexParts:
         self.absorbed_writes = 0  # the write count its generation absorbed (index.writecount)
         self.encoder_arrays: dict | None = None  # what a store saved, until the encoder is built
         self._encoder = None
+        self._encoder_lock = threading.Lock()  # built once when concurrent searches ask together
         self._device = None
+        #: One-time builds a search may start under the index's shared lock (the device mirror).
+        self.build_lock = threading.RLock()
         #: The first index of the process to use the vector path is charged the libraries'
         #: first-use memory (``stats()["memory"]["anon"]["runtime_libraries"]``, measured by
         #: ``util.runtime``); later ones are not.
@@ -163,24 +168,30 @@ class IndexParts:
 
     @property
     def encoder(self):
-        if self._encoder is None:
-            from ..vectors.encoder import Encoder
-
-            cfg = self.config
-            enc = Encoder(self.dim, dim_out=self.dim_out, metric=cfg.metric, quantile=cfg.quantile,
-                          batch_size=cfg.batch_size)
-            if self.encoder_arrays is not None:
-                enc.load_arrays(self.encoder_arrays)
-            if cfg.threads:
-                import torch
-
-                torch.set_num_threads(cfg.threads)
-            self._encoder = enc.to(self._device or "cpu")
-            self.encoder_arrays = None
-            global _runtime_paid
-            if not _runtime_paid:
-                _runtime_paid = self.runtime_owner = True
+        if self._encoder is not None:
+            return self._encoder
+        with self._encoder_lock:  # a search may be the first to ask, beside others (shared lock)
+            if self._encoder is None:
+                self._build_encoder()
         return self._encoder
+
+    def _build_encoder(self) -> None:
+        from ..vectors.encoder import Encoder
+
+        cfg = self.config
+        enc = Encoder(self.dim, dim_out=self.dim_out, metric=cfg.metric, quantile=cfg.quantile,
+                      batch_size=cfg.batch_size)
+        if self.encoder_arrays is not None:
+            enc.load_arrays(self.encoder_arrays)
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        self._encoder = enc.to(self._device or "cpu")
+        self.encoder_arrays = None
+        global _runtime_paid
+        if not _runtime_paid:
+            _runtime_paid = self.runtime_owner = True
 
     @encoder.setter
     def encoder(self, enc) -> None:

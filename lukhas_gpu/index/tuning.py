@@ -504,14 +504,16 @@ def _stop_all() -> None:
 
 
 def maybe_retune(index) -> None:
-    """Start a background run when one is due (called after adds and searches; cheap when not)."""
-    job = index.state.tuning_job
-    if job is not None and job.is_alive() or time.monotonic() < index.state.tuning_retry_at:
+    """Start a background run when due (after adds and searches; cheap when not); one at once."""
+    st = index.state
+    if st.tuning_job is not None and st.tuning_job.is_alive() or time.monotonic() < st.tuning_retry_at:
         return
-    why = _due(index)
-    if why is None:
-        return
+    with st.start_lock:
+        if (st.tuning_job is None or not st.tuning_job.is_alive()) and (why := _due(index)) is not None:
+            _start(index, why)
 
+
+def _start(index, why: str) -> None:
     def run():
         try:
             with runtime.first_use("tune") as use:  # its thread's arena, OpenMP team, BLAS buffer
@@ -528,22 +530,20 @@ def maybe_retune(index) -> None:
         except Exception:  # a background run must not take the process down
             index.state.tuning_retry_at = time.monotonic() + RETRY_SECONDS
             log.exception("background tuning (%s) failed; not retried for %d s", why, RETRY_SECONDS)
-
         finally:
             _RUNNING.discard(index)
             trim()  # the run's references, candidates and timings (its thread's arena) go back to the OS
 
     log.info("background tuning started (%s)", why)
-    index.state.tuning_cancel = False
-    index.state.tuning_job = threading.Thread(target=run, name="lukhas-gpu-tune", daemon=True)
+    index.state.tuning_cancel, index.state.tuning_job = False, threading.Thread(target=run, name="lukhas-gpu-tune",
+                                                                                daemon=True)
     _RUNNING.add(index)
     index.state.tuning_job.start()
 
 
 def wait(index, timeout: float | None = None, *, cancel: bool = False) -> None:
     """Wait for a background run (``close()`` does, asking it to stop at its next step)."""
-    if cancel:
-        index.state.tuning_cancel = True
+    index.state.tuning_cancel |= cancel
     job = index.state.tuning_job
     if job is not None and job.is_alive() and job is not threading.current_thread():
         job.join(timeout)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 
 import numpy as np
 
@@ -75,6 +76,8 @@ class Reservoir:
         self.vectors = np.zeros((0, dim), dtype=np.float16)
         self.ids = np.zeros(0, dtype=np.int64)
         self.seen = 0
+        # offers come from searches holding only the index's shared lock: one at a time
+        self._offer_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -96,7 +99,11 @@ class Reservoir:
         """Offer a batch ``x`` (n, dim) (and its ids); keeps each row with probability
         ``capacity / rows seen`` overall, as if offered one by one. ``transform`` maps the rows
         kept (a slice or fancy index of ``x``) to a float numpy array (e.g. normalisation):
-        only those rows are transformed."""
+        only those rows are transformed. Thread-safe (concurrent searches offer their queries)."""
+        with self._offer_lock:
+            self._offer(x, ids, transform)
+
+    def _offer(self, x, ids, transform) -> None:
         take = transform or np.asarray
         n = len(x)
         if self.capacity == 0 or n == 0:

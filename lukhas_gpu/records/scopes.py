@@ -17,6 +17,7 @@ No Python object per memory: columns, a key table and bitmaps. Deleted rows keep
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -57,6 +58,7 @@ class Namespaces:
         self.column: GrowableArray | None = None  # None: every row is in ""
         self._rows = int(rows)
         self._cache: OrderedDict = OrderedDict()  # name -> (id, BitMap, rows covered)
+        self._cache_lock = threading.Lock()  # rows() runs in concurrent searches (the index's shared lock)
 
     def __len__(self) -> int:
         return self._rows if self.column is None else len(self.column)
@@ -137,6 +139,10 @@ class Namespaces:
         while no other namespace exists)."""
         if self.column is None:
             return None if name == "" else BitMap()
+        with self._cache_lock:
+            return self._rows_of(name)
+
+    def _rows_of(self, name: str) -> BitMap:
         hit = self._cache.pop(name, None)  # a name's id never changes: the cache holds it too
         if hit is None:
             ns = int(self.find([name])[0])

@@ -87,11 +87,12 @@ class _State:
         self.options = options
         self.metrics = Metrics()
         self.index: MemoryIndex | None = None
-        self.search_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lukhas-search")
+        self.search_pool = concurrent.futures.ThreadPoolExecutor(options.search_threads,
+                                                                 thread_name_prefix="lukhas-search")
         self.other_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lukhas-io")
         self.batcher = Batcher(self._search, self.search_pool, max_batch=options.max_batch,
                                max_wait_s=options.max_wait_ms / 1e3, max_queue=options.max_queue,
-                               observe=self.metrics.observe_batch)
+                               observe=self.metrics.observe_batch, threads=options.search_threads)
         # monotonic time at which the last successful refresh (or the open) began: the one figure
         # behind /readyz, reader_lag_seconds and /v1/stats' lag_s
         self.last_refresh: float | None = None

@@ -6,7 +6,9 @@ and every queued request with the same parameters (``k``, filter, ranking, ...) 
 event loop); and splits the answer back. While a batch runs, new requests queue, so under load
 batches fill without waiting. When the last batch merged several requests (concurrent clients),
 the oldest request also waits up to ``max_wait_s`` after its arrival for more to come; a lone
-client (batches of one request) is never delayed.
+client (batches of one request) is never delayed. Up to ``threads`` batches run at once (the
+index's searches share its lock); the next batch is taken when a thread is free, so batches
+still fill while every thread is busy.
 
 A full queue raises :class:`QueueFull` (the server answers 429 with ``Retry-After``): memory
 stays bounded under a flood. A request not answered within its timeout raises
@@ -18,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import math
 import time
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Batcher", "QueueFull"]
 
@@ -58,10 +63,17 @@ class Batcher:
         See :class:`~.options.ServeOptions`.
     observe : callable ``(n_queries, n_requests, seconds)``, optional
         Called after each batch (metrics).
+    threads : int, default 1
+        Batches run at once (``executor`` should have as many threads); see
+        :attr:`~.options.ServeOptions.search_threads`.
     """
 
-    def __init__(self, run, executor, *, max_batch: int, max_wait_s: float, max_queue: int, observe=None):
+    def __init__(self, run, executor, *, max_batch: int, max_wait_s: float, max_queue: int, observe=None,
+                 threads: int = 1):
         self._run, self._executor = run, executor
+        self.threads = int(threads)
+        self._free: asyncio.Semaphore | None = None  # a search thread free
+        self._running: set[asyncio.Task] = set()
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self._observe = observe
         self._pending: collections.deque[_Item] = collections.deque()
@@ -73,6 +85,7 @@ class Batcher:
 
     def start(self) -> None:
         self._wake = asyncio.Event()
+        self._free = asyncio.Semaphore(self.threads)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -82,6 +95,10 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for t in list(self._running):
+            t.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         for item in self._pending:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("the server is shutting down"))
@@ -112,6 +129,10 @@ class Batcher:
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
+            await self._free.acquire()  # a thread free: requests queue (and batches fill) meanwhile
+            if not self._pending:
+                self._free.release()
+                continue
             first = self._pending[0]
             # wait for company only under concurrency (the last batch merged requests): a lone
             # client is never delayed, a busy server fills its batches
@@ -127,8 +148,18 @@ class Batcher:
                     except asyncio.TimeoutError:
                         break
             batch = self._take()
-            if batch:
-                await self._execute(batch)
+            if not batch:
+                self._free.release()
+                continue
+            task = loop.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._free.release()
+        if not task.cancelled() and (e := task.exception()) is not None:  # _execute settles requests' errors
+            log.error("a search batch failed outside its requests", exc_info=e)
 
     def _take(self) -> list[_Item]:
         """The oldest live request and the queued ones with its key, up to ``max_batch`` queries

@@ -7,15 +7,31 @@ import math
 import os
 import pathlib
 
-from ..util.bounds import MAX_BODY_MB, MAX_CONNECTIONS, MAX_QUEUE, MAX_SERVE_BATCH as MAX_BATCH, MAX_WORKERS
+from ..util.bounds import (
+    MAX_BODY_MB,
+    MAX_CONNECTIONS,
+    MAX_QUEUE,
+    MAX_SEARCH_THREADS,
+    MAX_SERVE_BATCH as MAX_BATCH,
+    MAX_WORKERS,
+)
 
-__all__ = ["ServeOptions", "read_api_key", "ENV_OPTIONS", "MAX_BATCH", "MAX_BODY_MB", "MIN_API_KEY_CHARS"]
+__all__ = ["ServeOptions", "read_api_key", "default_search_threads", "ENV_OPTIONS", "MAX_BATCH", "MAX_BODY_MB",
+           "MIN_API_KEY_CHARS"]
 
 #: The environment variable that carries the options to uvicorn's worker processes (``--workers``).
 ENV_OPTIONS = "LUKHAS_GPU_SERVE_OPTIONS"
 #: Fewest characters of an API key.
 MIN_API_KEY_CHARS = 16
 #: ``MAX_BATCH`` (``--max-batch``) and ``MAX_BODY_MB`` (``--max-body-mb``) are ``util.bounds``'.
+
+
+def default_search_threads() -> int:
+    """Batches searched at once by default: 2 where the process may use 2 cores or more (searches
+    share the index's lock and run in parallel; a second thread also keeps one batch's Python
+    work beside another's kernels), else 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cores >= 2 else 1
 
 
 @dataclasses.dataclass
@@ -71,6 +87,10 @@ class ServeOptions:
     body_timeout_s : float
         A request body must keep arriving: each chunk within it, the whole within it plus
         its size at 64 KiB/s; else 408.
+    search_threads : int
+        Batches searched at once (threads of the search pool; searches hold the index's shared
+        lock, so they run in parallel). Default: :func:`default_search_threads` (2 on 2 cores
+        or more, else 1); 1 gives the one search at a time of earlier versions.
     """
 
     store: str
@@ -91,6 +111,7 @@ class ServeOptions:
     max_connections_per_client: int = 256
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
+    search_threads: int = dataclasses.field(default_factory=default_search_threads)
 
     def __post_init__(self):
         if self.mode not in ("r", "w"):
@@ -99,6 +120,7 @@ class ServeOptions:
         _int_in("max_batch", self.max_batch, 1, MAX_BATCH)
         _int_in("workers", self.workers, 1, MAX_WORKERS)
         _int_in("max_connections", self.max_connections, 1, MAX_CONNECTIONS)
+        _int_in("search_threads", self.search_threads, 1, MAX_SEARCH_THREADS)
         _int_in("max_connections_per_client", self.max_connections_per_client, 1, MAX_CONNECTIONS)
         _float_in("header_timeout_s", self.header_timeout_s, 1e-3, 3600.0)
         _float_in("body_timeout_s", self.body_timeout_s, 1e-3, 3600.0)

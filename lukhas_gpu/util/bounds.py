@@ -56,6 +56,7 @@ __all__ = [
     "MAX_RERANK",
     "MAX_RESULTS",
     "MAX_ROWS",
+    "MAX_SEARCH_THREADS",
     "MAX_SERVE_BATCH",
     "MAX_WORKERS",
     "MIN_ID",
@@ -116,6 +117,8 @@ MAX_SERVE_BATCH = 65_536
 MAX_BODY_MB = 4096
 #: Upper bounds of ``--workers``, ``--max-connections`` and ``--max-queue`` (queries waiting).
 MAX_WORKERS = 256
+#: Upper bound of ``--search-threads`` (batches one server process searches at once).
+MAX_SEARCH_THREADS = 64
 MAX_CONNECTIONS = 1 << 20
 MAX_QUEUE = 1 << 24
 #: Most vectors in one search or add request.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 
 import numpy as np
@@ -27,6 +28,10 @@ from ..util.memory import PAGE
 from .faisscalls import exclusion as _exclusion, search_params as _search_params, threads_for as _threads_for
 
 log = logging.getLogger(__name__)
+
+#: The faiss-gpu copy takes ``nprobe`` as a setting of the shared object, not per call: its
+#: searches (concurrent under the index's shared lock) set it and search one at a time.
+_GPU_SEARCH = threading.Lock()
 
 __all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans",
            "aligned_capacity", "fastscan_list_bytes", "fastscan_resident", "hnsw_graph_bytes",
@@ -492,11 +497,12 @@ class IVFPQIndex:
     def _gpu_search(self, q: np.ndarray, k: int, nprobe: int, exclude) -> tuple[np.ndarray, np.ndarray]:
         """Search the GPU copy, dropping the deleted rows ``exclude`` (over-fetched to k)."""
         gi = self.gpu_index
-        gi.nprobe = nprobe
         removed = exclude.array() if exclude is not None and len(exclude) else np.zeros(0, dtype=np.int64)
         extra = min(len(removed), 4 * k) if len(removed) else 0
         kk = k + extra
-        s, i = gi.search(q, kk)
+        with _GPU_SEARCH:
+            gi.nprobe = nprobe
+            s, i = gi.search(q, kk)
         if not extra:
             return s, i
         gone = np.isin(i, removed) | (i < 0)

@@ -106,15 +106,16 @@ class NodeMap:
         if not self.mapped:
             return exclude.packed() if n_dead else None
         key = (self.n, n_dead, id(exclude), int(exclude.array()[-1]) if n_dead else -1)  # tombstones only grow
-        if self._cache[0] != key:
+        hit = self._cache  # one read: concurrent searches may replace it (with the same bits)
+        if hit[0] != key:
             bits = self.superseded[:self.n].copy()
             if n_dead:
                 dead = exclude.array()
                 dead = dead[dead < len(self.node_of)]
                 nodes = self.node_of[dead]
                 bits[nodes[nodes >= 0]] = True
-            self._cache = (key, np.packbits(bits, bitorder="little") if bits.any() else None)
-        return self._cache[1]
+            hit = self._cache = (key, np.packbits(bits, bitorder="little") if bits.any() else None)
+        return hit[1]
 
     def nbytes(self) -> int:
         return 0 if not self.mapped else int(self.row_of.nbytes + self.node_of.nbytes + self.superseded.nbytes)

@@ -208,17 +208,17 @@ class VectorStore:
     @property
     def array(self) -> np.ndarray:
         """A view of the rows written (no copy); every block of the file checked first (once)."""
-        if self._crc is not None:
-            self._verify_blocks(None)
+        if (crc := self._crc) is not None:  # one read: a search beside may finish the checks
+            self._verify_blocks(crc, None)
         return self._data[: self._n]
 
     def checked(self, rows) -> np.ndarray:
         """The rows table (as :attr:`array`) after checking only the blocks that hold ``rows``
         (int array of any shape; -1 padding ignored): what a re-score of candidates reads."""
-        if self._crc is not None:
+        if (crc := self._crc) is not None:
             r = np.asarray(rows, dtype=np.int64).reshape(-1)
-            r = r[(r >= 0) & (r < self._crc[2])]
-            self._verify_blocks(np.unique(r // self._crc[1]))
+            r = r[(r >= 0) & (r < crc[2])]
+            self._verify_blocks(crc, np.unique(r // crc[1]))
         return self._data[: self._n]
 
     # -- checksums ------------------------------------------------------------------------------
@@ -237,8 +237,11 @@ class VectorStore:
             raise ValueError(f"{len(crcs)} block CRCs of {block_rows} rows ({crcs.dtype}) do not cover {n} rows")
         self._crc = (crcs, block_rows, n, str(source), np.zeros(len(crcs), bool))
 
-    def _verify_blocks(self, blocks) -> None:
-        crcs, block_rows, n, source, ok = self._crc
+    def _verify_blocks(self, crc, blocks) -> None:
+        """Check ``blocks`` (None: every one) of ``crc`` (``self._crc`` as the caller read it).
+        Searches holding the index's shared lock may run this at once: a block is marked
+        checked only once its CRC matched, and ``_crc`` dropped only when every block is."""
+        crcs, block_rows, n, source, ok = crc
         if blocks is not None and 2 * (int(ok.sum()) + len(blocks)) >= len(ok):
             blocks = None  # half the file checked: the rest at once, so later reads cost nothing
         todo = np.flatnonzero(~ok) if blocks is None else blocks[~ok[blocks]]
@@ -248,7 +251,7 @@ class VectorStore:
                 raise CorruptStoreError(source, f"int8 rows {lo}..{hi - 1} (block {b}) fail their CRC-32 (damaged); "
                                                 "not served")
             ok[b] = True
-        if blocks is None or ok.all():
+        if (blocks is None or ok.all()) and self._crc is crc:
             self._crc = None  # every block checked: nothing left to do on later reads
 
     def nbytes(self) -> int:
