@@ -1,0 +1,132 @@
+"""The spilled IVF stage (``ivf-spill``): SOAR's second list, the packed codes, distinct hits.
+
+Held against exact references on seeded clustered data: the second list is the brute-force
+minimiser of SOAR's loss, the codes are the store's IVF's, the recall at each nprobe is at least
+the IVF's with one list a row, and no search returns an id twice.
+"""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from lukhas_gpu.vectors import graph
+from lukhas_gpu.vectors.ann import IVFPQIndex
+
+D, N, NLIST = 64, 12000, 64
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    rng = np.random.default_rng(7)
+    cent = rng.standard_normal((150, D)).astype(np.float32)
+    x = cent[rng.integers(0, 150, N)] + 0.6 * rng.standard_normal((N, D)).astype(np.float32)
+    q = cent[rng.integers(0, 150, 300)] + 0.6 * rng.standard_normal((300, D)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    gt = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    ivf = IVFPQIndex(D, nlist=NLIST, pq_m=16)
+    ivf.train(x)
+    ivf.add(x, np.arange(N))
+    stage = graph.new_stage("ivf-spill", D, x[:4000], N, like=ivf)
+    stage.add(x[:5001], np.arange(5001))  # two adds: the second starts in partly filled blocks
+    stage.add(x[5001:], np.arange(5001, N))
+    return x, q, gt, ivf, stage
+
+
+def _recall(ids, gt) -> float:
+    return float(np.mean([len(set(a[a >= 0]) & set(b)) / 10 for a, b in zip(ids, gt)]))
+
+
+def test_soar_lists_is_the_brute_force_minimiser():
+    rng = np.random.default_rng(1)
+    cents = rng.standard_normal((20, 8)).astype(np.float32)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    scores = x @ cents.T
+    lists = np.argsort(-scores, axis=1)[:, :6]
+    got = graph.soar_lists(x, cents, np.take_along_axis(scores, lists, 1), lists, lam=1.5)
+    for i in range(len(x)):
+        r = x[i] - cents[lists[i, 0]]
+        loss = [np.sum((x[i] - cents[c]) ** 2) + 1.5 * (r @ (x[i] - cents[c])) ** 2 / (r @ r) for c in lists[i, 1:]]
+        assert got[i] == lists[i, 1 + int(np.argmin(loss))]
+    assert (got != lists[:, 0]).all()
+    one = graph.soar_lists(x, cents, scores[:, :1], lists[:, :1])
+    assert (one == -1).all()
+
+
+def test_distinct_keeps_first_hits_in_order():
+    ids = np.array([[5, 3, 5, 3, 9, -1], [1, 1, 1, 1, 1, 1], [-1, -1, 2, 2, 4, 7]])
+    np.testing.assert_array_equal(graph.distinct(ids, 3), [[5, 3, 9], [1, -1, -1], [2, 4, 7]])
+    np.testing.assert_array_equal(graph.distinct(ids[:, :2], 3), [[5, 3, -1], [1, -1, -1], [-1, -1, -1]])
+
+
+def test_every_row_in_two_lists_with_the_ivfs_code(clustered):
+    x, _, _, ivf, stage = clustered
+    assert stage.ntotal == N and int(stage.index.ntotal) == 2 * N and stage.problems() is None
+    want = stage._lists(x)
+    assert (want[:, 0] == ivf.assign(x)).all() and (want[:, 0] != want[:, 1]).all()
+    pk_s, pk_i = stage.index.get_CodePacker(), ivf.index.get_CodePacker()
+
+    def entries(ix, pk):
+        out = {}
+        for lst in range(NLIST):
+            m = ix.invlists.list_size(lst)
+            if not m:
+                continue
+            ids = faiss.rev_swig_ptr(ix.invlists.get_ids(lst), m)
+            blocks = faiss.rev_swig_ptr(ix.invlists.get_codes(lst), -(-m // 32) * pk.block_size)
+            blocks = blocks.reshape(-1, pk.block_size)
+            for j in range(0, m, 7):  # a sample of every list's entries, partly filled blocks included
+                out.setdefault(int(ids[j]), []).append((lst, pk.unpack_1(blocks, j).tobytes()))
+        return out
+
+    got, ref = entries(stage.index, pk_s), entries(ivf.index, pk_i)
+    checked = 0
+    for node, hits in got.items():
+        for lst, code in hits:
+            assert lst in want[node]
+            if node in ref:
+                assert code == ref[node][0][1]
+                checked += 1
+    assert checked > 100
+
+
+def test_recall_at_each_nprobe_beats_one_list_a_row(clustered):
+    _, q, gt, ivf, stage = clustered
+    for nprobe in (1, 2, 4, 8):
+        _, one = ivf.search(q, 40, nprobe=nprobe)
+        two = stage.search(q, 40, nprobe)
+        assert two.shape == (len(q), 40)
+        for row in two:  # no id twice
+            live = row[row >= 0]
+            assert len(np.unique(live)) == len(live)
+        assert _recall(two, gt) >= _recall(one, gt) - 0.005, nprobe
+    # at nprobe 1 the second lists matter most
+    assert _recall(stage.search(q, 40, 1), gt) > _recall(ivf.search(q, 40, nprobe=1)[1], gt)
+
+
+def test_fewer_distinct_hits_than_k_are_padded(clustered):
+    _, q, _, _, stage = clustered
+    out = stage.search(q[:3], 2 * N, 1)  # more than one list holds
+    assert out.shape == (3, 2 * N) and (out[:, -1] == -1).all()
+    for row in out:
+        live = row[row >= 0]
+        assert len(np.unique(live)) == len(live) > 0
+
+
+def test_round_trip_and_a_missing_entry_is_named(clustered):
+    _, q, _, _, stage = clustered
+    back = graph.stage_from_arrays(stage.to_arrays(N), N)
+    assert back.kind == "ivf-spill" and back.ntotal == N
+    np.testing.assert_array_equal(back.search(q, 10, 4), stage.search(q, 10, 4))
+    a = stage.to_arrays(N)
+    a["nodes_n"] = np.array([N + 1])
+    with pytest.raises(ValueError, match="entries"):
+        graph.stage_from_arrays(a, N + 1)
+    # one entry's id overwritten: the check names the node held once
+    inv = back.index.invlists
+    lst = next(i for i in range(NLIST) if inv.list_size(i))
+    ids = faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst))
+    victim = int(ids[0])
+    ids[0] = (victim + 1) % N
+    assert "times" in back.problems()
