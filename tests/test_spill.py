@@ -91,6 +91,14 @@ def test_every_row_in_two_lists_with_the_ivfs_code(clustered):
     assert checked > 100
 
 
+def test_bytes_are_counted_and_predicted(clustered):
+    _, _, _, _, stage = clustered
+    got = stage.nbytes()
+    assert stage.memory_usage() == {"anon": {"stage_ivf-spill": got}}
+    assert 2 * N * (8 + 8) < got  # two entries a row: 8 B codes (PQ16x4) and 8 B ids
+    assert abs(graph.stage_bytes("ivf-spill", N, D, nlist=NLIST) - got) < 0.05 * got
+
+
 def test_recall_at_each_nprobe_beats_one_list_a_row(clustered):
     _, q, gt, ivf, stage = clustered
     for nprobe in (1, 2, 4, 8):

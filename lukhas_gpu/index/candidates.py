@@ -58,7 +58,8 @@ def fits_budget(parts, kind: str, budget: int) -> bool:
     """Whether the IVF-PQ plus a stage of ``kind`` over the store's rows stay within ``budget``
     bytes per memory."""
     n = max(parts.rows, 1)
-    return ivf_bytes(parts) + graph.stage_bytes(kind, n, parts.dim_out) <= budget * n
+    nlist = parts.ann.nlist if parts.ann is not None else None
+    return ivf_bytes(parts) + graph.stage_bytes(kind, n, parts.dim_out, nlist=nlist) <= budget * n
 
 
 def build(index, kind: str, cancel=None):

@@ -466,18 +466,19 @@ class SpillStage(_Stage):
             + int(ix.nlist) * self.d * 4 + self.nodes.nbytes()
 
 
-def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M) -> int:
+def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M, nlist: int | None = None) -> int:
     """Expected bytes of a stage over ``n`` rows of ``d`` projected dims (before a replacement):
     the graph's 4-bit codes, ``2m`` int32 slots at level 0 and ``m`` per upper level (a node
     reaching level ``l`` with probability ``m**-l``), a level (int32) and an offset (int64) per
-    node; IVF-RaBitQ's bit codes and factors (``d / 8 + 8`` B), ids and centroids."""
+    node; IVF-RaBitQ's bit codes and factors (``d / 8 + 8`` B), ids and centroids; the spilled
+    IVF's two entries a node and, per list (``nlist``: the store's IVF's), its centroid."""
     if kind == "graph":
         slots = 2 * m + m / (m - 1)
         return int(round(n * (-(-d // 2) + 4 * slots + 12)))
     if kind == "rabitq":
         return int(n * (-(-d // 8) + 8 + 8) + auto_nlist(max(n, 1)) * d * 4)
-    if kind == "ivf-spill":  # two entries a node: a 4-bit code (one block of 32 a list's tail) and an id
-        nlist = auto_nlist(max(n, 1))
+    if kind == "ivf-spill":  # two entries a node (a 4-bit code, an id), half a block of 32 and a centroid a list
+        nlist = nlist or auto_nlist(max(n, 1))  # the store's IVF's lists, which it shares
         m2 = auto_pq_m(d) + (auto_pq_m(d) & 1)
         return int(SpillStage.entries * n * (m2 // 2 + 8) + nlist * (32 * m2 // 4 + d * 4))
     raise ValueError(f"unknown candidate stage {kind!r}; expected one of {STRUCTURES}")
