@@ -104,7 +104,7 @@ def test_stage_bytes_and_the_budget():
     assert graph.planned_stage(10**6, 384, 100, 67 * 10**6) == (None, 0)
     assert graph.planned_stage(10**6, 384, 500, 67 * 10**6)[0] == "graph"
     p = lukhas_gpu.plan(10**6, 384)
-    assert "stage_rabitq" in p.memory["anon"] and "candidate_stage" in p.memory["disk"]
+    assert "stage_ivf-spill" in p.memory["anon"] and "candidate_stage" in p.memory["disk"]
     with pytest.raises(ValueError, match="ann_ram_budget"):
         IndexConfig(ann_ram_budget=0)
 

@@ -484,11 +484,11 @@ def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M, nlist: int | None =
     raise ValueError(f"unknown candidate stage {kind!r}; expected one of {STRUCTURES}")
 
 
-def planned_stage(n: int, d: int, budget: int, ivf_bytes: int) -> tuple[str | None, int]:
+def planned_stage(n: int, d: int, budget: int, ivf_bytes: int, nlist: int | None = None) -> tuple[str | None, int]:
     """The largest stage the tuner may build beside an IVF of ``ivf_bytes`` over ``n`` rows
     within ``budget`` bytes per memory, and its expected bytes: ``(None, 0)`` when none fits."""
-    fits = [(stage_bytes(kind, n, d), kind) for kind in STRUCTURES
-            if ivf_bytes + stage_bytes(kind, max(n, 1), d) <= budget * max(n, 1)]
+    fits = [(stage_bytes(kind, n, d, nlist=nlist), kind) for kind in STRUCTURES
+            if ivf_bytes + stage_bytes(kind, max(n, 1), d, nlist=nlist) <= budget * max(n, 1)]
     if not fits:
         return None, 0
     nbytes, kind = max(fits)
