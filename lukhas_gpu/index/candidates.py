@@ -239,16 +239,15 @@ def drop(parts, why: str) -> None:
 
 
 def check(parts) -> str | None:
-    """What is wrong with a ready stage (a node for every row, ``entries`` FAISS entries per node),
-    or None."""
+    """What is wrong with a ready stage (a node for every row, one FAISS entry per node), or None."""
     st = parts.stage
     if st is None or not st.ready:
         return None
     if st.covered() != parts.rows:
         return f"the candidate stage ({st.kind}) covers {st.covered()} rows, the index holds {parts.rows}"
-    if int(st.index.ntotal) != st.entries * st.nodes.n:
-        return f"the candidate stage ({st.kind}) holds {st.index.ntotal} entries, its node map {st.nodes.n}"
-    return st.problems()
+    if st.ntotal != st.nodes.n:
+        return f"the candidate stage ({st.kind}) holds {st.ntotal} entries, its node map {st.nodes.n}"
+    return st.problems(parts.ann)
 
 
 # -- persistence -----------------------------------------------------------------------------------
@@ -263,3 +262,5 @@ def persist(parts) -> dict | None:
 def load(parts, arrays: dict) -> None:
     """``parts.stage`` from ``stage.npz``'s members (ValueError when they disagree)."""
     parts.stage = graph.stage_from_arrays(arrays, parts.rows) if arrays else None
+    if parts.stage is not None:
+        parts.stage.bind(parts.ann)  # a spilled stage's first entries are the IVF's

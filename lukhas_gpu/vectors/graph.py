@@ -20,12 +20,13 @@ as the IVF does; see :mod:`lukhas_gpu.vectors.ann`).
 * ``rabitq``: ``IndexIVFRaBitQ`` (1 bit a dimension plus per-vector factors, 74 B a vector at
   384-d), its parameter ``nprobe`` (0.949 at 8 of 128 lists, 13.5k QPS in the same run). The
   fast-scan variant (``"IVF..,RaBitQfs4"``) held 249 B a vector and ran at 0.9k QPS there.
-* ``ivf-spill``: the IVF-PQ fast-scan of the store (its centroids and 4-bit PQ of the rows,
-  ``PQ_BY_RESIDUAL`` off, so a row's code is the same in any list) with every node in two lists:
-  its nearest centroid's and a second one chosen by SOAR's rule (Sun et al. 2023; :func:`soar_lists`),
-  its parameter ``nprobe``. Searches drop a node's second hit (:func:`distinct`). On the Debian 50k
-  real set (IVF512, out-of-distribution queries) it reached 0.958 recall scanning 6,644 rows a query
-  where one list per row needed 12,918 for 0.954.
+* ``ivf-spill``: a second entry of every row in the store's IVF-PQ lists (4-bit PQ of the rows,
+  ``PQ_BY_RESIDUAL`` off, so a row's code is the same in any list): the store's IVF holds each row
+  in its nearest list, the stage in a second one chosen by SOAR's rule (Sun et al. 2023;
+  :func:`soar_lists`); its parameter ``nprobe``, the same lists probed in both, a row's second hit
+  dropped (:func:`distinct`). On the Debian 50k real set (IVF512, out-of-distribution queries, 100
+  candidates reranked) it reached 0.946 recall scanning 6,679 rows a query where one list a row
+  needed 12,874 for 0.943; WordNet 117k (IVF1024): 0.962 at 7,690 against 0.960 at 14,926.
 """
 from __future__ import annotations
 
@@ -155,8 +156,6 @@ class _Stage:
     """What both stages share: the node map, adds, replacements, the selector, persistence."""
 
     kind = ""
-    #: FAISS entries per node.
-    entries = 1
 
     def __init__(self, index, nodes: NodeMap | None = None):
         self.index = index
@@ -224,8 +223,12 @@ class _Stage:
     def _params(self, param: int):
         raise NotImplementedError
 
-    def problems(self) -> str | None:
-        """What is wrong with the FAISS structure's entries beyond their count, or None."""
+    def bind(self, base) -> None:
+        """The store's IVF beside the stage (a spilled stage searches it too; the others ignore it)."""
+
+    def problems(self, base) -> str | None:
+        """What is wrong with the FAISS structure's entries beyond their count, or None (``base``:
+        the store's IVF now)."""
         return None
 
     def memory_usage(self) -> dict:
@@ -344,65 +347,68 @@ def distinct(ids: np.ndarray, k: int) -> np.ndarray:
 
 
 class SpillStage(_Stage):
-    """An ``IndexIVFPQFastScan`` (the store's IVF centroids and PQ, codes of the rows) holding
-    every node twice: in its nearest list and in its SOAR list (:func:`soar_lists`).
+    """Every node's second entry: an ``IndexIVFPQFastScan`` with the store's IVF's lists and PQ
+    (:attr:`base`, which holds the first entries, in their nearest lists) holding each node in its
+    SOAR list (:func:`soar_lists`) only. A search probes the same lists of both and merges them
+    (the same 4-bit codes and lookup tables: comparable scores), a row's second hit dropped.
 
-    FAISS 1.15.1's ``add_core`` with precomputed lists (and ``contrib.ivf_tools.add_preassigned``)
-    corrupts the heap on fast-scan lists (``BlockInvertedLists::add_entries`` reads packed blocks,
+    Its quantizer is empty (the base's assigns; ``search_preassigned`` needs none). FAISS 1.15.1's
+    ``add_core`` with precomputed lists (and ``contrib.ivf_tools.add_preassigned``) corrupts the
+    heap on fast-scan lists (``BlockInvertedLists::add_entries`` reads packed blocks,
     ``IndexIVF::add_core`` hands it flat codes): the rows are encoded once and each list grown by
     ``resize`` (zeroed blocks) and packed in place, as FAISS's own fast-scan ``add`` does."""
 
     kind = "ivf-spill"
-    entries = 2  # ``ntotal`` counts nodes
+
+    def __init__(self, index, nodes: NodeMap | None = None):
+        super().__init__(index, nodes)
+        #: The store's ``IVFPQIndex`` (its first entries, its centroids): :meth:`bind`.
+        self.base = None
 
     @classmethod
     def new(cls, d: int, sample: np.ndarray, n: int, like=None) -> "SpillStage":
-        """Empty, with the centroids and PQ of ``like`` (the store's ``IVFPQIndex``) or trained
-        on ``sample`` as the store's IVF would be."""
+        """Empty, beside ``like`` (the store's trained ``IVFPQIndex``): its list count and PQ."""
+        if like is None or not like.is_trained or like.d != d:
+            raise ValueError("the spilled lists need the store's trained IVF beside them")
         faiss = faiss_module()
-        if like is not None and like.is_trained and like.d == d:  # an HNSW coarse's centroids as a flat one
-            nlist, pq_m, cents = like.nlist, like.pq_m, like.quantizer.reconstruct_n(0, like.nlist)
-            pq = like.index.pq
-        else:
-            nlist, pq_m, cents, pq = auto_nlist(n), auto_pq_m(d), None, None
         quantizer = faiss.IndexFlatIP(d)
-        ix = faiss.IndexIVFPQFastScan(quantizer, d, nlist, pq_m, 4, faiss.METRIC_INNER_PRODUCT)
+        ix = faiss.IndexIVFPQFastScan(quantizer, d, like.nlist, like.pq_m, 4, faiss.METRIC_INNER_PRODUCT)
         ix.own_fields = True
         quantizer.this.disown()
         ix.by_residual = False
-        if cents is None:
-            ix.cp.max_points_per_centroid = -(-train_sample_size(nlist) // nlist)
-            ix.train(np.ascontiguousarray(sample, dtype=np.float32))
-        else:
-            quantizer.add(cents)
-            ix.pq = pq
-            ix.is_trained = True
-        return cls(ix)
+        ix.pq = like.index.pq
+        ix.is_trained = True
+        stage = cls(ix)
+        stage.bind(like)
+        return stage
 
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal) // self.entries
+    def bind(self, base) -> None:
+        """Search and add beside ``base``, the store's ``IVFPQIndex`` (ValueError if its lists or
+        codes are not this stage's)."""
+        if base is None or int(base.nlist) != int(self.index.nlist) or int(base.index.code_size) != \
+                int(self.index.code_size):
+            raise ValueError("the spilled lists do not fit the store's IVF (lists or code size differ)")
+        self.base = base
 
     def _lists(self, x: np.ndarray) -> np.ndarray:
-        """The two lists of each row of ``x``: (n, 2) int64."""
-        ix = self.index
-        m = min(SOAR_CANDIDATES, int(ix.nlist))
-        scores, lists = ix.quantizer.search(x, m)
-        cents = faiss_module().rev_swig_ptr(faiss_module().downcast_index(ix.quantizer).get_xb(),
-                                            int(ix.nlist) * self.d).reshape(int(ix.nlist), self.d)
+        """The second list of each row of ``x``: (n,) int64 (its first where it has no other)."""
+        base = self.base
+        scores, lists = base.coarse_search(x, min(SOAR_CANDIDATES, base.nlist))
         second = np.empty(len(x), dtype=np.int64)
         for a in range(0, len(x), 4096):  # (rows, candidates, d) floats per step
-            second[a: a + 4096] = soar_lists(x[a: a + 4096], cents, scores[a: a + 4096], lists[a: a + 4096])
-        # a row without a second candidate goes twice into its first list (two entries a node)
-        return np.stack([lists[:, 0], np.where(second >= 0, second, lists[:, 0])], axis=1)
+            li = lists[a: a + 4096]
+            used = np.unique(li[li >= 0])
+            cents = np.zeros((base.nlist, self.d), dtype=np.float32)  # only the centroids these rows need
+            cents[used] = base.quantizer.reconstruct_batch(used)
+            second[a: a + 4096] = soar_lists(x[a: a + 4096], cents, scores[a: a + 4096], li)
+        return np.where(second >= 0, second, lists[:, 0])
 
     def _add(self, x, nodes) -> None:
         faiss = faiss_module()
         ix = self.index
         inv = ix.invlists
-        where = self._lists(x)
-        codes = ix.pq.compute_codes(x)  # the rows' (not residuals'): (n, code_size) uint8
-        lst = where.ravel()  # entry e: node e // 2
+        lst = self._lists(x)
+        codes = ix.pq.compute_codes(x)  # the rows' (not residuals'): (n, code_size) uint8, as the base's
         order = np.argsort(lst, kind="stable")
         bounds = np.searchsorted(lst[order], np.arange(int(ix.nlist) + 1))
         packer = ix.get_CodePacker()
@@ -412,9 +418,9 @@ class SpillStage(_Stage):
                 ent = order[bounds[li]: bounds[li + 1]]
                 o, cnt = int(inv.list_size(int(li))), len(ent)
                 inv.resize(int(li), o + cnt)  # the new blocks zeroed
-                faiss.rev_swig_ptr(inv.get_ids(int(li)), o + cnt)[o:] = nodes[ent // 2]
+                faiss.rev_swig_ptr(inv.get_ids(int(li)), o + cnt)[o:] = nodes[ent]
                 blocks = faiss.rev_swig_ptr(inv.get_codes(int(li)), -(-(o + cnt) // bbs) * block)
-                part = np.ascontiguousarray(codes[ent // 2])
+                part = np.ascontiguousarray(codes[ent])
                 head = min(cnt, (-o) % bbs)  # into the list's last, partly filled block
                 for i in range(head):
                     packer.pack_1_c(faiss.swig_ptr(part[i]), o + i, faiss.swig_ptr(blocks))
@@ -430,18 +436,34 @@ class SpillStage(_Stage):
         ix.ntotal = int(ix.ntotal) + len(lst)
 
     def search(self, q: np.ndarray, k: int, param: int, *, exclude=None) -> np.ndarray:
-        """As the other stages', a node's second hit dropped: ``entries * k`` hits fetched, so
-        ``k`` distinct rows come back whenever the lists probed hold them."""
+        """``k`` candidate rows per query (int64 (nq, k), -1 padded): the ``param`` best lists of
+        each query searched in the base (its rows, ``exclude`` left out) and here (the nodes of
+        the rows, deleted and superseded ones left out), merged by score, a row's second hit
+        dropped."""
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        k = int(k)
+        cs, lists = self.base.coarse_search(q, int(param))
+        d1, r1 = self.base.search_lists(q, k, lists, cs, exclude=exclude)
         params, keep = self._search_params(int(param), self.nodes.excluded(exclude))
-        _, nodes = self.index.search(np.ascontiguousarray(q, dtype=np.float32), self.entries * int(k), params=params)
+        faiss, nq = faiss_module(), len(q)
+        lists, cs = np.ascontiguousarray(lists, dtype=np.int64), np.ascontiguousarray(cs, dtype=np.float32)
+        d2, n2 = np.empty((nq, k), dtype=np.float32), np.empty((nq, k), dtype=np.int64)
+        self.index.search_preassigned_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(lists), faiss.swig_ptr(cs),
+                                        faiss.swig_ptr(d2), faiss.swig_ptr(n2), False, params)
         del keep
-        return self.nodes.rows(distinct(nodes, int(k)))
+        r2 = self.nodes.rows(n2)
+        d = np.hstack([np.where(r1 >= 0, d1, -np.inf), np.where(r2 >= 0, d2, -np.inf)])
+        order = np.argsort(-d, axis=1, kind="stable")
+        return distinct(np.take_along_axis(np.hstack([r1, r2]), order, 1), k)
 
     def _params(self, param: int):
         return faiss_module().SearchParametersIVF(nprobe=min(param, int(self.index.nlist)))
 
-    def problems(self) -> str | None:
-        """Every node in exactly two entries (its two lists, or its one list twice)."""
+    def problems(self, base) -> str | None:
+        """Bound to the store's IVF ``base``, every node in exactly one entry here (its first is the
+        base's)."""
+        if self.base is not base:
+            return "the spilled lists are not bound to the store's IVF"
         inv, faiss = self.index.invlists, faiss_module()
         held = [faiss.rev_swig_ptr(inv.get_ids(i), int(inv.list_size(i))) for i in range(int(self.index.nlist))
                 if inv.list_size(i)]
@@ -449,9 +471,9 @@ class SpillStage(_Stage):
         if len(ids) and (ids.min() < 0 or ids.max() >= self.nodes.n):
             return f"the spilled lists hold ids outside their {self.nodes.n} nodes"
         count = np.bincount(ids, minlength=self.nodes.n)
-        if (count != self.entries).any():
-            bad = int(np.flatnonzero(count != self.entries)[0])
-            return f"the spilled lists hold node {bad} {int(count[bad])} times, not {self.entries}"
+        if (count != 1).any():
+            bad = int(np.flatnonzero(count != 1)[0])
+            return f"the spilled lists hold node {bad} {int(count[bad])} times, not once"
         return None
 
     def list_sizes(self) -> np.ndarray:
@@ -459,11 +481,11 @@ class SpillStage(_Stage):
         return np.array([inv.list_size(i) for i in range(int(self.index.nlist))], dtype=np.int64)
 
     def nbytes(self) -> int:
-        """Block-padded codes and ids of both entries of every node, the centroids, the node map."""
+        """Block-padded codes and ids of every node's second entry, the node map."""
         ix = self.index
         sizes = self.list_sizes()
         return int(fastscan_list_bytes(sizes, int(ix.pq.M), int(ix.bbs)).sum() + 8 * sizes.sum()) \
-            + int(ix.nlist) * self.d * 4 + self.nodes.nbytes()
+            + self.nodes.nbytes()
 
 
 def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M, nlist: int | None = None) -> int:
@@ -471,16 +493,16 @@ def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M, nlist: int | None =
     the graph's 4-bit codes, ``2m`` int32 slots at level 0 and ``m`` per upper level (a node
     reaching level ``l`` with probability ``m**-l``), a level (int32) and an offset (int64) per
     node; IVF-RaBitQ's bit codes and factors (``d / 8 + 8`` B), ids and centroids; the spilled
-    IVF's two entries a node and, per list (``nlist``: the store's IVF's), its centroid."""
+    IVF's second entry a node in ``nlist`` lists (the store's IVF's)."""
     if kind == "graph":
         slots = 2 * m + m / (m - 1)
         return int(round(n * (-(-d // 2) + 4 * slots + 12)))
     if kind == "rabitq":
         return int(n * (-(-d // 8) + 8 + 8) + auto_nlist(max(n, 1)) * d * 4)
-    if kind == "ivf-spill":  # two entries a node (a 4-bit code, an id), half a block of 32 and a centroid a list
+    if kind == "ivf-spill":  # a second entry a node (a 4-bit code, an id), half a block of 32 a list
         nlist = nlist or auto_nlist(max(n, 1))  # the store's IVF's lists, which it shares
         m2 = auto_pq_m(d) + (auto_pq_m(d) & 1)
-        return int(SpillStage.entries * n * (m2 // 2 + 8) + nlist * (32 * m2 // 4 + d * 4))
+        return int(n * (m2 // 2 + 8) + nlist * 8 * m2)
     raise ValueError(f"unknown candidate stage {kind!r}; expected one of {STRUCTURES}")
 
 
@@ -516,7 +538,7 @@ def stage_from_arrays(a: dict, rows: int):
         raise ValueError(f"unknown candidate stage {kind!r}")
     ix = faiss.deserialize_index(np.ascontiguousarray(a["index"], dtype=np.uint8))
     nodes = NodeMap.from_arrays({k[6:]: v for k, v in a.items() if k.startswith("nodes_")}, rows)
-    if int(ix.ntotal) != cls.entries * nodes.n:
+    if int(ix.ntotal) != nodes.n:
         raise ValueError(f"the candidate stage holds {ix.ntotal} entries, its node map {nodes.n}")
     stage = cls(ix, nodes)
     stage.ready = True
