@@ -1,5 +1,5 @@
-"""The candidate stage the tuner chooses: IVF-PQ fast-scan, an HNSW graph, IVF-RaBitQ, the IVF's
-lists with every row spilled to a second (SOAR) list, or none.
+"""The candidate stage the tuner chooses: IVF-PQ fast-scan, an HNSW graph, IVF-RaBitQ, a second
+(SOAR) entry of every row beside the IVF's (the spilled lists), or none.
 
 :func:`measure` runs inside :func:`lukhas_gpu.index.tuning.tune`, beside the IVF-PQ rows: each
 stage of :data:`lukhas_gpu.vectors.graph.STRUCTURES` whose expected bytes fit the RAM budget

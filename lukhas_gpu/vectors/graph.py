@@ -34,6 +34,7 @@ import numpy as np
 
 from ..util.device import faiss_module
 from .ann import auto_nlist, auto_pq_m, fastscan_list_bytes, train_sample_size
+from .faisscalls import threads_for
 
 __all__ = ["NodeMap", "GraphStage", "RaBitQStage", "SpillStage", "soar_lists", "distinct",
            "STRUCTURES", "GRAPH_M", "GRAPH_EF", "RABITQ_NPROBES",
@@ -448,8 +449,9 @@ class SpillStage(_Stage):
         faiss, nq = faiss_module(), len(q)
         lists, cs = np.ascontiguousarray(lists, dtype=np.int64), np.ascontiguousarray(cs, dtype=np.float32)
         d2, n2 = np.empty((nq, k), dtype=np.float32), np.empty((nq, k), dtype=np.int64)
-        self.index.search_preassigned_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(lists), faiss.swig_ptr(cs),
-                                        faiss.swig_ptr(d2), faiss.swig_ptr(n2), False, params)
+        with threads_for(faiss, nq):  # one query: one OpenMP thread, as the IVF's own search
+            self.index.search_preassigned_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(lists), faiss.swig_ptr(cs),
+                                            faiss.swig_ptr(d2), faiss.swig_ptr(n2), False, params)
         del keep
         r2 = self.nodes.rows(n2)
         d = np.hstack([np.where(r1 >= 0, d1, -np.inf), np.where(r2 >= 0, d2, -np.inf)])
