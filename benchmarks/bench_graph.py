@@ -2,7 +2,8 @@
 
 One run per set: ``lukhas_gpu`` built with the ``production`` preset and no parameter, serves the
 first half of the queries as traffic, then ``tune()`` (target 0.95) chooses among IVF-PQ
-fast-scan, the HNSW graph, IVF-RaBitQ and the exact scan within ``config.ann_ram_budget``;
+fast-scan, its lists with every row spilled to a second (SOAR) list, the HNSW graph, IVF-RaBitQ
+and the exact scan within ``config.ann_ram_budget``;
 every figure is measured on the second half, which the tuner never saw, against exact float32
 inner products. ``--structures`` adds one point per structure forced with ``tune(structure=)``
 (the budget aside), so each candidate stage is on the plot too.
@@ -262,7 +263,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--single", type=int, default=500, help="queries timed one at a time")
     p.add_argument("--peers", default="hnswlib,usearch-f32,usearch-i8,faiss-hnsw,faiss-rabitq")
-    p.add_argument("--structures", default="ivf,graph,rabitq", help="structures forced after the tuned point")
+    p.add_argument("--structures", default="ivf,ivf-spill,graph,rabitq", help="structures forced after the tuned point")
     p.add_argument("--train-at", type=int, default=None, help="train_threshold (small smoke runs)")
     p.add_argument("--efs", default="16,24,32,48,64,96,128,192,256,384,512")
     args = p.parse_args(argv)

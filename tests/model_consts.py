@@ -26,7 +26,7 @@ ALL_OPS = ("add", "bulk", "delete", "update", "bad", "compact", "checkpoint", "r
            "refresh", "lag", "crash", "proc", "sharded", "retrain", "drop", "purge", "dedup_add", "link", "unlink",
            "tune", "trial", "concurrent")
 #: The candidate structures a ``tune`` op forces (``tune(structure=)``), so every route meets each.
-STRUCTURES = ("graph", "rabitq", "ivf", "exact")
+STRUCTURES = ("graph", "rabitq", "ivf-spill", "ivf", "exact")
 WEIGHTS = {"add": 10, "bulk": 2, "delete": 7, "update": 7, "bad": 2, "compact": 1, "checkpoint": 2, "reopen": 2,
            "rollback": 1.5, "recover": 1, "refresh": 2, "lag": 1, "crash": 1, "proc": 0.3, "sharded": 0.5,
            "retrain": 0.7, "drop": 0.7, "purge": 0.7, "dedup_add": 4, "link": 4, "unlink": 2, "tune": 0.7,

@@ -16,7 +16,8 @@ from model_calls import dumps_call
 CHANGES = ({"nlist": 4}, {"nlist": 8}, {"nlist": 16}, {"coarse": "hnsw"}, {"coarse": "flat"}, {"nprobe": 4},
            {"nlist": 8, "coarse": "hnsw"}, {"rerank": 8},
            # another candidate structure beside the IVF (index/stagetrial.py): the tuner's, promoted durably
-           {"structure": "graph"}, {"structure": "rabitq"}, {"structure": "ivf"}, {"structure": "exact"})
+           {"structure": "graph"}, {"structure": "rabitq"}, {"structure": "ivf-spill"}, {"structure": "ivf"},
+           {"structure": "exact"})
 #: (recall_tolerance, qps_tolerance) rules: promote at once, judge recall only, judge both, strict.
 RULES = ((1.0, None), (0.5, None), (0.2, 1.0), (0.0, 0.0))
 
@@ -76,7 +77,7 @@ def op_trial(run, op, rng) -> None:
             raise Violation(f"a promoted trial {kw} left the config {ix.config}")
     if "structure" in kw and rep["promoted"]:
         st = ix.parts.stage
-        want = kw["structure"] if kw["structure"] in ("graph", "rabitq") else None
+        want = kw["structure"] if kw["structure"] in ("graph", "rabitq", "ivf-spill") else None
         if (st.kind if st is not None else None) != want:
             raise Violation(f"a promoted trial {kw} serves the stage {st and st.kind}")
     run.count("trial " + ("structure " if "structure" in kw else "") + rep["decision"])

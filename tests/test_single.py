@@ -95,7 +95,7 @@ def _check_same(index, xq, gt, monkeypatch, spy, dead=()):
     return lean
 
 
-@pytest.mark.parametrize("structure", ["ivf", "rabitq", "graph", "exact"])
+@pytest.mark.parametrize("structure", ["ivf", "rabitq", "graph", "ivf-spill", "exact"])
 def test_one_query_route_is_the_general_route(data, structure, monkeypatch, spy):
     xb, xq, gt = data
     index = _index(xb)

@@ -304,7 +304,7 @@ def test_a_reader_never_tunes_and_uses_the_persisted_tuning(tmp_path, data, caps
     rep, chosen = r.tuning(), tuning.search_params(r, None, None, None)
     if rep["kind"] == "exact":
         assert chosen["exact"]
-    elif rep["kind"] in ("graph", "rabitq"):  # a candidate stage, loaded with the generation
+    elif rep["kind"] in ("graph", "rabitq", "ivf-spill"):  # a candidate stage, loaded with the generation
         assert chosen["stage"] == (rep["kind"], rep["nprobe"]) and r.parts.stage.kind == rep["kind"]
     else:
         assert chosen["nprobe"] == rep["nprobe"]

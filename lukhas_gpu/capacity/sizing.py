@@ -344,7 +344,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         ann, nlist, pq_m, coarse = _ann_bytes(count, dim_out, cfg, imbalance, state, be, faiss_gpu)
         _add(total, ann)
         # the largest candidate stage the tuner may add within config.ann_ram_budget (index/candidates)
-        kind, nbytes = planned_stage(count, dim_out, cfg.ann_ram_budget, sum(ann["anon"].values()))
+        kind, nbytes = planned_stage(count, dim_out, cfg.ann_ram_budget, sum(ann["anon"].values()), nlist)
         if kind is not None:
             _add(total, {"anon": {f"stage_{kind}": nbytes}, "disk": {"candidate_stage": nbytes}})
     if nnz and count:

@@ -19,7 +19,7 @@ def add_parsers(sub) -> None:
     t.add_argument("store", help="store directory")
     for name, kind in _CHANGES.items():
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=f"the candidate's {name}" + (
-            " (alone: graph, rabitq, ivf or exact; the tuner's choice at the recall target forced to it)"
+            " (alone: graph, rabitq, ivf-spill, ivf or exact; the tuner's choice at the recall target forced to it)"
             if name == "structure" else ""))
     t.add_argument("--queries", metavar="NPY", help="probe queries (.npy, float32 (n, dim)); default: recorded ones")
     t.add_argument("--recall-tolerance", type=float, default=0.01, help="recall the candidate may lose (default 0.01)")

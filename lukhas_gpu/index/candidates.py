@@ -1,4 +1,5 @@
-"""The candidate stage the tuner chooses: IVF-PQ fast-scan, an HNSW graph, IVF-RaBitQ or none.
+"""The candidate stage the tuner chooses: IVF-PQ fast-scan, an HNSW graph, IVF-RaBitQ, a second
+(SOAR) entry of every row beside the IVF's (the spilled lists), or none.
 
 :func:`measure` runs inside :func:`lukhas_gpu.index.tuning.tune`, beside the IVF-PQ rows: each
 stage of :data:`lukhas_gpu.vectors.graph.STRUCTURES` whose expected bytes fit the RAM budget
@@ -11,7 +12,8 @@ the tuner keeps the cheapest meeting the target (:func:`keep`), and the stage ch
 ``parts.stage`` (saved in the checkpoint as ``stage.npz``, replayed adds and updates go to it,
 a retrain drops it); the others go.
 
-``tune(structure=...)`` forces one structure (``"ivf"``, ``"graph"``, ``"rabitq"``, ``"exact"``),
+``tune(structure=...)`` forces one structure (``"ivf"``, ``"graph"``, ``"rabitq"``, ``"ivf-spill"``,
+``"exact"``),
 the budget aside: what the model test uses to hold every route to its allowed set.
 """
 from __future__ import annotations
@@ -35,9 +37,9 @@ __all__ = ["STRUCTURE_CHOICES", "KIND_IDS", "check_structure", "fits_budget", "m
 STRUCTURE_CHOICES = ("ivf", "exact", *graph.STRUCTURES)
 #: The tuning table's ``kind`` of each stage (0, 1, 2 are the IVF's fixed and adaptive probing
 #: and the exact scan; ``tuning._KINDS`` lists them in this order).
-KIND_IDS = {"graph": 3, "rabitq": 4}
+KIND_IDS = {"graph": 3, "rabitq": 4, "ivf-spill": 5}
 #: Kinds of the table each forced structure keeps.
-_FORCED = {"ivf": (0, 1), "exact": (2,), "graph": (3,), "rabitq": (4,)}
+_FORCED = {"ivf": (0, 1), "exact": (2,), "graph": (3,), "rabitq": (4,), "ivf-spill": (5,)}
 #: Queries timed per stage parameter (the fastest of 3 runs).
 TIME_QUERIES = 256
 
@@ -56,7 +58,8 @@ def fits_budget(parts, kind: str, budget: int) -> bool:
     """Whether the IVF-PQ plus a stage of ``kind`` over the store's rows stay within ``budget``
     bytes per memory."""
     n = max(parts.rows, 1)
-    return ivf_bytes(parts) + graph.stage_bytes(kind, n, parts.dim_out) <= budget * n
+    nlist = parts.ann.nlist if parts.ann is not None else None
+    return ivf_bytes(parts) + graph.stage_bytes(kind, n, parts.dim_out, nlist=nlist) <= budget * n
 
 
 def build(index, kind: str, cancel=None):
@@ -68,7 +71,7 @@ def build(index, kind: str, cancel=None):
         m = min(n, max(65536, train_sample_size(auto_nlist(n)) if kind == "rabitq" else 0))  # k-means' sample
         pick = np.sort(np.random.default_rng(index.config.seed).choice(n, m, replace=False))
         sample = ivflists.vectors_of(parts, pick)
-        stage = graph.new_stage(kind, parts.dim_out, sample, n)
+        stage = graph.new_stage(kind, parts.dim_out, sample, n, like=parts.ann)
         parts.building.append(stage)
     try:
         while True:
@@ -145,6 +148,8 @@ def measure(index, ann, ref, k: int, kk: int, eff: float, estimate, rows: list, 
         built[kind] = stage
         log.info("candidate stage %s built over %d rows in %.1f s", kind, stage.ntotal, time.perf_counter() - t0)
         params = graph.GRAPH_EF if kind == "graph" else [p for p in graph.RABITQ_NPROBES if p <= stage.index.nlist]
+        if kind == "ivf-spill":  # deeper than RaBitQ's: the fixed probes the IVF's rows were measured at
+            params = sorted({int(r[1]) for r in rows if r[0] == 0} | set(params))
         first = len(rows)
         for param in params:
             cancel()
@@ -168,7 +173,7 @@ def measure(index, ann, ref, k: int, kk: int, eff: float, estimate, rows: list, 
 
 def _work(kind: str, param: np.ndarray, kc: np.ndarray) -> np.ndarray:
     """What a stage's search visits grows with: a graph's beam (``max(efSearch, kc)``), the
-    lists IVF-RaBitQ scans (``nprobe``)."""
+    lists IVF-RaBitQ and the spilled IVF scan (``nprobe``)."""
     return np.maximum(param, kc) if kind == "graph" else param
 
 
@@ -242,7 +247,7 @@ def check(parts) -> str | None:
         return f"the candidate stage ({st.kind}) covers {st.covered()} rows, the index holds {parts.rows}"
     if st.ntotal != st.nodes.n:
         return f"the candidate stage ({st.kind}) holds {st.ntotal} entries, its node map {st.nodes.n}"
-    return None
+    return st.problems(parts.ann)
 
 
 # -- persistence -----------------------------------------------------------------------------------
@@ -257,3 +262,5 @@ def persist(parts) -> dict | None:
 def load(parts, arrays: dict) -> None:
     """``parts.stage`` from ``stage.npz``'s members (ValueError when they disagree)."""
     parts.stage = graph.stage_from_arrays(arrays, parts.rows) if arrays else None
+    if parts.stage is not None:
+        parts.stage.bind(parts.ann)  # a spilled stage's first entries are the IVF's

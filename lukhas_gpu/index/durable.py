@@ -229,7 +229,6 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
     parts.encoder_arrays, parts.absorbed_writes = gen.npz(layout.ENCODER), writecount.absorbed(manifest)
     if gen.has(layout.CALIBRATION):
         parts.calib = gen.npz(layout.CALIBRATION)["rows"]
-    _load_monitoring(parts, gen)
     if manifest.get("ann"):
         from ..vectors.ann import IVFPQIndex
 
@@ -237,6 +236,7 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
         faiss_index = faiss_module().read_index(str(gen.file(layout.ANN)))
         parts.ann = IVFPQIndex.from_faiss(faiss_index, nlist=a["nlist"], pq_m=a["pq_m"], coarse=a["coarse"],
                                           seed=config.seed)
+    _load_monitoring(parts, gen)  # after the IVF: a spilled stage is bound to it
     loadchecks.check_loaded(parts, gen, rows, int(manifest["count"]))  # every row-indexing array, named
     if parts.ann is not None:
         ivflists.repair(index, a)  # a generation saved when deletes removed entries from the lists

@@ -1,7 +1,7 @@
-"""A trial of another candidate structure: ``trial(structure="graph" | "rabitq" | "ivf" | "exact")``.
+"""A trial of another candidate structure: ``trial(structure="graph" | "rabitq" | "ivf-spill" | "ivf" | "exact")``.
 
 The candidate is the tuner's choice forced to that structure (:func:`.tuning.tune` with
-``structure=`` and ``install=False``): a graph or IVF-RaBitQ stage is built beside the live one (in
+``structure=`` and ``install=False``): a graph, IVF-RaBitQ or spilled-IVF stage is built beside the live one (in
 ``parts.building``, so adds and updates reach it while it is built and measured; searches do not
 use it), measured and chosen at the recall target (``config.target_recall``, 0.95 if unset);
 ``"ivf"`` and ``"exact"`` build nothing. Then, under the lock, the route a search at that target

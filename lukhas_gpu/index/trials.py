@@ -139,7 +139,7 @@ class TrialsMixin:
             Its QPS on the probe queries may be this share below the live one's (None: not judged).
         **changes
             ``nlist``, ``pq_m``, ``dim_out``, ``coarse``, ``nprobe``, ``rerank``; or ``structure``
-            alone (``"graph"``, ``"rabitq"``, ``"ivf"``, ``"exact"``: the tuner's choice at the recall
+            alone (``"graph"``, ``"rabitq"``, ``"ivf-spill"``, ``"ivf"``, ``"exact"``: the tuner's choice at the recall
             target forced to it, built beside the live one, :mod:`.stagetrial`). Without ``nprobe``,
             a candidate with other lists is measured (and promoted) at the same share of lists as
             the live index probes.

@@ -84,7 +84,7 @@ RESTRUCTURE_TOLERANCE = 0.01
 #: After a failed background run, the next one waits this long (s); queries a timing run searches
 #: (one batch, as a batched caller would); queries per locked step of the exact references.
 RETRY_SECONDS, TIME_QUERIES, STEP_QUERIES = 300, 512, 256
-_KINDS = ("fixed", "adaptive", "exact", "graph", "rabitq")  # 3, 4: candidates.KIND_IDS
+_KINDS = ("fixed", "adaptive", "exact", "graph", "rabitq", "ivf-spill")  # 3, 4, 5: candidates.KIND_IDS
 _COLUMNS = ("kind", "param", "rerank", "recall", "ci_low", "ci_high", "bound", "codes", "kc", "probes", "cap", "nmin")
 
 
@@ -94,7 +94,7 @@ class Tuned:
 
     target: float
     k: int
-    kind: str  # "fixed", "adaptive", "exact", or a candidate stage: "graph", "rabitq"
+    kind: str  # "fixed", "adaptive", "exact", or a candidate stage: "graph", "rabitq", "ivf-spill"
     probing: probing.Probing | None
     rerank: int
     recall: float
@@ -126,7 +126,7 @@ class Tuned:
     def _row(self, i: int) -> tuple[str, probing.Probing | None, int]:
         t = self.table
         kind = _KINDS[int(t["kind"][i])]
-        if kind in ("fixed", "graph", "rabitq"):
+        if kind == "fixed" or kind in candidates.KIND_IDS:
             p = probing.Probing(int(t["param"][i]))
         elif kind == "adaptive":
             p = probing.Probing(int(t["cap"][i]), self.weights, float(t["param"][i]), int(t["nmin"][i]))
@@ -292,10 +292,10 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
 
 
 def _describe(kind, p) -> str:
-    if kind in ("exact", "fixed", "graph", "rabitq"):
-        return {"exact": "exact int8 scan", "fixed": "nprobe", "graph": "HNSW graph, efSearch",
-                "rabitq": "IVF-RaBitQ, nprobe"}[kind] + ("" if kind == "exact" else f" {p.nprobe}")
-    return f"adaptive probing (scale {p.scale:g}, {p.nprobe_min}..{p.nprobe} lists)"
+    names = {"exact": "exact int8 scan", "fixed": "nprobe", "graph": "HNSW graph, efSearch",
+             "rabitq": "IVF-RaBitQ, nprobe", "ivf-spill": "IVF, spilled lists, nprobe"}
+    return names[kind] + ("" if kind == "exact" else f" {p.nprobe}") if kind in names \
+        else f"adaptive probing (scale {p.scale:g}, {p.nprobe_min}..{p.nprobe} lists)"
 
 
 def _row_of(table, kind, p, rr) -> int:
@@ -445,7 +445,7 @@ def search_params(index, nprobe, rerank, target_recall) -> dict:
         kind, p, rr = tuned.kind, tuned.probing, tuned.rerank
     else:
         kind, p, rr = tuned.lookup(target)
-    if kind in ("graph", "rabitq"):
+    if kind in candidates.KIND_IDS:
         if (out := candidates.stage_params(index, tuned, kind, p, rr)) is not None:
             return out
         kind, p, rr = tuned.lookup(target, kinds=(0, 1, 2))  # the stage is gone (a retrain): the IVF's rows
@@ -565,11 +565,11 @@ class TuningMixin:
             else sampled memories (the target raised by ``MEMORY_MARGIN``: they overestimate recall).
         k : int
             Results per query the target applies to (``max_queries``: the most measured).
-        structure : {"ivf", "graph", "rabitq", "exact"}, optional
+        structure : {"ivf", "graph", "rabitq", "ivf-spill", "exact"}, optional
             Force one candidate structure; default: the cheapest that meets the target within
             ``config.ann_ram_budget`` (:mod:`lukhas_gpu.index.candidates`).
 
-        Returns ``target``, ``kind`` ("fixed", "adaptive", "exact", "graph", "rabitq"), ``nprobe``, ``rerank``,
+        Returns ``target``, ``kind`` ("fixed", "adaptive", "exact" or a stage of ``structure``), ``nprobe``, ``rerank``,
         ``probing``, ``recall`` and ``ci`` (two-sided 90%: its low end, the one-sided 95% bound, is held to the
         target), ``met``, ``source``, ``queries``, ``expected_qps``, ``seconds``, ``tried`` (every setting). Later
         searches without ``nprobe``/``rerank`` use it when ``config.target_recall`` is set.

@@ -168,7 +168,7 @@ class TrialRequest(BaseModel):
     nprobe: Optional[int] = Field(None, ge=1)
     rerank: Optional[int] = Field(None, ge=1)
     structure: Optional[str] = Field(None, description='another candidate structure, alone: "graph", "rabitq", '
-                                                       '"ivf" or "exact"')
+                                                       '"ivf-spill", "ivf" or "exact"')
     recall_tolerance: float = Field(0.01, ge=0, le=1)
     qps_tolerance: Optional[float] = Field(0.2, ge=0, le=1)
 
