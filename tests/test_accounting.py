@@ -188,17 +188,25 @@ def test_opened_store_maps_vectors_and_content(store):
     ro.close()
 
 
-def test_writer_counts_its_working_copy_and_wal(store, xb):
+def test_writer_maps_its_rows_and_counts_its_wal(store, xb):
     w = MemoryIndex.open(store, mode="w")
     mem0 = w.stats()["memory"]
-    assert mem0["disk"]["vectors_work"] == os.stat(store / "vectors.work").st_blocks * 512
-    assert mem0["anon"]["vectors_int8"] == N * DIM  # read back into RAM: vector_storage="memory"
+    assert "vectors_work" not in mem0["disk"] and not (store / "vectors.work").exists()
+    # the published rows mapped copy-on-write (vector_storage="memory"): page cache, not anonymous
+    assert mem0["mapped"]["vectors_int8"] == N * DIM and "vectors_int8" not in mem0["anon"]
     w.add(xb[:300], contents=["x" * 2000] * 300)
     mem1 = w.stats()["memory"]
     assert mem1["disk"]["wal"] >= mem0["disk"]["wal"] + 300 * (DIM * 4 + 2000)
     assert mem1["ann_state"] == "built"  # its lists grew after the read
-    w.checkpoint()
-    assert w.stats()["memory"]["disk"]["wal"] < mem0["disk"]["wal"] + 4096  # restarted
+    assert mem1["anon"]["vectors_int8"] == 300 * DIM and mem1["mapped"]["vectors_int8"] == N * DIM
+    before = w.search(xb[:50], 10)
+    w.checkpoint()  # the rows written since become the new generation's file, mapped
+    mem2 = w.stats()["memory"]
+    assert mem2["disk"]["wal"] < mem0["disk"]["wal"] + 4096  # restarted
+    assert mem2["mapped"]["vectors_int8"] == (N + 300) * DIM and "vectors_int8" not in mem2["anon"]
+    after = w.search(xb[:50], 10)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_array_equal(before.scores, after.scores)
     w.close()
 
 
