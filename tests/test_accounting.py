@@ -199,14 +199,23 @@ def test_writer_maps_its_rows_and_counts_its_wal(store, xb):
     assert mem1["disk"]["wal"] >= mem0["disk"]["wal"] + 300 * (DIM * 4 + 2000)
     assert mem1["ann_state"] == "built"  # its lists grew after the read
     assert mem1["anon"]["vectors_int8"] == 300 * DIM and mem1["mapped"]["vectors_int8"] == N * DIM
-    before = w.search(xb[:50], 10)
-    w.checkpoint()  # the rows written since become the new generation's file, mapped
+    # the published records stay mapped under the appended ones (a private overlay, no copy)
+    records = w.parts.contents.nbytes()["records"]
+    assert mem1["mapped"]["content_records"] == mem0["mapped"]["content_records"] > 0
+    assert mem1["anon"]["content_records"] == records - mem0["mapped"]["content_records"]
+    before, texts = w.search(xb[:50], 10), [m.content for m in w.get(np.arange(N - 5, N + 300))]
+    w.checkpoint()  # the rows and records written since become the new generation's files, mapped
     mem2 = w.stats()["memory"]
     assert mem2["disk"]["wal"] < mem0["disk"]["wal"] + 4096  # restarted
     assert mem2["mapped"]["vectors_int8"] == (N + 300) * DIM and "vectors_int8" not in mem2["anon"]
+    assert mem2["mapped"]["content_records"] == records and "content_records" not in mem2["anon"]
     after = w.search(xb[:50], 10)
     np.testing.assert_array_equal(before.ids, after.ids)
     np.testing.assert_array_equal(before.scores, after.scores)
+    assert [m.content for m in w.get(np.arange(N - 5, N + 300))] == texts
+    w.add(xb[300:310], contents=["y" * 500] * 10)  # appended after the checkpoint: overlay again
+    assert w.stats()["memory"]["mapped"]["content_records"] == records
+    assert [m.content for m in w.get(np.arange(N - 5, N + 310))] == texts + ["y" * 500] * 10
     w.close()
 
 

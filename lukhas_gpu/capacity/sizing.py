@@ -254,9 +254,8 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         capacities, vectors where ``config.vector_storage`` puts them). ``"opened"``: a store
         opened read-only (lists read at their sizes; int8 vectors and content records
         memory-mapped). ``"checkpointed"``: a durable writer after a checkpoint (as ``"built"``,
-        but its int8 vectors are the published file mapped copy-on-write, unless
-        ``vector_storage="mmap"``; the rows written since the checkpoint are anonymous and not
-        counted).
+        but its int8 vectors and content records are the published files mapped copy-on-write;
+        the memories written since the checkpoint are anonymous and not counted).
     tag_skew : float, default 1.0
         Zipf exponent of tag popularity (0: all tags equally common).
     list_imbalance : float, default 1.35
@@ -335,7 +334,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     _add(total, vector_bytes(count, dim, capacity_rows=vector_capacity(count, cfg),
                              mapped=rows_mapped))
     _add(total, _encoder_and_probe_bytes(count, dim, dim_out, cfg, be))
-    _add(total, content_bytes(count, avg, ratio, opened=opened))
+    _add(total, content_bytes(count, avg, ratio, opened=opened, records_mapped=plan_state == "checkpointed"))
     _add(total, _document_bytes(count, cfg, id_avg, meta_avg))
     _add(total, metadata_bytes(count))
     _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0, dim=dim))

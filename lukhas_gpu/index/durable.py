@@ -155,10 +155,12 @@ def write(index, root) -> pathlib.Path:
     gen = write_generation(root, raw=raw, npz=npz, blobs={layout.TOMBSTONES: parts.tombstones.to_bytes()},
                            writers=writers, manifest=manifest)
     if index.path is not None and pathlib.Path(index.path) == pathlib.Path(root):
-        # the writer's rows become the file just published (read back against its CRC): page
-        # cache instead of anonymous RAM; published files are never rewritten in place
+        # the writer's rows and content records become the files just published (read back
+        # against their CRCs): page cache instead of anonymous RAM; published files are never
+        # rewritten in place
         crcs = npz[layout.VECTOR_CRCS]
         parts.vectors.rebase(gen / layout.VECTORS, crcs["crcs"], int(crcs["block_rows"]))
+        parts.contents.rebase(gen / layout.CONTENT)
     return gen
 
 

@@ -32,15 +32,14 @@ the rest are checked at once, so a warmed reader pays nothing per search. A dama
 """
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
-import sys
 import tempfile
 import zlib
 
 import numpy as np
 
+from ..util.cowmap import private_map
 from ..util.errors import CorruptStoreError
 from ..util.memory import NPZ_MEMBER_BYTES, huge_page_slack
 
@@ -54,10 +53,6 @@ CRC_BLOCK_ROWS = 64
 #: 10% of an ingest). Capacity never written is never resident, so the slack costs no RAM.
 _GROWTH = 2.0
 _MIN_CAPACITY = 4096
-#: ``MAP_FIXED`` / ``MAP_NORESERVE`` where the private overlay is implemented (Linux, macOS);
-#: elsewhere a private store reads its file into anonymous memory instead.
-_MAP_FIXED = 0x10 if sys.platform.startswith(("linux", "darwin")) else None
-_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
 class VectorStore:
@@ -169,29 +164,10 @@ class VectorStore:
 
     def _private_map(self, capacity: int) -> np.ndarray:
         """``capacity`` rows of anonymous memory whose first ``_private_rows`` rows are the file,
-        mapped copy-on-write over them (``MAP_PRIVATE | MAP_FIXED``)."""
+        mapped copy-on-write over them (:func:`~lukhas_gpu.util.cowmap.private_map`)."""
         nfile = self._private_rows * self.dim
-        region = mmap.mmap(-1, max(capacity, 1) * self.dim,
-                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
-        data = np.frombuffer(region, dtype=self.dtype).reshape(-1, self.dim)  # keeps the region alive
-        if not nfile:
-            return data
-        if _MAP_FIXED is None:  # no overlay here: a private copy
-            data[: self._private_rows] = np.fromfile(self._path, dtype=self.dtype, count=nfile).reshape(-1, self.dim)
-            return data
-        anchor = ctypes.c_char.from_buffer(region)
-        addr = ctypes.addressof(anchor)
-        del anchor  # the region must not stay exported (it could then never be unmapped)
-        length = -(-nfile // mmap.PAGESIZE) * mmap.PAGESIZE  # the file's last page, zero-filled past its end
-        fd = os.open(self._path, os.O_RDONLY)
-        try:
-            got = _libc_mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
-        finally:
-            os.close(fd)
-        if got != addr:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mapping {self._path} copy-on-write failed: {os.strerror(err)}", self._path)
-        return data  # unmapping the region (when it is collected) unmaps the file's part too
+        data = private_map(self._path, nfile, max(capacity, 1) * self.dim)
+        return data[: max(capacity, 1) * self.dim].view(self.dtype).reshape(-1, self.dim)
 
     def reserve(self, capacity: int) -> None:
         if capacity <= self.capacity:
@@ -393,14 +369,6 @@ def _runs(flags: np.ndarray):
     """``[lo, hi)`` of each run of True in a bool array."""
     d = np.diff(np.concatenate([[0], flags.view(np.int8), [0]]))
     return zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist())
-
-
-def _libc_mmap(addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = libc.mmap
-    fn.restype = ctypes.c_void_p
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    return fn(addr, length, prot, flags, fd, offset)
 
 
 def planned_bytes(count: int, dim: int, *, capacity_rows: int, mapped: bool) -> dict:
