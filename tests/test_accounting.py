@@ -496,3 +496,34 @@ def test_plan_counts_namespaces_and_windows(xb, tmp_path):
         plan(N, DIM, windows=1.5)
     with pytest.raises(ValueError, match="namespaces"):
         plan(N, DIM, namespaces=0)
+
+
+def test_checkpoint_whose_map_is_refused_keeps_rows_anonymous(store, xb, monkeypatch):
+    """A checkpoint published, then its files' map refused (ENOMEM): the rows and records stay
+    this process's own, unchanged; the next checkpoint maps them."""
+    from lukhas_gpu.util import cowmap
+    from lukhas_gpu.vectors import store as vstore
+
+    w = MemoryIndex.open(store, mode="w")
+    w.add(xb[:200], contents=["z" * 300] * 200)
+    before = w.search(xb[:20], 10)
+
+    def refuse(*a, **k):
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(vstore, "private_map", refuse)
+    gen = w.checkpoint()
+    assert layout_current(store) == gen.name
+    mem = w.stats()["memory"]
+    assert mem["anon"]["vectors_int8"] == 200 * DIM  # still the overlay of the opened generation
+    np.testing.assert_array_equal(w.search(xb[:20], 10).ids, before.ids)
+    monkeypatch.setattr(vstore, "private_map", cowmap.private_map)
+    w.checkpoint()
+    assert "vectors_int8" not in w.stats()["memory"]["anon"]
+    np.testing.assert_array_equal(w.search(xb[:20], 10).ids, before.ids)
+    w.close()
+
+
+def layout_current(root) -> str:
+    from lukhas_gpu.store import layout
+
+    return layout.current_generation(root).name

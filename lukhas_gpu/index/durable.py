@@ -159,8 +159,11 @@ def write(index, root) -> pathlib.Path:
         # against their CRCs): page cache instead of anonymous RAM; published files are never
         # rewritten in place
         crcs = npz[layout.VECTOR_CRCS]
-        parts.vectors.rebase(gen / layout.VECTORS, crcs["crcs"], int(crcs["block_rows"]))
-        parts.contents.rebase(gen / layout.CONTENT)
+        try:
+            parts.vectors.rebase(gen / layout.VECTORS, crcs["crcs"], int(crcs["block_rows"]))
+            parts.contents.rebase(gen / layout.CONTENT)
+        except OSError as e:  # published all the same: these stay in anonymous RAM until the next one
+            log.warning("checkpoint %s: the rows or records stay in anonymous memory (%s)", gen.name, e)
     return gen
 
 

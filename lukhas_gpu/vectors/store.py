@@ -132,10 +132,17 @@ class VectorStore:
         return np.memmap(self._path, dtype=self.dtype, mode="r+", shape=shape)
 
     def _map_file(self, capacity: int) -> None:
-        """Map this store's file (its first ``_n`` rows) copy-on-write, nothing changed yet."""
+        """Map this store's file (its first ``_n`` rows) copy-on-write, nothing changed yet; on
+        an error (the map refused) the store is as it was."""
+        rows = self._private_rows
         self._private_rows = self._n
+        try:
+            data = self._private_map(capacity)
+        except BaseException:
+            self._private_rows = rows
+            raise
         self._dirty = np.zeros(-(-self._n * self.dim // mmap.PAGESIZE), bool)
-        self._data = self._private_map(capacity)
+        self._data = data  # the old rows are freed with the last view of them
 
     def rebase(self, path, crcs=None, block_rows: int = CRC_BLOCK_ROWS) -> bool:
         """Replace the rows held by those of ``path``, a file holding exactly these rows (a
@@ -143,15 +150,20 @@ class VectorStore:
         rows move from anonymous RAM to the page cache. ``crcs``: their block CRCs (as
         :meth:`block_crcs` gave them), checked on the next :meth:`block_crcs` for every block
         no write changed. A store on a file of its own (``mmap``) or read-only is left as it is:
-        False."""
+        False. An OSError (the map refused) leaves the store as it was."""
         if self.readonly or (self.storage == "mmap" and self._private_rows is None):
             return False
         size = os.path.getsize(path)
         if size != self.nbytes():
             raise ValueError(f"{path} holds {size} bytes, the store {self.nbytes()}: not its rows")
         capacity = max(self.capacity, self._n, _MIN_CAPACITY)
-        self._path, self.storage, self._crc = str(path), "mmap", None
-        self._map_file(capacity)  # the old rows are freed with the last view of them
+        old_path, self._path = self._path, str(path)
+        try:
+            self._map_file(capacity)
+        except BaseException:
+            self._path = old_path
+            raise
+        self.storage, self._crc = "mmap", None
         self.keep_crcs(crcs, block_rows)
         return True
 
