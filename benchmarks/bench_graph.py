@@ -14,16 +14,34 @@ swept). For each point: batched QPS (one batch), single-query QPS (one query per
 thread, as a server worker), recall@10; per system: anonymous RAM per memory (RssAnon grown by
 the build, after a trim), disk per memory (what its own save writes), build seconds.
 
-Sets: ``wordnet`` (WordNet 117k, its example sentences as queries), ``debian`` (50k held-out
-real memories), ``synthetic`` (``--n`` rows of the built-in generator, queried with real
-out-of-distribution queries: WordNet's, or ``--queries synthetic`` where they are not there).
+Sets (``--set``, or ``--data``): ``wordnet`` (WordNet 117k, its example sentences as queries),
+``debian`` (50k held-out real memories), ``synthetic1m`` / ``synthetic`` (``--n`` rows, default
+1M, of the built-in generator fitted to MiniLM, queried with real out-of-distribution queries:
+WordNet example sentences embedded with MiniLM, or ``--queries synthetic`` where they are not
+there). The synthetic rows are generated once into the cache (``datasets.synthetic_rows``: 1.5 GB
+at 1M, 15 GB at 10M) and memory-mapped; every system is fed them in blocks of 65,536, so the
+input is page cache, never the anonymous RAM measured; the exact ground truth is cached beside
+(``gt_*.npy``).
+
+Build parameters, chosen to keep each peer's build bounded on 2 cores: M=16 for every graph,
+``--ef-construction`` 128 (hnswlib ``ef_construction``, usearch ``expansion_add``, FAISS
+``efConstruction``; 64 halves the graph builds at 10M), FAISS IVF-RaBitQ with the package's
+``auto_nlist(n)`` lists trained on ``64 * nlist`` rows. ``--peers`` picks the peers (a slow one
+left out: ``--peers hnswlib,faiss-rabitq``). Each system's wall time is logged and kept
+(``wall s``).
+
+lukhas_gpu is a durable store (``MemoryIndex.create``): ``B/mem anon`` is its RssAnon growth after
+the checkpoint, when its int8 rows are the published file mapped (``B/mem anon (build)``: before
+it); the libraries (torch, FAISS) are imported and used by a small warm-up index first, so no
+system's figure holds them.
 
 Usage::
 
-    python -m benchmarks.bench_graph --data wordnet
-    python -m benchmarks.bench_graph --data debian
-    python -m benchmarks.bench_graph --data synthetic --n 1000000
-    python -m benchmarks.bench_graph --data synthetic --n 20000 --queries synthetic --nq 400 --train-at 8192  # smoke
+    python -m benchmarks.bench_graph --set wordnet
+    python -m benchmarks.bench_graph --set debian
+    python -m benchmarks.bench_graph --set synthetic1m
+    python -m benchmarks.bench_graph --set synthetic1m --n 10000000 --ef-construction 64
+    python -m benchmarks.bench_graph --set synthetic1m --n 20000 --nq 400 --train-at 8192  # smoke
 
 Writes ``benchmarks/out/bench_graph_<set>.{json,md}`` and a recall-vs-QPS plot
 (``.png`` with matplotlib, else the points as ``.csv``) with bytes per memory in the legend.
@@ -38,7 +56,15 @@ import time
 import numpy as np
 
 from benchmarks import common
-from benchmarks.datasets import debian_minilm, exact_knn, synthetic_dataset, wordnet_minilm
+from benchmarks.datasets import (
+    Dataset,
+    debian_minilm,
+    exact_knn,
+    synthetic_dataset,
+    synthetic_rows,
+    wordnet_minilm,
+    wordnet_queries,
+)
 from lukhas_gpu.util.timing import fastest
 
 log = logging.getLogger("bench_graph")
@@ -71,7 +97,7 @@ def point(system: str, setting: str, fn, b, gt_b, args, **extra) -> dict:
 
 
 class Footprint:
-    """RssAnon grown by a build (after a trim on both sides), per memory."""
+    """RssAnon grown by a build (after a trim on both sides), per memory; ``again()`` reads it later."""
 
     def __init__(self, n: int):
         self.n = n
@@ -83,7 +109,36 @@ class Footprint:
 
     def __exit__(self, *exc):
         self.build_s = time.perf_counter() - self.t0
-        self.anon = (common.settle() - self.before) / max(self.n, 1)
+        self.anon = self.again()
+
+    def again(self) -> float:
+        return (common.settle() - self.before) / max(self.n, 1)
+
+
+BLOCK = 65536
+
+
+def feed(add, xb) -> None:
+    """``add`` each block of ``xb`` (a memory map's block read into a temporary copy)."""
+    for s in range(0, len(xb), BLOCK):
+        add(np.ascontiguousarray(xb[s: s + BLOCK], dtype=np.float32), s)
+
+
+def warm_libraries(d: int) -> None:
+    """torch and FAISS imported and used (encode, train, search, tune) by a small index, dropped:
+    the process's libraries are then no part of any system's growth."""
+    import lukhas_gpu
+
+    x = np.random.default_rng(7).standard_normal((4096, d)).astype(np.float32)
+    cfg = lukhas_gpu.IndexConfig.preset("production", auto_tune=False, train_threshold=2048, nlist=16)
+    warm = lukhas_gpu.MemoryIndex(d, cfg)
+    warm.add(x)
+    warm.search(x[:64], K)
+    try:
+        warm.tune(TARGET)
+    except ValueError as e:  # too few queries recorded: the libraries are warm all the same
+        log.info("warm-up tune: %s", e)
+    del warm
 
 
 # -- lukhas_gpu -----------------------------------------------------------------------------------------
@@ -93,20 +148,22 @@ def bench_lukhas(xb, a, b, gt_b, args) -> list[dict]:
     n = len(xb)
     over = {"train_threshold": args.train_at} if args.train_at else {}
     cfg = lukhas_gpu.IndexConfig.preset("production", auto_tune=False, wal_sync="none", **over)
+    warm_libraries(xb.shape[1])
     with common.work_dir(None, "bench_graph_") as d:
         with Footprint(n) as fp:
             index = lukhas_gpu.MemoryIndex.create(d / "store", xb.shape[1], cfg)
-            for s in range(0, n, 65536):
-                index.add(xb[s: s + 65536])
+            feed(lambda x, s: index.add(x), xb)
             for s in range(0, len(a), 256):  # traffic: the first half of the queries
                 index.search(a[s: s + 256], K)
             rep = index.tune(TARGET)
-        gen = index.checkpoint()
+        gen = index.checkpoint()  # a durable writer's rows: the published file, mapped
+        anon = fp.again()
         disk = common.dir_bytes(gen) / n
         mem = index.stats()["memory"]
         log.info("tuned: %s", {k: v for k, v in rep.items() if k != "tried"})
         rows = [point("lukhas_gpu (tuned, no parameter)", _setting(rep), lambda q: index.search(q, K).ids,
-                      b, gt_b, args, **{"B/mem anon": fp.anon, "B/mem anon (stats)": mem["per_memory"]["anon"],
+                      b, gt_b, args, **{"B/mem anon": anon, "B/mem anon (build)": fp.anon,
+                                        "B/mem anon (stats)": mem["per_memory"]["anon"] - _runtime(mem) / n,
                                         "B/mem disk": disk, "build s": fp.build_s, "estimate": rep["recall"]})]
         for structure in args.structures:
             index.config = index.config.replace(ann_ram_budget=1 << 20)  # forced: the budget aside
@@ -122,6 +179,11 @@ def bench_lukhas(xb, a, b, gt_b, args) -> list[dict]:
                                                 "estimate": r["recall"]}))
         index.close()
     return rows
+
+
+def _runtime(mem: dict) -> int:
+    """The libraries' runtime ``stats()`` counts (none after the warm-up; left out either way)."""
+    return mem["anon"].get("runtime_libraries", 0)
 
 
 def _setting(rep: dict) -> str:
@@ -146,9 +208,9 @@ def bench_hnswlib(xb, b, gt_b, args) -> list[dict]:
     n, d = xb.shape
     with Footprint(n) as fp:
         index = hnswlib.Index(space="ip", dim=d)
-        index.init_index(max_elements=n, M=16, ef_construction=128, random_seed=0)
+        index.init_index(max_elements=n, M=16, ef_construction=args.ef_construction, random_seed=0)
         index.set_num_threads(args.threads)
-        index.add_items(xb, np.arange(n))
+        feed(lambda x, s: index.add_items(x, np.arange(s, s + len(x))), xb)
     with common.work_dir(None, "bench_graph_") as w:
         index.save_index(str(w / "h.bin"))
         disk = common.dir_bytes(w) / n
@@ -165,8 +227,8 @@ def bench_usearch(xb, b, gt_b, args, dtype: str) -> list[dict]:
 
     n, d = xb.shape
     with Footprint(n) as fp:
-        index = Index(ndim=d, metric="ip", dtype=dtype, connectivity=16, expansion_add=128)
-        index.add(np.arange(n), xb, threads=args.threads)
+        index = Index(ndim=d, metric="ip", dtype=dtype, connectivity=16, expansion_add=args.ef_construction)
+        feed(lambda x, s: index.add(np.arange(s, s + len(x)), x, threads=args.threads), xb)
     with common.work_dir(None, "bench_graph_") as w:
         index.save(str(w / "u.usearch"))
         disk = common.dir_bytes(w) / n
@@ -186,12 +248,14 @@ def bench_faiss(xb, b, gt_b, args, kind: str) -> list[dict]:
     with Footprint(n) as fp:
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = 128
+            index.hnsw.efConstruction = args.ef_construction
         else:
             nlist = auto_nlist(n)
             index = faiss.index_factory(d, f"IVF{nlist},RaBitQ", faiss.METRIC_INNER_PRODUCT)
-            index.train(xb[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
-        index.add(xb)
+            pick = np.sort(np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False))
+            index.train(np.ascontiguousarray(xb[pick], dtype=np.float32))
+            del pick
+        feed(lambda x, s: index.add(x), xb)
     disk = len(faiss.serialize_index(index)) / n
 
     def search(q, p):
@@ -245,27 +309,39 @@ def load(args):
         return wordnet_minilm(args.nq)
     if args.data == "debian":
         return debian_minilm(50_000, args.nq)
-    ds = synthetic_dataset(args.n, args.nq)
-    if args.queries == "real":  # out-of-distribution real queries
-        ds.xq = wordnet_minilm(args.nq).xq
-        ds.name += "-wordnet-queries"
-    return ds
+    if args.queries == "real":  # out-of-distribution real queries; the rows memory-mapped from the cache
+        return Dataset(f"synthetic-{args.n}-wordnet-queries", synthetic_rows(args.n), wordnet_queries(args.nq))
+    return synthetic_dataset(args.n, args.nq)
+
+
+def _timed(system: str, run) -> list[dict]:
+    """A system's rows, each with the system's wall time (build, sweep and timing)."""
+    t0 = time.perf_counter()
+    rows = run()
+    wall = time.perf_counter() - t0
+    log.info("%s: %.0f s", system, wall)
+    for r in rows:
+        r["wall s"] = wall
+    return rows
 
 
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=["wordnet", "debian", "synthetic"], default="wordnet")
-    p.add_argument("--n", type=int, default=1_000_000, help="synthetic size")
+    p.add_argument("--set", "--data", dest="data", choices=["wordnet", "debian", "synthetic1m", "synthetic"],
+                   default="wordnet", help="the set (synthetic1m: the generator's rows, --n of them)")
+    p.add_argument("--n", type=int, default=1_000_000, help="synthetic size (default 1M; 10000000 for 10M)")
     p.add_argument("--queries", choices=["real", "synthetic"], default="real", help="queries of the synthetic set")
     p.add_argument("--nq", type=int, default=4000, help="queries, split in halves")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--single", type=int, default=500, help="queries timed one at a time")
-    p.add_argument("--peers", default="hnswlib,usearch-f32,usearch-i8,faiss-hnsw,faiss-rabitq")
+    p.add_argument("--peers", default="hnswlib,usearch-f32,usearch-i8,faiss-hnsw,faiss-rabitq",
+                   help="comma-separated peers (any of the default's; empty: lukhas_gpu alone)")
     p.add_argument("--structures", default="ivf,ivf-spill,graph,rabitq", help="structures forced after the tuned point")
     p.add_argument("--train-at", type=int, default=None, help="train_threshold (small smoke runs)")
     p.add_argument("--efs", default="16,24,32,48,64,96,128,192,256,384,512")
+    p.add_argument("--ef-construction", type=int, default=128, help="the graphs' construction beam (M=16)")
     args = p.parse_args(argv)
     args.efs = [int(e) for e in args.efs.split(",")]
     args.structures = [s for s in args.structures.split(",") if s]
@@ -275,16 +351,16 @@ def main(argv=None) -> dict:
     a, b = np.ascontiguousarray(ds.xq[:half]), np.ascontiguousarray(ds.xq[half:])
     gt_b = exact_knn(ds.xb, ds.xq, K)[half:]
     log.info("%s: %d x %d, %d tuning queries, %d held out", ds.name, len(ds.xb), ds.d, len(a), len(b))
-    rows = bench_lukhas(ds.xb, a, b, gt_b, args)
+    rows = _timed("lukhas_gpu", lambda: bench_lukhas(ds.xb, a, b, gt_b, args))
     for peer in [s for s in args.peers.split(",") if s]:
         if peer == "hnswlib":
-            rows += bench_hnswlib(ds.xb, b, gt_b, args)
+            rows += _timed(peer, lambda: bench_hnswlib(ds.xb, b, gt_b, args))
         elif peer.startswith("usearch"):
-            rows += bench_usearch(ds.xb, b, gt_b, args, peer.split("-")[1])
+            rows += _timed(peer, lambda: bench_usearch(ds.xb, b, gt_b, args, peer.split("-")[1]))
         elif peer.startswith("faiss"):
-            rows += bench_faiss(ds.xb, b, gt_b, args, peer.split("-")[1])
-    cols = ["system", "setting", "recall@10", "QPS batched", "QPS single", "B/mem anon", "B/mem anon (stats)",
-            "B/mem disk", "build s"]
+            rows += _timed(peer, lambda: bench_faiss(ds.xb, b, gt_b, args, peer.split("-")[1]))
+    cols = ["system", "setting", "recall@10", "QPS batched", "QPS single", "B/mem anon", "B/mem anon (build)",
+            "B/mem anon (stats)", "B/mem disk", "build s", "wall s"]
     table = common.markdown_table(rows, cols)
     name = f"bench_graph_{ds.name}"
     payload = {"machine": common.machine(), "date": common.today(), "set": ds.name, "n": len(ds.xb),

@@ -417,6 +417,18 @@ def check_index(ix, model, rng, known, *, light: bool = False) -> None:
         _fail("verify() count", rep["count"], len(keys))
     if ix.write_count != model.writes:  # every logged call +1; checkpoints, reopens, crashes: unchanged
         _fail("write_count", ix.write_count, model.writes)
+    check_rows_mapped(ix)
+
+
+def check_rows_mapped(ix) -> None:
+    """A writer whose log is empty (just checkpointed or opened) holds its int8 rows as the
+    published file mapped copy-on-write: none of them in anonymous RAM (VectorStore.rebase)."""
+    if ix.mode != "w" or ix.config.vector_storage != "memory" or ix.state.wal is None or len(ix.state.wal):
+        return
+    mem = ix.parts.vectors.memory_usage()
+    got = (mem.get("mapped", {}).get("vectors_int8", 0), mem.get("anon", {}).get("vectors_int8", 0))
+    if got != (ix.parts.rows * ix.dim, 0):
+        _fail("a checkpointed writer's rows (mapped, anonymous bytes)", got, (ix.parts.rows * ix.dim, 0))
 
 
 def matches(ix, model, rng, known) -> bool:

@@ -188,17 +188,34 @@ def test_opened_store_maps_vectors_and_content(store):
     ro.close()
 
 
-def test_writer_counts_its_working_copy_and_wal(store, xb):
+def test_writer_maps_its_rows_and_counts_its_wal(store, xb):
     w = MemoryIndex.open(store, mode="w")
     mem0 = w.stats()["memory"]
-    assert mem0["disk"]["vectors_work"] == os.stat(store / "vectors.work").st_blocks * 512
-    assert mem0["anon"]["vectors_int8"] == N * DIM  # read back into RAM: vector_storage="memory"
+    assert "vectors_work" not in mem0["disk"] and not (store / "vectors.work").exists()
+    # the published rows mapped copy-on-write (vector_storage="memory"): page cache, not anonymous
+    assert mem0["mapped"]["vectors_int8"] == N * DIM and "vectors_int8" not in mem0["anon"]
     w.add(xb[:300], contents=["x" * 2000] * 300)
     mem1 = w.stats()["memory"]
     assert mem1["disk"]["wal"] >= mem0["disk"]["wal"] + 300 * (DIM * 4 + 2000)
     assert mem1["ann_state"] == "built"  # its lists grew after the read
-    w.checkpoint()
-    assert w.stats()["memory"]["disk"]["wal"] < mem0["disk"]["wal"] + 4096  # restarted
+    assert mem1["anon"]["vectors_int8"] == 300 * DIM and mem1["mapped"]["vectors_int8"] == N * DIM
+    # the published records stay mapped under the appended ones (a private overlay, no copy)
+    records = w.parts.contents.nbytes()["records"]
+    assert mem1["mapped"]["content_records"] == mem0["mapped"]["content_records"] > 0
+    assert mem1["anon"]["content_records"] == records - mem0["mapped"]["content_records"]
+    before, texts = w.search(xb[:50], 10), [m.content for m in w.get(np.arange(N - 5, N + 300))]
+    w.checkpoint()  # the rows and records written since become the new generation's files, mapped
+    mem2 = w.stats()["memory"]
+    assert mem2["disk"]["wal"] < mem0["disk"]["wal"] + 4096  # restarted
+    assert mem2["mapped"]["vectors_int8"] == (N + 300) * DIM and "vectors_int8" not in mem2["anon"]
+    assert mem2["mapped"]["content_records"] == records and "content_records" not in mem2["anon"]
+    after = w.search(xb[:50], 10)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_array_equal(before.scores, after.scores)
+    assert [m.content for m in w.get(np.arange(N - 5, N + 300))] == texts
+    w.add(xb[300:310], contents=["y" * 500] * 10)  # appended after the checkpoint: overlay again
+    assert w.stats()["memory"]["mapped"]["content_records"] == records
+    assert [m.content for m in w.get(np.arange(N - 5, N + 310))] == texts + ["y" * 500] * 10
     w.close()
 
 
@@ -479,3 +496,34 @@ def test_plan_counts_namespaces_and_windows(xb, tmp_path):
         plan(N, DIM, windows=1.5)
     with pytest.raises(ValueError, match="namespaces"):
         plan(N, DIM, namespaces=0)
+
+
+def test_checkpoint_whose_map_is_refused_keeps_rows_anonymous(store, xb, monkeypatch):
+    """A checkpoint published, then its files' map refused (ENOMEM): the rows and records stay
+    this process's own, unchanged; the next checkpoint maps them."""
+    from lukhas_gpu.util import cowmap
+    from lukhas_gpu.vectors import store as vstore
+
+    w = MemoryIndex.open(store, mode="w")
+    w.add(xb[:200], contents=["z" * 300] * 200)
+    before = w.search(xb[:20], 10)
+
+    def refuse(*a, **k):
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(vstore, "private_map", refuse)
+    gen = w.checkpoint()
+    assert layout_current(store) == gen.name
+    mem = w.stats()["memory"]
+    assert mem["anon"]["vectors_int8"] == 200 * DIM  # still the overlay of the opened generation
+    np.testing.assert_array_equal(w.search(xb[:20], 10).ids, before.ids)
+    monkeypatch.setattr(vstore, "private_map", cowmap.private_map)
+    w.checkpoint()
+    assert "vectors_int8" not in w.stats()["memory"]["anon"]
+    np.testing.assert_array_equal(w.search(xb[:20], 10).ids, before.ids)
+    w.close()
+
+
+def layout_current(root) -> str:
+    from lukhas_gpu.store import layout
+
+    return layout.current_generation(root).name

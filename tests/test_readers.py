@@ -294,6 +294,70 @@ def test_private_vector_store_never_writes_its_file(tmp_path, n, dim):
     np.testing.assert_array_equal(other.array if n else other.array[:0], rows)
 
 
+def _rss_anon_of(a: np.ndarray) -> int:
+    """Resident anonymous bytes of the mapping holding ``a`` (smaps)."""
+    addr = a.__array_interface__["data"][0]
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            if lo <= addr < hi:
+                for rest in lines[i + 1:]:
+                    if rest.startswith("Anonymous:"):
+                        return int(rest.split()[1]) * 1024
+    raise AssertionError("mapping not found")
+
+
+@pytest.mark.parametrize("dim", [7, 384, 5000])
+def test_rebased_store_maps_its_file_and_tracks_changed_pages(tmp_path, dim):
+    """A writer's rows after a checkpoint (VectorStore.rebase): the file mapped copy-on-write,
+    rows changed in place cost their pages (carried over when the store grows), the rows'
+    block CRCs checked again at the next checkpoint, the file never written."""
+    import mmap as _mmap
+
+    from lukhas_gpu.util.errors import CorruptStoreError
+    rng = np.random.default_rng(dim)
+    n = 3000
+    rows = rng.integers(-127, 128, (n, dim), dtype=np.int8)
+    s = VectorStore(dim)
+    s.append(rows)
+    crcs = s.block_crcs()
+    f = tmp_path / "v.i8"
+    rows.tofile(f)
+    before = f.read_bytes()
+    assert s.rebase(f, crcs)
+    mem = s.memory_usage()
+    assert mem["mapped"]["vectors_int8"] == n * dim and not mem["anon"]
+    np.testing.assert_array_equal(s.array, rows)
+    if sys.platform.startswith("linux"):
+        assert _rss_anon_of(s.array) == 0  # read through: page cache only
+    expect = rows.copy()
+    changed = np.array([5, 17, 2999])
+    s[changed] = 1
+    s[100:103] = 2
+    expect[changed], expect[100:103] = 1, 2
+    pages = {p for r in [*changed, 100, 101, 102] for p in range(r * dim // _mmap.PAGESIZE,
+                                                                 ((r + 1) * dim - 1) // _mmap.PAGESIZE + 1)}
+    mem = s.memory_usage()
+    assert mem["anon"]["vectors_int8"] == min(n * dim, len(pages) * _mmap.PAGESIZE)
+    more = rng.integers(-127, 128, (9000, dim), dtype=np.int8)
+    s.append(more)  # grows: the file mapped again, changed pages and appended rows carried over
+    expect = np.concatenate([expect, more])
+    np.testing.assert_array_equal(s.array, expect)
+    assert f.read_bytes() == before
+    s.block_crcs()  # the unchanged blocks still hold what was written: no error
+    # bytes damaged on disk under the map are named by the next checkpoint's CRCs, never carried
+    with open(f, "r+b") as fh:
+        fh.seek(40 * 64 * dim + 3)
+        fh.write(bytes([before[40 * 64 * dim + 3] ^ 0xFF]))
+    if (40 * 64 * dim) // _mmap.PAGESIZE not in pages:
+        with pytest.raises(CorruptStoreError, match="changed on disk"):
+            s.block_crcs()
+    assert not VectorStore(dim, storage="mmap", spill_dir=str(tmp_path)).rebase(f)  # its own file already
+
+
 # -- 7. the multi-process soak, short ---------------------------------------------------------------
 def test_soak_readers_short(tmp_path):
     from benchmarks import soak_readers

@@ -154,3 +154,27 @@ def test_imports_flow_down(package):
                     if name and name.startswith("lukhas_gpu"):
                         top = name.split(".")[1] if "." in name else ""
                         assert top in ALLOWED[package], f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("n", [5, 4096, 70_000])
+def test_growable_column_over_a_file_grows_into_a_private_overlay(tmp_path, n):
+    """A column wrapping a whole file's memory map (a store's content records) keeps the file's
+    rows mapped when it grows: only the appended rows are anonymous; the file is never written."""
+    from lukhas_gpu.records.columns import GrowableArray
+
+    rng = np.random.default_rng(n)
+    rows = rng.integers(0, 256, n, dtype=np.uint8)
+    f = tmp_path / "c.bin"
+    rows.tofile(f)
+    before = f.read_bytes()
+    col = GrowableArray.wrap(np.memmap(f, dtype=np.uint8, mode="r", shape=(n,)))
+    assert col.mapped_bytes() == n and col.is_mapped
+    more = rng.integers(0, 256, 3 * n + 10, dtype=np.uint8)
+    col.append(more[:7])
+    col.append(more[7:])  # grows again: the file mapped once more, the appended rows copied
+    np.testing.assert_array_equal(col.view(), np.concatenate([rows, more]))
+    assert col.mapped_bytes() == n and not col.is_mapped and f.read_bytes() == before
+    col[0] = rows[0] ^ 1  # a row of the file written: every row this process's own from now on
+    col.append(more[:5])
+    assert col.mapped_bytes() == 0 and col[0] == rows[0] ^ 1 and f.read_bytes() == before
+    np.testing.assert_array_equal(col.view()[1:n], rows[1:])

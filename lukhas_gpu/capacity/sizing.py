@@ -71,7 +71,7 @@ from .accounting import (
 
 __all__ = ["Plan", "plan", "max_count", "measure_content_ratio", "parse_size", "parse_count"]
 
-STATES = ("built", "opened")
+STATES = ("built", "opened", "checkpointed")
 #: CPython small-object pools kept by the vocabulary's objects (see accounting.python_pools):
 #: per distinct tag when the names come from the caller's batches (measured with batches of
 #: 50,000 memories and 1000 tags), and in all for a store just opened.
@@ -97,7 +97,7 @@ class Plan:
         The projected dimension, IVF lists, PQ sub-quantizers and coarse quantizer the index
         would choose (``nlist``, ``pq_m`` and ``coarse`` are None while it would still be in its
         exact phase, below the training count).
-    state : {"built", "opened"}
+    state : {"built", "opened", "checkpointed"}
     backend : {"cpu", "cuda"}
     memory : dict
         ``{"anon": {...}, "mapped": {...}, "disk": {...}, "gpu": {...}}``: component -> bytes,
@@ -253,7 +253,9 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         ``"built"``: an index built by ``add`` in this process (IVF lists grown to power-of-two
         capacities, vectors where ``config.vector_storage`` puts them). ``"opened"``: a store
         opened read-only (lists read at their sizes; int8 vectors and content records
-        memory-mapped).
+        memory-mapped). ``"checkpointed"``: a durable writer after a checkpoint (as ``"built"``,
+        but its int8 vectors and content records are the published files mapped copy-on-write;
+        the memories written since the checkpoint are anonymous and not counted).
     tag_skew : float, default 1.0
         Zipf exponent of tag popularity (0: all tags equally common).
     list_imbalance : float, default 1.35
@@ -316,6 +318,8 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     be = _backend(backend, cfg)
     dim_out = dim_out_for(dim, cfg)
     opened = state == "opened"
+    rows_mapped = opened or state == "checkpointed" or cfg.vector_storage == "mmap"
+    plan_state, state = state, "built" if state == "checkpointed" else state  # all but the rows: as built
     id_avg = check_real("avg_id_bytes", avg_id_bytes, 0.0)
     meta_avg = check_real("avg_metadata_bytes", avg_metadata_bytes, 0.0)
     nnz = check_real("sparse_nnz", sparse_nnz, 0.0, 65536.0)
@@ -328,9 +332,9 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     # each component's bytes, in the order stats() lists them; the sum is the plan
     total: dict[str, dict] = {"anon": {}, "mapped": {}, "disk": {}, "gpu": {}}
     _add(total, vector_bytes(count, dim, capacity_rows=vector_capacity(count, cfg),
-                             mapped=opened or cfg.vector_storage == "mmap"))
+                             mapped=rows_mapped))
     _add(total, _encoder_and_probe_bytes(count, dim, dim_out, cfg, be))
-    _add(total, content_bytes(count, avg, ratio, opened=opened))
+    _add(total, content_bytes(count, avg, ratio, opened=opened, records_mapped=plan_state == "checkpointed"))
     _add(total, _document_bytes(count, cfg, id_avg, meta_avg))
     _add(total, metadata_bytes(count))
     _add(total, _tag_bytes(count, tpm, vocab, skew, state, has_contents=avg > 0, dim=dim))
@@ -356,7 +360,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
     total["disk"] = {k: _blocks(v) for k, v in total["disk"].items()}
 
     s = summarize(total, count)
-    return Plan(count=count, dim=dim, dim_out=dim_out, nlist=nlist, pq_m=pq_m, coarse=coarse, state=state,
+    return Plan(count=count, dim=dim, dim_out=dim_out, nlist=nlist, pq_m=pq_m, coarse=coarse, state=plan_state,
                 backend=be, memory={place: s[place] for place in PLACES}, anon_bytes=s["anon_bytes"],
                 mapped_bytes=s["mapped_bytes"], disk_bytes=s["disk_bytes"], gpu_bytes=s["gpu_bytes"],
                 per_memory=s["per_memory"])

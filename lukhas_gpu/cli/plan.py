@@ -30,8 +30,9 @@ def add_parsers(sub) -> None:
                     help="distinct namespaces the memories are spread over (default 1: none)")
     pl.add_argument("--windows", type=float, default=0.0, metavar="F",
                     help="share of memories given a validity window, 0..1 (default 0)")
-    pl.add_argument("--state", choices=("built", "opened"), default="built",
-                    help="an index built in the process, or a store opened from disk (default: built)")
+    pl.add_argument("--state", choices=("built", "opened", "checkpointed"), default="built",
+                    help="an index built in the process, a store opened from disk, or a store's writer after "
+                         "a checkpoint (its int8 rows mapped; default: built)")
     pl.add_argument("--ram", metavar="SIZE", help="anonymous RAM budget, e.g. 16G: print how many memories fit")
     pl.add_argument("--gpu", metavar="SIZE", help="GPU memory budget, e.g. 40G: print how many memories fit")
     pl.add_argument("--include-mapped", action="store_true", help="count memory-mapped bytes against --ram too")

@@ -25,7 +25,7 @@ from ..util.bounds import check_dim
 from ..util.device import faiss_module
 from ..util.ids import as_ids
 from ..vectors.ann import DEAD_ENTRIES
-from ..vectors.store import CRC_BLOCK_ROWS, VectorStore
+from ..vectors.store import CRC_BLOCK_ROWS
 from . import candidates, ivflists, links_parts, loadchecks, scope_parts, sparse_parts, writecount
 from .trials import OP_TRIAL, apply_report, trial_reports
 
@@ -152,8 +152,19 @@ def write(index, root) -> pathlib.Path:
         ann = {"nlist": a.nlist, "pq_m": a.pq_m, "coarse": a.coarse, "dead": DEAD_ENTRIES}
     manifest = {"dim": index.dim, "rows": parts.rows, "count": parts.live, "config": index.config.to_dict(),
                 "ann": ann, "writes": writecount.count(index), **_lineage_fields(index, pathlib.Path(root))}
-    return write_generation(root, raw=raw, npz=npz, blobs={layout.TOMBSTONES: parts.tombstones.to_bytes()},
-                            writers=writers, manifest=manifest)
+    gen = write_generation(root, raw=raw, npz=npz, blobs={layout.TOMBSTONES: parts.tombstones.to_bytes()},
+                           writers=writers, manifest=manifest)
+    if index.path is not None and pathlib.Path(index.path) == pathlib.Path(root):
+        # the writer's rows and content records become the files just published (read back
+        # against their CRCs): page cache instead of anonymous RAM; published files are never
+        # rewritten in place
+        crcs = npz[layout.VECTOR_CRCS]
+        try:
+            parts.vectors.rebase(gen / layout.VECTORS, crcs["crcs"], int(crcs["block_rows"]))
+            parts.contents.rebase(gen / layout.CONTENT)
+        except OSError as e:  # published all the same: these stay in anonymous RAM until the next one
+            log.warning("checkpoint %s: the rows or records stay in anonymous memory (%s)", gen.name, e)
+    return gen
 
 
 def _lineage_fields(index, root: pathlib.Path) -> dict:
@@ -172,9 +183,10 @@ def _lineage_fields(index, root: pathlib.Path) -> dict:
 def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private: bool = False):
     """Rebuild an index from ``gen_dir``: ``(index, manifest)``. Bulk arrays are memory-mapped.
 
-    A writable index works on a copy of the vectors file (``root/vectors.work``), so appends
-    never touch a published generation; a ``private`` one (a reader replaying the log) maps it
-    copy-on-write and keeps its appends in its own memory.
+    A writable index maps the vectors file copy-on-write and keeps its appends in its own memory,
+    as a ``private`` one (a reader replaying the log) does; under ``vector_storage="mmap"`` it
+    works on a copy of the file (``root/vectors.work``). Appends never touch a published
+    generation.
     """
     gen = GenerationReader(gen_dir, checksums=checksums)  # the manifest's bounds checked before any use
     manifest = gen.manifest
@@ -186,8 +198,8 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
     vec_file = gen.file(layout.VECTORS)
     if vec_file.stat().st_size != rows * dim:
         raise layout.CorruptStoreError(vec_file, f"holds {vec_file.stat().st_size} bytes, expected {rows} x {dim}")
-    vectors = _attach_vectors(root, gen, config, dim, rows, writable=writable, checksums=checksums,
-                              private=private)
+    vectors = loadchecks.attach_vectors(root, gen, config, dim, rows, writable=writable, checksums=checksums,
+                                        private=private)
     index = index_cls(dim, config, _vectors=vectors)
     parts = index.parts
 
@@ -241,25 +253,6 @@ def load(index_cls, root, gen_dir, *, writable: bool, checksums="small", private
     if parts.ann is not None:
         ivflists.repair(index, a)  # a generation saved when deletes removed entries from the lists
     return index, manifest
-
-
-def _attach_vectors(root, gen, config, dim: int, rows: int, *, writable: bool, checksums, private: bool):
-    """The generation's vectors: a writer's verified working copy, or the file mapped for a reader."""
-    vec_file = gen.file(layout.VECTORS)
-    if writable:
-        # What a writer carries into its next checkpoint is verified first, so a checkpoint never
-        # launders damaged bytes into a generation with fresh CRCs: the vectors while they are
-        # copied (the copy is needed anyway), the content records here.
-        if checksums is not True:
-            layout.verify_crc(gen.file(layout.CONTENT), layout.crc32_file(gen.file(layout.CONTENT)),
-                              gen.files[layout.CONTENT]["crc32"])
-        work = pathlib.Path(root) / layout.VECTORS_WORK
-        layout.copy_verified(vec_file, work, gen.files[layout.VECTORS]["crc32"])
-        return VectorStore.attach(work, dim, rows, writable=True, in_memory=config.vector_storage == "memory")
-    vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
-    if checksums is not True:  # mapped unverified: each block checked when first read
-        loadchecks.expect_vector_crcs(vectors, gen, rows)
-    return vectors
 
 
 def _load_monitoring(parts, gen) -> None:

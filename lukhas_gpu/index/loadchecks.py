@@ -1,15 +1,18 @@
 """Every loaded structure held to the manifest's row count: arrays whose length or values index
 rows (tombstones, tag lists, metadata columns, content offsets, the id map's key table, free
 metadata, namespaces and validity windows, sparse and text arenas, the probe's sampled ids), each through the one helper
-:func:`check_rows_within`, which names the file; and the block CRCs a
-reader's mapped int8 rows are checked against."""
+:func:`check_rows_within`, which names the file; and the generation's int8 rows as a writer
+or a reader holds them (:func:`attach_vectors`), with the block CRCs they are checked against."""
 from __future__ import annotations
+
+import pathlib
 
 import numpy as np
 
 from ..store import layout
+from ..vectors.store import VectorStore
 
-__all__ = ["check_loaded", "check_rows_within", "expect_vector_crcs", "from_npz"]
+__all__ = ["check_loaded", "check_rows_within", "expect_vector_crcs", "attach_vectors", "from_npz"]
 
 
 def from_npz(gen, name: str, cls):
@@ -70,11 +73,55 @@ def expect_vector_crcs(vectors, gen, rows: int) -> None:
     """The block CRCs of a generation's int8 rows, or, for one written before them, the whole
     file's CRC-32 as one block."""
     source = str(gen.file(layout.VECTORS))
-    try:
+    with _naming_crcs(gen):
         if gen.has(layout.VECTOR_CRCS):
             a = gen.npz(layout.VECTOR_CRCS)
             vectors.expect_crcs(a["crcs"], int(a["block_rows"]), source)
         elif rows:
             vectors.expect_crcs(np.array([gen.files[layout.VECTORS]["crc32"]], np.uint32), rows, source)
-    except (ValueError, KeyError, TypeError) as e:
-        raise layout.CorruptStoreError(gen.path / layout.VECTOR_CRCS, f"inconsistent arrays ({e})") from None
+
+
+class _naming_crcs:
+    """A block CRC file whose arrays do not fit the rows: CorruptStoreError naming it."""
+
+    def __init__(self, gen):
+        self.gen = gen
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, (ValueError, KeyError, TypeError)):
+            raise layout.CorruptStoreError(self.gen.path / layout.VECTOR_CRCS, f"inconsistent arrays ({exc})") from None
+        return False
+
+
+def attach_vectors(root, gen, config, dim: int, rows: int, *, writable: bool, checksums, private: bool):
+    """The generation's vectors: a writer's verified rows (the published file mapped copy-on-write,
+    or, under ``vector_storage="mmap"``, a working copy), or the file mapped for a reader."""
+    vec_file = gen.file(layout.VECTORS)
+    if writable:
+        # What a writer carries into its next checkpoint is verified first, so a checkpoint never
+        # launders damaged bytes into a generation with fresh CRCs: the vectors (while they are
+        # copied, when a copy is made), the content records here; the rows mapped keep their block
+        # CRCs, checked again by the next checkpoint (VectorStore.rebase).
+        if checksums is not True:
+            layout.verify_crc(gen.file(layout.CONTENT), layout.crc32_file(gen.file(layout.CONTENT)),
+                              gen.files[layout.CONTENT]["crc32"])
+        work = pathlib.Path(root) / layout.VECTORS_WORK
+        if config.vector_storage == "mmap":
+            layout.copy_verified(vec_file, work, gen.files[layout.VECTORS]["crc32"])
+            return VectorStore.attach(work, dim, rows, writable=True)
+        if checksums is not True:
+            layout.verify_crc(vec_file, layout.crc32_file(vec_file), gen.files[layout.VECTORS]["crc32"])
+        work.unlink(missing_ok=True)  # the working copy an older writer kept
+        vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=True)
+        if gen.has(layout.VECTOR_CRCS):
+            with _naming_crcs(gen):
+                a = gen.npz(layout.VECTOR_CRCS)
+                vectors.keep_crcs(a["crcs"], int(a["block_rows"]))
+        return vectors
+    vectors = VectorStore.attach(vec_file, dim, rows, writable=False, private=private)
+    if checksums is not True:  # mapped unverified: each block checked when first read
+        expect_vector_crcs(vectors, gen, rows)
+    return vectors

@@ -8,12 +8,18 @@ pages for arrays of 4 MiB and more, and with transparent huge pages a column's u
 then becomes resident 2 MiB at a time (measured: the content arena of 117k memories held 94 B
 per memory for 52 B of records and offsets). A private map keeps 4 KiB granularity and is still
 counted as anonymous memory.
+
+A column wrapping a file's memory map (:meth:`GrowableArray.wrap`, a store's append-only content
+records) grows into a private overlay (:func:`~lukhas_gpu.util.cowmap.private_map`): the file's
+rows stay page cache, only the rows appended are anonymous memory.
 """
 from __future__ import annotations
 
 import mmap
 
 import numpy as np
+
+from ..util.cowmap import private_map
 
 __all__ = ["GrowableArray", "allocate"]
 
@@ -38,12 +44,15 @@ class GrowableArray:
         self.dtype = np.dtype(dtype)
         self._n = 0
         self._data = allocate(max(capacity, 0), self.dtype)
+        self._file = None  # (path, rows): the file's rows mapped copy-on-write at the start of _data
 
     @classmethod
     def wrap(cls, array: np.ndarray) -> "GrowableArray":
         """A column whose rows are ``array`` itself (no copy; e.g. a read-only memory map).
 
-        The first append that outgrows it copies the rows into a growable buffer of its own.
+        The first append that outgrows it copies the rows into a growable buffer of its own --
+        or, for a whole file's memory map, maps the file copy-on-write at the start of one, so
+        they stay page cache (a file that is never rewritten in place: a store's generation).
         """
         a = np.asarray(array).ravel() if not isinstance(array, np.memmap) else array
         col = cls(a.dtype)
@@ -59,10 +68,20 @@ class GrowableArray:
         return int(self._data.shape[0])
 
     def reserve(self, capacity: int) -> None:
-        if capacity > self.capacity:
+        if capacity <= self.capacity:
+            return
+        data = self._data
+        if isinstance(data, np.memmap) and data.offset == 0 and data.filename and self._n == len(data):
+            self._file = (data.filename, self._n)  # a whole file's rows: mapped again, privately
+        if self._file is not None:
+            path, rows = self._file
+            nbytes = capacity * self.dtype.itemsize
+            new = private_map(path, rows * self.dtype.itemsize, nbytes)[:nbytes].view(self.dtype)
+            new[rows: self._n] = data[rows: self._n]
+        else:
             new = allocate(capacity, self.dtype)
-            new[: self._n] = self._data[: self._n]
-            self._data = new
+            new[: self._n] = data[: self._n]
+        self._data = new
 
     def append(self, values) -> tuple[int, int]:
         """Append values (cast to the column's dtype); returns the ``[start, stop)`` range."""
@@ -82,6 +101,8 @@ class GrowableArray:
 
     def __setitem__(self, key, value):
         self.view()[key] = value
+        if self._file is not None:  # a file's row may differ now: every row copied on growth
+            self._data, self._file = self._data.copy(), None
 
     def nbytes(self) -> int:
         """Bytes of the rows written."""
@@ -90,6 +111,12 @@ class GrowableArray:
     def slack_bytes(self) -> int:
         """Bytes of capacity allocated but not written (not resident: see the module docstring)."""
         return (self.capacity - self._n) * self.dtype.itemsize
+
+    def mapped_bytes(self) -> int:
+        """Bytes of the rows that are a file's pages (page cache, not anonymous memory)."""
+        if isinstance(self._data, np.memmap):
+            return self.nbytes()
+        return min(self._file[1], self._n) * self.dtype.itemsize if self._file is not None else 0
 
     @property
     def is_mapped(self) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import zlib
 
 import numpy as np
@@ -194,11 +195,12 @@ class ContentArena:
         """
         anon: dict[str, int] = {}
         out = {"anon": anon, "mapped": {}, "reserved": {}}
-        records = len(self._buf)
-        if self._buf.is_mapped:
-            out["mapped"]["content_records"] = records
-        else:
-            anon["content_records"] = records
+        records, mapped = len(self._buf), self._buf.mapped_bytes()
+        if mapped:
+            out["mapped"]["content_records"] = mapped
+        if records > mapped:
+            anon["content_records"] = records - mapped
+        if not self._buf.is_mapped:
             out["reserved"]["content_records"] = self._buf.slack_bytes()
         anon["content_offsets"] = self._starts.nbytes() + self._crc_bytes()  # with the CRCs: 12 B a row
         out["reserved"]["content_offsets"] = self._starts.slack_bytes() + (
@@ -457,6 +459,20 @@ class ContentArena:
                  len(self._codec.dictionaries[1]), len(self._codec.samples), n, old_used, len(blob))
 
     # -- persistence ---------------------------------------------------------------------------
+    def rebase(self, path) -> bool:
+        """The records become the file ``path`` holding exactly them (a generation's
+        ``content.bin`` just written and read back against its CRC), memory-mapped: page cache
+        instead of anonymous RAM; appends then map it copy-on-write (:class:`GrowableArray`).
+        Each record's CRC is still checked on every read. False (nothing changed) when empty."""
+        n = len(self._buf)
+        if not n:
+            return False
+        size = os.path.getsize(path)
+        if size != n:
+            raise ValueError(f"{path} holds {size} bytes, the arena's records {n}: not its records")
+        self._buf = GrowableArray.wrap(np.memmap(path, dtype=np.uint8, mode="r", shape=(n,)))
+        return True
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Everything needed to rebuild the arena, as plain numpy arrays (no pickle).
 
@@ -557,15 +573,16 @@ class ContentArena:
 ZSTD_CONTEXT_BYTES = {"built": 534_000, "opened": 5_000}
 
 
-def planned_bytes(count: int, avg: float, ratio: float, *, opened: bool) -> dict:
+def planned_bytes(count: int, avg: float, ratio: float, *, opened: bool, records_mapped: bool = False) -> dict:
     """The bytes of a :class:`ContentArena` holding ``count`` contents of ``avg`` raw bytes stored
     at ``ratio`` (stored / raw, records included), as its ``memory_usage()`` names them, plus
-    ``disk`` (for ``lukhas_gpu.plan``): records (memory-mapped in a store ``opened``), offsets,
-    the dictionaries trained from the first contents and the recent samples kept."""
+    ``disk`` (for ``lukhas_gpu.plan``): records (memory-mapped in a store ``opened``, or a
+    writer's after a checkpoint: ``records_mapped``), offsets, the dictionaries trained from the
+    first contents and the recent samples kept."""
     records = count * (avg * ratio if avg > 0 else len(NONE_RECORD))
     anon: dict = {}
     mapped: dict = {}
-    (mapped if opened else anon)["content_records"] = records
+    (mapped if opened or records_mapped else anon)["content_records"] = records
     anon["content_offsets"] = 12 * count  # the offset and the CRC-32 of every record
     dictionaries = samples = kept = 0.0
     if avg > 0 and count:

@@ -10,7 +10,18 @@ write-ahead log) maps a published file copy-on-write (``MAP_PRIVATE``) at the st
 anonymous region: its rows stay page cache shared with every other reader, appended rows (and
 any row changed, e.g. by a re-calibration) are anonymous memory of this process, and the file
 is never written. Measured on 200,000 x 384 rows: attaching costs no copy and no anonymous RAM,
-where reading the file into memory costs its whole size per reader.
+where reading the file into memory costs its whole size per reader. A row changed in place costs
+the pages it spans (tracked per page: they are carried over when the store grows and reported as
+anonymous).
+
+A durable writer's rows take the same form (:meth:`VectorStore.rebase`): after each checkpoint
+its in-memory rows are replaced by the generation's file just written and read back, mapped the
+same way, so only the rows written since the last checkpoint are anonymous. Published files are
+never rewritten in place (a new generation is a new directory; old ones are unlinked), so the
+map stays valid. The rows' block CRCs at the rebase are kept: the next checkpoint checks that
+the blocks no write changed still match them, so bytes damaged on disk under the map are named
+(:class:`~lukhas_gpu.util.errors.CorruptStoreError`) instead of carried into a generation with
+fresh CRCs.
 
 A store over a published file that it does not verify while copying (a reader's map) is given
 the CRC-32 of each block of ``CRC_BLOCK_ROWS`` rows (:meth:`VectorStore.expect_crcs`) and checks a
@@ -21,15 +32,14 @@ the rest are checked at once, so a warmed reader pays nothing per search. A dama
 """
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
-import sys
 import tempfile
 import zlib
 
 import numpy as np
 
+from ..util.cowmap import private_map
 from ..util.errors import CorruptStoreError
 from ..util.memory import NPZ_MEMBER_BYTES, huge_page_slack
 
@@ -43,10 +53,6 @@ CRC_BLOCK_ROWS = 64
 #: 10% of an ingest). Capacity never written is never resident, so the slack costs no RAM.
 _GROWTH = 2.0
 _MIN_CAPACITY = 4096
-#: ``MAP_FIXED`` / ``MAP_NORESERVE`` where the private overlay is implemented (Linux, macOS);
-#: elsewhere a private store reads its file into anonymous memory instead.
-_MAP_FIXED = 0x10 if sys.platform.startswith(("linux", "darwin")) else None
-_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
 class VectorStore:
@@ -76,6 +82,8 @@ class VectorStore:
         self._data = self._allocate(0)
         self.readonly = False
         self._private_rows = None
+        self._dirty = None  # a private store: the file's pages changed in place (bool per page)
+        self._base = None  # a rebased store: (block CRCs, block rows) of its file's rows
         self._crc = None
 
     @classmethod
@@ -92,14 +100,13 @@ class VectorStore:
         self._n = int(n)
         self._owns_file = False
         self._path = str(path)
-        self._private_rows = None
+        self._private_rows = self._dirty = self._base = None
         self._crc = None
         if private:
             if writable:
                 raise ValueError("a private store is never writable to its file: pass writable=False")
             self.storage, self.readonly = "mmap", False
-            self._private_rows = self._n
-            self._data = self._private_map(max(self._n, _MIN_CAPACITY))
+            self._map_file(max(self._n, _MIN_CAPACITY))
             return self
         if in_memory:
             self.storage = "memory"
@@ -124,40 +131,70 @@ class VectorStore:
             f.truncate(nbytes)  # sparse: unwritten pages take no disk and no RAM
         return np.memmap(self._path, dtype=self.dtype, mode="r+", shape=shape)
 
+    def _map_file(self, capacity: int) -> None:
+        """Map this store's file (its first ``_n`` rows) copy-on-write, nothing changed yet; on
+        an error (the map refused) the store is as it was."""
+        rows = self._private_rows
+        self._private_rows = self._n
+        try:
+            data = self._private_map(capacity)
+        except BaseException:
+            self._private_rows = rows
+            raise
+        self._dirty = np.zeros(-(-self._n * self.dim // mmap.PAGESIZE), bool)
+        self._data = data  # the old rows are freed with the last view of them
+
+    def rebase(self, path, crcs=None, block_rows: int = CRC_BLOCK_ROWS) -> bool:
+        """Replace the rows held by those of ``path``, a file holding exactly these rows (a
+        generation just written and read back against its CRC), mapped copy-on-write: the
+        rows move from anonymous RAM to the page cache. ``crcs``: their block CRCs (as
+        :meth:`block_crcs` gave them), checked on the next :meth:`block_crcs` for every block
+        no write changed. A store on a file of its own (``mmap``) or read-only is left as it is:
+        False. An OSError (the map refused) leaves the store as it was."""
+        if self.readonly or (self.storage == "mmap" and self._private_rows is None):
+            return False
+        size = os.path.getsize(path)
+        if size != self.nbytes():
+            raise ValueError(f"{path} holds {size} bytes, the store {self.nbytes()}: not its rows")
+        capacity = max(self.capacity, self._n, _MIN_CAPACITY)
+        old_path, self._path = self._path, str(path)
+        try:
+            self._map_file(capacity)
+        except BaseException:
+            self._path = old_path
+            raise
+        self.storage, self._crc = "mmap", None
+        self.keep_crcs(crcs, block_rows)
+        return True
+
+    def keep_crcs(self, crcs, block_rows: int = CRC_BLOCK_ROWS) -> None:
+        """The block CRCs of a mapped store's file rows, as verified (``None``: none kept):
+        the next :meth:`block_crcs` checks every block no write changed against them."""
+        if crcs is not None and self._private_rows is None:
+            raise ValueError("block CRCs are kept for a store mapped copy-on-write only")
+        self._base = None if crcs is None else (np.asarray(crcs, np.uint32).copy(), int(block_rows))
+
     def _private_map(self, capacity: int) -> np.ndarray:
         """``capacity`` rows of anonymous memory whose first ``_private_rows`` rows are the file,
-        mapped copy-on-write over them (``MAP_PRIVATE | MAP_FIXED``)."""
+        mapped copy-on-write over them (:func:`~lukhas_gpu.util.cowmap.private_map`)."""
         nfile = self._private_rows * self.dim
-        region = mmap.mmap(-1, max(capacity, 1) * self.dim,
-                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
-        data = np.frombuffer(region, dtype=self.dtype).reshape(-1, self.dim)  # keeps the region alive
-        if not nfile:
-            return data
-        if _MAP_FIXED is None:  # no overlay here: a private copy
-            data[: self._private_rows] = np.fromfile(self._path, dtype=self.dtype, count=nfile).reshape(-1, self.dim)
-            return data
-        anchor = ctypes.c_char.from_buffer(region)
-        addr = ctypes.addressof(anchor)
-        del anchor  # the region must not stay exported (it could then never be unmapped)
-        length = -(-nfile // mmap.PAGESIZE) * mmap.PAGESIZE  # the file's last page, zero-filled past its end
-        fd = os.open(self._path, os.O_RDONLY)
-        try:
-            got = _libc_mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
-        finally:
-            os.close(fd)
-        if got != addr:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mapping {self._path} copy-on-write failed: {os.strerror(err)}", self._path)
-        return data  # unmapping the region (when it is collected) unmaps the file's part too
+        data = private_map(self._path, nfile, max(capacity, 1) * self.dim)
+        return data[: max(capacity, 1) * self.dim].view(self.dtype).reshape(-1, self.dim)
 
     def reserve(self, capacity: int) -> None:
         if capacity <= self.capacity:
             return
         if self._private_rows is not None:
-            # the file's rows come mapped again; the rows of this process (appended, or changed
-            # since the file was mapped: ``_private_rows`` drops to 0 then) are copied
+            # the file's rows come mapped again; the rows of this process (appended, or the
+            # pages changed since the file was mapped) are copied
             new = self._private_map(capacity)
             new[self._private_rows: self._n] = self._data[self._private_rows: self._n]
+            if self._dirty.any():
+                nfile = self._private_rows * self.dim
+                src, dst = self._data.reshape(-1).view(np.uint8), new.reshape(-1).view(np.uint8)
+                for lo, hi in _runs(self._dirty):
+                    a, b = lo * mmap.PAGESIZE, min(hi * mmap.PAGESIZE, nfile)
+                    dst[a:b] = src[a:b]
             self._data = new
             return
         if self.storage == "memory":
@@ -202,8 +239,27 @@ class VectorStore:
 
     def __setitem__(self, key, value):
         self.array[key] = value
-        if self._private_rows:  # a mapped row now differs from the file: copied on the next growth
-            self._private_rows = 0
+        if self._private_rows:  # mapped rows now differ from the file: their pages are this process's
+            self._mark_dirty(key)
+
+    def _mark_dirty(self, key) -> None:
+        nfile, dim, page = self._private_rows, self.dim, mmap.PAGESIZE
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self._n)
+            if step == 1 and hi > lo:
+                lo, hi = min(lo, nfile), min(hi, nfile)
+                if hi > lo:
+                    self._dirty[lo * dim // page: -(-hi * dim // page)] = True
+                return
+            key = np.arange(lo, hi, step)
+        rows = np.arange(self._n)[key] if not isinstance(key, np.ndarray) or key.dtype == bool else key
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        rows = np.where(rows < 0, rows + self._n, rows)
+        rows = rows[rows < nfile]
+        first, last = rows * dim // page, ((rows + 1) * dim - 1) // page
+        span = int((last - first).max(initial=0)) + 1
+        pages = (first[:, None] + np.arange(span)[None, :])
+        self._dirty[np.minimum(pages, last[:, None]).reshape(-1)] = True
 
     @property
     def array(self) -> np.ndarray:
@@ -225,7 +281,28 @@ class VectorStore:
     def block_crcs(self, block_rows: int = CRC_BLOCK_ROWS) -> np.ndarray:
         """CRC-32 of each block of ``block_rows`` rows (the last one partial): uint32."""
         a = self._data[: self._n]
-        return np.array([zlib.crc32(a[i: i + block_rows]) for i in range(0, self._n, block_rows)], np.uint32)
+        out = np.array([zlib.crc32(a[i: i + block_rows]) for i in range(0, self._n, block_rows)], np.uint32)
+        if self._base is not None and self._private_rows is not None and block_rows == self._base[1]:
+            self._check_base(out)
+        return out
+
+    def _check_base(self, crcs: np.ndarray) -> None:
+        """The blocks of the mapped file that no write changed still hold the rows they held at
+        :meth:`rebase`: else the file was damaged under the map (never carried forward)."""
+        base, block_rows = self._base
+        nfile, dim, page = self._private_rows, self.dim, mmap.PAGESIZE
+        full = min(len(base), nfile // block_rows)  # whole blocks of the file
+        if not full:
+            return
+        b = np.arange(full)
+        first, last = b * block_rows * dim // page, ((b + 1) * block_rows * dim - 1) // page
+        dirty = np.concatenate([[0], np.cumsum(self._dirty)])
+        clean = dirty[last + 1] == dirty[first]
+        bad = np.flatnonzero(clean & (crcs[:full] != base[:full]))
+        if len(bad):
+            lo = int(bad[0]) * block_rows
+            raise CorruptStoreError(self._path, f"int8 rows {lo}..{lo + block_rows - 1} (block {int(bad[0])}) changed "
+                                                "on disk since they were written (damaged); not carried forward")
 
     def expect_crcs(self, crcs, block_rows: int, source: str) -> None:
         """Check the rows present now (the file's) against ``crcs`` (one per block of ``block_rows``
@@ -273,6 +350,7 @@ class VectorStore:
         used = self.nbytes()
         if self._private_rows is not None:
             mapped = min(self._private_rows, self._n) * self.dim * self.dtype.itemsize
+            mapped = max(0, mapped - int(self._dirty.sum()) * mmap.PAGESIZE)  # pages changed: this process's
             own = {"vectors_int8": used - mapped} if used > mapped else {}
             return {"mapped": {"vectors_int8": mapped}, "anon": own} if mapped else {"anon": own}
         if self.storage == "mmap":
@@ -302,12 +380,10 @@ class VectorStore:
             pass
 
 
-def _libc_mmap(addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = libc.mmap
-    fn.restype = ctypes.c_void_p
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    return fn(addr, length, prot, flags, fd, offset)
+def _runs(flags: np.ndarray):
+    """``[lo, hi)`` of each run of True in a bool array."""
+    d = np.diff(np.concatenate([[0], flags.view(np.int8), [0]]))
+    return zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist())
 
 
 def planned_bytes(count: int, dim: int, *, capacity_rows: int, mapped: bool) -> dict:
