@@ -294,6 +294,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="server processes of each server (`serve --workers`; each has its own GIL and its own "
                          "batcher, so batches are smaller; mean_batch is then one worker's, whichever answers "
                          "/metrics)")
+    ap.add_argument("--search-threads", type=int, default=None,
+                    help="the server's search threads (`serve --search-threads`; default: the server's own)")
     ap.add_argument("--reps", type=int, default=20, help="requests per body form")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/FAISS threads of the server and of the in-process library (default 1: on a "
@@ -331,7 +333,9 @@ def main(argv=None) -> dict:
     try:
         for label, flags in (("batched (--max-batch 256)", ["--max-batch", "256"]),
                              ("unbatched (--max-batch 1)", ["--max-batch", "1"])):
-            servers[label] = start_server(str(store), *flags, "--workers", str(args.workers), threads=args.threads)
+            more = ["--search-threads", str(args.search_threads)] if args.search_threads else []
+            more += ["--workers", str(args.workers)]
+            servers[label] = start_server(str(store), *flags, *more, threads=args.threads)
         labels = list(servers)
         for rep in range(args.repeat):
             libs.append(in_process(str(store), xq, args.seconds))
@@ -384,7 +388,8 @@ def main(argv=None) -> dict:
                    "p99_ms_64": next(r["p99_ms"] for r in rows if r["clients"] == 64 and r["server"] == labels[0])}
     payload = {"date": today(), "machine": machine(), "rows": args.rows, "seconds": args.seconds,
                "repeat": args.repeat, "threads": args.threads, "load_form": args.load, "wire": args.wire,
-               "workers": args.workers, "in_process": lib, "in_process_runs": libs,
+               "workers": args.workers, "search_threads": args.search_threads or "default",
+               "in_process": lib, "in_process_runs": libs,
                "load": rows, "ratios": ratios, "runs": runs, "summary": summary, "bodies_256": forms,
                "load_average": os.getloadavg()}
     cols = ["server", "clients", "qps", "qps_range", "p50_ms", "p99_ms", "p999_ms", "mean_batch"]
@@ -392,7 +397,8 @@ def main(argv=None) -> dict:
     table += (f"\n\nin-process library, same store, same run (median of {args.repeat} rounds): batched (256/call) "
               f"{lib['batched']:,.0f} QPS, one query per call {lib['single']:,.0f} QPS\n\n")
     table += markdown_table([forms], list(forms)) + "\n\n" + json.dumps(summary)
-    table += f"\n\nclients: {args.load}, requests: single-query {args.wire}, server processes: {args.workers}"
+    table += (f"\n\nclients: {args.load}, requests: single-query {args.wire}, server processes: {args.workers}, "
+              f"search threads: {args.search_threads or 'default'}")
     name = "serve" if args.load == "python" else f"serve_{args.load}"
     name += "" if args.wire == "json" else f"_{args.wire}"
     write_results(name if args.workers == 1 else f"{name}_w{args.workers}", payload, table)
