@@ -203,6 +203,26 @@ def test_probe_skips_deleted_memories(trained):
     assert q["sample"] == len(sampled) - 1000
 
 
+def test_probe_whose_sample_was_all_deleted_stands_in_stored_rows(caplog):
+    """A mass delete leaves the reservoir a sample of dead rows beside live rows it never kept (soak
+    seed 1021: tune() raised "no sampled memories" on a trained index): live stored rows stand in."""
+    from conftest import make_clustered
+
+    xb, xq = make_clustered(6000, DIM, n_queries=200, seed=5)
+    idx = MemoryIndex(DIM, IndexConfig(train_threshold=2048, nlist=16, probe_size=300, seed=3))
+    idx.add(xb)
+    sampled = idx.parts.probe.memories.ids.copy()
+    live = np.setdiff1d(np.arange(len(xb)), sampled)
+    idx.delete(np.concatenate([sampled, live[:-500]]))  # the 500 rows left were never sampled
+    assert not np.isin(idx.parts.probe.memories.ids, live[-500:]).any()
+    with caplog.at_level(logging.WARNING, logger="lukhas_gpu.monitor"):
+        q = idx.quality(xq[:100])
+    assert q["sample"] == 300 and 0.0 <= q["recall"] <= 1.0
+    assert any("stand in" in r.message for r in caplog.records)
+    rep = idx.tune(0.9)  # the tuner's probe too
+    assert rep["recall"] > 0
+
+
 def test_probe_counted_in_stats(trained):
     index, _, _ = trained
     assert index.parts.probe.nbytes() == 3000 * (2 * DIM + 8) + 400 * 2 * DIM \

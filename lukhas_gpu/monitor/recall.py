@@ -9,11 +9,15 @@ so this module reads only the parts it is given.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from ..util.arrays import as_batch, check_nonzero, tensor_view
 from ..vectors import exact
+
+log = logging.getLogger(__name__)
 
 __all__ = ["setup", "choose_queries", "references", "concat", "found_in", "evaluate", "drop_own", "int8_model",
            "PROBE_CHUNK"]
@@ -54,11 +58,12 @@ def choose_queries(parts, probe, queries, max_queries: int, *, dim: int, cosine:
         live = (mem.ids >= 0) & (mem.ids < len(parts.vectors)) & ~parts.tombstones.contains(mem.ids)
     else:
         live = np.zeros(0, dtype=bool)
-    if not live.any():
-        raise ValueError("the recall probe has no sampled memories yet (add memories first)")
     enc = parts.encoder
-    s_ids = mem.ids[live]
-    s_vec = mem.vectors[live].astype(np.float32)
+    if live.any():
+        s_ids = mem.ids[live]
+        s_vec = mem.vectors[live].astype(np.float32)
+    else:
+        s_ids, s_vec = _stored_stand_ins(parts, max(mem.capacity, 1), seed=len(mem) + int(mem.seen))
     self_ids = None
     if queries is not None:
         q, _ = as_batch(queries, dim, "queries")
@@ -74,6 +79,24 @@ def choose_queries(parts, probe, queries, max_queries: int, *, dim: int, cosine:
     if self_ids is not None:
         self_ids = self_ids[:max_queries]
     return {"q": q, "self_ids": self_ids, "source": source, "s_ids": s_ids, "s_vec": s_vec}
+
+
+def _stored_stand_ins(parts, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``size`` live stored rows, dequantized and normalised, standing in for the sampled
+    originals when every sampled memory was deleted since (a mass delete, a dropped namespace or
+    a purge leave a uniform sample of the history, all of it dead, beside a few live rows added
+    later). Their int8 rounding error is not known: the int8 stage's model sees none (logged)."""
+    n = len(parts.vectors)
+    rows = np.flatnonzero(parts.tombstones.live_mask(n)) if n else np.zeros(0, dtype=np.int64)
+    if len(rows) == 0:
+        raise ValueError("the recall probe has no sampled memories yet (add memories first)")
+    if len(rows) > size:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
+    enc = parts.encoder
+    log.warning("the recall probe's sampled memories were all deleted: %d stored rows (dequantized) stand "
+                "in for them; the int8 stage's loss is not modelled this time", len(rows))
+    vec = enc.normalize(enc.dequantize(np.asarray(parts.vectors[rows]))).cpu().numpy()
+    return rows.astype(np.int64), vec.astype(np.float16).astype(np.float32)
 
 
 def references(parts, chosen: dict, k: int, start: int, stop: int) -> dict:
