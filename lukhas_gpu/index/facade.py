@@ -22,7 +22,7 @@ from ..store import layout
 from ..util.bounds import check_dim
 from ..util.checks import check_positive, check_queries
 from ..util.device import resolve_backend
-from ..util.memtrim import TRIM_BATCH_QUERIES, maybe_trim, trim
+from ..util.memtrim import TRIM_SEARCH_EVERY_S, maybe_trim, trim
 from . import durable, verification
 from .documents import DocumentsMixin
 from .driftwatch import DriftMixin
@@ -368,7 +368,7 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         self.last_plan = filters.labelled(self.last_plan, parts, where)
         if lam is not None:
             scores, ids = mmr.select(scores, ids, self.dequantized, self.dim, k, lam, cosine=s.cosine)
-        maybe_trim(every=1.0 if q.shape[0] < TRIM_BATCH_QUERIES else 0.0)
+        maybe_trim(every=TRIM_SEARCH_EVERY_S)
         if cfg.target_recall is not None:
             tuning.maybe_retune(self)
         return self._with_links(SearchResult(ids=kind.out(ids), scores=kind.out(scores), _index_ref=weakref.ref(self)),

@@ -18,7 +18,7 @@ import numpy as np
 from ..query import executor
 from ..util import runtime
 from ..util.checks import check_queries
-from ..util.memtrim import maybe_trim
+from ..util.memtrim import TRIM_SEARCH_EVERY_S, maybe_trim
 from . import tuning
 from .results import SearchResult
 
@@ -73,7 +73,7 @@ def search_one(index, queries, k, options: tuple, diversity, follow_links) -> Se
     xn = parts.encoder.normalized_queries(x)  # once, for the probe's sample and the search
     parts.probe.queries.offer(x, transform=lambda _row: xn)
     scores, ids = executor.similar_one(parts, x, s, xn)
-    maybe_trim(every=1.0)
+    maybe_trim(every=TRIM_SEARCH_EVERY_S)
     if cfg.target_recall is not None:
         tuning.maybe_retune(index)
     if single:
