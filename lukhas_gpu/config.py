@@ -152,11 +152,9 @@ class IndexConfig:
         has doubled, after a retrain and when twice as many queries have been seen; and retrain
         with more lists when the index has outgrown its own (see :mod:`lukhas_gpu.index.tuning`).
     ann_ram_budget : int, default 200
-        Anonymous bytes per memory the ANN structures may hold together: the IVF-PQ's codes
-        and ids (about 67 B a memory at 1M, 384-d; its fixed tables -- centroids, PQ codebooks --
-        are not per memory and not counted: ``vectors.graph.BUDGETED_IVF_PARTS``) and the
-        candidate stage the tuner may add beside it (an HNSW graph, about 332 B at 384-d with
-        M=16, IVF-RaBitQ about 66 B, the spilled lists about 58 B; see
+        Anonymous bytes per memory the ANN structures may hold together: the IVF-PQ (about 67 B
+        a memory at 1M, 384-d) and the candidate stage the tuner may add beside it (an HNSW
+        graph, about 332 B at 384-d with M=16, or IVF-RaBitQ, about 66 B; see
         :mod:`lukhas_gpu.index.candidates`). The tuner never builds a stage that would exceed
         it: with the other parts' ~45 B this keeps a default store within 250 B per memory.
     text_index : bool, default False

@@ -43,7 +43,7 @@ from ..util.bounds import MAX_DRIFT_TAGS, MAX_NAMESPACES, MAX_ROWS
 from ..util.checks import check_int, check_real
 from ..util.memory import DRIFT_HISTORY_BYTES, NPZ_MEMBER_BYTES, TAG_MIN_COUNT, planned_bitmap_bytes, tag_drift_bytes
 from ..util.runtime import planned as planned_runtime
-from ..vectors.graph import budgeted_bytes, planned_stage
+from ..vectors.graph import planned_stage
 from ..vectors.policy import (
     CALIBRATION_ROWS,
     MIN_TRAIN_ROWS,
@@ -348,7 +348,7 @@ def plan(count: int, dim: int, avg_content_bytes: float = 0, tags_per_memory: fl
         ann, nlist, pq_m, coarse = _ann_bytes(count, dim_out, cfg, imbalance, state, be, faiss_gpu)
         _add(total, ann)
         # the largest candidate stage the tuner may add within config.ann_ram_budget (index/candidates)
-        kind, nbytes = planned_stage(count, dim_out, cfg.ann_ram_budget, budgeted_bytes(ann["anon"]), nlist)
+        kind, nbytes = planned_stage(count, dim_out, cfg.ann_ram_budget, sum(ann["anon"].values()), nlist)
         if kind is not None:
             _add(total, {"anon": {f"stage_{kind}": nbytes}, "disk": {"candidate_stage": nbytes}})
     if nnz and count:

@@ -55,13 +55,11 @@ def ivf_bytes(parts) -> int:
 
 
 def fits_budget(parts, kind: str, budget: int) -> bool:
-    """Whether the IVF-PQ's rows (:func:`~lukhas_gpu.vectors.graph.budgeted_bytes`: its fixed
-    tables aside) plus a stage of ``kind`` over the store's rows stay within ``budget`` bytes per
-    memory."""
+    """Whether the IVF-PQ plus a stage of ``kind`` over the store's rows stay within ``budget``
+    bytes per memory."""
     n = max(parts.rows, 1)
     nlist = parts.ann.nlist if parts.ann is not None else None
-    ivf = graph.budgeted_bytes(parts.ann.memory_usage().get("anon", {})) if parts.ann is not None else 0
-    return ivf + graph.stage_bytes(kind, n, parts.dim_out, nlist=nlist) <= budget * n
+    return ivf_bytes(parts) + graph.stage_bytes(kind, n, parts.dim_out, nlist=nlist) <= budget * n
 
 
 def build(index, kind: str, cancel=None):

@@ -509,21 +509,9 @@ def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M, nlist: int | None =
     raise ValueError(f"unknown candidate stage {kind!r}; expected one of {STRUCTURES}")
 
 
-#: The IVF's anonymous components that grow with its rows: what ``IndexConfig.ann_ram_budget``
-#: bounds per memory. Its fixed tables (centroids, PQ codebooks, per-list structures: 1.5 MB at
-#: IVF1024 x 384-d, 31 B a memory at 50k, 6 B at 1M) are not a cost per memory and stay out of it.
-BUDGETED_IVF_PARTS = ("ann_codes", "ann_codes_slack", "ann_ids")
-
-
-def budgeted_bytes(anon: dict) -> int:
-    """The IVF's bytes the ANN RAM budget counts, of its ``memory_usage()["anon"]`` (or a plan's)."""
-    return int(sum(int(anon.get(name, 0)) for name in BUDGETED_IVF_PARTS))
-
-
 def planned_stage(n: int, d: int, budget: int, ivf_bytes: int, nlist: int | None = None) -> tuple[str | None, int]:
-    """The largest stage the tuner may build beside an IVF whose budgeted bytes
-    (:func:`budgeted_bytes`) are ``ivf_bytes`` over ``n`` rows within ``budget`` bytes per memory,
-    and its expected bytes: ``(None, 0)`` when none fits."""
+    """The largest stage the tuner may build beside an IVF of ``ivf_bytes`` over ``n`` rows
+    within ``budget`` bytes per memory, and its expected bytes: ``(None, 0)`` when none fits."""
     fits = [(stage_bytes(kind, n, d, nlist=nlist), kind) for kind in STRUCTURES
             if ivf_bytes + stage_bytes(kind, max(n, 1), d, nlist=nlist) <= budget * max(n, 1)]
     if not fits:
