@@ -2,7 +2,7 @@
 (SOAR) entry of every row beside the IVF's (the spilled lists), or none.
 
 :func:`measure` runs inside :func:`lukhas_gpu.index.tuning.tune`, beside the IVF-PQ rows: each
-stage of :data:`lukhas_gpu.vectors.graph.STRUCTURES` whose expected bytes fit the RAM budget
+stage of :data:`lukhas_gpu.vectors.graph.AUTO_STRUCTURES` whose expected bytes fit the RAM budget
 (``config.ann_ram_budget`` bytes per memory for every ANN structure together, the IVF-PQ
 included) is built over the stored rows (their int8 rows dequantized and projected, in locked
 steps so searches go on; rows added during the build wait for it, rows re-vectored in it are
@@ -130,7 +130,7 @@ def measure(index, ann, ref, k: int, kk: int, eff: float, estimate, rows: list, 
     from ..vectors import exact
     parts, cfg, lock = index.parts, index.config, index.lock
     kinds = [structure] if structure in graph.STRUCTURES else [] if structure is not None else \
-        [kd for kd in graph.STRUCTURES if fits_budget(parts, kd, cfg.ann_ram_budget)]
+        [kd for kd in graph.AUTO_STRUCTURES if fits_budget(parts, kd, cfg.ann_ram_budget)]
     costs, built = {}, {}
     with lock:  # what a failed run left building (its writes' cost) goes
         parts.building = []

@@ -42,6 +42,11 @@ __all__ = ["NodeMap", "GraphStage", "RaBitQStage", "SpillStage", "soar_lists", "
 
 #: The candidate stages a store may hold beside its IVF-PQ (``Tuned.kind`` names them too).
 STRUCTURES = ("graph", "rabitq", "ivf-spill")
+#: The stages ``tune()`` builds and measures on its own (no ``structure``); the others only when
+#: forced (``tune(structure=)``, ``trial(structure=)``). The spilled lists are left out: measured on
+#: the real sets (2026-12-07, RESULTS "Session 10 figures") they cut single-query QPS by 25-30%
+#: (two FAISS scans and a merge a query) for a batched gain of 0-18%, and the tuner costs batches.
+AUTO_STRUCTURES = ("graph", "rabitq")
 #: Neighbours per node (``2 * M`` on the base level).
 GRAPH_M = 16
 GRAPH_EF_CONSTRUCTION = 80
@@ -512,7 +517,7 @@ def stage_bytes(kind: str, n: int, d: int, m: int = GRAPH_M, nlist: int | None =
 def planned_stage(n: int, d: int, budget: int, ivf_bytes: int, nlist: int | None = None) -> tuple[str | None, int]:
     """The largest stage the tuner may build beside an IVF of ``ivf_bytes`` over ``n`` rows
     within ``budget`` bytes per memory, and its expected bytes: ``(None, 0)`` when none fits."""
-    fits = [(stage_bytes(kind, n, d, nlist=nlist), kind) for kind in STRUCTURES
+    fits = [(stage_bytes(kind, n, d, nlist=nlist), kind) for kind in AUTO_STRUCTURES
             if ivf_bytes + stage_bytes(kind, max(n, 1), d, nlist=nlist) <= budget * max(n, 1)]
     if not fits:
         return None, 0
