@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 import time
@@ -37,6 +38,50 @@ class _Recorder:
         k = key[0]
         return np.repeat(q[:, :1].astype(np.int64), k, axis=1), np.repeat(q[:, 1:2], k, axis=1)
 
+
+
+
+@contextlib.contextmanager
+def _on_loopback(asgi, protocol, **config):
+    """``asgi`` served by uvicorn with the ``protocol`` class on a free 127.0.0.1 port (yielded),
+    in a thread, stopped on exit."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(asgi, http=protocol, loop="asyncio", lifespan="on",
+                                           log_level="warning", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _read_until(sock, end: bytes) -> bytes:
+    """What ``sock`` sends until it ends with ``end`` (a closed socket fails the test)."""
+    got = b""
+    while not got.endswith(end):
+        chunk = sock.recv(1000)
+        assert chunk, got
+        got += chunk
+    return got
+
+async def _lifespan(receive, send) -> None:
+    """A stub ASGI app's lifespan: every startup/shutdown message completed."""
+    while True:
+        m = await receive()
+        await send({"type": m["type"] + ".complete"})
+        if m["type"] == "lifespan.shutdown":
+            return
 
 def _run(coro):
     return asyncio.run(coro)
@@ -373,7 +418,7 @@ def test_both_protocols_close_slow_headers_and_make_room(kind):
     of an address at its cap is closed for a new one, headers that do not complete in time or
     grow past MAX_HEADER_BYTES close theirs, and a whole request still gets its answer, twice on
     one kept-alive connection."""
-    uvicorn = optional_import("uvicorn")
+    optional_import("uvicorn")  # skips without the serve extra
     import socket
 
     from lukhas_gpu.serve import conns
@@ -385,29 +430,14 @@ def test_both_protocols_close_slow_headers_and_make_room(kind):
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                m = await receive()
-                await send({"type": m["type"] + ".complete"})
-                if m["type"] == "lifespan.shutdown":
-                    return
+            return await _lifespan(receive, send)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
     reasons = []
     table = conns.ConnectionTable(max_connections=100, per_client=3, header_timeout_s=0.5, reject=reasons.append)
     guard = Guard(app, api_key=None, max_body=1000, connections=table)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(guard, http=cls, loop="asyncio", lifespan="on", log_level="warning",
-                                           limit_concurrency=None))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with _on_loopback(guard, cls, limit_concurrency=None) as port:
 
         def connect():
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -415,12 +445,7 @@ def test_both_protocols_close_slow_headers_and_make_room(kind):
             return s
 
         def answer(s) -> bytes:
-            got = b""
-            while not got.endswith(b"ok"):
-                chunk = s.recv(1000)
-                assert chunk, got
-                got += chunk
-            return got
+            return _read_until(s, b"ok")
 
         def closed(s) -> bool:  # the server closes it (after an answer, maybe: h11 sends a 400 first)
             try:
@@ -450,9 +475,6 @@ def test_both_protocols_close_slow_headers_and_make_room(kind):
             s.close()
         time.sleep(0.2)
         assert table.open == 0 and table.by_client == {}
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_a_scrape_reports_the_lag_readyz_judges_without_waiting_for_a_slow_stats():
@@ -612,7 +634,7 @@ def test_a_response_head_leaves_with_its_body_in_one_write():
 def test_a_body_that_came_with_its_headers_is_read_without_a_timer(kind, monkeypatch):
     """uvicorn's request cycle says when its body is there already: the guard reads it without
     the body timeout's timer; a body still on its way is read under the timer (and arrives)."""
-    uvicorn = optional_import("uvicorn")
+    optional_import("uvicorn")  # skips without the serve extra
     import socket
 
     from lukhas_gpu.serve import conns, limits
@@ -631,37 +653,19 @@ def test_a_body_that_came_with_its_headers_is_read_without_a_timer(kind, monkeyp
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                m = await receive()
-                await send({"type": m["type"] + ".complete"})
-                if m["type"] == "lifespan.shutdown":
-                    return
+            return await _lifespan(receive, send)
         body = (await receive())["body"]
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     guard = limits.Guard(app, api_key=None, max_body=1000, body_timeout_s=5.0)
-    server = uvicorn.Server(uvicorn.Config(guard, http=cls, loop="asyncio", lifespan="on", log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        s = socket.create_connection(sock.getsockname(), timeout=5)
+    with _on_loopback(guard, cls) as port:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
         head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
 
         def answer() -> bytes:
-            got = b""
-            while not got.endswith(b"hello"):
-                chunk = s.recv(1000)
-                assert chunk, got
-                got += chunk
-            return got
+            return _read_until(s, b"hello")
 
         s.sendall(head + b"hello")  # whole
         assert answer().startswith(b"HTTP/1.1 200") and timed == []
@@ -670,6 +674,3 @@ def test_a_body_that_came_with_its_headers_is_read_without_a_timer(kind, monkeyp
         s.sendall(b"hello")
         assert answer().startswith(b"HTTP/1.1 200") and len(timed) >= 1
         s.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -44,8 +44,9 @@ __all__ = ["NodeMap", "GraphStage", "RaBitQStage", "SpillStage", "soar_lists", "
 STRUCTURES = ("graph", "rabitq", "ivf-spill")
 #: The stages ``tune()`` builds and measures on its own (no ``structure``); the others only when
 #: forced (``tune(structure=)``, ``trial(structure=)``). The spilled lists are left out: measured on
-#: the real sets (2026-12-07, RESULTS "Session 10 figures") they cut single-query QPS by 25-30%
-#: (two FAISS scans and a merge a query) for a batched gain of 0-18%, and the tuner costs batches.
+#: the real sets at the tuner's settings (2026-12-07, RESULTS "Session 10 figures") they cut
+#: single-query QPS by 10-19% (two FAISS scans and a merge a query) for +18% batched, and the
+#: tuner costs batches while servers send one query at a time.
 AUTO_STRUCTURES = ("graph", "rabitq")
 #: Neighbours per node (``2 * M`` on the base level).
 GRAPH_M = 16
