@@ -177,13 +177,16 @@ def test_searches_overlap(frozen, monkeypatch):
     index, xq = frozen
     together = threading.Barrier(2, timeout=10)
     real = tuning.search_params
+    met = []
 
     def meet(*a, **kw):
         together.wait()
+        met.append(threading.get_ident())
         return real(*a, **kw)
 
     monkeypatch.setattr(tuning, "search_params", meet)
     _run_threads([lambda: index.search(xq[:4], K), lambda: index.search(xq[4:8], K)])
+    assert len(set(met)) == 2  # both searches reached the barrier, inside the index, at once
 
 
 def test_concurrent_searches_are_bit_identical(frozen):

@@ -30,16 +30,18 @@ from . import ivflists
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STRUCTURE_CHOICES", "KIND_IDS", "check_structure", "fits_budget", "measure", "keep", "build",
+__all__ = ["STRUCTURE_CHOICES", "KINDS", "KIND_IDS", "check_structure", "fits_budget", "measure", "keep", "build",
            "persist", "load", "held", "drop", "restrict", "stage_params", "check"]
 
 #: What ``tune(structure=)`` accepts (None: chosen by measured cost).
 STRUCTURE_CHOICES = ("ivf", "exact", *graph.STRUCTURES)
-#: The tuning table's ``kind`` of each stage (0, 1, 2 are the IVF's fixed and adaptive probing
-#: and the exact scan; ``tuning._KINDS`` lists them in this order).
-KIND_IDS = {"graph": 3, "rabitq": 4, "ivf-spill": 5}
+#: The tuning table's ``kind`` column, by index: the IVF's fixed and adaptive probing, the exact
+#: scan, then each candidate stage. Saved with a store's tuning: append only.
+KINDS = ("fixed", "adaptive", "exact", *graph.STRUCTURES)
+#: The table's ``kind`` of each stage.
+KIND_IDS = {kind: KINDS.index(kind) for kind in graph.STRUCTURES}
 #: Kinds of the table each forced structure keeps.
-_FORCED = {"ivf": (0, 1), "exact": (2,), "graph": (3,), "rabitq": (4,), "ivf-spill": (5,)}
+_FORCED = {"ivf": (0, 1), "exact": (2,), **{kind: (i,) for kind, i in KIND_IDS.items()}}
 #: Queries timed per stage parameter (the fastest of 3 runs).
 TIME_QUERIES = 256
 

@@ -5,6 +5,7 @@ metadata, namespaces and validity windows, sparse and text arenas, the probe's s
 or a reader holds them (:func:`attach_vectors`), with the block CRCs they are checked against."""
 from __future__ import annotations
 
+import contextlib
 import pathlib
 
 import numpy as np
@@ -81,19 +82,13 @@ def expect_vector_crcs(vectors, gen, rows: int) -> None:
             vectors.expect_crcs(np.array([gen.files[layout.VECTORS]["crc32"]], np.uint32), rows, source)
 
 
-class _naming_crcs:
+@contextlib.contextmanager
+def _naming_crcs(gen):
     """A block CRC file whose arrays do not fit the rows: CorruptStoreError naming it."""
-
-    def __init__(self, gen):
-        self.gen = gen
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is not None and issubclass(kind, (ValueError, KeyError, TypeError)):
-            raise layout.CorruptStoreError(self.gen.path / layout.VECTOR_CRCS, f"inconsistent arrays ({exc})") from None
-        return False
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as e:
+        raise layout.CorruptStoreError(gen.path / layout.VECTOR_CRCS, f"inconsistent arrays ({e})") from None
 
 
 def attach_vectors(root, gen, config, dim: int, rows: int, *, writable: bool, checksums, private: bool):

@@ -70,10 +70,14 @@ class SharedLock:
         with self._mutex:
             if self._writer != threading.get_ident():
                 raise RuntimeError("cannot release the index's exclusive lock: this thread does not hold it")
-            self._depth -= 1
-            if self._depth == 0:
-                self._writer = None
-                self._cond.notify_all()
+            self._leave_exclusive()
+
+    def _leave_exclusive(self) -> None:
+        """One hold of the exclusive holder released (the mutex held): the last one frees it."""
+        self._depth -= 1
+        if self._depth == 0:
+            self._writer = None
+            self._cond.notify_all()
 
     __enter__ = acquire
 
@@ -97,11 +101,8 @@ class SharedLock:
     def release_shared(self) -> None:
         me = threading.get_ident()
         with self._mutex:
-            if self._writer == me:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._writer = None
-                    self._cond.notify_all()
+            if self._writer == me:  # a shared re-entry inside its exclusive hold
+                self._leave_exclusive()
                 return
             held = self._readers.get(me, 0)
             if not held:

@@ -84,7 +84,7 @@ RESTRUCTURE_TOLERANCE = 0.01
 #: After a failed background run, the next one waits this long (s); queries a timing run searches
 #: (one batch, as a batched caller would); queries per locked step of the exact references.
 RETRY_SECONDS, TIME_QUERIES, STEP_QUERIES = 300, 512, 256
-_KINDS = ("fixed", "adaptive", "exact", "graph", "rabitq", "ivf-spill")  # 3, 4, 5: candidates.KIND_IDS
+_KINDS = candidates.KINDS  # the table's kind column, by index
 _COLUMNS = ("kind", "param", "rerank", "recall", "ci_low", "ci_high", "bound", "codes", "kc", "probes", "cap", "nmin")
 
 

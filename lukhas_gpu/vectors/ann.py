@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 _GPU_SEARCH = threading.Lock()
 
 __all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans",
-           "aligned_capacity", "fastscan_list_bytes", "fastscan_resident", "hnsw_graph_bytes",
+           "aligned_capacity", "fastscan_list_bytes", "list_sizes", "fastscan_resident", "hnsw_graph_bytes",
            "FASTSCAN_BBS", "LIST_OVERHEAD", "HNSW_M", "LIST_STATES", "DEAD_ENTRIES"]
 
 #: What faiss's GPU IVF-PQ accepts: bytes per code (8-bit sub-quantizers) and dimensions per
@@ -573,5 +573,10 @@ class IVFPQIndex:
         return out
 
     def list_sizes(self) -> np.ndarray:
-        inv = self.index.invlists
-        return np.array([inv.list_size(i) for i in range(self.nlist)], dtype=np.int64)
+        return list_sizes(self.index)
+
+
+def list_sizes(ivf) -> np.ndarray:
+    """Entries in each inverted list of the FAISS IVF index ``ivf``: int64 (nlist,)."""
+    inv = ivf.invlists
+    return np.array([inv.list_size(i) for i in range(int(ivf.nlist))], dtype=np.int64)

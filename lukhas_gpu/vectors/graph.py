@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..util.device import faiss_module
-from .ann import auto_nlist, auto_pq_m, fastscan_list_bytes, train_sample_size
+from .ann import auto_nlist, auto_pq_m, fastscan_list_bytes, list_sizes, train_sample_size
 from .faisscalls import threads_for
 
 __all__ = ["NodeMap", "GraphStage", "RaBitQStage", "SpillStage", "soar_lists", "distinct",
@@ -485,14 +485,10 @@ class SpillStage(_Stage):
             return f"the spilled lists hold node {bad} {int(count[bad])} times, not once"
         return None
 
-    def list_sizes(self) -> np.ndarray:
-        inv = self.index.invlists
-        return np.array([inv.list_size(i) for i in range(int(self.index.nlist))], dtype=np.int64)
-
     def nbytes(self) -> int:
         """Block-padded codes and ids of every node's second entry, the node map."""
         ix = self.index
-        sizes = self.list_sizes()
+        sizes = list_sizes(ix)
         return int(fastscan_list_bytes(sizes, int(ix.pq.M), int(ix.bbs)).sum() + 8 * sizes.sum()) \
             + self.nodes.nbytes()
 
