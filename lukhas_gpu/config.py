@@ -52,8 +52,9 @@ class IndexConfig:
         asked of the user; when an ``add`` crosses it the IVF-PQ index is trained on the vectors
         held. Higher keeps exact answers longer at the cost of scan time per query.
     nlist : int or None, default None
-        IVF lists. ``None`` chooses by size at training time (about ``4 * sqrt(n)``, a power of two
-        between 256 and 16384) -- by ``capacity`` when it is set. More lists: faster probes,
+        IVF lists. ``None`` chooses by size at training time (about ``1.5 * sqrt(n)``, see
+        ``vectors.ann.LISTS_PER_SQRT``; a power of two between 256 and 16384) -- by ``capacity``
+        when it is set. More lists: faster probes,
         slower training and assignment.
     capacity : int or None, default None
         The number of memories the index is expected to hold (a batch job knows it). It sizes

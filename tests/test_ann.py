@@ -54,7 +54,8 @@ def test_rebuilt_lists_hold_the_kept_entries_re_encoded(clustered):
     assert (ids == keep[:500, None]).any(axis=1).mean() >= 0.99
 
 
-@pytest.mark.parametrize("n,expected", [(10_000, 256), (117_659, 1024), (1_000_000, 4096), (100, 16)])
+@pytest.mark.parametrize("n,expected", [(10_000, 256), (50_000, 256), (117_659, 512), (1_000_000, 2048),
+                                        (10_000_000, 4096), (100, 16)])
 def test_auto_nlist(n, expected):
     assert auto_nlist(n) == expected
 

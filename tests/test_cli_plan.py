@@ -38,7 +38,7 @@ def test_plan_sizes_the_ivf_as_the_index_does(capsys):
     assert main(["plan", "10000000", "--dim", "384", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     cfg = IndexConfig.preset("production", capacity=10_000_000)
-    assert got["nlist"] == planned_nlist(train_at(cfg), cfg) == 16384
+    assert got["nlist"] == planned_nlist(train_at(cfg), cfg) == 4096
 
 
 def test_plan_budget_answers_how_many_fit(capsys):

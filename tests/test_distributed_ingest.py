@@ -122,7 +122,7 @@ def test_resources_leave_a_cpu_for_the_tasks_and_give_the_encoder_the_gpus():
 
 def test_partition_counts_and_nlist_follow_the_policy():
     assert shard_rows(10, 3) == [4, 3, 3] and shard_rows(2, 4) == [1, 1, 0, 0] and sum(shard_rows(N, 2)) == N
-    assert expected_nlist(N, 2, CFG) == [64, 64]  # auto_nlist(3000): 4 sqrt(n), then >= 39 rows per list
+    assert expected_nlist(N, 2, CFG) == [64, 64]  # auto_nlist(3000): at least 256, then >= 39 rows per list
     assert expected_nlist(N, 2, IndexConfig()) == [None, None]  # below the default train_threshold: exact
 
 

@@ -20,7 +20,7 @@ Examples
 >>> cfg = lukhas_gpu.IndexConfig.preset("advanced", capacity=1_000_000)
 >>> p = lukhas_gpu.plan(1_000_000, 384, avg_content_bytes=100, tags_per_memory=2, config=cfg, backend="cpu")
 >>> (p.nlist, p.pq_m, p.dim_out)
-(4096, 96, 384)
+(2048, 96, 384)
 >>> "vectors_int8" in p.memory["mapped"]  # "advanced" memory-maps the int8 vectors
 True
 """
