@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import time
 
 import numpy as np
@@ -142,43 +143,77 @@ def warm_libraries(d: int) -> None:
 
 
 # -- lukhas_gpu -----------------------------------------------------------------------------------------
-def bench_lukhas(xb, a, b, gt_b, args) -> list[dict]:
+def bench_lukhas(xb, a, b, gt_b, args, work) -> tuple[list[dict], object]:
+    """The tuned point (a durable store in ``work``) and the index, left open for the paired
+    rounds and the forced structures (:func:`forced_structures` closes it)."""
     import lukhas_gpu
 
     n = len(xb)
     over = {"train_threshold": args.train_at} if args.train_at else {}
     cfg = lukhas_gpu.IndexConfig.preset("production", auto_tune=False, wal_sync="none", **over)
     warm_libraries(xb.shape[1])
-    with common.work_dir(None, "bench_graph_") as d:
-        with Footprint(n) as fp:
-            index = lukhas_gpu.MemoryIndex.create(d / "store", xb.shape[1], cfg)
-            feed(lambda x, s: index.add(x), xb)
-            for s in range(0, len(a), 256):  # traffic: the first half of the queries
-                index.search(a[s: s + 256], K)
-            rep = index.tune(TARGET)
-        gen = index.checkpoint()  # a durable writer's rows: the published file, mapped
-        anon = fp.again()
-        disk = common.dir_bytes(gen) / n
-        mem = index.stats()["memory"]
-        log.info("tuned: %s", {k: v for k, v in rep.items() if k != "tried"})
-        rows = [point("lukhas_gpu (tuned, no parameter)", _setting(rep), lambda q: index.search(q, K).ids,
-                      b, gt_b, args, **{"B/mem anon": anon, "B/mem anon (build)": fp.anon,
-                                        "B/mem anon (stats)": mem["per_memory"]["anon"] - _runtime(mem) / n,
-                                        "B/mem disk": disk, "build s": fp.build_s, "estimate": rep["recall"]})]
-        for structure in args.structures:
-            index.config = index.config.replace(ann_ram_budget=1 << 20)  # forced: the budget aside
-            t0 = time.perf_counter()
-            try:
-                r = index.tune(TARGET, structure=structure)
-            except ValueError as e:  # an untrained index has no IVF to build on
-                log.warning("structure %s not measured: %s", structure, e)
-                continue
-            anon = index.stats()["memory"]["per_memory"]["anon"]
-            rows.append(point(f"lukhas_gpu {structure} (forced)", _setting(r), lambda q: index.search(q, K).ids,
-                              b, gt_b, args, **{"B/mem anon (stats)": anon, "build s": time.perf_counter() - t0,
-                                                "estimate": r["recall"]}))
-        index.close()
+    with Footprint(n) as fp:
+        index = lukhas_gpu.MemoryIndex.create(work / "store", xb.shape[1], cfg)
+        feed(lambda x, s: index.add(x), xb)
+        for s in range(0, len(a), 256):  # traffic: the first half of the queries
+            index.search(a[s: s + 256], K)
+        rep = index.tune(TARGET)
+    gen = index.checkpoint()  # a durable writer's rows: the published file, mapped
+    anon = fp.again()
+    disk = common.dir_bytes(gen) / n
+    mem = index.stats()["memory"]
+    log.info("tuned: %s", {k: v for k, v in rep.items() if k != "tried"})
+    rows = [point("lukhas_gpu (tuned, no parameter)", _setting(rep), lambda q: index.search(q, K).ids,
+                  b, gt_b, args, **{"B/mem anon": anon, "B/mem anon (build)": fp.anon,
+                                    "B/mem anon (stats)": mem["per_memory"]["anon"] - _runtime(mem) / n,
+                                    "B/mem disk": disk, "build s": fp.build_s, "estimate": rep["recall"]})]
+    return rows, index
+
+
+def forced_structures(index, b, gt_b, args) -> list[dict]:
+    """One point per structure of ``args.structures`` forced on ``index`` (the budget aside); closes it."""
+    rows = []
+    for structure in args.structures:
+        index.config = index.config.replace(ann_ram_budget=1 << 20)  # forced: the budget aside
+        t0 = time.perf_counter()
+        try:
+            r = index.tune(TARGET, structure=structure)
+        except ValueError as e:  # an untrained index has no IVF to build on
+            log.warning("structure %s not measured: %s", structure, e)
+            continue
+        anon = index.stats()["memory"]["per_memory"]["anon"]
+        rows.append(point(f"lukhas_gpu {structure} (forced)", _setting(r), lambda q: index.search(q, K).ids,
+                          b, gt_b, args, **{"B/mem anon (stats)": anon, "build s": time.perf_counter() - t0,
+                                            "estimate": r["recall"]}))
+    index.close()
     return rows
+
+
+def paired(ours, ours_row: dict, hn_rows: list[dict], hn_search, b, args) -> dict | None:
+    """Ours against hnswlib at its smallest ``ef`` of equal or better recall, measured in
+    alternating rounds (ours first in even rounds, hnswlib first in odd ones: batched, then one
+    query at a time): the ratios per round and their medians. A VM's speed drifts by up to 1.6x
+    over minutes, so figures taken minutes apart (the sweep's) do not make a ratio."""
+    match = next((r for r in hn_rows if r["recall@10"] >= ours_row["recall@10"]), None)
+    if match is None or args.paired < 1:
+        return None
+    ef = int(match["setting"].split("=")[1])
+    systems = {"ours": lambda q: ours.search(q, K).ids, "hnswlib": lambda q: hn_search(q, ef)}
+    rounds = []
+    for r in range(args.paired):
+        got = {}
+        for name in (list(systems) if r % 2 == 0 else list(systems)[::-1]):
+            got[name] = (batched_qps(systems[name], b, 1), single_qps(systems[name], b, args.single))
+        rounds.append({"ours batched": got["ours"][0], "hnswlib batched": got["hnswlib"][0],
+                       "ours single": got["ours"][1], "hnswlib single": got["hnswlib"][1]})
+        log.info("paired round %d: %s", r, rounds[-1])
+    bat = [x["ours batched"] / x["hnswlib batched"] for x in rounds]
+    sgl = [x["ours single"] / x["hnswlib single"] for x in rounds]
+    return {"hnswlib ef": ef, "hnswlib recall@10": match["recall@10"], "ours recall@10": ours_row["recall@10"],
+            "ours setting": ours_row["setting"], "rounds": rounds,
+            "batched ratio (median)": float(np.median(bat)), "batched ratio range": f"{min(bat):.2f}-{max(bat):.2f}",
+            "single ratio (median)": float(np.median(sgl)), "single ratio range": f"{min(sgl):.2f}-{max(sgl):.2f}",
+            **{f"{k} (median)": float(np.median([x[k] for x in rounds])) for k in rounds[0]}}
 
 
 def _runtime(mem: dict) -> int:
@@ -202,7 +237,7 @@ def _sweep(system, search, params, b, gt_b, args, fp, disk, label) -> list[dict]
     return rows
 
 
-def bench_hnswlib(xb, b, gt_b, args) -> list[dict]:
+def bench_hnswlib(xb, b, gt_b, args) -> tuple[list[dict], object]:
     import hnswlib
 
     n, d = xb.shape
@@ -219,7 +254,7 @@ def bench_hnswlib(xb, b, gt_b, args) -> list[dict]:
         index.set_ef(max(ef, K))
         index.set_num_threads(args.threads if len(q) > 1 else 1)
         return index.knn_query(q, k=K)[0]
-    return _sweep("hnswlib M=16 f32", search, args.efs, b, gt_b, args, fp, disk, "ef")
+    return _sweep("hnswlib M=16 f32", search, args.efs, b, gt_b, args, fp, disk, "ef"), search
 
 
 def bench_usearch(xb, b, gt_b, args, dtype: str) -> list[dict]:
@@ -314,15 +349,16 @@ def load(args):
     return synthetic_dataset(args.n, args.nq)
 
 
-def _timed(system: str, run) -> list[dict]:
-    """A system's rows, each with the system's wall time (build, sweep and timing)."""
+def _timed(system: str, run):
+    """``run()``'s result (its rows, or a tuple of its rows and more), each row given the
+    system's wall time (build, sweep and timing)."""
     t0 = time.perf_counter()
-    rows = run()
+    out = run()
     wall = time.perf_counter() - t0
     log.info("%s: %.0f s", system, wall)
-    for r in rows:
+    for r in out[0] if isinstance(out, tuple) else out:
         r["wall s"] = wall
-    return rows
+    return out
 
 
 def main(argv=None) -> dict:
@@ -336,6 +372,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--single", type=int, default=500, help="queries timed one at a time")
+    p.add_argument("--paired", type=int, default=5,
+                   help="alternating rounds of ours and hnswlib at equal recall (the ratios' medians; 0: none)")
     p.add_argument("--peers", default="hnswlib,usearch-f32,usearch-i8,faiss-hnsw,faiss-rabitq",
                    help="comma-separated peers (any of the default's; empty: lukhas_gpu alone)")
     p.add_argument("--structures", default="ivf,ivf-spill,graph,rabitq", help="structures forced after the tuned point")
@@ -351,10 +389,19 @@ def main(argv=None) -> dict:
     a, b = np.ascontiguousarray(ds.xq[:half]), np.ascontiguousarray(ds.xq[half:])
     gt_b = exact_knn(ds.xb, ds.xq, K)[half:]
     log.info("%s: %d x %d, %d tuning queries, %d held out", ds.name, len(ds.xb), ds.d, len(a), len(b))
-    rows = _timed("lukhas_gpu", lambda: bench_lukhas(ds.xb, a, b, gt_b, args))
-    for peer in [s for s in args.peers.split(",") if s]:
+    peers = [s for s in args.peers.split(",") if s]
+    pair = None
+    with common.work_dir(None, "bench_graph_") as work:
+        rows, ours = _timed("lukhas_gpu", lambda: bench_lukhas(ds.xb, a, b, gt_b, args, work))
+        if "hnswlib" in peers:  # built beside our open index: the paired rounds, then dropped
+            hn_rows, hn_search = _timed("hnswlib", lambda: bench_hnswlib(ds.xb, b, gt_b, args))
+            pair = paired(ours, rows[0], hn_rows, hn_search, b, args)
+            del hn_search
+            rows += hn_rows
+        rows += forced_structures(ours, b, gt_b, args)
+    for peer in peers:
         if peer == "hnswlib":
-            rows += _timed(peer, lambda: bench_hnswlib(ds.xb, b, gt_b, args))
+            continue
         elif peer.startswith("usearch"):
             rows += _timed(peer, lambda: bench_usearch(ds.xb, b, gt_b, args, peer.split("-")[1]))
         elif peer.startswith("faiss"):
@@ -363,8 +410,10 @@ def main(argv=None) -> dict:
             "B/mem anon (stats)", "B/mem disk", "build s", "wall s"]
     table = common.markdown_table(rows, cols)
     name = f"bench_graph_{ds.name}"
+    if pair is not None:
+        table += "\n\n" + common.markdown_table([{k: v for k, v in pair.items() if k != "rounds"}])
     payload = {"machine": common.machine(), "date": common.today(), "set": ds.name, "n": len(ds.xb),
-               "threads": args.threads, "rows": rows}
+               "threads": args.threads, "rows": rows, "paired": pair, "load_average": os.getloadavg()}
     out = common.write_results(name, payload, table)
     payload["plot"] = plot(rows, str(out.with_suffix("")))
     print(table)

@@ -8,6 +8,8 @@ call): the ratios are what this benchmark is for, since the machine may be share
 binary bodies for requests of 256 queries. ``--wire b64`` / ``--wire binary``: the single-query
 requests with ``vectors_b64`` (base64 of float32 in the JSON body) or in the binary form (raw
 float32 in, ids and scores out) instead of a JSON list of floats; the JSON list is the headline.
+Each server runs one worker process a core by default (``--workers``, as a reader server is
+deployed); the in-process library searches on one thread (``--threads``).
 
 Clients: up to ``--procs`` processes (this file run with ``--client``), each holding its share
 of the connections on one asyncio loop that writes prebuilt HTTP/1.1 requests and reads the
@@ -275,6 +277,12 @@ def body_forms(url: str, xq: np.ndarray, reps: int) -> dict:
     return out
 
 
+#: Server processes by default: one a core (each has its own GIL: one process's event loop and
+#: search threads share one, which held 64 clients to 0.39 of the in-process library on 2 cores
+#: where two processes reached 0.53; RESULTS "Session 11 figures").
+DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=50_000)
@@ -290,10 +298,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="the single-query requests' form: a JSON body with a list of floats (default; the "
                          "headline figure), JSON with vectors_b64 (base64 of float32), or the binary one "
                          "(float32 in, ids and scores out): the last two parse no JSON numbers")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="server processes of each server (`serve --workers`; each has its own GIL and its own "
-                         "batcher, so batches are smaller; mean_batch is then one worker's, whichever answers "
-                         "/metrics)")
+    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                    help="server processes of each server (`serve --workers`; default: one a core, as a reader "
+                         "server is deployed; each has its own GIL and its own batcher, so batches are smaller; "
+                         "mean_batch is then one worker's, whichever answers /metrics)")
     ap.add_argument("--search-threads", type=int, default=None,
                     help="the server's search threads (`serve --search-threads`; default: the server's own)")
     ap.add_argument("--reps", type=int, default=20, help="requests per body form")
@@ -401,9 +409,9 @@ def main(argv=None) -> dict:
               f"search threads: {args.search_threads or 'default'}")
     name = "serve" if args.load == "python" else f"serve_{args.load}"
     name += "" if args.wire == "json" else f"_{args.wire}"
-    write_results(name if args.workers == 1 else f"{name}_w{args.workers}", payload, table)
+    write_results(name if args.workers == DEFAULT_WORKERS else f"{name}_w{args.workers}", payload, table)
     print(table)
-    if args.plot and args.load == "python" and args.wire == "json" and args.workers == 1:
+    if args.plot and args.load == "python" and args.wire == "json" and args.workers == DEFAULT_WORKERS:
         plot(rows, lib, args.plot)
     tmp.cleanup()
     return payload

@@ -70,9 +70,9 @@ def search_one(index, queries, k, options: tuple, diversity, follow_links) -> Se
     x, single = row
     s = executor.Search(k=check_queries(1, k), exact_max=cfg.filter_exact_max, cosine=cfg.metric == "cosine",
                         **tuning.search_params(index, None, None, None))
-    xn = parts.encoder.normalized_queries(x)  # once, for the probe's sample and the search
-    parts.probe.queries.offer(x, transform=lambda _row: xn)
-    scores, ids = executor.similar_one(parts, x, s, xn)
+    forms = parts.encoder.one_query_forms(x)  # once, for the probe's sample and the search
+    parts.probe.queries.offer(x, transform=lambda _row: forms[0])
+    scores, ids = executor.similar_one(parts, x, s, forms)
     maybe_trim(every=TRIM_SEARCH_EVERY_S)
     if cfg.target_recall is not None:
         tuning.maybe_retune(index)

@@ -25,7 +25,12 @@ import numpy as np
 
 from ..util.device import faiss_gpus, faiss_module
 from ..util.memory import PAGE
-from .faisscalls import exclusion as _exclusion, search_params as _search_params, threads_for as _threads_for
+from .faisscalls import (
+    exclusion as _exclusion,
+    search_into as _search_into,
+    search_params as _search_params,
+    threads_for as _threads_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +329,7 @@ class IVFPQIndex:
             selector, keep = _exclusion(exclude)
         params = _search_params(faiss, nprobe, selector, self.coarse == "hnsw")
         with _threads_for(faiss, q.shape[0]):
-            out = self.index.search(q, k, params=params)
+            out = _search_into(faiss, self.index, q, k, params)
         del keep  # the bit array the selector reads lives until the search is done
         return out
 

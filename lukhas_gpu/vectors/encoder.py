@@ -294,6 +294,12 @@ class Encoder(torch.nn.Module):
         y = xn @ components
         return qw, self._normalize_np_l2(y) if self.metric == "cosine" else y
 
+    def one_query_forms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(normalized, weights, projected)`` of one float32 (1, D) numpy row on a CPU encoder
+        (:meth:`normalized_queries` and :meth:`query_forms_np` without their dispatch)."""
+        xn = self._normalize_np(x)
+        return (xn, *self.query_forms_np(x, normalized=xn))
+
     def _numpy_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """numpy views of the scales, the projection's transpose and the fitted flags (their memory:
         a fit's in-place copy shows), rebuilt when a buffer is replaced or copied (``to``, a deep

@@ -307,17 +307,18 @@ def rerank_one(q: np.ndarray, table, cand: np.ndarray, k: int) -> tuple[np.ndarr
     ``cand`` (1, kc) int64 with kc >= 1): the same kernel calls, so the same numbers, in fewer
     numpy calls (the one-query route's). ``(scores, ids)`` (1, k)."""
     c = cand[0]
-    valid = c >= 0
-    whole = bool(valid.all())
-    rows = np.take(table, c if whole else np.where(valid, c, 0), axis=0)
+    whole = c.min() >= 0
+    rows = table.take(c if whole else np.maximum(c, 0), axis=0)  # (methods: no numpy dispatch layer)
     s = np.matmul(rows.astype(np.float32)[None], q[:, :, None])[0, :, 0]
     if not whole:
-        s[~valid] = -np.inf
+        s[c < 0] = -np.inf
     kc = len(c)
     kk = min(k, kc)
-    part = np.argpartition(-s, kk - 1)[:kk] if kk < kc else np.arange(kc)
+    part = (-s).argpartition(kk - 1)[:kk] if kk < kc else np.arange(kc)
     top = s[part]
-    order = np.argsort(-top, kind="stable")
+    order = (-top).argsort(kind="stable")
+    if whole and kk == k:  # k candidates, none missing: no padding, no -inf
+        return top[order][None], c[part[order]][None]
     out_s = np.full((1, k), -np.inf, dtype=np.float32)
     out_i = np.full((1, k), -1, dtype=np.int64)
     out_s[0, :kk] = top = top[order]
