@@ -26,9 +26,9 @@ input is page cache, never the anonymous RAM measured; the exact ground truth is
 Build parameters, chosen to keep each peer's build bounded on 2 cores: M=16 for every graph,
 ``--ef-construction`` 128 (hnswlib ``ef_construction``, usearch ``expansion_add``, FAISS
 ``efConstruction``; 64 halves the graph builds at 10M), FAISS IVF-RaBitQ with the package's
-``auto_nlist(n)`` lists trained on ``64 * nlist`` rows. ``--peers`` picks the peers (a slow one
-left out: ``--peers hnswlib,faiss-rabitq``). Each system's wall time is logged and kept
-(``wall s``).
+``graph.rabitq_nlist(n)`` lists (about ``4 * sqrt(n)``) trained on ``64 * nlist`` rows.
+``--peers`` picks the peers (a slow one left out: ``--peers hnswlib,faiss-rabitq``). Each
+system's wall time is logged and kept (``wall s``).
 
 lukhas_gpu is a durable store (``MemoryIndex.create``): ``B/mem anon`` is its RssAnon growth after
 the checkpoint, when its int8 rows are the published file mapped (``B/mem anon (build)``: before
@@ -277,7 +277,7 @@ def bench_usearch(xb, b, gt_b, args, dtype: str) -> list[dict]:
 def bench_faiss(xb, b, gt_b, args, kind: str) -> list[dict]:
     import faiss
 
-    from lukhas_gpu.vectors.ann import auto_nlist
+    from lukhas_gpu.vectors.graph import rabitq_nlist
 
     n, d = xb.shape
     with Footprint(n) as fp:
@@ -285,7 +285,7 @@ def bench_faiss(xb, b, gt_b, args, kind: str) -> list[dict]:
             index = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = args.ef_construction
         else:
-            nlist = auto_nlist(n)
+            nlist = rabitq_nlist(n)
             index = faiss.index_factory(d, f"IVF{nlist},RaBitQ", faiss.METRIC_INNER_PRODUCT)
             pick = np.sort(np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False))
             index.train(np.ascontiguousarray(xb[pick], dtype=np.float32))

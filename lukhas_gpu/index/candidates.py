@@ -25,7 +25,7 @@ import numpy as np
 
 from ..util.timing import fastest
 from ..vectors import graph
-from ..vectors.ann import auto_nlist, train_sample_size
+from ..vectors.ann import train_sample_size
 from . import ivflists
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def build(index, kind: str, cancel=None):
     lock, parts = index.lock, index.parts
     with lock:
         n = parts.rows
-        m = min(n, max(65536, train_sample_size(auto_nlist(n)) if kind == "rabitq" else 0))  # k-means' sample
+        m = min(n, max(65536, train_sample_size(graph.rabitq_nlist(n)) if kind == "rabitq" else 0))  # k-means' sample
         pick = np.sort(np.random.default_rng(index.config.seed).choice(n, m, replace=False))
         sample = ivflists.vectors_of(parts, pick)
         stage = graph.new_stage(kind, parts.dim_out, sample, n, like=parts.ann)

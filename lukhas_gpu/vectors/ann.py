@@ -140,9 +140,9 @@ def train_sample_size(nlist: int) -> int:
 LISTS_PER_SQRT = 1.5
 
 
-def auto_nlist(n: int) -> int:
-    """About ``LISTS_PER_SQRT * sqrt(n)`` lists, a power of two in [256, 16384]; fewer for tiny sets."""
-    target = LISTS_PER_SQRT * math.sqrt(max(n, 1))
+def auto_nlist(n: int, per_sqrt: float = LISTS_PER_SQRT) -> int:
+    """About ``per_sqrt * sqrt(n)`` lists, a power of two in [256, 16384]; fewer for tiny sets."""
+    target = per_sqrt * math.sqrt(max(n, 1))
     nlist = 2 ** int(round(math.log2(max(target, 1.0))))
     nlist = max(256, min(16384, nlist))
     # k-means wants about 39 points per centroid at least
