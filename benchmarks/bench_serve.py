@@ -205,7 +205,10 @@ def stop_server(p) -> None:
     p.wait(60)
 
 
-def build_store(path: pathlib.Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def build_store(path: pathlib.Path, rows: int, tune: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The store (built once at ``path``) and the queries; ``tune``: the writer tunes it on the
+    last 1,000 of them (recorded as its traffic, never sent by the clients), as a store written
+    by a batch job and retuned on served queries is; else it keeps the config's ``nprobe``."""
     from benchmarks.datasets import wordnet_minilm
     from lukhas_gpu import MemoryIndex
 
@@ -216,6 +219,11 @@ def build_store(path: pathlib.Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
         s = MemoryIndex.create(path, xb.shape[1], IndexConfigProduction())
         for a in range(0, rows, 10_000):
             s.add(xb[a:a + 10_000], contents=texts[a:a + 10_000])
+        if tune:
+            for a in range(len(ds.xq) - 1000, len(ds.xq), 250):
+                s.search(ds.xq[a:a + 250], k=10)
+            rep = s.tune()
+            print(f"tuned: {rep['kind']} nprobe {rep.get('nprobe')} rerank {rep['rerank']}", file=sys.stderr)
         s.close()
         print(f"built {rows:,}-row store in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return xb, ds.xq
@@ -304,6 +312,8 @@ def _parser() -> argparse.ArgumentParser:
                          "mean_batch is then one worker's, whichever answers /metrics)")
     ap.add_argument("--search-threads", type=int, default=None,
                     help="the server's search threads (`serve --search-threads`; default: the server's own)")
+    ap.add_argument("--tune", action="store_true",
+                    help="tune the store on 1,000 held-out queries before serving it (default: the config's nprobe)")
     ap.add_argument("--reps", type=int, default=20, help="requests per body form")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/FAISS threads of the server and of the in-process library (default 1: on a "
@@ -328,7 +338,7 @@ def main(argv=None) -> dict:
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_serve_")
     store = pathlib.Path(args.store) if args.store else pathlib.Path(tmp.name) / "store"
-    _, xq = build_store(store, args.rows)
+    _, xq = build_store(store, args.rows, tune=args.tune)
     qfile = str(pathlib.Path(tmp.name) / "queries.npy")
     np.save(qfile, xq[:4096])
     clients = [int(c) for c in args.clients.split(",")]
@@ -396,7 +406,7 @@ def main(argv=None) -> dict:
                    "p99_ms_64": next(r["p99_ms"] for r in rows if r["clients"] == 64 and r["server"] == labels[0])}
     payload = {"date": today(), "machine": machine(), "rows": args.rows, "seconds": args.seconds,
                "repeat": args.repeat, "threads": args.threads, "load_form": args.load, "wire": args.wire,
-               "workers": args.workers, "search_threads": args.search_threads or "default",
+               "workers": args.workers, "search_threads": args.search_threads or "default", "tuned": args.tune,
                "in_process": lib, "in_process_runs": libs,
                "load": rows, "ratios": ratios, "runs": runs, "summary": summary, "bodies_256": forms,
                "load_average": os.getloadavg()}
@@ -409,9 +419,11 @@ def main(argv=None) -> dict:
               f"search threads: {args.search_threads or 'default'}")
     name = "serve" if args.load == "python" else f"serve_{args.load}"
     name += "" if args.wire == "json" else f"_{args.wire}"
+    name += "_tuned" if args.tune else ""
     write_results(name if args.workers == DEFAULT_WORKERS else f"{name}_w{args.workers}", payload, table)
     print(table)
-    if args.plot and args.load == "python" and args.wire == "json" and args.workers == DEFAULT_WORKERS:
+    if args.plot and args.load == "python" and args.wire == "json" and args.workers == DEFAULT_WORKERS \
+            and not args.tune:
         plot(rows, lib, args.plot)
     tmp.cleanup()
     return payload

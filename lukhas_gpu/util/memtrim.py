@@ -23,12 +23,15 @@ _last_check = 0.0
 #: An ``add`` of at least this many input bytes checks the heap every time (smaller ones at most
 #: once a second).
 TRIM_BATCH_BYTES = 4 << 20
-#: A search checks the heap at most once in this many seconds, whatever its size. Checking after
-#: every large batch gave its tens of MB of candidates and rerank buffers back each time, and the
-#: next batch faulted them in again: batched QPS 12k -> 15.5k on WordNet (117k, 1,000 queries a
-#: call) once throttled. The cost: the last batch's temporaries (52 MB measured at 1,000 queries,
-#: 50k memories) stay resident until a search a second later, or the next add.
-TRIM_SEARCH_EVERY_S = 1.0
+#: A search checks the heap at most once in this many seconds, whatever its size (jemalloc's
+#: default decay of dirty pages is 10 s too). Checking after every large batch gave its tens of MB
+#: of candidates and rerank buffers back each time, and the next batch faulted them in again:
+#: batched QPS 12k -> 15.5k on WordNet (117k, 1,000 queries a call) once throttled to a second;
+#: a batch after 300 single queries and a pause of 1.1 s (Debian 50k, 1,000 queries a call, 12
+#: interleaved pairs) ran at a median 10.6k QPS with that second, 11.6k with 10 s. The cost: the
+#: last batch's temporaries (52 MB measured at 1,000 queries, 50k memories) stay resident until a
+#: search 10 s later, or the next add.
+TRIM_SEARCH_EVERY_S = 10.0
 #: Free heap bytes past which an ``add`` or a search gives them back (see :func:`maybe_trim`).
 TRIM_FREE_BYTES = 32 << 20
 
