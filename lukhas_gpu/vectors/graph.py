@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..util.device import faiss_module
-from .ann import auto_nlist, auto_pq_m, fastscan_list_bytes, list_sizes, train_sample_size
+from .ann import auto_nlist, auto_pq_m, fastscan_list_bytes, list_sizes, set_fastscan_search, train_sample_size
 from .faisscalls import threads_for
 
 __all__ = ["NodeMap", "GraphStage", "RaBitQStage", "SpillStage", "soar_lists", "distinct",
@@ -383,6 +383,7 @@ class SpillStage(_Stage):
 
     def __init__(self, index, nodes: NodeMap | None = None):
         super().__init__(index, nodes)
+        set_fastscan_search(index)  # as the base's lists are searched
         #: The store's ``IVFPQIndex`` (its first entries, its centroids): :meth:`bind`.
         self.base = None
 
