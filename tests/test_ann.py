@@ -226,7 +226,7 @@ def test_the_fast_scan_search_we_pick_holds_its_recall_through_a_reload(clustere
     against an exact top-k, one query at a time and in a batch."""
     import faiss
 
-    from lukhas_gpu.vectors.ann import FASTSCAN_IMPLEM
+    from lukhas_gpu.vectors.faisscalls import FASTSCAN_IMPLEM
 
     xb, xq = clustered(6000, 32, n_queries=200, seed=11)
     ann = IVFPQIndex(32, nlist=32, pq_m=8, seed=0)

@@ -29,6 +29,7 @@ from .faisscalls import (
     exclusion as _exclusion,
     search_into as _search_into,
     search_params as _search_params,
+    set_fastscan_search,
     threads_for as _threads_for,
 )
 
@@ -38,8 +39,7 @@ log = logging.getLogger(__name__)
 #: searches (concurrent under the index's shared lock) set it and search one at a time.
 _GPU_SEARCH = threading.Lock()
 
-__all__ = ["IVFPQIndex", "FASTSCAN_IMPLEM", "set_fastscan_search",
-           "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans",
+__all__ = ["IVFPQIndex", "auto_nlist", "auto_pq_m", "gpu_pq_m", "train_sample_size", "two_level_kmeans",
            "aligned_capacity", "fastscan_list_bytes", "list_sizes", "fastscan_resident", "hnsw_graph_bytes",
            "FASTSCAN_BBS", "LIST_OVERHEAD", "HNSW_M", "LIST_STATES", "DEAD_ENTRIES"]
 
@@ -162,21 +162,6 @@ def auto_pq_m(d: int, target: int | None = None) -> int:
         if d % m == 0:
             return m
     return 1
-
-
-#: FAISS's fast-scan search implementation for our IVF lists (``IndexIVFFastScan.implem``, not
-#: saved with the index: set on every one built or read). 11: each query's lists scanned in turn
-#: into a reservoir of its ``k`` (``search_implem_10``; 10 is the same with a heap), where the
-#: default (0) picks 13 for ``k > 20``, which groups the queries of a batch by list. The same
-#: recall after our rerank (Debian 50k, IVF256 nprobe 128, 80 candidates: 0.9606 both; WordNet
-#: 117k, IVF512 nprobe 96: 0.9650 vs 0.9651), measured on 2 threads (2026-12-07, medians of 3):
-#: one query per call +31% / +29% QPS, batches of 1,000 +12% / +8%.
-FASTSCAN_IMPLEM = 11
-
-
-def set_fastscan_search(index) -> None:
-    """A fast-scan IVF's search settings, which FAISS does not save (:data:`FASTSCAN_IMPLEM`)."""
-    index.implem = FASTSCAN_IMPLEM
 
 
 # -- memory layout of FAISS's structures (shared with lukhas_gpu.capacity's predictions) ---------

@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..util.device import faiss_module
-from .ann import auto_nlist, auto_pq_m, fastscan_list_bytes, list_sizes, set_fastscan_search, train_sample_size
-from .faisscalls import threads_for
+from .ann import auto_nlist, auto_pq_m, fastscan_list_bytes, list_sizes, train_sample_size
+from .faisscalls import set_fastscan_search, threads_for
 
 __all__ = ["NodeMap", "GraphStage", "RaBitQStage", "SpillStage", "soar_lists", "distinct",
            "STRUCTURES", "GRAPH_M", "GRAPH_EF", "RABITQ_NPROBES", "rabitq_nlist",
