@@ -54,8 +54,8 @@ class IndexConfig:
     nlist : int or None, default None
         IVF lists. ``None`` chooses by size at training time (about ``1.5 * sqrt(n)``, see
         ``vectors.ann.LISTS_PER_SQRT``; a power of two between 256 and 16384) -- by ``capacity``
-        when it is set. More lists: faster probes,
-        slower training and assignment.
+        when it is set. More lists: fewer rows a probe, more probes for a recall, slower training
+        and assignment.
     capacity : int or None, default None
         The number of memories the index is expected to hold (a batch job knows it). It sizes
         ``nlist`` and delays training until the sample that many lists need has arrived, so an index

@@ -132,15 +132,15 @@ def _unfiltered_candidates(parts, qp: np.ndarray, s: Search) -> np.ndarray:
     return ann_candidates(parts.ann, qp, kc, s, exclude=parts.tombstones)
 
 
-def similar_one(parts, x: np.ndarray, s: Search, forms: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+def similar_one(parts, x: np.ndarray, s: Search, forms: tuple) -> tuple[np.ndarray, np.ndarray]:
     """:func:`similar` of one unfiltered query ``x`` ((1, dim) float32 numpy, a CPU encoder, no
-    device mirror; ``forms`` its ``Encoder.one_query_forms`` if known) in numpy: ``(scores, ids)``
-    (1, k), the same numbers. The one-query route (:mod:`lukhas_gpu.index.single`): no torch op
+    device mirror; ``forms`` its ``Encoder.one_query_forms``) in numpy: ``(scores, ids)`` (1, k),
+    the same numbers. The one-query route (:mod:`lukhas_gpu.index.single`): no torch op
     on the IVF and stage routes."""
     if parts.ann is None or s.exact:  # a scan of every row: its cost is the scan's
         sc, ids, _ = _similar(parts, torch.from_numpy(x if x.flags.writeable else x.copy()), s, None, None)
         return sc.numpy(), ids.numpy()
-    _, qw, qp = forms if forms is not None else parts.encoder.one_query_forms(x)
+    _, qw, qp = forms
     cand = np.ascontiguousarray(_unfiltered_candidates(parts, qp, s), dtype=np.int64)
     table = parts.vectors.checked(cand)
     if not len(table):

@@ -77,12 +77,13 @@ def maybe_trim(min_free: int = TRIM_FREE_BYTES, *, every: float = 0.0) -> bool:
     """:func:`trim` when at least ``min_free`` bytes sit free in the heap (checked at most once
     every ``every`` seconds).
 
-    Called at the end of every large ``add`` and, at most once a second, of other adds and of
-    every search (:data:`TRIM_SEARCH_EVERY_S`): a batch's temporaries (and the caller's, freed
-    before) are given back, so the process's RssAnon follows what the index holds instead of its
-    high-water mark. Pages a trim released still count as free for malloc, so a large heap is
-    trimmed again each time (a no-op costing ~1 ms per 100 MB when nothing came back). The check costs ~0.1 ms; a trim
-    ~30 ms per 400 MB returned (measured, 2 cores).
+    Called at the end of every large ``add`` (:data:`TRIM_BATCH_BYTES`), of other adds at most
+    once a second and of searches at most once in :data:`TRIM_SEARCH_EVERY_S`: a batch's
+    temporaries (and the caller's, freed before) are given back, so the process's RssAnon follows
+    what the index holds instead of its high-water mark. Pages a trim released still count as
+    free for malloc, so a large heap is trimmed again each time (a no-op costing ~1 ms per 100 MB
+    when nothing came back). The check costs ~0.1 ms; a trim ~30 ms per 400 MB returned
+    (measured, 2 cores).
     """
     global _last_check
     if every:
