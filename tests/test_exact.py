@@ -195,6 +195,36 @@ def test_rerank_many_queries(data, assert_exact_topk):
     assert_exact_topk(i, s, full, 10, _rerank_mask(full, cand), atol=1e-6)
 
 
+@pytest.mark.parametrize("nq", [exact.RERANK_SPLIT_QUERIES - 1, exact.RERANK_SPLIT_QUERIES, 333])
+def test_a_rerank_shared_among_threads_gives_one_threads_numbers(nq, tmp_path, monkeypatch):
+    """From ``RERANK_SPLIT_QUERIES`` queries the groups are shared among the caller's FAISS
+    threads: every score equals the one-thread route's and an exact float64 product of the
+    rows, missing candidates stay -inf, whatever the split (a memory-mapped table too)."""
+    from lukhas_gpu.util.device import faiss_module
+
+    rng = np.random.default_rng(nq)
+    rows = rng.integers(-127, 128, size=(3000, 40), dtype=np.int8)
+    np.save(tmp_path / "rows.npy", rows)
+    q = rng.standard_normal((nq, 40)).astype(np.float32)
+    cand = rng.integers(0, 3000, size=(nq, 23)).astype(np.int64)
+    cand[rng.random(cand.shape) < 0.1] = -1
+    faiss = faiss_module()
+    before = faiss.omp_get_max_threads()
+    for table in (rows, np.load(tmp_path / "rows.npy", mmap_mode="r")):
+        try:
+            faiss.omp_set_num_threads(1)
+            one = exact.candidate_scores(q, table, cand)
+            faiss.omp_set_num_threads(3)
+            shared = exact.candidate_scores(q, table, cand)
+        finally:
+            faiss.omp_set_num_threads(before)
+        assert np.array_equal(one, shared)
+        ref = np.einsum("qcd,qd->qc", rows[np.maximum(cand, 0)].astype(np.float64), q.astype(np.float64))
+        live = cand >= 0
+        assert np.all(np.isneginf(shared[~live]))
+        assert np.allclose(shared[live], ref[live], rtol=1e-5, atol=1e-3)
+
+
 def test_merge_topk_equals_topk_of_concatenation():
     g = torch.Generator().manual_seed(4)
     s = torch.rand(6, 300, generator=g)
