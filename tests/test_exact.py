@@ -225,6 +225,31 @@ def test_a_rerank_shared_among_threads_gives_one_threads_numbers(nq, tmp_path, m
         assert np.allclose(shared[live], ref[live], rtol=1e-5, atol=1e-3)
 
 
+def test_a_shared_rerank_when_no_helper_can_start_is_done_by_the_caller(monkeypatch):
+    """At interpreter exit (a background retune's last step) the pool takes no work: the calling
+    thread scores every group itself, the same numbers."""
+    import concurrent.futures
+
+    from lukhas_gpu.util.device import faiss_module
+
+    rng = np.random.default_rng(3)
+    rows = rng.integers(-127, 128, size=(500, 24), dtype=np.int8)
+    q = rng.standard_normal((300, 24)).astype(np.float32)
+    cand = rng.integers(-1, 500, size=(300, 9)).astype(np.int64)
+    closed = concurrent.futures.ThreadPoolExecutor(1)
+    closed.shutdown()
+    faiss = faiss_module()
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)
+        one = exact.candidate_scores(q, rows, cand)
+        faiss.omp_set_num_threads(2)
+        monkeypatch.setattr(exact, "_rerank_pool", lambda n: closed)
+        assert np.array_equal(exact.candidate_scores(q, rows, cand), one)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_merge_topk_equals_topk_of_concatenation():
     g = torch.Generator().manual_seed(4)
     s = torch.rand(6, 300, generator=g)

@@ -287,7 +287,12 @@ def candidate_scores(q: np.ndarray, table, cand: np.ndarray) -> np.ndarray:
     # them in its own malloc arena, which a trim does not give back (14 MB at 200k rows, measured)
     work = [(a, min(a + share, nq), *_group_buffers(table, cand.shape[1], min(share, nq - a)))
             for a in range(0, nq, max(share, 1))]
-    helpers = [_rerank_pool(threads - 1).submit(_score_groups, q, table, cand, out, *w) for w in work[1:]]
+    helpers = []
+    for w in work[1:]:
+        try:
+            helpers.append(_rerank_pool(threads - 1).submit(_score_groups, q, table, cand, out, *w))
+        except RuntimeError:  # the interpreter is exiting (a background retune's last step): done here
+            _score_groups(q, table, cand, out, *w)
     if work:
         _score_groups(q, table, cand, out, *work[0])
     for f in helpers:
