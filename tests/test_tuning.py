@@ -359,6 +359,43 @@ def test_the_target_holds_on_held_out_traffic_in_every_run(seed, busy):
     assert measured >= 0.9 - 0.02, (measured, rep)
 
 
+def test_a_row_the_cost_model_prices_too_low_is_timed_before_it_is_chosen(monkeypatch, data):
+    """The model's four timings can be thrown (a disturbed VM): the rows it ranks cheapest are
+    timed themselves before the choice. Sabotaged here: the dearest row meeting the target is
+    priced at nothing; the tuner times it, keeps what it measured, and does not choose it."""
+    from lukhas_gpu.index import tunecost
+
+    xb, xq, _ = data
+    index = lukhas_gpu.MemoryIndex(D, _config())
+    index.add(xb)
+    for i in range(0, NQ // 2, 100):
+        index.search(xq[i: i + 100], 10)
+    real, sabotaged = tuning._costs, {}
+
+    def thrown(index_, ann, ref, table, k, weights):
+        cost = real(index_, ann, ref, table, k, weights)
+        ok = np.flatnonzero((table["bound"] >= 0.9) & (table["kind"] == 0))
+        dear = int(ok[np.argmax(table["kc"][ok] * table["codes"][ok])])
+        sabotaged.update(row=dear, param=table["param"][dear], rerank=table["rerank"][dear])
+        cost[dear] = 1e-9
+        return cost
+
+    monkeypatch.setattr(tuning, "_costs", thrown)
+    timed = []
+    real_time = tunecost.time_cheapest
+    monkeypatch.setattr(tunecost, "time_cheapest", lambda *a: (timed.append(1), real_time(*a))[1])
+    index.tune()
+    t = index.parts.tuned
+    assert timed and sabotaged
+    row = sabotaged["row"]
+    assert t.table["cost"][row] > 1e-7  # measured, not the model's price
+    assert (t.kind, t.probing.nprobe if t.probing else None, t.rerank) != \
+        ("fixed", int(sabotaged["param"]), int(sabotaged["rerank"]))
+    i = tuning._row_of(t.table, t.kind, t.probing, t.rerank)
+    ok = (t.table["bound"] >= 0.9)
+    assert t.table["cost"][i] == t.table["cost"][ok].min()
+
+
 def test_an_earlier_run_never_overwrites_a_later_one(monkeypatch, data):
     """A run on the memories that started first but ends last (a loaded machine) keeps nothing:
     the choice in force is the later run's, on the recorded traffic."""

@@ -14,7 +14,8 @@ interval) of every search it could run:
 * the exact int8 scan (what small stores should do).
 
 A cost model ``a * codes scanned + b * candidates + c`` (seconds per query, fitted on timed runs
-of the same queries) ranks them; the cheapest whose bound meets the target -- the IVF stage's
+of the same queries) ranks them, and the rows it ranks cheapest are timed themselves
+(:mod:`.tunecost`); the cheapest whose bound meets the target -- the IVF stage's
 one-sided 95% lower confidence bound times the int8 stage's estimate (common to every row: the
 error model of :func:`lukhas_gpu.monitor.recall.int8_model`, fed by every probe query's k
 neighbours, so it holds at any size) -- is kept, the target raised by
@@ -49,10 +50,10 @@ from ..query import probing
 from ..util import runtime
 from ..util.checks import check_k
 from ..util.memtrim import trim
-from ..util.timing import fastest
 from ..vectors.policy import MIN_TRAIN_ROWS, planned_nlist
-from . import candidates
+from . import candidates, tunecost
 from .locking import locked
+from .tunecost import costs as _costs
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,9 @@ ADAPTIVE_CAP = 1024
 #: of the store scanned drops by more than this: the two are within the probe's noise (0.936 ->
 #: 0.934 on 10,240 sampled neighbours at 1M, measured), and the tuner runs right after.
 RESTRUCTURE_TOLERANCE = 0.01
-#: After a failed background run, the next one waits this long (s); queries a timing run searches
-#: (one batch, as a batched caller would); queries per locked step of the exact references.
-RETRY_SECONDS, TIME_QUERIES, STEP_QUERIES = 300, 512, 256
+#: After a failed background run, the next one waits this long (s); queries per locked step of the
+#: exact references.
+RETRY_SECONDS, STEP_QUERIES = 300, 256
 _KINDS = candidates.KINDS  # the table's kind column, by index
 _COLUMNS = ("kind", "param", "rerank", "recall", "ci_low", "ci_high", "bound", "codes", "kc", "probes", "cap", "nmin")
 
@@ -261,6 +262,7 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     table["cost"] = _costs(index, ann, ref, table, k, weights)
     table["cost"][list(stages["costs"])] = list(stages["costs"].values())
     table = candidates.restrict(table, structure)
+    tunecost.time_cheapest(index, ref, table, k, weights, eff)
     tuned = Tuned(target=target, k=k, kind="exact", probing=None, rerank=0, recall=0.0, ci=(0.0, 0.0), met=False,
                   source=ref["source"], queries=nq, qps=0.0, count=count, nlist=ann.nlist if ann is not None else 0,
                   queries_seen=seen, table=table, weights=weights)
@@ -378,53 +380,6 @@ def _measure_ivf(index, ann, ref, k, kk, eff, estimate, rows, cancellable, deep:
                 if add_rows(1, scale, cand, counts, acap, nmin):
                     break
     return weights
-
-
-def _costs(index, ann, ref, table, k, weights) -> np.ndarray:
-    """Seconds per query of every row: the exact scan timed; the IVF rows from a model
-    ``a * codes + b * candidates + c`` fitted on timed runs (plus the adaptive coarse overhead)."""
-    import torch
-
-    from ..query import executor
-    lock = index.lock
-    q = torch.from_numpy(np.ascontiguousarray(ref["q"][:TIME_QUERIES], dtype=np.float32))
-    nq = q.shape[0]
-    cost = np.zeros(len(table["kind"]))
-    kinds = table["kind"].astype(int)
-
-    def run(kind, nprobe=1, kc=k, p=None):
-        s = executor.Search(k=k, nprobe=nprobe, rerank=max(1, kc // k), exact_max=0,
-                            probing=p, exact=kind == 2)
-        with lock:
-            executor.similar(index.parts, q, s, None)
-
-    cost[kinds == 2] = fastest(lambda: run(2)) / nq
-    if ann is None or not (kinds < 2).any():
-        return cost
-    fixed = kinds == 0
-    grid = sorted({int(v) for v in table["param"][fixed]})
-    n_lo, n_hi = grid[0], grid[-1]
-    r_lo, r_hi = 1, int(table["rerank"].max())
-    pts = [(n_lo, r_lo), (n_hi, r_lo), (n_lo, r_hi), (n_hi, r_hi)]
-    x, y = [], []
-    for n, r in pts:
-        row = np.flatnonzero(fixed & (table["param"] == n))
-        if not len(row):
-            continue
-        codes = table["codes"][row[0]]
-        x.append([codes, k * r, 1.0])
-        y.append(fastest(lambda: run(0, n, k * r)) / nq)
-    coef, *_ = np.linalg.lstsq(np.array(x), np.array(y), rcond=None)
-    coef = np.maximum(coef, 0.0)
-    ivf = kinds < 2
-    cost[ivf] = table["codes"][ivf] * coef[0] + table["kc"][ivf] * coef[1] + coef[2]
-    ad = kinds == 1
-    if ad.any() and weights is not None:  # the wider coarse search and the predictor, measured once
-        i = int(np.flatnonzero(ad)[len(np.flatnonzero(ad)) // 2])
-        p = probing.Probing(int(table["cap"][i]), weights, float(table["param"][i]), int(table["nmin"][i]))
-        t = fastest(lambda: run(1, kc=int(table["kc"][i]), p=p)) / nq
-        cost[ad] += max(0.0, t - cost[i])
-    return np.maximum(cost, 1e-9)
 
 
 # -- choosing a search's parameters -----------------------------------------------------------------

@@ -84,7 +84,7 @@ def _similar(parts, q: torch.Tensor, s: Search, allowed: BitMap | None, mirror):
         return _clip(sc, s), ids, plan
     enc, ann = parts.encoder, parts.ann
     ivf = allowed is None and ann is not None and not s.exact
-    qw, qp = enc.query_forms(q, project=ivf)  # one normalisation; numpy for a few queries on CPU
+    qw, qp = enc.query_forms(q, project=ivf)  # one normalisation; numpy on a CPU encoder
     k = s.k
     if allowed is None:
         if not ivf:
