@@ -76,13 +76,14 @@ def costs(index, ann, ref, table, k, weights) -> np.ndarray:
     return np.maximum(cost, 1e-9)
 
 
-def time_cheapest(index, ref, table, k, weights, target) -> None:
+def time_cheapest(index, ref, table, k, weights, target, checkpoint=None) -> None:
     """Replace the modelled cost of the IVF rows (fixed or adaptive probing) that meet ``target``
     and rank cheapest by their own timings, until the :data:`CHECKED_ROWS` cheapest are all timed
     (at most :data:`CHECK_PASSES` passes: a row the model priced below what the timed ones measured
     is timed next, beside the best timed one). Each pass times its rows once a round for
     :data:`CHECK_ROUNDS` rounds, in turn (the order reversed each round), keeping each one's
-    fastest. The exact scan and the stages' rows are timings already."""
+    fastest. The exact scan and the stages' rows are timings already. ``checkpoint()`` is called
+    before each pass (a background run's cancellation point)."""
     kinds = table["kind"].astype(int)
     ok = np.flatnonzero((table["bound"] >= target) & (kinds < 2))
     if len(ok) < 2:  # nothing to choose between
@@ -98,6 +99,8 @@ def time_cheapest(index, ref, table, k, weights, target) -> None:
 
     timed: dict[int, float] = {}
     for _ in range(CHECK_PASSES):
+        if checkpoint is not None:
+            checkpoint()
         top = ok[np.argsort(table["cost"][ok], kind="stable")][:CHECKED_ROWS]
         todo = [int(i) for i in top if int(i) not in timed]
         if not todo:

@@ -262,7 +262,7 @@ def tune(index, target=None, queries=None, *, k: int = 10, confidence: float = 0
     table["cost"] = _costs(index, ann, ref, table, k, weights)
     table["cost"][list(stages["costs"])] = list(stages["costs"].values())
     table = candidates.restrict(table, structure)
-    tunecost.time_cheapest(index, ref, table, k, weights, eff)
+    tunecost.time_cheapest(index, ref, table, k, weights, eff, lambda: _checkpoint_cancel(index, cancellable))
     tuned = Tuned(target=target, k=k, kind="exact", probing=None, rerank=0, recall=0.0, ci=(0.0, 0.0), met=False,
                   source=ref["source"], queries=nq, qps=0.0, count=count, nlist=ann.nlist if ann is not None else 0,
                   queries_seen=seen, table=table, weights=weights)
