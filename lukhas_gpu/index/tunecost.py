@@ -15,7 +15,7 @@ import numpy as np
 from ..query import probing
 from ..util.timing import fastest
 
-__all__ = ["costs", "time_cheapest", "TIME_QUERIES", "CHECKED_ROWS", "CHECK_ROUNDS", "CHECK_PASSES"]
+__all__ = ["costs", "time_cheapest", "row_probing", "TIME_QUERIES", "CHECKED_ROWS", "CHECK_ROUNDS", "CHECK_PASSES"]
 
 #: Queries a timing run searches (one batch, as a batched caller would).
 TIME_QUERIES = 512
@@ -38,6 +38,14 @@ def _runner(index, ref, k):
         with lock:
             executor.similar(index.parts, q, s, None)
     return run, q.shape[0]
+
+
+def row_probing(table, i: int, weights) -> probing.Probing:
+    """The probing of IVF row ``i`` of the table: adaptive (kind 1, ``weights`` its predictor's)
+    or a fixed ``nprobe``; a stage's row holds its parameter the same way."""
+    if int(table["kind"][i]) == 1:
+        return probing.Probing(int(table["cap"][i]), weights, float(table["param"][i]), int(table["nmin"][i]))
+    return probing.Probing(int(table["param"][i]))
 
 
 def costs(index, ann, ref, table, k, weights) -> np.ndarray:
@@ -70,7 +78,7 @@ def costs(index, ann, ref, table, k, weights) -> np.ndarray:
     ad = kinds == 1
     if ad.any() and weights is not None:  # the wider coarse search and the predictor, measured once
         i = int(np.flatnonzero(ad)[len(np.flatnonzero(ad)) // 2])
-        p = probing.Probing(int(table["cap"][i]), weights, float(table["param"][i]), int(table["nmin"][i]))
+        p = row_probing(table, i, weights)
         t = fastest(lambda: run(1, kc=int(table["kc"][i]), p=p)) / nq
         cost[ad] += max(0.0, t - cost[i])
     return np.maximum(cost, 1e-9)
@@ -90,12 +98,9 @@ def time_cheapest(index, ref, table, k, weights, target, checkpoint=None) -> Non
         return
     run, nq = _runner(index, ref, k)
 
-    def call(i):
-        kc = int(table["kc"][i])
-        if kinds[i] == 0:
-            return lambda: run(0, int(table["param"][i]), kc)
-        p = probing.Probing(int(table["cap"][i]), weights, float(table["param"][i]), int(table["nmin"][i]))
-        return lambda: run(1, kc=kc, p=p)
+    def call(i):  # a fixed row's probing carries its nprobe as an adaptive one's its cap
+        kind, kc, p = int(kinds[i]), int(table["kc"][i]), row_probing(table, i, weights)
+        return lambda: run(kind, kc=kc, p=p)
 
     timed: dict[int, float] = {}
     for _ in range(CHECK_PASSES):

@@ -127,12 +127,7 @@ class Tuned:
     def _row(self, i: int) -> tuple[str, probing.Probing | None, int]:
         t = self.table
         kind = _KINDS[int(t["kind"][i])]
-        if kind == "fixed" or kind in candidates.KIND_IDS:
-            p = probing.Probing(int(t["param"][i]))
-        elif kind == "adaptive":
-            p = probing.Probing(int(t["cap"][i]), self.weights, float(t["param"][i]), int(t["nmin"][i]))
-        else:
-            p = None
+        p = None if kind == "exact" else tunecost.row_probing(t, i, self.weights)
         return kind, p, int(t["rerank"][i])
 
     def report(self) -> dict:

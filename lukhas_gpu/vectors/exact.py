@@ -281,6 +281,8 @@ def candidate_scores(q: np.ndarray, table, cand: np.ndarray) -> np.ndarray:
     float32 (nq, kc), -inf where a candidate is missing (-1)."""
     out = np.empty(cand.shape, dtype=np.float32)
     nq = len(cand)
+    if cand.size and (top := int(cand.max())) >= len(table):  # the gather clips; a bad id must not
+        raise IndexError(f"index {top} is out of bounds for axis 0 with size {len(table)}")
     threads = faiss_module().omp_get_max_threads() if nq >= RERANK_SPLIT_QUERIES else 1
     share = -(-nq // (max(threads, 1) * HOST_RERANK_GROUP)) * HOST_RERANK_GROUP  # whole groups a thread
     # every buffer made here, on the calling thread: a helper that allocated its own would leave
