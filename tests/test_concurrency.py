@@ -398,6 +398,7 @@ def test_the_batcher_runs_batches_on_several_threads_at_once():
         assert [g[0][0, 0] for g in got] == list(range(12)) and [g[0].shape[1] for g in got] == [2, 3] * 6
         assert peak[0] == threads
     assert ServeOptions("s").search_threads == default_search_threads() >= 1
+    assert ServeOptions("s", workers=64).search_threads == default_search_threads(64) == 1  # one process a core or more
     for bad in (0, 65, 1.5, True):
         with pytest.raises(ValueError, match="search_threads"):
             ServeOptions("s", search_threads=bad)

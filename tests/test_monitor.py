@@ -57,6 +57,31 @@ def test_reservoir_is_deterministic_and_round_trips():
     assert c.seen == a.seen
 
 
+def test_reservoir_sample_does_not_depend_on_the_batching():
+    """One rule for a row whatever its batch: a replay batched otherwise rebuilds the same sample,
+    and the numpy draws are the scalar hash's, bit for bit."""
+    from lukhas_gpu.monitor.probe import _NUMPY_DRAWS, _uniform, _uniforms
+
+    t = np.array([0, 1, 2**31, 2**40 + 7, 2**62], dtype=np.int64)
+    for seed in (0, 5, 2**63 + 11):
+        steps = np.concatenate([t, np.arange(_NUMPY_DRAWS, dtype=np.int64) * 9_973])  # the numpy path
+        want = np.array([_uniform(seed, int(x)) for x in steps])
+        np.testing.assert_array_equal(_uniforms(seed, steps), want)
+        np.testing.assert_array_equal(_uniforms(seed, steps[:3]), want[:3])  # the Python path
+    runs = []
+    for batches in ([1] * 3000, [3000], [7, 1, 250, 64, 2000, 678], _random_batches(3000)):
+        r = Reservoir(100, 4, seed=9)
+        _offer_all(r, 3000, batches)
+        runs.append(r)
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.ids, runs[0].ids)
+        np.testing.assert_array_equal(r.vectors, runs[0].vectors)
+
+
+def _random_batches(n):
+    return np.random.default_rng(4).integers(1, 40, n)
+
+
 def test_reservoir_zero_capacity_and_bad_arrays():
     res = Reservoir(0, 4)
     _offer_all(res, 100, [100])
@@ -238,7 +263,9 @@ def _shifted(n, seed):
 
 def test_drift_flags_a_shift_and_retrain_recovers(caplog):
     xa, qa = _shifted(20_000, 21)
-    xb, qb = _shifted(16_000, 99)  # other cluster centres: a new distribution
+    xb, qb = _shifted(16_000, 99)  # other cluster centres: a new distribution,
+    xb[:, :4] *= 2.0  # wider in four dimensions, so that it clips the int8 scales (5x the rule's
+    qb[:, :4] *= 2.0  # 2 * (1 - quantile) of clipped values; other centres alone clip ~1x)
     cfg = IndexConfig(train_threshold=8192, nlist=64, nprobe=2, rerank=4, seed=3)
     index = MemoryIndex(DIM, cfg)
     index.add(xa[:8192])
@@ -253,7 +280,7 @@ def test_drift_flags_a_shift_and_retrain_recovers(caplog):
             index.add(xb[s: s + 2000])
     d = index.drift()
     assert d["retrain_recommended"] and d["score"] > cfg.drift_threshold, d
-    assert d["worst"] in ("coarse", "pq", "imbalance")
+    assert d["worst"] in ("quant", "coarse", "pq", "imbalance")
     assert sum("retrain is recommended" in r.message for r in caplog.records) == 1  # once per crossing
     assert len(d["history"]["score"]) == d["batches"]
 

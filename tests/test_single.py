@@ -1,6 +1,7 @@
-"""The one-query route (``index/single.py``): the same ids and scores as the general route and
-as a batch, for every candidate structure, with deletions, namespaces, filters and validity
-windows present (where it must step aside), against an exact float32 reference (seeded data)."""
+"""The lean route of plain numpy searches (``index/single.py``), one query or a batch: the same
+ids and scores as the general route and as a batch, for every candidate structure, with deletions,
+namespaces, filters and validity windows present (where it must step aside), against an exact
+float32 reference (seeded data)."""
 from __future__ import annotations
 
 import warnings
@@ -42,8 +43,8 @@ def _index(xb, **kw):
 @pytest.fixture()
 def spy(monkeypatch):
     calls = []
-    real = executor.similar_one
-    monkeypatch.setattr(executor, "similar_one", lambda *a: calls.append(1) or real(*a))
+    real = executor.similar_plain
+    monkeypatch.setattr(executor, "similar_plain", lambda *a: calls.append(1) or real(*a))
     return calls
 
 
@@ -61,7 +62,11 @@ def _recall(ids, gt) -> float:
 
 def _check_same(index, xq, gt, monkeypatch, spy, dead=()):
     judged = xq[TRAFFIC:]
+    n = len(spy)
     batch = index.search(judged, K)
+    assert len(spy) == n + 1, "the plain batch took the general route"
+    ref = _general(index, judged, monkeypatch)
+    assert np.array_equal(batch.ids, ref.ids) and np.array_equal(batch.scores, ref.scores)
     lean = []
     for i, v in enumerate(judged):
         n = len(spy)
@@ -79,13 +84,12 @@ def _check_same(index, xq, gt, monkeypatch, spy, dead=()):
                 warnings.simplefilter("error")
                 got = index.search(ro, K)
             assert np.array_equal(got.ids, one.ids) and np.array_equal(got.scores, one.scores)
-        if i < 5:  # a batch of 16 or fewer takes the same numpy forms: the same numbers
+        if i < 5:  # a small batch: the same numbers for its first row
             few = index.search(judged[i: i + 3], K)
             assert np.array_equal(few.ids[0], one.ids) and np.array_equal(few.scores[0], one.scores)
         lean.append(one.ids)
     lean = np.array(lean)
-    # a large batch's forms go through torch (another rounding of the last bit at most)
-    assert np.mean(lean == np.asarray(batch.ids)) >= 0.98
+    assert np.array_equal(lean, batch.ids)  # a query's answer does not depend on its batch
     assert not np.isin(lean, np.asarray(list(dead), dtype=np.int64)).any()
     live_gt = gt[TRAFFIC:]
     if len(dead):
@@ -124,8 +128,17 @@ def test_the_route_steps_aside_where_it_does_not_apply(data, monkeypatch, spy):
     ns = index.search(v, K, namespace="a").ids
     assert (ns[ns >= 0] < N // 2).all()
     n = len(spy)
-    for q in (torch.from_numpy(v), v.astype(np.float64), np.stack([v, v])):  # other kinds, dtypes, batches
-        index.search(q, K)
+    for q in (torch.from_numpy(v), v.astype(np.float64), v[None, :, None]):  # other kinds, dtypes, shapes
+        if q.ndim == 3:
+            with pytest.raises(ValueError, match="1-D"):
+                index.search(q, K)
+        else:
+            index.search(q, K)
+    assert len(spy) == n
+    for bad in (np.stack([v, np.full(D, np.nan, dtype=np.float32)]), np.stack([v, np.zeros(D, np.float32)]),
+                np.zeros((0, D), np.float32)):  # a batch the general route must name
+        with pytest.raises(ValueError, match="NaN|zero|empty"):
+            index.search(bad, K)
     assert len(spy) == n
     with pytest.raises(ValueError, match="NaN"):
         index.search(np.full(D, np.nan, dtype=np.float32), K)
@@ -210,3 +223,20 @@ def test_a_scan_of_a_few_queries_runs_on_the_calling_thread():
     for i in range(6):
         s, ids = exact.scan(q[i: i + 1], codes, 12)
         assert torch.equal(ids[0], batch[1][i]) and torch.equal(s[0], batch[0][i])
+
+
+def test_an_untrained_projecting_store_is_served_by_its_scan(data, monkeypatch, spy):
+    """Before training, a store that will project has no fitted projection: the lean route's
+    forms skip it (the exact scan serves), for one query and for a batch, as the general route."""
+    xb, xq, _ = data
+    index = lukhas_gpu.MemoryIndex(D, IndexConfig(train_threshold=10_000, dim_out=128, gpu_resident="off"))
+    index.add(xb[:500])
+    assert not index.is_trained
+    index.search(xq[:4], K)  # the process's first search window
+    for q in (xq[0], xq[:20]):
+        n = len(spy)
+        got = index.search(q, K)
+        assert len(spy) == n + 1
+        ref = _general(index, q, monkeypatch)
+        assert np.array_equal(got.ids, ref.ids) and np.array_equal(got.scores, ref.scores)
+        assert (np.asarray(got.ids) < 500).all()

@@ -328,9 +328,9 @@ class MemoryIndex(ScopesMixin, DocumentsMixin, SparseSearchMixin, TuningMixin, M
         from . import single
 
         options = (where, rank, nprobe, rerank, target_recall, text, sparse, fusion, namespace, as_of)
-        if (one := single.search_one(self, queries, k, options, diversity, follow_links)) is not None:
-            self.last_plan = None  # a plain search (lean one-query route, :mod:`.single`)
-            return one
+        if (plain := single.search_plain(self, queries, k, options, diversity, follow_links)) is not None:
+            self.last_plan = None  # a plain search of numpy queries (the lean route, :mod:`.single`)
+            return plain
         from ..query import executor, filters, mmr, ranking
         from ..util.arrays import as_batch, check_nonzero
         from . import mirror_upkeep as device_mirror, tuning

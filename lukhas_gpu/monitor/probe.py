@@ -56,6 +56,22 @@ def _uniform(seed: int, t: int) -> float:
     return ((z ^ (z >> 31)) >> 11) * (1.0 / (1 << 53))
 
 
+#: Draws from which :func:`_uniforms` computes in numpy rather than one Python hash each.
+_NUMPY_DRAWS = 16
+
+
+def _uniforms(seed: int, t: np.ndarray) -> np.ndarray:
+    """:func:`_uniform` of each step in ``t`` (int64, >= 0) as float64: the same numbers, in
+    numpy's wrapping uint64 arithmetic for more than a few steps."""
+    if len(t) < _NUMPY_DRAWS:
+        return np.array([_uniform(seed, int(x)) for x in t], dtype=np.float64)
+    z = np.uint64((int(seed) * 0xD1B54A32D192ED03) & _M64) + (t.astype(np.uint64) + np.uint64(1)) * \
+        np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((z ^ (z >> np.uint64(31))) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 class Reservoir:
     """A uniform sample of at most ``capacity`` rows of everything offered, as float16.
 
@@ -82,24 +98,15 @@ class Reservoir:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def _offer_one(self, x, ids, take) -> None:
-        """:meth:`offer` of one row arriving as number ``seen`` once the reservoir is full: kept
-        in a uniform slot of ``[0, seen]`` when that slot is a kept one. The draw is a hash of
-        (seed, arrival number) (:func:`_uniform`), not a seeded Generator per call (30 us a
-        query): as deterministic, the same rule."""
-        t = self.seen
-        slot = int(_uniform(self.seed, t) * (t + 1))
-        if slot < self.capacity:
-            self.vectors[slot] = take(x[0:1]).astype(np.float16)[0]
-            if self.with_ids:
-                self.ids[slot] = int(np.asarray(ids, dtype=np.int64).reshape(-1)[0])
-        self.seen = t + 1
-
     def offer(self, x, ids: np.ndarray | None = None, transform=None) -> None:
         """Offer a batch ``x`` (n, dim) (and its ids); keeps each row with probability
-        ``capacity / rows seen`` overall, as if offered one by one. ``transform`` maps the rows
-        kept (a slice or fancy index of ``x``) to a float numpy array (e.g. normalisation):
-        only those rows are transformed. Thread-safe (concurrent searches offer their queries)."""
+        ``capacity / rows seen`` overall. Row number ``t`` (0-based, over every offer) fills slot
+        ``t`` while the reservoir fills, then goes to slot ``floor(u * (t + 1))`` when that is a
+        kept one, ``u`` a hash of (seed, ``t``) (:func:`_uniform`; not a seeded Generator per call:
+        12 us a search): the sample depends on the rows' order only, not on how they were
+        batched, so a write-ahead-log replay rebuilds it. ``transform`` maps the rows kept (a
+        slice or fancy index of ``x``) to a float numpy array (e.g. normalisation): only those
+        rows are transformed. Thread-safe (concurrent searches offer their queries)."""
         with self._offer_lock:
             self._offer(x, ids, transform)
 
@@ -109,28 +116,23 @@ class Reservoir:
         if self.capacity == 0 or n == 0:
             self.seen += n
             return
-        if n == 1 and self.seen >= self.capacity:  # one row past the fill (a server's query): one draw
-            self._offer_one(x, ids, take)
-            return
         t = self.seen + np.arange(n, dtype=np.int64)  # 0-based arrival number of each row
-        fill = t < self.capacity
-        if fill.any():  # the first rows fill the reservoir
-            m = int(fill.sum())
+        m = max(0, min(n, self.capacity - self.seen))
+        if m:  # the first rows fill the reservoir
             self.vectors = np.concatenate([self.vectors, take(x[:m]).astype(np.float16)])
             if self.with_ids:
                 self.ids = np.concatenate([self.ids, np.asarray(ids[:m], dtype=np.int64)])
-        rest = np.flatnonzero(~fill)
-        if len(rest):
-            rng = np.random.default_rng([self.seed, self.seen])
-            slot = (rng.random(len(rest)) * (t[rest] + 1)).astype(np.int64)  # uniform in [0, t]
-            keep = slot < self.capacity
-            rows, slot = rest[keep], slot[keep]
-            # numpy applies repeated indices in order: the last row offered to a slot wins, as
-            # in the sequential algorithm
-            if len(rows):
+        if m < n:
+            rest = t[m:]
+            slot = (_uniforms(self.seed, rest) * (rest + 1)).astype(np.int64)  # uniform in [0, t]
+            keep = np.flatnonzero(slot < self.capacity)
+            if len(keep):
+                # numpy applies repeated indices in order: the last row offered to a slot wins, as
+                # in the sequential algorithm
+                rows, slot = keep + m, slot[keep]
                 self.vectors[slot] = take(x[rows]).astype(np.float16)
-            if self.with_ids:
-                self.ids[slot] = np.asarray(ids, dtype=np.int64)[rows]
+                if self.with_ids:
+                    self.ids[slot] = np.asarray(ids, dtype=np.int64)[rows]
         self.seen += n
 
     def nbytes(self) -> int:

@@ -21,7 +21,7 @@ from . import probing as probing_
 from .ranking import Rank
 from .routing import plan_filtered
 
-__all__ = ["Search", "similar", "similar_one", "ann_candidates", "ranked", "resident_search", "topk_unique",
+__all__ = ["Search", "similar", "similar_plain", "ann_candidates", "ranked", "resident_search", "topk_unique",
            "RANK_EXTRA_MAX"]
 
 #: Rows a memory-aware search may add to its candidates because recency/importance could lift
@@ -132,21 +132,24 @@ def _unfiltered_candidates(parts, qp: np.ndarray, s: Search) -> np.ndarray:
     return ann_candidates(parts.ann, qp, kc, s, exclude=parts.tombstones)
 
 
-def similar_one(parts, x: np.ndarray, s: Search, forms: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`similar` of one unfiltered query ``x`` ((1, dim) float32 numpy, a CPU encoder, no
-    device mirror; ``forms`` its ``Encoder.one_query_forms``) in numpy: ``(scores, ids)`` (1, k),
-    the same numbers. The one-query route (:mod:`lukhas_gpu.index.single`): no torch op
-    on the IVF and stage routes."""
+def similar_plain(parts, x: np.ndarray, s: Search, forms: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`similar` of unfiltered queries ``x`` ((n, dim) float32 numpy, a CPU encoder, no
+    device mirror; ``forms`` their ``Encoder.host_query_forms``) in numpy: ``(scores, ids)``
+    (n, k), the same numbers. The lean route (:mod:`lukhas_gpu.index.single`): no torch op on
+    the IVF and stage routes."""
     if parts.ann is None or s.exact:  # a scan of every row: its cost is the scan's
         sc, ids, _ = _similar(parts, torch.from_numpy(x if x.flags.writeable else x.copy()), s, None, None)
         return sc.numpy(), ids.numpy()
     _, qw, qp = forms
     cand = np.ascontiguousarray(_unfiltered_candidates(parts, qp, s), dtype=np.int64)
     table = parts.vectors.checked(cand)
-    if not len(table):
+    if not len(table) or not cand.shape[1]:
         sc, ids = exact.rerank(torch.from_numpy(qw), table, cand, s.k)
         return _clip(sc, s).numpy(), ids.numpy()
-    sc, ids = exact.rerank_one(qw, table, cand, s.k)
+    if len(cand) == 1:
+        sc, ids = exact.rerank_one(qw, table, cand, s.k)
+    else:
+        sc, ids = exact.top_candidates(exact.candidate_scores(qw, table, cand), cand, s.k)
     return (np.minimum(sc, np.float32(1.0), out=sc) if s.cosine else sc), ids
 
 

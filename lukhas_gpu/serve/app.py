@@ -46,7 +46,7 @@ from .models import (
     SearchResponse,
     TrialRequest,
 )
-from .options import ServeOptions
+from .options import ServeOptions, search_omp_threads
 from .search import SUPPORTS_TARGET_RECALL
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ class _State:
         self.options = options
         self.metrics = Metrics()
         self.index: MemoryIndex | None = None
-        self.search_pool = concurrent.futures.ThreadPoolExecutor(options.search_threads,
-                                                                 thread_name_prefix="lukhas-search")
+        self.search_pool = concurrent.futures.ThreadPoolExecutor(
+            options.search_threads, thread_name_prefix="lukhas-search", initializer=_search_thread,
+            initargs=(search_omp_threads(options.workers),))
         self.other_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lukhas-io")
         self.batcher = Batcher(self._search, self.search_pool, max_batch=options.max_batch,
                                max_wait_s=options.max_wait_ms / 1e3, max_queue=options.max_queue,
@@ -239,6 +240,16 @@ class _State:
                     self.quality, self.quality_at = q, time.monotonic()
             except Exception:
                 log.exception("recall estimate failed")
+
+
+def _search_thread(omp: int) -> None:
+    """A search thread's FAISS calls on at most ``omp`` OpenMP threads (the setting is a thread's
+    own; an ``OMP_NUM_THREADS`` below it stands)."""
+    from ..util.device import faiss_module
+
+    faiss = faiss_module()
+    if faiss.omp_get_max_threads() > omp:
+        faiss.omp_set_num_threads(omp)
 
 
 def create_app(options: ServeOptions) -> FastAPI:

@@ -160,7 +160,7 @@ def first_use(window: str):
 
 def done(window: str) -> bool:
     """Whether this process has measured ``window`` (no lock: one dict lookup, for the
-    one-query route, which takes the general route until the first search's window is done)."""
+    lean route of plain searches, which takes the general route until the first search's window is done)."""
     return window in _bytes
 
 

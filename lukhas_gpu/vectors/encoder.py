@@ -178,7 +178,7 @@ class Encoder(torch.nn.Module):
     def normalized_queries(self, q: torch.Tensor) -> np.ndarray:
         """:meth:`normalize` of queries as float32 numpy (the probe's sample of them): numpy's
         twin of the rule on the CPU (:meth:`_numpy_turn`), else torch's."""
-        if self._numpy_turn(q):  # a tensor, or the one-query route's numpy rows
+        if self._numpy_turn(q):  # a tensor, or numpy rows
             return self._normalize_np(np.asarray(q.numpy() if isinstance(q, torch.Tensor) else q, dtype=np.float32))
         return self.normalize(q).cpu().numpy()
 
@@ -280,7 +280,7 @@ class Encoder(torch.nn.Module):
     def query_forms_np(self, x: np.ndarray, *, project: bool = True,
                        normalized: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`query_forms` of float32 numpy rows on a CPU encoder, both forms numpy (the
-        one-query route's; the same numbers); ``normalized``: :meth:`normalized_queries` of ``x``
+        lean route's; the same numbers); ``normalized``: :meth:`normalized_queries` of ``x``
         when the caller has it."""
         scale, components, fitted = self._numpy_views()
         if project and self.projects and not fitted[1]:
@@ -294,11 +294,12 @@ class Encoder(torch.nn.Module):
         y = xn @ components
         return qw, self._normalize_np_l2(y) if self.metric == "cosine" else y
 
-    def one_query_forms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(normalized, weights, projected)`` of one float32 (1, D) numpy row on a CPU encoder
+    def host_query_forms(self, x: np.ndarray, *, project: bool = True) -> tuple[np.ndarray, np.ndarray,
+                                                                                np.ndarray | None]:
+        """``(normalized, weights, projected)`` of float32 (n, D) numpy rows on a CPU encoder
         (:meth:`normalized_queries` and :meth:`query_forms_np` without their dispatch)."""
         xn = self._normalize_np(x)
-        return (xn, *self.query_forms_np(x, normalized=xn))
+        return (xn, *self.query_forms_np(x, project=project, normalized=xn))
 
     def _numpy_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """numpy views of the scales, the projection's transpose and the fitted flags (their memory:

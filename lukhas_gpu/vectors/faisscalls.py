@@ -60,7 +60,7 @@ def set_fastscan_search(index) -> None:
 def search_into(faiss, index, q, k: int, params) -> tuple[np.ndarray, np.ndarray]:
     """``index.search(q, k, params=params)`` for a C-contiguous float32 ``q``, on this thread's
     FAISS team as it is set (the caller's :func:`threads_for`), without the Python wrapper's
-    checks and conversions (the one-query route's: a few microseconds of its ~0.2 ms)."""
+    checks and conversions (the lean route's: a few microseconds of a one-query search's ~0.2 ms)."""
     n, d = q.shape
     if d != index.d or k < 1:
         raise ValueError(f"queries of {d} dims for an index of {index.d} (k={k})")
