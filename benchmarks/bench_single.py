@@ -10,10 +10,14 @@ ours. Every figure is measured on the second half, one query per call:
 * ``threads=1``: one worker sends queries one after the other: p50 / p99 latency and QPS;
 * ``threads=2``: two workers, each sending single queries: QPS of the two together.
 
-Ours is measured twice: the one-query route (``lukhas_gpu.index.single``) and the general route
+Ours is measured twice: the lean route (``lukhas_gpu.index.single``) and the general route
 it replaces (``single.ENABLED = False``), the same answers. Runs alternate (ours, ours general,
 hnswlib, ours, ...) ``--rounds`` times; each figure is the median over the rounds. The load
 average before and after is recorded with the numbers (a loaded machine stretches the p99 of both).
+
+``--batches``: the small batches a server's batcher merges (2-32 requests), on one thread as a
+server process a core runs them: QPS of the lean route and of the general route, alternating,
+and their ratio per round (median and range).
 
 Usage::
 
@@ -107,7 +111,7 @@ def build_hnswlib(xb: np.ndarray):
 
 
 def run_set(ds, args) -> dict:
-    """One set: ours (the lean one-query route and the general route, :mod:`lukhas_gpu.index.single`)
+    """One set: ours (the lean route and the general route, :mod:`lukhas_gpu.index.single`)
     and hnswlib at equal or better recall, alternating, one query per call."""
     from lukhas_gpu.index import single
 
@@ -117,7 +121,7 @@ def run_set(ds, args) -> dict:
     ours, rep = build_ours(ds.xb, a)
     ours_recall = recall(np.asarray(ours.search(b, K).ids), gt_b)
     lean = np.array([ours.search(v, K).ids for v in b])
-    assert abs(recall(lean, gt_b) - ours_recall) < 0.002, "the one-query route's answers differ from the batch's"
+    assert abs(recall(lean, gt_b) - ours_recall) < 0.002, "the lean route's answers differ from the batch's"
     hn = build_hnswlib(ds.xb)
     ef = None
     for e in (int(x) for x in args.efs.split(",")):
@@ -133,7 +137,7 @@ def run_set(ds, args) -> dict:
     def search_hn(v):
         return hn.knn_query(v, k=K)
 
-    # (function, the one-query route on): the general route is ours with the route off for the
+    # (function, the lean route on): the general route is ours with the route off for the
     # whole measurement (both threads of the two-worker figure)
     fns = {"lukhas_gpu": (search_ours, True), "lukhas_gpu (general route)": (search_ours, False),
            "hnswlib": (search_hn, True)}
@@ -145,6 +149,7 @@ def run_set(ds, args) -> dict:
                 runs[name].append(measure(fn, b))
             finally:
                 single.ENABLED = True
+    batches = small_batches(search_ours, b, args) if args.batches else []
     ours_setting = f"{rep['kind']} nprobe {rep.get('nprobe')} rerank {rep['rerank']}"
     setting = {"lukhas_gpu": ours_setting, "lukhas_gpu (general route)": ours_setting, "hnswlib": f"M=16 ef={ef}"}
     rows = []
@@ -158,7 +163,43 @@ def run_set(ds, args) -> dict:
     ratio = {f"{mine} / hnswlib, {key}": by[mine][key] / by["hnswlib"][key]
              for mine in ("lukhas_gpu", "lukhas_gpu (general route)") for key in ("QPS 1 thread", "QPS 2 threads")}
     ours.close()
-    return {"rows": rows, "ratio": ratio, "tuning": {k: v for k, v in rep.items() if k != "tried"}}
+    for r in batches:
+        r["data"] = ds.name
+    return {"rows": rows, "ratio": ratio, "tuning": {k: v for k, v in rep.items() if k != "tried"},
+            "batches": batches}
+
+
+def small_batches(fn, q: np.ndarray, args) -> list[dict]:
+    """QPS of batches of each size in ``--batches`` over ``q``, one thread, the lean route and the
+    general route alternating ``--rounds`` times: medians and the ratio per round."""
+    import faiss
+
+    from lukhas_gpu.index import single
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    out = []
+    try:
+        for bs in (int(x) for x in args.batches.split(",")):
+            parts = [q[i: i + bs] for i in range(0, len(q) - bs + 1, bs)]
+            qps = {True: [], False: []}
+            for _ in range(args.rounds):
+                for route in (True, False):
+                    single.ENABLED = route
+                    try:
+                        t0 = time.perf_counter()
+                        for part in parts:
+                            fn(part)
+                        qps[route].append(len(parts) * bs / (time.perf_counter() - t0))
+                    finally:
+                        single.ENABLED = True
+            ratios = [a / b for a, b in zip(qps[True], qps[False])]
+            out.append({"batch": bs, "QPS lean": statistics.median(qps[True]),
+                        "QPS general": statistics.median(qps[False]), "lean / general": statistics.median(ratios),
+                        "range": f"{min(ratios):.2f}-{max(ratios):.2f}"})
+    finally:
+        faiss.omp_set_num_threads(before)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -170,6 +211,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sets", default="synthetic,wordnet",
                    help="synthetic (--n rows) and/or wordnet (its held-out example sentences; skipped "
                         "unless its embeddings are cached)")
+    p.add_argument("--batches", default="2,4,8,16,32",
+                   help="batch sizes measured on one thread, the lean route against the general one ('' skips)")
     p.add_argument("--tag", default=None)
     args = p.parse_args(argv)
     common.set_threads(2)
@@ -196,6 +239,11 @@ def main(argv=None) -> dict:
         table += (f"\n\n{res['rows'][0]['data']}: ours / hnswlib {r['lukhas_gpu / hnswlib, QPS 1 thread']:.2f}x "
                   f"(1 thread), {r['lukhas_gpu / hnswlib, QPS 2 threads']:.2f}x (2 threads); general route "
                   f"{r['lukhas_gpu (general route) / hnswlib, QPS 1 thread']:.2f}x (1 thread)")
+    batch_rows = [r for res in results for r in res["batches"]]
+    if batch_rows:
+        payload["batches"] = batch_rows
+        table += "\n\nSmall batches, one thread:\n\n" + common.markdown_table(
+            batch_rows, ["data", "batch", "QPS lean", "QPS general", "lean / general", "range"])
     table += f"\n\nload average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
     common.write_results(args.tag or "single_query", payload, table)
     print(table)

@@ -52,9 +52,12 @@ def _rows(index, queries) -> tuple[np.ndarray, bool] | None:
     x = np.ascontiguousarray(x)
     # NaN or inf for a NaN or inf; 0 for a zero vector (an overflow or underflow of the square
     # goes to the general route too, which names it or serves it)
-    sq = float(np.dot(x[0], x[0])) if len(x) == 1 else np.einsum("ij,ij->i", x, x)
-    positive = sq > 0.0 if index.config.metric == "cosine" else sq >= 0.0
-    return (x, single) if np.all(positive & (sq < math.inf)) else None
+    cosine = index.config.metric == "cosine"
+    if len(x) == 1:
+        sq = float(np.dot(x[0], x[0]))
+        return (x, single) if (0.0 < sq < math.inf or (sq == 0.0 and not cosine)) else None
+    sq = np.einsum("ij,ij->i", x, x)
+    return (x, single) if np.all(((sq > 0.0) if cosine else (sq >= 0.0)) & (sq < math.inf)) else None
 
 
 def search_plain(index, queries, k, options: tuple, diversity, follow_links) -> SearchResult | None:

@@ -116,6 +116,15 @@ class Reservoir:
         if self.capacity == 0 or n == 0:
             self.seen += n
             return
+        if n == 1 and self.seen >= self.capacity:  # one row past the fill (a server's query): one draw
+            t = self.seen
+            slot = int(_uniform(self.seed, t) * (t + 1))
+            if slot < self.capacity:
+                self.vectors[slot] = take(x[0:1]).astype(np.float16)[0]
+                if self.with_ids:
+                    self.ids[slot] = int(np.asarray(ids, dtype=np.int64).reshape(-1)[0])
+            self.seen = t + 1
+            return
         t = self.seen + np.arange(n, dtype=np.int64)  # 0-based arrival number of each row
         m = max(0, min(n, self.capacity - self.seen))
         if m:  # the first rows fill the reservoir
