@@ -18,7 +18,6 @@ import numpy as np
 
 from ..query import executor
 from ..util import runtime
-from ..util.bounds import MAX_QUERIES
 from ..util.checks import check_queries
 from ..util.memtrim import TRIM_SEARCH_EVERY_S, maybe_trim
 from . import tuning
@@ -40,12 +39,12 @@ def _plain(options: tuple, diversity, follow_links) -> bool:
 def _rows(index, queries) -> tuple[np.ndarray, bool] | None:
     """``queries`` as (n, dim) float32 rows and whether they were one 1-D vector, or None when the
     general route must see them (another kind or dtype, NaN/inf, a zero vector under cosine, an
-    empty or over-long batch)."""
+    empty batch; ``check_queries`` bounds its length as the general route does)."""
     if type(queries) is not np.ndarray or queries.dtype != np.float32:
         return None
     if queries.shape == (index.dim,):
         x, single = queries.reshape(1, -1), True
-    elif queries.ndim == 2 and queries.shape[1] == index.dim and 0 < queries.shape[0] <= MAX_QUERIES:
+    elif queries.ndim == 2 and queries.shape[1] == index.dim and queries.shape[0] > 0:
         x, single = queries, False
     else:
         return None

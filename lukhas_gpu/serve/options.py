@@ -26,26 +26,23 @@ MIN_API_KEY_CHARS = 16
 #: ``MAX_BATCH`` (``--max-batch``) and ``MAX_BODY_MB`` (``--max-body-mb``) are ``util.bounds``'.
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def default_search_threads(workers: int = 1) -> int:
-    """Batches each server process searches at once by default: 2 where a process has 2 cores or
-    more of its own (searches share the index's lock and run in parallel; a second thread also
-    keeps one batch's Python work beside another's kernels), else 1. With one process a core,
-    a second search thread only contends for the process's GIL: ``serve --workers 2`` on 2 cores,
-    the 50k WordNet store tuned, wrk with 64 connections, 2 pairs of runs: 5,430 / 5,369 QPS with
-    one thread, 4,637 / 4,236 with two (2026-12-08)."""
-    return 2 if _cores() // max(int(workers), 1) >= 2 else 1
-
-
 def search_omp_threads(workers: int) -> int:
     """OpenMP threads of each search thread's FAISS calls: the process's share of the cores. One
     process a core runs its FAISS on one thread: a team of two in each of two processes spins
     on the core the other one needs (the same load: 6,492 / 5,702 QPS on one, 5,454 / 4,924 on
     the default two, 2026-12-08)."""
-    return max(1, _cores() // max(int(workers), 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(int(workers), 1))
+
+
+def default_search_threads(workers: int = 1) -> int:
+    """Batches each server process searches at once by default: 2 where a process has 2 cores or
+    more of its own (:func:`search_omp_threads`; searches share the index's lock and run in
+    parallel; a second thread also keeps one batch's Python work beside another's kernels), else
+    1. With one process a core, a second search thread only contends for the process's GIL:
+    ``serve --workers 2`` on 2 cores, the 50k WordNet store tuned, wrk with 64 connections, 2
+    pairs of runs: 5,430 / 5,369 QPS with one thread, 4,637 / 4,236 with two (2026-12-08)."""
+    return 2 if search_omp_threads(workers) >= 2 else 1
 
 
 @dataclasses.dataclass
